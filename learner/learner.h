@@ -1,0 +1,207 @@
+// Learner: the online multi-task recommender at the heart of recstream.
+//
+// Model. Each user and item id owns an embedding row (created on first sight,
+// keyed by the id itself: no fixed capacity, no hash collisions). Side
+// features own rows too, added to the user's or item's vector. The pair
+// (u, v) goes through a shared bottom network (or MMoE experts with one gate
+// per task) into one head per task: click and purchase are logistic, rating is
+// a regression on top of global, user and item biases. Each event trains its
+// own task's head and the shared parts; task losses are reweighted online
+// (uncertainty weighting by default).
+//
+// Threading. Train(), TakeSnapshot() and ApplySnapshot() must be called from
+// one thread at a time (the training thread). Train() parallelises internally
+// with oneTBB. Score(), ScoreMany(), Recommend() and Stats() are const and may
+// run on any number of threads concurrently with Train(): they read
+// parameters that the trainer is writing (a benign, Hogwild-style race on
+// aligned floats; a score may mix parameters from just before and just after
+// one update, never a torn float on x86-64).
+//
+// Persistence. The learner knows nothing of storage. TakeSnapshot() returns
+// the rows changed since the previous snapshot (row deltas) plus the dense
+// parameters and counters; ApplySnapshot() loads such snapshots back. Storing
+// a full snapshot followed by every delta snapshot and applying them in order
+// reproduces the model bit for bit.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "common/status.h"
+#include "learner/event.h"
+
+namespace recstream::learner {
+
+enum class Arch { kSharedBottom, kMmoe };
+enum class Weighting { kFixed, kUncertainty, kGradNorm, kDwa };
+
+std::string_view ArchName(Arch arch);
+std::string_view WeightingName(Weighting weighting);
+
+struct LearnerOptions {
+  // Embedding dimension of users, items and side features.
+  int dim = 32;
+  Arch arch = Arch::kSharedBottom;
+  // Width of the shared bottom layer (and of each MMoE expert).
+  int hidden = 32;
+  // Number of MMoE experts (arch = mmoe only).
+  int experts = 4;
+  Weighting weighting = Weighting::kUncertainty;
+  // Task loss weights for weighting = fixed, in Task order.
+  std::array<float, kNumTasks> fixed_weights = {1.0f, 1.0f, 1.0f};
+  // Adagrad learning rates.
+  float lr_embedding = 0.05f;
+  float lr_dense = 0.02f;
+  // Learning rate of the uncertainty weights' log-variances.
+  float lr_weighting = 0.001f;
+  // L2 regularisation on embeddings, applied on each update of a row.
+  float l2 = 1e-5f;
+  // Rows start uniform in [-init_scale, init_scale].
+  float init_scale = 0.05f;
+  // Each gradient is clipped to this absolute value per coordinate.
+  float grad_clip = 5.0f;
+  float rating_min = 1.0f;
+  float rating_max = 5.0f;
+  // Training threads; 0 means every core.
+  int threads = 0;
+  // Events per parallel chunk; dense gradients are accumulated per chunk.
+  int chunk = 64;
+  uint64_t seed = 42;
+};
+
+// Checks ranges and consistency; InvalidArgument naming the field otherwise.
+Status ValidateOptions(const LearnerOptions& options);
+
+// Predictions for one (user, item) pair. click and purchase are
+// probabilities; rating is clipped to [rating_min, rating_max].
+struct Prediction {
+  float click = 0.0f;
+  float purchase = 0.0f;
+  float rating = 0.0f;
+  float Get(Task t) const { return t == Task::kClick ? click : t == Task::kPurchase ? purchase : rating; }
+};
+
+// Weights of the blended `score` (SPEC section 3):
+//   score = click * p_click + purchase * p_purchase
+//         + rating * (rating - rating_min) / (rating_max - rating_min)
+struct Blend {
+  float click = 0.5f;
+  float purchase = 0.3f;
+  float rating = 0.2f;
+};
+
+struct ScoreResult {
+  Prediction prediction;
+  float score = 0.0f;
+  bool user_known = false;
+  bool item_known = false;
+};
+
+struct Recommendation {
+  std::string item;
+  Prediction prediction;
+  float score = 0.0f;
+};
+
+// Progressive (predict-then-learn) metrics over the events trained so far.
+struct TaskStats {
+  uint64_t learned = 0;
+  double loss_weight = 1.0;   // current weight of this task's loss
+  double avg_loss = 0.0;      // exponential moving average of the task loss
+  // click and purchase: AUC and logloss over all progressive predictions.
+  double auc = 0.0;
+  double logloss = 0.0;
+  // rating: MAE and RMSE of clipped progressive predictions.
+  double mae = 0.0;
+  double rmse = 0.0;
+};
+
+struct LearnerStats {
+  std::array<TaskStats, kNumTasks> tasks;
+  uint64_t users = 0;
+  uint64_t items = 0;
+  uint64_t features = 0;
+  uint64_t nonfinite_updates_refused = 0;
+};
+
+// Row deltas. A row's values are the table's layout (embedding, per-task
+// biases and their optimizer state); `width` floats per row.
+struct TableDelta {
+  std::string table;  // "user", "item", "user_feature", "item_feature"
+  int width = 0;
+  std::vector<std::string> keys;
+  std::vector<float> values;  // keys.size() * width floats, row after row
+};
+
+struct ModelSnapshot {
+  // Identifies the model's shape; ApplySnapshot refuses a snapshot whose
+  // shape differs from the learner's options.
+  std::string shape;
+  std::vector<TableDelta> tables;
+  // Dense blocks (bottom, experts, gates, heads, weighting state, metric
+  // accumulators) are always complete.
+  std::vector<std::pair<std::string, std::vector<float>>> dense;
+  std::array<uint64_t, kNumTasks> learned = {0, 0, 0};
+  // (user, item) purchases recorded since the previous snapshot.
+  std::vector<std::pair<std::string, std::string>> new_purchases;
+  uint64_t rows() const {
+    uint64_t n = 0;
+    for (const auto& t : tables) n += t.keys.size();
+    return n;
+  }
+};
+
+class Learner {
+ public:
+  // Fails with InvalidArgument when the options are out of range.
+  static Status Create(const LearnerOptions& options, std::unique_ptr<Learner>* learner);
+  ~Learner();
+  Learner(const Learner&) = delete;
+  Learner& operator=(const Learner&) = delete;
+
+  // Learns from `events`. Events are split into chunks trained in parallel
+  // (Hogwild between chunks, in order within a chunk). With `before`
+  // non-null, it receives, for each event in order, the prediction of the
+  // event's task made just before learning from it (progressive validation).
+  // Never lets a NaN or infinity reach a parameter: such updates are refused
+  // and counted.
+  void Train(std::span<const Event> events, std::vector<Prediction>* before = nullptr);
+
+  // Scores one pair. Unknown ids score from biases and priors alone.
+  ScoreResult Score(std::string_view user, std::string_view item, const Blend& blend) const;
+  // Scores many items for one user, in order.
+  void ScoreMany(std::string_view user, std::span<const std::string> items, const Blend& blend,
+                 std::vector<ScoreResult>* out) const;
+  // The k best items by blended score over every known item, best first;
+  // items the user purchased are left out when exclude_purchased.
+  std::vector<Recommendation> Recommend(std::string_view user, int k, bool exclude_purchased,
+                                        const Blend& blend) const;
+
+  LearnerStats Stats() const;
+  const LearnerOptions& options() const;
+
+  // Fills `out` with rows changed since the previous TakeSnapshot (all rows
+  // when `full`), the dense parameters and counters, and clears the change
+  // marks. Must not run concurrently with Train.
+  void TakeSnapshot(bool full, ModelSnapshot* out);
+  // Loads a snapshot: rows are created or overwritten, dense parameters and
+  // counters replaced. Apply a full snapshot first, then deltas in order.
+  // Corruption when the snapshot's shape or row widths do not match.
+  Status ApplySnapshot(const ModelSnapshot& snapshot);
+
+ private:
+  struct Impl;
+  explicit Learner(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// The blended score of a prediction.
+float BlendScore(const Prediction& p, const Blend& blend, float rating_min, float rating_max);
+
+}  // namespace recstream::learner
