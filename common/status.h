@@ -49,13 +49,20 @@ class [[nodiscard]] Status {
 
   static std::string_view CodeName(Code c) {
     switch (c) {
-      case Code::kOk: return "OK";
-      case Code::kInvalidArgument: return "Invalid argument";
-      case Code::kNotFound: return "Not found";
-      case Code::kIOError: return "IO error";
-      case Code::kCorruption: return "Corruption";
-      case Code::kUnavailable: return "Unavailable";
-      case Code::kInternal: return "Internal";
+      case Code::kOk:
+        return "OK";
+      case Code::kInvalidArgument:
+        return "Invalid argument";
+      case Code::kNotFound:
+        return "Not found";
+      case Code::kIOError:
+        return "IO error";
+      case Code::kCorruption:
+        return "Corruption";
+      case Code::kUnavailable:
+        return "Unavailable";
+      case Code::kInternal:
+        return "Internal";
     }
     return "Unknown";
   }
@@ -68,8 +75,8 @@ class [[nodiscard]] Status {
 }  // namespace recstream
 
 // Returns early from the enclosing function when `expr` is not OK.
-#define RECSTREAM_RETURN_IF_ERROR(expr)             \
-  do {                                              \
-    ::recstream::Status _st = (expr);               \
-    if (!_st.ok()) return _st;                      \
+#define RECSTREAM_RETURN_IF_ERROR(expr) \
+  do {                                  \
+    ::recstream::Status _st = (expr);   \
+    if (!_st.ok()) return _st;          \
   } while (0)

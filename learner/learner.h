@@ -84,7 +84,9 @@ struct Prediction {
   float click = 0.0f;
   float purchase = 0.0f;
   float rating = 0.0f;
-  float Get(Task t) const { return t == Task::kClick ? click : t == Task::kPurchase ? purchase : rating; }
+  float Get(Task t) const {
+    return t == Task::kClick ? click : t == Task::kPurchase ? purchase : rating;
+  }
 };
 
 // Weights of the blended `score` (SPEC section 3):
@@ -112,8 +114,8 @@ struct Recommendation {
 // Progressive (predict-then-learn) metrics over the events trained so far.
 struct TaskStats {
   uint64_t learned = 0;
-  double loss_weight = 1.0;   // current weight of this task's loss
-  double avg_loss = 0.0;      // exponential moving average of the task loss
+  double loss_weight = 1.0;  // current weight of this task's loss
+  double avg_loss = 0.0;     // exponential moving average of the task loss
   // click and purchase: AUC and logloss over all progressive predictions.
   double auc = 0.0;
   double logloss = 0.0;

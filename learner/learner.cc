@@ -1,0 +1,600 @@
+#include "learner/learner.h"
+
+#include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/enumerable_thread_specific.h>
+#include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/partitioner.h>
+#include <oneapi/tbb/task_arena.h>
+
+#include <algorithm>
+#include <cmath>
+#include <queue>
+#include <shared_mutex>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "learner/embedding_table.h"
+#include "learner/model_math.h"
+#include "learner/pack.h"
+#include "learner/task_weighting.h"
+
+namespace recstream::learner {
+
+std::string_view TaskName(Task task) {
+  switch (task) {
+    case Task::kClick:
+      return "click";
+    case Task::kPurchase:
+      return "purchase";
+    case Task::kRating:
+      return "rating";
+  }
+  return "unknown";
+}
+
+std::optional<Task> ParseTask(std::string_view name) {
+  for (Task t : kAllTasks)
+    if (TaskName(t) == name) return t;
+  return std::nullopt;
+}
+
+std::string_view ArchName(Arch arch) { return arch == Arch::kMmoe ? "mmoe" : "shared_bottom"; }
+
+std::string_view WeightingName(Weighting w) {
+  switch (w) {
+    case Weighting::kFixed:
+      return "fixed";
+    case Weighting::kUncertainty:
+      return "uncertainty";
+    case Weighting::kGradNorm:
+      return "gradnorm";
+    case Weighting::kDwa:
+      return "dwa";
+  }
+  return "unknown";
+}
+
+Status ValidateOptions(const LearnerOptions& o) {
+  auto bad = [](std::string what) { return Status::InvalidArgument(std::move(what)); };
+  if (o.dim < 1 || o.dim > 1024) return bad("model.dim must be in [1, 1024]");
+  if (o.hidden < 1 || o.hidden > 4096) return bad("model.hidden must be in [1, 4096]");
+  if (o.experts < 1 || o.experts > 64) return bad("model.experts must be in [1, 64]");
+  for (float w : o.fixed_weights)
+    if (!(w >= 0.0f) || !std::isfinite(w))
+      return bad("model.fixed_weights must be finite and >= 0");
+  auto positive = [](float v) { return v > 0.0f && std::isfinite(v); };
+  if (!positive(o.lr_embedding)) return bad("model.lr_embedding must be > 0");
+  if (!positive(o.lr_dense)) return bad("model.lr_dense must be > 0");
+  if (!(o.lr_weighting >= 0.0f)) return bad("model.lr_weighting must be >= 0");
+  if (!(o.l2 >= 0.0f) || !std::isfinite(o.l2)) return bad("model.l2 must be >= 0");
+  if (!positive(o.init_scale)) return bad("model.init_scale must be > 0");
+  if (!positive(o.grad_clip)) return bad("model.grad_clip must be > 0");
+  if (!std::isfinite(o.rating_min) || !std::isfinite(o.rating_max) ||
+      !(o.rating_min < o.rating_max))
+    return bad("rating.min must be below rating.max");
+  if (o.threads < 0 || o.threads > 256) return bad("learner.threads must be in [0, 256]");
+  if (o.chunk < 1 || o.chunk > 1 << 20) return bad("learner.chunk must be in [1, 1048576]");
+  return Status::OK();
+}
+
+float BlendScore(const Prediction& p, const Blend& blend, float rating_min, float rating_max) {
+  float r = (p.rating - rating_min) / (rating_max - rating_min);
+  return blend.click * p.click + blend.purchase * p.purchase + blend.rating * r;
+}
+
+namespace {
+
+constexpr int kAucBins = 2048;
+constexpr double kAucLogitRange = 16.0;
+
+int AucBin(float p) {
+  double pc = std::clamp<double>(p, 1e-7, 1 - 1e-7);
+  double logit = std::log(pc / (1 - pc));
+  int b = int((logit + kAucLogitRange) / (2 * kAucLogitRange) * kAucBins);
+  return std::clamp(b, 0, kAucBins - 1);
+}
+
+// Progressive metrics of one task, merged from chunks under a mutex.
+struct TaskMetrics {
+  double count = 0, loss_sum = 0, abs_sum = 0, sq_sum = 0;
+  std::vector<double> pos = std::vector<double>(kAucBins), neg = std::vector<double>(kAucBins);
+
+  double Auc() const {
+    double p_total = 0, n_total = 0, area = 0, neg_below = 0;
+    for (int b = 0; b < kAucBins; ++b) {
+      area += pos[b] * (neg_below + 0.5 * neg[b]);
+      neg_below += neg[b];
+      p_total += pos[b];
+      n_total += neg[b];
+    }
+    return p_total > 0 && n_total > 0 ? area / (p_total * n_total) : 0.0;
+  }
+};
+
+struct Observation {
+  Task task;
+  float pred;  // probability, or clipped rating
+  float label;
+};
+
+}  // namespace
+
+// Per-thread scratch state: buffers, dense gradient accumulators and the
+// chunk's observations. Never shared between threads.
+struct TrainState {
+  explicit TrainState(const ModelShape& shape) : fwd(shape), dense_grad(shape.dense_size(), 0.0f) {}
+  Forward fwd;
+  std::vector<float> dense_grad;
+  bool dense_touched = false;
+  TaskChunkStats chunk;
+  std::vector<Observation> observations;
+  std::vector<uint32_t> user_rows, item_rows;  // row and feature rows
+  std::vector<float> du, dv;
+  uint64_t refused = 0;
+};
+
+struct Learner::Impl {
+  explicit Impl(const LearnerOptions& o)
+      : options(o),
+        shape(o),
+        width(o.dim + kNumTasks),
+        users("user", width, o.dim, o.init_scale, 0.0f, o.seed),
+        items("item", width, o.dim, o.init_scale, 0.0f, o.seed + 1),
+        user_features("user_feature", width, o.dim, o.init_scale, 0.0f, o.seed + 2),
+        item_features("item_feature", width, o.dim, o.init_scale, 0.0f, o.seed + 3),
+        weighting(o),
+        threads(o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency())),
+        arena(threads) {
+    dense.resize(shape.dense_size());
+    dense_accum.assign(shape.dense_size(), 0.0f);
+    shape.Init(dense.data(), o.seed);
+    for (auto& m : metrics) m = TaskMetrics();
+    for (auto& l : learned) l.store(0);
+  }
+
+  EmbeddingTable* table(std::string_view name) {
+    for (EmbeddingTable* t : {&users, &items, &user_features, &item_features})
+      if (t->name() == name) return t;
+    return nullptr;
+  }
+
+  void TrainOne(const Event& e, TrainState* s, Prediction* before);
+  void FinishChunk(TrainState* s);
+  void ApplyRow(float* row, const float* grad, int n, int offset);
+  void ScoreItems(std::string_view user, const std::vector<uint32_t>& item_rows,
+                  std::vector<Prediction>* out) const;
+
+  const LearnerOptions options;
+  const ModelShape shape;
+  const int width;
+  EmbeddingTable users, items, user_features, item_features;
+  // Dense parameters and their Adagrad accumulators. Written by trainers at
+  // chunk ends without a lock (Hogwild), read by scorers.
+  std::vector<float> dense, dense_accum;
+  TaskWeighting weighting;
+  const int threads;
+  tbb::task_arena arena;
+  tbb::enumerable_thread_specific<TrainState> states{[this] { return TrainState(shape); }};
+
+  std::array<std::atomic<uint64_t>, kNumTasks> learned;
+  std::atomic<uint64_t> refused{0};
+
+  mutable std::mutex metrics_mu;
+  std::array<TaskMetrics, kNumTasks> metrics;  // guarded by metrics_mu
+
+  mutable std::shared_mutex purchases_mu;
+  // user row -> item rows purchased; guarded by purchases_mu.
+  std::unordered_map<uint32_t, std::unordered_set<uint32_t>> purchases;
+  std::vector<std::pair<uint32_t, uint32_t>> new_purchases;  // since last snapshot
+};
+
+void Learner::Impl::ApplyRow(float* row, const float* grad, int n, int offset) {
+  // Adagrad with L2 on the row's values [offset, offset + n).
+  const float lr = options.lr_embedding, l2 = options.l2, clip = options.grad_clip;
+  float* acc = row + width;
+  for (int i = 0; i < n; ++i) {
+    float g = std::clamp(grad[i] + l2 * row[offset + i], -clip, clip);
+    acc[offset + i] += g * g;
+    row[offset + i] -= lr * g / (std::sqrt(acc[offset + i]) + 1e-8f);
+  }
+}
+
+void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) {
+  const int d = options.dim;
+  const int t = int(e.task);
+  // Rows of the user and item, then their side features.
+  s->user_rows.clear();
+  s->item_rows.clear();
+  s->user_rows.push_back(users.GetOrCreate(e.user));
+  for (const auto& f : e.user_features) s->user_rows.push_back(user_features.GetOrCreate(f));
+  s->item_rows.push_back(items.GetOrCreate(e.item));
+  for (const auto& f : e.item_features) s->item_rows.push_back(item_features.GetOrCreate(f));
+
+  Forward& fw = s->fwd;
+  auto gather = [&](EmbeddingTable& main, EmbeddingTable& side, const std::vector<uint32_t>& rows,
+                    float* vec, float* bias) {
+    const float* r0 = main.Row(rows[0]);
+    std::copy(r0, r0 + d, vec);
+    bias[0] = r0[d + t];
+    for (size_t i = 1; i < rows.size(); ++i) {
+      const float* r = side.Row(rows[i]);
+      for (int k = 0; k < d; ++k) vec[k] += r[k];
+      bias[0] += r[d + t];
+    }
+  };
+  float bu = 0, bi = 0;
+  gather(users, user_features, s->user_rows, fw.u.data(), &bu);
+  gather(items, item_features, s->item_rows, fw.v.data(), &bi);
+
+  float y = shape.ForwardTask(dense.data(), t, bu + bi, &fw);
+  float pred, loss, dy;
+  if (e.task == Task::kRating) {
+    pred = std::clamp(y, options.rating_min, options.rating_max);
+    float err = y - e.label;
+    loss = 0.5f * err * err;
+    dy = err;
+  } else {
+    float p = 1.0f / (1.0f + std::exp(-y));
+    pred = p;
+    float pc = std::clamp(p, 1e-7f, 1.0f - 1e-7f);
+    loss = -(e.label * std::log(pc) + (1 - e.label) * std::log(1 - pc));
+    dy = p - e.label;
+  }
+  if (before) {
+    *before = Prediction();
+    if (e.task == Task::kClick) before->click = pred;
+    if (e.task == Task::kPurchase) before->purchase = pred;
+    if (e.task == Task::kRating) before->rating = pred;
+  }
+  learned[t].fetch_add(1, std::memory_order_relaxed);
+  s->observations.push_back({e.task, pred, e.label});
+  if (e.task == Task::kPurchase && e.label > 0.5f) {
+    std::unique_lock lock(purchases_mu);
+    if (purchases[s->user_rows[0]].insert(s->item_rows[0]).second)
+      new_purchases.emplace_back(s->user_rows[0], s->item_rows[0]);
+  }
+  if (!std::isfinite(y) || !std::isfinite(loss)) {
+    ++s->refused;
+    return;
+  }
+  const float w = weighting.weight(e.task);
+  float g = std::clamp(dy * w, -options.grad_clip, options.grad_clip);
+
+  s->du.assign(d + 1, 0.0f);
+  s->dv.assign(d + 1, 0.0f);
+  float grad_h_norm =
+      shape.BackwardTask(dense.data(), t, g, &fw, s->dense_grad.data(), s->du.data(), s->dv.data());
+  // The bias gradient rides in slot d.
+  s->du[d] = g;
+  s->dv[d] = g;
+  float check = 0;
+  for (int k = 0; k <= d; ++k) check += s->du[k] + s->dv[k];
+  if (!std::isfinite(check) || !std::isfinite(grad_h_norm)) {
+    ++s->refused;
+    return;
+  }
+  s->dense_touched = true;
+  s->chunk.loss_sum[t] += loss;
+  s->chunk.grad_norm_sum[t] += w > 0 ? grad_h_norm / w : 0.0;
+  s->chunk.count[t] += 1;
+
+  // Sparse updates, applied at once (Hogwild: another thread may update the
+  // same row concurrently; lost updates are rare and harmless).
+  auto update = [&](EmbeddingTable& main, EmbeddingTable& side, const std::vector<uint32_t>& rows,
+                    const float* grad) {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      EmbeddingTable& table = i == 0 ? main : side;
+      float* r = table.Row(rows[i]);
+      ApplyRow(r, grad, d, 0);
+      ApplyRow(r, grad + d, 1, d + t);
+      table.MarkDirty(rows[i]);
+    }
+  };
+  update(users, user_features, s->user_rows, s->du.data());
+  update(items, item_features, s->item_rows, s->dv.data());
+}
+
+void Learner::Impl::FinishChunk(TrainState* s) {
+  if (s->dense_touched) {
+    bool finite = true;
+    for (float g : s->dense_grad) finite &= std::isfinite(g);
+    if (finite) {
+      const float lr = options.lr_dense, clip = options.grad_clip;
+      float* w = dense.data();
+      float* acc = dense_accum.data();
+      for (size_t i = 0; i < s->dense_grad.size(); ++i) {
+        float g = s->dense_grad[i];
+        if (g == 0.0f) continue;
+        g = std::clamp(g, -clip, clip);
+        acc[i] += g * g;
+        w[i] -= lr * g / (std::sqrt(acc[i]) + 1e-8f);
+      }
+    } else {
+      ++s->refused;
+    }
+    std::fill(s->dense_grad.begin(), s->dense_grad.end(), 0.0f);
+    s->dense_touched = false;
+  }
+  weighting.Update(s->chunk);
+  s->chunk = TaskChunkStats();
+  {
+    std::lock_guard lock(metrics_mu);
+    for (const Observation& o : s->observations) {
+      TaskMetrics& m = metrics[int(o.task)];
+      m.count += 1;
+      if (o.task == Task::kRating) {
+        double err = double(o.pred) - o.label;
+        m.abs_sum += std::abs(err);
+        m.sq_sum += err * err;
+      } else {
+        double p = std::clamp<double>(o.pred, 1e-7, 1 - 1e-7);
+        m.loss_sum += -(o.label * std::log(p) + (1 - o.label) * std::log(1 - p));
+        (o.label > 0.5f ? m.pos : m.neg)[AucBin(o.pred)] += 1;
+      }
+    }
+  }
+  s->observations.clear();
+  if (s->refused) {
+    refused.fetch_add(s->refused, std::memory_order_relaxed);
+    s->refused = 0;
+  }
+}
+
+Learner::Learner(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Learner::~Learner() = default;
+
+Status Learner::Create(const LearnerOptions& options, std::unique_ptr<Learner>* learner) {
+  RECSTREAM_RETURN_IF_ERROR(ValidateOptions(options));
+  learner->reset(new Learner(std::make_unique<Impl>(options)));
+  return Status::OK();
+}
+
+const LearnerOptions& Learner::options() const { return impl_->options; }
+
+void Learner::Train(std::span<const Event> events, std::vector<Prediction>* before) {
+  Impl& m = *impl_;
+  if (before) before->assign(events.size(), Prediction());
+  const size_t chunk = size_t(m.options.chunk);
+  auto run = [&](size_t begin, size_t end) {
+    TrainState& s = m.states.local();
+    for (size_t i = begin; i < end; ++i)
+      m.TrainOne(events[i], &s, before ? &(*before)[i] : nullptr);
+    m.FinishChunk(&s);
+  };
+  if (m.threads == 1 || events.size() <= chunk) {
+    for (size_t b = 0; b < events.size(); b += chunk) run(b, std::min(events.size(), b + chunk));
+    return;
+  }
+  m.arena.execute([&] {
+    tbb::parallel_for(
+        tbb::blocked_range<size_t>(0, events.size(), chunk),
+        [&](const tbb::blocked_range<size_t>& r) { run(r.begin(), r.end()); },
+        tbb::simple_partitioner());
+  });
+}
+
+void Learner::Impl::ScoreItems(std::string_view user, const std::vector<uint32_t>& item_rows,
+                               std::vector<Prediction>* out) const {
+  const int d = options.dim;
+  UserContext ctx(shape);
+  std::vector<float> u(d, 0.0f), ubias(kNumTasks, 0.0f);
+  uint32_t ur = users.Find(user);
+  if (ur != EmbeddingTable::kNoRow) {
+    const float* r = users.Row(ur);
+    std::copy(r, r + d, u.begin());
+    std::copy(r + d, r + d + kNumTasks, ubias.begin());
+  }
+  shape.PrepareUser(dense.data(), u.data(), &ctx);
+  out->resize(item_rows.size());
+  std::vector<float> zero(width, 0.0f);
+  std::array<float, kNumTasks> y;
+  for (size_t i = 0; i < item_rows.size(); ++i) {
+    const float* v = item_rows[i] == EmbeddingTable::kNoRow ? zero.data() : items.Row(item_rows[i]);
+    shape.ScoreItem(dense.data(), ctx, v, &y);
+    Prediction& p = (*out)[i];
+    auto sigmoid = [](float x) { return 1.0f / (1.0f + std::exp(-x)); };
+    p.click = sigmoid(y[0] + ubias[0] + v[d + 0]);
+    p.purchase = sigmoid(y[1] + ubias[1] + v[d + 1]);
+    float r = y[2] + ubias[2] + v[d + 2];
+    p.rating = std::isfinite(r) ? std::clamp(r, options.rating_min, options.rating_max)
+                                : 0.5f * (options.rating_min + options.rating_max);
+  }
+}
+
+ScoreResult Learner::Score(std::string_view user, std::string_view item, const Blend& blend) const {
+  const Impl& m = *impl_;
+  ScoreResult r;
+  uint32_t ir = m.items.Find(item);
+  r.user_known = m.users.Find(user) != EmbeddingTable::kNoRow;
+  r.item_known = ir != EmbeddingTable::kNoRow;
+  std::vector<Prediction> p;
+  m.ScoreItems(user, {ir}, &p);
+  r.prediction = p[0];
+  r.score = BlendScore(p[0], blend, m.options.rating_min, m.options.rating_max);
+  return r;
+}
+
+void Learner::ScoreMany(std::string_view user, std::span<const std::string> items,
+                        const Blend& blend, std::vector<ScoreResult>* out) const {
+  const Impl& m = *impl_;
+  std::vector<uint32_t> rows(items.size());
+  for (size_t i = 0; i < items.size(); ++i) rows[i] = m.items.Find(items[i]);
+  bool user_known = m.users.Find(user) != EmbeddingTable::kNoRow;
+  std::vector<Prediction> p;
+  m.ScoreItems(user, rows, &p);
+  out->resize(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    ScoreResult& r = (*out)[i];
+    r.prediction = p[i];
+    r.score = BlendScore(p[i], blend, m.options.rating_min, m.options.rating_max);
+    r.user_known = user_known;
+    r.item_known = rows[i] != EmbeddingTable::kNoRow;
+  }
+}
+
+std::vector<Recommendation> Learner::Recommend(std::string_view user, int k, bool exclude_purchased,
+                                               const Blend& blend) const {
+  const Impl& m = *impl_;
+  std::vector<Recommendation> result;
+  if (k <= 0) return result;
+  uint32_t n = m.items.size();
+  std::vector<uint32_t> rows(n);
+  for (uint32_t i = 0; i < n; ++i) rows[i] = i;
+  if (exclude_purchased) {
+    uint32_t ur = m.users.Find(user);
+    std::shared_lock lock(m.purchases_mu);
+    auto it = ur == EmbeddingTable::kNoRow ? m.purchases.end() : m.purchases.find(ur);
+    if (it != m.purchases.end())
+      std::erase_if(rows, [&](uint32_t r) { return it->second.count(r) > 0; });
+  }
+  std::vector<Prediction> preds;
+  m.ScoreItems(user, rows, &preds);
+  // Min-heap of the best k.
+  using Entry = std::pair<float, size_t>;
+  std::priority_queue<Entry, std::vector<Entry>, std::greater<>> heap;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    float s = BlendScore(preds[i], blend, m.options.rating_min, m.options.rating_max);
+    if (int(heap.size()) < k) {
+      heap.emplace(s, i);
+    } else if (s > heap.top().first) {
+      heap.pop();
+      heap.emplace(s, i);
+    }
+  }
+  result.resize(heap.size());
+  for (size_t j = heap.size(); j-- > 0;) {
+    auto [s, i] = heap.top();
+    heap.pop();
+    result[j] = Recommendation{m.items.key(rows[i]), preds[i], s};
+  }
+  return result;
+}
+
+LearnerStats Learner::Stats() const {
+  const Impl& m = *impl_;
+  LearnerStats s;
+  auto avg = m.weighting.AverageLoss();
+  {
+    std::lock_guard lock(m.metrics_mu);
+    for (int t = 0; t < kNumTasks; ++t) {
+      const TaskMetrics& tm = m.metrics[t];
+      TaskStats& ts = s.tasks[t];
+      ts.learned = m.learned[t].load(std::memory_order_relaxed);
+      ts.loss_weight = m.weighting.weight(Task(t));
+      ts.avg_loss = avg[t];
+      if (tm.count > 0) {
+        if (t == int(Task::kRating)) {
+          ts.mae = tm.abs_sum / tm.count;
+          ts.rmse = std::sqrt(tm.sq_sum / tm.count);
+        } else {
+          ts.auc = tm.Auc();
+          ts.logloss = tm.loss_sum / tm.count;
+        }
+      }
+    }
+  }
+  s.users = m.users.size();
+  s.items = m.items.size();
+  s.features = m.user_features.size() + m.item_features.size();
+  s.nonfinite_updates_refused = m.refused.load(std::memory_order_relaxed);
+  return s;
+}
+
+void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
+  Impl& m = *impl_;
+  *out = ModelSnapshot();
+  out->shape = m.shape.Describe();
+  const int w2 = 2 * m.width;
+  for (EmbeddingTable* t : {&m.users, &m.items, &m.user_features, &m.item_features}) {
+    TableDelta delta;
+    delta.table = t->name();
+    delta.width = w2;
+    t->ForEachDirty(full, [&](uint32_t r) {
+      delta.keys.push_back(t->key(r));
+      const float* row = t->Row(r);
+      delta.values.insert(delta.values.end(), row, row + w2);
+    });
+    out->tables.push_back(std::move(delta));
+  }
+  out->dense.emplace_back("dense", m.dense);
+  out->dense.emplace_back("dense_accum", m.dense_accum);
+  out->dense.emplace_back("weighting", m.weighting.Save());
+  {
+    std::vector<float> metrics;
+    std::lock_guard lock(m.metrics_mu);
+    for (const TaskMetrics& tm : m.metrics) {
+      for (double v : {tm.count, tm.loss_sum, tm.abs_sum, tm.sq_sum}) PackDouble(v, &metrics);
+      for (double v : tm.pos) PackDouble(v, &metrics);
+      for (double v : tm.neg) PackDouble(v, &metrics);
+    }
+    out->dense.emplace_back("metrics", std::move(metrics));
+  }
+  for (int t = 0; t < kNumTasks; ++t) out->learned[t] = m.learned[t].load();
+  {
+    std::unique_lock lock(m.purchases_mu);
+    if (full) {
+      for (const auto& [u, set] : m.purchases)
+        for (uint32_t i : set) out->new_purchases.emplace_back(m.users.key(u), m.items.key(i));
+    } else {
+      for (auto [u, i] : m.new_purchases)
+        out->new_purchases.emplace_back(m.users.key(u), m.items.key(i));
+    }
+    m.new_purchases.clear();
+  }
+}
+
+Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
+  Impl& m = *impl_;
+  if (snap.shape != m.shape.Describe())
+    return Status::Corruption("snapshot is of model shape '" + snap.shape +
+                              "' but the options give '" + m.shape.Describe() + "'");
+  const int w2 = 2 * m.width;
+  for (const TableDelta& delta : snap.tables) {
+    EmbeddingTable* t = m.table(delta.table);
+    if (!t) return Status::Corruption("snapshot has unknown table '" + delta.table + "'");
+    if (delta.width != w2 || delta.values.size() != delta.keys.size() * size_t(w2))
+      return Status::Corruption("table '" + delta.table + "' has rows of the wrong width");
+    for (size_t i = 0; i < delta.keys.size(); ++i) {
+      uint32_t r = t->GetOrCreate(delta.keys[i]);
+      std::copy_n(delta.values.data() + i * w2, w2, t->Row(r));
+    }
+  }
+  for (const auto& [name, values] : snap.dense) {
+    if (name == "dense" || name == "dense_accum") {
+      auto& dst = name == "dense" ? m.dense : m.dense_accum;
+      if (values.size() != dst.size())
+        return Status::Corruption("dense block '" + name + "' has the wrong size");
+      dst = values;
+    } else if (name == "weighting") {
+      if (!m.weighting.Load(values))
+        return Status::Corruption("weighting state has the wrong size");
+    } else if (name == "metrics") {
+      const size_t per_task = 4 + 2 * kAucBins;
+      if (values.size() != 2 * per_task * kNumTasks)
+        return Status::Corruption("metrics block has the wrong size");
+      std::lock_guard lock(m.metrics_mu);
+      size_t i = 0;
+      for (TaskMetrics& tm : m.metrics) {
+        for (double* v : {&tm.count, &tm.loss_sum, &tm.abs_sum, &tm.sq_sum})
+          *v = UnpackDouble(values, i++);
+        for (double& v : tm.pos) v = UnpackDouble(values, i++);
+        for (double& v : tm.neg) v = UnpackDouble(values, i++);
+      }
+    } else {
+      return Status::Corruption("snapshot has unknown dense block '" + name + "'");
+    }
+  }
+  for (int t = 0; t < kNumTasks; ++t) m.learned[t].store(snap.learned[t]);
+  {
+    std::unique_lock lock(m.purchases_mu);
+    for (const auto& [u, i] : snap.new_purchases)
+      m.purchases[m.users.GetOrCreate(u)].insert(m.items.GetOrCreate(i));
+  }
+  // What was just loaded is already stored: nothing is dirty.
+  for (EmbeddingTable* t : {&m.users, &m.items, &m.user_features, &m.item_features})
+    t->ForEachDirty(false, [](uint32_t) {});
+  return Status::OK();
+}
+
+}  // namespace recstream::learner

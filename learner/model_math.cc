@@ -1,0 +1,233 @@
+#include "learner/model_math.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+namespace recstream::learner {
+
+Forward::Forward(const ModelShape& shape)
+    : u(shape.dim()),
+      v(shape.dim()),
+      x(shape.input()),
+      z(shape.experts() * shape.hidden()),
+      a(shape.experts() * shape.hidden()),
+      s(shape.experts()),
+      g(shape.experts()),
+      h(shape.hidden()),
+      dh(shape.hidden()),
+      dx(shape.input()),
+      da(shape.hidden()) {}
+
+UserContext::UserContext(const ModelShape& s)
+    : u(s.dim()),
+      M(size_t(s.experts()) * s.hidden() * s.dim()),
+      m(size_t(s.experts()) * s.hidden()),
+      N(s.mmoe() ? size_t(kNumTasks) * s.experts() * s.dim() : 0),
+      n(s.mmoe() ? size_t(kNumTasks) * s.experts() : 0),
+      z(size_t(s.experts()) * s.hidden()),
+      gate(s.experts()) {}
+
+ModelShape::ModelShape(const LearnerOptions& o)
+    : d_(o.dim),
+      h_(o.hidden),
+      e_(o.arch == Arch::kMmoe ? o.experts : 1),
+      mmoe_(o.arch == Arch::kMmoe),
+      rating_mid_(0.5f * (o.rating_min + o.rating_max)) {
+  const size_t in = 3 * d_;
+  size_t off = 0;
+  exp_w_ = off, off += size_t(e_) * h_ * in;
+  exp_b_ = off, off += size_t(e_) * h_;
+  gate_w_ = off, off += mmoe_ ? size_t(kNumTasks) * e_ * in : 0;
+  gate_b_ = off, off += mmoe_ ? size_t(kNumTasks) * e_ : 0;
+  head_w_ = off, off += size_t(kNumTasks) * h_;
+  head_c_ = off, off += kNumTasks;
+  head_a_ = off, off += kNumTasks;
+  size_ = off;
+}
+
+std::string ModelShape::Describe() const {
+  return "recstream-v1 dim=" + std::to_string(d_) + " hidden=" + std::to_string(h_) +
+         " experts=" + std::to_string(e_) + " arch=" + (mmoe_ ? "mmoe" : "shared_bottom") +
+         " tasks=" + std::to_string(kNumTasks);
+}
+
+void ModelShape::Init(float* dense, uint64_t seed) const {
+  std::mt19937_64 rng(seed * 7919 + 17);
+  const int in = input();
+  std::uniform_real_distribution<float> w_exp(-std::sqrt(6.0f / (in + h_)),
+                                              std::sqrt(6.0f / (in + h_)));
+  std::uniform_real_distribution<float> w_head(-std::sqrt(6.0f / (h_ + 1)) * 0.1f,
+                                               std::sqrt(6.0f / (h_ + 1)) * 0.1f);
+  std::fill(dense, dense + size_, 0.0f);
+  for (size_t i = exp_w_; i < exp_b_; ++i) dense[i] = w_exp(rng);
+  for (size_t i = head_w_; i < head_c_; ++i) dense[i] = w_head(rng);
+  // Priors before any event: clicks even, purchases rare, ratings mid-scale.
+  dense[head_c_ + int(Task::kClick)] = 0.0f;
+  dense[head_c_ + int(Task::kPurchase)] = -3.0f;
+  dense[head_c_ + int(Task::kRating)] = rating_mid_;
+  for (int t = 0; t < kNumTasks; ++t) dense[head_a_ + t] = 1.0f;
+}
+
+float ModelShape::ForwardTask(const float* dense, int t, float bias, Forward* fw) const {
+  const int d = d_, in = 3 * d_;
+  float* x = fw->x.data();
+  float dot = 0.0f;
+  for (int k = 0; k < d; ++k) {
+    x[k] = fw->u[k] * fw->v[k];
+    x[d + k] = fw->u[k];
+    x[2 * d + k] = fw->v[k];
+    dot += x[k];
+  }
+  fw->dot = dot;
+  for (int e = 0; e < e_; ++e) {
+    for (int j = 0; j < h_; ++j) {
+      const float* w = dense + exp_w_ + (size_t(e) * h_ + j) * in;
+      float acc = dense[exp_b_ + e * h_ + j];
+      for (int k = 0; k < in; ++k) acc += w[k] * x[k];
+      fw->z[e * h_ + j] = acc;
+      fw->a[e * h_ + j] = acc > 0.0f ? acc : 0.0f;
+    }
+  }
+  float* h = fw->h.data();
+  if (mmoe_) {
+    float mx = -1e30f;
+    for (int e = 0; e < e_; ++e) {
+      const float* w = dense + gate_w_ + (size_t(t) * e_ + e) * in;
+      float acc = dense[gate_b_ + t * e_ + e];
+      for (int k = 0; k < in; ++k) acc += w[k] * x[k];
+      fw->s[e] = acc;
+      mx = std::max(mx, acc);
+    }
+    float sum = 0.0f;
+    for (int e = 0; e < e_; ++e) sum += (fw->g[e] = std::exp(fw->s[e] - mx));
+    for (int e = 0; e < e_; ++e) fw->g[e] /= sum;
+    std::fill(h, h + h_, 0.0f);
+    for (int e = 0; e < e_; ++e)
+      for (int j = 0; j < h_; ++j) h[j] += fw->g[e] * fw->a[e * h_ + j];
+  } else {
+    std::copy(fw->a.begin(), fw->a.begin() + h_, h);
+  }
+  const float* w = dense + head_w_ + size_t(t) * h_;
+  float y = dense[head_c_ + t] + dense[head_a_ + t] * dot + bias;
+  for (int j = 0; j < h_; ++j) y += w[j] * h[j];
+  return y;
+}
+
+float ModelShape::BackwardTask(const float* dense, int t, float dy, Forward* fw, float* grad,
+                               float* du, float* dv) const {
+  const int d = d_, in = 3 * d_;
+  const float* x = fw->x.data();
+  const float* hw = dense + head_w_ + size_t(t) * h_;
+  float* dh = fw->dh.data();
+  float norm2 = 0.0f;
+  for (int j = 0; j < h_; ++j) {
+    grad[head_w_ + t * h_ + j] += dy * fw->h[j];
+    dh[j] = dy * hw[j];
+    norm2 += dh[j] * dh[j];
+  }
+  grad[head_c_ + t] += dy;
+  grad[head_a_ + t] += dy * fw->dot;
+  const float alpha = dense[head_a_ + t];
+  float* dx = fw->dx.data();
+  std::fill(dx, dx + in, 0.0f);
+  if (mmoe_) {
+    // Gate: dL/dg_e = dh . a_e; softmax backward.
+    float mean = 0.0f;
+    for (int e = 0; e < e_; ++e) {
+      float dg = 0.0f;
+      for (int j = 0; j < h_; ++j) dg += dh[j] * fw->a[e * h_ + j];
+      fw->s[e] = dg;  // reuse as dL/dg
+      mean += fw->g[e] * dg;
+    }
+    for (int e = 0; e < e_; ++e) {
+      float ds = fw->g[e] * (fw->s[e] - mean);
+      if (ds == 0.0f) continue;
+      float* gw = grad + gate_w_ + (size_t(t) * e_ + e) * in;
+      const float* w = dense + gate_w_ + (size_t(t) * e_ + e) * in;
+      for (int k = 0; k < in; ++k) {
+        gw[k] += ds * x[k];
+        dx[k] += ds * w[k];
+      }
+      grad[gate_b_ + t * e_ + e] += ds;
+    }
+  }
+  for (int e = 0; e < e_; ++e) {
+    const float ge = mmoe_ ? fw->g[e] : 1.0f;
+    for (int j = 0; j < h_; ++j) {
+      float dz = fw->z[e * h_ + j] > 0.0f ? ge * dh[j] : 0.0f;
+      if (dz == 0.0f) continue;
+      float* gw = grad + exp_w_ + (size_t(e) * h_ + j) * in;
+      const float* w = dense + exp_w_ + (size_t(e) * h_ + j) * in;
+      for (int k = 0; k < in; ++k) {
+        gw[k] += dz * x[k];
+        dx[k] += dz * w[k];
+      }
+      grad[exp_b_ + e * h_ + j] += dz;
+    }
+  }
+  for (int k = 0; k < d; ++k) {
+    du[k] = dx[k] * fw->v[k] + dx[d + k] + dy * alpha * fw->v[k];
+    dv[k] = dx[k] * fw->u[k] + dx[2 * d + k] + dy * alpha * fw->u[k];
+  }
+  return std::sqrt(norm2);
+}
+
+void ModelShape::PrepareUser(const float* dense, const float* u, UserContext* ctx) const {
+  const int d = d_, in = 3 * d_;
+  std::copy(u, u + d, ctx->u.begin());
+  auto fold = [&](const float* w, float b, float* M, float* m) {
+    // Row [A | B | C]: M = A diag(u) + C, m = B . u + b.
+    float acc = b;
+    for (int k = 0; k < d; ++k) {
+      M[k] = w[k] * u[k] + w[2 * d + k];
+      acc += w[d + k] * u[k];
+    }
+    *m = acc;
+  };
+  for (int r = 0; r < e_ * h_; ++r)
+    fold(dense + exp_w_ + size_t(r) * in, dense[exp_b_ + r], &ctx->M[size_t(r) * d], &ctx->m[r]);
+  if (mmoe_)
+    for (int r = 0; r < kNumTasks * e_; ++r)
+      fold(dense + gate_w_ + size_t(r) * in, dense[gate_b_ + r], &ctx->N[size_t(r) * d],
+           &ctx->n[r]);
+}
+
+void ModelShape::ScoreItem(const float* dense, UserContext& ctx, const float* v,
+                           std::array<float, kNumTasks>* y) const {
+  const int d = d_;
+  float dot = 0.0f;
+  for (int k = 0; k < d; ++k) dot += ctx.u[k] * v[k];
+  for (int r = 0; r < e_ * h_; ++r) {
+    const float* M = &ctx.M[size_t(r) * d];
+    float acc = ctx.m[r];
+    for (int k = 0; k < d; ++k) acc += M[k] * v[k];
+    ctx.z[r] = acc > 0.0f ? acc : 0.0f;
+  }
+  for (int t = 0; t < kNumTasks; ++t) {
+    const float* hw = dense + head_w_ + size_t(t) * h_;
+    float out = dense[head_c_ + t] + dense[head_a_ + t] * dot;
+    if (mmoe_) {
+      float mx = -1e30f;
+      for (int e = 0; e < e_; ++e) {
+        const float* N = &ctx.N[(size_t(t) * e_ + e) * d];
+        float acc = ctx.n[t * e_ + e];
+        for (int k = 0; k < d; ++k) acc += N[k] * v[k];
+        ctx.gate[e] = acc;
+        mx = std::max(mx, acc);
+      }
+      float sum = 0.0f;
+      for (int e = 0; e < e_; ++e) sum += (ctx.gate[e] = std::exp(ctx.gate[e] - mx));
+      for (int e = 0; e < e_; ++e) {
+        float ge = ctx.gate[e] / sum, acc = 0.0f;
+        for (int j = 0; j < h_; ++j) acc += hw[j] * ctx.z[e * h_ + j];
+        out += ge * acc;
+      }
+    } else {
+      for (int j = 0; j < h_; ++j) out += hw[j] * ctx.z[j];
+    }
+    (*y)[t] = out;
+  }
+}
+
+}  // namespace recstream::learner

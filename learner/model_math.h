@@ -1,0 +1,75 @@
+// ModelShape: the dense part of the model and its forward and backward passes.
+// Private to learner/.
+//
+// Input x = [u*v, u, v] (3d) for user vector u and item vector v. E experts
+// (E = 1 for the shared bottom) compute a_e = relu(W_e x + b_e) of width H.
+// With MMoE each task t mixes the experts with a softmax gate
+// g_t = softmax(G_t x + c_t); with the shared bottom h = a_0. Task t's output
+// is y_t = w_t . h_t + c_t + alpha_t (u . v) (+ user and item biases, added
+// by the caller).
+//
+// All dense parameters live in one flat float vector; offsets below.
+#pragma once
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "learner/learner.h"
+
+namespace recstream::learner {
+
+class ModelShape;
+
+// Scratch buffers of one forward/backward pass.
+struct Forward {
+  explicit Forward(const ModelShape& shape);
+  std::vector<float> u, v, x, z, a, s, g, h, dh, dx, da;
+  float dot = 0.0f;
+};
+
+// Per-request precomputation for scoring many items for one user:
+// W_e x + b_e = M_e v + m_e with M_e = A_e diag(u) + C_e, m_e = B_e u + b_e.
+struct UserContext {
+  explicit UserContext(const ModelShape& shape);
+  std::vector<float> u;
+  std::vector<float> M, m;  // experts: E*H*d and E*H
+  std::vector<float> N, n;  // gates: T*E*d and T*E (MMoE only)
+  std::vector<float> z, gate;
+};
+
+class ModelShape {
+ public:
+  explicit ModelShape(const LearnerOptions& o);
+
+  int dim() const { return d_; }
+  int hidden() const { return h_; }
+  int experts() const { return e_; }
+  bool mmoe() const { return mmoe_; }
+  int input() const { return 3 * d_; }
+  size_t dense_size() const { return size_; }
+  std::string Describe() const;
+
+  void Init(float* dense, uint64_t seed) const;
+
+  // Forward pass of task t from fw->u and fw->v; returns y_t without the
+  // user and item biases, which the caller adds as `bias`.
+  float ForwardTask(const float* dense, int t, float bias, Forward* fw) const;
+  // Backward pass for dL/dy = dy after ForwardTask: adds dense gradients to
+  // `grad` and writes dL/du, dL/dv (d floats each). Returns |dL/dh|.
+  float BackwardTask(const float* dense, int t, float dy, Forward* fw, float* grad, float* du,
+                     float* dv) const;
+
+  void PrepareUser(const float* dense, const float* u, UserContext* ctx) const;
+  // y for all tasks, without biases; v points at d floats.
+  void ScoreItem(const float* dense, UserContext& ctx, const float* v,
+                 std::array<float, kNumTasks>* y) const;
+
+ private:
+  int d_, h_, e_;
+  bool mmoe_;
+  float rating_mid_;
+  size_t exp_w_, exp_b_, gate_w_, gate_b_, head_w_, head_c_, head_a_, size_;
+};
+
+}  // namespace recstream::learner
