@@ -1,0 +1,316 @@
+// recstream: the command line of SPEC section 4.
+//   serve, broker, produce, gen, eval, config
+// Exit codes: 0 success, 2 usage or configuration error, 1 run-time failure.
+#include <signal.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include "app/service.h"
+#include "config/config.h"
+#include "eval/evaluator.h"
+#include "eval/generator.h"
+#include "ingest/kafka.h"
+
+namespace recstream::app {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+
+// Blocks SIGINT and SIGTERM in every thread (call before starting any) so
+// that WaitForSignal can take them synchronously.
+sigset_t BlockStopSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
+int WaitForSignal(const sigset_t& set) {
+  int sig = 0;
+  sigwait(&set, &sig);
+  return sig;
+}
+
+struct ConfigFlags {
+  std::string file;
+  std::vector<std::string> sets;
+  void Add(CLI::App* cmd) {
+    cmd->add_option("--config", file, "TOML configuration file");
+    cmd->add_option("--set", sets, "override a configuration key: key=value (repeatable)");
+  }
+  // Loads the effective configuration; prints the error and returns false on failure.
+  bool Load(config::AppConfig* out, std::vector<config::ConfigSource>* sources = nullptr) const {
+    Status s = config::Load(file, sets, config::CurrentEnvironment(), out, sources);
+    if (!s.ok()) {
+      std::fprintf(stderr, "recstream: configuration error: %s\n", s.message().c_str());
+      return false;
+    }
+    spdlog::set_level(spdlog::level::from_str(out->log_level));
+    return true;
+  }
+};
+
+int RunServe(const ConfigFlags& flags) {
+  config::AppConfig cfg;
+  if (!flags.Load(&cfg)) return kExitUsage;
+  sigset_t signals = BlockStopSignals();
+  std::unique_ptr<Service> service;
+  Status s = Service::Start(cfg, &service);
+  if (!s.ok()) {
+    std::fprintf(stderr, "recstream: cannot start: %s\n", s.ToString().c_str());
+    return s.IsInvalidArgument() ? kExitUsage : kExitFailure;
+  }
+  std::printf("recstream: Kafka bootstrap servers %s%s\n", service->kafka_brokers().c_str(),
+              cfg.kafka.brokers.empty() ? " (embedded)" : "");
+  std::printf("recstream: serving on http://%s  (try /v1/stats, /v1/score?user=U&item=I)\n",
+              service->http_address().c_str());
+  std::fflush(stdout);
+  int sig = WaitForSignal(signals);
+  spdlog::info("received signal {}: checkpointing and stopping", sig);
+  s = service->Shutdown();
+  if (!s.ok()) {
+    std::fprintf(stderr, "recstream: final checkpoint failed: %s\n", s.ToString().c_str());
+    return kExitFailure;
+  }
+  return kExitOk;
+}
+
+int RunBroker(int partitions, const std::string& bootstrap_file) {
+  sigset_t signals = BlockStopSignals();
+  std::unique_ptr<ingest::EmbeddedKafka> kafka;
+  ingest::TopicNames topics;
+  Status s = ingest::EmbeddedKafka::Start(1, partitions, topics, &kafka);
+  if (!s.ok()) {
+    std::fprintf(stderr, "recstream: cannot start the embedded Kafka: %s\n", s.ToString().c_str());
+    return kExitFailure;
+  }
+  if (!bootstrap_file.empty()) {
+    // Write then rename, so a reader never sees a partial address.
+    std::string tmp = bootstrap_file + ".tmp";
+    std::ofstream(tmp) << kafka->bootstrap() << "\n";
+    if (std::rename(tmp.c_str(), bootstrap_file.c_str()) != 0) {
+      std::fprintf(stderr, "recstream: cannot write %s\n", bootstrap_file.c_str());
+      return kExitFailure;
+    }
+  }
+  std::printf("%s\n", kafka->bootstrap().c_str());
+  std::fflush(stdout);
+  WaitForSignal(signals);
+  return kExitOk;
+}
+
+int RunProduce(const ConfigFlags& flags, std::string brokers, double rate, const std::string& path,
+               bool quiet) {
+  config::AppConfig cfg;
+  if (!flags.Load(&cfg)) return kExitUsage;
+  if (brokers.empty()) brokers = cfg.kafka.brokers;
+  if (brokers.empty()) {
+    std::fprintf(stderr, "recstream: produce needs --brokers (or kafka.brokers)\n");
+    return kExitUsage;
+  }
+  std::ifstream file;
+  std::istream* in = &std::cin;
+  if (path != "-") {
+    file.open(path);
+    if (!file) {
+      std::fprintf(stderr, "recstream: cannot open %s\n", path.c_str());
+      return kExitFailure;
+    }
+    in = &file;
+  }
+  std::unique_ptr<ingest::EventProducer> producer;
+  Status s = ingest::EventProducer::Open(brokers, cfg.kafka.topics, &producer);
+  if (!s.ok()) {
+    std::fprintf(stderr, "recstream: %s\n", s.ToString().c_str());
+    return kExitFailure;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const bool progress = !quiet && isatty(STDERR_FILENO);
+  auto last_progress = start;
+  uint64_t sent = 0, bad = 0;
+  std::string line;
+  while (std::getline(*in, line)) {
+    if (line.empty()) continue;
+    Status ls = producer->SendEvent(line, cfg.parser);
+    if (ls.ok()) {
+      ++sent;
+    } else if (ls.IsInvalidArgument()) {
+      if (bad++ < 10) std::fprintf(stderr, "recstream: skipping line: %s\n", ls.message().c_str());
+    } else {
+      std::fprintf(stderr, "recstream: %s\n", ls.ToString().c_str());
+      return kExitFailure;
+    }
+    if (rate > 0) {
+      auto due = start + std::chrono::duration<double>(double(sent) / rate);
+      std::this_thread::sleep_until(due);
+    }
+    if (progress && sent % 1024 == 0) {
+      auto now = std::chrono::steady_clock::now();
+      if (now - last_progress > std::chrono::seconds(1)) {
+        double secs = std::chrono::duration<double>(now - start).count();
+        std::fprintf(stderr, "\rproduced %llu events (%.0f/s)   ", (unsigned long long)sent, sent / secs);
+        last_progress = now;
+      }
+    }
+  }
+  s = producer->Flush(30000);
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "%sproduced %llu events in %.2f s (%llu delivered, %llu failed, %llu lines skipped)\n",
+               progress ? "\r" : "", (unsigned long long)sent, secs,
+               (unsigned long long)producer->delivered(), (unsigned long long)producer->failed(),
+               (unsigned long long)bad);
+  if (!s.ok() || producer->failed() > 0) return kExitFailure;
+  return kExitOk;
+}
+
+int RunGen(const eval::GeneratorOptions& options, const std::string& out_path) {
+  std::ofstream file;
+  std::ostream* out = &std::cout;
+  if (!out_path.empty() && out_path != "-") {
+    file.open(out_path);
+    if (!file) {
+      std::fprintf(stderr, "recstream: cannot write %s\n", out_path.c_str());
+      return kExitFailure;
+    }
+    out = &file;
+  }
+  std::ios::sync_with_stdio(false);
+  eval::Generator gen(options);
+  std::string line;
+  while (gen.Next(&line)) {
+    out->write(line.data(), std::streamsize(line.size()));
+    out->put('\n');
+  }
+  out->flush();
+  return *out ? kExitOk : kExitFailure;
+}
+
+int RunEval(const ConfigFlags& flags, const std::string& events_path, const std::string& report_path,
+            int ranking_k, int candidates, const std::string& predictions, bool quiet) {
+  config::AppConfig cfg;
+  if (!flags.Load(&cfg)) return kExitUsage;
+  std::ifstream in(events_path);
+  if (!in) {
+    std::fprintf(stderr, "recstream: cannot open %s\n", events_path.c_str());
+    return kExitFailure;
+  }
+  eval::EvalOptions options;
+  options.learner = cfg.learner;
+  options.parser = cfg.parser;
+  options.ranking_k = ranking_k;
+  options.candidates = candidates;
+  options.predictions_path = predictions;
+  options.progress = !quiet;
+  eval::EvalReport report;
+  Status s = eval::RunEval(options, in, &report);
+  if (!s.ok()) {
+    std::fprintf(stderr, "recstream: eval failed: %s\n", s.ToString().c_str());
+    return s.IsInvalidArgument() ? kExitUsage : kExitFailure;
+  }
+  std::cout << eval::ReportSummary(report);
+  if (!report_path.empty()) {
+    std::ofstream out(report_path);
+    out << eval::ReportJson(report) << "\n";
+    if (!out) {
+      std::fprintf(stderr, "recstream: cannot write %s\n", report_path.c_str());
+      return kExitFailure;
+    }
+  }
+  return kExitOk;
+}
+
+int Main(int argc, char** argv) {
+  auto console = spdlog::stderr_color_mt("recstream");
+  spdlog::set_default_logger(console);
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+
+  CLI::App app{"recstream: online multi-task recommendations from Kafka event streams"};
+  app.require_subcommand(1);
+
+  ConfigFlags serve_flags;
+  auto* serve = app.add_subcommand("serve", "consume, learn, checkpoint and serve over HTTP");
+  serve_flags.Add(serve);
+
+  int partitions = 3;
+  std::string bootstrap_file;
+  auto* broker = app.add_subcommand("broker", "run the embedded Kafka (mock cluster) in the foreground");
+  broker->add_option("--partitions", partitions, "partitions per topic")->check(CLI::Range(1, 1000));
+  broker->add_option("--bootstrap-file", bootstrap_file, "write the bootstrap address to this file");
+
+  ConfigFlags produce_flags;
+  std::string brokers, produce_path;
+  double rate = 0;
+  bool quiet = false;
+  auto* produce = app.add_subcommand("produce", "send JSONL events to the topic of their type");
+  produce->add_option("--brokers", brokers, "Kafka bootstrap servers");
+  produce->add_option("--rate", rate, "events per second (0: as fast as possible)")->check(CLI::NonNegativeNumber);
+  produce->add_option("file", produce_path, "JSONL file, or - for standard input")->required();
+  produce->add_flag("--quiet", quiet, "no progress line");
+  produce_flags.Add(produce);
+
+  eval::GeneratorOptions gen_options;
+  std::string gen_out;
+  auto* gen = app.add_subcommand("gen", "write a synthetic event stream with known ground truth");
+  gen->add_option("--events", gen_options.events, "number of events")->required();
+  gen->add_option("--users", gen_options.users, "distinct users")->check(CLI::PositiveNumber);
+  gen->add_option("--items", gen_options.items, "distinct items")->check(CLI::PositiveNumber);
+  gen->add_option("--seed", gen_options.seed, "random seed");
+  gen->add_option("--out", gen_out, "output file (default: standard output)");
+
+  ConfigFlags eval_flags;
+  std::string events_path, report_path, predictions;
+  int ranking_k = 0, candidates = 100;
+  auto* evalc = app.add_subcommand("eval", "progressive validation over a JSONL file, without Kafka");
+  evalc->add_option("--events", events_path, "JSONL events")->required();
+  evalc->add_option("--report", report_path, "write the JSON report here");
+  evalc->add_option("--ranking", ranking_k, "also report HR@K and NDCG@K")->check(CLI::PositiveNumber);
+  evalc->add_option("--candidates", candidates, "candidates per ranking query")->check(CLI::PositiveNumber);
+  evalc->add_option("--predictions", predictions, "write each prediction before learning, one JSON line each");
+  evalc->add_flag("--quiet", quiet, "no progress line");
+  eval_flags.Add(evalc);
+
+  ConfigFlags config_flags;
+  bool print = false;
+  auto* configc = app.add_subcommand("config", "check and show the effective configuration");
+  configc->add_flag("--print", print, "print every key with its value and where it came from");
+  config_flags.Add(configc);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? kExitOk : kExitUsage;
+  }
+
+  if (*serve) return RunServe(serve_flags);
+  if (*broker) return RunBroker(partitions, bootstrap_file);
+  if (*produce) return RunProduce(produce_flags, brokers, rate, produce_path, quiet);
+  if (*gen) return RunGen(gen_options, gen_out);
+  if (*evalc) return RunEval(eval_flags, events_path, report_path, ranking_k, candidates, predictions, quiet);
+  if (*configc) {
+    config::AppConfig cfg;
+    std::vector<config::ConfigSource> sources;
+    if (!config_flags.Load(&cfg, &sources)) return kExitUsage;
+    if (print) std::cout << config::Render(sources);
+    else std::cout << "configuration is valid\n";
+    return kExitOk;
+  }
+  return kExitUsage;
+}
+
+}  // namespace
+}  // namespace recstream::app
+
+int main(int argc, char** argv) { return recstream::app::Main(argc, argv); }

@@ -1,0 +1,354 @@
+#include "app/service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "ingest/kafka.h"
+#include "ingest/parser.h"
+#include "learner/learner.h"
+#include "serve/api.h"
+#include "serve/http_server.h"
+#include "store/checkpoint_store.h"
+
+namespace recstream::app {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// A snapshot on its way to the store.
+struct CheckpointJob {
+  learner::ModelSnapshot snapshot;
+  OffsetMap offsets;
+  uint64_t request = 0;  // the forced-checkpoint request this job satisfies
+};
+
+}  // namespace
+
+struct Service::Impl : public serve::ServiceHooks {
+  explicit Impl(const config::AppConfig& c) : config(c), parser(c.parser) {}
+
+  recstream::Status Init();
+  void TrainLoop();
+  void WriterLoop();
+  // On the training thread, between batches.
+  void MaybeCheckpoint(bool final);
+  void Enqueue(std::unique_ptr<CheckpointJob> job);
+
+  // serve::ServiceHooks
+  serve::ServiceStatus Status() const override;
+  bool Ready(std::string* why_not) const override;
+  recstream::Status Checkpoint() override;
+
+  config::AppConfig config;
+  const Clock::time_point started = Clock::now();
+  std::unique_ptr<ingest::EmbeddedKafka> embedded;
+  std::unique_ptr<store::CheckpointStore> store;
+  std::unique_ptr<learner::Learner> learner;
+  std::unique_ptr<ingest::EventConsumer> consumer;
+  std::unique_ptr<ingest::DeadLetterQueue> dlq;
+  std::unique_ptr<serve::Api> api;
+  std::unique_ptr<serve::HttpServer> http;
+  ingest::EventParser parser;  // training thread only
+
+  std::atomic<bool> stop{false};
+  std::atomic<bool> loaded{false};
+  std::thread trainer, writer;
+
+  // Counters read by HTTP threads.
+  std::array<std::atomic<uint64_t>, learner::kNumTasks> seen{};
+  std::array<std::atomic<uint64_t>, ingest::kNumRejectReasons> rejected{};
+  std::atomic<double> events_per_second{0.0};
+
+  // Checkpoint hand-off. The training thread owns need_full and
+  // next_checkpoint; the rest is guarded by mu.
+  bool need_full = false;
+  Clock::time_point next_checkpoint;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::unique_ptr<CheckpointJob> pending;   // guarded by mu
+  bool writing = false;                      // guarded by mu
+  bool writer_stop = false;                  // guarded by mu
+  uint64_t requested = 0;                    // forced checkpoints asked for; guarded by mu
+  uint64_t completed = 0;                    // forced checkpoints done; guarded by mu
+  recstream::Status last_status;             // guarded by mu
+  std::optional<OffsetMap> to_commit;        // stored offsets to commit to Kafka; guarded by mu
+  uint64_t checkpoints = 0;                  // guarded by mu
+  bool write_failed = false;                 // guarded by mu
+};
+
+recstream::Status Service::Impl::Init() {
+  if (config.kafka.brokers.empty()) {
+    RECSTREAM_RETURN_IF_ERROR(ingest::EmbeddedKafka::Start(1, config.kafka.embedded_partitions,
+                                                           config.kafka.topics, &embedded));
+    config.kafka.brokers = embedded->bootstrap();
+    spdlog::info("embedded Kafka (librdkafka mock cluster) at {}", config.kafka.brokers);
+  }
+  RECSTREAM_RETURN_IF_ERROR(store::CheckpointStore::Open(config.store, &store));
+  RECSTREAM_RETURN_IF_ERROR(learner::Learner::Create(config.learner, &learner));
+
+  learner::ModelSnapshot snapshot;
+  OffsetMap offsets;
+  store::CheckpointInfo info;
+  recstream::Status s = store->Load(&snapshot, &offsets, &info);
+  if (s.ok()) {
+    RECSTREAM_RETURN_IF_ERROR(learner->ApplySnapshot(snapshot));
+    spdlog::info("restored checkpoint {} from {}: {} rows, {} partitions", info.sequence,
+                 config.store.path, snapshot.rows(), offsets.size());
+  } else if (s.IsNotFound()) {
+    spdlog::info("no checkpoint in {}: starting a new model", config.store.path);
+  } else {
+    return s;
+  }
+  loaded = true;
+
+  RECSTREAM_RETURN_IF_ERROR(ingest::EventConsumer::Open(config.kafka, &consumer));
+  consumer->SeedOffsets(offsets);
+  RECSTREAM_RETURN_IF_ERROR(ingest::DeadLetterQueue::Open(config.kafka, &dlq));
+
+  api = std::make_unique<serve::Api>(config.serve, config.blend, learner.get(), this);
+  RECSTREAM_RETURN_IF_ERROR(serve::HttpServer::Start(config.serve, api->Handler(), &http));
+
+  next_checkpoint = Clock::now() + std::chrono::milliseconds(config.store.checkpoint_interval_ms);
+  writer = std::thread([this] { WriterLoop(); });
+  trainer = std::thread([this] { TrainLoop(); });
+  return recstream::Status::OK();
+}
+
+void Service::Impl::TrainLoop() {
+  std::vector<ingest::RawMessage> messages;
+  std::vector<learner::Event> events;
+  auto rate_start = Clock::now();
+  uint64_t rate_events = 0;
+  while (!stop.load()) {
+    messages.clear();
+    recstream::Status s =
+        consumer->Poll(size_t(config.kafka.max_batch), config.kafka.poll_timeout_ms, &messages);
+    if (!s.ok()) {
+      spdlog::error("Kafka consumer: {}", s.ToString());
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    events.clear();
+    const int64_t now = NowMs();
+    std::string detail;
+    for (const ingest::RawMessage& m : messages) {
+      learner::Event e;
+      detail.clear();
+      if (auto reason = parser.Parse(m.payload, &e, now, &detail)) {
+        rejected[int(*reason)].fetch_add(1, std::memory_order_relaxed);
+        dlq->Send(m, *reason, detail);
+        continue;
+      }
+      seen[int(e.task)].fetch_add(1, std::memory_order_relaxed);
+      events.push_back(std::move(e));
+    }
+    if (!events.empty()) learner->Train(events);
+    rate_events += events.size();
+    auto elapsed = Clock::now() - rate_start;
+    if (elapsed >= std::chrono::seconds(1)) {
+      events_per_second = double(rate_events) / std::chrono::duration<double>(elapsed).count();
+      rate_events = 0;
+      rate_start = Clock::now();
+    }
+    MaybeCheckpoint(false);
+  }
+}
+
+void Service::Impl::MaybeCheckpoint(bool final) {
+  uint64_t request;
+  {
+    std::unique_lock lock(mu);
+    if (to_commit) {
+      consumer->CommitAsync(*to_commit);
+      to_commit.reset();
+    }
+    if (write_failed) {
+      need_full = true;  // the failed write's rows were unmarked: write everything
+      write_failed = false;
+    }
+    request = requested;
+    bool forced = request > completed;
+    if (!final && !forced && Clock::now() < next_checkpoint) return;
+    // One write at a time; a due checkpoint waits for the next batch boundary.
+    if (writing || pending) {
+      if (!final) return;
+      cv.wait(lock, [&] { return !writing && !pending; });
+    }
+  }
+  auto job = std::make_unique<CheckpointJob>();
+  learner->TakeSnapshot(need_full, &job->snapshot);
+  need_full = false;
+  job->offsets = consumer->Positions();
+  job->request = request;
+  next_checkpoint = Clock::now() + std::chrono::milliseconds(config.store.checkpoint_interval_ms);
+  Enqueue(std::move(job));
+}
+
+void Service::Impl::Enqueue(std::unique_ptr<CheckpointJob> job) {
+  std::lock_guard lock(mu);
+  pending = std::move(job);
+  cv.notify_all();
+}
+
+void Service::Impl::WriterLoop() {
+  for (;;) {
+    std::unique_ptr<CheckpointJob> job;
+    {
+      std::unique_lock lock(mu);
+      cv.wait(lock, [&] { return pending || writer_stop; });
+      if (!pending) return;
+      job = std::move(pending);
+      writing = true;
+    }
+    store::CheckpointInfo info;
+    recstream::Status s = store->Write(job->snapshot, job->offsets, &info);
+    if (s.ok()) {
+      spdlog::debug("checkpoint {}: {} rows, {} bytes in {:.1f} ms", info.sequence, info.rows, info.bytes,
+                    info.duration_ms);
+    } else {
+      spdlog::error("checkpoint failed: {}", s.ToString());
+    }
+    std::lock_guard lock(mu);
+    writing = false;
+    last_status = s;
+    if (s.ok()) {
+      ++checkpoints;
+      to_commit = job->offsets;
+    } else {
+      write_failed = true;
+    }
+    completed = std::max(completed, job->request);
+    cv.notify_all();
+  }
+}
+
+recstream::Status Service::Impl::Checkpoint() {
+  std::unique_lock lock(mu);
+  uint64_t mine = ++requested;
+  bool done = cv.wait_for(lock, std::chrono::seconds(30), [&] { return completed >= mine || stop; });
+  if (!done) return recstream::Status::Unavailable("checkpoint did not finish within 30 s");
+  if (completed < mine) return recstream::Status::Unavailable("service is stopping");
+  return last_status;
+}
+
+serve::ServiceStatus Service::Impl::Status() const {
+  serve::ServiceStatus st;
+  learner::LearnerStats ls = learner->Stats();
+  for (int t = 0; t < learner::kNumTasks; ++t) {
+    st.seen[t] = seen[t].load(std::memory_order_relaxed);
+    st.learned[t] = ls.tasks[t].learned;
+  }
+  for (int r = 0; r < ingest::kNumRejectReasons; ++r)
+    st.rejected.emplace_back(std::string(ingest::RejectReasonName(ingest::RejectReason(r))),
+                             rejected[r].load(std::memory_order_relaxed));
+  st.dlq_sent = dlq->sent();
+  for (const ingest::PartitionLag& l : consumer->Lag())
+    st.lag.push_back({l.topic, l.partition, l.position, l.high_watermark, l.lag});
+  recstream::Status health = store->Health();
+  st.checkpoint_ok = health.ok();
+  if (!health.ok()) st.checkpoint_error = health.ToString();
+  store::CheckpointInfo info = store->last();
+  st.last_checkpoint_ms = info.time_ms;
+  st.last_checkpoint_rows = info.rows;
+  st.last_checkpoint_duration_ms = info.duration_ms;
+  st.last_checkpoint_bytes = info.bytes;
+  for (const auto& [tp, off] : info.offsets)
+    st.checkpoint_offsets.emplace_back(tp.topic + "/" + std::to_string(tp.partition), off);
+  {
+    std::lock_guard lock(const_cast<std::mutex&>(mu));
+    st.checkpoints = checkpoints;
+  }
+  st.uptime_s = std::chrono::duration<double>(Clock::now() - started).count();
+  st.events_per_second = events_per_second.load();
+  return st;
+}
+
+bool Service::Impl::Ready(std::string* why_not) const {
+  if (!loaded) {
+    *why_not = "model not loaded";
+    return false;
+  }
+  if (!consumer->HasAssignment()) {
+    *why_not = "consumer has no partitions assigned yet";
+    return false;
+  }
+  recstream::Status health = store->Health();
+  if (!health.ok()) {
+    *why_not = "checkpoint store failing: " + health.ToString();
+    return false;
+  }
+  return true;
+}
+
+Service::Service(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Service::~Service() {
+  if (impl_ && !impl_->stop) (void)Shutdown();
+}
+
+recstream::Status Service::Start(const config::AppConfig& config, std::unique_ptr<Service>* service) {
+  auto impl = std::make_unique<Impl>(config);
+  recstream::Status s = impl->Init();
+  std::unique_ptr<Service> svc(new Service(std::move(impl)));
+  if (!s.ok()) {
+    (void)svc->Shutdown();
+    return s;
+  }
+  *service = std::move(svc);
+  return recstream::Status::OK();
+}
+
+std::string Service::http_address() const {
+  std::string listen = impl_->config.serve.listen;
+  auto colon = listen.rfind(':');
+  return listen.substr(0, colon) + ":" + std::to_string(impl_->http ? impl_->http->port() : 0);
+}
+
+std::string Service::kafka_brokers() const { return impl_->config.kafka.brokers; }
+
+recstream::Status Service::Shutdown() {
+  Impl& m = *impl_;
+  if (m.stop.exchange(true)) return recstream::Status::OK();
+  {
+    std::lock_guard lock(m.mu);
+    m.cv.notify_all();  // wake forced-checkpoint waiters
+  }
+  if (m.trainer.joinable()) m.trainer.join();
+  recstream::Status final_status;
+  if (m.writer.joinable()) {
+    // The last batch is learned; store it with its offsets.
+    m.MaybeCheckpoint(true);
+    {
+      std::unique_lock lock(m.mu);
+      m.cv.wait(lock, [&] { return !m.pending && !m.writing; });
+      final_status = m.last_status;
+      m.writer_stop = true;
+      m.cv.notify_all();
+      if (final_status.ok() && m.to_commit) {
+        m.consumer->CommitAsync(*m.to_commit);
+        m.to_commit.reset();
+      }
+    }
+    m.writer.join();
+  }
+  if (m.http) m.http->Stop();
+  if (m.consumer) {
+    recstream::Status s = m.consumer->Close();
+    if (!s.ok()) spdlog::warn("leaving the consumer group: {}", s.ToString());
+  }
+  if (m.dlq) (void)m.dlq->Flush(5000);
+  return final_status;
+}
+
+}  // namespace recstream::app

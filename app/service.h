@@ -1,0 +1,49 @@
+// Service: the running recstream, wiring ingest -> learner -> store and serve.
+//
+// Start() restores the model and offsets from the store (if any), starts
+// the Kafka consumer (and an embedded mock cluster when no brokers are
+// configured), the training thread, the checkpoint writer and the HTTP
+// server. The training thread polls a batch, parses it (rejects go to the
+// dead-letter topic), trains, and at a batch boundary hands a snapshot of the
+// changed rows plus the consumer positions to the checkpoint writer, which
+// stores them in one atomic batch. Because a snapshot is taken between
+// batches on the training thread, the stored offsets always cover exactly the
+// events in the stored model: after a crash, nothing is lost or learned twice.
+//
+// Thread safety: the ServiceHooks methods may be called from HTTP threads.
+// Shutdown() is called once, from the thread that called Start().
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+#include "config/config.h"
+
+namespace recstream::app {
+
+class Service {
+ public:
+  // IOError/Unavailable when a component cannot start (store locked, port
+  // taken, Kafka client error); Corruption when the stored model does not
+  // match the configured model shape.
+  static Status Start(const config::AppConfig& config, std::unique_ptr<Service>* service);
+  ~Service();
+
+  // The address the HTTP server listens on, "host:port".
+  std::string http_address() const;
+  // The Kafka bootstrap servers in use (the embedded cluster's if started).
+  std::string kafka_brokers() const;
+
+  // Stops consuming, writes a final checkpoint, leaves the consumer group
+  // and stops the HTTP server. Returns the final checkpoint's status.
+  Status Shutdown();
+
+  struct Impl;
+
+ private:
+  explicit Service(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace recstream::app

@@ -1,0 +1,183 @@
+// End to end, in one process: an embedded Kafka (librdkafka's mock cluster),
+// the real service (consumer group, learner, RocksDB store, HTTP server), and
+// a client over loopback.
+#include <catch2/catch.hpp>
+#include <librdkafka/rdkafkacpp.h>
+
+#include <random>
+
+#include "app/service.h"
+#include "ingest/kafka.h"
+#include "serve/test_http_client.h"
+#include "tests/test_util.h"
+
+namespace recstream {
+namespace {
+
+using serve::testing::HttpCall;
+using namespace std::chrono_literals;
+using testing::Json;
+using testing::WaitFor;
+
+std::string Event(const char* type, const std::string& user, const std::string& item, double label) {
+  std::string value = std::string(type) == "rating" ? ",\"value\":" + std::to_string(label)
+                                                    : ",\"label\":" + std::to_string(int(label));
+  return std::string("{\"type\":\"") + type + "\",\"user\":\"" + user + "\",\"item\":\"" + item + "\"" + value +
+         "}";
+}
+
+uint16_t PortOf(const std::string& address) {
+  return uint16_t(std::stoi(address.substr(address.rfind(':') + 1)));
+}
+
+double Learned(uint16_t port) {
+  auto r = HttpCall(port, "GET", "/v1/stats");
+  Json j;
+  if (r.status != 200 || !j.Parse(r.body)) return -1;
+  return j.Number("/tasks/click/learned") + j.Number("/tasks/purchase/learned") +
+         j.Number("/tasks/rating/learned");
+}
+
+// Reads every message of the dead-letter topic.
+std::vector<std::string> ReadDeadLetters(const std::string& brokers, const std::string& topic, size_t want) {
+  std::string err;
+  std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
+  conf->set("bootstrap.servers", brokers, err);
+  conf->set("group.id", "dlq-reader", err);
+  conf->set("auto.offset.reset", "earliest", err);
+  std::unique_ptr<RdKafka::KafkaConsumer> c(RdKafka::KafkaConsumer::create(conf.get(), err));
+  REQUIRE(c);
+  std::vector<RdKafka::TopicPartition*> parts;
+  for (int p = 0; p < 3; ++p) parts.push_back(RdKafka::TopicPartition::create(topic, p, RdKafka::Topic::OFFSET_BEGINNING));
+  c->assign(parts);
+  RdKafka::TopicPartition::destroy(parts);
+  std::vector<std::string> out;
+  auto deadline = std::chrono::steady_clock::now() + 15s;
+  while (out.size() < want && std::chrono::steady_clock::now() < deadline) {
+    std::unique_ptr<RdKafka::Message> m(c->consume(200));
+    if (m->err() == RdKafka::ERR_NO_ERROR) {
+      std::string reason;
+      if (auto* h = m->headers()) {
+        auto hs = h->get_last("reason");
+        if (hs.err() == RdKafka::ERR_NO_ERROR) reason = std::string(static_cast<const char*>(hs.value()), hs.value_size());
+      }
+      out.push_back(reason);
+    }
+  }
+  c->close();
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("Events flow from Kafka through the learner to live HTTP scores and survive a restart", "[e2e]") {
+  testing::TempDir dir;
+  std::unique_ptr<ingest::EmbeddedKafka> kafka;
+  ingest::TopicNames topics;
+  REQUIRE(ingest::EmbeddedKafka::Start(1, 3, topics, &kafka).ok());
+
+  config::AppConfig cfg;
+  cfg.kafka.brokers = kafka->bootstrap();
+  cfg.kafka.group_id = "e2e";
+  cfg.store.path = dir.path() + "/store";
+  cfg.store.checkpoint_interval_ms = 300;
+  cfg.serve.listen = "127.0.0.1:0";
+  cfg.serve.admin_token = "let-me-in";
+  cfg.learner.threads = 2;
+
+  std::unique_ptr<app::Service> service;
+  REQUIRE(app::Service::Start(cfg, &service).ok());
+  uint16_t port = PortOf(service->http_address());
+  CHECK(HttpCall(port, "GET", "/healthz").status == 200);
+
+  std::unique_ptr<ingest::EventProducer> producer;
+  REQUIRE(ingest::EventProducer::Open(kafka->bootstrap(), topics, &producer).ok());
+  ingest::ParserOptions parser;
+  std::mt19937 rng(1);
+  int produced = 0;
+  auto send = [&](const std::string& json) {
+    REQUIRE(producer->SendEvent(json, parser).ok());
+    ++produced;
+  };
+  // Background traffic of all three types, then alice's repeated clicks.
+  for (int i = 0; i < 600; ++i) {
+    std::string u = "user" + std::to_string(rng() % 50), it = "item" + std::to_string(rng() % 40);
+    send(Event("click", u, it, rng() % 2));
+    if (i % 3 == 0) send(Event("rating", u, it, 1 + rng() % 5));
+    if (i % 10 == 0) send(Event("purchase", u, it, rng() % 2));
+  }
+  for (int i = 0; i < 80; ++i) {
+    send(Event("click", "alice", "liked", 1));
+    send(Event("click", "alice", "control", 0));
+  }
+  send(Event("purchase", "alice", "bought", 1));
+  // Bad events go to the dead-letter topic, never to the learner.
+  const std::vector<std::string> bad = {"{not json", R"({"type":"click","user":"u","item":"i","label":2})",
+                                        R"({"type":"rating","user":"u","item":"i","value":9})",
+                                        R"({"type":"click","item":"i"})"};
+  for (const auto& b : bad) REQUIRE(producer->SendRaw(topics.click, "u", b).ok());
+  REQUIRE(producer->Flush(10000).ok());
+
+  // The consumer joins its group (the mock cluster delays the first join by
+  // about 3 s), then learns everything.
+  REQUIRE(WaitFor([&] { return HttpCall(port, "GET", "/readyz").status == 200; }, 30s));
+  REQUIRE(WaitFor([&] { return Learned(port) == produced; }, 30s));
+
+  auto liked = HttpCall(port, "GET", "/v1/score?user=alice&item=liked");
+  auto control = HttpCall(port, "GET", "/v1/score?user=alice&item=control");
+  REQUIRE(liked.status == 200);
+  Json jl, jc;
+  REQUIRE(jl.Parse(liked.body));
+  REQUIRE(jc.Parse(control.body));
+  CHECK(jl.Number("/click") > jc.Number("/click") + 0.2);
+  CHECK(jl.Bool("/known/user"));
+  CHECK(jl.Bool("/known/item"));
+  for (const char* f : {"/purchase", "/rating", "/score"}) CHECK(std::isfinite(jl.Number(f)));
+
+  // Recommendations leave out what alice bought.
+  auto rec = HttpCall(port, "GET", "/v1/recommend?user=alice&k=50");
+  REQUIRE(rec.status == 200);
+  CHECK(rec.body.find("\"liked\"") != std::string::npos);
+  CHECK(rec.body.find("\"bought\"") == std::string::npos);
+
+  // Rejections are counted by reason and produced to the dead-letter topic.
+  auto stats = HttpCall(port, "GET", "/v1/stats");
+  CHECK(stats.body.find("malformed_json") != std::string::npos);
+  auto dead = ReadDeadLetters(kafka->bootstrap(), topics.dlq, bad.size());
+  CHECK(dead.size() == bad.size());
+  for (const auto& reason : dead) CHECK_FALSE(reason.empty());
+
+  // A new event's effect shows in /v1/score quickly (the benchmark measures
+  // how quickly; here we only check that it does).
+  send(Event("click", "newcomer", "liked", 1));
+  REQUIRE(producer->Flush(5000).ok());
+  CHECK(WaitFor(
+      [&] {
+        Json j;
+        return j.Parse(HttpCall(port, "GET", "/v1/score?user=newcomer&item=liked").body) && j.Bool("/known/user");
+      },
+      10s));
+
+  // Admin checkpoint needs the token.
+  CHECK(HttpCall(port, "POST", "/v1/admin/checkpoint").status == 401);
+  CHECK(HttpCall(port, "POST", "/v1/admin/checkpoint", "", "Authorization: Bearer wrong\r\n").status == 401);
+  CHECK(HttpCall(port, "POST", "/v1/admin/checkpoint", "", "Authorization: Bearer let-me-in\r\n").status == 200);
+
+  std::string before = HttpCall(port, "GET", "/v1/score?user=alice&item=liked").body;
+  REQUIRE(service->Shutdown().ok());
+  service.reset();
+
+  // A restart restores the model from RocksDB: same scores, same counters,
+  // and no event is learned again.
+  REQUIRE(app::Service::Start(cfg, &service).ok());
+  port = PortOf(service->http_address());
+  CHECK(HttpCall(port, "GET", "/v1/score?user=alice&item=liked").body == before);
+  CHECK(Learned(port) == produced);
+  REQUIRE(WaitFor([&] { return HttpCall(port, "GET", "/readyz").status == 200; }, 30s));
+  std::this_thread::sleep_for(1s);
+  CHECK(Learned(port) == produced);
+  CHECK(HttpCall(port, "GET", "/v1/score?user=alice&item=liked").body == before);
+  REQUIRE(service->Shutdown().ok());
+}
+
+}  // namespace recstream
