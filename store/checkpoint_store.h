@@ -1,0 +1,109 @@
+// CheckpointStore: the learner's model and the Kafka offsets it covers, kept
+// together in one RocksDB directory.
+//
+// Atomicity. Write() puts everything of one checkpoint (changed rows, dense
+// blocks, counters, new purchases, the model's shape, the offsets and the
+// checkpoint info) into ONE RocksDB WriteBatch. After a crash either all of a
+// checkpoint is visible or none of it, so the stored offsets always match the
+// stored model: restarting from them neither skips nor double-learns events.
+//
+// Incremental checkpoints. The store accumulates: a delta snapshot
+// (Learner::TakeSnapshot(false)) overwrites the rows it carries and leaves the
+// others in place. Load() always returns the accumulated model as ONE full
+// snapshot, to be applied to a fresh learner.
+//
+// Layout (all integers little-endian):
+//   "m/info"            sequence u64, time_ms i64, rows u64, bytes u64,
+//                       duration_ms f64, learned 3 x u64
+//   "m/shape"           the snapshot's shape string
+//   "m/width/<table>"   floats per row of <table>, u32
+//   "r/<table>\0<id>"   one row: width x f32
+//   "d/<name>"          one dense block: n x f32
+//   "p/<len>" <user><item>  a purchase; <len> is the user's length, u32
+//   "o/<topic>\0<partition, i32>"  next offset to consume, i64
+//
+// Thread safety. Write() and Load() must be called from one thread at a time
+// (the checkpoint thread); last() and Health() may be called from any thread
+// at any time, also while a Write() runs.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+
+#include "common/offsets.h"
+#include "common/status.h"
+#include "learner/learner.h"
+#include "store/options.h"
+
+namespace recstream::store {
+
+struct CheckpointInfo {
+  // 1 for the first checkpoint of a store, then +1 per Write(); 0: none yet.
+  uint64_t sequence = 0;
+  // Wall-clock time of the checkpoint, ms since the Unix epoch.
+  int64_t time_ms = 0;
+  // Rows written by this checkpoint (all rows for a full snapshot).
+  uint64_t rows = 0;
+  // Size of this checkpoint's WriteBatch.
+  uint64_t bytes = 0;
+  // Time the checkpoint took to encode (as stored) and, for the info returned
+  // by Write() and last() after a Write(), to encode and write.
+  double duration_ms = 0.0;
+  // Every stored offset, as of this checkpoint.
+  OffsetMap offsets;
+  // Events learned per task (learner::Task order) by the stored model.
+  std::array<uint64_t, 3> learned = {0, 0, 0};
+};
+
+class CheckpointStore {
+ public:
+  // Opens (creating if missing) the RocksDB directory options.path.
+  // IOError carrying RocksDB's message when the directory cannot be created
+  // or opened (a file in the way, no permission, locked by another process);
+  // Corruption when RocksDB finds its own files or our metadata damaged.
+  static Status Open(const StoreOptions& options, std::unique_ptr<CheckpointStore>* store);
+  // Flushes RocksDB's memtable so that the next Open() is fast, then closes.
+  ~CheckpointStore();
+  CheckpointStore(const CheckpointStore&) = delete;
+  CheckpointStore& operator=(const CheckpointStore&) = delete;
+
+  // Stores one checkpoint atomically (see above); with options.sync, the
+  // write is on disk when it returns OK. `offsets` are merged into the stored
+  // ones: a partition absent from `offsets` keeps its stored offset.
+  //
+  // When `snapshot.shape` differs from the stored shape, the stored model is
+  // replaced as a whole (in the same batch), so `snapshot` must then be full.
+  //
+  // InvalidArgument (nothing written) when the snapshot is malformed: no
+  // shape, a row count that does not match `values`, a non-positive width, a
+  // table whose width differs from the stored one under the same shape, a
+  // table name that is empty or contains '\0'. IOError when RocksDB fails; nothing of
+  // the checkpoint is then visible, and since the learner already cleared its
+  // change marks, the caller must write a full snapshot next.
+  // On success, fills `info` (when non-null) with the checkpoint's info.
+  Status Write(const learner::ModelSnapshot& snapshot, const OffsetMap& offsets,
+               CheckpointInfo* info);
+
+  // Reads the accumulated model back as one full snapshot (every row grouped
+  // per table, every dense block, the counters, every purchase as
+  // new_purchases, the shape), with its offsets and info, all from one
+  // consistent point in time. NotFound when the store holds no checkpoint;
+  // Corruption when a stored value is malformed; IOError when RocksDB fails.
+  Status Load(learner::ModelSnapshot* full, OffsetMap* offsets, CheckpointInfo* info);
+
+  // The latest checkpoint (written by Write(), or found by Open()); sequence
+  // 0 when there is none.
+  CheckpointInfo last() const;
+
+  // The error of the latest failed Write() (until a Write() succeeds), so
+  // that readiness can report a failing disk; OK otherwise.
+  Status Health() const;
+
+ private:
+  struct Impl;
+  explicit CheckpointStore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace recstream::store

@@ -1,0 +1,512 @@
+// CheckpointStore against real RocksDB in a temp directory, with a real
+// learner: what is written and loaded back must score bit for bit the same.
+#include "store/checkpoint_store.h"
+
+#include <rocksdb/db.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <bit>
+#include <catch2/catch.hpp>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace recstream::store {
+namespace {
+
+namespace fs = std::filesystem;
+using learner::Event;
+using learner::Learner;
+using learner::LearnerOptions;
+using learner::ModelSnapshot;
+using learner::Task;
+
+class TempDir {
+ public:
+  TempDir() {
+    static std::atomic<int> counter{0};
+    path_ = fs::temp_directory_path() / ("recstream_store_test_" + std::to_string(::getpid()) +
+                                         "_" + std::to_string(counter++));
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::permissions(path_, fs::perms::owner_all, fs::perm_options::add, ec);
+    fs::remove_all(path_, ec);
+  }
+  std::string Sub(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+constexpr int kUsers = 40;
+constexpr int kItems = 30;
+
+// (Appending avoids GCC 12's false -Wrestrict on "u" + std::string.)
+std::string User(int u) {
+  std::string id = "u";
+  return id += std::to_string(u);
+}
+std::string Item(int i) {
+  std::string id = "i";
+  return id += std::to_string(i);
+}
+
+std::vector<Event> MakeEvents(int n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> user(0, kUsers - 1), item(0, kItems - 1), task(0, 9);
+  std::uniform_int_distribution<int> coin(0, 1), stars(1, 5);
+  std::vector<Event> events;
+  for (int k = 0; k < n; ++k) {
+    Event e;
+    const int t = task(rng);
+    e.task = t < 6 ? Task::kClick : t < 7 ? Task::kPurchase : Task::kRating;
+    const int u = user(rng), i = item(rng);
+    e.user = User(u);
+    e.item = Item(i);
+    e.label =
+        e.task == Task::kRating ? static_cast<float>(stars(rng)) : static_cast<float>(coin(rng));
+    if (e.task == Task::kPurchase) e.label = 1.0f;
+    e.ts_ms = 1'700'000'000'000 + k;
+    e.user_features = {"age=" + std::to_string(u % 4)};
+    e.item_features = {"category=c" + std::to_string(i % 5)};
+    events.push_back(std::move(e));
+  }
+  return events;
+}
+
+LearnerOptions SmallModel() {
+  LearnerOptions o;
+  o.dim = 8;
+  o.hidden = 8;
+  o.threads = 1;
+  o.seed = 7;
+  return o;
+}
+
+std::unique_ptr<Learner> NewLearner(const LearnerOptions& options) {
+  std::unique_ptr<Learner> l;
+  Status s = Learner::Create(options, &l);
+  REQUIRE(s.ok());
+  return l;
+}
+
+bool SameFloat(float a, float b) {
+  return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b);
+}
+
+// The (user, item) pairs, of known ids and unknown ones, whose scores are not
+// bit for bit the same; `first` describes the first of them.
+int CountMismatches(const Learner& want, const Learner& got, std::string* first) {
+  const learner::Blend blend;
+  int mismatches = 0;
+  for (int u = -1; u < kUsers; ++u) {
+    for (int i = -1; i < kItems; ++i) {
+      const std::string user = u < 0 ? "nobody" : User(u);
+      const std::string item = i < 0 ? "nothing" : Item(i);
+      auto a = want.Score(user, item, blend);
+      auto b = got.Score(user, item, blend);
+      bool same = SameFloat(a.prediction.click, b.prediction.click) &&
+                  SameFloat(a.prediction.purchase, b.prediction.purchase) &&
+                  SameFloat(a.prediction.rating, b.prediction.rating) &&
+                  SameFloat(a.score, b.score) && a.user_known == b.user_known &&
+                  a.item_known == b.item_known;
+      if (!same && mismatches++ == 0) {
+        *first =
+            user + "/" + item + ": " + std::to_string(a.score) + " vs " + std::to_string(b.score);
+      }
+    }
+  }
+  return mismatches;
+}
+
+// Every pair scores bit for bit the same, recommendations and counts agree.
+void RequireSameModel(const Learner& want, const Learner& got) {
+  const learner::Blend blend;
+  std::string first;
+  const int mismatches = CountMismatches(want, got, &first);
+  INFO("first mismatch " << first);
+  REQUIRE(mismatches == 0);
+  // Recommendations also depend on the stored purchases.
+  for (int u = 0; u < kUsers; u += 7) {
+    auto a = want.Recommend(User(u), 5, true, blend);
+    auto b = got.Recommend(User(u), 5, true, blend);
+    REQUIRE(a.size() == b.size());
+    for (size_t k = 0; k < a.size(); ++k) {
+      REQUIRE(a[k].item == b[k].item);
+      REQUIRE(SameFloat(a[k].score, b[k].score));
+    }
+  }
+  auto sa = want.Stats(), sb = got.Stats();
+  REQUIRE(sa.users == sb.users);
+  REQUIRE(sa.items == sb.items);
+  REQUIRE(sa.features == sb.features);
+  for (int t = 0; t < learner::kNumTasks; ++t) {
+    REQUIRE(sa.tasks[t].learned == sb.tasks[t].learned);
+  }
+}
+
+std::unique_ptr<CheckpointStore> OpenStore(const std::string& path, bool sync = true) {
+  StoreOptions options;
+  options.path = path;
+  options.sync = sync;
+  std::unique_ptr<CheckpointStore> store;
+  Status s = CheckpointStore::Open(options, &store);
+  INFO(s.ToString());
+  REQUIRE(s.ok());
+  return store;
+}
+
+// A fresh learner with the store's model applied.
+std::unique_ptr<Learner> Restore(CheckpointStore* store, const LearnerOptions& options,
+                                 OffsetMap* offsets, CheckpointInfo* info) {
+  ModelSnapshot full;
+  Status s = store->Load(&full, offsets, info);
+  INFO(s.ToString());
+  REQUIRE(s.ok());
+  auto l = NewLearner(options);
+  s = l->ApplySnapshot(full);
+  INFO(s.ToString());
+  REQUIRE(s.ok());
+  return l;
+}
+
+const TopicPartition kClick0{"recstream.click", 0};
+const TopicPartition kClick1{"recstream.click", 1};
+const TopicPartition kRating2{"recstream.rating", 2};
+
+TEST_CASE("CheckpointStore: full snapshot round-trips bit for bit", "[store]") {
+  const bool sync = GENERATE(true, false);
+  const auto arch = GENERATE(learner::Arch::kSharedBottom, learner::Arch::kMmoe);
+  LearnerOptions options = SmallModel();
+  options.arch = arch;
+  TempDir dir;
+  const std::string path = dir.Sub("db");
+
+  auto model = NewLearner(options);
+  auto events = MakeEvents(400, 1);
+  model->Train(events);
+  ModelSnapshot snapshot;
+  model->TakeSnapshot(true, &snapshot);
+  REQUIRE(snapshot.rows() > 0);
+  const OffsetMap offsets = {{kClick0, 123}, {kRating2, 77}};
+
+  CheckpointInfo written;
+  {
+    auto store = OpenStore(path, sync);
+    REQUIRE(store->last().sequence == 0);
+    Status s = store->Write(snapshot, offsets, &written);
+    INFO(s.ToString());
+    REQUIRE(s.ok());
+    REQUIRE(store->Health().ok());
+  }
+  REQUIRE(written.sequence == 1);
+  REQUIRE(written.rows == snapshot.rows());
+  REQUIRE(written.bytes > 0);
+  REQUIRE(written.time_ms > 0);
+  REQUIRE(written.offsets == offsets);
+  REQUIRE(written.learned == snapshot.learned);
+
+  auto store = OpenStore(path, sync);
+  // Open already knows the latest checkpoint, for /v1/stats before Load.
+  CheckpointInfo last = store->last();
+  REQUIRE(last.sequence == 1);
+  REQUIRE(last.time_ms == written.time_ms);
+  REQUIRE(last.rows == written.rows);
+  REQUIRE(last.offsets == offsets);
+
+  OffsetMap loaded_offsets;
+  CheckpointInfo info;
+  auto restored = Restore(store.get(), options, &loaded_offsets, &info);
+  REQUIRE(loaded_offsets == offsets);
+  REQUIRE(info.sequence == 1);
+  REQUIRE(info.time_ms == written.time_ms);
+  REQUIRE(info.rows == snapshot.rows());
+  REQUIRE(info.learned == snapshot.learned);
+  REQUIRE(info.offsets == offsets);
+  RequireSameModel(*model, *restored);
+}
+
+TEST_CASE("CheckpointStore: deltas accumulate onto the full snapshot", "[store]") {
+  LearnerOptions options = SmallModel();
+  TempDir dir;
+  const std::string path = dir.Sub("db");
+  auto model = NewLearner(options);
+  auto events = MakeEvents(300, 2);
+  model->Train(events);
+  ModelSnapshot full;
+  model->TakeSnapshot(true, &full);
+  {
+    auto store = OpenStore(path);
+    REQUIRE(store->Write(full, {{kClick0, 100}, {kClick1, 50}}, nullptr).ok());
+
+    // New users and items appear in the delta, old rows change.
+    auto more = MakeEvents(200, 3);
+    for (size_t k = 0; k < more.size(); k += 10) more[k].user = "late" + std::to_string(k);
+    model->Train(more);
+    ModelSnapshot delta;
+    model->TakeSnapshot(false, &delta);
+    REQUIRE(delta.rows() > 0);
+    REQUIRE(delta.rows() <= full.rows() + 20);
+    CheckpointInfo info;
+    // Only partition 0 moved; partition 1 keeps its stored offset.
+    REQUIRE(store->Write(delta, {{kClick0, 300}}, &info).ok());
+    REQUIRE(info.sequence == 2);
+    REQUIRE(info.rows == delta.rows());
+    REQUIRE(store->last().sequence == 2);
+  }
+
+  auto store = OpenStore(path);
+  OffsetMap offsets;
+  CheckpointInfo info;
+  auto restored = Restore(store.get(), options, &offsets, &info);
+  REQUIRE(offsets == OffsetMap{{kClick0, 300}, {kClick1, 50}});
+  REQUIRE(info.sequence == 2);
+  RequireSameModel(*model, *restored);
+  REQUIRE(restored->Score("late0", Item(1), learner::Blend()).user_known);
+  {
+    // The delta mattered: the full snapshot alone is an older model.
+    auto older = NewLearner(options);
+    REQUIRE(older->ApplySnapshot(full).ok());
+    std::string first;
+    REQUIRE(CountMismatches(*model, *older, &first) > kUsers * kItems / 2);
+  }
+
+  // The store keeps accumulating after a restart.
+  auto again = MakeEvents(100, 4);
+  model->Train(again);
+  restored->Train(again);
+  ModelSnapshot delta;
+  model->TakeSnapshot(false, &delta);
+  REQUIRE(store->Write(delta, {{kClick0, 400}}, nullptr).ok());
+  store.reset();
+  store = OpenStore(path);
+  auto restored2 = Restore(store.get(), options, &offsets, &info);
+  REQUIRE(info.sequence == 3);
+  RequireSameModel(*model, *restored2);
+}
+
+TEST_CASE("CheckpointStore: last() and Health() are safe during Write()", "[store]") {
+  TempDir dir;
+  auto store = OpenStore(dir.Sub("db"), /*sync=*/false);
+  auto model = NewLearner(SmallModel());
+  std::vector<ModelSnapshot> deltas;
+  for (int k = 0; k < 10; ++k) {
+    auto events = MakeEvents(50, 100 + k);
+    model->Train(events);
+    deltas.emplace_back();
+    model->TakeSnapshot(k == 0, &deltas.back());
+  }
+  std::atomic<bool> done{false};
+  bool monotonic = true, healthy = true;
+  std::thread reader([&] {
+    uint64_t seen = 0;
+    while (!done.load()) {
+      CheckpointInfo info = store->last();
+      monotonic = monotonic && info.sequence >= seen &&
+                  (info.sequence == 0 || info.offsets.at(kClick0) == int64_t(info.sequence));
+      seen = info.sequence;
+      healthy = healthy && store->Health().ok();
+    }
+  });
+  for (size_t k = 0; k < deltas.size(); ++k) {
+    Status s = store->Write(deltas[k], {{kClick0, int64_t(k + 1)}}, nullptr);
+    REQUIRE(s.ok());
+  }
+  done = true;
+  reader.join();
+  REQUIRE(monotonic);
+  REQUIRE(healthy);
+  REQUIRE(store->last().sequence == deltas.size());
+  auto restored = Restore(store.get(), SmallModel(), nullptr, nullptr);
+  RequireSameModel(*model, *restored);
+}
+
+TEST_CASE("CheckpointStore: an empty store has no checkpoint", "[store]") {
+  TempDir dir;
+  auto store = OpenStore(dir.Sub("fresh/nested/db"));
+  REQUIRE(store->last().sequence == 0);
+  REQUIRE(store->Health().ok());
+  ModelSnapshot full;
+  OffsetMap offsets;
+  CheckpointInfo info;
+  Status s = store->Load(&full, &offsets, &info);
+  REQUIRE(s.IsNotFound());
+}
+
+TEST_CASE("CheckpointStore: a malformed snapshot is refused and changes nothing", "[store]") {
+  TempDir dir;
+  auto model = NewLearner(SmallModel());
+  auto events = MakeEvents(200, 5);
+  model->Train(events);
+  ModelSnapshot full;
+  model->TakeSnapshot(true, &full);
+  auto store = OpenStore(dir.Sub("db"));
+  REQUIRE(store->Write(full, {{kClick0, 10}}, nullptr).ok());
+
+  ModelSnapshot bad = full;
+  SECTION("values do not match the row count") { bad.tables[0].values.pop_back(); }
+  SECTION("zero width") { bad.tables[0].width = 0; }
+  SECTION("no shape") { bad.shape.clear(); }
+  SECTION("another width under the same shape") {
+    auto& t = bad.tables[0];
+    t.width += 1;
+    t.values.resize(t.keys.size() * t.width);
+  }
+  SECTION("table name with a NUL") { bad.tables[0].table += std::string(1, '\0'); }
+  Status s = store->Write(bad, {{kClick0, 999}}, nullptr);
+  REQUIRE(s.IsInvalidArgument());
+  REQUIRE(store->last().sequence == 1);
+  REQUIRE(store->last().offsets.at(kClick0) == 10);
+
+  auto restored = Restore(store.get(), SmallModel(), nullptr, nullptr);
+  RequireSameModel(*model, *restored);
+}
+
+TEST_CASE("CheckpointStore: a model of another shape replaces the stored one", "[store]") {
+  TempDir dir;
+  auto store = OpenStore(dir.Sub("db"));
+  auto small = NewLearner(SmallModel());
+  auto events = MakeEvents(200, 6);
+  small->Train(events);
+  ModelSnapshot a;
+  small->TakeSnapshot(true, &a);
+  REQUIRE(store->Write(a, {{kClick0, 5}}, nullptr).ok());
+
+  LearnerOptions wider = SmallModel();
+  wider.dim = 12;
+  auto big = NewLearner(wider);
+  auto few = MakeEvents(20, 7);
+  big->Train(few);
+  ModelSnapshot b;
+  big->TakeSnapshot(true, &b);
+  REQUIRE(b.shape != a.shape);
+  REQUIRE(store->Write(b, {{kClick0, 20}}, nullptr).ok());
+
+  ModelSnapshot loaded;
+  REQUIRE(store->Load(&loaded, nullptr, nullptr).ok());
+  REQUIRE(loaded.shape == b.shape);
+  REQUIRE(loaded.rows() == b.rows());
+  auto restored = Restore(store.get(), wider, nullptr, nullptr);
+  RequireSameModel(*big, *restored);
+}
+
+// Writes key -> value straight into the RocksDB directory.
+void PutRaw(const std::string& path, const std::string& key, const std::string& value) {
+  rocksdb::Options o;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(o, path, &raw);
+  REQUIRE(s.ok());
+  std::unique_ptr<rocksdb::DB> db(raw);
+  REQUIRE(db->Put(rocksdb::WriteOptions(), key, value).ok());
+  REQUIRE(db->Close().ok());
+}
+
+TEST_CASE("CheckpointStore: malformed stored values are Corruption", "[store]") {
+  struct Case {
+    const char* name;
+    std::string key;
+    std::string value;
+    bool open_fails;  // metadata is read by Open; the model only by Load
+  };
+  const std::string nul(1, '\0');
+  const Case cases[] = {
+      {"row of the wrong length", "r/user" + nul + "u1", "abc", false},
+      {"row of a table without width", "r/nosuchtable" + nul + "x", std::string(16, 'x'), false},
+      {"dense block of odd bytes", "d/bottom", "abcde", false},
+      {"purchase key too short", "p/ab", "", false},
+      {"purchase user length past the key", "p/" + std::string("\xff\0\0\0", 4) + "u", "", false},
+      {"truncated checkpoint info", "m/info", "short", true},
+      {"zero width", "m/width/user", std::string(4, '\0'), true},
+      {"offset of the wrong length", "o/recstream.click" + nul + std::string(4, '\0'), "123", true},
+  };
+  for (const Case& c : cases) {
+    SECTION(c.name) {
+      TempDir dir;
+      const std::string path = dir.Sub("db");
+      {
+        auto model = NewLearner(SmallModel());
+        auto events = MakeEvents(100, 8);
+        model->Train(events);
+        ModelSnapshot full;
+        model->TakeSnapshot(true, &full);
+        auto store = OpenStore(path);
+        REQUIRE(store->Write(full, {{kClick0, 1}}, nullptr).ok());
+      }
+      PutRaw(path, c.key, c.value);
+      StoreOptions options;
+      options.path = path;
+      std::unique_ptr<CheckpointStore> store;
+      Status s = CheckpointStore::Open(options, &store);
+      INFO(s.ToString());
+      if (c.open_fails) {
+        REQUIRE(s.IsCorruption());
+        continue;
+      }
+      REQUIRE(s.ok());
+      ModelSnapshot full;
+      s = store->Load(&full, nullptr, nullptr);
+      INFO(s.ToString());
+      REQUIRE(s.IsCorruption());
+    }
+  }
+}
+
+TEST_CASE("CheckpointStore: unusable directories are IOError", "[store]") {
+  TempDir dir;
+  SECTION("a path under a regular file") {
+    const std::string file = dir.Sub("file");
+    std::ofstream(file) << "not a directory";
+    StoreOptions options;
+    options.path = file + "/db";
+    std::unique_ptr<CheckpointStore> store;
+    Status s = CheckpointStore::Open(options, &store);
+    INFO(s.ToString());
+    REQUIRE(s.IsIOError());
+    REQUIRE(store == nullptr);
+  }
+  SECTION("the path is a regular file") {
+    const std::string file = dir.Sub("file");
+    std::ofstream(file) << "not a directory";
+    StoreOptions options;
+    options.path = file;
+    std::unique_ptr<CheckpointStore> store;
+    Status s = CheckpointStore::Open(options, &store);
+    INFO(s.ToString());
+    REQUIRE(s.IsIOError());
+  }
+  SECTION("a read-only directory") {
+    if (::geteuid() == 0) {
+      WARN("running as root, which ignores permissions: skipped");
+      return;
+    }
+    const std::string ro = dir.Sub("ro");
+    fs::create_directories(ro);
+    fs::permissions(ro, fs::perms::owner_read | fs::perms::owner_exec);
+    StoreOptions options;
+    options.path = ro + "/db";
+    std::unique_ptr<CheckpointStore> store;
+    Status s = CheckpointStore::Open(options, &store);
+    INFO(s.ToString());
+    REQUIRE(s.IsIOError());
+  }
+  SECTION("a directory locked by another open store") {
+    auto first = OpenStore(dir.Sub("db"));
+    StoreOptions options;
+    options.path = dir.Sub("db");
+    std::unique_ptr<CheckpointStore> second;
+    Status s = CheckpointStore::Open(options, &second);
+    INFO(s.ToString());
+    REQUIRE(s.IsIOError());
+  }
+}
+
+}  // namespace
+}  // namespace recstream::store
