@@ -186,15 +186,18 @@ int RunGen(const eval::GeneratorOptions& options, const std::string& out_path) {
     }
     out = &file;
   }
-  std::ios::sync_with_stdio(false);
-  eval::Generator gen(options);
-  std::string line;
-  while (gen.Next(&line)) {
-    out->write(line.data(), std::streamsize(line.size()));
-    out->put('\n');
+  Status valid = eval::ValidateGeneratorOptions(options);
+  if (!valid.ok()) {
+    std::fprintf(stderr, "recstream: %s\n", valid.message().c_str());
+    return kExitUsage;
   }
-  out->flush();
-  return *out ? kExitOk : kExitFailure;
+  eval::Generator gen(options);
+  Status s = gen.WriteAll(out);
+  if (!s.ok()) {
+    std::fprintf(stderr, "recstream: %s\n", s.ToString().c_str());
+    return kExitFailure;
+  }
+  return kExitOk;
 }
 
 int RunEval(const ConfigFlags& flags, const std::string& events_path, const std::string& report_path,

@@ -1,0 +1,374 @@
+#include "eval/evaluator.h"
+
+#include <fmt/format.h>
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <span>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "eval/metrics.h"
+
+namespace recstream::eval {
+
+namespace {
+
+using learner::Event;
+using learner::Prediction;
+using learner::Task;
+
+// Predictions, labels and truths of one task, in stream order.
+struct TaskSeries {
+  std::vector<float> pred, label, truth;
+  bool all_truth = true;
+};
+
+// Items seen so far and the HR/NDCG of ranking each positive event's item
+// among candidates drawn from them.
+class Ranker {
+ public:
+  Ranker(const learner::Learner* learner, int k, int candidates, int threads, uint64_t seed)
+      : learner_(learner),
+        k_(k),
+        candidates_(candidates),
+        arena_(threads > 0 ? threads : tbb::task_arena::automatic),
+        rng_(seed) {}
+
+  // Ranks the positive click/purchase events of `events` with the model as
+  // it is now, noting each event's item as seen after ranking it.
+  void RankBatch(std::span<const Event> events) {
+    // Candidates are drawn in order (they depend on the items seen before
+    // each event and on the random stream); scoring runs in parallel.
+    jobs_.clear();
+    candidates_of_.clear();
+    for (size_t i = 0; i < events.size(); ++i) {
+      const Event& e = events[i];
+      const bool positive = e.task != Task::kRating && e.label > 0.5f;
+      auto it = index_.find(e.item);
+      const bool seen = it != index_.end();
+      const size_t others = items_.size() - (seen ? 1 : 0);
+      if (positive && others >= size_t(candidates_)) {
+        jobs_.push_back(i);
+        DrawCandidates(seen ? int64_t(it->second) : -1);
+      }
+      if (!seen) {
+        index_.emplace(e.item, items_.size());
+        items_.push_back(e.item);
+      }
+    }
+    hits_.resize(jobs_.size());
+    arena_.execute([&] {
+      tbb::parallel_for(tbb::blocked_range<size_t>(0, jobs_.size(), 16),
+                        [&](const tbb::blocked_range<size_t>& r) {
+                          std::vector<std::string> items;
+                          std::vector<learner::ScoreResult> scores;
+                          for (size_t j = r.begin(); j < r.end(); ++j)
+                            hits_[j] = RankOne(events[jobs_[j]], j, &items, &scores);
+                        });
+    });
+    for (const RankHit& hit : hits_) acc_.Add(hit);
+  }
+
+  const RankingAccumulator& result() const { return acc_; }
+
+ private:
+  // Appends `candidates_` distinct indices into items_, uniformly drawn
+  // among the items other than `self` (an index into items_, or -1), with
+  // Floyd's algorithm: pool index p maps to item p, or p + 1 past self.
+  void DrawCandidates(int64_t self) {
+    const uint64_t pool = items_.size() - (self >= 0 ? 1 : 0);
+    chosen_.clear();
+    for (uint64_t j = pool - uint64_t(candidates_); j < pool; ++j) {
+      uint64_t t = std::uniform_int_distribution<uint64_t>(0, j)(rng_);
+      if (!chosen_.insert(t).second) chosen_.insert(j);
+    }
+    for (uint64_t p : chosen_)
+      candidates_of_.push_back(uint32_t((self >= 0 && p >= uint64_t(self)) ? p + 1 : p));
+  }
+
+  // Thread safe: reads items_ and candidates_of_, which are not changing.
+  RankHit RankOne(const Event& e, size_t job, std::vector<std::string>* items,
+                  std::vector<learner::ScoreResult>* scores) const {
+    items->clear();
+    items->push_back(e.item);
+    const uint32_t* cand = &candidates_of_[job * size_t(candidates_)];
+    for (int c = 0; c < candidates_; ++c) items->push_back(items_[cand[c]]);
+    learner_->ScoreMany(e.user, *items, learner::Blend(), scores);
+    const float target = (*scores)[0].prediction.Get(e.task);
+    int64_t greater = 0, ties = 0;
+    for (size_t i = 1; i < scores->size(); ++i) {
+      const float s = (*scores)[i].prediction.Get(e.task);
+      greater += s > target;
+      ties += s == target;
+    }
+    return RankHitAt(greater, ties, k_);
+  }
+
+  const learner::Learner* learner_;
+  const int k_;
+  const int candidates_;
+  tbb::task_arena arena_;
+  std::mt19937_64 rng_;
+  std::vector<std::string> items_;                 // every item seen, in order of first sight
+  std::unordered_map<std::string, size_t> index_;  // item -> index in items_
+  std::unordered_set<uint64_t> chosen_;
+  // Per batch: the events to rank, candidates_ indices each, and their hits.
+  std::vector<size_t> jobs_;
+  std::vector<uint32_t> candidates_of_;
+  std::vector<RankHit> hits_;
+  RankingAccumulator acc_;
+};
+
+void FillTask(Task task, const TaskSeries& s, TaskReport* r) {
+  r->count = s.pred.size();
+  if (r->count == 0) return;
+  const size_t n = s.pred.size();
+  const size_t tail = (n + 9) / 10;
+  std::span<const float> pred(s.pred), label(s.label), truth(s.truth);
+  std::span<const float> pred10 = pred.last(tail), label10 = label.last(tail);
+  r->has_bayes = s.all_truth;
+  if (task == Task::kRating) {
+    r->mae = Mae(pred, label);
+    r->rmse = Rmse(pred, label);
+    r->last10_mae = Mae(pred10, label10);
+    r->last10_rmse = Rmse(pred10, label10);
+    if (r->has_bayes) {
+      r->bayes_mae = Mae(truth, label);
+      r->bayes_rmse = Rmse(truth, label);
+    }
+  } else {
+    r->auc = Auc(pred, label);
+    r->logloss = LogLoss(pred, label);
+    r->last10_auc = Auc(pred10, label10);
+    r->last10_logloss = LogLoss(pred10, label10);
+    if (r->has_bayes) {
+      r->bayes_auc = Auc(truth, label);
+      r->bayes_logloss = LogLoss(truth, label);
+    }
+  }
+}
+
+// A metric as JSON: null when undefined.
+std::string Num(double v) { return std::isfinite(v) ? fmt::format("{:.6g}", v) : "null"; }
+
+class ProgressLine {
+ public:
+  explicit ProgressLine(bool enabled) : enabled_(enabled && isatty(STDERR_FILENO)) {}
+  void Update(uint64_t events, double seconds) {
+    if (!enabled_ || seconds < next_) return;
+    next_ = seconds + 1.0;
+    fmt::print(stderr, "\r{} events, {:.0f} events/s\x1b[K", events,
+               seconds > 0 ? double(events) / seconds : 0.0);
+    std::fflush(stderr);
+    shown_ = true;
+  }
+  void Finish() {
+    if (shown_) {
+      fmt::print(stderr, "\r\x1b[K");
+      std::fflush(stderr);
+    }
+  }
+
+ private:
+  bool enabled_;
+  bool shown_ = false;
+  double next_ = 1.0;
+};
+
+}  // namespace
+
+Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* report) {
+  if (options.batch == 0) return Status::InvalidArgument("batch must be at least 1");
+  if (options.ranking_k < 0) return Status::InvalidArgument("ranking must not be negative");
+  if (options.ranking_k > 0 && options.candidates < 1)
+    return Status::InvalidArgument("candidates must be at least 1");
+  std::unique_ptr<learner::Learner> learner;
+  RECSTREAM_RETURN_IF_ERROR(learner::Learner::Create(options.learner, &learner));
+
+  std::ofstream predictions;
+  if (!options.predictions_path.empty()) {
+    predictions.open(options.predictions_path, std::ios::binary | std::ios::trunc);
+    if (!predictions) return Status::IOError("cannot write " + options.predictions_path);
+  }
+
+  *report = EvalReport();
+  const auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
+  const float rating_min = options.learner.rating_min, rating_max = options.learner.rating_max;
+
+  ingest::EventParser parser(options.parser);
+  std::vector<Event> batch(options.batch);
+  size_t n = 0;
+  std::vector<Prediction> before;
+  std::array<TaskSeries, learner::kNumTasks> series;
+  std::unique_ptr<Ranker> ranker;
+  if (options.ranking_k > 0)
+    ranker = std::make_unique<Ranker>(learner.get(), options.ranking_k, options.candidates,
+                                      options.learner.threads, options.seed);
+  ProgressLine progress(options.progress);
+  fmt::memory_buffer pred_buf;
+
+  auto flush_batch = [&]() -> Status {
+    std::span<const Event> chunk(batch.data(), n);
+    if (ranker) ranker->RankBatch(chunk);
+    learner->Train(chunk, &before);
+    pred_buf.clear();
+    for (size_t i = 0; i < n; ++i) {
+      const Event& e = chunk[i];
+      float pred = before[i].Get(e.task);
+      if (e.task == Task::kRating) pred = std::clamp(pred, rating_min, rating_max);
+      TaskSeries& s = series[int(e.task)];
+      s.pred.push_back(pred);
+      s.label.push_back(e.label);
+      s.truth.push_back(e.has_truth ? float(e.truth) : 0.0f);
+      s.all_truth &= e.has_truth;
+      if (predictions.is_open())
+        fmt::format_to(fmt::appender(pred_buf), "{{\"type\":\"{}\",\"pred\":{}}}\n",
+                       learner::TaskName(e.task), pred);
+    }
+    report->events += n;
+    n = 0;
+    if (predictions.is_open()) {
+      predictions.write(pred_buf.data(), std::streamsize(pred_buf.size()));
+      if (!predictions) return Status::IOError("writing " + options.predictions_path + " failed");
+    }
+    progress.Update(report->events, elapsed());
+    return Status::OK();
+  };
+
+  std::string line;
+  while (std::getline(events, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) continue;
+    auto reason = parser.Parse(line, &batch[n], now_ms);
+    if (reason) {
+      ++report->rejected;
+      ++report->rejected_by_reason[size_t(*reason)];
+      continue;
+    }
+    if (++n == batch.size()) RECSTREAM_RETURN_IF_ERROR(flush_batch());
+  }
+  if (events.bad()) return Status::IOError("reading the events failed");
+  if (n > 0) RECSTREAM_RETURN_IF_ERROR(flush_batch());
+  if (predictions.is_open()) {
+    predictions.close();
+    if (!predictions) return Status::IOError("writing " + options.predictions_path + " failed");
+  }
+  progress.Finish();
+
+  for (Task t : learner::kAllTasks) FillTask(t, series[int(t)], &report->tasks[int(t)]);
+  if (ranker) {
+    report->has_ranking = true;
+    report->ranking.k = options.ranking_k;
+    report->ranking.candidates = options.candidates;
+    report->ranking.ranked = ranker->result().count();
+    report->ranking.hr = ranker->result().hr();
+    report->ranking.ndcg = ranker->result().ndcg();
+  }
+  const learner::LearnerStats stats = learner->Stats();
+  for (Task t : learner::kAllTasks) report->task_weights[int(t)] = stats.tasks[int(t)].loss_weight;
+  report->seconds = elapsed();
+  report->events_per_second = report->seconds > 0 ? double(report->events) / report->seconds : 0;
+  return Status::OK();
+}
+
+std::string ReportJson(const EvalReport& r) {
+  fmt::memory_buffer out;
+  auto app = fmt::appender(out);
+  fmt::format_to(app,
+                 "{{\n  \"events\": {}, \"rejected\": {}, \"seconds\": {:.3f}, "
+                 "\"events_per_second\": {},\n  \"tasks\": {{",
+                 r.events, r.rejected, r.seconds, std::llround(r.events_per_second));
+  bool first = true;
+  for (Task t : learner::kAllTasks) {
+    const TaskReport& tr = r.tasks[int(t)];
+    if (tr.count == 0) continue;
+    fmt::format_to(app, "{}\n    \"{}\": {{\"count\": {}", first ? "" : ",", learner::TaskName(t),
+                   tr.count);
+    first = false;
+    if (t == Task::kRating) {
+      fmt::format_to(app, ", \"mae\": {}, \"rmse\": {}", Num(tr.mae), Num(tr.rmse));
+      if (tr.has_bayes)
+        fmt::format_to(app, ", \"bayes_mae\": {}, \"bayes_rmse\": {}", Num(tr.bayes_mae),
+                       Num(tr.bayes_rmse));
+      fmt::format_to(app, ", \"last10\": {{\"mae\": {}, \"rmse\": {}}}}}", Num(tr.last10_mae),
+                     Num(tr.last10_rmse));
+    } else {
+      fmt::format_to(app, ", \"auc\": {}, \"logloss\": {}", Num(tr.auc), Num(tr.logloss));
+      if (tr.has_bayes)
+        fmt::format_to(app, ", \"bayes_auc\": {}, \"bayes_logloss\": {}", Num(tr.bayes_auc),
+                       Num(tr.bayes_logloss));
+      fmt::format_to(app, ", \"last10\": {{\"auc\": {}, \"logloss\": {}}}}}", Num(tr.last10_auc),
+                     Num(tr.last10_logloss));
+    }
+  }
+  fmt::format_to(app, "{}}},\n", first ? "" : "\n  ");
+  if (r.has_ranking)
+    fmt::format_to(app,
+                   "  \"ranking\": {{\"k\": {}, \"candidates\": {}, \"hr\": {}, \"ndcg\": {}}},\n",
+                   r.ranking.k, r.ranking.candidates, Num(r.ranking.hr), Num(r.ranking.ndcg));
+  fmt::format_to(app, "  \"task_weights\": {{\"click\": {}, \"purchase\": {}, \"rating\": {}}}\n}}",
+                 Num(r.task_weights[0]), Num(r.task_weights[1]), Num(r.task_weights[2]));
+  return fmt::to_string(out);
+}
+
+std::string ReportSummary(const EvalReport& r) {
+  fmt::memory_buffer out;
+  auto app = fmt::appender(out);
+  auto f4 = [](double v) { return std::isfinite(v) ? fmt::format("{:.4f}", v) : "n/a"; };
+  fmt::format_to(app, "events    {} in {:.2f} s ({:.0f} events/s), rejected {}", r.events,
+                 r.seconds, r.events_per_second, r.rejected);
+  if (r.rejected > 0) {
+    std::string reasons;
+    for (ingest::RejectReason reason : ingest::kAllRejectReasons) {
+      uint64_t c = r.rejected_by_reason[size_t(reason)];
+      if (c == 0) continue;
+      reasons +=
+          fmt::format("{}{} {}", reasons.empty() ? "" : ", ", ingest::RejectReasonName(reason), c);
+    }
+    fmt::format_to(app, " ({})", reasons);
+  }
+  fmt::format_to(app, "\n");
+  for (Task t : learner::kAllTasks) {
+    const TaskReport& tr = r.tasks[int(t)];
+    if (tr.count == 0) continue;
+    const bool rating = t == Task::kRating;
+    const char* m1 = rating ? "mae" : "auc";
+    const char* m2 = rating ? "rmse" : "logloss";
+    const double v1 = rating ? tr.mae : tr.auc, v2 = rating ? tr.rmse : tr.logloss;
+    const double l1 = rating ? tr.last10_mae : tr.last10_auc;
+    const double l2 = rating ? tr.last10_rmse : tr.last10_logloss;
+    const double b1 = rating ? tr.bayes_mae : tr.bayes_auc;
+    const double b2 = rating ? tr.bayes_rmse : tr.bayes_logloss;
+    std::string bayes1 = tr.has_bayes ? ", bayes " + f4(b1) : "";
+    std::string bayes2 = tr.has_bayes ? ", bayes " + f4(b2) : "";
+    fmt::format_to(app, "{:<9} {:>9} events  {} {} (last10 {}{})  {} {} (last10 {}{})\n",
+                   learner::TaskName(t), tr.count, m1, f4(v1), f4(l1), bayes1, m2, f4(v2), f4(l2),
+                   bayes2);
+  }
+  if (r.has_ranking)
+    fmt::format_to(app, "ranking   HR@{} {}  NDCG@{} {}  ({} events ranked among {} candidates)\n",
+                   r.ranking.k, f4(r.ranking.hr), r.ranking.k, f4(r.ranking.ndcg), r.ranking.ranked,
+                   r.ranking.candidates);
+  fmt::format_to(app, "weights   click {:.3f}  purchase {:.3f}  rating {:.3f}\n", r.task_weights[0],
+                 r.task_weights[1], r.task_weights[2]);
+  return fmt::to_string(out);
+}
+
+}  // namespace recstream::eval

@@ -1,0 +1,105 @@
+// Progressive validation without Kafka (`recstream eval`, SPEC sections 4 and
+// 5): every event of a JSONL stream is first predicted, then learned, by the
+// same Learner code and settings as `serve`, and the predictions made before
+// learning are scored against the labels.
+//
+// Events are handed to Learner::Train in batches of `batch` accepted events,
+// as the service does with the messages of one poll; Train reports the
+// prediction it made for each event just before learning from it, so each
+// prediction sees the model updated by every earlier event of the stream
+// (within a batch, up to the learner's own Hogwild parallelism).
+//
+// Ranking (`ranking_k > 0`): for each positive click or purchase event, its
+// item is ranked among `candidates` distinct items drawn uniformly from the
+// items of the events before it in the file, the item itself excluded, by the
+// event's own task probability (Learner::ScoreMany). Events seen before that
+// many other items exist are not ranked. Ties are broken uniformly at random
+// in expectation (see RankHitAt). Approximation: the ranking for every event
+// of a batch is computed before the batch is trained, so it sees the model as
+// of the batch's start; lower `batch` to tighten it.
+//
+// Empty lines are skipped and not counted; a trailing '\r' is ignored.
+// Lines the parser rejects are counted by reason and skipped: they neither
+// reach the learner nor count as events.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <istream>
+#include <string>
+
+#include "common/status.h"
+#include "ingest/options.h"
+#include "ingest/parser.h"
+#include "learner/learner.h"
+
+namespace recstream::eval {
+
+struct EvalOptions {
+  learner::LearnerOptions learner;
+  // Validation rules; rating_min/rating_max should match the learner's.
+  ingest::ParserOptions parser;
+  // HR@K and NDCG@K with K = ranking_k; 0 turns ranking off.
+  int ranking_k = 0;
+  // Items each ranked event is ranked among (besides its own).
+  int candidates = 100;
+  // When non-empty, one line per accepted event: {"type":"click","pred":0.137}.
+  std::string predictions_path;
+  // Accepted events per Learner::Train call.
+  size_t batch = 4096;
+  // A progress line on stderr about every second, when stderr is a terminal.
+  bool progress = true;
+  // Seed of the candidate sampling.
+  uint64_t seed = 1;
+};
+
+// Metrics of one task. NaN marks a value that is undefined (e.g. AUC with a
+// single class present); ReportJson writes it as null.
+struct TaskReport {
+  uint64_t count = 0;  // accepted events of this task; 0: the task is absent
+  // click and purchase.
+  double auc = 0, logloss = 0;
+  double last10_auc = 0, last10_logloss = 0;
+  double bayes_auc = 0, bayes_logloss = 0;
+  // rating (predictions clipped to the rating range).
+  double mae = 0, rmse = 0;
+  double last10_mae = 0, last10_rmse = 0;
+  double bayes_mae = 0, bayes_rmse = 0;
+  // Every event of the task carried `truth`: the bayes_* fields are set.
+  bool has_bayes = false;
+};
+
+struct RankingReport {
+  int k = 0;
+  int candidates = 0;
+  uint64_t ranked = 0;  // events ranked
+  double hr = 0, ndcg = 0;
+};
+
+struct EvalReport {
+  uint64_t events = 0;    // accepted events, predicted then learned
+  uint64_t rejected = 0;  // lines rejected by the parser
+  std::array<uint64_t, ingest::kNumRejectReasons> rejected_by_reason{};
+  double seconds = 0;  // wall time of the whole run
+  double events_per_second = 0;
+  std::array<TaskReport, learner::kNumTasks> tasks;  // in Task order
+  bool has_ranking = false;
+  RankingReport ranking;
+  // Loss weights of the tasks at the end of the run, in Task order.
+  std::array<double, learner::kNumTasks> task_weights{};
+};
+
+// Runs the evaluation over `events` (JSONL). InvalidArgument for bad options
+// (learner options, ranking_k < 0, candidates < 1 with ranking, batch 0);
+// IOError when the input cannot be read or the predictions file written.
+Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* report);
+
+// The report as JSON, in the shape of SPEC section 5 (absent tasks left out,
+// `ranking` only with ranking, undefined values as null).
+std::string ReportJson(const EvalReport& report);
+
+// A few human-readable lines, each ending in '\n'.
+std::string ReportSummary(const EvalReport& report);
+
+}  // namespace recstream::eval

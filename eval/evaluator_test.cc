@@ -1,0 +1,302 @@
+#include "eval/evaluator.h"
+
+#include <simdjson.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "eval/generator.h"
+
+namespace recstream::eval {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A fresh temporary directory, removed at the end of the test.
+class TempDir {
+ public:
+  TempDir() {
+    path_ = fs::temp_directory_path() / ("recstream_eval_test_" + std::to_string(::getpid()) + "_" +
+                                         std::to_string(counter_++));
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  fs::path path() const { return path_; }
+
+ private:
+  static inline int counter_ = 0;
+  fs::path path_;
+};
+
+// A small world (500 users, 300 items), so that 100k events are enough for
+// the learner to get near the Bayes ceiling.
+std::string GeneratedStream(uint64_t events, uint64_t seed = 3) {
+  GeneratorOptions options;
+  options.events = events;
+  options.users = 500;
+  options.items = 300;
+  options.seed = seed;
+  std::ostringstream out;
+  Generator gen(options);
+  REQUIRE(gen.WriteAll(&out).ok());
+  return out.str();
+}
+
+EvalOptions QuietOptions() {
+  EvalOptions options;
+  options.progress = false;
+  options.learner.threads = 2;
+  return options;
+}
+
+// The shared 100k-event stream and its evaluation, computed once.
+struct Fixture {
+  std::string stream;
+  EvalReport report;
+  std::vector<float> ratings;
+};
+const Fixture& Big() {
+  static const Fixture* fixture = [] {
+    auto* f = new Fixture;
+    f->stream = GeneratedStream(100000);
+    std::istringstream in(f->stream);
+    Status s = RunEval(QuietOptions(), in, &f->report);
+    REQUIRE(s.ok());
+    ingest::EventParser parser{ingest::ParserOptions()};
+    learner::Event e;
+    std::istringstream again(f->stream);
+    std::string line;
+    while (std::getline(again, line))
+      if (!parser.Parse(line, &e, 0) && e.task == learner::Task::kRating)
+        f->ratings.push_back(e.label);
+    return f;
+  }();
+  return *fixture;
+}
+
+TEST_CASE("RunEval learns the generated stream close to the Bayes ceiling", "[evaluator]") {
+  const EvalReport& r = Big().report;
+  INFO(ReportSummary(r));
+  CHECK(r.events == 100000);
+  CHECK(r.rejected == 0);
+  const TaskReport& click = r.tasks[0];
+  const TaskReport& purchase = r.tasks[1];
+  const TaskReport& rating = r.tasks[2];
+  CHECK(click.count + purchase.count + rating.count == 100000);
+  REQUIRE(click.has_bayes);
+  CHECK(click.auc > 0.65);
+  CHECK(click.bayes_auc > 0.7);
+  CHECK(click.last10_auc > click.bayes_auc - 0.08);
+  CHECK(click.last10_logloss < 0.65);
+  CHECK(click.logloss >= click.bayes_logloss - 0.02);
+  CHECK(purchase.count > 0);
+  CHECK(std::isfinite(purchase.auc));
+
+  // Ratings: better than always predicting the (oracle) mean rating.
+  const std::vector<float>& ratings = Big().ratings;
+  REQUIRE(ratings.size() == rating.count);
+  double mean = 0;
+  for (float v : ratings) mean += v;
+  mean /= double(ratings.size());
+  double constant_mae = 0;
+  for (float v : ratings) constant_mae += std::abs(v - mean);
+  constant_mae /= double(ratings.size());
+  CHECK(rating.mae < constant_mae);
+  CHECK(rating.last10_mae < constant_mae - 0.05);
+  CHECK(rating.bayes_mae < rating.mae);
+  CHECK(rating.rmse >= rating.mae);
+  CHECK(r.task_weights[0] > 0);
+}
+
+TEST_CASE("ReportJson has the SPEC section 5 shape", "[evaluator]") {
+  const EvalReport& r = Big().report;
+  const std::string json = ReportJson(r);
+  INFO(json);
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  REQUIRE(parser.parse(json).get(doc) == simdjson::SUCCESS);
+  CHECK(uint64_t(doc["events"]) == 100000);
+  CHECK(uint64_t(doc["rejected"]) == 0);
+  CHECK(double(doc["seconds"]) > 0);
+  CHECK(double(doc["events_per_second"]) > 0);
+  for (const char* key : {"auc", "logloss", "bayes_auc", "bayes_logloss"}) {
+    INFO(key);
+    CHECK(double(doc["tasks"]["click"][key]) > 0);
+    CHECK(double(doc["tasks"]["purchase"][key]) > 0);
+  }
+  CHECK(uint64_t(doc["tasks"]["click"]["count"]) == r.tasks[0].count);
+  CHECK(double(doc["tasks"]["click"]["last10"]["auc"]) == Approx(r.tasks[0].last10_auc));
+  CHECK(double(doc["tasks"]["click"]["last10"]["logloss"]) > 0);
+  for (const char* key : {"mae", "rmse", "bayes_mae", "bayes_rmse"}) {
+    INFO(key);
+    CHECK(double(doc["tasks"]["rating"][key]) > 0);
+  }
+  CHECK(double(doc["tasks"]["rating"]["last10"]["mae"]) > 0);
+  CHECK(double(doc["tasks"]["rating"]["last10"]["rmse"]) > 0);
+  CHECK(doc["ranking"].error() == simdjson::NO_SUCH_FIELD);
+  for (const char* key : {"click", "purchase", "rating"})
+    CHECK(double(doc["task_weights"][key]) > 0);
+  const std::string summary = ReportSummary(r);
+  CHECK(summary.find("click") != std::string::npos);
+  CHECK(summary.find("rating") != std::string::npos);
+}
+
+TEST_CASE("RunEval counts rejected lines and writes one prediction per accepted event",
+          "[evaluator]") {
+  std::string stream = GeneratedStream(2000, 5);
+  std::istringstream lines(stream);
+  std::string mixed, line;
+  int i = 0;
+  while (std::getline(lines, line)) {
+    mixed += line + "\n";
+    if (++i % 500 == 0) {
+      mixed += "{not json\n";
+      mixed += R"({"type":"click","user":1,"item":"x","label":2})"
+               "\n";
+      mixed += "\n";  // blank lines are skipped, not counted
+    }
+  }
+  TempDir dir;
+  EvalOptions options = QuietOptions();
+  options.batch = 128;
+  options.predictions_path = (dir.path() / "pred.jsonl").string();
+  EvalReport report;
+  std::istringstream in(mixed);
+  REQUIRE(RunEval(options, in, &report).ok());
+  CHECK(report.events == 2000);
+  CHECK(report.rejected == 8);
+  CHECK(report.rejected_by_reason[size_t(ingest::RejectReason::kMalformedJson)] == 4);
+  CHECK(report.rejected_by_reason[size_t(ingest::RejectReason::kBadLabel)] == 4);
+  CHECK(ReportSummary(report).find("bad_label 4") != std::string::npos);
+
+  std::ifstream pred(options.predictions_path);
+  simdjson::dom::parser parser;
+  ingest::EventParser event_parser{ingest::ParserOptions()};
+  learner::Event e;
+  std::istringstream accepted(stream);
+  std::string event_line;
+  uint64_t count = 0;
+  while (std::getline(pred, line)) {
+    REQUIRE(std::getline(accepted, event_line));
+    REQUIRE_FALSE(event_parser.Parse(event_line, &e, 0));
+    simdjson::dom::element doc;
+    REQUIRE(parser.parse(line).get(doc) == simdjson::SUCCESS);
+    std::string_view type = doc["type"];
+    CHECK(type == learner::TaskName(e.task));
+    double p = doc["pred"];
+    if (e.task == learner::Task::kRating) {
+      CHECK(p >= 1.0);
+      CHECK(p <= 5.0);
+    } else {
+      CHECK(p > 0.0);
+      CHECK(p < 1.0);
+    }
+    ++count;
+  }
+  CHECK(count == report.events);
+}
+
+TEST_CASE("RunEval is deterministic with one training thread", "[evaluator]") {
+  // Single-threaded training is deterministic: same stream, same report.
+  std::string stream = GeneratedStream(5000, 9);
+  EvalOptions options = QuietOptions();
+  options.learner.threads = 1;
+  EvalReport a, b;
+  std::istringstream in1(stream), in2(stream);
+  REQUIRE(RunEval(options, in1, &a).ok());
+  REQUIRE(RunEval(options, in2, &b).ok());
+  CHECK(a.tasks[0].auc == b.tasks[0].auc);
+  CHECK(a.tasks[2].mae == b.tasks[2].mae);
+}
+
+TEST_CASE("RunEval ranks positive events among sampled candidates", "[evaluator]") {
+  std::string stream = GeneratedStream(60000, 11);
+  EvalOptions options = QuietOptions();
+  options.ranking_k = 10;
+  options.candidates = 50;
+  EvalReport report;
+  std::istringstream in(stream);
+  REQUIRE(RunEval(options, in, &report).ok());
+  INFO(ReportSummary(report));
+  REQUIRE(report.has_ranking);
+  CHECK(report.ranking.k == 10);
+  CHECK(report.ranking.candidates == 50);
+  CHECK(report.ranking.ranked > 10000);
+  // Chance is 10/51 = 0.196.
+  CHECK(report.ranking.hr > 0.22);
+  CHECK(report.ranking.ndcg > 0);
+  CHECK(report.ranking.ndcg < report.ranking.hr);
+
+  const std::string json = ReportJson(report);
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  REQUIRE(parser.parse(json).get(doc) == simdjson::SUCCESS);
+  CHECK(int64_t(doc["ranking"]["k"]) == 10);
+  CHECK(int64_t(doc["ranking"]["candidates"]) == 50);
+  CHECK(double(doc["ranking"]["hr"]) == Approx(report.ranking.hr).epsilon(1e-5));
+  CHECK(double(doc["ranking"]["ndcg"]) > 0);
+}
+
+TEST_CASE("Absent tasks and missing truth are left out of the report", "[evaluator]") {
+  // Clicks only; one of them without truth.
+  std::string stream;
+  for (int i = 0; i < 200; ++i) {
+    stream += "{\"type\":\"click\",\"user\":" + std::to_string(i % 7) + ",\"item\":\"i" +
+              std::to_string(i % 5) + "\",\"label\":" + std::to_string(i % 3 == 0 ? 1 : 0);
+    stream += i == 17 ? "}\r\n" : ",\"truth\":{\"p\":0.3}}\n";
+  }
+  EvalReport report;
+  std::istringstream in(stream);
+  REQUIRE(RunEval(QuietOptions(), in, &report).ok());
+  CHECK(report.events == 200);
+  CHECK(report.rejected == 0);
+  CHECK_FALSE(report.tasks[0].has_bayes);
+  const std::string json = ReportJson(report);
+  INFO(json);
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  REQUIRE(parser.parse(json).get(doc) == simdjson::SUCCESS);
+  CHECK(uint64_t(doc["tasks"]["click"]["count"]) == 200);
+  CHECK(doc["tasks"]["click"]["bayes_auc"].error() == simdjson::NO_SUCH_FIELD);
+  CHECK(doc["tasks"]["purchase"].error() == simdjson::NO_SUCH_FIELD);
+  CHECK(doc["tasks"]["rating"].error() == simdjson::NO_SUCH_FIELD);
+
+  // An empty stream still gives valid JSON with no tasks.
+  EvalReport empty;
+  std::istringstream nothing("");
+  REQUIRE(RunEval(QuietOptions(), nothing, &empty).ok());
+  REQUIRE(parser.parse(ReportJson(empty)).get(doc) == simdjson::SUCCESS);
+  CHECK(uint64_t(doc["events"]) == 0);
+  CHECK(simdjson::dom::object(doc["tasks"]).size() == 0);
+}
+
+TEST_CASE("RunEval reports bad options and unwritable files", "[evaluator]") {
+  std::istringstream in("");
+  EvalReport report;
+  EvalOptions options = QuietOptions();
+  options.batch = 0;
+  CHECK(RunEval(options, in, &report).IsInvalidArgument());
+  options = QuietOptions();
+  options.learner.dim = 0;
+  CHECK(RunEval(options, in, &report).IsInvalidArgument());
+  options = QuietOptions();
+  options.ranking_k = 10;
+  options.candidates = 0;
+  CHECK(RunEval(options, in, &report).IsInvalidArgument());
+  options = QuietOptions();
+  options.predictions_path = "/nonexistent-dir/pred.jsonl";
+  CHECK(RunEval(options, in, &report).IsIOError());
+}
+
+}  // namespace
+}  // namespace recstream::eval

@@ -1,0 +1,85 @@
+// Generator: a synthetic event stream with known ground truth (SPEC section
+// 1 JSONL, `recstream gen`), for testing and benchmarking the learner.
+//
+// The world. Each user and each item has a latent factor vector (Gaussian,
+// `factors` dimensions) and a bias. Users belong to one of a few age groups
+// and items to one of a few dozen categories; the group's and the category's
+// own Gaussian vectors are added to the factors, so the side features
+// (`"age=3"`, `"category=c12"`) carry signal. Users are drawn uniformly, items
+// with a Zipf-like popularity skew. The affinity of a pair is a = u.v.
+//
+// The stream. Each step, a user sees an item:
+//  - about 27% of steps are a rating: value = clip(mu + b_u + b_i + a + noise)
+//    rounded to the nearest 0.5, truth.mean = the noiseless clipped value;
+//  - the others are an impression: a click event whose label is
+//    Bernoulli(p_click), p_click = sigmoid(c + b_i + 1.5 a) (truth.p = p_click),
+//    with about 30% of impressions clicked;
+//  - a clicked impression is followed, with probability 0.1, by a purchase
+//    event (the checkout decision) whose label is Bernoulli(p_purchase),
+//    p_purchase = sigmoid(c' + b_i + 2 a): purchase events are about 3% of
+//    click events and purchases (label 1) about 1% of click events.
+// Users are JSON numbers (42), items strings ("i123"), so both id forms are
+// exercised. `ts` increases by 1-3 ms per event from 2024-01-01.
+//
+// The output depends only on the options: the same options give the same
+// bytes (the generator has its own random number generator and does not
+// depend on the standard library's distributions).
+//
+// Thread safety: a Generator is not thread safe; use one per thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <ostream>
+#include <string>
+
+#include "common/status.h"
+
+namespace recstream::eval {
+
+struct GeneratorOptions {
+  // Number of events (lines) to produce.
+  uint64_t events = 0;
+  // Number of distinct users and items.
+  int users = 10000;
+  int items = 2000;
+  uint64_t seed = 1;
+  // Dimension of the latent factors.
+  int factors = 8;
+  // Write `user_features` and `item_features`. The latent structure is the
+  // same either way; without them the learner cannot see the groups.
+  bool side_features = true;
+  // Range of rating values (SPEC rating.min / rating.max).
+  float rating_min = 1.0f;
+  float rating_max = 5.0f;
+};
+
+// InvalidArgument naming the field when an option is out of range.
+Status ValidateGeneratorOptions(const GeneratorOptions& options);
+
+class Generator {
+ public:
+  // Options must be valid (see ValidateGeneratorOptions); out-of-range values
+  // are clamped to something usable.
+  explicit Generator(const GeneratorOptions& options);
+  ~Generator();
+  Generator(const Generator&) = delete;
+  Generator& operator=(const Generator&) = delete;
+
+  // Writes the next event, one JSON object without the trailing newline,
+  // into *json_line (overwritten). False once `events` lines were produced.
+  bool Next(std::string* json_line);
+
+  // Writes every remaining event to *out, one per line. IOError when the
+  // stream fails.
+  Status WriteAll(std::ostream* out);
+
+  // Lines produced so far.
+  uint64_t produced() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace recstream::eval
