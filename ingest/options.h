@@ -17,6 +17,8 @@ struct ParserOptions {
   size_t max_features = 64;
   // Longest accepted message; longer ones are rejected unparsed.
   size_t max_event_bytes = 1 << 20;
+
+  bool operator==(const ParserOptions&) const = default;
 };
 
 struct TopicNames {

@@ -1,0 +1,582 @@
+#include "ingest/kafka.h"
+
+#include <librdkafka/rdkafka.h>
+// rdkafka_mock.h needs rdkafka.h first.
+#include <librdkafka/rdkafka_mock.h>
+#include <librdkafka/rdkafkacpp.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <thread>
+
+namespace recstream::ingest {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Forwards librdkafka's log lines to spdlog.
+void LogLibrdkafka(int level, const std::string& fac, const std::string& msg) {
+  if (level <= 3) {
+    spdlog::error("kafka {}: {}", fac, msg);
+  } else if (level <= 4) {
+    spdlog::warn("kafka {}: {}", fac, msg);
+  } else if (level <= 6) {
+    spdlog::info("kafka {}: {}", fac, msg);
+  } else {
+    spdlog::debug("kafka {}: {}", fac, msg);
+  }
+}
+
+// The mock cluster's own client has no bootstrap.servers and says so at
+// NOTICE level; only its warnings and errors are worth showing.
+void MockLogCb(const rd_kafka_t*, int level, const char* fac, const char* buf) {
+  LogLibrdkafka(level <= 4 ? level : 7, fac, buf);
+}
+
+Status SetConf(RdKafka::Conf* conf, const std::string& key, const std::string& value) {
+  std::string err;
+  if (conf->set(key, value, err) != RdKafka::Conf::CONF_OK) {
+    return Status::InvalidArgument("kafka property " + key + "=" + value + ": " + err);
+  }
+  return Status::OK();
+}
+
+template <typename Callback>
+Status SetCallback(RdKafka::Conf* conf, const std::string& key, Callback* cb) {
+  std::string err;
+  if (conf->set(key, cb, err) != RdKafka::Conf::CONF_OK) {
+    return Status::Internal("kafka " + key + ": " + err);
+  }
+  return Status::OK();
+}
+
+// Our defaults first, then the user's properties, which win.
+Status ApplyConf(RdKafka::Conf* conf,
+                 const std::vector<std::pair<std::string, std::string>>& defaults,
+                 const std::map<std::string, std::string>& properties) {
+  for (const auto& [k, v] : defaults) RECSTREAM_RETURN_IF_ERROR(SetConf(conf, k, v));
+  for (const auto& [k, v] : properties) RECSTREAM_RETURN_IF_ERROR(SetConf(conf, k, v));
+  return Status::OK();
+}
+
+// Logs librdkafka events; counts errors; remembers a fatal one.
+class EventLogger : public RdKafka::EventCb {
+ public:
+  void event_cb(RdKafka::Event& event) override {
+    switch (event.type()) {
+      case RdKafka::Event::EVENT_ERROR:
+        if (event.fatal()) {
+          fatal_.store(true);
+          spdlog::error("kafka fatal error: {}", event.str());
+        } else {
+          errors_.fetch_add(1, std::memory_order_relaxed);
+          // Transient (broker down, transport): librdkafka retries by itself.
+          spdlog::warn("kafka error: {} ({})", event.str(), RdKafka::err2str(event.err()));
+        }
+        break;
+      case RdKafka::Event::EVENT_LOG:
+        // FAIL lines repeat what the EVENT_ERROR above already reported.
+        LogLibrdkafka(event.fac() == "FAIL" ? 7 : event.severity(), event.fac(), event.str());
+        break;
+      default:
+        break;
+    }
+  }
+  uint64_t errors() const { return errors_.load(std::memory_order_relaxed); }
+  void CountError() { errors_.fetch_add(1, std::memory_order_relaxed); }
+  bool fatal() const { return fatal_.load(); }
+
+ private:
+  std::atomic<uint64_t> errors_{0};
+  std::atomic<bool> fatal_{false};
+};
+
+// A producer with delivery counting, shared by DeadLetterQueue and
+// EventProducer.
+class ProducerCore : public RdKafka::DeliveryReportCb {
+ public:
+  ~ProducerCore() {
+    if (producer_ != nullptr) {
+      producer_->flush(5000);
+      if (producer_->outq_len() > 0) {
+        spdlog::warn("kafka producer closing with {} messages undelivered", producer_->outq_len());
+      }
+    }
+  }
+
+  Status Open(const std::string& brokers, const std::map<std::string, std::string>& properties) {
+    if (brokers.empty()) return Status::InvalidArgument("kafka.brokers is empty");
+    std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
+    RECSTREAM_RETURN_IF_ERROR(ApplyConf(conf.get(),
+                                        {
+                                            {"bootstrap.servers", brokers},
+                                            {"client.id", "recstream"},
+                                            // Batch for throughput, but ship within 5 ms.
+                                            {"linger.ms", "5"},
+                                            {"batch.num.messages", "10000"},
+                                            {"queue.buffering.max.messages", "500000"},
+                                            {"queue.buffering.max.kbytes", "524288"},
+                                            {"message.timeout.ms", "60000"},
+                                        },
+                                        properties));
+    RECSTREAM_RETURN_IF_ERROR(
+        SetCallback(conf.get(), "dr_cb", static_cast<RdKafka::DeliveryReportCb*>(this)));
+    RECSTREAM_RETURN_IF_ERROR(
+        SetCallback(conf.get(), "event_cb", static_cast<RdKafka::EventCb*>(&logger_)));
+    std::string err;
+    producer_.reset(RdKafka::Producer::create(conf.get(), err));
+    if (producer_ == nullptr) return Status::InvalidArgument("kafka producer: " + err);
+    return Status::OK();
+  }
+
+  // Produces a copy of key and payload; on success librdkafka owns `headers`
+  // (may be null), on failure it is deleted here. Waits up to `max_wait_ms`
+  // while the local queue is full.
+  Status Produce(const std::string& topic, std::string_view key, std::string_view payload,
+                 RdKafka::Headers* headers, int max_wait_ms) {
+    const auto deadline = Clock::now() + std::chrono::milliseconds(max_wait_ms);
+    while (true) {
+      RdKafka::ErrorCode err =
+          producer_->produce(topic, RdKafka::Topic::PARTITION_UA, RdKafka::Producer::RK_MSG_COPY,
+                             const_cast<char*>(payload.data()), payload.size(),
+                             key.empty() ? nullptr : key.data(), key.size(), 0, headers, nullptr);
+      if (err == RdKafka::ERR_NO_ERROR) {
+        producer_->poll(0);  // serve delivery reports
+        return Status::OK();
+      }
+      if (err == RdKafka::ERR__QUEUE_FULL && Clock::now() < deadline) {
+        producer_->poll(20);
+        continue;
+      }
+      delete headers;
+      failed_.fetch_add(1, std::memory_order_relaxed);
+      if (err == RdKafka::ERR__QUEUE_FULL) {
+        return Status::Unavailable("kafka producer queue full for " + topic);
+      }
+      return Status::IOError("kafka produce to " + topic + ": " + RdKafka::err2str(err));
+    }
+  }
+
+  Status Flush(int timeout_ms) {
+    producer_->flush(timeout_ms);
+    int left = producer_->outq_len();
+    if (left > 0) {
+      return Status::Unavailable(std::to_string(left) + " kafka messages not yet delivered");
+    }
+    return Status::OK();
+  }
+
+  void dr_cb(RdKafka::Message& message) override {
+    if (message.err() == RdKafka::ERR_NO_ERROR) {
+      delivered_.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      failed_.fetch_add(1, std::memory_order_relaxed);
+      spdlog::warn("kafka delivery to {} failed: {}", message.topic_name(), message.errstr());
+    }
+  }
+
+  uint64_t delivered() const { return delivered_.load(std::memory_order_relaxed); }
+  uint64_t failed() const { return failed_.load(std::memory_order_relaxed); }
+
+ private:
+  EventLogger logger_;
+  std::unique_ptr<RdKafka::Producer> producer_;
+  std::atomic<uint64_t> delivered_{0};
+  std::atomic<uint64_t> failed_{0};
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------- EmbeddedKafka
+
+Status EmbeddedKafka::Start(int num_brokers, int partitions, const TopicNames& topics,
+                            std::unique_ptr<EmbeddedKafka>* out) {
+  if (num_brokers < 1) return Status::InvalidArgument("embedded kafka needs at least 1 broker");
+  if (partitions < 1) return Status::InvalidArgument("embedded kafka needs at least 1 partition");
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set_log_cb(conf, MockLogCb);
+  char errstr[512];
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  if (rk == nullptr) {
+    rd_kafka_conf_destroy(conf);
+    return Status::Internal(std::string("embedded kafka: ") + errstr);
+  }
+  std::unique_ptr<EmbeddedKafka> kafka(new EmbeddedKafka());
+  kafka->handle_ = rk;
+  kafka->mcluster_ = rd_kafka_mock_cluster_new(rk, num_brokers);
+  if (kafka->mcluster_ == nullptr) return Status::IOError("embedded kafka: cannot start brokers");
+  kafka->bootstrap_ = rd_kafka_mock_cluster_bootstraps(kafka->mcluster_);
+  for (const std::string* t : {&topics.click, &topics.purchase, &topics.rating, &topics.dlq}) {
+    RECSTREAM_RETURN_IF_ERROR(kafka->CreateTopic(*t, partitions));
+  }
+  *out = std::move(kafka);
+  return Status::OK();
+}
+
+Status EmbeddedKafka::CreateTopic(const std::string& topic, int partitions) {
+  // Replicas only matter for follower fetching, which we don't use.
+  const int replication = 1;
+  rd_kafka_resp_err_t err =
+      rd_kafka_mock_topic_create(mcluster_, topic.c_str(), partitions, replication);
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return Status::InvalidArgument("embedded kafka: create topic " + topic + ": " +
+                                   rd_kafka_err2str(err));
+  }
+  return Status::OK();
+}
+
+EmbeddedKafka::~EmbeddedKafka() {
+  if (mcluster_ != nullptr) rd_kafka_mock_cluster_destroy(mcluster_);
+  if (handle_ != nullptr) rd_kafka_destroy(handle_);
+}
+
+// ---------------------------------------------------------------- EventConsumer
+
+struct EventConsumer::Impl : public RdKafka::RebalanceCb, public RdKafka::OffsetCommitCb {
+  KafkaOptions options;
+  EventLogger logger;
+  std::unique_ptr<RdKafka::KafkaConsumer> consumer;
+  bool closed = false;  // only touched by the ingest thread
+  Clock::time_point next_lag_refresh{};
+  std::atomic<bool> has_assignment{false};
+  std::atomic<uint64_t> delivered{0};
+
+  mutable std::mutex mu;
+  OffsetMap positions;            // guarded by mu
+  std::vector<PartitionLag> lag;  // guarded by mu
+
+  // Runs inside consume() on the ingest thread. EAGER protocol: every
+  // rebalance revokes all partitions, then assigns the new set.
+  void rebalance_cb(RdKafka::KafkaConsumer* c, RdKafka::ErrorCode err,
+                    std::vector<RdKafka::TopicPartition*>& parts) override {
+    if (err == RdKafka::ERR__ASSIGN_PARTITIONS) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        for (RdKafka::TopicPartition* p : parts) {
+          // A position we know (seeded from the checkpoint or consumed
+          // before) wins over the group's committed offset.
+          auto it = positions.find(TopicPartition{p->topic(), p->partition()});
+          if (it != positions.end()) p->set_offset(it->second);
+        }
+      }
+      RdKafka::ErrorCode aerr = c->assign(parts);
+      if (aerr != RdKafka::ERR_NO_ERROR) {
+        logger.CountError();
+        spdlog::error("kafka assign failed: {}", RdKafka::err2str(aerr));
+      }
+      has_assignment.store(!parts.empty());
+      spdlog::info("kafka consumer assigned {} partitions", parts.size());
+      next_lag_refresh = Clock::now();
+    } else {
+      if (err != RdKafka::ERR__REVOKE_PARTITIONS) {
+        logger.CountError();
+        spdlog::warn("kafka rebalance error: {}", RdKafka::err2str(err));
+      }
+      c->unassign();
+      has_assignment.store(false);
+      std::lock_guard<std::mutex> lock(mu);
+      lag.clear();
+      spdlog::info("kafka consumer revoked {} partitions", parts.size());
+    }
+  }
+
+  void offset_commit_cb(RdKafka::ErrorCode err,
+                        std::vector<RdKafka::TopicPartition*>& offsets) override {
+    if (err != RdKafka::ERR_NO_ERROR && err != RdKafka::ERR__NO_OFFSET) {
+      logger.CountError();
+      spdlog::debug("kafka offset commit failed: {}", RdKafka::err2str(err));
+    }
+  }
+
+  void RefreshLag() {
+    std::vector<RdKafka::TopicPartition*> parts;
+    if (consumer->assignment(parts) != RdKafka::ERR_NO_ERROR) return;
+    std::vector<PartitionLag> fresh;
+    fresh.reserve(parts.size());
+    for (RdKafka::TopicPartition* p : parts) {
+      PartitionLag l;
+      l.topic = p->topic();
+      l.partition = p->partition();
+      int64_t low = -1, high = -1;
+      // Cached from fetch responses: no network round trip.
+      if (consumer->get_watermark_offsets(l.topic, l.partition, &low, &high) ==
+              RdKafka::ERR_NO_ERROR &&
+          high >= 0) {
+        l.high_watermark = high;
+      }
+      fresh.push_back(std::move(l));
+    }
+    RdKafka::TopicPartition::destroy(parts);
+    std::lock_guard<std::mutex> lock(mu);
+    for (PartitionLag& l : fresh) {
+      auto it = positions.find(TopicPartition{l.topic, l.partition});
+      if (it != positions.end()) l.position = it->second;
+      if (l.position >= 0 && l.high_watermark >= 0) {
+        l.lag = std::max<int64_t>(0, l.high_watermark - l.position);
+      }
+    }
+    lag = std::move(fresh);
+  }
+
+  // Records the batch's messages as delivered.
+  void Advance(const std::vector<RawMessage>& out, size_t first) {
+    if (first == out.size()) return;
+    std::lock_guard<std::mutex> lock(mu);
+    OffsetMap::iterator last = positions.end();
+    for (size_t i = first; i < out.size(); ++i) {
+      const RawMessage& m = out[i];
+      if (last == positions.end() || last->first.partition != m.partition ||
+          last->first.topic != m.topic) {
+        last = positions.try_emplace(TopicPartition{m.topic, m.partition}, 0).first;
+      }
+      last->second = m.offset + 1;
+    }
+    delivered.fetch_add(out.size() - first, std::memory_order_relaxed);
+  }
+};
+
+EventConsumer::EventConsumer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+EventConsumer::~EventConsumer() {
+  if (impl_ != nullptr && impl_->consumer != nullptr) {
+    Status s = Close();
+    if (!s.ok()) spdlog::warn("kafka consumer close: {}", s.ToString());
+  }
+}
+
+Status EventConsumer::Open(const KafkaOptions& options, std::unique_ptr<EventConsumer>* out) {
+  if (options.brokers.empty()) return Status::InvalidArgument("kafka.brokers is empty");
+  if (options.group_id.empty()) return Status::InvalidArgument("kafka.group_id is empty");
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
+  RECSTREAM_RETURN_IF_ERROR(ApplyConf(conf.get(),
+                                      {
+                                          {"bootstrap.servers", options.brokers},
+                                          {"group.id", options.group_id},
+                                          {"client.id", "recstream"},
+                                          // The store is the source of truth.
+                                          {"enable.auto.commit", "false"},
+                                          {"enable.auto.offset.store", "false"},
+                                          {"auto.offset.reset", "earliest"},
+                                          // EAGER: revoke all, then assign.
+                                          {"partition.assignment.strategy", "range,roundrobin"},
+                                          // Low latency: don't let the broker sit on fetches.
+                                          {"fetch.wait.max.ms", "10"},
+                                          {"fetch.error.backoff.ms", "50"},
+                                          {"enable.partition.eof", "false"},
+                                      },
+                                      options.properties));
+  RECSTREAM_RETURN_IF_ERROR(
+      SetCallback(conf.get(), "rebalance_cb", static_cast<RdKafka::RebalanceCb*>(impl.get())));
+  RECSTREAM_RETURN_IF_ERROR(SetCallback(conf.get(), "offset_commit_cb",
+                                        static_cast<RdKafka::OffsetCommitCb*>(impl.get())));
+  RECSTREAM_RETURN_IF_ERROR(
+      SetCallback(conf.get(), "event_cb", static_cast<RdKafka::EventCb*>(&impl->logger)));
+  std::string err;
+  impl->consumer.reset(RdKafka::KafkaConsumer::create(conf.get(), err));
+  if (impl->consumer == nullptr) return Status::InvalidArgument("kafka consumer: " + err);
+  RdKafka::ErrorCode serr = impl->consumer->subscribe(
+      {options.topics.click, options.topics.purchase, options.topics.rating});
+  if (serr != RdKafka::ERR_NO_ERROR) {
+    return Status::InvalidArgument("kafka subscribe: " + RdKafka::err2str(serr));
+  }
+  out->reset(new EventConsumer(std::move(impl)));
+  return Status::OK();
+}
+
+void EventConsumer::SeedOffsets(const OffsetMap& offsets) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  for (const auto& [tp, offset] : offsets) impl_->positions[tp] = offset;
+}
+
+Status EventConsumer::Poll(size_t max_messages, int timeout_ms, std::vector<RawMessage>* out) {
+  Impl& d = *impl_;
+  if (d.closed) return Status::Internal("kafka consumer is closed");
+  const size_t first = out->size();
+  size_t taken = 0;
+  const auto deadline = Clock::now() + std::chrono::milliseconds(std::max(0, timeout_ms));
+  Status status;
+  while (taken < max_messages) {
+    int wait_ms = 0;
+    if (taken == 0) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      wait_ms = static_cast<int>(std::max<int64_t>(0, left.count()));
+    }
+    std::unique_ptr<RdKafka::Message> msg(d.consumer->consume(wait_ms));
+    RdKafka::ErrorCode err = msg->err();
+    if (err == RdKafka::ERR_NO_ERROR) {
+      RawMessage& m = out->emplace_back();
+      m.topic = msg->topic_name();
+      m.partition = msg->partition();
+      m.offset = msg->offset();
+      if (msg->key_pointer() != nullptr) {
+        m.key.assign(static_cast<const char*>(msg->key_pointer()), msg->key_len());
+      }
+      if (msg->payload() != nullptr) {
+        m.payload.assign(static_cast<const char*>(msg->payload()), msg->len());
+      }
+      RdKafka::MessageTimestamp ts = msg->timestamp();
+      m.timestamp_ms =
+          ts.type == RdKafka::MessageTimestamp::MSG_TIMESTAMP_NOT_AVAILABLE ? -1 : ts.timestamp;
+      ++taken;
+      continue;
+    }
+    if (err == RdKafka::ERR__TIMED_OUT) {
+      // Nothing (more) fetched: done, unless still waiting for the first.
+      if (taken > 0 || wait_ms == 0) break;
+      continue;
+    }
+    if (err == RdKafka::ERR__PARTITION_EOF) continue;
+    if (err == RdKafka::ERR__FATAL || d.logger.fatal()) {
+      std::string reason;
+      RdKafka::ErrorCode ferr = d.consumer->fatal_error(reason);
+      status =
+          Status::IOError("kafka consumer fatal error: " + RdKafka::err2str(ferr) + ": " + reason);
+      break;
+    }
+    d.logger.CountError();
+    spdlog::warn("kafka consume: {}", msg->errstr());
+    if (taken > 0 || Clock::now() >= deadline) break;
+  }
+  d.Advance(*out, first);
+  if (Clock::now() >= d.next_lag_refresh) {
+    d.RefreshLag();
+    d.next_lag_refresh = Clock::now() + std::chrono::milliseconds(500);
+  }
+  return status;
+}
+
+OffsetMap EventConsumer::Positions() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->positions;
+}
+
+void EventConsumer::CommitAsync(const OffsetMap& offsets) {
+  if (offsets.empty() || impl_->closed) return;
+  std::vector<RdKafka::TopicPartition*> parts;
+  parts.reserve(offsets.size());
+  for (const auto& [tp, offset] : offsets) {
+    parts.push_back(RdKafka::TopicPartition::create(tp.topic, tp.partition, offset));
+  }
+  RdKafka::ErrorCode err = impl_->consumer->commitAsync(parts);
+  RdKafka::TopicPartition::destroy(parts);
+  if (err != RdKafka::ERR_NO_ERROR) {
+    impl_->logger.CountError();
+    spdlog::debug("kafka commit: {}", RdKafka::err2str(err));
+  }
+}
+
+bool EventConsumer::HasAssignment() const { return impl_->has_assignment.load(); }
+
+std::vector<PartitionLag> EventConsumer::Lag() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->lag;
+}
+
+uint64_t EventConsumer::delivered() const {
+  return impl_->delivered.load(std::memory_order_relaxed);
+}
+uint64_t EventConsumer::errors() const { return impl_->logger.errors(); }
+
+Status EventConsumer::Close() {
+  Impl& d = *impl_;
+  if (d.closed) return Status::OK();
+  d.closed = true;
+  RdKafka::ErrorCode err = d.consumer->close();
+  d.has_assignment.store(false);
+  if (err != RdKafka::ERR_NO_ERROR) {
+    return Status::IOError("kafka consumer close: " + RdKafka::err2str(err));
+  }
+  return Status::OK();
+}
+
+// ---------------------------------------------------------------- DeadLetterQueue
+
+struct DeadLetterQueue::Impl {
+  std::string topic;
+  ProducerCore core;
+};
+
+DeadLetterQueue::DeadLetterQueue(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DeadLetterQueue::~DeadLetterQueue() = default;
+
+Status DeadLetterQueue::Open(const KafkaOptions& options, std::unique_ptr<DeadLetterQueue>* out) {
+  auto impl = std::make_unique<Impl>();
+  impl->topic = options.topics.dlq;
+  RECSTREAM_RETURN_IF_ERROR(impl->core.Open(options.brokers, options.properties));
+  out->reset(new DeadLetterQueue(std::move(impl)));
+  return Status::OK();
+}
+
+void DeadLetterQueue::Send(const RawMessage& original, RejectReason reason,
+                           std::string_view detail) {
+  RdKafka::Headers* headers = RdKafka::Headers::create();
+  headers->add("reason", std::string(RejectReasonName(reason)));
+  headers->add("detail", std::string(detail));
+  headers->add("source_topic", original.topic);
+  headers->add("source_partition", std::to_string(original.partition));
+  headers->add("source_offset", std::to_string(original.offset));
+  Status s = impl_->core.Produce(impl_->topic, original.key, original.payload, headers,
+                                 /*max_wait_ms=*/1000);
+  if (!s.ok()) spdlog::warn("dead letter dropped: {}", s.ToString());
+}
+
+Status DeadLetterQueue::Flush(int timeout_ms) { return impl_->core.Flush(timeout_ms); }
+uint64_t DeadLetterQueue::sent() const { return impl_->core.delivered(); }
+uint64_t DeadLetterQueue::failed() const { return impl_->core.failed(); }
+
+// ---------------------------------------------------------------- EventProducer
+
+struct EventProducer::Impl {
+  TopicNames topics;
+  ProducerCore core;
+  // Built on first SendEvent, rebuilt if the options change.
+  std::unique_ptr<EventParser> parser;
+  ParserOptions parser_options;
+  learner::Event event;
+  std::string detail;
+};
+
+EventProducer::EventProducer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+EventProducer::~EventProducer() = default;
+
+Status EventProducer::Open(const std::string& brokers, const TopicNames& topics,
+                           std::unique_ptr<EventProducer>* out) {
+  auto impl = std::make_unique<Impl>();
+  impl->topics = topics;
+  RECSTREAM_RETURN_IF_ERROR(impl->core.Open(brokers, {}));
+  out->reset(new EventProducer(std::move(impl)));
+  return Status::OK();
+}
+
+Status EventProducer::SendRaw(const std::string& topic, std::string_view key,
+                              std::string_view payload) {
+  return impl_->core.Produce(topic, key, payload, nullptr, /*max_wait_ms=*/60000);
+}
+
+Status EventProducer::SendEvent(std::string_view json_line, const ParserOptions& parser_options) {
+  Impl& d = *impl_;
+  if (d.parser == nullptr || !(d.parser_options == parser_options)) {
+    d.parser = std::make_unique<EventParser>(parser_options);
+    d.parser_options = parser_options;
+  }
+  std::optional<RejectReason> reason = d.parser->Parse(json_line, &d.event, 0, &d.detail);
+  if (reason) {
+    return Status::InvalidArgument(std::string(RejectReasonName(*reason)) + ": " + d.detail);
+  }
+  const std::string* topic = &d.topics.click;
+  if (d.event.task == learner::Task::kPurchase) topic = &d.topics.purchase;
+  if (d.event.task == learner::Task::kRating) topic = &d.topics.rating;
+  return SendRaw(*topic, d.event.user, json_line);
+}
+
+Status EventProducer::Flush(int timeout_ms) { return impl_->core.Flush(timeout_ms); }
+uint64_t EventProducer::delivered() const { return impl_->core.delivered(); }
+uint64_t EventProducer::failed() const { return impl_->core.failed(); }
+
+}  // namespace recstream::ingest

@@ -1,0 +1,193 @@
+// Kafka edge of recstream: an embedded mock cluster, the event consumer, the
+// dead-letter queue and an event producer. librdkafka stays in kafka.cc.
+//
+// Delivery semantics. The consumer never lets Kafka decide where to resume:
+// the positions it reports (Positions()) are stored with the model by
+// store/, and a restarted service seeds them back (SeedOffsets()) so the
+// model and the offsets it has learned up to always match (effectively-once
+// learning). Commits to Kafka (CommitAsync) exist only for monitoring and lag
+// tooling; they are used to resume only for partitions without a seeded
+// position (then `auto.offset.reset=earliest` applies if none is committed).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/offsets.h"
+#include "common/status.h"
+#include "ingest/options.h"
+#include "ingest/parser.h"
+
+// librdkafka's client and mock cluster handles (rdkafka.h, rdkafka_mock.h).
+struct rd_kafka_s;
+struct rd_kafka_mock_cluster_s;
+
+namespace recstream::ingest {
+
+struct RawMessage {
+  std::string topic;
+  int32_t partition = 0;
+  int64_t offset = 0;
+  std::string key;
+  std::string payload;
+  // Message timestamp (producer create time or broker log-append time); -1 if none.
+  int64_t timestamp_ms = -1;
+};
+
+// An in-process Kafka cluster (librdkafka's mock cluster), listening on
+// loopback. It serves real clients (consumer groups included) for as long as
+// the object lives; the destructor shuts it down. Data is kept in memory.
+class EmbeddedKafka {
+ public:
+  // Starts `num_brokers` brokers and creates the four topics of `topics`
+  // with `partitions` partitions each.
+  static Status Start(int num_brokers, int partitions, const TopicNames& topics,
+                      std::unique_ptr<EmbeddedKafka>* out);
+  ~EmbeddedKafka();
+  EmbeddedKafka(const EmbeddedKafka&) = delete;
+  EmbeddedKafka& operator=(const EmbeddedKafka&) = delete;
+
+  // Comma-separated host:port list for `bootstrap.servers`.
+  const std::string& bootstrap() const { return bootstrap_; }
+  // Creates one more topic. InvalidArgument if it cannot.
+  Status CreateTopic(const std::string& topic, int partitions);
+  // For fault-injection tests (rd_kafka_mock_* functions). Owned by this.
+  rd_kafka_mock_cluster_s* mock_cluster() const { return mcluster_; }
+
+ private:
+  EmbeddedKafka() = default;
+  ::rd_kafka_s* handle_ = nullptr;  // owner of the mock cluster
+  ::rd_kafka_mock_cluster_s* mcluster_ = nullptr;
+  std::string bootstrap_;
+};
+
+struct PartitionLag {
+  std::string topic;
+  int32_t partition = 0;
+  // Next offset this consumer will deliver; -1 if not known yet.
+  int64_t position = -1;
+  // Last known end of the partition; -1 if not known yet.
+  int64_t high_watermark = -1;
+  // high_watermark - position, or -1 if either is unknown.
+  int64_t lag = -1;
+};
+
+// Consumes the three event topics in consumer group `group_id`.
+//
+// Rebalances use the EAGER protocol. Positions of revoked partitions are kept
+// (they were learned), and a partition assigned again resumes from them; this
+// is exact for the service's one consumer per group, and with several
+// consumers a partition that moves away and back may be re-read from there.
+//
+// Threading: Open, SeedOffsets, Poll, CommitAsync and Close are called from
+// one thread (the ingest loop). Positions(), HasAssignment(), Lag() and the
+// counters may be called from any thread.
+class EventConsumer {
+ public:
+  // Creates the consumer and subscribes it; partitions arrive during Poll().
+  // InvalidArgument for a bad property (the message names it).
+  static Status Open(const KafkaOptions& options, std::unique_ptr<EventConsumer>* out);
+  // Leaves the group (Close()) if not done yet.
+  ~EventConsumer();
+  EventConsumer(const EventConsumer&) = delete;
+  EventConsumer& operator=(const EventConsumer&) = delete;
+
+  // Positions restored from a checkpoint; call before the first Poll. A
+  // partition assigned later starts at its seeded position.
+  void SeedOffsets(const OffsetMap& offsets);
+
+  // Appends to *out up to `max_messages` messages: waits up to `timeout_ms`
+  // for the first one, then takes whatever else is already fetched. Zero
+  // messages is not an error. Transient errors (broker down, rebalance) are
+  // counted and retried by librdkafka; only a fatal error is returned.
+  // Every message returned counts as delivered in Positions().
+  Status Poll(size_t max_messages, int timeout_ms, std::vector<RawMessage>* out);
+
+  // Next offset per partition after the last delivered message (plus seeded
+  // partitions not consumed since). The service learns each batch before
+  // polling again, so this is also "learned up to".
+  OffsetMap Positions() const;
+
+  // Commits `offsets` to the group, asynchronously, for monitoring only.
+  // Errors are counted, not returned.
+  void CommitAsync(const OffsetMap& offsets);
+
+  // True while this consumer owns at least one partition.
+  bool HasAssignment() const;
+
+  // Per assigned partition, refreshed by Poll at most every ~500 ms.
+  std::vector<PartitionLag> Lag() const;
+
+  // Messages delivered by Poll since Open, and transient errors seen.
+  uint64_t delivered() const;
+  uint64_t errors() const;
+
+  // Leaves the group cleanly (revokes its partitions). Idempotent.
+  Status Close();
+
+ private:
+  struct Impl;
+  explicit EventConsumer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Produces rejected events to topics.dlq: the original bytes and key, with
+// headers `reason`, `detail`, `source_topic`, `source_partition`,
+// `source_offset`. Thread-compatible (one caller at a time).
+class DeadLetterQueue {
+ public:
+  static Status Open(const KafkaOptions& options, std::unique_ptr<DeadLetterQueue>* out);
+  // Flushes for up to 5 s.
+  ~DeadLetterQueue();
+  DeadLetterQueue(const DeadLetterQueue&) = delete;
+  DeadLetterQueue& operator=(const DeadLetterQueue&) = delete;
+
+  // Queues one dead letter. Never blocks for long: if the local queue stays
+  // full the letter is dropped and counted as failed.
+  void Send(const RawMessage& original, RejectReason reason, std::string_view detail);
+  // Waits up to `timeout_ms` for queued letters; Unavailable if some remain.
+  Status Flush(int timeout_ms);
+  // Letters acknowledged by the broker / lost (produce or delivery failure).
+  uint64_t sent() const;
+  uint64_t failed() const;
+
+ private:
+  struct Impl;
+  explicit DeadLetterQueue(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Sends events to the topic of their type, keyed by their user id, for the
+// `produce` command and tests. Thread-compatible.
+class EventProducer {
+ public:
+  static Status Open(const std::string& brokers, const TopicNames& topics,
+                     std::unique_ptr<EventProducer>* out);
+  // Flushes for up to 5 s.
+  ~EventProducer();
+  EventProducer(const EventProducer&) = delete;
+  EventProducer& operator=(const EventProducer&) = delete;
+
+  // Queues one message; waits (serving delivery reports) while the local
+  // queue is full. IOError if librdkafka refuses it otherwise.
+  Status SendRaw(const std::string& topic, std::string_view key, std::string_view payload);
+  // Validates `json_line` with EventParser and sends the original bytes to the
+  // topic of its type, keyed by the canonical user id. InvalidArgument
+  // "<reason>: <detail>" if the event would be rejected (nothing is sent).
+  Status SendEvent(std::string_view json_line, const ParserOptions& parser_options);
+  // Waits up to `timeout_ms` for all queued messages; Unavailable if some remain.
+  Status Flush(int timeout_ms);
+  // Messages acknowledged by the broker / failed to deliver.
+  uint64_t delivered() const;
+  uint64_t failed() const;
+
+ private:
+  struct Impl;
+  explicit EventProducer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace recstream::ingest

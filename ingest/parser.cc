@@ -1,0 +1,333 @@
+#include "ingest/parser.h"
+
+#include <simdjson.h>
+
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace recstream::ingest {
+
+namespace {
+
+constexpr std::string_view kReasonNames[kNumRejectReasons] = {
+    "malformed_json", "invalid_utf8", "too_large",     "not_object",        "missing_type",
+    "bad_type",       "missing_user", "bad_user",      "missing_item",      "bad_item",
+    "id_too_long",    "bad_label",    "missing_value", "bad_value",         "rating_out_of_range",
+    "non_finite",     "bad_ts",       "bad_features",  "too_many_features", "bad_truth",
+};
+
+using simdjson::dom::element;
+using simdjson::dom::element_type;
+
+// On the (rare) parse-failure path: does the text hold a number JSON cannot
+// represent as a finite double (NaN, Infinity, 1e999)? Strings are skipped.
+bool HasNonFiniteToken(std::string_view s) {
+  size_t i = 0;
+  const size_t n = s.size();
+  while (i < n) {
+    char c = s[i];
+    if (c == '"') {
+      ++i;
+      while (i < n && s[i] != '"') i += (s[i] == '\\') ? 2 : 1;
+      ++i;
+      continue;
+    }
+    if (c == 'N' && s.substr(i, 3) == "NaN") return true;
+    if (c == 'I' && s.substr(i, 8) == "Infinity") return true;
+    if (c == '-' || (c >= '0' && c <= '9')) {
+      size_t j = i + 1;
+      while (j < n && (std::isdigit(static_cast<unsigned char>(s[j])) || s[j] == '.' ||
+                       s[j] == 'e' || s[j] == 'E' || s[j] == '+' || s[j] == '-')) {
+        ++j;
+      }
+      std::string token(s.substr(i, j - i));
+      char* end = nullptr;
+      double v = std::strtod(token.c_str(), &end);
+      if (end != token.c_str() && std::isinf(v)) return true;
+      i = j;
+      continue;
+    }
+    ++i;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string_view RejectReasonName(RejectReason reason) {
+  int i = static_cast<int>(reason);
+  if (i < 0 || i >= kNumRejectReasons) return "unknown";
+  return kReasonNames[i];
+}
+
+std::optional<RejectReason> ParseRejectReason(std::string_view name) {
+  for (int i = 0; i < kNumRejectReasons; ++i) {
+    if (kReasonNames[i] == name) return static_cast<RejectReason>(i);
+  }
+  return std::nullopt;
+}
+
+struct EventParser::Impl {
+  explicit Impl(const ParserOptions& o) : options(o) {}
+
+  ParserOptions options;
+  simdjson::dom::parser parser;
+  // The input copied with SIMDJSON_PADDING readable bytes after it; reused.
+  std::vector<char> padded;
+
+  // Sets *detail (if any) and returns `reason`.
+  static std::optional<RejectReason> Reject(RejectReason reason, std::string* detail,
+                                            std::string_view what) {
+    if (detail != nullptr) detail->assign(what);
+    return reason;
+  }
+
+  // Reads a user or item id: a string of 1..max_id_bytes bytes, or a
+  // non-negative 64-bit integer rendered in decimal.
+  std::optional<RejectReason> ReadId(element e, RejectReason bad, const char* field,
+                                     std::string* out, std::string* detail) const {
+    switch (e.type()) {
+      case element_type::STRING: {
+        std::string_view s;
+        if (e.get_string().get(s) != simdjson::SUCCESS) return Reject(bad, detail, field);
+        if (s.empty()) return Reject(bad, detail, std::string(field) + " is an empty string");
+        if (s.size() > options.max_id_bytes) {
+          return Reject(RejectReason::kIdTooLong, detail,
+                        std::string(field) + " is " + std::to_string(s.size()) +
+                            " bytes, longer than " + std::to_string(options.max_id_bytes));
+        }
+        out->assign(s.data(), s.size());
+        return std::nullopt;
+      }
+      case element_type::INT64:
+      case element_type::UINT64: {
+        uint64_t v = 0;
+        if (e.type() == element_type::INT64) {
+          int64_t sv = 0;
+          if (e.get_int64().get(sv) != simdjson::SUCCESS || sv < 0) {
+            return Reject(bad, detail, std::string(field) + " is a negative integer");
+          }
+          v = static_cast<uint64_t>(sv);
+        } else if (e.get_uint64().get(v) != simdjson::SUCCESS) {
+          return Reject(bad, detail, field);
+        }
+        char buf[24];
+        auto res = std::to_chars(buf, buf + sizeof(buf), v);
+        out->assign(buf, res.ptr);
+        return std::nullopt;
+      }
+      default:
+        return Reject(bad, detail,
+                      std::string(field) + " must be a string or a non-negative integer");
+    }
+  }
+
+  std::optional<RejectReason> ReadFeatures(element e, const char* field,
+                                           std::vector<std::string>* out,
+                                           std::string* detail) const {
+    out->clear();
+    if (e.is_null()) return std::nullopt;
+    simdjson::dom::array arr;
+    if (e.get_array().get(arr) != simdjson::SUCCESS) {
+      return Reject(RejectReason::kBadFeatures, detail,
+                    std::string(field) + " must be an array of strings");
+    }
+    size_t n = arr.size();
+    if (n > options.max_features) {
+      return Reject(RejectReason::kTooManyFeatures, detail,
+                    std::string(field) + " has " + std::to_string(n) + " entries, more than " +
+                        std::to_string(options.max_features));
+    }
+    out->resize(n);
+    size_t i = 0;
+    for (element f : arr) {
+      std::string_view s;
+      if (f.get_string().get(s) != simdjson::SUCCESS || s.empty() ||
+          s.size() > options.max_id_bytes) {
+        return Reject(RejectReason::kBadFeatures, detail,
+                      std::string(field) + " entries must be strings of 1.." +
+                          std::to_string(options.max_id_bytes) + " bytes");
+      }
+      (*out)[i++].assign(s.data(), s.size());
+    }
+    return std::nullopt;
+  }
+
+  std::optional<RejectReason> Parse(std::string_view bytes, learner::Event* out, int64_t now_ms,
+                                    std::string* detail) {
+    if (bytes.size() > options.max_event_bytes) {
+      return Reject(RejectReason::kTooLarge, detail,
+                    "event is " + std::to_string(bytes.size()) + " bytes, more than " +
+                        std::to_string(options.max_event_bytes));
+    }
+    if (padded.size() < bytes.size() + simdjson::SIMDJSON_PADDING) {
+      padded.resize(bytes.size() + simdjson::SIMDJSON_PADDING);
+    }
+    if (!bytes.empty()) std::memcpy(padded.data(), bytes.data(), bytes.size());
+    std::memset(padded.data() + bytes.size(), 0, simdjson::SIMDJSON_PADDING);
+
+    element doc;
+    simdjson::error_code err = parser.parse(padded.data(), bytes.size(), false).get(doc);
+    if (err != simdjson::SUCCESS) {
+      // Report bad UTF-8 even when the parser stopped at another error first.
+      if (err == simdjson::UTF8_ERROR || !simdjson::validate_utf8(bytes.data(), bytes.size())) {
+        return Reject(RejectReason::kInvalidUtf8, detail, "invalid UTF-8");
+      }
+      if (HasNonFiniteToken(bytes)) {
+        return Reject(RejectReason::kNonFinite, detail, "NaN or infinite number");
+      }
+      return Reject(RejectReason::kMalformedJson, detail, simdjson::error_message(err));
+    }
+    simdjson::dom::object obj;
+    if (doc.get_object().get(obj) != simdjson::SUCCESS) {
+      return Reject(RejectReason::kNotObject, detail, "event is not a JSON object");
+    }
+
+    // One pass over the fields; later duplicates overwrite earlier ones.
+    element type_e, user_e, item_e, label_e, value_e, ts_e, uf_e, if_e, truth_e;
+    bool has_type = false, has_user = false, has_item = false, has_label = false, has_value = false,
+         has_ts = false, has_uf = false, has_if = false, has_truth = false;
+    for (simdjson::dom::key_value_pair field : obj) {
+      std::string_view k = field.key;
+      switch (k.size()) {
+        case 2:
+          if (k == "ts") ts_e = field.value, has_ts = true;
+          break;
+        case 4:
+          if (k == "type") {
+            type_e = field.value, has_type = true;
+          } else if (k == "user") {
+            user_e = field.value, has_user = true;
+          } else if (k == "item") {
+            item_e = field.value, has_item = true;
+          }
+          break;
+        case 5:
+          if (k == "label") {
+            label_e = field.value, has_label = true;
+          } else if (k == "value") {
+            value_e = field.value, has_value = true;
+          } else if (k == "truth") {
+            truth_e = field.value, has_truth = true;
+          }
+          break;
+        case 13:
+          if (k == "user_features") {
+            uf_e = field.value, has_uf = true;
+          } else if (k == "item_features") {
+            if_e = field.value, has_if = true;
+          }
+          break;
+        default:
+          break;
+      }
+    }
+
+    // type
+    if (!has_type) return Reject(RejectReason::kMissingType, detail, "no \"type\"");
+    std::string_view type_name;
+    if (type_e.get_string().get(type_name) != simdjson::SUCCESS) {
+      return Reject(RejectReason::kBadType, detail, "\"type\" must be a string");
+    }
+    std::optional<learner::Task> task = learner::ParseTask(type_name);
+    if (!task) {
+      return Reject(RejectReason::kBadType, detail,
+                    "\"type\" must be click, purchase or rating, not \"" +
+                        std::string(type_name.substr(0, 64)) + "\"");
+    }
+    out->task = *task;
+
+    // ids
+    if (!has_user) return Reject(RejectReason::kMissingUser, detail, "no \"user\"");
+    if (auto r = ReadId(user_e, RejectReason::kBadUser, "user", &out->user, detail)) return r;
+    if (!has_item) return Reject(RejectReason::kMissingItem, detail, "no \"item\"");
+    if (auto r = ReadId(item_e, RejectReason::kBadItem, "item", &out->item, detail)) return r;
+
+    // label / value
+    if (*task == learner::Task::kRating) {
+      if (!has_value)
+        return Reject(RejectReason::kMissingValue, detail, "rating without \"value\"");
+      double v = 0;
+      if (value_e.get_double().get(v) != simdjson::SUCCESS) {
+        return Reject(RejectReason::kBadValue, detail, "\"value\" must be a number");
+      }
+      if (!std::isfinite(v)) return Reject(RejectReason::kNonFinite, detail, "\"value\"");
+      if (v < options.rating_min || v > options.rating_max) {
+        return Reject(RejectReason::kRatingOutOfRange, detail,
+                      "rating " + std::to_string(v) + " outside [" +
+                          std::to_string(options.rating_min) + ", " +
+                          std::to_string(options.rating_max) + "]");
+      }
+      out->label = static_cast<float>(v);
+    } else {
+      out->label = 1.0f;
+      if (has_label && !label_e.is_null()) {
+        double v = -1;
+        if (!label_e.is_number() || label_e.get_double().get(v) != simdjson::SUCCESS ||
+            (v != 0.0 && v != 1.0)) {
+          return Reject(RejectReason::kBadLabel, detail, "\"label\" must be 0 or 1");
+        }
+        out->label = static_cast<float>(v);
+      }
+    }
+
+    // ts
+    out->ts_ms = now_ms;
+    if (has_ts && !ts_e.is_null()) {
+      int64_t ts = -1;
+      if ((ts_e.type() != element_type::INT64 && ts_e.type() != element_type::UINT64) ||
+          ts_e.get_int64().get(ts) != simdjson::SUCCESS || ts < 0) {
+        return Reject(RejectReason::kBadTs, detail,
+                      "\"ts\" must be a non-negative integer (ms since the epoch)");
+      }
+      out->ts_ms = ts;
+    }
+
+    // features
+    if (has_uf) {
+      if (auto r = ReadFeatures(uf_e, "user_features", &out->user_features, detail)) return r;
+    } else {
+      out->user_features.clear();
+    }
+    if (has_if) {
+      if (auto r = ReadFeatures(if_e, "item_features", &out->item_features, detail)) return r;
+    } else {
+      out->item_features.clear();
+    }
+
+    // truth
+    out->has_truth = false;
+    out->truth = 0.0;
+    if (has_truth && !truth_e.is_null()) {
+      const bool rating = *task == learner::Task::kRating;
+      const char* key = rating ? "mean" : "p";
+      simdjson::dom::object t;
+      element tv;
+      double v = 0;
+      if (truth_e.get_object().get(t) != simdjson::SUCCESS ||
+          t.at_key(key).get(tv) != simdjson::SUCCESS ||
+          tv.get_double().get(v) != simdjson::SUCCESS || !std::isfinite(v) ||
+          (!rating && (v < 0.0 || v > 1.0))) {
+        return Reject(RejectReason::kBadTruth, detail,
+                      rating ? "\"truth\" must be {\"mean\": number}"
+                             : "\"truth\" must be {\"p\": number in [0, 1]}");
+      }
+      out->has_truth = true;
+      out->truth = v;
+    }
+    return std::nullopt;
+  }
+};
+
+EventParser::EventParser(const ParserOptions& options) : impl_(std::make_unique<Impl>(options)) {}
+EventParser::~EventParser() = default;
+
+std::optional<RejectReason> EventParser::Parse(std::string_view bytes, learner::Event* out,
+                                               int64_t now_ms, std::string* detail) {
+  return impl_->Parse(bytes, out, now_ms, detail);
+}
+
+}  // namespace recstream::ingest
