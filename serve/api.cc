@@ -1,0 +1,675 @@
+#include "serve/api.h"
+
+#include <fmt/format.h>
+#include <simdjson.h>
+
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <string_view>
+
+#include "serve/json_writer.h"
+
+namespace recstream::serve {
+
+namespace {
+
+using learner::Task;
+
+constexpr size_t kMaxIdBytes = 256;
+
+HttpResponse Json(int status, std::string body) {
+  return HttpResponse{status, "application/json", std::move(body)};
+}
+
+HttpResponse Error(int status, std::string_view message) {
+  return Json(status, ErrorBody(message));
+}
+
+bool ValidUtf8(std::string_view s) { return simdjson::validate_utf8(s.data(), s.size()); }
+
+// Checks an id taken from the query string; "" when fine, else the error.
+std::string CheckId(std::string_view name, std::string_view id) {
+  if (id.empty() || id.size() > kMaxIdBytes) {
+    return fmt::format("bad parameter {}: must be 1 to {} bytes", name, kMaxIdBytes);
+  }
+  if (!ValidUtf8(id)) return fmt::format("bad parameter {}: not valid UTF-8", name);
+  return "";
+}
+
+// Reads a required id from the query string.
+bool QueryId(const HttpRequest& req, std::string_view name, std::string* id, HttpResponse* err) {
+  auto it = req.query.find(std::string(name));
+  if (it == req.query.end()) {
+    *err = Error(400, fmt::format("missing parameter: {}", name));
+    return false;
+  }
+  std::string problem = CheckId(name, it->second);
+  if (!problem.empty()) {
+    *err = Error(400, problem);
+    return false;
+  }
+  *id = it->second;
+  return true;
+}
+
+// A JSON id: a string (1-256 bytes; simdjson has already checked UTF-8) or
+// a non-negative integer, rendered in decimal as ingest does.
+bool JsonId(simdjson::dom::element e, std::string_view name, std::string* id, std::string* err) {
+  switch (e.type()) {
+    case simdjson::dom::element_type::STRING: {
+      std::string_view s = e.get_string().value_unsafe();
+      if (s.empty() || s.size() > kMaxIdBytes) {
+        *err = fmt::format("bad field {}: must be 1 to {} bytes", name, kMaxIdBytes);
+        return false;
+      }
+      id->assign(s);
+      return true;
+    }
+    case simdjson::dom::element_type::INT64: {
+      int64_t v = e.get_int64().value_unsafe();
+      if (v < 0) break;
+      *id = std::to_string(v);
+      return true;
+    }
+    case simdjson::dom::element_type::UINT64:
+      *id = std::to_string(e.get_uint64().value_unsafe());
+      return true;
+    default:
+      break;
+  }
+  *err = fmt::format("bad field {}: must be a string or a non-negative integer", name);
+  return false;
+}
+
+// Compares without an early exit, so the time taken does not reveal how
+// much of the token a guess got right.
+bool ConstantTimeEquals(std::string_view given, std::string_view expected) {
+  volatile unsigned char diff = given.size() == expected.size() ? 0 : 1;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    unsigned char g = i < given.size() ? static_cast<unsigned char>(given[i]) : 0;
+    diff = diff | (g ^ static_cast<unsigned char>(expected[i]));
+  }
+  return diff == 0;
+}
+
+bool StartsWithNoCase(std::string_view s, std::string_view prefix) {
+  if (s.size() < prefix.size()) return false;
+  for (size_t i = 0; i < prefix.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(s[i])) !=
+        std::tolower(static_cast<unsigned char>(prefix[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+void WritePrediction(JsonWriter& w, const learner::Prediction& p) {
+  w.Key("click").Float(p.click);
+  w.Key("purchase").Float(p.purchase);
+  w.Key("rating").Float(p.rating);
+}
+
+std::string IsoTime(int64_t ms) {
+  std::time_t secs = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", tm.tm_year + 1900, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
+}
+
+// Prometheus text format 0.0.4 helpers.
+class PromWriter {
+ public:
+  explicit PromWriter(std::string* out) : out_(out) {}
+
+  void Header(std::string_view name, std::string_view type, std::string_view help) {
+    fmt::format_to(std::back_inserter(*out_), "# HELP {} {}\n# TYPE {} {}\n", name, help, name,
+                   type);
+  }
+
+  // labels: alternating names and values.
+  void Sample(std::string_view name, std::initializer_list<std::string_view> labels, double value) {
+    out_->append(name);
+    if (labels.size() > 0) {
+      out_->push_back('{');
+      bool first = true;
+      for (auto it = labels.begin(); it != labels.end(); it += 2) {
+        if (!first) out_->push_back(',');
+        first = false;
+        out_->append(*it);
+        out_->append("=\"");
+        AppendLabelValue(*(it + 1));
+        out_->push_back('"');
+      }
+      out_->push_back('}');
+    }
+    out_->push_back(' ');
+    AppendValue(value);
+    out_->push_back('\n');
+  }
+
+  void Sample(std::string_view name, double value) { Sample(name, {}, value); }
+
+ private:
+  void AppendLabelValue(std::string_view v) {
+    for (char c : v) {
+      if (c == '\\') {
+        out_->append("\\\\");
+      } else if (c == '"') {
+        out_->append("\\\"");
+      } else if (c == '\n') {
+        out_->append("\\n");
+      } else {
+        out_->push_back(c);
+      }
+    }
+  }
+
+  void AppendValue(double v) {
+    if (std::isnan(v)) {
+      out_->append("NaN");
+    } else if (std::isinf(v)) {
+      out_->append(v > 0 ? "+Inf" : "-Inf");
+    } else {
+      fmt::format_to(std::back_inserter(*out_), "{}", v);
+    }
+  }
+
+  std::string* out_;
+};
+
+}  // namespace
+
+Api::Api(const ServeOptions& options, const learner::Blend& blend, const learner::Learner* learner,
+         ServiceHooks* hooks)
+    : options_(options), blend_(blend), learner_(learner), hooks_(hooks) {}
+
+Api::~Api() = default;
+
+const char* Api::RouteName(int route) {
+  switch (route) {
+    case kScore:
+      return "/v1/score";
+    case kRecommend:
+      return "/v1/recommend";
+    case kStats:
+      return "/v1/stats";
+    case kHealthz:
+      return "/healthz";
+    case kReadyz:
+      return "/readyz";
+    case kMetrics:
+      return "/metrics";
+    case kAdminCheckpoint:
+      return "/v1/admin/checkpoint";
+    default:
+      return "other";
+  }
+}
+
+HttpResponse Api::Handle(const HttpRequest& request) const {
+  auto start = std::chrono::steady_clock::now();
+  int route = kOther;
+  HttpResponse response;
+  try {
+    response = Dispatch(request, &route);
+  } catch (const std::exception& e) {
+    // Allocation failure or a bug below; keep the connection and the counters.
+    response = Error(500, fmt::format("internal error: {}", e.what()));
+  }
+  auto nanos =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
+          .count();
+  Record(route, response.status, static_cast<uint64_t>(nanos));
+  return response;
+}
+
+void Api::Record(int route, int status, uint64_t nanos) const {
+  RouteCounters& c = counters_[route];
+  for (int i = 0; i < kNumCodes; ++i) {
+    if (kCodes[i] == status) {
+      c.by_code[i].fetch_add(1, std::memory_order_relaxed);
+      break;
+    }
+  }
+  double seconds = static_cast<double>(nanos) * 1e-9;
+  int b = 0;
+  while (b < kNumBuckets && seconds > kBuckets[b]) ++b;
+  c.buckets[b].fetch_add(1, std::memory_order_relaxed);
+  c.sum_ns.fetch_add(nanos, std::memory_order_relaxed);
+}
+
+HttpResponse Api::Dispatch(const HttpRequest& req, int* route) const {
+  struct Entry {
+    const char* path;
+    Route route;
+    const char* method;  // the only method besides the POST /v1/score case
+  };
+  static constexpr Entry kTable[] = {
+      {"/v1/score", kScore, "GET"},
+      {"/v1/recommend", kRecommend, "GET"},
+      {"/v1/stats", kStats, "GET"},
+      {"/healthz", kHealthz, "GET"},
+      {"/readyz", kReadyz, "GET"},
+      {"/metrics", kMetrics, "GET"},
+      {"/v1/admin/checkpoint", kAdminCheckpoint, "POST"},
+  };
+  const Entry* entry = nullptr;
+  for (const Entry& e : kTable) {
+    if (req.path == e.path) entry = &e;
+  }
+  if (entry == nullptr) return Error(404, fmt::format("no route for {}", req.path));
+  *route = entry->route;
+  if (entry->route == kScore && req.method == "POST") return PostScore(req);
+  if (req.method != entry->method) {
+    std::string allowed = entry->route == kScore ? "GET or POST" : entry->method;
+    return Error(
+        405, fmt::format("method {} not allowed on {}; use {}", req.method, entry->path, allowed));
+  }
+  switch (entry->route) {
+    case kScore:
+      return GetScore(req);
+    case kRecommend:
+      return Recommend(req);
+    case kStats:
+      return Stats();
+    case kHealthz:
+      return Json(200, R"({"status":"ok"})");
+    case kReadyz:
+      return Ready();
+    case kMetrics:
+      return Metrics();
+    case kAdminCheckpoint:
+      return AdminCheckpoint(req);
+    default:
+      return Error(404, "no route");
+  }
+}
+
+HttpResponse Api::GetScore(const HttpRequest& req) const {
+  HttpResponse err;
+  std::string user, item;
+  if (!QueryId(req, "user", &user, &err) || !QueryId(req, "item", &item, &err)) return err;
+  if (learner_ == nullptr) return Error(503, "model not loaded");
+  learner::ScoreResult r = learner_->Score(user, item, blend_);
+  std::string out;
+  JsonWriter w(&out);
+  w.BeginObject();
+  w.Key("user").String(user);
+  w.Key("item").String(item);
+  WritePrediction(w, r.prediction);
+  w.Key("score").Float(r.score);
+  w.Key("known").BeginObject().Key("user").Bool(r.user_known).Key("item").Bool(r.item_known);
+  w.EndObject();
+  w.EndObject();
+  return Json(200, std::move(out));
+}
+
+HttpResponse Api::PostScore(const HttpRequest& req) const {
+  simdjson::dom::parser parser;
+  simdjson::dom::element root;
+  if (auto error = parser.parse(req.body).get(root)) {
+    return Error(400, fmt::format("malformed JSON body: {}", simdjson::error_message(error)));
+  }
+  simdjson::dom::object obj;
+  if (root.get_object().get(obj)) return Error(400, "body must be a JSON object");
+
+  std::string user, problem;
+  simdjson::dom::element user_el;
+  if (obj["user"].get(user_el)) return Error(400, "missing field: user");
+  if (!JsonId(user_el, "user", &user, &problem)) return Error(400, problem);
+
+  simdjson::dom::element items_el;
+  if (obj["items"].get(items_el)) return Error(400, "missing field: items");
+  simdjson::dom::array items_arr;
+  if (items_el.get_array().get(items_arr)) return Error(400, "bad field items: must be an array");
+  if (items_arr.size() > options_.max_batch_items) {
+    return Error(400, fmt::format("bad field items: {} items, at most {} allowed", items_arr.size(),
+                                  options_.max_batch_items));
+  }
+  std::vector<std::string> items;
+  items.reserve(items_arr.size());
+  for (simdjson::dom::element e : items_arr) {
+    std::string id;
+    if (!JsonId(e, fmt::format("items[{}]", items.size()), &id, &problem)) {
+      return Error(400, problem);
+    }
+    items.push_back(std::move(id));
+  }
+  if (learner_ == nullptr) return Error(503, "model not loaded");
+
+  std::vector<learner::ScoreResult> results;
+  learner_->ScoreMany(user, items, blend_, &results);
+  std::string out;
+  out.reserve(64 + items.size() * 96);
+  JsonWriter w(&out);
+  w.BeginObject();
+  w.Key("user").String(user);
+  w.Key("scores").BeginArray();
+  for (size_t i = 0; i < items.size() && i < results.size(); ++i) {
+    w.BeginObject();
+    w.Key("item").String(items[i]);
+    WritePrediction(w, results[i].prediction);
+    w.Key("score").Float(results[i].score);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  return Json(200, std::move(out));
+}
+
+HttpResponse Api::Recommend(const HttpRequest& req) const {
+  HttpResponse err;
+  std::string user;
+  if (!QueryId(req, "user", &user, &err)) return err;
+  int k = 10;
+  if (auto it = req.query.find("k"); it != req.query.end()) {
+    const std::string& s = it->second;
+    auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), k);
+    if (ec != std::errc() || ptr != s.data() + s.size() || k < 1 || k > options_.max_k) {
+      return Error(400,
+                   fmt::format("bad parameter k: must be an integer from 1 to {}", options_.max_k));
+    }
+  }
+  bool exclude_purchased = true;
+  if (auto it = req.query.find("exclude_purchased"); it != req.query.end()) {
+    const std::string& s = it->second;
+    if (s == "true" || s == "1") {
+      exclude_purchased = true;
+    } else if (s == "false" || s == "0") {
+      exclude_purchased = false;
+    } else {
+      return Error(400, "bad parameter exclude_purchased: must be true or false");
+    }
+  }
+  if (learner_ == nullptr) return Error(503, "model not loaded");
+  std::vector<learner::Recommendation> recs =
+      learner_->Recommend(user, k, exclude_purchased, blend_);
+  std::string out;
+  JsonWriter w(&out);
+  w.BeginObject();
+  w.Key("user").String(user);
+  w.Key("items").BeginArray();
+  for (const auto& r : recs) {
+    w.BeginObject();
+    w.Key("item").String(r.item);
+    w.Key("score").Float(r.score);
+    WritePrediction(w, r.prediction);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  return Json(200, std::move(out));
+}
+
+HttpResponse Api::Stats() const {
+  ServiceStatus st;
+  if (hooks_ != nullptr) st = hooks_->Status();
+  learner::LearnerStats ls;
+  if (learner_ != nullptr) ls = learner_->Stats();
+
+  std::string out;
+  JsonWriter w(&out);
+  w.BeginObject();
+  w.Key("uptime_s").Double(st.uptime_s);
+  w.Key("events_per_second").Double(st.events_per_second);
+
+  w.Key("tasks").BeginObject();
+  for (Task t : learner::kAllTasks) {
+    int i = static_cast<int>(t);
+    const learner::TaskStats& ts = ls.tasks[i];
+    w.Key(learner::TaskName(t)).BeginObject();
+    w.Key("seen").Uint(st.seen[i]);
+    w.Key("learned").Uint(st.learned[i]);
+    w.Key("learned_by_model").Uint(ts.learned);
+    w.Key("loss_weight").Double(ts.loss_weight);
+    w.Key("avg_loss").Double(ts.avg_loss);
+    w.Key("progressive").BeginObject();
+    bool any = ts.learned > 0;
+    if (t == Task::kRating) {
+      w.Key("mae");
+      any ? w.Double(ts.mae) : w.Null();
+      w.Key("rmse");
+      any ? w.Double(ts.rmse) : w.Null();
+    } else {
+      w.Key("auc");
+      any ? w.Double(ts.auc) : w.Null();
+      w.Key("logloss");
+      any ? w.Double(ts.logloss) : w.Null();
+    }
+    w.EndObject();
+    w.EndObject();
+  }
+  w.EndObject();
+
+  uint64_t rejected_total = 0;
+  for (const auto& [reason, n] : st.rejected) rejected_total += n;
+  w.Key("rejected").BeginObject();
+  w.Key("total").Uint(rejected_total);
+  w.Key("by_reason").BeginObject();
+  for (const auto& [reason, n] : st.rejected) w.Key(reason).Uint(n);
+  w.EndObject();
+  w.Key("dlq_sent").Uint(st.dlq_sent);
+  w.EndObject();
+
+  w.Key("model").BeginObject();
+  if (learner_ != nullptr) {
+    const learner::LearnerOptions& lo = learner_->options();
+    w.Key("arch").String(learner::ArchName(lo.arch));
+    w.Key("weighting").String(learner::WeightingName(lo.weighting));
+    w.Key("dim").Int(lo.dim);
+  }
+  w.Key("users").Uint(ls.users);
+  w.Key("items").Uint(ls.items);
+  w.Key("features").Uint(ls.features);
+  w.Key("nonfinite_updates_refused").Uint(ls.nonfinite_updates_refused);
+  w.Key("blend").BeginObject();
+  w.Key("click").Float(blend_.click).Key("purchase").Float(blend_.purchase);
+  w.Key("rating").Float(blend_.rating);
+  w.EndObject();
+  w.EndObject();
+
+  int64_t total_lag = 0;
+  for (const auto& p : st.lag) total_lag += p.lag;
+  w.Key("consumer").BeginObject();
+  w.Key("total_lag").Int(total_lag);
+  w.Key("partitions").BeginArray();
+  for (const auto& p : st.lag) {
+    w.BeginObject();
+    w.Key("topic").String(p.topic);
+    w.Key("partition").Int(p.partition);
+    w.Key("position").Int(p.position);
+    w.Key("high_watermark").Int(p.high_watermark);
+    w.Key("lag").Int(p.lag);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+
+  w.Key("checkpoint").BeginObject();
+  w.Key("ok").Bool(st.checkpoint_ok);
+  w.Key("error");
+  st.checkpoint_error.empty() ? w.Null() : w.String(st.checkpoint_error);
+  w.Key("count").Uint(st.checkpoints);
+  w.Key("last");
+  if (st.last_checkpoint_ms <= 0) {
+    w.Null();
+  } else {
+    w.BeginObject();
+    w.Key("time_ms").Int(st.last_checkpoint_ms);
+    w.Key("time").String(IsoTime(st.last_checkpoint_ms));
+    w.Key("rows").Uint(st.last_checkpoint_rows);
+    w.Key("bytes").Uint(st.last_checkpoint_bytes);
+    w.Key("duration_ms").Double(st.last_checkpoint_duration_ms);
+    w.Key("offsets").BeginObject();
+    for (const auto& [tp, offset] : st.checkpoint_offsets) w.Key(tp).Int(offset);
+    w.EndObject();
+    w.EndObject();
+  }
+  w.EndObject();
+
+  w.EndObject();
+  return Json(200, std::move(out));
+}
+
+HttpResponse Api::Ready() const {
+  std::string why_not;
+  if (learner_ == nullptr) return Error(503, "model not loaded");
+  if (hooks_ != nullptr && !hooks_->Ready(&why_not)) {
+    std::string out;
+    JsonWriter w(&out);
+    w.BeginObject().Key("status").String("not ready").Key("error").String(why_not).EndObject();
+    return Json(503, std::move(out));
+  }
+  return Json(200, R"({"status":"ready"})");
+}
+
+HttpResponse Api::AdminCheckpoint(const HttpRequest& req) const {
+  if (options_.admin_token.empty()) return Error(404, "admin endpoints are disabled");
+  constexpr std::string_view kBearer = "Bearer ";
+  std::string_view auth = req.authorization;
+  if (!StartsWithNoCase(auth, kBearer) ||
+      !ConstantTimeEquals(auth.substr(kBearer.size()), options_.admin_token)) {
+    return Error(401, "missing or invalid admin token (Authorization: Bearer <token>)");
+  }
+  if (hooks_ == nullptr) return Error(503, "checkpoints are not available");
+  recstream::Status s = hooks_->Checkpoint();
+  if (!s.ok()) {
+    return Error(s.code() == recstream::Status::Code::kUnavailable ? 503 : 500,
+                 "checkpoint failed: " + s.ToString());
+  }
+  ServiceStatus st = hooks_->Status();
+  std::string out;
+  JsonWriter w(&out);
+  w.BeginObject();
+  w.Key("status").String("ok");
+  w.Key("time_ms").Int(st.last_checkpoint_ms);
+  w.Key("rows").Uint(st.last_checkpoint_rows);
+  w.Key("bytes").Uint(st.last_checkpoint_bytes);
+  w.Key("duration_ms").Double(st.last_checkpoint_duration_ms);
+  w.EndObject();
+  return Json(200, std::move(out));
+}
+
+HttpResponse Api::Metrics() const {
+  ServiceStatus st;
+  if (hooks_ != nullptr) st = hooks_->Status();
+  learner::LearnerStats ls;
+  if (learner_ != nullptr) ls = learner_->Stats();
+  std::string out;
+  out.reserve(8192);
+  PromWriter p(&out);
+
+  p.Header("recstream_events_total", "counter",
+           "Events by task and outcome (seen: accepted from Kafka, learned: trained on).");
+  for (Task t : learner::kAllTasks) {
+    int i = static_cast<int>(t);
+    p.Sample("recstream_events_total", {"task", learner::TaskName(t), "outcome", "seen"},
+             static_cast<double>(st.seen[i]));
+    p.Sample("recstream_events_total", {"task", learner::TaskName(t), "outcome", "learned"},
+             static_cast<double>(st.learned[i]));
+  }
+  p.Header("recstream_rejected_total", "counter", "Rejected events by reason.");
+  for (const auto& [reason, n] : st.rejected) {
+    p.Sample("recstream_rejected_total", {"reason", reason}, static_cast<double>(n));
+  }
+  p.Header("recstream_dlq_sent_total", "counter", "Rejected events produced to the DLQ topic.");
+  p.Sample("recstream_dlq_sent_total", static_cast<double>(st.dlq_sent));
+
+  p.Header("recstream_consumer_lag", "gauge", "Messages behind the high watermark per partition.");
+  for (const auto& l : st.lag) {
+    p.Sample("recstream_consumer_lag", {"topic", l.topic, "partition", std::to_string(l.partition)},
+             static_cast<double>(l.lag));
+  }
+
+  p.Header("recstream_task_loss_weight", "gauge", "Current weight of each task's loss.");
+  for (Task t : learner::kAllTasks) {
+    p.Sample("recstream_task_loss_weight", {"task", learner::TaskName(t)},
+             ls.tasks[static_cast<int>(t)].loss_weight);
+  }
+  struct Metric {
+    const char* name;
+    const char* help;
+    double learner::TaskStats::*field;
+    bool rating;
+  };
+  const Metric kProgressive[] = {
+      {"recstream_progressive_auc", "Progressive AUC (click, purchase).", &learner::TaskStats::auc,
+       false},
+      {"recstream_progressive_logloss", "Progressive log loss (click, purchase).",
+       &learner::TaskStats::logloss, false},
+      {"recstream_progressive_mae", "Progressive MAE of clipped rating predictions.",
+       &learner::TaskStats::mae, true},
+      {"recstream_progressive_rmse", "Progressive RMSE of clipped rating predictions.",
+       &learner::TaskStats::rmse, true},
+  };
+  for (const Metric& m : kProgressive) {
+    p.Header(m.name, "gauge", m.help);
+    for (Task t : learner::kAllTasks) {
+      const learner::TaskStats& ts = ls.tasks[static_cast<int>(t)];
+      if ((t == Task::kRating) != m.rating || ts.learned == 0) continue;
+      p.Sample(m.name, {"task", learner::TaskName(t)}, ts.*m.field);
+    }
+  }
+  p.Header("recstream_model_rows", "gauge", "Embedding rows per table.");
+  p.Sample("recstream_model_rows", {"table", "user"}, static_cast<double>(ls.users));
+  p.Sample("recstream_model_rows", {"table", "item"}, static_cast<double>(ls.items));
+  p.Sample("recstream_model_rows", {"table", "feature"}, static_cast<double>(ls.features));
+  p.Header("recstream_nonfinite_updates_refused_total", "counter",
+           "Updates refused because they would have written NaN or infinity.");
+  p.Sample("recstream_nonfinite_updates_refused_total",
+           static_cast<double>(ls.nonfinite_updates_refused));
+
+  p.Header("recstream_checkpoint_completed_total", "counter", "Successful checkpoints.");
+  p.Sample("recstream_checkpoint_completed_total", static_cast<double>(st.checkpoints));
+  p.Header("recstream_checkpoint_ok", "gauge", "1 unless the last checkpoint attempt failed.");
+  p.Sample("recstream_checkpoint_ok", st.checkpoint_ok ? 1 : 0);
+  p.Header("recstream_checkpoint_last_timestamp_seconds", "gauge",
+           "Unix time of the last successful checkpoint (0: none yet).");
+  p.Sample("recstream_checkpoint_last_timestamp_seconds",
+           static_cast<double>(st.last_checkpoint_ms) / 1000.0);
+  p.Header("recstream_checkpoint_last_rows", "gauge", "Rows written by the last checkpoint.");
+  p.Sample("recstream_checkpoint_last_rows", static_cast<double>(st.last_checkpoint_rows));
+  p.Header("recstream_checkpoint_last_bytes", "gauge", "Bytes written by the last checkpoint.");
+  p.Sample("recstream_checkpoint_last_bytes", static_cast<double>(st.last_checkpoint_bytes));
+  p.Header("recstream_checkpoint_last_duration_seconds", "gauge",
+           "Duration of the last checkpoint.");
+  p.Sample("recstream_checkpoint_last_duration_seconds", st.last_checkpoint_duration_ms / 1000.0);
+
+  p.Header("recstream_uptime_seconds", "gauge", "Seconds since the service started.");
+  p.Sample("recstream_uptime_seconds", st.uptime_s);
+  p.Header("recstream_events_per_second", "gauge", "Recent learning throughput.");
+  p.Sample("recstream_events_per_second", st.events_per_second);
+
+  p.Header("recstream_http_requests_total", "counter", "HTTP requests by route and status code.");
+  for (int r = 0; r < kNumRoutes; ++r) {
+    for (int c = 0; c < kNumCodes; ++c) {
+      uint64_t n = counters_[r].by_code[c].load(std::memory_order_relaxed);
+      if (n == 0) continue;
+      p.Sample("recstream_http_requests_total",
+               {"route", RouteName(r), "code", std::to_string(kCodes[c])}, static_cast<double>(n));
+    }
+  }
+  p.Header("recstream_http_request_duration_seconds", "histogram",
+           "Time to handle a request (excluding network I/O), by route.");
+  for (int r = 0; r < kNumRoutes; ++r) {
+    const RouteCounters& c = counters_[r];
+    uint64_t cumulative = 0;
+    for (int b = 0; b <= kNumBuckets; ++b) {
+      cumulative += c.buckets[b].load(std::memory_order_relaxed);
+      std::string le = b < kNumBuckets ? fmt::format("{}", kBuckets[b]) : "+Inf";
+      p.Sample("recstream_http_request_duration_seconds_bucket", {"route", RouteName(r), "le", le},
+               static_cast<double>(cumulative));
+    }
+    p.Sample("recstream_http_request_duration_seconds_sum", {"route", RouteName(r)},
+             static_cast<double>(c.sum_ns.load(std::memory_order_relaxed)) * 1e-9);
+    // The count is the +Inf bucket, so _count and _bucket{le="+Inf"} agree.
+    p.Sample("recstream_http_request_duration_seconds_count", {"route", RouteName(r)},
+             static_cast<double>(cumulative));
+  }
+  return HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8", std::move(out)};
+}
+
+}  // namespace recstream::serve

@@ -1,0 +1,410 @@
+#include "serve/http_server.h"
+
+// Under C++20 asio needs <utility> before its own headers.
+#include <utility>
+//
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <chrono>
+#include <exception>
+#include <optional>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+namespace recstream::serve {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+
+namespace {
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Percent-decodes `in`, '+' meaning a space (form encoding, as browsers send
+// query strings). A '%' not followed by two hex digits is kept literally.
+std::string UrlDecode(std::string_view in) {
+  std::string out;
+  out.reserve(in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    char c = in[i];
+    if (c == '+') {
+      out.push_back(' ');
+    } else if (c == '%' && i + 2 < in.size() && HexValue(in[i + 1]) >= 0 &&
+               HexValue(in[i + 2]) >= 0) {
+      out.push_back(static_cast<char>(HexValue(in[i + 1]) * 16 + HexValue(in[i + 2])));
+      i += 2;
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+std::string ErrorJson(std::string_view message) {
+  // Messages here are fixed ASCII text without quotes or backslashes.
+  return std::string("{\"error\":\"") + std::string(message) + "\"}";
+}
+
+bool IEquals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+// Shared by the server and all its sessions; outlives both (owned by Impl,
+// destroyed after the io_context).
+struct Shared {
+  ServeOptions options;
+  HttpHandler handler;
+  std::chrono::milliseconds timeout{10000};
+  std::atomic<int> connections{0};
+};
+
+constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  // `counted`: the session holds one of max_connections slots.
+  Session(tcp::socket&& socket, Shared* shared, bool counted)
+      : stream_(std::move(socket)), shared_(shared), counted_(counted) {
+    if (counted_) shared_->connections.fetch_add(1, std::memory_order_relaxed);
+  }
+  ~Session() {
+    if (counted_) shared_->connections.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  void Start() {
+    net::dispatch(stream_.get_executor(),
+                  beast::bind_front_handler(&Session::ReadRequest, shared_from_this()));
+  }
+
+  // Answers 503 and closes: the server is at max_connections.
+  void Reject() {
+    net::dispatch(stream_.get_executor(), [self = shared_from_this()] {
+      self->SendError(503, "too many connections", 11);
+    });
+  }
+
+ private:
+  void ReadRequest() {
+    parser_.emplace();
+    parser_->header_limit(static_cast<std::uint32_t>(
+        std::min<size_t>(shared_->options.max_header_bytes, UINT32_MAX)));
+    parser_->body_limit(shared_->options.max_body_bytes);
+    stream_.expires_after(shared_->timeout);
+    http::async_read_header(stream_, buffer_, *parser_,
+                            beast::bind_front_handler(&Session::OnHeader, shared_from_this()));
+  }
+
+  void OnHeader(beast::error_code ec, std::size_t) {
+    if (ec) return OnReadError(ec);
+    auto& req = parser_->get();
+    auto expect = req[http::field::expect];
+    if (IEquals(std::string_view(expect.data(), expect.size()), "100-continue") &&
+        !parser_->is_done()) {
+      net::async_write(stream_, net::buffer(kContinue.data(), kContinue.size()),
+                       [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                         if (ec) return self->Close();
+                         self->ReadBody();
+                       });
+      return;
+    }
+    ReadBody();
+  }
+
+  void ReadBody() {
+    if (parser_->is_done()) return OnRequest();
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                       if (ec) return self->OnReadError(ec);
+                       self->OnRequest();
+                     });
+  }
+
+  void OnReadError(beast::error_code ec) {
+    if (ec == http::error::end_of_stream || ec == net::error::eof || ec == beast::error::timeout ||
+        ec == net::error::operation_aborted || ec == net::error::connection_reset) {
+      return Close();
+    }
+    if (ec == http::error::body_limit) return SendError(413, "request body too large", 0);
+    if (ec == http::error::header_limit) {
+      return SendError(431, "request header fields too large", 0);
+    }
+    if (ec.category() == http::make_error_code(http::error::bad_method).category()) {
+      return SendError(400, "malformed HTTP request", 0);
+    }
+    Close();
+  }
+
+  void OnRequest() {
+    http::request<http::string_body> req = parser_->release();
+    parser_.reset();
+    HttpRequest request;
+    request.method = std::string(req.method_string());
+    std::string_view target(req.target().data(), req.target().size());
+    ParseTarget(target, &request.path, &request.query);
+    auto auth = req[http::field::authorization];
+    request.authorization.assign(auth.data(), auth.size());
+    request.body = std::move(req.body());
+
+    HttpResponse response;
+    try {
+      response = shared_->handler(request);
+    } catch (...) {
+      response = HttpResponse{500, "application/json", ErrorJson("internal error")};
+    }
+    res_ = {};
+    res_.version(req.version());
+    res_.result(static_cast<unsigned>(response.status));
+    res_.set(http::field::server, "recstream");
+    res_.set(http::field::content_type, response.content_type);
+    res_.body() = std::move(response.body);
+    res_.keep_alive(req.keep_alive());
+    res_.prepare_payload();
+    Write(/*linger=*/false);
+  }
+
+  // Sends an error response and closes the connection. `retry_after_s` > 0
+  // adds a Retry-After header.
+  void SendError(int status, std::string_view message, int retry_after_s) {
+    res_ = {};
+    res_.version(11);
+    res_.result(static_cast<unsigned>(status));
+    res_.set(http::field::server, "recstream");
+    res_.set(http::field::content_type, "application/json");
+    if (retry_after_s > 0) res_.set(http::field::retry_after, std::to_string(retry_after_s));
+    res_.body() = ErrorJson(message);
+    res_.keep_alive(false);
+    res_.prepare_payload();
+    Write(/*linger=*/true);
+  }
+
+  void Write(bool linger) {
+    stream_.expires_after(shared_->timeout);
+    http::async_write(stream_, res_,
+                      [self = shared_from_this(), linger](beast::error_code ec, std::size_t) {
+                        if (ec) return self->Close();
+                        if (!self->res_.keep_alive()) {
+                          return linger ? self->LingeringClose() : self->Close();
+                        }
+                        self->ReadRequest();
+                      });
+  }
+
+  void Close() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.close();
+  }
+
+  // Closing a socket with unread input makes the kernel send RST, which can
+  // destroy the error response before the client reads it (a client still
+  // uploading an oversize body). So: stop sending, then discard input until
+  // the client closes or a short deadline passes.
+  void LingeringClose() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.expires_after(
+        std::min<std::chrono::milliseconds>(shared_->timeout, std::chrono::milliseconds(2000)));
+    drain_.resize(16 << 10);
+    Drain();
+  }
+
+  void Drain() {
+    stream_.async_read_some(net::buffer(drain_),
+                            [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                              if (ec) {
+                                self->stream_.close();
+                                return;
+                              }
+                              self->Drain();
+                            });
+  }
+
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  http::response<http::string_body> res_;
+  std::vector<char> drain_;
+  Shared* shared_;
+  bool counted_;
+};
+
+// Splits "host:port" / "[v6]:port".
+Status SplitListen(const std::string& listen, std::string* host, std::string* port) {
+  size_t colon;
+  if (!listen.empty() && listen[0] == '[') {
+    size_t close = listen.find(']');
+    if (close == std::string::npos || close + 1 >= listen.size() || listen[close + 1] != ':') {
+      return Status::InvalidArgument("serve.listen: expected host:port, got '" + listen + "'");
+    }
+    *host = listen.substr(1, close - 1);
+    colon = close + 1;
+  } else {
+    colon = listen.rfind(':');
+    if (colon == std::string::npos) {
+      return Status::InvalidArgument("serve.listen: expected host:port, got '" + listen + "'");
+    }
+    *host = listen.substr(0, colon);
+  }
+  *port = listen.substr(colon + 1);
+  if (port->empty() || port->size() > 5 ||
+      !std::all_of(port->begin(), port->end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+      std::stoi(*port) > 65535) {
+    return Status::InvalidArgument("serve.listen: bad port in '" + listen + "'");
+  }
+  if (host->empty()) *host = "0.0.0.0";
+  return Status::OK();
+}
+
+}  // namespace
+
+void ParseTarget(std::string_view target, std::string* path,
+                 std::map<std::string, std::string>* query) {
+  size_t q = target.find('?');
+  path->assign(target.substr(0, q));
+  query->clear();
+  if (q == std::string_view::npos) return;
+  std::string_view rest = target.substr(q + 1);
+  size_t hash = rest.find('#');
+  if (hash != std::string_view::npos) rest = rest.substr(0, hash);
+  while (!rest.empty()) {
+    size_t amp = rest.find('&');
+    std::string_view pair = rest.substr(0, amp);
+    rest = amp == std::string_view::npos ? std::string_view() : rest.substr(amp + 1);
+    if (pair.empty()) continue;
+    size_t eq = pair.find('=');
+    std::string key = UrlDecode(pair.substr(0, eq));
+    std::string value =
+        eq == std::string_view::npos ? std::string() : UrlDecode(pair.substr(eq + 1));
+    query->emplace(std::move(key), std::move(value));  // first value wins
+  }
+}
+
+struct HttpServer::Impl {
+  // Declared first: destroyed last, after every session.
+  Shared shared;
+  std::unique_ptr<net::io_context> ioc;
+  std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+  std::unique_ptr<tcp::acceptor> acceptor;
+  std::unique_ptr<net::steady_timer> retry_timer;
+  std::vector<std::thread> threads;
+  uint16_t port = 0;
+  bool stopped = false;
+
+  void Accept() {
+    acceptor->async_accept(net::make_strand(*ioc), [this](beast::error_code ec, tcp::socket s) {
+      if (ec == net::error::operation_aborted) return;
+      if (ec) {
+        // Typically EMFILE: back off briefly instead of spinning.
+        retry_timer->expires_after(std::chrono::milliseconds(50));
+        retry_timer->async_wait([this](beast::error_code ec) {
+          if (!ec) Accept();
+        });
+        return;
+      }
+      beast::error_code ignored;
+      s.set_option(tcp::no_delay(true), ignored);
+      if (shared.connections.load(std::memory_order_relaxed) >= shared.options.max_connections) {
+        std::make_shared<Session>(std::move(s), &shared, false)->Reject();
+      } else {
+        std::make_shared<Session>(std::move(s), &shared, true)->Start();
+      }
+      Accept();
+    });
+  }
+};
+
+HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+HttpServer::~HttpServer() { Stop(); }
+
+uint16_t HttpServer::port() const { return impl_->port; }
+
+Status HttpServer::Start(const ServeOptions& options, HttpHandler handler,
+                         std::unique_ptr<HttpServer>* server) {
+  std::string host, port;
+  RECSTREAM_RETURN_IF_ERROR(SplitListen(options.listen, &host, &port));
+  auto impl = std::make_unique<Impl>();
+  impl->shared.options = options;
+  impl->shared.handler = std::move(handler);
+  impl->shared.timeout = std::chrono::milliseconds(std::max(1, options.request_timeout_ms));
+  int threads = std::max(1, options.threads);
+  impl->ioc = std::make_unique<net::io_context>(threads);
+
+  beast::error_code ec;
+  tcp::resolver resolver(*impl->ioc);
+  auto results = resolver.resolve(host, port, tcp::resolver::numeric_service, ec);
+  if (ec || results.empty()) {
+    return Status::IOError("cannot resolve listen address " + options.listen + ": " +
+                           (ec ? ec.message() : "no address"));
+  }
+  tcp::endpoint endpoint = results.begin()->endpoint();
+  impl->acceptor = std::make_unique<tcp::acceptor>(*impl->ioc);
+  auto& acceptor = *impl->acceptor;
+  auto fail = [&](const char* what) {
+    return Status::IOError("cannot listen on " + options.listen + " (" + what +
+                           "): " + ec.message());
+  };
+  if (acceptor.open(endpoint.protocol(), ec)) return fail("open");
+  if (acceptor.set_option(net::socket_base::reuse_address(true), ec)) return fail("setsockopt");
+  if (acceptor.bind(endpoint, ec)) return fail("bind");
+  if (acceptor.listen(net::socket_base::max_listen_connections, ec)) return fail("listen");
+  impl->port = acceptor.local_endpoint(ec).port();
+  if (ec) return fail("getsockname");
+
+  impl->retry_timer = std::make_unique<net::steady_timer>(*impl->ioc);
+  impl->work.emplace(impl->ioc->get_executor());
+  impl->Accept();
+  for (int i = 0; i < threads; ++i) {
+    net::io_context* ioc = impl->ioc.get();
+    impl->threads.emplace_back([ioc] {
+      // Handlers catch their own exceptions; this guards against the
+      // unexpected so that one failure cannot take the process down.
+      for (;;) {
+        try {
+          ioc->run();
+          return;
+        } catch (...) {
+        }
+      }
+    });
+  }
+  server->reset(new HttpServer(std::move(impl)));
+  return Status::OK();
+}
+
+void HttpServer::Stop() {
+  if (!impl_ || impl_->stopped) return;
+  impl_->stopped = true;
+  impl_->work.reset();
+  impl_->ioc->stop();
+  for (auto& t : impl_->threads) t.join();
+  impl_->threads.clear();
+  // Destroying the io_context destroys the pending handlers and with them
+  // every session, which closes their sockets.
+  impl_->retry_timer.reset();
+  impl_->acceptor.reset();
+  impl_->ioc.reset();
+}
+
+}  // namespace recstream::serve

@@ -1,0 +1,263 @@
+#include "serve/http_server.h"
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "serve/test_http_client.h"
+
+namespace recstream::serve {
+namespace {
+
+using testing::ClientResponse;
+using testing::HttpCall;
+using testing::TestConnection;
+
+ServeOptions TestOptions() {
+  ServeOptions o;
+  o.listen = "127.0.0.1:0";
+  o.threads = 2;
+  return o;
+}
+
+// Echoes the request as "method|path|k=v;...|authorization|body".
+HttpResponse Echo(const HttpRequest& req) {
+  if (req.path == "/throw") throw std::runtime_error("boom");
+  if (req.path == "/sleep") std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  HttpResponse r;
+  r.content_type = "text/plain";
+  r.body = req.method + "|" + req.path + "|";
+  for (const auto& [k, v] : req.query) r.body += k + "=" + v + ";";
+  r.body += "|" + req.authorization + "|" + req.body;
+  if (req.path == "/teapot") r.status = 418;
+  return r;
+}
+
+std::unique_ptr<HttpServer> StartEcho(const ServeOptions& o) {
+  std::unique_ptr<HttpServer> server;
+  Status s = HttpServer::Start(o, Echo, &server);
+  REQUIRE(s.ok());
+  REQUIRE(server->port() != 0);
+  return server;
+}
+
+TEST_CASE("ParseTarget decodes query parameters", "[http]") {
+  struct Case {
+    std::string target, path;
+    std::map<std::string, std::string> query;
+  };
+  std::vector<Case> cases = {
+      {"/v1/score", "/v1/score", {}},
+      {"/v1/score?", "/v1/score", {}},
+      {"/a?user=u1&item=i%202", "/a", {{"user", "u1"}, {"item", "i 2"}}},
+      {"/a?x=a+b&y=%22q%22&z", "/a", {{"x", "a b"}, {"y", "\"q\""}, {"z", ""}}},
+      {"/a?k=1&k=2", "/a", {{"k", "1"}}},
+      {"/a?bad=%zz%4&e=%C3%A9", "/a", {{"bad", "%zz%4"}, {"e", "\xC3\xA9"}}},
+      {"/a?&&p=%26%3D", "/a", {{"p", "&="}}},
+  };
+  for (const auto& c : cases) {
+    INFO(c.target);
+    std::string path;
+    std::map<std::string, std::string> query;
+    ParseTarget(c.target, &path, &query);
+    CHECK(path == c.path);
+    CHECK(query == c.query);
+  }
+}
+
+TEST_CASE("HttpServer serves requests on an ephemeral port", "[http]") {
+  auto server = StartEcho(TestOptions());
+  ClientResponse r = HttpCall(server->port(), "POST", "/p/q?user=a%20b&k=3", "hello",
+                              "Authorization: Bearer xyz\r\n");
+  CHECK(r.status == 200);
+  CHECK(r.headers["content-type"] == "text/plain");
+  CHECK(r.body == "POST|/p/q|k=3;user=a b;|Bearer xyz|hello");
+
+  r = HttpCall(server->port(), "GET", "/teapot");
+  CHECK(r.status == 418);
+}
+
+TEST_CASE("HttpServer keeps connections alive and answers pipelined requests in order", "[http]") {
+  auto server = StartEcho(TestOptions());
+  TestConnection c(server->port());
+  REQUIRE(c.connected());
+  for (int i = 0; i < 5; ++i) {
+    ClientResponse r = c.Request("GET", "/k?i=" + std::to_string(i));
+    REQUIRE(r.status == 200);
+    CHECK(r.body == "GET|/k|i=" + std::to_string(i) + ";||");
+  }
+  // Three requests in one write; the first is slow, order must still hold.
+  std::string batch = TestConnection::Format("GET", "/sleep?n=0") +
+                      TestConnection::Format("POST", "/x?n=1", "body1") +
+                      TestConnection::Format("GET", "/x?n=2");
+  REQUIRE(c.SendRaw(batch));
+  CHECK(c.Read().body == "GET|/sleep|n=0;||");
+  CHECK(c.Read().body == "POST|/x|n=1;||body1");
+  CHECK(c.Read().body == "GET|/x|n=2;||");
+}
+
+TEST_CASE("HttpServer closes after a Connection: close or HTTP/1.0 request", "[http]") {
+  auto server = StartEcho(TestOptions());
+  {
+    TestConnection c(server->port());
+    ClientResponse r = c.Request("GET", "/a", "", "Connection: close\r\n");
+    CHECK(r.status == 200);
+    CHECK(c.WaitClosed());
+  }
+  {
+    TestConnection c(server->port());
+    REQUIRE(c.SendRaw("GET /a HTTP/1.0\r\n\r\n"));
+    CHECK(c.Read().status == 200);
+    CHECK(c.WaitClosed());
+  }
+}
+
+TEST_CASE("HttpServer handles many concurrent connections", "[http]") {
+  auto server = StartEcho(TestOptions());
+  constexpr int kClients = 64, kRequests = 20;
+  std::atomic<int> ok{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < kClients; ++t) {
+    clients.emplace_back([&, t] {
+      TestConnection c(server->port());
+      for (int i = 0; i < kRequests; ++i) {
+        std::string id = std::to_string(t) + "-" + std::to_string(i);
+        ClientResponse r = c.Request("GET", "/c?id=" + id);
+        if (r.status == 200 && r.body == "GET|/c|id=" + id + ";||") ok.fetch_add(1);
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  CHECK(ok.load() == kClients * kRequests);
+}
+
+TEST_CASE("HttpServer enforces body and header limits", "[http]") {
+  ServeOptions o = TestOptions();
+  o.max_body_bytes = 1024;
+  o.max_header_bytes = 2048;
+  auto server = StartEcho(o);
+
+  ClientResponse r = HttpCall(server->port(), "POST", "/b", std::string(1024, 'x'));
+  CHECK(r.status == 200);
+
+  // The whole oversize body is sent before reading: the 413 must survive.
+  TestConnection c(server->port());
+  r = c.Request("POST", "/b", std::string(64 << 10, 'x'));
+  CHECK(r.status == 413);
+  CHECK(r.body == R"({"error":"request body too large"})");
+  CHECK(c.WaitClosed());
+
+  r = HttpCall(server->port(), "GET", "/h", "", "X-Big: " + std::string(4096, 'h') + "\r\n");
+  CHECK(r.status == 431);
+  CHECK(r.headers["content-type"] == "application/json");
+
+  r = HttpCall(server->port(), "GET", "/still-alive");
+  CHECK(r.status == 200);
+}
+
+TEST_CASE("HttpServer answers Expect: 100-continue", "[http]") {
+  auto server = StartEcho(TestOptions());
+  TestConnection c(server->port());
+  REQUIRE(c.SendRaw(
+      "POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"));
+  // Read the interim 100 by hand: the body goes only after it.
+  REQUIRE(c.SendRaw("data"));
+  ClientResponse r = c.Read();  // skips the 100
+  CHECK(r.status == 200);
+  CHECK(r.body == "POST|/e|||data");
+}
+
+TEST_CASE("HttpServer turns handler exceptions into 500 JSON", "[http]") {
+  auto server = StartEcho(TestOptions());
+  TestConnection c(server->port());
+  ClientResponse r = c.Request("GET", "/throw");
+  CHECK(r.status == 500);
+  CHECK(r.headers["content-type"] == "application/json");
+  CHECK(r.body == R"({"error":"internal error"})");
+  // The connection survives.
+  CHECK(c.Request("GET", "/ok").status == 200);
+}
+
+TEST_CASE("HttpServer rejects malformed requests with 400", "[http]") {
+  auto server = StartEcho(TestOptions());
+  TestConnection c(server->port());
+  REQUIRE(c.SendRaw("THIS IS NOT HTTP\r\n\r\n"));
+  CHECK(c.Read().status == 400);
+  CHECK(c.WaitClosed());
+}
+
+TEST_CASE("HttpServer: a slow or idle client does not block others and times out", "[http]") {
+  ServeOptions o = TestOptions();
+  o.threads = 1;
+  o.request_timeout_ms = 400;
+  auto server = StartEcho(o);
+
+  TestConnection slow(server->port());
+  REQUIRE(slow.SendRaw("GET /slow HTTP/1.1\r\nHost: x\r\n"));  // never finishes
+  TestConnection idle(server->port());
+  REQUIRE(idle.connected());
+
+  auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 10; ++i) CHECK(HttpCall(server->port(), "GET", "/fast").status == 200);
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::milliseconds(300));
+
+  // Both are closed once the timeout passes.
+  CHECK(slow.WaitClosed());
+  CHECK(idle.WaitClosed());
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::milliseconds(2000));
+}
+
+TEST_CASE("HttpServer refuses connections beyond max_connections", "[http]") {
+  ServeOptions o = TestOptions();
+  o.max_connections = 2;
+  auto server = StartEcho(o);
+  TestConnection a(server->port()), b(server->port());
+  CHECK(a.Request("GET", "/a").status == 200);
+  CHECK(b.Request("GET", "/b").status == 200);
+  {
+    TestConnection extra(server->port());
+    ClientResponse r = extra.Read();
+    CHECK(r.status == 503);
+    CHECK(r.body == R"({"error":"too many connections"})");
+  }
+  // A slot frees up when a connection closes.
+  { TestConnection closing(server->port()); }
+  a.Request("GET", "/a", "", "Connection: close\r\n");
+  CHECK(a.WaitClosed());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(HttpCall(server->port(), "GET", "/c").status == 200);
+}
+
+TEST_CASE("HttpServer reports bad listen addresses", "[http]") {
+  auto server = StartEcho(TestOptions());
+  ServeOptions o = TestOptions();
+  o.listen = "127.0.0.1:" + std::to_string(server->port());
+  std::unique_ptr<HttpServer> second;
+  Status s = HttpServer::Start(o, Echo, &second);
+  CHECK(s.IsIOError());
+  CHECK(s.message().find(o.listen) != std::string::npos);
+
+  for (std::string bad : {"nonsense", "127.0.0.1:", "127.0.0.1:99999", "[::1"}) {
+    o.listen = bad;
+    INFO(bad);
+    CHECK(HttpServer::Start(o, Echo, &second).IsInvalidArgument());
+  }
+}
+
+TEST_CASE("HttpServer stops cleanly with open connections", "[http]") {
+  auto server = StartEcho(TestOptions());
+  TestConnection c(server->port());
+  CHECK(c.Request("GET", "/a").status == 200);
+  server->Stop();
+  CHECK(c.WaitClosed());
+  server->Stop();  // idempotent
+  server.reset();
+}
+
+}  // namespace
+}  // namespace recstream::serve
