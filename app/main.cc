@@ -160,17 +160,20 @@ int RunProduce(const ConfigFlags& flags, std::string brokers, double rate, const
       auto now = std::chrono::steady_clock::now();
       if (now - last_progress > std::chrono::seconds(1)) {
         double secs = std::chrono::duration<double>(now - start).count();
-        std::fprintf(stderr, "\rproduced %llu events (%.0f/s)   ", (unsigned long long)sent, sent / secs);
+        std::fprintf(stderr, "\rproduced %llu events (%.0f/s)   ", (unsigned long long)sent,
+                     sent / secs);
         last_progress = now;
       }
     }
   }
   s = producer->Flush(30000);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::fprintf(stderr, "%sproduced %llu events in %.2f s (%llu delivered, %llu failed, %llu lines skipped)\n",
-               progress ? "\r" : "", (unsigned long long)sent, secs,
-               (unsigned long long)producer->delivered(), (unsigned long long)producer->failed(),
-               (unsigned long long)bad);
+  std::fprintf(
+      stderr,
+      "%sproduced %llu events in %.2f s (%llu delivered, %llu failed, %llu lines skipped)\n",
+      progress ? "\r" : "", (unsigned long long)sent, secs,
+      (unsigned long long)producer->delivered(), (unsigned long long)producer->failed(),
+      (unsigned long long)bad);
   if (!s.ok() || producer->failed() > 0) return kExitFailure;
   return kExitOk;
 }
@@ -200,8 +203,9 @@ int RunGen(const eval::GeneratorOptions& options, const std::string& out_path) {
   return kExitOk;
 }
 
-int RunEval(const ConfigFlags& flags, const std::string& events_path, const std::string& report_path,
-            int ranking_k, int candidates, const std::string& predictions, bool quiet) {
+int RunEval(const ConfigFlags& flags, const std::string& events_path,
+            const std::string& report_path, int ranking_k, int candidates,
+            const std::string& predictions, bool quiet) {
   config::AppConfig cfg;
   if (!flags.Load(&cfg)) return kExitUsage;
   std::ifstream in(events_path);
@@ -248,9 +252,12 @@ int Main(int argc, char** argv) {
 
   int partitions = 3;
   std::string bootstrap_file;
-  auto* broker = app.add_subcommand("broker", "run the embedded Kafka (mock cluster) in the foreground");
-  broker->add_option("--partitions", partitions, "partitions per topic")->check(CLI::Range(1, 1000));
-  broker->add_option("--bootstrap-file", bootstrap_file, "write the bootstrap address to this file");
+  auto* broker =
+      app.add_subcommand("broker", "run the embedded Kafka (mock cluster) in the foreground");
+  broker->add_option("--partitions", partitions, "partitions per topic")
+      ->check(CLI::Range(1, 1000));
+  broker->add_option("--bootstrap-file", bootstrap_file,
+                     "write the bootstrap address to this file");
 
   ConfigFlags produce_flags;
   std::string brokers, produce_path;
@@ -258,7 +265,8 @@ int Main(int argc, char** argv) {
   bool quiet = false;
   auto* produce = app.add_subcommand("produce", "send JSONL events to the topic of their type");
   produce->add_option("--brokers", brokers, "Kafka bootstrap servers");
-  produce->add_option("--rate", rate, "events per second (0: as fast as possible)")->check(CLI::NonNegativeNumber);
+  produce->add_option("--rate", rate, "events per second (0: as fast as possible)")
+      ->check(CLI::NonNegativeNumber);
   produce->add_option("file", produce_path, "JSONL file, or - for standard input")->required();
   produce->add_flag("--quiet", quiet, "no progress line");
   produce_flags.Add(produce);
@@ -275,12 +283,16 @@ int Main(int argc, char** argv) {
   ConfigFlags eval_flags;
   std::string events_path, report_path, predictions;
   int ranking_k = 0, candidates = 100;
-  auto* evalc = app.add_subcommand("eval", "progressive validation over a JSONL file, without Kafka");
+  auto* evalc =
+      app.add_subcommand("eval", "progressive validation over a JSONL file, without Kafka");
   evalc->add_option("--events", events_path, "JSONL events")->required();
   evalc->add_option("--report", report_path, "write the JSON report here");
-  evalc->add_option("--ranking", ranking_k, "also report HR@K and NDCG@K")->check(CLI::PositiveNumber);
-  evalc->add_option("--candidates", candidates, "candidates per ranking query")->check(CLI::PositiveNumber);
-  evalc->add_option("--predictions", predictions, "write each prediction before learning, one JSON line each");
+  evalc->add_option("--ranking", ranking_k, "also report HR@K and NDCG@K")
+      ->check(CLI::PositiveNumber);
+  evalc->add_option("--candidates", candidates, "candidates per ranking query")
+      ->check(CLI::PositiveNumber);
+  evalc->add_option("--predictions", predictions,
+                    "write each prediction before learning, one JSON line each");
   evalc->add_flag("--quiet", quiet, "no progress line");
   eval_flags.Add(evalc);
 
@@ -301,13 +313,16 @@ int Main(int argc, char** argv) {
   if (*broker) return RunBroker(partitions, bootstrap_file);
   if (*produce) return RunProduce(produce_flags, brokers, rate, produce_path, quiet);
   if (*gen) return RunGen(gen_options, gen_out);
-  if (*evalc) return RunEval(eval_flags, events_path, report_path, ranking_k, candidates, predictions, quiet);
+  if (*evalc)
+    return RunEval(eval_flags, events_path, report_path, ranking_k, candidates, predictions, quiet);
   if (*configc) {
     config::AppConfig cfg;
     std::vector<config::ConfigSource> sources;
     if (!config_flags.Load(&cfg, &sources)) return kExitUsage;
-    if (print) std::cout << config::Render(sources);
-    else std::cout << "configuration is valid\n";
+    if (print)
+      std::cout << config::Render(sources);
+    else
+      std::cout << "configuration is valid\n";
     return kExitOk;
   }
   return kExitUsage;

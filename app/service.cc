@@ -77,15 +77,15 @@ struct Service::Impl : public serve::ServiceHooks {
   Clock::time_point next_checkpoint;
   std::mutex mu;
   std::condition_variable cv;
-  std::unique_ptr<CheckpointJob> pending;   // guarded by mu
-  bool writing = false;                      // guarded by mu
-  bool writer_stop = false;                  // guarded by mu
-  uint64_t requested = 0;                    // forced checkpoints asked for; guarded by mu
-  uint64_t completed = 0;                    // forced checkpoints done; guarded by mu
-  recstream::Status last_status;             // guarded by mu
-  std::optional<OffsetMap> to_commit;        // stored offsets to commit to Kafka; guarded by mu
-  uint64_t checkpoints = 0;                  // guarded by mu
-  bool write_failed = false;                 // guarded by mu
+  std::unique_ptr<CheckpointJob> pending;  // guarded by mu
+  bool writing = false;                    // guarded by mu
+  bool writer_stop = false;                // guarded by mu
+  uint64_t requested = 0;                  // forced checkpoints asked for; guarded by mu
+  uint64_t completed = 0;                  // forced checkpoints done; guarded by mu
+  recstream::Status last_status;           // guarded by mu
+  std::optional<OffsetMap> to_commit;      // stored offsets to commit to Kafka; guarded by mu
+  uint64_t checkpoints = 0;                // guarded by mu
+  bool write_failed = false;               // guarded by mu
 };
 
 recstream::Status Service::Impl::Init() {
@@ -169,7 +169,9 @@ void Service::Impl::MaybeCheckpoint(bool final) {
   uint64_t request;
   {
     std::unique_lock lock(mu);
-    if (to_commit) {
+    // Committing while the group is (re)joining disturbs the join (seen with
+    // librdkafka 2.0.2): commit stored offsets only once partitions are ours.
+    if (to_commit && consumer->HasAssignment()) {
       consumer->CommitAsync(*to_commit);
       to_commit.reset();
     }
@@ -214,8 +216,8 @@ void Service::Impl::WriterLoop() {
     store::CheckpointInfo info;
     recstream::Status s = store->Write(job->snapshot, job->offsets, &info);
     if (s.ok()) {
-      spdlog::debug("checkpoint {}: {} rows, {} bytes in {:.1f} ms", info.sequence, info.rows, info.bytes,
-                    info.duration_ms);
+      spdlog::debug("checkpoint {}: {} rows, {} bytes in {:.1f} ms", info.sequence, info.rows,
+                    info.bytes, info.duration_ms);
     } else {
       spdlog::error("checkpoint failed: {}", s.ToString());
     }
@@ -236,7 +238,8 @@ void Service::Impl::WriterLoop() {
 recstream::Status Service::Impl::Checkpoint() {
   std::unique_lock lock(mu);
   uint64_t mine = ++requested;
-  bool done = cv.wait_for(lock, std::chrono::seconds(30), [&] { return completed >= mine || stop; });
+  bool done =
+      cv.wait_for(lock, std::chrono::seconds(30), [&] { return completed >= mine || stop; });
   if (!done) return recstream::Status::Unavailable("checkpoint did not finish within 30 s");
   if (completed < mine) return recstream::Status::Unavailable("service is stopping");
   return last_status;
@@ -297,7 +300,8 @@ Service::~Service() {
   if (impl_ && !impl_->stop) (void)Shutdown();
 }
 
-recstream::Status Service::Start(const config::AppConfig& config, std::unique_ptr<Service>* service) {
+recstream::Status Service::Start(const config::AppConfig& config,
+                                 std::unique_ptr<Service>* service) {
   auto impl = std::make_unique<Impl>(config);
   recstream::Status s = impl->Init();
   std::unique_ptr<Service> svc(new Service(std::move(impl)));
@@ -335,7 +339,7 @@ recstream::Status Service::Shutdown() {
       final_status = m.last_status;
       m.writer_stop = true;
       m.cv.notify_all();
-      if (final_status.ok() && m.to_commit) {
+      if (final_status.ok() && m.to_commit && m.consumer->HasAssignment()) {
         m.consumer->CommitAsync(*m.to_commit);
         m.to_commit.reset();
       }

@@ -4,7 +4,6 @@
 // a model restored from a checkpoint must score exactly as it did when the
 // checkpoint was written.
 #include <catch2/catch.hpp>
-
 #include <random>
 
 #include "ingest/kafka.h"
@@ -42,13 +41,19 @@ Counts Learned(uint16_t port) {
 
 class Server {
  public:
-  Server(const std::string& brokers, const std::string& store, uint16_t port, const std::string& log)
+  Server(const std::string& brokers, const std::string& store, uint16_t port,
+         const std::string& log)
       : port_(port),
-        process_({RECSTREAM_BINARY, "serve", "--set", "kafka.brokers=" + brokers, "--set", "kafka.group_id=crash",
-                  "--set", "kafka.max_batch=300", "--set", "store.path=" + store, "--set",
-                  "store.checkpoint_interval_ms=150", "--set", "serve.listen=127.0.0.1:" + std::to_string(port),
-                  "--set", "serve.admin_token=t0ken", "--set", "kafka.properties.session.timeout.ms=6000",
-                  "--set", "kafka.properties.heartbeat.interval.ms=500"},
+        process_({RECSTREAM_BINARY, "serve",
+                  "--set",          "kafka.brokers=" + brokers,
+                  "--set",          "kafka.group_id=crash",
+                  "--set",          "kafka.max_batch=300",
+                  "--set",          "store.path=" + store,
+                  "--set",          "store.checkpoint_interval_ms=150",
+                  "--set",          "serve.listen=127.0.0.1:" + std::to_string(port),
+                  "--set",          "serve.admin_token=t0ken",
+                  "--set",          "kafka.properties.session.timeout.ms=6000",
+                  "--set",          "kafka.properties.heartbeat.interval.ms=500"},
                  log) {}
   bool Up() {
     return WaitFor([&] { return HttpCall(port_, "GET", "/healthz").status == 200; }, 20s);
@@ -66,7 +71,8 @@ TEST_CASE("SIGKILL mid-stream loses no event and applies none twice", "[crash]")
   testing::TempDir dir;
   const std::string log = dir.path() + "/log.txt";
   const std::string bootstrap_file = dir.path() + "/bootstrap";
-  ChildProcess broker({RECSTREAM_BINARY, "broker", "--partitions", "3", "--bootstrap-file", bootstrap_file}, log);
+  ChildProcess broker(
+      {RECSTREAM_BINARY, "broker", "--partitions", "3", "--bootstrap-file", bootstrap_file}, log);
   REQUIRE(broker.started());
   REQUIRE(WaitFor([&] { return std::filesystem::exists(bootstrap_file); }, 10s));
   std::string brokers = testing::ReadFile(bootstrap_file);
@@ -84,13 +90,15 @@ TEST_CASE("SIGKILL mid-stream loses no event and applies none twice", "[crash]")
       int kind = rng() % 10;
       std::string json;
       if (kind < 6) {
-        json = R"({"type":"click","user":)" + u + R"(,"item":")" + it + R"(","label":)" + std::to_string(rng() % 2) + "}";
+        json = R"({"type":"click","user":)" + u + R"(,"item":")" + it + R"(","label":)" +
+               std::to_string(rng() % 2) + "}";
         produced.click += 1;
       } else if (kind < 7) {
         json = R"({"type":"purchase","user":)" + u + R"(,"item":")" + it + R"(","label":1})";
         produced.purchase += 1;
       } else {
-        json = R"({"type":"rating","user":)" + u + R"(,"item":")" + it + R"(","value":)" + std::to_string(1 + rng() % 5) + "}";
+        json = R"({"type":"rating","user":)" + u + R"(,"item":")" + it + R"(","value":)" +
+               std::to_string(1 + rng() % 5) + "}";
         produced.rating += 1;
       }
       REQUIRE(producer->SendEvent(json, parser).ok());
@@ -127,17 +135,22 @@ TEST_CASE("SIGKILL mid-stream loses no event and applies none twice", "[crash]")
   CHECK(learned.rating == produced.rating);
 
   // Exact restore: checkpoint, record scores, kill, restart, compare.
-  REQUIRE(HttpCall(port, "POST", "/v1/admin/checkpoint", "", "Authorization: Bearer t0ken\r\n").status == 200);
+  REQUIRE(HttpCall(port, "POST", "/v1/admin/checkpoint", "", "Authorization: Bearer t0ken\r\n")
+              .status == 200);
   std::vector<std::string> before;
   for (int u = 0; u < 20; ++u)
-    before.push_back(HttpCall(port, "GET", "/v1/score?user=" + std::to_string(u) + "&item=i" + std::to_string(u)).body);
+    before.push_back(
+        HttpCall(port, "GET", "/v1/score?user=" + std::to_string(u) + "&item=i" + std::to_string(u))
+            .body);
   server.process().Signal(SIGKILL);
   server.process().Wait();
 
   Server restarted(brokers, store, port, log);
   REQUIRE(restarted.Up());
   for (int u = 0; u < 20; ++u)
-    CHECK(HttpCall(port, "GET", "/v1/score?user=" + std::to_string(u) + "&item=i" + std::to_string(u)).body == before[u]);
+    CHECK(
+        HttpCall(port, "GET", "/v1/score?user=" + std::to_string(u) + "&item=i" + std::to_string(u))
+            .body == before[u]);
   Counts after = Learned(port);
   CHECK(after.total() == produced.total());
 

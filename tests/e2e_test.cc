@@ -1,9 +1,9 @@
 // End to end, in one process: an embedded Kafka (librdkafka's mock cluster),
 // the real service (consumer group, learner, RocksDB store, HTTP server), and
 // a client over loopback.
-#include <catch2/catch.hpp>
 #include <librdkafka/rdkafkacpp.h>
 
+#include <catch2/catch.hpp>
 #include <random>
 
 #include "app/service.h"
@@ -19,11 +19,12 @@ using namespace std::chrono_literals;
 using testing::Json;
 using testing::WaitFor;
 
-std::string Event(const char* type, const std::string& user, const std::string& item, double label) {
+std::string Event(const char* type, const std::string& user, const std::string& item,
+                  double label) {
   std::string value = std::string(type) == "rating" ? ",\"value\":" + std::to_string(label)
                                                     : ",\"label\":" + std::to_string(int(label));
-  return std::string("{\"type\":\"") + type + "\",\"user\":\"" + user + "\",\"item\":\"" + item + "\"" + value +
-         "}";
+  return std::string("{\"type\":\"") + type + "\",\"user\":\"" + user + "\",\"item\":\"" + item +
+         "\"" + value + "}";
 }
 
 uint16_t PortOf(const std::string& address) {
@@ -39,7 +40,8 @@ double Learned(uint16_t port) {
 }
 
 // Reads every message of the dead-letter topic.
-std::vector<std::string> ReadDeadLetters(const std::string& brokers, const std::string& topic, size_t want) {
+std::vector<std::string> ReadDeadLetters(const std::string& brokers, const std::string& topic,
+                                         size_t want) {
   std::string err;
   std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
   conf->set("bootstrap.servers", brokers, err);
@@ -48,7 +50,8 @@ std::vector<std::string> ReadDeadLetters(const std::string& brokers, const std::
   std::unique_ptr<RdKafka::KafkaConsumer> c(RdKafka::KafkaConsumer::create(conf.get(), err));
   REQUIRE(c);
   std::vector<RdKafka::TopicPartition*> parts;
-  for (int p = 0; p < 3; ++p) parts.push_back(RdKafka::TopicPartition::create(topic, p, RdKafka::Topic::OFFSET_BEGINNING));
+  for (int p = 0; p < 3; ++p)
+    parts.push_back(RdKafka::TopicPartition::create(topic, p, RdKafka::Topic::OFFSET_BEGINNING));
   c->assign(parts);
   RdKafka::TopicPartition::destroy(parts);
   std::vector<std::string> out;
@@ -59,7 +62,8 @@ std::vector<std::string> ReadDeadLetters(const std::string& brokers, const std::
       std::string reason;
       if (auto* h = m->headers()) {
         auto hs = h->get_last("reason");
-        if (hs.err() == RdKafka::ERR_NO_ERROR) reason = std::string(static_cast<const char*>(hs.value()), hs.value_size());
+        if (hs.err() == RdKafka::ERR_NO_ERROR)
+          reason = std::string(static_cast<const char*>(hs.value()), hs.value_size());
       }
       out.push_back(reason);
     }
@@ -70,7 +74,8 @@ std::vector<std::string> ReadDeadLetters(const std::string& brokers, const std::
 
 }  // namespace
 
-TEST_CASE("Events flow from Kafka through the learner to live HTTP scores and survive a restart", "[e2e]") {
+TEST_CASE("Events flow from Kafka through the learner to live HTTP scores and survive a restart",
+          "[e2e]") {
   testing::TempDir dir;
   std::unique_ptr<ingest::EmbeddedKafka> kafka;
   ingest::TopicNames topics;
@@ -84,6 +89,10 @@ TEST_CASE("Events flow from Kafka through the learner to live HTTP scores and su
   cfg.serve.listen = "127.0.0.1:0";
   cfg.serve.admin_token = "let-me-in";
   cfg.learner.threads = 2;
+  // The mock cluster holds a group's next join for about the session timeout,
+  // even after a clean leave; keep it short for the restart below.
+  cfg.kafka.properties["session.timeout.ms"] = "6000";
+  cfg.kafka.properties["heartbeat.interval.ms"] = "500";
 
   std::unique_ptr<app::Service> service;
   REQUIRE(app::Service::Start(cfg, &service).ok());
@@ -112,9 +121,9 @@ TEST_CASE("Events flow from Kafka through the learner to live HTTP scores and su
   }
   send(Event("purchase", "alice", "bought", 1));
   // Bad events go to the dead-letter topic, never to the learner.
-  const std::vector<std::string> bad = {"{not json", R"({"type":"click","user":"u","item":"i","label":2})",
-                                        R"({"type":"rating","user":"u","item":"i","value":9})",
-                                        R"({"type":"click","item":"i"})"};
+  const std::vector<std::string> bad = {
+      "{not json", R"({"type":"click","user":"u","item":"i","label":2})",
+      R"({"type":"rating","user":"u","item":"i","value":9})", R"({"type":"click","item":"i"})"};
   for (const auto& b : bad) REQUIRE(producer->SendRaw(topics.click, "u", b).ok());
   REQUIRE(producer->Flush(10000).ok());
 
@@ -154,14 +163,17 @@ TEST_CASE("Events flow from Kafka through the learner to live HTTP scores and su
   CHECK(WaitFor(
       [&] {
         Json j;
-        return j.Parse(HttpCall(port, "GET", "/v1/score?user=newcomer&item=liked").body) && j.Bool("/known/user");
+        return j.Parse(HttpCall(port, "GET", "/v1/score?user=newcomer&item=liked").body) &&
+               j.Bool("/known/user");
       },
       10s));
 
   // Admin checkpoint needs the token.
   CHECK(HttpCall(port, "POST", "/v1/admin/checkpoint").status == 401);
-  CHECK(HttpCall(port, "POST", "/v1/admin/checkpoint", "", "Authorization: Bearer wrong\r\n").status == 401);
-  CHECK(HttpCall(port, "POST", "/v1/admin/checkpoint", "", "Authorization: Bearer let-me-in\r\n").status == 200);
+  CHECK(HttpCall(port, "POST", "/v1/admin/checkpoint", "", "Authorization: Bearer wrong\r\n")
+            .status == 401);
+  CHECK(HttpCall(port, "POST", "/v1/admin/checkpoint", "", "Authorization: Bearer let-me-in\r\n")
+            .status == 200);
 
   std::string before = HttpCall(port, "GET", "/v1/score?user=alice&item=liked").body;
   REQUIRE(service->Shutdown().ok());
@@ -173,7 +185,9 @@ TEST_CASE("Events flow from Kafka through the learner to live HTTP scores and su
   port = PortOf(service->http_address());
   CHECK(HttpCall(port, "GET", "/v1/score?user=alice&item=liked").body == before);
   CHECK(Learned(port) == produced);
-  REQUIRE(WaitFor([&] { return HttpCall(port, "GET", "/readyz").status == 200; }, 30s));
+  bool ready = WaitFor([&] { return HttpCall(port, "GET", "/readyz").status == 200; }, 30s);
+  INFO("readyz: " << HttpCall(port, "GET", "/readyz").body);
+  REQUIRE(ready);
   std::this_thread::sleep_for(1s);
   CHECK(Learned(port) == produced);
   CHECK(HttpCall(port, "GET", "/v1/score?user=alice&item=liked").body == before);
