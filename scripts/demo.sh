@@ -10,10 +10,10 @@ cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$BUILD_DIR" --target recstream -j"$(nproc)"
 BIN="$BUILD_DIR/app/recstream"
 
-DEMO=${RECSTREAM_DEMO_DIR:-data/demo}
-EVENTS=${RECSTREAM_DEMO_EVENTS:-300000}
-RATE=${RECSTREAM_DEMO_RATE:-2000}
-LISTEN=${RECSTREAM_DEMO_LISTEN:-127.0.0.1:8080}
+DEMO=${DEMO_DIR:-data/demo}
+EVENTS=${DEMO_EVENTS:-300000}
+RATE=${DEMO_RATE:-2000}
+LISTEN=${DEMO_LISTEN:-127.0.0.1:8080}
 mkdir -p "$DEMO"
 # The embedded Kafka lives in memory, so each demo starts a fresh model.
 rm -rf "$DEMO/store" "$DEMO/serve.log"
@@ -22,7 +22,7 @@ echo "demo: generating $EVENTS synthetic events"
 "$BIN" gen --events "$EVENTS" --users 5000 --items 1000 --seed 1 --out "$DEMO/events.jsonl"
 
 "$BIN" serve --set store.path="$DEMO/store" --set serve.listen="$LISTEN" \
-  --set serve.admin_token="${RECSTREAM_DEMO_TOKEN:-demo}" >"$DEMO/serve.log" 2>&1 &
+  --set serve.admin_token="${DEMO_TOKEN:-demo}" >"$DEMO/serve.log" 2>&1 &
 SERVE=$!
 FEED=""
 cleanup() {
