@@ -1,13 +1,16 @@
 // recstream: the command line of SPEC section 4.
 //   serve, broker, produce, gen, eval, config
 // Exit codes: 0 success, 2 usage or configuration error, 1 run-time failure.
+#include <fmt/format.h>
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -43,6 +46,57 @@ int WaitForSignal(const sigset_t& set) {
   return sig;
 }
 
+// A progress line on stderr for long commands, redrawn at most once a
+// second: how many events, how fast, and when the total is known how far and
+// how long is left. Silent when stderr is not a terminal (logs, pipes, CI)
+// or with --quiet; Finish() clears it.
+class ProgressLine {
+ public:
+  explicit ProgressLine(bool enabled)
+      : enabled_(enabled && isatty(STDERR_FILENO)), start_(std::chrono::steady_clock::now()) {}
+  ~ProgressLine() { Finish(); }
+
+  // `fraction` of the work done, in [0, 1]; negative when unknown.
+  void Update(uint64_t events, double fraction) {
+    if (!enabled_) return;
+    auto now = std::chrono::steady_clock::now();
+    if (now < next_) return;
+    next_ = now + std::chrono::seconds(1);
+    double secs = std::chrono::duration<double>(now - start_).count();
+    double rate = secs > 0 ? double(events) / secs : 0;
+    std::string line = fmt::format("{} events, {:.0f}/s", events, rate);
+    if (fraction > 0 && fraction <= 1) {
+      double left = secs * (1 - fraction) / fraction;
+      line += fmt::format(", {:.0f}%, {} left", 100 * fraction, Duration(left));
+    }
+    std::fprintf(stderr, "\r%s\x1b[K", line.c_str());
+    std::fflush(stderr);
+    shown_ = true;
+  }
+
+  void Finish() {
+    if (!shown_) return;
+    std::fprintf(stderr, "\r\x1b[K");
+    std::fflush(stderr);
+    shown_ = false;
+  }
+
+  bool enabled() const { return enabled_; }
+
+ private:
+  static std::string Duration(double secs) {
+    long s = std::lround(secs);
+    if (s < 60) return fmt::format("{}s", s);
+    if (s < 3600) return fmt::format("{}m{:02}s", s / 60, s % 60);
+    return fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60);
+  }
+
+  const bool enabled_;
+  const std::chrono::steady_clock::time_point start_;
+  std::chrono::steady_clock::time_point next_ = start_;  // the first update draws at once
+  bool shown_ = false;
+};
+
 struct ConfigFlags {
   std::string file;
   std::vector<std::string> sets;
@@ -66,6 +120,9 @@ int RunServe(const ConfigFlags& flags) {
   config::AppConfig cfg;
   if (!flags.Load(&cfg)) return kExitUsage;
   sigset_t signals = BlockStopSignals();
+  spdlog::info("starting: model {}/{} dim {}, store {} (checkpoint every {} ms), log level {}",
+               learner::ArchName(cfg.learner.arch), learner::WeightingName(cfg.learner.weighting),
+               cfg.learner.dim, cfg.store.path, cfg.store.checkpoint_interval_ms, cfg.log_level);
   std::unique_ptr<Service> service;
   Status s = Service::Start(cfg, &service);
   if (!s.ok()) {
@@ -74,8 +131,9 @@ int RunServe(const ConfigFlags& flags) {
   }
   std::printf("recstream: Kafka bootstrap servers %s%s\n", service->kafka_brokers().c_str(),
               cfg.kafka.brokers.empty() ? " (embedded)" : "");
-  std::printf("recstream: serving on http://%s  (try /v1/stats, /v1/score?user=U&item=I)\n",
-              service->http_address().c_str());
+  std::printf(
+      "recstream: serving on http://%s/  (dashboard; API: /v1/score, /v1/recommend, /v1/stats)\n",
+      service->http_address().c_str());
   std::fflush(stdout);
   int sig = WaitForSignal(signals);
   spdlog::info("received signal {}: checkpointing and stopping", sig);
@@ -84,6 +142,7 @@ int RunServe(const ConfigFlags& flags) {
     std::fprintf(stderr, "recstream: final checkpoint failed: %s\n", s.ToString().c_str());
     return kExitFailure;
   }
+  spdlog::info("stopped; final checkpoint stored in {}", cfg.store.path);
   return kExitOk;
 }
 
@@ -122,12 +181,15 @@ int RunProduce(const ConfigFlags& flags, std::string brokers, double rate, const
   }
   std::ifstream file;
   std::istream* in = &std::cin;
+  uint64_t total_bytes = 0;  // 0: unknown (standard input, a pipe)
   if (path != "-") {
-    file.open(path);
+    file.open(path, std::ios::binary);
     if (!file) {
       std::fprintf(stderr, "recstream: cannot open %s\n", path.c_str());
       return kExitFailure;
     }
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) total_bytes = uint64_t(st.st_size);
     in = &file;
   }
   std::unique_ptr<ingest::EventProducer> producer;
@@ -137,18 +199,23 @@ int RunProduce(const ConfigFlags& flags, std::string brokers, double rate, const
     return kExitFailure;
   }
   const auto start = std::chrono::steady_clock::now();
-  const bool progress = !quiet && isatty(STDERR_FILENO);
-  auto last_progress = start;
-  uint64_t sent = 0, bad = 0;
+  ProgressLine progress(!quiet);
+  uint64_t sent = 0, bad = 0, bytes = 0;
   std::string line;
   while (std::getline(*in, line)) {
+    bytes += line.size() + 1;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty()) continue;
     Status ls = producer->SendEvent(line, cfg.parser);
     if (ls.ok()) {
       ++sent;
     } else if (ls.IsInvalidArgument()) {
-      if (bad++ < 10) std::fprintf(stderr, "recstream: skipping line: %s\n", ls.message().c_str());
+      if (bad++ < 10) {
+        progress.Finish();
+        std::fprintf(stderr, "recstream: skipping line: %s\n", ls.message().c_str());
+      }
     } else {
+      progress.Finish();
       std::fprintf(stderr, "recstream: %s\n", ls.ToString().c_str());
       return kExitFailure;
     }
@@ -156,48 +223,60 @@ int RunProduce(const ConfigFlags& flags, std::string brokers, double rate, const
       auto due = start + std::chrono::duration<double>(double(sent) / rate);
       std::this_thread::sleep_until(due);
     }
-    if (progress && sent % 1024 == 0) {
-      auto now = std::chrono::steady_clock::now();
-      if (now - last_progress > std::chrono::seconds(1)) {
-        double secs = std::chrono::duration<double>(now - start).count();
-        std::fprintf(stderr, "\rproduced %llu events (%.0f/s)   ", (unsigned long long)sent,
-                     sent / secs);
-        last_progress = now;
-      }
+    if (progress.enabled() && (sent & 255) == 0) {
+      progress.Update(sent, total_bytes > 0 ? double(bytes) / double(total_bytes) : -1);
     }
   }
+  progress.Finish();
   s = producer->Flush(30000);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::fprintf(
-      stderr,
-      "%sproduced %llu events in %.2f s (%llu delivered, %llu failed, %llu lines skipped)\n",
-      progress ? "\r" : "", (unsigned long long)sent, secs,
-      (unsigned long long)producer->delivered(), (unsigned long long)producer->failed(),
-      (unsigned long long)bad);
+  std::fprintf(stderr,
+               "produced %llu events in %.2f s (%llu delivered, %llu failed, %llu lines skipped)\n",
+               (unsigned long long)sent, secs, (unsigned long long)producer->delivered(),
+               (unsigned long long)producer->failed(), (unsigned long long)bad);
   if (!s.ok() || producer->failed() > 0) return kExitFailure;
   return kExitOk;
 }
 
-int RunGen(const eval::GeneratorOptions& options, const std::string& out_path) {
+int RunGen(const eval::GeneratorOptions& options, const std::string& out_path, bool quiet) {
+  Status valid = eval::ValidateGeneratorOptions(options);
+  if (!valid.ok()) {
+    std::fprintf(stderr, "recstream: %s\n", valid.message().c_str());
+    return kExitUsage;
+  }
   std::ofstream file;
   std::ostream* out = &std::cout;
   if (!out_path.empty() && out_path != "-") {
-    file.open(out_path);
+    file.open(out_path, std::ios::binary | std::ios::trunc);
     if (!file) {
       std::fprintf(stderr, "recstream: cannot write %s\n", out_path.c_str());
       return kExitFailure;
     }
     out = &file;
   }
-  Status valid = eval::ValidateGeneratorOptions(options);
-  if (!valid.ok()) {
-    std::fprintf(stderr, "recstream: %s\n", valid.message().c_str());
-    return kExitUsage;
-  }
   eval::Generator gen(options);
-  Status s = gen.WriteAll(out);
-  if (!s.ok()) {
-    std::fprintf(stderr, "recstream: %s\n", s.ToString().c_str());
+  ProgressLine progress(!quiet);
+  const double total = double(options.events);
+  // Written in blocks of about 1 MiB: as fast as Generator::WriteAll.
+  std::string line, block;
+  block.reserve(1 << 20);
+  uint64_t n = 0;
+  while (gen.Next(&line)) {
+    block.append(line);
+    block.push_back('\n');
+    if (block.size() >= (1 << 20) - 1024) {
+      out->write(block.data(), std::streamsize(block.size()));
+      block.clear();
+      if (!*out) break;
+    }
+    if ((++n & 4095) == 0) progress.Update(n, total > 0 ? double(n) / total : -1);
+  }
+  out->write(block.data(), std::streamsize(block.size()));
+  progress.Finish();
+  out->flush();
+  if (!*out) {
+    std::fprintf(stderr, "recstream: writing %s failed\n",
+                 out == &std::cout ? "standard output" : out_path.c_str());
     return kExitFailure;
   }
   return kExitOk;
@@ -205,7 +284,7 @@ int RunGen(const eval::GeneratorOptions& options, const std::string& out_path) {
 
 int RunEval(const ConfigFlags& flags, const std::string& events_path,
             const std::string& report_path, int ranking_k, int candidates,
-            const std::string& predictions, bool quiet) {
+            const std::string& predictions, bool quiet, bool baselines) {
   config::AppConfig cfg;
   if (!flags.Load(&cfg)) return kExitUsage;
   std::ifstream in(events_path);
@@ -220,6 +299,7 @@ int RunEval(const ConfigFlags& flags, const std::string& events_path,
   options.candidates = candidates;
   options.predictions_path = predictions;
   options.progress = !quiet;
+  options.baselines = baselines;
   eval::EvalReport report;
   Status s = eval::RunEval(options, in, &report);
   if (!s.ok()) {
@@ -245,6 +325,10 @@ int Main(int argc, char** argv) {
 
   CLI::App app{"recstream: online multi-task recommendations from Kafka event streams"};
   app.require_subcommand(1);
+  app.footer(
+      "Every configuration key is documented in config/recstream.example.toml; `recstream config "
+      "--print` shows the effective values and where they came from. While `serve` runs, its "
+      "live dashboard is at http://<serve.listen>/ (default http://127.0.0.1:8080/).");
 
   ConfigFlags serve_flags;
   auto* serve = app.add_subcommand("serve", "consume, learn, checkpoint and serve over HTTP");
@@ -263,6 +347,7 @@ int Main(int argc, char** argv) {
   std::string brokers, produce_path;
   double rate = 0;
   bool quiet = false;
+  bool baselines = false;
   auto* produce = app.add_subcommand("produce", "send JSONL events to the topic of their type");
   produce->add_option("--brokers", brokers, "Kafka bootstrap servers");
   produce->add_option("--rate", rate, "events per second (0: as fast as possible)")
@@ -279,6 +364,8 @@ int Main(int argc, char** argv) {
   gen->add_option("--items", gen_options.items, "distinct items")->check(CLI::PositiveNumber);
   gen->add_option("--seed", gen_options.seed, "random seed");
   gen->add_option("--out", gen_out, "output file (default: standard output)");
+  bool gen_quiet = false;
+  gen->add_flag("--quiet", gen_quiet, "no progress line");
 
   ConfigFlags eval_flags;
   std::string events_path, report_path, predictions;
@@ -294,6 +381,8 @@ int Main(int argc, char** argv) {
   evalc->add_option("--predictions", predictions,
                     "write each prediction before learning, one JSON line each");
   evalc->add_flag("--quiet", quiet, "no progress line");
+  evalc->add_flag("--baselines", baselines,
+                  "also run popularity, online biased MF and single-task baselines on the same stream");
   eval_flags.Add(evalc);
 
   ConfigFlags config_flags;
@@ -302,6 +391,19 @@ int Main(int argc, char** argv) {
   configc->add_flag("--print", print, "print every key with its value and where it came from");
   config_flags.Add(configc);
 
+  if (argc > 1 && argv[1][0] != '-') {
+    bool known = false;
+    std::string names;
+    for (const CLI::App* sub : app.get_subcommands({})) {
+      known = known || sub->get_name() == argv[1];
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!known) {
+      std::fprintf(stderr, "recstream: unknown subcommand \"%s\"; use one of %s (or --help)\n",
+                   argv[1], names.c_str());
+      return kExitUsage;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -312,9 +414,10 @@ int Main(int argc, char** argv) {
   if (*serve) return RunServe(serve_flags);
   if (*broker) return RunBroker(partitions, bootstrap_file);
   if (*produce) return RunProduce(produce_flags, brokers, rate, produce_path, quiet);
-  if (*gen) return RunGen(gen_options, gen_out);
+  if (*gen) return RunGen(gen_options, gen_out, gen_quiet);
   if (*evalc)
-    return RunEval(eval_flags, events_path, report_path, ranking_k, candidates, predictions, quiet);
+    return RunEval(eval_flags, events_path, report_path, ranking_k, candidates, predictions, quiet,
+                   baselines);
   if (*configc) {
     config::AppConfig cfg;
     std::vector<config::ConfigSource> sources;

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <future>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -75,6 +76,11 @@ struct Service::Impl : public serve::ServiceHooks {
   // next_checkpoint; the rest is guarded by mu.
   bool need_full = false;
   Clock::time_point next_checkpoint;
+  // While checkpoints fail (disk full or read-only), each retry is a full
+  // snapshot: retries back off from the interval up to kMaxRetryFactor times
+  // it. Training thread only.
+  int64_t retry_delay_ms = 0;
+  static constexpr int64_t kMaxRetryFactor = 8;
   std::mutex mu;
   std::condition_variable cv;
   std::unique_ptr<CheckpointJob> pending;  // guarded by mu
@@ -86,6 +92,7 @@ struct Service::Impl : public serve::ServiceHooks {
   std::optional<OffsetMap> to_commit;      // stored offsets to commit to Kafka; guarded by mu
   uint64_t checkpoints = 0;                // guarded by mu
   bool write_failed = false;               // guarded by mu
+  bool write_succeeded = false;            // guarded by mu
 };
 
 recstream::Status Service::Impl::Init() {
@@ -178,7 +185,14 @@ void Service::Impl::MaybeCheckpoint(bool final) {
     if (write_failed) {
       need_full = true;  // the failed write's rows were unmarked: write everything
       write_failed = false;
+      const int64_t interval = std::max<int64_t>(1, config.store.checkpoint_interval_ms);
+      retry_delay_ms =
+          std::min(interval * kMaxRetryFactor, retry_delay_ms == 0 ? interval : retry_delay_ms * 2);
+      next_checkpoint = Clock::now() + std::chrono::milliseconds(retry_delay_ms);
+    } else if (write_succeeded) {
+      retry_delay_ms = 0;
     }
+    write_succeeded = false;
     request = requested;
     bool forced = request > completed;
     if (!final && !forced && Clock::now() < next_checkpoint) return;
@@ -193,7 +207,9 @@ void Service::Impl::MaybeCheckpoint(bool final) {
   need_full = false;
   job->offsets = consumer->Positions();
   job->request = request;
-  next_checkpoint = Clock::now() + std::chrono::milliseconds(config.store.checkpoint_interval_ms);
+  next_checkpoint =
+      Clock::now() + std::chrono::milliseconds(
+                         retry_delay_ms > 0 ? retry_delay_ms : config.store.checkpoint_interval_ms);
   Enqueue(std::move(job));
 }
 
@@ -227,6 +243,7 @@ void Service::Impl::WriterLoop() {
     if (s.ok()) {
       ++checkpoints;
       to_commit = job->offsets;
+      write_succeeded = true;
     } else {
       write_failed = true;
     }
@@ -324,11 +341,19 @@ std::string Service::kafka_brokers() const { return impl_->config.kafka.brokers;
 recstream::Status Service::Shutdown() {
   Impl& m = *impl_;
   if (m.stop.exchange(true)) return recstream::Status::OK();
+  // SIGTERM must end the process within 5 s (SPEC): the Kafka steps get what
+  // the final checkpoint leaves of this budget.
+  const auto begin = Clock::now();
+  const auto deadline = begin + std::chrono::milliseconds(4000);
+  auto elapsed_ms = [&] {
+    return std::chrono::duration<double, std::milli>(Clock::now() - begin).count();
+  };
   {
     std::lock_guard lock(m.mu);
     m.cv.notify_all();  // wake forced-checkpoint waiters
   }
   if (m.trainer.joinable()) m.trainer.join();
+  spdlog::debug("shutdown: training stopped after {:.0f} ms", elapsed_ms());
   recstream::Status final_status;
   if (m.writer.joinable()) {
     // The last batch is learned; store it with its offsets.
@@ -345,13 +370,40 @@ recstream::Status Service::Shutdown() {
       }
     }
     m.writer.join();
+    spdlog::debug("shutdown: final checkpoint after {:.0f} ms", elapsed_ms());
   }
   if (m.http) m.http->Stop();
   if (m.consumer) {
-    recstream::Status s = m.consumer->Close();
-    if (!s.ok()) spdlog::warn("leaving the consumer group: {}", s.ToString());
+    // Leaving the group waits for the coordinator; with the brokers
+    // unreachable that can take longer than the budget. Then the consumer is
+    // left to finish on its own thread (and leaked: the process is exiting),
+    // and the group notices the departure through the session timeout. The
+    // stored offsets, not Kafka's, decide where the next start resumes.
+    auto done = std::make_shared<std::promise<recstream::Status>>();
+    std::future<recstream::Status> closed = done->get_future();
+    ingest::EventConsumer* consumer = m.consumer.get();
+    std::thread closer([consumer, done] { done->set_value(consumer->Close()); });
+    auto budget = std::max<Clock::duration>(
+        deadline - Clock::now() - std::chrono::milliseconds(500), std::chrono::milliseconds(500));
+    if (closed.wait_for(budget) == std::future_status::ready) {
+      closer.join();
+      recstream::Status s = closed.get();
+      if (!s.ok()) spdlog::warn("leaving the consumer group: {}", s.ToString());
+    } else {
+      spdlog::warn(
+          "leaving the consumer group: no answer from Kafka within {:.0f} ms; exiting "
+          "without waiting",
+          std::chrono::duration<double, std::milli>(budget).count());
+      closer.detach();
+      (void)m.consumer.release();
+    }
+    spdlog::debug("shutdown: consumer closed after {:.0f} ms", elapsed_ms());
   }
-  if (m.dlq) (void)m.dlq->Flush(5000);
+  if (m.dlq) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    (void)m.dlq->Flush(int(std::max<int64_t>(100, left.count())));
+  }
+  spdlog::debug("shutdown: done after {:.0f} ms", elapsed_ms());
   return final_status;
 }
 

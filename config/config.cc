@@ -224,6 +224,8 @@ std::string CheckListen(std::string_view s) {
 // Every key, in the order `config --print` shows them.
 const std::vector<Key>& KeyTable() {
   using learner::Arch;
+  using learner::Optimizer;
+  using learner::RatingLoss;
   using learner::Weighting;
   constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
   static const std::vector<Key> table = [] {
@@ -294,6 +296,46 @@ const std::vector<Key>& KeyTable() {
         "model.grad_clip", [](auto& c) -> auto& { return c.learner.grad_clip; }, kPositive));
     t.push_back(IntKey(
         "model.seed", [](auto& c) -> auto& { return c.learner.seed; }, 0, kMax));
+    t.push_back(EnumKey("model.embedding_optimizer",
+                        [](auto& c) -> auto& { return c.learner.embedding_optimizer; },
+                        {{"adagrad", Optimizer::kAdagrad}, {"sgd", Optimizer::kSgd}}));
+    t.push_back(EnumKey("model.dense_optimizer",
+                        [](auto& c) -> auto& { return c.learner.dense_optimizer; },
+                        {{"adagrad", Optimizer::kAdagrad},
+                         {"adam", Optimizer::kAdam},
+                         {"adamw", Optimizer::kAdamW},
+                         {"sgd", Optimizer::kSgd}}));
+    t.push_back(FloatKey(
+        "model.lr_bias", [](auto& c) -> auto& { return c.learner.lr_bias; }, kNonNegative));
+    t.push_back(FloatKey(
+        "model.adagrad_init", [](auto& c) -> auto& { return c.learner.adagrad_init; },
+        kNonNegative));
+    // [0, 1): learner::ValidateOptions refuses 1 itself.
+    t.push_back(FloatKey(
+        "model.adam_beta1", [](auto& c) -> auto& { return c.learner.adam_beta1; },
+        FloatRange{0.0, 1.0, false}));
+    t.push_back(FloatKey(
+        "model.adam_beta2", [](auto& c) -> auto& { return c.learner.adam_beta2; },
+        FloatRange{0.0, 1.0, false}));
+    t.push_back(FloatKey(
+        "model.weight_decay", [](auto& c) -> auto& { return c.learner.weight_decay; },
+        kNonNegative));
+    t.push_back(EnumKey("model.rating_loss", [](auto& c) -> auto& { return c.learner.rating_loss; },
+                        {{"squared", RatingLoss::kSquared}, {"huber", RatingLoss::kHuber}}));
+    t.push_back(FloatKey(
+        "model.huber_delta", [](auto& c) -> auto& { return c.learner.huber_delta; }, kPositive));
+    t.push_back(BoolKey(
+        "model.esmm", [](auto& c) -> auto& { return c.learner.esmm; }));
+    t.push_back(IntKey(
+        "model.negatives", [](auto& c) -> auto& { return c.learner.negatives; }, 0, 100));
+    t.push_back(IntKey(
+        "model.negative_window", [](auto& c) -> auto& { return c.learner.negative_window; }, 1,
+        1 << 24));
+    t.push_back(IntKey(
+        "model.replay", [](auto& c) -> auto& { return c.learner.replay; }, 0, 100));
+    t.push_back(IntKey(
+        "model.replay_window", [](auto& c) -> auto& { return c.learner.replay_window; }, 1,
+        1 << 24));
     // learner
     t.push_back(IntKey(
         "learner.threads", [](auto& c) -> auto& { return c.learner.threads; }, 0, 256));

@@ -396,7 +396,7 @@ TEST_CASE("Render shows every key with its value and origin", "[config]") {
   CHECK(text.find("serve.admin_token = \"<redacted>\"") != std::string::npos);
   CHECK(text.find("serve.blend.click = 0.5  # default\n") != std::string::npos);
   // Floats print in their shortest form.
-  CHECK(text.find("model.lr_embedding = 0.05  # default\n") != std::string::npos);
+  CHECK(text.find("model.lr_embedding = 0.2  # default\n") != std::string::npos);
   CHECK(text.find("serve.blend.purchase = 0.3  # default\n") != std::string::npos);
 }
 

@@ -18,6 +18,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "eval/baselines.h"
 #include "eval/metrics.h"
 
 namespace recstream::eval {
@@ -221,6 +222,14 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   if (options.ranking_k > 0)
     ranker = std::make_unique<Ranker>(learner.get(), options.ranking_k, options.candidates,
                                       options.learner.threads, options.seed);
+  std::vector<std::unique_ptr<Baseline>> baselines;
+  if (options.baselines) {
+    baselines.push_back(NewPopularityBaseline(options.learner));
+    baselines.push_back(NewBiasedMfBaseline(options.learner, options.biased_mf));
+    if (options.single_task_baseline) baselines.push_back(NewSingleTaskBaseline(options.learner));
+  }
+  std::vector<std::array<TaskSeries, learner::kNumTasks>> baseline_series(baselines.size());
+  std::vector<float> baseline_pred;
   ProgressLine progress(options.progress);
   fmt::memory_buffer pred_buf;
 
@@ -228,6 +237,15 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
     std::span<const Event> chunk(batch.data(), n);
     if (ranker) ranker->RankBatch(chunk);
     learner->Train(chunk, &before);
+    for (size_t b = 0; b < baselines.size(); ++b) {
+      baselines[b]->Train(chunk, &baseline_pred);
+      for (size_t i = 0; i < n; ++i) {
+        TaskSeries& s = baseline_series[b][int(chunk[i].task)];
+        s.pred.push_back(baseline_pred[i]);
+        s.label.push_back(chunk[i].label);
+        s.all_truth = false;
+      }
+    }
     pred_buf.clear();
     for (size_t i = 0; i < n; ++i) {
       const Event& e = chunk[i];
@@ -273,6 +291,11 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   progress.Finish();
 
   for (Task t : learner::kAllTasks) FillTask(t, series[int(t)], &report->tasks[int(t)]);
+  for (size_t b = 0; b < baselines.size(); ++b) {
+    BaselineReport& br = report->baselines.emplace_back();
+    br.name = std::string(baselines[b]->name());
+    for (Task t : learner::kAllTasks) FillTask(t, baseline_series[b][int(t)], &br.tasks[int(t)]);
+  }
   if (ranker) {
     report->has_ranking = true;
     report->ranking.k = options.ranking_k;
@@ -323,6 +346,29 @@ std::string ReportJson(const EvalReport& r) {
     fmt::format_to(app,
                    "  \"ranking\": {{\"k\": {}, \"candidates\": {}, \"hr\": {}, \"ndcg\": {}}},\n",
                    r.ranking.k, r.ranking.candidates, Num(r.ranking.hr), Num(r.ranking.ndcg));
+  if (!r.baselines.empty()) {
+    fmt::format_to(app, "  \"baselines\": {{");
+    for (size_t b = 0; b < r.baselines.size(); ++b) {
+      fmt::format_to(app, "{}\n    \"{}\": {{", b ? "," : "", r.baselines[b].name);
+      bool first_task = true;
+      for (Task t : learner::kAllTasks) {
+        const TaskReport& tr = r.baselines[b].tasks[int(t)];
+        if (tr.count == 0) continue;
+        fmt::format_to(app, "{}\"{}\": ", first_task ? "" : ", ", learner::TaskName(t));
+        first_task = false;
+        if (t == Task::kRating)
+          fmt::format_to(app,
+                         "{{\"mae\": {}, \"rmse\": {}, \"last10\": {{\"mae\": {}, \"rmse\": {}}}}}",
+                         Num(tr.mae), Num(tr.rmse), Num(tr.last10_mae), Num(tr.last10_rmse));
+        else
+          fmt::format_to(
+              app, "{{\"auc\": {}, \"logloss\": {}, \"last10\": {{\"auc\": {}, \"logloss\": {}}}}}",
+              Num(tr.auc), Num(tr.logloss), Num(tr.last10_auc), Num(tr.last10_logloss));
+      }
+      fmt::format_to(app, "}}");
+    }
+    fmt::format_to(app, "\n  }},\n");
+  }
   fmt::format_to(app, "  \"task_weights\": {{\"click\": {}, \"purchase\": {}, \"rating\": {}}}\n}}",
                  Num(r.task_weights[0]), Num(r.task_weights[1]), Num(r.task_weights[2]));
   return fmt::to_string(out);
@@ -366,6 +412,20 @@ std::string ReportSummary(const EvalReport& r) {
     fmt::format_to(app, "ranking   HR@{} {}  NDCG@{} {}  ({} events ranked among {} candidates)\n",
                    r.ranking.k, f4(r.ranking.hr), r.ranking.k, f4(r.ranking.ndcg), r.ranking.ranked,
                    r.ranking.candidates);
+  for (const BaselineReport& b : r.baselines) {
+    fmt::format_to(app, "baseline  {:<12}", b.name);
+    for (Task t : learner::kAllTasks) {
+      const TaskReport& tr = b.tasks[int(t)];
+      if (tr.count == 0) continue;
+      if (t == Task::kRating)
+        fmt::format_to(app, "  {} mae {} (last10 {})", learner::TaskName(t), f4(tr.mae),
+                       f4(tr.last10_mae));
+      else
+        fmt::format_to(app, "  {} auc {} (last10 {})", learner::TaskName(t), f4(tr.auc),
+                       f4(tr.last10_auc));
+    }
+    fmt::format_to(app, "\n");
+  }
   fmt::format_to(app, "weights   click {:.3f}  purchase {:.3f}  rating {:.3f}\n", r.task_weights[0],
                  r.task_weights[1], r.task_weights[2]);
   return fmt::to_string(out);

@@ -18,6 +18,11 @@
 // of a batch is computed before the batch is trained, so it sees the model as
 // of the batch's start; lower `batch` to tighten it.
 //
+// Baselines (`baselines`): popularity, online biased MF and single-task
+// learners see the same accepted events in the same batches, predicting each
+// before learning it, and are reported per task beside the learner (see
+// eval/baselines.h).
+//
 // Empty lines are skipped and not counted; a trailing '\r' is ignored.
 // Lines the parser rejects are counted by reason and skipped: they neither
 // reach the learner nor count as events.
@@ -28,8 +33,10 @@
 #include <cstdint>
 #include <istream>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
+#include "eval/baselines.h"
 #include "ingest/options.h"
 #include "ingest/parser.h"
 #include "learner/learner.h"
@@ -52,6 +59,14 @@ struct EvalOptions {
   bool progress = true;
   // Seed of the candidate sampling.
   uint64_t seed = 1;
+  // Also run the baselines of eval/baselines.h (popularity, biased_mf) on
+  // the same events and report their metrics beside the learner's.
+  bool baselines = false;
+  // With baselines: also run single_task (one learner per task with these
+  // learner options), which costs about as much as the learner itself.
+  bool single_task_baseline = true;
+  // Settings of the biased_mf baseline.
+  BiasedMfOptions biased_mf;
 };
 
 // Metrics of one task. NaN marks a value that is undefined (e.g. AUC with a
@@ -77,6 +92,12 @@ struct RankingReport {
   double hr = 0, ndcg = 0;
 };
 
+// The metrics of one baseline over the same events (bayes_* unset).
+struct BaselineReport {
+  std::string name;  // "popularity", "biased_mf", "single_task"
+  std::array<TaskReport, learner::kNumTasks> tasks;
+};
+
 struct EvalReport {
   uint64_t events = 0;    // accepted events, predicted then learned
   uint64_t rejected = 0;  // lines rejected by the parser
@@ -86,6 +107,8 @@ struct EvalReport {
   std::array<TaskReport, learner::kNumTasks> tasks;  // in Task order
   bool has_ranking = false;
   RankingReport ranking;
+  // With EvalOptions::baselines, one report per baseline.
+  std::vector<BaselineReport> baselines;
   // Loss weights of the tasks at the end of the run, in Task order.
   std::array<double, learner::kNumTasks> task_weights{};
 };

@@ -151,6 +151,48 @@ TEST_CASE("ReportJson has the SPEC section 5 shape", "[evaluator]") {
   CHECK(summary.find("rating") != std::string::npos);
 }
 
+TEST_CASE("Baselines run beside the learner on the same events", "[evaluator]") {
+  EvalOptions options = QuietOptions();
+  options.baselines = true;
+  std::istringstream in(Big().stream);
+  EvalReport r;
+  REQUIRE(RunEval(options, in, &r).ok());
+  INFO(ReportSummary(r));
+  REQUIRE(r.baselines.size() == 3);
+  CHECK(r.baselines[0].name == "popularity");
+  CHECK(r.baselines[1].name == "biased_mf");
+  CHECK(r.baselines[2].name == "single_task");
+  for (const BaselineReport& b : r.baselines)
+    for (int t = 0; t < learner::kNumTasks; ++t) {
+      INFO(b.name << " task " << t);
+      CHECK(b.tasks[t].count == r.tasks[t].count);
+      CHECK_FALSE(b.tasks[t].has_bayes);
+    }
+  const auto& pop = r.baselines[0].tasks;
+  const auto& mf = r.baselines[1].tasks;
+  const auto& single = r.baselines[2].tasks;
+  // Every baseline learns something; the multi-task learner beats them.
+  CHECK(pop[0].auc > 0.55);
+  CHECK(mf[0].auc > 0.55);
+  CHECK(mf[2].mae < pop[2].mae);
+  CHECK(r.tasks[0].last10_auc > pop[0].last10_auc);
+  CHECK(r.tasks[0].last10_auc > mf[0].last10_auc);
+  CHECK(r.tasks[2].last10_mae < mf[2].last10_mae);
+  // The rare purchase task gains most from the other tasks.
+  CHECK(r.tasks[1].auc > single[1].auc);
+
+  const std::string json = ReportJson(r);
+  INFO(json);
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  REQUIRE(parser.parse(json).get(doc) == simdjson::SUCCESS);
+  CHECK(double(doc["baselines"]["biased_mf"]["rating"]["mae"]) == Approx(mf[2].mae));
+  CHECK(double(doc["baselines"]["single_task"]["purchase"]["last10"]["auc"]) ==
+        Approx(single[1].last10_auc));
+  CHECK(double(doc["baselines"]["popularity"]["click"]["auc"]) == Approx(pop[0].auc));
+  CHECK(double(doc["task_weights"]["click"]) > 0);
+}
+
 TEST_CASE("RunEval counts rejected lines and writes one prediction per accepted event",
           "[evaluator]") {
   std::string stream = GeneratedStream(2000, 5);

@@ -8,13 +8,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <queue>
 #include <shared_mutex>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "learner/embedding_table.h"
+#include "learner/feature_lists.h"
 #include "learner/model_math.h"
 #include "learner/pack.h"
 #include "learner/task_weighting.h"
@@ -37,6 +40,24 @@ std::optional<Task> ParseTask(std::string_view name) {
   for (Task t : kAllTasks)
     if (TaskName(t) == name) return t;
   return std::nullopt;
+}
+
+std::string_view OptimizerName(Optimizer o) {
+  switch (o) {
+    case Optimizer::kAdagrad:
+      return "adagrad";
+    case Optimizer::kAdam:
+      return "adam";
+    case Optimizer::kAdamW:
+      return "adamw";
+    case Optimizer::kSgd:
+      return "sgd";
+  }
+  return "unknown";
+}
+
+std::string_view RatingLossName(RatingLoss l) {
+  return l == RatingLoss::kHuber ? "huber" : "squared";
 }
 
 std::string_view ArchName(Arch arch) { return arch == Arch::kMmoe ? "mmoe" : "shared_bottom"; }
@@ -66,6 +87,24 @@ Status ValidateOptions(const LearnerOptions& o) {
   auto positive = [](float v) { return v > 0.0f && std::isfinite(v); };
   if (!positive(o.lr_embedding)) return bad("model.lr_embedding must be > 0");
   if (!positive(o.lr_dense)) return bad("model.lr_dense must be > 0");
+  if (!(o.adagrad_init >= 0.0f) || !std::isfinite(o.adagrad_init))
+    return bad("model.adagrad_init must be >= 0");
+  if (!(o.lr_bias >= 0.0f) || !std::isfinite(o.lr_bias)) return bad("model.lr_bias must be >= 0");
+  if (o.embedding_optimizer != Optimizer::kAdagrad && o.embedding_optimizer != Optimizer::kSgd)
+    return bad("model.embedding_optimizer must be adagrad or sgd");
+  if (!(o.adam_beta1 >= 0.0f && o.adam_beta1 < 1.0f))
+    return bad("model.adam_beta1 must be in [0, 1)");
+  if (!(o.adam_beta2 >= 0.0f && o.adam_beta2 < 1.0f))
+    return bad("model.adam_beta2 must be in [0, 1)");
+  if (!(o.weight_decay >= 0.0f) || !std::isfinite(o.weight_decay))
+    return bad("model.weight_decay must be >= 0");
+  if (!positive(o.huber_delta)) return bad("model.huber_delta must be > 0");
+  if (o.replay < 0 || o.replay > 100) return bad("model.replay must be in [0, 100]");
+  if (o.replay_window < 1 || o.replay_window > 1 << 24)
+    return bad("model.replay_window must be in [1, 16777216]");
+  if (o.negatives < 0 || o.negatives > 100) return bad("model.negatives must be in [0, 100]");
+  if (o.negative_window < 1 || o.negative_window > 1 << 24)
+    return bad("model.negative_window must be in [1, 16777216]");
   if (!(o.lr_weighting >= 0.0f)) return bad("model.lr_weighting must be >= 0");
   if (!(o.l2 >= 0.0f) || !std::isfinite(o.l2)) return bad("model.l2 must be >= 0");
   if (!positive(o.init_scale)) return bad("model.init_scale must be > 0");
@@ -123,15 +162,17 @@ struct Observation {
 // Per-thread scratch state: buffers, dense gradient accumulators and the
 // chunk's observations. Never shared between threads.
 struct TrainState {
-  explicit TrainState(const ModelShape& shape) : fwd(shape), dense_grad(shape.dense_size(), 0.0f) {}
-  Forward fwd;
+  explicit TrainState(const ModelShape& shape)
+      : fwd(shape), fwd2(shape), dense_grad(shape.dense_size(), 0.0f) {}
+  Forward fwd, fwd2;  // fwd2: the click tower of an ESMM purchase event
   std::vector<float> dense_grad;
   bool dense_touched = false;
   TaskChunkStats chunk;
   std::vector<Observation> observations;
   std::vector<uint32_t> user_rows, item_rows;  // row and feature rows
-  std::vector<float> du, dv;
+  std::vector<float> du, dv, du2, dv2;
   uint64_t refused = 0;
+  uint64_t rng = 0x9e3779b97f4a7c15ULL;  // negative sampling
 };
 
 struct Learner::Impl {
@@ -139,18 +180,30 @@ struct Learner::Impl {
       : options(o),
         shape(o),
         width(o.dim + kNumTasks),
-        users("user", width, o.dim, o.init_scale, 0.0f, o.seed),
-        items("item", width, o.dim, o.init_scale, 0.0f, o.seed + 1),
-        user_features("user_feature", width, o.dim, o.init_scale, 0.0f, o.seed + 2),
-        item_features("item_feature", width, o.dim, o.init_scale, 0.0f, o.seed + 3),
+        lr_bias(o.lr_bias > 0 ? o.lr_bias : o.lr_embedding),
+        users("user", width, o.dim, o.init_scale, o.adagrad_init, o.seed),
+        items("item", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 1),
+        user_features("user_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 2),
+        item_features("item_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 3),
         weighting(o),
         threads(o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency())),
-        arena(threads) {
+        arena(threads),
+        recent(size_t(o.negatives > 0 ? o.negative_window : 1)),
+        replay_pairs(size_t(o.replay > 0 ? o.replay_window : 1)),
+        replay_labels(size_t(o.replay > 0 ? o.replay_window : 1)) {
     dense.resize(shape.dense_size());
     dense_accum.assign(shape.dense_size(), 0.0f);
+    if (adam()) dense_m.assign(shape.dense_size(), 0.0f);
     shape.Init(dense.data(), o.seed);
     for (auto& m : metrics) m = TaskMetrics();
     for (auto& l : learned) l.store(0);
+    for (auto& r : recent) r.store(EmbeddingTable::kNoRow, std::memory_order_relaxed);
+    for (auto& r : replay_pairs) r.store(kNoPair, std::memory_order_relaxed);
+  }
+
+  bool adam() const {
+    return options.dense_optimizer == Optimizer::kAdam ||
+           options.dense_optimizer == Optimizer::kAdamW;
   }
 
   EmbeddingTable* table(std::string_view name) {
@@ -159,23 +212,50 @@ struct Learner::Impl {
     return nullptr;
   }
 
+  // Fills s->user_rows / s->item_rows: the row, then its feature rows (the
+  // event's, which become the row's list, or the row's list when the event
+  // has none).
+  void Rows(std::string_view id, const std::vector<std::string>& features, EmbeddingTable& main,
+            EmbeddingTable& side, FeatureLists& lists, std::vector<uint32_t>* rows);
+  // Sums the row and its feature rows into vec (d floats) and the biases
+  // into bias (kNumTasks floats).
+  void Gather(const EmbeddingTable& main, const EmbeddingTable& side,
+              const std::vector<uint32_t>& rows, float* vec, float* bias) const;
+  // Predicts, then learns, one example from s->user_rows and s->item_rows.
+  // Returns the prediction made before learning.
+  float Learn(Task task, float label, TrainState* s);
   void TrainOne(const Event& e, TrainState* s, Prediction* before);
   void FinishChunk(TrainState* s);
-  void ApplyRow(float* row, const float* grad, int n, int offset);
+  void ApplyRow(float* row, const float* grad, int n, int offset, float lr);
+  void UpdateRows(EmbeddingTable& main, EmbeddingTable& side, const std::vector<uint32_t>& rows,
+                  const float* grad, int t);
   void ScoreItems(std::string_view user, const std::vector<uint32_t>& item_rows,
                   std::vector<Prediction>* out) const;
 
   const LearnerOptions options;
   const ModelShape shape;
   const int width;
+  const float lr_bias;
   EmbeddingTable users, items, user_features, item_features;
-  // Dense parameters and their Adagrad accumulators. Written by trainers at
+  FeatureLists user_lists, item_lists;
+  // Dense parameters and their optimizer state (Adagrad accumulators or
+  // Adam's second moments; Adam's first moments). Written by trainers at
   // chunk ends without a lock (Hogwild), read by scorers.
-  std::vector<float> dense, dense_accum;
+  std::vector<float> dense, dense_accum, dense_m;
+  std::atomic<uint64_t> dense_steps{0};  // Adam bias correction
   TaskWeighting weighting;
   const int threads;
   tbb::task_arena arena;
   tbb::enumerable_thread_specific<TrainState> states{[this] { return TrainState(shape); }};
+
+  // Negative sampling: a ring of recently seen item rows.
+  std::vector<std::atomic<uint32_t>> recent;
+  std::atomic<uint64_t> recent_next{0};
+  // Experience replay: a ring of (user row << 32 | item row) and
+  // (task << 32 | label bits) of recent events.
+  static constexpr uint64_t kNoPair = ~uint64_t{0};
+  std::vector<std::atomic<uint64_t>> replay_pairs, replay_labels;
+  std::atomic<uint64_t> replay_next{0};
 
   std::array<std::atomic<uint64_t>, kNumTasks> learned;
   std::atomic<uint64_t> refused{0};
@@ -189,10 +269,15 @@ struct Learner::Impl {
   std::vector<std::pair<uint32_t, uint32_t>> new_purchases;  // since last snapshot
 };
 
-void Learner::Impl::ApplyRow(float* row, const float* grad, int n, int offset) {
-  // Adagrad with L2 on the row's values [offset, offset + n).
-  const float lr = options.lr_embedding, l2 = options.l2, clip = options.grad_clip;
+void Learner::Impl::ApplyRow(float* row, const float* grad, int n, int offset, float lr) {
+  // Adagrad (or SGD) with L2 on the row's values [offset, offset + n).
+  const float l2 = options.l2, clip = options.grad_clip;
   float* acc = row + width;
+  if (options.embedding_optimizer == Optimizer::kSgd) {
+    for (int i = 0; i < n; ++i)
+      row[offset + i] -= lr * std::clamp(grad[i] + l2 * row[offset + i], -clip, clip);
+    return;
+  }
   for (int i = 0; i < n; ++i) {
     float g = std::clamp(grad[i] + l2 * row[offset + i], -clip, clip);
     acc[offset + i] += g * g;
@@ -200,66 +285,99 @@ void Learner::Impl::ApplyRow(float* row, const float* grad, int n, int offset) {
   }
 }
 
-void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) {
+void Learner::Impl::Rows(std::string_view id, const std::vector<std::string>& features,
+                         EmbeddingTable& main, EmbeddingTable& side, FeatureLists& lists,
+                         std::vector<uint32_t>* rows) {
+  rows->clear();
+  const uint32_t r = main.GetOrCreate(id);
+  rows->push_back(r);
+  if (features.empty()) {
+    lists.Get(r, rows);
+    return;
+  }
+  for (const auto& f : features) rows->push_back(side.GetOrCreate(f));
+  if (lists.Set(r, rows->data() + 1, rows->data() + rows->size())) main.MarkDirty(r);
+}
+
+void Learner::Impl::Gather(const EmbeddingTable& main, const EmbeddingTable& side,
+                           const std::vector<uint32_t>& rows, float* vec, float* bias) const {
   const int d = options.dim;
-  const int t = int(e.task);
-  // Rows of the user and item, then their side features.
-  s->user_rows.clear();
-  s->item_rows.clear();
-  s->user_rows.push_back(users.GetOrCreate(e.user));
-  for (const auto& f : e.user_features) s->user_rows.push_back(user_features.GetOrCreate(f));
-  s->item_rows.push_back(items.GetOrCreate(e.item));
-  for (const auto& f : e.item_features) s->item_rows.push_back(item_features.GetOrCreate(f));
+  const float* r0 = main.Row(rows[0]);
+  std::copy(r0, r0 + d, vec);
+  std::copy(r0 + d, r0 + d + kNumTasks, bias);
+  for (size_t i = 1; i < rows.size(); ++i) {
+    const float* r = side.Row(rows[i]);
+    for (int k = 0; k < d; ++k) vec[k] += r[k];
+    for (int t = 0; t < kNumTasks; ++t) bias[t] += r[d + t];
+  }
+}
 
+void Learner::Impl::UpdateRows(EmbeddingTable& main, EmbeddingTable& side,
+                               const std::vector<uint32_t>& rows, const float* grad, int t) {
+  // Sparse updates, applied at once (Hogwild: another thread may update the
+  // same row concurrently; lost updates are rare and harmless).
+  const int d = options.dim;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EmbeddingTable& table = i == 0 ? main : side;
+    float* r = table.Row(rows[i]);
+    ApplyRow(r, grad, d, 0, options.lr_embedding);
+    ApplyRow(r, grad + d, 1, d + t, lr_bias);
+    table.MarkDirty(rows[i]);
+  }
+}
+
+float Learner::Impl::Learn(Task task, float label, TrainState* s) {
+  const int d = options.dim;
+  const int t = int(task);
   Forward& fw = s->fwd;
-  auto gather = [&](EmbeddingTable& main, EmbeddingTable& side, const std::vector<uint32_t>& rows,
-                    float* vec, float* bias) {
-    const float* r0 = main.Row(rows[0]);
-    std::copy(r0, r0 + d, vec);
-    bias[0] = r0[d + t];
-    for (size_t i = 1; i < rows.size(); ++i) {
-      const float* r = side.Row(rows[i]);
-      for (int k = 0; k < d; ++k) vec[k] += r[k];
-      bias[0] += r[d + t];
-    }
-  };
-  float bu = 0, bi = 0;
-  gather(users, user_features, s->user_rows, fw.u.data(), &bu);
-  gather(items, item_features, s->item_rows, fw.v.data(), &bi);
+  std::array<float, kNumTasks> bu{}, bi{};
+  Gather(users, user_features, s->user_rows, fw.u.data(), bu.data());
+  Gather(items, item_features, s->item_rows, fw.v.data(), bi.data());
 
-  float y = shape.ForwardTask(dense.data(), t, bu + bi, &fw);
+  const bool esmm = options.esmm && task == Task::kPurchase;
+  float y = shape.ForwardTask(dense.data(), t, bu[t] + bi[t], &fw);
+  float yc = 0.0f, dyc = 0.0f;
   float pred, loss, dy;
-  if (e.task == Task::kRating) {
+  if (task == Task::kRating) {
     pred = std::clamp(y, options.rating_min, options.rating_max);
-    float err = y - e.label;
-    loss = 0.5f * err * err;
-    dy = err;
+    float err = y - label;
+    if (options.rating_loss == RatingLoss::kHuber && std::abs(err) > options.huber_delta) {
+      const float delta = options.huber_delta;
+      loss = delta * (std::abs(err) - 0.5f * delta);
+      dy = err > 0 ? delta : -delta;
+    } else {
+      loss = 0.5f * err * err;
+      dy = err;
+    }
+  } else if (esmm) {
+    // p = p_click * p_cvr; dL/dy_x = (p - label) / (1 - p) * (1 - p_x).
+    Forward& fc = s->fwd2;
+    fc.u = fw.u;
+    fc.v = fw.v;
+    const int c = int(Task::kClick);
+    yc = shape.ForwardTask(dense.data(), c, bu[c] + bi[c], &fc);
+    const float pc = 1.0f / (1.0f + std::exp(-yc)), pv = 1.0f / (1.0f + std::exp(-y));
+    const float p = std::clamp(pc * pv, 1e-7f, 1.0f - 1e-6f);
+    pred = pc * pv;
+    loss = -(label * std::log(p) + (1 - label) * std::log(1 - p));
+    const float k = (p - label) / (1.0f - p);
+    dy = k * (1.0f - pv);
+    dyc = k * (1.0f - pc);
   } else {
     float p = 1.0f / (1.0f + std::exp(-y));
     pred = p;
     float pc = std::clamp(p, 1e-7f, 1.0f - 1e-7f);
-    loss = -(e.label * std::log(pc) + (1 - e.label) * std::log(1 - pc));
-    dy = p - e.label;
+    loss = -(label * std::log(pc) + (1 - label) * std::log(1 - pc));
+    dy = p - label;
   }
-  if (before) {
-    *before = Prediction();
-    if (e.task == Task::kClick) before->click = pred;
-    if (e.task == Task::kPurchase) before->purchase = pred;
-    if (e.task == Task::kRating) before->rating = pred;
-  }
-  learned[t].fetch_add(1, std::memory_order_relaxed);
-  s->observations.push_back({e.task, pred, e.label});
-  if (e.task == Task::kPurchase && e.label > 0.5f) {
-    std::unique_lock lock(purchases_mu);
-    if (purchases[s->user_rows[0]].insert(s->item_rows[0]).second)
-      new_purchases.emplace_back(s->user_rows[0], s->item_rows[0]);
-  }
-  if (!std::isfinite(y) || !std::isfinite(loss)) {
+  if (!std::isfinite(y) || !std::isfinite(yc) || !std::isfinite(loss) || !std::isfinite(dy) ||
+      !std::isfinite(dyc)) {
     ++s->refused;
-    return;
+    return pred;
   }
-  const float w = weighting.weight(e.task);
-  float g = std::clamp(dy * w, -options.grad_clip, options.grad_clip);
+  const float w = weighting.weight(task);
+  const float clip = options.grad_clip;
+  float g = std::clamp(dy * w, -clip, clip);
 
   s->du.assign(d + 1, 0.0f);
   s->dv.assign(d + 1, 0.0f);
@@ -268,31 +386,103 @@ void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) 
   // The bias gradient rides in slot d.
   s->du[d] = g;
   s->dv[d] = g;
+  float gc = 0.0f;
+  if (esmm) {
+    gc = std::clamp(dyc * w, -clip, clip);
+    s->du2.assign(d + 1, 0.0f);
+    s->dv2.assign(d + 1, 0.0f);
+    grad_h_norm += shape.BackwardTask(dense.data(), int(Task::kClick), gc, &s->fwd2,
+                                      s->dense_grad.data(), s->du2.data(), s->dv2.data());
+    for (int k = 0; k < d; ++k) {
+      s->du[k] += s->du2[k];
+      s->dv[k] += s->dv2[k];
+    }
+  }
   float check = 0;
   for (int k = 0; k <= d; ++k) check += s->du[k] + s->dv[k];
   if (!std::isfinite(check) || !std::isfinite(grad_h_norm)) {
     ++s->refused;
-    return;
+    return pred;
   }
   s->dense_touched = true;
   s->chunk.loss_sum[t] += loss;
   s->chunk.grad_norm_sum[t] += w > 0 ? grad_h_norm / w : 0.0;
   s->chunk.count[t] += 1;
 
-  // Sparse updates, applied at once (Hogwild: another thread may update the
-  // same row concurrently; lost updates are rare and harmless).
-  auto update = [&](EmbeddingTable& main, EmbeddingTable& side, const std::vector<uint32_t>& rows,
-                    const float* grad) {
-    for (size_t i = 0; i < rows.size(); ++i) {
-      EmbeddingTable& table = i == 0 ? main : side;
-      float* r = table.Row(rows[i]);
-      ApplyRow(r, grad, d, 0);
-      ApplyRow(r, grad + d, 1, d + t);
-      table.MarkDirty(rows[i]);
+  UpdateRows(users, user_features, s->user_rows, s->du.data(), t);
+  UpdateRows(items, item_features, s->item_rows, s->dv.data(), t);
+  if (esmm) {
+    // The click biases take the click tower's share of the gradient.
+    const int c = int(Task::kClick);
+    for (auto [main, side, rows] :
+         {std::tuple<EmbeddingTable*, EmbeddingTable*, std::vector<uint32_t>*>{
+              &users, &user_features, &s->user_rows},
+          {&items, &item_features, &s->item_rows}})
+      for (size_t i = 0; i < rows->size(); ++i)
+        ApplyRow((i == 0 ? main : side)->Row((*rows)[i]), &gc, 1, d + c, lr_bias);
+  }
+  return pred;
+}
+
+void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) {
+  Rows(e.user, e.user_features, users, user_features, user_lists, &s->user_rows);
+  Rows(e.item, e.item_features, items, item_features, item_lists, &s->item_rows);
+  const uint32_t user_row = s->user_rows[0], item_row = s->item_rows[0];
+  const float pred = Learn(e.task, e.label, s);
+  if (before) {
+    *before = Prediction();
+    if (e.task == Task::kClick) before->click = pred;
+    if (e.task == Task::kPurchase) before->purchase = pred;
+    if (e.task == Task::kRating) before->rating = pred;
+  }
+  learned[int(e.task)].fetch_add(1, std::memory_order_relaxed);
+  s->observations.push_back({e.task, pred, e.label});
+  if (e.task == Task::kPurchase && e.label > 0.5f) {
+    std::unique_lock lock(purchases_mu);
+    if (purchases[user_row].insert(item_row).second) new_purchases.emplace_back(user_row, item_row);
+  }
+  if (options.negatives > 0) {
+    // Remember the item, then learn negatives for a positive.
+    const size_t n = recent.size();
+    recent[recent_next.fetch_add(1, std::memory_order_relaxed) % n].store(
+        item_row, std::memory_order_relaxed);
+    if (e.task != Task::kRating && e.label > 0.5f) {
+      for (int k = 0; k < options.negatives; ++k) {
+        s->rng = s->rng * 6364136223846793005ULL + 1442695040888963407ULL;
+        const uint32_t neg = recent[(s->rng >> 33) % n].load(std::memory_order_relaxed);
+        if (neg == EmbeddingTable::kNoRow || neg == item_row) continue;
+        s->item_rows.clear();
+        s->item_rows.push_back(neg);
+        item_lists.Get(neg, &s->item_rows);
+        Learn(e.task, 0.0f, s);
+      }
     }
-  };
-  update(users, user_features, s->user_rows, s->du.data());
-  update(items, item_features, s->item_rows, s->dv.data());
+  }
+  if (options.replay > 0) {
+    const size_t n = replay_pairs.size();
+    const size_t slot = replay_next.fetch_add(1, std::memory_order_relaxed) % n;
+    uint32_t label_bits;
+    std::memcpy(&label_bits, &e.label, 4);
+    replay_labels[slot].store(uint64_t(e.task) << 32 | label_bits, std::memory_order_relaxed);
+    replay_pairs[slot].store(uint64_t(user_row) << 32 | item_row, std::memory_order_relaxed);
+    for (int k = 0; k < options.replay; ++k) {
+      s->rng = s->rng * 6364136223846793005ULL + 1442695040888963407ULL;
+      const size_t at = (s->rng >> 33) % n;
+      const uint64_t pair = replay_pairs[at].load(std::memory_order_relaxed);
+      const uint64_t tl = replay_labels[at].load(std::memory_order_relaxed);
+      if (pair == kNoPair || (tl >> 32) >= uint64_t(kNumTasks)) continue;
+      float label;
+      const uint32_t bits = uint32_t(tl);
+      std::memcpy(&label, &bits, 4);
+      s->user_rows.clear();
+      s->user_rows.push_back(uint32_t(pair >> 32));
+      user_lists.Get(s->user_rows[0], &s->user_rows);
+      s->item_rows.clear();
+      s->item_rows.push_back(uint32_t(pair));
+      item_lists.Get(s->item_rows[0], &s->item_rows);
+      Learn(Task(tl >> 32), label, s);
+    }
+  }
 }
 
 void Learner::Impl::FinishChunk(TrainState* s) {
@@ -303,12 +493,37 @@ void Learner::Impl::FinishChunk(TrainState* s) {
       const float lr = options.lr_dense, clip = options.grad_clip;
       float* w = dense.data();
       float* acc = dense_accum.data();
-      for (size_t i = 0; i < s->dense_grad.size(); ++i) {
-        float g = s->dense_grad[i];
-        if (g == 0.0f) continue;
-        g = std::clamp(g, -clip, clip);
-        acc[i] += g * g;
-        w[i] -= lr * g / (std::sqrt(acc[i]) + 1e-8f);
+      const size_t n = s->dense_grad.size();
+      switch (options.dense_optimizer) {
+        case Optimizer::kAdagrad:
+          for (size_t i = 0; i < n; ++i) {
+            float g = s->dense_grad[i];
+            if (g == 0.0f) continue;
+            g = std::clamp(g, -clip, clip);
+            acc[i] += g * g;
+            w[i] -= lr * g / (std::sqrt(acc[i]) + 1e-8f);
+          }
+          break;
+        case Optimizer::kSgd:
+          for (size_t i = 0; i < n; ++i) w[i] -= lr * std::clamp(s->dense_grad[i], -clip, clip);
+          break;
+        case Optimizer::kAdam:
+        case Optimizer::kAdamW: {
+          const float b1 = options.adam_beta1, b2 = options.adam_beta2;
+          const double step = double(dense_steps.fetch_add(1, std::memory_order_relaxed) + 1);
+          const float c1 = float(1.0 - std::pow(double(b1), step));
+          const float c2 = float(1.0 - std::pow(double(b2), step));
+          const float decay =
+              options.dense_optimizer == Optimizer::kAdamW ? lr * options.weight_decay : 0.0f;
+          float* m = dense_m.data();
+          for (size_t i = 0; i < n; ++i) {
+            const float g = std::clamp(s->dense_grad[i], -clip, clip);
+            m[i] = b1 * m[i] + (1 - b1) * g;
+            acc[i] = b2 * acc[i] + (1 - b2) * g * g;
+            w[i] -= lr * (m[i] / c1) / (std::sqrt(acc[i] / c2) + 1e-8f) + decay * w[i];
+          }
+          break;
+        }
       }
     } else {
       ++s->refused;
@@ -379,23 +594,31 @@ void Learner::Impl::ScoreItems(std::string_view user, const std::vector<uint32_t
   const int d = options.dim;
   UserContext ctx(shape);
   std::vector<float> u(d, 0.0f), ubias(kNumTasks, 0.0f);
+  std::vector<uint32_t> rows;
   uint32_t ur = users.Find(user);
   if (ur != EmbeddingTable::kNoRow) {
-    const float* r = users.Row(ur);
-    std::copy(r, r + d, u.begin());
-    std::copy(r + d, r + d + kNumTasks, ubias.begin());
+    rows.push_back(ur);
+    user_lists.Get(ur, &rows);
+    Gather(users, user_features, rows, u.data(), ubias.data());
   }
   shape.PrepareUser(dense.data(), u.data(), &ctx);
   out->resize(item_rows.size());
-  std::vector<float> zero(width, 0.0f);
+  std::vector<float> v(width, 0.0f);
   std::array<float, kNumTasks> y;
+  auto sigmoid = [](float x) { return 1.0f / (1.0f + std::exp(-x)); };
   for (size_t i = 0; i < item_rows.size(); ++i) {
-    const float* v = item_rows[i] == EmbeddingTable::kNoRow ? zero.data() : items.Row(item_rows[i]);
-    shape.ScoreItem(dense.data(), ctx, v, &y);
+    std::fill(v.begin(), v.end(), 0.0f);
+    if (item_rows[i] != EmbeddingTable::kNoRow) {
+      rows.clear();
+      rows.push_back(item_rows[i]);
+      item_lists.Get(item_rows[i], &rows);
+      Gather(items, item_features, rows, v.data(), v.data() + d);
+    }
+    shape.ScoreItem(dense.data(), ctx, v.data(), &y);
     Prediction& p = (*out)[i];
-    auto sigmoid = [](float x) { return 1.0f / (1.0f + std::exp(-x)); };
     p.click = sigmoid(y[0] + ubias[0] + v[d + 0]);
     p.purchase = sigmoid(y[1] + ubias[1] + v[d + 1]);
+    if (options.esmm) p.purchase *= p.click;
     float r = y[2] + ubias[2] + v[d + 2];
     p.rating = std::isfinite(r) ? std::clamp(r, options.rating_min, options.rating_max)
                                 : 0.5f * (options.rating_min + options.rating_max);
@@ -517,8 +740,25 @@ void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
     });
     out->tables.push_back(std::move(delta));
   }
+  for (auto [table, side, lists] : {std::tuple<EmbeddingTable*, EmbeddingTable*, FeatureLists*>{
+                                        &m.users, &m.user_features, &m.user_lists},
+                                    {&m.items, &m.item_features, &m.item_lists}}) {
+    FeatureListDelta delta;
+    delta.table = table->name();
+    lists->ForEachDirty(full, [&](uint32_t r, const std::vector<uint32_t>& list) {
+      delta.keys.push_back(table->key(r));
+      auto& names = delta.features.emplace_back();
+      for (uint32_t f : list) names.push_back(side->key(f));
+    });
+    if (!delta.keys.empty()) out->feature_lists.push_back(std::move(delta));
+  }
   out->dense.emplace_back("dense", m.dense);
   out->dense.emplace_back("dense_accum", m.dense_accum);
+  if (m.adam()) {
+    std::vector<float> moments = m.dense_m;
+    PackDouble(double(m.dense_steps.load()), &moments);
+    out->dense.emplace_back("dense_m", std::move(moments));
+  }
   out->dense.emplace_back("weighting", m.weighting.Save());
   {
     std::vector<float> metrics;
@@ -560,8 +800,31 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
       std::copy_n(delta.values.data() + i * w2, w2, t->Row(r));
     }
   }
+  for (const FeatureListDelta& delta : snap.feature_lists) {
+    const bool user = delta.table == "user";
+    if (!user && delta.table != "item")
+      return Status::Corruption("snapshot has feature lists of unknown table '" + delta.table +
+                                "'");
+    if (delta.features.size() != delta.keys.size())
+      return Status::Corruption("feature lists of '" + delta.table + "' are malformed");
+    EmbeddingTable& main = user ? m.users : m.items;
+    EmbeddingTable& side = user ? m.user_features : m.item_features;
+    FeatureLists& lists = user ? m.user_lists : m.item_lists;
+    std::vector<uint32_t> rows;
+    for (size_t i = 0; i < delta.keys.size(); ++i) {
+      rows.clear();
+      for (const std::string& f : delta.features[i]) rows.push_back(side.GetOrCreate(f));
+      lists.Set(main.GetOrCreate(delta.keys[i]), rows.data(), rows.data() + rows.size());
+    }
+  }
   for (const auto& [name, values] : snap.dense) {
-    if (name == "dense" || name == "dense_accum") {
+    if (name == "dense_m") {
+      if (!m.adam() || values.size() != m.dense_m.size() + 2)
+        return Status::Corruption("dense block 'dense_m' does not fit the optimizer");
+      std::copy_n(values.begin(), m.dense_m.size(), m.dense_m.begin());
+      const std::vector<float> steps(values.end() - 2, values.end());
+      m.dense_steps.store(uint64_t(UnpackDouble(steps, 0)));
+    } else if (name == "dense" || name == "dense_accum") {
       auto& dst = name == "dense" ? m.dense : m.dense_accum;
       if (values.size() != dst.size())
         return Status::Corruption("dense block '" + name + "' has the wrong size");
@@ -594,6 +857,8 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
   // What was just loaded is already stored: nothing is dirty.
   for (EmbeddingTable* t : {&m.users, &m.items, &m.user_features, &m.item_features})
     t->ForEachDirty(false, [](uint32_t) {});
+  for (FeatureLists* l : {&m.user_lists, &m.item_lists})
+    l->ForEachDirty(false, [](uint32_t, const std::vector<uint32_t>&) {});
   return Status::OK();
 }
 

@@ -21,7 +21,9 @@
 // the rows changed since the previous snapshot (row deltas) plus the dense
 // parameters and counters; ApplySnapshot() loads such snapshots back. Storing
 // a full snapshot followed by every delta snapshot and applying them in order
-// reproduces the model bit for bit.
+// reproduces the model bit for bit (feature lists and optimizer state
+// included). The short-lived rings of negative sampling and replay are not
+// part of a snapshot.
 #pragma once
 
 #include <array>
@@ -40,9 +42,15 @@ namespace recstream::learner {
 
 enum class Arch { kSharedBottom, kMmoe };
 enum class Weighting { kFixed, kUncertainty, kGradNorm, kDwa };
+enum class Optimizer { kAdagrad, kAdam, kAdamW, kSgd };
+enum class RatingLoss { kSquared, kHuber };
 
 std::string_view ArchName(Arch arch);
 std::string_view WeightingName(Weighting weighting);
+// "adagrad", "adam", "adamw", "sgd".
+std::string_view OptimizerName(Optimizer optimizer);
+// "squared", "huber".
+std::string_view RatingLossName(RatingLoss loss);
 
 struct LearnerOptions {
   // Embedding dimension of users, items and side features.
@@ -55,9 +63,24 @@ struct LearnerOptions {
   Weighting weighting = Weighting::kUncertainty;
   // Task loss weights for weighting = fixed, in Task order.
   std::array<float, kNumTasks> fixed_weights = {1.0f, 1.0f, 1.0f};
-  // Adagrad learning rates.
-  float lr_embedding = 0.05f;
+  // Optimizer of the embedding rows (user, item, feature vectors and their
+  // biases): adagrad or sgd (adam and adamw are for dense layers only).
+  Optimizer embedding_optimizer = Optimizer::kAdagrad;
+  // Optimizer of the dense layers (bottom, experts, gates, heads).
+  Optimizer dense_optimizer = Optimizer::kAdagrad;
+  // Learning rates of the embedding rows and of the dense layers.
+  float lr_embedding = 0.2f;
   float lr_dense = 0.02f;
+  // Learning rate of the per-task user/item/feature biases; 0 means
+  // lr_embedding.
+  float lr_bias = 0.05f;
+  // Initial Adagrad accumulator of every embedding coordinate: > 0 damps
+  // the first, otherwise sign-sized, steps of a new row.
+  float adagrad_init = 1.0f;
+  // Adam and AdamW moment decay rates, and AdamW's decoupled weight decay.
+  float adam_beta1 = 0.9f;
+  float adam_beta2 = 0.999f;
+  float weight_decay = 1e-4f;
   // Learning rate of the uncertainty weights' log-variances.
   float lr_weighting = 0.001f;
   // L2 regularisation on embeddings, applied on each update of a row.
@@ -68,6 +91,29 @@ struct LearnerOptions {
   float grad_clip = 5.0f;
   float rating_min = 1.0f;
   float rating_max = 5.0f;
+  // Loss of the rating task: squared error, or Huber with threshold
+  // huber_delta (squared below it, linear above).
+  RatingLoss rating_loss = RatingLoss::kSquared;
+  float huber_delta = 1.0f;
+  // ESMM (Ma et al. 2018): p(purchase) = p(click) * p(purchase | click), the
+  // purchase head modelling the second factor; purchase events then train
+  // both heads through the product.
+  bool esmm = false;
+  // Negative sampling for positive-only logs: after each positive click or
+  // purchase event, this many items drawn from the recently seen items (so
+  // in proportion to their recent popularity) are learned as negatives of the
+  // same task for the same user. 0 (default) turns it off.
+  int negatives = 0;
+  // Item occurrences remembered for negative sampling.
+  int negative_window = 10000;
+  // Experience replay: after each event, this many events drawn uniformly
+  // from the last replay_window events are learned again (with the side
+  // features their user and item have now). More passes over recent data
+  // make better use of the few events of each user, at the cost of
+  // throughput. 0 turns it off. Replayed events do not count in the
+  // progressive metrics.
+  int replay = 0;
+  int replay_window = 100000;
   // Training threads; 0 means every core.
   int threads = 0;
   // Events per parallel chunk; dense gradients are accumulated per chunk.
@@ -141,11 +187,21 @@ struct TableDelta {
   std::vector<float> values;  // keys.size() * width floats, row after row
 };
 
+// The side features each user (table "user") or item (table "item") was last
+// seen with: scoring adds their vectors, as training did.
+struct FeatureListDelta {
+  std::string table;
+  std::vector<std::string> keys;                   // user or item ids
+  std::vector<std::vector<std::string>> features;  // parallel to keys
+};
+
 struct ModelSnapshot {
   // Identifies the model's shape; ApplySnapshot refuses a snapshot whose
   // shape differs from the learner's options.
   std::string shape;
   std::vector<TableDelta> tables;
+  // Feature lists changed since the previous snapshot (all when full).
+  std::vector<FeatureListDelta> feature_lists;
   // Dense blocks (bottom, experts, gates, heads, weighting state, metric
   // accumulators) are always complete.
   std::vector<std::pair<std::string, std::vector<float>>> dense;
@@ -175,7 +231,9 @@ class Learner {
   // and counted.
   void Train(std::span<const Event> events, std::vector<Prediction>* before = nullptr);
 
-  // Scores one pair. Unknown ids score from biases and priors alone.
+  // Scores one pair. Unknown ids score from biases and priors alone. A known
+  // user or item scores with the side features it was last seen with (an
+  // event without features leaves them as they were).
   ScoreResult Score(std::string_view user, std::string_view item, const Blend& blend) const;
   // Scores many items for one user, in order.
   void ScoreMany(std::string_view user, std::span<const std::string> items, const Blend& blend,

@@ -38,6 +38,16 @@ std::vector<Event> MakeStream(int n, int users, int items, uint64_t seed) {
   return out;
 }
 
+// MakeStream with side features: each user carries "ug=<u%4>" and each item
+// "ig=<i%4>", the groups that decide the affinity.
+std::vector<Event> WithFeatures(std::vector<Event> events) {
+  for (Event& e : events) {
+    e.user_features = {"ug=" + std::to_string(std::stoi(e.user.substr(1)) % 4)};
+    e.item_features = {"ig=" + std::to_string(std::stoi(e.item.substr(1)) % 4)};
+  }
+  return events;
+}
+
 std::unique_ptr<Learner> MakeLearner(LearnerOptions o = {}) {
   std::unique_ptr<Learner> l;
   REQUIRE(Learner::Create(o, &l).ok());
@@ -258,6 +268,122 @@ TEST_CASE("Non-finite inputs never reach a parameter", "[Learner]") {
   for (float v : snap.dense[0].second) REQUIRE(std::isfinite(v));
   auto s = l->Score("u", "i", Blend());
   CHECK(std::isfinite(s.score));
+}
+
+TEST_CASE("Scoring uses the side features users and items were last seen with", "[Learner]") {
+  LearnerOptions o;
+  o.threads = 1;
+  auto l = MakeLearner(o);
+  l->Train(WithFeatures(MakeStream(20000, 40, 40, 3)));
+  // The prediction Train makes before learning (from the event's features)
+  // matches Score (from the remembered ones), with or without features on
+  // the event.
+  for (bool with_features : {true, false}) {
+    Event e{Task::kClick, "u5", "i7", 1.0f};
+    if (with_features) {
+      e.user_features = {"ug=1"};
+      e.item_features = {"ig=3"};
+    }
+    auto scored = l->Score("u5", "i7", Blend());
+    std::vector<Prediction> before;
+    l->Train(std::span(&e, 1), &before);
+    CHECK(before[0].click == Approx(scored.prediction.click).epsilon(1e-4));
+  }
+  // A user seen once, with its group's feature, already scores like its
+  // group: group 2 likes items of group 2 more than items of group 3.
+  std::vector<Event> once = {Event{Task::kRating, "newcomer", "i0", 3.0f}};
+  once[0].user_features = {"ug=2"};
+  once[0].item_features = {"ig=0"};
+  l->Train(once);
+  double liked = 0, other = 0;
+  for (int i = 0; i < 40; ++i) {
+    float p = l->Score("newcomer", "i" + std::to_string(i), Blend()).prediction.click;
+    if (i % 4 == 2) liked += p;
+    if (i % 4 == 3) other += p;
+  }
+  CHECK(liked > other + 1.0);
+}
+
+TEST_CASE("Snapshots restore feature lists and optimizer state bit for bit", "[Learner]") {
+  LearnerOptions o;
+  o.threads = 1;
+  o.dense_optimizer = GENERATE(Optimizer::kAdagrad, Optimizer::kAdamW);
+  o.esmm = GENERATE(false, true);
+  auto stream = WithFeatures(MakeStream(12000, 30, 30, 19));
+  auto original = MakeLearner(o);
+  original->Train(std::span(stream).first(6000));
+  ModelSnapshot full;
+  original->TakeSnapshot(true, &full);
+  REQUIRE(full.feature_lists.size() == 2);
+  CHECK(full.feature_lists[0].keys.size() == 30);
+  // Users change group: their lists change and travel in the delta.
+  std::vector<Event> moved(stream.begin() + 6000, stream.end());
+  for (Event& e : moved) e.user_features = {"moved"};
+  original->Train(moved);
+  ModelSnapshot delta;
+  original->TakeSnapshot(false, &delta);
+  REQUIRE_FALSE(delta.feature_lists.empty());
+
+  auto restored = MakeLearner(o);
+  REQUIRE(restored->ApplySnapshot(full).ok());
+  REQUIRE(restored->ApplySnapshot(delta).ok());
+  CHECK(AllScoresEqual(*original, *restored, 30, 30));
+  auto more = MakeStream(2000, 30, 30, 20);
+  original->Train(more);
+  restored->Train(more);
+  CHECK(AllScoresEqual(*original, *restored, 30, 30));
+}
+
+TEST_CASE("Optimizers, rating losses, ESMM, negative sampling and replay all learn", "[Learner]") {
+  auto stream = MakeStream(60000, 200, 100, 23);
+  struct Variant {
+    const char* name;
+    LearnerOptions o;
+  };
+  std::vector<Variant> variants;
+  auto add = [&](const char* name, auto&& change) {
+    LearnerOptions o;
+    o.threads = 2;
+    change(o);
+    variants.push_back({name, o});
+  };
+  add("sgd", [](LearnerOptions& o) {
+    o.embedding_optimizer = Optimizer::kSgd;
+    o.dense_optimizer = Optimizer::kSgd;
+    o.lr_embedding = 0.05f;
+    o.lr_dense = 0.01f;
+  });
+  add("adam", [](LearnerOptions& o) {
+    o.dense_optimizer = Optimizer::kAdam;
+    o.lr_dense = 0.001f;
+  });
+  add("adamw", [](LearnerOptions& o) {
+    o.dense_optimizer = Optimizer::kAdamW;
+    o.lr_dense = 0.001f;
+  });
+  add("huber", [](LearnerOptions& o) { o.rating_loss = RatingLoss::kHuber; });
+  add("esmm", [](LearnerOptions& o) { o.esmm = true; });
+  add("negatives", [](LearnerOptions& o) { o.negatives = 2; });
+  add("replay", [](LearnerOptions& o) { o.replay = 1; });
+  for (const Variant& v : variants) {
+    INFO(v.name);
+    auto l = MakeLearner(v.o);
+    l->Train(stream);
+    auto stats = l->Stats();
+    CHECK(stats.tasks[0].auc > 0.72);
+    CHECK(stats.tasks[2].mae < 1.0);
+    CHECK(stats.nonfinite_updates_refused == 0);
+    auto s = l->Score("u1", "i1", Blend());
+    CHECK(std::isfinite(s.score));
+    if (v.o.esmm) CHECK(s.prediction.purchase <= s.prediction.click);
+  }
+  LearnerOptions bad;
+  bad.embedding_optimizer = Optimizer::kAdam;
+  std::unique_ptr<Learner> l;
+  CHECK(Learner::Create(bad, &l).IsInvalidArgument());
+  bad = LearnerOptions();
+  bad.negatives = -1;
+  CHECK(Learner::Create(bad, &l).IsInvalidArgument());
 }
 
 }  // namespace recstream::learner

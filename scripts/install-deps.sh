@@ -8,6 +8,7 @@ PACKAGES=(
   librdkafka-dev librocksdb-dev libtbb-dev libeigen3-dev libfmt-dev catch2
   libsimdjson-dev libboost-dev libcli11-dev libtomlplusplus-dev libspdlog-dev
   prometheus-cpp-dev libbenchmark-dev wrk kcat docker-compose python3
+  chromium chromium-driver
 )
 
 missing=()

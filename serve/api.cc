@@ -9,6 +9,8 @@
 #include <ctime>
 #include <string_view>
 
+#include "serve/dashboard.h"
+#include "serve/history.h"
 #include "serve/json_writer.h"
 
 namespace recstream::serve {
@@ -184,9 +186,14 @@ class PromWriter {
 
 Api::Api(const ServeOptions& options, const learner::Blend& blend, const learner::Learner* learner,
          ServiceHooks* hooks)
-    : options_(options), blend_(blend), learner_(learner), hooks_(hooks) {}
+    : options_(options),
+      blend_(blend),
+      learner_(learner),
+      hooks_(hooks),
+      history_(std::make_unique<MetricsHistory>(HistoryOptions(), learner, hooks)) {}
 
-Api::~Api() = default;
+// The history thread reads the learner and the hooks: stop it first.
+Api::~Api() { history_->Stop(); }
 
 const char* Api::RouteName(int route) {
   switch (route) {
@@ -204,6 +211,10 @@ const char* Api::RouteName(int route) {
       return "/metrics";
     case kAdminCheckpoint:
       return "/v1/admin/checkpoint";
+    case kDashboard:
+      return "/";
+    case kHistory:
+      return "/v1/history";
     default:
       return "other";
   }
@@ -255,6 +266,8 @@ HttpResponse Api::Dispatch(const HttpRequest& req, int* route) const {
       {"/readyz", kReadyz, "GET"},
       {"/metrics", kMetrics, "GET"},
       {"/v1/admin/checkpoint", kAdminCheckpoint, "POST"},
+      {"/", kDashboard, "GET"},
+      {"/v1/history", kHistory, "GET"},
   };
   const Entry* entry = nullptr;
   for (const Entry& e : kTable) {
@@ -283,6 +296,10 @@ HttpResponse Api::Dispatch(const HttpRequest& req, int* route) const {
       return Metrics();
     case kAdminCheckpoint:
       return AdminCheckpoint(req);
+    case kDashboard:
+      return HttpResponse{200, "text/html; charset=utf-8", std::string(DashboardHtml())};
+    case kHistory:
+      return History(req);
     default:
       return Error(404, "no route");
   }
@@ -553,6 +570,18 @@ HttpResponse Api::AdminCheckpoint(const HttpRequest& req) const {
   return Json(200, std::move(out));
 }
 
+HttpResponse Api::History(const HttpRequest& req) const {
+  int64_t since = 0;
+  if (auto it = req.query.find("since"); it != req.query.end()) {
+    const std::string& s = it->second;
+    auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), since);
+    if (ec != std::errc() || ptr != s.data() + s.size() || since < 0) {
+      return Error(400, "bad parameter since: must be a non-negative integer (Unix ms)");
+    }
+  }
+  return Json(200, MetricsHistory::ToJson(history_->Since(since), history_->interval_ms()));
+}
+
 HttpResponse Api::Metrics() const {
   ServiceStatus st;
   if (hooks_ != nullptr) st = hooks_->Status();
@@ -638,6 +667,19 @@ HttpResponse Api::Metrics() const {
            "Duration of the last checkpoint.");
   p.Sample("recstream_checkpoint_last_duration_seconds", st.last_checkpoint_duration_ms / 1000.0);
 
+  p.Header("recstream_ready", "gauge",
+           "1 when the model is loaded and the consumer has its partitions (as /readyz).");
+  std::string why_not;
+  bool ready = learner_ != nullptr && (hooks_ == nullptr || hooks_->Ready(&why_not));
+  p.Sample("recstream_ready", ready ? 1 : 0);
+  if (learner_ != nullptr) {
+    const learner::LearnerOptions& lo = learner_->options();
+    p.Header("recstream_model_info", "gauge", "The model's configuration, as labels; always 1.");
+    p.Sample("recstream_model_info",
+             {"arch", learner::ArchName(lo.arch), "weighting", learner::WeightingName(lo.weighting),
+              "dim", std::to_string(lo.dim)},
+             1);
+  }
   p.Header("recstream_uptime_seconds", "gauge", "Seconds since the service started.");
   p.Sample("recstream_uptime_seconds", st.uptime_s);
   p.Header("recstream_events_per_second", "gauge", "Recent learning throughput.");

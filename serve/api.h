@@ -10,6 +10,11 @@
 //   GET  /v1/stats                         service and model statistics
 //   GET  /healthz, GET /readyz, GET /metrics (Prometheus text 0.0.4)
 //   POST /v1/admin/checkpoint              Authorization: Bearer <admin_token>
+//   GET  /                                 the live dashboard (one HTML page)
+//   GET  /v1/history?since=MS              recent samples for the dashboard
+//                                          (see MetricsHistory::ToJson)
+// The Api owns a MetricsHistory whose thread samples the hooks and the
+// learner once a second from construction to destruction.
 // Ids in the query string or in a POST body may be strings (1-256 bytes of
 // UTF-8) or non-negative integers (rendered in decimal, as ingest does).
 // Errors are {"error": "..."} naming the bad parameter: 400 for a bad
@@ -24,6 +29,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -34,6 +40,8 @@
 #include "serve/options.h"
 
 namespace recstream::serve {
+
+class MetricsHistory;
 
 struct PartitionLagInfo {
   std::string topic;
@@ -65,8 +73,9 @@ struct ServiceStatus {
   double events_per_second = 0;
 };
 
-// Implemented by the application. Called from HTTP I/O threads, concurrently:
-// implementations must be thread-safe.
+// Implemented by the application. Called from HTTP I/O threads and from the
+// Api's history thread (Status(), once a second, for as long as the Api
+// lives), concurrently: implementations must be thread-safe.
 class ServiceHooks {
  public:
   virtual ~ServiceHooks() = default;
@@ -105,6 +114,8 @@ class Api {
     kReadyz,
     kMetrics,
     kAdminCheckpoint,
+    kDashboard,
+    kHistory,
     kOther,
     kNumRoutes
   };
@@ -130,12 +141,14 @@ class Api {
   HttpResponse Ready() const;
   HttpResponse Metrics() const;
   HttpResponse AdminCheckpoint(const HttpRequest& request) const;
+  HttpResponse History(const HttpRequest& request) const;
   void Record(int route, int status, uint64_t nanos) const;
 
   const ServeOptions options_;
   const learner::Blend blend_;
   const learner::Learner* const learner_;
   ServiceHooks* const hooks_;
+  std::unique_ptr<MetricsHistory> history_;
   // Counters for /metrics; relaxed atomics, a scrape may see a request
   // counted in one series and not yet in another.
   mutable std::array<RouteCounters, kNumRoutes> counters_;

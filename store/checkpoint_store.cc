@@ -1,6 +1,8 @@
 #include "store/checkpoint_store.h"
 
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
+#include <rocksdb/file_system.h>
 #include <rocksdb/options.h>
 #include <rocksdb/slice.h>
 #include <rocksdb/table.h>
@@ -33,6 +35,7 @@ constexpr char kWidthPrefix[] = "m/width/";
 constexpr char kRowPrefix[] = "r/";
 constexpr char kDensePrefix[] = "d/";
 constexpr char kPurchasePrefix[] = "p/";
+constexpr char kFeatureListPrefix[] = "f/";
 constexpr char kOffsetPrefix[] = "o/";
 constexpr size_t kInfoSize = 8 * 5 + 8 * 3;
 
@@ -130,6 +133,74 @@ Status DecodeWidth(std::string_view table, const rocksdb::Slice& v, int* width) 
   return Status::OK();
 }
 
+// A file system whose writes fail while `fail()` holds (StoreOptions::fail_writes).
+class FaultyWritableFile : public rocksdb::FSWritableFileOwnerWrapper {
+ public:
+  FaultyWritableFile(std::unique_ptr<rocksdb::FSWritableFile> file,
+                     const std::function<bool()>* fail)
+      : FSWritableFileOwnerWrapper(std::move(file)), fail_(fail) {}
+  rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
+                           rocksdb::IODebugContext* dbg) override {
+    if ((*fail_)()) return rocksdb::IOStatus::NoSpace("injected: no space left on device");
+    return FSWritableFileOwnerWrapper::Append(data, o, dbg);
+  }
+  rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
+                           const rocksdb::DataVerificationInfo& v,
+                           rocksdb::IODebugContext* dbg) override {
+    if ((*fail_)()) return rocksdb::IOStatus::NoSpace("injected: no space left on device");
+    return FSWritableFileOwnerWrapper::Append(data, o, v, dbg);
+  }
+  rocksdb::IOStatus PositionedAppend(const rocksdb::Slice& data, uint64_t offset,
+                                     const rocksdb::IOOptions& o,
+                                     rocksdb::IODebugContext* dbg) override {
+    if ((*fail_)()) return rocksdb::IOStatus::NoSpace("injected: no space left on device");
+    return FSWritableFileOwnerWrapper::PositionedAppend(data, offset, o, dbg);
+  }
+  rocksdb::IOStatus Flush(const rocksdb::IOOptions& o, rocksdb::IODebugContext* dbg) override {
+    if ((*fail_)()) return rocksdb::IOStatus::NoSpace("injected: no space left on device");
+    return FSWritableFileOwnerWrapper::Flush(o, dbg);
+  }
+  rocksdb::IOStatus Sync(const rocksdb::IOOptions& o, rocksdb::IODebugContext* dbg) override {
+    if ((*fail_)()) return rocksdb::IOStatus::NoSpace("injected: no space left on device");
+    return FSWritableFileOwnerWrapper::Sync(o, dbg);
+  }
+  rocksdb::IOStatus Fsync(const rocksdb::IOOptions& o, rocksdb::IODebugContext* dbg) override {
+    if ((*fail_)()) return rocksdb::IOStatus::NoSpace("injected: no space left on device");
+    return FSWritableFileOwnerWrapper::Fsync(o, dbg);
+  }
+
+ private:
+  const std::function<bool()>* fail_;
+};
+
+class FaultyFileSystem : public rocksdb::FileSystemWrapper {
+ public:
+  FaultyFileSystem(const std::shared_ptr<rocksdb::FileSystem>& base, std::function<bool()> fail)
+      : FileSystemWrapper(base), fail_(std::move(fail)) {}
+  const char* Name() const override { return "RecstreamFaultyFileSystem"; }
+  rocksdb::IOStatus NewWritableFile(const std::string& f, const rocksdb::FileOptions& o,
+                                    std::unique_ptr<rocksdb::FSWritableFile>* r,
+                                    rocksdb::IODebugContext* dbg) override {
+    if (fail_()) return rocksdb::IOStatus::NoSpace("injected: no space left on device");
+    std::unique_ptr<rocksdb::FSWritableFile> file;
+    rocksdb::IOStatus s = FileSystemWrapper::NewWritableFile(f, o, &file, dbg);
+    if (s.ok()) r->reset(new FaultyWritableFile(std::move(file), &fail_));
+    return s;
+  }
+  rocksdb::IOStatus ReopenWritableFile(const std::string& f, const rocksdb::FileOptions& o,
+                                       std::unique_ptr<rocksdb::FSWritableFile>* r,
+                                       rocksdb::IODebugContext* dbg) override {
+    if (fail_()) return rocksdb::IOStatus::NoSpace("injected: no space left on device");
+    std::unique_ptr<rocksdb::FSWritableFile> file;
+    rocksdb::IOStatus s = FileSystemWrapper::ReopenWritableFile(f, o, &file, dbg);
+    if (s.ok()) r->reset(new FaultyWritableFile(std::move(file), &fail_));
+    return s;
+  }
+
+ private:
+  std::function<bool()> fail_;
+};
+
 rocksdb::Options MakeRocksOptions() {
   rocksdb::Options o;
   o.create_if_missing = true;
@@ -165,7 +236,46 @@ double MillisSince(std::chrono::steady_clock::time_point start) {
 
 struct CheckpointStore::Impl {
   StoreOptions options;
-  std::unique_ptr<rocksdb::DB> db;
+  // Set only with options.fail_writes; must outlive db.
+  std::unique_ptr<rocksdb::Env> faulty_env;
+  std::unique_ptr<rocksdb::DB> db;  // null after a failed reopen
+
+  rocksdb::Options RocksOptions() {
+    rocksdb::Options o = MakeRocksOptions();
+    if (options.fail_writes) {
+      if (!faulty_env) {
+        faulty_env = rocksdb::NewCompositeEnv(std::make_shared<FaultyFileSystem>(
+            rocksdb::FileSystem::Default(), options.fail_writes));
+      }
+      o.env = faulty_env.get();
+    }
+    return o;
+  }
+
+  // After a failed write RocksDB refuses further writes until it recovers.
+  // Resume() clears a recoverable error; otherwise (or after a failed
+  // reopen) the database is closed and opened again, which recovers it from
+  // its WAL and MANIFEST: a batch that failed is either wholly there or not
+  // at all. Called with io_mu held.
+  rocksdb::Status Recover() {
+    if (db) {
+      rocksdb::Status s = db->Resume();
+      if (s.ok()) return s;
+      (void)db->Close();
+      db.reset();
+    }
+    rocksdb::DB* raw = nullptr;
+    rocksdb::Status s = rocksdb::DB::Open(RocksOptions(), options.path, &raw);
+    if (!s.ok()) return s;
+    db.reset(raw);
+    // The caches may lag what a half-reported write did store: reread them.
+    shape.clear();
+    widths.clear();
+    offsets.clear();
+    Status m = ReadMetadata();
+    if (!m.ok()) return rocksdb::Status::Corruption(m.ToString());
+    return rocksdb::Status::OK();
+  }
 
   // Serialises Write() and Load(); guards the caches below, which mirror
   // what is stored so that Write() needs no reads.
@@ -253,7 +363,7 @@ Status CheckpointStore::Open(const StoreOptions& options, std::unique_ptr<Checkp
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   rocksdb::DB* db = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(MakeRocksOptions(), options.path, &db);
+  rocksdb::Status s = rocksdb::DB::Open(impl->RocksOptions(), options.path, &db);
   if (!s.ok()) {
     std::string message = "opening store " + options.path;
     return s.IsCorruption() ? FromRocks(s, message)
@@ -270,6 +380,22 @@ Status CheckpointStore::Write(const learner::ModelSnapshot& snapshot, const Offs
   const auto start = std::chrono::steady_clock::now();
   Impl& d = *impl_;
   std::lock_guard<std::mutex> io_lock(d.io_mu);
+
+  bool failing;
+  {
+    std::lock_guard<std::mutex> lock(d.state_mu);
+    failing = !d.health.ok();
+  }
+  if (failing || !d.db) {
+    rocksdb::Status r = d.Recover();
+    if (!r.ok()) {
+      Status error =
+          Status::IOError("store " + d.options.path + " has not recovered: " + r.ToString());
+      std::lock_guard<std::mutex> lock(d.state_mu);
+      d.health = error;
+      return error;
+    }
+  }
 
   // Validate everything before encoding anything.
   if (snapshot.shape.empty()) return Status::InvalidArgument("snapshot without a model shape");
@@ -306,13 +432,24 @@ Status CheckpointStore::Write(const learner::ModelSnapshot& snapshot, const Offs
   for (const auto& [name, values] : snapshot.dense) {
     reserve += name.size() + values.size() * sizeof(float) + 16;
   }
+  for (const auto& l : snapshot.feature_lists) {
+    if (l.table.empty() || l.table.find('\0') != std::string::npos) {
+      return Status::InvalidArgument("invalid feature list table name in snapshot");
+    }
+    if (l.features.size() != l.keys.size()) {
+      return Status::InvalidArgument("feature lists of " + l.table + ": " +
+                                     std::to_string(l.keys.size()) + " ids but " +
+                                     std::to_string(l.features.size()) + " lists");
+    }
+  }
 
   rocksdb::WriteBatch batch(reserve);
   auto put = [&batch](const rocksdb::Slice& k, const rocksdb::Slice& v) { return batch.Put(k, v); };
   rocksdb::Status s;
   if (replace) {
     // A model of another shape: nothing of the old one may survive.
-    for (std::string_view prefix : {kRowPrefix, kDensePrefix, kPurchasePrefix, kWidthPrefix}) {
+    for (std::string_view prefix :
+         {kRowPrefix, kDensePrefix, kPurchasePrefix, kWidthPrefix, kFeatureListPrefix}) {
       std::string end = PrefixEnd(prefix);
       s = batch.DeleteRange(rocksdb::Slice(prefix.data(), prefix.size()), end);
       if (!s.ok()) break;
@@ -337,6 +474,26 @@ Status CheckpointStore::Write(const learner::ModelSnapshot& snapshot, const Offs
   for (const auto& [name, values] : snapshot.dense) {
     if (!s.ok()) break;
     s = put(std::string(kDensePrefix) + name, FloatSlice(values.data(), values.size()));
+  }
+  for (const auto& l : snapshot.feature_lists) {
+    if (!s.ok()) break;
+    // "f/<table>\0<id>" -> count u32, then (length u32, bytes) per feature.
+    key.assign(kFeatureListPrefix);
+    key += l.table;
+    key.push_back('\0');
+    const size_t id_at = key.size();
+    std::string value;
+    for (size_t i = 0; i < l.keys.size() && s.ok(); ++i) {
+      key.resize(id_at);
+      key += l.keys[i];
+      value.clear();
+      PutFixed<uint32_t>(&value, static_cast<uint32_t>(l.features[i].size()));
+      for (const std::string& f : l.features[i]) {
+        PutFixed<uint32_t>(&value, static_cast<uint32_t>(f.size()));
+        value += f;
+      }
+      s = put(key, value);
+    }
   }
   for (const auto& [user, item] : snapshot.new_purchases) {
     if (!s.ok()) break;
@@ -401,6 +558,11 @@ Status CheckpointStore::Load(learner::ModelSnapshot* full, OffsetMap* offsets,
                              CheckpointInfo* info) {
   Impl& d = *impl_;
   std::lock_guard<std::mutex> io_lock(d.io_mu);
+  if (!d.db) {
+    rocksdb::Status r = d.Recover();
+    if (!r.ok())
+      return Status::IOError("store " + d.options.path + " is not open: " + r.ToString());
+  }
   const rocksdb::Snapshot* snap = d.db->GetSnapshot();
   struct Release {
     rocksdb::DB* db;
@@ -497,6 +659,42 @@ Status CheckpointStore::Load(learner::ModelSnapshot* full, OffsetMap* offsets,
         if (user_len > rest.size() - 4) return Status::Corruption("malformed purchase key");
         out.new_purchases.emplace_back(std::string(rest.substr(4, user_len)),
                                        std::string(rest.substr(4 + user_len)));
+        return Status::OK();
+      }));
+
+  learner::FeatureListDelta* lists = nullptr;
+  RECSTREAM_RETURN_IF_ERROR(
+      d.Scan(snap, kFeatureListPrefix, [&](std::string_view rest, const rocksdb::Slice& value) {
+        size_t sep = rest.find('\0');
+        if (sep == std::string_view::npos)
+          return Status::Corruption("feature list without a table");
+        std::string_view table = rest.substr(0, sep);
+        if (lists == nullptr || lists->table != table) {
+          lists = &out.feature_lists.emplace_back();
+          lists->table = std::string(table);
+        }
+        std::vector<std::string> features;
+        std::string_view v(value.data(), value.size());
+        auto take_u32 = [&v](uint32_t* x) {
+          if (v.size() < 4) return false;
+          *x = GetFixed<uint32_t>(v.data());
+          v.remove_prefix(4);
+          return true;
+        };
+        uint32_t count = 0;
+        if (!take_u32(&count) || count > v.size() / 4)
+          return Status::Corruption("malformed feature list in table " + lists->table);
+        for (uint32_t i = 0; i < count; ++i) {
+          uint32_t len = 0;
+          if (!take_u32(&len) || len > v.size())
+            return Status::Corruption("malformed feature list in table " + lists->table);
+          features.emplace_back(v.substr(0, len));
+          v.remove_prefix(len);
+        }
+        if (!v.empty())
+          return Status::Corruption("malformed feature list in table " + lists->table);
+        lists->keys.emplace_back(rest.substr(sep + 1));
+        lists->features.push_back(std::move(features));
         return Status::OK();
       }));
 

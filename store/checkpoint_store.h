@@ -20,6 +20,8 @@
 //   "r/<table>\0<id>"   one row: width x f32
 //   "d/<name>"          one dense block: n x f32
 //   "p/<len>" <user><item>  a purchase; <len> is the user's length, u32
+//   "f/<table>\0<id>"   the side features of a user or item: count u32,
+//                       then per feature its length u32 and bytes
 //   "o/<topic>\0<partition, i32>"  next offset to consume, i64
 //
 // Thread safety. Write() and Load() must be called from one thread at a time

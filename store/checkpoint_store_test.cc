@@ -250,11 +250,14 @@ TEST_CASE("CheckpointStore: deltas accumulate onto the full snapshot", "[store]"
     // New users and items appear in the delta, old rows change.
     auto more = MakeEvents(200, 3);
     for (size_t k = 0; k < more.size(); k += 10) more[k].user = "late" + std::to_string(k);
+    // Some users change side features: their lists travel in the delta.
+    for (size_t k = 3; k < more.size(); k += 7) more[k].user_features = {"age=moved"};
     model->Train(more);
     ModelSnapshot delta;
     model->TakeSnapshot(false, &delta);
     REQUIRE(delta.rows() > 0);
     REQUIRE(delta.rows() <= full.rows() + 20);
+    REQUIRE_FALSE(delta.feature_lists.empty());
     CheckpointInfo info;
     // Only partition 0 moved; partition 1 keeps its stored offset.
     REQUIRE(store->Write(delta, {{kClick0, 300}}, &info).ok());

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace recstream::store {
@@ -13,6 +14,11 @@ struct StoreOptions {
   int64_t checkpoint_interval_ms = 5000;
   // fsync each checkpoint's WriteBatch (the WAL) before reporting success.
   bool sync = true;
+  // Fault injection for tests (never set from configuration): while it
+  // returns true, every write, flush or sync of a store file fails as on a
+  // full disk (IOError "No space left on device"). Called from RocksDB's
+  // threads; must be thread-safe.
+  std::function<bool()> fail_writes;
 };
 
 }  // namespace recstream::store

@@ -1,0 +1,267 @@
+// learner_bench: events per second of Learner::Train with 1 and 2 threads
+// over one generated stream, and how far the progressive metrics of the runs
+// are apart (issue #4, targets 1 and 6).
+//
+// The stream comes from eval::Generator (the `recstream gen` world) and is
+// parsed by ingest::EventParser, in batches of --batch events, exactly as
+// `recstream eval` hands it to the learner. Only the Train calls are timed:
+// generating and parsing a batch happens between them, untimed, so the
+// figure is the learner's alone. Every run sees the same stream (same seed).
+//
+//   learner_bench [--events N] [--users U] [--items I] [--threads 1,2]
+//                 [--batch B] [--chunk C] [--dim D] [--cyclic-users]
+//
+// --cyclic-users replaces event i's user by user i mod U, so that exactly
+// min(N, U) distinct users exist (for memory scaling); labels keep the
+// generator's user, so the metrics are then meaningless.
+#include <CLI/CLI.hpp>
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench/bench_util.h"
+#include "eval/generator.h"
+#include "eval/metrics.h"
+#include "ingest/parser.h"
+#include "learner/learner.h"
+
+namespace recstream::bench {
+namespace {
+
+using learner::Task;
+
+struct RunResult {
+  int threads = 0;
+  uint64_t events = 0;
+  double train_seconds = 0;
+  double train_cpu_seconds = 0;  // CPU time of the process (all threads) inside Train
+  double wall_seconds = 0;
+  std::array<double, learner::kNumTasks> auc{}, logloss{}, mae{}, rmse{};
+  std::array<uint64_t, learner::kNumTasks> count{};
+  learner::LearnerStats stats;
+  uint64_t rss_before = 0, rss_after = 0;
+};
+
+struct Config {
+  uint64_t events = 10'000'000;
+  int users = 100'000;
+  int items = 10'000;
+  std::vector<int> threads = {1, 2};
+  size_t batch = 4096;
+  int chunk = 64;
+  int dim = 32;
+  bool cyclic_users = false;
+  bool predictions = true;
+  uint64_t seed = 7;
+};
+
+RunResult RunOnce(const Config& cfg, int threads) {
+  RunResult r;
+  r.threads = threads;
+  r.rss_before = ResidentBytes();
+  learner::LearnerOptions lo;
+  lo.dim = cfg.dim;
+  lo.threads = threads;
+  lo.chunk = cfg.chunk;
+  std::unique_ptr<learner::Learner> model;
+  Status s = learner::Learner::Create(lo, &model);
+  if (!s.ok()) {
+    std::fprintf(stderr, "learner: %s\n", s.ToString().c_str());
+    std::exit(2);
+  }
+  eval::GeneratorOptions go;
+  go.events = cfg.events;
+  go.users = cfg.users;
+  go.items = cfg.items;
+  go.seed = cfg.seed;
+  eval::Generator gen(go);
+  ingest::EventParser parser{ingest::ParserOptions()};
+
+  std::vector<learner::Event> batch(cfg.batch);
+  std::vector<learner::Prediction> before;
+  std::array<std::vector<float>, learner::kNumTasks> pred, label;
+  std::string line;
+  uint64_t index = 0;
+  const auto wall_start = Clock::now();
+  for (;;) {
+    size_t n = 0;
+    while (n < cfg.batch && gen.Next(&line)) {
+      if (parser.Parse(line, &batch[n], 0)) continue;  // the generator writes valid events
+      if (cfg.cyclic_users) batch[n].user = std::to_string(index % uint64_t(cfg.users));
+      ++index;
+      ++n;
+    }
+    if (n == 0) break;
+    std::span<const learner::Event> events(batch.data(), n);
+    const auto start = Clock::now();
+    const double cpu_start = CpuSeconds();
+    model->Train(events, cfg.predictions ? &before : nullptr);
+    r.train_seconds += SecondsSince(start);
+    r.train_cpu_seconds += CpuSeconds() - cpu_start;
+    r.events += n;
+    if (cfg.predictions) {
+      for (size_t i = 0; i < n; ++i) {
+        int t = int(events[i].task);
+        pred[t].push_back(before[i].Get(events[i].task));
+        label[t].push_back(events[i].label);
+      }
+    }
+  }
+  r.wall_seconds = SecondsSince(wall_start);
+  r.rss_after = ResidentBytes();
+  r.stats = model->Stats();
+  for (int t = 0; t < learner::kNumTasks; ++t) {
+    r.count[t] = pred[t].size();
+    if (!cfg.predictions) continue;
+    if (Task(t) == Task::kRating) {
+      r.mae[t] = eval::Mae(pred[t], label[t]);
+      r.rmse[t] = eval::Rmse(pred[t], label[t]);
+    } else {
+      r.auc[t] = eval::Auc(pred[t], label[t]);
+      r.logloss[t] = eval::LogLoss(pred[t], label[t]);
+    }
+  }
+  return r;
+}
+
+// Serving cost against the number of items: a learner that knows `items`
+// items (and 1,000 users) answers Score, ScoreMany over 1,000 items and
+// Recommend k=10 over every item, timed one call at a time on this thread.
+void ServeItems(const Config& cfg, int items, int reps) {
+  learner::LearnerOptions lo;
+  lo.dim = cfg.dim;
+  lo.threads = cfg.threads.empty() ? 0 : cfg.threads.back();
+  std::unique_ptr<learner::Learner> model;
+  if (!learner::Learner::Create(lo, &model).ok()) std::exit(2);
+  std::vector<learner::Event> batch;
+  for (int i = 0; i < items; ++i) {
+    learner::Event e;
+    e.task = i % 3 == 0 ? Task::kRating : Task::kClick;
+    e.user = std::to_string(i % 1000);
+    e.item = "i" + std::to_string(i);
+    e.label = e.task == Task::kRating ? 4.0f : float(i % 2);
+    batch.push_back(std::move(e));
+    if (batch.size() == cfg.batch || i + 1 == items) {
+      model->Train(batch);
+      batch.clear();
+    }
+  }
+  learner::Blend blend;
+  std::mt19937_64 rng(5);
+  std::vector<double> one, many, rec;
+  std::vector<std::string> ids(1000);
+  std::vector<learner::ScoreResult> out;
+  for (int r = 0; r < reps; ++r) {
+    std::string user = std::to_string(rng() % 1000);
+    auto start = Clock::now();
+    auto s = model->Score(user, "i" + std::to_string(rng() % items), blend);
+    one.push_back(SecondsSince(start) * 1e3);
+    for (auto& id : ids) id = "i" + std::to_string(rng() % items);
+    start = Clock::now();
+    model->ScoreMany(user, ids, blend, &out);
+    many.push_back(SecondsSince(start) * 1e3);
+    start = Clock::now();
+    auto top = model->Recommend(user, 10, true, blend);
+    rec.push_back(SecondsSince(start) * 1e3);
+    if (top.empty() || !std::isfinite(s.score)) std::exit(3);
+  }
+  std::printf(
+      "serve items=%d (Learner calls, no HTTP) Score p50_ms=%.4f p99_ms=%.4f | ScoreMany(1000) "
+      "p50_ms=%.3f p99_ms=%.3f | Recommend(k=10) p50_ms=%.3f p99_ms=%.3f | rss_mib=%.1f load=%s\n",
+      items, Quantile(&one, 0.5), Quantile(&one, 0.99), Quantile(&many, 0.5), Quantile(&many, 0.99),
+      Quantile(&rec, 0.5), Quantile(&rec, 0.99), MiB(ResidentBytes()), LoadAverage().c_str());
+  std::fflush(stdout);
+}
+
+void Print(const Config& cfg, const RunResult& r) {
+  const auto& st = r.stats;
+  std::printf(
+      "threads=%d events=%llu train_s=%.3f events_per_s=%.0f train_cpu_s=%.3f "
+      "events_per_cpu_s=%.0f wall_s=%.2f users=%llu items=%llu features=%llu rss_mib=%.1f "
+      "learner_rss_mib=%.1f\n",
+      r.threads, (unsigned long long)r.events, r.train_seconds, double(r.events) / r.train_seconds,
+      r.train_cpu_seconds, double(r.events) / r.train_cpu_seconds, r.wall_seconds,
+      (unsigned long long)st.users, (unsigned long long)st.items, (unsigned long long)st.features,
+      MiB(r.rss_after), MiB(r.rss_after - r.rss_before));
+  if (cfg.predictions) {
+    std::printf(
+        "  progressive (exact, from Train's predictions): click auc=%.5f logloss=%.5f (n=%llu) | "
+        "purchase auc=%.5f logloss=%.5f (n=%llu) | rating mae=%.5f rmse=%.5f (n=%llu)\n",
+        r.auc[0], r.logloss[0], (unsigned long long)r.count[0], r.auc[1], r.logloss[1],
+        (unsigned long long)r.count[1], r.mae[2], r.rmse[2], (unsigned long long)r.count[2]);
+  }
+  std::printf("  learner stats: click auc=%.5f purchase auc=%.5f rating mae=%.5f refused=%llu\n",
+              st.tasks[0].auc, st.tasks[1].auc, st.tasks[2].mae,
+              (unsigned long long)st.nonfinite_updates_refused);
+  std::fflush(stdout);
+}
+
+}  // namespace
+}  // namespace recstream::bench
+
+int main(int argc, char** argv) {
+  using namespace recstream::bench;
+  Config cfg;
+  CLI::App app{"Learner::Train throughput, 1 vs 2 threads, and the metrics' difference"};
+  app.add_option("--events", cfg.events, "events in the stream");
+  app.add_option("--users", cfg.users, "distinct users of the generator");
+  app.add_option("--items", cfg.items, "distinct items of the generator");
+  app.add_option("--threads", cfg.threads, "thread counts to run, e.g. 1,2")->delimiter(',');
+  app.add_option("--batch", cfg.batch, "events per Train call");
+  app.add_option("--chunk", cfg.chunk, "learner.chunk");
+  app.add_option("--dim", cfg.dim, "model.dim");
+  app.add_option("--seed", cfg.seed, "generator seed");
+  app.add_flag("--cyclic-users", cfg.cyclic_users, "user of event i is i mod users");
+  bool no_predictions = false;
+  app.add_flag("--no-predictions", no_predictions, "do not collect progressive predictions");
+  std::vector<int> serve_items;
+  app.add_option("--serve-items", serve_items,
+                 "instead: time Score/ScoreMany/Recommend with this many items, e.g. 1000,100000")
+      ->delimiter(',');
+  CLI11_PARSE(app, argc, argv);
+  cfg.predictions = !no_predictions;
+  if (!serve_items.empty()) {
+    for (int n : serve_items) ServeItems(cfg, n, n >= 1000000 ? 50 : 200);
+    return 0;
+  }
+
+  std::printf("learner_bench events=%llu users=%d items=%d batch=%zu chunk=%d dim=%d%s load=%s\n",
+              (unsigned long long)cfg.events, cfg.users, cfg.items, cfg.batch, cfg.chunk, cfg.dim,
+              cfg.cyclic_users ? " cyclic-users" : "", LoadAverage().c_str());
+  std::vector<RunResult> results;
+  for (int t : cfg.threads) {
+    results.push_back(RunOnce(cfg, t));
+    Print(cfg, results.back());
+  }
+  if (results.size() >= 2) {
+    const RunResult& a = results[0];
+    for (size_t i = 1; i < results.size(); ++i) {
+      const RunResult& b = results[i];
+      double ra = double(a.events) / a.train_seconds, rb = double(b.events) / b.train_seconds;
+      // On a machine shared with other work the wall-clock speedup is capped
+      // by the cores actually free; CPU time per event is not. With every
+      // thread busy all the time, n threads would run n * cpu_a / cpu_b
+      // times faster than one on n idle cores (an upper bound: idle spinning
+      // counts as CPU time and lowers it).
+      double cpu_a = a.train_cpu_seconds / double(a.events),
+             cpu_b = b.train_cpu_seconds / double(b.events);
+      std::printf(
+          "CPU per event %d thread(s): %.3f us, %d threads: %.3f us -> speedup on %d idle cores "
+          "at full occupancy: %.2fx\n",
+          a.threads, cpu_a * 1e6, b.threads, cpu_b * 1e6, b.threads,
+          double(b.threads) * cpu_a / cpu_b / double(a.threads));
+      std::printf(
+          "speedup %d->%d threads: %.3fx | click auc diff=%+.5f purchase auc diff=%+.5f rating mae "
+          "diff=%+.5f\n",
+          a.threads, b.threads, rb / ra, b.auc[0] - a.auc[0], b.auc[1] - a.auc[1],
+          b.mae[2] - a.mae[2]);
+    }
+  }
+  std::printf("load after: %s\n", LoadAverage().c_str());
+  return 0;
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every benchmark of BENCHMARKS.md in turn (about 20 minutes on the
+# 2-core machine), printing the load average beside each.
+#   bench/run_all.sh BUILD_DIR
+set -euo pipefail
+build=${1:?usage: run_all.sh BUILD_DIR}
+here=$(cd "$(dirname "$0")" && pwd)
+b=$build/bench
+step() { echo; echo "### $* (load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%H:%M:%S) UTC)"; }
+
+echo "commit $(git -C "$here/.." rev-parse --short HEAD); modified: $(git -C "$here/.." status --short -- learner ingest serve app store | tr '\n' ' ')"
+step learner_bench 10M events, 1 vs 2 threads
+"$b/learner_bench" --events 10000000 --threads 1,2
+step parser_bench
+"$b/parser_bench" --benchmark_min_time=1
+step freshness idle
+"$b/service_bench" freshness --samples 200
+step freshness with 20000 background events/s
+"$b/service_bench" freshness --samples 200 --background-rate 20000
+step end to end throughput through Kafka, then HTTP latency one request at a time
+"$b/service_bench" throughput --events 2000000 --latency
+step wrk GET /v1/score while learning and idle
+"$here/serve_wrk.sh" "$build" 4000000
+step serving cost against items
+"$b/learner_bench" --serve-items 1000,100000,1000000
+for users in 100000 1000000 10000000; do
+  step learner cost against distinct users: $users
+  "$b/learner_bench" --events $users --users $users --cyclic-users --threads 2 --no-predictions
+done

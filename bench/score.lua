@@ -1,0 +1,27 @@
+-- wrk script: GET /v1/score for random users and items of the generated
+-- world (users 0..USERS-1, items i0..iITEMS-1). DELAY_MS > 0 makes every
+-- connection wait that long after each response, which caps the rate at
+-- about connections * 1000 / (DELAY_MS + latency) requests per second
+-- (wrk itself has no fixed-rate mode).
+local users = tonumber(os.getenv("USERS") or "100000")
+local items = tonumber(os.getenv("ITEMS") or "10000")
+local delay_ms = tonumber(os.getenv("DELAY_MS") or "0")
+
+function setup(thread)
+  thread:set("seed", math.random(1, 1000000))
+end
+
+function init(args)
+  math.randomseed(seed or 1)
+end
+
+function request()
+  return wrk.format("GET", "/v1/score?user=" .. math.random(0, users - 1) .. "&item=i" ..
+                    math.random(0, items - 1))
+end
+
+if delay_ms > 0 then
+  function delay()
+    return delay_ms
+  end
+end

@@ -1,0 +1,355 @@
+// service_bench: the whole service in one process (issue #4, targets 2, 3
+// and 4): an embedded Kafka (librdkafka's mock cluster), app::Service
+// (consumer group, parser, learner, RocksDB checkpoints, HTTP server) and a
+// client over loopback, as tests/e2e_test.cc wires them.
+//
+//   service_bench throughput [--events N] [--users U] [--items I] [--latency]
+//                            [--hold S]
+//     Produces N generated JSON events first, then starts the service and
+//     measures how fast they are consumed, parsed and learned, then how long
+//     a checkpoint of everything takes (POST /v1/admin/checkpoint). With
+//     --latency, then times GET /v1/score, POST /v1/score (1,000 items) and
+//     GET /v1/recommend (k=10) one request at a time on a keep-alive
+//     connection. Prints `http=HOST:PORT` once serving, `consuming` when the
+//     first event is learned and `idle` once all are; --hold keeps the
+//     service up S seconds after that (for wrk, see serve_wrk.sh).
+//
+//   service_bench freshness [--samples N] [--background-rate R]
+//     For each sample, produces one click on a never-seen item and polls
+//     GET /v1/score until the item is known: the time from the produce call
+//     to the event's effect being served. R > 0 produces R generated events
+//     per second in the background meanwhile.
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "app/service.h"
+#include "bench/bench_util.h"
+#include "config/config.h"
+#include "eval/generator.h"
+#include "ingest/kafka.h"
+#include "serve/test_http_client.h"
+#include "tests/test_util.h"
+
+namespace recstream::bench {
+namespace {
+
+using serve::testing::TestConnection;
+
+constexpr char kAdminToken[] = "bench";
+
+struct Stack {
+  testing::TempDir dir;
+  std::unique_ptr<ingest::EmbeddedKafka> kafka;
+  std::unique_ptr<app::Service> service;
+  config::AppConfig cfg;
+  uint16_t port = 0;
+};
+
+bool StartKafka(int partitions, Stack* stack) {
+  Status s = ingest::EmbeddedKafka::Start(1, partitions, stack->cfg.kafka.topics, &stack->kafka);
+  if (!s.ok()) std::fprintf(stderr, "kafka: %s\n", s.ToString().c_str());
+  return s.ok();
+}
+
+bool StartService(int checkpoint_ms, Stack* stack) {
+  config::AppConfig& cfg = stack->cfg;
+  cfg.kafka.brokers = stack->kafka->bootstrap();
+  cfg.kafka.group_id = "bench";
+  cfg.store.path = stack->dir.path() + "/store";
+  cfg.store.checkpoint_interval_ms = checkpoint_ms;
+  cfg.serve.listen = "127.0.0.1:0";
+  cfg.serve.admin_token = kAdminToken;
+  Status s = app::Service::Start(cfg, &stack->service);
+  if (!s.ok()) {
+    std::fprintf(stderr, "service: %s\n", s.ToString().c_str());
+    return false;
+  }
+  std::string address = stack->service->http_address();
+  stack->port = uint16_t(std::stoi(address.substr(address.rfind(':') + 1)));
+  std::printf("http=%s\n", address.c_str());
+  std::fflush(stdout);
+  return true;
+}
+
+// Sum of tasks.*.learned in /v1/stats; -1 on error.
+double Learned(TestConnection* c) {
+  auto r = c->Request("GET", "/v1/stats");
+  testing::Json j;
+  if (r.status != 200 || !j.Parse(r.body)) return -1;
+  return j.Number("/tasks/click/learned") + j.Number("/tasks/purchase/learned") +
+         j.Number("/tasks/rating/learned");
+}
+
+bool WaitReady(uint16_t port) {
+  return testing::WaitFor(
+      [&] { return serve::testing::HttpCall(port, "GET", "/readyz").status == 200; },
+      std::chrono::seconds(60));
+}
+
+struct Latencies {
+  std::vector<double> ms;
+  int errors = 0;
+  void Print(const char* what) {
+    size_t n = ms.size();
+    double p50 = Quantile(&ms, 0.50), p90 = Quantile(&ms, 0.90), p99 = Quantile(&ms, 0.99),
+           max = Quantile(&ms, 1.0);
+    std::printf("%s: n=%zu errors=%d p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f max_ms=%.3f load=%s\n",
+                what, n, errors, p50, p90, p99, max, LoadAverage().c_str());
+  }
+};
+
+void MeasureLatency(uint16_t port, int users, int items, int requests) {
+  TestConnection c(port);
+  std::mt19937_64 rng(3);
+  auto timed = [&](Latencies* l, const std::string& method, const std::string& target,
+                   const std::string& body) {
+    auto start = Clock::now();
+    auto r = c.Request(method, target, body);
+    l->ms.push_back(SecondsSince(start) * 1e3);
+    if (r.status != 200) ++l->errors;
+  };
+  Latencies get, post, rec;
+  for (int i = 0; i < requests; ++i)
+    timed(&get, "GET",
+          "/v1/score?user=" + std::to_string(rng() % users) + "&item=i" +
+              std::to_string(rng() % items),
+          "");
+  get.Print("GET /v1/score (sequential, keep-alive)");
+  for (int i = 0; i < std::max(1, requests / 50); ++i) {
+    std::string body = "{\"user\":" + std::to_string(rng() % users) + ",\"items\":[";
+    for (int k = 0; k < 1000; ++k)
+      body += (k ? ",\"i" : "\"i") + std::to_string(rng() % items) + "\"";
+    body += "]}";
+    timed(&post, "POST", "/v1/score", body);
+  }
+  post.Print("POST /v1/score 1000 items");
+  for (int i = 0; i < std::max(1, requests / 50); ++i)
+    timed(&rec, "GET", "/v1/recommend?user=" + std::to_string(rng() % users) + "&k=10", "");
+  rec.Print("GET /v1/recommend k=10");
+}
+
+int Throughput(uint64_t events, int users, int items, int partitions, int checkpoint_ms,
+               bool latency, int hold_s) {
+  Stack stack;
+  if (partitions <= 0) {
+    // librdkafka's mock cluster keeps only the newest 5 MiB (or 100,000
+    // message sets) of each partition and silently drops older ones, so a
+    // backlog produced beforehand must be spread over enough partitions:
+    // about 72% of the events are clicks of ~230 bytes in the log; aim at
+    // 3 MiB of clicks per partition.
+    partitions = int(std::max<uint64_t>(3, events * 230 * 72 / 100 / (3 << 20) + 1));
+    std::printf("partitions=%d per topic (mock cluster keeps 5 MiB per partition)\n", partitions);
+  }
+  if (!StartKafka(partitions, &stack)) return 1;
+  std::unique_ptr<ingest::EventProducer> producer;
+  if (!ingest::EventProducer::Open(stack.kafka->bootstrap(), stack.cfg.kafka.topics, &producer)
+           .ok())
+    return 1;
+  eval::GeneratorOptions go;
+  go.events = events;
+  go.users = users;
+  go.items = items;
+  eval::Generator gen(go);
+  std::string line;
+  auto produce_start = Clock::now();
+  while (gen.Next(&line)) {
+    Status s = producer->SendEvent(line, stack.cfg.parser);
+    if (!s.ok()) {
+      std::fprintf(stderr, "produce: %s\n", s.ToString().c_str());
+      return 1;
+    }
+  }
+  if (!producer->Flush(120000).ok()) return 1;
+  std::printf("produced %llu events in %.2f s (%llu delivered)\n", (unsigned long long)events,
+              SecondsSince(produce_start), (unsigned long long)producer->delivered());
+  producer.reset();
+
+  auto start = Clock::now();
+  if (!StartService(checkpoint_ms, &stack)) return 1;
+  TestConnection c(stack.port);
+  double learned = 0;
+  while ((learned = Learned(&c)) <= 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  auto first = Clock::now();
+  double learned_first = learned;
+  std::printf("consuming (%.2f s after start, %.0f events learned at first sight)\n",
+              std::chrono::duration<double>(first - start).count(), learned_first);
+  std::fflush(stdout);
+  uint64_t peak_rss = 0;
+  auto last_print = Clock::now(), last_progress = Clock::now();
+  double last_learned = learned;
+  while ((learned = Learned(&c)) < double(events)) {
+    peak_rss = std::max(peak_rss, ResidentBytes());
+    if (learned != last_learned) last_learned = learned, last_progress = Clock::now();
+    if (SecondsSince(last_progress) > 20.0) {
+      std::printf("stalled at %.0f of %llu learned for 20 s; /v1/stats:\n%s\n", learned,
+                  (unsigned long long)events, c.Request("GET", "/v1/stats").body.c_str());
+      return 1;
+    }
+    if (SecondsSince(last_print) >= 5.0) {
+      std::printf("  %.1f s: %.0f learned\n", SecondsSince(first), learned);
+      std::fflush(stdout);
+      last_print = Clock::now();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  double learn_s = SecondsSince(first);
+  auto ck_start = Clock::now();
+  TestConnection admin(stack.port, 300000);  // a big checkpoint takes longer than 5 s
+  auto ck = admin.Request("POST", "/v1/admin/checkpoint", "",
+                          std::string("Authorization: Bearer ") + kAdminToken + "\r\n");
+  double ck_s = SecondsSince(ck_start);
+  std::printf(
+      "throughput: events=%llu learn_s=%.3f events_per_s=%.0f (from first learned event to "
+      "all learned) | final checkpoint status=%d %.3f s %s | with checkpoint: %.0f events/s | "
+      "rss_mib=%.1f peak_rss_mib=%.1f load=%s\n",
+      (unsigned long long)events, learn_s, (double(events) - learned_first) / learn_s, ck.status,
+      ck_s, ck.body.c_str(), (double(events) - learned_first) / (learn_s + ck_s),
+      MiB(ResidentBytes()), MiB(peak_rss), LoadAverage().c_str());
+  auto stats = c.Request("GET", "/v1/stats");
+  testing::Json j;
+  if (j.Parse(stats.body))
+    std::printf("stats: checkpoints=%.0f users=%.0f items=%.0f click_auc=%.4f\n",
+                j.Number("/checkpoint/count"), j.Number("/model/users"), j.Number("/model/items"),
+                j.Number("/tasks/click/progressive/auc"));
+  std::printf("idle\n");
+  std::fflush(stdout);
+  if (latency) MeasureLatency(stack.port, users, items, 20000);
+  std::fflush(stdout);
+  if (hold_s > 0) std::this_thread::sleep_for(std::chrono::seconds(hold_s));
+  Status s = stack.service->Shutdown();
+  std::printf("shutdown: %s\n", s.ToString().c_str());
+  return 0;
+}
+
+// Pulls the "item" flag out of `"known":{"user":..,"item":..}`.
+bool ItemKnown(const std::string& body) {
+  size_t k = body.find("\"known\"");
+  return k != std::string::npos && body.find("\"item\":true", k) != std::string::npos;
+}
+
+int Freshness(int samples, double background_rate, int partitions, int checkpoint_ms) {
+  Stack stack;
+  if (!StartKafka(partitions, &stack)) return 1;
+  if (!StartService(checkpoint_ms, &stack)) return 1;
+  if (!WaitReady(stack.port)) {
+    std::fprintf(stderr, "service not ready in 60 s\n");
+    return 1;
+  }
+  std::unique_ptr<ingest::EventProducer> producer, background;
+  if (!ingest::EventProducer::Open(stack.kafka->bootstrap(), stack.cfg.kafka.topics, &producer)
+           .ok() ||
+      !ingest::EventProducer::Open(stack.kafka->bootstrap(), stack.cfg.kafka.topics, &background)
+           .ok())
+    return 1;
+  // Warm-up: the first event also proves partitions are being consumed.
+  TestConnection c(stack.port);
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> background_sent{0};
+  std::thread feeder;
+  if (background_rate > 0) {
+    feeder = std::thread([&] {
+      eval::GeneratorOptions go;
+      go.events = UINT64_MAX / 2;
+      go.users = 100000;
+      go.items = 10000;
+      eval::Generator gen(go);
+      std::string line;
+      auto start = Clock::now();
+      uint64_t sent = 0;
+      while (!stop.load()) {
+        double due = SecondsSince(start) * background_rate;
+        while (double(sent) < due && gen.Next(&line)) {
+          (void)background->SendEvent(line, stack.cfg.parser);
+          ++sent;
+        }
+        background_sent.store(sent);
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    });
+  }
+  std::mt19937 rng(11);
+  Latencies fresh;
+  int timeouts = 0;
+  for (int i = -5; i < samples; ++i) {  // 5 warm-up samples, not counted
+    std::string item = "fresh" + std::to_string(i + 5);
+    std::string target = "/v1/score?user=probe&item=" + item;
+    std::string event =
+        "{\"type\":\"click\",\"user\":\"probe\",\"item\":\"" + item + "\",\"label\":1}";
+    auto t0 = Clock::now();
+    if (!producer->SendEvent(event, stack.cfg.parser).ok()) return 1;
+    bool seen = false;
+    while (SecondsSince(t0) < 10.0) {
+      auto r = c.Request("GET", target);
+      if (r.status == 200 && ItemKnown(r.body)) {
+        seen = true;
+        break;
+      }
+    }
+    double ms = SecondsSince(t0) * 1e3;
+    if (i >= 0) {
+      if (seen)
+        fresh.ms.push_back(ms);
+      else
+        ++timeouts;
+    }
+    // Decorrelate from the poll and linger cycles.
+    std::this_thread::sleep_for(std::chrono::microseconds(20000 + rng() % 30000));
+  }
+  stop = true;
+  if (feeder.joinable()) feeder.join();
+  fresh.errors = timeouts;
+  char what[160];
+  std::snprintf(what, sizeof what,
+                "freshness produce->served (background %.0f events/s, %llu sent, errors=timeouts)",
+                background_rate, (unsigned long long)background_sent.load());
+  fresh.Print(what);
+  Status s = stack.service->Shutdown();
+  std::printf("shutdown: %s\n", s.ToString().c_str());
+  return 0;
+}
+
+}  // namespace
+}  // namespace recstream::bench
+
+int main(int argc, char** argv) {
+  using namespace recstream::bench;
+  CLI::App app{"recstream end-to-end benchmarks (embedded Kafka + service in process)"};
+  app.require_subcommand(1);
+  int partitions = 0, checkpoint_ms = 5000;
+  std::string log_level = "warn";
+  app.add_option("--partitions", partitions,
+                 "partitions per topic; 0: 3 for freshness, enough for the backlog for throughput");
+  app.add_option("--checkpoint-ms", checkpoint_ms, "store.checkpoint_interval_ms");
+  app.add_option("--log-level", log_level, "spdlog level");
+
+  uint64_t events = 2'000'000;
+  int users = 100'000, items = 10'000, hold = 0;
+  bool latency = false;
+  auto* tp = app.add_subcommand("throughput", "produce first, then consume+learn+checkpoint");
+  tp->add_option("--events", events);
+  tp->add_option("--users", users);
+  tp->add_option("--items", items);
+  tp->add_flag("--latency", latency, "then time HTTP requests one at a time");
+  tp->add_option("--hold", hold, "seconds to keep serving afterwards");
+
+  int samples = 200;
+  double background = 0;
+  auto* fr = app.add_subcommand("freshness", "produce call -> effect in /v1/score");
+  fr->add_option("--samples", samples);
+  fr->add_option("--background-rate", background, "background events per second");
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_level(spdlog::level::from_str(log_level));
+  std::printf("service_bench load=%s\n", LoadAverage().c_str());
+  if (tp->parsed())
+    return Throughput(events, users, items, partitions, checkpoint_ms, latency, hold);
+  return Freshness(samples, background, partitions > 0 ? partitions : 3, checkpoint_ms);
+}

@@ -1,0 +1,1 @@
+// Stands in for learner/ sources in the fuzz build (see CMakeLists.txt).
