@@ -46,7 +46,9 @@ FEED=$!
 cat <<TXT
 
 recstream is running: embedded Kafka at $BROKERS, HTTP on http://$LISTEN
-feeding $EVENTS events at $RATE/s (log: $DEMO/serve.log). Try:
+feeding $EVENTS events at $RATE/s (log: $DEMO/serve.log).
+
+  open http://$LISTEN/ for the live dashboard, or try:
 
   curl -s http://$LISTEN/v1/stats
   curl -s 'http://$LISTEN/v1/score?user=42&item=i7'
