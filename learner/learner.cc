@@ -745,10 +745,13 @@ void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
                                     {&m.items, &m.item_features, &m.item_lists}}) {
     FeatureListDelta delta;
     delta.table = table->name();
+    // Lambdas cannot capture structured bindings before C++20's P1091 (clang 14).
+    EmbeddingTable* owner = table;
+    EmbeddingTable* features = side;
     lists->ForEachDirty(full, [&](uint32_t r, const std::vector<uint32_t>& list) {
-      delta.keys.push_back(table->key(r));
+      delta.keys.push_back(owner->key(r));
       auto& names = delta.features.emplace_back();
-      for (uint32_t f : list) names.push_back(side->key(f));
+      for (uint32_t f : list) names.push_back(features->key(f));
     });
     if (!delta.keys.empty()) out->feature_lists.push_back(std::move(delta));
   }
