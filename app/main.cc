@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <thread>
@@ -300,6 +301,9 @@ int RunEval(const ConfigFlags& flags, const std::string& events_path,
   options.predictions_path = predictions;
   options.progress = !quiet;
   options.baselines = baselines;
+  std::error_code size_error;
+  auto size = std::filesystem::file_size(events_path, size_error);
+  if (!size_error) options.total_bytes = size;
   eval::EvalReport report;
   Status s = eval::RunEval(options, in, &report);
   if (!s.ok()) {

@@ -166,11 +166,15 @@ std::string Num(double v) { return std::isfinite(v) ? fmt::format("{:.6g}", v) :
 class ProgressLine {
  public:
   explicit ProgressLine(bool enabled) : enabled_(enabled && isatty(STDERR_FILENO)) {}
-  void Update(uint64_t events, double seconds) {
+  // `fraction`: share of the input read, in (0, 1], or 0 when unknown.
+  void Update(uint64_t events, double seconds, double fraction) {
     if (!enabled_ || seconds < next_) return;
     next_ = seconds + 1.0;
-    fmt::print(stderr, "\r{} events, {:.0f} events/s\x1b[K", events,
-               seconds > 0 ? double(events) / seconds : 0.0);
+    std::string left;
+    if (fraction > 0 && fraction <= 1)
+      left = fmt::format(", {:.0f}%, {:.0f}s left", 100 * fraction, seconds * (1 - fraction) / fraction);
+    fmt::print(stderr, "\r{} events, {:.0f} events/s{}\x1b[K", events,
+               seconds > 0 ? double(events) / seconds : 0.0, left);
     std::fflush(stderr);
     shown_ = true;
   }
@@ -231,6 +235,7 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   std::vector<std::array<TaskSeries, learner::kNumTasks>> baseline_series(baselines.size());
   std::vector<float> baseline_pred;
   ProgressLine progress(options.progress);
+  uint64_t bytes_read = 0;
   fmt::memory_buffer pred_buf;
 
   auto flush_batch = [&]() -> Status {
@@ -266,12 +271,14 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
       predictions.write(pred_buf.data(), std::streamsize(pred_buf.size()));
       if (!predictions) return Status::IOError("writing " + options.predictions_path + " failed");
     }
-    progress.Update(report->events, elapsed());
+    progress.Update(report->events, elapsed(),
+                    options.total_bytes > 0 ? double(bytes_read) / double(options.total_bytes) : 0.0);
     return Status::OK();
   };
 
   std::string line;
   while (std::getline(events, line)) {
+    bytes_read += line.size() + 1;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty()) continue;
     auto reason = parser.Parse(line, &batch[n], now_ms);

@@ -57,6 +57,9 @@ struct EvalOptions {
   size_t batch = 4096;
   // A progress line on stderr about every second, when stderr is a terminal.
   bool progress = true;
+  // Size of the input in bytes, when known (a file): the progress line then
+  // also shows the share done and the time left. 0: unknown.
+  uint64_t total_bytes = 0;
   // Seed of the candidate sampling.
   uint64_t seed = 1;
   // Also run the baselines of eval/baselines.h (popularity, biased_mf) on
