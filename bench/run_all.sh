@@ -19,8 +19,8 @@ step freshness with 20000 background events/s
 "$b/service_bench" freshness --samples 200 --background-rate 20000
 step freshness with 20000 background events/s, no periodic checkpoints
 "$b/service_bench" --checkpoint-ms 3600000 freshness --samples 200 --background-rate 20000
-step checkpoint of every row after 1M events over 1M users
-"$b/service_bench" --checkpoint-ms 3600000 throughput --events 1000000 --users 1000000
+step checkpoint of every row after 1M events over 1M users, then a restart
+"$b/service_bench" --checkpoint-ms 3600000 throughput --events 1000000 --users 1000000 --restart
 step end to end throughput through Kafka, then HTTP latency one request at a time
 "$b/service_bench" throughput --events 2000000 --latency
 step wrk GET /v1/score while learning and idle

@@ -4,7 +4,7 @@
 // client over loopback, as tests/e2e_test.cc wires them.
 //
 //   service_bench throughput [--events N] [--users U] [--items I] [--latency]
-//                            [--hold S]
+//                            [--hold S] [--restart]
 //     Produces N generated JSON events first, then starts the service and
 //     measures how fast they are consumed, parsed and learned, then how long
 //     a checkpoint of everything takes (POST /v1/admin/checkpoint). With
@@ -12,7 +12,8 @@
 //     GET /v1/recommend (k=10) one request at a time on a keep-alive
 //     connection. Prints `http=HOST:PORT` once serving, `consuming` when the
 //     first event is learned and `idle` once all are; --hold keeps the
-//     service up S seconds after that (for wrk, see serve_wrk.sh).
+//     service up S seconds after that (for wrk, see serve_wrk.sh). --restart
+//     then stops the service and times a restart from its store.
 //
 //   service_bench freshness [--samples N] [--background-rate R]
 //     For each sample, produces one click on a never-seen item and polls
