@@ -5,6 +5,22 @@
 #include <random>
 
 namespace recstream::learner {
+namespace {
+
+// a . b with eight independent partial sums, so the compiler can keep the
+// additions in vector registers (a single running sum is a serial chain:
+// floats are not reassociated without -ffast-math).
+inline float Dot(const float* a, const float* b, int n) {
+  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int i = 0; i < 8; ++i) part[i] += a[k + i] * b[k + i];
+  float sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  for (; k < n; ++k) sum += a[k] * b[k];
+  return sum;
+}
+
+}  // namespace
 
 Forward::Forward(const ModelShape& shape)
     : u(shape.dim()),
@@ -84,7 +100,7 @@ float ModelShape::ForwardTask(const float* dense, int t, float bias, Forward* fw
     for (int j = 0; j < h_; ++j) {
       const float* w = dense + exp_w_ + (size_t(e) * h_ + j) * in;
       float acc = dense[exp_b_ + e * h_ + j];
-      for (int k = 0; k < in; ++k) acc += w[k] * x[k];
+      acc += Dot(w, x, in);
       fw->z[e * h_ + j] = acc;
       fw->a[e * h_ + j] = acc > 0.0f ? acc : 0.0f;
     }
@@ -95,7 +111,7 @@ float ModelShape::ForwardTask(const float* dense, int t, float bias, Forward* fw
     for (int e = 0; e < e_; ++e) {
       const float* w = dense + gate_w_ + (size_t(t) * e_ + e) * in;
       float acc = dense[gate_b_ + t * e_ + e];
-      for (int k = 0; k < in; ++k) acc += w[k] * x[k];
+      acc += Dot(w, x, in);
       fw->s[e] = acc;
       mx = std::max(mx, acc);
     }
@@ -201,7 +217,7 @@ void ModelShape::ScoreItem(const float* dense, UserContext& ctx, const float* v,
   for (int r = 0; r < e_ * h_; ++r) {
     const float* M = &ctx.M[size_t(r) * d];
     float acc = ctx.m[r];
-    for (int k = 0; k < d; ++k) acc += M[k] * v[k];
+    acc += Dot(M, v, d);
     ctx.z[r] = acc > 0.0f ? acc : 0.0f;
   }
   for (int t = 0; t < kNumTasks; ++t) {
@@ -212,7 +228,7 @@ void ModelShape::ScoreItem(const float* dense, UserContext& ctx, const float* v,
       for (int e = 0; e < e_; ++e) {
         const float* N = &ctx.N[(size_t(t) * e_ + e) * d];
         float acc = ctx.n[t * e_ + e];
-        for (int k = 0; k < d; ++k) acc += N[k] * v[k];
+        acc += Dot(N, v, d);
         ctx.gate[e] = acc;
         mx = std::max(mx, acc);
       }
