@@ -80,7 +80,10 @@ class EventLogger : public RdKafka::EventCb {
         break;
       case RdKafka::Event::EVENT_LOG:
         // FAIL lines repeat what the EVENT_ERROR above already reported.
-        LogLibrdkafka(event.fac() == "FAIL" ? 7 : event.severity(), event.fac(), event.str());
+        // CONFWARN only says that a kafka.properties entry (given to every
+        // client) does not apply to this kind of client.
+        LogLibrdkafka(event.fac() == "FAIL" || event.fac() == "CONFWARN" ? 7 : event.severity(),
+                      event.fac(), event.str());
         break;
       default:
         break;
