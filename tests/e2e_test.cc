@@ -9,6 +9,7 @@
 #include "app/service.h"
 #include "ingest/kafka.h"
 #include "serve/test_http_client.h"
+#include "tests/kafka_test_util.h"
 #include "tests/test_util.h"
 
 namespace recstream {
@@ -37,39 +38,6 @@ double Learned(uint16_t port) {
   if (r.status != 200 || !j.Parse(r.body)) return -1;
   return j.Number("/tasks/click/learned") + j.Number("/tasks/purchase/learned") +
          j.Number("/tasks/rating/learned");
-}
-
-// Reads every message of the dead-letter topic.
-std::vector<std::string> ReadDeadLetters(const std::string& brokers, const std::string& topic,
-                                         size_t want) {
-  std::string err;
-  std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
-  conf->set("bootstrap.servers", brokers, err);
-  conf->set("group.id", "dlq-reader", err);
-  conf->set("auto.offset.reset", "earliest", err);
-  std::unique_ptr<RdKafka::KafkaConsumer> c(RdKafka::KafkaConsumer::create(conf.get(), err));
-  REQUIRE(c);
-  std::vector<RdKafka::TopicPartition*> parts;
-  for (int p = 0; p < 3; ++p)
-    parts.push_back(RdKafka::TopicPartition::create(topic, p, RdKafka::Topic::OFFSET_BEGINNING));
-  c->assign(parts);
-  RdKafka::TopicPartition::destroy(parts);
-  std::vector<std::string> out;
-  auto deadline = std::chrono::steady_clock::now() + 15s;
-  while (out.size() < want && std::chrono::steady_clock::now() < deadline) {
-    std::unique_ptr<RdKafka::Message> m(c->consume(200));
-    if (m->err() == RdKafka::ERR_NO_ERROR) {
-      std::string reason;
-      if (auto* h = m->headers()) {
-        auto hs = h->get_last("reason");
-        if (hs.err() == RdKafka::ERR_NO_ERROR)
-          reason = std::string(static_cast<const char*>(hs.value()), hs.value_size());
-      }
-      out.push_back(reason);
-    }
-  }
-  c->close();
-  return out;
 }
 
 }  // namespace
@@ -152,9 +120,9 @@ TEST_CASE("Events flow from Kafka through the learner to live HTTP scores and su
   // Rejections are counted by reason and produced to the dead-letter topic.
   auto stats = HttpCall(port, "GET", "/v1/stats");
   CHECK(stats.body.find("malformed_json") != std::string::npos);
-  auto dead = ReadDeadLetters(kafka->bootstrap(), topics.dlq, bad.size());
+  auto dead = testing::ReadTopic(kafka->bootstrap(), topics.dlq, bad.size());
   CHECK(dead.size() == bad.size());
-  for (const auto& reason : dead) CHECK_FALSE(reason.empty());
+  for (const auto& letter : dead) CHECK_FALSE(letter.reason.empty());
 
   // A new event's effect shows in /v1/score quickly (the benchmark measures
   // how quickly; here we only check that it does).

@@ -27,6 +27,7 @@
 #include "ingest/parser.h"
 #include "serve/test_http_client.h"
 #include "store/checkpoint_store.h"
+#include "tests/kafka_test_util.h"
 #include "tests/test_util.h"
 
 #ifndef RECSTREAM_HOSTILE_DIR
@@ -39,6 +40,7 @@ namespace {
 using serve::testing::HttpCall;
 using namespace std::chrono_literals;
 using testing::Json;
+using testing::ReadTopic;
 using testing::WaitFor;
 
 // Kafka protocol API keys (rdkafka_protocol.h is not installed).
@@ -133,43 +135,6 @@ class RawProducer {
  private:
   std::unique_ptr<RdKafka::Producer> producer_;
 };
-
-struct Letter {
-  std::string payload;
-  std::string reason;
-};
-
-// Reads up to `want` messages of `topic` from the beginning (no group).
-std::vector<Letter> ReadTopic(const std::string& brokers, const std::string& topic, size_t want) {
-  std::string err;
-  std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
-  conf->set("bootstrap.servers", brokers, err);
-  conf->set("group.id", "reader", err);
-  conf->set("enable.auto.commit", "false", err);
-  std::unique_ptr<RdKafka::KafkaConsumer> c(RdKafka::KafkaConsumer::create(conf.get(), err));
-  REQUIRE(c);
-  std::vector<RdKafka::TopicPartition*> parts;
-  for (int p = 0; p < 3; ++p)
-    parts.push_back(RdKafka::TopicPartition::create(topic, p, RdKafka::Topic::OFFSET_BEGINNING));
-  c->assign(parts);
-  RdKafka::TopicPartition::destroy(parts);
-  std::vector<Letter> out;
-  auto deadline = std::chrono::steady_clock::now() + 20s;
-  while (out.size() < want && std::chrono::steady_clock::now() < deadline) {
-    std::unique_ptr<RdKafka::Message> m(c->consume(200));
-    if (m->err() != RdKafka::ERR_NO_ERROR) continue;
-    Letter l;
-    l.payload.assign(static_cast<const char*>(m->payload()), m->len());
-    if (auto* h = m->headers()) {
-      auto hs = h->get_last("reason");
-      if (hs.err() == RdKafka::ERR_NO_ERROR)
-        l.reason.assign(static_cast<const char*>(hs.value()), hs.value_size());
-    }
-    out.push_back(std::move(l));
-  }
-  c->close();
-  return out;
-}
 
 // Sum of the offsets group `group` has committed for the three event topics
 // (partitions 0..2); -1 for a partition without a commit counts as 0.
