@@ -1,8 +1,9 @@
 // recstream: the command line of SPEC section 4.
-//   serve, broker, produce, gen, eval, config
+//   serve, broker, produce, gen, eval, config, import-embeddings
 // Exit codes: 0 success, 2 usage or configuration error, 1 run-time failure.
 #include <fmt/format.h>
 #include <signal.h>
+#include <simdjson.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
@@ -15,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <thread>
 
 #include "app/service.h"
@@ -22,6 +24,8 @@
 #include "eval/evaluator.h"
 #include "eval/generator.h"
 #include "ingest/kafka.h"
+#include "learner/learner.h"
+#include "store/checkpoint_store.h"
 
 namespace recstream::app {
 namespace {
@@ -53,8 +57,10 @@ int WaitForSignal(const sigset_t& set) {
 // or with --quiet; Finish() clears it.
 class ProgressLine {
  public:
-  explicit ProgressLine(bool enabled)
-      : enabled_(enabled && isatty(STDERR_FILENO)), start_(std::chrono::steady_clock::now()) {}
+  explicit ProgressLine(bool enabled, std::string unit = "events")
+      : enabled_(enabled && isatty(STDERR_FILENO)),
+        unit_(std::move(unit)),
+        start_(std::chrono::steady_clock::now()) {}
   ~ProgressLine() { Finish(); }
 
   // `fraction` of the work done, in [0, 1]; negative when unknown.
@@ -65,7 +71,7 @@ class ProgressLine {
     next_ = now + std::chrono::seconds(1);
     double secs = std::chrono::duration<double>(now - start_).count();
     double rate = secs > 0 ? double(events) / secs : 0;
-    std::string line = fmt::format("{} events, {:.0f}/s", events, rate);
+    std::string line = fmt::format("{} {}, {:.0f}/s", events, unit_, rate);
     if (fraction > 0 && fraction <= 1) {
       double left = secs * (1 - fraction) / fraction;
       line += fmt::format(", {:.0f}%, {} left", 100 * fraction, Duration(left));
@@ -93,6 +99,7 @@ class ProgressLine {
   }
 
   const bool enabled_;
+  const std::string unit_;
   const std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point next_ = start_;  // the first update draws at once
   bool shown_ = false;
@@ -322,6 +329,193 @@ int RunEval(const ConfigFlags& flags, const std::string& events_path,
   return kExitOk;
 }
 
+// Why a line of an embeddings file was skipped; the error of its first
+// occurrence is kept for the report.
+enum class VectorError { kNone, kJson, kItem, kVector, kDimension, kNonFinite };
+
+VectorError ParseVectorLine(simdjson::dom::parser& parser, const std::string& line, int dim,
+                            std::string* item, std::vector<float>* vec, std::string* detail) {
+  simdjson::dom::element doc;
+  if (auto err = parser.parse(line).get(doc)) {
+    *detail = simdjson::error_message(err);
+    return VectorError::kJson;
+  }
+  simdjson::dom::object obj;
+  if (doc.get(obj)) {
+    *detail = "not a JSON object";
+    return VectorError::kJson;
+  }
+  simdjson::dom::element id;
+  if (obj["item"].get(id)) {
+    *detail = "no \"item\"";
+    return VectorError::kItem;
+  }
+  std::string_view sv;
+  uint64_t n = 0;
+  if (!id.get(sv)) {
+    item->assign(sv);
+  } else if (!id.get(n)) {
+    *item = std::to_string(n);
+  } else {
+    *detail = "\"item\" must be a string or a non-negative integer";
+    return VectorError::kItem;
+  }
+  if (item->empty()) {
+    *detail = "\"item\" is empty";
+    return VectorError::kItem;
+  }
+  simdjson::dom::array arr;
+  if (obj["vector"].get(arr)) {
+    *detail = "no \"vector\" array";
+    return VectorError::kVector;
+  }
+  vec->clear();
+  for (simdjson::dom::element x : arr) {
+    double v = 0;
+    if (x.get(v)) {
+      *detail = "\"vector\" holds a value that is not a number";
+      return VectorError::kVector;
+    }
+    vec->push_back(float(v));
+  }
+  if (int(vec->size()) != dim) {
+    *detail = fmt::format("{} values, model.pretrained_dim is {}", vec->size(), dim);
+    return VectorError::kDimension;
+  }
+  for (float v : *vec)
+    if (!std::isfinite(v)) {
+      *detail = "a value is not finite as a float";
+      return VectorError::kNonFinite;
+    }
+  return VectorError::kNone;
+}
+
+int RunImportEmbeddings(const ConfigFlags& flags, const std::string& path, bool quiet) {
+  config::AppConfig cfg;
+  if (!flags.Load(&cfg)) return kExitUsage;
+  const int dim = cfg.learner.pretrained_dim;
+  if (dim <= 0) {
+    std::fprintf(stderr,
+                 "recstream: model.pretrained_dim is 0: set it to the vectors' dimension (in the "
+                 "configuration the service uses too)\n");
+    return kExitUsage;
+  }
+  std::ifstream in(path);
+  if (!in) {
+    std::fprintf(stderr, "recstream: cannot open %s\n", path.c_str());
+    return kExitFailure;
+  }
+  std::unique_ptr<store::CheckpointStore> store;
+  Status s = store::CheckpointStore::Open(cfg.store, &store);
+  if (!s.ok()) {
+    std::fprintf(stderr, "recstream: cannot open the store %s (stop the service first): %s\n",
+                 cfg.store.path.c_str(), s.ToString().c_str());
+    return kExitFailure;
+  }
+  std::unique_ptr<learner::Learner> model;
+  s = learner::Learner::Create(cfg.learner, &model);
+  if (!s.ok()) {
+    std::fprintf(stderr, "recstream: %s\n", s.ToString().c_str());
+    return kExitUsage;
+  }
+  bool fresh = false;
+  {
+    learner::ModelSnapshot stored;
+    OffsetMap offsets;
+    store::CheckpointInfo info;
+    s = store->Load(&stored, &offsets, &info);
+    if (s.IsNotFound()) {
+      fresh = true;
+    } else if (!s.ok()) {
+      std::fprintf(stderr, "recstream: cannot load the model from %s: %s\n", cfg.store.path.c_str(),
+                   s.ToString().c_str());
+      return kExitFailure;
+    } else if (Status a = model->ApplySnapshot(stored); !a.ok()) {
+      std::fprintf(stderr,
+                   "recstream: the stored model does not fit the configuration (is "
+                   "model.pretrained_dim the one it was created with?): %s\n",
+                   a.ToString().c_str());
+      return kExitFailure;
+    }
+  }
+
+  std::error_code size_error;
+  const auto total = std::filesystem::file_size(path, size_error);
+  ProgressLine progress(!quiet, "vectors");
+  simdjson::dom::parser parser;
+  std::map<VectorError, std::pair<uint64_t, std::string>> bad;  // count, first report
+  const std::map<VectorError, const char*> reasons = {
+      {VectorError::kJson, "invalid JSON"},
+      {VectorError::kItem, "bad item"},
+      {VectorError::kVector, "bad vector"},
+      {VectorError::kDimension, "wrong dimension"},
+      {VectorError::kNonFinite, "non-finite value"}};
+  uint64_t lines = 0, imported = 0, bytes = 0, printed = 0;
+  std::string line, item, detail;
+  std::vector<float> vec;
+  while (std::getline(in, line)) {
+    ++lines;
+    bytes += line.size() + 1;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    VectorError e = ParseVectorLine(parser, line, dim, &item, &vec, &detail);
+    if (e == VectorError::kNone) {
+      if (Status st = model->ImportPretrained(item, vec); !st.ok()) {
+        e = VectorError::kVector;
+        detail = st.message();
+      }
+    }
+    if (e != VectorError::kNone) {
+      bad[e].first++;
+      if (printed < 10) {
+        ++printed;
+        progress.Finish();
+        std::fprintf(stderr, "recstream: %s line %llu: %s: %s\n", path.c_str(),
+                     static_cast<unsigned long long>(lines), reasons.at(e), detail.c_str());
+      }
+      continue;
+    }
+    ++imported;
+    if (progress.enabled() && (lines & 1023) == 0)
+      progress.Update(imported, !size_error && total > 0 ? double(bytes) / double(total) : -1);
+  }
+  progress.Finish();
+  if (in.bad()) {
+    std::fprintf(stderr, "recstream: error reading %s\n", path.c_str());
+    return kExitFailure;
+  }
+
+  uint64_t skipped = 0;
+  for (const auto& [e, c] : bad) skipped += c.first;
+  if (imported > 0) {
+    learner::ModelSnapshot snapshot;
+    model->TakeSnapshot(fresh, &snapshot);
+    store::CheckpointInfo info;
+    // No offsets: the stored ones are kept (Write merges them).
+    s = store->Write(snapshot, OffsetMap(), &info);
+    if (!s.ok()) {
+      std::fprintf(stderr, "recstream: cannot write the checkpoint to %s: %s\n",
+                   cfg.store.path.c_str(), s.ToString().c_str());
+      return kExitFailure;
+    }
+    std::printf(
+        "imported %llu vectors of dimension %d into %s (%s model; %llu items with a "
+        "vector, %llu items in all; checkpoint %llu, %llu rows)\n",
+        static_cast<unsigned long long>(imported), dim, cfg.store.path.c_str(),
+        fresh ? "new" : "stored", static_cast<unsigned long long>(model->Stats().pretrained),
+        static_cast<unsigned long long>(model->Stats().items),
+        static_cast<unsigned long long>(info.sequence), static_cast<unsigned long long>(info.rows));
+  } else {
+    std::printf("imported no vectors; the store %s is unchanged\n", cfg.store.path.c_str());
+  }
+  if (skipped > 0) {
+    std::printf("skipped %llu bad lines:", static_cast<unsigned long long>(skipped));
+    for (const auto& [e, c] : bad)
+      std::printf(" %s %llu;", reasons.at(e), static_cast<unsigned long long>(c.first));
+    std::printf("\n");
+  }
+  return imported == 0 && skipped > 0 ? kExitFailure : kExitOk;
+}
+
 int Main(int argc, char** argv) {
   auto console = spdlog::stderr_color_mt("recstream");
   spdlog::set_default_logger(console);
@@ -385,8 +579,9 @@ int Main(int argc, char** argv) {
   evalc->add_option("--predictions", predictions,
                     "write each prediction before learning, one JSON line each");
   evalc->add_flag("--quiet", quiet, "no progress line");
-  evalc->add_flag("--baselines", baselines,
-                  "also run popularity, online biased MF and single-task baselines on the same stream");
+  evalc->add_flag(
+      "--baselines", baselines,
+      "also run popularity, online biased MF and single-task baselines on the same stream");
   eval_flags.Add(evalc);
 
   ConfigFlags config_flags;
@@ -394,6 +589,17 @@ int Main(int argc, char** argv) {
   auto* configc = app.add_subcommand("config", "check and show the effective configuration");
   configc->add_flag("--print", print, "print every key with its value and where it came from");
   config_flags.Add(configc);
+
+  ConfigFlags import_flags;
+  std::string vectors_path;
+  bool import_quiet = false;
+  auto* importc = app.add_subcommand(
+      "import-embeddings",
+      "load pretrained item vectors (JSONL {\"item\": ..., \"vector\": [...]}) into the stored "
+      "model; stop the service first");
+  importc->add_option("--vectors", vectors_path, "JSONL file of item vectors")->required();
+  importc->add_flag("--quiet", import_quiet, "no progress line");
+  import_flags.Add(importc);
 
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
@@ -422,6 +628,7 @@ int Main(int argc, char** argv) {
   if (*evalc)
     return RunEval(eval_flags, events_path, report_path, ranking_k, candidates, predictions, quiet,
                    baselines);
+  if (*importc) return RunImportEmbeddings(import_flags, vectors_path, import_quiet);
   if (*configc) {
     config::AppConfig cfg;
     std::vector<config::ConfigSource> sources;

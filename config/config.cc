@@ -336,6 +336,10 @@ const std::vector<Key>& KeyTable() {
     t.push_back(IntKey(
         "model.replay_window", [](auto& c) -> auto& { return c.learner.replay_window; }, 1,
         1 << 24));
+    t.push_back(IntKey(
+        "model.pretrained_dim", [](auto& c) -> auto& { return c.learner.pretrained_dim; }, 0, 8192));
+    t.push_back(BoolKey(
+        "model.pretrained_trainable", [](auto& c) -> auto& { return c.learner.pretrained_trainable; }));
     // learner
     t.push_back(IntKey(
         "learner.threads", [](auto& c) -> auto& { return c.learner.threads; }, 0, 256));

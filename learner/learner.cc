@@ -112,6 +112,8 @@ Status ValidateOptions(const LearnerOptions& o) {
   if (!std::isfinite(o.rating_min) || !std::isfinite(o.rating_max) ||
       !(o.rating_min < o.rating_max))
     return bad("rating.min must be below rating.max");
+  if (o.pretrained_dim < 0 || o.pretrained_dim > 8192)
+    return bad("model.pretrained_dim must be in [0, 8192]");
   if (o.threads < 0 || o.threads > 256) return bad("learner.threads must be in [0, 256]");
   if (o.chunk < 1 || o.chunk > 1 << 20) return bad("learner.chunk must be in [1, 1048576]");
   return Status::OK();
@@ -170,7 +172,7 @@ struct TrainState {
   TaskChunkStats chunk;
   std::vector<Observation> observations;
   std::vector<uint32_t> user_rows, item_rows;  // row and feature rows
-  std::vector<float> du, dv, du2, dv2;
+  std::vector<float> du, dv, du2, dv2, dp;
   uint64_t refused = 0;
   uint64_t rng = 0x9e3779b97f4a7c15ULL;  // negative sampling
 };
@@ -185,6 +187,10 @@ struct Learner::Impl {
         items("item", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 1),
         user_features("user_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 2),
         item_features("item_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 3),
+        pretrained(o.pretrained_dim > 0
+                       ? std::make_unique<EmbeddingTable>("item_pretrained", o.pretrained_dim, 0,
+                                                          o.init_scale, o.adagrad_init, o.seed + 4)
+                       : nullptr),
         weighting(o),
         threads(o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency())),
         arena(threads),
@@ -209,7 +215,21 @@ struct Learner::Impl {
   EmbeddingTable* table(std::string_view name) {
     for (EmbeddingTable* t : {&users, &items, &user_features, &item_features})
       if (t->name() == name) return t;
+    if (pretrained && pretrained->name() == name) return pretrained.get();
     return nullptr;
+  }
+
+  std::vector<EmbeddingTable*> all_tables() {
+    std::vector<EmbeddingTable*> t = {&users, &items, &user_features, &item_features};
+    if (pretrained) t.push_back(pretrained.get());
+    return t;
+  }
+
+  // The pretrained row of an item row, kNoRow when it has none (or when
+  // pretrained vectors are off).
+  uint32_t PretrainedRow(uint32_t item_row) const {
+    if (!pretrained || item_row == EmbeddingTable::kNoRow) return EmbeddingTable::kNoRow;
+    return pretrained->Find(items.key(item_row));
   }
 
   // Fills s->user_rows / s->item_rows: the row, then its feature rows (the
@@ -237,6 +257,8 @@ struct Learner::Impl {
   const int width;
   const float lr_bias;
   EmbeddingTable users, items, user_features, item_features;
+  // Pretrained item vectors keyed by item id; null when pretrained_dim = 0.
+  std::unique_ptr<EmbeddingTable> pretrained;
   FeatureLists user_lists, item_lists;
   // Dense parameters and their optimizer state (Adagrad accumulators or
   // Adam's second moments; Adam's first moments). Written by trainers at
@@ -333,6 +355,9 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
   std::array<float, kNumTasks> bu{}, bi{};
   Gather(users, user_features, s->user_rows, fw.u.data(), bu.data());
   Gather(items, item_features, s->item_rows, fw.v.data(), bi.data());
+  const uint32_t pre_row = PretrainedRow(s->item_rows[0]);
+  if (pre_row != EmbeddingTable::kNoRow)
+    shape.Project(dense.data(), pretrained->Row(pre_row), fw.v.data());
 
   const bool esmm = options.esmm && task == Task::kPurchase;
   float y = shape.ForwardTask(dense.data(), t, bu[t] + bi[t], &fw);
@@ -409,6 +434,36 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
   s->chunk.grad_norm_sum[t] += w > 0 ? grad_h_norm / w : 0.0;
   s->chunk.count[t] += 1;
 
+  if (pre_row != EmbeddingTable::kNoRow) {
+    // v = E + W p: dL/dW = dv p^T (a dense gradient), dL/dp = W^T dv.
+    const bool trainable = options.pretrained_trainable;
+    const int P = options.pretrained_dim;
+    float* p = pretrained->Row(pre_row);
+    s->dp.resize(P);
+    shape.ProjectBackward(dense.data(), p, s->dv.data(), s->dense_grad.data(),
+                          trainable ? s->dp.data() : nullptr);
+    bool finite = true;
+    if (trainable)
+      for (float x : s->dp) finite &= std::isfinite(x);
+    if (!finite) {
+      ++s->refused;
+    } else if (trainable) {
+      // Adagrad (or SGD) with L2, as ApplyRow; accumulators follow the P values.
+      const float l2 = options.l2, clip = options.grad_clip, lr = options.lr_embedding;
+      float* acc = p + P;
+      const bool sgd = options.embedding_optimizer == Optimizer::kSgd;
+      for (int j = 0; j < P; ++j) {
+        float gj = std::clamp(s->dp[j] + l2 * p[j], -clip, clip);
+        if (sgd) {
+          p[j] -= lr * gj;
+        } else {
+          acc[j] += gj * gj;
+          p[j] -= lr * gj / (std::sqrt(acc[j]) + 1e-8f);
+        }
+      }
+      pretrained->MarkDirty(pre_row);
+    }
+  }
   UpdateRows(users, user_features, s->user_rows, s->du.data(), t);
   UpdateRows(items, item_features, s->item_rows, s->dv.data(), t);
   if (esmm) {
@@ -613,6 +668,9 @@ void Learner::Impl::ScoreItems(std::string_view user, const std::vector<uint32_t
       rows.push_back(item_rows[i]);
       item_lists.Get(item_rows[i], &rows);
       Gather(items, item_features, rows, v.data(), v.data() + d);
+      const uint32_t pre_row = PretrainedRow(item_rows[i]);
+      if (pre_row != EmbeddingTable::kNoRow)
+        shape.Project(dense.data(), pretrained->Row(pre_row), v.data());
     }
     shape.ScoreItem(dense.data(), ctx, v.data(), &y);
     Prediction& p = (*out)[i];
@@ -720,6 +778,7 @@ LearnerStats Learner::Stats() const {
   s.users = m.users.size();
   s.items = m.items.size();
   s.features = m.user_features.size() + m.item_features.size();
+  s.pretrained = m.pretrained ? m.pretrained->size() : 0;
   s.nonfinite_updates_refused = m.refused.load(std::memory_order_relaxed);
   return s;
 }
@@ -728,8 +787,8 @@ void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
   Impl& m = *impl_;
   *out = ModelSnapshot();
   out->shape = m.shape.Describe();
-  const int w2 = 2 * m.width;
-  for (EmbeddingTable* t : {&m.users, &m.items, &m.user_features, &m.item_features}) {
+  for (EmbeddingTable* t : m.all_tables()) {
+    const int w2 = 2 * t->width();
     TableDelta delta;
     delta.table = t->name();
     delta.width = w2;
@@ -787,15 +846,37 @@ void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
   }
 }
 
+Status Learner::ImportPretrained(std::string_view item, std::span<const float> vec) {
+  Impl& m = *impl_;
+  if (!m.pretrained)
+    return Status::InvalidArgument("pretrained vectors are off (model.pretrained_dim = 0)");
+  if (item.empty()) return Status::InvalidArgument("empty item id");
+  if (vec.size() != size_t(m.options.pretrained_dim))
+    return Status::InvalidArgument("vector of item '" + std::string(item) + "' has " +
+                                   std::to_string(vec.size()) + " values, expected " +
+                                   std::to_string(m.options.pretrained_dim));
+  for (float x : vec)
+    if (!std::isfinite(x))
+      return Status::InvalidArgument("vector of item '" + std::string(item) +
+                                     "' has a non-finite value");
+  m.items.GetOrCreate(item);  // a new row is created dirty
+  const uint32_t r = m.pretrained->GetOrCreate(item);
+  float* row = m.pretrained->Row(r);
+  std::copy(vec.begin(), vec.end(), row);
+  std::fill(row + vec.size(), row + 2 * vec.size(), m.options.adagrad_init);
+  m.pretrained->MarkDirty(r);
+  return Status::OK();
+}
+
 Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
   Impl& m = *impl_;
   if (snap.shape != m.shape.Describe())
     return Status::Corruption("snapshot is of model shape '" + snap.shape +
                               "' but the options give '" + m.shape.Describe() + "'");
-  const int w2 = 2 * m.width;
   for (const TableDelta& delta : snap.tables) {
     EmbeddingTable* t = m.table(delta.table);
     if (!t) return Status::Corruption("snapshot has unknown table '" + delta.table + "'");
+    const int w2 = 2 * t->width();
     if (delta.width != w2 || delta.values.size() != delta.keys.size() * size_t(w2))
       return Status::Corruption("table '" + delta.table + "' has rows of the wrong width");
     for (size_t i = 0; i < delta.keys.size(); ++i) {
@@ -858,8 +939,7 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
       m.purchases[m.users.GetOrCreate(u)].insert(m.items.GetOrCreate(i));
   }
   // What was just loaded is already stored: nothing is dirty.
-  for (EmbeddingTable* t : {&m.users, &m.items, &m.user_features, &m.item_features})
-    t->ForEachDirty(false, [](uint32_t) {});
+  for (EmbeddingTable* t : m.all_tables()) t->ForEachDirty(false, [](uint32_t) {});
   for (FeatureLists* l : {&m.user_lists, &m.item_lists})
     l->ForEachDirty(false, [](uint32_t, const std::vector<uint32_t>&) {});
   return Status::OK();

@@ -114,6 +114,15 @@ struct LearnerOptions {
   // progressive metrics.
   int replay = 0;
   int replay_window = 100000;
+  // Warm start from pretrained item vectors (for example text embeddings):
+  // with pretrained_dim = P > 0, an item imported with ImportPretrained()
+  // has the vector v = E[item] (+ its features) + W p(item) everywhere
+  // (training and scoring), W being a learned d x P dense projection. The
+  // vectors p stay frozen unless pretrained_trainable, when they are updated
+  // like embedding rows. 0 (default) turns it off and leaves the model's
+  // shape as it was.
+  int pretrained_dim = 0;
+  bool pretrained_trainable = false;
   // Training threads; 0 means every core.
   int threads = 0;
   // Events per parallel chunk; dense gradients are accumulated per chunk.
@@ -175,13 +184,16 @@ struct LearnerStats {
   uint64_t users = 0;
   uint64_t items = 0;
   uint64_t features = 0;
+  uint64_t pretrained = 0;  // items with a pretrained vector
   uint64_t nonfinite_updates_refused = 0;
 };
 
 // Row deltas. A row's values are the table's layout (embedding, per-task
 // biases and their optimizer state); `width` floats per row.
 struct TableDelta {
-  std::string table;  // "user", "item", "user_feature", "item_feature"
+  // "user", "item", "user_feature", "item_feature", and "item_pretrained"
+  // (pretrained vectors and their accumulators, 2 * pretrained_dim floats).
+  std::string table;
   int width = 0;
   std::vector<std::string> keys;
   std::vector<float> values;  // keys.size() * width floats, row after row
@@ -245,6 +257,15 @@ class Learner {
 
   LearnerStats Stats() const;
   const LearnerOptions& options() const;
+
+  // Sets the pretrained vector of `item` (pretrained_dim floats), creating
+  // the item's row when missing, so that a new item scores from its vector
+  // before its first event. Importing again replaces the vector (and resets
+  // its optimizer state). InvalidArgument when pretrained_dim is 0, the size
+  // differs from pretrained_dim, the item id is empty or a value is not
+  // finite. Must not run concurrently with Train, TakeSnapshot or
+  // ApplySnapshot.
+  Status ImportPretrained(std::string_view item, std::span<const float> vec);
 
   // Fills `out` with rows changed since the previous TakeSnapshot (all rows
   // when `full`), the dense parameters and counters, and clears the change

@@ -386,4 +386,143 @@ TEST_CASE("Optimizers, rating losses, ESMM, negative sampling and replay all lea
   CHECK(Learner::Create(bad, &l).IsInvalidArgument());
 }
 
+namespace {
+
+// Pretrained vectors with the structure of MakeStream: the vector of item i
+// is its group's direction (group i % 4) plus a little noise.
+std::string Id(const char* prefix, int n) {
+  std::string id = prefix;
+  return id += std::to_string(n);
+}
+
+std::vector<float> GroupVector(int item, int dim, uint64_t seed) {
+  std::mt19937_64 group_rng(1234 + uint64_t(item % 4));
+  std::mt19937_64 noise_rng(seed * 1000003 + uint64_t(item));
+  std::normal_distribution<float> unit(0.0f, 1.0f), noise(0.0f, 0.1f);
+  std::vector<float> v(dim);
+  for (float& x : v) x = unit(group_rng);
+  for (float& x : v) x += noise(noise_rng);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("Pretrained vectors let a new item score before its first event",
+          "[Learner][pretrained]") {
+  LearnerOptions o;
+  o.threads = 1;
+  o.pretrained_dim = 16;
+  o.pretrained_trainable = GENERATE(false, true);
+  auto l = MakeLearner(o);
+  // Items 0..39 have events and vectors; 40..47 only vectors.
+  for (int i = 0; i < 48; ++i) {
+    auto v = GroupVector(i, o.pretrained_dim, 1);
+    REQUIRE(l->ImportPretrained(Id("i", i), v).ok());
+  }
+  CHECK(l->Stats().pretrained == 48);
+  CHECK(l->Stats().items == 48);
+  auto stream = MakeStream(40000, 40, 40, 21);
+  l->Train(stream);
+
+  // For each user, a new item of the user's group against new items of the
+  // other groups: the liked group should win for nearly every user.
+  Blend blend;
+  int wins = 0, comparisons = 0;
+  for (int u = 0; u < 40; ++u) {
+    const std::string user = Id("u", u);
+    for (int a = 40; a < 48; ++a) {
+      if (a % 4 != u % 4) continue;
+      const auto liked = l->Score(user, Id("i", a), blend);
+      CHECK(liked.item_known);
+      for (int b = 40; b < 48; ++b) {
+        if (b % 4 == u % 4) continue;
+        const auto other = l->Score(user, Id("i", b), blend);
+        wins += liked.score > other.score;
+        ++comparisons;
+      }
+    }
+  }
+  INFO("liked new item scored higher in " << wins << " of " << comparisons);
+  CHECK(wins >= 0.9 * comparisons);
+
+  // Without pretrained vectors the two kinds of new item are indistinguishable.
+  auto plain = MakeLearner(LearnerOptions{.threads = 1});
+  plain->Train(stream);
+  CHECK(plain->Score("u0", "i40", blend).score == plain->Score("u0", "i41", blend).score);
+}
+
+TEST_CASE("ImportPretrained rejects bad vectors", "[Learner][pretrained]") {
+  auto off = MakeLearner();
+  std::vector<float> v(4, 0.5f);
+  CHECK(off->ImportPretrained("i1", v).IsInvalidArgument());
+
+  LearnerOptions o;
+  o.pretrained_dim = 4;
+  auto l = MakeLearner(o);
+  CHECK(l->ImportPretrained("i1", v).ok());
+  CHECK(l->ImportPretrained("", v).IsInvalidArgument());
+  std::vector<float> short_v(3, 0.5f);
+  CHECK(l->ImportPretrained("i2", short_v).IsInvalidArgument());
+  for (float bad : {std::nanf(""), INFINITY, -INFINITY}) {
+    std::vector<float> b = v;
+    b[2] = bad;
+    CHECK(l->ImportPretrained("i3", b).IsInvalidArgument());
+  }
+  CHECK(l->Stats().pretrained == 1);
+  CHECK(l->Stats().items == 1);
+  LearnerOptions neg;
+  neg.pretrained_dim = -1;
+  std::unique_ptr<Learner> x;
+  CHECK(Learner::Create(neg, &x).IsInvalidArgument());
+}
+
+TEST_CASE("Snapshots restore pretrained vectors bit for bit", "[Learner][pretrained]") {
+  LearnerOptions o;
+  o.threads = 1;
+  o.pretrained_dim = 8;
+  o.pretrained_trainable = GENERATE(false, true);
+  auto original = MakeLearner(o);
+  for (int i = 0; i < 36; ++i)
+    REQUIRE(original->ImportPretrained(Id("i", i), GroupVector(i, 8, 2)).ok());
+  auto stream = MakeStream(10000, 30, 30, 9);
+  original->Train(std::span(stream).first(5000));
+  ModelSnapshot full;
+  original->TakeSnapshot(true, &full);
+  bool has_table = false;
+  for (const TableDelta& t : full.tables)
+    if (t.table == "item_pretrained") {
+      has_table = true;
+      CHECK(t.width == 16);
+      CHECK(t.keys.size() == 36);
+    }
+  CHECK(has_table);
+  original->Train(std::span(stream).subspan(5000));
+  REQUIRE(original->ImportPretrained("i35", GroupVector(35, 8, 3)).ok());
+  ModelSnapshot delta;
+  original->TakeSnapshot(false, &delta);
+  for (const TableDelta& t : delta.tables)
+    if (t.table == "item_pretrained") CHECK(t.keys.size() == (o.pretrained_trainable ? 31u : 1u));
+
+  auto restored = MakeLearner(o);
+  REQUIRE(restored->ApplySnapshot(full).ok());
+  REQUIRE(restored->ApplySnapshot(delta).ok());
+  CHECK(AllScoresEqual(*original, *restored, 30, 36));
+  auto more = MakeStream(2000, 30, 36, 10);
+  original->Train(more);
+  restored->Train(more);
+  CHECK(AllScoresEqual(*original, *restored, 30, 36));
+
+  // A model without pretrained vectors refuses the snapshot (another shape).
+  auto plain = MakeLearner(LearnerOptions{.threads = 1});
+  CHECK(plain->ApplySnapshot(full).IsCorruption());
+}
+
+TEST_CASE("pretrained_dim = 0 leaves the shape as it was", "[Learner][pretrained]") {
+  auto l = MakeLearner();
+  ModelSnapshot s;
+  l->TakeSnapshot(true, &s);
+  CHECK(s.shape.find("pretrained") == std::string::npos);
+  CHECK(s.tables.size() == 4);
+}
+
 }  // namespace recstream::learner

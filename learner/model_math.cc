@@ -15,7 +15,8 @@ inline float Dot(const float* a, const float* b, int n) {
   int k = 0;
   for (; k + 8 <= n; k += 8)
     for (int i = 0; i < 8; ++i) part[i] += a[k + i] * b[k + i];
-  float sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  float sum =
+      ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
   for (; k < n; ++k) sum += a[k] * b[k];
   return sum;
 }
@@ -48,6 +49,7 @@ ModelShape::ModelShape(const LearnerOptions& o)
     : d_(o.dim),
       h_(o.hidden),
       e_(o.arch == Arch::kMmoe ? o.experts : 1),
+      p_(o.pretrained_dim),
       mmoe_(o.arch == Arch::kMmoe),
       rating_mid_(0.5f * (o.rating_min + o.rating_max)) {
   const size_t in = 3 * d_;
@@ -59,13 +61,15 @@ ModelShape::ModelShape(const LearnerOptions& o)
   head_w_ = off, off += size_t(kNumTasks) * h_;
   head_c_ = off, off += kNumTasks;
   head_a_ = off, off += kNumTasks;
+  proj_ = off, off += size_t(d_) * p_;
   size_ = off;
 }
 
 std::string ModelShape::Describe() const {
   return "recstream-v1 dim=" + std::to_string(d_) + " hidden=" + std::to_string(h_) +
          " experts=" + std::to_string(e_) + " arch=" + (mmoe_ ? "mmoe" : "shared_bottom") +
-         " tasks=" + std::to_string(kNumTasks);
+         " tasks=" + std::to_string(kNumTasks) +
+         (p_ > 0 ? " pretrained=" + std::to_string(p_) : std::string());
 }
 
 void ModelShape::Init(float* dense, uint64_t seed) const {
@@ -83,6 +87,30 @@ void ModelShape::Init(float* dense, uint64_t seed) const {
   dense[head_c_ + int(Task::kPurchase)] = -3.0f;
   dense[head_c_ + int(Task::kRating)] = rating_mid_;
   for (int t = 0; t < kNumTasks; ++t) dense[head_a_ + t] = 1.0f;
+  if (p_ > 0) {
+    // Drawn last, so that the other blocks are the same with and without.
+    const float r = 0.1f * std::sqrt(6.0f / float(d_ + p_));
+    std::uniform_real_distribution<float> w_proj(-r, r);
+    for (size_t i = proj_; i < size_; ++i) dense[i] = w_proj(rng);
+  }
+}
+
+void ModelShape::Project(const float* dense, const float* p, float* v) const {
+  for (int k = 0; k < d_; ++k) v[k] += Dot(dense + proj_ + size_t(k) * p_, p, p_);
+}
+
+void ModelShape::ProjectBackward(const float* dense, const float* p, const float* dv, float* grad,
+                                 float* dp) const {
+  if (dp) std::fill(dp, dp + p_, 0.0f);
+  for (int k = 0; k < d_; ++k) {
+    const float g = dv[k];
+    if (g == 0.0f) continue;
+    const float* w = dense + proj_ + size_t(k) * p_;
+    float* gw = grad + proj_ + size_t(k) * p_;
+    for (int j = 0; j < p_; ++j) gw[j] += g * p[j];
+    if (dp)
+      for (int j = 0; j < p_; ++j) dp[j] += g * w[j];
+  }
 }
 
 float ModelShape::ForwardTask(const float* dense, int t, float bias, Forward* fw) const {

@@ -60,16 +60,26 @@ class ModelShape {
   float BackwardTask(const float* dense, int t, float dy, Forward* fw, float* grad, float* du,
                      float* dv) const;
 
+  // Pretrained item vectors (P = pretrained() floats, 0 = off): the item
+  // vector gains W p for the d x P projection W, a dense block at the end.
+  int pretrained() const { return p_; }
+  // v += W p.
+  void Project(const float* dense, const float* p, float* v) const;
+  // For dL/dv = dv: adds dv p^T to the W block of `grad` and, when dp is not
+  // null, writes dL/dp = W^T dv (P floats).
+  void ProjectBackward(const float* dense, const float* p, const float* dv, float* grad,
+                       float* dp) const;
+
   void PrepareUser(const float* dense, const float* u, UserContext* ctx) const;
   // y for all tasks, without biases; v points at d floats.
   void ScoreItem(const float* dense, UserContext& ctx, const float* v,
                  std::array<float, kNumTasks>* y) const;
 
  private:
-  int d_, h_, e_;
+  int d_, h_, e_, p_;
   bool mmoe_;
   float rating_mid_;
-  size_t exp_w_, exp_b_, gate_w_, gate_b_, head_w_, head_c_, head_a_, size_;
+  size_t exp_w_, exp_b_, gate_w_, gate_b_, head_w_, head_c_, head_a_, proj_, size_;
 };
 
 }  // namespace recstream::learner
