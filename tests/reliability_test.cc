@@ -207,8 +207,12 @@ StoredModel ReadStore(const std::string& path) {
   REQUIRE(st->Load(&snap, &offsets, &info).ok());
   for (const auto& t : snap.tables)
     for (float v : t.values) m.finite = m.finite && std::isfinite(v);
+  // Parameters and optimizer state only: the "weighting", "metrics" and
+  // "dense_m" blocks carry 64-bit values as raw bits (learner/pack.h), which
+  // are not floats and may look like NaN when read as floats.
   for (const auto& [name, values] : snap.dense)
-    for (float v : values) m.finite = m.finite && std::isfinite(v);
+    if (name == "dense" || name == "dense_accum")
+      for (float v : values) m.finite = m.finite && std::isfinite(v);
   m.rows = snap.rows();
   m.learned = info.learned;
   for (const auto& [tp, off] : offsets) m.offsets_total += off;
