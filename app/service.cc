@@ -81,7 +81,7 @@ struct Service::Impl : public serve::ServiceHooks {
   // it. Training thread only.
   int64_t retry_delay_ms = 0;
   static constexpr int64_t kMaxRetryFactor = 8;
-  std::mutex mu;
+  mutable std::mutex mu;
   std::condition_variable cv;
   std::unique_ptr<CheckpointJob> pending;  // guarded by mu
   bool writing = false;                    // guarded by mu
@@ -286,7 +286,7 @@ serve::ServiceStatus Service::Impl::Status() const {
   for (const auto& [tp, off] : info.offsets)
     st.checkpoint_offsets.emplace_back(tp.topic + "/" + std::to_string(tp.partition), off);
   {
-    std::lock_guard lock(const_cast<std::mutex&>(mu));
+    std::lock_guard lock(mu);
     st.checkpoints = checkpoints;
   }
   st.uptime_s = std::chrono::duration<double>(Clock::now() - started).count();
