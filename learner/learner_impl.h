@@ -1,0 +1,205 @@
+// Private to recstream_learner: the state behind Learner, shared by
+// learner.cc (options, training, stats), learner_scoring.cc (Score,
+// ScoreMany, Recommend) and learner_snapshot.cc (snapshots, pretrained
+// import). Not installed, not included outside learner/.
+#pragma once
+
+#include "learner/learner.h"
+
+#include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/enumerable_thread_specific.h>
+#include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/partitioner.h>
+#include <oneapi/tbb/task_arena.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <queue>
+#include <shared_mutex>
+#include <thread>
+#include <tuple>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "learner/embedding_table.h"
+#include "learner/feature_lists.h"
+#include "learner/model_math.h"
+#include "learner/pack.h"
+#include "learner/task_weighting.h"
+
+namespace recstream::learner {
+
+namespace internal {
+
+constexpr int kAucBins = 2048;
+constexpr double kAucLogitRange = 16.0;
+
+inline int AucBin(float p) {
+  double pc = std::clamp<double>(p, 1e-7, 1 - 1e-7);
+  double logit = std::log(pc / (1 - pc));
+  int b = int((logit + kAucLogitRange) / (2 * kAucLogitRange) * kAucBins);
+  return std::clamp(b, 0, kAucBins - 1);
+}
+
+// Progressive metrics of one task, merged from chunks under a mutex.
+struct TaskMetrics {
+  double count = 0, loss_sum = 0, abs_sum = 0, sq_sum = 0;
+  std::vector<double> pos = std::vector<double>(kAucBins), neg = std::vector<double>(kAucBins);
+
+  double Auc() const {
+    double p_total = 0, n_total = 0, area = 0, neg_below = 0;
+    for (int b = 0; b < kAucBins; ++b) {
+      area += pos[b] * (neg_below + 0.5 * neg[b]);
+      neg_below += neg[b];
+      p_total += pos[b];
+      n_total += neg[b];
+    }
+    return p_total > 0 && n_total > 0 ? area / (p_total * n_total) : 0.0;
+  }
+};
+
+struct Observation {
+  Task task;
+  float pred;  // probability, or clipped rating
+  float label;
+};
+
+}  // namespace internal
+
+using internal::AucBin;
+using internal::kAucBins;
+using internal::Observation;
+using internal::TaskMetrics;
+
+// Per-thread scratch state: buffers, dense gradient accumulators and the
+// chunk's observations. Never shared between threads.
+struct TrainState {
+  explicit TrainState(const ModelShape& shape)
+      : fwd(shape), fwd2(shape), dense_grad(shape.dense_size(), 0.0f) {}
+  Forward fwd, fwd2;  // fwd2: the click tower of an ESMM purchase event
+  std::vector<float> dense_grad;
+  bool dense_touched = false;
+  TaskChunkStats chunk;
+  std::vector<Observation> observations;
+  std::vector<uint32_t> user_rows, item_rows;  // row and feature rows
+  std::vector<float> du, dv, du2, dv2, dp;
+  uint64_t refused = 0;
+  uint64_t rng = 0x9e3779b97f4a7c15ULL;  // negative sampling
+};
+
+struct Learner::Impl {
+  explicit Impl(const LearnerOptions& o)
+      : options(o),
+        shape(o),
+        width(o.dim + kNumTasks),
+        lr_bias(o.lr_bias > 0 ? o.lr_bias : o.lr_embedding),
+        users("user", width, o.dim, o.init_scale, o.adagrad_init, o.seed),
+        items("item", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 1),
+        user_features("user_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 2),
+        item_features("item_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 3),
+        pretrained(o.pretrained_dim > 0
+                       ? std::make_unique<EmbeddingTable>("item_pretrained", o.pretrained_dim, 0,
+                                                          o.init_scale, o.adagrad_init, o.seed + 4)
+                       : nullptr),
+        weighting(o),
+        threads(o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency())),
+        arena(threads),
+        recent(size_t(o.negatives > 0 ? o.negative_window : 1)),
+        replay_pairs(size_t(o.replay > 0 ? o.replay_window : 1)),
+        replay_labels(size_t(o.replay > 0 ? o.replay_window : 1)) {
+    dense.resize(shape.dense_size());
+    dense_accum.assign(shape.dense_size(), 0.0f);
+    if (adam()) dense_m.assign(shape.dense_size(), 0.0f);
+    shape.Init(dense.data(), o.seed);
+    for (auto& m : metrics) m = TaskMetrics();
+    for (auto& l : learned) l.store(0);
+    for (auto& r : recent) r.store(EmbeddingTable::kNoRow, std::memory_order_relaxed);
+    for (auto& r : replay_pairs) r.store(kNoPair, std::memory_order_relaxed);
+  }
+
+  bool adam() const {
+    return options.dense_optimizer == Optimizer::kAdam ||
+           options.dense_optimizer == Optimizer::kAdamW;
+  }
+
+  EmbeddingTable* table(std::string_view name) {
+    for (EmbeddingTable* t : {&users, &items, &user_features, &item_features})
+      if (t->name() == name) return t;
+    if (pretrained && pretrained->name() == name) return pretrained.get();
+    return nullptr;
+  }
+
+  std::vector<EmbeddingTable*> all_tables() {
+    std::vector<EmbeddingTable*> t = {&users, &items, &user_features, &item_features};
+    if (pretrained) t.push_back(pretrained.get());
+    return t;
+  }
+
+  // The pretrained row of an item row, kNoRow when it has none (or when
+  // pretrained vectors are off).
+  uint32_t PretrainedRow(uint32_t item_row) const {
+    if (!pretrained || item_row == EmbeddingTable::kNoRow) return EmbeddingTable::kNoRow;
+    return pretrained->Find(items.key(item_row));
+  }
+
+  // Fills s->user_rows / s->item_rows: the row, then its feature rows (the
+  // event's, which become the row's list, or the row's list when the event
+  // has none).
+  void Rows(std::string_view id, const std::vector<std::string>& features, EmbeddingTable& main,
+            EmbeddingTable& side, FeatureLists& lists, std::vector<uint32_t>* rows);
+  // Sums the row and its feature rows into vec (d floats) and the biases
+  // into bias (kNumTasks floats).
+  void Gather(const EmbeddingTable& main, const EmbeddingTable& side,
+              const std::vector<uint32_t>& rows, float* vec, float* bias) const;
+  // Predicts, then learns, one example from s->user_rows and s->item_rows.
+  // Returns the prediction made before learning.
+  float Learn(Task task, float label, TrainState* s);
+  void TrainOne(const Event& e, TrainState* s, Prediction* before);
+  void FinishChunk(TrainState* s);
+  void ApplyRow(float* row, const float* grad, int n, int offset, float lr);
+  void UpdateRows(EmbeddingTable& main, EmbeddingTable& side, const std::vector<uint32_t>& rows,
+                  const float* grad, int t);
+  void ScoreItems(std::string_view user, const std::vector<uint32_t>& item_rows,
+                  std::vector<Prediction>* out) const;
+
+  const LearnerOptions options;
+  const ModelShape shape;
+  const int width;
+  const float lr_bias;
+  EmbeddingTable users, items, user_features, item_features;
+  // Pretrained item vectors keyed by item id; null when pretrained_dim = 0.
+  std::unique_ptr<EmbeddingTable> pretrained;
+  FeatureLists user_lists, item_lists;
+  // Dense parameters and their optimizer state (Adagrad accumulators or
+  // Adam's second moments; Adam's first moments). Written by trainers at
+  // chunk ends without a lock (Hogwild), read by scorers.
+  std::vector<float> dense, dense_accum, dense_m;
+  std::atomic<uint64_t> dense_steps{0};  // Adam bias correction
+  TaskWeighting weighting;
+  const int threads;
+  tbb::task_arena arena;
+  tbb::enumerable_thread_specific<TrainState> states{[this] { return TrainState(shape); }};
+
+  // Negative sampling: a ring of recently seen item rows.
+  std::vector<std::atomic<uint32_t>> recent;
+  std::atomic<uint64_t> recent_next{0};
+  // Experience replay: a ring of (user row << 32 | item row) and
+  // (task << 32 | label bits) of recent events.
+  static constexpr uint64_t kNoPair = ~uint64_t{0};
+  std::vector<std::atomic<uint64_t>> replay_pairs, replay_labels;
+  std::atomic<uint64_t> replay_next{0};
+
+  std::array<std::atomic<uint64_t>, kNumTasks> learned;
+  std::atomic<uint64_t> refused{0};
+
+  mutable std::mutex metrics_mu;
+  std::array<TaskMetrics, kNumTasks> metrics;  // guarded by metrics_mu
+
+  mutable std::shared_mutex purchases_mu;
+  // user row -> item rows purchased; guarded by purchases_mu.
+  std::unordered_map<uint32_t, std::unordered_set<uint32_t>> purchases;
+  std::vector<std::pair<uint32_t, uint32_t>> new_purchases;  // since last snapshot
+};
+
+}  // namespace recstream::learner

@@ -1,0 +1,168 @@
+// TakeSnapshot, ApplySnapshot and ImportPretrained: row deltas in and out.
+#include "learner/learner_impl.h"
+
+namespace recstream::learner {
+
+void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
+  Impl& m = *impl_;
+  *out = ModelSnapshot();
+  out->shape = m.shape.Describe();
+  for (EmbeddingTable* t : m.all_tables()) {
+    const int w2 = 2 * t->width();
+    TableDelta delta;
+    delta.table = t->name();
+    delta.width = w2;
+    t->ForEachDirty(full, [&](uint32_t r) {
+      delta.keys.push_back(t->key(r));
+      const float* row = t->Row(r);
+      delta.values.insert(delta.values.end(), row, row + w2);
+    });
+    out->tables.push_back(std::move(delta));
+  }
+  for (auto [table, side, lists] : {std::tuple<EmbeddingTable*, EmbeddingTable*, FeatureLists*>{
+                                        &m.users, &m.user_features, &m.user_lists},
+                                    {&m.items, &m.item_features, &m.item_lists}}) {
+    FeatureListDelta delta;
+    delta.table = table->name();
+    // Lambdas cannot capture structured bindings before C++20's P1091 (clang 14).
+    EmbeddingTable* owner = table;
+    EmbeddingTable* features = side;
+    lists->ForEachDirty(full, [&](uint32_t r, const std::vector<uint32_t>& list) {
+      delta.keys.push_back(owner->key(r));
+      auto& names = delta.features.emplace_back();
+      for (uint32_t f : list) names.push_back(features->key(f));
+    });
+    if (!delta.keys.empty()) out->feature_lists.push_back(std::move(delta));
+  }
+  out->dense.emplace_back("dense", m.dense);
+  out->dense.emplace_back("dense_accum", m.dense_accum);
+  if (m.adam()) {
+    std::vector<float> moments = m.dense_m;
+    PackDouble(double(m.dense_steps.load()), &moments);
+    out->dense.emplace_back("dense_m", std::move(moments));
+  }
+  out->dense.emplace_back("weighting", m.weighting.Save());
+  {
+    std::vector<float> metrics;
+    std::lock_guard lock(m.metrics_mu);
+    for (const TaskMetrics& tm : m.metrics) {
+      for (double v : {tm.count, tm.loss_sum, tm.abs_sum, tm.sq_sum}) PackDouble(v, &metrics);
+      for (double v : tm.pos) PackDouble(v, &metrics);
+      for (double v : tm.neg) PackDouble(v, &metrics);
+    }
+    out->dense.emplace_back("metrics", std::move(metrics));
+  }
+  for (int t = 0; t < kNumTasks; ++t) out->learned[t] = m.learned[t].load();
+  {
+    std::unique_lock lock(m.purchases_mu);
+    if (full) {
+      for (const auto& [u, set] : m.purchases)
+        for (uint32_t i : set) out->new_purchases.emplace_back(m.users.key(u), m.items.key(i));
+    } else {
+      for (auto [u, i] : m.new_purchases)
+        out->new_purchases.emplace_back(m.users.key(u), m.items.key(i));
+    }
+    m.new_purchases.clear();
+  }
+}
+
+Status Learner::ImportPretrained(std::string_view item, std::span<const float> vec) {
+  Impl& m = *impl_;
+  if (!m.pretrained)
+    return Status::InvalidArgument("pretrained vectors are off (model.pretrained_dim = 0)");
+  if (item.empty()) return Status::InvalidArgument("empty item id");
+  if (vec.size() != size_t(m.options.pretrained_dim))
+    return Status::InvalidArgument("vector of item '" + std::string(item) + "' has " +
+                                   std::to_string(vec.size()) + " values, expected " +
+                                   std::to_string(m.options.pretrained_dim));
+  for (float x : vec)
+    if (!std::isfinite(x))
+      return Status::InvalidArgument("vector of item '" + std::string(item) +
+                                     "' has a non-finite value");
+  m.items.GetOrCreate(item);  // a new row is created dirty
+  const uint32_t r = m.pretrained->GetOrCreate(item);
+  float* row = m.pretrained->Row(r);
+  std::copy(vec.begin(), vec.end(), row);
+  std::fill(row + vec.size(), row + 2 * vec.size(), m.options.adagrad_init);
+  m.pretrained->MarkDirty(r);
+  return Status::OK();
+}
+
+Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
+  Impl& m = *impl_;
+  if (snap.shape != m.shape.Describe())
+    return Status::Corruption("snapshot is of model shape '" + snap.shape +
+                              "' but the options give '" + m.shape.Describe() + "'");
+  for (const TableDelta& delta : snap.tables) {
+    EmbeddingTable* t = m.table(delta.table);
+    if (!t) return Status::Corruption("snapshot has unknown table '" + delta.table + "'");
+    const int w2 = 2 * t->width();
+    if (delta.width != w2 || delta.values.size() != delta.keys.size() * size_t(w2))
+      return Status::Corruption("table '" + delta.table + "' has rows of the wrong width");
+    for (size_t i = 0; i < delta.keys.size(); ++i) {
+      uint32_t r = t->GetOrCreate(delta.keys[i]);
+      std::copy_n(delta.values.data() + i * w2, w2, t->Row(r));
+    }
+  }
+  for (const FeatureListDelta& delta : snap.feature_lists) {
+    const bool user = delta.table == "user";
+    if (!user && delta.table != "item")
+      return Status::Corruption("snapshot has feature lists of unknown table '" + delta.table +
+                                "'");
+    if (delta.features.size() != delta.keys.size())
+      return Status::Corruption("feature lists of '" + delta.table + "' are malformed");
+    EmbeddingTable& main = user ? m.users : m.items;
+    EmbeddingTable& side = user ? m.user_features : m.item_features;
+    FeatureLists& lists = user ? m.user_lists : m.item_lists;
+    std::vector<uint32_t> rows;
+    for (size_t i = 0; i < delta.keys.size(); ++i) {
+      rows.clear();
+      for (const std::string& f : delta.features[i]) rows.push_back(side.GetOrCreate(f));
+      lists.Set(main.GetOrCreate(delta.keys[i]), rows.data(), rows.data() + rows.size());
+    }
+  }
+  for (const auto& [name, values] : snap.dense) {
+    if (name == "dense_m") {
+      if (!m.adam() || values.size() != m.dense_m.size() + 2)
+        return Status::Corruption("dense block 'dense_m' does not fit the optimizer");
+      std::copy_n(values.begin(), m.dense_m.size(), m.dense_m.begin());
+      const std::vector<float> steps(values.end() - 2, values.end());
+      m.dense_steps.store(uint64_t(UnpackDouble(steps, 0)));
+    } else if (name == "dense" || name == "dense_accum") {
+      auto& dst = name == "dense" ? m.dense : m.dense_accum;
+      if (values.size() != dst.size())
+        return Status::Corruption("dense block '" + name + "' has the wrong size");
+      dst = values;
+    } else if (name == "weighting") {
+      if (!m.weighting.Load(values))
+        return Status::Corruption("weighting state has the wrong size");
+    } else if (name == "metrics") {
+      const size_t per_task = 4 + 2 * kAucBins;
+      if (values.size() != 2 * per_task * kNumTasks)
+        return Status::Corruption("metrics block has the wrong size");
+      std::lock_guard lock(m.metrics_mu);
+      size_t i = 0;
+      for (TaskMetrics& tm : m.metrics) {
+        for (double* v : {&tm.count, &tm.loss_sum, &tm.abs_sum, &tm.sq_sum})
+          *v = UnpackDouble(values, i++);
+        for (double& v : tm.pos) v = UnpackDouble(values, i++);
+        for (double& v : tm.neg) v = UnpackDouble(values, i++);
+      }
+    } else {
+      return Status::Corruption("snapshot has unknown dense block '" + name + "'");
+    }
+  }
+  for (int t = 0; t < kNumTasks; ++t) m.learned[t].store(snap.learned[t]);
+  {
+    std::unique_lock lock(m.purchases_mu);
+    for (const auto& [u, i] : snap.new_purchases)
+      m.purchases[m.users.GetOrCreate(u)].insert(m.items.GetOrCreate(i));
+  }
+  // What was just loaded is already stored: nothing is dirty.
+  for (EmbeddingTable* t : m.all_tables()) t->ForEachDirty(false, [](uint32_t) {});
+  for (FeatureLists* l : {&m.user_lists, &m.item_lists})
+    l->ForEachDirty(false, [](uint32_t, const std::vector<uint32_t>&) {});
+  return Status::OK();
+}
+
+}  // namespace recstream::learner
