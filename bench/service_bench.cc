@@ -15,6 +15,13 @@
 //     service up S seconds after that (for wrk, see serve_wrk.sh). --restart
 //     then stops the service and times a restart from its store.
 //
+//   service_bench store [--rows N] [--delta-rows M]
+//     The persistence path alone (no Kafka, no HTTP): a learner of the
+//     service's default shape holding N user rows (synthetic values)
+//     snapshots them (the training thread's pause), stores them as one full
+//     checkpoint, then stores M changed rows as a delta checkpoint, closes the
+//     store and restarts from it (Load + ApplySnapshot into a new learner).
+//
 //   service_bench freshness [--samples N] [--background-rate R]
 //     For each sample, produces one click on a never-seen item and polls
 //     GET /v1/score until the item is known: the time from the produce call
@@ -37,7 +44,9 @@
 #include "config/config.h"
 #include "eval/generator.h"
 #include "ingest/kafka.h"
+#include "learner/learner.h"
 #include "serve/test_http_client.h"
+#include "store/checkpoint_store.h"
 #include "tests/test_util.h"
 
 namespace recstream::bench {
@@ -336,6 +345,104 @@ int Freshness(int samples, double background_rate, int partitions, int checkpoin
   return 0;
 }
 
+// A snapshot of `rows` user rows, values derived from `salt`, of the shape of
+// `base` (a snapshot of a learner with the options to bench).
+learner::ModelSnapshot SyntheticSnapshot(const learner::ModelSnapshot& base, uint64_t rows,
+                                         uint32_t salt) {
+  learner::ModelSnapshot snap = base;
+  for (learner::TableDelta& t : snap.tables) {
+    if (t.table != "user") continue;
+    t.keys.reserve(rows);
+    t.values.resize(rows * size_t(t.width));
+    uint32_t x = 2463534242u ^ salt;
+    for (uint64_t r = 0; r < rows; ++r) {
+      t.keys.push_back(std::to_string(r));
+      float* v = t.values.data() + r * t.width;
+      for (int k = 0; k < t.width; ++k) {
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        v[k] = float(int32_t(x)) * 1e-10f;
+      }
+    }
+  }
+  return snap;
+}
+
+int StoreBench(uint64_t rows, uint64_t delta_rows) {
+  testing::TempDir dir;
+  config::AppConfig cfg;
+  cfg.store.path = dir.path() + "/store";
+  auto timed = [](const char* what, auto&& fn) {
+    double cpu0 = CpuSeconds();
+    auto t0 = Clock::now();
+    fn();
+    double s = SecondsSince(t0);
+    std::printf("%-44s wall_s=%.3f cpu_s=%.3f load=%s\n", what, s, CpuSeconds() - cpu0,
+                LoadAverage().c_str());
+    std::fflush(stdout);
+    return s;
+  };
+  learner::ModelSnapshot base;
+  {
+    std::unique_ptr<learner::Learner> l;
+    if (!learner::Learner::Create(cfg.learner, &l).ok()) return 1;
+    l->TakeSnapshot(true, &base);
+  }
+  std::unique_ptr<learner::Learner> trained;
+  if (!learner::Learner::Create(cfg.learner, &trained).ok()) return 1;
+  {
+    learner::ModelSnapshot synthetic = SyntheticSnapshot(base, rows, 1);
+    Status s = trained->ApplySnapshot(synthetic);
+    if (!s.ok()) return std::fprintf(stderr, "apply: %s\n", s.ToString().c_str()), 1;
+  }
+  std::printf("learner holds %llu rows, rss_mib=%.1f\n", (unsigned long long)rows,
+              MiB(ResidentBytes()));
+  learner::ModelSnapshot full;
+  timed("TakeSnapshot(full) [training-thread pause]", [&] { trained->TakeSnapshot(true, &full); });
+  std::unique_ptr<store::CheckpointStore> st;
+  if (!store::CheckpointStore::Open(cfg.store, &st).ok()) return 1;
+  OffsetMap offsets;
+  offsets[TopicPartition{"recstream.click", 0}] = 1;
+  store::CheckpointInfo info;
+  Status s;
+  double full_s = timed("Write(full)", [&] { s = st->Write(full, offsets, &info); });
+  if (!s.ok()) return std::fprintf(stderr, "write: %s\n", s.ToString().c_str()), 1;
+  std::printf("  full checkpoint: rows=%llu bytes=%llu duration_ms=%.1f rows_per_s=%.0f\n",
+              (unsigned long long)info.rows, (unsigned long long)info.bytes, info.duration_ms,
+              double(info.rows) / full_s);
+  full = learner::ModelSnapshot();
+  if (delta_rows > 0) {
+    learner::ModelSnapshot delta = SyntheticSnapshot(base, std::min(delta_rows, rows), 2);
+    offsets[TopicPartition{"recstream.click", 0}] = 2;
+    double delta_s = timed("Write(delta)", [&] { s = st->Write(delta, offsets, &info); });
+    if (!s.ok()) return std::fprintf(stderr, "write: %s\n", s.ToString().c_str()), 1;
+    std::printf("  delta checkpoint: rows=%llu bytes=%llu duration_ms=%.1f rows_per_s=%.0f\n",
+                (unsigned long long)info.rows, (unsigned long long)info.bytes, info.duration_ms,
+                double(info.rows) / delta_s);
+  }
+  trained.reset();
+  timed("close store (memtable flush)", [&] { st.reset(); });
+  std::printf("rss_mib before restart=%.1f\n", MiB(ResidentBytes()));
+  double restart_s = timed("restart: Open+Load+ApplySnapshot", [&] {
+    std::unique_ptr<learner::Learner> l;
+    (void)learner::Learner::Create(cfg.learner, &l);
+    learner::ModelSnapshot loaded;
+    OffsetMap o;
+    store::CheckpointInfo i;
+    timed("  Open", [&] { s = store::CheckpointStore::Open(cfg.store, &st); });
+    if (!s.ok()) return;
+    timed("  Load", [&] { s = st->Load(&loaded, &o, &i); });
+    if (!s.ok()) return;
+    timed("  ApplySnapshot", [&] { s = l->ApplySnapshot(loaded); });
+    std::printf("  restored rows=%llu peak_rss_mib=%.1f\n", (unsigned long long)loaded.rows(),
+                MiB(PeakResidentBytes()));
+    trained = std::move(l);
+  });
+  if (!s.ok()) return std::fprintf(stderr, "restart: %s\n", s.ToString().c_str()), 1;
+  std::printf("restart: rows=%llu restart_s=%.3f rows_per_s=%.0f\n", (unsigned long long)rows,
+              restart_s, double(rows) / restart_s);
+  return 0;
+}
+
 }  // namespace
 }  // namespace recstream::bench
 
@@ -361,6 +468,11 @@ int main(int argc, char** argv) {
   tp->add_option("--hold", hold, "seconds to keep serving afterwards");
   tp->add_flag("--restart", restart, "then stop and time a restart from the store");
 
+  uint64_t rows = 1'000'000, delta_rows = 1'000'000;
+  auto* sb = app.add_subcommand("store", "snapshot, checkpoint and restore N rows (no Kafka)");
+  sb->add_option("--rows", rows);
+  sb->add_option("--delta-rows", delta_rows);
+
   int samples = 200;
   double background = 0;
   auto* fr = app.add_subcommand("freshness", "produce call -> effect in /v1/score");
@@ -369,6 +481,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::from_str(log_level));
   std::printf("service_bench load=%s\n", LoadAverage().c_str());
+  if (sb->parsed()) return StoreBench(rows, delta_rows);
   if (tp->parsed())
     return Throughput(events, users, items, partitions, checkpoint_ms, latency, hold, restart);
   return Freshness(samples, background, partitions > 0 ? partitions : 3, checkpoint_ms);

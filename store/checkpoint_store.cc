@@ -1,10 +1,12 @@
 #include "store/checkpoint_store.h"
 
+#include <oneapi/tbb/parallel_sort.h>
 #include <rocksdb/db.h>
 #include <rocksdb/env.h>
 #include <rocksdb/file_system.h>
 #include <rocksdb/options.h>
 #include <rocksdb/slice.h>
+#include <rocksdb/sst_file_writer.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 
@@ -12,13 +14,16 @@
 #include <bit>
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <utility>
+#include <vector>
 
 namespace recstream::store {
 
@@ -37,7 +42,13 @@ constexpr char kDensePrefix[] = "d/";
 constexpr char kPurchasePrefix[] = "p/";
 constexpr char kFeatureListPrefix[] = "f/";
 constexpr char kOffsetPrefix[] = "o/";
+// Subdirectory of the store holding table files until they are ingested.
+constexpr char kIngestDir[] = "ingest";
 constexpr size_t kInfoSize = 8 * 5 + 8 * 3;
+
+// Above this size an ingested checkpoint (StoreOptions::ingest_min_bytes) is
+// split into two files built in parallel.
+constexpr size_t kIngestSplitBytes = 64 << 20;
 
 // Sequential scans of a whole prefix: read ahead generously.
 constexpr size_t kScanReadahead = 4 << 20;
@@ -218,6 +229,10 @@ rocksdb::Options MakeRocksOptions() {
   // compress: measured on 1M rows of 70 floats, lz4 saved 0% of the space
   // and made Load 50% and recovery 40% slower. So no compression.
   o.compression = rocksdb::kNoCompression;
+  // Start writing back while a checkpoint is still being written, so that
+  // its final sync has little left to do.
+  o.bytes_per_sync = 8 << 20;
+  o.wal_bytes_per_sync = 8 << 20;
   o.keep_log_file_num = 5;
   o.max_log_file_size = 16 << 20;
   // Only whole-prefix scans and a few point reads: big blocks, no filters.
@@ -277,6 +292,167 @@ struct CheckpointStore::Impl {
     return rocksdb::Status::OK();
   }
 
+  // Stores one checkpoint in one WriteBatch through the WAL. Fills
+  // next->bytes and next->duration_ms (encoding). Called with io_mu held.
+  rocksdb::Status WriteBatchOf(const learner::ModelSnapshot& snapshot, const OffsetMap& offsets,
+                               bool replace, size_t reserve,
+                               std::chrono::steady_clock::time_point start, CheckpointInfo* next);
+
+  // Stores one checkpoint as sorted table files ingested in one atomic step
+  // (StoreOptions::ingest_min_bytes). The keys and values are those Write()
+  // puts into a WriteBatch; where a key repeats, the last one wins, as in a
+  // batch. Fills next->bytes and next->duration_ms (encoding). Called with
+  // io_mu held; never for a model replacing another shape.
+  rocksdb::Status Ingest(const learner::ModelSnapshot& snapshot, const OffsetMap& new_offsets,
+                         std::chrono::steady_clock::time_point start, CheckpointInfo* next) {
+    struct Entry {
+      std::string_view key, value;
+      size_t order;
+    };
+    // Row and feature-list keys (and the lists' values) live in arenas sized
+    // up front, so views into them stay valid; the few other keys and values
+    // in `owned`.
+    size_t arena_size = 0, count = 0;
+    for (const auto& t : snapshot.tables) {
+      for (const auto& k : t.keys) arena_size += sizeof(kRowPrefix) + t.table.size() + k.size();
+      count += t.keys.size() + 1;
+    }
+    for (const auto& l : snapshot.feature_lists) {
+      for (size_t i = 0; i < l.keys.size(); ++i) {
+        arena_size += sizeof(kFeatureListPrefix) + l.table.size() + l.keys[i].size() + 4;
+        for (const std::string& f : l.features[i]) arena_size += 4 + f.size();
+      }
+      count += l.keys.size();
+    }
+    std::string arena;
+    arena.reserve(arena_size);
+    std::deque<std::string> owned;
+    std::vector<Entry> entries;
+    entries.reserve(count + snapshot.dense.size() + snapshot.new_purchases.size() +
+                    new_offsets.size() + 2);
+    auto own = [&owned](std::string v) -> std::string_view {
+      return owned.emplace_back(std::move(v));
+    };
+    auto add = [&entries](std::string_view k, std::string_view v) {
+      entries.push_back({k, v, entries.size()});
+    };
+    auto arena_since = [&arena](size_t at) { return std::string_view(arena).substr(at); };
+
+    for (const auto& t : snapshot.tables) {
+      std::string width_value;
+      PutFixed<uint32_t>(&width_value, static_cast<uint32_t>(t.width));
+      add(own(std::string(kWidthPrefix) + t.table), own(std::move(width_value)));
+      const size_t row_bytes = static_cast<size_t>(t.width) * sizeof(float);
+      const char* values = reinterpret_cast<const char*>(t.values.data());
+      for (size_t i = 0; i < t.keys.size(); ++i) {
+        const size_t at = arena.size();
+        arena += kRowPrefix;
+        arena += t.table;
+        arena.push_back('\0');
+        arena += t.keys[i];
+        add(arena_since(at), std::string_view(values + i * row_bytes, row_bytes));
+      }
+    }
+    for (const auto& [name, values] : snapshot.dense) {
+      add(own(std::string(kDensePrefix) + name),
+          std::string_view(reinterpret_cast<const char*>(values.data()),
+                           values.size() * sizeof(float)));
+    }
+    for (const auto& l : snapshot.feature_lists) {
+      for (size_t i = 0; i < l.keys.size(); ++i) {
+        size_t at = arena.size();
+        arena += kFeatureListPrefix;
+        arena += l.table;
+        arena.push_back('\0');
+        arena += l.keys[i];
+        std::string_view key = arena_since(at);
+        at = arena.size();
+        PutFixed<uint32_t>(&arena, static_cast<uint32_t>(l.features[i].size()));
+        for (const std::string& f : l.features[i]) {
+          PutFixed<uint32_t>(&arena, static_cast<uint32_t>(f.size()));
+          arena += f;
+        }
+        add(key, arena_since(at));
+      }
+    }
+    for (const auto& [user, item] : snapshot.new_purchases) {
+      std::string key(kPurchasePrefix);
+      PutFixed<uint32_t>(&key, static_cast<uint32_t>(user.size()));
+      key += user;
+      key += item;
+      add(own(std::move(key)), std::string_view());
+    }
+    add(kShapeKey, snapshot.shape);
+    for (const auto& [tp, offset] : new_offsets) {
+      std::string v;
+      PutFixed<int64_t>(&v, offset);
+      add(own(OffsetKey(tp)), own(std::move(v)));
+    }
+    std::string& info_value = owned.emplace_back(kInfoSize, '\0');
+    add(kInfoKey, info_value);
+
+    // Table files need strictly increasing keys (bytewise, as RocksDB's
+    // default comparator); of equal keys the last added wins.
+    tbb::parallel_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+      const int c = a.key.compare(b.key);
+      return c != 0 ? c < 0 : a.order < b.order;
+    });
+    size_t kept = 0;
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      if (i + 1 < entries.size() && entries[i + 1].key == entries[i].key) continue;
+      bytes += entries[i].key.size() + entries[i].value.size();
+      entries[kept++] = entries[i];
+    }
+    entries.resize(kept);
+    next->bytes = bytes;
+    next->duration_ms = MillisSince(start);
+    const std::string info = EncodeInfo(*next);
+    std::memcpy(info_value.data(), info.data(), kInfoSize);  // same size: views stay valid
+
+    // Leftovers of an interrupted checkpoint are never ingested: start clean.
+    const std::string dir = options.path + "/" + kIngestDir;
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+    std::filesystem::create_directories(dir, ec);
+    if (ec) return rocksdb::Status::IOError("creating " + dir + ": " + ec.message());
+
+    const size_t files = bytes >= kIngestSplitBytes && entries.size() >= 2 ? 2 : 1;
+    std::vector<std::string> paths(files);
+    std::vector<rocksdb::Status> built(files);
+    const rocksdb::Options rocks = RocksOptions();
+    auto build = [&](size_t f) {
+      const size_t begin = entries.size() * f / files, end = entries.size() * (f + 1) / files;
+      paths[f] = dir + "/" + std::to_string(next->sequence) + "-" + std::to_string(f) + ".sst";
+      // Keep the pages cached: a restart soon after reads them back.
+      rocksdb::SstFileWriter writer(rocksdb::EnvOptions(), rocks, nullptr,
+                                    /*invalidate_page_cache=*/false);
+      rocksdb::Status s = writer.Open(paths[f]);
+      for (size_t i = begin; i < end && s.ok(); ++i) {
+        const Entry& e = entries[i];
+        s = writer.Put(rocksdb::Slice(e.key.data(), e.key.size()),
+                       rocksdb::Slice(e.value.data(), e.value.size()));
+      }
+      if (s.ok()) s = writer.Finish();  // also syncs the file
+      built[f] = s;
+    };
+    std::thread second;
+    if (files > 1) second = std::thread(build, size_t{1});
+    build(0);
+    if (second.joinable()) second.join();
+    rocksdb::Status s;
+    for (const rocksdb::Status& b : built)
+      if (s.ok() && !b.ok()) s = b;
+    if (s.ok()) {
+      rocksdb::IngestExternalFileOptions io;
+      io.move_files = true;  // a hard link, not a copy
+      io.verify_checksums_before_ingest = false;
+      s = db->IngestExternalFile(paths, io);
+    }
+    std::filesystem::remove_all(dir, ec);
+    return s;
+  }
+
   // Serialises Write() and Load(); guards the caches below, which mirror
   // what is stored so that Write() needs no reads.
   std::mutex io_mu;
@@ -328,7 +504,7 @@ struct CheckpointStore::Impl {
     RECSTREAM_RETURN_IF_ERROR(
         Scan(nullptr, kOffsetPrefix, [&](std::string_view rest, const rocksdb::Slice& value) {
           TopicPartition tp;
-          int64_t offset;
+          int64_t offset = 0;
           RECSTREAM_RETURN_IF_ERROR(DecodeOffset(rest, value, &tp, &offset));
           offsets[tp] = offset;
           return Status::OK();
@@ -443,9 +619,57 @@ Status CheckpointStore::Write(const learner::ModelSnapshot& snapshot, const Offs
     }
   }
 
-  rocksdb::WriteBatch batch(reserve);
-  auto put = [&batch](const rocksdb::Slice& k, const rocksdb::Slice& v) { return batch.Put(k, v); };
+  CheckpointInfo next;
+  {
+    std::lock_guard<std::mutex> lock(d.state_mu);
+    next.sequence = d.last.sequence + 1;
+  }
+  next.time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                     std::chrono::system_clock::now().time_since_epoch())
+                     .count();
+  next.rows = snapshot.rows();
+  next.learned = {snapshot.learned[0], snapshot.learned[1], snapshot.learned[2]};
+  OffsetMap merged = d.offsets;
+  for (const auto& [tp, offset] : offsets) merged[tp] = offset;
+
   rocksdb::Status s;
+  if (!replace && reserve >= d.options.ingest_min_bytes) {
+    s = d.Ingest(snapshot, offsets, start, &next);
+  } else {
+    s = d.WriteBatchOf(snapshot, offsets, replace, reserve, start, &next);
+  }
+  if (!s.ok()) {
+    Status error = Status::IOError("writing checkpoint " + std::to_string(next.sequence) + " to " +
+                                   d.options.path + ": " + s.ToString());
+    std::lock_guard<std::mutex> lock(d.state_mu);
+    d.health = error;
+    return error;
+  }
+
+  // Stored: bring the caches up to date.
+  d.shape = snapshot.shape;
+  if (replace) d.widths.clear();
+  for (const auto& [table, width] : new_widths) d.widths[table] = width;
+  d.offsets = std::move(merged);
+  next.offsets = d.offsets;
+  next.duration_ms = MillisSince(start);
+  if (info != nullptr) *info = next;
+  std::lock_guard<std::mutex> lock(d.state_mu);
+  d.last = std::move(next);
+  d.health = Status::OK();
+  return Status::OK();
+}
+
+// The WriteBatch path of Write(): everything in one batch through the WAL.
+rocksdb::Status CheckpointStore::Impl::WriteBatchOf(const learner::ModelSnapshot& snapshot,
+                                                    const OffsetMap& offsets, bool replace,
+                                                    size_t reserve,
+                                                    std::chrono::steady_clock::time_point start,
+                                                    CheckpointInfo* next) {
+  Impl& d = *this;
+  rocksdb::WriteBatch batch(reserve);
+  rocksdb::Status s;
+  auto put = [&batch](const rocksdb::Slice& k, const rocksdb::Slice& v) { return batch.Put(k, v); };
   if (replace) {
     // A model of another shape: nothing of the old one may survive.
     for (std::string_view prefix :
@@ -504,54 +728,21 @@ Status CheckpointStore::Write(const learner::ModelSnapshot& snapshot, const Offs
     s = put(key, rocksdb::Slice());
   }
   if (s.ok()) s = put(kShapeKey, snapshot.shape);
-  OffsetMap merged = d.offsets;
   for (const auto& [tp, offset] : offsets) {
     if (!s.ok()) break;
-    merged[tp] = offset;
     std::string v;
     PutFixed<int64_t>(&v, offset);
     s = put(OffsetKey(tp), v);
   }
-
-  CheckpointInfo next;
-  {
-    std::lock_guard<std::mutex> lock(d.state_mu);
-    next.sequence = d.last.sequence + 1;
-  }
-  next.time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                     std::chrono::system_clock::now().time_since_epoch())
-                     .count();
-  next.rows = snapshot.rows();
-  next.bytes = batch.GetDataSize() + kInfoSize + sizeof(kInfoKey) + 8;
-  next.learned = {snapshot.learned[0], snapshot.learned[1], snapshot.learned[2]};
-  next.duration_ms = MillisSince(start);
-  if (s.ok()) s = put(kInfoKey, EncodeInfo(next));
-
+  next->bytes = batch.GetDataSize() + kInfoSize + sizeof(kInfoKey) + 8;
+  next->duration_ms = MillisSince(start);
+  if (s.ok()) s = put(kInfoKey, EncodeInfo(*next));
   if (s.ok()) {
     rocksdb::WriteOptions wo;
     wo.sync = d.options.sync;
     s = d.db->Write(wo, &batch);
   }
-  if (!s.ok()) {
-    Status error = Status::IOError("writing checkpoint " + std::to_string(next.sequence) + " to " +
-                                   d.options.path + ": " + s.ToString());
-    std::lock_guard<std::mutex> lock(d.state_mu);
-    d.health = error;
-    return error;
-  }
-
-  // Stored: bring the caches up to date.
-  d.shape = snapshot.shape;
-  if (replace) d.widths.clear();
-  for (const auto& [table, width] : new_widths) d.widths[table] = width;
-  d.offsets = std::move(merged);
-  next.offsets = d.offsets;
-  next.duration_ms = MillisSince(start);
-  if (info != nullptr) *info = next;
-  std::lock_guard<std::mutex> lock(d.state_mu);
-  d.last = std::move(next);
-  d.health = Status::OK();
-  return Status::OK();
+  return s;
 }
 
 Status CheckpointStore::Load(learner::ModelSnapshot* full, OffsetMap* offsets,
@@ -702,7 +893,7 @@ Status CheckpointStore::Load(learner::ModelSnapshot* full, OffsetMap* offsets,
   RECSTREAM_RETURN_IF_ERROR(
       d.Scan(snap, kOffsetPrefix, [&](std::string_view rest, const rocksdb::Slice& value) {
         TopicPartition tp;
-        int64_t offset;
+        int64_t offset = 0;
         RECSTREAM_RETURN_IF_ERROR(DecodeOffset(rest, value, &tp, &offset));
         stored_offsets[tp] = offset;
         return Status::OK();

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
@@ -153,10 +154,16 @@ void RequireSameModel(const Learner& want, const Learner& got) {
   }
 }
 
-std::unique_ptr<CheckpointStore> OpenStore(const std::string& path, bool sync = true) {
+// Checkpoints of at least this size are ingested as table files; 0 ingests
+// every checkpoint, so that tests cover both write paths.
+const size_t kIngestDefault = StoreOptions().ingest_min_bytes;
+
+std::unique_ptr<CheckpointStore> OpenStore(const std::string& path, bool sync = true,
+                                           size_t ingest_min_bytes = kIngestDefault) {
   StoreOptions options;
   options.path = path;
   options.sync = sync;
+  options.ingest_min_bytes = ingest_min_bytes;
   std::unique_ptr<CheckpointStore> store;
   Status s = CheckpointStore::Open(options, &store);
   INFO(s.ToString());
@@ -185,6 +192,7 @@ const TopicPartition kRating2{"recstream.rating", 2};
 TEST_CASE("CheckpointStore: full snapshot round-trips bit for bit", "[store]") {
   const bool sync = GENERATE(true, false);
   const auto arch = GENERATE(learner::Arch::kSharedBottom, learner::Arch::kMmoe);
+  const size_t ingest = GENERATE(kIngestDefault, size_t{0});
   LearnerOptions options = SmallModel();
   options.arch = arch;
   TempDir dir;
@@ -200,7 +208,7 @@ TEST_CASE("CheckpointStore: full snapshot round-trips bit for bit", "[store]") {
 
   CheckpointInfo written;
   {
-    auto store = OpenStore(path, sync);
+    auto store = OpenStore(path, sync, ingest);
     REQUIRE(store->last().sequence == 0);
     Status s = store->Write(snapshot, offsets, &written);
     INFO(s.ToString());
@@ -214,7 +222,7 @@ TEST_CASE("CheckpointStore: full snapshot round-trips bit for bit", "[store]") {
   REQUIRE(written.offsets == offsets);
   REQUIRE(written.learned == snapshot.learned);
 
-  auto store = OpenStore(path, sync);
+  auto store = OpenStore(path, sync, ingest);
   // Open already knows the latest checkpoint, for /v1/stats before Load.
   CheckpointInfo last = store->last();
   REQUIRE(last.sequence == 1);
@@ -235,6 +243,9 @@ TEST_CASE("CheckpointStore: full snapshot round-trips bit for bit", "[store]") {
 }
 
 TEST_CASE("CheckpointStore: deltas accumulate onto the full snapshot", "[store]") {
+  // Every combination of the two write paths for full and delta checkpoints.
+  const size_t ingest_full = GENERATE(kIngestDefault, size_t{0});
+  const size_t ingest_delta = GENERATE(kIngestDefault, size_t{0});
   LearnerOptions options = SmallModel();
   TempDir dir;
   const std::string path = dir.Sub("db");
@@ -244,8 +255,10 @@ TEST_CASE("CheckpointStore: deltas accumulate onto the full snapshot", "[store]"
   ModelSnapshot full;
   model->TakeSnapshot(true, &full);
   {
-    auto store = OpenStore(path);
+    auto store = OpenStore(path, true, ingest_full);
     REQUIRE(store->Write(full, {{kClick0, 100}, {kClick1, 50}}, nullptr).ok());
+    store.reset();
+    store = OpenStore(path, true, ingest_delta);
 
     // New users and items appear in the delta, old rows change.
     auto more = MakeEvents(200, 3);
@@ -266,7 +279,7 @@ TEST_CASE("CheckpointStore: deltas accumulate onto the full snapshot", "[store]"
     REQUIRE(store->last().sequence == 2);
   }
 
-  auto store = OpenStore(path);
+  auto store = OpenStore(path, true, ingest_delta);
   OffsetMap offsets;
   CheckpointInfo info;
   auto restored = Restore(store.get(), options, &offsets, &info);
@@ -290,10 +303,58 @@ TEST_CASE("CheckpointStore: deltas accumulate onto the full snapshot", "[store]"
   model->TakeSnapshot(false, &delta);
   REQUIRE(store->Write(delta, {{kClick0, 400}}, nullptr).ok());
   store.reset();
-  store = OpenStore(path);
+  store = OpenStore(path, true, ingest_full);
   auto restored2 = Restore(store.get(), options, &offsets, &info);
   REQUIRE(info.sequence == 3);
   RequireSameModel(*model, *restored2);
+}
+
+TEST_CASE("CheckpointStore: a checkpoint that fails to write leaves the previous one", "[store]") {
+  const size_t ingest = GENERATE(kIngestDefault, size_t{0});
+  LearnerOptions options = SmallModel();
+  TempDir dir;
+  auto disk_full = std::make_shared<std::atomic<bool>>(false);
+  StoreOptions so;
+  so.path = dir.Sub("db");
+  so.ingest_min_bytes = ingest;
+  so.fail_writes = [disk_full] { return disk_full->load(); };
+  auto model = NewLearner(options);
+  model->Train(MakeEvents(300, 5));
+  ModelSnapshot full;
+  model->TakeSnapshot(true, &full);
+  auto stored = NewLearner(options);
+  REQUIRE(stored->ApplySnapshot(full).ok());
+  {
+    std::unique_ptr<CheckpointStore> store;
+    REQUIRE(CheckpointStore::Open(so, &store).ok());
+    REQUIRE(store->Write(full, {{kClick0, 100}}, nullptr).ok());
+    model->Train(MakeEvents(200, 6));
+    ModelSnapshot delta;
+    model->TakeSnapshot(false, &delta);
+    REQUIRE(delta.rows() > 0);
+    disk_full->store(true);
+    Status s = store->Write(delta, {{kClick0, 300}}, nullptr);
+    REQUIRE(s.IsIOError());
+    REQUIRE_FALSE(store->Health().ok());
+    REQUIRE(store->last().sequence == 1);
+    disk_full->store(false);
+  }
+  std::unique_ptr<CheckpointStore> store;
+  REQUIRE(CheckpointStore::Open(so, &store).ok());
+  OffsetMap offsets;
+  CheckpointInfo info;
+  auto restored = Restore(store.get(), options, &offsets, &info);
+  REQUIRE(info.sequence == 1);
+  REQUIRE(offsets == OffsetMap{{kClick0, 100}});
+  RequireSameModel(*stored, *restored);
+  // The store takes the next checkpoint (a full one, as the service retries).
+  ModelSnapshot now;
+  model->TakeSnapshot(true, &now);
+  REQUIRE(store->Write(now, {{kClick0, 300}}, nullptr).ok());
+  restored = Restore(store.get(), options, &offsets, &info);
+  REQUIRE(info.sequence == 2);
+  REQUIRE(offsets == OffsetMap{{kClick0, 300}});
+  RequireSameModel(*model, *restored);
 }
 
 TEST_CASE("CheckpointStore: pretrained item vectors round-trip bit for bit", "[store]") {

@@ -1,6 +1,7 @@
 // Options of store/. Plain data, cheap to include.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -14,6 +15,12 @@ struct StoreOptions {
   int64_t checkpoint_interval_ms = 5000;
   // fsync each checkpoint's WriteBatch (the WAL) before reporting success.
   bool sync = true;
+  // Checkpoints of at least this many bytes (keys and values) are written as
+  // sorted table files that RocksDB ingests atomically, bypassing its WAL and
+  // memtable (the rows go to disk once, built on two threads); smaller ones go
+  // through one WriteBatch and the WAL. Both are equally atomic and durable.
+  // Not a configuration key: tests lower it to cover both paths.
+  size_t ingest_min_bytes = 32 << 20;
   // Fault injection for tests (never set from configuration): while it
   // returns true, every write, flush or sync of a store file fails as on a
   // full disk (IOError "No space left on device"). Called from RocksDB's
