@@ -5,9 +5,11 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <future>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <thread>
 
 #include "ingest/kafka.h"
@@ -28,6 +30,16 @@ int64_t NowMs() {
       .count();
 }
 
+// Parsed events of one poll, on their way from the ingest thread to the
+// training thread, with the positions they bring their partitions to.
+struct Batch {
+  std::vector<learner::Event> events;  // events[0, size) are this batch's; reused
+  size_t size = 0;
+  // Per partition of the batch (rejected messages included): the offset
+  // after its last message.
+  OffsetMap next;
+};
+
 // A snapshot on its way to the store.
 struct CheckpointJob {
   learner::ModelSnapshot snapshot;
@@ -41,6 +53,7 @@ struct Service::Impl : public serve::ServiceHooks {
   explicit Impl(const config::AppConfig& c) : config(c), parser(c.parser) {}
 
   recstream::Status Init();
+  void IngestLoop();
   void TrainLoop();
   void WriterLoop();
   // On the training thread, between batches.
@@ -61,11 +74,23 @@ struct Service::Impl : public serve::ServiceHooks {
   std::unique_ptr<ingest::DeadLetterQueue> dlq;
   std::unique_ptr<serve::Api> api;
   std::unique_ptr<serve::HttpServer> http;
-  ingest::EventParser parser;  // training thread only
+  ingest::EventParser parser;  // ingest thread only
 
   std::atomic<bool> stop{false};
   std::atomic<bool> loaded{false};
-  std::thread trainer, writer;
+  std::thread ingester, trainer, writer;
+
+  // Ingest -> training hand-off: the ingest thread polls and parses the next
+  // batch while the training thread learns the previous one.
+  static constexpr size_t kMaxReadyBatches = 2;
+  std::mutex batch_mu;
+  std::condition_variable batch_cv;
+  std::deque<std::unique_ptr<Batch>> ready;   // guarded by batch_mu
+  std::vector<std::unique_ptr<Batch>> spare;  // guarded by batch_mu
+  // Learned up to: the positions a checkpoint stores with the model (the
+  // consumer's own positions run ahead by the batches in flight). Training
+  // thread only once started.
+  OffsetMap learned_positions;
 
   // Counters read by HTTP threads.
   std::array<std::atomic<uint64_t>, learner::kNumTasks> seen{};
@@ -108,11 +133,20 @@ recstream::Status Service::Impl::Init() {
   learner::ModelSnapshot snapshot;
   OffsetMap offsets;
   store::CheckpointInfo info;
-  recstream::Status s = store->Load(&snapshot, &offsets, &info);
+  // Rows go straight from the store into the learner, on every core, while
+  // the store reads on; the rest of the snapshot follows.
+  std::atomic<uint64_t> rows{0};
+  const int threads = int(std::max(1u, std::thread::hardware_concurrency()));
+  recstream::Status s = store->LoadStreaming(
+      [&](const learner::TableDelta& block) {
+        rows.fetch_add(block.keys.size(), std::memory_order_relaxed);
+        return learner->ApplyRows(block);
+      },
+      threads, &snapshot, &offsets, &info);
   if (s.ok()) {
     RECSTREAM_RETURN_IF_ERROR(learner->ApplySnapshot(snapshot));
     spdlog::info("restored checkpoint {} from {}: {} rows, {} partitions", info.sequence,
-                 config.store.path, snapshot.rows(), offsets.size());
+                 config.store.path, rows.load(), offsets.size());
   } else if (s.IsNotFound()) {
     spdlog::info("no checkpoint in {}: starting a new model", config.store.path);
   } else {
@@ -122,6 +156,7 @@ recstream::Status Service::Impl::Init() {
 
   RECSTREAM_RETURN_IF_ERROR(ingest::EventConsumer::Open(config.kafka, &consumer));
   consumer->SeedOffsets(offsets);
+  learned_positions = consumer->Positions();
   RECSTREAM_RETURN_IF_ERROR(ingest::DeadLetterQueue::Open(config.kafka, &dlq));
 
   api = std::make_unique<serve::Api>(config.serve, config.blend, learner.get(), this);
@@ -130,15 +165,23 @@ recstream::Status Service::Impl::Init() {
   next_checkpoint = Clock::now() + std::chrono::milliseconds(config.store.checkpoint_interval_ms);
   writer = std::thread([this] { WriterLoop(); });
   trainer = std::thread([this] { TrainLoop(); });
+  ingester = std::thread([this] { IngestLoop(); });
   return recstream::Status::OK();
 }
 
-void Service::Impl::TrainLoop() {
+void Service::Impl::IngestLoop() {
   std::vector<ingest::RawMessage> messages;
-  std::vector<learner::Event> events;
-  auto rate_start = Clock::now();
-  uint64_t rate_events = 0;
+  std::string detail;
   while (!stop.load()) {
+    {
+      std::lock_guard lock(mu);
+      // Committing while the group is (re)joining disturbs the join (seen with
+      // librdkafka 2.0.2): commit stored offsets only once partitions are ours.
+      if (to_commit && consumer->HasAssignment()) {
+        consumer->CommitAsync(*to_commit);
+        to_commit.reset();
+      }
+    }
     messages.clear();
     recstream::Status s =
         consumer->Poll(size_t(config.kafka.max_batch), config.kafka.poll_timeout_ms, &messages);
@@ -146,11 +189,29 @@ void Service::Impl::TrainLoop() {
       spdlog::error("Kafka consumer: {}", s.ToString());
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
-    events.clear();
+    if (messages.empty()) continue;
+    std::unique_ptr<Batch> batch;
+    {
+      std::lock_guard lock(batch_mu);
+      if (!spare.empty()) {
+        batch = std::move(spare.back());
+        spare.pop_back();
+      }
+    }
+    if (!batch) batch = std::make_unique<Batch>();
+    batch->size = 0;
+    batch->next.clear();
     const int64_t now = NowMs();
-    std::string detail;
+    OffsetMap::iterator last = batch->next.end();
     for (const ingest::RawMessage& m : messages) {
-      learner::Event e;
+      if (last == batch->next.end() || last->first.partition != m.partition ||
+          last->first.topic != m.topic) {
+        last = batch->next.try_emplace(TopicPartition{m.topic, m.partition}, 0).first;
+      }
+      last->second = m.offset + 1;
+      if (batch->size == batch->events.size()) batch->events.emplace_back();
+      // Parsing into a reused Event keeps its strings' and vectors' capacity.
+      learner::Event& e = batch->events[batch->size];
       detail.clear();
       if (auto reason = parser.Parse(m.payload, &e, now, &detail)) {
         rejected[int(*reason)].fetch_add(1, std::memory_order_relaxed);
@@ -158,10 +219,40 @@ void Service::Impl::TrainLoop() {
         continue;
       }
       seen[int(e.task)].fetch_add(1, std::memory_order_relaxed);
-      events.push_back(std::move(e));
+      ++batch->size;
     }
-    if (!events.empty()) learner->Train(events);
-    rate_events += events.size();
+    std::unique_lock lock(batch_mu);
+    batch_cv.wait(lock, [&] { return ready.size() < kMaxReadyBatches || stop.load(); });
+    // Stopping: a batch not learned is not stored either; it is read again
+    // after the restart.
+    if (stop.load()) break;
+    ready.push_back(std::move(batch));
+    batch_cv.notify_all();
+  }
+}
+
+void Service::Impl::TrainLoop() {
+  auto rate_start = Clock::now();
+  uint64_t rate_events = 0;
+  const auto wait = std::chrono::milliseconds(std::max(1, config.kafka.poll_timeout_ms));
+  while (!stop.load()) {
+    std::unique_ptr<Batch> batch;
+    {
+      std::unique_lock lock(batch_mu);
+      batch_cv.wait_for(lock, wait, [&] { return !ready.empty() || stop.load(); });
+      if (!ready.empty() && !stop.load()) {
+        batch = std::move(ready.front());
+        ready.pop_front();
+        batch_cv.notify_all();
+      }
+    }
+    if (batch) {
+      if (batch->size > 0) learner->Train(std::span(batch->events.data(), batch->size));
+      for (const auto& [tp, offset] : batch->next) learned_positions[tp] = offset;
+      rate_events += batch->size;
+      std::lock_guard lock(batch_mu);
+      spare.push_back(std::move(batch));
+    }
     auto elapsed = Clock::now() - rate_start;
     if (elapsed >= std::chrono::seconds(1)) {
       events_per_second = double(rate_events) / std::chrono::duration<double>(elapsed).count();
@@ -176,12 +267,6 @@ void Service::Impl::MaybeCheckpoint(bool final) {
   uint64_t request;
   {
     std::unique_lock lock(mu);
-    // Committing while the group is (re)joining disturbs the join (seen with
-    // librdkafka 2.0.2): commit stored offsets only once partitions are ours.
-    if (to_commit && consumer->HasAssignment()) {
-      consumer->CommitAsync(*to_commit);
-      to_commit.reset();
-    }
     if (write_failed) {
       need_full = true;  // the failed write's rows were unmarked: write everything
       write_failed = false;
@@ -205,7 +290,7 @@ void Service::Impl::MaybeCheckpoint(bool final) {
   auto job = std::make_unique<CheckpointJob>();
   learner->TakeSnapshot(need_full, &job->snapshot);
   need_full = false;
-  job->offsets = consumer->Positions();
+  job->offsets = learned_positions;
   job->request = request;
   next_checkpoint =
       Clock::now() + std::chrono::milliseconds(
@@ -352,6 +437,11 @@ recstream::Status Service::Shutdown() {
     std::lock_guard lock(m.mu);
     m.cv.notify_all();  // wake forced-checkpoint waiters
   }
+  {
+    std::lock_guard lock(m.batch_mu);
+    m.batch_cv.notify_all();
+  }
+  if (m.ingester.joinable()) m.ingester.join();
   if (m.trainer.joinable()) m.trainer.join();
   spdlog::debug("shutdown: training stopped after {:.0f} ms", elapsed_ms());
   recstream::Status final_status;

@@ -2,13 +2,15 @@
 //
 // Start() restores the model and offsets from the store (if any), starts
 // the Kafka consumer (and an embedded mock cluster when no brokers are
-// configured), the training thread, the checkpoint writer and the HTTP
-// server. The training thread polls a batch, parses it (rejects go to the
-// dead-letter topic), trains, and at a batch boundary hands a snapshot of the
-// changed rows plus the consumer positions to the checkpoint writer, which
-// stores them in one atomic batch. Because a snapshot is taken between
-// batches on the training thread, the stored offsets always cover exactly the
-// events in the stored model: after a crash, nothing is lost or learned twice.
+// configured), the ingest, training and checkpoint threads and the HTTP
+// server. The ingest thread polls a batch and parses it (rejects go to the
+// dead-letter topic) while the training thread learns the previous one; each
+// batch carries the positions its messages bring their partitions to, and
+// the training thread counts those as learned once it has learned the batch.
+// Between batches it hands a snapshot of the changed rows plus the learned
+// positions to the checkpoint writer, which stores them in one atomic batch.
+// So the stored offsets always cover exactly the events in the stored model:
+// after a crash, nothing is lost or learned twice.
 //
 // Thread safety: the ServiceHooks methods may be called from HTTP threads.
 // Shutdown() is called once, from the thread that called Start().

@@ -275,6 +275,13 @@ class Learner {
   // counters replaced. Apply a full snapshot first, then deltas in order.
   // Corruption when the snapshot's shape or row widths do not match.
   Status ApplySnapshot(const ModelSnapshot& snapshot);
+  // Loads the rows of one table of a snapshot (creating or overwriting
+  // them) and nothing else, for restoring a big model in blocks on several
+  // threads: calls for different keys may run concurrently with each other
+  // (never with Train, TakeSnapshot or ApplySnapshot). The rows stay marked
+  // changed until the ApplySnapshot of the rest of the snapshot that must
+  // follow. Corruption when the table is unknown or the width is wrong.
+  Status ApplyRows(const TableDelta& rows);
 
  private:
   struct Impl;

@@ -7,15 +7,28 @@ void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
   Impl& m = *impl_;
   *out = ModelSnapshot();
   out->shape = m.shape.Describe();
+  // This runs while training waits (see Learner::TakeSnapshot): list the
+  // changed rows, size the output once, then copy keys and rows on every
+  // training thread.
+  std::vector<uint32_t> rows;
   for (EmbeddingTable* t : m.all_tables()) {
     const int w2 = 2 * t->width();
     TableDelta delta;
     delta.table = t->name();
     delta.width = w2;
-    t->ForEachDirty(full, [&](uint32_t r) {
-      delta.keys.push_back(t->key(r));
-      const float* row = t->Row(r);
-      delta.values.insert(delta.values.end(), row, row + w2);
+    rows.clear();
+    t->ForEachDirty(full, [&](uint32_t r) { rows.push_back(r); });
+    delta.keys.resize(rows.size());
+    delta.values.resize(rows.size() * size_t(w2));
+    m.arena.execute([&] {
+      tbb::parallel_for(tbb::blocked_range<size_t>(0, rows.size(), 4096),
+                        [&](const tbb::blocked_range<size_t>& range) {
+                          for (size_t i = range.begin(); i != range.end(); ++i) {
+                            delta.keys[i] = t->key(rows[i]);
+                            std::memcpy(delta.values.data() + i * w2, t->Row(rows[i]),
+                                        sizeof(float) * size_t(w2));
+                          }
+                        });
     });
     out->tables.push_back(std::move(delta));
   }
@@ -88,22 +101,26 @@ Status Learner::ImportPretrained(std::string_view item, std::span<const float> v
   return Status::OK();
 }
 
+Status Learner::ApplyRows(const TableDelta& delta) {
+  Impl& m = *impl_;
+  EmbeddingTable* t = m.table(delta.table);
+  if (!t) return Status::Corruption("snapshot has unknown table '" + delta.table + "'");
+  const int w2 = 2 * t->width();
+  if (delta.width != w2 || delta.values.size() != delta.keys.size() * size_t(w2))
+    return Status::Corruption("table '" + delta.table + "' has rows of the wrong width");
+  for (size_t i = 0; i < delta.keys.size(); ++i) {
+    uint32_t r = t->GetOrCreate(delta.keys[i]);
+    std::copy_n(delta.values.data() + i * w2, w2, t->Row(r));
+  }
+  return Status::OK();
+}
+
 Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
   Impl& m = *impl_;
   if (snap.shape != m.shape.Describe())
     return Status::Corruption("snapshot is of model shape '" + snap.shape +
                               "' but the options give '" + m.shape.Describe() + "'");
-  for (const TableDelta& delta : snap.tables) {
-    EmbeddingTable* t = m.table(delta.table);
-    if (!t) return Status::Corruption("snapshot has unknown table '" + delta.table + "'");
-    const int w2 = 2 * t->width();
-    if (delta.width != w2 || delta.values.size() != delta.keys.size() * size_t(w2))
-      return Status::Corruption("table '" + delta.table + "' has rows of the wrong width");
-    for (size_t i = 0; i < delta.keys.size(); ++i) {
-      uint32_t r = t->GetOrCreate(delta.keys[i]);
-      std::copy_n(delta.values.data() + i * w2, w2, t->Row(r));
-    }
-  }
+  for (const TableDelta& delta : snap.tables) RECSTREAM_RETURN_IF_ERROR(ApplyRows(delta));
   for (const FeatureListDelta& delta : snap.feature_lists) {
     const bool user = delta.table == "user";
     if (!user && delta.table != "item")

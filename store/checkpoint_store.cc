@@ -13,12 +13,14 @@
 #include <algorithm>
 #include <bit>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -745,8 +747,118 @@ rocksdb::Status CheckpointStore::Impl::WriteBatchOf(const learner::ModelSnapshot
   return s;
 }
 
+namespace {
+
+// Streaming Load: the reading thread fills blocks of rows, `threads` workers
+// hand them to the sink. At most kQueuedBlocks wait, which bounds memory.
+class BlockPipeline {
+ public:
+  static constexpr size_t kBlockRows = 8192;
+  static constexpr size_t kQueuedBlocks = 4;
+
+  BlockPipeline(const CheckpointStore::RowSink& sink, int threads) : sink_(sink) {
+    for (int i = 0; i < std::max(1, threads); ++i) workers_.emplace_back([this] { Work(); });
+  }
+  ~BlockPipeline() { (void)Finish(); }
+
+  // The block being filled by the reading thread.
+  learner::TableDelta& current() { return current_; }
+
+  // Queues the current block (if it has rows) and starts a new one of
+  // `table`. Waits while the queue is full; returns a sink's error, if any.
+  Status Next(const std::string& table, int width) {
+    std::unique_lock lock(mu_);
+    if (!current_.keys.empty()) {
+      cv_.wait(lock, [&] { return queue_.size() < kQueuedBlocks || !error_.ok(); });
+      if (!error_.ok()) return error_;
+      queue_.push_back(std::move(current_));
+      cv_.notify_all();
+      if (!free_.empty()) {
+        current_ = std::move(free_.back());
+        free_.pop_back();
+      } else {
+        current_ = learner::TableDelta();
+      }
+      current_.keys.clear();
+      current_.values.clear();
+    }
+    lock.unlock();
+    if (current_.keys.capacity() == 0) {
+      current_.keys.reserve(kBlockRows);
+      current_.values.reserve(kBlockRows * static_cast<size_t>(width));
+    }
+    current_.table = table;
+    current_.width = width;
+    return Status::OK();
+  }
+
+  // Queues the last block and waits for the workers; the first sink error.
+  Status Finish() {
+    Status s = Status::OK();
+    if (!workers_.empty()) {
+      s = Next(current_.table, current_.width);
+      {
+        std::lock_guard lock(mu_);
+        done_ = true;
+        cv_.notify_all();
+      }
+      for (std::thread& w : workers_) w.join();
+      workers_.clear();
+    }
+    std::lock_guard lock(mu_);
+    return error_.ok() ? s : error_;
+  }
+
+ private:
+  void Work() {
+    for (;;) {
+      learner::TableDelta block;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return !queue_.empty() || done_; });
+        if (queue_.empty()) return;
+        block = std::move(queue_.front());
+        queue_.pop_front();
+        cv_.notify_all();
+      }
+      Status s = error_ok() ? sink_(block) : Status::OK();
+      std::lock_guard lock(mu_);
+      if (!s.ok() && error_.ok()) error_ = s;
+      if (free_.size() < 2 * kQueuedBlocks) free_.push_back(std::move(block));
+      cv_.notify_all();
+    }
+  }
+  bool error_ok() {
+    std::lock_guard lock(mu_);
+    return error_.ok();
+  }
+
+  const CheckpointStore::RowSink& sink_;
+  learner::TableDelta current_;
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<learner::TableDelta> queue_;  // guarded by mu_
+  std::vector<learner::TableDelta> free_;  // guarded by mu_
+  bool done_ = false;                      // guarded by mu_
+  Status error_;                           // guarded by mu_
+};
+
+}  // namespace
+
 Status CheckpointStore::Load(learner::ModelSnapshot* full, OffsetMap* offsets,
                              CheckpointInfo* info) {
+  return LoadImpl(nullptr, 0, full, offsets, info);
+}
+
+Status CheckpointStore::LoadStreaming(const RowSink& rows, int threads,
+                                      learner::ModelSnapshot* rest, OffsetMap* offsets,
+                                      CheckpointInfo* info) {
+  return LoadImpl(&rows, threads, rest, offsets, info);
+}
+
+Status CheckpointStore::LoadImpl(const RowSink* sink, int threads, learner::ModelSnapshot* full,
+                                 OffsetMap* offsets, CheckpointInfo* info) {
   Impl& d = *impl_;
   std::lock_guard<std::mutex> io_lock(d.io_mu);
   if (!d.db) {
@@ -796,7 +908,8 @@ Status CheckpointStore::Load(learner::ModelSnapshot* full, OffsetMap* offsets,
     rocksdb::SizeApproximationOptions approx;
     approx.include_memtables = true;
     uint64_t bytes = 0;
-    if (d.db->GetApproximateSizes(approx, d.db->DefaultColumnFamily(), &range, 1, &bytes).ok()) {
+    if (sink == nullptr &&
+        d.db->GetApproximateSizes(approx, d.db->DefaultColumnFamily(), &range, 1, &bytes).ok()) {
       const uint64_t rows = bytes / (static_cast<uint64_t>(width) * sizeof(float));
       t.values.reserve(std::min<uint64_t>(rows, uint64_t{1} << 28) * width);
       t.keys.reserve(std::min<uint64_t>(rows, uint64_t{1} << 28));
@@ -805,7 +918,9 @@ Status CheckpointStore::Load(learner::ModelSnapshot* full, OffsetMap* offsets,
   }
 
   learner::TableDelta* current = nullptr;
-  RECSTREAM_RETURN_IF_ERROR(
+  std::optional<BlockPipeline> pipeline;
+  if (sink != nullptr) pipeline.emplace(*sink, threads);
+  Status scanned =
       d.Scan(snap, kRowPrefix, [&](std::string_view rest, const rocksdb::Slice& value) {
         size_t sep = rest.find('\0');
         if (sep == std::string_view::npos) return Status::Corruption("row key without a table");
@@ -824,12 +939,24 @@ Status CheckpointStore::Load(learner::ModelSnapshot* full, OffsetMap* offsets,
                                     std::to_string(value.size()) + " bytes, expected " +
                                     std::to_string(bytes));
         }
-        current->keys.emplace_back(rest.substr(sep + 1));
-        const size_t at = current->values.size();
-        current->values.resize(at + current->width);
-        std::memcpy(current->values.data() + at, value.data(), bytes);
+        learner::TableDelta* to = current;
+        if (pipeline) {
+          to = &pipeline->current();
+          if (to->keys.size() >= BlockPipeline::kBlockRows || to->table != current->table) {
+            RECSTREAM_RETURN_IF_ERROR(pipeline->Next(current->table, current->width));
+          }
+        }
+        to->keys.emplace_back(rest.substr(sep + 1));
+        const size_t at = to->values.size();
+        to->values.resize(at + to->width);
+        std::memcpy(to->values.data() + at, value.data(), bytes);
         return Status::OK();
-      }));
+      });
+  if (pipeline) {
+    Status finished = pipeline->Finish();
+    if (scanned.ok()) scanned = finished;
+  }
+  RECSTREAM_RETURN_IF_ERROR(scanned);
 
   RECSTREAM_RETURN_IF_ERROR(
       d.Scan(snap, kDensePrefix, [&](std::string_view name, const rocksdb::Slice& value) {

@@ -31,6 +31,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "common/offsets.h"
@@ -94,6 +95,19 @@ class CheckpointStore {
   // Corruption when a stored value is malformed; IOError when RocksDB fails.
   Status Load(learner::ModelSnapshot* full, OffsetMap* offsets, CheckpointInfo* info);
 
+  // Receives the rows of a streaming Load, one table's block at a time.
+  // Called on several threads at once (never twice with the same block); a
+  // non-OK status ends the load with that status.
+  using RowSink = std::function<Status(const learner::TableDelta& block)>;
+
+  // Like Load(), for restoring big models fast: hands the rows to `rows` in
+  // blocks while it reads on (on up to `threads` threads), instead of
+  // collecting them in `rest`, whose tables are then all present but empty;
+  // everything else is in `rest` as Load() gives it. Returns once every call
+  // of `rows` has returned. Same errors as Load().
+  Status LoadStreaming(const RowSink& rows, int threads, learner::ModelSnapshot* rest,
+                       OffsetMap* offsets, CheckpointInfo* info);
+
   // The latest checkpoint (written by Write(), or found by Open()); sequence
   // 0 when there is none.
   CheckpointInfo last() const;
@@ -105,6 +119,9 @@ class CheckpointStore {
  private:
   struct Impl;
   explicit CheckpointStore(std::unique_ptr<Impl> impl);
+  // Load() without a sink, LoadStreaming() with one.
+  Status LoadImpl(const RowSink* sink, int threads, learner::ModelSnapshot* full,
+                  OffsetMap* offsets, CheckpointInfo* info);
   std::unique_ptr<Impl> impl_;
 };
 
