@@ -288,7 +288,11 @@ void Service::Impl::MaybeCheckpoint(bool final) {
     }
   }
   auto job = std::make_unique<CheckpointJob>();
+  const auto snapshot_start = Clock::now();
   learner->TakeSnapshot(need_full, &job->snapshot);
+  spdlog::debug("checkpoint snapshot: {} rows in {:.1f} ms on the training thread",
+                job->snapshot.rows(),
+                std::chrono::duration<double, std::milli>(Clock::now() - snapshot_start).count());
   need_full = false;
   job->offsets = learned_positions;
   job->request = request;

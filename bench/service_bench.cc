@@ -189,6 +189,7 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
   double learned = 0;
   while ((learned = Learned(&c)) <= 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   auto first = Clock::now();
+  const double learn_cpu0 = CpuSeconds();
   double learned_first = learned;
   std::printf("consuming (%.2f s after start, %.0f events learned at first sight)\n",
               std::chrono::duration<double>(first - start).count(), learned_first);
@@ -196,9 +197,15 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
   uint64_t peak_rss = 0;
   auto last_print = Clock::now(), last_progress = Clock::now();
   double last_learned = learned;
+  // The longest time /v1/stats showed no progress while events were left
+  // (polled every ~10 ms): a checkpoint's pause of learning shows up here.
+  double longest_stall_ms = 0;
   while ((learned = Learned(&c)) < double(events)) {
     peak_rss = std::max(peak_rss, ResidentBytes());
-    if (learned != last_learned) last_learned = learned, last_progress = Clock::now();
+    if (learned != last_learned) {
+      longest_stall_ms = std::max(longest_stall_ms, SecondsSince(last_progress) * 1e3);
+      last_learned = learned, last_progress = Clock::now();
+    }
     if (SecondsSince(last_progress) > 20.0) {
       std::printf("stalled at %.0f of %llu learned for 20 s; /v1/stats:\n%s\n", learned,
                   (unsigned long long)events, c.Request("GET", "/v1/stats").body.c_str());
@@ -212,6 +219,8 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   double learn_s = SecondsSince(first);
+  longest_stall_ms = std::max(longest_stall_ms, SecondsSince(last_progress) * 1e3);
+  const double learn_cpu_s = CpuSeconds() - learn_cpu0;
   auto ck_start = Clock::now();
   TestConnection admin(stack.port, 300000);  // a big checkpoint takes longer than 5 s
   auto ck = admin.Request("POST", "/v1/admin/checkpoint", "",
@@ -230,6 +239,8 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
     std::printf("stats: checkpoints=%.0f users=%.0f items=%.0f click_auc=%.4f\n",
                 j.Number("/checkpoint/count"), j.Number("/model/users"), j.Number("/model/items"),
                 j.Number("/tasks/click/progressive/auc"));
+  std::printf("learning: cpu_s=%.3f (whole process) cpu_us_per_event=%.3f longest_stall_ms=%.1f\n",
+              learn_cpu_s, learn_cpu_s * 1e6 / (double(events) - learned_first), longest_stall_ms);
   std::printf("idle\n");
   std::fflush(stdout);
   if (latency) MeasureLatency(stack.port, users, items, 20000);
