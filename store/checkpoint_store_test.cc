@@ -309,6 +309,71 @@ TEST_CASE("CheckpointStore: deltas accumulate onto the full snapshot", "[store]"
   RequireSameModel(*model, *restored2);
 }
 
+TEST_CASE("CheckpointStore: a streaming load restores the same model as Load", "[store]") {
+  const int threads = GENERATE(1, 3);
+  const size_t ingest = GENERATE(kIngestDefault, size_t{0});
+  LearnerOptions options = SmallModel();
+  options.pretrained_dim = 4;
+  TempDir dir;
+  const std::string path = dir.Sub("db");
+  auto model = NewLearner(options);
+  // More users than one block of the stream, so that blocks run in parallel.
+  auto events = MakeEvents(400, 8);
+  for (int k = 0; k < 20000; ++k) {
+    Event e = events[size_t(k) % events.size()];
+    e.user = "many" + std::to_string(k);
+    events.push_back(std::move(e));
+  }
+  model->Train(events);
+  REQUIRE(model->ImportPretrained(Item(3), std::vector<float>{0.5f, -1.0f, 2.0f, 0.25f}).ok());
+  ModelSnapshot full;
+  model->TakeSnapshot(true, &full);
+  auto store = OpenStore(path, true, ingest);
+  REQUIRE(store->Write(full, {{kClick0, 42}}, nullptr).ok());
+
+  auto restored = NewLearner(options);
+  std::atomic<uint64_t> rows{0};
+  std::atomic<int> calls{0};
+  ModelSnapshot rest;
+  OffsetMap offsets;
+  CheckpointInfo info;
+  Status s = store->LoadStreaming(
+      [&](const learner::TableDelta& block) {
+        rows += block.keys.size();
+        ++calls;
+        return restored->ApplyRows(block);
+      },
+      threads, &rest, &offsets, &info);
+  INFO(s.ToString());
+  REQUIRE(s.ok());
+  REQUIRE(rows.load() == full.rows());
+  REQUIRE(calls.load() > 2);
+  REQUIRE(rest.rows() == 0);
+  REQUIRE(rest.tables.size() == full.tables.size());
+  REQUIRE(offsets == OffsetMap{{kClick0, 42}});
+  REQUIRE(info.sequence == 1);
+  s = restored->ApplySnapshot(rest);
+  INFO(s.ToString());
+  REQUIRE(s.ok());
+  RequireSameModel(*model, *restored);
+  REQUIRE(restored->Score("many19999", Item(1), learner::Blend()).user_known);
+  // Nothing restored counts as changed.
+  ModelSnapshot none;
+  restored->TakeSnapshot(false, &none);
+  REQUIRE(none.rows() == 0);
+
+  // A sink's error ends the load with it.
+  auto other = NewLearner(options);
+  s = store->LoadStreaming(
+      [&](const learner::TableDelta& block) {
+        return block.table == "user" ? Status::Corruption("refused by the sink")
+                                     : other->ApplyRows(block);
+      },
+      threads, &rest, &offsets, &info);
+  REQUIRE(s.IsCorruption());
+  REQUIRE(s.ToString().find("refused by the sink") != std::string::npos);
+}
+
 TEST_CASE("CheckpointStore: a checkpoint that fails to write leaves the previous one", "[store]") {
   const size_t ingest = GENERATE(kIngestDefault, size_t{0});
   LearnerOptions options = SmallModel();
