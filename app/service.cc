@@ -117,15 +117,18 @@ struct Service::Impl : public serve::ServiceHooks {
   mutable std::mutex mu;
   std::condition_variable cv;
   std::unique_ptr<CheckpointJob> pending;  // guarded by mu
-  bool writing = false;                    // guarded by mu
-  bool writer_stop = false;                // guarded by mu
-  uint64_t requested = 0;                  // forced checkpoints asked for; guarded by mu
-  uint64_t completed = 0;                  // forced checkpoints done; guarded by mu
-  recstream::Status last_status;           // guarded by mu
-  std::optional<OffsetMap> to_commit;      // stored offsets to commit to Kafka; guarded by mu
-  uint64_t checkpoints = 0;                // guarded by mu
-  bool write_failed = false;               // guarded by mu
-  bool write_succeeded = false;            // guarded by mu
+  // The last job written, kept so that the next snapshot reuses its row
+  // buffers (no fresh memory to fault in while training waits); guarded by mu.
+  std::unique_ptr<CheckpointJob> recycled;
+  bool writing = false;                // guarded by mu
+  bool writer_stop = false;            // guarded by mu
+  uint64_t requested = 0;              // forced checkpoints asked for; guarded by mu
+  uint64_t completed = 0;              // forced checkpoints done; guarded by mu
+  recstream::Status last_status;       // guarded by mu
+  std::optional<OffsetMap> to_commit;  // stored offsets to commit to Kafka; guarded by mu
+  uint64_t checkpoints = 0;            // guarded by mu
+  bool write_failed = false;           // guarded by mu
+  bool write_succeeded = false;        // guarded by mu
 };
 
 recstream::Status Service::Impl::Init() {
@@ -311,7 +314,12 @@ void Service::Impl::MaybeCheckpoint(bool final) {
       cv.wait(lock, [&] { return !writing && !pending; });
     }
   }
-  auto job = std::make_unique<CheckpointJob>();
+  std::unique_ptr<CheckpointJob> job;
+  {
+    std::lock_guard lock(mu);
+    job = std::move(recycled);
+  }
+  if (!job) job = std::make_unique<CheckpointJob>();
   const auto snapshot_start = Clock::now();
   learner->TakeSnapshot(need_full, &job->snapshot);
   spdlog::debug("checkpoint snapshot: {} rows in {:.1f} ms on the training thread",
@@ -361,6 +369,7 @@ void Service::Impl::WriterLoop() {
       write_failed = true;
     }
     completed = std::max(completed, job->request);
+    recycled = std::move(job);
     cv.notify_all();
   }
 }

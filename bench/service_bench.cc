@@ -409,6 +409,8 @@ int StoreBench(uint64_t rows, uint64_t delta_rows) {
               MiB(ResidentBytes()));
   learner::ModelSnapshot full;
   timed("TakeSnapshot(full) [training-thread pause]", [&] { trained->TakeSnapshot(true, &full); });
+  // The service passes the previous checkpoint's snapshot back in.
+  timed("TakeSnapshot(full), buffers reused", [&] { trained->TakeSnapshot(true, &full); });
   std::unique_ptr<store::CheckpointStore> st;
   if (!store::CheckpointStore::Open(cfg.store, &st).ok()) return 1;
   OffsetMap offsets;

@@ -5,15 +5,25 @@ namespace recstream::learner {
 
 void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
   Impl& m = *impl_;
-  *out = ModelSnapshot();
-  out->shape = m.shape.Describe();
   // This runs while training waits (see Learner::TakeSnapshot): list the
   // changed rows, size the output once, then copy keys and rows on every
-  // training thread.
+  // training thread. The row buffers of a snapshot passed in again are
+  // reused (their memory is already mapped); everything is overwritten.
+  std::vector<TableDelta> old_tables = std::move(out->tables);
+  std::vector<FeatureListDelta> old_lists = std::move(out->feature_lists);
+  *out = ModelSnapshot();
+  out->shape = m.shape.Describe();
   std::vector<uint32_t> rows;
   for (EmbeddingTable* t : m.all_tables()) {
     const int w2 = 2 * t->width();
     TableDelta delta;
+    for (TableDelta& old : old_tables) {
+      if (old.table == t->name()) {
+        delta = std::move(old);
+        old.table.clear();
+        break;
+      }
+    }
     delta.table = t->name();
     delta.width = w2;
     rows.clear();
@@ -36,14 +46,42 @@ void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
                                         &m.users, &m.user_features, &m.user_lists},
                                     {&m.items, &m.item_features, &m.item_lists}}) {
     FeatureListDelta delta;
+    for (FeatureListDelta& old : old_lists) {
+      if (old.table == table->name()) {
+        delta = std::move(old);
+        old.table.clear();
+        break;
+      }
+    }
     delta.table = table->name();
     // Lambdas cannot capture structured bindings before C++20's P1091 (clang 14).
     EmbeddingTable* owner = table;
     EmbeddingTable* features = side;
+    // Collect flat (no allocation per row), then turn rows into ids on
+    // every training thread.
+    rows.clear();
+    std::vector<uint32_t> flat;
+    std::vector<size_t> ends;
     lists->ForEachDirty(full, [&](uint32_t r, const std::vector<uint32_t>& list) {
-      delta.keys.push_back(owner->key(r));
-      auto& names = delta.features.emplace_back();
-      for (uint32_t f : list) names.push_back(features->key(f));
+      rows.push_back(r);
+      flat.insert(flat.end(), list.begin(), list.end());
+      ends.push_back(flat.size());
+    });
+    delta.keys.resize(rows.size());
+    delta.features.resize(rows.size());
+    m.arena.execute([&] {
+      tbb::parallel_for(tbb::blocked_range<size_t>(0, rows.size(), 2048),
+                        [&](const tbb::blocked_range<size_t>& range) {
+                          for (size_t i = range.begin(); i != range.end(); ++i) {
+                            delta.keys[i] = owner->key(rows[i]);
+                            auto& names = delta.features[i];
+                            const size_t begin = i == 0 ? 0 : ends[i - 1];
+                            names.clear();
+                            names.reserve(ends[i] - begin);
+                            for (size_t k = begin; k < ends[i]; ++k)
+                              names.push_back(features->key(flat[k]));
+                          }
+                        });
     });
     if (!delta.keys.empty()) out->feature_lists.push_back(std::move(delta));
   }
