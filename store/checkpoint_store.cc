@@ -548,6 +548,9 @@ Status CheckpointStore::Open(const StoreOptions& options, std::unique_ptr<Checkp
                             : Status::IOError(message + ": " + s.ToString());
   }
   impl->db.reset(db);
+  // Table files of a checkpoint interrupted before its ingestion are not
+  // part of the store.
+  std::filesystem::remove_all(options.path + "/" + kIngestDir, ec);
   RECSTREAM_RETURN_IF_ERROR(impl->ReadMetadata());
   store->reset(new CheckpointStore(std::move(impl)));
   return Status::OK();

@@ -3,9 +3,12 @@
 //
 // Atomicity. Write() puts everything of one checkpoint (changed rows, dense
 // blocks, counters, new purchases, the model's shape, the offsets and the
-// checkpoint info) into ONE RocksDB WriteBatch. After a crash either all of a
-// checkpoint is visible or none of it, so the stored offsets always match the
-// stored model: restarting from them neither skips nor double-learns events.
+// checkpoint info) into ONE RocksDB WriteBatch, or, for a big checkpoint
+// (StoreOptions::ingest_min_bytes), into sorted table files that RocksDB
+// ingests in ONE step (files synced first; the MANIFEST records the ingestion
+// atomically). After a crash either all of a checkpoint is visible or none of
+// it, so the stored offsets always match the stored model: restarting from
+// them neither skips nor double-learns events.
 //
 // Incremental checkpoints. The store accumulates: a delta snapshot
 // (Learner::TakeSnapshot(false)) overwrites the rows it carries and leaves the
@@ -24,9 +27,9 @@
 //                       then per feature its length u32 and bytes
 //   "o/<topic>\0<partition, i32>"  next offset to consume, i64
 //
-// Thread safety. Write() and Load() must be called from one thread at a time
-// (the checkpoint thread); last() and Health() may be called from any thread
-// at any time, also while a Write() runs.
+// Thread safety. Write(), Load() and LoadStreaming() must be called from one
+// thread at a time (the checkpoint thread); last() and Health() may be called
+// from any thread at any time, also while a Write() runs.
 #pragma once
 
 #include <array>
