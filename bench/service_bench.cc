@@ -34,6 +34,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <random>
 #include <string>
 #include <thread>
@@ -55,6 +56,8 @@ namespace {
 using serve::testing::TestConnection;
 
 constexpr char kAdminToken[] = "bench";
+// --kafka-property: extra consumer/producer properties of the service.
+std::map<std::string, std::string> g_kafka_properties;  // NOLINT: set once by main
 
 struct Stack {
   testing::TempDir dir;
@@ -74,6 +77,7 @@ bool StartService(int checkpoint_ms, Stack* stack) {
   config::AppConfig& cfg = stack->cfg;
   cfg.kafka.brokers = stack->kafka->bootstrap();
   cfg.kafka.group_id = "bench";
+  cfg.kafka.properties = g_kafka_properties;
   cfg.store.path = stack->dir.path() + "/store";
   cfg.store.checkpoint_interval_ms = checkpoint_ms;
   cfg.serve.listen = "127.0.0.1:0";
@@ -474,10 +478,13 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int partitions = 0, checkpoint_ms = 5000;
   std::string log_level = "warn";
+  std::vector<std::string> kafka_props;
   app.add_option("--partitions", partitions,
                  "partitions per topic; 0: 3 for freshness, enough for the backlog for throughput");
   app.add_option("--checkpoint-ms", checkpoint_ms, "store.checkpoint_interval_ms");
   app.add_option("--log-level", log_level, "spdlog level");
+  app.add_option("--kafka-property", kafka_props,
+                 "KEY=VALUE librdkafka property of the service (kafka.properties.*)");
 
   uint64_t events = 2'000'000;
   int users = 100'000, items = 10'000, hold = 0;
@@ -501,6 +508,12 @@ int main(int argc, char** argv) {
   fr->add_option("--samples", samples);
   fr->add_option("--background-rate", background, "background events per second");
   CLI11_PARSE(app, argc, argv);
+  for (const std::string& kv : kafka_props) {
+    auto eq = kv.find('=');
+    if (eq == std::string::npos)
+      return std::fprintf(stderr, "bad --kafka-property %s\n", kv.c_str()), 2;
+    g_kafka_properties[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
   spdlog::set_level(spdlog::level::from_str(log_level));
   std::printf("service_bench load=%s\n", LoadAverage().c_str());
   if (sb->parsed()) return StoreBench(rows, delta_rows);
