@@ -172,7 +172,8 @@ class ProgressLine {
     next_ = seconds + 1.0;
     std::string left;
     if (fraction > 0 && fraction <= 1)
-      left = fmt::format(", {:.0f}%, {:.0f}s left", 100 * fraction, seconds * (1 - fraction) / fraction);
+      left = fmt::format(", {:.0f}%, {:.0f}s left", 100 * fraction,
+                         seconds * (1 - fraction) / fraction);
     fmt::print(stderr, "\r{} events, {:.0f} events/s{}\x1b[K", events,
                seconds > 0 ? double(events) / seconds : 0.0, left);
     std::fflush(stderr);
@@ -237,6 +238,7 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   ProgressLine progress(options.progress);
   uint64_t bytes_read = 0;
   fmt::memory_buffer pred_buf;
+  uint64_t next_weight_sample = options.weight_every;
 
   auto flush_batch = [&]() -> Status {
     std::span<const Event> chunk(batch.data(), n);
@@ -267,12 +269,20 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
     }
     report->events += n;
     n = 0;
+    if (options.weight_every > 0 && report->events >= next_weight_sample) {
+      const learner::LearnerStats st = learner->Stats();
+      WeightSample& ws = report->weight_history.emplace_back();
+      ws.events = report->events;
+      for (Task t : learner::kAllTasks) ws.weights[int(t)] = st.tasks[int(t)].loss_weight;
+      next_weight_sample = (report->events / options.weight_every + 1) * options.weight_every;
+    }
     if (predictions.is_open()) {
       predictions.write(pred_buf.data(), std::streamsize(pred_buf.size()));
       if (!predictions) return Status::IOError("writing " + options.predictions_path + " failed");
     }
-    progress.Update(report->events, elapsed(),
-                    options.total_bytes > 0 ? double(bytes_read) / double(options.total_bytes) : 0.0);
+    progress.Update(
+        report->events, elapsed(),
+        options.total_bytes > 0 ? double(bytes_read) / double(options.total_bytes) : 0.0);
     return Status::OK();
   };
 
@@ -313,6 +323,9 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   }
   const learner::LearnerStats stats = learner->Stats();
   for (Task t : learner::kAllTasks) report->task_weights[int(t)] = stats.tasks[int(t)].loss_weight;
+  if (options.weight_every > 0 && report->events > 0 &&
+      (report->weight_history.empty() || report->weight_history.back().events != report->events))
+    report->weight_history.push_back({report->events, report->task_weights});
   report->seconds = elapsed();
   report->events_per_second = report->seconds > 0 ? double(report->events) / report->seconds : 0;
   return Status::OK();
@@ -376,8 +389,19 @@ std::string ReportJson(const EvalReport& r) {
     }
     fmt::format_to(app, "\n  }},\n");
   }
-  fmt::format_to(app, "  \"task_weights\": {{\"click\": {}, \"purchase\": {}, \"rating\": {}}}\n}}",
+  fmt::format_to(app, "  \"task_weights\": {{\"click\": {}, \"purchase\": {}, \"rating\": {}}}",
                  Num(r.task_weights[0]), Num(r.task_weights[1]), Num(r.task_weights[2]));
+  if (!r.weight_history.empty()) {
+    fmt::format_to(app, ",\n  \"task_weights_history\": [");
+    for (size_t i = 0; i < r.weight_history.size(); ++i) {
+      const WeightSample& s = r.weight_history[i];
+      fmt::format_to(
+          app, "{}\n    {{\"events\": {}, \"click\": {}, \"purchase\": {}, \"rating\": {}}}",
+          i ? "," : "", s.events, Num(s.weights[0]), Num(s.weights[1]), Num(s.weights[2]));
+    }
+    fmt::format_to(app, "\n  ]");
+  }
+  fmt::format_to(app, "\n}}");
   return fmt::to_string(out);
 }
 

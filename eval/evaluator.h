@@ -70,6 +70,15 @@ struct EvalOptions {
   bool single_task_baseline = true;
   // Settings of the biased_mf baseline.
   BiasedMfOptions biased_mf;
+  // The task loss weights are sampled into EvalReport::weight_history after
+  // the batch in which every this many more events were learned; 0: never.
+  uint64_t weight_every = 10000;
+};
+
+// The task loss weights after `events` accepted events.
+struct WeightSample {
+  uint64_t events = 0;
+  std::array<double, learner::kNumTasks> weights{};  // in Task order
 };
 
 // Metrics of one task. NaN marks a value that is undefined (e.g. AUC with a
@@ -114,6 +123,9 @@ struct EvalReport {
   std::vector<BaselineReport> baselines;
   // Loss weights of the tasks at the end of the run, in Task order.
   std::array<double, learner::kNumTasks> task_weights{};
+  // The weights over the run (EvalOptions::weight_every), oldest first; the
+  // last sample is the end of the run.
+  std::vector<WeightSample> weight_history;
 };
 
 // Runs the evaluation over `events` (JSONL). InvalidArgument for bad options
@@ -122,7 +134,9 @@ struct EvalReport {
 Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* report);
 
 // The report as JSON, in the shape of SPEC section 5 (absent tasks left out,
-// `ranking` only with ranking, undefined values as null).
+// `ranking` only with ranking, undefined values as null), extended with
+// "task_weights_history": [{"events": N, "click": w, "purchase": w,
+// "rating": w}, ...] when the history is not empty.
 std::string ReportJson(const EvalReport& report);
 
 // A few human-readable lines, each ending in '\n'.

@@ -146,6 +146,26 @@ TEST_CASE("ReportJson has the SPEC section 5 shape", "[evaluator]") {
   CHECK(doc["ranking"].error() == simdjson::NO_SUCH_FIELD);
   for (const char* key : {"click", "purchase", "rating"})
     CHECK(double(doc["task_weights"][key]) > 0);
+
+  // The weights over time (an extension of the SPEC shape): a sample about
+  // every 10,000 events, the last one the final weights.
+  simdjson::dom::array history;
+  REQUIRE(doc["task_weights_history"].get(history) == simdjson::SUCCESS);
+  REQUIRE(history.size() == r.weight_history.size());
+  CHECK(history.size() >= 8);
+  CHECK(history.size() <= 11);
+  uint64_t previous = 0;
+  bool moved = false;
+  for (simdjson::dom::element sample : history) {
+    CHECK(uint64_t(sample["events"]) > previous);
+    previous = uint64_t(sample["events"]);
+    for (const char* key : {"click", "purchase", "rating"})
+      moved |= double(sample[key]) != double(history.at(0)[key]);
+  }
+  CHECK(previous == 100000);
+  CHECK(moved);  // uncertainty weighting (the default) adapts the weights
+  for (int t = 0; t < learner::kNumTasks; ++t)
+    CHECK(r.weight_history.back().weights[t] == r.task_weights[t]);
   const std::string summary = ReportSummary(r);
   CHECK(summary.find("click") != std::string::npos);
   CHECK(summary.find("rating") != std::string::npos);
