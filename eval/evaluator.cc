@@ -201,6 +201,11 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
     return Status::InvalidArgument("candidates must be at least 1");
   std::unique_ptr<learner::Learner> learner;
   RECSTREAM_RETURN_IF_ERROR(learner::Learner::Create(options.learner, &learner));
+  for (const auto& [item, vec] : options.pretrained) {
+    Status s = learner->ImportPretrained(item, vec);
+    if (!s.ok())
+      return Status::InvalidArgument("pretrained vector of " + item + ": " + s.message());
+  }
 
   std::ofstream predictions;
   if (!options.predictions_path.empty()) {
@@ -222,7 +227,9 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   std::vector<Event> batch(options.batch);
   size_t n = 0;
   std::vector<Prediction> before;
-  std::array<TaskSeries, learner::kNumTasks> series;
+  std::array<TaskSeries, learner::kNumTasks> series, cold_series;
+  // Earlier accepted events per item (cold start), saturating at the limit.
+  std::unordered_map<std::string, uint32_t> item_events;
   std::unique_ptr<Ranker> ranker;
   if (options.ranking_k > 0)
     ranker = std::make_unique<Ranker>(learner.get(), options.ranking_k, options.candidates,
@@ -263,6 +270,16 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
       s.label.push_back(e.label);
       s.truth.push_back(e.has_truth ? float(e.truth) : 0.0f);
       s.all_truth &= e.has_truth;
+      if (options.cold_item_events > 0) {
+        uint32_t& seen = item_events[e.item];
+        if (seen < options.cold_item_events) {
+          ++seen;
+          TaskSeries& cs = cold_series[int(e.task)];
+          cs.pred.push_back(pred);
+          cs.label.push_back(e.label);
+          cs.all_truth = false;
+        }
+      }
       if (predictions.is_open())
         fmt::format_to(fmt::appender(pred_buf), "{{\"type\":\"{}\",\"pred\":{}}}\n",
                        learner::TaskName(e.task), pred);
@@ -308,6 +325,9 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   progress.Finish();
 
   for (Task t : learner::kAllTasks) FillTask(t, series[int(t)], &report->tasks[int(t)]);
+  report->cold_item_events = options.cold_item_events;
+  report->pretrained_items = options.pretrained.size();
+  for (Task t : learner::kAllTasks) FillTask(t, cold_series[int(t)], &report->cold[int(t)]);
   for (size_t b = 0; b < baselines.size(); ++b) {
     BaselineReport& br = report->baselines.emplace_back();
     br.name = std::string(baselines[b]->name());
@@ -401,6 +421,22 @@ std::string ReportJson(const EvalReport& r) {
     }
     fmt::format_to(app, "\n  ]");
   }
+  bool any_cold = false;
+  for (const TaskReport& tr : r.cold) any_cold |= tr.count > 0;
+  if (any_cold) {
+    fmt::format_to(app, ",\n  \"cold_start\": {{\"item_events_below\": {}", r.cold_item_events);
+    for (Task t : learner::kAllTasks) {
+      const TaskReport& tr = r.cold[int(t)];
+      if (tr.count == 0) continue;
+      if (t == Task::kRating)
+        fmt::format_to(app, ", \"{}\": {{\"count\": {}, \"mae\": {}, \"rmse\": {}}}",
+                       learner::TaskName(t), tr.count, Num(tr.mae), Num(tr.rmse));
+      else
+        fmt::format_to(app, ", \"{}\": {{\"count\": {}, \"auc\": {}, \"logloss\": {}}}",
+                       learner::TaskName(t), tr.count, Num(tr.auc), Num(tr.logloss));
+    }
+    fmt::format_to(app, "}}");
+  }
   fmt::format_to(app, "\n}}");
   return fmt::to_string(out);
 }
@@ -457,6 +493,15 @@ std::string ReportSummary(const EvalReport& r) {
     }
     fmt::format_to(app, "\n");
   }
+  if (r.cold[0].count + r.cold[2].count > 0)
+    fmt::format_to(app,
+                   "cold      events of items with < {} earlier events: click auc {} ({} events), "
+                   "rating mae {} ({} events){}\n",
+                   r.cold_item_events, f4(r.cold[0].auc), r.cold[0].count, f4(r.cold[2].mae),
+                   r.cold[2].count,
+                   r.pretrained_items > 0
+                       ? fmt::format("; {} items with pretrained vectors", r.pretrained_items)
+                       : "");
   fmt::format_to(app, "weights   click {:.3f}  purchase {:.3f}  rating {:.3f}\n", r.task_weights[0],
                  r.task_weights[1], r.task_weights[2]);
   return fmt::to_string(out);

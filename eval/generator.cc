@@ -300,6 +300,36 @@ Status Generator::WriteAll(std::ostream* out) {
 
 uint64_t Generator::produced() const { return impl_->produced; }
 
+Status Generator::WriteItemVectors(std::ostream* out, int dim, double noise) const {
+  if (dim < 1 || dim > 8192) return Status::InvalidArgument("vector dim must be in [1, 8192]");
+  if (!std::isfinite(noise) || noise < 0)
+    return Status::InvalidArgument("vector noise must be a non-negative number");
+  const Impl& m = *impl_;
+  const int f = m.options.factors;
+  Rng rng(m.options.seed ^ 0x5eedc0ffee123457ULL);
+  std::vector<double> a(size_t(dim) * f);
+  for (double& x : a) x = rng.Gaussian() / std::sqrt(double(f));
+  fmt::memory_buffer buffer;
+  for (int i = 0; i < m.options.items; ++i) {
+    fmt::format_to(fmt::appender(buffer), FMT_COMPILE(R"({{"item":"i{}","vector":[)"), i);
+    const double* v = &m.item_vec[size_t(i) * f];
+    for (int j = 0; j < dim; ++j) {
+      double p = noise * rng.Gaussian();
+      for (int k = 0; k < f; ++k) p += a[size_t(j) * f + k] * v[k];
+      fmt::format_to(fmt::appender(buffer), FMT_COMPILE("{}{:.5g}"), j ? "," : "", p);
+    }
+    fmt::format_to(fmt::appender(buffer), FMT_COMPILE("]}}\n"));
+    if (buffer.size() >= (1 << 20)) {
+      out->write(buffer.data(), std::streamsize(buffer.size()));
+      buffer.clear();
+    }
+  }
+  out->write(buffer.data(), std::streamsize(buffer.size()));
+  out->flush();
+  if (!out->good()) return Status::IOError("writing item vectors failed");
+  return Status::OK();
+}
+
 const World& Generator::world() const {
   if (impl_->world.factors == 0) impl_->FillWorld();
   return impl_->world;

@@ -102,6 +102,17 @@ class Generator {
   // The world the events are drawn from (fixed by the options).
   const World& world() const;
 
+  // Writes one "pretrained" vector per item, the way text embeddings of item
+  // descriptions would look to recstream (`recstream import-embeddings`
+  // input): JSONL {"item":"i7","vector":[...]} with `dim` values
+  // p = A v_item + noise N(0, 1) per value, where A is a fixed random
+  // dim x factors matrix with N(0, 1/factors) entries. The vectors carry
+  // the item's latent factors (category included) but not its bias. They
+  // come from their own random stream: writing them does not change the
+  // events. InvalidArgument for dim outside [1, 8192] or a negative or
+  // non-finite noise; IOError when the stream fails.
+  Status WriteItemVectors(std::ostream* out, int dim, double noise) const;
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
