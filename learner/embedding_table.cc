@@ -1,6 +1,10 @@
 #include "learner/embedding_table.h"
 
+#include <sys/mman.h>
+
+#include <bit>
 #include <cstring>
+#include <new>
 
 // The id index is 64 shards, each an open-addressing table of 64-bit slots
 // with linear probing. A slot holds (tag << 32) | (row + 1), 0 when empty;
@@ -16,10 +20,18 @@
 //
 // Growth (at 3/4 full) builds a doubled array under the mutex and publishes
 // it atomically. Readers still probing the old array finish there and find
-// every id inserted before the growth; the old arrays are kept until the
-// table dies, so no reader ever touches freed memory. They cost at most as
-// much again as the live array (a halving series), i.e. 8-16 bytes per row,
-// in exchange for needing no epochs, hazard pointers or reader registration.
+// every id inserted before the growth. The old array is never unmapped while
+// the table lives, so no reader can fault on it, but a large one has its pages
+// returned to the OS (madvise MADV_DONTNEED) right after the new one is
+// published: a late reader then reads zeros, i.e. empty slots (or a zero
+// mask), and every "empty" answer re-checks the shard's current array and
+// probes again when it changed. That re-check is ordered after the new
+// array's publication because the kernel must shoot down the old pages'
+// TLB entries on every CPU (IPIs, locked instructions) before any reader can
+// see a zero page: the same effect folly's asymmetric memory barrier gets
+// from mprotect. So readers need no epochs, hazard pointers or registration,
+// and a table holds only its live arrays: 8 bytes per slot at a load factor
+// of 3/8 to 3/4.
 
 namespace recstream::learner {
 namespace {
@@ -80,29 +92,78 @@ uint64_t IndexHash(std::string_view s) {
 constexpr int kShardBits = 6;
 constexpr uint32_t kShards = 1u << kShardBits;
 constexpr uint64_t kInitialSlots = 16;
+// Slot arrays of at least this size are mapped on their own, so that their
+// pages can be returned to the OS when they are replaced.
+constexpr size_t kMapBytes = 64 << 10;
 
-// Row header: ids of up to kInlineKey bytes are stored in place, NUL-terminated,
-// with their length in the last byte; longer ids are stored in the arena and
-// the header holds a pointer to [varint length][bytes][NUL] and kLongKey.
-constexpr size_t kHeaderBytes = 16;
-constexpr size_t kInlineKey = kHeaderBytes - 2;
-constexpr uint8_t kLongKey = 0xff;
+// Row header (8 bytes, little-endian): an id of up to 7 bytes is stored in
+// bytes 0..6 with its length in byte 7; a longer id is stored in the arena
+// and the header is the address of [varint length][bytes] with byte 7 = 0xff.
+constexpr size_t kHeaderBytes = 8;
+constexpr size_t kInlineKey = kHeaderBytes - 1;
+constexpr uint64_t kLongKey = uint64_t{0xff} << 56;
+static_assert(std::endian::native == std::endian::little);
+
+// The header of a short id (an id of more than kInlineKey bytes gives
+// kLongKey, which no short id's header equals).
+inline uint64_t ShortHeader(std::string_view id) {
+  if (id.size() > kInlineKey) return kLongKey;
+  uint64_t h = uint64_t(id.size()) << 56;
+  if (!id.empty()) std::memcpy(&h, id.data(), id.size());
+  return h;
+}
+inline uint64_t LoadHeader(const char* p) {
+  uint64_t h;
+  std::memcpy(&h, p, 8);
+  return h;
+}
 
 }  // namespace
 
 struct EmbeddingTable::IndexShard {
-  // slots[0] is the probe mask (capacity - 1), slots[1 + i] the slots.
-  std::atomic<std::atomic<uint64_t>*> slots{nullptr};
+  // slots[0] is the probe mask (capacity - 1), slots[1 + i] the slots; all
+  // accessed through atomic_ref.
+  std::atomic<uint64_t*> slots{nullptr};
   alignas(64) std::mutex mu;  // guards inserts, growth and the members below
   uint64_t used = 0;
+  struct Array {
+    uint64_t* slots;
+    size_t bytes;
+    bool mapped;
+  };
   // Every slot array this shard has had; the last is the current one.
-  std::vector<std::unique_ptr<std::atomic<uint64_t>[]>> arrays;
+  std::vector<Array> arrays;
 
-  std::atomic<uint64_t>* NewArray(uint64_t capacity) {
-    auto* a = new std::atomic<uint64_t>[capacity + 1]();
-    a[0].store(capacity - 1, std::memory_order_relaxed);
-    arrays.emplace_back(a);
-    return a;
+  ~IndexShard() {
+    for (const Array& a : arrays) {
+      if (a.mapped)
+        ::munmap(a.slots, a.bytes);
+      else
+        delete[] a.slots;
+    }
+  }
+
+  uint64_t* NewArray(uint64_t capacity) {
+    Array a{nullptr, size_t(capacity + 1) * sizeof(uint64_t), false};
+    arrays.reserve(arrays.size() + 1);
+    if (a.bytes >= kMapBytes) {
+      void* p =
+          ::mmap(nullptr, a.bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) throw std::bad_alloc();
+      a.slots = static_cast<uint64_t*>(p);  // zero-filled
+      a.mapped = true;
+    } else {
+      a.slots = new uint64_t[capacity + 1]();
+    }
+    a.slots[0] = capacity - 1;
+    arrays.push_back(a);
+    return a.slots;
+  }
+
+  // Returns the pages of the array before the current one to the OS.
+  void ReleaseOld() {
+    const Array& old = arrays[arrays.size() - 2];
+    if (old.mapped) ::madvise(old.slots, old.bytes, MADV_DONTNEED);
   }
 };
 
@@ -120,7 +181,7 @@ struct EmbeddingTable::KeyArena {
       prefix[np++] = char((n & 0x7f) | (n >= 0x80 ? 0x80 : 0));
       if (n < 0x80) break;
     }
-    const size_t need = np + key.size() + 1;
+    const size_t need = np + key.size();
     char* out;
     if (need > kBlock / 4) {
       out = blocks.emplace_back(new char[need]).get();
@@ -135,7 +196,6 @@ struct EmbeddingTable::KeyArena {
     }
     std::memcpy(out, prefix, np);
     std::memcpy(out + np, key.data(), key.size());
-    out[np + key.size()] = '\0';
     return out;
   }
 
@@ -173,11 +233,16 @@ EmbeddingTable::~EmbeddingTable() {
 
 EmbeddingTable::KeyRef EmbeddingTable::key(uint32_t row) const {
   const char* h = header(row);
-  const uint8_t len = uint8_t(h[kHeaderBytes - 1]);
-  if (len != kLongKey) return KeyRef(std::string_view(h, len));
-  const char* p;
-  std::memcpy(&p, h, sizeof p);
-  return KeyRef(KeyArena::Get(p));
+  const uint64_t v = LoadHeader(h);
+  if ((v & kLongKey) != kLongKey) return KeyRef(std::string_view(h, size_t(v >> 56)));
+  return KeyRef(KeyArena::Get(reinterpret_cast<const char*>(v & ~kLongKey)));
+}
+
+bool EmbeddingTable::RowHasKey(uint32_t row, uint64_t short_header, std::string_view id) const {
+  const uint64_t v = LoadHeader(header(row));
+  if (short_header != kLongKey) return v == short_header;
+  if ((v & kLongKey) != kLongKey) return false;
+  return KeyArena::Get(reinterpret_cast<const char*>(v & ~kLongKey)) == id;
 }
 
 uint32_t EmbeddingTable::NextDirty(const uint8_t* dirty, uint32_t i, uint32_t end) {
@@ -198,16 +263,21 @@ uint32_t EmbeddingTable::NextDirty(const uint8_t* dirty, uint32_t i, uint32_t en
 }
 
 uint32_t EmbeddingTable::Probe(const IndexShard& shard, uint64_t hash, std::string_view id) const {
-  const std::atomic<uint64_t>* t = shard.slots.load(std::memory_order_acquire);
-  const uint64_t mask = t[0].load(std::memory_order_relaxed);
+  const uint64_t want = ShortHeader(id);
   const uint64_t tag = hash >> 32;
-  for (uint64_t i = tag & mask;; i = (i + 1) & mask) {
-    const uint64_t v = t[1 + i].load(std::memory_order_acquire);
-    if (v == 0) return kNoRow;
-    if ((v >> 32) == tag) {
-      const uint32_t row = uint32_t(v) - 1;
-      if (key(row) == id) return row;
+  uint64_t* t = shard.slots.load(std::memory_order_acquire);
+  for (;;) {
+    const uint64_t mask = std::atomic_ref<uint64_t>(t[0]).load(std::memory_order_relaxed);
+    uint64_t i = tag & mask;
+    // A zero mask means the array was released under us (see the top).
+    for (uint64_t v; mask != 0; i = (i + 1) & mask) {
+      v = std::atomic_ref<uint64_t>(t[1 + i]).load(std::memory_order_acquire);
+      if (v == 0) break;
+      if ((v >> 32) == tag && RowHasKey(uint32_t(v) - 1, want, id)) return uint32_t(v) - 1;
     }
+    uint64_t* now = shard.slots.load(std::memory_order_acquire);
+    if (now == t) return kNoRow;
+    t = now;
   }
 }
 
@@ -228,27 +298,30 @@ uint32_t EmbeddingTable::GetOrCreate(std::string_view key, bool* created) {
   if (row != kNoRow) return row;
   row = NewRow(key);
 
-  std::atomic<uint64_t>* t = s.slots.load(std::memory_order_relaxed);
-  uint64_t mask = t[0].load(std::memory_order_relaxed);
+  uint64_t* t = s.slots.load(std::memory_order_relaxed);
+  uint64_t mask = t[0];
   if ((s.used + 1) * 4 > (mask + 1) * 3) {
-    std::atomic<uint64_t>* bigger = s.NewArray(2 * (mask + 1));
+    uint64_t* bigger = s.NewArray(2 * (mask + 1));
     const uint64_t new_mask = 2 * mask + 1;
     for (uint64_t i = 0; i <= mask; ++i) {
-      const uint64_t v = t[1 + i].load(std::memory_order_relaxed);
+      const uint64_t v = t[1 + i];
       if (v == 0) continue;
       uint64_t j = (v >> 32) & new_mask;
-      while (bigger[1 + j].load(std::memory_order_relaxed) != 0) j = (j + 1) & new_mask;
-      bigger[1 + j].store(v, std::memory_order_relaxed);
+      while (bigger[1 + j] != 0) j = (j + 1) & new_mask;
+      bigger[1 + j] = v;
     }
-    // Publishes the copied slots; they point to rows published earlier.
-    s.slots.store(bigger, std::memory_order_release);
+    // Publishes the copied slots (they point to rows published earlier); the
+    // store must be visible before the old pages go (see the top).
+    s.slots.store(bigger, std::memory_order_seq_cst);
+    s.ReleaseOld();
     t = bigger;
     mask = new_mask;
   }
   const uint64_t tag = h >> 32;
   uint64_t j = tag & mask;
-  while (t[1 + j].load(std::memory_order_relaxed) != 0) j = (j + 1) & mask;
-  t[1 + j].store((tag << 32) | (uint64_t(row) + 1), std::memory_order_release);
+  while (t[1 + j] != 0) j = (j + 1) & mask;
+  std::atomic_ref<uint64_t>(t[1 + j]).store((tag << 32) | (uint64_t(row) + 1),
+                                            std::memory_order_release);
   ++s.used;
   if (created) *created = true;
   return row;
@@ -261,15 +334,13 @@ uint32_t EmbeddingTable::NewRow(std::string_view key) {
   const uint32_t row = next_row_++;
   Chunk* c = EnsureChunk(row >> kChunkBits);
   char* h = reinterpret_cast<char*>(c->data.get() + size_t(row & kChunkMask) * stride_);
-  std::memset(h, 0, kHeaderBytes);
-  if (key.size() <= kInlineKey) {
-    std::memcpy(h, key.data(), key.size());
-    h[kHeaderBytes - 1] = char(key.size());
-  } else {
-    const char* p = keys_->Add(key);
-    std::memcpy(h, &p, sizeof p);
-    h[kHeaderBytes - 1] = char(kLongKey);
+  uint64_t v = ShortHeader(key);
+  if (v == kLongKey) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(keys_->Add(key));
+    if (p & kLongKey) throw std::bad_alloc();  // no user-space address is that high
+    v = p | kLongKey;
   }
+  std::memcpy(h, &v, kHeaderBytes);
   InitRow(row, key);
   c->dirty[row & kChunkMask] = 1;
   ready_rows_.store(row + 1, std::memory_order_release);

@@ -14,8 +14,8 @@
 // ForEachDirty must not run concurrently with writers (GetOrCreate,
 // MarkDirty).
 //
-// Memory per row: 2 * width floats behind a 16-byte header that holds the id
-// (ids of up to 14 bytes inline, longer ones in an append-only arena that the
+// Memory per row: 2 * width floats behind an 8-byte header that holds the id
+// (ids of up to 7 bytes inline, longer ones in an append-only arena that the
 // header points to), a dirty byte and 11-21 bytes of index (8-byte slots at a
 // load factor of 3/8 to 3/4; see embedding_table.cc).
 #pragma once
@@ -36,13 +36,13 @@ class EmbeddingTable {
   static constexpr uint32_t kNoRow = UINT32_MAX;
 
   // The id of a row: a view of the table's own copy, valid for the table's
-  // lifetime and NUL-terminated. Converts to std::string where one is needed,
-  // so code written when key() returned `const std::string&` still compiles.
+  // lifetime (not NUL-terminated). Converts to std::string where one is
+  // needed, so code written when key() returned `const std::string&` still
+  // compiles.
   class KeyRef : public std::string_view {
    public:
     explicit KeyRef(std::string_view s) : std::string_view(s) {}
     operator std::string() const { return std::string(data(), size()); }
-    const char* c_str() const { return data(); }
   };
 
   // `width` values per row; new rows get embeddings uniform in
@@ -101,8 +101,8 @@ class EmbeddingTable {
   static constexpr uint32_t kChunkMask = kChunkRows - 1;
   static constexpr uint32_t kMaxChunks = 1u << (30 - kChunkBits);  // 2^30 rows
 
-  // Each row is a 16-byte id header (embedding_table.cc) then its floats.
-  static constexpr size_t kHeaderFloats = 4;
+  // Each row is an 8-byte id header (embedding_table.cc) then its floats.
+  static constexpr size_t kHeaderFloats = 2;
   struct Chunk {
     std::unique_ptr<float[]> data;     // kChunkRows * stride_ floats
     std::unique_ptr<uint8_t[]> dirty;  // written through atomic_ref
@@ -120,6 +120,7 @@ class EmbeddingTable {
   // The first dirty index in [i, end), or end.
   static uint32_t NextDirty(const uint8_t* dirty, uint32_t i, uint32_t end);
   uint32_t Probe(const IndexShard& shard, uint64_t hash, std::string_view key) const;
+  bool RowHasKey(uint32_t row, uint64_t short_header, std::string_view key) const;
   uint32_t NewRow(std::string_view key);
   Chunk* EnsureChunk(uint32_t index);
   void InitRow(uint32_t row, std::string_view key);
