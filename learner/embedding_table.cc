@@ -328,8 +328,12 @@ uint32_t EmbeddingTable::GetOrCreate(std::string_view key, bool* created) {
 }
 
 uint32_t EmbeddingTable::NewRow(std::string_view key) {
-  // Rows become ready in allocation order, so size() never exposes a row
-  // whose key or values are still being written.
+  // Initial values are computed before taking the lock, which is then held
+  // only for a copy: rows become ready in allocation order, so size() never
+  // exposes a row whose key or values are still being written.
+  thread_local std::vector<float> init;
+  init.resize(2 * size_t(width_));
+  InitValues(key, init.data());
   std::lock_guard alloc(alloc_mu_);
   const uint32_t row = next_row_++;
   Chunk* c = EnsureChunk(row >> kChunkBits);
@@ -341,7 +345,7 @@ uint32_t EmbeddingTable::NewRow(std::string_view key) {
     v = p | kLongKey;
   }
   std::memcpy(h, &v, kHeaderBytes);
-  InitRow(row, key);
+  std::memcpy(Row(row), init.data(), init.size() * sizeof(float));
   c->dirty[row & kChunkMask] = 1;
   ready_rows_.store(row + 1, std::memory_order_release);
   return row;
@@ -358,8 +362,7 @@ EmbeddingTable::Chunk* EmbeddingTable::EnsureChunk(uint32_t index) {
   return c;
 }
 
-void EmbeddingTable::InitRow(uint32_t row, std::string_view key) {
-  float* r = Row(row);
+void EmbeddingTable::InitValues(std::string_view key, float* r) const {
   uint64_t state = StableHash(key) ^ seed_;
   for (int i = 0; i < width_; ++i) {
     if (i < random_prefix_) {

@@ -123,7 +123,7 @@ class EmbeddingTable {
   bool RowHasKey(uint32_t row, uint64_t short_header, std::string_view key) const;
   uint32_t NewRow(std::string_view key);
   Chunk* EnsureChunk(uint32_t index);
-  void InitRow(uint32_t row, std::string_view key);
+  void InitValues(std::string_view key, float* values) const;  // 2 * width_ floats
 
   const std::string name_;
   const int width_;
