@@ -30,8 +30,9 @@
 // TLB entries on every CPU (IPIs, locked instructions) before any reader can
 // see a zero page: the same effect folly's asymmetric memory barrier gets
 // from mprotect. So readers need no epochs, hazard pointers or registration,
-// and a table holds only its live arrays: 8 bytes per slot at a load factor
-// of 3/8 to 3/4.
+// and a table's index costs its live arrays (8 bytes per slot at a load
+// factor of 3/8 to 3/4) plus the replaced arrays under kMapBytes, kept as
+// they are (at most 64 KiB per shard).
 
 namespace recstream::learner {
 namespace {
