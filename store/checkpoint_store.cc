@@ -48,10 +48,6 @@ constexpr char kOffsetPrefix[] = "o/";
 constexpr char kIngestDir[] = "ingest";
 constexpr size_t kInfoSize = 8 * 5 + 8 * 3;
 
-// Above this size an ingested checkpoint (StoreOptions::ingest_min_bytes) is
-// split into two files built in parallel.
-constexpr size_t kIngestSplitBytes = 64 << 20;
-
 // Sequential scans of a whole prefix: read ahead generously.
 constexpr size_t kScanReadahead = 4 << 20;
 
@@ -294,6 +290,49 @@ struct CheckpointStore::Impl {
     return rocksdb::Status::OK();
   }
 
+  // Up to parts - 1 keys splitting the rows ("r/...") into parts of about
+  // equal size, taken from where table files begin (a big ingested
+  // checkpoint is two files split in the middle); none when no file begins
+  // inside the rows.
+  std::vector<std::string> RowSplits(int parts) {
+    std::vector<std::string> splits;
+    if (parts < 2) return splits;
+    const std::string begin(kRowPrefix), end = PrefixEnd(kRowPrefix);
+    std::vector<rocksdb::LiveFileMetaData> files;
+    db->GetLiveFilesMetaData(&files);
+    std::vector<std::string> candidates;
+    for (const auto& f : files)
+      if (f.smallestkey > begin && f.smallestkey < end) candidates.push_back(f.smallestkey);
+    if (candidates.empty()) return splits;
+    std::sort(candidates.begin(), candidates.end());
+    candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
+    rocksdb::SizeApproximationOptions approx;
+    approx.include_memtables = true;
+    auto size_before = [&](const std::string& key) {
+      rocksdb::Range range(begin, key);
+      uint64_t bytes = 0;
+      (void)db->GetApproximateSizes(approx, db->DefaultColumnFamily(), &range, 1, &bytes);
+      return bytes;
+    };
+    const uint64_t total = size_before(end);
+    std::vector<uint64_t> before;
+    for (const std::string& c : candidates) before.push_back(size_before(c));
+    for (int k = 1; k < parts; ++k) {
+      const uint64_t target = total / uint64_t(parts) * uint64_t(k);
+      size_t best = 0;
+      for (size_t i = 1; i < candidates.size(); ++i) {
+        auto distance = [&](size_t j) {
+          return before[j] > target ? before[j] - target : target - before[j];
+        };
+        if (distance(i) < distance(best)) best = i;
+      }
+      // A split near either end is not worth a thread.
+      if (before[best] < total / 8 || before[best] > total - total / 8) continue;
+      if (splits.empty() || splits.back() < candidates[best]) splits.push_back(candidates[best]);
+    }
+    return splits;
+  }
+
   // Stores one checkpoint in one WriteBatch through the WAL. Fills
   // next->bytes and next->duration_ms (encoding). Called with io_mu held.
   rocksdb::Status WriteBatchOf(const learner::ModelSnapshot& snapshot, const OffsetMap& offsets,
@@ -419,12 +458,24 @@ struct CheckpointStore::Impl {
     std::filesystem::create_directories(dir, ec);
     if (ec) return rocksdb::Status::IOError("creating " + dir + ": " + ec.message());
 
-    const size_t files = bytes >= kIngestSplitBytes && entries.size() >= 2 ? 2 : 1;
+    const size_t files = bytes >= options.ingest_split_bytes && entries.size() >= 2 ? 2 : 1;
     std::vector<std::string> paths(files);
     std::vector<rocksdb::Status> built(files);
     const rocksdb::Options rocks = RocksOptions();
+    // Files of about equal bytes (rows dominate), so that the boundary falls
+    // among the rows, where a streaming load splits its reading.
+    std::vector<size_t> cuts = {0};
+    {
+      uint64_t sum = 0;
+      for (size_t i = 0; i < entries.size() && cuts.size() < files; ++i) {
+        sum += entries[i].key.size() + entries[i].value.size();
+        if (sum >= bytes / files * cuts.size() && i + 1 < entries.size()) cuts.push_back(i + 1);
+      }
+      while (cuts.size() < files) cuts.push_back(entries.size());  // (never: files <= entries)
+      cuts.push_back(entries.size());
+    }
     auto build = [&](size_t f) {
-      const size_t begin = entries.size() * f / files, end = entries.size() * (f + 1) / files;
+      const size_t begin = cuts[f], end = cuts[f + 1];
       paths[f] = dir + "/" + std::to_string(next->sequence) + "-" + std::to_string(f) + ".sst";
       // Keep the pages cached: a restart soon after reads them back.
       rocksdb::SstFileWriter writer(rocksdb::EnvOptions(), rocks, nullptr,
@@ -920,41 +971,104 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, int threads, learner::Mode
     out.tables.push_back(std::move(t));
   }
 
+  // Checks one row entry; sets *table to its table (kept between calls).
+  auto decode_row = [&](std::string_view rest, const rocksdb::Slice& value,
+                        learner::TableDelta** table) {
+    size_t sep = rest.find('\0');
+    if (sep == std::string_view::npos) return Status::Corruption("row key without a table");
+    std::string_view name = rest.substr(0, sep);
+    if (*table == nullptr || (*table)->table != name) {
+      auto it = table_index.find(std::string(name));
+      if (it == table_index.end()) {
+        return Status::Corruption("rows of table " + std::string(name) +
+                                  " whose width is not stored");
+      }
+      *table = &out.tables[it->second];
+    }
+    const size_t bytes = static_cast<size_t>((*table)->width) * sizeof(float);
+    if (value.size() != bytes) {
+      return Status::Corruption("row of table " + (*table)->table + " has " +
+                                std::to_string(value.size()) + " bytes, expected " +
+                                std::to_string(bytes));
+    }
+    return Status::OK();
+  };
+
+  // Streaming over several key ranges: one thread per range reads its rows
+  // and hands each block to the sink itself.
+  const std::vector<std::string> splits =
+      sink != nullptr ? d.RowSplits(threads) : std::vector<std::string>();
+  if (!splits.empty()) {
+    std::vector<std::string> bounds = {kRowPrefix};
+    bounds.insert(bounds.end(), splits.begin(), splits.end());
+    bounds.push_back(PrefixEnd(kRowPrefix));
+    std::vector<Status> results(bounds.size() - 1);
+    auto scan_range = [&](size_t r) {
+      rocksdb::Slice upper(bounds[r + 1]);
+      rocksdb::ReadOptions ro;
+      ro.snapshot = snap;
+      ro.iterate_upper_bound = &upper;
+      ro.readahead_size = kScanReadahead;
+      ro.fill_cache = false;
+      std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(ro));
+      learner::TableDelta block;
+      learner::TableDelta* table = nullptr;
+      Status s;
+      auto flush = [&] {
+        if (!block.keys.empty() && s.ok()) s = (*sink)(block);
+        block.keys.clear();
+        block.values.clear();
+      };
+      const size_t prefix = std::strlen(kRowPrefix);
+      for (it->Seek(bounds[r]); s.ok() && it->Valid(); it->Next()) {
+        rocksdb::Slice k = it->key();
+        std::string_view rest(k.data() + prefix, k.size() - prefix);
+        s = decode_row(rest, it->value(), &table);
+        if (!s.ok()) break;
+        if (block.keys.size() >= BlockPipeline::kBlockRows || block.table != table->table) {
+          flush();
+          block.table = table->table;
+          block.width = table->width;
+        }
+        block.keys.emplace_back(rest.substr(rest.find('\0') + 1));
+        const size_t at = block.values.size();
+        block.values.resize(at + block.width);
+        std::memcpy(block.values.data() + at, it->value().data(), it->value().size());
+      }
+      flush();
+      if (s.ok() && !it->status().ok()) s = FromRocks(it->status(), "scanning checkpoint");
+      results[r] = s;
+    };
+    std::vector<std::thread> readers;
+    for (size_t r = 1; r < results.size(); ++r) readers.emplace_back(scan_range, r);
+    scan_range(0);
+    for (std::thread& t : readers) t.join();
+    for (const Status& r : results) RECSTREAM_RETURN_IF_ERROR(r);
+  }
+
   learner::TableDelta* current = nullptr;
   std::optional<BlockPipeline> pipeline;
-  if (sink != nullptr) pipeline.emplace(*sink, threads);
+  if (sink != nullptr && splits.empty()) pipeline.emplace(*sink, threads);
   Status scanned =
-      d.Scan(snap, kRowPrefix, [&](std::string_view rest, const rocksdb::Slice& value) {
-        size_t sep = rest.find('\0');
-        if (sep == std::string_view::npos) return Status::Corruption("row key without a table");
-        std::string_view table = rest.substr(0, sep);
-        if (current == nullptr || current->table != table) {
-          auto it = table_index.find(std::string(table));
-          if (it == table_index.end()) {
-            return Status::Corruption("rows of table " + std::string(table) +
-                                      " whose width is not stored");
-          }
-          current = &out.tables[it->second];
-        }
-        const size_t bytes = static_cast<size_t>(current->width) * sizeof(float);
-        if (value.size() != bytes) {
-          return Status::Corruption("row of table " + current->table + " has " +
-                                    std::to_string(value.size()) + " bytes, expected " +
-                                    std::to_string(bytes));
-        }
-        learner::TableDelta* to = current;
-        if (pipeline) {
-          to = &pipeline->current();
-          if (to->keys.size() >= BlockPipeline::kBlockRows || to->table != current->table) {
-            RECSTREAM_RETURN_IF_ERROR(pipeline->Next(current->table, current->width));
-          }
-        }
-        to->keys.emplace_back(rest.substr(sep + 1));
-        const size_t at = to->values.size();
-        to->values.resize(at + to->width);
-        std::memcpy(to->values.data() + at, value.data(), bytes);
-        return Status::OK();
-      });
+      !splits.empty()
+          ? Status::OK()
+          : d.Scan(snap, kRowPrefix, [&](std::string_view rest, const rocksdb::Slice& value) {
+              RECSTREAM_RETURN_IF_ERROR(decode_row(rest, value, &current));
+              const size_t sep = rest.find('\0');
+              const size_t bytes = value.size();
+              learner::TableDelta* to = current;
+              if (pipeline) {
+                to = &pipeline->current();
+                if (to->keys.size() >= BlockPipeline::kBlockRows || to->table != current->table) {
+                  RECSTREAM_RETURN_IF_ERROR(pipeline->Next(current->table, current->width));
+                }
+              }
+              to->keys.emplace_back(rest.substr(sep + 1));
+              const size_t at = to->values.size();
+              to->values.resize(at + to->width);
+              std::memcpy(to->values.data() + at, value.data(), bytes);
+              return Status::OK();
+            });
   if (pipeline) {
     Status finished = pipeline->Finish();
     if (scanned.ok()) scanned = finished;

@@ -21,6 +21,10 @@ struct StoreOptions {
   // through one WriteBatch and the WAL. Both are equally atomic and durable.
   // Not a configuration key: tests lower it to cover both paths.
   size_t ingest_min_bytes = 32 << 20;
+  // An ingested checkpoint of at least this many bytes is split into two
+  // files built in parallel (and read back in parallel by a streaming load).
+  // Not a configuration key either.
+  size_t ingest_split_bytes = 64 << 20;
   // Fault injection for tests (never set from configuration): while it
   // returns true, every write, flush or sync of a store file fails as on a
   // full disk (IOError "No space left on device"). Called from RocksDB's
