@@ -127,6 +127,14 @@ struct LearnerOptions {
   int threads = 0;
   // Events per parallel chunk; dense gradients are accumulated per chunk.
   int chunk = 64;
+  // CPU priority of training, 0..19 (Linux nice values): when > 0, every
+  // thread while it trains (the thread calling Train, and the TBB workers of
+  // the learner's arena) runs with its nice value raised by this much (at
+  // most 19), so that serving threads preempt training on a busy machine.
+  // Each thread gets its previous priority back afterwards where the process
+  // may raise priorities (CAP_SYS_NICE or RLIMIT_NICE); otherwise it keeps
+  // the lower one. 0 (default) leaves priorities alone.
+  int train_nice = 0;
   uint64_t seed = 42;
 };
 

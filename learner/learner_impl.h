@@ -4,15 +4,18 @@
 // import). Not installed, not included outside learner/.
 #pragma once
 
-#include "learner/learner.h"
-
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/enumerable_thread_specific.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/partitioner.h>
 #include <oneapi/tbb/task_arena.h>
+#include <oneapi/tbb/task_scheduler_observer.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <queue>
@@ -24,6 +27,7 @@
 
 #include "learner/embedding_table.h"
 #include "learner/feature_lists.h"
+#include "learner/learner.h"
 #include "learner/model_math.h"
 #include "learner/pack.h"
 #include "learner/task_weighting.h"
@@ -72,16 +76,62 @@ using internal::kAucBins;
 using internal::Observation;
 using internal::TaskMetrics;
 
+// Training at a lower CPU priority (LearnerOptions::train_nice), Linux
+// thread nice values. kNoNice: nothing to do or restore.
+constexpr int kNoNice = INT_MIN;
+// The nice value training threads get: the creating thread's + train_nice,
+// at most 19; kNoNice when train_nice is 0.
+int TrainNiceTarget(int train_nice);
+// Sets the calling thread's nice value to `target` when it is below it;
+// returns the previous value, kNoNice when it left it alone.
+int LowerThreadPriority(int target);
+void RestoreThreadPriority(int saved);
+
+// Lowers the calling thread's priority for its lifetime (a Train call).
+class ThreadNiceScope {
+ public:
+  explicit ThreadNiceScope(int target) : saved_(LowerThreadPriority(target)) {}
+  ~ThreadNiceScope() { RestoreThreadPriority(saved_); }
+  ThreadNiceScope(const ThreadNiceScope&) = delete;
+  ThreadNiceScope& operator=(const ThreadNiceScope&) = delete;
+
+ private:
+  const int saved_;
+};
+
+// Lowers the priority of every TBB worker while it works in the training
+// arena, and restores it (when permitted) when the worker leaves.
+class TrainNiceObserver : public tbb::task_scheduler_observer {
+ public:
+  TrainNiceObserver(tbb::task_arena& arena, int target)
+      : tbb::task_scheduler_observer(arena), target_(target) {
+    observe(true);
+  }
+  ~TrainNiceObserver() override { observe(false); }
+  void on_scheduler_entry(bool is_worker) override;
+  void on_scheduler_exit(bool is_worker) override;
+
+ private:
+  const int target_;
+};
+
 // Per-thread scratch state: buffers, dense gradient accumulators and the
-// chunk's observations. Never shared between threads.
+// observations of the current Train call. Never shared between threads
+// while Train runs.
 struct TrainState {
   explicit TrainState(const ModelShape& shape)
-      : fwd(shape), fwd2(shape), dense_grad(shape.dense_size(), 0.0f) {}
+      : fwd(shape),
+        fwd2(shape),
+        dense_grad(shape.dense_size(), 0.0f),
+        du(shape.dim() + 1),
+        dv(shape.dim() + 1),
+        du2(shape.dim() + 1),
+        dv2(shape.dim() + 1) {}
   Forward fwd, fwd2;  // fwd2: the click tower of an ESMM purchase event
   std::vector<float> dense_grad;
   bool dense_touched = false;
   TaskChunkStats chunk;
-  std::vector<Observation> observations;
+  std::vector<Observation> observations;       // merged by MergeMetrics
   std::vector<uint32_t> user_rows, item_rows;  // row and feature rows
   std::vector<float> du, dv, du2, dv2, dp;
   uint64_t refused = 0;
@@ -105,6 +155,10 @@ struct Learner::Impl {
         weighting(o),
         threads(o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency())),
         arena(threads),
+        nice_target(TrainNiceTarget(o.train_nice)),
+        nice_observer(nice_target != kNoNice
+                          ? std::make_unique<TrainNiceObserver>(arena, nice_target)
+                          : nullptr),
         recent(size_t(o.negatives > 0 ? o.negative_window : 1)),
         replay_pairs(size_t(o.replay > 0 ? o.replay_window : 1)),
         replay_labels(size_t(o.replay > 0 ? o.replay_window : 1)) {
@@ -156,7 +210,11 @@ struct Learner::Impl {
   // Returns the prediction made before learning.
   float Learn(Task task, float label, TrainState* s);
   void TrainOne(const Event& e, TrainState* s, Prediction* before);
+  // Dense update, task weighting, per chunk.
   void FinishChunk(TrainState* s);
+  // Progressive metrics, learned and refused counts of every TrainState,
+  // once per Train call after the parallel part.
+  void MergeMetrics();
   void ApplyRow(float* row, const float* grad, int n, int offset, float lr);
   void UpdateRows(EmbeddingTable& main, EmbeddingTable& side, const std::vector<uint32_t>& rows,
                   const float* grad, int t);
@@ -179,6 +237,10 @@ struct Learner::Impl {
   TaskWeighting weighting;
   const int threads;
   tbb::task_arena arena;
+  // Nice value of training threads (kNoNice: train_nice = 0) and the
+  // observer that applies it to TBB workers; after `arena`, which it watches.
+  const int nice_target;
+  std::unique_ptr<TrainNiceObserver> nice_observer;
   tbb::enumerable_thread_specific<TrainState> states{[this] { return TrainState(shape); }};
 
   // Negative sampling: a ring of recently seen item rows.
@@ -194,7 +256,7 @@ struct Learner::Impl {
   std::atomic<uint64_t> refused{0};
 
   mutable std::mutex metrics_mu;
-  std::array<TaskMetrics, kNumTasks> metrics;  // guarded by metrics_mu
+  std::array<TaskMetrics, kNumTasks> metrics;  // guarded by metrics_mu, merged per Train call
 
   mutable std::shared_mutex purchases_mu;
   // user row -> item rows purchased; guarded by purchases_mu.

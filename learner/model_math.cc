@@ -4,6 +4,10 @@
 #include <cmath>
 #include <random>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace recstream::learner {
 namespace {
 
@@ -34,7 +38,7 @@ Forward::Forward(const ModelShape& shape)
       h(shape.hidden()),
       dh(shape.hidden()),
       dx(shape.input()),
-      da(shape.hidden()) {}
+      dz(shape.experts() * shape.hidden()) {}
 
 UserContext::UserContext(const ModelShape& s)
     : u(s.dim()),
@@ -113,26 +117,270 @@ void ModelShape::ProjectBackward(const float* dense, const float* p, const float
   }
 }
 
+// Training kernels. The dense layers of a training step are a few small
+// matrix-vector products (hidden x 3d = 32 x 96 by default) per event; they
+// run with AVX2 and FMA when the CPU has them (chosen once at start-up: the
+// build targets baseline x86-64) and with the portable loops otherwise. The
+// two paths round differently (FMA), so a model trained on one kind of CPU is
+// not bit for bit the one trained on the other; each path is deterministic.
+namespace {
+
+bool DetectAvx2Fma() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+const bool kAvx2Fma = DetectAvx2Fma();
+
+// z[j] = b[j] + W_j . x and a[j] = max(z[j], 0) for the `rows` rows of the
+// row-major rows x n matrix W.
+void AffineReluPortable(const float* W, const float* b, const float* x, int rows, int n, float* z,
+                        float* a) {
+  for (int j = 0; j < rows; ++j) {
+    float acc = b[j];
+    acc += Dot(W + size_t(j) * n, x, n);
+    z[j] = acc;
+    a[j] = acc > 0.0f ? acc : 0.0f;
+  }
+}
+
+// For dz = dL/dz of the rows above: gW_j += dz_j x, gb_j += dz_j and
+// dx += dz_j W_j for every row with dz_j != 0.
+void AffineBackwardPortable(const float* W, const float* x, const float* dz, int rows, int n,
+                            float* gW, float* gb, float* dx) {
+  for (int j = 0; j < rows; ++j) {
+    const float d = dz[j];
+    if (d == 0.0f) continue;
+    float* gw = gW + size_t(j) * n;
+    const float* w = W + size_t(j) * n;
+    for (int k = 0; k < n; ++k) {
+      gw[k] += d * x[k];
+      dx[k] += d * w[k];
+    }
+    gb[j] += d;
+  }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+
+__attribute__((target("avx2,fma"))) void AffineReluAvx2(const float* W, const float* b,
+                                                        const float* x, int rows, int n, float* z,
+                                                        float* a) {
+  const int n8 = n & ~7;
+  auto finish = [&](int j, float dot) {
+    for (int k = n8; k < n; ++k) dot += W[size_t(j) * n + k] * x[k];
+    const float acc = b[j] + dot;
+    z[j] = acc;
+    a[j] = acc > 0.0f ? acc : 0.0f;
+  };
+  int j = 0;
+  // Four rows at a time, two accumulators each: eight independent chains
+  // keep both FMA units busy, and one horizontal reduction serves 4 rows.
+  for (; j + 4 <= rows; j += 4) {
+    const float* w0 = W + size_t(j) * n;
+    const float* w1 = w0 + n;
+    const float* w2 = w1 + n;
+    const float* w3 = w2 + n;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256 c0 = a0, c1 = a0, c2 = a0, c3 = a0;
+    int k = 0;
+    for (; k + 16 <= n8; k += 16) {
+      const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), x0, a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k), x0, a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k), x0, a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k), x0, a3);
+      c0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k + 8), x1, c0);
+      c1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k + 8), x1, c1);
+      c2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k + 8), x1, c2);
+      c3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k + 8), x1, c3);
+    }
+    for (; k < n8; k += 8) {
+      const __m256 x0 = _mm256_loadu_ps(x + k);
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), x0, a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k), x0, a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k), x0, a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k), x0, a3);
+    }
+    a0 = _mm256_add_ps(a0, c0);
+    a1 = _mm256_add_ps(a1, c1);
+    a2 = _mm256_add_ps(a2, c2);
+    a3 = _mm256_add_ps(a3, c3);
+    // Lanes of s: [r0 r1 r2 r3 | r0 r1 r2 r3] partial sums of rows j..j+3.
+    const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    const __m128 r = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    alignas(16) float sums[4];
+    _mm_store_ps(sums, r);
+    for (int i = 0; i < 4; ++i) finish(j + i, sums[i]);
+  }
+  for (; j < rows; ++j) {
+    const float* w = W + size_t(j) * n;
+    __m256 acc = _mm256_setzero_ps();
+    for (int k = 0; k < n8; k += 8)
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), acc);
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    finish(j, _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1))));
+  }
+}
+
+__attribute__((target("avx2,fma"))) void AffineBackwardAvx2(const float* W, const float* x,
+                                                            const float* dz, int rows, int n,
+                                                            float* gW, float* gb, float* dx) {
+  const int n8 = n & ~7;
+  auto next = [&](int j) {
+    while (j < rows && dz[j] == 0.0f) ++j;
+    return j;
+  };
+  // Active rows two at a time, so that dx is loaded and stored once per
+  // pair; dx still takes row j0's term before row j1's, as one at a time.
+  int j0 = next(0);
+  while (j0 < rows) {
+    const int j1 = next(j0 + 1);
+    const float d0 = dz[j0];
+    const float* w0 = W + size_t(j0) * n;
+    float* g0 = gW + size_t(j0) * n;
+    const __m256 v0 = _mm256_set1_ps(d0);
+    gb[j0] += d0;
+    if (j1 < rows) {
+      const float d1 = dz[j1];
+      const float* w1 = W + size_t(j1) * n;
+      float* g1 = gW + size_t(j1) * n;
+      const __m256 v1 = _mm256_set1_ps(d1);
+      gb[j1] += d1;
+      for (int k = 0; k < n8; k += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + k);
+        _mm256_storeu_ps(g0 + k, _mm256_fmadd_ps(v0, xv, _mm256_loadu_ps(g0 + k)));
+        _mm256_storeu_ps(g1 + k, _mm256_fmadd_ps(v1, xv, _mm256_loadu_ps(g1 + k)));
+        __m256 dv = _mm256_fmadd_ps(v0, _mm256_loadu_ps(w0 + k), _mm256_loadu_ps(dx + k));
+        _mm256_storeu_ps(dx + k, _mm256_fmadd_ps(v1, _mm256_loadu_ps(w1 + k), dv));
+      }
+      for (int k = n8; k < n; ++k) {
+        g0[k] += d0 * x[k];
+        g1[k] += d1 * x[k];
+        dx[k] += d0 * w0[k];
+        dx[k] += d1 * w1[k];
+      }
+      j0 = next(j1 + 1);
+    } else {
+      for (int k = 0; k < n8; k += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + k);
+        _mm256_storeu_ps(g0 + k, _mm256_fmadd_ps(v0, xv, _mm256_loadu_ps(g0 + k)));
+        _mm256_storeu_ps(dx + k,
+                         _mm256_fmadd_ps(v0, _mm256_loadu_ps(w0 + k), _mm256_loadu_ps(dx + k)));
+      }
+      for (int k = n8; k < n; ++k) {
+        g0[k] += d0 * x[k];
+        dx[k] += d0 * w0[k];
+      }
+      break;
+    }
+  }
+}
+
+__attribute__((target("avx2,fma"))) void AdagradAvx2(float* w, float* acc, const float* grad,
+                                                     size_t n, float lr, float l2, float clip) {
+  const __m256 vl2 = _mm256_set1_ps(l2), vlr = _mm256_set1_ps(lr), hi = _mm256_set1_ps(clip),
+               lo = _mm256_set1_ps(-clip), eps = _mm256_set1_ps(1e-8f);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 wv = _mm256_loadu_ps(w + i);
+    __m256 g = _mm256_fmadd_ps(vl2, wv, _mm256_loadu_ps(grad + i));
+    g = _mm256_min_ps(_mm256_max_ps(g, lo), hi);
+    const __m256 a = _mm256_fmadd_ps(g, g, _mm256_loadu_ps(acc + i));
+    _mm256_storeu_ps(acc + i, a);
+    const __m256 step = _mm256_div_ps(_mm256_mul_ps(vlr, g), _mm256_add_ps(_mm256_sqrt_ps(a), eps));
+    _mm256_storeu_ps(w + i, _mm256_sub_ps(wv, step));
+  }
+  for (; i < n; ++i) {
+    const float g = std::clamp(grad[i] + l2 * w[i], -clip, clip);
+    acc[i] += g * g;
+    w[i] -= lr * g / (std::sqrt(acc[i]) + 1e-8f);
+  }
+}
+
+#endif
+
+void AdagradPortable(float* w, float* acc, const float* grad, size_t n, float lr, float l2,
+                     float clip) {
+  size_t i = 0;
+#if defined(__SSE2__)
+  // The scalar formula below, four lanes at a time (sqrt and division are
+  // exactly rounded in SSE too, so both loops give the same bits).
+  const __m128 vl2 = _mm_set1_ps(l2), vlr = _mm_set1_ps(lr), hi = _mm_set1_ps(clip),
+               lo = _mm_set1_ps(-clip), eps = _mm_set1_ps(1e-8f);
+  for (; i + 4 <= n; i += 4) {
+    const __m128 wv = _mm_loadu_ps(w + i);
+    __m128 g = _mm_add_ps(_mm_loadu_ps(grad + i), _mm_mul_ps(vl2, wv));
+    g = _mm_min_ps(_mm_max_ps(g, lo), hi);
+    const __m128 a = _mm_add_ps(_mm_loadu_ps(acc + i), _mm_mul_ps(g, g));
+    _mm_storeu_ps(acc + i, a);
+    const __m128 step = _mm_div_ps(_mm_mul_ps(vlr, g), _mm_add_ps(_mm_sqrt_ps(a), eps));
+    _mm_storeu_ps(w + i, _mm_sub_ps(wv, step));
+  }
+#endif
+  for (; i < n; ++i) {
+    const float g = std::clamp(grad[i] + l2 * w[i], -clip, clip);
+    acc[i] += g * g;
+    w[i] -= lr * g / (std::sqrt(acc[i]) + 1e-8f);
+  }
+}
+
+void AffineRelu(const float* W, const float* b, const float* x, int rows, int n, float* z,
+                float* a) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (kAvx2Fma) return AffineReluAvx2(W, b, x, rows, n, z, a);
+#endif
+  AffineReluPortable(W, b, x, rows, n, z, a);
+}
+
+void AffineBackward(const float* W, const float* x, const float* dz, int rows, int n, float* gW,
+                    float* gb, float* dx) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (kAvx2Fma) return AffineBackwardAvx2(W, x, dz, rows, n, gW, gb, dx);
+#endif
+  AffineBackwardPortable(W, x, dz, rows, n, gW, gb, dx);
+}
+
+}  // namespace
+
+void AdagradUpdate(float* w, float* acc, const float* grad, size_t n, float lr, float l2,
+                   float clip) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (kAvx2Fma) return AdagradAvx2(w, acc, grad, n, lr, l2, clip);
+#endif
+  AdagradPortable(w, acc, grad, n, lr, l2, clip);
+}
+
+bool AllFinite(const float* v, size_t n) {
+  // x * 0 is 0 for a finite x and NaN otherwise; NaN survives the sums.
+  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) part[k] += v[i + k] * 0.0f;
+  float sum = 0.0f;
+  for (; i < n; ++i) sum += v[i] * 0.0f;
+  for (float p : part) sum += p;
+  return sum == 0.0f;
+}
+
 float ModelShape::ForwardTask(const float* dense, int t, float bias, Forward* fw) const {
   const int d = d_, in = 3 * d_;
   float* x = fw->x.data();
-  float dot = 0.0f;
+  const float* u = fw->u.data();
+  const float* v = fw->v.data();
   for (int k = 0; k < d; ++k) {
-    x[k] = fw->u[k] * fw->v[k];
-    x[d + k] = fw->u[k];
-    x[2 * d + k] = fw->v[k];
-    dot += x[k];
+    x[k] = u[k] * v[k];
+    x[d + k] = u[k];
+    x[2 * d + k] = v[k];
   }
+  const float dot = Dot(u, v, d);
   fw->dot = dot;
-  for (int e = 0; e < e_; ++e) {
-    for (int j = 0; j < h_; ++j) {
-      const float* w = dense + exp_w_ + (size_t(e) * h_ + j) * in;
-      float acc = dense[exp_b_ + e * h_ + j];
-      acc += Dot(w, x, in);
-      fw->z[e * h_ + j] = acc;
-      fw->a[e * h_ + j] = acc > 0.0f ? acc : 0.0f;
-    }
-  }
+  AffineRelu(dense + exp_w_, dense + exp_b_, x, e_ * h_, in, fw->z.data(), fw->a.data());
   float* h = fw->h.data();
   if (mmoe_) {
     float mx = -1e30f;
@@ -153,9 +401,7 @@ float ModelShape::ForwardTask(const float* dense, int t, float bias, Forward* fw
     std::copy(fw->a.begin(), fw->a.begin() + h_, h);
   }
   const float* w = dense + head_w_ + size_t(t) * h_;
-  float y = dense[head_c_ + t] + dense[head_a_ + t] * dot + bias;
-  for (int j = 0; j < h_; ++j) y += w[j] * h[j];
-  return y;
+  return dense[head_c_ + t] + dense[head_a_ + t] * dot + bias + Dot(w, h, h_);
 }
 
 float ModelShape::BackwardTask(const float* dense, int t, float dy, Forward* fw, float* grad,
@@ -163,13 +409,13 @@ float ModelShape::BackwardTask(const float* dense, int t, float dy, Forward* fw,
   const int d = d_, in = 3 * d_;
   const float* x = fw->x.data();
   const float* hw = dense + head_w_ + size_t(t) * h_;
+  float* gh = grad + head_w_ + size_t(t) * h_;
   float* dh = fw->dh.data();
-  float norm2 = 0.0f;
   for (int j = 0; j < h_; ++j) {
-    grad[head_w_ + t * h_ + j] += dy * fw->h[j];
+    gh[j] += dy * fw->h[j];
     dh[j] = dy * hw[j];
-    norm2 += dh[j] * dh[j];
   }
+  const float norm2 = Dot(dh, dh, h_);
   grad[head_c_ + t] += dy;
   grad[head_a_ + t] += dy * fw->dot;
   const float alpha = dense[head_a_ + t];
@@ -196,23 +442,18 @@ float ModelShape::BackwardTask(const float* dense, int t, float dy, Forward* fw,
       grad[gate_b_ + t * e_ + e] += ds;
     }
   }
+  // dL/dz of every expert unit (0 where the relu is off).
+  float* dz = fw->dz.data();
   for (int e = 0; e < e_; ++e) {
     const float ge = mmoe_ ? fw->g[e] : 1.0f;
-    for (int j = 0; j < h_; ++j) {
-      float dz = fw->z[e * h_ + j] > 0.0f ? ge * dh[j] : 0.0f;
-      if (dz == 0.0f) continue;
-      float* gw = grad + exp_w_ + (size_t(e) * h_ + j) * in;
-      const float* w = dense + exp_w_ + (size_t(e) * h_ + j) * in;
-      for (int k = 0; k < in; ++k) {
-        gw[k] += dz * x[k];
-        dx[k] += dz * w[k];
-      }
-      grad[exp_b_ + e * h_ + j] += dz;
-    }
+    for (int j = 0; j < h_; ++j) dz[e * h_ + j] = fw->z[e * h_ + j] > 0.0f ? ge * dh[j] : 0.0f;
   }
+  AffineBackward(dense + exp_w_, x, dz, e_ * h_, in, grad + exp_w_, grad + exp_b_, dx);
+  const float* u = fw->u.data();
+  const float* v = fw->v.data();
   for (int k = 0; k < d; ++k) {
-    du[k] = dx[k] * fw->v[k] + dx[d + k] + dy * alpha * fw->v[k];
-    dv[k] = dx[k] * fw->u[k] + dx[2 * d + k] + dy * alpha * fw->u[k];
+    du[k] = dx[k] * v[k] + dx[d + k] + dy * alpha * v[k];
+    dv[k] = dx[k] * u[k] + dx[2 * d + k] + dy * alpha * u[k];
   }
   return std::sqrt(norm2);
 }

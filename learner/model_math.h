@@ -12,6 +12,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -24,7 +25,7 @@ class ModelShape;
 // Scratch buffers of one forward/backward pass.
 struct Forward {
   explicit Forward(const ModelShape& shape);
-  std::vector<float> u, v, x, z, a, s, g, h, dh, dx, da;
+  std::vector<float> u, v, x, z, a, s, g, h, dh, dx, dz;
   float dot = 0.0f;
 };
 
@@ -81,5 +82,14 @@ class ModelShape {
   float rating_mid_;
   size_t exp_w_, exp_b_, gate_w_, gate_b_, head_w_, head_c_, head_a_, proj_, size_;
 };
+
+// Adagrad with L2 on n values, as the embedding rows and the dense layers
+// use it: g = clamp(grad + l2 w, -clip, clip); acc += g^2;
+// w -= lr g / (sqrt(acc) + 1e-8). Vectorised (AVX2 when the CPU has it).
+void AdagradUpdate(float* w, float* acc, const float* grad, size_t n, float lr, float l2,
+                   float clip);
+
+// True when no value is infinite or NaN.
+bool AllFinite(const float* v, size_t n);
 
 }  // namespace recstream::learner
