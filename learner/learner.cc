@@ -261,16 +261,17 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
   float g = std::clamp(dy * w, -clip, clip);
 
   // BackwardTask writes du and dv (d + 1 floats each, sized by TrainState).
-  float grad_h_norm =
-      shape.BackwardTask(dense.data(), t, g, &fw, s->dense_grad.data(), s->du.data(), s->dv.data());
+  float grad_h_norm = shape.BackwardTask(dense.data(), t, g, &fw, s->dense_grad.data(),
+                                         s->du.data(), s->dv.data(), &s->pending);
   // The bias gradient rides in slot d.
   s->du[d] = g;
   s->dv[d] = g;
   float gc = 0.0f;
   if (esmm) {
     gc = std::clamp(dyc * w, -clip, clip);
-    grad_h_norm += shape.BackwardTask(dense.data(), int(Task::kClick), gc, &s->fwd2,
-                                      s->dense_grad.data(), s->du2.data(), s->dv2.data());
+    grad_h_norm +=
+        shape.BackwardTask(dense.data(), int(Task::kClick), gc, &s->fwd2, s->dense_grad.data(),
+                           s->du2.data(), s->dv2.data(), &s->pending);
     for (int k = 0; k < d; ++k) {
       s->du[k] += s->du2[k];
       s->dv[k] += s->dv2[k];
@@ -331,9 +332,24 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
   return pred;
 }
 
+void Learner::Impl::ResolveRows(const Event& e, std::vector<uint32_t>* user_rows,
+                                std::vector<uint32_t>* item_rows) {
+  Rows(e.user, e.user_features, users, user_features, user_lists, user_rows);
+  Rows(e.item, e.item_features, items, item_features, item_lists, item_rows);
+  // The user's row is rarely in cache (there are many users); the event
+  // before this one is learned meanwhile.
+  PrefetchRow(users, (*user_rows)[0]);
+  PrefetchRow(items, (*item_rows)[0]);
+}
+
+void Learner::Impl::PrefetchRow(const EmbeddingTable& table, uint32_t row) const {
+  const char* p = reinterpret_cast<const char*>(table.Row(row));
+  const size_t bytes = 2 * size_t(table.width()) * sizeof(float);
+  for (size_t at = 0; at < bytes; at += 64) __builtin_prefetch(p + at, 1);
+  __builtin_prefetch(p + bytes - 1, 1);
+}
+
 void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) {
-  Rows(e.user, e.user_features, users, user_features, user_lists, &s->user_rows);
-  Rows(e.item, e.item_features, items, item_features, item_lists, &s->item_rows);
   const uint32_t user_row = s->user_rows[0], item_row = s->item_rows[0];
   const float pred = Learn(e.task, e.label, s);
   if (before) {
@@ -394,6 +410,7 @@ void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) 
 }
 
 void Learner::Impl::FinishChunk(TrainState* s) {
+  shape.FlushExpertGradients(&s->pending, s->dense_grad.data());
   if (s->dense_touched) {
     const size_t n = s->dense_grad.size();
     const float* grad = s->dense_grad.data();
@@ -487,8 +504,16 @@ void Learner::Train(std::span<const Event> events, std::vector<Prediction>* befo
   const size_t chunk = size_t(m.options.chunk);
   auto run = [&](size_t begin, size_t end) {
     TrainState& s = m.states.local();
-    for (size_t i = begin; i < end; ++i)
+    // Software pipeline: the rows of event i + 1 are looked up (and their
+    // memory prefetched) before event i is learned. Rows are resolved in
+    // event order as before, so the result is the same.
+    m.ResolveRows(events[begin], &s.next_user_rows, &s.next_item_rows);
+    for (size_t i = begin; i < end; ++i) {
+      std::swap(s.user_rows, s.next_user_rows);
+      std::swap(s.item_rows, s.next_item_rows);
+      if (i + 1 < end) m.ResolveRows(events[i + 1], &s.next_user_rows, &s.next_item_rows);
       m.TrainOne(events[i], &s, before ? &(*before)[i] : nullptr);
+    }
     m.FinishChunk(&s);
   };
   if (m.threads == 1 || events.size() <= chunk) {

@@ -123,16 +123,19 @@ struct TrainState {
       : fwd(shape),
         fwd2(shape),
         dense_grad(shape.dense_size(), 0.0f),
+        pending(shape),
         du(shape.dim() + 1),
         dv(shape.dim() + 1),
         du2(shape.dim() + 1),
         dv2(shape.dim() + 1) {}
   Forward fwd, fwd2;  // fwd2: the click tower of an ESMM purchase event
   std::vector<float> dense_grad;
+  ExpertGradients pending;  // part of dense_grad, added at the chunk's end
   bool dense_touched = false;
   TaskChunkStats chunk;
-  std::vector<Observation> observations;       // merged by MergeMetrics
-  std::vector<uint32_t> user_rows, item_rows;  // row and feature rows
+  std::vector<Observation> observations;  // merged by MergeMetrics
+  // Row and feature rows of the event being learned, and of the next one.
+  std::vector<uint32_t> user_rows, item_rows, next_user_rows, next_item_rows;
   std::vector<float> du, dv, du2, dv2, dp;
   uint64_t refused = 0;
   uint64_t rng = 0x9e3779b97f4a7c15ULL;  // negative sampling
@@ -206,9 +209,15 @@ struct Learner::Impl {
   // into bias (kNumTasks floats).
   void Gather(const EmbeddingTable& main, const EmbeddingTable& side,
               const std::vector<uint32_t>& rows, float* vec, float* bias) const;
+  // Rows() of an event's user and item, and a prefetch of their rows.
+  void ResolveRows(const Event& e, std::vector<uint32_t>* user_rows,
+                   std::vector<uint32_t>* item_rows);
+  void PrefetchRow(const EmbeddingTable& table, uint32_t row) const;
   // Predicts, then learns, one example from s->user_rows and s->item_rows.
   // Returns the prediction made before learning.
   float Learn(Task task, float label, TrainState* s);
+  // Learns event e from the rows ResolveRows put in s->user_rows and
+  // s->item_rows.
   void TrainOne(const Event& e, TrainState* s, Prediction* before);
   // Dense update, task weighting, per chunk.
   void FinishChunk(TrainState* s);

@@ -40,6 +40,10 @@ Forward::Forward(const ModelShape& shape)
       dx(shape.input()),
       dz(shape.experts() * shape.hidden()) {}
 
+ExpertGradients::ExpertGradients(const ModelShape& shape)
+    : x(size_t(kCapacity) * shape.input()),
+      dz(size_t(kCapacity) * shape.experts() * shape.hidden()) {}
+
 UserContext::UserContext(const ModelShape& s)
     : u(s.dim()),
       M(size_t(s.experts()) * s.hidden() * s.dim()),
@@ -148,20 +152,35 @@ void AffineReluPortable(const float* W, const float* b, const float* x, int rows
   }
 }
 
-// For dz = dL/dz of the rows above: gW_j += dz_j x, gb_j += dz_j and
-// dx += dz_j W_j for every row with dz_j != 0.
-void AffineBackwardPortable(const float* W, const float* x, const float* dz, int rows, int n,
-                            float* gW, float* gb, float* dx) {
+// dz[j] = z[j] > 0 ? g dh[j] : 0.
+void ReluBackwardPortable(const float* z, const float* dh, float g, int n, float* dz) {
+  for (int j = 0; j < n; ++j) dz[j] = z[j] > 0.0f ? g * dh[j] : 0.0f;
+}
+
+// dx += W^T dz for the row-major rows x n matrix W.
+void TransposedMatVecPortable(const float* W, const float* dz, int rows, int n, float* dx) {
   for (int j = 0; j < rows; ++j) {
     const float d = dz[j];
     if (d == 0.0f) continue;
-    float* gw = gW + size_t(j) * n;
     const float* w = W + size_t(j) * n;
-    for (int k = 0; k < n; ++k) {
-      gw[k] += d * x[k];
-      dx[k] += d * w[k];
+    for (int k = 0; k < n; ++k) dx[k] += d * w[k];
+  }
+}
+
+// gW += sum_e dz_e x_e^T and gb += sum_e dz_e over `count` examples (dz_e:
+// `rows` floats at dz + e * rows, x_e: n floats at x + e * n), each element
+// summed in example order.
+void OuterProductsPortable(const float* dz, const float* x, int count, int rows, int n, float* gW,
+                           float* gb) {
+  for (int j = 0; j < rows; ++j) {
+    float* gw = gW + size_t(j) * n;
+    for (int e = 0; e < count; ++e) {
+      const float d = dz[size_t(e) * rows + j];
+      if (d == 0.0f) continue;
+      const float* xe = x + size_t(e) * n;
+      for (int k = 0; k < n; ++k) gw[k] += d * xe[k];
+      gb[j] += d;
     }
-    gb[j] += d;
   }
 }
 
@@ -228,58 +247,98 @@ __attribute__((target("avx2,fma"))) void AffineReluAvx2(const float* W, const fl
   }
 }
 
-__attribute__((target("avx2,fma"))) void AffineBackwardAvx2(const float* W, const float* x,
-                                                            const float* dz, int rows, int n,
-                                                            float* gW, float* gb, float* dx) {
-  const int n8 = n & ~7;
-  auto next = [&](int j) {
-    while (j < rows && dz[j] == 0.0f) ++j;
-    return j;
-  };
-  // Active rows two at a time, so that dx is loaded and stored once per
-  // pair; dx still takes row j0's term before row j1's, as one at a time.
-  int j0 = next(0);
-  while (j0 < rows) {
-    const int j1 = next(j0 + 1);
-    const float d0 = dz[j0];
-    const float* w0 = W + size_t(j0) * n;
-    float* g0 = gW + size_t(j0) * n;
-    const __m256 v0 = _mm256_set1_ps(d0);
-    gb[j0] += d0;
-    if (j1 < rows) {
-      const float d1 = dz[j1];
-      const float* w1 = W + size_t(j1) * n;
-      float* g1 = gW + size_t(j1) * n;
-      const __m256 v1 = _mm256_set1_ps(d1);
-      gb[j1] += d1;
-      for (int k = 0; k < n8; k += 8) {
-        const __m256 xv = _mm256_loadu_ps(x + k);
-        _mm256_storeu_ps(g0 + k, _mm256_fmadd_ps(v0, xv, _mm256_loadu_ps(g0 + k)));
-        _mm256_storeu_ps(g1 + k, _mm256_fmadd_ps(v1, xv, _mm256_loadu_ps(g1 + k)));
-        __m256 dv = _mm256_fmadd_ps(v0, _mm256_loadu_ps(w0 + k), _mm256_loadu_ps(dx + k));
-        _mm256_storeu_ps(dx + k, _mm256_fmadd_ps(v1, _mm256_loadu_ps(w1 + k), dv));
-      }
-      for (int k = n8; k < n; ++k) {
-        g0[k] += d0 * x[k];
-        g1[k] += d1 * x[k];
-        dx[k] += d0 * w0[k];
-        dx[k] += d1 * w1[k];
-      }
-      j0 = next(j1 + 1);
-    } else {
-      for (int k = 0; k < n8; k += 8) {
-        const __m256 xv = _mm256_loadu_ps(x + k);
-        _mm256_storeu_ps(g0 + k, _mm256_fmadd_ps(v0, xv, _mm256_loadu_ps(g0 + k)));
-        _mm256_storeu_ps(dx + k,
-                         _mm256_fmadd_ps(v0, _mm256_loadu_ps(w0 + k), _mm256_loadu_ps(dx + k)));
-      }
-      for (int k = n8; k < n; ++k) {
-        g0[k] += d0 * x[k];
-        dx[k] += d0 * w0[k];
-      }
-      break;
+__attribute__((target("avx2,fma"))) void ReluBackwardAvx2(const float* z, const float* dh, float g,
+                                                          int n, float* dz) {
+  // A mask instead of a branch: whether a unit is on is a coin flip.
+  const __m256 gv = _mm256_set1_ps(g), zero = _mm256_setzero_ps();
+  int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 on = _mm256_cmp_ps(_mm256_loadu_ps(z + j), zero, _CMP_GT_OQ);
+    _mm256_storeu_ps(dz + j, _mm256_and_ps(on, _mm256_mul_ps(gv, _mm256_loadu_ps(dh + j))));
+  }
+  for (; j < n; ++j) dz[j] = z[j] > 0.0f ? g * dh[j] : 0.0f;
+}
+
+// Columns [k, k + 8 B) of dx += W^T dz, in B registers.
+template <int B>
+__attribute__((target("avx2,fma"))) inline void TransposedMatVecBlock(const float* W,
+                                                                      const float* dz, int rows,
+                                                                      int n, int k, float* dx) {
+  __m256 acc[B];
+  for (int i = 0; i < B; ++i) acc[i] = _mm256_loadu_ps(dx + k + 8 * i);
+  for (int j = 0; j < rows; ++j) {
+    // No test for dz_j = 0 (about half the units are off): a mispredicted
+    // branch costs more than the multiply-adds it would save.
+    const __m256 d = _mm256_set1_ps(dz[j]);
+    const float* w = W + size_t(j) * n + k;
+    for (int i = 0; i < B; ++i) acc[i] = _mm256_fmadd_ps(d, _mm256_loadu_ps(w + 8 * i), acc[i]);
+  }
+  for (int i = 0; i < B; ++i) _mm256_storeu_ps(dx + k + 8 * i, acc[i]);
+}
+
+__attribute__((target("avx2,fma"))) void TransposedMatVecAvx2(const float* W, const float* dz,
+                                                              int rows, int n, float* dx) {
+  // Twelve accumulators (96 columns, the default 3d) cover the latency of
+  // the multiply-adds; narrower blocks for what is left.
+  int k = 0;
+  for (; k + 96 <= n; k += 96) TransposedMatVecBlock<12>(W, dz, rows, n, k, dx);
+  for (; k + 32 <= n; k += 32) TransposedMatVecBlock<4>(W, dz, rows, n, k, dx);
+  for (; k + 8 <= n; k += 8) TransposedMatVecBlock<1>(W, dz, rows, n, k, dx);
+  for (; k < n; ++k) {
+    float acc = dx[k];
+    for (int j = 0; j < rows; ++j) acc += dz[j] * W[size_t(j) * n + k];
+    dx[k] = acc;
+  }
+}
+
+// Rows j, j + 1 and columns [k, k + 8 B) of gW += sum_e dz_e x_e^T.
+template <int B>
+__attribute__((target("avx2,fma"))) inline void OuterProductsBlock(const float* dz, const float* x,
+                                                                   int count, int rows, int n,
+                                                                   int j, int k, float* gW) {
+  float* g0 = gW + size_t(j) * n + k;
+  float* g1 = g0 + n;
+  __m256 a0[B], a1[B];
+  for (int i = 0; i < B; ++i) {
+    a0[i] = _mm256_loadu_ps(g0 + 8 * i);
+    a1[i] = _mm256_loadu_ps(g1 + 8 * i);
+  }
+  for (int e = 0; e < count; ++e) {
+    const float* de = dz + size_t(e) * rows + j;
+    const __m256 d0 = _mm256_set1_ps(de[0]), d1 = _mm256_set1_ps(de[1]);
+    const float* xe = x + size_t(e) * n + k;
+    for (int i = 0; i < B; ++i) {
+      const __m256 xv = _mm256_loadu_ps(xe + 8 * i);
+      a0[i] = _mm256_fmadd_ps(d0, xv, a0[i]);
+      a1[i] = _mm256_fmadd_ps(d1, xv, a1[i]);
     }
   }
+  for (int i = 0; i < B; ++i) {
+    _mm256_storeu_ps(g0 + 8 * i, a0[i]);
+    _mm256_storeu_ps(g1 + 8 * i, a1[i]);
+  }
+}
+
+__attribute__((target("avx2,fma"))) void OuterProductsAvx2(const float* dz, const float* x,
+                                                           int count, int rows, int n, float* gW,
+                                                           float* gb) {
+  int j = 0;
+  for (; j + 2 <= rows; j += 2) {
+    int k = 0;
+    for (; k + 48 <= n; k += 48) OuterProductsBlock<6>(dz, x, count, rows, n, j, k, gW);
+    for (; k + 8 <= n; k += 8) OuterProductsBlock<1>(dz, x, count, rows, n, j, k, gW);
+    for (; k < n; ++k)
+      for (int r = j; r < j + 2; ++r)
+        for (int e = 0; e < count; ++e)
+          gW[size_t(r) * n + k] += dz[size_t(e) * rows + r] * x[size_t(e) * n + k];
+  }
+  for (; j < rows; ++j)  // an odd last row
+    for (int e = 0; e < count; ++e) {
+      const float d = dz[size_t(e) * rows + j];
+      for (int k = 0; k < n; ++k) gW[size_t(j) * n + k] += d * x[size_t(e) * n + k];
+    }
+  for (int r = 0; r < rows; ++r)
+    for (int e = 0; e < count; ++e) gb[r] += dz[size_t(e) * rows + r];
 }
 
 __attribute__((target("avx2,fma"))) void AdagradAvx2(float* w, float* acc, const float* grad,
@@ -338,12 +397,26 @@ void AffineRelu(const float* W, const float* b, const float* x, int rows, int n,
   AffineReluPortable(W, b, x, rows, n, z, a);
 }
 
-void AffineBackward(const float* W, const float* x, const float* dz, int rows, int n, float* gW,
-                    float* gb, float* dx) {
+void ReluBackward(const float* z, const float* dh, float g, int n, float* dz) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (kAvx2Fma) return AffineBackwardAvx2(W, x, dz, rows, n, gW, gb, dx);
+  if (kAvx2Fma) return ReluBackwardAvx2(z, dh, g, n, dz);
 #endif
-  AffineBackwardPortable(W, x, dz, rows, n, gW, gb, dx);
+  ReluBackwardPortable(z, dh, g, n, dz);
+}
+
+void TransposedMatVec(const float* W, const float* dz, int rows, int n, float* dx) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (kAvx2Fma) return TransposedMatVecAvx2(W, dz, rows, n, dx);
+#endif
+  TransposedMatVecPortable(W, dz, rows, n, dx);
+}
+
+void OuterProducts(const float* dz, const float* x, int count, int rows, int n, float* gW,
+                   float* gb) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (kAvx2Fma) return OuterProductsAvx2(dz, x, count, rows, n, gW, gb);
+#endif
+  OuterProductsPortable(dz, x, count, rows, n, gW, gb);
 }
 
 }  // namespace
@@ -404,8 +477,15 @@ float ModelShape::ForwardTask(const float* dense, int t, float bias, Forward* fw
   return dense[head_c_ + t] + dense[head_a_ + t] * dot + bias + Dot(w, h, h_);
 }
 
+void ModelShape::FlushExpertGradients(ExpertGradients* pending, float* grad) const {
+  if (pending->count == 0) return;
+  OuterProducts(pending->dz.data(), pending->x.data(), pending->count, e_ * h_, 3 * d_,
+                grad + exp_w_, grad + exp_b_);
+  pending->count = 0;
+}
+
 float ModelShape::BackwardTask(const float* dense, int t, float dy, Forward* fw, float* grad,
-                               float* du, float* dv) const {
+                               float* du, float* dv, ExpertGradients* pending) const {
   const int d = d_, in = 3 * d_;
   const float* x = fw->x.data();
   const float* hw = dense + head_w_ + size_t(t) * h_;
@@ -446,9 +526,13 @@ float ModelShape::BackwardTask(const float* dense, int t, float dy, Forward* fw,
   float* dz = fw->dz.data();
   for (int e = 0; e < e_; ++e) {
     const float ge = mmoe_ ? fw->g[e] : 1.0f;
-    for (int j = 0; j < h_; ++j) dz[e * h_ + j] = fw->z[e * h_ + j] > 0.0f ? ge * dh[j] : 0.0f;
+    ReluBackward(fw->z.data() + e * h_, dh, ge, h_, dz + e * h_);
   }
-  AffineBackward(dense + exp_w_, x, dz, e_ * h_, in, grad + exp_w_, grad + exp_b_, dx);
+  TransposedMatVec(dense + exp_w_, dz, e_ * h_, in, dx);
+  if (pending->count == ExpertGradients::kCapacity) FlushExpertGradients(pending, grad);
+  std::copy(x, x + in, pending->x.begin() + size_t(pending->count) * in);
+  std::copy(dz, dz + e_ * h_, pending->dz.begin() + size_t(pending->count) * e_ * h_);
+  ++pending->count;
   const float* u = fw->u.data();
   const float* v = fw->v.data();
   for (int k = 0; k < d; ++k) {

@@ -29,6 +29,18 @@ struct Forward {
   float dot = 0.0f;
 };
 
+// The expert layers' gradient of a run of examples, deferred: BackwardTask
+// records each example's input x and dL/dz here, and FlushExpertGradients
+// adds sum_e dz_e x_e^T (and sum_e dz_e) to the gradient as one matrix
+// product, much cheaper than a rank-1 update of the whole layer per example.
+// Flushes itself when full; flush before reading the gradient.
+struct ExpertGradients {
+  static constexpr int kCapacity = 64;
+  explicit ExpertGradients(const ModelShape& shape);
+  std::vector<float> x, dz;  // kCapacity rows of input() and experts() * hidden()
+  int count = 0;
+};
+
 // Per-request precomputation for scoring many items for one user:
 // W_e x + b_e = M_e v + m_e with M_e = A_e diag(u) + C_e, m_e = B_e u + b_e.
 struct UserContext {
@@ -57,9 +69,12 @@ class ModelShape {
   // user and item biases, which the caller adds as `bias`.
   float ForwardTask(const float* dense, int t, float bias, Forward* fw) const;
   // Backward pass for dL/dy = dy after ForwardTask: adds dense gradients to
-  // `grad` and writes dL/du, dL/dv (d floats each). Returns |dL/dh|.
+  // `grad` (the expert layers' through `pending`, see ExpertGradients) and
+  // writes dL/du, dL/dv (d floats each). Returns |dL/dh|.
   float BackwardTask(const float* dense, int t, float dy, Forward* fw, float* grad, float* du,
-                     float* dv) const;
+                     float* dv, ExpertGradients* pending) const;
+  // Adds the pending expert gradients to `grad` and empties `pending`.
+  void FlushExpertGradients(ExpertGradients* pending, float* grad) const;
 
   // Pretrained item vectors (P = pretrained() floats, 0 = off): the item
   // vector gains W p for the d x P projection W, a dense block at the end.
