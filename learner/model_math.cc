@@ -152,6 +152,37 @@ void AffineReluPortable(const float* W, const float* b, const float* x, int rows
   }
 }
 
+// The small loops of a step, with the pointers declared unaliased so that
+// they vectorise.
+
+// x = [u*v, u, v].
+void BuildInput(const float* __restrict u, const float* __restrict v, int d, float* __restrict x) {
+  for (int k = 0; k < d; ++k) {
+    x[k] = u[k] * v[k];
+    x[d + k] = u[k];
+    x[2 * d + k] = v[k];
+  }
+}
+
+// acc += c * a and out = c * b.
+void ScaleTwo(float c, const float* __restrict a, const float* __restrict b, int n,
+              float* __restrict acc, float* __restrict out) {
+  for (int j = 0; j < n; ++j) {
+    acc[j] += c * a[j];
+    out[j] = c * b[j];
+  }
+}
+
+// dL/du and dL/dv from dL/dx for x = [u*v, u, v] and the c (u . v) term.
+void InputGradients(const float* __restrict dx, const float* __restrict u,
+                    const float* __restrict v, float c, int d, float* __restrict du,
+                    float* __restrict dv) {
+  for (int k = 0; k < d; ++k) {
+    du[k] = dx[k] * v[k] + dx[d + k] + c * v[k];
+    dv[k] = dx[k] * u[k] + dx[2 * d + k] + c * u[k];
+  }
+}
+
 // dz[j] = z[j] > 0 ? g dh[j] : 0.
 void ReluBackwardPortable(const float* z, const float* dh, float g, int n, float* dz) {
   for (int j = 0; j < n; ++j) dz[j] = z[j] > 0.0f ? g * dh[j] : 0.0f;
@@ -232,9 +263,15 @@ __attribute__((target("avx2,fma"))) void AffineReluAvx2(const float* W, const fl
     // Lanes of s: [r0 r1 r2 r3 | r0 r1 r2 r3] partial sums of rows j..j+3.
     const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
     const __m128 r = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    alignas(16) float sums[4];
-    _mm_store_ps(sums, r);
-    for (int i = 0; i < 4; ++i) finish(j + i, sums[i]);
+    if (n8 == n) {
+      const __m128 out = _mm_add_ps(_mm_loadu_ps(b + j), r);
+      _mm_storeu_ps(z + j, out);
+      _mm_storeu_ps(a + j, _mm_max_ps(out, _mm_setzero_ps()));
+    } else {
+      alignas(16) float sums[4];
+      _mm_store_ps(sums, r);
+      for (int i = 0; i < 4; ++i) finish(j + i, sums[i]);
+    }
   }
   for (; j < rows; ++j) {
     const float* w = W + size_t(j) * n;
@@ -259,16 +296,17 @@ __attribute__((target("avx2,fma"))) void ReluBackwardAvx2(const float* z, const 
   for (; j < n; ++j) dz[j] = z[j] > 0.0f ? g * dh[j] : 0.0f;
 }
 
-// Columns [k, k + 8 B) of dx += W^T dz, in B registers.
+// Columns [k, k + 8 B) of dx += W^T dz over the rows listed in `active`,
+// in B registers.
 template <int B>
 __attribute__((target("avx2,fma"))) inline void TransposedMatVecBlock(const float* W,
-                                                                      const float* dz, int rows,
+                                                                      const float* dz,
+                                                                      const int* active, int count,
                                                                       int n, int k, float* dx) {
   __m256 acc[B];
   for (int i = 0; i < B; ++i) acc[i] = _mm256_loadu_ps(dx + k + 8 * i);
-  for (int j = 0; j < rows; ++j) {
-    // No test for dz_j = 0 (about half the units are off): a mispredicted
-    // branch costs more than the multiply-adds it would save.
+  for (int a = 0; a < count; ++a) {
+    const int j = active[a];
     const __m256 d = _mm256_set1_ps(dz[j]);
     const float* w = W + size_t(j) * n + k;
     for (int i = 0; i < B; ++i) acc[i] = _mm256_fmadd_ps(d, _mm256_loadu_ps(w + 8 * i), acc[i]);
@@ -278,16 +316,29 @@ __attribute__((target("avx2,fma"))) inline void TransposedMatVecBlock(const floa
 
 __attribute__((target("avx2,fma"))) void TransposedMatVecAvx2(const float* W, const float* dz,
                                                               int rows, int n, float* dx) {
-  // Twelve accumulators (96 columns, the default 3d) cover the latency of
-  // the multiply-adds; narrower blocks for what is left.
-  int k = 0;
-  for (; k + 96 <= n; k += 96) TransposedMatVecBlock<12>(W, dz, rows, n, k, dx);
-  for (; k + 32 <= n; k += 32) TransposedMatVecBlock<4>(W, dz, rows, n, k, dx);
-  for (; k + 8 <= n; k += 8) TransposedMatVecBlock<1>(W, dz, rows, n, k, dx);
-  for (; k < n; ++k) {
-    float acc = dx[k];
-    for (int j = 0; j < rows; ++j) acc += dz[j] * W[size_t(j) * n + k];
-    dx[k] = acc;
+  // About half the units are off (dz_j = 0). Listing the others first,
+  // without a branch, skips their rows; a test per row would be a coin flip
+  // for the branch predictor.
+  constexpr int kPiece = 256;
+  int active[kPiece];
+  for (int first = 0; first < rows; first += kPiece) {
+    const int end = std::min(rows, first + kPiece);
+    int count = 0;
+    for (int j = first; j < end; ++j) {
+      active[count] = j;
+      count += dz[j] != 0.0f;
+    }
+    // Twelve accumulators (96 columns, the default 3d) cover the latency
+    // of the multiply-adds; narrower blocks for what is left.
+    int k = 0;
+    for (; k + 96 <= n; k += 96) TransposedMatVecBlock<12>(W, dz, active, count, n, k, dx);
+    for (; k + 32 <= n; k += 32) TransposedMatVecBlock<4>(W, dz, active, count, n, k, dx);
+    for (; k + 8 <= n; k += 8) TransposedMatVecBlock<1>(W, dz, active, count, n, k, dx);
+    for (; k < n; ++k) {
+      float acc = dx[k];
+      for (int a = 0; a < count; ++a) acc += dz[active[a]] * W[size_t(active[a]) * n + k];
+      dx[k] = acc;
+    }
   }
 }
 
@@ -337,8 +388,11 @@ __attribute__((target("avx2,fma"))) void OuterProductsAvx2(const float* dz, cons
       const float d = dz[size_t(e) * rows + j];
       for (int k = 0; k < n; ++k) gW[size_t(j) * n + k] += d * x[size_t(e) * n + k];
     }
-  for (int r = 0; r < rows; ++r)
-    for (int e = 0; e < count; ++e) gb[r] += dz[size_t(e) * rows + r];
+  // Example after example, as the portable loop sums them.
+  for (int e = 0; e < count; ++e) {
+    const float* de = dz + size_t(e) * rows;
+    for (int r = 0; r < rows; ++r) gb[r] += de[r];
+  }
 }
 
 __attribute__((target("avx2,fma"))) void AdagradAvx2(float* w, float* acc, const float* grad,
@@ -446,15 +500,12 @@ float ModelShape::ForwardTask(const float* dense, int t, float bias, Forward* fw
   float* x = fw->x.data();
   const float* u = fw->u.data();
   const float* v = fw->v.data();
-  for (int k = 0; k < d; ++k) {
-    x[k] = u[k] * v[k];
-    x[d + k] = u[k];
-    x[2 * d + k] = v[k];
-  }
+  BuildInput(u, v, d, x);
   const float dot = Dot(u, v, d);
   fw->dot = dot;
   AffineRelu(dense + exp_w_, dense + exp_b_, x, e_ * h_, in, fw->z.data(), fw->a.data());
-  float* h = fw->h.data();
+  // The shared bottom's output is the layer itself; MMoE mixes into fw->h.
+  float* h = mmoe_ ? fw->h.data() : fw->a.data();
   if (mmoe_) {
     float mx = -1e30f;
     for (int e = 0; e < e_; ++e) {
@@ -470,8 +521,6 @@ float ModelShape::ForwardTask(const float* dense, int t, float bias, Forward* fw
     std::fill(h, h + h_, 0.0f);
     for (int e = 0; e < e_; ++e)
       for (int j = 0; j < h_; ++j) h[j] += fw->g[e] * fw->a[e * h_ + j];
-  } else {
-    std::copy(fw->a.begin(), fw->a.begin() + h_, h);
   }
   const float* w = dense + head_w_ + size_t(t) * h_;
   return dense[head_c_ + t] + dense[head_a_ + t] * dot + bias + Dot(w, h, h_);
@@ -491,10 +540,8 @@ float ModelShape::BackwardTask(const float* dense, int t, float dy, Forward* fw,
   const float* hw = dense + head_w_ + size_t(t) * h_;
   float* gh = grad + head_w_ + size_t(t) * h_;
   float* dh = fw->dh.data();
-  for (int j = 0; j < h_; ++j) {
-    gh[j] += dy * fw->h[j];
-    dh[j] = dy * hw[j];
-  }
+  const float* h = mmoe_ ? fw->h.data() : fw->a.data();
+  ScaleTwo(dy, h, hw, h_, gh, dh);
   const float norm2 = Dot(dh, dh, h_);
   grad[head_c_ + t] += dy;
   grad[head_a_ + t] += dy * fw->dot;
@@ -535,10 +582,7 @@ float ModelShape::BackwardTask(const float* dense, int t, float dy, Forward* fw,
   ++pending->count;
   const float* u = fw->u.data();
   const float* v = fw->v.data();
-  for (int k = 0; k < d; ++k) {
-    du[k] = dx[k] * v[k] + dx[d + k] + dy * alpha * v[k];
-    dv[k] = dx[k] * u[k] + dx[2 * d + k] + dy * alpha * u[k];
-  }
+  InputGradients(dx, u, v, dy * alpha, d, du, dv);
   return std::sqrt(norm2);
 }
 

@@ -22,7 +22,8 @@ namespace recstream::learner {
 
 class ModelShape;
 
-// Scratch buffers of one forward/backward pass.
+// Scratch buffers of one forward/backward pass. h (the mixed experts) is
+// used by MMoE only; the shared bottom's output is a.
 struct Forward {
   explicit Forward(const ModelShape& shape);
   std::vector<float> u, v, x, z, a, s, g, h, dh, dx, dz;
