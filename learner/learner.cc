@@ -166,7 +166,7 @@ void Learner::Impl::ApplyRow(float* row, const float* grad, int n, int offset, f
 void Learner::Impl::Rows(std::string_view id, const std::vector<std::string>& features,
                          EmbeddingTable& main, EmbeddingTable& side, FeatureLists& lists,
                          std::vector<uint32_t>* rows) {
-  rows->clear();
+  const size_t at = rows->size();
   const uint32_t r = main.GetOrCreate(id);
   rows->push_back(r);
   if (features.empty()) {
@@ -174,7 +174,7 @@ void Learner::Impl::Rows(std::string_view id, const std::vector<std::string>& fe
     return;
   }
   for (const auto& f : features) rows->push_back(side.GetOrCreate(f));
-  if (lists.Set(r, rows->data() + 1, rows->data() + rows->size())) main.MarkDirty(r);
+  if (lists.Set(r, rows->data() + at + 1, rows->data() + rows->size())) main.MarkDirty(r);
 }
 
 void Learner::Impl::Gather(const EmbeddingTable& main, const EmbeddingTable& side,
@@ -332,21 +332,32 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
   return pred;
 }
 
-void Learner::Impl::ResolveRows(const Event& e, std::vector<uint32_t>* user_rows,
-                                std::vector<uint32_t>* item_rows) {
-  Rows(e.user, e.user_features, users, user_features, user_lists, user_rows);
-  Rows(e.item, e.item_features, items, item_features, item_lists, item_rows);
-  // The user's row is rarely in cache (there are many users); the event
-  // before this one is learned meanwhile.
-  PrefetchRow(users, (*user_rows)[0]);
-  PrefetchRow(items, (*item_rows)[0]);
+void Learner::Impl::ResolveChunk(std::span<const Event> events, TrainState* s) {
+  // All lookups of the chunk first, in event order (so rows are created and
+  // feature lists set in the same order as one event at a time): without
+  // the training work in between, consecutive lookups are independent and
+  // the CPU overlaps their cache misses.
+  s->chunk_rows.clear();
+  s->chunk_begin.clear();
+  for (const Event& e : events) {
+    s->chunk_begin.push_back(uint32_t(s->chunk_rows.size()));
+    Rows(e.user, e.user_features, users, user_features, user_lists, &s->chunk_rows);
+    s->chunk_begin.push_back(uint32_t(s->chunk_rows.size()));
+    Rows(e.item, e.item_features, items, item_features, item_lists, &s->chunk_rows);
+  }
+  s->chunk_begin.push_back(uint32_t(s->chunk_rows.size()));
 }
 
-void Learner::Impl::PrefetchRow(const EmbeddingTable& table, uint32_t row) const {
-  const char* p = reinterpret_cast<const char*>(table.Row(row));
-  const size_t bytes = 2 * size_t(table.width()) * sizeof(float);
-  for (size_t at = 0; at < bytes; at += 64) __builtin_prefetch(p + at, 1);
-  __builtin_prefetch(p + bytes - 1, 1);
+void Learner::Impl::PrefetchRows(const TrainState& s, size_t i) const {
+  // The user row is rarely in cache (there are many users), the item row
+  // often not; both are read and written by the event's step.
+  for (auto [table, at] :
+       {std::pair{&users, s.chunk_begin[2 * i]}, std::pair{&items, s.chunk_begin[2 * i + 1]}}) {
+    const char* p = reinterpret_cast<const char*>(table->Row(s.chunk_rows[at]));
+    const size_t bytes = 2 * size_t(width) * sizeof(float);
+    for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 1);
+    __builtin_prefetch(p + bytes - 1, 1);
+  }
 }
 
 void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) {
@@ -504,15 +515,17 @@ void Learner::Train(std::span<const Event> events, std::vector<Prediction>* befo
   const size_t chunk = size_t(m.options.chunk);
   auto run = [&](size_t begin, size_t end) {
     TrainState& s = m.states.local();
-    // Software pipeline: the rows of event i + 1 are looked up (and their
-    // memory prefetched) before event i is learned. Rows are resolved in
-    // event order as before, so the result is the same.
-    m.ResolveRows(events[begin], &s.next_user_rows, &s.next_item_rows);
-    for (size_t i = begin; i < end; ++i) {
-      std::swap(s.user_rows, s.next_user_rows);
-      std::swap(s.item_rows, s.next_item_rows);
-      if (i + 1 < end) m.ResolveRows(events[i + 1], &s.next_user_rows, &s.next_item_rows);
-      m.TrainOne(events[i], &s, before ? &(*before)[i] : nullptr);
+    m.ResolveChunk(events.subspan(begin, end - begin), &s);
+    const size_t n = end - begin;
+    constexpr size_t kAhead = 2;  // events; a step takes about a microsecond
+    for (size_t i = 0; i < n && i < kAhead; ++i) m.PrefetchRows(s, i);
+    for (size_t i = 0; i < n; ++i) {
+      if (i + kAhead < n) m.PrefetchRows(s, i + kAhead);
+      const uint32_t* rows = s.chunk_rows.data();
+      const uint32_t* at = s.chunk_begin.data() + 2 * i;
+      s.user_rows.assign(rows + at[0], rows + at[1]);
+      s.item_rows.assign(rows + at[1], rows + at[2]);
+      m.TrainOne(events[begin + i], &s, before ? &(*before)[begin + i] : nullptr);
     }
     m.FinishChunk(&s);
   };

@@ -134,8 +134,12 @@ struct TrainState {
   bool dense_touched = false;
   TaskChunkStats chunk;
   std::vector<Observation> observations;  // merged by MergeMetrics
-  // Row and feature rows of the event being learned, and of the next one.
-  std::vector<uint32_t> user_rows, item_rows, next_user_rows, next_item_rows;
+  // Row and feature rows of the example being learned.
+  std::vector<uint32_t> user_rows, item_rows;
+  // Rows of every event of the chunk (ResolveChunk): event i's user rows
+  // are chunk_rows[chunk_begin[2i], chunk_begin[2i + 1]), its item rows
+  // follow up to chunk_begin[2i + 2].
+  std::vector<uint32_t> chunk_rows, chunk_begin;
   std::vector<float> du, dv, du2, dv2, dp;
   uint64_t refused = 0;
   uint64_t rng = 0x9e3779b97f4a7c15ULL;  // negative sampling
@@ -200,24 +204,22 @@ struct Learner::Impl {
     return pretrained->Find(items.key(item_row));
   }
 
-  // Fills s->user_rows / s->item_rows: the row, then its feature rows (the
-  // event's, which become the row's list, or the row's list when the event
-  // has none).
+  // Appends to *rows the row of `id`, then its feature rows (the event's,
+  // which become the row's list, or the row's list when the event has none).
   void Rows(std::string_view id, const std::vector<std::string>& features, EmbeddingTable& main,
             EmbeddingTable& side, FeatureLists& lists, std::vector<uint32_t>* rows);
   // Sums the row and its feature rows into vec (d floats) and the biases
   // into bias (kNumTasks floats).
   void Gather(const EmbeddingTable& main, const EmbeddingTable& side,
               const std::vector<uint32_t>& rows, float* vec, float* bias) const;
-  // Rows() of an event's user and item, and a prefetch of their rows.
-  void ResolveRows(const Event& e, std::vector<uint32_t>* user_rows,
-                   std::vector<uint32_t>* item_rows);
-  void PrefetchRow(const EmbeddingTable& table, uint32_t row) const;
+  // Rows() of every event's user and item into s->chunk_rows.
+  void ResolveChunk(std::span<const Event> events, TrainState* s);
+  // Prefetches the user and item rows of the chunk's event i.
+  void PrefetchRows(const TrainState& s, size_t i) const;
   // Predicts, then learns, one example from s->user_rows and s->item_rows.
   // Returns the prediction made before learning.
   float Learn(Task task, float label, TrainState* s);
-  // Learns event e from the rows ResolveRows put in s->user_rows and
-  // s->item_rows.
+  // Learns event e from its rows in s->user_rows and s->item_rows.
   void TrainOne(const Event& e, TrainState* s, Prediction* before);
   // Dense update, task weighting, per chunk.
   void FinishChunk(TrainState* s);
