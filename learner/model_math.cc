@@ -138,7 +138,8 @@ bool DetectAvx2Fma() {
 #endif
 }
 
-const bool kAvx2Fma = DetectAvx2Fma();
+// Written only at start-up and by tests (SetVectorKernelsForTesting).
+bool use_avx2 = DetectAvx2Fma();
 
 // z[j] = b[j] + W_j . x and a[j] = max(z[j], 0) for the `rows` rows of the
 // row-major rows x n matrix W.
@@ -446,21 +447,21 @@ void AdagradPortable(float* w, float* acc, const float* grad, size_t n, float lr
 void AffineRelu(const float* W, const float* b, const float* x, int rows, int n, float* z,
                 float* a) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (kAvx2Fma) return AffineReluAvx2(W, b, x, rows, n, z, a);
+  if (use_avx2) return AffineReluAvx2(W, b, x, rows, n, z, a);
 #endif
   AffineReluPortable(W, b, x, rows, n, z, a);
 }
 
 void ReluBackward(const float* z, const float* dh, float g, int n, float* dz) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (kAvx2Fma) return ReluBackwardAvx2(z, dh, g, n, dz);
+  if (use_avx2) return ReluBackwardAvx2(z, dh, g, n, dz);
 #endif
   ReluBackwardPortable(z, dh, g, n, dz);
 }
 
 void TransposedMatVec(const float* W, const float* dz, int rows, int n, float* dx) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (kAvx2Fma) return TransposedMatVecAvx2(W, dz, rows, n, dx);
+  if (use_avx2) return TransposedMatVecAvx2(W, dz, rows, n, dx);
 #endif
   TransposedMatVecPortable(W, dz, rows, n, dx);
 }
@@ -468,17 +469,23 @@ void TransposedMatVec(const float* W, const float* dz, int rows, int n, float* d
 void OuterProducts(const float* dz, const float* x, int count, int rows, int n, float* gW,
                    float* gb) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (kAvx2Fma) return OuterProductsAvx2(dz, x, count, rows, n, gW, gb);
+  if (use_avx2) return OuterProductsAvx2(dz, x, count, rows, n, gW, gb);
 #endif
   OuterProductsPortable(dz, x, count, rows, n, gW, gb);
 }
 
 }  // namespace
 
+bool SetVectorKernelsForTesting(bool avx2) {
+  const bool before = use_avx2;
+  use_avx2 = avx2 && DetectAvx2Fma();
+  return before;
+}
+
 void AdagradUpdate(float* w, float* acc, const float* grad, size_t n, float lr, float l2,
                    float clip) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (kAvx2Fma) return AdagradAvx2(w, acc, grad, n, lr, l2, clip);
+  if (use_avx2) return AdagradAvx2(w, acc, grad, n, lr, l2, clip);
 #endif
   AdagradPortable(w, acc, grad, n, lr, l2, clip);
 }

@@ -105,6 +105,10 @@ class ModelShape {
 void AdagradUpdate(float* w, float* acc, const float* grad, size_t n, float lr, float l2,
                    float clip);
 
+// Tests only, with no training running: selects the AVX2/FMA kernels (when
+// the CPU has them) or the portable ones; returns the previous choice.
+bool SetVectorKernelsForTesting(bool avx2);
+
 // True when no value is infinite or NaN.
 bool AllFinite(const float* v, size_t n);
 
