@@ -738,6 +738,27 @@ TEST_CASE("AdagradUpdate is Adagrad with L2 and clipping, at any length", "[Mode
   });
 }
 
+TEST_CASE("AllFinite finds any infinity or NaN, at any length and position", "[ModelShape]") {
+  WithEachKernelSet([] {
+    for (size_t n : {0, 1, 7, 8, 31, 32, 33, 100, 3200}) {
+      std::vector<float> v(n);
+      for (size_t i = 0; i < n; ++i)
+        v[i] = i % 5 == 0 ? 3e38f : i % 5 == 1 ? -0.0f : i % 5 == 2 ? 1e-42f : float(i);
+      INFO("n " << n);
+      CHECK(AllFinite(v.data(), n));
+      for (size_t at = 0; at < n; at += std::max<size_t>(1, n / 37)) {
+        for (float bad : {INFINITY, -INFINITY, std::nanf("")}) {
+          const float saved = v[at];
+          v[at] = bad;
+          INFO("at " << at << " value " << bad);
+          CHECK_FALSE(AllFinite(v.data(), n));
+          v[at] = saved;
+        }
+      }
+    }
+  });
+}
+
 TEST_CASE("The AVX2 and the portable kernels learn the same model up to rounding", "[Learner]") {
   auto stream = WithFeatures(MakeStream(20000, 200, 100, 31));
   std::vector<std::vector<Prediction>> before;

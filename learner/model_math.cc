@@ -417,6 +417,26 @@ __attribute__((target("avx2,fma"))) void AdagradAvx2(float* w, float* acc, const
   }
 }
 
+__attribute__((target("avx2,fma"))) bool AllFiniteAvx2(const float* v, size_t n) {
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + i), zero, a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + i + 8), zero, a1);
+    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(v + i + 16), zero, a2);
+    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(v + i + 24), zero, a3);
+  }
+  for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + i), zero, a0);
+  const __m256 a = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, a);
+  float sum = 0.0f;
+  for (float l : lanes) sum += l;
+  for (; i < n; ++i) sum += v[i] * 0.0f;
+  return sum == 0.0f;
+}
+
 #endif
 
 void AdagradPortable(float* w, float* acc, const float* grad, size_t n, float lr, float l2,
@@ -442,6 +462,18 @@ void AdagradPortable(float* w, float* acc, const float* grad, size_t n, float lr
     acc[i] += g * g;
     w[i] -= lr * g / (std::sqrt(acc[i]) + 1e-8f);
   }
+}
+
+// x * 0 is 0 for a finite x and NaN otherwise; NaN survives the sums.
+bool AllFinitePortable(const float* v, size_t n) {
+  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) part[k] += v[i + k] * 0.0f;
+  float sum = 0.0f;
+  for (; i < n; ++i) sum += v[i] * 0.0f;
+  for (float p : part) sum += p;
+  return sum == 0.0f;
 }
 
 void AffineRelu(const float* W, const float* b, const float* x, int rows, int n, float* z,
@@ -491,15 +523,10 @@ void AdagradUpdate(float* w, float* acc, const float* grad, size_t n, float lr, 
 }
 
 bool AllFinite(const float* v, size_t n) {
-  // x * 0 is 0 for a finite x and NaN otherwise; NaN survives the sums.
-  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) part[k] += v[i + k] * 0.0f;
-  float sum = 0.0f;
-  for (; i < n; ++i) sum += v[i] * 0.0f;
-  for (float p : part) sum += p;
-  return sum == 0.0f;
+#if defined(__x86_64__) || defined(__i386__)
+  if (use_avx2) return AllFiniteAvx2(v, n);
+#endif
+  return AllFinitePortable(v, n);
 }
 
 float ModelShape::ForwardTask(const float* dense, int t, float bias, Forward* fw) const {
