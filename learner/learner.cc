@@ -371,7 +371,7 @@ void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) 
   }
   // Counted into `learned` at the chunk's end: one atomic add per task and
   // chunk instead of one per event on a cache line every trainer writes.
-  s->observations.push_back({e.task, pred, e.label});
+  s->observations.push_back(Observation::Of(e.task, pred, e.label));
   if (e.task == Task::kPurchase && e.label > 0.5f) {
     std::unique_lock lock(purchases_mu);
     if (purchases[user_row].insert(item_row).second) new_purchases.emplace_back(user_row, item_row);
@@ -477,13 +477,11 @@ void Learner::Impl::MergeMetrics() {
         ++counts[int(o.task)];
         m.count += 1;
         if (o.task == Task::kRating) {
-          double err = double(o.pred) - o.label;
-          m.abs_sum += std::abs(err);
-          m.sq_sum += err * err;
+          m.abs_sum += std::abs(o.value);
+          m.sq_sum += o.value * o.value;
         } else {
-          double p = std::clamp<double>(o.pred, 1e-7, 1 - 1e-7);
-          m.loss_sum += -(o.label * std::log(p) + (1 - o.label) * std::log(1 - p));
-          (o.label > 0.5f ? m.pos : m.neg)[AucBin(o.pred)] += 1;
+          m.loss_sum += o.value;
+          (o.positive ? m.pos : m.neg)[o.bin] += 1;
         }
       }
       s.observations.clear();

@@ -63,10 +63,20 @@ struct TaskMetrics {
   }
 };
 
+// One progressive prediction's contribution to TaskMetrics, computed by the
+// trainer (in parallel) and added by MergeMetrics.
 struct Observation {
   Task task;
-  float pred;  // probability, or clipped rating
-  float label;
+  bool positive;  // click and purchase: label > 0.5
+  int bin;        // click and purchase: AucBin(prediction)
+  double value;   // click and purchase: log loss; rating: prediction - label
+
+  static Observation Of(Task task, float pred, float label) {
+    if (task == Task::kRating) return {task, false, 0, double(pred) - label};
+    const double p = std::clamp<double>(pred, 1e-7, 1 - 1e-7);
+    return {task, label > 0.5f, AucBin(pred),
+            -(label * std::log(p) + (1 - label) * std::log(1 - p))};
+  }
 };
 
 }  // namespace internal
