@@ -369,8 +369,8 @@ void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) 
     if (e.task == Task::kPurchase) before->purchase = pred;
     if (e.task == Task::kRating) before->rating = pred;
   }
-  // Counted into `learned` at the chunk's end: one atomic add per task and
-  // chunk instead of one per event on a cache line every trainer writes.
+  // Counted into `learned` and the metrics by MergeMetrics at the end of
+  // Train: no shared cache line or lock per event or chunk.
   s->observations.push_back(Observation::Of(e.task, pred, e.label));
   if (e.task == Task::kPurchase && e.label > 0.5f) {
     std::unique_lock lock(purchases_mu);

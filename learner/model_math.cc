@@ -40,10 +40,6 @@ Forward::Forward(const ModelShape& shape)
       dx(shape.input()),
       dz(shape.experts() * shape.hidden()) {}
 
-ExpertGradients::ExpertGradients(const ModelShape& shape)
-    : x(size_t(kCapacity) * shape.input()),
-      dz(size_t(kCapacity) * shape.experts() * shape.hidden()) {}
-
 UserContext::UserContext(const ModelShape& s)
     : u(s.dim()),
       M(size_t(s.experts()) * s.hidden() * s.dim()),
@@ -559,6 +555,10 @@ float ModelShape::ForwardTask(const float* dense, int t, float bias, Forward* fw
   const float* w = dense + head_w_ + size_t(t) * h_;
   return dense[head_c_ + t] + dense[head_a_ + t] * dot + bias + Dot(w, h, h_);
 }
+
+ExpertGradients::ExpertGradients(const ModelShape& shape)
+    : x(size_t(kCapacity) * shape.input()),
+      dz(size_t(kCapacity) * shape.experts() * shape.hidden()) {}
 
 void ModelShape::FlushExpertGradients(ExpertGradients* pending, float* grad) const {
   if (pending->count == 0) return;
