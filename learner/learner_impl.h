@@ -4,6 +4,8 @@
 // import). Not installed, not included outside learner/.
 #pragma once
 
+#include "learner/learner.h"
+
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/enumerable_thread_specific.h>
 #include <oneapi/tbb/parallel_for.h>
@@ -22,7 +24,6 @@
 
 #include "learner/embedding_table.h"
 #include "learner/feature_lists.h"
-#include "learner/learner.h"
 #include "learner/model_math.h"
 #include "learner/pack.h"
 #include "learner/task_weighting.h"
