@@ -227,6 +227,9 @@ struct Learner::Impl {
     }
   };
   void PrepareUserSide(std::string_view user, UserSide* side) const;
+  // ScoreItems for a prepared user.
+  void ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_rows,
+                 std::vector<Prediction>* out) const;
   // Gathers item `row` (kNoRow: zeros) into lane `lane` of `block`; `rows`
   // and `v` (width floats) are scratch.
   void GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, float* v,

@@ -158,6 +158,11 @@ void Learner::Impl::ScoreItems(std::string_view user, const std::vector<uint32_t
                                std::vector<Prediction>* out) const {
   UserSide side(shape);
   PrepareUserSide(user, &side);
+  ScoreRows(side, item_rows, out);
+}
+
+void Learner::Impl::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_rows,
+                              std::vector<Prediction>* out) const {
   AlignedFloats block(shape.block_floats()), scratch(shape.score_scratch_floats());
   alignas(64) float y[kNumTasks * L];
   std::vector<uint32_t> rows;
@@ -381,11 +386,13 @@ void Learner::Impl::RecommendCacheDeleter::operator()(RecommendCache* cache) con
 ScoreResult Learner::Score(std::string_view user, std::string_view item, const Blend& blend) const {
   const Impl& m = *impl_;
   ScoreResult r;
+  Impl::UserSide side(m.shape);
+  m.PrepareUserSide(user, &side);
   uint32_t ir = m.items.Find(item);
-  r.user_known = m.users.Find(user) != EmbeddingTable::kNoRow;
+  r.user_known = side.row != EmbeddingTable::kNoRow;
   r.item_known = ir != EmbeddingTable::kNoRow;
   std::vector<Prediction> p;
-  m.ScoreItems(user, {ir}, &p);
+  m.ScoreRows(side, {ir}, &p);
   r.prediction = p[0];
   r.score = BlendScore(p[0], blend, m.options.rating_min, m.options.rating_max);
   return r;
@@ -394,11 +401,13 @@ ScoreResult Learner::Score(std::string_view user, std::string_view item, const B
 void Learner::ScoreMany(std::string_view user, std::span<const std::string> items,
                         const Blend& blend, std::vector<ScoreResult>* out) const {
   const Impl& m = *impl_;
+  Impl::UserSide side(m.shape);
+  m.PrepareUserSide(user, &side);
   std::vector<uint32_t> rows(items.size());
   for (size_t i = 0; i < items.size(); ++i) rows[i] = m.items.Find(items[i]);
-  bool user_known = m.users.Find(user) != EmbeddingTable::kNoRow;
+  const bool user_known = side.row != EmbeddingTable::kNoRow;
   std::vector<Prediction> p;
-  m.ScoreItems(user, rows, &p);
+  m.ScoreRows(side, rows, &p);
   out->resize(items.size());
   for (size_t i = 0; i < items.size(); ++i) {
     ScoreResult& r = (*out)[i];

@@ -38,15 +38,11 @@ Forward::Forward(const ModelShape& shape)
 
 UserContext::UserContext(const ModelShape& s)
     : u(s.dim()),
-      M(size_t(s.experts()) * s.hidden() * s.dim()),
-      m(size_t(s.experts()) * s.hidden()),
-      N(s.mmoe() ? size_t(kNumTasks) * s.experts() * s.dim() : 0),
-      n(s.mmoe() ? size_t(kNumTasks) * s.experts() : 0),
-      z(size_t(s.experts()) * s.hidden()),
-      gate(s.experts()),
       W((size_t(s.experts()) * s.hidden() + 1 + (s.mmoe() ? kNumTasks * s.experts() : 0)) *
         s.dim()),
-      w(size_t(s.experts()) * s.hidden() + 1 + (s.mmoe() ? kNumTasks * s.experts() : 0)) {}
+      w(size_t(s.experts()) * s.hidden() + 1 + (s.mmoe() ? kNumTasks * s.experts() : 0)),
+      z(size_t(s.experts()) * s.hidden()),
+      gate(s.experts()) {}
 
 ModelShape::ModelShape(const LearnerOptions& o)
     : d_(o.dim),
@@ -232,20 +228,16 @@ void ModelShape::PrepareUser(const float* dense, const float* u, UserContext* ct
     }
     *m = acc;
   };
-  for (int r = 0; r < e_ * h_; ++r)
-    fold(dense + exp_w_ + size_t(r) * in, dense[exp_b_ + r], &ctx->M[size_t(r) * d], &ctx->m[r]);
-  if (mmoe_)
-    for (int r = 0; r < kNumTasks * e_; ++r)
-      fold(dense + gate_w_ + size_t(r) * in, dense[gate_b_ + r], &ctx->N[size_t(r) * d],
-           &ctx->n[r]);
-  // The stack ScoreBlock multiplies: [M; u; N] and [m; 0; n].
+  // W stacks [M; u; N] and w [m; 0; n].
   const size_t eh = size_t(e_) * h_;
-  std::copy(ctx->M.begin(), ctx->M.end(), ctx->W.begin());
+  for (size_t r = 0; r < eh; ++r)
+    fold(dense + exp_w_ + r * in, dense[exp_b_ + r], &ctx->W[r * d], &ctx->w[r]);
   std::copy(u, u + d, ctx->W.begin() + eh * d);
-  std::copy(ctx->N.begin(), ctx->N.end(), ctx->W.begin() + (eh + 1) * d);
-  std::copy(ctx->m.begin(), ctx->m.end(), ctx->w.begin());
   ctx->w[eh] = 0.0f;
-  std::copy(ctx->n.begin(), ctx->n.end(), ctx->w.begin() + eh + 1);
+  if (mmoe_)
+    for (size_t r = 0; r < size_t(kNumTasks) * e_; ++r)
+      fold(dense + gate_w_ + r * in, dense[gate_b_ + r], &ctx->W[(eh + 1 + r) * d],
+           &ctx->w[eh + 1 + r]);
 }
 
 void ModelShape::ScoreItem(const float* dense, UserContext& ctx, const float* v,
@@ -254,8 +246,8 @@ void ModelShape::ScoreItem(const float* dense, UserContext& ctx, const float* v,
   float dot = 0.0f;
   for (int k = 0; k < d; ++k) dot += ctx.u[k] * v[k];
   for (int r = 0; r < e_ * h_; ++r) {
-    const float* M = &ctx.M[size_t(r) * d];
-    float acc = ctx.m[r];
+    const float* M = &ctx.W[size_t(r) * d];
+    float acc = ctx.w[r];
     acc += Dot(M, v, d);
     ctx.z[r] = acc > 0.0f ? acc : 0.0f;
   }
@@ -265,8 +257,9 @@ void ModelShape::ScoreItem(const float* dense, UserContext& ctx, const float* v,
     if (mmoe_) {
       float mx = -1e30f;
       for (int e = 0; e < e_; ++e) {
-        const float* N = &ctx.N[(size_t(t) * e_ + e) * d];
-        float acc = ctx.n[t * e_ + e];
+        const size_t gr = size_t(e_) * h_ + 1 + size_t(t) * e_ + e;  // gate row in W
+        const float* N = &ctx.W[gr * d];
+        float acc = ctx.w[gr];
         acc += Dot(N, v, d);
         ctx.gate[e] = acc;
         mx = std::max(mx, acc);

@@ -33,16 +33,15 @@ struct Forward {
 };
 
 // Per-request precomputation for scoring many items for one user:
-// W_e x + b_e = M_e v + m_e with M_e = A_e diag(u) + C_e, m_e = B_e u + b_e.
+// W_e x + b_e = M_e v + m_e with M_e = A_e diag(u) + C_e, m_e = B_e u + b_e
+// (and likewise N, n for the MMoE gates).
 struct UserContext {
   explicit UserContext(const ModelShape& shape);
   std::vector<float> u;
-  std::vector<float> M, m;  // experts: E*H*d and E*H
-  std::vector<float> N, n;  // gates: T*E*d and T*E (MMoE only)
-  std::vector<float> z, gate;
-  // For ScoreBlock: the rows of M, then u, then the rows of N (MMoE), with
-  // their offsets m, 0, n.
+  // The rows of M (E*H x d), then u (for u . v), then the rows of N (MMoE:
+  // T*E x d); w holds their offsets m, 0, n.
   std::vector<float> W, w;
+  std::vector<float> z, gate;  // ScoreItem's scratch
 };
 
 // Batched scoring works on blocks of kScoreLanes items stored coordinate-

@@ -312,6 +312,7 @@ HttpResponse Api::GetScore(const HttpRequest& req) const {
   if (learner_ == nullptr) return Error(503, "model not loaded");
   learner::ScoreResult r = learner_->Score(user, item, blend_);
   std::string out;
+  out.reserve(160 + user.size() + item.size());
   JsonWriter w(&out);
   w.BeginObject();
   w.Key("user").String(user);
@@ -350,7 +351,10 @@ HttpResponse Api::PostScore(const HttpRequest& req) const {
   items.reserve(items_arr.size());
   for (simdjson::dom::element e : items_arr) {
     std::string id;
-    if (!JsonId(e, fmt::format("items[{}]", items.size()), &id, &problem)) {
+    if (!JsonId(e, "items", &id, &problem)) {
+      // Again, with the element's index in the message (not formatted for
+      // every valid element).
+      JsonId(e, fmt::format("items[{}]", items.size()), &id, &problem);
       return Error(400, problem);
     }
     items.push_back(std::move(id));
