@@ -5,7 +5,6 @@
 //
 #include <algorithm>
 #include <array>
-#include <charconv>
 #include <atomic>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -15,6 +14,7 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <charconv>
 #include <chrono>
 #include <exception>
 #include <optional>
@@ -181,8 +181,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // Sends an error response and closes the connection. `retry_after_s` > 0
   // adds a Retry-After header.
   void SendError(int status, std::string_view message, int retry_after_s) {
-    Respond(11, status, "application/json", ErrorJson(message), /*keep_alive=*/false,
-            retry_after_s, /*linger=*/true);
+    Respond(11, status, "application/json", ErrorJson(message), /*keep_alive=*/false, retry_after_s,
+            /*linger=*/true);
   }
 
   // Writes the response head by hand, byte for byte what Beast's serializer
