@@ -163,20 +163,33 @@ void Learner::Impl::ScoreItems(std::string_view user, const std::vector<uint32_t
 
 void Learner::Impl::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_rows,
                               std::vector<Prediction>* out) const {
-  AlignedFloats block(shape.block_floats()), scratch(shape.score_scratch_floats());
-  alignas(64) float y[kNumTasks * L];
-  std::vector<uint32_t> rows;
-  std::vector<float> v(width);
   const size_t n = item_rows.size();
   out->resize(n);
-  for (size_t first = 0; first < n; first += L) {
-    const int lanes = int(std::min<size_t>(L, n - first));
-    if (first > 0 && lanes < L) std::fill(block.data(), block.data() + block.size(), 0.0f);
-    for (int i = 0; i < lanes; ++i)
-      GatherItem(item_rows[first + i], i, &rows, v.data(), block.data());
-    shape.ScoreBlock(dense.data(), side.ctx, block.data(), scratch.data(), y);
-    for (int i = 0; i < lanes; ++i) (*out)[first + i] = FinishLane(y, i, side, block.data());
-  }
+  // Items [begin, end), begin a multiple of L.
+  auto score = [&](size_t begin, size_t end) {
+    AlignedFloats block(shape.block_floats()), scratch(shape.score_scratch_floats());
+    alignas(64) float y[kNumTasks * L];
+    std::vector<uint32_t> rows;
+    std::vector<float> v(width);
+    for (size_t first = begin; first < end; first += L) {
+      const int lanes = int(std::min<size_t>(L, end - first));
+      if (first > begin && lanes < L) std::fill(block.data(), block.data() + block.size(), 0.0f);
+      for (int i = 0; i < lanes; ++i)
+        GatherItem(item_rows[first + i], i, &rows, v.data(), block.data());
+      shape.ScoreBlock(dense.data(), side.ctx, block.data(), scratch.data(), y);
+      for (int i = 0; i < lanes; ++i) (*out)[first + i] = FinishLane(y, i, side, block.data());
+    }
+  };
+  // Large batches (POST /v1/score) in parallel: gathering, mostly waiting
+  // on memory, is the larger part. Results do not depend on the split.
+  constexpr size_t kParallelItems = 512, kGrain = 256;
+  if (n < kParallelItems) return score(0, n);
+  tbb::parallel_for(
+      tbb::blocked_range<size_t>(0, (n + kGrain - 1) / kGrain, 1),
+      [&](const tbb::blocked_range<size_t>& r) {
+        score(r.begin() * kGrain, std::min(n, r.end() * kGrain));
+      },
+      tbb::simple_partitioner());
 }
 
 void Learner::Impl::TopKOfBlocks(const UserSide& side, const float* blocks, size_t begin,
