@@ -220,13 +220,10 @@ void ModelShape::PrepareUser(const float* dense, const float* u, UserContext* ct
   const int d = d_, in = 3 * d_;
   std::copy(u, u + d, ctx->u.begin());
   auto fold = [&](const float* w, float b, float* M, float* m) {
-    // Row [A | B | C]: M = A diag(u) + C, m = B . u + b.
-    float acc = b;
-    for (int k = 0; k < d; ++k) {
-      M[k] = w[k] * u[k] + w[2 * d + k];
-      acc += w[d + k] * u[k];
-    }
-    *m = acc;
+    // Row [A | B | C]: M = A diag(u) + C, m = B . u + b (partial sums: a
+    // single running sum would be a serial chain of d additions per row).
+    for (int k = 0; k < d; ++k) M[k] = w[k] * u[k] + w[2 * d + k];
+    *m = b + Dot(w + d, u, d);
   };
   // W stacks [M; u; N] and w [m; 0; n].
   const size_t eh = size_t(e_) * h_;
