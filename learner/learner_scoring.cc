@@ -22,7 +22,7 @@ using Clock = std::chrono::steady_clock;
 // Recommend's freshness (RecommendCache). While Recommend is in use (a call
 // in the last kIdleSeconds), a background thread rebuilds the panel when the
 // model has changed, at most every max(kRefreshSeconds, 10 x build time); a
-// call finding the panel stale by more than max(kMaxStaleSeconds, 10 x build
+// call finding the panel stale by more than max(kMaxStaleSeconds, 20 x build
 // time) rebuilds it before answering, and one whose build takes under
 // kSyncBuildSeconds (small catalogues) always does. Items created after the
 // panel's build are gathered by each call, so new items are never missed.
@@ -309,7 +309,9 @@ class Learner::Impl::RecommendCache {
       return true;
     }
     if (p.build_seconds < kSyncBuildSeconds) return false;
-    return now - p.current_at.load() <= std::max(kMaxStaleSeconds, 10 * p.build_seconds);
+    // Twice the refresher's period: a request rebuilds only when the
+    // refresher has fallen behind (or was idle).
+    return now - p.current_at.load() <= std::max(kMaxStaleSeconds, 20 * p.build_seconds);
   }
 
   // Null when the cache is being destroyed.
