@@ -290,9 +290,29 @@ int RunGen(const eval::GeneratorOptions& options, const std::string& out_path, b
   return kExitOk;
 }
 
+int RunGenVectors(const eval::GeneratorOptions& options, const std::string& path, int dim,
+                  double noise) {
+  std::ofstream file(path, std::ios::binary | std::ios::trunc);
+  if (!file) {
+    std::fprintf(stderr, "recstream: cannot write %s\n", path.c_str());
+    return kExitFailure;
+  }
+  eval::Generator gen(options);
+  Status s = gen.WriteItemVectors(&file, dim, noise);
+  if (!s.ok()) {
+    std::fprintf(stderr, "recstream: %s\n", s.message().c_str());
+    return s.IsInvalidArgument() ? kExitUsage : kExitFailure;
+  }
+  return kExitOk;
+}
+
+bool LoadVectors(const std::string& path, int dim,
+                 std::vector<std::pair<std::string, std::vector<float>>>* out);
+
 int RunEval(const ConfigFlags& flags, const std::string& events_path,
             const std::string& report_path, int ranking_k, int candidates,
-            const std::string& predictions, bool quiet, bool baselines) {
+            const std::string& predictions, bool quiet, bool baselines,
+            const std::string& vectors_path) {
   config::AppConfig cfg;
   if (!flags.Load(&cfg)) return kExitUsage;
   std::ifstream in(events_path);
@@ -308,6 +328,16 @@ int RunEval(const ConfigFlags& flags, const std::string& events_path,
   options.predictions_path = predictions;
   options.progress = !quiet;
   options.baselines = baselines;
+  if (!vectors_path.empty()) {
+    if (cfg.learner.pretrained_dim <= 0) {
+      std::fprintf(
+          stderr,
+          "recstream: --vectors needs model.pretrained_dim set to the vectors' dimension\n");
+      return kExitUsage;
+    }
+    if (!LoadVectors(vectors_path, cfg.learner.pretrained_dim, &options.pretrained))
+      return kExitUsage;
+  }
   std::error_code size_error;
   auto size = std::filesystem::file_size(events_path, size_error);
   if (!size_error) options.total_bytes = size;
@@ -388,6 +418,30 @@ VectorError ParseVectorLine(simdjson::dom::parser& parser, const std::string& li
       return VectorError::kNonFinite;
     }
   return VectorError::kNone;
+}
+
+bool LoadVectors(const std::string& path, int dim,
+                 std::vector<std::pair<std::string, std::vector<float>>>* out) {
+  std::ifstream in(path);
+  if (!in) {
+    std::fprintf(stderr, "recstream: cannot open %s\n", path.c_str());
+    return false;
+  }
+  simdjson::dom::parser parser;
+  std::string line, item, detail;
+  std::vector<float> vec;
+  uint64_t n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    if (line.empty()) continue;
+    if (ParseVectorLine(parser, line, dim, &item, &vec, &detail) != VectorError::kNone) {
+      std::fprintf(stderr, "recstream: %s line %llu: %s\n", path.c_str(),
+                   static_cast<unsigned long long>(n), detail.c_str());
+      return false;
+    }
+    out->emplace_back(item, vec);
+  }
+  return true;
 }
 
 int RunImportEmbeddings(const ConfigFlags& flags, const std::string& path, bool quiet) {
@@ -564,6 +618,15 @@ int Main(int argc, char** argv) {
   gen->add_option("--out", gen_out, "output file (default: standard output)");
   bool gen_quiet = false;
   gen->add_flag("--quiet", gen_quiet, "no progress line");
+  std::string gen_vectors;
+  int gen_vector_dim = 16;
+  double gen_vector_noise = 0.3;
+  gen->add_option("--item-vectors", gen_vectors,
+                  "also write one pretrained-like vector per item (import-embeddings input)");
+  gen->add_option("--vector-dim", gen_vector_dim, "values per item vector")
+      ->check(CLI::Range(1, 8192));
+  gen->add_option("--vector-noise", gen_vector_noise, "noise sd added to each value")
+      ->check(CLI::NonNegativeNumber);
 
   ConfigFlags eval_flags;
   std::string events_path, report_path, predictions;
@@ -582,6 +645,9 @@ int Main(int argc, char** argv) {
   evalc->add_flag(
       "--baselines", baselines,
       "also run popularity, online biased MF and single-task baselines on the same stream");
+  std::string eval_vectors;
+  evalc->add_option("--vectors", eval_vectors,
+                    "import these pretrained item vectors (JSONL, as import-embeddings) first");
   eval_flags.Add(evalc);
 
   ConfigFlags config_flags;
@@ -624,10 +690,14 @@ int Main(int argc, char** argv) {
   if (*serve) return RunServe(serve_flags);
   if (*broker) return RunBroker(partitions, bootstrap_file);
   if (*produce) return RunProduce(produce_flags, brokers, rate, produce_path, quiet);
-  if (*gen) return RunGen(gen_options, gen_out, gen_quiet);
+  if (*gen) {
+    int rc = RunGen(gen_options, gen_out, gen_quiet);
+    if (rc != kExitOk || gen_vectors.empty()) return rc;
+    return RunGenVectors(gen_options, gen_vectors, gen_vector_dim, gen_vector_noise);
+  }
   if (*evalc)
     return RunEval(eval_flags, events_path, report_path, ranking_k, candidates, predictions, quiet,
-                   baselines);
+                   baselines, eval_vectors);
   if (*importc) return RunImportEmbeddings(import_flags, vectors_path, import_quiet);
   if (*configc) {
     config::AppConfig cfg;

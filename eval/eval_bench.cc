@@ -3,7 +3,9 @@
 // the Bayes ceiling and, on request, the baselines. Used to produce EVAL.md.
 //
 //   eval_bench --events FILE [--baselines] [--single-task]
-//              [--mf DIM,LR,L2,INIT] CONFIG...
+//              [--mf DIM,LR,L2,INIT] [--oracle EVENTS,USERS,ITEMS,SEED] CONFIG...
+//   --oracle adds the oracle bound (eval/oracle.h) of the stream that
+//   `recstream gen` writes with those options (FILE must be that stream).
 //   CONFIG = name[:key=value,key=value,...]   keys: the LearnerOptions fields
 //   (dim, hidden, experts, arch, weighting, lr_embedding, lr_dense, lr_bias,
 //   lr_weighting, l2, init_scale, grad_clip, embedding_optimizer,
@@ -22,6 +24,7 @@
 #include <vector>
 
 #include "eval/evaluator.h"
+#include "eval/oracle.h"
 
 namespace {
 
@@ -93,6 +96,8 @@ int main(int argc, char** argv) {
   bool baselines = false, single_task = false;
   recstream::eval::BiasedMfOptions mf;
   std::vector<std::string> configs;
+  bool oracle = false;
+  recstream::eval::GeneratorOptions oracle_gen;
   for (int a = 1; a < argc; ++a) {
     std::string arg = argv[a];
     if (arg == "--events" && a + 1 < argc) {
@@ -102,6 +107,17 @@ int main(int argc, char** argv) {
     } else if (arg == "--mf" && a + 1 < argc) {
       // dim,lr,l2,init_scale
       std::sscanf(argv[++a], "%d,%f,%f,%f", &mf.dim, &mf.lr, &mf.l2, &mf.init_scale);
+    } else if (arg == "--oracle" && a + 1 < argc) {
+      unsigned long long n = 0;
+      unsigned long long seed = 1;
+      oracle = std::sscanf(argv[++a], "%llu,%d,%d,%llu", &n, &oracle_gen.users, &oracle_gen.items,
+                           &seed) == 4;
+      oracle_gen.events = n;
+      oracle_gen.seed = seed;
+      if (!oracle) {
+        fmt::print(stderr, "--oracle wants EVENTS,USERS,ITEMS,SEED\n");
+        return 2;
+      }
     } else if (arg == "--single-task") {
       single_task = true;
     } else {
@@ -161,6 +177,23 @@ int main(int argc, char** argv) {
         bayes[t].mae = bayes[t].last10_mae = report.tasks[t].bayes_mae;
       }
       Row("Bayes ceiling (truth)", bayes, 0);
+      if (oracle) {
+        recstream::eval::OracleReport o;
+        recstream::Status os = recstream::eval::RunOracle(oracle_gen, &o);
+        if (!os.ok()) {
+          fmt::print(stderr, "oracle: {}\n", os.ToString());
+          return 1;
+        }
+        std::array<TaskReport, kNumTasks> rows = report.tasks;
+        const recstream::eval::OracleTaskBound* b[kNumTasks] = {&o.click, &o.purchase, &o.rating};
+        for (int t = 0; t < kNumTasks; ++t) {
+          rows[t].auc = b[t]->auc;
+          rows[t].last10_auc = b[t]->last10_auc;
+          rows[t].mae = b[t]->mae;
+          rows[t].last10_mae = b[t]->last10_mae;
+        }
+        Row("oracle bound (items known, users inferred)", rows, 0);
+      }
       for (const auto& b : report.baselines) Row("baseline: " + b.name, b.tasks, 0);
       first = false;
     }

@@ -172,7 +172,8 @@ class ProgressLine {
     next_ = seconds + 1.0;
     std::string left;
     if (fraction > 0 && fraction <= 1)
-      left = fmt::format(", {:.0f}%, {:.0f}s left", 100 * fraction, seconds * (1 - fraction) / fraction);
+      left = fmt::format(", {:.0f}%, {:.0f}s left", 100 * fraction,
+                         seconds * (1 - fraction) / fraction);
     fmt::print(stderr, "\r{} events, {:.0f} events/s{}\x1b[K", events,
                seconds > 0 ? double(events) / seconds : 0.0, left);
     std::fflush(stderr);
@@ -200,6 +201,11 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
     return Status::InvalidArgument("candidates must be at least 1");
   std::unique_ptr<learner::Learner> learner;
   RECSTREAM_RETURN_IF_ERROR(learner::Learner::Create(options.learner, &learner));
+  for (const auto& [item, vec] : options.pretrained) {
+    Status s = learner->ImportPretrained(item, vec);
+    if (!s.ok())
+      return Status::InvalidArgument("pretrained vector of " + item + ": " + s.message());
+  }
 
   std::ofstream predictions;
   if (!options.predictions_path.empty()) {
@@ -221,7 +227,9 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   std::vector<Event> batch(options.batch);
   size_t n = 0;
   std::vector<Prediction> before;
-  std::array<TaskSeries, learner::kNumTasks> series;
+  std::array<TaskSeries, learner::kNumTasks> series, cold_series;
+  // Earlier accepted events per item (cold start), saturating at the limit.
+  std::unordered_map<std::string, uint32_t> item_events;
   std::unique_ptr<Ranker> ranker;
   if (options.ranking_k > 0)
     ranker = std::make_unique<Ranker>(learner.get(), options.ranking_k, options.candidates,
@@ -237,6 +245,7 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   ProgressLine progress(options.progress);
   uint64_t bytes_read = 0;
   fmt::memory_buffer pred_buf;
+  uint64_t next_weight_sample = options.weight_every;
 
   auto flush_batch = [&]() -> Status {
     std::span<const Event> chunk(batch.data(), n);
@@ -261,18 +270,36 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
       s.label.push_back(e.label);
       s.truth.push_back(e.has_truth ? float(e.truth) : 0.0f);
       s.all_truth &= e.has_truth;
+      if (options.cold_item_events > 0) {
+        uint32_t& seen = item_events[e.item];
+        if (seen < options.cold_item_events) {
+          ++seen;
+          TaskSeries& cs = cold_series[int(e.task)];
+          cs.pred.push_back(pred);
+          cs.label.push_back(e.label);
+          cs.all_truth = false;
+        }
+      }
       if (predictions.is_open())
         fmt::format_to(fmt::appender(pred_buf), "{{\"type\":\"{}\",\"pred\":{}}}\n",
                        learner::TaskName(e.task), pred);
     }
     report->events += n;
     n = 0;
+    if (options.weight_every > 0 && report->events >= next_weight_sample) {
+      const learner::LearnerStats st = learner->Stats();
+      WeightSample& ws = report->weight_history.emplace_back();
+      ws.events = report->events;
+      for (Task t : learner::kAllTasks) ws.weights[int(t)] = st.tasks[int(t)].loss_weight;
+      next_weight_sample = (report->events / options.weight_every + 1) * options.weight_every;
+    }
     if (predictions.is_open()) {
       predictions.write(pred_buf.data(), std::streamsize(pred_buf.size()));
       if (!predictions) return Status::IOError("writing " + options.predictions_path + " failed");
     }
-    progress.Update(report->events, elapsed(),
-                    options.total_bytes > 0 ? double(bytes_read) / double(options.total_bytes) : 0.0);
+    progress.Update(
+        report->events, elapsed(),
+        options.total_bytes > 0 ? double(bytes_read) / double(options.total_bytes) : 0.0);
     return Status::OK();
   };
 
@@ -298,6 +325,9 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   progress.Finish();
 
   for (Task t : learner::kAllTasks) FillTask(t, series[int(t)], &report->tasks[int(t)]);
+  report->cold_item_events = options.cold_item_events;
+  report->pretrained_items = options.pretrained.size();
+  for (Task t : learner::kAllTasks) FillTask(t, cold_series[int(t)], &report->cold[int(t)]);
   for (size_t b = 0; b < baselines.size(); ++b) {
     BaselineReport& br = report->baselines.emplace_back();
     br.name = std::string(baselines[b]->name());
@@ -313,6 +343,9 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   }
   const learner::LearnerStats stats = learner->Stats();
   for (Task t : learner::kAllTasks) report->task_weights[int(t)] = stats.tasks[int(t)].loss_weight;
+  if (options.weight_every > 0 && report->events > 0 &&
+      (report->weight_history.empty() || report->weight_history.back().events != report->events))
+    report->weight_history.push_back({report->events, report->task_weights});
   report->seconds = elapsed();
   report->events_per_second = report->seconds > 0 ? double(report->events) / report->seconds : 0;
   return Status::OK();
@@ -376,8 +409,35 @@ std::string ReportJson(const EvalReport& r) {
     }
     fmt::format_to(app, "\n  }},\n");
   }
-  fmt::format_to(app, "  \"task_weights\": {{\"click\": {}, \"purchase\": {}, \"rating\": {}}}\n}}",
+  fmt::format_to(app, "  \"task_weights\": {{\"click\": {}, \"purchase\": {}, \"rating\": {}}}",
                  Num(r.task_weights[0]), Num(r.task_weights[1]), Num(r.task_weights[2]));
+  if (!r.weight_history.empty()) {
+    fmt::format_to(app, ",\n  \"task_weights_history\": [");
+    for (size_t i = 0; i < r.weight_history.size(); ++i) {
+      const WeightSample& s = r.weight_history[i];
+      fmt::format_to(
+          app, "{}\n    {{\"events\": {}, \"click\": {}, \"purchase\": {}, \"rating\": {}}}",
+          i ? "," : "", s.events, Num(s.weights[0]), Num(s.weights[1]), Num(s.weights[2]));
+    }
+    fmt::format_to(app, "\n  ]");
+  }
+  bool any_cold = false;
+  for (const TaskReport& tr : r.cold) any_cold |= tr.count > 0;
+  if (any_cold) {
+    fmt::format_to(app, ",\n  \"cold_start\": {{\"item_events_below\": {}", r.cold_item_events);
+    for (Task t : learner::kAllTasks) {
+      const TaskReport& tr = r.cold[int(t)];
+      if (tr.count == 0) continue;
+      if (t == Task::kRating)
+        fmt::format_to(app, ", \"{}\": {{\"count\": {}, \"mae\": {}, \"rmse\": {}}}",
+                       learner::TaskName(t), tr.count, Num(tr.mae), Num(tr.rmse));
+      else
+        fmt::format_to(app, ", \"{}\": {{\"count\": {}, \"auc\": {}, \"logloss\": {}}}",
+                       learner::TaskName(t), tr.count, Num(tr.auc), Num(tr.logloss));
+    }
+    fmt::format_to(app, "}}");
+  }
+  fmt::format_to(app, "\n}}");
   return fmt::to_string(out);
 }
 
@@ -433,6 +493,15 @@ std::string ReportSummary(const EvalReport& r) {
     }
     fmt::format_to(app, "\n");
   }
+  if (r.cold[0].count + r.cold[2].count > 0)
+    fmt::format_to(app,
+                   "cold      events of items with < {} earlier events: click auc {} ({} events), "
+                   "rating mae {} ({} events){}\n",
+                   r.cold_item_events, f4(r.cold[0].auc), r.cold[0].count, f4(r.cold[2].mae),
+                   r.cold[2].count,
+                   r.pretrained_items > 0
+                       ? fmt::format("; {} items with pretrained vectors", r.pretrained_items)
+                       : "");
   fmt::format_to(app, "weights   click {:.3f}  purchase {:.3f}  rating {:.3f}\n", r.task_weights[0],
                  r.task_weights[1], r.task_weights[2]);
   return fmt::to_string(out);

@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <istream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -70,6 +71,22 @@ struct EvalOptions {
   bool single_task_baseline = true;
   // Settings of the biased_mf baseline.
   BiasedMfOptions biased_mf;
+  // The task loss weights are sampled into EvalReport::weight_history after
+  // the batch in which every this many more events were learned; 0: never.
+  uint64_t weight_every = 10000;
+  // Pretrained item vectors (learner.pretrained_dim values each) imported
+  // into the learner before the first event, as `recstream
+  // import-embeddings` would (warm start). Empty: none.
+  std::vector<std::pair<std::string, std::vector<float>>> pretrained;
+  // Cold start: EvalReport::cold holds the metrics of the events whose item
+  // had fewer than this many earlier accepted events in the stream; 0: off.
+  uint32_t cold_item_events = 10;
+};
+
+// The task loss weights after `events` accepted events.
+struct WeightSample {
+  uint64_t events = 0;
+  std::array<double, learner::kNumTasks> weights{};  // in Task order
 };
 
 // Metrics of one task. NaN marks a value that is undefined (e.g. AUC with a
@@ -114,6 +131,16 @@ struct EvalReport {
   std::vector<BaselineReport> baselines;
   // Loss weights of the tasks at the end of the run, in Task order.
   std::array<double, learner::kNumTasks> task_weights{};
+  // The weights over the run (EvalOptions::weight_every), oldest first; the
+  // last sample is the end of the run.
+  std::vector<WeightSample> weight_history;
+  // Cold start (EvalOptions::cold_item_events > 0): the metrics over the
+  // events of items with fewer than cold_item_events earlier events (no
+  // last10 or bayes values). Items with a pretrained vector imported:
+  // pretrained_items.
+  std::array<TaskReport, learner::kNumTasks> cold;
+  uint32_t cold_item_events = 0;
+  uint64_t pretrained_items = 0;
 };
 
 // Runs the evaluation over `events` (JSONL). InvalidArgument for bad options
@@ -122,7 +149,12 @@ struct EvalReport {
 Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* report);
 
 // The report as JSON, in the shape of SPEC section 5 (absent tasks left out,
-// `ranking` only with ranking, undefined values as null).
+// `ranking` only with ranking, undefined values as null), extended with
+// "task_weights_history": [{"events": N, "click": w, "purchase": w,
+// "rating": w}, ...] when the history is not empty, and "cold_start":
+// {"item_events_below": N, "click": {"count": c, "auc": a, "logloss": l},
+// "purchase": {...}, "rating": {"count": c, "mae": m, "rmse": r}} when any
+// event was cold.
 std::string ReportJson(const EvalReport& report);
 
 // A few human-readable lines, each ending in '\n'.

@@ -74,6 +74,10 @@ constexpr double kClickAffinity = 1.5;
 constexpr double kPurchaseShare = 0.1;  // clicks followed by a purchase event
 constexpr double kPurchaseIntercept = -1.5;
 constexpr double kPurchaseAffinity = 2.0;
+constexpr double kPurchaseItemBias = 0.5;
+constexpr double kUserBiasSd = 0.3;
+constexpr double kRatingAffinity = 0.8;
+constexpr double kRatingNoise = 0.6;         // in units of rating_scale
 constexpr int64_t kStartTs = 1704067200000;  // 2024-01-01T00:00:00Z
 
 }  // namespace
@@ -109,7 +113,7 @@ struct Generator::Impl {
       for (double& x : m) x = s * rng.Gaussian();
       return m;
     };
-    std::vector<double> age_vec = gaussian_rows(kAgeGroups, group_sd);
+    age_vec = gaussian_rows(kAgeGroups, group_sd);
     std::vector<double> cat_vec = gaussian_rows(categories, group_sd);
 
     const double range = options.rating_max - options.rating_min;
@@ -123,7 +127,7 @@ struct Generator::Impl {
     for (int u = 0; u < options.users; ++u) {
       user_age[u] = int(rng.Below(kAgeGroups));
       for (int k = 0; k < f; ++k) user_vec[size_t(u) * f + k] += age_vec[user_age[u] * f + k];
-      user_bias[u] = 0.3 * rng.Gaussian();
+      user_bias[u] = kUserBiasSd * rng.Gaussian();
     }
     item_cat.resize(options.items);
     item_vec = gaussian_rows(options.items, own_sd);
@@ -177,8 +181,8 @@ struct Generator::Impl {
     if (pending_purchase) {
       pending_purchase = false;
       const int u = pending_user, i = pending_item;
-      const double p =
-          Sigmoid(kPurchaseIntercept + 0.5 * item_bias[i] + kPurchaseAffinity * Affinity(u, i));
+      const double p = Sigmoid(kPurchaseIntercept + kPurchaseItemBias * item_bias[i] +
+                               kPurchaseAffinity * Affinity(u, i));
       const int label = rng.Bernoulli(p) ? 1 : 0;
       AppendCommon(out, "purchase", u, i);
       fmt::format_to(fmt::appender(*out), FMT_COMPILE(R"(,"label":{})"), label);
@@ -191,9 +195,9 @@ struct Generator::Impl {
     const double a = Affinity(u, i);
     if (rng.Bernoulli(kRatingShare)) {
       const double lo = options.rating_min, hi = options.rating_max;
-      const double mean =
-          std::clamp(rating_mu + rating_scale * (user_bias[u] + item_bias[i] + 0.8 * a), lo, hi);
-      double value = mean + rating_scale * 0.6 * rng.Gaussian();
+      const double mean = std::clamp(
+          rating_mu + rating_scale * (user_bias[u] + item_bias[i] + kRatingAffinity * a), lo, hi);
+      double value = mean + rating_scale * kRatingNoise * rng.Gaussian();
       if (rating_step > 0) value = std::round(value / rating_step) * rating_step;
       value = std::clamp(value, lo, hi);
       AppendCommon(out, "rating", u, i);
@@ -215,8 +219,32 @@ struct Generator::Impl {
     }
   }
 
+  void FillWorld() {
+    World& w = world;
+    w.factors = options.factors;
+    w.user_age = user_age;
+    w.age_vec = age_vec;
+    w.user_vec = user_vec;
+    w.user_bias = user_bias;
+    w.item_vec = item_vec;
+    w.item_bias = item_bias;
+    w.user_own_sd = std::pow(double(options.factors), -0.25) * std::sqrt(1.0 - kGroupShare);
+    w.user_bias_sd = kUserBiasSd;
+    w.click_intercept = kClickIntercept;
+    w.click_affinity = kClickAffinity;
+    w.purchase_intercept = kPurchaseIntercept;
+    w.purchase_item_bias = kPurchaseItemBias;
+    w.purchase_affinity = kPurchaseAffinity;
+    w.rating_mu = rating_mu;
+    w.rating_scale = rating_scale;
+    w.rating_affinity = kRatingAffinity;
+    w.rating_noise = kRatingNoise;
+  }
+
   GeneratorOptions options;
   Rng rng;
+  World world;                  // filled on first use
+  std::vector<double> age_vec;  // age groups x factors
   uint64_t produced = 0;
   int64_t ts = kStartTs;
 
@@ -271,5 +299,40 @@ Status Generator::WriteAll(std::ostream* out) {
 }
 
 uint64_t Generator::produced() const { return impl_->produced; }
+
+Status Generator::WriteItemVectors(std::ostream* out, int dim, double noise) const {
+  if (dim < 1 || dim > 8192) return Status::InvalidArgument("vector dim must be in [1, 8192]");
+  if (!std::isfinite(noise) || noise < 0)
+    return Status::InvalidArgument("vector noise must be a non-negative number");
+  const Impl& m = *impl_;
+  const int f = m.options.factors;
+  Rng rng(m.options.seed ^ 0x5eedc0ffee123457ULL);
+  std::vector<double> a(size_t(dim) * f);
+  for (double& x : a) x = rng.Gaussian() / std::sqrt(double(f));
+  fmt::memory_buffer buffer;
+  for (int i = 0; i < m.options.items; ++i) {
+    fmt::format_to(fmt::appender(buffer), FMT_COMPILE(R"({{"item":"i{}","vector":[)"), i);
+    const double* v = &m.item_vec[size_t(i) * f];
+    for (int j = 0; j < dim; ++j) {
+      double p = noise * rng.Gaussian();
+      for (int k = 0; k < f; ++k) p += a[size_t(j) * f + k] * v[k];
+      fmt::format_to(fmt::appender(buffer), FMT_COMPILE("{}{:.5g}"), j ? "," : "", p);
+    }
+    fmt::format_to(fmt::appender(buffer), FMT_COMPILE("]}}\n"));
+    if (buffer.size() >= (1 << 20)) {
+      out->write(buffer.data(), std::streamsize(buffer.size()));
+      buffer.clear();
+    }
+  }
+  out->write(buffer.data(), std::streamsize(buffer.size()));
+  out->flush();
+  if (!out->good()) return Status::IOError("writing item vectors failed");
+  return Status::OK();
+}
+
+const World& Generator::world() const {
+  if (impl_->world.factors == 0) impl_->FillWorld();
+  return impl_->world;
+}
 
 }  // namespace recstream::eval

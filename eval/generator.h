@@ -32,6 +32,7 @@
 #include <memory>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 
@@ -57,6 +58,27 @@ struct GeneratorOptions {
 // InvalidArgument naming the field when an option is out of range.
 Status ValidateGeneratorOptions(const GeneratorOptions& options);
 
+// The hidden world behind a stream: what the ground truth is computed from.
+// Only reference bounds read it (eval/oracle.h), never a learner.
+struct World {
+  int factors = 0;
+  std::vector<int> user_age;      // age group of each user
+  std::vector<double> age_vec;    // age groups x factors
+  std::vector<double> user_vec;   // users x factors (age vector included)
+  std::vector<double> user_bias;  // rating bias of each user
+  std::vector<double> item_vec;   // items x factors (category vector included)
+  std::vector<double> item_bias;
+  double user_own_sd = 0;  // sd of a user's own part, per factor
+  double user_bias_sd = 0;
+  // click p = sigmoid(click_intercept + b_i + click_affinity a)
+  double click_intercept = 0, click_affinity = 0;
+  // purchase p = sigmoid(purchase_intercept + purchase_item_bias b_i + purchase_affinity a)
+  double purchase_intercept = 0, purchase_item_bias = 0, purchase_affinity = 0;
+  // rating mean = clip(rating_mu + rating_scale (b_u + b_i + rating_affinity a)),
+  // value = mean + rating_scale rating_noise N(0, 1), rounded and clipped.
+  double rating_mu = 0, rating_scale = 1, rating_affinity = 0, rating_noise = 0;
+};
+
 class Generator {
  public:
   // Options must be valid (see ValidateGeneratorOptions); out-of-range values
@@ -76,6 +98,20 @@ class Generator {
 
   // Lines produced so far.
   uint64_t produced() const;
+
+  // The world the events are drawn from (fixed by the options).
+  const World& world() const;
+
+  // Writes one "pretrained" vector per item, the way text embeddings of item
+  // descriptions would look to recstream (`recstream import-embeddings`
+  // input): JSONL {"item":"i7","vector":[...]} with `dim` values
+  // p = A v_item + noise N(0, 1) per value, where A is a fixed random
+  // dim x factors matrix with N(0, 1/factors) entries. The vectors carry
+  // the item's latent factors (category included) but not its bias. They
+  // come from their own random stream: writing them does not change the
+  // events. InvalidArgument for dim outside [1, 8192] or a negative or
+  // non-finite noise; IOError when the stream fails.
+  Status WriteItemVectors(std::ostream* out, int dim, double noise) const;
 
  private:
   struct Impl;

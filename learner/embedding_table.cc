@@ -1,6 +1,38 @@
 #include "learner/embedding_table.h"
 
+#include <sys/mman.h>
+
+#include <bit>
 #include <cstring>
+#include <new>
+
+// The id index is 64 shards, each an open-addressing table of 64-bit slots
+// with linear probing. A slot holds (tag << 32) | (row + 1), 0 when empty;
+// the tag is the high half of the id's 64-bit hash and its low bits are also
+// the slot's home position, so growing never needs the ids again.
+//
+// Readers take no lock: they load the shard's current slot array (acquire),
+// probe it, and compare the id of a candidate row, which sits in the row's
+// header (so a hit touches the cache line that the caller reads next anyway).
+// Writers insert under the shard's mutex and publish a slot with a release
+// store after the row's header and values are written, so a reader that sees
+// the slot sees a complete row.
+//
+// Growth (at 3/4 full) builds a doubled array under the mutex and publishes
+// it atomically. Readers still probing the old array finish there and find
+// every id inserted before the growth. The old array is never unmapped while
+// the table lives, so no reader can fault on it, but a large one has its pages
+// returned to the OS (madvise MADV_DONTNEED) right after the new one is
+// published: a late reader then reads zeros, i.e. empty slots (or a zero
+// mask), and every "empty" answer re-checks the shard's current array and
+// probes again when it changed. That re-check is ordered after the new
+// array's publication because the kernel must shoot down the old pages'
+// TLB entries on every CPU (IPIs, locked instructions) before any reader can
+// see a zero page: the same effect folly's asymmetric memory barrier gets
+// from mprotect. So readers need no epochs, hazard pointers or registration,
+// and a table's index costs its live arrays (8 bytes per slot at a load
+// factor of 3/8 to 3/4) plus the replaced arrays under kMapBytes, kept as
+// they are (at most 64 KiB per shard).
 
 namespace recstream::learner {
 namespace {
@@ -20,61 +52,303 @@ uint64_t StableHash(std::string_view s) {
   return h;
 }
 
+// The index's hash: wyhash's structure (a 64x64->128 multiply folding), a few
+// cycles for short ids where FNV-1a costs one multiply per byte.
+constexpr uint64_t kK0 = 0xa0761d6478bd642fULL, kK1 = 0xe7037ed1a0b428dbULL;
+inline uint64_t Mum(uint64_t a, uint64_t b) {
+  unsigned __int128 r = static_cast<unsigned __int128>(a) * b;
+  return uint64_t(r) ^ uint64_t(r >> 64);
+}
+inline uint64_t Read64(const char* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+inline uint64_t Read32(const char* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+uint64_t IndexHash(std::string_view s) {
+  const char* p = s.data();
+  const size_t n = s.size();
+  uint64_t seed = kK0, a = 0, b = 0;
+  if (n <= 16) {
+    if (n >= 4) {
+      const size_t mid = (n >> 3) << 2;
+      a = (Read32(p) << 32) | Read32(p + mid);
+      b = (Read32(p + n - 4) << 32) | Read32(p + n - 4 - mid);
+    } else if (n > 0) {
+      a = (uint64_t(uint8_t(p[0])) << 16) | (uint64_t(uint8_t(p[n >> 1])) << 8) | uint8_t(p[n - 1]);
+    }
+  } else {
+    size_t i = n;
+    for (; i > 16; i -= 16, p += 16) seed = Mum(Read64(p) ^ kK1, Read64(p + 8) ^ seed);
+    a = Read64(p + i - 16);
+    b = Read64(p + i - 8);
+  }
+  return Mum(kK1 ^ n, Mum(a ^ kK1, b ^ seed));
+}
+
+constexpr int kShardBits = 6;
+constexpr uint32_t kShards = 1u << kShardBits;
+constexpr uint64_t kInitialSlots = 16;
+// Slot arrays of at least this size are mapped on their own, so that their
+// pages can be returned to the OS when they are replaced.
+constexpr size_t kMapBytes = 64 << 10;
+
+// Row header (8 bytes, little-endian): an id of up to 7 bytes is stored in
+// bytes 0..6 with its length in byte 7; a longer id is stored in the arena
+// and the header is the address of [varint length][bytes] with byte 7 = 0xff.
+constexpr size_t kHeaderBytes = 8;
+constexpr size_t kInlineKey = kHeaderBytes - 1;
+constexpr uint64_t kLongKey = uint64_t{0xff} << 56;
+static_assert(std::endian::native == std::endian::little);
+
+// The header of a short id (an id of more than kInlineKey bytes gives
+// kLongKey, which no short id's header equals).
+inline uint64_t ShortHeader(std::string_view id) {
+  if (id.size() > kInlineKey) return kLongKey;
+  uint64_t h = uint64_t(id.size()) << 56;
+  if (!id.empty()) std::memcpy(&h, id.data(), id.size());
+  return h;
+}
+inline uint64_t LoadHeader(const char* p) {
+  uint64_t h;
+  std::memcpy(&h, p, 8);
+  return h;
+}
+
 }  // namespace
+
+struct EmbeddingTable::IndexShard {
+  // slots[0] is the probe mask (capacity - 1), slots[1 + i] the slots; all
+  // accessed through atomic_ref.
+  std::atomic<uint64_t*> slots{nullptr};
+  alignas(64) std::mutex mu;  // guards inserts, growth and the members below
+  uint64_t used = 0;
+  struct Array {
+    uint64_t* slots;
+    size_t bytes;
+    bool mapped;
+  };
+  // Every slot array this shard has had; the last is the current one.
+  std::vector<Array> arrays;
+
+  ~IndexShard() {
+    for (const Array& a : arrays) {
+      if (a.mapped)
+        ::munmap(a.slots, a.bytes);
+      else
+        delete[] a.slots;
+    }
+  }
+
+  uint64_t* NewArray(uint64_t capacity) {
+    Array a{nullptr, size_t(capacity + 1) * sizeof(uint64_t), false};
+    arrays.reserve(arrays.size() + 1);
+    if (a.bytes >= kMapBytes) {
+      void* p =
+          ::mmap(nullptr, a.bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) throw std::bad_alloc();
+      a.slots = static_cast<uint64_t*>(p);  // zero-filled
+      a.mapped = true;
+    } else {
+      a.slots = new uint64_t[capacity + 1]();
+    }
+    a.slots[0] = capacity - 1;
+    arrays.push_back(a);
+    return a.slots;
+  }
+
+  // Returns the pages of the array before the current one to the OS.
+  void ReleaseOld() {
+    const Array& old = arrays[arrays.size() - 2];
+    if (old.mapped) ::madvise(old.slots, old.bytes, MADV_DONTNEED);
+  }
+};
+
+// Append-only storage of ids longer than kInlineKey; never moves an entry.
+struct EmbeddingTable::KeyArena {
+  static constexpr size_t kBlock = 64 << 10;
+  std::vector<std::unique_ptr<char[]>> blocks;
+  char* pos = nullptr;
+  size_t left = 0;
+
+  const char* Add(std::string_view key) {
+    char prefix[10];
+    size_t np = 0;
+    for (uint64_t n = key.size();; n >>= 7) {
+      prefix[np++] = char((n & 0x7f) | (n >= 0x80 ? 0x80 : 0));
+      if (n < 0x80) break;
+    }
+    const size_t need = np + key.size();
+    char* out;
+    if (need > kBlock / 4) {
+      out = blocks.emplace_back(new char[need]).get();
+    } else {
+      if (need > left) {
+        pos = blocks.emplace_back(new char[kBlock]).get();
+        left = kBlock;
+      }
+      out = pos;
+      pos += need;
+      left -= need;
+    }
+    std::memcpy(out, prefix, np);
+    std::memcpy(out + np, key.data(), key.size());
+    return out;
+  }
+
+  static std::string_view Get(const char* p) {
+    uint64_t n = 0;
+    for (int shift = 0;; shift += 7) {
+      const uint8_t c = uint8_t(*p++);
+      n |= uint64_t(c & 0x7f) << shift;
+      if (!(c & 0x80)) break;
+    }
+    return std::string_view(p, n);
+  }
+};
 
 EmbeddingTable::EmbeddingTable(std::string name, int width, int random_prefix, float init_scale,
                                float accum_init, uint64_t seed)
     : name_(std::move(name)),
       width_(width),
+      stride_(kHeaderFloats + 2 * size_t(width)),
       random_prefix_(random_prefix),
       init_scale_(init_scale),
       accum_init_(accum_init),
       seed_(seed),
-      shards_(new Shard[kShards]),
-      chunks_(new std::atomic<Chunk*>[kMaxChunks]) {
-  for (uint32_t i = 0; i < kMaxChunks; ++i) chunks_[i].store(nullptr, std::memory_order_relaxed);
+      shards_(new IndexShard[kShards]),
+      chunks_(new std::atomic<Chunk*>[kMaxChunks]()),
+      keys_(new KeyArena) {
+  static_assert(kHeaderFloats * sizeof(float) == kHeaderBytes);
+  for (uint32_t i = 0; i < kShards; ++i)
+    shards_[i].slots.store(shards_[i].NewArray(kInitialSlots), std::memory_order_release);
 }
 
 EmbeddingTable::~EmbeddingTable() {
   for (uint32_t i = 0; i < kMaxChunks; ++i) delete chunks_[i].load(std::memory_order_relaxed);
 }
 
-EmbeddingTable::Shard& EmbeddingTable::shard(std::string_view key) const {
-  return shards_[StableHash(key) % kShards];
+EmbeddingTable::KeyRef EmbeddingTable::key(uint32_t row) const {
+  const char* h = header(row);
+  const uint64_t v = LoadHeader(h);
+  if ((v & kLongKey) != kLongKey) return KeyRef(std::string_view(h, size_t(v >> 56)));
+  return KeyRef(KeyArena::Get(reinterpret_cast<const char*>(v & ~kLongKey)));
+}
+
+bool EmbeddingTable::RowHasKey(uint32_t row, uint64_t short_header, std::string_view id) const {
+  const uint64_t v = LoadHeader(header(row));
+  if (short_header != kLongKey) return v == short_header;
+  if ((v & kLongKey) != kLongKey) return false;
+  return KeyArena::Get(reinterpret_cast<const char*>(v & ~kLongKey)) == id;
+}
+
+uint32_t EmbeddingTable::NextDirty(const uint8_t* dirty, uint32_t i, uint32_t end) {
+  // Eight marks at a time: after a checkpoint most rows are clean. Plain
+  // reads are fine here: no writer runs concurrently (see ForEachDirty).
+  while (i < end && (i & 7)) {
+    if (dirty[i]) return i;
+    ++i;
+  }
+  while (i + 8 <= end) {
+    uint64_t w;
+    std::memcpy(&w, dirty + i, 8);
+    if (w) return i + uint32_t(__builtin_ctzll(w) >> 3);
+    i += 8;
+  }
+  while (i < end && !dirty[i]) ++i;
+  return i;
+}
+
+uint32_t EmbeddingTable::Probe(const IndexShard& shard, uint64_t hash, std::string_view id) const {
+  const uint64_t want = ShortHeader(id);
+  const uint64_t tag = hash >> 32;
+  uint64_t* t = shard.slots.load(std::memory_order_acquire);
+  for (;;) {
+    const uint64_t mask = std::atomic_ref<uint64_t>(t[0]).load(std::memory_order_relaxed);
+    uint64_t i = tag & mask;
+    // A zero mask means the array was released under us (see the top).
+    for (uint64_t v; mask != 0; i = (i + 1) & mask) {
+      v = std::atomic_ref<uint64_t>(t[1 + i]).load(std::memory_order_acquire);
+      if (v == 0) break;
+      if ((v >> 32) == tag && RowHasKey(uint32_t(v) - 1, want, id)) return uint32_t(v) - 1;
+    }
+    uint64_t* now = shard.slots.load(std::memory_order_acquire);
+    if (now == t) return kNoRow;
+    t = now;
+  }
 }
 
 uint32_t EmbeddingTable::Find(std::string_view key) const {
-  Shard& s = shard(key);
-  std::shared_lock lock(s.mu);
-  auto it = s.index.find(key);
-  return it == s.index.end() ? kNoRow : it->second;
+  const uint64_t h = IndexHash(key);
+  return Probe(shards_[h & (kShards - 1)], h, key);
 }
 
 uint32_t EmbeddingTable::GetOrCreate(std::string_view key, bool* created) {
   if (created) *created = false;
-  Shard& s = shard(key);
-  {
-    std::shared_lock lock(s.mu);
-    auto it = s.index.find(key);
-    if (it != s.index.end()) return it->second;
+  const uint64_t h = IndexHash(key);
+  IndexShard& s = shards_[h & (kShards - 1)];
+  uint32_t row = Probe(s, h, key);
+  if (row != kNoRow) return row;
+
+  std::lock_guard lock(s.mu);
+  row = Probe(s, h, key);  // the array is stable while we hold the mutex
+  if (row != kNoRow) return row;
+  row = NewRow(key);
+
+  uint64_t* t = s.slots.load(std::memory_order_relaxed);
+  uint64_t mask = t[0];
+  if ((s.used + 1) * 4 > (mask + 1) * 3) {
+    uint64_t* bigger = s.NewArray(2 * (mask + 1));
+    const uint64_t new_mask = 2 * mask + 1;
+    for (uint64_t i = 0; i <= mask; ++i) {
+      const uint64_t v = t[1 + i];
+      if (v == 0) continue;
+      uint64_t j = (v >> 32) & new_mask;
+      while (bigger[1 + j] != 0) j = (j + 1) & new_mask;
+      bigger[1 + j] = v;
+    }
+    // Publishes the copied slots (they point to rows published earlier); the
+    // store must be visible before the old pages go (see the top).
+    s.slots.store(bigger, std::memory_order_seq_cst);
+    s.ReleaseOld();
+    t = bigger;
+    mask = new_mask;
   }
-  std::unique_lock lock(s.mu);
-  auto it = s.index.find(key);
-  if (it != s.index.end()) return it->second;
-  uint32_t row;
-  {
-    // Rows become ready in allocation order, so size() never exposes a row
-    // whose key or values are still being written.
-    std::lock_guard alloc(alloc_mu_);
-    row = next_row_++;
-    Chunk* c = EnsureChunk(row >> kChunkBits);
-    c->keys[row & kChunkMask] = std::string(key);
-    InitRow(row);
-    ready_rows_.store(row + 1, std::memory_order_release);
-  }
-  s.index.emplace(std::string(key), row);
-  MarkDirty(row);
+  const uint64_t tag = h >> 32;
+  uint64_t j = tag & mask;
+  while (t[1 + j] != 0) j = (j + 1) & mask;
+  std::atomic_ref<uint64_t>(t[1 + j]).store((tag << 32) | (uint64_t(row) + 1),
+                                            std::memory_order_release);
+  ++s.used;
   if (created) *created = true;
+  return row;
+}
+
+uint32_t EmbeddingTable::NewRow(std::string_view key) {
+  // Initial values are computed before taking the lock, which is then held
+  // only for a copy: rows become ready in allocation order, so size() never
+  // exposes a row whose key or values are still being written.
+  thread_local std::vector<float> init;
+  init.resize(2 * size_t(width_));
+  InitValues(key, init.data());
+  std::lock_guard alloc(alloc_mu_);
+  const uint32_t row = next_row_++;
+  Chunk* c = EnsureChunk(row >> kChunkBits);
+  char* h = reinterpret_cast<char*>(c->data.get() + size_t(row & kChunkMask) * stride_);
+  uint64_t v = ShortHeader(key);
+  if (v == kLongKey) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(keys_->Add(key));
+    if (p & kLongKey) throw std::bad_alloc();  // no user-space address is that high
+    v = p | kLongKey;
+  }
+  std::memcpy(h, &v, kHeaderBytes);
+  std::memcpy(Row(row), init.data(), init.size() * sizeof(float));
+  c->dirty[row & kChunkMask] = 1;
+  ready_rows_.store(row + 1, std::memory_order_release);
   return row;
 }
 
@@ -82,17 +356,15 @@ EmbeddingTable::Chunk* EmbeddingTable::EnsureChunk(uint32_t index) {
   Chunk* c = chunks_[index].load(std::memory_order_acquire);
   if (c) return c;
   c = new Chunk;
-  c->data.reset(new float[size_t(kChunkRows) * 2 * width_]);
-  c->keys.reset(new std::string[kChunkRows]);
-  c->dirty.reset(new std::atomic<uint8_t>[kChunkRows]);
-  for (uint32_t i = 0; i < kChunkRows; ++i) c->dirty[i].store(0, std::memory_order_relaxed);
+  // Left uninitialised: a page is touched when its first row is created.
+  c->data.reset(new float[size_t(kChunkRows) * stride_]);
+  c->dirty.reset(new uint8_t[kChunkRows]());
   chunks_[index].store(c, std::memory_order_release);
   return c;
 }
 
-void EmbeddingTable::InitRow(uint32_t row) {
-  float* r = Row(row);
-  uint64_t state = StableHash(key(row)) ^ seed_;
+void EmbeddingTable::InitValues(std::string_view key, float* r) const {
+  uint64_t state = StableHash(key) ^ seed_;
   for (int i = 0; i < width_; ++i) {
     if (i < random_prefix_) {
       double u = double(SplitMix64(&state) >> 11) * (1.0 / 9007199254740992.0);

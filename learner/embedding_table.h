@@ -8,20 +8,25 @@
 // Each row holds `width` values followed by `width` optimizer accumulators.
 //
 // Thread safety: Find, GetOrCreate, Row, size and key are safe from any
-// thread. Row contents are written by trainers without locks (Hogwild);
-// readers may see a mix of old and new values, never a torn float.
-// ForEachDirty/MarkAllDirty must not run concurrently with writers.
+// thread. Find (and GetOrCreate of an existing id) takes no lock and writes
+// no shared memory. Row contents are written by trainers without locks
+// (Hogwild); readers may see a mix of old and new values, never a torn float.
+// ForEachDirty must not run concurrently with writers (GetOrCreate,
+// MarkDirty).
+//
+// Memory per row: 2 * width floats behind an 8-byte header that holds the id
+// (ids of up to 7 bytes inline, longer ones in an append-only arena that the
+// header points to), a dirty byte and 11-21 bytes of index (8-byte slots at a
+// load factor of 3/8 to 3/4; see embedding_table.cc).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
-#include <optional>
-#include <shared_mutex>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 namespace recstream::learner {
@@ -29,6 +34,16 @@ namespace recstream::learner {
 class EmbeddingTable {
  public:
   static constexpr uint32_t kNoRow = UINT32_MAX;
+
+  // The id of a row: a view of the table's own copy, valid for the table's
+  // lifetime (not NUL-terminated). Converts to std::string where one is
+  // needed, so code written when key() returned `const std::string&` still
+  // compiles.
+  class KeyRef : public std::string_view {
+   public:
+    explicit KeyRef(std::string_view s) : std::string_view(s) {}
+    operator std::string() const { return std::string(data(), size()); }
+  };
 
   // `width` values per row; new rows get embeddings uniform in
   // [-init_scale, init_scale] for the first `random_prefix` values, zeros
@@ -41,73 +56,86 @@ class EmbeddingTable {
 
   const std::string& name() const { return name_; }
   int width() const { return width_; }
-  // Rows ever created (ready or being created).
+  // Rows created so far; every row below size() has its key and initial
+  // values set.
   uint32_t size() const { return ready_rows_.load(std::memory_order_acquire); }
 
-  // kNoRow when the id has no row.
+  // kNoRow when the id has no row. Any id is valid, including "".
   uint32_t Find(std::string_view key) const;
   // The row of `key`, created when missing. `created` tells which.
   uint32_t GetOrCreate(std::string_view key, bool* created = nullptr);
 
   // values[0..width) then accumulators[0..width).
   float* Row(uint32_t row) const { return chunk(row)->data.get() + offset(row); }
-  // The id of a row; only for rows below size().
-  const std::string& key(uint32_t row) const { return chunk(row)->keys[row & kChunkMask]; }
+  // The id of a row; only for rows below size() (or returned by Find or
+  // GetOrCreate).
+  KeyRef key(uint32_t row) const;
 
   void MarkDirty(uint32_t row) {
-    chunk(row)->dirty[row & kChunkMask].store(1, std::memory_order_relaxed);
+    // Load first: a row updated by every event (a popular item or feature)
+    // is usually dirty already, and a store would bounce its cache line
+    // between trainer threads.
+    std::atomic_ref<uint8_t> d(chunk(row)->dirty[row & kChunkMask]);
+    if (!d.load(std::memory_order_relaxed)) d.store(1, std::memory_order_relaxed);
   }
-  // Calls fn(row) for each dirty row (every row when `all`) and clears marks.
+  // Calls fn(row) for each dirty row (every row when `all`) in row order and
+  // clears the marks.
   template <typename Fn>
   void ForEachDirty(bool all, Fn&& fn) {
-    uint32_t n = size();
-    for (uint32_t r = 0; r < n; ++r) {
-      auto& d = chunk(r)->dirty[r & kChunkMask];
-      if (all || d.load(std::memory_order_relaxed)) {
-        d.store(0, std::memory_order_relaxed);
-        fn(r);
+    const uint32_t n = size();
+    for (uint32_t base = 0; base < n; base += kChunkRows) {
+      uint8_t* dirty = chunk(base)->dirty.get();
+      const uint32_t end = std::min(kChunkRows, n - base);
+      uint32_t i = 0;
+      if (!all) i = NextDirty(dirty, 0, end);
+      for (; i < end; i = all ? i + 1 : NextDirty(dirty, i + 1, end)) {
+        dirty[i] = 0;
+        fn(base + i);
       }
     }
   }
 
  private:
-  static constexpr int kChunkBits = 12;
+  static constexpr int kChunkBits = 14;
   static constexpr uint32_t kChunkRows = 1u << kChunkBits;
   static constexpr uint32_t kChunkMask = kChunkRows - 1;
-  static constexpr uint32_t kMaxChunks = 1u << 18;  // 2^30 rows
+  static constexpr uint32_t kMaxChunks = 1u << (30 - kChunkBits);  // 2^30 rows
 
+  // Each row is an 8-byte id header (embedding_table.cc) then its floats.
+  static constexpr size_t kHeaderFloats = 2;
   struct Chunk {
-    std::unique_ptr<float[]> data;
-    std::unique_ptr<std::string[]> keys;
-    std::unique_ptr<std::atomic<uint8_t>[]> dirty;
+    std::unique_ptr<float[]> data;     // kChunkRows * stride_ floats
+    std::unique_ptr<uint8_t[]> dirty;  // written through atomic_ref
   };
-  struct Shard {
-    mutable std::shared_mutex mu;
-    struct Hash {
-      using is_transparent = void;
-      size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-    };
-    std::unordered_map<std::string, uint32_t, Hash, std::equal_to<>> index;  // guarded by mu
-  };
-  static constexpr int kShards = 64;
+  struct IndexShard;
+  struct KeyArena;
 
   Chunk* chunk(uint32_t row) const {
     return chunks_[row >> kChunkBits].load(std::memory_order_acquire);
   }
-  size_t offset(uint32_t row) const { return size_t(row & kChunkMask) * 2 * width_; }
-  Shard& shard(std::string_view key) const;
+  size_t offset(uint32_t row) const { return size_t(row & kChunkMask) * stride_ + kHeaderFloats; }
+  const char* header(uint32_t row) const {
+    return reinterpret_cast<const char*>(Row(row) - kHeaderFloats);
+  }
+  // The first dirty index in [i, end), or end.
+  static uint32_t NextDirty(const uint8_t* dirty, uint32_t i, uint32_t end);
+  uint32_t Probe(const IndexShard& shard, uint64_t hash, std::string_view key) const;
+  bool RowHasKey(uint32_t row, uint64_t short_header, std::string_view key) const;
+  uint32_t NewRow(std::string_view key);
   Chunk* EnsureChunk(uint32_t index);
-  void InitRow(uint32_t row);
+  void InitValues(std::string_view key, float* values) const;  // 2 * width_ floats
 
   const std::string name_;
   const int width_;
+  const size_t stride_;  // floats per row: header and 2 * width_
   const int random_prefix_;
   const float init_scale_;
   const float accum_init_;
   const uint64_t seed_;
-  std::unique_ptr<Shard[]> shards_;
+  std::unique_ptr<IndexShard[]> shards_;
   std::unique_ptr<std::atomic<Chunk*>[]> chunks_;
-  std::mutex alloc_mu_;                  // guards row allocation and chunk creation
+  std::mutex alloc_mu_;                  // guards row allocation, chunk creation and keys_
+  std::unique_ptr<KeyArena> keys_;       // guarded by alloc_mu_ (appends only)
   uint32_t next_row_ = 0;                // guarded by alloc_mu_
   std::atomic<uint32_t> ready_rows_{0};  // rows whose key and values are set
 };

@@ -1,8 +1,12 @@
 #include "learner/embedding_table.h"
 
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <map>
 #include <set>
 #include <thread>
+
+#include "learner/feature_lists.h"
 
 namespace recstream::learner {
 
@@ -71,6 +75,298 @@ TEST_CASE("EmbeddingTable tracks dirty rows", "[EmbeddingTable]") {
   n = 0;
   table.ForEachDirty(true, [&](uint32_t) { ++n; });
   CHECK(n == 2);
+}
+
+}  // namespace recstream::learner
+
+namespace recstream::learner {
+namespace {
+
+std::string Id(int i) { return std::to_string(i); }
+
+}  // namespace
+
+TEST_CASE("EmbeddingTable agrees on one row per id across threads", "[EmbeddingTable]") {
+  // Four threads create the same 300,000 ids in different orders (through
+  // many index growths) while a fifth only looks them up.
+  EmbeddingTable table("user", 2, 2, 0.1f, 0.0f, 9);
+  const int n = 300000, kThreads = 4;
+  std::vector<std::vector<uint32_t>> seen(kThreads, std::vector<uint32_t>(n));
+  std::atomic<bool> done{false};
+  std::atomic<int> wrong{0};
+  std::thread reader([&] {
+    uint64_t x = 1;
+    while (!done.load()) {
+      x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+      const std::string id = Id(int((x >> 33) % n));
+      const uint32_t r = table.Find(id);
+      if (r != EmbeddingTable::kNoRow && table.key(r) != id) ++wrong;
+    }
+  });
+  std::vector<std::thread> writers;
+  for (int t = 0; t < kThreads; ++t)
+    writers.emplace_back([&, t] {
+      for (int k = 0; k < n; ++k) {
+        const int i = t % 2 ? n - 1 - k : (k * 7 + t * 1000) % n;  // 7 is prime to n
+        seen[t][i] = table.GetOrCreate(Id(i));
+      }
+    });
+  for (auto& w : writers) w.join();
+  done = true;
+  reader.join();
+  CHECK(wrong.load() == 0);
+  REQUIRE(table.size() == uint32_t(n));
+  std::vector<bool> used(n, false);
+  int mismatches = 0, duplicates = 0, lost = 0;
+  for (int i = 0; i < n; ++i) {
+    const uint32_t r = seen[0][i];
+    for (int t = 1; t < kThreads; ++t) mismatches += seen[t][i] != r;
+    if (r >= uint32_t(n) || used[r]) {
+      ++duplicates;
+      continue;
+    }
+    used[r] = true;
+    lost += table.Find(Id(i)) != r || table.key(r) != Id(i);
+  }
+  CHECK(mismatches == 0);
+  CHECK(duplicates == 0);
+  CHECK(lost == 0);
+}
+
+TEST_CASE("EmbeddingTable finds every id created before the lookup while it grows",
+          "[EmbeddingTable]") {
+  // One writer creates 1,000,000 ids (the index grows past the size where
+  // replaced arrays are released to the OS); readers look up ids that are
+  // already created and must always find them.
+  EmbeddingTable table("user", 1, 1, 0.1f, 0.0f, 2);
+  const int n = 1000000;
+  std::atomic<int> created{0};
+  std::atomic<int> missing{0}, wrong{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 2; ++t)
+    readers.emplace_back([&, t] {
+      uint64_t x = uint64_t(t) + 11;
+      for (int c; (c = created.load(std::memory_order_acquire)) < n;) {
+        if (c == 0) continue;
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        const int i = int((x >> 33) % uint64_t(c));
+        const std::string id = "id:" + Id(i);
+        const uint32_t r = table.Find(id);
+        if (r == EmbeddingTable::kNoRow)
+          ++missing;
+        else if (table.key(r) != id)
+          ++wrong;
+      }
+    });
+  for (int i = 0; i < n; ++i) {
+    table.GetOrCreate("id:" + Id(i));
+    created.store(i + 1, std::memory_order_release);
+  }
+  for (auto& r : readers) r.join();
+  CHECK(missing.load() == 0);
+  CHECK(wrong.load() == 0);
+  CHECK(table.size() == uint32_t(n));
+  for (int i = 0; i < n; i += 4999) CHECK(table.key(table.Find("id:" + Id(i))) == "id:" + Id(i));
+}
+
+TEST_CASE("EmbeddingTable keeps long, empty and binary ids apart", "[EmbeddingTable]") {
+  EmbeddingTable table("item", 3, 3, 0.1f, 0.0f, 4);
+  std::vector<std::string> ids = {"",
+                                  "a",
+                                  std::string("a\0", 2),
+                                  std::string("\0", 1),
+                                  std::string("\0\0", 2),
+                                  "1234567",   // the longest id kept in the row header
+                                  "12345678",  // the shortest kept in the arena
+                                  "123456789012345",
+                                  "\xff\xfe\x80 not utf-8",
+                                  std::string(127, 'x'),
+                                  std::string(128, 'x'),  // two-byte length prefix
+                                  std::string(256, 'y'),
+                                  std::string(100000, 'z'),  // larger than an arena block share
+                                  std::string(100001, 'z')};
+  std::vector<uint32_t> rows;
+  for (const std::string& id : ids) {
+    bool created = false;
+    rows.push_back(table.GetOrCreate(id, &created));
+    CHECK(created);
+  }
+  std::set<uint32_t> distinct(rows.begin(), rows.end());
+  CHECK(distinct.size() == ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    INFO("id #" << i);
+    CHECK(table.Find(ids[i]) == rows[i]);
+    CHECK(table.key(rows[i]) == ids[i]);
+    CHECK(table.GetOrCreate(ids[i]) == rows[i]);
+  }
+  CHECK(table.Find("123456") == EmbeddingTable::kNoRow);
+  CHECK(table.Find("1234567890") == EmbeddingTable::kNoRow);
+  CHECK(table.Find(std::string(129, 'x')) == EmbeddingTable::kNoRow);
+  CHECK(table.Find(std::string("\0\0\0", 3)) == EmbeddingTable::kNoRow);
+  // A row's floats sit beside its id: writing them leaves the id intact.
+  for (uint32_t r : rows) std::fill(table.Row(r), table.Row(r) + 6, -1.0f);
+  for (size_t i = 0; i < ids.size(); ++i) CHECK(table.key(rows[i]) == ids[i]);
+}
+
+TEST_CASE("EmbeddingTable::key converts like the std::string it used to return",
+          "[EmbeddingTable]") {
+  EmbeddingTable table("user", 2, 2, 0.1f, 0.0f, 1);
+  const uint32_t a = table.GetOrCreate("alice-with-a-long-id");
+  const uint32_t b = table.GetOrCreate("bob");
+  std::string copy = table.key(a);
+  const std::string& bound = table.key(b);
+  std::vector<std::string> keys;
+  keys.push_back(table.key(a));
+  keys.emplace_back(table.key(b));
+  std::vector<std::pair<std::string, std::string>> pairs;
+  pairs.emplace_back(table.key(a), table.key(b));
+  std::string_view view = table.key(a);
+  CHECK(copy == "alice-with-a-long-id");
+  CHECK(bound == "bob");
+  CHECK(keys == std::vector<std::string>{"alice-with-a-long-id", "bob"});
+  CHECK(pairs[0].second == "bob");
+  CHECK(view == copy);
+  CHECK(table.key(b) == std::string("bob"));
+  CHECK(table.Find(table.key(a)) == a);
+}
+
+TEST_CASE("EmbeddingTable reports exactly the rows marked dirty, in order", "[EmbeddingTable]") {
+  EmbeddingTable table("user", 1, 1, 0.1f, 0.0f, 3);
+  const uint32_t n = 40000;  // three chunks
+  for (uint32_t i = 0; i < n; ++i) table.GetOrCreate(Id(int(i)));
+  table.ForEachDirty(false, [](uint32_t) {});
+  const std::vector<uint32_t> marked = {0, 7, 8, 9, 63, 64, 16383, 16384, 16391, 32767, 39999};
+  for (uint32_t r : marked) table.MarkDirty(r);
+  table.MarkDirty(8);  // twice is once
+  std::vector<uint32_t> got;
+  table.ForEachDirty(false, [&](uint32_t r) { got.push_back(r); });
+  CHECK(got == marked);
+  got.clear();
+  table.ForEachDirty(false, [&](uint32_t r) { got.push_back(r); });
+  CHECK(got.empty());
+  uint32_t all = 0;
+  table.ForEachDirty(true, [&](uint32_t r) { all += r == all; });
+  CHECK(all == n);
+}
+
+namespace {
+
+std::vector<uint32_t> ListOf(const FeatureLists& lists, uint32_t row) {
+  std::vector<uint32_t> out;
+  lists.Get(row, &out);
+  return out;
+}
+
+std::map<uint32_t, std::vector<uint32_t>> DirtyLists(FeatureLists* lists, bool all) {
+  std::map<uint32_t, std::vector<uint32_t>> out;
+  lists->ForEachDirty(all, [&](uint32_t row, const std::vector<uint32_t>& list) {
+    CHECK(out.count(row) == 0);
+    out[row] = list;
+  });
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("FeatureLists keeps each row's last list", "[FeatureLists]") {
+  FeatureLists lists;
+  auto set = [&](uint32_t row, std::vector<uint32_t> list) {
+    return lists.Set(row, list.data(), list.data() + list.size());
+  };
+  using V = std::vector<uint32_t>;
+  CHECK(ListOf(lists, 3).empty());
+  CHECK_FALSE(set(3, {}));  // an empty list is no list
+  CHECK(set(3, {5}));
+  CHECK_FALSE(set(3, {5}));
+  CHECK(ListOf(lists, 3) == V{5});
+  CHECK(set(3, {5, 6, 7}));
+  CHECK_FALSE(set(3, {5, 6, 7}));
+  CHECK(ListOf(lists, 3) == V{5, 6, 7});
+  CHECK(set(3, {6, 5}));  // shorter: rewritten in place
+  CHECK(ListOf(lists, 3) == V{6, 5});
+  CHECK(set(3, {1}));
+  CHECK(ListOf(lists, 3) == V{1});
+  CHECK(set(3, {1, 2, 3, 4, 5, 6, 7, 8, 9}));  // longer: a new slot
+  CHECK(ListOf(lists, 3) == V{1, 2, 3, 4, 5, 6, 7, 8, 9});
+  CHECK(set(3, {}));
+  CHECK(ListOf(lists, 3).empty());
+  // Rows far apart, feature rows up to the largest, a list longer than a pool
+  // block.
+  CHECK(set(1u << 24, {0}));
+  CHECK(set(70000, {(1u << 30) - 1}));
+  V huge(70000);
+  for (uint32_t i = 0; i < huge.size(); ++i) huge[i] = i * 3;
+  CHECK(set(9, huge));
+  CHECK(set(10, {4, 4}));  // after the dedicated block
+  CHECK(ListOf(lists, 1u << 24) == V{0});
+  CHECK(ListOf(lists, 70000) == V{(1u << 30) - 1});
+  CHECK(ListOf(lists, 9) == huge);
+  CHECK(ListOf(lists, 10) == V{4, 4});
+  CHECK(ListOf(lists, 3).empty());
+  CHECK(ListOf(lists, 4).empty());
+}
+
+TEST_CASE("FeatureLists reports changed lists once, cleared ones too", "[FeatureLists]") {
+  FeatureLists lists;
+  auto set = [&](uint32_t row, std::vector<uint32_t> list) {
+    return lists.Set(row, list.data(), list.data() + list.size());
+  };
+  using M = std::map<uint32_t, std::vector<uint32_t>>;
+  set(1, {10});
+  set(2, {20, 21});
+  set(100000, {30});
+  CHECK(DirtyLists(&lists, false) == M{{1, {10}}, {2, {20, 21}}, {100000, {30}}});
+  CHECK(DirtyLists(&lists, false).empty());
+  set(1, {10});  // unchanged
+  set(2, {});    // cleared
+  set(5, {50, 51, 52});
+  CHECK(DirtyLists(&lists, false) == M{{2, {}}, {5, {50, 51, 52}}});
+  CHECK(DirtyLists(&lists, true) == M{{1, {10}}, {5, {50, 51, 52}}, {100000, {30}}});
+  CHECK(DirtyLists(&lists, false).empty());
+}
+
+TEST_CASE("FeatureLists is safe to set and read from many threads", "[FeatureLists]") {
+  // Threads set one-feature and three-feature lists on shared rows; a reader
+  // must only ever see lists that some thread set, and the end state is the
+  // last list some thread set.
+  FeatureLists lists;
+  const uint32_t rows = 5000;
+  std::atomic<bool> done{false};
+  std::atomic<int> bad{0};
+  auto valid = [](const std::vector<uint32_t>& l, uint32_t row) {
+    if (l.empty()) return true;
+    for (uint32_t f : l)
+      if (f % rows != row) return false;
+    return l.size() == 1 || l.size() == 3;
+  };
+  std::thread reader([&] {
+    std::vector<uint32_t> l;
+    while (!done.load())
+      for (uint32_t r = 0; r < rows; r += 7) {
+        l.clear();
+        lists.Get(r, &l);
+        if (!valid(l, r)) ++bad;
+      }
+  });
+  std::vector<std::thread> writers;
+  for (uint32_t t = 0; t < 3; ++t)
+    writers.emplace_back([&, t] {
+      for (int round = 0; round < 20; ++round)
+        for (uint32_t r = 0; r < rows; ++r) {
+          const uint32_t f = r + rows * ((t + round + r) % 4);
+          uint32_t list[3] = {f, f + rows * 4, f + rows * 8};
+          lists.Set(r, list, list + ((round + t) % 2 ? 1 : 3));
+        }
+    });
+  for (auto& w : writers) w.join();
+  done = true;
+  reader.join();
+  CHECK(bad.load() == 0);
+  int wrong = 0;
+  for (uint32_t r = 0; r < rows; ++r)
+    wrong += !valid(ListOf(lists, r), r) || ListOf(lists, r).empty();
+  CHECK(wrong == 0);
+  CHECK(DirtyLists(&lists, false).size() == rows);
 }
 
 }  // namespace recstream::learner

@@ -283,6 +283,54 @@ struct Learner::Impl {
   // user row -> item rows purchased; guarded by purchases_mu.
   std::unordered_map<uint32_t, std::unordered_set<uint32_t>> purchases;
   std::vector<std::pair<uint32_t, uint32_t>> new_purchases;  // since last snapshot
+
+  // ---- Scoring cache (learner_scoring.cc) ----
+  // Recommend scores every item from a panel of gathered item vectors (item
+  // row + feature rows + projection, and biases) in kScoreLanes blocks,
+  // rebuilt when the model has changed: at once for small catalogues, by a
+  // background thread otherwise (see RecommendCache). Declared last so that
+  // it is destroyed first, stopping that thread before the tables go.
+  struct ItemPanel;
+  class RecommendCache;
+  // The user's side of a request: UserContext and biases, computed once.
+  struct UserSide {
+    explicit UserSide(const ModelShape& s) : ctx(s) {}
+    UserContext ctx;
+    std::array<float, kNumTasks> bias{};
+    uint32_t row = EmbeddingTable::kNoRow;
+  };
+  struct ScoredItem {
+    float score;
+    uint32_t row;
+    Prediction prediction;
+    // Best first; ties go to the older item (smaller row), so that the
+    // result does not depend on how a scan was split.
+    static bool Better(const ScoredItem& a, const ScoredItem& b) {
+      return a.score > b.score || (a.score == b.score && a.row < b.row);
+    }
+  };
+  void PrepareUserSide(std::string_view user, UserSide* side) const;
+  // ScoreItems for a prepared user.
+  void ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_rows,
+                 std::vector<Prediction>* out) const;
+  // Gathers item `row` (kNoRow: zeros) into lane `lane` of `block`; `rows`
+  // and `v` (width floats) are scratch.
+  void GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, float* v,
+                  float* block) const;
+  // The prediction of lane `lane` from ScoreBlock's y and the block's biases.
+  Prediction FinishLane(const float* y, int lane, const UserSide& side, const float* block) const;
+  // The best k of the items in blocks [begin, end) of `blocks` (item row of
+  // lane i of block b: b * kScoreLanes + i + first_row, valid below
+  // end_row), leaving out `excluded` (sorted rows); best first into *out.
+  void TopKOfBlocks(const UserSide& side, const float* blocks, size_t begin, size_t end,
+                    uint32_t first_row, uint32_t end_row, int k,
+                    const std::vector<uint32_t>& excluded, const Blend& blend,
+                    std::vector<ScoredItem>* out) const;
+  struct RecommendCacheDeleter {
+    void operator()(RecommendCache* cache) const;
+  };
+  static RecommendCache* NewRecommendCache(const Impl& impl);
+  std::unique_ptr<RecommendCache, RecommendCacheDeleter> recommend_cache{NewRecommendCache(*this)};
 };
 
 }  // namespace recstream::learner

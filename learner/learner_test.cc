@@ -8,6 +8,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <random>
 #include <thread>
@@ -412,6 +413,135 @@ std::vector<float> GroupVector(int item, int dim, uint64_t seed) {
   for (float& x : v) x = unit(group_rng);
   for (float& x : v) x += noise(noise_rng);
   return v;
+}
+
+// ---- Batched scoring and Recommend's item panel (learner_scoring.cc) ----
+
+// Every known item scored with Score(), best first by (score, item order).
+std::vector<std::pair<float, std::string>> BruteForceTop(const Learner& l, const std::string& user,
+                                                         const std::vector<std::string>& items,
+                                                         size_t k, const Blend& blend) {
+  std::vector<std::pair<float, std::string>> all;
+  for (const auto& it : items) all.emplace_back(l.Score(user, it, blend).score, it);
+  std::stable_sort(all.begin(), all.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  if (all.size() > k) all.resize(k);
+  return all;
+}
+
+TEST_CASE("Recommend returns the exact top k with Score's predictions", "[Learner][recommend]") {
+  LearnerOptions o;
+  o.threads = 2;
+  const char* variant = GENERATE("shared_bottom", "mmoe", "esmm+features");
+  if (std::string(variant) == "mmoe") o.arch = Arch::kMmoe;
+  if (std::string(variant) == "esmm+features") o.esmm = true;
+  // 40,000 items: above the size where the scan is split between threads.
+  const int n_items = GENERATE(300, 40000);
+  auto l = MakeLearner(o);
+  auto stream = MakeStream(std::max(20000, n_items), 40, n_items, 21);
+  // Make sure every item exists.
+  for (int i = 0; i < n_items; ++i)
+    stream.push_back(
+        Event{Task::kClick, "u" + std::to_string(i % 40), "i" + std::to_string(i), float(i % 2)});
+  if (std::string(variant) == "esmm+features") stream = WithFeatures(std::move(stream));
+  stream.push_back(Event{Task::kPurchase, "u1", "i0", 1.0f});
+  l->Train(stream);
+  std::vector<std::string> items;
+  for (int i = 0; i < n_items; ++i) items.push_back("i" + std::to_string(i));
+  Blend blend;
+  for (const char* user : {"u1", "u2", "nobody"}) {
+    auto recs = l->Recommend(user, 10, false, blend);
+    REQUIRE(recs.size() == 10);
+    auto expected = BruteForceTop(*l, user, items, 10, blend);
+    for (size_t j = 0; j < recs.size(); ++j) {
+      CAPTURE(variant, n_items, user, j, recs[j].item);
+      // The quiet model: Recommend's numbers are Score's, bit for bit.
+      ScoreResult s = l->Score(user, recs[j].item, blend);
+      CHECK(recs[j].score == s.score);
+      CHECK(recs[j].prediction.click == s.prediction.click);
+      CHECK(recs[j].prediction.purchase == s.prediction.purchase);
+      CHECK(recs[j].prediction.rating == s.prediction.rating);
+      // And they are the best scores there are.
+      CHECK(recs[j].score == expected[j].first);
+    }
+    for (size_t j = 1; j < recs.size(); ++j) CHECK(recs[j - 1].score >= recs[j].score);
+  }
+  // Purchases are left out on the split scan too.
+  auto with = l->Recommend("u1", n_items, false, blend);
+  auto without = l->Recommend("u1", n_items, true, blend);
+  CHECK(with.size() == size_t(n_items));
+  CHECK(without.size() < with.size());
+  CHECK(std::none_of(without.begin(), without.end(),
+                     [](const Recommendation& r) { return r.item == "i0"; }));
+  // Leaving items out does not change the order of the others.
+  std::vector<std::string> kept;
+  for (const auto& r : with)
+    if (std::any_of(without.begin(), without.end(),
+                    [&](const Recommendation& x) { return x.item == r.item; }))
+      kept.push_back(r.item);
+  REQUIRE(kept.size() == without.size());
+  for (size_t j = 0; j < kept.size(); j += 97) CHECK(kept[j] == without[j].item);
+}
+
+TEST_CASE("Recommend follows new items at once and model changes soon", "[Learner][recommend]") {
+  LearnerOptions o;
+  o.threads = 2;
+  const int n_items = GENERATE(200, 40000);
+  auto l = MakeLearner(o);
+  std::vector<Event> events;
+  for (int i = 0; i < n_items; ++i)
+    events.push_back(
+        Event{Task::kClick, "u" + std::to_string(i % 50), "i" + std::to_string(i), float(i % 2)});
+  l->Train(events);
+  Blend blend;
+  REQUIRE(l->Recommend("fan", 5, true, blend).size() == 5);  // builds the panel
+
+  // The score Recommend gives `item` when it ranks every item, -1 if absent.
+  auto ranked = [&](const std::string& item) {
+    for (const auto& r : l->Recommend("fan", n_items + 10, true, blend))
+      if (r.item == item) return r.score;
+    return -1.0f;
+  };
+
+  // A new item, created after the panel was built: ranked, and scored fresh.
+  events.clear();
+  for (int r = 0; r < 300; ++r) events.push_back(Event{Task::kClick, "fan", "hit", 1.0f});
+  l->Train(events);
+  CHECK(ranked("hit") == l->Score("fan", "hit", blend).score);
+
+  // An old item's vector changes: small catalogues see it at once, large
+  // ones within the documented staleness (a couple of seconds).
+  events.clear();
+  for (int r = 0; r < 600; ++r) events.push_back(Event{Task::kClick, "fan", "i7", 1.0f});
+  l->Train(events);
+  auto current = [&] { return ranked("i7") == l->Score("fan", "i7", blend).score; };
+  if (n_items <= 200) {
+    CHECK(current());
+  } else {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    bool seen = false;
+    while (!(seen = current()) && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    CHECK(seen);
+  }
+}
+
+TEST_CASE("ScoreMany and Score agree bit for bit in any batch position", "[Learner]") {
+  auto l = MakeLearner();
+  l->Train(WithFeatures(MakeStream(5000, 20, 50, 8)));
+  std::vector<std::string> items;
+  for (int i = 0; i < 37; ++i) items.push_back("i" + std::to_string((i * 7) % 50));
+  items.push_back("unknown");
+  std::vector<ScoreResult> many, reversed;
+  l->ScoreMany("u3", items, Blend(), &many);
+  std::vector<std::string> rev(items.rbegin(), items.rend());
+  l->ScoreMany("u3", rev, Blend(), &reversed);
+  for (size_t i = 0; i < items.size(); ++i) {
+    ScoreResult one = l->Score("u3", items[i], Blend());
+    CHECK(many[i].score == one.score);
+    CHECK(many[i].prediction.rating == one.prediction.rating);
+    CHECK(reversed[items.size() - 1 - i].score == one.score);
+  }
 }
 
 }  // namespace

@@ -42,10 +42,9 @@ Forward::Forward(const ModelShape& shape)
 
 UserContext::UserContext(const ModelShape& s)
     : u(s.dim()),
-      M(size_t(s.experts()) * s.hidden() * s.dim()),
-      m(size_t(s.experts()) * s.hidden()),
-      N(s.mmoe() ? size_t(kNumTasks) * s.experts() * s.dim() : 0),
-      n(s.mmoe() ? size_t(kNumTasks) * s.experts() : 0),
+      W((size_t(s.experts()) * s.hidden() + 1 + (s.mmoe() ? kNumTasks * s.experts() : 0)) *
+        s.dim()),
+      w(size_t(s.experts()) * s.hidden() + 1 + (s.mmoe() ? kNumTasks * s.experts() : 0)),
       z(size_t(s.experts()) * s.hidden()),
       gate(s.experts()) {}
 
@@ -624,20 +623,21 @@ void ModelShape::PrepareUser(const float* dense, const float* u, UserContext* ct
   const int d = d_, in = 3 * d_;
   std::copy(u, u + d, ctx->u.begin());
   auto fold = [&](const float* w, float b, float* M, float* m) {
-    // Row [A | B | C]: M = A diag(u) + C, m = B . u + b.
-    float acc = b;
-    for (int k = 0; k < d; ++k) {
-      M[k] = w[k] * u[k] + w[2 * d + k];
-      acc += w[d + k] * u[k];
-    }
-    *m = acc;
+    // Row [A | B | C]: M = A diag(u) + C, m = B . u + b (partial sums: a
+    // single running sum would be a serial chain of d additions per row).
+    for (int k = 0; k < d; ++k) M[k] = w[k] * u[k] + w[2 * d + k];
+    *m = b + Dot(w + d, u, d);
   };
-  for (int r = 0; r < e_ * h_; ++r)
-    fold(dense + exp_w_ + size_t(r) * in, dense[exp_b_ + r], &ctx->M[size_t(r) * d], &ctx->m[r]);
+  // W stacks [M; u; N] and w [m; 0; n].
+  const size_t eh = size_t(e_) * h_;
+  for (size_t r = 0; r < eh; ++r)
+    fold(dense + exp_w_ + r * in, dense[exp_b_ + r], &ctx->W[r * d], &ctx->w[r]);
+  std::copy(u, u + d, ctx->W.begin() + eh * d);
+  ctx->w[eh] = 0.0f;
   if (mmoe_)
-    for (int r = 0; r < kNumTasks * e_; ++r)
-      fold(dense + gate_w_ + size_t(r) * in, dense[gate_b_ + r], &ctx->N[size_t(r) * d],
-           &ctx->n[r]);
+    for (size_t r = 0; r < size_t(kNumTasks) * e_; ++r)
+      fold(dense + gate_w_ + r * in, dense[gate_b_ + r], &ctx->W[(eh + 1 + r) * d],
+           &ctx->w[eh + 1 + r]);
 }
 
 void ModelShape::ScoreItem(const float* dense, UserContext& ctx, const float* v,
@@ -646,8 +646,8 @@ void ModelShape::ScoreItem(const float* dense, UserContext& ctx, const float* v,
   float dot = 0.0f;
   for (int k = 0; k < d; ++k) dot += ctx.u[k] * v[k];
   for (int r = 0; r < e_ * h_; ++r) {
-    const float* M = &ctx.M[size_t(r) * d];
-    float acc = ctx.m[r];
+    const float* M = &ctx.W[size_t(r) * d];
+    float acc = ctx.w[r];
     acc += Dot(M, v, d);
     ctx.z[r] = acc > 0.0f ? acc : 0.0f;
   }
@@ -657,8 +657,9 @@ void ModelShape::ScoreItem(const float* dense, UserContext& ctx, const float* v,
     if (mmoe_) {
       float mx = -1e30f;
       for (int e = 0; e < e_; ++e) {
-        const float* N = &ctx.N[(size_t(t) * e_ + e) * d];
-        float acc = ctx.n[t * e_ + e];
+        const size_t gr = size_t(e_) * h_ + 1 + size_t(t) * e_ + e;  // gate row in W
+        const float* N = &ctx.W[gr * d];
+        float acc = ctx.w[gr];
         acc += Dot(N, v, d);
         ctx.gate[e] = acc;
         mx = std::max(mx, acc);
@@ -674,6 +675,134 @@ void ModelShape::ScoreItem(const float* dense, UserContext& ctx, const float* v,
       for (int j = 0; j < h_; ++j) out += hw[j] * ctx.z[j];
     }
     (*y)[t] = out;
+  }
+}
+
+namespace {
+
+// Batched scoring kernels. Each works on kScoreLanes = 16 lanes as two
+// 8-float vectors (GCC vector extensions: AVX registers in the x86-64-v3
+// clone, SSE pairs in the default one). Every lane goes through the same
+// operations in the same order, so a lane's result never depends on the
+// others. FMA contraction is allowed here (and only here): it changes the
+// last bits, not the arithmetic's meaning.
+typedef float V8 __attribute__((vector_size(32)));
+static_assert(kScoreLanes == 16, "kernels below are written for two V8 per row");
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+
+// Rows [r, r + R) of RowsTimesBlock, R * 2 accumulators in registers.
+template <int R>
+[[gnu::always_inline]] inline void RowGroup(const float* __restrict W, const float* __restrict bias,
+                                            int r, int d, const V8* __restrict x, int relu_rows,
+                                            V8* __restrict o) {
+  const V8 zero = {};
+  V8 a[R], b[R];
+  for (int j = 0; j < R; ++j) a[j] = b[j] = zero + bias[r + j];
+  const float* w = W + size_t(r) * d;
+  for (int k = 0; k < d; ++k) {
+    const V8 xa = x[2 * k], xb = x[2 * k + 1];
+    for (int j = 0; j < R; ++j) {
+      const float wk = w[size_t(j) * d + k];
+      a[j] += wk * xa;
+      b[j] += wk * xb;
+    }
+  }
+  for (int j = 0; j < R; ++j) {
+    if (r + j < relu_rows) {
+      a[j] = a[j] > zero ? a[j] : zero;
+      b[j] = b[j] > zero ? b[j] : zero;
+    }
+    o[2 * (r + j)] = a[j];
+    o[2 * (r + j) + 1] = b[j];
+  }
+}
+
+// out[r][lane] = bias[r] + sum_k W[r * d + k] * block[k][lane] for r < rows,
+// clamped at 0 for r < relu_rows. W row-major; block and out 32-byte
+// aligned. Six rows at a time: twelve accumulators (enough to cover the FMA
+// latency on two pipes), and per k two loads of the block and six
+// broadcasts feed twelve FMAs.
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void RowsTimesBlock(
+    const float* __restrict W, const float* __restrict bias, int rows, int d,
+    const float* __restrict block, int relu_rows, float* __restrict out) {
+  const V8* x = reinterpret_cast<const V8*>(block);
+  V8* o = reinterpret_cast<V8*>(out);
+  int r = 0;
+  for (; r + 6 <= rows; r += 6) RowGroup<6>(W, bias, r, d, x, relu_rows, o);
+  switch (rows - r) {
+    case 5:
+      RowGroup<5>(W, bias, r, d, x, relu_rows, o);
+      break;
+    case 4:
+      RowGroup<4>(W, bias, r, d, x, relu_rows, o);
+      break;
+    case 3:
+      RowGroup<3>(W, bias, r, d, x, relu_rows, o);
+      break;
+    case 2:
+      RowGroup<2>(W, bias, r, d, x, relu_rows, o);
+      break;
+    case 1:
+      RowGroup<1>(W, bias, r, d, x, relu_rows, o);
+      break;
+    default:
+      break;
+  }
+}
+
+// Shared-bottom heads: y[t][lane] = c[t] + alpha[t] * dot[lane]
+//                                  + sum_j hw[t * h + j] * z[j][lane].
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void HeadsOfBlock(
+    const float* __restrict hw, const float* __restrict c, const float* __restrict alpha, int h,
+    const float* __restrict z, const float* __restrict dot, float* __restrict y) {
+  const V8* zv = reinterpret_cast<const V8*>(z);
+  const V8* dv = reinterpret_cast<const V8*>(dot);
+  V8* yv = reinterpret_cast<V8*>(y);
+  const V8 zero = {};
+  for (int t = 0; t < kNumTasks; ++t) {
+    const float* w = hw + size_t(t) * h;
+    V8 a = zero + c[t], b = a;
+    a += alpha[t] * dv[0], b += alpha[t] * dv[1];
+    for (int j = 0; j < h; ++j) a += w[j] * zv[2 * j], b += w[j] * zv[2 * j + 1];
+    yv[2 * t] = a, yv[2 * t + 1] = b;
+  }
+}
+
+#pragma GCC pop_options
+
+}  // namespace
+
+void ModelShape::ScoreBlock(const float* dense, const UserContext& ctx, const float* block,
+                            float* scratch, float* y) const {
+  constexpr int L = kScoreLanes;
+  const int rows = e_ * h_;
+  // ctx.W stacks the expert rows, u (for u . v) and the gate rows.
+  float* z = scratch;         // rows x L, after relu
+  float* dot = z + rows * L;  // L: u . v
+  float* gates = dot + L;     // kNumTasks * e_ rows x L (MMoE): gate logits
+  RowsTimesBlock(ctx.W.data(), ctx.w.data(), int(ctx.w.size()), d_, block, rows, z);
+  if (!mmoe_) {
+    HeadsOfBlock(dense + head_w_, dense + head_c_, dense + head_a_, h_, z, dot, y);
+    return;
+  }
+  std::vector<float> g(e_);
+  for (int i = 0; i < L; ++i) {
+    for (int t = 0; t < kNumTasks; ++t) {
+      const float* hw = dense + head_w_ + size_t(t) * h_;
+      float out = dense[head_c_ + t] + dense[head_a_ + t] * dot[i];
+      float mx = -1e30f;
+      for (int e = 0; e < e_; ++e) mx = std::max(mx, g[e] = gates[(t * e_ + e) * L + i]);
+      float sum = 0.0f;
+      for (int e = 0; e < e_; ++e) sum += (g[e] = std::exp(g[e] - mx));
+      for (int e = 0; e < e_; ++e) {
+        float acc = 0.0f;
+        for (int j = 0; j < h_; ++j) acc += hw[j] * z[(e * h_ + j) * L + i];
+        out += g[e] / sum * acc;
+      }
+      y[t * L + i] = out;
+    }
   }
 }
 

@@ -11,8 +11,11 @@
 // All dense parameters live in one flat float vector; offsets below.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
+#include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -43,13 +46,46 @@ struct ExpertGradients {
 };
 
 // Per-request precomputation for scoring many items for one user:
-// W_e x + b_e = M_e v + m_e with M_e = A_e diag(u) + C_e, m_e = B_e u + b_e.
+// W_e x + b_e = M_e v + m_e with M_e = A_e diag(u) + C_e, m_e = B_e u + b_e
+// (and likewise N, n for the MMoE gates).
 struct UserContext {
   explicit UserContext(const ModelShape& shape);
   std::vector<float> u;
-  std::vector<float> M, m;  // experts: E*H*d and E*H
-  std::vector<float> N, n;  // gates: T*E*d and T*E (MMoE only)
-  std::vector<float> z, gate;
+  // The rows of M (E*H x d), then u (for u . v), then the rows of N (MMoE:
+  // T*E x d); w holds their offsets m, 0, n.
+  std::vector<float> W, w;
+  std::vector<float> z, gate;  // ScoreItem's scratch
+};
+
+// Batched scoring works on blocks of kScoreLanes items stored coordinate-
+// major: value k of the item in lane i is at block[k * kScoreLanes + i].
+// A block holds d + kNumTasks rows: the item vector, then its biases.
+inline constexpr int kScoreLanes = 16;
+
+// A float buffer aligned to 64 bytes (one cache line, two AVX registers).
+class AlignedFloats {
+ public:
+  AlignedFloats() = default;
+  explicit AlignedFloats(size_t n) { Resize(n); }
+  // Discards the contents; the new floats are zero.
+  void Resize(size_t n) {
+    if (n > capacity_) {
+      data_.reset(static_cast<float*>(::operator new[](n * sizeof(float), std::align_val_t(64))));
+      capacity_ = n;
+    }
+    size_ = n;
+    std::fill(data_.get(), data_.get() + n, 0.0f);
+  }
+  float* data() { return data_.get(); }
+  const float* data() const { return data_.get(); }
+  size_t size() const { return size_; }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { ::operator delete[](p, std::align_val_t(64)); }
+  };
+  std::unique_ptr<float[], Free> data_;
+  size_t size_ = 0, capacity_ = 0;
 };
 
 class ModelShape {
@@ -91,6 +127,22 @@ class ModelShape {
   // y for all tasks, without biases; v points at d floats.
   void ScoreItem(const float* dense, UserContext& ctx, const float* v,
                  std::array<float, kNumTasks>* y) const;
+
+  // Floats of one item block (see kScoreLanes) and of ScoreBlock's scratch.
+  size_t block_floats() const { return size_t(d_ + kNumTasks) * kScoreLanes; }
+  size_t score_scratch_floats() const {
+    return size_t(e_ * h_ + 1 + (mmoe_ ? kNumTasks * e_ : 0)) * kScoreLanes;
+  }
+  // ScoreItem for the kScoreLanes items of `block` at once (vectorised; AVX2
+  // and FMA when the CPU has them): y[t * kScoreLanes + i] is y_t of lane i,
+  // without biases. Reads only ctx's user-side values, so one UserContext
+  // may serve several threads, each with its own `scratch`
+  // (score_scratch_floats(), 64-byte aligned like `block`). A lane's result
+  // depends on that lane's values alone, never on its position or
+  // neighbours: the same item scores bit-identically in any block. It may
+  // differ from ScoreItem in the last bits (another summation order).
+  void ScoreBlock(const float* dense, const UserContext& ctx, const float* block, float* scratch,
+                  float* y) const;
 
  private:
   int d_, h_, e_, p_;
