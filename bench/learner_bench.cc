@@ -9,7 +9,7 @@
 // figure is the learner's alone. Every run sees the same stream (same seed).
 //
 //   learner_bench [--events N] [--users U] [--items I] [--threads 1,2]
-//                 [--batch B] [--chunk C] [--dim D] [--cyclic-users]
+//                 [--batch B] [--chunk C] [--dim D] [--train-nice N] [--cyclic-users]
 //
 // --cyclic-users replaces event i's user by user i mod U, so that exactly
 // min(N, U) distinct users exist (for memory scaling); labels keep the
@@ -55,6 +55,7 @@ struct Config {
   size_t batch = 4096;
   int chunk = 64;
   int dim = 32;
+  int train_nice = 0;
   bool cyclic_users = false;
   bool predictions = true;
   uint64_t seed = 7;
@@ -68,6 +69,7 @@ RunResult RunOnce(const Config& cfg, int threads) {
   lo.dim = cfg.dim;
   lo.threads = threads;
   lo.chunk = cfg.chunk;
+  lo.train_nice = cfg.train_nice;
   std::unique_ptr<learner::Learner> model;
   Status s = learner::Learner::Create(lo, &model);
   if (!s.ok()) {
@@ -215,6 +217,7 @@ int main(int argc, char** argv) {
   app.add_option("--batch", cfg.batch, "events per Train call");
   app.add_option("--chunk", cfg.chunk, "learner.chunk");
   app.add_option("--dim", cfg.dim, "model.dim");
+  app.add_option("--train-nice", cfg.train_nice, "learner.train_nice (0..19)");
   app.add_option("--seed", cfg.seed, "generator seed");
   app.add_flag("--cyclic-users", cfg.cyclic_users, "user of event i is i mod users");
   bool no_predictions = false;
@@ -230,9 +233,11 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  std::printf("learner_bench events=%llu users=%d items=%d batch=%zu chunk=%d dim=%d%s load=%s\n",
-              (unsigned long long)cfg.events, cfg.users, cfg.items, cfg.batch, cfg.chunk, cfg.dim,
-              cfg.cyclic_users ? " cyclic-users" : "", LoadAverage().c_str());
+  std::printf(
+      "learner_bench events=%llu users=%d items=%d batch=%zu chunk=%d dim=%d train_nice=%d%s "
+      "load=%s\n",
+      (unsigned long long)cfg.events, cfg.users, cfg.items, cfg.batch, cfg.chunk, cfg.dim,
+      cfg.train_nice, cfg.cyclic_users ? " cyclic-users" : "", LoadAverage().c_str());
   std::vector<RunResult> results;
   for (int t : cfg.threads) {
     results.push_back(RunOnce(cfg, t));

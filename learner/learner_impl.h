@@ -4,15 +4,18 @@
 // import). Not installed, not included outside learner/.
 #pragma once
 
-#include "learner/learner.h"
-
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/enumerable_thread_specific.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/partitioner.h>
 #include <oneapi/tbb/task_arena.h>
+#include <oneapi/tbb/task_scheduler_observer.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <queue>
@@ -24,6 +27,7 @@
 
 #include "learner/embedding_table.h"
 #include "learner/feature_lists.h"
+#include "learner/learner.h"
 #include "learner/model_math.h"
 #include "learner/pack.h"
 #include "learner/task_weighting.h"
@@ -59,10 +63,20 @@ struct TaskMetrics {
   }
 };
 
+// One progressive prediction's contribution to TaskMetrics, computed by the
+// trainer (in parallel) and added by MergeMetrics.
 struct Observation {
   Task task;
-  float pred;  // probability, or clipped rating
-  float label;
+  bool positive;  // click and purchase: label > 0.5
+  int bin;        // click and purchase: AucBin(prediction)
+  double value;   // click and purchase: log loss; rating: prediction - label
+
+  static Observation Of(Task task, float pred, float label) {
+    if (task == Task::kRating) return {task, false, 0, double(pred) - label};
+    const double p = std::clamp<double>(pred, 1e-7, 1 - 1e-7);
+    return {task, label > 0.5f, AucBin(pred),
+            -(label * std::log(p) + (1 - label) * std::log(1 - p))};
+  }
 };
 
 }  // namespace internal
@@ -72,17 +86,70 @@ using internal::kAucBins;
 using internal::Observation;
 using internal::TaskMetrics;
 
+// Training at a lower CPU priority (LearnerOptions::train_nice), Linux
+// thread nice values. kNoNice: nothing to do or restore.
+constexpr int kNoNice = INT_MIN;
+// The nice value training threads get: the creating thread's + train_nice,
+// at most 19; kNoNice when train_nice is 0.
+int TrainNiceTarget(int train_nice);
+// Sets the calling thread's nice value to `target` when it is below it;
+// returns the previous value, kNoNice when it left it alone.
+int LowerThreadPriority(int target);
+void RestoreThreadPriority(int saved);
+
+// Lowers the calling thread's priority for its lifetime (a Train call).
+class ThreadNiceScope {
+ public:
+  explicit ThreadNiceScope(int target) : saved_(LowerThreadPriority(target)) {}
+  ~ThreadNiceScope() { RestoreThreadPriority(saved_); }
+  ThreadNiceScope(const ThreadNiceScope&) = delete;
+  ThreadNiceScope& operator=(const ThreadNiceScope&) = delete;
+
+ private:
+  const int saved_;
+};
+
+// Lowers the priority of every TBB worker while it works in the training
+// arena, and restores it (when permitted) when the worker leaves.
+class TrainNiceObserver : public tbb::task_scheduler_observer {
+ public:
+  TrainNiceObserver(tbb::task_arena& arena, int target)
+      : tbb::task_scheduler_observer(arena), target_(target) {
+    observe(true);
+  }
+  ~TrainNiceObserver() override { observe(false); }
+  void on_scheduler_entry(bool is_worker) override;
+  void on_scheduler_exit(bool is_worker) override;
+
+ private:
+  const int target_;
+};
+
 // Per-thread scratch state: buffers, dense gradient accumulators and the
-// chunk's observations. Never shared between threads.
+// observations of the current Train call. Never shared between threads
+// while Train runs.
 struct TrainState {
   explicit TrainState(const ModelShape& shape)
-      : fwd(shape), fwd2(shape), dense_grad(shape.dense_size(), 0.0f) {}
+      : fwd(shape),
+        fwd2(shape),
+        dense_grad(shape.dense_size(), 0.0f),
+        pending(shape),
+        du(shape.dim() + 1),
+        dv(shape.dim() + 1),
+        du2(shape.dim() + 1),
+        dv2(shape.dim() + 1) {}
   Forward fwd, fwd2;  // fwd2: the click tower of an ESMM purchase event
   std::vector<float> dense_grad;
+  ExpertGradients pending;  // part of dense_grad, added at the chunk's end
   bool dense_touched = false;
   TaskChunkStats chunk;
-  std::vector<Observation> observations;
-  std::vector<uint32_t> user_rows, item_rows;  // row and feature rows
+  std::vector<Observation> observations;  // merged by MergeMetrics
+  // Row and feature rows of the example being learned.
+  std::vector<uint32_t> user_rows, item_rows;
+  // Rows of every event of the chunk (ResolveChunk): event i's user rows
+  // are chunk_rows[chunk_begin[2i], chunk_begin[2i + 1]), its item rows
+  // follow up to chunk_begin[2i + 2].
+  std::vector<uint32_t> chunk_rows, chunk_begin;
   std::vector<float> du, dv, du2, dv2, dp;
   uint64_t refused = 0;
   uint64_t rng = 0x9e3779b97f4a7c15ULL;  // negative sampling
@@ -105,6 +172,10 @@ struct Learner::Impl {
         weighting(o),
         threads(o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency())),
         arena(threads),
+        nice_target(TrainNiceTarget(o.train_nice)),
+        nice_observer(nice_target != kNoNice
+                          ? std::make_unique<TrainNiceObserver>(arena, nice_target)
+                          : nullptr),
         recent(size_t(o.negatives > 0 ? o.negative_window : 1)),
         replay_pairs(size_t(o.replay > 0 ? o.replay_window : 1)),
         replay_labels(size_t(o.replay > 0 ? o.replay_window : 1)) {
@@ -143,20 +214,28 @@ struct Learner::Impl {
     return pretrained->Find(items.key(item_row));
   }
 
-  // Fills s->user_rows / s->item_rows: the row, then its feature rows (the
-  // event's, which become the row's list, or the row's list when the event
-  // has none).
+  // Appends to *rows the row of `id`, then its feature rows (the event's,
+  // which become the row's list, or the row's list when the event has none).
   void Rows(std::string_view id, const std::vector<std::string>& features, EmbeddingTable& main,
             EmbeddingTable& side, FeatureLists& lists, std::vector<uint32_t>* rows);
   // Sums the row and its feature rows into vec (d floats) and the biases
   // into bias (kNumTasks floats).
   void Gather(const EmbeddingTable& main, const EmbeddingTable& side,
               const std::vector<uint32_t>& rows, float* vec, float* bias) const;
+  // Rows() of every event's user and item into s->chunk_rows.
+  void ResolveChunk(std::span<const Event> events, TrainState* s);
+  // Prefetches the user and item rows of the chunk's event i.
+  void PrefetchRows(const TrainState& s, size_t i) const;
   // Predicts, then learns, one example from s->user_rows and s->item_rows.
   // Returns the prediction made before learning.
   float Learn(Task task, float label, TrainState* s);
+  // Learns event e from its rows in s->user_rows and s->item_rows.
   void TrainOne(const Event& e, TrainState* s, Prediction* before);
+  // Dense update, task weighting, per chunk.
   void FinishChunk(TrainState* s);
+  // Progressive metrics, learned and refused counts of every TrainState,
+  // once per Train call after the parallel part.
+  void MergeMetrics();
   void ApplyRow(float* row, const float* grad, int n, int offset, float lr);
   void UpdateRows(EmbeddingTable& main, EmbeddingTable& side, const std::vector<uint32_t>& rows,
                   const float* grad, int t);
@@ -179,6 +258,10 @@ struct Learner::Impl {
   TaskWeighting weighting;
   const int threads;
   tbb::task_arena arena;
+  // Nice value of training threads (kNoNice: train_nice = 0) and the
+  // observer that applies it to TBB workers; after `arena`, which it watches.
+  const int nice_target;
+  std::unique_ptr<TrainNiceObserver> nice_observer;
   tbb::enumerable_thread_specific<TrainState> states{[this] { return TrainState(shape); }};
 
   // Negative sampling: a ring of recently seen item rows.
@@ -194,12 +277,60 @@ struct Learner::Impl {
   std::atomic<uint64_t> refused{0};
 
   mutable std::mutex metrics_mu;
-  std::array<TaskMetrics, kNumTasks> metrics;  // guarded by metrics_mu
+  std::array<TaskMetrics, kNumTasks> metrics;  // guarded by metrics_mu, merged per Train call
 
   mutable std::shared_mutex purchases_mu;
   // user row -> item rows purchased; guarded by purchases_mu.
   std::unordered_map<uint32_t, std::unordered_set<uint32_t>> purchases;
   std::vector<std::pair<uint32_t, uint32_t>> new_purchases;  // since last snapshot
+
+  // ---- Scoring cache (learner_scoring.cc) ----
+  // Recommend scores every item from a panel of gathered item vectors (item
+  // row + feature rows + projection, and biases) in kScoreLanes blocks,
+  // rebuilt when the model has changed: at once for small catalogues, by a
+  // background thread otherwise (see RecommendCache). Declared last so that
+  // it is destroyed first, stopping that thread before the tables go.
+  struct ItemPanel;
+  class RecommendCache;
+  // The user's side of a request: UserContext and biases, computed once.
+  struct UserSide {
+    explicit UserSide(const ModelShape& s) : ctx(s) {}
+    UserContext ctx;
+    std::array<float, kNumTasks> bias{};
+    uint32_t row = EmbeddingTable::kNoRow;
+  };
+  struct ScoredItem {
+    float score;
+    uint32_t row;
+    Prediction prediction;
+    // Best first; ties go to the older item (smaller row), so that the
+    // result does not depend on how a scan was split.
+    static bool Better(const ScoredItem& a, const ScoredItem& b) {
+      return a.score > b.score || (a.score == b.score && a.row < b.row);
+    }
+  };
+  void PrepareUserSide(std::string_view user, UserSide* side) const;
+  // ScoreItems for a prepared user.
+  void ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_rows,
+                 std::vector<Prediction>* out) const;
+  // Gathers item `row` (kNoRow: zeros) into lane `lane` of `block`; `rows`
+  // and `v` (width floats) are scratch.
+  void GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, float* v,
+                  float* block) const;
+  // The prediction of lane `lane` from ScoreBlock's y and the block's biases.
+  Prediction FinishLane(const float* y, int lane, const UserSide& side, const float* block) const;
+  // The best k of the items in blocks [begin, end) of `blocks` (item row of
+  // lane i of block b: b * kScoreLanes + i + first_row, valid below
+  // end_row), leaving out `excluded` (sorted rows); best first into *out.
+  void TopKOfBlocks(const UserSide& side, const float* blocks, size_t begin, size_t end,
+                    uint32_t first_row, uint32_t end_row, int k,
+                    const std::vector<uint32_t>& excluded, const Blend& blend,
+                    std::vector<ScoredItem>* out) const;
+  struct RecommendCacheDeleter {
+    void operator()(RecommendCache* cache) const;
+  };
+  static RecommendCache* NewRecommendCache(const Impl& impl);
+  std::unique_ptr<RecommendCache, RecommendCacheDeleter> recommend_cache{NewRecommendCache(*this)};
 };
 
 }  // namespace recstream::learner

@@ -1,55 +1,413 @@
 // Score, ScoreMany and Recommend: the read side of the learner.
+//
+// All three score items in blocks of kScoreLanes with ModelShape::ScoreBlock
+// (one vectorised H x d by d x 16 product per block), so a pair scores
+// bit-identically whichever call asks. Score and ScoreMany gather the item
+// vectors they need at the time of the call (always fresh). Recommend scores
+// every item from a cached panel of gathered item vectors (RecommendCache
+// below; the user side, dense layers and purchases are read fresh).
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+
 #include "learner/learner_impl.h"
 
 namespace recstream::learner {
+namespace {
+
+constexpr int L = kScoreLanes;
+using Clock = std::chrono::steady_clock;
+
+// Recommend's freshness (RecommendCache). While Recommend is in use (a call
+// in the last kIdleSeconds), a background thread rebuilds the panel when the
+// model has changed, at most every max(kRefreshSeconds, 10 x build time); a
+// call finding the panel stale by more than max(kMaxStaleSeconds, 20 x build
+// time) rebuilds it before answering, and one whose build takes under
+// kSyncBuildSeconds (small catalogues) always does. Items created after the
+// panel's build are gathered by each call, so new items are never missed.
+constexpr double kRefreshSeconds = 0.25;
+constexpr double kMaxStaleSeconds = 2.0;
+constexpr double kSyncBuildSeconds = 0.001;
+constexpr double kIdleSeconds = 60.0;
+// Panels of at least this many blocks (32,768 items) are scanned in
+// kParallelParts parts with oneTBB.
+constexpr size_t kParallelBlocks = 2048;
+constexpr int kParallelParts = 4;
+
+double Now() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
+
+float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+typedef float V8 __attribute__((vector_size(32)));
+typedef int32_t V8i __attribute__((vector_size(32)));
+
+// Screening of a block for Recommend: an approximation of the blended score
+// of every lane (exp by the Cephes polynomial, relative error ~1e-7), used
+// only to skip lanes that cannot enter the top k; candidates are then scored
+// exactly. kScreenMargin bounds the approximation's error with a wide
+// safety factor.
+constexpr float kScreenError = 2e-5f;
+
+struct ScreenParams {
+  float ub[kNumTasks];
+  float wc, wp, wr, rmin, rmax, rmid, inv_range;
+  bool esmm;
+};
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void ScreenBlock(
+    const float* __restrict y, const float* __restrict vbias, const ScreenParams& sp,
+    float* __restrict out) {
+  const V8 zero = {};
+  // In place: exp(x).
+  auto exp = [&](V8& x) {
+    x = x < zero - 87.0f ? zero - 87.0f : x;
+    x = x > zero + 87.0f ? zero + 87.0f : x;
+    V8 fx = x * 1.44269504088896341f + 0.5f;
+    V8i i = __builtin_convertvector(fx, V8i);
+    V8 fi = __builtin_convertvector(i, V8);
+    i += (fi > fx);  // -1 where truncation rounded up: floor
+    fi = __builtin_convertvector(i, V8);
+    x = x - fi * 0.693359375f;
+    x = x - fi * -2.12194440e-4f;
+    V8 z = x * x;
+    V8 p = 1.9875691500e-4f * x + 1.3981999507e-3f;
+    p = p * x + 8.3334519073e-3f;
+    p = p * x + 4.1665795894e-2f;
+    p = p * x + 1.6666665459e-1f;
+    p = p * x + 5.0000001201e-1f;
+    p = p * z + x + 1.0f;
+    V8i e = (i + 127) << 23;
+    V8 scale;
+    std::memcpy(&scale, &e, sizeof scale);
+    x = p * scale;
+  };
+  for (int h = 0; h < 2; ++h) {
+    V8 y0, y1, y2, b0, b1, b2;
+    std::memcpy(&y0, y + 0 * L + 8 * h, 32);
+    std::memcpy(&y1, y + 1 * L + 8 * h, 32);
+    std::memcpy(&y2, y + 2 * L + 8 * h, 32);
+    std::memcpy(&b0, vbias + 0 * L + 8 * h, 32);
+    std::memcpy(&b1, vbias + 1 * L + 8 * h, 32);
+    std::memcpy(&b2, vbias + 2 * L + 8 * h, 32);
+    V8 c = zero - (y0 + sp.ub[0] + b0), p = zero - (y1 + sp.ub[1] + b1);
+    exp(c);
+    exp(p);
+    c = 1.0f / (1.0f + c);
+    p = 1.0f / (1.0f + p);
+    if (sp.esmm) p = p * c;
+    V8 r = y2 + sp.ub[2] + b2;
+    V8 rc = r < zero + sp.rmin ? zero + sp.rmin : r;
+    rc = rc > zero + sp.rmax ? zero + sp.rmax : rc;
+    V8 ar = r < zero ? -r : r;
+    rc = ar <= zero + 3.4e38f ? rc : zero + sp.rmid;  // not finite: mid-scale
+    V8 s = sp.wc * c + sp.wp * p + sp.wr * ((rc - sp.rmin) * sp.inv_range);
+    std::memcpy(out + 8 * h, &s, 32);
+  }
+}
+
+#pragma GCC pop_options
+
+}  // namespace
+
+void Learner::Impl::PrepareUserSide(std::string_view user, UserSide* side) const {
+  std::vector<float> u(options.dim, 0.0f);
+  side->bias.fill(0.0f);
+  side->row = users.Find(user);
+  if (side->row != EmbeddingTable::kNoRow) {
+    std::vector<uint32_t> rows = {side->row};
+    user_lists.Get(side->row, &rows);
+    Gather(users, user_features, rows, u.data(), side->bias.data());
+  }
+  shape.PrepareUser(dense.data(), u.data(), &side->ctx);
+}
+
+void Learner::Impl::GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, float* v,
+                               float* block) const {
+  const int d = options.dim;
+  std::fill(v, v + width, 0.0f);
+  if (row != EmbeddingTable::kNoRow) {
+    rows->clear();
+    rows->push_back(row);
+    item_lists.Get(row, rows);
+    Gather(items, item_features, *rows, v, v + d);
+    const uint32_t pre_row = PretrainedRow(row);
+    if (pre_row != EmbeddingTable::kNoRow) shape.Project(dense.data(), pretrained->Row(pre_row), v);
+  }
+  for (int k = 0; k < width; ++k) block[k * L + lane] = v[k];
+}
+
+Prediction Learner::Impl::FinishLane(const float* y, int lane, const UserSide& side,
+                                     const float* block) const {
+  const int d = options.dim;
+  const float* vbias = block + size_t(d) * L + lane;
+  Prediction p;
+  p.click = Sigmoid(y[0 * L + lane] + side.bias[0] + vbias[0 * L]);
+  p.purchase = Sigmoid(y[1 * L + lane] + side.bias[1] + vbias[1 * L]);
+  if (options.esmm) p.purchase *= p.click;
+  float r = y[2 * L + lane] + side.bias[2] + vbias[2 * L];
+  p.rating = std::isfinite(r) ? std::clamp(r, options.rating_min, options.rating_max)
+                              : 0.5f * (options.rating_min + options.rating_max);
+  return p;
+}
 
 void Learner::Impl::ScoreItems(std::string_view user, const std::vector<uint32_t>& item_rows,
                                std::vector<Prediction>* out) const {
-  const int d = options.dim;
-  UserContext ctx(shape);
-  std::vector<float> u(d, 0.0f), ubias(kNumTasks, 0.0f);
-  std::vector<uint32_t> rows;
-  uint32_t ur = users.Find(user);
-  if (ur != EmbeddingTable::kNoRow) {
-    rows.push_back(ur);
-    user_lists.Get(ur, &rows);
-    Gather(users, user_features, rows, u.data(), ubias.data());
-  }
-  shape.PrepareUser(dense.data(), u.data(), &ctx);
-  out->resize(item_rows.size());
-  std::vector<float> v(width, 0.0f);
-  std::array<float, kNumTasks> y;
-  auto sigmoid = [](float x) { return 1.0f / (1.0f + std::exp(-x)); };
-  for (size_t i = 0; i < item_rows.size(); ++i) {
-    std::fill(v.begin(), v.end(), 0.0f);
-    if (item_rows[i] != EmbeddingTable::kNoRow) {
-      rows.clear();
-      rows.push_back(item_rows[i]);
-      item_lists.Get(item_rows[i], &rows);
-      Gather(items, item_features, rows, v.data(), v.data() + d);
-      const uint32_t pre_row = PretrainedRow(item_rows[i]);
-      if (pre_row != EmbeddingTable::kNoRow)
-        shape.Project(dense.data(), pretrained->Row(pre_row), v.data());
-    }
-    shape.ScoreItem(dense.data(), ctx, v.data(), &y);
-    Prediction& p = (*out)[i];
-    p.click = sigmoid(y[0] + ubias[0] + v[d + 0]);
-    p.purchase = sigmoid(y[1] + ubias[1] + v[d + 1]);
-    if (options.esmm) p.purchase *= p.click;
-    float r = y[2] + ubias[2] + v[d + 2];
-    p.rating = std::isfinite(r) ? std::clamp(r, options.rating_min, options.rating_max)
-                                : 0.5f * (options.rating_min + options.rating_max);
-  }
+  UserSide side(shape);
+  PrepareUserSide(user, &side);
+  ScoreRows(side, item_rows, out);
 }
+
+void Learner::Impl::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_rows,
+                              std::vector<Prediction>* out) const {
+  const size_t n = item_rows.size();
+  out->resize(n);
+  // Items [begin, end), begin a multiple of L.
+  auto score = [&](size_t begin, size_t end) {
+    AlignedFloats block(shape.block_floats()), scratch(shape.score_scratch_floats());
+    alignas(64) float y[kNumTasks * L];
+    std::vector<uint32_t> rows;
+    std::vector<float> v(width);
+    for (size_t first = begin; first < end; first += L) {
+      const int lanes = int(std::min<size_t>(L, end - first));
+      if (first > begin && lanes < L) std::fill(block.data(), block.data() + block.size(), 0.0f);
+      for (int i = 0; i < lanes; ++i)
+        GatherItem(item_rows[first + i], i, &rows, v.data(), block.data());
+      shape.ScoreBlock(dense.data(), side.ctx, block.data(), scratch.data(), y);
+      for (int i = 0; i < lanes; ++i) (*out)[first + i] = FinishLane(y, i, side, block.data());
+    }
+  };
+  // Large batches (POST /v1/score) in parallel: gathering, mostly waiting
+  // on memory, is the larger part. Results do not depend on the split.
+  constexpr size_t kParallelItems = 512, kGrain = 256;
+  if (n < kParallelItems) return score(0, n);
+  tbb::parallel_for(
+      tbb::blocked_range<size_t>(0, (n + kGrain - 1) / kGrain, 1),
+      [&](const tbb::blocked_range<size_t>& r) {
+        score(r.begin() * kGrain, std::min(n, r.end() * kGrain));
+      },
+      tbb::simple_partitioner());
+}
+
+void Learner::Impl::TopKOfBlocks(const UserSide& side, const float* blocks, size_t begin,
+                                 size_t end, uint32_t first_row, uint32_t end_row, int k,
+                                 const std::vector<uint32_t>& excluded, const Blend& blend,
+                                 std::vector<ScoredItem>* out) const {
+  const size_t stride = shape.block_floats();
+  const int d = options.dim;
+  AlignedFloats scratch(shape.score_scratch_floats());
+  alignas(64) float y[kNumTasks * L];
+  alignas(64) float approx[L];
+  ScreenParams sp;
+  for (int t = 0; t < kNumTasks; ++t) sp.ub[t] = side.bias[t];
+  sp.wc = blend.click, sp.wp = blend.purchase, sp.wr = blend.rating;
+  sp.rmin = options.rating_min, sp.rmax = options.rating_max;
+  sp.rmid = 0.5f * (options.rating_min + options.rating_max);
+  sp.inv_range = 1.0f / (options.rating_max - options.rating_min);
+  sp.esmm = options.esmm;
+  const float margin_base = kScreenError * (std::abs(blend.click) + 2 * std::abs(blend.purchase) +
+                                            std::abs(blend.rating));
+  // Min-heap of the best k by Better: top() is the worst kept.
+  std::vector<ScoredItem> heap;
+  heap.reserve(size_t(k) + 1);
+  for (size_t b = begin; b < end; ++b) {
+    const float* block = blocks + b * stride;
+    shape.ScoreBlock(dense.data(), side.ctx, block, scratch.data(), y);
+    ScreenBlock(y, block + size_t(d) * L, sp, approx);
+    const bool full = int(heap.size()) >= k;
+    const float bar =
+        full ? heap.front().score - margin_base - 1e-6f * std::abs(heap.front().score) : -INFINITY;
+    for (int i = 0; i < L; ++i) {
+      const uint32_t row = first_row + uint32_t(b * L) + uint32_t(i);
+      if (row >= end_row) break;
+      if (full && !(approx[i] > bar)) continue;
+      if (!excluded.empty() && std::binary_search(excluded.begin(), excluded.end(), row)) continue;
+      ScoredItem c;
+      c.prediction = FinishLane(y, i, side, block);
+      c.score = BlendScore(c.prediction, blend, options.rating_min, options.rating_max);
+      c.row = row;
+      if (int(heap.size()) < k) {
+        heap.push_back(c);
+        std::push_heap(heap.begin(), heap.end(), Impl::ScoredItem::Better);
+      } else if (Impl::ScoredItem::Better(c, heap.front())) {
+        std::pop_heap(heap.begin(), heap.end(), Impl::ScoredItem::Better);
+        heap.back() = c;
+        std::push_heap(heap.begin(), heap.end(), Impl::ScoredItem::Better);
+      }
+    }
+  }
+  std::sort_heap(heap.begin(), heap.end(), Impl::ScoredItem::Better);
+  *out = std::move(heap);
+}
+
+// ---- The item panel and its cache ----
+
+struct Learner::Impl::ItemPanel {
+  uint32_t items = 0;  // item rows [0, items), in ceil(items / L) blocks
+  uint64_t signature = 0;
+  double build_seconds = 0;
+  // Now() when the panel was last known to match the model.
+  mutable std::atomic<double> current_at{0};
+  AlignedFloats data;
+};
+
+class Learner::Impl::RecommendCache {
+ public:
+  explicit RecommendCache(const Impl& m) : m_(m) {}
+  ~RecommendCache() {
+    stopping_.store(true);
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // The panel to score from (never null), built or rebuilt first when it
+  // is missing or too stale (see the constants at the top).
+  std::shared_ptr<const ItemPanel> Get() {
+    const double entry = Now();
+    std::shared_ptr<const ItemPanel> p;
+    {
+      std::lock_guard lock(mu_);
+      p = panel_;
+      last_used_ = entry;
+      if (!thread_.joinable() && !stop_) thread_ = std::thread([this] { Loop(); });
+    }
+    if (p && Usable(*p, entry)) return p;
+    std::lock_guard build(build_mu_);
+    {
+      std::lock_guard lock(mu_);
+      p = panel_;
+    }
+    // Built by another caller or the refresher while this one waited.
+    if (p && (p->current_at.load() >= entry || Usable(*p, Now()))) return p;
+    std::shared_ptr<ItemPanel> fresh = Build(/*parallel=*/true);
+    Publish(fresh);
+    return fresh;
+  }
+
+ private:
+  // Changes whenever training, a snapshot or an import may have changed an
+  // item vector (every trained event counts in `learned` or `refused`).
+  uint64_t Signature() const {
+    uint64_t s = m_.items.size();
+    s = s * 1000003u + m_.item_features.size();
+    for (const auto& l : m_.learned) s = s * 1000003u + l.load(std::memory_order_relaxed);
+    s = s * 1000003u + m_.refused.load(std::memory_order_relaxed);
+    if (m_.pretrained) s = s * 1000003u + m_.pretrained->size();
+    return s;
+  }
+
+  bool Usable(const ItemPanel& p, double now) const {
+    if (Signature() == p.signature) {
+      p.current_at.store(now);
+      return true;
+    }
+    if (p.build_seconds < kSyncBuildSeconds) return false;
+    // Twice the refresher's period: a request rebuilds only when the
+    // refresher has fallen behind (or was idle).
+    return now - p.current_at.load() <= std::max(kMaxStaleSeconds, 20 * p.build_seconds);
+  }
+
+  // Null when the cache is being destroyed.
+  std::shared_ptr<ItemPanel> Build(bool parallel) const {
+    auto p = std::make_shared<ItemPanel>();
+    const double start = Now();
+    p->signature = Signature();  // before reading any row
+    p->items = m_.items.size();
+    const size_t blocks = (size_t(p->items) + L - 1) / L, stride = m_.shape.block_floats();
+    p->data.Resize(blocks * stride);
+    std::atomic<bool> aborted{false};
+    auto gather = [&](size_t begin, size_t end) {
+      std::vector<uint32_t> rows;
+      std::vector<float> v(m_.width);
+      for (size_t b = begin; b < end; ++b) {
+        if (stopping_.load(std::memory_order_relaxed)) {
+          aborted.store(true);
+          return;
+        }
+        float* block = p->data.data() + b * stride;
+        for (int i = 0; i < L && b * L + i < p->items; ++i)
+          m_.GatherItem(uint32_t(b * L + i), i, &rows, v.data(), block);
+      }
+    };
+    if (parallel && blocks >= kParallelBlocks) {
+      tbb::parallel_for(tbb::blocked_range<size_t>(0, blocks, 256),
+                        [&](const tbb::blocked_range<size_t>& r) { gather(r.begin(), r.end()); });
+    } else {
+      gather(0, blocks);
+    }
+    if (aborted.load()) return nullptr;
+    p->build_seconds = Now() - start;
+    p->current_at.store(start);
+    return p;
+  }
+
+  void Publish(std::shared_ptr<ItemPanel> p) {
+    if (!p) return;
+    std::lock_guard lock(mu_);
+    panel_ = std::move(p);
+  }
+
+  // The refresher thread.
+  void Loop() {
+    std::unique_lock lock(mu_);
+    double period = kRefreshSeconds;
+    while (!stop_) {
+      cv_.wait_for(lock, std::chrono::duration<double>(period));
+      if (stop_) break;
+      if (Now() - last_used_ > kIdleSeconds) continue;
+      std::shared_ptr<const ItemPanel> p = panel_;
+      lock.unlock();
+      if (!p || Signature() != p->signature) {
+        std::shared_ptr<ItemPanel> fresh;
+        {
+          std::lock_guard build(build_mu_);
+          fresh = Build(/*parallel=*/false);
+        }
+        if (fresh) period = std::max(kRefreshSeconds, 10 * fresh->build_seconds);
+        Publish(std::move(fresh));
+      } else {
+        p->current_at.store(Now());
+      }
+      lock.lock();
+    }
+  }
+
+  const Impl& m_;
+  std::atomic<bool> stopping_{false};
+  std::mutex build_mu_;  // one build at a time
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::shared_ptr<const ItemPanel> panel_;  // guarded by mu_
+  double last_used_ = 0;                    // guarded by mu_
+  bool stop_ = false;                       // guarded by mu_
+  std::thread thread_;                      // started by the first Get; guarded by mu_
+};
+
+Learner::Impl::RecommendCache* Learner::Impl::NewRecommendCache(const Impl& impl) {
+  return new RecommendCache(impl);
+}
+
+void Learner::Impl::RecommendCacheDeleter::operator()(RecommendCache* cache) const { delete cache; }
+
+// ---- The public calls ----
 
 ScoreResult Learner::Score(std::string_view user, std::string_view item, const Blend& blend) const {
   const Impl& m = *impl_;
   ScoreResult r;
+  Impl::UserSide side(m.shape);
+  m.PrepareUserSide(user, &side);
   uint32_t ir = m.items.Find(item);
-  r.user_known = m.users.Find(user) != EmbeddingTable::kNoRow;
+  r.user_known = side.row != EmbeddingTable::kNoRow;
   r.item_known = ir != EmbeddingTable::kNoRow;
   std::vector<Prediction> p;
-  m.ScoreItems(user, {ir}, &p);
+  m.ScoreRows(side, {ir}, &p);
   r.prediction = p[0];
   r.score = BlendScore(p[0], blend, m.options.rating_min, m.options.rating_max);
   return r;
@@ -58,11 +416,13 @@ ScoreResult Learner::Score(std::string_view user, std::string_view item, const B
 void Learner::ScoreMany(std::string_view user, std::span<const std::string> items,
                         const Blend& blend, std::vector<ScoreResult>* out) const {
   const Impl& m = *impl_;
+  Impl::UserSide side(m.shape);
+  m.PrepareUserSide(user, &side);
   std::vector<uint32_t> rows(items.size());
   for (size_t i = 0; i < items.size(); ++i) rows[i] = m.items.Find(items[i]);
-  bool user_known = m.users.Find(user) != EmbeddingTable::kNoRow;
+  const bool user_known = side.row != EmbeddingTable::kNoRow;
   std::vector<Prediction> p;
-  m.ScoreItems(user, rows, &p);
+  m.ScoreRows(side, rows, &p);
   out->resize(items.size());
   for (size_t i = 0; i < items.size(); ++i) {
     ScoreResult& r = (*out)[i];
@@ -78,36 +438,62 @@ std::vector<Recommendation> Learner::Recommend(std::string_view user, int k, boo
   const Impl& m = *impl_;
   std::vector<Recommendation> result;
   if (k <= 0) return result;
-  uint32_t n = m.items.size();
-  std::vector<uint32_t> rows(n);
-  for (uint32_t i = 0; i < n; ++i) rows[i] = i;
-  if (exclude_purchased) {
-    uint32_t ur = m.users.Find(user);
+  Impl::UserSide side(m.shape);
+  m.PrepareUserSide(user, &side);
+  std::vector<uint32_t> excluded;
+  if (exclude_purchased && side.row != EmbeddingTable::kNoRow) {
     std::shared_lock lock(m.purchases_mu);
-    auto it = ur == EmbeddingTable::kNoRow ? m.purchases.end() : m.purchases.find(ur);
-    if (it != m.purchases.end())
-      std::erase_if(rows, [&](uint32_t r) { return it->second.count(r) > 0; });
+    auto it = m.purchases.find(side.row);
+    if (it != m.purchases.end()) excluded.assign(it->second.begin(), it->second.end());
   }
-  std::vector<Prediction> preds;
-  m.ScoreItems(user, rows, &preds);
-  // Min-heap of the best k.
-  using Entry = std::pair<float, size_t>;
-  std::priority_queue<Entry, std::vector<Entry>, std::greater<>> heap;
-  for (size_t i = 0; i < rows.size(); ++i) {
-    float s = BlendScore(preds[i], blend, m.options.rating_min, m.options.rating_max);
-    if (int(heap.size()) < k) {
-      heap.emplace(s, i);
-    } else if (s > heap.top().first) {
-      heap.pop();
-      heap.emplace(s, i);
+  std::sort(excluded.begin(), excluded.end());
+
+  std::shared_ptr<const Impl::ItemPanel> panel = m.recommend_cache->Get();
+  const size_t stride = m.shape.block_floats();
+  const size_t blocks = (size_t(panel->items) + L - 1) / L;
+  // Items created since the panel was built: gathered now.
+  const uint32_t n = m.items.size();
+  AlignedFloats tail;
+  size_t tail_blocks = 0;
+  if (n > panel->items) {
+    tail_blocks = (size_t(n - panel->items) + L - 1) / L;
+    tail.Resize(tail_blocks * stride);
+    std::vector<uint32_t> rows;
+    std::vector<float> v(m.width);
+    for (uint32_t r = panel->items; r < n; ++r) {
+      const uint32_t i = r - panel->items;
+      m.GatherItem(r, int(i % L), &rows, v.data(), tail.data() + (i / L) * stride);
     }
   }
-  result.resize(heap.size());
-  for (size_t j = heap.size(); j-- > 0;) {
-    auto [s, i] = heap.top();
-    heap.pop();
-    result[j] = Recommendation{m.items.key(rows[i]), preds[i], s};
+
+  const int parts = blocks >= kParallelBlocks ? kParallelParts : 1;
+  std::vector<std::vector<Impl::ScoredItem>> best(parts + 1);
+  auto scan = [&](int part) {
+    const size_t begin = blocks * part / parts, end = blocks * (part + 1) / parts;
+    m.TopKOfBlocks(side, panel->data.data(), begin, end, 0, panel->items, k, excluded, blend,
+                   &best[part]);
+  };
+  if (parts > 1) {
+    tbb::parallel_for(
+        tbb::blocked_range<int>(0, parts, 1),
+        [&](const tbb::blocked_range<int>& r) {
+          for (int part = r.begin(); part < r.end(); ++part) scan(part);
+        },
+        tbb::simple_partitioner());
+  } else {
+    scan(0);
   }
+  if (tail_blocks > 0)
+    m.TopKOfBlocks(side, tail.data(), 0, tail_blocks, panel->items, n, k, excluded, blend,
+                   &best[parts]);
+
+  std::vector<Impl::ScoredItem> all;
+  for (auto& b : best) all.insert(all.end(), b.begin(), b.end());
+  std::sort(all.begin(), all.end(), Impl::ScoredItem::Better);
+  if (all.size() > size_t(k)) all.resize(size_t(k));
+  result.reserve(all.size());
+  for (const auto& c : all)
+    result.push_back(Recommendation{m.items.key(c.row), c.prediction, c.score});
   return result;
 }
 

@@ -1,9 +1,19 @@
 #include "learner/learner.h"
 
+#include <dirent.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <random>
+#include <thread>
+
+#include "learner/model_math.h"
 
 namespace recstream::learner {
 namespace {
@@ -405,6 +415,135 @@ std::vector<float> GroupVector(int item, int dim, uint64_t seed) {
   return v;
 }
 
+// ---- Batched scoring and Recommend's item panel (learner_scoring.cc) ----
+
+// Every known item scored with Score(), best first by (score, item order).
+std::vector<std::pair<float, std::string>> BruteForceTop(const Learner& l, const std::string& user,
+                                                         const std::vector<std::string>& items,
+                                                         size_t k, const Blend& blend) {
+  std::vector<std::pair<float, std::string>> all;
+  for (const auto& it : items) all.emplace_back(l.Score(user, it, blend).score, it);
+  std::stable_sort(all.begin(), all.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  if (all.size() > k) all.resize(k);
+  return all;
+}
+
+TEST_CASE("Recommend returns the exact top k with Score's predictions", "[Learner][recommend]") {
+  LearnerOptions o;
+  o.threads = 2;
+  const char* variant = GENERATE("shared_bottom", "mmoe", "esmm+features");
+  if (std::string(variant) == "mmoe") o.arch = Arch::kMmoe;
+  if (std::string(variant) == "esmm+features") o.esmm = true;
+  // 40,000 items: above the size where the scan is split between threads.
+  const int n_items = GENERATE(300, 40000);
+  auto l = MakeLearner(o);
+  auto stream = MakeStream(std::max(20000, n_items), 40, n_items, 21);
+  // Make sure every item exists.
+  for (int i = 0; i < n_items; ++i)
+    stream.push_back(
+        Event{Task::kClick, "u" + std::to_string(i % 40), "i" + std::to_string(i), float(i % 2)});
+  if (std::string(variant) == "esmm+features") stream = WithFeatures(std::move(stream));
+  stream.push_back(Event{Task::kPurchase, "u1", "i0", 1.0f});
+  l->Train(stream);
+  std::vector<std::string> items;
+  for (int i = 0; i < n_items; ++i) items.push_back("i" + std::to_string(i));
+  Blend blend;
+  for (const char* user : {"u1", "u2", "nobody"}) {
+    auto recs = l->Recommend(user, 10, false, blend);
+    REQUIRE(recs.size() == 10);
+    auto expected = BruteForceTop(*l, user, items, 10, blend);
+    for (size_t j = 0; j < recs.size(); ++j) {
+      CAPTURE(variant, n_items, user, j, recs[j].item);
+      // The quiet model: Recommend's numbers are Score's, bit for bit.
+      ScoreResult s = l->Score(user, recs[j].item, blend);
+      CHECK(recs[j].score == s.score);
+      CHECK(recs[j].prediction.click == s.prediction.click);
+      CHECK(recs[j].prediction.purchase == s.prediction.purchase);
+      CHECK(recs[j].prediction.rating == s.prediction.rating);
+      // And they are the best scores there are.
+      CHECK(recs[j].score == expected[j].first);
+    }
+    for (size_t j = 1; j < recs.size(); ++j) CHECK(recs[j - 1].score >= recs[j].score);
+  }
+  // Purchases are left out on the split scan too.
+  auto with = l->Recommend("u1", n_items, false, blend);
+  auto without = l->Recommend("u1", n_items, true, blend);
+  CHECK(with.size() == size_t(n_items));
+  CHECK(without.size() < with.size());
+  CHECK(std::none_of(without.begin(), without.end(),
+                     [](const Recommendation& r) { return r.item == "i0"; }));
+  // Leaving items out does not change the order of the others.
+  std::vector<std::string> kept;
+  for (const auto& r : with)
+    if (std::any_of(without.begin(), without.end(),
+                    [&](const Recommendation& x) { return x.item == r.item; }))
+      kept.push_back(r.item);
+  REQUIRE(kept.size() == without.size());
+  for (size_t j = 0; j < kept.size(); j += 97) CHECK(kept[j] == without[j].item);
+}
+
+TEST_CASE("Recommend follows new items at once and model changes soon", "[Learner][recommend]") {
+  LearnerOptions o;
+  o.threads = 2;
+  const int n_items = GENERATE(200, 40000);
+  auto l = MakeLearner(o);
+  std::vector<Event> events;
+  for (int i = 0; i < n_items; ++i)
+    events.push_back(
+        Event{Task::kClick, "u" + std::to_string(i % 50), "i" + std::to_string(i), float(i % 2)});
+  l->Train(events);
+  Blend blend;
+  REQUIRE(l->Recommend("fan", 5, true, blend).size() == 5);  // builds the panel
+
+  // The score Recommend gives `item` when it ranks every item, -1 if absent.
+  auto ranked = [&](const std::string& item) {
+    for (const auto& r : l->Recommend("fan", n_items + 10, true, blend))
+      if (r.item == item) return r.score;
+    return -1.0f;
+  };
+
+  // A new item, created after the panel was built: ranked, and scored fresh.
+  events.clear();
+  for (int r = 0; r < 300; ++r) events.push_back(Event{Task::kClick, "fan", "hit", 1.0f});
+  l->Train(events);
+  CHECK(ranked("hit") == l->Score("fan", "hit", blend).score);
+
+  // An old item's vector changes: small catalogues see it at once, large
+  // ones within the documented staleness (a couple of seconds).
+  events.clear();
+  for (int r = 0; r < 600; ++r) events.push_back(Event{Task::kClick, "fan", "i7", 1.0f});
+  l->Train(events);
+  auto current = [&] { return ranked("i7") == l->Score("fan", "i7", blend).score; };
+  if (n_items <= 200) {
+    CHECK(current());
+  } else {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    bool seen = false;
+    while (!(seen = current()) && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    CHECK(seen);
+  }
+}
+
+TEST_CASE("ScoreMany and Score agree bit for bit in any batch position", "[Learner]") {
+  auto l = MakeLearner();
+  l->Train(WithFeatures(MakeStream(5000, 20, 50, 8)));
+  std::vector<std::string> items;
+  for (int i = 0; i < 37; ++i) items.push_back("i" + std::to_string((i * 7) % 50));
+  items.push_back("unknown");
+  std::vector<ScoreResult> many, reversed;
+  l->ScoreMany("u3", items, Blend(), &many);
+  std::vector<std::string> rev(items.rbegin(), items.rend());
+  l->ScoreMany("u3", rev, Blend(), &reversed);
+  for (size_t i = 0; i < items.size(); ++i) {
+    ScoreResult one = l->Score("u3", items[i], Blend());
+    CHECK(many[i].score == one.score);
+    CHECK(many[i].prediction.rating == one.prediction.rating);
+    CHECK(reversed[items.size() - 1 - i].score == one.score);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("Pretrained vectors let a new item score before its first event",
@@ -523,6 +662,255 @@ TEST_CASE("pretrained_dim = 0 leaves the shape as it was", "[Learner][pretrained
   l->TakeSnapshot(true, &s);
   CHECK(s.shape.find("pretrained") == std::string::npos);
   CHECK(s.tables.size() == 4);
+}
+
+// The nice value of thread `tid` of this process; INT_MIN when it is gone.
+int ThreadNice(pid_t tid) {
+  errno = 0;
+  const int nice = ::getpriority(PRIO_PROCESS, tid);
+  return errno == 0 ? nice : INT_MIN;
+}
+
+std::vector<pid_t> ThreadsOfProcess() {
+  std::vector<pid_t> tids;
+  if (DIR* dir = ::opendir("/proc/self/task")) {
+    while (dirent* e = ::readdir(dir))
+      if (e->d_name[0] != '.') tids.push_back(pid_t(std::atoi(e->d_name)));
+    ::closedir(dir);
+  }
+  return tids;
+}
+
+TEST_CASE("train_nice is validated", "[Learner][nice]") {
+  std::unique_ptr<Learner> l;
+  for (int bad : {-1, 20, 100}) {
+    LearnerOptions o;
+    o.train_nice = bad;
+    Status s = Learner::Create(o, &l);
+    CHECK(s.IsInvalidArgument());
+    CHECK(s.message().find("learner.train_nice") != std::string::npos);
+  }
+  for (int good : {0, 1, 19}) {
+    LearnerOptions o;
+    o.train_nice = good;
+    CHECK(Learner::Create(o, &l).ok());
+  }
+}
+
+TEST_CASE("train_nice lowers the priority of the training threads, not what they learn",
+          "[Learner][nice]") {
+  // In a thread of its own, so that the test's thread keeps its priority
+  // where the process may not raise it back.
+  std::thread([] {
+    const pid_t caller = ::gettid();
+    const int base = ThreadNice(caller);
+    REQUIRE(base != INT_MIN);
+    const int want = std::min(19, base + 5);
+    LearnerOptions o;
+    o.threads = 2;
+    o.train_nice = 5;
+    auto l = MakeLearner(o);
+    auto stream = MakeStream(8192, 300, 100, 21);
+
+    // Watch every thread of the process while Train runs: the caller and a
+    // TBB worker must each be seen at the lowered priority (a machine with
+    // one core runs no TBB worker).
+    const bool workers = std::thread::hardware_concurrency() > 1;
+    std::atomic<bool> seen_caller{false}, seen_worker{!workers}, stop{false};
+    std::thread watcher([&] {
+      const pid_t self = ::gettid();
+      while (!stop.load() && !(seen_caller.load() && seen_worker.load())) {
+        for (pid_t tid : ThreadsOfProcess()) {
+          if (tid == self || ThreadNice(tid) != want) continue;
+          (tid == caller ? seen_caller : seen_worker).store(true);
+        }
+      }
+    });
+    int rounds = 0;
+    for (; rounds < 500 && !(seen_caller.load() && seen_worker.load()); ++rounds) l->Train(stream);
+    stop.store(true);
+    watcher.join();
+    INFO("rounds " << rounds << ", base nice " << base);
+    CHECK(seen_caller.load());
+    CHECK(seen_worker.load());
+    if (::geteuid() == 0) CHECK(ThreadNice(caller) == base);  // restored where permitted
+    const auto stats = l->Stats();
+    CHECK(stats.tasks[0].learned + stats.tasks[1].learned + stats.tasks[2].learned ==
+          uint64_t(rounds) * stream.size());
+  }).join();
+
+  // One thread: the same model with and without train_nice.
+  auto stream = MakeStream(5000, 50, 40, 22);
+  LearnerOptions o;
+  o.threads = 1;
+  auto plain = MakeLearner(o);
+  o.train_nice = 3;
+  std::unique_ptr<Learner> niced;
+  std::thread([&] {
+    niced = MakeLearner(o);
+    niced->Train(stream);
+  }).join();
+  plain->Train(stream);
+  CHECK(AllScoresEqual(*plain, *niced, 50, 40));
+}
+
+// Finite differences of ModelShape's forward pass against its backward pass
+// (with the expert gradients deferred and flushed), over shapes whose sizes
+// are not multiples of the vector width, with and without MMoE.
+// Runs `body` with the AVX2/FMA kernels (where the CPU has them), then with
+// the portable ones.
+template <typename Fn>
+void WithEachKernelSet(Fn&& body) {
+  for (bool avx2 : {true, false}) {
+    const bool before = SetVectorKernelsForTesting(avx2);
+    INFO((avx2 ? "AVX2 kernels (if the CPU has them)" : "portable kernels"));
+    body();
+    SetVectorKernelsForTesting(before);
+  }
+}
+
+TEST_CASE("ModelShape's backward pass is the gradient of its forward pass", "[ModelShape]") {
+  struct Case {
+    Arch arch;
+    int dim, hidden;
+  };
+  WithEachKernelSet([] {
+    for (const Case& c :
+         {Case{Arch::kSharedBottom, 32, 32}, Case{Arch::kSharedBottom, 5, 7},
+          Case{Arch::kSharedBottom, 11, 36}, Case{Arch::kMmoe, 32, 32}, Case{Arch::kMmoe, 3, 5}}) {
+      LearnerOptions o;
+      o.arch = c.arch;
+      o.dim = c.dim;
+      o.hidden = c.hidden;
+      o.experts = 3;
+      const ModelShape shape(o);
+      std::vector<float> dense(shape.dense_size());
+      shape.Init(dense.data(), 5);
+      std::mt19937 rng(c.dim * 100 + c.hidden);
+      std::uniform_real_distribution<float> unif(-0.5f, 0.5f);
+      for (float& w : dense) w += 0.2f * unif(rng);  // biases and heads away from their init
+      Forward fw(shape);
+      for (float& x : fw.u) x = unif(rng);
+      for (float& x : fw.v) x = unif(rng);
+      const int t = 1;
+      const float bias = 0.3f;
+
+      // Analytic: dy/d(everything) for dL/dy = 1, accumulated over 70 copies
+      // of the example (more than ExpertGradients holds), so flushing while
+      // recording is exercised too; then divided back.
+      constexpr int kCopies = 70;
+      std::vector<float> grad(shape.dense_size(), 0.0f), du(c.dim), dv(c.dim);
+      ExpertGradients pending(shape);
+      for (int i = 0; i < kCopies; ++i) {
+        shape.ForwardTask(dense.data(), t, bias, &fw);
+        shape.BackwardTask(dense.data(), t, 1.0f, &fw, grad.data(), du.data(), dv.data(), &pending);
+      }
+      shape.FlushExpertGradients(&pending, grad.data());
+      CHECK(pending.count == 0);
+      for (float& g : grad) g /= kCopies;
+
+      // Numeric, in double around the float forward pass; a coordinate whose
+      // step flips a relu is skipped (the function has a kink there).
+      std::vector<float> z0;
+      auto eval = [&](std::vector<float>& v, size_t i, float h, bool* same_units) {
+        const float saved = v[i];
+        v[i] = saved + h;
+        const double y = shape.ForwardTask(dense.data(), t, bias, &fw);
+        for (size_t j = 0; j < z0.size(); ++j)
+          if ((fw.z[j] > 0) != (z0[j] > 0)) *same_units = false;
+        v[i] = saved;
+        return y;
+      };
+      shape.ForwardTask(dense.data(), t, bias, &fw);
+      z0 = fw.z;
+      auto check = [&](std::vector<float>& v, size_t i, float analytic, const char* what) {
+        const float h = 1e-2f;
+        bool same = true;
+        const double num = (eval(v, i, h, &same) - eval(v, i, -h, &same)) / (2.0 * h);
+        if (!same) return;
+        INFO(ArchName(c.arch) << " dim " << c.dim << " hidden " << c.hidden << ": " << what << "["
+                              << i << "]");
+        CHECK(analytic == Approx(num).margin(2e-3).epsilon(2e-2));
+      };
+      for (int k = 0; k < c.dim; ++k) {
+        check(fw.u, k, du[k], "du");
+        check(fw.v, k, dv[k], "dv");
+      }
+      std::uniform_int_distribution<size_t> pick(0, dense.size() - 1);
+      for (int n = 0; n < 400; ++n) {
+        const size_t i = pick(rng);
+        check(dense, i, grad[i], "dense");
+      }
+    }
+  });
+}
+
+TEST_CASE("AdagradUpdate is Adagrad with L2 and clipping, at any length", "[ModelShape]") {
+  WithEachKernelSet([] {
+    for (int n : {1, 3, 4, 8, 13, 32, 35, 100}) {
+      std::mt19937 rng(n);
+      std::uniform_real_distribution<float> unif(-8.0f, 8.0f);
+      std::vector<float> w(n), acc(n), g(n);
+      for (int i = 0; i < n; ++i) {
+        w[i] = unif(rng);
+        acc[i] = std::abs(unif(rng)) * (i % 3);  // some accumulators start at 0
+        g[i] = i % 4 == 0 ? 0.0f : unif(rng);
+      }
+      auto w2 = w, acc2 = acc;
+      AdagradUpdate(w.data(), acc.data(), g.data(), size_t(n), 0.1f, 1e-3f, 5.0f);
+      for (int i = 0; i < n; ++i) {
+        const double gi = std::clamp(double(g[i]) + 1e-3 * w2[i], -5.0, 5.0);
+        const double a = double(acc2[i]) + gi * gi;
+        const double want = w2[i] - 0.1 * gi / (std::sqrt(a) + 1e-8);
+        INFO("n " << n << " i " << i);
+        CHECK(acc[i] == Approx(a).epsilon(1e-5));
+        CHECK(w[i] == Approx(want).epsilon(1e-5).margin(1e-6));
+      }
+    }
+  });
+}
+
+TEST_CASE("AllFinite finds any infinity or NaN, at any length and position", "[ModelShape]") {
+  WithEachKernelSet([] {
+    for (size_t n : {0, 1, 7, 8, 31, 32, 33, 100, 3200}) {
+      std::vector<float> v(n);
+      for (size_t i = 0; i < n; ++i)
+        v[i] = i % 5 == 0 ? 3e38f : i % 5 == 1 ? -0.0f : i % 5 == 2 ? 1e-42f : float(i);
+      INFO("n " << n);
+      CHECK(AllFinite(v.data(), n));
+      for (size_t at = 0; at < n; at += std::max<size_t>(1, n / 37)) {
+        for (float bad : {INFINITY, -INFINITY, std::nanf("")}) {
+          const float saved = v[at];
+          v[at] = bad;
+          INFO("at " << at << " value " << bad);
+          CHECK_FALSE(AllFinite(v.data(), n));
+          v[at] = saved;
+        }
+      }
+    }
+  });
+}
+
+TEST_CASE("The AVX2 and the portable kernels learn the same model up to rounding", "[Learner]") {
+  auto stream = WithFeatures(MakeStream(20000, 200, 100, 31));
+  std::vector<std::vector<Prediction>> before;
+  std::vector<LearnerStats> stats;
+  WithEachKernelSet([&] {
+    LearnerOptions o;
+    o.threads = 1;
+    auto l = MakeLearner(o);
+    before.emplace_back();
+    l->Train(stream, &before.back());
+    stats.push_back(l->Stats());
+  });
+  REQUIRE(before.size() == 2);
+  double max_diff = 0;
+  for (size_t i = 0; i < stream.size(); ++i)
+    max_diff = std::max<double>(
+        max_diff, std::abs(before[0][i].Get(stream[i].task) - before[1][i].Get(stream[i].task)));
+  CHECK(max_diff < 0.05);
+  CHECK(stats[0].tasks[0].auc == Approx(stats[1].tasks[0].auc).margin(0.003));
+  CHECK(stats[0].tasks[2].mae == Approx(stats[1].tasks[2].mae).margin(0.003));
 }
 
 }  // namespace recstream::learner

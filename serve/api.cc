@@ -312,6 +312,7 @@ HttpResponse Api::GetScore(const HttpRequest& req) const {
   if (learner_ == nullptr) return Error(503, "model not loaded");
   learner::ScoreResult r = learner_->Score(user, item, blend_);
   std::string out;
+  out.reserve(160 + user.size() + item.size());
   JsonWriter w(&out);
   w.BeginObject();
   w.Key("user").String(user);
@@ -350,7 +351,10 @@ HttpResponse Api::PostScore(const HttpRequest& req) const {
   items.reserve(items_arr.size());
   for (simdjson::dom::element e : items_arr) {
     std::string id;
-    if (!JsonId(e, fmt::format("items[{}]", items.size()), &id, &problem)) {
+    if (!JsonId(e, "items", &id, &problem)) {
+      // Again, with the element's index in the message (not formatted for
+      // every valid element).
+      JsonId(e, fmt::format("items[{}]", items.size()), &id, &problem);
       return Error(400, problem);
     }
     items.push_back(std::move(id));
@@ -365,15 +369,24 @@ HttpResponse Api::PostScore(const HttpRequest& req) const {
   w.BeginObject();
   w.Key("user").String(user);
   w.Key("scores").BeginArray();
+  // The elements by hand (up to max_batch_items of them): the same bytes
+  // as JsonWriter's BeginObject/Key/.../EndObject, without its bookkeeping.
   for (size_t i = 0; i < items.size() && i < results.size(); ++i) {
-    w.BeginObject();
-    w.Key("item").String(items[i]);
-    WritePrediction(w, results[i].prediction);
-    w.Key("score").Float(results[i].score);
-    w.EndObject();
+    const learner::ScoreResult& r = results[i];
+    out.append(i == 0 ? "{\"item\":" : ",{\"item\":");
+    JsonWriter::AppendString(&out, items[i]);
+    out.append(",\"click\":");
+    JsonWriter::AppendFloat(&out, r.prediction.click);
+    out.append(",\"purchase\":");
+    JsonWriter::AppendFloat(&out, r.prediction.purchase);
+    out.append(",\"rating\":");
+    JsonWriter::AppendFloat(&out, r.prediction.rating);
+    out.append(",\"score\":");
+    JsonWriter::AppendFloat(&out, r.score);
+    out.push_back('}');
   }
-  w.EndArray();
-  w.EndObject();
+  out.push_back(']');
+  out.push_back('}');
   return Json(200, std::move(out));
 }
 

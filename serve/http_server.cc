@@ -11,10 +11,10 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <charconv>
 #include <chrono>
 #include <exception>
 #include <optional>
@@ -158,8 +158,10 @@ class Session : public std::enable_shared_from_this<Session> {
   void OnRequest() {
     http::request<http::string_body> req = parser_->release();
     parser_.reset();
-    HttpRequest request;
-    request.method = std::string(req.method_string());
+    // The request object is reused across a connection's requests, so that
+    // its strings keep their capacity.
+    HttpRequest& request = request_;
+    request.method.assign(req.method_string().data(), req.method_string().size());
     std::string_view target(req.target().data(), req.target().size());
     ParseTarget(target, &request.path, &request.query);
     auto auth = req[http::field::authorization];
@@ -172,42 +174,69 @@ class Session : public std::enable_shared_from_this<Session> {
     } catch (...) {
       response = HttpResponse{500, "application/json", ErrorJson("internal error")};
     }
-    res_ = {};
-    res_.version(req.version());
-    res_.result(static_cast<unsigned>(response.status));
-    res_.set(http::field::server, "recstream");
-    res_.set(http::field::content_type, response.content_type);
-    res_.body() = std::move(response.body);
-    res_.keep_alive(req.keep_alive());
-    res_.prepare_payload();
-    Write(/*linger=*/false);
+    Respond(req.version(), response.status, response.content_type, std::move(response.body),
+            req.keep_alive(), /*retry_after_s=*/0, /*linger=*/false);
   }
 
   // Sends an error response and closes the connection. `retry_after_s` > 0
   // adds a Retry-After header.
   void SendError(int status, std::string_view message, int retry_after_s) {
-    res_ = {};
-    res_.version(11);
-    res_.result(static_cast<unsigned>(status));
-    res_.set(http::field::server, "recstream");
-    res_.set(http::field::content_type, "application/json");
-    if (retry_after_s > 0) res_.set(http::field::retry_after, std::to_string(retry_after_s));
-    res_.body() = ErrorJson(message);
-    res_.keep_alive(false);
-    res_.prepare_payload();
-    Write(/*linger=*/true);
+    Respond(11, status, "application/json", ErrorJson(message), /*keep_alive=*/false, retry_after_s,
+            /*linger=*/true);
+  }
+
+  // Writes the response head by hand, byte for byte what Beast's serializer
+  // wrote for the same response (status line, Server, Content-Type,
+  // Retry-After, Connection as keep_alive() sets it, Content-Length), into
+  // a buffer the connection keeps; the body is sent from its own string
+  // (one gathered write, no copy).
+  void Respond(unsigned version, int status, std::string_view content_type, std::string body,
+               bool keep_alive, int retry_after_s, bool linger) {
+    head_.clear();
+    head_ += "HTTP/";
+    head_ += char('0' + version / 10);
+    head_ += '.';
+    head_ += char('0' + version % 10);
+    head_ += ' ';
+    AppendUint(&head_, static_cast<unsigned>(status));
+    head_ += ' ';
+    auto reason = http::obsolete_reason(static_cast<http::status>(status));
+    head_.append(reason.data(), reason.size());
+    head_ += "\r\nServer: recstream\r\nContent-Type: ";
+    head_ += content_type;
+    head_ += "\r\n";
+    if (retry_after_s > 0) {
+      head_ += "Retry-After: ";
+      AppendUint(&head_, static_cast<unsigned>(retry_after_s));
+      head_ += "\r\n";
+    }
+    if (version >= 11 && !keep_alive) head_ += "Connection: close\r\n";
+    if (version < 11 && keep_alive) head_ += "Connection: keep-alive\r\n";
+    head_ += "Content-Length: ";
+    AppendUint(&head_, body.size());
+    head_ += "\r\n\r\n";
+    body_ = std::move(body);
+    keep_alive_ = keep_alive;
+    Write(linger);
+  }
+
+  static void AppendUint(std::string* out, uint64_t v) {
+    char buf[24];
+    auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+    out->append(buf, end);
   }
 
   void Write(bool linger) {
     stream_.expires_after(shared_->timeout);
-    http::async_write(stream_, res_,
-                      [self = shared_from_this(), linger](beast::error_code ec, std::size_t) {
-                        if (ec) return self->Close();
-                        if (!self->res_.keep_alive()) {
-                          return linger ? self->LingeringClose() : self->Close();
-                        }
-                        self->ReadRequest();
-                      });
+    std::array<net::const_buffer, 2> buffers = {net::buffer(head_), net::buffer(body_)};
+    net::async_write(stream_, buffers,
+                     [self = shared_from_this(), linger](beast::error_code ec, std::size_t) {
+                       if (ec) return self->Close();
+                       if (!self->keep_alive_) {
+                         return linger ? self->LingeringClose() : self->Close();
+                       }
+                       self->ReadRequest();
+                     });
   }
 
   void Close() {
@@ -243,7 +272,9 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
-  http::response<http::string_body> res_;
+  HttpRequest request_;
+  std::string head_, body_;  // the response being written
+  bool keep_alive_ = false;
   std::vector<char> drain_;
   Shared* shared_;
   bool counted_;
@@ -303,16 +334,22 @@ void ParseTarget(std::string_view target, std::string* path,
 struct HttpServer::Impl {
   // Declared first: destroyed last, after every session.
   Shared shared;
-  std::unique_ptr<net::io_context> ioc;
-  std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+  // One event loop per I/O thread: a connection lives on one loop, so its
+  // handlers never hop threads (no strand, no cross-thread wake-ups); new
+  // connections go to the loops in turn. The acceptor runs on the first.
+  std::vector<std::unique_ptr<net::io_context>> iocs;
+  std::vector<net::executor_work_guard<net::io_context::executor_type>> work;
   std::unique_ptr<tcp::acceptor> acceptor;
   std::unique_ptr<net::steady_timer> retry_timer;
   std::vector<std::thread> threads;
+  size_t next_loop = 0;  // used by the accepting loop only
   uint16_t port = 0;
   bool stopped = false;
 
   void Accept() {
-    acceptor->async_accept(net::make_strand(*ioc), [this](beast::error_code ec, tcp::socket s) {
+    net::io_context& loop = *iocs[next_loop];
+    next_loop = (next_loop + 1) % iocs.size();
+    acceptor->async_accept(loop, [this](beast::error_code ec, tcp::socket s) {
       if (ec == net::error::operation_aborted) return;
       if (ec) {
         // Typically EMFILE: back off briefly instead of spinning.
@@ -349,17 +386,17 @@ Status HttpServer::Start(const ServeOptions& options, HttpHandler handler,
   impl->shared.handler = std::move(handler);
   impl->shared.timeout = std::chrono::milliseconds(std::max(1, options.request_timeout_ms));
   int threads = std::max(1, options.threads);
-  impl->ioc = std::make_unique<net::io_context>(threads);
+  for (int i = 0; i < threads; ++i) impl->iocs.push_back(std::make_unique<net::io_context>(1));
 
   beast::error_code ec;
-  tcp::resolver resolver(*impl->ioc);
+  tcp::resolver resolver(*impl->iocs[0]);
   auto results = resolver.resolve(host, port, tcp::resolver::numeric_service, ec);
   if (ec || results.empty()) {
     return Status::IOError("cannot resolve listen address " + options.listen + ": " +
                            (ec ? ec.message() : "no address"));
   }
   tcp::endpoint endpoint = results.begin()->endpoint();
-  impl->acceptor = std::make_unique<tcp::acceptor>(*impl->ioc);
+  impl->acceptor = std::make_unique<tcp::acceptor>(*impl->iocs[0]);
   auto& acceptor = *impl->acceptor;
   auto fail = [&](const char* what) {
     return Status::IOError("cannot listen on " + options.listen + " (" + what +
@@ -372,11 +409,11 @@ Status HttpServer::Start(const ServeOptions& options, HttpHandler handler,
   impl->port = acceptor.local_endpoint(ec).port();
   if (ec) return fail("getsockname");
 
-  impl->retry_timer = std::make_unique<net::steady_timer>(*impl->ioc);
-  impl->work.emplace(impl->ioc->get_executor());
+  impl->retry_timer = std::make_unique<net::steady_timer>(*impl->iocs[0]);
+  for (auto& ioc : impl->iocs) impl->work.push_back(net::make_work_guard(*ioc));
   impl->Accept();
   for (int i = 0; i < threads; ++i) {
-    net::io_context* ioc = impl->ioc.get();
+    net::io_context* ioc = impl->iocs[i].get();
     impl->threads.emplace_back([ioc] {
       // Handlers catch their own exceptions; this guards against the
       // unexpected so that one failure cannot take the process down.
@@ -396,15 +433,15 @@ Status HttpServer::Start(const ServeOptions& options, HttpHandler handler,
 void HttpServer::Stop() {
   if (!impl_ || impl_->stopped) return;
   impl_->stopped = true;
-  impl_->work.reset();
-  impl_->ioc->stop();
+  impl_->work.clear();
+  for (auto& ioc : impl_->iocs) ioc->stop();
   for (auto& t : impl_->threads) t.join();
   impl_->threads.clear();
-  // Destroying the io_context destroys the pending handlers and with them
+  // Destroying the io_contexts destroys the pending handlers and with them
   // every session, which closes their sockets.
   impl_->retry_timer.reset();
   impl_->acceptor.reset();
-  impl_->ioc.reset();
+  impl_->iocs.clear();
 }
 
 }  // namespace recstream::serve

@@ -1,6 +1,6 @@
 // HttpServer: a small event-driven HTTP/1.1 server (Boost.Beast underneath,
-// kept out of this header). A fixed pool of I/O threads runs one event loop;
-// connections are not tied to threads.
+// kept out of this header). Each of a fixed pool of I/O threads runs its own
+// event loop; a connection stays on the loop (thread) that accepted it.
 //
 // Behaviour a client can rely on:
 //   - Keep-alive (HTTP/1.1 default, HTTP/1.0 with "Connection: keep-alive").

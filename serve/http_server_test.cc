@@ -261,3 +261,42 @@ TEST_CASE("HttpServer stops cleanly with open connections", "[http]") {
 
 }  // namespace
 }  // namespace recstream::serve
+
+namespace recstream::serve {
+namespace {
+
+// Sends `request` on a new connection and returns every byte received until
+// the server closes it or `wait_ms` pass without data.
+std::string RawExchange(uint16_t port, const std::string& request, int wait_ms = 2000) {
+  TestConnection c(port, wait_ms);
+  REQUIRE(c.SendRaw(request));
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::recv(c.fd(), buf, sizeof buf, 0);
+    if (n <= 0) break;
+    out.append(buf, size_t(n));
+  }
+  return out;
+}
+
+TEST_CASE("HttpServer writes the response head Beast wrote, byte for byte", "[http]") {
+  auto server = StartEcho(TestOptions());
+  const std::string body = "GET|/a|||";
+  const std::string head = "Server: recstream\r\nContent-Type: text/plain\r\n";
+  const std::string length = "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+  CHECK(RawExchange(server->port(), "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") ==
+        "HTTP/1.1 200 OK\r\n" + head + "Connection: close\r\n" + length + body);
+  CHECK(RawExchange(server->port(), "GET /a HTTP/1.0\r\n\r\n") ==
+        "HTTP/1.0 200 OK\r\n" + head + length + body);
+  CHECK(RawExchange(server->port(), "GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", 300) ==
+        "HTTP/1.0 200 OK\r\n" + head + "Connection: keep-alive\r\n" + length + body);
+  CHECK(RawExchange(server->port(), "GET /a HTTP/1.1\r\nHost: x\r\n\r\n", 300) ==
+        "HTTP/1.1 200 OK\r\n" + head + length + body);
+  CHECK(RawExchange(server->port(), "NOT HTTP\r\n\r\n") ==
+        "HTTP/1.1 400 Bad Request\r\nServer: recstream\r\nContent-Type: application/json\r\n"
+        "Connection: close\r\nContent-Length: 34\r\n\r\n{\"error\":\"malformed HTTP request\"}");
+}
+
+}  // namespace
+}  // namespace recstream::serve

@@ -1,5 +1,6 @@
 #include "serve/json_writer.h"
 
+#include <fmt/compile.h>
 #include <fmt/format.h>
 
 #include <cmath>
@@ -38,12 +39,33 @@ size_t Utf8SequenceLength(std::string_view s, size_t i) {
   return n;
 }
 
+// Appends the shortest round-trip form of `value` (fmt's "{}"), formatted
+// on the stack: fmt writing through a back_insert_iterator appends one
+// character at a time.
+template <typename T>
+void AppendNumber(std::string* out, T value) {
+  char buf[64];
+  char* end = fmt::format_to(buf, FMT_COMPILE("{}"), value);
+  out->append(buf, end);
+}
+
+// True for bytes AppendString copies as they are.
+inline bool Plain(unsigned char c) { return c >= 0x20 && c < 0x7F && c != '"' && c != '\\'; }
+
 }  // namespace
 
 void JsonWriter::AppendString(std::string* out, std::string_view s) {
   out->push_back('"');
   size_t i = 0;
   while (i < s.size()) {
+    // Runs of plain ASCII (ids, keys: nearly everything) in one append.
+    size_t run = i;
+    while (run < s.size() && Plain(static_cast<unsigned char>(s[run]))) ++run;
+    if (run > i) {
+      out->append(s.data() + i, run - i);
+      i = run;
+      if (i == s.size()) break;
+    }
     unsigned char c = static_cast<unsigned char>(s[i]);
     if (c >= 0x80) {
       size_t n = Utf8SequenceLength(s, i);
@@ -155,25 +177,29 @@ JsonWriter& JsonWriter::Null() {
 
 JsonWriter& JsonWriter::Int(int64_t value) {
   Separate();
-  fmt::format_to(std::back_inserter(*out_), "{}", value);
+  AppendNumber(out_, value);
   return *this;
 }
 
 JsonWriter& JsonWriter::Uint(uint64_t value) {
   Separate();
-  fmt::format_to(std::back_inserter(*out_), "{}", value);
+  AppendNumber(out_, value);
   return *this;
 }
 
 JsonWriter& JsonWriter::Float(float value) {
   Separate();
+  AppendFloat(out_, value);
+  return *this;
+}
+
+void JsonWriter::AppendFloat(std::string* out, float value) {
   if (!std::isfinite(value)) {
-    out_->append("null");
+    out->append("null");
   } else {
     // fmt's "{}" is the shortest representation that round-trips.
-    fmt::format_to(std::back_inserter(*out_), "{}", value);
+    AppendNumber(out, value);
   }
-  return *this;
 }
 
 JsonWriter& JsonWriter::Double(double value) {
@@ -181,7 +207,7 @@ JsonWriter& JsonWriter::Double(double value) {
   if (!std::isfinite(value)) {
     out_->append("null");
   } else {
-    fmt::format_to(std::back_inserter(*out_), "{}", value);
+    AppendNumber(out_, value);
   }
   return *this;
 }

@@ -36,6 +36,8 @@ class JsonWriter {
 
   // Appends `s` as a quoted, escaped JSON string to `out`.
   static void AppendString(std::string* out, std::string_view s);
+  // Appends `value` as Float() writes it (null when not finite).
+  static void AppendFloat(std::string* out, float value);
 
  private:
   // Writes the comma due before a value or key, if any.

@@ -47,6 +47,7 @@ class TestConnection {
   TestConnection& operator=(const TestConnection&) = delete;
 
   bool connected() const { return connected_; }
+  int fd() const { return fd_; }
 
   bool SendRaw(const std::string& data) {
     size_t sent = 0;
