@@ -345,6 +345,8 @@ const std::vector<Key>& KeyTable() {
         "learner.threads", [](auto& c) -> auto& { return c.learner.threads; }, 0, 256));
     t.push_back(IntKey(
         "learner.chunk", [](auto& c) -> auto& { return c.learner.chunk; }, 1, 1 << 20));
+    t.push_back(IntKey(
+        "learner.train_nice", [](auto& c) -> auto& { return c.learner.train_nice; }, 0, 19));
     // store
     t.push_back(StringKey(
         "store.path", [](auto& c) -> auto& { return c.store.path; }, "a non-empty path",

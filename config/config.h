@@ -29,6 +29,11 @@
 namespace recstream::config {
 
 struct AppConfig {
+  // The service favours answering over learning: training threads run 10
+  // nice levels below the HTTP threads unless learner.train_nice says
+  // otherwise (learner::LearnerOptions leaves priorities alone by default).
+  AppConfig() { learner.train_nice = 10; }
+
   ingest::KafkaOptions kafka;
   // rating_min/rating_max are copied from `rating.min`/`rating.max`, the same
   // values as learner.rating_min/rating_max.
