@@ -1,7 +1,10 @@
 #include "app/service.h"
 
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -181,6 +184,11 @@ recstream::Status Service::Impl::Init() {
 }
 
 void Service::Impl::IngestLoop() {
+  // Polling and parsing feed learning: they yield to serving like the
+  // training threads (learner.train_nice; lowering one's own priority needs
+  // no privilege).
+  if (config.learner.train_nice > 0)
+    setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), config.learner.train_nice);
   std::vector<ingest::RawMessage> messages;
   std::string detail;
   // The pipeline's own cost (poll, copy, parse; not librdkafka's threads).

@@ -8,7 +8,8 @@
 #
 #   bench/serve_wrk.sh BUILD_DIR [EVENTS]
 # Environment: CONNS (20), DELAY_MS (1), SECONDS_BUSY (10), SECONDS_IDLE (10),
-# IDLE_CONNS (64), THREADS (2, wrk threads).
+# IDLE_CONNS (64), THREADS (2, wrk threads), BENCH_ARGS (extra service_bench options,
+# e.g. "--train-nice 19").
 set -euo pipefail
 build=${1:?usage: serve_wrk.sh BUILD_DIR [EVENTS]}
 events=${2:-4000000}
@@ -21,7 +22,7 @@ idle_conns=${IDLE_CONNS:-64}
 threads=${THREADS:-2}
 log=$(mktemp /tmp/serve_wrk.XXXXXX.log)
 
-"$build/bench/service_bench" throughput --events "$events" --hold $((idle_s + 30)) >"$log" 2>&1 &
+"$build/bench/service_bench" ${BENCH_ARGS:-} throughput --events "$events" --hold $((idle_s + 30)) >"$log" 2>&1 &
 bench_pid=$!
 trap 'kill $bench_pid 2>/dev/null || true' EXIT
 

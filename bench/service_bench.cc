@@ -58,6 +58,7 @@ using serve::testing::TestConnection;
 constexpr char kAdminToken[] = "bench";
 // --kafka-property: extra consumer/producer properties of the service.
 std::map<std::string, std::string> g_kafka_properties;  // NOLINT: set once by main
+int g_train_nice = -1;  // NOLINT: set once by main; -1: the configuration's default
 
 struct Stack {
   testing::TempDir dir;
@@ -78,6 +79,7 @@ bool StartService(int checkpoint_ms, Stack* stack) {
   cfg.kafka.brokers = stack->kafka->bootstrap();
   cfg.kafka.group_id = "bench";
   cfg.kafka.properties = g_kafka_properties;
+  if (g_train_nice >= 0) cfg.learner.train_nice = g_train_nice;
   cfg.store.path = stack->dir.path() + "/store";
   cfg.store.checkpoint_interval_ms = checkpoint_ms;
   cfg.serve.listen = "127.0.0.1:0";
@@ -483,6 +485,9 @@ int main(int argc, char** argv) {
                  "partitions per topic; 0: 3 for freshness, enough for the backlog for throughput");
   app.add_option("--checkpoint-ms", checkpoint_ms, "store.checkpoint_interval_ms");
   app.add_option("--log-level", log_level, "spdlog level");
+  app.add_option("--train-nice", g_train_nice,
+                 "learner.train_nice of the service (default: the configuration's, 10)")
+      ->check(CLI::Range(0, 19));
   app.add_option("--kafka-property", kafka_props,
                  "KEY=VALUE librdkafka property of the service (kafka.properties.*)");
 
