@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark of BENCHMARKS.md in turn (about 20 minutes on the
+# Runs every benchmark of BENCHMARKS.md in turn (about 15 minutes on the
 # 2-core machine), printing the load average beside each.
 #   bench/run_all.sh BUILD_DIR
 set -euo pipefail
@@ -26,7 +26,10 @@ step end to end throughput through Kafka, then HTTP latency one request at a tim
 step wrk GET /v1/score while learning and idle
 "$here/serve_wrk.sh" "$build" 4000000
 step serving cost against items
-"$b/learner_bench" --serve-items 1000,100000,1000000
+"$b/scoring_bench" --items 1000,100000,1000000 --reps 300
+step snapshot, checkpoint and restore of 1M and 10M rows without Kafka
+"$b/service_bench" store --rows 1000000 --delta-rows 1000000
+"$b/service_bench" store --rows 10000000 --delta-rows 1000000
 for users in 100000 1000000 10000000; do
   step learner cost against distinct users: $users
   "$b/learner_bench" --events $users --users $users --cyclic-users --threads 2 --no-predictions
