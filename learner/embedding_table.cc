@@ -372,18 +372,10 @@ EmbeddingTable::Chunk* EmbeddingTable::EnsureChunk(uint32_t index) {
   if (c) return c;
   c = new Chunk;
   // Left uninitialised: a page is touched when its first row is created.
-  c->data = std::unique_ptr<float[], ChunkMemory>(new float[size_t(kChunkRows) * stride_],
-                                                  ChunkMemory{0});
+  c->data.reset(new float[size_t(kChunkRows) * stride_]);
   c->dirty.reset(new uint8_t[kChunkRows]());
   chunks_[index].store(c, std::memory_order_release);
   return c;
-}
-
-void EmbeddingTable::ChunkMemory::operator()(float* p) const {
-  if (bytes != 0)
-    ::munmap(p, bytes);
-  else
-    delete[] p;
 }
 
 void EmbeddingTable::InitValues(std::string_view key, float* r) const {

@@ -109,13 +109,9 @@ class EmbeddingTable {
 
   // Each row is an 8-byte id header (embedding_table.cc) then its floats.
   static constexpr size_t kHeaderFloats = 2;
-  struct ChunkMemory {
-    size_t bytes;  // of an own mapping; 0 when allocated with new[]
-    void operator()(float* p) const;
-  };
   struct Chunk {
-    std::unique_ptr<float[], ChunkMemory> data;  // kChunkRows * stride_ floats
-    std::unique_ptr<uint8_t[]> dirty;            // written through atomic_ref
+    std::unique_ptr<float[]> data;     // kChunkRows * stride_ floats
+    std::unique_ptr<uint8_t[]> dirty;  // written through atomic_ref
   };
   struct IndexShard;
   struct KeyArena;
