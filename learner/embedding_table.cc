@@ -287,6 +287,13 @@ uint32_t EmbeddingTable::Find(std::string_view key) const {
   return Probe(shards_[h & (kShards - 1)], h, key);
 }
 
+void EmbeddingTable::Prefetch(std::string_view key) const {
+  const uint64_t h = IndexHash(key);
+  const uint64_t* t = shards_[h & (kShards - 1)].slots.load(std::memory_order_acquire);
+  const uint64_t mask = std::atomic_ref<const uint64_t>(t[0]).load(std::memory_order_relaxed);
+  __builtin_prefetch(t + 1 + ((h >> 32) & mask));
+}
+
 uint32_t EmbeddingTable::GetOrCreate(std::string_view key, bool* created) {
   return Insert(key, nullptr, created);
 }

@@ -64,6 +64,9 @@ class EmbeddingTable {
   uint32_t Find(std::string_view key) const;
   // The row of `key`, created when missing. `created` tells which.
   uint32_t GetOrCreate(std::string_view key, bool* created = nullptr);
+  // A hint that `key` is looked up soon: starts loading its index slot into
+  // the cache. Safe from any thread; changes nothing.
+  void Prefetch(std::string_view key) const;
   // For restoring rows: sets the row of `key` to values[0..2 * width) (values
   // then accumulators), creating it when missing without computing initial
   // values. Same thread safety as GetOrCreate; the row is readable with its

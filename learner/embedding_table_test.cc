@@ -393,6 +393,11 @@ TEST_CASE("EmbeddingTable Put creates rows with the given values or overwrites t
     wrong += !ok;
   }
   CHECK(wrong == 0);
+  // Prefetch is a hint only: it creates nothing.
+  table.Prefetch("nobody");
+  table.Prefetch("alice");
+  CHECK(table.Find("nobody") == EmbeddingTable::kNoRow);
+  CHECK(table.size() == uint32_t(n + 1));
   // An existing row is overwritten, values and accumulators.
   const float mine[6] = {1, 2, 3, 4, 5, 6};
   CHECK(table.Put("alice", mine) == a);
