@@ -369,6 +369,13 @@ TEST_CASE("FeatureLists is safe to set and read from many threads", "[FeatureLis
   CHECK(DirtyLists(&lists, false).size() == rows);
 }
 
+// Short ids and ids too long for the row header.
+static std::string PutId(int i) {
+  std::string id = i % 3 ? "u" : "a-long-user-id-";
+  id += std::to_string(i);
+  return id;
+}
+
 TEST_CASE("EmbeddingTable Put creates rows with the given values or overwrites them",
           "[EmbeddingTable]") {
   EmbeddingTable table("user", 3, 3, 0.1f, 0.5f, 7);
@@ -378,14 +385,14 @@ TEST_CASE("EmbeddingTable Put creates rows with the given values or overwrites t
   std::vector<float> v(6);
   for (int i = 0; i < n; ++i) {
     for (int k = 0; k < 6; ++k) v[k] = float(i) + 0.25f * float(k);
-    const std::string id = i % 3 ? "u" + std::to_string(i) : "a-long-user-id-" + std::to_string(i);
+    const std::string id = PutId(i);
     const uint32_t r = table.Put(id, v.data());
     REQUIRE(r == uint32_t(i + 1));
   }
   CHECK(table.size() == uint32_t(n + 1));
   int wrong = 0;
   for (int i = 0; i < n; ++i) {
-    const std::string id = i % 3 ? "u" + std::to_string(i) : "a-long-user-id-" + std::to_string(i);
+    const std::string id = PutId(i);
     const uint32_t r = table.Find(id);
     const float* row = r == EmbeddingTable::kNoRow ? nullptr : table.Row(r);
     bool ok = row != nullptr && table.key(r) == id;
