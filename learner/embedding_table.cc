@@ -287,7 +287,25 @@ uint32_t EmbeddingTable::Find(std::string_view key) const {
   return Probe(shards_[h & (kShards - 1)], h, key);
 }
 
+void EmbeddingTable::Prefetch(std::string_view key) const {
+  const uint64_t h = IndexHash(key);
+  const uint64_t* t = shards_[h & (kShards - 1)].slots.load(std::memory_order_acquire);
+  const uint64_t mask = std::atomic_ref<const uint64_t>(t[0]).load(std::memory_order_relaxed);
+  __builtin_prefetch(t + 1 + ((h >> 32) & mask));
+}
+
 uint32_t EmbeddingTable::GetOrCreate(std::string_view key, bool* created) {
+  return Insert(key, nullptr, created);
+}
+
+uint32_t EmbeddingTable::Put(std::string_view key, const float* values) {
+  bool created = false;
+  const uint32_t row = Insert(key, values, &created);
+  if (!created) std::memcpy(Row(row), values, 2 * size_t(width_) * sizeof(float));
+  return row;
+}
+
+uint32_t EmbeddingTable::Insert(std::string_view key, const float* values, bool* created) {
   if (created) *created = false;
   const uint64_t h = IndexHash(key);
   IndexShard& s = shards_[h & (kShards - 1)];
@@ -297,7 +315,7 @@ uint32_t EmbeddingTable::GetOrCreate(std::string_view key, bool* created) {
   std::lock_guard lock(s.mu);
   row = Probe(s, h, key);  // the array is stable while we hold the mutex
   if (row != kNoRow) return row;
-  row = NewRow(key);
+  row = NewRow(key, values);
 
   uint64_t* t = s.slots.load(std::memory_order_relaxed);
   uint64_t mask = t[0];
@@ -328,13 +346,17 @@ uint32_t EmbeddingTable::GetOrCreate(std::string_view key, bool* created) {
   return row;
 }
 
-uint32_t EmbeddingTable::NewRow(std::string_view key) {
+uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
   // Initial values are computed before taking the lock, which is then held
   // only for a copy: rows become ready in allocation order, so size() never
   // exposes a row whose key or values are still being written.
-  thread_local std::vector<float> init;
-  init.resize(2 * size_t(width_));
-  InitValues(key, init.data());
+  const size_t n = 2 * size_t(width_);
+  if (values == nullptr) {
+    thread_local std::vector<float> init;
+    init.resize(n);
+    InitValues(key, init.data());
+    values = init.data();
+  }
   std::lock_guard alloc(alloc_mu_);
   const uint32_t row = next_row_++;
   Chunk* c = EnsureChunk(row >> kChunkBits);
@@ -346,7 +368,7 @@ uint32_t EmbeddingTable::NewRow(std::string_view key) {
     v = p | kLongKey;
   }
   std::memcpy(h, &v, kHeaderBytes);
-  std::memcpy(Row(row), init.data(), init.size() * sizeof(float));
+  std::memcpy(Row(row), values, n * sizeof(float));
   c->dirty[row & kChunkMask] = 1;
   ready_rows_.store(row + 1, std::memory_order_release);
   return row;

@@ -64,6 +64,15 @@ class EmbeddingTable {
   uint32_t Find(std::string_view key) const;
   // The row of `key`, created when missing. `created` tells which.
   uint32_t GetOrCreate(std::string_view key, bool* created = nullptr);
+  // A hint that `key` is looked up soon: starts loading its index slot into
+  // the cache. Safe from any thread; changes nothing.
+  void Prefetch(std::string_view key) const;
+  // For restoring rows: sets the row of `key` to values[0..2 * width) (values
+  // then accumulators), creating it when missing without computing initial
+  // values. Same thread safety as GetOrCreate; the row is readable with its
+  // new values once Put returns. Concurrent Puts of one key leave one of the
+  // given rows (floats of the other may mix in, as with trainers' writes).
+  uint32_t Put(std::string_view key, const float* values);
 
   // values[0..width) then accumulators[0..width).
   float* Row(uint32_t row) const { return chunk(row)->data.get() + offset(row); }
@@ -121,7 +130,9 @@ class EmbeddingTable {
   static uint32_t NextDirty(const uint8_t* dirty, uint32_t i, uint32_t end);
   uint32_t Probe(const IndexShard& shard, uint64_t hash, std::string_view key) const;
   bool RowHasKey(uint32_t row, uint64_t short_header, std::string_view key) const;
-  uint32_t NewRow(std::string_view key);
+  uint32_t Insert(std::string_view key, const float* values, bool* created);
+  // values: 2 * width_ floats, or nullptr for the initial values.
+  uint32_t NewRow(std::string_view key, const float* values);
   Chunk* EnsureChunk(uint32_t index);
   void InitValues(std::string_view key, float* values) const;  // 2 * width_ floats
 

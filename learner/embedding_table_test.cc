@@ -369,4 +369,51 @@ TEST_CASE("FeatureLists is safe to set and read from many threads", "[FeatureLis
   CHECK(DirtyLists(&lists, false).size() == rows);
 }
 
+// Short ids and ids too long for the row header.
+static std::string PutId(int i) {
+  std::string id = i % 3 ? "u" : "a-long-user-id-";
+  id += std::to_string(i);
+  return id;
+}
+
+TEST_CASE("EmbeddingTable Put creates rows with the given values or overwrites them",
+          "[EmbeddingTable]") {
+  EmbeddingTable table("user", 3, 3, 0.1f, 0.5f, 7);
+  const uint32_t a = table.GetOrCreate("alice");
+  // Enough rows to span several chunks, with short and long ids.
+  const int n = 40000;
+  std::vector<float> v(6);
+  for (int i = 0; i < n; ++i) {
+    for (int k = 0; k < 6; ++k) v[k] = float(i) + 0.25f * float(k);
+    const std::string id = PutId(i);
+    const uint32_t r = table.Put(id, v.data());
+    REQUIRE(r == uint32_t(i + 1));
+  }
+  CHECK(table.size() == uint32_t(n + 1));
+  int wrong = 0;
+  for (int i = 0; i < n; ++i) {
+    const std::string id = PutId(i);
+    const uint32_t r = table.Find(id);
+    const float* row = r == EmbeddingTable::kNoRow ? nullptr : table.Row(r);
+    bool ok = row != nullptr && table.key(r) == id;
+    for (int k = 0; ok && k < 6; ++k) ok = row[k] == float(i) + 0.25f * float(k);
+    wrong += !ok;
+  }
+  CHECK(wrong == 0);
+  // Prefetch is a hint only: it creates nothing.
+  table.Prefetch("nobody");
+  table.Prefetch("alice");
+  CHECK(table.Find("nobody") == EmbeddingTable::kNoRow);
+  CHECK(table.size() == uint32_t(n + 1));
+  // An existing row is overwritten, values and accumulators.
+  const float mine[6] = {1, 2, 3, 4, 5, 6};
+  CHECK(table.Put("alice", mine) == a);
+  CHECK(table.size() == uint32_t(n + 1));
+  CHECK(std::vector<float>(table.Row(a), table.Row(a) + 6) == std::vector<float>(mine, mine + 6));
+  // Rows made by Put are changed rows, like any new row.
+  int dirty = 0;
+  table.ForEachDirty(false, [&](uint32_t) { ++dirty; });
+  CHECK(dirty == n + 1);
+}
+
 }  // namespace recstream::learner
