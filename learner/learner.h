@@ -263,7 +263,8 @@ class Learner {
   // exclude_purchased. The user's side, the dense layers and purchases are
   // read live, and items created since are always included, but the item
   // vectors come from a cache that may lag the model by up to
-  // max(2 s, 20 x its build time) (about 0.25 s + build time while
+  // max(2 s, 20 x its build time) when the catalogue has more than 4,096
+  // items (smaller ones always match the model) (about 0.25 s + build time while
   // Recommend is in use; 100,000 items build in tens of ms). On a quiet model
   // the results carry exactly Score()'s predictions and scores.
   std::vector<Recommendation> Recommend(std::string_view user, int k, bool exclude_purchased,
