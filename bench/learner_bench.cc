@@ -131,55 +131,6 @@ RunResult RunOnce(const Config& cfg, int threads) {
   return r;
 }
 
-// Serving cost against the number of items: a learner that knows `items`
-// items (and 1,000 users) answers Score, ScoreMany over 1,000 items and
-// Recommend k=10 over every item, timed one call at a time on this thread.
-void ServeItems(const Config& cfg, int items, int reps) {
-  learner::LearnerOptions lo;
-  lo.dim = cfg.dim;
-  lo.threads = cfg.threads.empty() ? 0 : cfg.threads.back();
-  std::unique_ptr<learner::Learner> model;
-  if (!learner::Learner::Create(lo, &model).ok()) std::exit(2);
-  std::vector<learner::Event> batch;
-  for (int i = 0; i < items; ++i) {
-    learner::Event e;
-    e.task = i % 3 == 0 ? Task::kRating : Task::kClick;
-    e.user = std::to_string(i % 1000);
-    e.item = "i" + std::to_string(i);
-    e.label = e.task == Task::kRating ? 4.0f : float(i % 2);
-    batch.push_back(std::move(e));
-    if (batch.size() == cfg.batch || i + 1 == items) {
-      model->Train(batch);
-      batch.clear();
-    }
-  }
-  learner::Blend blend;
-  std::mt19937_64 rng(5);
-  std::vector<double> one, many, rec;
-  std::vector<std::string> ids(1000);
-  std::vector<learner::ScoreResult> out;
-  for (int r = 0; r < reps; ++r) {
-    std::string user = std::to_string(rng() % 1000);
-    auto start = Clock::now();
-    auto s = model->Score(user, "i" + std::to_string(rng() % items), blend);
-    one.push_back(SecondsSince(start) * 1e3);
-    for (auto& id : ids) id = "i" + std::to_string(rng() % items);
-    start = Clock::now();
-    model->ScoreMany(user, ids, blend, &out);
-    many.push_back(SecondsSince(start) * 1e3);
-    start = Clock::now();
-    auto top = model->Recommend(user, 10, true, blend);
-    rec.push_back(SecondsSince(start) * 1e3);
-    if (top.empty() || !std::isfinite(s.score)) std::exit(3);
-  }
-  std::printf(
-      "serve items=%d (Learner calls, no HTTP) Score p50_ms=%.4f p99_ms=%.4f | ScoreMany(1000) "
-      "p50_ms=%.3f p99_ms=%.3f | Recommend(k=10) p50_ms=%.3f p99_ms=%.3f | rss_mib=%.1f load=%s\n",
-      items, Quantile(&one, 0.5), Quantile(&one, 0.99), Quantile(&many, 0.5), Quantile(&many, 0.99),
-      Quantile(&rec, 0.5), Quantile(&rec, 0.99), MiB(ResidentBytes()), LoadAverage().c_str());
-  std::fflush(stdout);
-}
-
 void Print(const Config& cfg, const RunResult& r) {
   const auto& st = r.stats;
   std::printf(
@@ -222,16 +173,8 @@ int main(int argc, char** argv) {
   app.add_flag("--cyclic-users", cfg.cyclic_users, "user of event i is i mod users");
   bool no_predictions = false;
   app.add_flag("--no-predictions", no_predictions, "do not collect progressive predictions");
-  std::vector<int> serve_items;
-  app.add_option("--serve-items", serve_items,
-                 "instead: time Score/ScoreMany/Recommend with this many items, e.g. 1000,100000")
-      ->delimiter(',');
   CLI11_PARSE(app, argc, argv);
   cfg.predictions = !no_predictions;
-  if (!serve_items.empty()) {
-    for (int n : serve_items) ServeItems(cfg, n, n >= 1000000 ? 50 : 200);
-    return 0;
-  }
 
   std::printf(
       "learner_bench events=%llu users=%d items=%d batch=%zu chunk=%d dim=%d train_nice=%d%s "
