@@ -148,6 +148,7 @@ struct Generator::Impl {
       item_cdf[r] = total;
     }
     for (double& c : item_cdf) c /= total;
+    SetWorldConstants();
   }
 
   int SampleItem() {
@@ -219,15 +220,10 @@ struct Generator::Impl {
     }
   }
 
-  void FillWorld() {
+  // The world's constants (its vectors are filled by Build in place).
+  void SetWorldConstants() {
     World& w = world;
     w.factors = options.factors;
-    w.user_age = user_age;
-    w.age_vec = age_vec;
-    w.user_vec = user_vec;
-    w.user_bias = user_bias;
-    w.item_vec = item_vec;
-    w.item_bias = item_bias;
     w.user_own_sd = std::pow(double(options.factors), -0.25) * std::sqrt(1.0 - kGroupShare);
     w.user_bias_sd = kUserBiasSd;
     w.click_intercept = kClickIntercept;
@@ -235,28 +231,29 @@ struct Generator::Impl {
     w.purchase_intercept = kPurchaseIntercept;
     w.purchase_item_bias = kPurchaseItemBias;
     w.purchase_affinity = kPurchaseAffinity;
-    w.rating_mu = rating_mu;
-    w.rating_scale = rating_scale;
     w.rating_affinity = kRatingAffinity;
     w.rating_noise = kRatingNoise;
   }
 
   GeneratorOptions options;
   Rng rng;
-  World world;                  // filled on first use
-  std::vector<double> age_vec;  // age groups x factors
   uint64_t produced = 0;
   int64_t ts = kStartTs;
 
-  std::vector<int> user_age;
-  std::vector<double> user_vec;  // users x factors
-  std::vector<double> user_bias;
+  // The hidden world; the names below refer to its parts (no copies).
+  World world;
+  std::vector<double>& age_vec = world.age_vec;  // age groups x factors
+  std::vector<int>& user_age = world.user_age;
+  std::vector<double>& user_vec = world.user_vec;  // users x factors
+  std::vector<double>& user_bias = world.user_bias;
+  std::vector<double>& item_vec = world.item_vec;  // items x factors
+  std::vector<double>& item_bias = world.item_bias;
+  double& rating_mu = world.rating_mu;
+  double& rating_scale = world.rating_scale;
   std::vector<int> item_cat;
-  std::vector<double> item_vec;  // items x factors
-  std::vector<double> item_bias;
   std::vector<int> popular;      // popularity rank -> item
   std::vector<double> item_cdf;  // cumulative popularity by rank
-  double rating_mu = 0, rating_scale = 1, rating_step = 0.5;
+  double rating_step = 0.5;
 
   fmt::memory_buffer buffer;  // the line (or lines) being written
   bool pending_purchase = false;
@@ -330,9 +327,6 @@ Status Generator::WriteItemVectors(std::ostream* out, int dim, double noise) con
   return Status::OK();
 }
 
-const World& Generator::world() const {
-  if (impl_->world.factors == 0) impl_->FillWorld();
-  return impl_->world;
-}
+const World& Generator::world() const { return impl_->world; }
 
 }  // namespace recstream::eval

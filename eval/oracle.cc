@@ -43,13 +43,7 @@ class UserPosteriors {
     double* m = &mean_[u * k_];
     double* s = &cov_[u * k_ * k_];
     double mu = c, var = 0;
-    for (int a = 0; a < k_; ++a) {
-      double t = 0;
-      for (int b = 0; b < k_; ++b) t += s[a * k_ + b] * x[b];
-      sx_[a] = t;
-      mu += x[a] * m[a];
-      var += x[a] * t;
-    }
+    Project(m, s, x, &mu, &var);
     const double lam2 = M_PI / 8.0, lam = std::sqrt(lam2);
     const double p = 1.0 / (1.0 + std::exp(-mu / std::sqrt(1.0 + lam2 * var)));
     const double ss = std::sqrt(1.0 + lam2 * var);
@@ -71,13 +65,7 @@ class UserPosteriors {
     double* m = &mean_[u * k_];
     double* s = &cov_[u * k_ * k_];
     double pred = c, hs = 0;
-    for (int a = 0; a < k_; ++a) {
-      double t = 0;
-      for (int b = 0; b < k_; ++b) t += s[a * k_ + b] * h[b];
-      sx_[a] = t;
-      pred += h[a] * m[a];
-      hs += h[a] * t;
-    }
+    Project(m, s, h, &pred, &hs);
     const double den = hs + noise_sd * noise_sd, err = value - pred;
     for (int a = 0; a < k_; ++a) m[a] += sx_[a] * err / den;
     for (int a = 0; a < k_; ++a)
@@ -86,6 +74,18 @@ class UserPosteriors {
   }
 
  private:
+  // sx_ = S x; adds x.m to *mean and x.S.x to *var.
+  void Project(const double* m, const double* s, const std::vector<double>& x, double* mean,
+               double* var) {
+    for (int a = 0; a < k_; ++a) {
+      double t = 0;
+      for (int b = 0; b < k_; ++b) t += s[a * k_ + b] * x[b];
+      sx_[a] = t;
+      *mean += x[a] * m[a];
+      *var += x[a] * t;
+    }
+  }
+
   const World& w_;
   const int f_, k_;
   std::vector<double> mean_, cov_, sx_;
