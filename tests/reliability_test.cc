@@ -185,6 +185,11 @@ struct Stream {
     ingest::ParserOptions po;
     for (int i = 0; i < n; ++i) REQUIRE(p->SendEvent(Next(), po).ok());
   }
+  // Send, then wait until the broker has every message.
+  void SendAll(ingest::EventProducer* p, int n) {
+    Send(p, n);
+    REQUIRE(p->Flush(10000).ok());
+  }
 };
 
 // Opens a stopped service's store and checks the model it holds.
@@ -289,8 +294,7 @@ TEST_CASE("Hostile events go to the dead-letter topic with their reason; the mod
     stream.Send(producer.get(), 10);
     raw.Send(*event_topics[i % 3], "k" + std::to_string(i), corpus[i].bytes);
   }
-  stream.Send(producer.get(), 10);
-  REQUIRE(producer->Flush(10000).ok());
+  stream.SendAll(producer.get(), 10);
   raw.Flush();
 
   REQUIRE(WaitFor([&] { return Learned(port) == stream.total(); }, 40s));
@@ -347,8 +351,7 @@ TEST_CASE("Broker faults: serving keeps answering, consumption resumes, nothing 
   Stream stream;
   std::unique_ptr<ingest::EventProducer> producer;
   REQUIRE(ingest::EventProducer::Open(kafka->bootstrap(), topics, &producer).ok());
-  stream.Send(producer.get(), 2000);
-  REQUIRE(producer->Flush(10000).ok());
+  stream.SendAll(producer.get(), 2000);
   REQUIRE(WaitFor([&] { return Learned(port) == stream.total(); }, 30s));
 
   // 1. Fetch and commit requests fail for a while.
@@ -360,8 +363,7 @@ TEST_CASE("Broker faults: serving keeps answering, consumption resumes, nothing 
   rd_kafka_mock_push_request_errors(mock, kApiOffsetCommit, 3, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
                                     RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
                                     RD_KAFKA_RESP_ERR_NOT_COORDINATOR);
-  stream.Send(producer.get(), 2000);
-  REQUIRE(producer->Flush(10000).ok());
+  stream.SendAll(producer.get(), 2000);
   REQUIRE(WaitFor([&] { return Learned(port) == stream.total(); }, 30s));
 
   // 2. Leaders move between brokers while events arrive.
@@ -424,16 +426,14 @@ TEST_CASE("A second instance joins and leaves the group: the first learns every 
   Stream stream;
   std::unique_ptr<ingest::EventProducer> producer;
   REQUIRE(ingest::EventProducer::Open(kafka->bootstrap(), topics, &producer).ok());
-  stream.Send(producer.get(), 2000);
-  REQUIRE(producer->Flush(10000).ok());
+  stream.SendAll(producer.get(), 2000);
   REQUIRE(WaitFor([&] { return Learned(port) == stream.total(); }, 30s));
 
   // B joins: the group rebalances and the partitions are split.
   REQUIRE(app::Service::Start(b_cfg, &b).ok());
   const uint16_t b_port = PortOf(b->http_address());
   REQUIRE(WaitFor([&] { return HttpCall(b_port, "GET", "/readyz").status == 200; }, 40s));
-  stream.Send(producer.get(), 3000);
-  REQUIRE(producer->Flush(10000).ok());
+  stream.SendAll(producer.get(), 3000);
   REQUIRE(WaitFor([&] { return Learned(b_port) > 0; }, 30s));
   std::this_thread::sleep_for(1s);
   const double a_during = Learned(port);
@@ -443,8 +443,7 @@ TEST_CASE("A second instance joins and leaves the group: the first learns every 
   // where A itself left it, so A's model holds every event exactly once.
   REQUIRE(b->Shutdown().ok());
   b.reset();
-  stream.Send(producer.get(), 1000);
-  REQUIRE(producer->Flush(10000).ok());
+  stream.SendAll(producer.get(), 1000);
   REQUIRE(WaitFor([&] { return Learned(port) == stream.total(); }, 60s));
   std::this_thread::sleep_for(1s);
   auto learned = LearnedByTask(port);
@@ -473,8 +472,7 @@ TEST_CASE("Disk faults: readiness reports them, serving goes on, nothing unstore
   Stream stream;
   std::unique_ptr<ingest::EventProducer> producer;
   REQUIRE(ingest::EventProducer::Open(kafka->bootstrap(), topics, &producer).ok());
-  stream.Send(producer.get(), 2000);
-  REQUIRE(producer->Flush(10000).ok());
+  stream.SendAll(producer.get(), 2000);
   REQUIRE(WaitFor([&] { return Learned(port) == stream.total(); }, 30s));
   const std::string admin = "Authorization: Bearer adm1n\r\n";
   REQUIRE(HttpCall(port, "POST", "/v1/admin/checkpoint", "", admin).status == 200);
@@ -485,8 +483,7 @@ TEST_CASE("Disk faults: readiness reports them, serving goes on, nothing unstore
   // The disk fills up: checkpoints fail, readiness says why, learning and
   // serving continue from memory.
   disk_full->store(true);
-  stream.Send(producer.get(), 2000);
-  REQUIRE(producer->Flush(10000).ok());
+  stream.SendAll(producer.get(), 2000);
   REQUIRE(WaitFor([&] { return HttpCall(port, "GET", "/readyz").status == 503; }, 10s));
   auto ready = HttpCall(port, "GET", "/readyz");
   CHECK(ready.body.find("store") != std::string::npos);
@@ -511,8 +508,7 @@ TEST_CASE("Disk faults: readiness reports them, serving goes on, nothing unstore
   // final checkpoint fails and the store keeps the last complete one.
   const int stored_before_second_fault = stream.total();
   disk_full->store(true);
-  stream.Send(producer.get(), 1500);
-  REQUIRE(producer->Flush(10000).ok());
+  stream.SendAll(producer.get(), 1500);
   REQUIRE(WaitFor([&] { return Learned(port) == stream.total(); }, 30s));
   CHECK_FALSE(service->Shutdown().ok());
   service.reset();
@@ -568,8 +564,7 @@ TEST_CASE("SIGTERM: final checkpoint, offsets stored and committed, group left, 
   std::unique_ptr<ingest::EventProducer> producer;
   ingest::TopicNames topics;
   REQUIRE(ingest::EventProducer::Open(brokers, topics, &producer).ok());
-  stream.Send(producer.get(), 5000);
-  REQUIRE(producer->Flush(10000).ok());
+  stream.SendAll(producer.get(), 5000);
   REQUIRE(WaitFor([&] { return Learned(port) == stream.total(); }, 30s));
 
   auto t0 = std::chrono::steady_clock::now();
