@@ -197,10 +197,10 @@ void Learner::Impl::UpdateRows(EmbeddingTable& main, EmbeddingTable& side,
   const int d = options.dim;
   for (size_t i = 0; i < rows.size(); ++i) {
     EmbeddingTable& table = i == 0 ? main : side;
+    table.MarkDirty(rows[i]);  // before the write: a snapshot may need the old values
     float* r = table.Row(rows[i]);
     ApplyRow(r, grad, d, 0, options.lr_embedding);
     ApplyRow(r, grad + d, 1, d + t, lr_bias);
-    table.MarkDirty(rows[i]);
   }
 }
 
@@ -303,6 +303,7 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
     } else if (trainable) {
       // Adagrad (or SGD) with L2, as ApplyRow; accumulators follow the P values.
       const float l2 = options.l2, clip = options.grad_clip, lr = options.lr_embedding;
+      pretrained->MarkDirty(pre_row);  // before the write, as in UpdateRows
       float* acc = p + P;
       const bool sgd = options.embedding_optimizer == Optimizer::kSgd;
       for (int j = 0; j < P; ++j) {
@@ -314,7 +315,6 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
           p[j] -= lr * gj / (std::sqrt(acc[j]) + 1e-8f);
         }
       }
-      pretrained->MarkDirty(pre_row);
     }
   }
   UpdateRows(users, user_features, s->user_rows, s->du.data(), t);

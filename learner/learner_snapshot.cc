@@ -132,10 +132,10 @@ Status Learner::ImportPretrained(std::string_view item, std::span<const float> v
                                      "' has a non-finite value");
   m.items.GetOrCreate(item);  // a new row is created dirty
   const uint32_t r = m.pretrained->GetOrCreate(item);
+  m.pretrained->MarkDirty(r);  // before the write (see EmbeddingTable::MarkDirty)
   float* row = m.pretrained->Row(r);
   std::copy(vec.begin(), vec.end(), row);
   std::fill(row + vec.size(), row + 2 * vec.size(), m.options.adagrad_init);
-  m.pretrained->MarkDirty(r);
   return Status::OK();
 }
 
