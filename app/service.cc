@@ -329,9 +329,12 @@ void Service::Impl::MaybeCheckpoint(bool final) {
   }
   if (!job) job = std::make_unique<CheckpointJob>();
   const auto snapshot_start = Clock::now();
-  learner->TakeSnapshot(need_full, &job->snapshot);
-  spdlog::debug("checkpoint snapshot: {} rows in {:.1f} ms on the training thread",
-                job->snapshot.rows(),
+  // Training waits only while the changed rows are listed; the writer
+  // thread copies them (FinishSnapshot) while training goes on, and a
+  // trainer about to change a row not yet copied copies it first, so the
+  // stored rows still describe exactly the events of `offsets`.
+  learner->BeginSnapshot(need_full, &job->snapshot);
+  spdlog::debug("checkpoint snapshot begun in {:.2f} ms on the training thread",
                 std::chrono::duration<double, std::milli>(Clock::now() - snapshot_start).count());
   need_full = false;
   job->offsets = learned_positions;
@@ -358,6 +361,11 @@ void Service::Impl::WriterLoop() {
       job = std::move(pending);
       writing = true;
     }
+    const auto copy_start = Clock::now();
+    learner->FinishSnapshot(&job->snapshot);
+    spdlog::debug("checkpoint snapshot: {} rows copied in {:.1f} ms beside training",
+                  job->snapshot.rows(),
+                  std::chrono::duration<double, std::milli>(Clock::now() - copy_start).count());
     store::CheckpointInfo info;
     recstream::Status s = store->Write(job->snapshot, job->offsets, &info);
     if (s.ok()) {

@@ -18,7 +18,8 @@
 //   service_bench store [--rows N] [--delta-rows M]
 //     The persistence path alone (no Kafka, no HTTP): a learner of the
 //     service's default shape holding N user rows (synthetic values)
-//     snapshots them (the training thread's pause), stores them as one full
+//     snapshots them (BeginSnapshot: the training thread's pause; then
+//     FinishSnapshot: the copy beside training), stores them as one full
 //     checkpoint, then stores M changed rows as a delta checkpoint, closes the
 //     store and restarts from it (Load + ApplySnapshot into a new learner).
 //
@@ -414,9 +415,15 @@ int StoreBench(uint64_t rows, uint64_t delta_rows) {
   std::printf("learner holds %llu rows, rss_mib=%.1f\n", (unsigned long long)rows,
               MiB(ResidentBytes()));
   learner::ModelSnapshot full;
-  timed("TakeSnapshot(full) [training-thread pause]", [&] { trained->TakeSnapshot(true, &full); });
+  // The training thread waits only for BeginSnapshot (the listing); the
+  // service's writer thread runs FinishSnapshot (the copy) beside training.
+  timed("BeginSnapshot(full) [training-thread pause]",
+        [&] { trained->BeginSnapshot(true, &full); });
+  timed("FinishSnapshot [writer thread, beside training]", [&] { trained->FinishSnapshot(&full); });
   // The service passes the previous checkpoint's snapshot back in.
-  timed("TakeSnapshot(full), buffers reused", [&] { trained->TakeSnapshot(true, &full); });
+  timed("BeginSnapshot(full), buffers reused [pause]",
+        [&] { trained->BeginSnapshot(true, &full); });
+  timed("FinishSnapshot, buffers reused", [&] { trained->FinishSnapshot(&full); });
   std::unique_ptr<store::CheckpointStore> st;
   if (!store::CheckpointStore::Open(cfg.store, &st).ok()) return 1;
   OffsetMap offsets;

@@ -2,9 +2,11 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 #include <new>
+#include <thread>
 
 // The id index is 64 shards, each an open-addressing table of 64-bit slots
 // with linear probing. A slot holds (tag << 32) | (row + 1), 0 when empty;
@@ -261,6 +263,79 @@ uint32_t EmbeddingTable::NextDirty(const uint8_t* dirty, uint32_t i, uint32_t en
   }
   while (i < end && !dirty[i]) ++i;
   return i;
+}
+
+void EmbeddingTable::BeginExport(bool all, std::vector<uint32_t>* rows, FloatBuffer* dest) {
+  // Runs while writers wait: one pass over the marks (eight at a time where
+  // rows are clean), nothing copied.
+  rows->clear();
+  const uint32_t n = size();
+  for (uint32_t base = 0; base < n; base += kChunkRows) {
+    uint8_t* dirty = chunk(base)->dirty.get();
+    const uint32_t end = std::min(kChunkRows, n - base);
+    uint32_t i = all ? 0 : NextDirty(dirty, 0, end);
+    for (; i < end; i = all ? i + 1 : NextDirty(dirty, i + 1, end)) {
+      dirty[i] = kDue;
+      rows->push_back(base + i);
+    }
+  }
+  dest->resize(rows->size() * 2 * size_t(width_));
+  export_.rows = rows->data();
+  export_.count = rows->size();
+  export_.dest = dest->data();
+  export_.copied.store(0, std::memory_order_relaxed);
+}
+
+bool EmbeddingTable::Claim(uint32_t row) {
+  std::atomic_ref<uint8_t> d(chunk(row)->dirty[row & kChunkMask]);
+  uint8_t due = kDue;
+  return d.compare_exchange_strong(due, kCopying, std::memory_order_acquire,
+                                   std::memory_order_relaxed);
+}
+
+void EmbeddingTable::CopyOut(size_t i, uint32_t row, uint8_t final_state) {
+  const size_t w2 = 2 * size_t(width_);
+  std::memcpy(export_.dest + i * w2, Row(row), w2 * sizeof(float));
+  std::atomic_ref<uint8_t>(chunk(row)->dirty[row & kChunkMask])
+      .store(final_state, std::memory_order_release);
+  export_.copied.fetch_add(1, std::memory_order_release);
+}
+
+void EmbeddingTable::CopyOutBeforeWrite(uint32_t row) {
+  std::atomic_ref<uint8_t> d(chunk(row)->dirty[row & kChunkMask]);
+  for (;;) {
+    const uint8_t state = d.load(std::memory_order_acquire);
+    if (state == kDue) {
+      // Claimed first: FinishExport cannot return (and `rows` cannot go)
+      // before this copy is counted. Rows are listed in order.
+      if (!Claim(row)) continue;
+      const uint32_t* at = std::lower_bound(export_.rows, export_.rows + export_.count, row);
+      CopyOut(size_t(at - export_.rows), row, kDirty);
+      return;
+    }
+    if (state == kCopying) {
+      // FinishExport or another writer is copying it: a few hundred bytes.
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#else
+      std::this_thread::yield();
+#endif
+      continue;
+    }
+    if (state == kClean) d.store(kDirty, std::memory_order_relaxed);
+    return;
+  }
+}
+
+void EmbeddingTable::FinishExport() {
+  for (size_t i = 0; i < export_.count; ++i) {
+    if (i + 4 < export_.count) __builtin_prefetch(Row(export_.rows[i + 4]));
+    const uint32_t row = export_.rows[i];
+    if (Claim(row)) CopyOut(i, row, kClean);
+  }
+  // Rows claimed by writers may still be on their way.
+  while (export_.copied.load(std::memory_order_acquire) < export_.count) std::this_thread::yield();
+  export_.count = 0;
 }
 
 uint32_t EmbeddingTable::Probe(const IndexShard& shard, uint64_t hash, std::string_view id) const {

@@ -11,8 +11,8 @@
 // thread. Find (and GetOrCreate of an existing id) takes no lock and writes
 // no shared memory. Row contents are written by trainers without locks
 // (Hogwild); readers may see a mix of old and new values, never a torn float.
-// ForEachDirty must not run concurrently with writers (GetOrCreate,
-// MarkDirty).
+// ForEachDirty and BeginExport must not run concurrently with writers
+// (GetOrCreate, MarkDirty); FinishExport may.
 //
 // Memory per row: 2 * width floats behind an 8-byte header that holds the id
 // (ids of up to 7 bytes inline, longer ones in an append-only arena that the
@@ -28,6 +28,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "learner/float_buffer.h"
 
 namespace recstream::learner {
 
@@ -80,15 +82,24 @@ class EmbeddingTable {
   // GetOrCreate).
   KeyRef key(uint32_t row) const;
 
+  // Marks a row changed. Must be called before a row's values are written
+  // (not after): while an export is under way (BeginExport), the first
+  // MarkDirty of a listed row copies its values out first.
   void MarkDirty(uint32_t row) {
     // Load first: a row updated by every event (a popular item or feature)
     // is usually dirty already, and a store would bounce its cache line
     // between trainer threads.
     std::atomic_ref<uint8_t> d(chunk(row)->dirty[row & kChunkMask]);
-    if (!d.load(std::memory_order_relaxed)) d.store(1, std::memory_order_relaxed);
+    const uint8_t state = d.load(std::memory_order_relaxed);
+    if (state == kDirty) return;
+    if (state == kClean) {
+      d.store(kDirty, std::memory_order_relaxed);
+      return;
+    }
+    CopyOutBeforeWrite(row);
   }
   // Calls fn(row) for each dirty row (every row when `all`) in row order and
-  // clears the marks.
+  // clears the marks. Not during an export.
   template <typename Fn>
   void ForEachDirty(bool all, Fn&& fn) {
     const uint32_t n = size();
@@ -98,11 +109,25 @@ class EmbeddingTable {
       uint32_t i = 0;
       if (!all) i = NextDirty(dirty, 0, end);
       for (; i < end; i = all ? i + 1 : NextDirty(dirty, i + 1, end)) {
-        dirty[i] = 0;
+        dirty[i] = kClean;
         fn(base + i);
       }
     }
   }
+
+  // Copy-on-write export: the rows of a snapshot copied out while writers
+  // go on. BeginExport (no writer running) lists the changed rows (every
+  // row when `all`) in `rows`, in row order, clears their change marks,
+  // sizes `dest` to rows->size() * 2 * width floats and marks the rows due:
+  // row rows[i] belongs at dest[i * 2 * width]. Until FinishExport returns,
+  // the first MarkDirty of a due row copies it to its place before the
+  // caller writes it; `rows` and `dest` must stay alive and unchanged.
+  // FinishExport (any one thread, concurrently with writers and readers)
+  // copies the due rows no writer has copied and returns when `dest` holds
+  // every listed row as it was at BeginExport. BeginExport of an export not
+  // finished, ForEachDirty and Put must not run meanwhile.
+  void BeginExport(bool all, std::vector<uint32_t>* rows, FloatBuffer* dest);
+  void FinishExport();
 
  private:
   static constexpr int kChunkBits = 14;
@@ -112,6 +137,17 @@ class EmbeddingTable {
 
   // Each row is an 8-byte id header (embedding_table.cc) then its floats.
   static constexpr size_t kHeaderFloats = 2;
+  // Row states in Chunk::dirty. kDue and kCopying exist only during an
+  // export: a due row is copied out by whoever claims it first (kCopying
+  // while it is copied), then becomes kClean (copied by FinishExport) or
+  // kDirty (by a writer about to change it).
+  static constexpr uint8_t kClean = 0, kDirty = 1, kDue = 2, kCopying = 3;
+  struct Export {
+    const uint32_t* rows = nullptr;
+    size_t count = 0;
+    float* dest = nullptr;
+    std::atomic<size_t> copied{0};
+  };
   struct Chunk {
     std::unique_ptr<float[]> data;     // kChunkRows * stride_ floats
     std::unique_ptr<uint8_t[]> dirty;  // written through atomic_ref
@@ -128,6 +164,13 @@ class EmbeddingTable {
   }
   // The first dirty index in [i, end), or end.
   static uint32_t NextDirty(const uint8_t* dirty, uint32_t i, uint32_t end);
+  // MarkDirty of a row that is due or being copied (see BeginExport).
+  void CopyOutBeforeWrite(uint32_t row);
+  // Export steps: Claim turns a due row into kCopying (true when this
+  // caller got it); CopyOut copies claimed row rows[i] and leaves it in
+  // `final_state`.
+  bool Claim(uint32_t row);
+  void CopyOut(size_t i, uint32_t row, uint8_t final_state);
   uint32_t Probe(const IndexShard& shard, uint64_t hash, std::string_view key) const;
   bool RowHasKey(uint32_t row, uint64_t short_header, std::string_view key) const;
   uint32_t Insert(std::string_view key, const float* values, bool* created);
@@ -149,6 +192,7 @@ class EmbeddingTable {
   std::unique_ptr<KeyArena> keys_;       // guarded by alloc_mu_ (appends only)
   uint32_t next_row_ = 0;                // guarded by alloc_mu_
   std::atomic<uint32_t> ready_rows_{0};  // rows whose key and values are set
+  Export export_;                        // set by BeginExport (no writer running)
 };
 
 }  // namespace recstream::learner

@@ -268,6 +268,86 @@ std::map<uint32_t, std::vector<uint32_t>> DirtyLists(FeatureLists* lists, bool a
 
 }  // namespace
 
+TEST_CASE("EmbeddingTable exports rows as they were when the export began", "[EmbeddingTable]") {
+  EmbeddingTable table("user", 2, 2, 0.1f, 0.0f, 5);
+  for (int i = 0; i < 10; ++i) table.GetOrCreate("u" + std::to_string(i));
+  table.ForEachDirty(false, [](uint32_t) {});
+  auto set = [&](uint32_t r, float v) { std::fill_n(table.Row(r), 4, v); };
+  for (uint32_t r = 0; r < 10; ++r) set(r, float(r));
+  for (uint32_t r : {2u, 5u, 7u}) table.MarkDirty(r);
+
+  std::vector<uint32_t> rows;
+  FloatBuffer dest;
+  table.BeginExport(false, &rows, &dest);
+  CHECK(rows == std::vector<uint32_t>{2, 5, 7});
+  REQUIRE(dest.size() == 3 * 4);
+  // A writer changes row 5 before the export copies it, and row 3, which is
+  // not exported; both must show up as changed afterwards.
+  for (uint32_t r : {5u, 3u}) {
+    table.MarkDirty(r);
+    set(r, 100.0f);
+  }
+  table.FinishExport();
+  CHECK(std::vector<float>(dest.begin(), dest.end()) ==
+        std::vector<float>{2, 2, 2, 2, 5, 5, 5, 5, 7, 7, 7, 7});
+  std::vector<uint32_t> changed;
+  table.ForEachDirty(false, [&](uint32_t r) { changed.push_back(r); });
+  CHECK(changed == std::vector<uint32_t>{3, 5});
+  // Writing a row again after the export is a plain change.
+  table.MarkDirty(7);
+  changed.clear();
+  table.ForEachDirty(false, [&](uint32_t r) { changed.push_back(r); });
+  CHECK(changed == std::vector<uint32_t>{7});
+}
+
+TEST_CASE("EmbeddingTable export is exact while writers change the rows", "[EmbeddingTable]") {
+  const int n = 200000;
+  EmbeddingTable table("user", 4, 4, 0.1f, 0.0f, 5);
+  for (int i = 0; i < n; ++i) {
+    const uint32_t r = table.GetOrCreate("u" + std::to_string(i));
+    std::fill_n(table.Row(r), 8, float(r));
+  }
+  // Rows each writer touches: every 7th from its own starting place, in
+  // the order trainers would hit them (mark, then write).
+  auto row_of = [&](int w, uint32_t k) { return (k + uint32_t(w) * 60013u) % uint32_t(n); };
+  std::set<uint32_t> touched;
+  for (int w = 0; w < 3; ++w)
+    for (uint32_t k = 0; k < uint32_t(n); k += 7) touched.insert(row_of(w, k));
+  for (int round = 0; round < 3; ++round) {
+    std::vector<float> expected(size_t(n) * 8);  // the rows before the export
+    for (uint32_t r = 0; r < uint32_t(n); ++r) std::copy_n(table.Row(r), 8, &expected[r * 8]);
+    std::vector<uint32_t> rows;
+    FloatBuffer dest;
+    table.BeginExport(true, &rows, &dest);
+    REQUIRE(rows.size() == size_t(n));
+    std::atomic<bool> go{false};
+    std::vector<std::thread> writers;
+    for (int w = 0; w < 3; ++w) {
+      writers.emplace_back([&, w] {
+        while (!go.load()) {
+        }
+        for (uint32_t k = 0; k < uint32_t(n); k += 7) {
+          const uint32_t r = row_of(w, k);
+          table.MarkDirty(r);
+          float* v = table.Row(r);
+          for (int j = 0; j < 8; ++j) v[j] = float(round * 10 + w) + 0.5f;
+        }
+      });
+    }
+    go = true;
+    table.FinishExport();
+    for (auto& t : writers) t.join();
+    size_t wrong = 0;
+    for (size_t i = 0; i < rows.size(); ++i)
+      for (int j = 0; j < 8; ++j) wrong += dest[i * 8 + j] != expected[rows[i] * 8 + j];
+    CHECK(wrong == 0);
+    // The rows written meanwhile, and only those, are reported changed.
+    std::set<uint32_t> changed;
+    table.ForEachDirty(false, [&](uint32_t r) { changed.insert(r); });
+    CHECK(changed == touched);
+  }
+}
+
 TEST_CASE("FeatureLists keeps each row's last list", "[FeatureLists]") {
   FeatureLists lists;
   auto set = [&](uint32_t row, std::vector<uint32_t> list) {

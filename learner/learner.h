@@ -37,6 +37,7 @@
 
 #include "common/status.h"
 #include "learner/event.h"
+#include "learner/float_buffer.h"
 
 namespace recstream::learner {
 
@@ -204,7 +205,7 @@ struct TableDelta {
   std::string table;
   int width = 0;
   std::vector<std::string> keys;
-  std::vector<float> values;  // keys.size() * width floats, row after row
+  FloatBuffer values;  // keys.size() * width floats, row after row
 };
 
 // The side features each user (table "user") or item (table "item") was last
@@ -282,10 +283,27 @@ class Learner {
   // ApplySnapshot.
   Status ImportPretrained(std::string_view item, std::span<const float> vec);
 
-  // Fills `out` with rows changed since the previous TakeSnapshot (all rows
+  // Fills `out` with rows changed since the previous snapshot (all rows
   // when `full`), the dense parameters and counters, and clears the change
-  // marks. Must not run concurrently with Train.
+  // marks: BeginSnapshot then FinishSnapshot. Must not run concurrently
+  // with Train.
   void TakeSnapshot(bool full, ModelSnapshot* out);
+  // A snapshot in two steps, so that training waits only while the changed
+  // rows are listed (copy-on-write):
+  // BeginSnapshot fills `out` with the dense parameters and counters, lists
+  // the changed rows and clears the change marks; it must not run
+  // concurrently with Train. FinishSnapshot(out) then fills in the rows'
+  // ids and values, feature lists and purchases as they were at
+  // BeginSnapshot; it may run on another thread, concurrently with Train,
+  // Score, ScoreMany, Recommend and Stats (a trainer about to change a
+  // listed row that is not copied yet copies it first). Between the two,
+  // `out` must stay alive and in place, and no other snapshot,
+  // ApplySnapshot, ApplyRows or ImportPretrained may run. A BeginSnapshot
+  // while one is unfinished finishes that one first; FinishSnapshot of any
+  // other `out` than the unfinished one does nothing.
+  // The buffers of a snapshot passed in again are reused.
+  void BeginSnapshot(bool full, ModelSnapshot* out);
+  void FinishSnapshot(ModelSnapshot* out);
   // Loads a snapshot: rows are created or overwritten, dense parameters and
   // counters replaced. Apply a full snapshot first, then deltas in order.
   // Corruption when the snapshot's shape or row widths do not match.

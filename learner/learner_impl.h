@@ -284,6 +284,21 @@ struct Learner::Impl {
   std::unordered_map<uint32_t, std::unordered_set<uint32_t>> purchases;
   std::vector<std::pair<uint32_t, uint32_t>> new_purchases;  // since last snapshot
 
+  // A snapshot between BeginSnapshot and FinishSnapshot (learner_snapshot.cc):
+  // what BeginSnapshot listed, turned into ids and values by FinishSnapshot.
+  struct PendingSnapshot {
+    bool active = false;
+    ModelSnapshot* out = nullptr;             // the one being filled
+    std::vector<std::vector<uint32_t>> rows;  // per table of all_tables(), in order
+    struct Lists {
+      std::vector<uint32_t> rows, flat;  // owner rows; their feature rows, flat
+      std::vector<size_t> ends;          // end of each owner's features in flat
+    };
+    std::array<Lists, 2> lists;  // users, items
+    std::vector<std::pair<uint32_t, uint32_t>> purchases;
+  };
+  PendingSnapshot pending_snapshot;
+
   // ---- Scoring cache (learner_scoring.cc) ----
   // Recommend scores every item from a panel of gathered item vectors (item
   // row + feature rows + projection, and biases) in kScoreLanes blocks,

@@ -4,18 +4,32 @@
 namespace recstream::learner {
 
 void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
+  BeginSnapshot(full, out);
+  FinishSnapshot(out);
+}
+
+void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
   Impl& m = *impl_;
-  // This runs while training waits (see Learner::TakeSnapshot): list the
-  // changed rows, size the output once, then copy keys and rows on every
-  // training thread. The row buffers of a snapshot passed in again are
-  // reused (their memory is already mapped); everything is overwritten.
+  // This runs while training waits (see Learner::BeginSnapshot), so it only
+  // lists: the changed rows (their marks become "due", see
+  // EmbeddingTable::BeginExport), the changed feature lists as row numbers,
+  // and the purchases as row pairs. The dense blocks and counters are
+  // small and copied here. Ids and row values are FinishSnapshot's work.
+  // The buffers of a snapshot passed in again are reused (their memory is
+  // already mapped); everything is overwritten.
+  Impl::PendingSnapshot& p = m.pending_snapshot;
+  if (p.active) FinishSnapshot(p.out);  // the previous one was not finished
+  p.active = true;
+  p.out = out;
   std::vector<TableDelta> old_tables = std::move(out->tables);
   std::vector<FeatureListDelta> old_lists = std::move(out->feature_lists);
   *out = ModelSnapshot();
   out->shape = m.shape.Describe();
-  std::vector<uint32_t> rows;
-  for (EmbeddingTable* t : m.all_tables()) {
-    const int w2 = 2 * t->width();
+  const std::vector<EmbeddingTable*> tables = m.all_tables();
+  p.rows.resize(tables.size());
+  out->tables.reserve(tables.size());
+  for (size_t ti = 0; ti < tables.size(); ++ti) {
+    EmbeddingTable* t = tables[ti];
     TableDelta delta;
     for (TableDelta& old : old_tables) {
       if (old.table == t->name()) {
@@ -25,26 +39,24 @@ void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
       }
     }
     delta.table = t->name();
-    delta.width = w2;
-    rows.clear();
-    t->ForEachDirty(full, [&](uint32_t r) { rows.push_back(r); });
-    delta.keys.resize(rows.size());
-    delta.values.resize(rows.size() * size_t(w2));
-    m.arena.execute([&] {
-      tbb::parallel_for(tbb::blocked_range<size_t>(0, rows.size(), 4096),
-                        [&](const tbb::blocked_range<size_t>& range) {
-                          for (size_t i = range.begin(); i != range.end(); ++i) {
-                            delta.keys[i] = t->key(rows[i]);
-                            std::memcpy(delta.values.data() + i * w2, t->Row(rows[i]),
-                                        sizeof(float) * size_t(w2));
-                          }
-                        });
-    });
+    delta.width = 2 * t->width();
     out->tables.push_back(std::move(delta));
+    // After the push: the destination must not move again.
+    t->BeginExport(full, &p.rows[ti], &out->tables.back().values);
   }
-  for (auto [table, side, lists] : {std::tuple<EmbeddingTable*, EmbeddingTable*, FeatureLists*>{
-                                        &m.users, &m.user_features, &m.user_lists},
-                                    {&m.items, &m.item_features, &m.item_lists}}) {
+  int li = 0;
+  for (auto [table, lists] : {std::pair<EmbeddingTable*, FeatureLists*>{&m.users, &m.user_lists},
+                              {&m.items, &m.item_lists}}) {
+    Impl::PendingSnapshot::Lists& pl = p.lists[li++];
+    pl.rows.clear();
+    pl.flat.clear();
+    pl.ends.clear();
+    lists->ForEachDirty(full, [&](uint32_t r, const std::vector<uint32_t>& list) {
+      pl.rows.push_back(r);
+      pl.flat.insert(pl.flat.end(), list.begin(), list.end());
+      pl.ends.push_back(pl.flat.size());
+    });
+    if (pl.rows.empty()) continue;
     FeatureListDelta delta;
     for (FeatureListDelta& old : old_lists) {
       if (old.table == table->name()) {
@@ -54,36 +66,7 @@ void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
       }
     }
     delta.table = table->name();
-    // Lambdas cannot capture structured bindings before C++20's P1091 (clang 14).
-    EmbeddingTable* owner = table;
-    EmbeddingTable* features = side;
-    // Collect flat (no allocation per row), then turn rows into ids on
-    // every training thread.
-    rows.clear();
-    std::vector<uint32_t> flat;
-    std::vector<size_t> ends;
-    lists->ForEachDirty(full, [&](uint32_t r, const std::vector<uint32_t>& list) {
-      rows.push_back(r);
-      flat.insert(flat.end(), list.begin(), list.end());
-      ends.push_back(flat.size());
-    });
-    delta.keys.resize(rows.size());
-    delta.features.resize(rows.size());
-    m.arena.execute([&] {
-      tbb::parallel_for(tbb::blocked_range<size_t>(0, rows.size(), 2048),
-                        [&](const tbb::blocked_range<size_t>& range) {
-                          for (size_t i = range.begin(); i != range.end(); ++i) {
-                            delta.keys[i] = owner->key(rows[i]);
-                            auto& names = delta.features[i];
-                            const size_t begin = i == 0 ? 0 : ends[i - 1];
-                            names.clear();
-                            names.reserve(ends[i] - begin);
-                            for (size_t k = begin; k < ends[i]; ++k)
-                              names.push_back(features->key(flat[k]));
-                          }
-                        });
-    });
-    if (!delta.keys.empty()) out->feature_lists.push_back(std::move(delta));
+    out->feature_lists.push_back(std::move(delta));
   }
   out->dense.emplace_back("dense", m.dense);
   out->dense.emplace_back("dense_accum", m.dense_accum);
@@ -106,15 +89,56 @@ void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
   for (int t = 0; t < kNumTasks; ++t) out->learned[t] = m.learned[t].load();
   {
     std::unique_lock lock(m.purchases_mu);
+    p.purchases.clear();
     if (full) {
       for (const auto& [u, set] : m.purchases)
-        for (uint32_t i : set) out->new_purchases.emplace_back(m.users.key(u), m.items.key(i));
+        for (uint32_t i : set) p.purchases.emplace_back(u, i);
     } else {
-      for (auto [u, i] : m.new_purchases)
-        out->new_purchases.emplace_back(m.users.key(u), m.items.key(i));
+      p.purchases.swap(m.new_purchases);
     }
     m.new_purchases.clear();
   }
+}
+
+void Learner::FinishSnapshot(ModelSnapshot* out) {
+  Impl& m = *impl_;
+  Impl::PendingSnapshot& p = m.pending_snapshot;
+  if (!p.active || out != p.out) return;
+  // Runs beside training: the values of rows a trainer has not claimed,
+  // then the ids (fixed for a row's lifetime), one table at a time. The
+  // copy is left to this one thread; the training threads are busy.
+  const std::vector<EmbeddingTable*> tables = m.all_tables();
+  for (size_t ti = 0; ti < tables.size(); ++ti) {
+    EmbeddingTable* t = tables[ti];
+    t->FinishExport();
+    TableDelta& delta = out->tables[ti];
+    const std::vector<uint32_t>& rows = p.rows[ti];
+    delta.keys.resize(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) delta.keys[i] = t->key(rows[i]);
+  }
+  size_t at = 0;
+  int li = 0;
+  for (auto [table, side] :
+       {std::pair<EmbeddingTable*, EmbeddingTable*>{&m.users, &m.user_features},
+        {&m.items, &m.item_features}}) {
+    const Impl::PendingSnapshot::Lists& pl = p.lists[li++];
+    if (pl.rows.empty()) continue;
+    FeatureListDelta& delta = out->feature_lists[at++];
+    delta.keys.resize(pl.rows.size());
+    delta.features.resize(pl.rows.size());
+    for (size_t i = 0; i < pl.rows.size(); ++i) {
+      delta.keys[i] = table->key(pl.rows[i]);
+      auto& names = delta.features[i];
+      const size_t begin = i == 0 ? 0 : pl.ends[i - 1];
+      names.clear();
+      names.reserve(pl.ends[i] - begin);
+      for (size_t k = begin; k < pl.ends[i]; ++k) names.push_back(side->key(pl.flat[k]));
+    }
+  }
+  out->new_purchases.clear();
+  out->new_purchases.reserve(p.purchases.size());
+  for (auto [u, i] : p.purchases) out->new_purchases.emplace_back(m.users.key(u), m.items.key(i));
+  p.active = false;
 }
 
 Status Learner::ImportPretrained(std::string_view item, std::span<const float> vec) {

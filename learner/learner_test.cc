@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstring>
+#include <map>
 #include <random>
 #include <thread>
 
@@ -250,6 +252,59 @@ TEST_CASE("Snapshots restore the model bit for bit", "[Learner]") {
   restored->TakeSnapshot(false, &none);
   restored->TakeSnapshot(false, &none2);
   CHECK(none2.rows() == 0);
+}
+
+// Each row of a snapshot by table and id.
+std::map<std::pair<std::string, std::string>, std::vector<float>> RowsOf(const ModelSnapshot& s) {
+  std::map<std::pair<std::string, std::string>, std::vector<float>> out;
+  for (const TableDelta& t : s.tables)
+    for (size_t i = 0; i < t.keys.size(); ++i)
+      out[{t.table, t.keys[i]}].assign(t.values.begin() + i * t.width,
+                                       t.values.begin() + (i + 1) * t.width);
+  return out;
+}
+
+TEST_CASE("A snapshot finished while training goes on holds the model of when it began",
+          "[Learner]") {
+  LearnerOptions o;
+  o.threads = 2;
+  auto stream = WithFeatures(MakeStream(120000, 20000, 300, 21));
+  auto l = MakeLearner(o);
+  l->Train(std::span(stream).first(40000));
+  ModelSnapshot reference;  // taken with nothing running beside it
+  l->TakeSnapshot(true, &reference);
+
+  ModelSnapshot during;
+  l->BeginSnapshot(true, &during);
+  std::thread finisher([&] { l->FinishSnapshot(&during); });
+  l->Train(std::span(stream).subspan(40000));  // writes the rows being copied
+  finisher.join();
+  CHECK(during.rows() == reference.rows());
+  CHECK(RowsOf(during) == RowsOf(reference));
+  REQUIRE(during.dense.size() == reference.dense.size());
+  for (size_t i = 0; i < during.dense.size(); ++i) {
+    // Bytes, not floats: some blocks pack doubles into pairs of floats,
+    // whose bits may read as a NaN.
+    const auto& [name, a] = during.dense[i];
+    const auto& b = reference.dense[i].second;
+    INFO("dense block " << name);
+    CHECK((a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 4) == 0));
+  }
+  CHECK(during.learned == reference.learned);
+
+  // What training changed meanwhile, rows copied by trainers included, is in
+  // the next delta: the full snapshot plus that delta is the model.
+  ModelSnapshot delta, now;
+  l->TakeSnapshot(false, &delta);
+  CHECK(delta.rows() > 0);
+  l->TakeSnapshot(true, &now);
+  auto restored = MakeLearner(o);
+  REQUIRE(restored->ApplySnapshot(reference).ok());
+  REQUIRE(restored->ApplySnapshot(delta).ok());
+  ModelSnapshot again;
+  restored->TakeSnapshot(true, &again);
+  CHECK(RowsOf(again) == RowsOf(now));
+  CHECK(RowsOf(again) != RowsOf(reference));
 }
 
 TEST_CASE("A snapshot of another shape is refused", "[Learner]") {
