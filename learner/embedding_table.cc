@@ -39,6 +39,32 @@
 namespace recstream::learner {
 namespace {
 
+// Anonymous memory for big arrays read at random (rows, index slots),
+// aligned to 2 MiB and advised as transparent huge pages (the usual kernel
+// setting, "madvise", gives them only where asked): one TLB entry then
+// covers 2 MiB instead of 4 KiB, and random row accesses miss the TLB far
+// less. Zero-filled; pages are populated on first touch. Where huge pages
+// are off, this is plain mmap.
+constexpr size_t kHugePage = size_t{2} << 20;
+
+size_t PageRound(size_t bytes) { return (bytes + 4095) & ~size_t{4095}; }
+
+void* MapHuge(size_t bytes) {
+  bytes = PageRound(bytes);
+  const size_t len = bytes + kHugePage;
+  void* m = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) throw std::bad_alloc();
+  char* p = static_cast<char*>(m);
+  char* a = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(p) + kHugePage - 1) &
+                                    ~uintptr_t{kHugePage - 1});
+  if (a > p) ::munmap(p, size_t(a - p));
+  if (p + len > a + bytes) ::munmap(a + bytes, size_t(p + len - (a + bytes)));
+  ::madvise(a, bytes, MADV_HUGEPAGE);  // advice: failure changes nothing
+  return a;
+}
+
+void UnmapHuge(void* p, size_t bytes) { ::munmap(p, PageRound(bytes)); }
+
 uint64_t SplitMix64(uint64_t* state) {
   uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -140,7 +166,7 @@ struct EmbeddingTable::IndexShard {
   ~IndexShard() {
     for (const Array& a : arrays) {
       if (a.mapped)
-        ::munmap(a.slots, a.bytes);
+        UnmapHuge(a.slots, a.bytes);
       else
         delete[] a.slots;
     }
@@ -150,10 +176,7 @@ struct EmbeddingTable::IndexShard {
     Array a{nullptr, size_t(capacity + 1) * sizeof(uint64_t), false};
     arrays.reserve(arrays.size() + 1);
     if (a.bytes >= kMapBytes) {
-      void* p =
-          ::mmap(nullptr, a.bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (p == MAP_FAILED) throw std::bad_alloc();
-      a.slots = static_cast<uint64_t*>(p);  // zero-filled
+      a.slots = static_cast<uint64_t*>(MapHuge(a.bytes));  // zero-filled
       a.mapped = true;
     } else {
       a.slots = new uint64_t[capacity + 1]();
@@ -228,6 +251,10 @@ EmbeddingTable::EmbeddingTable(std::string name, int width, int random_prefix, f
   static_assert(kHeaderFloats * sizeof(float) == kHeaderBytes);
   for (uint32_t i = 0; i < kShards; ++i)
     shards_[i].slots.store(shards_[i].NewArray(kInitialSlots), std::memory_order_release);
+}
+
+EmbeddingTable::Chunk::~Chunk() {
+  if (data) UnmapHuge(data, bytes);
 }
 
 EmbeddingTable::~EmbeddingTable() {
@@ -435,7 +462,7 @@ uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
   std::lock_guard alloc(alloc_mu_);
   const uint32_t row = next_row_++;
   Chunk* c = EnsureChunk(row >> kChunkBits);
-  char* h = reinterpret_cast<char*>(c->data.get() + size_t(row & kChunkMask) * stride_);
+  char* h = reinterpret_cast<char*>(c->data + size_t(row & kChunkMask) * stride_);
   uint64_t v = ShortHeader(key);
   if (v == kLongKey) {
     const uintptr_t p = reinterpret_cast<uintptr_t>(keys_->Add(key));
@@ -453,8 +480,9 @@ EmbeddingTable::Chunk* EmbeddingTable::EnsureChunk(uint32_t index) {
   Chunk* c = chunks_[index].load(std::memory_order_acquire);
   if (c) return c;
   c = new Chunk;
-  // Left uninitialised: a page is touched when its first row is created.
-  c->data.reset(new float[size_t(kChunkRows) * stride_]);
+  // Pages are touched when their first row is created.
+  c->bytes = size_t(kChunkRows) * stride_ * sizeof(float);
+  c->data = static_cast<float*>(MapHuge(c->bytes));
   c->dirty.reset(new uint8_t[kChunkRows]());
   chunks_[index].store(c, std::memory_order_release);
   return c;

@@ -77,7 +77,7 @@ class EmbeddingTable {
   uint32_t Put(std::string_view key, const float* values);
 
   // values[0..width) then accumulators[0..width).
-  float* Row(uint32_t row) const { return chunk(row)->data.get() + offset(row); }
+  float* Row(uint32_t row) const { return chunk(row)->data + offset(row); }
   // The id of a row; only for rows below size() (or returned by Find or
   // GetOrCreate).
   KeyRef key(uint32_t row) const;
@@ -149,7 +149,9 @@ class EmbeddingTable {
     std::atomic<size_t> copied{0};
   };
   struct Chunk {
-    std::unique_ptr<float[]> data;     // kChunkRows * stride_ floats
+    ~Chunk();
+    float* data = nullptr;  // kChunkRows * stride_ floats, mapped
+    size_t bytes = 0;
     std::unique_ptr<uint8_t[]> dirty;  // written through atomic_ref
   };
   struct IndexShard;
