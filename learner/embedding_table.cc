@@ -306,6 +306,9 @@ void EmbeddingTable::BeginExport(bool all, std::vector<uint32_t>* rows, FloatBuf
       rows->push_back(base + i);
     }
   }
+  // Cleared first: growing a buffer then copies no old contents, and new
+  // pages are touched by the copy, not here.
+  dest->clear();
   dest->resize(rows->size() * 2 * size_t(width_));
   export_.rows = rows->data();
   export_.count = rows->size();
