@@ -559,10 +559,11 @@ EventProducer::EventProducer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)
 EventProducer::~EventProducer() = default;
 
 Status EventProducer::Open(const std::string& brokers, const TopicNames& topics,
-                           std::unique_ptr<EventProducer>* out) {
+                           std::unique_ptr<EventProducer>* out,
+                           const std::map<std::string, std::string>& properties) {
   auto impl = std::make_unique<Impl>();
   impl->topics = topics;
-  RECSTREAM_RETURN_IF_ERROR(impl->core.Open(brokers, {}));
+  RECSTREAM_RETURN_IF_ERROR(impl->core.Open(brokers, properties));
   out->reset(new EventProducer(std::move(impl)));
   return Status::OK();
 }

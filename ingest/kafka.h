@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -164,8 +165,11 @@ class DeadLetterQueue {
 // `produce` command and tests. Thread-compatible.
 class EventProducer {
  public:
+  // `properties` are extra librdkafka properties over the defaults (e.g. a
+  // longer linger.ms for a bulk load); InvalidArgument for a bad one.
   static Status Open(const std::string& brokers, const TopicNames& topics,
-                     std::unique_ptr<EventProducer>* out);
+                     std::unique_ptr<EventProducer>* out,
+                     const std::map<std::string, std::string>& properties = {});
   // Flushes for up to 5 s.
   ~EventProducer();
   EventProducer(const EventProducer&) = delete;
