@@ -339,17 +339,28 @@ void Learner::Impl::ResolveChunk(std::span<const Event> events, TrainState* s) {
   // the CPU overlaps their cache misses.
   // The index slots of the ids a few events ahead are fetched meanwhile
   // (users are many, so their slots are rarely in cache).
-  constexpr size_t kAhead = 4;
-  auto prefetch = [&](size_t i) {
+  // Two steps: the index slots of the ids kSlotAhead events ahead, then,
+  // once those slots are in the cache, the id headers of the rows they point
+  // to kRowAhead events ahead (the header is what the lookup compares, and
+  // the row's first cache line: a miss per user otherwise).
+  constexpr size_t kSlotAhead = 16, kRowAhead = 8;
+  auto prefetch_slots = [&](size_t i) {
     users.Prefetch(events[i].user);
     items.Prefetch(events[i].item);
   };
-  for (size_t i = 0; i < std::min(events.size(), kAhead); ++i) prefetch(i);
+  auto prefetch_rows = [&](size_t i) {
+    users.PrefetchRow(events[i].user);
+    items.PrefetchRow(events[i].item);
+  };
+  const size_t n = events.size();
+  for (size_t i = 0; i < std::min(n, kSlotAhead); ++i) prefetch_slots(i);
+  for (size_t i = 0; i < std::min(n, kRowAhead); ++i) prefetch_rows(i);
   s->chunk_rows.clear();
   s->chunk_begin.clear();
-  for (size_t i = 0; i < events.size(); ++i) {
+  for (size_t i = 0; i < n; ++i) {
     const Event& e = events[i];
-    if (i + kAhead < events.size()) prefetch(i + kAhead);
+    if (i + kSlotAhead < n) prefetch_slots(i + kSlotAhead);
+    if (i + kRowAhead < n) prefetch_rows(i + kRowAhead);
     s->chunk_begin.push_back(uint32_t(s->chunk_rows.size()));
     Rows(e.user, e.user_features, users, user_features, user_lists, &s->chunk_rows);
     s->chunk_begin.push_back(uint32_t(s->chunk_rows.size()));
