@@ -189,11 +189,11 @@ void Service::Impl::IngestLoop() {
   // no privilege).
   if (config.learner.train_nice > 0)
     setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), config.learner.train_nice);
-  std::vector<ingest::RawMessage> messages;
   std::string detail;
   // The pipeline's own cost (poll, copy, parse; not librdkafka's threads).
   uint64_t consumed = 0;
   const double cpu_start = ThreadCpuSeconds();
+  std::unique_ptr<Batch> batch;  // filled by the next poll
   while (!stop.load()) {
     {
       std::lock_guard lock(mu);
@@ -204,17 +204,7 @@ void Service::Impl::IngestLoop() {
         to_commit.reset();
       }
     }
-    messages.clear();
-    recstream::Status s =
-        consumer->Poll(size_t(config.kafka.max_batch), config.kafka.poll_timeout_ms, &messages);
-    if (!s.ok()) {
-      spdlog::error("Kafka consumer: {}", s.ToString());
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    }
-    if (messages.empty()) continue;
-    consumed += messages.size();
-    std::unique_ptr<Batch> batch;
-    {
+    if (!batch) {
       std::lock_guard lock(batch_mu);
       if (!spare.empty()) {
         batch = std::move(spare.back());
@@ -224,26 +214,42 @@ void Service::Impl::IngestLoop() {
     if (!batch) batch = std::make_unique<Batch>();
     batch->size = 0;
     batch->next.clear();
-    const int64_t now = NowMs();
+    // Each message is parsed straight from librdkafka's buffer into a reused
+    // Event (its strings' and vectors' capacity stays): no copy of the
+    // message, no allocation per event once the batch is warm.
+    int64_t now = -1;  // arrival time, read once per poll
+    std::array<uint64_t, learner::kNumTasks> seen_now{};
     OffsetMap::iterator last = batch->next.end();
-    for (const ingest::RawMessage& m : messages) {
-      if (last == batch->next.end() || last->first.partition != m.partition ||
+    Batch& b = *batch;
+    auto parse = [&](const ingest::MessageView& m) {
+      if (last == b.next.end() || last->first.partition != m.partition ||
           last->first.topic != m.topic) {
-        last = batch->next.try_emplace(TopicPartition{m.topic, m.partition}, 0).first;
+        last = b.next.try_emplace(TopicPartition{std::string(m.topic), m.partition}, 0).first;
       }
       last->second = m.offset + 1;
-      if (batch->size == batch->events.size()) batch->events.emplace_back();
-      // Parsing into a reused Event keeps its strings' and vectors' capacity.
-      learner::Event& e = batch->events[batch->size];
+      if (b.size == b.events.size()) b.events.emplace_back();
+      learner::Event& e = b.events[b.size];
+      if (now < 0) now = NowMs();
       detail.clear();
       if (auto reason = parser.Parse(m.payload, &e, now, &detail)) {
         rejected[int(*reason)].fetch_add(1, std::memory_order_relaxed);
         dlq->Send(m, *reason, detail);
-        continue;
+        return;
       }
-      seen[int(e.task)].fetch_add(1, std::memory_order_relaxed);
-      ++batch->size;
+      ++seen_now[int(e.task)];
+      ++b.size;
+    };
+    size_t polled = 0;
+    recstream::Status s = consumer->PollEach(size_t(config.kafka.max_batch),
+                                             config.kafka.poll_timeout_ms, parse, &polled);
+    if (!s.ok()) {
+      spdlog::error("Kafka consumer: {}", s.ToString());
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
+    if (polled == 0) continue;
+    consumed += polled;
+    for (int t = 0; t < learner::kNumTasks; ++t)
+      if (seen_now[t]) seen[t].fetch_add(seen_now[t], std::memory_order_relaxed);
     std::unique_lock lock(batch_mu);
     batch_cv.wait(lock, [&] { return ready.size() < kMaxReadyBatches || stop.load(); });
     // Stopping: a batch not learned is not stored either; it is read again

@@ -4,8 +4,9 @@
 // client over loopback, as tests/e2e_test.cc wires them.
 //
 //   service_bench throughput [--events N] [--users U] [--items I] [--latency]
-//                            [--hold S] [--restart]
-//     Produces N generated JSON events first, then starts the service and
+//                            [--hold S] [--restart] [--produce-linger-ms L]
+//     Produces N generated JSON events first (in large producer batches,
+//     linger.ms L, default 1000), then starts the service and
 //     measures how fast they are consumed, parsed and learned, then how long
 //     a checkpoint of everything takes (POST /v1/admin/checkpoint). With
 //     --latency, then times GET /v1/score, POST /v1/score (1,000 items) and
@@ -59,7 +60,8 @@ using serve::testing::TestConnection;
 constexpr char kAdminToken[] = "bench";
 // --kafka-property: extra consumer/producer properties of the service.
 std::map<std::string, std::string> g_kafka_properties;  // NOLINT: set once by main
-int g_train_nice = -1;  // NOLINT: set once by main; -1: the configuration's default
+int g_train_nice = -1;           // NOLINT: set once by main; -1: the configuration's default
+int g_produce_linger_ms = 1000;  // NOLINT: set once by main; the backlog producer's linger.ms
 
 struct Stack {
   testing::TempDir dir;
@@ -167,8 +169,19 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
     std::printf("partitions=%d per topic (mock cluster keeps 5 MiB per partition)\n", partitions);
   }
   if (!StartKafka(partitions, &stack)) return 1;
+  // The backlog is produced before timing starts, so it may linger: the
+  // mock cluster stores each producer batch as one message set and finds a
+  // fetch's offset by walking a partition's sets from the first
+  // (rd_kafka_mock_msgset_find), so a log of many small sets costs the
+  // in-process broker CPU on every fetch, CPU the service then lacks (with
+  // linger.ms 5 and ~300 partitions most sets held 1-2 messages and the
+  // broker thread took about a third of the process's CPU while learning).
+  // A bulk producer batches; --produce-linger-ms 5 restores the old way.
   std::unique_ptr<ingest::EventProducer> producer;
-  if (!ingest::EventProducer::Open(stack.kafka->bootstrap(), stack.cfg.kafka.topics, &producer)
+  if (!ingest::EventProducer::Open(stack.kafka->bootstrap(), stack.cfg.kafka.topics, &producer,
+                                   {{"linger.ms", std::to_string(g_produce_linger_ms)},
+                                    {"batch.num.messages", "1000000"},
+                                    {"batch.size", "1000000"}})
            .ok())
     return 1;
   eval::GeneratorOptions go;
@@ -508,6 +521,9 @@ int main(int argc, char** argv) {
   tp->add_flag("--latency", latency, "then time HTTP requests one at a time");
   tp->add_option("--hold", hold, "seconds to keep serving afterwards");
   tp->add_flag("--restart", restart, "then stop and time a restart from the store");
+  tp->add_option("--produce-linger-ms", g_produce_linger_ms,
+                 "linger.ms of the producer of the backlog (bigger batches: fewer, larger "
+                 "message sets in the mock cluster)");
 
   uint64_t rows = 1'000'000, delta_rows = 1'000'000;
   auto* sb = app.add_subcommand("store", "snapshot, checkpoint and restore N rows (no Kafka)");

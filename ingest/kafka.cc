@@ -325,21 +325,10 @@ struct EventConsumer::Impl : public RdKafka::RebalanceCb, public RdKafka::Offset
     lag = std::move(fresh);
   }
 
-  // Records the batch's messages as delivered.
-  void Advance(const std::vector<RawMessage>& out, size_t first) {
-    if (first == out.size()) return;
-    std::lock_guard<std::mutex> lock(mu);
-    OffsetMap::iterator last = positions.end();
-    for (size_t i = first; i < out.size(); ++i) {
-      const RawMessage& m = out[i];
-      if (last == positions.end() || last->first.partition != m.partition ||
-          last->first.topic != m.topic) {
-        last = positions.try_emplace(TopicPartition{m.topic, m.partition}, 0).first;
-      }
-      last->second = m.offset + 1;
-    }
-    delivered.fetch_add(out.size() - first, std::memory_order_relaxed);
-  }
+  // PollVisit's partitions in delivery order and the offset after each
+  // one's last message; positions are updated from it at the end of the
+  // poll. The iterators stay valid: positions only ever grows.
+  std::vector<std::pair<OffsetMap::iterator, int64_t>> runs;
 };
 
 EventConsumer::EventConsumer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -407,45 +396,76 @@ void EventConsumer::SeedOffsets(const OffsetMap& offsets) {
   for (const auto& [tp, offset] : offsets) impl_->positions[tp] = offset;
 }
 
+RawMessage MessageView::ToRaw() const {
+  RawMessage m;
+  m.topic = std::string(topic);
+  m.partition = partition;
+  m.offset = offset;
+  m.key = std::string(key);
+  m.payload = std::string(payload);
+  m.timestamp_ms = timestamp_ms;
+  return m;
+}
+
 Status EventConsumer::Poll(size_t max_messages, int timeout_ms, std::vector<RawMessage>* out) {
+  size_t count = 0;
+  return PollEach(
+      max_messages, timeout_ms, [out](const MessageView& m) { out->push_back(m.ToRaw()); }, &count);
+}
+
+Status EventConsumer::PollVisit(size_t max_messages, int timeout_ms, VisitFn fn, void* visit,
+                                size_t* count) {
   Impl& d = *impl_;
   if (d.closed) return Status::Internal("kafka consumer is closed");
-  const size_t first = out->size();
+  // The C API straight away: the C++ wrapper allocates a Message object
+  // and copies the topic name into a std::string for every message.
+  rd_kafka_t* rk = d.consumer->c_ptr();
   size_t taken = 0;
   const auto deadline = Clock::now() + std::chrono::milliseconds(std::max(0, timeout_ms));
   Status status;
+  d.runs.clear();
   while (taken < max_messages) {
     int wait_ms = 0;
     if (taken == 0) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
       wait_ms = static_cast<int>(std::max<int64_t>(0, left.count()));
     }
-    std::unique_ptr<RdKafka::Message> msg(d.consumer->consume(wait_ms));
-    RdKafka::ErrorCode err = msg->err();
-    if (err == RdKafka::ERR_NO_ERROR) {
-      RawMessage& m = out->emplace_back();
-      m.topic = msg->topic_name();
-      m.partition = msg->partition();
-      m.offset = msg->offset();
-      if (msg->key_pointer() != nullptr) {
-        m.key.assign(static_cast<const char*>(msg->key_pointer()), msg->key_len());
-      }
-      if (msg->payload() != nullptr) {
-        m.payload.assign(static_cast<const char*>(msg->payload()), msg->len());
-      }
-      RdKafka::MessageTimestamp ts = msg->timestamp();
-      m.timestamp_ms =
-          ts.type == RdKafka::MessageTimestamp::MSG_TIMESTAMP_NOT_AVAILABLE ? -1 : ts.timestamp;
-      ++taken;
-      continue;
-    }
-    if (err == RdKafka::ERR__TIMED_OUT) {
+    rd_kafka_message_t* rkm = rd_kafka_consumer_poll(rk, wait_ms);
+    if (rkm == nullptr) {
       // Nothing (more) fetched: done, unless still waiting for the first.
       if (taken > 0 || wait_ms == 0) break;
       continue;
     }
-    if (err == RdKafka::ERR__PARTITION_EOF) continue;
-    if (err == RdKafka::ERR__FATAL || d.logger.fatal()) {
+    struct Destroy {
+      rd_kafka_message_t* m;
+      ~Destroy() { rd_kafka_message_destroy(m); }
+    } destroy{rkm};
+    const rd_kafka_resp_err_t err = rkm->err;
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      MessageView m;
+      m.topic = rd_kafka_topic_name(rkm->rkt);
+      m.partition = rkm->partition;
+      m.offset = rkm->offset;
+      if (rkm->key != nullptr) m.key = {static_cast<const char*>(rkm->key), rkm->key_len};
+      if (rkm->payload != nullptr) m.payload = {static_cast<const char*>(rkm->payload), rkm->len};
+      rd_kafka_timestamp_type_t type = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+      const int64_t ts = rd_kafka_message_timestamp(rkm, &type);
+      m.timestamp_ms = type == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? -1 : ts;
+      // Messages come in runs per partition: look the position up (and
+      // copy the topic name) only when the partition changes.
+      if (d.runs.empty() || d.runs.back().first->first.partition != m.partition ||
+          d.runs.back().first->first.topic != m.topic) {
+        std::lock_guard<std::mutex> lock(d.mu);
+        d.runs.emplace_back(
+            d.positions.try_emplace(TopicPartition{std::string(m.topic), m.partition}, 0).first, 0);
+      }
+      d.runs.back().second = m.offset + 1;
+      fn(visit, m);
+      ++taken;
+      continue;
+    }
+    if (err == RD_KAFKA_RESP_ERR__PARTITION_EOF) continue;
+    if (err == RD_KAFKA_RESP_ERR__FATAL || d.logger.fatal()) {
       std::string reason;
       RdKafka::ErrorCode ferr = d.consumer->fatal_error(reason);
       status =
@@ -453,10 +473,15 @@ Status EventConsumer::Poll(size_t max_messages, int timeout_ms, std::vector<RawM
       break;
     }
     d.logger.CountError();
-    spdlog::warn("kafka consume: {}", msg->errstr());
+    spdlog::warn("kafka consume: {}", rd_kafka_message_errstr(rkm));
     if (taken > 0 || Clock::now() >= deadline) break;
   }
-  d.Advance(*out, first);
+  if (!d.runs.empty()) {
+    std::lock_guard<std::mutex> lock(d.mu);
+    for (const auto& [it, next] : d.runs) it->second = next;
+  }
+  d.delivered.fetch_add(taken, std::memory_order_relaxed);
+  *count += taken;
   if (Clock::now() >= d.next_lag_refresh) {
     d.RefreshLag();
     d.next_lag_refresh = Clock::now() + std::chrono::milliseconds(500);
@@ -528,10 +553,22 @@ Status DeadLetterQueue::Open(const KafkaOptions& options, std::unique_ptr<DeadLe
 
 void DeadLetterQueue::Send(const RawMessage& original, RejectReason reason,
                            std::string_view detail) {
+  MessageView view;
+  view.topic = original.topic;
+  view.partition = original.partition;
+  view.offset = original.offset;
+  view.key = original.key;
+  view.payload = original.payload;
+  view.timestamp_ms = original.timestamp_ms;
+  Send(view, reason, detail);
+}
+
+void DeadLetterQueue::Send(const MessageView& original, RejectReason reason,
+                           std::string_view detail) {
   RdKafka::Headers* headers = RdKafka::Headers::create();
   headers->add("reason", std::string(RejectReasonName(reason)));
   headers->add("detail", std::string(detail));
-  headers->add("source_topic", original.topic);
+  headers->add("source_topic", std::string(original.topic));
   headers->add("source_partition", std::to_string(original.partition));
   headers->add("source_offset", std::to_string(original.offset));
   Status s = impl_->core.Produce(impl_->topic, original.key, original.payload, headers,
@@ -559,10 +596,11 @@ EventProducer::EventProducer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)
 EventProducer::~EventProducer() = default;
 
 Status EventProducer::Open(const std::string& brokers, const TopicNames& topics,
-                           std::unique_ptr<EventProducer>* out) {
+                           std::unique_ptr<EventProducer>* out,
+                           const std::map<std::string, std::string>& properties) {
   auto impl = std::make_unique<Impl>();
   impl->topics = topics;
-  RECSTREAM_RETURN_IF_ERROR(impl->core.Open(brokers, {}));
+  RECSTREAM_RETURN_IF_ERROR(impl->core.Open(brokers, properties));
   out->reset(new EventProducer(std::move(impl)));
   return Status::OK();
 }

@@ -11,9 +11,11 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "common/offsets.h"
@@ -35,6 +37,21 @@ struct RawMessage {
   std::string payload;
   // Message timestamp (producer create time or broker log-append time); -1 if none.
   int64_t timestamp_ms = -1;
+};
+
+// A message as EventConsumer::PollEach hands it over: views of librdkafka's
+// own buffers, valid only during the visitor's call (no copy is made).
+struct MessageView {
+  std::string_view topic;
+  int32_t partition = 0;
+  int64_t offset = 0;
+  std::string_view key;
+  std::string_view payload;
+  // Message timestamp (producer create time or broker log-append time); -1 if none.
+  int64_t timestamp_ms = -1;
+
+  // A copy that owns its bytes.
+  RawMessage ToRaw() const;
 };
 
 // An in-process Kafka cluster (librdkafka's mock cluster), listening on
@@ -106,6 +123,18 @@ class EventConsumer {
   // Every message returned counts as delivered in Positions().
   Status Poll(size_t max_messages, int timeout_ms, std::vector<RawMessage>* out);
 
+  // Poll without copies: calls visit(message) for each message, in the
+  // order Poll would append them, with views of librdkafka's buffers (valid
+  // during the call only), and adds the number of messages to *count. Same
+  // waiting, error handling and Positions() accounting as Poll; the
+  // positions advance when PollEach returns. `visit` must not call back
+  // into this consumer.
+  template <typename Visit>
+  Status PollEach(size_t max_messages, int timeout_ms, Visit&& visit, size_t* count) {
+    return PollVisit(max_messages, timeout_ms, &CallVisit<std::remove_reference_t<Visit>>, &visit,
+                     count);
+  }
+
   // Next offset per partition after the last delivered message (plus seeded
   // partitions not consumed since). The service learns each batch before
   // polling again, so this is also "learned up to".
@@ -129,6 +158,13 @@ class EventConsumer {
   Status Close();
 
  private:
+  using VisitFn = void (*)(void* visit, const MessageView& message);
+  template <typename Visit>
+  static void CallVisit(void* visit, const MessageView& message) {
+    (*static_cast<Visit*>(visit))(message);
+  }
+  Status PollVisit(size_t max_messages, int timeout_ms, VisitFn fn, void* visit, size_t* count);
+
   struct Impl;
   explicit EventConsumer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
@@ -148,6 +184,7 @@ class DeadLetterQueue {
   // Queues one dead letter. Never blocks for long: if the local queue stays
   // full the letter is dropped and counted as failed.
   void Send(const RawMessage& original, RejectReason reason, std::string_view detail);
+  void Send(const MessageView& original, RejectReason reason, std::string_view detail);
   // Waits up to `timeout_ms` for queued letters; Unavailable if some remain.
   Status Flush(int timeout_ms);
   // Letters acknowledged by the broker / lost (produce or delivery failure).
@@ -164,8 +201,11 @@ class DeadLetterQueue {
 // `produce` command and tests. Thread-compatible.
 class EventProducer {
  public:
+  // `properties` are extra librdkafka properties over the defaults (e.g. a
+  // longer linger.ms for a bulk load); InvalidArgument for a bad one.
   static Status Open(const std::string& brokers, const TopicNames& topics,
-                     std::unique_ptr<EventProducer>* out);
+                     std::unique_ptr<EventProducer>* out,
+                     const std::map<std::string, std::string>& properties = {});
   // Flushes for up to 5 s.
   ~EventProducer();
   EventProducer(const EventProducer&) = delete;

@@ -325,5 +325,62 @@ TEST_CASE("DeadLetterQueue sends original bytes with reason headers", "[kafka]")
   reader->close();
 }
 
+TEST_CASE("PollEach hands over every message in place and advances the positions", "[kafka]") {
+  TopicNames topics;
+  auto kafka = StartKafka(topics);
+  const int kEvents = 2000;
+  {
+    // Extra producer properties apply (a bulk load lingers); bad ones are refused.
+    std::unique_ptr<EventProducer> producer;
+    CHECK(EventProducer::Open(kafka->bootstrap(), topics, &producer, {{"no.such.property", "1"}})
+              .IsInvalidArgument());
+    REQUIRE(EventProducer::Open(kafka->bootstrap(), topics, &producer,
+                                {{"linger.ms", "200"}, {"batch.num.messages", "100000"}})
+                .ok());
+    for (int i = 0; i < kEvents; ++i) REQUIRE(producer->SendEvent(EventJson(i), {}).ok());
+    REQUIRE(producer->Flush(10000).ok());
+    CHECK(producer->delivered() == static_cast<uint64_t>(kEvents));
+  }
+  auto consumer = OpenConsumer(ConsumerOptions(*kafka, "g-each"));
+  std::set<int> seqs;
+  std::map<TopicPartition, int64_t> next;  // offset after the last message seen
+  size_t count = 0;
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  while (count < size_t(kEvents) && Clock::now() < deadline) {
+    const size_t before = count;
+    size_t visited = 0;
+    Status s = consumer->PollEach(
+        300, 100,
+        [&](const MessageView& m) {
+          ++visited;
+          const std::string payload(m.payload);
+          const int seq = SeqOf(payload);
+          CHECK(seqs.insert(seq).second);
+          CHECK(payload == EventJson(seq));
+          CHECK(m.topic == (seq % 3 == 0   ? topics.click
+                            : seq % 3 == 1 ? topics.purchase
+                                           : topics.rating));
+          CHECK(m.key == ((seq % 2) ? "" : "u") + std::to_string(seq % 17));
+          CHECK(m.timestamp_ms > 0);
+          TopicPartition tp{std::string(m.topic), m.partition};
+          if (next.count(tp)) CHECK(m.offset == next[tp]);
+          next[tp] = m.offset + 1;
+          const RawMessage raw = m.ToRaw();
+          CHECK(raw.payload == payload);
+          CHECK(raw.offset == m.offset);
+        },
+        &count);
+    REQUIRE(s.ok());
+    CHECK(count - before == visited);
+    CHECK(visited <= 300);
+    // Positions cover exactly what was handed over, after each poll.
+    OffsetMap positions = consumer->Positions();
+    for (const auto& [tp, offset] : next) CHECK(positions[tp] == offset);
+  }
+  CHECK(count == size_t(kEvents));
+  CHECK(seqs.size() == size_t(kEvents));
+  CHECK(consumer->delivered() == uint64_t(kEvents));
+}
+
 }  // namespace
 }  // namespace recstream::ingest

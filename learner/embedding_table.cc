@@ -399,6 +399,23 @@ void EmbeddingTable::Prefetch(std::string_view key) const {
   __builtin_prefetch(t + 1 + ((h >> 32) & mask));
 }
 
+void EmbeddingTable::PrefetchRow(std::string_view key) const {
+  const uint64_t h = IndexHash(key);
+  const uint64_t* t = shards_[h & (kShards - 1)].slots.load(std::memory_order_acquire);
+  const uint64_t mask = std::atomic_ref<const uint64_t>(t[0]).load(std::memory_order_relaxed);
+  const uint64_t tag = h >> 32;
+  // The first slots of the probe sequence only (they share a cache line).
+  uint64_t i = tag & mask;
+  for (int n = 0; mask != 0 && n < 4; ++n, i = (i + 1) & mask) {
+    const uint64_t v = std::atomic_ref<const uint64_t>(t[1 + i]).load(std::memory_order_acquire);
+    if (v == 0) return;
+    if ((v >> 32) == tag) {
+      __builtin_prefetch(header(uint32_t(v) - 1));
+      return;
+    }
+  }
+}
+
 uint32_t EmbeddingTable::GetOrCreate(std::string_view key, bool* created) {
   return Insert(key, nullptr, created);
 }

@@ -69,6 +69,10 @@ class EmbeddingTable {
   // A hint that `key` is looked up soon: starts loading its index slot into
   // the cache. Safe from any thread; changes nothing.
   void Prefetch(std::string_view key) const;
+  // Prefetch's second step, a few lookups later (once the index slot is in
+  // the cache): starts loading the id header of the row the slot points to,
+  // which the lookup compares. Safe from any thread; changes nothing.
+  void PrefetchRow(std::string_view key) const;
   // For restoring rows: sets the row of `key` to values[0..2 * width) (values
   // then accumulators), creating it when missing without computing initial
   // values. Same thread safety as GetOrCreate; the row is readable with its

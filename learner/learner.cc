@@ -163,11 +163,9 @@ void Learner::Impl::ApplyRow(float* row, const float* grad, int n, int offset, f
   AdagradUpdate(row + offset, row + width + offset, grad, n, lr, l2, clip);
 }
 
-void Learner::Impl::Rows(std::string_view id, const std::vector<std::string>& features,
-                         EmbeddingTable& main, EmbeddingTable& side, FeatureLists& lists,
-                         std::vector<uint32_t>* rows) {
+void Learner::Impl::Rows(uint32_t r, const std::vector<std::string>& features, EmbeddingTable& main,
+                         EmbeddingTable& side, FeatureLists& lists, std::vector<uint32_t>* rows) {
   const size_t at = rows->size();
-  const uint32_t r = main.GetOrCreate(id);
   rows->push_back(r);
   if (features.empty()) {
     lists.Get(r, rows);
@@ -333,27 +331,49 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
 }
 
 void Learner::Impl::ResolveChunk(std::span<const Event> events, TrainState* s) {
-  // All lookups of the chunk first, in event order (so rows are created and
-  // feature lists set in the same order as one event at a time): without
-  // the training work in between, consecutive lookups are independent and
-  // the CPU overlaps their cache misses.
-  // The index slots of the ids a few events ahead are fetched meanwhile
-  // (users are many, so their slots are rarely in cache).
-  constexpr size_t kAhead = 4;
-  auto prefetch = [&](size_t i) {
+  // All lookups of the chunk first, without the training work in between,
+  // so that consecutive lookups are independent and the CPU overlaps their
+  // cache misses. Two passes: the user and item rows of every event, then
+  // their feature rows and lists in event order (each table still creates
+  // its rows in event order, so rows and lists come out as if resolved one
+  // event at a time). Between the passes the rows' list entries (one miss
+  // per user otherwise) are on their way into the cache.
+  // Prefetching in two steps: the index slots of the ids kSlotAhead events
+  // ahead, then, once those slots are in the cache, the id headers of the
+  // rows they point to kRowAhead events ahead (the header is what the lookup
+  // compares, and the row's first cache line).
+  constexpr size_t kSlotAhead = 16, kRowAhead = 8;
+  auto prefetch_slots = [&](size_t i) {
     users.Prefetch(events[i].user);
     items.Prefetch(events[i].item);
   };
-  for (size_t i = 0; i < std::min(events.size(), kAhead); ++i) prefetch(i);
+  auto prefetch_rows = [&](size_t i) {
+    users.PrefetchRow(events[i].user);
+    items.PrefetchRow(events[i].item);
+  };
+  const size_t n = events.size();
+  for (size_t i = 0; i < std::min(n, kSlotAhead); ++i) prefetch_slots(i);
+  for (size_t i = 0; i < std::min(n, kRowAhead); ++i) prefetch_rows(i);
+  s->chunk_main.resize(2 * n);
+  for (size_t i = 0; i < n; ++i) {
+    const Event& e = events[i];
+    if (i + kSlotAhead < n) prefetch_slots(i + kSlotAhead);
+    if (i + kRowAhead < n) prefetch_rows(i + kRowAhead);
+    const uint32_t u = users.GetOrCreate(e.user), v = items.GetOrCreate(e.item);
+    s->chunk_main[2 * i] = u;
+    s->chunk_main[2 * i + 1] = v;
+    user_lists.Prefetch(u);
+    item_lists.Prefetch(v);
+  }
   s->chunk_rows.clear();
   s->chunk_begin.clear();
-  for (size_t i = 0; i < events.size(); ++i) {
+  for (size_t i = 0; i < n; ++i) {
     const Event& e = events[i];
-    if (i + kAhead < events.size()) prefetch(i + kAhead);
     s->chunk_begin.push_back(uint32_t(s->chunk_rows.size()));
-    Rows(e.user, e.user_features, users, user_features, user_lists, &s->chunk_rows);
+    Rows(s->chunk_main[2 * i], e.user_features, users, user_features, user_lists, &s->chunk_rows);
     s->chunk_begin.push_back(uint32_t(s->chunk_rows.size()));
-    Rows(e.item, e.item_features, items, item_features, item_lists, &s->chunk_rows);
+    Rows(s->chunk_main[2 * i + 1], e.item_features, items, item_features, item_lists,
+         &s->chunk_rows);
   }
   s->chunk_begin.push_back(uint32_t(s->chunk_rows.size()));
 }

@@ -150,6 +150,8 @@ struct TrainState {
   // are chunk_rows[chunk_begin[2i], chunk_begin[2i + 1]), its item rows
   // follow up to chunk_begin[2i + 2].
   std::vector<uint32_t> chunk_rows, chunk_begin;
+  // ResolveChunk's first pass: event i's user row, then its item row.
+  std::vector<uint32_t> chunk_main;
   std::vector<float> du, dv, du2, dv2, dp;
   uint64_t refused = 0;
   uint64_t rng = 0x9e3779b97f4a7c15ULL;  // negative sampling
@@ -214,9 +216,9 @@ struct Learner::Impl {
     return pretrained->Find(items.key(item_row));
   }
 
-  // Appends to *rows the row of `id`, then its feature rows (the event's,
+  // Appends to *rows row r of `main`, then its feature rows (the event's,
   // which become the row's list, or the row's list when the event has none).
-  void Rows(std::string_view id, const std::vector<std::string>& features, EmbeddingTable& main,
+  void Rows(uint32_t r, const std::vector<std::string>& features, EmbeddingTable& main,
             EmbeddingTable& side, FeatureLists& lists, std::vector<uint32_t>* rows);
   // Sums the row and its feature rows into vec (d floats) and the biases
   // into bias (kNumTasks floats).
