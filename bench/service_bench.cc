@@ -58,7 +58,8 @@ using serve::testing::TestConnection;
 constexpr char kAdminToken[] = "bench";
 // --kafka-property: extra consumer/producer properties of the service.
 std::map<std::string, std::string> g_kafka_properties;  // NOLINT: set once by main
-int g_train_nice = -1;  // NOLINT: set once by main; -1: the configuration's default
+int g_train_nice = -1;      // NOLINT: set once by main; -1: the configuration's default
+std::string g_io_priority;  // NOLINT: set once by main; serve.io_priority
 
 struct Stack {
   testing::TempDir dir;
@@ -84,6 +85,7 @@ bool StartService(int checkpoint_ms, Stack* stack) {
   cfg.store.checkpoint_interval_ms = checkpoint_ms;
   cfg.serve.listen = "127.0.0.1:0";
   cfg.serve.admin_token = kAdminToken;
+  cfg.serve.io_priority = g_io_priority;
   Status s = app::Service::Start(cfg, &stack->service);
   if (!s.ok()) {
     std::fprintf(stderr, "service: %s\n", s.ToString().c_str());
@@ -488,6 +490,8 @@ int main(int argc, char** argv) {
   app.add_option("--train-nice", g_train_nice,
                  "learner.train_nice of the service (default: the configuration's, 10)")
       ->check(CLI::Range(0, 19));
+  app.add_option("--io-priority", g_io_priority,
+                 "serve.io_priority of the service: nice:N or fifo:P (default: inherit)");
   app.add_option("--kafka-property", kafka_props,
                  "KEY=VALUE librdkafka property of the service (kafka.properties.*)");
 
