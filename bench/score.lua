@@ -35,3 +35,14 @@ if delay_ms > 0 then
     return delay_ms
   end
 end
+
+-- wrk --latency prints p50..p99 only; p99.9 and the errors as well.
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("latency p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms, max %.3f ms; " ..
+                         "%d requests in %.2f s = %.0f req/s; errors %d\n",
+                         latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+                         latency:percentile(99.9) / 1000, latency.max / 1000, summary.requests,
+                         summary.duration / 1e6, summary.requests / (summary.duration / 1e6),
+                         e.connect + e.read + e.write + e.status + e.timeout))
+end
