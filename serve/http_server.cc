@@ -320,7 +320,7 @@ Status SplitListen(const std::string& listen, std::string* host, std::string* po
 std::string ApplyIoPriority(const IoPriority& p) {
   auto failed = [&](const char* what, int err) {
     std::string m = std::string(what) + ": " + std::strerror(err);
-    if (err == EPERM) {
+    if (err == EPERM || err == EACCES) {  // setpriority gives EACCES
       m += p.kind == IoPriority::Kind::kFifo
                ? " (needs CAP_SYS_NICE, e.g. root, or RLIMIT_RTPRIO >= " + std::to_string(p.value) +
                      ")"
