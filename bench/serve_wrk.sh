@@ -10,15 +10,21 @@
 # Environment: CONNS (20), DELAY_MS (1), SECONDS_BUSY (10), SECONDS_IDLE (10),
 # IDLE_CONNS (64), THREADS (2, wrk threads), BENCH_ARGS (extra service_bench options,
 # e.g. "--train-nice 19" or "--io-priority fifo:50").
-#   WRK_PRIO: a command prefix for wrk, e.g. "chrt -f 60" or "nice -n -10". wrk
-#     is the measuring apparatus: on 2 shared cores its own wait for a CPU
-#     shows up in its latencies. Runs with and without it measure different
-#     things; say which one a figure comes from.
+#   WRK_PRIO: a command prefix for wrk in the busy phase, e.g. "chrt -f 40" or
+#     "nice -n -10". wrk is the measuring apparatus: on 2 shared cores its own
+#     wait for a CPU shows up in its latencies. Runs with and without it
+#     measure different things; say which one a figure comes from. Not used
+#     in the idle phase: a real-time wrk at full speed against real-time I/O
+#     threads takes both cores (seen: a 10 s run lasting 40 s, load 12).
 #   SCHEDSTAT=1: print, per thread group of service_bench and wrk, the CPU
 #     time and the run-queue wait (/proc/<tid>/schedstat) during the busy
 #     phase.
 # The busy phase also reports the events learned per second while wrk ran
 # (from /v1/stats before and after).
+# Target 3 (~20,000 req/s while learning), I/O threads at SCHED_FIFO, wrk
+# real-time below them:
+#   CONNS=37 WRK_PRIO="chrt -f 40" BENCH_ARGS="--io-priority fifo:50" SCHEDSTAT=1 \
+#     bench/serve_wrk.sh build 4000000
 set -euo pipefail
 build=${1:?usage: serve_wrk.sh BUILD_DIR [EVENTS]}
 events=${2:-4000000}

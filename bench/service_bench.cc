@@ -60,6 +60,7 @@ constexpr char kAdminToken[] = "bench";
 std::map<std::string, std::string> g_kafka_properties;  // NOLINT: set once by main
 int g_train_nice = -1;      // NOLINT: set once by main; -1: the configuration's default
 std::string g_io_priority;  // NOLINT: set once by main; serve.io_priority
+int g_serve_threads = 0;    // NOLINT: set once by main; 0: serve.threads' default
 
 struct Stack {
   testing::TempDir dir;
@@ -86,6 +87,7 @@ bool StartService(int checkpoint_ms, Stack* stack) {
   cfg.serve.listen = "127.0.0.1:0";
   cfg.serve.admin_token = kAdminToken;
   cfg.serve.io_priority = g_io_priority;
+  if (g_serve_threads > 0) cfg.serve.threads = g_serve_threads;
   Status s = app::Service::Start(cfg, &stack->service);
   if (!s.ok()) {
     std::fprintf(stderr, "service: %s\n", s.ToString().c_str());
@@ -492,6 +494,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 19));
   app.add_option("--io-priority", g_io_priority,
                  "serve.io_priority of the service: nice:N or fifo:P (default: inherit)");
+  app.add_option("--serve-threads", g_serve_threads, "serve.threads of the service (default 2)")
+      ->check(CLI::Range(1, 256));
   app.add_option("--kafka-property", kafka_props,
                  "KEY=VALUE librdkafka property of the service (kafka.properties.*)");
 

@@ -24,8 +24,13 @@ struct ServeOptions {
   //   "fifo:P"  real-time SCHED_FIFO priority P, 1 <= P <= 99: a request
   //             preempts every normal thread at once. A slow handler (a large
   //             /v1/recommend or POST /v1/score) then holds its core for its
-  //             whole duration; the kernel's real-time throttling
-  //             (sched_rt_runtime_us, 95% by default) bounds that.
+  //             whole duration. Under overload (more requests than the
+  //             threads can answer) the I/O threads take every core they
+  //             run on: with as many I/O threads as cores, learning then
+  //             stops and the kernel's real-time throttling
+  //             (sched_rt_runtime_us, 95% by default) stalls the I/O threads
+  //             for the rest of each second. Keep `threads` below the number
+  //             of cores (e.g. 1 on 2 cores) to bound serving's share.
   // A negative nice or a real-time priority needs CAP_SYS_NICE (e.g. root)
   // or a high enough RLIMIT_NICE / RLIMIT_RTPRIO; without it HttpServer::Start
   // fails. Threads the I/O threads start do not inherit the setting
