@@ -62,6 +62,8 @@ constexpr char kAdminToken[] = "bench";
 std::map<std::string, std::string> g_kafka_properties;  // NOLINT: set once by main
 int g_train_nice = -1;           // NOLINT: set once by main; -1: the configuration's default
 int g_produce_linger_ms = 1000;  // NOLINT: set once by main; the backlog producer's linger.ms
+std::string g_io_priority;       // NOLINT: set once by main; serve.io_priority
+int g_serve_threads = 0;         // NOLINT: set once by main; 0: serve.threads' default
 
 struct Stack {
   testing::TempDir dir;
@@ -87,6 +89,8 @@ bool StartService(int checkpoint_ms, Stack* stack) {
   cfg.store.checkpoint_interval_ms = checkpoint_ms;
   cfg.serve.listen = "127.0.0.1:0";
   cfg.serve.admin_token = kAdminToken;
+  cfg.serve.io_priority = g_io_priority;
+  if (g_serve_threads > 0) cfg.serve.threads = g_serve_threads;
   Status s = app::Service::Start(cfg, &stack->service);
   if (!s.ok()) {
     std::fprintf(stderr, "service: %s\n", s.ToString().c_str());
@@ -508,6 +512,10 @@ int main(int argc, char** argv) {
   app.add_option("--train-nice", g_train_nice,
                  "learner.train_nice of the service (default: the configuration's, 10)")
       ->check(CLI::Range(0, 19));
+  app.add_option("--io-priority", g_io_priority,
+                 "serve.io_priority of the service: nice:N or fifo:P (default: inherit)");
+  app.add_option("--serve-threads", g_serve_threads, "serve.threads of the service (default 2)")
+      ->check(CLI::Range(1, 256));
   app.add_option("--kafka-property", kafka_props,
                  "KEY=VALUE librdkafka property of the service (kafka.properties.*)");
 

@@ -337,9 +337,11 @@ const std::vector<Key>& KeyTable() {
         "model.replay_window", [](auto& c) -> auto& { return c.learner.replay_window; }, 1,
         1 << 24));
     t.push_back(IntKey(
-        "model.pretrained_dim", [](auto& c) -> auto& { return c.learner.pretrained_dim; }, 0, 8192));
+        "model.pretrained_dim", [](auto& c) -> auto& { return c.learner.pretrained_dim; }, 0,
+        8192));
     t.push_back(BoolKey(
-        "model.pretrained_trainable", [](auto& c) -> auto& { return c.learner.pretrained_trainable; }));
+        "model.pretrained_trainable",
+        [](auto& c) -> auto& { return c.learner.pretrained_trainable; }));
     // learner
     t.push_back(IntKey(
         "learner.threads", [](auto& c) -> auto& { return c.learner.threads; }, 0, 256));
@@ -368,6 +370,13 @@ const std::vector<Key>& KeyTable() {
     t.push_back(std::move(token));
     t.push_back(IntKey(
         "serve.threads", [](auto& c) -> auto& { return c.serve.threads; }, 1, 256));
+    t.push_back(StringKey(
+        "serve.io_priority", [](auto& c) -> auto& { return c.serve.io_priority; },
+        "\"\" (inherit), nice:N (-20..19) or fifo:P (SCHED_FIFO priority 1..99)",
+        [](std::string_view s) -> std::string {
+          serve::IoPriority p;
+          return serve::ParseIoPriority(s, &p) ? "" : "not one of these forms";
+        }));
     t.push_back(IntKey(
         "serve.max_body_bytes", [](auto& c) -> auto& { return c.serve.max_body_bytes; }, 1,
         int64_t{1} << 32));

@@ -186,6 +186,12 @@ TEST_CASE("Precedence is flag over environment over file over default", "[config
     CHECK(FindSource(sources, "model.dim")->origin == "flag --set");
     CHECK(FindSource(sources, "model.dim")->value == "48");
   }
+  SECTION("serve.io_priority takes a nice value or a SCHED_FIFO priority") {
+    REQUIRE(Load(file.path(), {"serve.io_priority=nice:-5"}, env, &cfg).ok());
+    CHECK(cfg.serve.io_priority == "nice:-5");
+    REQUIRE(Load(file.path(), {"serve.io_priority=fifo:50"}, env, &cfg).ok());
+    CHECK(cfg.serve.io_priority == "fifo:50");
+  }
   SECTION("a flag may set a string to empty or to a value containing '='") {
     REQUIRE(Load(file.path(), {"kafka.brokers=", "serve.admin_token=a=b"}, env, &cfg).ok());
     CHECK(cfg.kafka.brokers.empty());
@@ -262,6 +268,22 @@ TEST_CASE("Unknown keys and bad values are InvalidArgument naming key, value and
        {"serve.listen=127.0.0.1:70000"},
        {"serve.listen", "70000"}},
       {"serve.listen no host", "", {}, {"serve.listen=:8080"}, {"serve.listen", ":8080"}},
+      {"serve.io_priority unknown policy",
+       "",
+       {},
+       {"serve.io_priority=rr:5"},
+       {"serve.io_priority", "rr:5", "fifo:P"}},
+      {"serve.io_priority fifo 0",
+       "",
+       {},
+       {"serve.io_priority=fifo:0"},
+       {"serve.io_priority", "fifo:0"}},
+      {"serve.io_priority nice out of range",
+       "",
+       {},
+       {"serve.io_priority=nice:-21"},
+       {"serve.io_priority", "nice:-21", "-20..19"}},
+      {"serve.io_priority no number", "", {}, {"serve.io_priority=nice:"}, {"serve.io_priority"}},
       {"bool not true/false", "", {}, {"store.sync=yes"}, {"store.sync", "yes", "true or false"}},
       {"float not a number", "", {}, {"model.lr_dense=fast"}, {"model.lr_dense", "fast"}},
       {"float nan", "", {}, {"model.lr_dense=nan"}, {"model.lr_dense", "nan"}},

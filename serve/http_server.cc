@@ -3,6 +3,12 @@
 // Under C++20 asio needs <utility> before its own headers.
 #include <utility>
 //
+#include <pthread.h>
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -14,9 +20,12 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <cstring>
 #include <exception>
+#include <future>
 #include <optional>
 #include <string_view>
 #include <thread>
@@ -307,6 +316,42 @@ Status SplitListen(const std::string& listen, std::string* host, std::string* po
   return Status::OK();
 }
 
+// Applies `p` to the calling thread; "" on success, else what failed.
+std::string ApplyIoPriority(const IoPriority& p) {
+  auto failed = [&](const char* what, int err) {
+    std::string m = std::string(what) + ": " + std::strerror(err);
+    if (err == EPERM || err == EACCES) {  // setpriority gives EACCES
+      m += p.kind == IoPriority::Kind::kFifo
+               ? " (needs CAP_SYS_NICE, e.g. root, or RLIMIT_RTPRIO >= " + std::to_string(p.value) +
+                     ")"
+               : " (needs CAP_SYS_NICE, e.g. root, or RLIMIT_NICE >= " +
+                     std::to_string(20 - p.value) + ")";
+    }
+    return m;
+  };
+  switch (p.kind) {
+    case IoPriority::Kind::kInherit:
+      return "";
+    case IoPriority::Kind::kNice: {
+      if (setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), p.value) != 0)
+        return failed("setpriority", errno);
+      // Threads started from here (none today) keep the default nice.
+      sched_param param{};
+      if (sched_setscheduler(0, SCHED_OTHER | SCHED_RESET_ON_FORK, &param) != 0)
+        return failed("sched_setscheduler(SCHED_OTHER)", errno);
+      return "";
+    }
+    case IoPriority::Kind::kFifo: {
+      sched_param param{};
+      param.sched_priority = p.value;
+      if (sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &param) != 0)
+        return failed("sched_setscheduler(SCHED_FIFO)", errno);
+      return "";
+    }
+  }
+  return "";
+}
+
 }  // namespace
 
 void ParseTarget(std::string_view target, std::string* path,
@@ -381,6 +426,12 @@ Status HttpServer::Start(const ServeOptions& options, HttpHandler handler,
                          std::unique_ptr<HttpServer>* server) {
   std::string host, port;
   RECSTREAM_RETURN_IF_ERROR(SplitListen(options.listen, &host, &port));
+  IoPriority priority;
+  if (!ParseIoPriority(options.io_priority, &priority)) {
+    return Status::InvalidArgument("serve.io_priority: expected \"\", nice:N (-20..19) or " +
+                                   std::string("fifo:P (1..99), got '") + options.io_priority +
+                                   "'");
+  }
   auto impl = std::make_unique<Impl>();
   impl->shared.options = options;
   impl->shared.handler = std::move(handler);
@@ -412,9 +463,14 @@ Status HttpServer::Start(const ServeOptions& options, HttpHandler handler,
   impl->retry_timer = std::make_unique<net::steady_timer>(*impl->iocs[0]);
   for (auto& ioc : impl->iocs) impl->work.push_back(net::make_work_guard(*ioc));
   impl->Accept();
+  // Each thread reports whether it could take the asked-for priority before
+  // it serves its first request.
+  std::vector<std::promise<std::string>> applied(threads);
   for (int i = 0; i < threads; ++i) {
     net::io_context* ioc = impl->iocs[i].get();
-    impl->threads.emplace_back([ioc] {
+    impl->threads.emplace_back([ioc, priority, result = &applied[i]] {
+      pthread_setname_np(pthread_self(), "http-io");
+      result->set_value(ApplyIoPriority(priority));
       // Handlers catch their own exceptions; this guards against the
       // unexpected so that one failure cannot take the process down.
       for (;;) {
@@ -426,7 +482,16 @@ Status HttpServer::Start(const ServeOptions& options, HttpHandler handler,
       }
     });
   }
-  server->reset(new HttpServer(std::move(impl)));
+  std::unique_ptr<HttpServer> started(new HttpServer(std::move(impl)));
+  for (auto& result : applied) {
+    std::string error = result.get_future().get();
+    if (!error.empty()) {
+      started->Stop();
+      return Status::InvalidArgument("serve.io_priority=" + options.io_priority +
+                                     ": cannot apply it to the HTTP I/O threads: " + error);
+    }
+  }
+  *server = std::move(started);
   return Status::OK();
 }
 
