@@ -308,8 +308,12 @@ void EmbeddingTable::BeginExport(bool all, std::vector<uint32_t>* rows, FloatBuf
   }
   // Cleared first: growing a buffer then copies no old contents, and new
   // pages are touched by the copy, not here.
+  // A buffer too small is set aside and freed by FinishExport: unmapping
+  // a big one (page by page) would cost this pause milliseconds.
+  const size_t floats = rows->size() * 2 * size_t(width_);
+  if (dest->capacity() < floats) export_.retired.swap(*dest);
   dest->clear();
-  dest->resize(rows->size() * 2 * size_t(width_));
+  dest->resize(floats);
   export_.rows = rows->data();
   export_.count = rows->size();
   export_.dest = dest->data();
@@ -366,6 +370,7 @@ void EmbeddingTable::FinishExport() {
   // Rows claimed by writers may still be on their way.
   while (export_.copied.load(std::memory_order_acquire) < export_.count) std::this_thread::yield();
   export_.count = 0;
+  FloatBuffer().swap(export_.retired);
 }
 
 uint32_t EmbeddingTable::Probe(const IndexShard& shard, uint64_t hash, std::string_view id) const {

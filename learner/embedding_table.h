@@ -151,6 +151,7 @@ class EmbeddingTable {
     size_t count = 0;
     float* dest = nullptr;
     std::atomic<size_t> copied{0};
+    FloatBuffer retired;  // the destination's old buffer, freed by FinishExport
   };
   struct Chunk {
     ~Chunk();

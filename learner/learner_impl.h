@@ -298,6 +298,7 @@ struct Learner::Impl {
     };
     std::array<Lists, 2> lists;  // users, items
     std::vector<std::pair<uint32_t, uint32_t>> purchases;
+    std::vector<std::pair<std::string, std::string>> retired_purchases;  // freed by Finish
   };
   PendingSnapshot pending_snapshot;
 

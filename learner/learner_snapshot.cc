@@ -23,6 +23,8 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
   p.out = out;
   std::vector<TableDelta> old_tables = std::move(out->tables);
   std::vector<FeatureListDelta> old_lists = std::move(out->feature_lists);
+  // Freed by FinishSnapshot, off the training thread.
+  p.retired_purchases = std::move(out->new_purchases);
   *out = ModelSnapshot();
   out->shape = m.shape.Describe();
   const std::vector<EmbeddingTable*> tables = m.all_tables();
@@ -135,6 +137,7 @@ void Learner::FinishSnapshot(ModelSnapshot* out) {
       for (size_t k = begin; k < pl.ends[i]; ++k) names.push_back(side->key(pl.flat[k]));
     }
   }
+  p.retired_purchases = {};
   out->new_purchases.clear();
   out->new_purchases.reserve(p.purchases.size());
   for (auto [u, i] : p.purchases) out->new_purchases.emplace_back(m.users.key(u), m.items.key(i));
