@@ -223,11 +223,15 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
   double last_learned = learned;
   // The longest time /v1/stats showed no progress while events were left
   // (polled every ~10 ms): a checkpoint's pause of learning shows up here.
-  double longest_stall_ms = 0;
+  double longest_stall_ms = 0, longest_stall_end_s = 0, longest_stall_learned = 0;
   while ((learned = Learned(&c)) < double(events)) {
     peak_rss = std::max(peak_rss, ResidentBytes());
     if (learned != last_learned) {
-      longest_stall_ms = std::max(longest_stall_ms, SecondsSince(last_progress) * 1e3);
+      if (SecondsSince(last_progress) * 1e3 > longest_stall_ms) {
+        longest_stall_ms = SecondsSince(last_progress) * 1e3;
+        longest_stall_end_s = SecondsSince(first);
+        longest_stall_learned = last_learned;
+      }
       last_learned = learned, last_progress = Clock::now();
     }
     if (SecondsSince(last_progress) > 20.0) {
@@ -263,8 +267,11 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
     std::printf("stats: checkpoints=%.0f users=%.0f items=%.0f click_auc=%.4f\n",
                 j.Number("/checkpoint/count"), j.Number("/model/users"), j.Number("/model/items"),
                 j.Number("/tasks/click/progressive/auc"));
-  std::printf("learning: cpu_s=%.3f (whole process) cpu_us_per_event=%.3f longest_stall_ms=%.1f\n",
-              learn_cpu_s, learn_cpu_s * 1e6 / (double(events) - learned_first), longest_stall_ms);
+  std::printf(
+      "learning: cpu_s=%.3f (whole process) cpu_us_per_event=%.3f longest_stall_ms=%.1f (ended "
+      "%.2f s after the first event learned, at %.0f learned)\n",
+      learn_cpu_s, learn_cpu_s * 1e6 / (double(events) - learned_first), longest_stall_ms,
+      longest_stall_end_s, longest_stall_learned);
   std::printf("idle\n");
   std::fflush(stdout);
   if (latency) MeasureLatency(stack.port, users, items, 20000);
