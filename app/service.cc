@@ -267,13 +267,22 @@ void Service::Impl::TrainLoop() {
   auto rate_start = Clock::now();
   uint64_t rate_events = 0, trained = 0;
   double train_s = 0;
+  // Where gaps in learning come from: the longest wait for a parsed batch
+  // while training had nothing to do (once it has started), and the
+  // longest Train call.
+  double longest_wait_ms = 0, longest_train_ms = 0;
   const double cpu_start = ThreadCpuSeconds();
   const auto wait = std::chrono::milliseconds(std::max(1, config.kafka.poll_timeout_ms));
   while (!stop.load()) {
     std::unique_ptr<Batch> batch;
     {
       std::unique_lock lock(batch_mu);
+      const auto wait_start = Clock::now();
       batch_cv.wait_for(lock, wait, [&] { return !ready.empty() || stop.load(); });
+      if (trained > 0 && !ready.empty())
+        longest_wait_ms =
+            std::max(longest_wait_ms,
+                     std::chrono::duration<double, std::milli>(Clock::now() - wait_start).count());
       if (!ready.empty() && !stop.load()) {
         batch = std::move(ready.front());
         ready.pop_front();
@@ -283,7 +292,9 @@ void Service::Impl::TrainLoop() {
     if (batch) {
       const auto train_start = Clock::now();
       if (batch->size > 0) learner->Train(std::span(batch->events.data(), batch->size));
-      train_s += std::chrono::duration<double>(Clock::now() - train_start).count();
+      const double took = std::chrono::duration<double>(Clock::now() - train_start).count();
+      train_s += took;
+      longest_train_ms = std::max(longest_train_ms, took * 1e3);
       trained += batch->size;
       for (const auto& [tp, offset] : batch->next) learned_positions[tp] = offset;
       rate_events += batch->size;
@@ -300,8 +311,9 @@ void Service::Impl::TrainLoop() {
   }
   spdlog::info(
       "training thread: {} events, {:.3f} s in Train (wall), {:.3f} s CPU on this thread "
-      "(Train's other workers not counted)",
-      trained, train_s, ThreadCpuSeconds() - cpu_start);
+      "(Train's other workers not counted); longest wait for a batch {:.1f} ms, longest Train "
+      "call {:.1f} ms",
+      trained, train_s, ThreadCpuSeconds() - cpu_start, longest_wait_ms, longest_train_ms);
 }
 
 void Service::Impl::MaybeCheckpoint(bool final) {

@@ -16,6 +16,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
@@ -23,9 +24,13 @@
 #include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <exception>
+#include <functional>
 #include <future>
+#include <mutex>
 #include <optional>
 #include <string_view>
 #include <thread>
@@ -79,6 +84,60 @@ bool IEquals(std::string_view a, std::string_view b) {
          });
 }
 
+// Runs requests that may block (paths under /admin/, e.g. a forced
+// checkpoint that waits for its write) on a thread of their own, in order,
+// so that they never hold up an event loop and the other connections on it.
+class AdminLane {
+ public:
+  void Start() {
+    thread_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "http-admin");
+      Run();
+    });
+  }
+  void Post(std::function<void()> task) {
+    std::lock_guard lock(mu_);
+    if (stopping_) return;
+    tasks_.push_back(std::move(task));
+    cv_.notify_one();
+  }
+  // Waits for the running task; drops the queued ones (and the sessions
+  // they hold) while the event loops still exist.
+  void Stop() {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+    std::lock_guard lock(mu_);
+    tasks_.clear();
+  }
+
+ private:
+  void Run() {
+    for (;;) {
+      std::function<void()> task;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return stopping_ || !tasks_.empty(); });
+        if (stopping_) return;
+        task = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      task();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> tasks_;  // guarded by mu_
+  bool stopping_ = false;                    // guarded by mu_
+  std::thread thread_;
+};
+
+bool IsAdminPath(std::string_view path) { return path.substr(0, 7) == "/admin/"; }
+
 // Shared by the server and all its sessions; outlives both (owned by Impl,
 // destroyed after the io_context).
 struct Shared {
@@ -86,6 +145,7 @@ struct Shared {
   HttpHandler handler;
   std::chrono::milliseconds timeout{10000};
   std::atomic<int> connections{0};
+  AdminLane admin;
 };
 
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -177,14 +237,33 @@ class Session : public std::enable_shared_from_this<Session> {
     request.authorization.assign(auth.data(), auth.size());
     request.body = std::move(req.body());
 
-    HttpResponse response;
-    try {
-      response = shared_->handler(request);
-    } catch (...) {
-      response = HttpResponse{500, "application/json", ErrorJson("internal error")};
+    const unsigned version = req.version();
+    const bool keep_alive = req.keep_alive();
+    if (IsAdminPath(request.path)) {
+      // Off the event loop; the connection reads nothing more until the
+      // response is written, so the request stays untouched meanwhile.
+      shared_->admin.Post([self = shared_from_this(), version, keep_alive] {
+        HttpResponse response = self->Handle(self->request_);
+        net::post(self->stream_.get_executor(),
+                  [self, version, keep_alive, response = std::move(response)]() mutable {
+                    self->Respond(version, response.status, response.content_type,
+                                  std::move(response.body), keep_alive, /*retry_after_s=*/0,
+                                  /*linger=*/false);
+                  });
+      });
+      return;
     }
-    Respond(req.version(), response.status, response.content_type, std::move(response.body),
-            req.keep_alive(), /*retry_after_s=*/0, /*linger=*/false);
+    HttpResponse response = Handle(request);
+    Respond(version, response.status, response.content_type, std::move(response.body), keep_alive,
+            /*retry_after_s=*/0, /*linger=*/false);
+  }
+
+  HttpResponse Handle(const HttpRequest& request) {
+    try {
+      return shared_->handler(request);
+    } catch (...) {
+      return HttpResponse{500, "application/json", ErrorJson("internal error")};
+    }
   }
 
   // Sends an error response and closes the connection. `retry_after_s` > 0
@@ -461,6 +540,7 @@ Status HttpServer::Start(const ServeOptions& options, HttpHandler handler,
   if (ec) return fail("getsockname");
 
   impl->retry_timer = std::make_unique<net::steady_timer>(*impl->iocs[0]);
+  impl->shared.admin.Start();
   for (auto& ioc : impl->iocs) impl->work.push_back(net::make_work_guard(*ioc));
   impl->Accept();
   // Each thread reports whether it could take the asked-for priority before
@@ -502,6 +582,7 @@ void HttpServer::Stop() {
   for (auto& ioc : impl_->iocs) ioc->stop();
   for (auto& t : impl_->threads) t.join();
   impl_->threads.clear();
+  impl_->shared.admin.Stop();
   // Destroying the io_contexts destroys the pending handlers and with them
   // every session, which closes their sockets.
   impl_->retry_timer.reset();

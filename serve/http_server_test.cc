@@ -8,6 +8,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <future>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -265,8 +266,6 @@ TEST_CASE("HttpServer stops cleanly with open connections", "[http]") {
 }
 
 }  // namespace
-}  // namespace recstream::serve
-
 namespace recstream::serve {
 namespace {
 
@@ -381,4 +380,71 @@ TEST_CASE("HttpServer runs its I/O threads at io_priority and still answers", "[
 }
 
 }  // namespace
+}  // namespace recstream::serve
+
+TEST_CASE("HttpServer answers other connections while an /admin/ request blocks", "[http]") {
+  // One I/O thread: every connection shares one event loop, so a blocking
+  // handler run on it would hold up the second connection until released.
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::atomic<bool> admin_started{false};
+  ServeOptions o = TestOptions();
+  o.threads = 1;
+  std::unique_ptr<HttpServer> server;
+  REQUIRE(HttpServer::Start(
+              o,
+              [&](const HttpRequest& r) {
+                if (r.path == "/admin/slow") {
+                  admin_started = true;
+                  released.wait_for(std::chrono::seconds(20));
+                  return HttpResponse{200, "text/plain", "slow done"};
+                }
+                return HttpResponse{200, "text/plain", "fast " + r.path};
+              },
+              &server)
+              .ok());
+  std::thread admin([&] {
+    TestConnection c(server->port(), 30000);
+    auto r = c.Request("POST", "/admin/slow");
+    CHECK(r.status == 200);
+    CHECK(r.body == "slow done");
+  });
+  while (!admin_started) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  {
+    TestConnection c(server->port(), 3000);
+    auto r = c.Request("GET", "/v1/score");
+    CHECK(r.status == 200);
+    CHECK(r.body == "fast /v1/score");
+  }
+  release.set_value();
+  admin.join();
+}
+
+TEST_CASE("HttpServer stops while an /admin/ request is queued", "[http]") {
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::atomic<int> started{0};
+  std::unique_ptr<HttpServer> server;
+  REQUIRE(HttpServer::Start(
+              TestOptions(),
+              [&](const HttpRequest&) {
+                ++started;
+                released.wait_for(std::chrono::seconds(20));
+                return HttpResponse{200, "text/plain", "done"};
+              },
+              &server)
+              .ok());
+  TestConnection a(server->port()), b(server->port());
+  CHECK(a.SendRaw("POST /admin/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"));
+  CHECK(b.SendRaw("POST /admin/b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"));
+  while (started == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // b is queued behind a
+  CHECK(started == 1);
+  std::thread stopper([&] { server->Stop(); });  // waits for a, drops b
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  release.set_value();
+  stopper.join();
+  CHECK(started == 1);
+}
+
 }  // namespace recstream::serve
