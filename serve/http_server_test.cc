@@ -382,7 +382,7 @@ TEST_CASE("HttpServer runs its I/O threads at io_priority and still answers", "[
 }  // namespace
 }  // namespace recstream::serve
 
-TEST_CASE("HttpServer answers other connections while an /admin/ request blocks", "[http]") {
+TEST_CASE("HttpServer answers other connections while an admin request blocks", "[http]") {
   // One I/O thread: every connection shares one event loop, so a blocking
   // handler run on it would hold up the second connection until released.
   std::promise<void> release;
@@ -394,7 +394,7 @@ TEST_CASE("HttpServer answers other connections while an /admin/ request blocks"
   REQUIRE(HttpServer::Start(
               o,
               [&](const HttpRequest& r) {
-                if (r.path == "/admin/slow") {
+                if (r.path == "/v1/admin/slow") {
                   admin_started = true;
                   released.wait_for(std::chrono::seconds(20));
                   return HttpResponse{200, "text/plain", "slow done"};
@@ -405,7 +405,7 @@ TEST_CASE("HttpServer answers other connections while an /admin/ request blocks"
               .ok());
   std::thread admin([&] {
     TestConnection c(server->port(), 30000);
-    auto r = c.Request("POST", "/admin/slow");
+    auto r = c.Request("POST", "/v1/admin/slow");
     CHECK(r.status == 200);
     CHECK(r.body == "slow done");
   });
@@ -420,7 +420,7 @@ TEST_CASE("HttpServer answers other connections while an /admin/ request blocks"
   admin.join();
 }
 
-TEST_CASE("HttpServer stops while an /admin/ request is queued", "[http]") {
+TEST_CASE("HttpServer stops while an admin request is queued", "[http]") {
   std::promise<void> release;
   std::shared_future<void> released = release.get_future().share();
   std::atomic<int> started{0};
@@ -435,7 +435,7 @@ TEST_CASE("HttpServer stops while an /admin/ request is queued", "[http]") {
               &server)
               .ok());
   TestConnection a(server->port()), b(server->port());
-  CHECK(a.SendRaw("POST /admin/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"));
+  CHECK(a.SendRaw("POST /v1/admin/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"));
   CHECK(b.SendRaw("POST /admin/b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"));
   while (started == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   std::this_thread::sleep_for(std::chrono::milliseconds(50));  // b is queued behind a
