@@ -351,14 +351,11 @@ void Service::Impl::MaybeCheckpoint(bool final) {
   // thread copies them (FinishSnapshot) while training goes on, and a
   // trainer about to change a row not yet copied copies it first, so the
   // stored rows still describe exactly the events of `offsets`.
-  timespec cpu0{}, cpu1{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu0);
+  const double cpu_start = ThreadCpuSeconds();
   learner->BeginSnapshot(need_full, &job->snapshot);
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu1);
-  spdlog::debug(
-      "checkpoint snapshot begun in {:.2f} ms on the training thread ({:.2f} ms CPU)",
-      std::chrono::duration<double, std::milli>(Clock::now() - snapshot_start).count(),
-      double(cpu1.tv_sec - cpu0.tv_sec) * 1e3 + double(cpu1.tv_nsec - cpu0.tv_nsec) / 1e6);
+  spdlog::debug("checkpoint snapshot begun in {:.2f} ms on the training thread ({:.2f} ms CPU)",
+                std::chrono::duration<double, std::milli>(Clock::now() - snapshot_start).count(),
+                (ThreadCpuSeconds() - cpu_start) * 1e3);
   need_full = false;
   job->offsets = learned_positions;
   job->request = request;

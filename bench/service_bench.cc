@@ -227,8 +227,8 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
   while ((learned = Learned(&c)) < double(events)) {
     peak_rss = std::max(peak_rss, ResidentBytes());
     if (learned != last_learned) {
-      if (SecondsSince(last_progress) * 1e3 > longest_stall_ms) {
-        longest_stall_ms = SecondsSince(last_progress) * 1e3;
+      if (const double gap_ms = SecondsSince(last_progress) * 1e3; gap_ms > longest_stall_ms) {
+        longest_stall_ms = gap_ms;
         longest_stall_end_s = SecondsSince(first);
         longest_stall_learned = last_learned;
       }

@@ -296,20 +296,11 @@ void EmbeddingTable::BeginExport(bool all, std::vector<uint32_t>* rows, FloatBuf
   // Runs while writers wait: one pass over the marks (eight at a time where
   // rows are clean), nothing copied.
   rows->clear();
-  const uint32_t n = size();
-  for (uint32_t base = 0; base < n; base += kChunkRows) {
-    uint8_t* dirty = chunk(base)->dirty.get();
-    const uint32_t end = std::min(kChunkRows, n - base);
-    uint32_t i = all ? 0 : NextDirty(dirty, 0, end);
-    for (; i < end; i = all ? i + 1 : NextDirty(dirty, i + 1, end)) {
-      dirty[i] = kDue;
-      rows->push_back(base + i);
-    }
-  }
-  // Cleared first: growing a buffer then copies no old contents, and new
-  // pages are touched by the copy, not here.
-  // A buffer too small is set aside and freed by FinishExport: unmapping
-  // a big one (page by page) would cost this pause milliseconds.
+  ForEachMarked(all, kDue, [&](uint32_t row) { rows->push_back(row); });
+  // A buffer too small is set aside and freed by FinishExport (unmapping a
+  // big one page by page would cost this pause milliseconds); the new one
+  // is sized from empty, so nothing is copied into it and its pages are
+  // first touched by the copy, not here.
   const size_t floats = rows->size() * 2 * size_t(width_);
   if (dest->capacity() < floats) export_.retired.swap(*dest);
   dest->clear();
@@ -397,18 +388,23 @@ uint32_t EmbeddingTable::Find(std::string_view key) const {
   return Probe(shards_[h & (kShards - 1)], h, key);
 }
 
-void EmbeddingTable::Prefetch(std::string_view key) const {
+const uint64_t* EmbeddingTable::SlotsOf(std::string_view key, uint64_t* tag, uint64_t* mask) const {
   const uint64_t h = IndexHash(key);
   const uint64_t* t = shards_[h & (kShards - 1)].slots.load(std::memory_order_acquire);
-  const uint64_t mask = std::atomic_ref<const uint64_t>(t[0]).load(std::memory_order_relaxed);
-  __builtin_prefetch(t + 1 + ((h >> 32) & mask));
+  *mask = std::atomic_ref<const uint64_t>(t[0]).load(std::memory_order_relaxed);
+  *tag = h >> 32;
+  return t;
+}
+
+void EmbeddingTable::Prefetch(std::string_view key) const {
+  uint64_t tag, mask;
+  const uint64_t* t = SlotsOf(key, &tag, &mask);
+  __builtin_prefetch(t + 1 + (tag & mask));
 }
 
 void EmbeddingTable::PrefetchRow(std::string_view key) const {
-  const uint64_t h = IndexHash(key);
-  const uint64_t* t = shards_[h & (kShards - 1)].slots.load(std::memory_order_acquire);
-  const uint64_t mask = std::atomic_ref<const uint64_t>(t[0]).load(std::memory_order_relaxed);
-  const uint64_t tag = h >> 32;
+  uint64_t tag, mask;
+  const uint64_t* t = SlotsOf(key, &tag, &mask);
   // The first slots of the probe sequence only (they share a cache line).
   uint64_t i = tag & mask;
   for (int n = 0; mask != 0 && n < 4; ++n, i = (i + 1) & mask) {
@@ -496,7 +492,7 @@ uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
   }
   std::memcpy(h, &v, kHeaderBytes);
   std::memcpy(Row(row), values, n * sizeof(float));
-  c->dirty[row & kChunkMask] = 1;
+  c->dirty[row & kChunkMask] = kDirty;
   ready_rows_.store(row + 1, std::memory_order_release);
   return row;
 }

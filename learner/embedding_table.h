@@ -106,17 +106,7 @@ class EmbeddingTable {
   // clears the marks. Not during an export.
   template <typename Fn>
   void ForEachDirty(bool all, Fn&& fn) {
-    const uint32_t n = size();
-    for (uint32_t base = 0; base < n; base += kChunkRows) {
-      uint8_t* dirty = chunk(base)->dirty.get();
-      const uint32_t end = std::min(kChunkRows, n - base);
-      uint32_t i = 0;
-      if (!all) i = NextDirty(dirty, 0, end);
-      for (; i < end; i = all ? i + 1 : NextDirty(dirty, i + 1, end)) {
-        dirty[i] = kClean;
-        fn(base + i);
-      }
-    }
+    ForEachMarked(all, kClean, fn);
   }
 
   // Copy-on-write export: the rows of a snapshot copied out while writers
@@ -171,6 +161,24 @@ class EmbeddingTable {
   }
   // The first dirty index in [i, end), or end.
   static uint32_t NextDirty(const uint8_t* dirty, uint32_t i, uint32_t end);
+  // Calls fn(row) for each row marked (every row when `all`) in row order,
+  // after setting its mark to `state`. No writer may run meanwhile.
+  template <typename Fn>
+  void ForEachMarked(bool all, uint8_t state, Fn&& fn) {
+    const uint32_t n = size();
+    for (uint32_t base = 0; base < n; base += kChunkRows) {
+      uint8_t* dirty = chunk(base)->dirty.get();
+      const uint32_t end = std::min(kChunkRows, n - base);
+      uint32_t i = all ? 0 : NextDirty(dirty, 0, end);
+      for (; i < end; i = all ? i + 1 : NextDirty(dirty, i + 1, end)) {
+        dirty[i] = state;
+        fn(base + i);
+      }
+    }
+  }
+  // The slot array of `key`'s shard (t[0] the mask, t[1 + i] slot i), with
+  // the key's tag and the array's mask: its probe starts at slot tag & mask.
+  const uint64_t* SlotsOf(std::string_view key, uint64_t* tag, uint64_t* mask) const;
   // MarkDirty of a row that is due or being copied (see BeginExport).
   void CopyOutBeforeWrite(uint32_t row);
   // Export steps: Claim turns a due row into kCopying (true when this

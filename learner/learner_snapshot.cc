@@ -2,6 +2,23 @@
 #include "learner/learner_impl.h"
 
 namespace recstream::learner {
+namespace {
+
+// The delta of `table` among the `old` ones of a snapshot passed in again,
+// taken out of `old` so that its buffers are reused; an empty one if none.
+template <typename Delta>
+Delta TakeReusable(std::vector<Delta>& old, const std::string& table) {
+  for (Delta& d : old) {
+    if (d.table == table) {
+      Delta reused = std::move(d);
+      d.table.clear();
+      return reused;
+    }
+  }
+  return Delta();
+}
+
+}  // namespace
 
 void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
   BeginSnapshot(full, out);
@@ -32,14 +49,7 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
   out->tables.reserve(tables.size());
   for (size_t ti = 0; ti < tables.size(); ++ti) {
     EmbeddingTable* t = tables[ti];
-    TableDelta delta;
-    for (TableDelta& old : old_tables) {
-      if (old.table == t->name()) {
-        delta = std::move(old);
-        old.table.clear();
-        break;
-      }
-    }
+    TableDelta delta = TakeReusable(old_tables, t->name());
     delta.table = t->name();
     delta.width = 2 * t->width();
     out->tables.push_back(std::move(delta));
@@ -59,14 +69,7 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
       pl.ends.push_back(pl.flat.size());
     });
     if (pl.rows.empty()) continue;
-    FeatureListDelta delta;
-    for (FeatureListDelta& old : old_lists) {
-      if (old.table == table->name()) {
-        delta = std::move(old);
-        old.table.clear();
-        break;
-      }
-    }
+    FeatureListDelta delta = TakeReusable(old_lists, table->name());
     delta.table = table->name();
     out->feature_lists.push_back(std::move(delta));
   }

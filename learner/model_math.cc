@@ -719,6 +719,18 @@ template <int R>
   }
 }
 
+// The last `left` (< 6) rows from r: RowGroup<left>, chosen at compile time
+// from R down.
+template <int R>
+[[gnu::always_inline]] inline void RowTail(const float* __restrict W, const float* __restrict bias,
+                                           int r, int left, int d, const V8* __restrict x,
+                                           int relu_rows, V8* __restrict o) {
+  if constexpr (R > 0) {
+    if (left == R) return RowGroup<R>(W, bias, r, d, x, relu_rows, o);
+    RowTail<R - 1>(W, bias, r, left, d, x, relu_rows, o);
+  }
+}
+
 // out[r][lane] = bias[r] + sum_k W[r * d + k] * block[k][lane] for r < rows,
 // clamped at 0 for r < relu_rows. W row-major; block and out 32-byte
 // aligned. Six rows at a time: twelve accumulators (enough to cover the FMA
@@ -731,25 +743,7 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void RowsTimesBlock(
   V8* o = reinterpret_cast<V8*>(out);
   int r = 0;
   for (; r + 6 <= rows; r += 6) RowGroup<6>(W, bias, r, d, x, relu_rows, o);
-  switch (rows - r) {
-    case 5:
-      RowGroup<5>(W, bias, r, d, x, relu_rows, o);
-      break;
-    case 4:
-      RowGroup<4>(W, bias, r, d, x, relu_rows, o);
-      break;
-    case 3:
-      RowGroup<3>(W, bias, r, d, x, relu_rows, o);
-      break;
-    case 2:
-      RowGroup<2>(W, bias, r, d, x, relu_rows, o);
-      break;
-    case 1:
-      RowGroup<1>(W, bias, r, d, x, relu_rows, o);
-      break;
-    default:
-      break;
-  }
+  RowTail<5>(W, bias, r, rows - r, d, x, relu_rows, o);
 }
 
 // Shared-bottom heads: y[t][lane] = c[t] + alpha[t] * dot[lane]

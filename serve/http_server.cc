@@ -84,7 +84,7 @@ bool IEquals(std::string_view a, std::string_view b) {
          });
 }
 
-// Runs requests that may block (paths under /v1/admin/ or /admin/, e.g. a forced
+// Runs requests that may block (paths under /v1/admin/, e.g. a forced
 // checkpoint that waits for its write) on a thread of their own, in order,
 // so that they never hold up an event loop and the other connections on it.
 class AdminLane {
@@ -136,9 +136,7 @@ class AdminLane {
   std::thread thread_;
 };
 
-bool IsAdminPath(std::string_view path) {
-  return path.substr(0, 10) == "/v1/admin/" || path.substr(0, 7) == "/admin/";
-}
+bool IsAdminPath(std::string_view path) { return path.substr(0, 10) == "/v1/admin/"; }
 
 // Shared by the server and all its sessions; outlives both (owned by Impl,
 // destroyed after the io_context).

@@ -52,7 +52,7 @@ struct HttpResponse {
 
 // Called on an I/O thread for most requests, so it should not block: the
 // other connections of that thread's event loop wait meanwhile. Requests
-// whose path begins with "/v1/admin/" or "/admin/" (which may block, e.g. a forced
+// whose path begins with "/v1/admin/" (which may block, e.g. a forced
 // checkpoint waiting for its write) are called on a separate thread instead,
 // one at a time, in arrival order. Must be safe to call from several threads
 // at once.

@@ -436,7 +436,7 @@ TEST_CASE("HttpServer stops while an admin request is queued", "[http]") {
               .ok());
   TestConnection a(server->port()), b(server->port());
   CHECK(a.SendRaw("POST /v1/admin/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"));
-  CHECK(b.SendRaw("POST /admin/b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"));
+  CHECK(b.SendRaw("POST /v1/admin/b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"));
   while (started == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   std::this_thread::sleep_for(std::chrono::milliseconds(50));  // b is queued behind a
   CHECK(started == 1);
