@@ -553,14 +553,9 @@ Status DeadLetterQueue::Open(const KafkaOptions& options, std::unique_ptr<DeadLe
 
 void DeadLetterQueue::Send(const RawMessage& original, RejectReason reason,
                            std::string_view detail) {
-  MessageView view;
-  view.topic = original.topic;
-  view.partition = original.partition;
-  view.offset = original.offset;
-  view.key = original.key;
-  view.payload = original.payload;
-  view.timestamp_ms = original.timestamp_ms;
-  Send(view, reason, detail);
+  Send(MessageView{original.topic, original.partition, original.offset, original.key,
+                   original.payload, original.timestamp_ms},
+       reason, detail);
 }
 
 void DeadLetterQueue::Send(const MessageView& original, RejectReason reason,
