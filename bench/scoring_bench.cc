@@ -64,6 +64,7 @@ struct Timing {
   }
   std::string Format() {
     size_t n = wall_ms.size();
+    if (n == 0) return "not timed";
     double p50 = Quantile(&wall_ms, 0.5), p99 = Quantile(&wall_ms, 0.99);
     double min = Quantile(&wall_ms, 0.0);
     char buf[160];
@@ -81,7 +82,10 @@ void Time(Timing* t, Fn&& fn) {
   t->Add(SecondsSince(start) * 1e3, CpuSeconds() - cpu);
 }
 
-int Run(int items, int reps, int threads, bool train_during) {
+int Run(int items, int reps, int threads, bool train_during, const std::string& calls) {
+  const bool do_one = calls.find("score") != std::string::npos,
+             do_many = calls.find("many") != std::string::npos,
+             do_rec = calls.find("recommend") != std::string::npos;
   const int users = 1000;
   auto model = MakeModel(items, users, threads);
   learner::Blend blend;
@@ -131,9 +135,10 @@ int Run(int items, int reps, int threads, bool train_during) {
   for (int r = 0; r < reps; ++r) {
     std::string user = std::to_string(rng() % users);
     std::string item = "i" + std::to_string(rng() % uint64_t(items));
-    Time(&one, [&] { (void)model->Score(user, item, blend); });
+    if (do_one) Time(&one, [&] { (void)model->Score(user, item, blend); });
     for (auto& id : ids) id = "i" + std::to_string(rng() % uint64_t(items));
-    Time(&many, [&] { model->ScoreMany(user, ids, blend, &out); });
+    if (do_many) Time(&many, [&] { model->ScoreMany(user, ids, blend, &out); });
+    if (!do_rec) continue;
     std::vector<learner::Recommendation> top;
     Time(&rec, [&] { top = model->Recommend(user, 10, true, blend); });
     if (top.size() != 10) std::exit(3);
@@ -165,10 +170,13 @@ int main(int argc, char** argv) {
   app.add_option("--reps", reps, "calls of each kind per size");
   app.add_option("--threads", threads, "learner threads (training)");
   app.add_flag("--train-during", train_during, "train on new events while timing");
+  std::string calls = "score,many,recommend";
+  app.add_option("--calls", calls, "which calls to time (score, many, recommend), comma-separated")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   std::printf("scoring_bench load=%s\n", LoadAverage().c_str());
   int rc = 0;
-  for (int n : items) rc |= Run(n, reps, threads, train_during);
+  for (int n : items) rc |= Run(n, reps, threads, train_during, calls);
   std::printf("load after: %s\n", LoadAverage().c_str());
   return rc;
 }

@@ -331,6 +331,11 @@ struct Learner::Impl {
   // ScoreItems for a prepared user.
   void ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_rows,
                  std::vector<Prediction>* out) const;
+  // rows[i] = items.Find(keys[i]), overlapping the lookups' cache misses
+  // (and starting to load each found row's feature list).
+  void FindItems(std::span<const std::string> keys, std::vector<uint32_t>* rows) const;
+  // A hint that item `row` (kNoRow: nothing) is gathered soon.
+  void PrefetchItem(uint32_t row) const;
   // Gathers item `row` (kNoRow: zeros) into lane `lane` of `block`; `rows`
   // and `v` (width floats) are scratch.
   void GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, float* v,
