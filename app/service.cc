@@ -1,5 +1,6 @@
 #include "app/service.h"
 
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -177,9 +178,19 @@ recstream::Status Service::Impl::Init() {
   RECSTREAM_RETURN_IF_ERROR(serve::HttpServer::Start(config.serve, api->Handler(), &http));
 
   next_checkpoint = Clock::now() + std::chrono::milliseconds(config.store.checkpoint_interval_ms);
-  writer = std::thread([this] { WriterLoop(); });
-  trainer = std::thread([this] { TrainLoop(); });
-  ingester = std::thread([this] { IngestLoop(); });
+  // Named for top -H, perf and /proc.
+  writer = std::thread([this] {
+    pthread_setname_np(pthread_self(), "checkpoint");
+    WriterLoop();
+  });
+  trainer = std::thread([this] {
+    pthread_setname_np(pthread_self(), "train");
+    TrainLoop();
+  });
+  ingester = std::thread([this] {
+    pthread_setname_np(pthread_self(), "ingest");
+    IngestLoop();
+  });
   return recstream::Status::OK();
 }
 

@@ -692,23 +692,46 @@ static_assert(kScoreLanes == 16, "kernels below are written for two V8 per row")
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast")
 
-// Rows [r, r + R) of RowsTimesBlock, R * 2 accumulators in registers.
+// Calls f.template operator()<n>() for 1 <= n <= R (a run-time size as a
+// compile-time one).
+template <int R, typename F>
+[[gnu::always_inline]] inline void WithSize(int n, F&& f) {
+  if constexpr (R > 0) {
+    if (n == R) return f.template operator()<R>();
+    WithSize<R - 1>(n, f);
+  }
+}
+
+// R rows times the block: a[j], b[j] (lanes 0-7, 8-15) =
+// bias[j] + sum_k w[j][k] * x[k]. R * 2 accumulators in registers: six rows
+// (twelve) cover the FMA latency on two pipes, four rows (eight) just do;
+// per k two loads of the block and R broadcasts feed 2R FMAs.
+template <int R>
+[[gnu::always_inline]] inline void RowSums(const float* const* w, const float* bias, int d,
+                                           const V8* __restrict x, V8* __restrict a,
+                                           V8* __restrict b) {
+  const V8 zero = {};
+  for (int j = 0; j < R; ++j) a[j] = b[j] = zero + bias[j];
+  for (int k = 0; k < d; ++k) {
+    const V8 xa = x[2 * k], xb = x[2 * k + 1];
+    for (int j = 0; j < R; ++j) {
+      const float wk = w[j][k];
+      a[j] += wk * xa;
+      b[j] += wk * xb;
+    }
+  }
+}
+
+// Rows [r, r + R) of RowsTimesBlock.
 template <int R>
 [[gnu::always_inline]] inline void RowGroup(const float* __restrict W, const float* __restrict bias,
                                             int r, int d, const V8* __restrict x, int relu_rows,
                                             V8* __restrict o) {
   const V8 zero = {};
+  const float* w[R];
+  for (int j = 0; j < R; ++j) w[j] = W + size_t(r + j) * d;
   V8 a[R], b[R];
-  for (int j = 0; j < R; ++j) a[j] = b[j] = zero + bias[r + j];
-  const float* w = W + size_t(r) * d;
-  for (int k = 0; k < d; ++k) {
-    const V8 xa = x[2 * k], xb = x[2 * k + 1];
-    for (int j = 0; j < R; ++j) {
-      const float wk = w[size_t(j) * d + k];
-      a[j] += wk * xa;
-      b[j] += wk * xb;
-    }
-  }
+  RowSums<R>(w, bias + r, d, x, a, b);
   for (int j = 0; j < R; ++j) {
     if (r + j < relu_rows) {
       a[j] = a[j] > zero ? a[j] : zero;
@@ -719,15 +742,28 @@ template <int R>
   }
 }
 
-// The last `left` (< 6) rows from r: RowGroup<left>, chosen at compile time
-// from R down.
-template <int R>
+// The last `left` (< 6) rows from r: RowGroup<left>.
 [[gnu::always_inline]] inline void RowTail(const float* __restrict W, const float* __restrict bias,
                                            int r, int left, int d, const V8* __restrict x,
                                            int relu_rows, V8* __restrict o) {
-  if constexpr (R > 0) {
-    if (left == R) return RowGroup<R>(W, bias, r, d, x, relu_rows, o);
-    RowTail<R - 1>(W, bias, r, left, d, x, relu_rows, o);
+  WithSize<5>(left, [&]<int R>() { RowGroup<R>(W, bias, r, d, x, relu_rows, o); });
+}
+
+// Heads' sums y (kNumTasks x two V8) += hw[t][j] * relu(a[j], b[j]) for
+// hidden rows j = first + i, i = skip..R-1, in order.
+template <int R>
+[[gnu::always_inline]] inline void AddToHeads(V8* __restrict a, V8* __restrict b, int skip,
+                                              int first, const float* __restrict hw, int h,
+                                              V8* __restrict y) {
+  const V8 zero = {};
+  for (int i = skip; i < R; ++i) {
+    a[i] = a[i] > zero ? a[i] : zero;
+    b[i] = b[i] > zero ? b[i] : zero;
+    for (int t = 0; t < kNumTasks; ++t) {
+      const float w = hw[size_t(t) * h + first + i - skip];
+      y[2 * t] += w * a[i];
+      y[2 * t + 1] += w * b[i];
+    }
   }
 }
 
@@ -743,25 +779,56 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void RowsTimesBlock(
   V8* o = reinterpret_cast<V8*>(out);
   int r = 0;
   for (; r + 6 <= rows; r += 6) RowGroup<6>(W, bias, r, d, x, relu_rows, o);
-  RowTail<5>(W, bias, r, rows - r, d, x, relu_rows, o);
+  RowTail(W, bias, r, rows - r, d, x, relu_rows, o);
 }
 
-// Shared-bottom heads: y[t][lane] = c[t] + alpha[t] * dot[lane]
-//                                  + sum_j hw[t * h + j] * z[j][lane].
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void HeadsOfBlock(
-    const float* __restrict hw, const float* __restrict c, const float* __restrict alpha, int h,
-    const float* __restrict z, const float* __restrict dot, float* __restrict y) {
-  const V8* zv = reinterpret_cast<const V8*>(z);
-  const V8* dv = reinterpret_cast<const V8*>(dot);
-  V8* yv = reinterpret_cast<V8*>(y);
+// The shared bottom and its heads in one pass, without storing the hidden
+// layer: W's rows 0..h-1 are the hidden units (relu), row h is u (for
+// dot[lane] = u . v), and
+//   y[t][lane] = c[t] + alpha[t] * dot[lane] + sum_j hw[t * h + j] * z[j][lane]
+// summed in that order (the order HeadsOfBlock used, so results are the
+// same bits). The dot row shares the first group with hidden rows, and
+// groups are 4 to 6 rows where h allows: a lone row would wait on FMA
+// latency for its whole length.
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void BottomAndHeads(
+    const float* __restrict W, const float* __restrict bias, int h, int d,
+    const float* __restrict block, const float* __restrict hw, const float* __restrict c,
+    const float* __restrict alpha, float* __restrict y) {
+  const V8* x = reinterpret_cast<const V8*>(block);
   const V8 zero = {};
-  for (int t = 0; t < kNumTasks; ++t) {
-    const float* w = hw + size_t(t) * h;
-    V8 a = zero + c[t], b = a;
-    a += alpha[t] * dv[0], b += alpha[t] * dv[1];
-    for (int j = 0; j < h; ++j) a += w[j] * zv[2 * j], b += w[j] * zv[2 * j + 1];
-    yv[2 * t] = a, yv[2 * t + 1] = b;
+  V8 acc[2 * kNumTasks];
+  // The dot row and hidden rows [0, first).
+  const int first = std::min(h, 5);
+  WithSize<6>(first + 1, [&]<int R>() {
+    const float* w[R];
+    float b0[R];
+    w[0] = W + size_t(h) * d, b0[0] = bias[h];
+    for (int j = 1; j < R; ++j) w[j] = W + size_t(j - 1) * d, b0[j] = bias[j - 1];
+    V8 a[R], b[R];
+    RowSums<R>(w, b0, d, x, a, b);
+    for (int t = 0; t < kNumTasks; ++t) {
+      acc[2 * t] = zero + c[t];
+      acc[2 * t + 1] = zero + c[t];
+      acc[2 * t] += alpha[t] * a[0];
+      acc[2 * t + 1] += alpha[t] * b[0];
+    }
+    AddToHeads<R>(a, b, 1, 0, hw, h, acc);
+  });
+  // The other hidden rows, six at a time; 7-9 left: 3-5 then 4.
+  for (int r = first; r < h;) {
+    const int left = h - r;
+    const int n = left <= 6 ? left : left >= 10 ? 6 : left - 4;
+    WithSize<6>(n, [&]<int R>() {
+      const float* w[R];
+      for (int j = 0; j < R; ++j) w[j] = W + size_t(r + j) * d;
+      V8 a[R], b[R];
+      RowSums<R>(w, bias + r, d, x, a, b);
+      AddToHeads<R>(a, b, 0, r, hw, h, acc);
+    });
+    r += n;
   }
+  V8* yv = reinterpret_cast<V8*>(y);
+  for (int i = 0; i < 2 * kNumTasks; ++i) yv[i] = acc[i];
 }
 
 #pragma GCC pop_options
@@ -776,11 +843,12 @@ void ModelShape::ScoreBlock(const float* dense, const UserContext& ctx, const fl
   float* z = scratch;         // rows x L, after relu
   float* dot = z + rows * L;  // L: u . v
   float* gates = dot + L;     // kNumTasks * e_ rows x L (MMoE): gate logits
-  RowsTimesBlock(ctx.W.data(), ctx.w.data(), int(ctx.w.size()), d_, block, rows, z);
   if (!mmoe_) {
-    HeadsOfBlock(dense + head_w_, dense + head_c_, dense + head_a_, h_, z, dot, y);
+    BottomAndHeads(ctx.W.data(), ctx.w.data(), h_, d_, block, dense + head_w_, dense + head_c_,
+                   dense + head_a_, y);
     return;
   }
+  RowsTimesBlock(ctx.W.data(), ctx.w.data(), int(ctx.w.size()), d_, block, rows, z);
   std::vector<float> g(e_);
   for (int i = 0; i < L; ++i) {
     for (int t = 0; t < kNumTasks; ++t) {

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace recstream::serve::testing {
 
@@ -127,17 +128,20 @@ class TestConnection {
   }
 
  private:
+  // Reads what has arrived, up to 256 KiB at once (a 1,000-item score
+  // response is ~85 KB: a small buffer would wake the client several times).
   bool Fill() {
-    char tmp[16384];
-    ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
+    if (chunk_.empty()) chunk_.resize(256 * 1024);
+    ssize_t n = ::recv(fd_, chunk_.data(), chunk_.size(), 0);
     if (n <= 0) return false;
-    buf_.append(tmp, static_cast<size_t>(n));
+    buf_.append(chunk_.data(), static_cast<size_t>(n));
     return true;
   }
 
   int fd_ = -1;
   bool connected_ = false;
   std::string buf_;
+  std::vector<char> chunk_;
 };
 
 // One request on a fresh connection.
