@@ -279,21 +279,22 @@ void Service::Impl::TrainLoop() {
   uint64_t rate_events = 0, trained = 0;
   double train_s = 0;
   // Where gaps in learning come from: the longest wait for a parsed batch
-  // while training had nothing to do (once it has started), and the
-  // longest Train call.
+  // while training had nothing to do (once it has started: from the end of
+  // one batch to the start of the next, however many timed-out waits and
+  // checkpoints lie between), and the longest Train call.
   double longest_wait_ms = 0, longest_train_ms = 0;
+  auto idle_since = Clock::now();
   const double cpu_start = ThreadCpuSeconds();
   const auto wait = std::chrono::milliseconds(std::max(1, config.kafka.poll_timeout_ms));
   while (!stop.load()) {
     std::unique_ptr<Batch> batch;
     {
       std::unique_lock lock(batch_mu);
-      const auto wait_start = Clock::now();
       batch_cv.wait_for(lock, wait, [&] { return !ready.empty() || stop.load(); });
       if (trained > 0 && !ready.empty())
         longest_wait_ms =
             std::max(longest_wait_ms,
-                     std::chrono::duration<double, std::milli>(Clock::now() - wait_start).count());
+                     std::chrono::duration<double, std::milli>(Clock::now() - idle_since).count());
       if (!ready.empty() && !stop.load()) {
         batch = std::move(ready.front());
         ready.pop_front();
@@ -307,6 +308,7 @@ void Service::Impl::TrainLoop() {
       train_s += took;
       longest_train_ms = std::max(longest_train_ms, took * 1e3);
       trained += batch->size;
+      idle_since = Clock::now();
       for (const auto& [tp, offset] : batch->next) learned_positions[tp] = offset;
       rate_events += batch->size;
       std::lock_guard lock(batch_mu);

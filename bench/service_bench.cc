@@ -224,7 +224,19 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
   // The longest time /v1/stats showed no progress while events were left
   // (polled every ~10 ms): a checkpoint's pause of learning shows up here.
   double longest_stall_ms = 0, longest_stall_end_s = 0, longest_stall_learned = 0;
-  while ((learned = Learned(&c)) < double(events)) {
+  // The slowest /v1/stats answer: tells a stall of learning from one of
+  // answering.
+  double slowest_stats_ms = 0, slowest_stats_end_s = 0;
+  auto timed_learned = [&] {
+    const auto asked = Clock::now();
+    const double n = Learned(&c);
+    if (const double ms = SecondsSince(asked) * 1e3; ms > slowest_stats_ms) {
+      slowest_stats_ms = ms;
+      slowest_stats_end_s = SecondsSince(first);
+    }
+    return n;
+  };
+  while ((learned = timed_learned()) < double(events)) {
     peak_rss = std::max(peak_rss, ResidentBytes());
     if (learned != last_learned) {
       if (const double gap_ms = SecondsSince(last_progress) * 1e3; gap_ms > longest_stall_ms) {
@@ -269,9 +281,10 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
                 j.Number("/tasks/click/progressive/auc"));
   std::printf(
       "learning: cpu_s=%.3f (whole process) cpu_us_per_event=%.3f longest_stall_ms=%.1f (ended "
-      "%.2f s after the first event learned, at %.0f learned)\n",
+      "%.2f s after the first event learned, at %.0f learned) slowest_stats_ms=%.1f (answered "
+      "%.2f s after the first event learned)\n",
       learn_cpu_s, learn_cpu_s * 1e6 / (double(events) - learned_first), longest_stall_ms,
-      longest_stall_end_s, longest_stall_learned);
+      longest_stall_end_s, longest_stall_learned, slowest_stats_ms, slowest_stats_end_s);
   std::printf("idle\n");
   std::fflush(stdout);
   if (latency) MeasureLatency(stack.port, users, items, 20000);
