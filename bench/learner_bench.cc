@@ -57,6 +57,7 @@ struct Config {
   int dim = 32;
   int train_nice = 0;
   bool cyclic_users = false;
+  bool no_side_features = false;
   bool predictions = true;
   uint64_t seed = 7;
 };
@@ -81,6 +82,7 @@ RunResult RunOnce(const Config& cfg, int threads) {
   go.users = cfg.users;
   go.items = cfg.items;
   go.seed = cfg.seed;
+  go.side_features = !cfg.no_side_features;
   eval::Generator gen(go);
   ingest::EventParser parser{ingest::ParserOptions()};
 
@@ -171,6 +173,8 @@ int main(int argc, char** argv) {
   app.add_option("--train-nice", cfg.train_nice, "learner.train_nice (0..19)");
   app.add_option("--seed", cfg.seed, "generator seed");
   app.add_flag("--cyclic-users", cfg.cyclic_users, "user of event i is i mod users");
+  app.add_flag("--no-side-features", cfg.no_side_features,
+               "events without user or item features (no feature rows shared by every event)");
   bool no_predictions = false;
   app.add_flag("--no-predictions", no_predictions, "do not collect progressive predictions");
   CLI11_PARSE(app, argc, argv);
