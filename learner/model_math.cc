@@ -796,7 +796,7 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void BottomAndHeads(
     const float* __restrict alpha, float* __restrict y) {
   const V8* x = reinterpret_cast<const V8*>(block);
   const V8 zero = {};
-  V8 acc[2 * kNumTasks];
+  V8 acc[2 * kNumTasks] = {};  // set with the dot row below
   // The dot row and hidden rows [0, first).
   const int first = std::min(h, 5);
   WithSize<6>(first + 1, [&]<int R>() {
