@@ -189,67 +189,17 @@ void Learner::Impl::Gather(const EmbeddingTable& main, const EmbeddingTable& sid
 }
 
 void Learner::Impl::UpdateRows(EmbeddingTable& main, EmbeddingTable& side,
-                               const std::vector<uint32_t>& rows, const float* grad, int t,
-                               TrainState* s) {
+                               const std::vector<uint32_t>& rows, const float* grad, int t) {
   // Sparse updates, applied at once (Hogwild: another thread may update the
-  // same row concurrently; lost updates are rare and harmless). Feature rows
-  // are summed over the chunk first.
+  // same row concurrently; lost updates are rare and harmless).
   const int d = options.dim;
-  main.MarkDirty(rows[0]);  // before the write: a snapshot may need the old values
-  float* r = main.Row(rows[0]);
-  ApplyRow(r, grad, d, 0, options.lr_embedding);
-  ApplyRow(r, grad + d, 1, d + t, lr_bias);
-  for (size_t i = 1; i < rows.size(); ++i) AddSideGrad(s, side, rows[i], grad, t, grad[d]);
-}
-
-void Learner::Impl::AddSideGrad(TrainState* s, EmbeddingTable& side, uint32_t row,
-                                const float* grad, int t, float bias_grad) {
-  constexpr size_t kSlots = 1024;  // at most half full: flushed early beyond
-  if (s->side_slots.empty()) s->side_slots.assign(kSlots, 0);
-  const uint32_t table_bit = &side == &item_features ? 1u : 0u;
-  uint32_t slot = uint32_t((uint64_t(row) * 2 + table_bit) * 0x9E3779B97F4A7C15ULL >> 54);
-  for (;; slot = (slot + 1) & (kSlots - 1)) {
-    const uint32_t at = s->side_slots[slot];
-    if (at == 0) break;
-    const TrainState::SideRow& e = s->side_rows[at - 1];
-    if (e.row == row && e.table == &side) break;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EmbeddingTable& table = i == 0 ? main : side;
+    table.MarkDirty(rows[i]);  // before the write: a snapshot may need the old values
+    float* r = table.Row(rows[i]);
+    ApplyRow(r, grad, d, 0, options.lr_embedding);
+    ApplyRow(r, grad + d, 1, d + t, lr_bias);
   }
-  if (s->side_slots[slot] == 0) {
-    if (s->side_rows.size() >= kSlots / 2) {
-      FlushSideGrads(s);
-      return AddSideGrad(s, side, row, grad, t, bias_grad);
-    }
-    s->side_rows.push_back({&side, row, slot, 0});
-    s->side_grads.resize(s->side_rows.size() * size_t(width), 0.0f);
-    s->side_slots[slot] = uint32_t(s->side_rows.size());
-  }
-  const size_t at = s->side_slots[slot] - 1;
-  float* g = s->side_grads.data() + at * size_t(width);
-  const int d = options.dim;
-  if (grad != nullptr)
-    for (int k = 0; k < d; ++k) g[k] += grad[k];
-  g[d + t] += bias_grad;
-  s->side_rows[at].bias_mask |= 1u << t;
-}
-
-void Learner::Impl::FlushSideGrads(TrainState* s) {
-  const int d = options.dim;
-  for (size_t i = 0; i < s->side_rows.size(); ++i) {
-    const TrainState::SideRow& e = s->side_rows[i];
-    const float* g = s->side_grads.data() + i * size_t(width);
-    s->side_slots[e.slot] = 0;
-    if (!AllFinite(g, size_t(width))) {
-      ++s->refused;
-      continue;
-    }
-    e.table->MarkDirty(e.row);  // before the write, as in UpdateRows
-    float* r = e.table->Row(e.row);
-    ApplyRow(r, g, d, 0, options.lr_embedding);
-    for (int t = 0; t < kNumTasks; ++t)
-      if (e.bias_mask & (1u << t)) ApplyRow(r, g + d + t, 1, d + t, lr_bias);
-  }
-  s->side_rows.clear();
-  std::fill(s->side_grads.begin(), s->side_grads.end(), 0.0f);
 }
 
 float Learner::Impl::Learn(Task task, float label, TrainState* s) {
@@ -365,18 +315,17 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
       }
     }
   }
-  UpdateRows(users, user_features, s->user_rows, s->du.data(), t, s);
-  UpdateRows(items, item_features, s->item_rows, s->dv.data(), t, s);
+  UpdateRows(users, user_features, s->user_rows, s->du.data(), t);
+  UpdateRows(items, item_features, s->item_rows, s->dv.data(), t);
   if (esmm) {
     // The click biases take the click tower's share of the gradient.
     const int c = int(Task::kClick);
     for (auto [main, side, rows] :
          {std::tuple<EmbeddingTable*, EmbeddingTable*, std::vector<uint32_t>*>{
               &users, &user_features, &s->user_rows},
-          {&items, &item_features, &s->item_rows}}) {
-      ApplyRow(main->Row((*rows)[0]), &gc, 1, d + c, lr_bias);
-      for (size_t i = 1; i < rows->size(); ++i) AddSideGrad(s, *side, (*rows)[i], nullptr, c, gc);
-    }
+          {&items, &item_features, &s->item_rows}})
+      for (size_t i = 0; i < rows->size(); ++i)
+        ApplyRow((i == 0 ? main : side)->Row((*rows)[i]), &gc, 1, d + c, lr_bias);
   }
   return pred;
 }
@@ -502,7 +451,6 @@ void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) 
 }
 
 void Learner::Impl::FinishChunk(TrainState* s) {
-  FlushSideGrads(s);
   shape.FlushExpertGradients(&s->pending, s->dense_grad.data());
   if (s->dense_touched) {
     const size_t n = s->dense_grad.size();

@@ -126,10 +126,7 @@ struct LearnerOptions {
   bool pretrained_trainable = false;
   // Training threads; 0 means every core.
   int threads = 0;
-  // Events per parallel chunk. Dense gradients, and those of side-feature
-  // rows (shared by many events: written once per chunk, not once per
-  // event), are summed over a chunk and applied at its end; user and item
-  // rows learn at every event.
+  // Events per parallel chunk; dense gradients are accumulated per chunk.
   int chunk = 64;
   // CPU priority of training, 0..19 (Linux nice values): when > 0, every
   // thread while it trains (the thread calling Train, and the TBB workers of

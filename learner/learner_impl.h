@@ -153,19 +153,6 @@ struct TrainState {
   // ResolveChunk's first pass: event i's user row, then its item row.
   std::vector<uint32_t> chunk_main;
   std::vector<float> du, dv, du2, dv2, dp;
-  // Gradients of feature rows (side tables) of the chunk, applied once at
-  // its end (FlushSideGrads). A feature row (age=, category=) is shared by
-  // many events: written at every event, on two threads its cache lines
-  // moved between the cores at every event.
-  struct SideRow {
-    EmbeddingTable* table;
-    uint32_t row;
-    uint32_t slot;       // in side_slots
-    uint32_t bias_mask;  // tasks whose bias has a gradient
-  };
-  std::vector<SideRow> side_rows;
-  std::vector<float> side_grads;     // width floats per side row
-  std::vector<uint32_t> side_slots;  // open addressing: index + 1 into side_rows, 0 empty
   uint64_t refused = 0;
   uint64_t rng = 0x9e3779b97f4a7c15ULL;  // negative sampling
 };
@@ -246,22 +233,14 @@ struct Learner::Impl {
   float Learn(Task task, float label, TrainState* s);
   // Learns event e from its rows in s->user_rows and s->item_rows.
   void TrainOne(const Event& e, TrainState* s, Prediction* before);
-  // Dense and feature-row updates, task weighting, per chunk.
+  // Dense update, task weighting, per chunk.
   void FinishChunk(TrainState* s);
-  // Adds a feature row's gradient (grad: d values, or null for none; and
-  // bias_grad for task t's bias) to the chunk's sums.
-  void AddSideGrad(TrainState* s, EmbeddingTable& side, uint32_t row, const float* grad, int t,
-                   float bias_grad);
-  // Applies the chunk's feature-row sums (refusing a row's if not finite).
-  void FlushSideGrads(TrainState* s);
   // Progressive metrics, learned and refused counts of every TrainState,
   // once per Train call after the parallel part.
   void MergeMetrics();
   void ApplyRow(float* row, const float* grad, int n, int offset, float lr);
-  // The main row (rows[0]) now, its feature rows (rows[1..]) at the
-  // chunk's end.
   void UpdateRows(EmbeddingTable& main, EmbeddingTable& side, const std::vector<uint32_t>& rows,
-                  const float* grad, int t, TrainState* s);
+                  const float* grad, int t);
   void ScoreItems(std::string_view user, const std::vector<uint32_t>& item_rows,
                   std::vector<Prediction>* out) const;
 
