@@ -786,8 +786,8 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void RowsTimesBlock(
 // layer: W's rows 0..h-1 are the hidden units (relu), row h is u (for
 // dot[lane] = u . v), and
 //   y[t][lane] = c[t] + alpha[t] * dot[lane] + sum_j hw[t * h + j] * z[j][lane]
-// summed in that order (the order HeadsOfBlock used, so results are the
-// same bits). The dot row shares the first group with hidden rows, and
+// summed in that order, as the separate heads pass it replaces did. The
+// dot row shares the first group with hidden rows, and
 // groups are 4 to 6 rows where h allows: a lone row would wait on FMA
 // latency for its whole length.
 __attribute__((target_clones("arch=x86-64-v3", "default"))) void BottomAndHeads(
