@@ -597,6 +597,19 @@ TEST_CASE("ScoreMany and Score agree bit for bit in any batch position", "[Learn
     CHECK(many[i].prediction.rating == one.prediction.rating);
     CHECK(reversed[items.size() - 1 - i].score == one.score);
   }
+  // A batch large enough to be split across threads (over 4,096 items).
+  std::vector<std::string> large;
+  for (int i = 0; i < 5000; ++i)
+    large.push_back(i % 97 == 0 ? "unknown" + std::to_string(i) : "i" + std::to_string(i % 50));
+  std::vector<ScoreResult> split;
+  l->ScoreMany("u3", large, Blend(), &split);
+  REQUIRE(split.size() == large.size());
+  int differ = 0;
+  for (size_t i = 0; i < large.size(); ++i) {
+    ScoreResult one = l->Score("u3", large[i], Blend());
+    if (split[i].score != one.score || split[i].item_known != one.item_known) ++differ;
+  }
+  CHECK(differ == 0);
 }
 
 }  // namespace
