@@ -230,14 +230,8 @@ void Service::Impl::IngestLoop() {
     // message, no allocation per event once the batch is warm.
     int64_t now = -1;  // arrival time, read once per poll
     std::array<uint64_t, learner::kNumTasks> seen_now{};
-    OffsetMap::iterator last = batch->next.end();
     Batch& b = *batch;
     auto parse = [&](const ingest::MessageView& m) {
-      if (last == b.next.end() || last->first.partition != m.partition ||
-          last->first.topic != m.topic) {
-        last = b.next.try_emplace(TopicPartition{std::string(m.topic), m.partition}, 0).first;
-      }
-      last->second = m.offset + 1;
       if (b.size == b.events.size()) b.events.emplace_back();
       learner::Event& e = b.events[b.size];
       if (now < 0) now = NowMs();
@@ -251,8 +245,10 @@ void Service::Impl::IngestLoop() {
       ++b.size;
     };
     size_t polled = 0;
+    // b.next: where each partition of the poll (rejected messages included)
+    // is now.
     recstream::Status s = consumer->PollEach(size_t(config.kafka.max_batch),
-                                             config.kafka.poll_timeout_ms, parse, &polled);
+                                             config.kafka.poll_timeout_ms, parse, &polled, &b.next);
     if (!s.ok()) {
       spdlog::error("Kafka consumer: {}", s.ToString());
       std::this_thread::sleep_for(std::chrono::milliseconds(200));

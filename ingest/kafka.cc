@@ -405,6 +405,10 @@ void EventConsumer::SeedOffsets(const OffsetMap& offsets) {
   for (const auto& [tp, offset] : offsets) impl_->positions[tp] = offset;
 }
 
+MessageView RawMessage::View() const {
+  return MessageView{topic, partition, offset, key, payload, timestamp_ms};
+}
+
 RawMessage MessageView::ToRaw() const {
   RawMessage m;
   m.topic = std::string(topic);
@@ -423,7 +427,7 @@ Status EventConsumer::Poll(size_t max_messages, int timeout_ms, std::vector<RawM
 }
 
 Status EventConsumer::PollVisit(size_t max_messages, int timeout_ms, VisitFn fn, void* visit,
-                                size_t* count) {
+                                size_t* count, OffsetMap* next) {
   Impl& d = *impl_;
   if (d.closed) return Status::Internal("kafka consumer is closed");
   // The C API straight away: the C++ wrapper allocates a Message object
@@ -487,8 +491,10 @@ Status EventConsumer::PollVisit(size_t max_messages, int timeout_ms, VisitFn fn,
   }
   if (!d.runs.empty()) {
     std::lock_guard<std::mutex> lock(d.mu);
-    for (const auto& [it, next] : d.runs) it->second = next;
+    for (const auto& [it, after] : d.runs) it->second = after;
   }
+  if (next != nullptr)
+    for (const auto& [it, after] : d.runs) (*next)[it->first] = after;
   d.delivered.fetch_add(taken, std::memory_order_relaxed);
   *count += taken;
   if (Clock::now() >= d.next_lag_refresh) {
@@ -562,9 +568,7 @@ Status DeadLetterQueue::Open(const KafkaOptions& options, std::unique_ptr<DeadLe
 
 void DeadLetterQueue::Send(const RawMessage& original, RejectReason reason,
                            std::string_view detail) {
-  Send(MessageView{original.topic, original.partition, original.offset, original.key,
-                   original.payload, original.timestamp_ms},
-       reason, detail);
+  Send(original.View(), reason, detail);
 }
 
 void DeadLetterQueue::Send(const MessageView& original, RejectReason reason,

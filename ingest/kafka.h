@@ -29,6 +29,8 @@ struct rd_kafka_mock_cluster_s;
 
 namespace recstream::ingest {
 
+struct MessageView;
+
 struct RawMessage {
   std::string topic;
   int32_t partition = 0;
@@ -37,6 +39,9 @@ struct RawMessage {
   std::string payload;
   // Message timestamp (producer create time or broker log-append time); -1 if none.
   int64_t timestamp_ms = -1;
+
+  // A view of this message's bytes, valid while it lives.
+  MessageView View() const;
 };
 
 // A message as EventConsumer::PollEach hands it over: views of librdkafka's
@@ -127,12 +132,15 @@ class EventConsumer {
   // order Poll would append them, with views of librdkafka's buffers (valid
   // during the call only), and adds the number of messages to *count. Same
   // waiting, error handling and Positions() accounting as Poll; the
-  // positions advance when PollEach returns. `visit` must not call back
-  // into this consumer.
+  // positions advance when PollEach returns. When `next` is given, it gets,
+  // for each partition of this poll, the offset after its last message
+  // (entries of other partitions stay). `visit` must not call back into
+  // this consumer.
   template <typename Visit>
-  Status PollEach(size_t max_messages, int timeout_ms, Visit&& visit, size_t* count) {
+  Status PollEach(size_t max_messages, int timeout_ms, Visit&& visit, size_t* count,
+                  OffsetMap* next = nullptr) {
     return PollVisit(max_messages, timeout_ms, &CallVisit<std::remove_reference_t<Visit>>, &visit,
-                     count);
+                     count, next);
   }
 
   // Next offset per partition after the last delivered message (plus seeded
@@ -163,7 +171,8 @@ class EventConsumer {
   static void CallVisit(void* visit, const MessageView& message) {
     (*static_cast<Visit*>(visit))(message);
   }
-  Status PollVisit(size_t max_messages, int timeout_ms, VisitFn fn, void* visit, size_t* count);
+  Status PollVisit(size_t max_messages, int timeout_ms, VisitFn fn, void* visit, size_t* count,
+                   OffsetMap* next);
 
   struct Impl;
   explicit EventConsumer(std::unique_ptr<Impl> impl);

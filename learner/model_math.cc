@@ -837,17 +837,17 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void BottomAndHeads(
 
 void ModelShape::ScoreBlock(const float* dense, const UserContext& ctx, const float* block,
                             float* scratch, float* y) const {
-  constexpr int L = kScoreLanes;
-  const int rows = e_ * h_;
   // ctx.W stacks the expert rows, u (for u . v) and the gate rows.
-  float* z = scratch;         // rows x L, after relu
-  float* dot = z + rows * L;  // L: u . v
-  float* gates = dot + L;     // kNumTasks * e_ rows x L (MMoE): gate logits
-  if (!mmoe_) {
+  if (!mmoe_) {  // no scratch needed: the hidden layer stays in registers
     BottomAndHeads(ctx.W.data(), ctx.w.data(), h_, d_, block, dense + head_w_, dense + head_c_,
                    dense + head_a_, y);
     return;
   }
+  constexpr int L = kScoreLanes;
+  const int rows = e_ * h_;
+  float* z = scratch;         // rows x L, after relu
+  float* dot = z + rows * L;  // L: u . v
+  float* gates = dot + L;     // kNumTasks * e_ rows x L: gate logits
   RowsTimesBlock(ctx.W.data(), ctx.w.data(), int(ctx.w.size()), d_, block, rows, z);
   std::vector<float> g(e_);
   for (int i = 0; i < L; ++i) {
