@@ -10,18 +10,32 @@
 //
 //   learner_bench [--events N] [--users U] [--items I] [--threads 1,2]
 //                 [--batch B] [--chunk C] [--dim D] [--train-nice N] [--cyclic-users]
+//                 [--preparsed] [--pair]
+//
+// --preparsed parses the whole stream before timing and calls Train back to
+// back (no generating and parsing between the calls, so TBB's worker never
+// goes idle between them). --pair (implies --preparsed) then also runs two
+// independent one-thread learners at the same time, one per thread, each
+// over the whole stream: no model state is shared, so their combined rate
+// over the one-thread rate is what this machine allows two cores, the
+// ceiling for the two-thread learner's speedup.
 //
 // --cyclic-users replaces event i's user by user i mod U, so that exactly
 // min(N, U) distinct users exist (for memory scaling); labels keep the
 // generator's user, so the metrics are then meaningless.
 #include <CLI/CLI.hpp>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <memory>
+#include <optional>
 #include <random>
+#include <span>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bench/bench_util.h"
@@ -59,13 +73,55 @@ struct Config {
   bool cyclic_users = false;
   bool no_side_features = false;
   bool predictions = true;
+  bool preparsed = false;
+  bool pair = false;
   uint64_t seed = 7;
 };
 
-RunResult RunOnce(const Config& cfg, int threads) {
-  RunResult r;
-  r.threads = threads;
-  r.rss_before = ResidentBytes();
+// CPU time of the calling thread, in seconds.
+double ThreadCpuSeconds() {
+  timespec t{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return double(t.tv_sec) + double(t.tv_nsec) * 1e-9;
+}
+
+// The generator's stream as events, one line at a time; --cyclic-users
+// applied.
+class EventSource {
+ public:
+  explicit EventSource(const Config& cfg)
+      : cfg_(cfg), gen_(GenOptions(cfg)), parser_(ingest::ParserOptions()) {}
+
+  // Parses the next event into *e; false at the end of the stream.
+  bool Next(learner::Event* e) {
+    while (gen_.Next(&line_)) {
+      if (parser_.Parse(line_, e, 0)) continue;  // the generator writes valid events
+      if (cfg_.cyclic_users) e->user = std::to_string(index_ % uint64_t(cfg_.users));
+      ++index_;
+      return true;
+    }
+    return false;
+  }
+
+ private:
+  static eval::GeneratorOptions GenOptions(const Config& cfg) {
+    eval::GeneratorOptions go;
+    go.events = cfg.events;
+    go.users = cfg.users;
+    go.items = cfg.items;
+    go.seed = cfg.seed;
+    go.side_features = !cfg.no_side_features;
+    return go;
+  }
+
+  const Config& cfg_;
+  eval::Generator gen_;
+  ingest::EventParser parser_;
+  std::string line_;
+  uint64_t index_ = 0;
+};
+
+std::unique_ptr<learner::Learner> MakeLearner(const Config& cfg, int threads) {
   learner::LearnerOptions lo;
   lo.dim = cfg.dim;
   lo.threads = threads;
@@ -77,31 +133,36 @@ RunResult RunOnce(const Config& cfg, int threads) {
     std::fprintf(stderr, "learner: %s\n", s.ToString().c_str());
     std::exit(2);
   }
-  eval::GeneratorOptions go;
-  go.events = cfg.events;
-  go.users = cfg.users;
-  go.items = cfg.items;
-  go.seed = cfg.seed;
-  go.side_features = !cfg.no_side_features;
-  eval::Generator gen(go);
-  ingest::EventParser parser{ingest::ParserOptions()};
+  return model;
+}
 
-  std::vector<learner::Event> batch(cfg.batch);
+// One run over the stream with `threads` threads: from `all` when given
+// (--preparsed), else generated and parsed batch by batch between the
+// (timed) Train calls.
+RunResult RunOnce(const Config& cfg, int threads, const std::vector<learner::Event>* all) {
+  RunResult r;
+  r.threads = threads;
+  r.rss_before = ResidentBytes();
+  std::unique_ptr<learner::Learner> model = MakeLearner(cfg, threads);
+  std::optional<EventSource> source;
+  if (!all) source.emplace(cfg);
+  std::vector<learner::Event> batch(all ? 0 : cfg.batch);
   std::vector<learner::Prediction> before;
   std::array<std::vector<float>, learner::kNumTasks> pred, label;
-  std::string line;
-  uint64_t index = 0;
   const auto wall_start = Clock::now();
-  for (;;) {
-    size_t n = 0;
-    while (n < cfg.batch && gen.Next(&line)) {
-      if (parser.Parse(line, &batch[n], 0)) continue;  // the generator writes valid events
-      if (cfg.cyclic_users) batch[n].user = std::to_string(index % uint64_t(cfg.users));
-      ++index;
-      ++n;
+  for (size_t offset = 0;;) {
+    std::span<const learner::Event> events;
+    if (all) {
+      const size_t n = std::min(cfg.batch, all->size() - offset);
+      events = std::span<const learner::Event>(all->data() + offset, n);
+      offset += n;
+    } else {
+      size_t n = 0;
+      while (n < cfg.batch && source->Next(&batch[n])) ++n;
+      events = std::span<const learner::Event>(batch.data(), n);
     }
+    const size_t n = events.size();
     if (n == 0) break;
-    std::span<const learner::Event> events(batch.data(), n);
     const auto start = Clock::now();
     const double cpu_start = CpuSeconds();
     model->Train(events, cfg.predictions ? &before : nullptr);
@@ -156,6 +217,45 @@ void Print(const Config& cfg, const RunResult& r) {
   std::fflush(stdout);
 }
 
+// --pair: two one-thread learners over `all`, one per thread, started
+// together; both stop when the first has trained all of it, so that every
+// timed call ran while the other learner was training too.
+struct PairResult {
+  uint64_t events[2] = {0, 0};
+  double seconds[2] = {0, 0};  // in Train
+  double cpu_seconds[2] = {0, 0};
+  double wall_seconds = 0;  // from the start to the first one's end
+};
+
+PairResult RunPair(const Config& cfg, const std::vector<learner::Event>& all) {
+  PairResult r;
+  std::unique_ptr<learner::Learner> models[2] = {MakeLearner(cfg, 1), MakeLearner(cfg, 1)};
+  std::atomic<int> ready{0};
+  std::atomic<bool> done{false};
+  Clock::time_point start;
+  auto work = [&](int k) {
+    ready.fetch_add(1);
+    while (ready.load() < 2) {
+    }
+    if (k == 0) start = Clock::now();
+    for (size_t offset = 0; offset < all.size() && !done.load(std::memory_order_relaxed);
+         offset += cfg.batch) {
+      const size_t n = std::min(cfg.batch, all.size() - offset);
+      const auto call_start = Clock::now();
+      const double cpu_start = ThreadCpuSeconds();
+      models[k]->Train(std::span<const learner::Event>(all.data() + offset, n));
+      r.seconds[k] += SecondsSince(call_start);
+      r.cpu_seconds[k] += ThreadCpuSeconds() - cpu_start;
+      r.events[k] += n;
+    }
+    if (!done.exchange(true)) r.wall_seconds = SecondsSince(start);
+  };
+  std::thread other(work, 1);
+  work(0);
+  other.join();
+  return r;
+}
+
 }  // namespace
 }  // namespace recstream::bench
 
@@ -177,17 +277,31 @@ int main(int argc, char** argv) {
                "events without user or item features (no feature rows shared by every event)");
   bool no_predictions = false;
   app.add_flag("--no-predictions", no_predictions, "do not collect progressive predictions");
+  app.add_flag("--preparsed", cfg.preparsed,
+               "parse the whole stream before timing; Train calls back to back");
+  app.add_flag("--pair", cfg.pair,
+               "also run two independent one-thread learners at once (implies --preparsed): "
+               "the machine's ceiling for two threads");
   CLI11_PARSE(app, argc, argv);
   cfg.predictions = !no_predictions;
+  if (cfg.pair) cfg.preparsed = true;
 
   std::printf(
-      "learner_bench events=%llu users=%d items=%d batch=%zu chunk=%d dim=%d train_nice=%d%s "
+      "learner_bench events=%llu users=%d items=%d batch=%zu chunk=%d dim=%d train_nice=%d%s%s "
       "load=%s\n",
       (unsigned long long)cfg.events, cfg.users, cfg.items, cfg.batch, cfg.chunk, cfg.dim,
-      cfg.train_nice, cfg.cyclic_users ? " cyclic-users" : "", LoadAverage().c_str());
+      cfg.train_nice, cfg.cyclic_users ? " cyclic-users" : "", cfg.preparsed ? " preparsed" : "",
+      LoadAverage().c_str());
+  std::vector<recstream::learner::Event> all;
+  if (cfg.preparsed) {
+    EventSource source(cfg);
+    recstream::learner::Event e;
+    while (source.Next(&e)) all.push_back(e);
+    std::printf("preparsed %zu events, rss_mib=%.1f\n", all.size(), MiB(ResidentBytes()));
+  }
   std::vector<RunResult> results;
   for (int t : cfg.threads) {
-    results.push_back(RunOnce(cfg, t));
+    results.push_back(RunOnce(cfg, t, cfg.preparsed ? &all : nullptr));
     Print(cfg, results.back());
   }
   if (results.size() >= 2) {
@@ -212,6 +326,21 @@ int main(int argc, char** argv) {
           "diff=%+.5f\n",
           a.threads, b.threads, rb / ra, b.auc[0] - a.auc[0], b.auc[1] - a.auc[1],
           b.mae[2] - a.mae[2]);
+    }
+  }
+  if (cfg.pair) {
+    const PairResult p = RunPair(cfg, all);
+    const double rate = double(p.events[0] + p.events[1]) / p.wall_seconds;
+    std::printf(
+        "pair (two independent 1-thread learners at once, no shared model): events_per_s=%.0f "
+        "(%llu + %llu events in %.3f s) cpu_per_event_us=%.3f/%.3f\n",
+        rate, (unsigned long long)p.events[0], (unsigned long long)p.events[1], p.wall_seconds,
+        p.cpu_seconds[0] / double(p.events[0]) * 1e6, p.cpu_seconds[1] / double(p.events[1]) * 1e6);
+    for (const RunResult& r : results) {
+      if (r.threads != 1) continue;
+      std::printf(
+          "pair over the 1-thread run: %.3fx (what two cores give now without shared state)\n",
+          rate / (double(r.events) / r.train_seconds));
     }
   }
   std::printf("load after: %s\n", LoadAverage().c_str());
