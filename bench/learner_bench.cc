@@ -3,10 +3,11 @@
 // are apart (issue #4, targets 1 and 6).
 //
 // The stream comes from eval::Generator (the `recstream gen` world) and is
-// parsed by ingest::EventParser, in batches of --batch events, exactly as
-// `recstream eval` hands it to the learner. Only the Train calls are timed:
-// generating and parsing a batch happens between them, untimed, so the
-// figure is the learner's alone. Every run sees the same stream (same seed).
+// parsed in batches of --batch events on the run's threads by
+// eval::BatchParser, exactly as `recstream eval` hands it to the learner.
+// Only the Train calls are timed: generating and parsing a batch happens
+// between them, untimed, so the figure is the learner's alone. Every run
+// sees the same stream (same seed).
 //
 //   learner_bench [--events N] [--users U] [--items I] [--threads 1,2]
 //                 [--batch B] [--chunk C] [--dim D] [--train-nice N] [--cyclic-users]
@@ -39,6 +40,7 @@
 #include <vector>
 
 #include "bench/bench_util.h"
+#include "eval/batch_parser.h"
 #include "eval/generator.h"
 #include "eval/metrics.h"
 #include "ingest/parser.h"
@@ -85,22 +87,34 @@ double ThreadCpuSeconds() {
   return double(t.tv_sec) + double(t.tv_nsec) * 1e-9;
 }
 
-// The generator's stream as events, one line at a time; --cyclic-users
+// The generator's stream as events, a batch at a time, parsed on `threads`
+// threads the way `recstream eval` parses (eval::BatchParser); --cyclic-users
 // applied.
 class EventSource {
  public:
-  explicit EventSource(const Config& cfg)
-      : cfg_(cfg), gen_(GenOptions(cfg)), parser_(ingest::ParserOptions()) {}
+  EventSource(const Config& cfg, int threads)
+      : cfg_(cfg),
+        gen_(GenOptions(cfg)),
+        parser_(ingest::ParserOptions(), threads),
+        lines_(cfg.batch) {}
 
-  // Parses the next event into *e; false at the end of the stream.
-  bool Next(learner::Event* e) {
-    while (gen_.Next(&line_)) {
-      if (parser_.Parse(line_, e, 0)) continue;  // the generator writes valid events
-      if (cfg_.cyclic_users) e->user = std::to_string(index_ % uint64_t(cfg_.users));
-      ++index_;
-      return true;
+  // Fills out[0, k) with the next k <= min(out.size(), batch) events and
+  // returns k; 0 at the end of the stream.
+  size_t NextBatch(std::span<learner::Event> out) {
+    out = out.first(std::min(out.size(), lines_.size()));
+    for (;;) {
+      size_t m = 0;
+      while (m < out.size() && gen_.Next(&lines_[m])) ++m;
+      if (m == 0) return 0;
+      rejected_.clear();  // the generator writes valid events
+      const size_t k = parser_.Parse(std::span<const std::string>(lines_.data(), m), 0,
+                                     out.first(m), &rejected_);
+      if (k == 0) continue;
+      for (size_t i = 0; i < k; ++i, ++index_) {
+        if (cfg_.cyclic_users) out[i].user = std::to_string(index_ % uint64_t(cfg_.users));
+      }
+      return k;
     }
-    return false;
   }
 
  private:
@@ -116,8 +130,9 @@ class EventSource {
 
   const Config& cfg_;
   eval::Generator gen_;
-  ingest::EventParser parser_;
-  std::string line_;
+  eval::BatchParser parser_;
+  std::vector<std::string> lines_;
+  std::vector<ingest::RejectReason> rejected_;
   uint64_t index_ = 0;
 };
 
@@ -145,7 +160,7 @@ RunResult RunOnce(const Config& cfg, int threads, const std::vector<learner::Eve
   r.rss_before = ResidentBytes();
   std::unique_ptr<learner::Learner> model = MakeLearner(cfg, threads);
   std::optional<EventSource> source;
-  if (!all) source.emplace(cfg);
+  if (!all) source.emplace(cfg, threads);
   std::vector<learner::Event> batch(all ? 0 : cfg.batch);
   std::vector<learner::Prediction> before;
   std::array<std::vector<float>, learner::kNumTasks> pred, label;
@@ -157,9 +172,7 @@ RunResult RunOnce(const Config& cfg, int threads, const std::vector<learner::Eve
       events = std::span<const learner::Event>(all->data() + offset, n);
       offset += n;
     } else {
-      size_t n = 0;
-      while (n < cfg.batch && source->Next(&batch[n])) ++n;
-      events = std::span<const learner::Event>(batch.data(), n);
+      events = std::span<const learner::Event>(batch.data(), source->NextBatch(batch));
     }
     const size_t n = events.size();
     if (n == 0) break;
@@ -294,9 +307,11 @@ int main(int argc, char** argv) {
       LoadAverage().c_str());
   std::vector<recstream::learner::Event> all;
   if (cfg.preparsed) {
-    EventSource source(cfg);
-    recstream::learner::Event e;
-    while (source.Next(&e)) all.push_back(e);
+    EventSource source(cfg, 0);
+    std::vector<recstream::learner::Event> batch(cfg.batch);
+    for (size_t k; (k = source.NextBatch(batch)) > 0;) {
+      for (size_t i = 0; i < k; ++i) all.push_back(std::move(batch[i]));
+    }
     std::printf("preparsed %zu events, rss_mib=%.1f\n", all.size(), MiB(ResidentBytes()));
   }
   std::vector<RunResult> results;

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "eval/baselines.h"
+#include "eval/batch_parser.h"
 #include "eval/metrics.h"
 
 namespace recstream::eval {
@@ -223,7 +224,11 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
                              .count();
   const float rating_min = options.learner.rating_min, rating_max = options.learner.rating_max;
 
-  ingest::EventParser parser(options.parser);
+  // Lines are parsed a batch at a time on the learner's threads (see
+  // eval/batch_parser.h for why).
+  BatchParser parser(options.parser, options.learner.threads);
+  std::vector<std::string> lines(options.batch);
+  std::vector<ingest::RejectReason> rejected;
   std::vector<Event> batch(options.batch);
   size_t n = 0;
   std::vector<Prediction> before;
@@ -303,18 +308,25 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
     return Status::OK();
   };
 
-  std::string line;
-  while (std::getline(events, line)) {
-    bytes_read += line.size() + 1;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty()) continue;
-    auto reason = parser.Parse(line, &batch[n], now_ms);
-    if (reason) {
-      ++report->rejected;
-      ++report->rejected_by_reason[size_t(*reason)];
-      continue;
+  for (bool eof = false; !eof;) {
+    // Up to the lines that fill the batch if all are accepted.
+    size_t m = 0;
+    while (n + m < batch.size()) {
+      std::string& line = lines[m];
+      if (!std::getline(events, line)) {
+        eof = true;
+        break;
+      }
+      bytes_read += line.size() + 1;
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (!line.empty()) ++m;
     }
-    if (++n == batch.size()) RECSTREAM_RETURN_IF_ERROR(flush_batch());
+    rejected.clear();
+    n += parser.Parse(std::span<const std::string>(lines.data(), m), now_ms,
+                      std::span<Event>(batch.data() + n, m), &rejected);
+    report->rejected += rejected.size();
+    for (ingest::RejectReason r : rejected) ++report->rejected_by_reason[size_t(r)];
+    if (n == batch.size()) RECSTREAM_RETURN_IF_ERROR(flush_batch());
   }
   if (events.bad()) return Status::IOError("reading the events failed");
   if (n > 0) RECSTREAM_RETURN_IF_ERROR(flush_batch());

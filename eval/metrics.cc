@@ -1,5 +1,7 @@
 #include "eval/metrics.h"
 
+#include <tbb/parallel_sort.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -16,9 +18,17 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 double Auc(std::span<const float> pred, std::span<const float> label) {
   const size_t n = std::min(pred.size(), label.size());
-  std::vector<uint32_t> order(n);
-  std::iota(order.begin(), order.end(), 0u);
-  std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return pred[a] < pred[b]; });
+  // The pairs themselves are sorted (not indices into them: a sort by an
+  // indirect key misses the cache on every comparison), on all threads; the
+  // order within a tie does not matter, as ties are grouped below.
+  struct Scored {
+    float pred;
+    bool positive;
+  };
+  std::vector<Scored> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = {pred[i], label[i] > 0.5f};
+  tbb::parallel_sort(order.begin(), order.end(),
+                     [](const Scored& a, const Scored& b) { return a.pred < b.pred; });
   // Sum of the (1-based, tie-averaged) ranks of the positives.
   double pos_rank_sum = 0.0;
   uint64_t pos = 0;
@@ -26,8 +36,8 @@ double Auc(std::span<const float> pred, std::span<const float> label) {
   while (i < n) {
     size_t j = i;
     uint64_t pos_in_group = 0;
-    while (j < n && pred[order[j]] == pred[order[i]]) {
-      pos_in_group += label[order[j]] > 0.5f;
+    while (j < n && order[j].pred == order[i].pred) {
+      pos_in_group += order[j].positive;
       ++j;
     }
     const double mid_rank = 0.5 * double(i + 1 + j);  // mean of ranks i+1 .. j

@@ -1,0 +1,57 @@
+#include "eval/batch_parser.h"
+
+#include <tbb/blocked_range.h>
+#include <tbb/enumerable_thread_specific.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include <optional>
+#include <utility>
+
+namespace recstream::eval {
+
+struct BatchParser::Impl {
+  Impl(const ingest::ParserOptions& o, int threads)
+      : options(o),
+        arena(threads > 0 ? threads : int(tbb::task_arena::automatic)),
+        parsers([this] { return std::make_unique<ingest::EventParser>(options); }) {}
+
+  const ingest::ParserOptions options;
+  tbb::task_arena arena;
+  tbb::enumerable_thread_specific<std::unique_ptr<ingest::EventParser>> parsers;
+  std::vector<std::optional<ingest::RejectReason>> reasons;
+};
+
+BatchParser::BatchParser(const ingest::ParserOptions& options, int threads)
+    : impl_(std::make_unique<Impl>(options, threads)) {}
+
+BatchParser::~BatchParser() = default;
+
+size_t BatchParser::Parse(std::span<const std::string> lines, int64_t now_ms,
+                          std::span<learner::Event> out,
+                          std::vector<ingest::RejectReason>* rejected) {
+  Impl& d = *impl_;
+  const size_t m = lines.size();
+  d.reasons.resize(m);
+  d.arena.execute([&] {
+    // 256 lines (~0.1 ms) per task.
+    tbb::parallel_for(tbb::blocked_range<size_t>(0, m, 256),
+                      [&](const tbb::blocked_range<size_t>& r) {
+                        ingest::EventParser& parser = *d.parsers.local();
+                        for (size_t i = r.begin(); i < r.end(); ++i)
+                          d.reasons[i] = parser.Parse(lines[i], &out[i], now_ms);
+                      });
+  });
+  size_t accepted = 0;
+  for (size_t i = 0; i < m; ++i) {
+    if (d.reasons[i]) {
+      rejected->push_back(*d.reasons[i]);
+      continue;
+    }
+    if (accepted != i) std::swap(out[accepted], out[i]);
+    ++accepted;
+  }
+  return accepted;
+}
+
+}  // namespace recstream::eval
