@@ -2,11 +2,12 @@
 // ingest::EventParser each, as `recstream eval` does between Learner::Train
 // calls (and bench/learner_bench, which mirrors eval).
 //
-// Why in parallel: with a two-thread learner, parsing a batch on one thread
-// left the other idle long enough to fall asleep, so each Train call started
-// on one thread until the other woke up (a median of ~0.1 ms on the 2-vCPU
-// VM, several ms at the 99th percentile). Parsed on the learner's threads,
-// the batch takes half the time and both threads are awake when Train starts.
+// Why in parallel: parsing took about a fifth of `recstream eval`'s CPU time
+// beside a two-thread learner (perf), on one thread between the Train calls
+// while the other thread waited. (The parser's task arena is not the
+// learner's, so TBB's worker still leaves one for the other between the
+// calls: Train's second thread joins ~0.1 ms after the call starts, as
+// before.)
 //
 // Thread safety: one BatchParser per thread; Parse() uses `threads` threads
 // internally (in a task arena of its own).

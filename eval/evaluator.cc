@@ -224,8 +224,8 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
                              .count();
   const float rating_min = options.learner.rating_min, rating_max = options.learner.rating_max;
 
-  // Lines are parsed a batch at a time on the learner's threads (see
-  // eval/batch_parser.h for why).
+  // Lines are parsed a batch at a time on as many threads as the learner
+  // trains on (eval/batch_parser.h).
   BatchParser parser(options.parser, options.learner.threads);
   std::vector<std::string> lines(options.batch);
   std::vector<ingest::RejectReason> rejected;
