@@ -18,8 +18,8 @@
 // goes idle between them). --pair (implies --preparsed) then also runs two
 // independent one-thread learners at the same time, one per thread, each
 // over the whole stream: no model state is shared, so their combined rate
-// over the one-thread rate is what this machine allows two cores, the
-// ceiling for the two-thread learner's speedup.
+// over the one-thread rate is what two cores of this machine give two
+// learners that share nothing, the reference for the two-thread speedup.
 //
 // --cyclic-users replaces event i's user by user i mod U, so that exactly
 // min(N, U) distinct users exist (for memory scaling); labels keep the
@@ -245,12 +245,11 @@ PairResult RunPair(const Config& cfg, const std::vector<learner::Event>& all) {
   std::unique_ptr<learner::Learner> models[2] = {MakeLearner(cfg, 1), MakeLearner(cfg, 1)};
   std::atomic<int> ready{0};
   std::atomic<bool> done{false};
-  Clock::time_point start;
   auto work = [&](int k) {
     ready.fetch_add(1);
     while (ready.load() < 2) {
     }
-    if (k == 0) start = Clock::now();
+    const auto start = Clock::now();
     for (size_t offset = 0; offset < all.size() && !done.load(std::memory_order_relaxed);
          offset += cfg.batch) {
       const size_t n = std::min(cfg.batch, all.size() - offset);
@@ -294,7 +293,7 @@ int main(int argc, char** argv) {
                "parse the whole stream before timing; Train calls back to back");
   app.add_flag("--pair", cfg.pair,
                "also run two independent one-thread learners at once (implies --preparsed): "
-               "the machine's ceiling for two threads");
+               "what two cores give two learners that share nothing");
   CLI11_PARSE(app, argc, argv);
   cfg.predictions = !no_predictions;
   if (cfg.pair) cfg.preparsed = true;
