@@ -5,6 +5,7 @@
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 
+#include <algorithm>
 #include <optional>
 #include <utility>
 
@@ -31,7 +32,7 @@ size_t BatchParser::Parse(std::span<const std::string> lines, int64_t now_ms,
                           std::span<learner::Event> out,
                           std::vector<ingest::RejectReason>* rejected) {
   Impl& d = *impl_;
-  const size_t m = lines.size();
+  const size_t m = std::min(lines.size(), out.size());
   d.reasons.resize(m);
   d.arena.execute([&] {
     // 256 lines (~0.1 ms) per task.

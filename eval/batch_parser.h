@@ -33,11 +33,11 @@ class BatchParser {
   BatchParser(const BatchParser&) = delete;
   BatchParser& operator=(const BatchParser&) = delete;
 
-  // Parses lines[i] into out[i] for every i (out.size() >= lines.size()),
-  // then moves the accepted events to the front of `out`, in line order, and
-  // returns how many there are. The reasons of the rejected lines are
-  // appended to *rejected in line order. Events are swapped, not copied, so
-  // passing the same `out` again reuses their capacity.
+  // Parses lines[i] into out[i] for every i < min(lines.size(), out.size())
+  // (lines beyond `out` are left alone), then moves the accepted events to
+  // the front of `out`, in line order, and returns how many there are. The reasons of the rejected
+  // lines are appended to *rejected in line order. Events are swapped, not copied, so passing the
+  // same `out` again reuses their capacity.
   size_t Parse(std::span<const std::string> lines, int64_t now_ms, std::span<learner::Event> out,
                std::vector<ingest::RejectReason>* rejected);
 
