@@ -211,10 +211,10 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
   Gather(items, item_features, s->item_rows, fw.v.data(), bi.data());
   const uint32_t pre_row = PretrainedRow(s->item_rows[0]);
   if (pre_row != EmbeddingTable::kNoRow)
-    shape.Project(dense.data(), pretrained->Row(pre_row), fw.v.data());
+    shape.Project(s->dense_now, pretrained->Row(pre_row), fw.v.data());
 
   const bool esmm = options.esmm && task == Task::kPurchase;
-  float y = shape.ForwardTask(dense.data(), t, bu[t] + bi[t], &fw);
+  float y = shape.ForwardTask(s->dense_now, t, bu[t] + bi[t], &fw);
   float yc = 0.0f, dyc = 0.0f;
   float pred, loss, dy;
   if (task == Task::kRating) {
@@ -234,7 +234,7 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
     fc.u = fw.u;
     fc.v = fw.v;
     const int c = int(Task::kClick);
-    yc = shape.ForwardTask(dense.data(), c, bu[c] + bi[c], &fc);
+    yc = shape.ForwardTask(s->dense_now, c, bu[c] + bi[c], &fc);
     const float pc = 1.0f / (1.0f + std::exp(-yc)), pv = 1.0f / (1.0f + std::exp(-y));
     const float p = std::clamp(pc * pv, 1e-7f, 1.0f - 1e-6f);
     pred = pc * pv;
@@ -259,7 +259,7 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
   float g = std::clamp(dy * w, -clip, clip);
 
   // BackwardTask writes du and dv (d + 1 floats each, sized by TrainState).
-  float grad_h_norm = shape.BackwardTask(dense.data(), t, g, &fw, s->dense_grad.data(),
+  float grad_h_norm = shape.BackwardTask(s->dense_now, t, g, &fw, s->dense_grad.data(),
                                          s->du.data(), s->dv.data(), &s->pending);
   // The bias gradient rides in slot d.
   s->du[d] = g;
@@ -268,7 +268,7 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
   if (esmm) {
     gc = std::clamp(dyc * w, -clip, clip);
     grad_h_norm +=
-        shape.BackwardTask(dense.data(), int(Task::kClick), gc, &s->fwd2, s->dense_grad.data(),
+        shape.BackwardTask(s->dense_now, int(Task::kClick), gc, &s->fwd2, s->dense_grad.data(),
                            s->du2.data(), s->dv2.data(), &s->pending);
     for (int k = 0; k < d; ++k) {
       s->du[k] += s->du2[k];
@@ -291,7 +291,7 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
     const int P = options.pretrained_dim;
     float* p = pretrained->Row(pre_row);
     s->dp.resize(P);
-    shape.ProjectBackward(dense.data(), p, s->dv.data(), s->dense_grad.data(),
+    shape.ProjectBackward(s->dense_now, p, s->dv.data(), s->dense_grad.data(),
                           trainable ? s->dp.data() : nullptr);
     bool finite = true;
     if (trainable)
@@ -450,6 +450,24 @@ void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) 
   }
 }
 
+void Learner::Impl::BeginChunk(bool parallel, TrainState* s) {
+  if (!parallel) {
+    s->dense_now = dense.data();
+    return;
+  }
+  // A chunk trained beside others reads the dense layers from a copy taken
+  // now (one sequential read of the block): otherwise every other thread's
+  // chunk-end update pulls the block back from that thread's core, cache
+  // line by cache line, in the middle of this chunk's steps. Measured
+  // against two learners that share nothing (`learner_bench --pair`), the
+  // two-thread CPU per event fell from 1.24 / 1.20 to 1.11 / 1.15 times
+  // theirs (BENCHMARKS.md, session 6). A chunk on one thread sees no other
+  // update anyway; in parallel, the others' updates are now seen from the
+  // next chunk on instead of as they land.
+  s->dense_copy.assign(dense.begin(), dense.end());
+  s->dense_now = s->dense_copy.data();
+}
+
 void Learner::Impl::FinishChunk(TrainState* s) {
   shape.FlushExpertGradients(&s->pending, s->dense_grad.data());
   if (s->dense_touched) {
@@ -541,8 +559,10 @@ void Learner::Train(std::span<const Event> events, std::vector<Prediction>* befo
   if (before) before->resize(events.size());
   const ThreadNiceScope nice(m.nice_target);
   const size_t chunk = size_t(m.options.chunk);
+  const bool parallel = m.threads > 1 && events.size() > chunk;
   auto run = [&](size_t begin, size_t end) {
     TrainState& s = m.states.local();
+    m.BeginChunk(parallel, &s);
     m.ResolveChunk(events.subspan(begin, end - begin), &s);
     const size_t n = end - begin;
     constexpr size_t kAhead = 2;  // events; a step takes about a microsecond
@@ -557,7 +577,7 @@ void Learner::Train(std::span<const Event> events, std::vector<Prediction>* befo
     }
     m.FinishChunk(&s);
   };
-  if (m.threads == 1 || events.size() <= chunk) {
+  if (!parallel) {
     for (size_t b = 0; b < events.size(); b += chunk) run(b, std::min(events.size(), b + chunk));
   } else {
     m.arena.execute([&] {

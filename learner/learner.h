@@ -245,7 +245,8 @@ class Learner {
   Learner& operator=(const Learner&) = delete;
 
   // Learns from `events`. Events are split into chunks trained in parallel
-  // (Hogwild between chunks, in order within a chunk). With `before`
+  // (Hogwild between chunks, in order within a chunk; a chunk reads the
+  // dense layers as they were when it began, the sparse rows live). With `before`
   // non-null, it receives, for each event in order, the prediction of the
   // event's task made just before learning from it (progressive validation).
   // Never lets a NaN or infinity reach a parameter: such updates are refused

@@ -153,6 +153,10 @@ struct TrainState {
   // ResolveChunk's first pass: event i's user row, then its item row.
   std::vector<uint32_t> chunk_main;
   std::vector<float> du, dv, du2, dv2, dp;
+  // The dense parameters the chunk's steps read (BeginChunk): the shared
+  // block itself on one thread, this copy of it when chunks run in parallel.
+  std::vector<float> dense_copy;
+  const float* dense_now = nullptr;
   uint64_t refused = 0;
   uint64_t rng = 0x9e3779b97f4a7c15ULL;  // negative sampling
 };
@@ -233,6 +237,9 @@ struct Learner::Impl {
   float Learn(Task task, float label, TrainState* s);
   // Learns event e from its rows in s->user_rows and s->item_rows.
   void TrainOne(const Event& e, TrainState* s, Prediction* before);
+  // Sets s->dense_now for the chunk about to be trained (a copy of the
+  // dense parameters when `parallel`).
+  void BeginChunk(bool parallel, TrainState* s);
   // Dense update, task weighting, per chunk.
   void FinishChunk(TrainState* s);
   // Progressive metrics, learned and refused counts of every TrainState,
