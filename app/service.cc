@@ -179,18 +179,15 @@ recstream::Status Service::Impl::Init() {
 
   next_checkpoint = Clock::now() + std::chrono::milliseconds(config.store.checkpoint_interval_ms);
   // Named for top -H, perf and /proc.
-  writer = std::thread([this] {
-    pthread_setname_np(pthread_self(), "checkpoint");
-    WriterLoop();
-  });
-  trainer = std::thread([this] {
-    pthread_setname_np(pthread_self(), "train");
-    TrainLoop();
-  });
-  ingester = std::thread([this] {
-    pthread_setname_np(pthread_self(), "ingest");
-    IngestLoop();
-  });
+  auto start = [this](const char* name, void (Impl::*loop)()) {
+    return std::thread([this, name, loop] {
+      pthread_setname_np(pthread_self(), name);
+      (this->*loop)();
+    });
+  };
+  writer = start("checkpoint", &Impl::WriterLoop);
+  trainer = start("train", &Impl::TrainLoop);
+  ingester = start("ingest", &Impl::IngestLoop);
   return recstream::Status::OK();
 }
 

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -28,6 +29,13 @@ inline double CpuSeconds() {
   ::getrusage(RUSAGE_SELF, &u);
   auto sec = [](const timeval& t) { return double(t.tv_sec) + double(t.tv_usec) * 1e-6; };
   return sec(u.ru_utime) + sec(u.ru_stime);
+}
+
+// CPU time of the calling thread, in seconds.
+inline double ThreadCpuSeconds() {
+  timespec t{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return double(t.tv_sec) + double(t.tv_nsec) * 1e-9;
 }
 
 // Resident set size of this process, in bytes (/proc/self/statm).

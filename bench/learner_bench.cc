@@ -29,7 +29,6 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
-#include <ctime>
 #include <memory>
 #include <optional>
 #include <random>
@@ -79,13 +78,6 @@ struct Config {
   bool pair = false;
   uint64_t seed = 7;
 };
-
-// CPU time of the calling thread, in seconds.
-double ThreadCpuSeconds() {
-  timespec t{};
-  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-  return double(t.tv_sec) + double(t.tv_nsec) * 1e-9;
-}
 
 // The generator's stream as events, a batch at a time, parsed on `threads`
 // threads the way `recstream eval` parses (eval::BatchParser); --cyclic-users

@@ -491,10 +491,11 @@ Status EventConsumer::PollVisit(size_t max_messages, int timeout_ms, VisitFn fn,
   }
   if (!d.runs.empty()) {
     std::lock_guard<std::mutex> lock(d.mu);
-    for (const auto& [it, after] : d.runs) it->second = after;
+    for (const auto& [it, after] : d.runs) {
+      it->second = after;
+      if (next != nullptr) (*next)[it->first] = after;
+    }
   }
-  if (next != nullptr)
-    for (const auto& [it, after] : d.runs) (*next)[it->first] = after;
   d.delivered.fetch_add(taken, std::memory_order_relaxed);
   *count += taken;
   if (Clock::now() >= d.next_lag_refresh) {

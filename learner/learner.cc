@@ -383,10 +383,7 @@ void Learner::Impl::PrefetchRows(const TrainState& s, size_t i) const {
   // often not; both are read and written by the event's step.
   for (auto [table, at] :
        {std::pair{&users, s.chunk_begin[2 * i]}, std::pair{&items, s.chunk_begin[2 * i + 1]}}) {
-    const char* p = reinterpret_cast<const char*>(table->Row(s.chunk_rows[at]));
-    const size_t bytes = 2 * size_t(width) * sizeof(float);
-    for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 1);
-    __builtin_prefetch(p + bytes - 1, 1);
+    PrefetchBytes<true>(table->Row(s.chunk_rows[at]), 2 * size_t(width) * sizeof(float));
   }
 }
 

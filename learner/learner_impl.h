@@ -39,6 +39,15 @@ namespace internal {
 constexpr int kAucBins = 2048;
 constexpr double kAucLogitRange = 16.0;
 
+// Prefetches every cache line of [p, p + bytes) (for writing when
+// `kWrite`): a row's values (and accumulators) before a step reads them.
+template <bool kWrite = false>
+inline void PrefetchBytes(const void* p, size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, kWrite);
+  __builtin_prefetch(c + bytes - 1, kWrite);
+}
+
 inline int AucBin(float p) {
   double pc = std::clamp<double>(p, 1e-7, 1 - 1e-7);
   double logit = std::log(pc / (1 - pc));
@@ -84,6 +93,7 @@ struct Observation {
 using internal::AucBin;
 using internal::kAucBins;
 using internal::Observation;
+using internal::PrefetchBytes;
 using internal::TaskMetrics;
 
 // Training at a lower CPU priority (LearnerOptions::train_nice), Linux

@@ -150,10 +150,7 @@ void Learner::Impl::FindItems(std::span<const std::string> keys,
 
 void Learner::Impl::PrefetchItem(uint32_t row) const {
   if (row == EmbeddingTable::kNoRow) return;
-  const char* p = reinterpret_cast<const char*>(items.Row(row));
-  const size_t bytes = size_t(width) * sizeof(float);  // values only
-  for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off);
-  __builtin_prefetch(p + bytes - 1);
+  PrefetchBytes(items.Row(row), size_t(width) * sizeof(float));  // values only
 }
 
 void Learner::Impl::GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, float* v,
@@ -206,8 +203,7 @@ void Learner::Impl::ScoreRows(const UserSide& side, const std::vector<uint32_t>&
     for (size_t i = begin; i < std::min(end, begin + L); ++i) PrefetchItem(item_rows[i]);
     for (size_t first = begin; first < end; first += L) {
       const int lanes = int(std::min<size_t>(L, end - first));
-      for (size_t i = first + L; i < std::min(end, first + 2 * L); ++i)
-        PrefetchItem(item_rows[i]);
+      for (size_t i = first + L; i < std::min(end, first + 2 * L); ++i) PrefetchItem(item_rows[i]);
       if (first > begin && lanes < L) std::fill(block.data(), block.data() + block.size(), 0.0f);
       for (int i = 0; i < lanes; ++i)
         GatherItem(item_rows[first + i], i, &rows, v.data(), block.data());
