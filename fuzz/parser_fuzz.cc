@@ -1,5 +1,6 @@
 // libFuzzer target: EventParser::Parse on arbitrary bytes. It must never
-// crash, and an accepted event must satisfy the contract of ingest/parser.h.
+// crash, an accepted event must satisfy the contract of ingest/parser.h, and
+// Parse (On-Demand fast path, DOM otherwise) must agree with the DOM path.
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -10,10 +11,20 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static recstream::ingest::ParserOptions options;
   static recstream::ingest::EventParser parser(options);
-  recstream::learner::Event event;
+  static auto dom = recstream::ingest::NewDomOnlyEventParserForTesting(options);
+  recstream::learner::Event event, dom_event;
   std::string detail;
   std::string_view bytes(reinterpret_cast<const char*>(data), size);
   auto reason = parser.Parse(bytes, &event, 1700000000000, &detail);
+  auto dom_reason = dom->Parse(bytes, &dom_event, 1700000000000);
+  if (reason != dom_reason) std::abort();
+  if (!reason && (event.task != dom_event.task || event.user != dom_event.user ||
+                  event.item != dom_event.item || event.label != dom_event.label ||
+                  event.ts_ms != dom_event.ts_ms ||
+                  event.user_features != dom_event.user_features ||
+                  event.item_features != dom_event.item_features ||
+                  event.has_truth != dom_event.has_truth || event.truth != dom_event.truth))
+    std::abort();
   if (!reason) {
     // Accepted: ids are non-empty and short, the label is finite, the
     // features within limits.

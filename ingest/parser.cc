@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 namespace recstream::ingest {
@@ -70,13 +71,229 @@ std::optional<RejectReason> ParseRejectReason(std::string_view name) {
   return std::nullopt;
 }
 
+namespace {
+
+// The top-level keys the fast path knows, one bit each in its `seen` mask.
+enum FastKey : int { kKeyType, kKeyUser, kKeyItem, kKeyLabel, kKeyValue, kKeyTs, kKeyUserFeatures,
+                     kKeyItemFeatures, kKeyTruth, kKeyUnknown };
+
+FastKey FastKeyOf(std::string_view k) {
+  switch (k.size()) {
+    case 2:
+      return k == "ts" ? kKeyTs : kKeyUnknown;
+    case 4:
+      return k == "type" ? kKeyType : k == "user" ? kKeyUser : k == "item" ? kKeyItem : kKeyUnknown;
+    case 5:
+      return k == "label"   ? kKeyLabel
+             : k == "value" ? kKeyValue
+             : k == "truth" ? kKeyTruth
+                            : kKeyUnknown;
+    case 13:
+      return k == "user_features"   ? kKeyUserFeatures
+             : k == "item_features" ? kKeyItemFeatures
+                                    : kKeyUnknown;
+    default:
+      return kKeyUnknown;
+  }
+}
+
+}  // namespace
+
 struct EventParser::Impl {
-  explicit Impl(const ParserOptions& o) : options(o) {}
+  Impl(const ParserOptions& o, bool dom_only) : options(o), dom_only(dom_only) {}
 
   ParserOptions options;
+  const bool dom_only;  // tests: every event through the DOM path
   simdjson::dom::parser parser;
+  simdjson::ondemand::parser fast_parser;
   // The input copied with SIMDJSON_PADDING readable bytes after it; reused.
   std::vector<char> padded;
+
+  // The fast path: simdjson's On-Demand API reads the fields straight from
+  // the structural index, without building the DOM's tape first (parsing a
+  // generated event took ~650 ns through the DOM; see BENCHMARKS.md). It
+  // takes only events it can check completely: each known key once, no
+  // other key, every value of the type the rules expect and the rules met.
+  // For anything else it returns false and Parse() hands the event to the
+  // DOM path, which stays the one definition of the rules and of every
+  // rejection (bad events are rare, so they may cost a second parse).
+  // Writes *out as it goes; on false, *out is unspecified.
+  bool ParseFast(size_t size, learner::Event* out, int64_t now_ms) {
+    namespace od = simdjson::ondemand;
+    using simdjson::SUCCESS;
+    od::document doc;
+    if (fast_parser.iterate(padded.data(), size, padded.size()).get(doc) != SUCCESS) return false;
+    od::object obj;
+    if (doc.get_object().get(obj) != SUCCESS) return false;
+    std::string_view type_name;
+    double label = 1.0, value = 0.0, truth_p = -1.0, truth_mean = 0.0;
+    bool has_label = false, has_value = false, has_p = false, has_mean = false, has_uf = false,
+         has_if = false, has_truth = false;
+    int64_t ts = now_ms;
+    uint32_t seen = 0;
+    for (auto field_result : obj) {
+      od::field field;
+      if (std::move(field_result).get(field) != SUCCESS) return false;
+      // The key as written, without unescaping it: a key with an escape
+      // counts as unknown, and the DOM path decides.
+      const char* raw = field.key().raw();
+      size_t key_size = 0;
+      for (; raw[key_size] != '"'; ++key_size)
+        if (raw[key_size] == '\\') return false;
+      const FastKey k = FastKeyOf(std::string_view(raw, key_size));
+      if (k == kKeyUnknown || (seen & (1u << k))) return false;
+      seen |= 1u << k;
+      od::value v = field.value();
+      bool null = false;
+      if (k != kKeyType && k != kKeyUser && k != kKeyItem &&
+          (v.is_null().get(null) != SUCCESS || null)) {
+        if (!null) return false;
+        continue;  // null: absent (a required `value` is then missing)
+      }
+      switch (k) {
+        case kKeyType:
+          if (v.get_string().get(type_name) != SUCCESS) return false;
+          break;
+        case kKeyUser:
+          if (!FastId(v, &out->user)) return false;
+          break;
+        case kKeyItem:
+          if (!FastId(v, &out->item)) return false;
+          break;
+        case kKeyLabel:
+          if (!FastNumber(v, &label)) return false;
+          has_label = true;
+          break;
+        case kKeyValue:
+          if (!FastNumber(v, &value)) return false;
+          has_value = true;
+          break;
+        case kKeyTs: {
+          od::number_type t;
+          if (v.get_number_type().get(t) != SUCCESS || t != od::number_type::signed_integer ||
+              v.get_int64().get(ts) != SUCCESS || ts < 0)
+            return false;
+          break;
+        }
+        case kKeyUserFeatures:
+          if (!FastFeatures(v, &out->user_features)) return false;
+          has_uf = true;
+          break;
+        case kKeyItemFeatures:
+          if (!FastFeatures(v, &out->item_features)) return false;
+          has_if = true;
+          break;
+        case kKeyTruth: {
+          od::object t;
+          if (v.get_object().get(t) != SUCCESS) return false;
+          for (auto tf_result : t) {
+            od::field tf;
+            std::string_view tk;
+            if (std::move(tf_result).get(tf) != SUCCESS || tf.unescaped_key().get(tk) != SUCCESS)
+              return false;
+            bool* has = tk == "p" ? &has_p : tk == "mean" ? &has_mean : nullptr;
+            if (has == nullptr || *has) return false;
+            if (!FastNumber(tf.value(), tk == "p" ? &truth_p : &truth_mean)) return false;
+            *has = true;
+          }
+          has_truth = true;
+          break;
+        }
+        case kKeyUnknown:
+          return false;
+      }
+    }
+    // Nothing after the object (the DOM path rejects trailing content).
+    if (doc.current_location().error() != simdjson::OUT_OF_BOUNDS) return false;
+
+    // The rules, as the DOM path applies them.
+    if (!(seen & (1u << kKeyType)) || !(seen & (1u << kKeyUser)) || !(seen & (1u << kKeyItem)))
+      return false;
+    const std::optional<learner::Task> task = learner::ParseTask(type_name);
+    if (!task) return false;
+    out->task = *task;
+    const bool rating = *task == learner::Task::kRating;
+    if (rating) {
+      if (!has_value || !std::isfinite(value) || value < options.rating_min ||
+          value > options.rating_max)
+        return false;
+      out->label = static_cast<float>(value);
+    } else {
+      if (has_label && label != 0.0 && label != 1.0) return false;
+      out->label = static_cast<float>(label);
+    }
+    out->ts_ms = ts;
+    if (!has_uf) out->user_features.clear();
+    if (!has_if) out->item_features.clear();
+    out->has_truth = false;
+    out->truth = 0.0;
+    if (has_truth) {
+      const double t = rating ? truth_mean : truth_p;
+      if (!(rating ? has_mean : has_p) || !std::isfinite(t) || (!rating && (t < 0.0 || t > 1.0)))
+        return false;
+      out->has_truth = true;
+      out->truth = t;
+    }
+    return true;
+  }
+
+  // A string id of 1..max_id_bytes bytes, or a non-negative integer.
+  bool FastId(simdjson::ondemand::value v, std::string* out) const {
+    namespace od = simdjson::ondemand;
+    using simdjson::SUCCESS;
+    od::json_type type;
+    if (v.type().get(type) != SUCCESS) return false;
+    if (type == od::json_type::string) {
+      std::string_view s;
+      if (v.get_string().get(s) != SUCCESS || s.empty() || s.size() > options.max_id_bytes)
+        return false;
+      out->assign(s.data(), s.size());
+      return true;
+    }
+    od::number_type t;
+    if (type != od::json_type::number || v.get_number_type().get(t) != SUCCESS) return false;
+    uint64_t u = 0;
+    if (t == od::number_type::signed_integer) {
+      int64_t i = 0;
+      if (v.get_int64().get(i) != SUCCESS || i < 0) return false;
+      u = static_cast<uint64_t>(i);
+    } else if (t != od::number_type::unsigned_integer || v.get_uint64().get(u) != SUCCESS) {
+      return false;
+    }
+    char buf[24];
+    auto res = std::to_chars(buf, buf + sizeof(buf), u);
+    out->assign(buf, res.ptr);
+    return true;
+  }
+
+  static bool FastNumber(simdjson::ondemand::value v, double* out) {
+    simdjson::ondemand::json_type type;
+    return v.type().get(type) == simdjson::SUCCESS &&
+           type == simdjson::ondemand::json_type::number &&
+           v.get_double().get(*out) == simdjson::SUCCESS;
+  }
+
+  // An array of at most max_features strings of 1..max_id_bytes bytes; the
+  // strings of *out are reused.
+  bool FastFeatures(simdjson::ondemand::value v, std::vector<std::string>* out) const {
+    simdjson::ondemand::array arr;
+    if (v.get_array().get(arr) != simdjson::SUCCESS) return false;
+    size_t n = 0;
+    for (auto e : arr) {
+      std::string_view s;
+      if (e.get_string().get(s) != simdjson::SUCCESS || s.empty() ||
+          s.size() > options.max_id_bytes || n == options.max_features)
+        return false;
+      if (n < out->size()) {
+        (*out)[n].assign(s.data(), s.size());
+      } else {
+        out->emplace_back(s);
+      }
+      ++n;
+    }
+    out->resize(n);
+    return true;
+  }
 
   // Sets *detail (if any) and returns `reason`.
   static std::optional<RejectReason> Reject(RejectReason reason, std::string* detail,
@@ -168,6 +385,7 @@ struct EventParser::Impl {
     }
     if (!bytes.empty()) std::memcpy(padded.data(), bytes.data(), bytes.size());
     std::memset(padded.data() + bytes.size(), 0, simdjson::SIMDJSON_PADDING);
+    if (!dom_only && ParseFast(bytes.size(), out, now_ms)) return std::nullopt;
 
     element doc;
     simdjson::error_code err = parser.parse(padded.data(), bytes.size(), false).get(doc);
@@ -322,7 +540,15 @@ struct EventParser::Impl {
   }
 };
 
-EventParser::EventParser(const ParserOptions& options) : impl_(std::make_unique<Impl>(options)) {}
+EventParser::EventParser(const ParserOptions& options)
+    : impl_(std::make_unique<Impl>(options, /*dom_only=*/false)) {}
+
+EventParser::EventParser(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+std::unique_ptr<EventParser> NewDomOnlyEventParserForTesting(const ParserOptions& options) {
+  return std::unique_ptr<EventParser>(
+      new EventParser(std::make_unique<EventParser::Impl>(options, /*dom_only=*/true)));
+}
 EventParser::~EventParser() = default;
 
 std::optional<RejectReason> EventParser::Parse(std::string_view bytes, learner::Event* out,

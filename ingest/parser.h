@@ -91,9 +91,20 @@ class EventParser {
   std::optional<RejectReason> Parse(std::string_view bytes, learner::Event* out, int64_t now_ms,
                                     std::string* detail = nullptr);
 
+  // Parse() checks and decodes an ordinary event in one pass of simdjson's
+  // On-Demand API; an event it cannot take that way (a rejection, an unknown
+  // or repeated key, a value of an unexpected type) goes through simdjson's
+  // DOM, which decides. Both give the same result for every input.
+
  private:
   struct Impl;
+  explicit EventParser(std::unique_ptr<Impl> impl);
+  friend std::unique_ptr<EventParser> NewDomOnlyEventParserForTesting(const ParserOptions& options);
   std::unique_ptr<Impl> impl_;
 };
+
+// For tests and fuzzing only: a parser that sends every event through the DOM
+// path, to compare Parse() against.
+std::unique_ptr<EventParser> NewDomOnlyEventParserForTesting(const ParserOptions& options);
 
 }  // namespace recstream::ingest

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -406,6 +407,82 @@ TEST_CASE("EventParser honours its options", "[parser]") {
                      kNow) == RejectReason::kTooManyFeatures);
   std::string big = R"({"type":"click","user":"u","item":"i","pad":")" + Repeat('x', 100) + "\"}";
   CHECK(parser.Parse(big, &ev, kNow) == RejectReason::kTooLarge);
+}
+
+// Parse() takes an ordinary event through simdjson's On-Demand API and
+// anything else through the DOM: the two must agree on every input.
+TEST_CASE("EventParser: the fast path and the DOM path agree", "[parser]") {
+  ParserOptions options;
+  options.max_id_bytes = 8;
+  options.max_features = 3;
+  EventParser parser(options);
+  std::unique_ptr<EventParser> dom = NewDomOnlyEventParserForTesting(options);
+  const std::vector<std::string> seeds = {
+      R"({"type":"click","user":462,"item":"i1574","ts":1704067200002,"label":0,"user_features":["age=0"],"item_features":["c19"],"truth":{"p":0.248242}})",
+      R"({"type":"rating","user":"u","item":7,"value":4.5,"label":"ignored","truth":{"mean":3.5,"p":2}})",
+      R"({"type":"purchase","user":"u","item":"i","label":null,"ts":null,"user_features":null,"truth":null})",
+      R"(  {"item":"i","user":18446744073709551615,"type":"click","label":1.0}  )",
+      R"({"type":"click","user":"u","item":"i","extra":{"nested":[1,2,{"a":null}]}})",
+      R"({"type":"click","user":"u","item":"i","user":"v"})",
+      R"({"ty\u0070e":"click","user":"u\u00e9","item":"i","item_features":["a\"b","c"]})",
+      R"({"type":"click","user":"u","item":"i"} {"x":1})",
+      R"({"type":"click","user":"u","item":"i","truth":{"p":0.5,"q":[1]}})",
+      R"({"type":"click","user":"u","item":"i","truth":{"p":0.5,"p":0.7}})",
+      R"({"type":"rating","user":"u","item":"i","value":5,"ts":-1})",
+      R"({"type":"click","user":-3,"item":1e3,"ts":1.5})",
+      R"({"type":"click","user":"u","item":"i","user_features":["a","b","c","d"]})",
+      R"({"type":"rating","user":"u","item":"i","value":NaN})",
+      R"([{"type":"click","user":"u","item":"i"}])",
+  };
+  auto same = [&](const std::string& json) {
+    Event a, b;
+    std::string da, db;
+    const auto ra = parser.Parse(json, &a, kNow, &da);
+    const auto rb = dom->Parse(json, &b, kNow, &db);
+    INFO(json);
+    REQUIRE(ra == rb);
+    if (ra) {
+      CHECK(da == db);
+      return;
+    }
+    CHECK(a.task == b.task);
+    CHECK(a.user == b.user);
+    CHECK(a.item == b.item);
+    CHECK(a.label == b.label);
+    CHECK(a.ts_ms == b.ts_ms);
+    CHECK(a.user_features == b.user_features);
+    CHECK(a.item_features == b.item_features);
+    CHECK(a.has_truth == b.has_truth);
+    CHECK(a.truth == b.truth);
+  };
+  size_t accepted = 0;
+  for (const std::string& seed : seeds) {
+    same(seed);
+    Event e;
+    accepted += !parser.Parse(seed, &e, kNow).has_value();
+  }
+  CHECK(accepted >= 6);  // the seeds exercise both paths
+  // Random edits of the seeds: replace, insert or delete one byte, from an
+  // alphabet that makes JSON tokens.
+  const std::string alphabet = "{}[],:\"\\ 0123456789.-+eEtrufalsn\xc3\xa9pmyiv_";
+  uint64_t x = 0x9E3779B97F4A7C15ull;
+  auto next = [&x] {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    return x;
+  };
+  for (int round = 0; round < 30000; ++round) {
+    std::string s = seeds[next() % seeds.size()];
+    for (int edits = 1 + int(next() % 3); edits > 0 && !s.empty(); --edits) {
+      const size_t at = next() % s.size();
+      const char c = alphabet[next() % alphabet.size()];
+      switch (next() % 3) {
+        case 0: s[at] = c; break;
+        case 1: s.insert(s.begin() + long(at), c); break;
+        default: s.erase(at, 1); break;
+      }
+    }
+    same(s);
+  }
 }
 
 TEST_CASE("EventParser reuses its Event and survives random bytes", "[parser]") {
