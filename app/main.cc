@@ -128,6 +128,7 @@ int RunServe(const ConfigFlags& flags) {
   config::AppConfig cfg;
   if (!flags.Load(&cfg)) return kExitUsage;
   sigset_t signals = BlockStopSignals();
+  TuneMalloc();
   spdlog::info("starting: model {}/{} dim {}, store {} (checkpoint every {} ms), log level {}",
                learner::ArchName(cfg.learner.arch), learner::WeightingName(cfg.learner.weighting),
                cfg.learner.dim, cfg.store.path, cfg.store.checkpoint_interval_ms, cfg.log_level);

@@ -1,5 +1,6 @@
 #include "app/service.h"
 
+#include <malloc.h>
 #include <pthread.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
@@ -168,6 +169,9 @@ recstream::Status Service::Impl::Init() {
     return s;
   }
   loaded = true;
+  // The restore's blocks are free again: return their pages to the kernel
+  // (TuneMalloc keeps freed memory in the heaps otherwise).
+  malloc_trim(0);
 
   RECSTREAM_RETURN_IF_ERROR(ingest::EventConsumer::Open(config.kafka, &consumer));
   consumer->SeedOffsets(offsets);
@@ -479,6 +483,19 @@ Service::Service(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Service::~Service() {
   if (impl_ && !impl_->stop) (void)Shutdown();
+}
+
+void TuneMalloc() {
+#ifdef __GLIBC__
+  // A fixed threshold (the largest glibc allows) instead of the dynamic one,
+  // so fetch buffers are heap blocks rather than mappings of their own.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  // Freed memory stays in the heaps: no trimming of the top of a heap below
+  // 1 GiB, and a per-thread heap that falls empty is kept rather than
+  // unmapped (glibc keeps it when the top pad is as large as a heap).
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TOP_PAD, 64 << 20);
+#endif
 }
 
 recstream::Status Service::Start(const config::AppConfig& config,

@@ -520,6 +520,7 @@ int StoreBench(uint64_t rows, uint64_t delta_rows) {
 
 int main(int argc, char** argv) {
   using namespace recstream::bench;
+  recstream::app::TuneMalloc();  // as `recstream serve` does
   CLI::App app{"recstream end-to-end benchmarks (embedded Kafka + service in process)"};
   app.require_subcommand(1);
   int partitions = 0, checkpoint_ms = 5000;
