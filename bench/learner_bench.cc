@@ -29,6 +29,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <random>
@@ -79,15 +80,18 @@ struct Config {
   uint64_t seed = 7;
 };
 
-// The generator's stream as events, a batch at a time, parsed on `threads`
-// threads the way `recstream eval` parses (eval::BatchParser); --cyclic-users
-// applied.
+// The generator's stream as events, a batch at a time, parsed on the
+// learner's threads the way `recstream eval` parses (eval::BatchParser);
+// --cyclic-users applied.
 class EventSource {
  public:
-  EventSource(const Config& cfg, int threads)
+  EventSource(const Config& cfg, learner::Learner* model)
       : cfg_(cfg),
         gen_(GenOptions(cfg)),
-        parser_(ingest::ParserOptions(), threads),
+        parser_(ingest::ParserOptions(),
+                [model](size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn) {
+                  model->ParallelFor(n, grain, fn);
+                }),
         lines_(cfg.batch) {}
 
   // Fills out[0, k) with the next k <= min(out.size(), batch) events and
@@ -152,7 +156,7 @@ RunResult RunOnce(const Config& cfg, int threads, const std::vector<learner::Eve
   r.rss_before = ResidentBytes();
   std::unique_ptr<learner::Learner> model = MakeLearner(cfg, threads);
   std::optional<EventSource> source;
-  if (!all) source.emplace(cfg, threads);
+  if (!all) source.emplace(cfg, model.get());
   std::vector<learner::Event> batch(all ? 0 : cfg.batch);
   std::vector<learner::Prediction> before;
   std::array<std::vector<float>, learner::kNumTasks> pred, label;

@@ -4,16 +4,17 @@
 //
 // Why in parallel: parsing took about a fifth of `recstream eval`'s CPU time
 // beside a two-thread learner (perf), on one thread between the Train calls
-// while the other thread waited. (The parser's task arena is not the
-// learner's, so TBB's worker still leaves one for the other between the
-// calls: Train's second thread joins ~0.1 ms after the call starts, as
-// before.)
+// while the other thread waited. Given the learner's threads
+// (Learner::ParallelFor), parsing also keeps Train's second thread awake
+// between the calls; in a task arena of its own, that thread joins each
+// Train call ~0.1 ms late (p50).
 //
-// Thread safety: one BatchParser per thread; Parse() uses `threads` threads
-// internally (in a task arena of its own).
+// Thread safety: one BatchParser per thread; Parse() uses several threads
+// internally.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -27,8 +28,16 @@ namespace recstream::eval {
 
 class BatchParser {
  public:
-  // threads <= 0: as many as the machine has cores.
+  // Runs fn(begin, end) over pieces of [0, n) of about `grain` lines, on
+  // several threads, and returns when all have run (Learner::ParallelFor).
+  using ParallelFor =
+      std::function<void(size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn)>;
+
+  // Parses on `threads` threads of its own; <= 0: as many as the machine
+  // has cores.
   BatchParser(const ingest::ParserOptions& options, int threads);
+  // Parses on the threads of `parallel_for`.
+  BatchParser(const ingest::ParserOptions& options, ParallelFor parallel_for);
   ~BatchParser();
   BatchParser(const BatchParser&) = delete;
   BatchParser& operator=(const BatchParser&) = delete;

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <random>
 #include <span>
@@ -224,9 +225,13 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
                              .count();
   const float rating_min = options.learner.rating_min, rating_max = options.learner.rating_max;
 
-  // Lines are parsed a batch at a time on as many threads as the learner
-  // trains on (eval/batch_parser.h).
-  BatchParser parser(options.parser, options.learner.threads);
+  // Lines are parsed a batch at a time on the learner's threads
+  // (eval/batch_parser.h).
+  BatchParser parser(options.parser,
+                     [&learner](size_t n, size_t grain,
+                                const std::function<void(size_t, size_t)>& fn) {
+                       learner->ParallelFor(n, grain, fn);
+                     });
   std::vector<std::string> lines(options.batch);
   std::vector<ingest::RejectReason> rejected;
   std::vector<Event> batch(options.batch);

@@ -587,6 +587,20 @@ void Learner::Train(std::span<const Event> events, std::vector<Prediction>* befo
   m.MergeMetrics();
 }
 
+void Learner::ParallelFor(size_t n, size_t grain,
+                          const std::function<void(size_t, size_t)>& fn) {
+  Impl& m = *impl_;
+  grain = std::max<size_t>(1, grain);
+  if (m.threads == 1 || n <= grain) {
+    if (n > 0) fn(0, n);
+    return;
+  }
+  m.arena.execute([&] {
+    tbb::parallel_for(tbb::blocked_range<size_t>(0, n, grain),
+                      [&](const tbb::blocked_range<size_t>& r) { fn(r.begin(), r.end()); });
+  });
+}
+
 LearnerStats Learner::Stats() const {
   const Impl& m = *impl_;
   LearnerStats s;

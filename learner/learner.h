@@ -28,6 +28,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -252,6 +253,15 @@ class Learner {
   // Never lets a NaN or infinity reach a parameter: such updates are refused
   // and counted.
   void Train(std::span<const Event> events, std::vector<Prediction>* before = nullptr);
+
+  // Runs fn(begin, end) over pieces of [0, n) of about `grain` items each,
+  // on Train's threads, and returns when every piece has run. For the
+  // caller's own work between Train calls, such as parsing the next batch:
+  // done here, it keeps Train's second thread awake, which otherwise joins
+  // a call ~0.1 ms late after a pause (p50; milliseconds at p99). Call it
+  // from the thread that calls Train, not during a Train call; fn must be
+  // safe to run concurrently on different pieces.
+  void ParallelFor(size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn);
 
   // Scores one pair. Unknown ids score from biases and priors alone. A known
   // user or item scores with the side features it was last seen with (an
