@@ -81,18 +81,12 @@ struct Config {
 };
 
 // The generator's stream as events, a batch at a time, parsed on the
-// learner's threads the way `recstream eval` parses (eval::BatchParser);
-// --cyclic-users applied.
+// learner's threads the way `recstream eval` parses (eval::BatchParser), or
+// on every core without a learner (--preparsed); --cyclic-users applied.
 class EventSource {
  public:
   EventSource(const Config& cfg, learner::Learner* model)
-      : cfg_(cfg),
-        gen_(GenOptions(cfg)),
-        parser_(ingest::ParserOptions(),
-                [model](size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn) {
-                  model->ParallelFor(n, grain, fn);
-                }),
-        lines_(cfg.batch) {}
+      : cfg_(cfg), gen_(GenOptions(cfg)), parser_(NewParser(model)), lines_(cfg.batch) {}
 
   // Fills out[0, k) with the next k <= min(out.size(), batch) events and
   // returns k; 0 at the end of the stream.
@@ -103,7 +97,7 @@ class EventSource {
       while (m < out.size() && gen_.Next(&lines_[m])) ++m;
       if (m == 0) return 0;
       rejected_.clear();  // the generator writes valid events
-      const size_t k = parser_.Parse(std::span<const std::string>(lines_.data(), m), 0,
+      const size_t k = parser_->Parse(std::span<const std::string>(lines_.data(), m), 0,
                                      out.first(m), &rejected_);
       if (k == 0) continue;
       for (size_t i = 0; i < k; ++i, ++index_) {
@@ -114,6 +108,15 @@ class EventSource {
   }
 
  private:
+  static std::unique_ptr<eval::BatchParser> NewParser(learner::Learner* model) {
+    if (model == nullptr) return std::make_unique<eval::BatchParser>(ingest::ParserOptions(), 0);
+    return std::make_unique<eval::BatchParser>(
+        ingest::ParserOptions(),
+        [model](size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn) {
+          model->ParallelFor(n, grain, fn);
+        });
+  }
+
   static eval::GeneratorOptions GenOptions(const Config& cfg) {
     eval::GeneratorOptions go;
     go.events = cfg.events;
@@ -126,7 +129,7 @@ class EventSource {
 
   const Config& cfg_;
   eval::Generator gen_;
-  eval::BatchParser parser_;
+  std::unique_ptr<eval::BatchParser> parser_;
   std::vector<std::string> lines_;
   std::vector<ingest::RejectReason> rejected_;
   uint64_t index_ = 0;
@@ -302,7 +305,7 @@ int main(int argc, char** argv) {
       LoadAverage().c_str());
   std::vector<recstream::learner::Event> all;
   if (cfg.preparsed) {
-    EventSource source(cfg, 0);
+    EventSource source(cfg, nullptr);
     std::vector<recstream::learner::Event> batch(cfg.batch);
     for (size_t k; (k = source.NextBatch(batch)) > 0;) {
       for (size_t i = 0; i < k; ++i) all.push_back(std::move(batch[i]));
