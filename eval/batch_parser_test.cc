@@ -1,11 +1,14 @@
 #include "eval/batch_parser.h"
 
 #include <catch2/catch.hpp>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "eval/generator.h"
+#include "learner/learner.h"
 
 namespace recstream::eval {
 namespace {
@@ -37,9 +40,12 @@ bool SameEvent(const Event& a, const Event& b) {
          a.item_features == b.item_features && a.has_truth == b.has_truth && a.truth == b.truth;
 }
 
-TEST_CASE("BatchParser: accepted events in line order, rejections counted, on 1 and 2 threads",
-          "[eval]") {
-  const int threads = GENERATE(1, 2);
+TEST_CASE(
+    "BatchParser: accepted events in line order, rejections counted, on 1 and 2 threads of its "
+    "own and on a learner's",
+    "[eval]") {
+  // 1 or 2: threads of its own; 0: the threads of a two-thread learner.
+  const int threads = GENERATE(1, 2, 0);
   const std::vector<std::string> lines = MixedLines(3000);  // about 12 tasks of 256 lines
 
   // What one EventParser makes of the lines, one after the other.
@@ -57,12 +63,23 @@ TEST_CASE("BatchParser: accepted events in line order, rejections counted, on 1 
   REQUIRE(expected_rejected.size() > 400);
   REQUIRE(expected_rejected.size() < lines.size());
 
-  BatchParser parser(ingest::ParserOptions{}, threads);
+  std::unique_ptr<learner::Learner> model;
+  learner::LearnerOptions lo;
+  lo.threads = 2;
+  REQUIRE(learner::Learner::Create(lo, &model).ok());
+  auto parser =
+      threads > 0 ? std::make_unique<BatchParser>(ingest::ParserOptions{}, threads)
+                  : std::make_unique<BatchParser>(
+                        ingest::ParserOptions{},
+                        [&model](size_t n, size_t grain,
+                                 const std::function<void(size_t, size_t)>& fn) {
+                          model->ParallelFor(n, grain, fn);
+                        });
   std::vector<Event> out(lines.size());
   // Twice over the same `out`: the second pass reuses the swapped events.
   for (int pass = 0; pass < 2; ++pass) {
     std::vector<RejectReason> rejected;
-    const size_t accepted = parser.Parse(lines, 42, out, &rejected);
+    const size_t accepted = parser->Parse(lines, 42, out, &rejected);
     REQUIRE(accepted == expected.size());
     CHECK(rejected == expected_rejected);
     size_t differ = 0;

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <set>
+#include <mutex>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -93,6 +95,30 @@ TEST_CASE("Learner rejects bad options naming the field", "[Learner]") {
   o.rating_min = 5;
   o.rating_max = 1;
   CHECK(Learner::Create(o, &l).IsInvalidArgument());
+}
+
+TEST_CASE("ParallelFor runs every index once, on Train's threads", "[Learner]") {
+  const int threads = GENERATE(1, 2);
+  LearnerOptions o;
+  o.threads = threads;
+  std::unique_ptr<Learner> learner;
+  REQUIRE(Learner::Create(o, &learner).ok());
+  for (size_t n : {size_t(0), size_t(1), size_t(100), size_t(10000)}) {
+    std::vector<std::atomic<int>> hits(n);
+    std::mutex mu;
+    std::set<std::thread::id> ids;
+    learner->ParallelFor(n, 64, [&](size_t begin, size_t end) {
+      REQUIRE(begin < end);
+      REQUIRE(end <= n);
+      for (size_t i = begin; i < end; ++i) hits[i].fetch_add(1);
+      std::lock_guard lock(mu);
+      ids.insert(std::this_thread::get_id());
+    });
+    size_t once = 0;
+    for (auto& h : hits) once += h.load() == 1;
+    CHECK(once == n);
+    CHECK(ids.size() <= size_t(threads));
+  }
 }
 
 TEST_CASE("Repeated clicks raise that item's click score above a control item's", "[Learner]") {
