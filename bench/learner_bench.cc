@@ -77,6 +77,7 @@ struct Config {
   bool predictions = true;
   bool preparsed = false;
   bool pair = false;
+  size_t interleave = 0;
   uint64_t seed = 7;
 };
 
@@ -150,19 +151,68 @@ std::unique_ptr<learner::Learner> MakeLearner(const Config& cfg, int threads) {
   return model;
 }
 
+// One learner's run over the stream: times its Train calls and keeps the
+// progressive predictions they return.
+class Run {
+ public:
+  Run(const Config& cfg, int threads) : cfg_(cfg) {
+    r_.threads = threads;
+    r_.rss_before = ResidentBytes();
+    model_ = MakeLearner(cfg, threads);
+  }
+
+  learner::Learner* model() { return model_.get(); }
+
+  void Train(std::span<const learner::Event> events) {
+    const size_t n = events.size();
+    const auto start = Clock::now();
+    const double cpu_start = CpuSeconds();
+    model_->Train(events, cfg_.predictions ? &before_ : nullptr);
+    r_.train_seconds += SecondsSince(start);
+    r_.train_cpu_seconds += CpuSeconds() - cpu_start;
+    r_.events += n;
+    if (!cfg_.predictions) return;
+    for (size_t i = 0; i < n; ++i) {
+      const int t = int(events[i].task);
+      pred_[t].push_back(before_[i].Get(events[i].task));
+      label_[t].push_back(events[i].label);
+    }
+  }
+
+  RunResult Finish(double wall_seconds) {
+    r_.wall_seconds = wall_seconds;
+    r_.rss_after = ResidentBytes();
+    r_.stats = model_->Stats();
+    for (int t = 0; t < learner::kNumTasks; ++t) {
+      r_.count[t] = pred_[t].size();
+      if (!cfg_.predictions) continue;
+      if (Task(t) == Task::kRating) {
+        r_.mae[t] = eval::Mae(pred_[t], label_[t]);
+        r_.rmse[t] = eval::Rmse(pred_[t], label_[t]);
+      } else {
+        r_.auc[t] = eval::Auc(pred_[t], label_[t]);
+        r_.logloss[t] = eval::LogLoss(pred_[t], label_[t]);
+      }
+    }
+    return r_;
+  }
+
+ private:
+  const Config& cfg_;
+  RunResult r_;
+  std::unique_ptr<learner::Learner> model_;
+  std::vector<learner::Prediction> before_;
+  std::array<std::vector<float>, learner::kNumTasks> pred_, label_;
+};
+
 // One run over the stream with `threads` threads: from `all` when given
 // (--preparsed), else generated and parsed batch by batch between the
 // (timed) Train calls.
 RunResult RunOnce(const Config& cfg, int threads, const std::vector<learner::Event>* all) {
-  RunResult r;
-  r.threads = threads;
-  r.rss_before = ResidentBytes();
-  std::unique_ptr<learner::Learner> model = MakeLearner(cfg, threads);
+  Run run(cfg, threads);
   std::optional<EventSource> source;
-  if (!all) source.emplace(cfg, model.get());
+  if (!all) source.emplace(cfg, run.model());
   std::vector<learner::Event> batch(all ? 0 : cfg.batch);
-  std::vector<learner::Prediction> before;
-  std::array<std::vector<float>, learner::kNumTasks> pred, label;
   const auto wall_start = Clock::now();
   for (size_t offset = 0;;) {
     std::span<const learner::Event> events;
@@ -173,37 +223,42 @@ RunResult RunOnce(const Config& cfg, int threads, const std::vector<learner::Eve
     } else {
       events = std::span<const learner::Event>(batch.data(), source->NextBatch(batch));
     }
-    const size_t n = events.size();
+    if (events.empty()) break;
+    run.Train(events);
+  }
+  return run.Finish(SecondsSince(wall_start));
+}
+
+// --interleave: one learner per thread count over the same stream, taking
+// turns a slice of `cfg.interleave` events at a time (the slice parsed once,
+// beforehand; the order of the turns alternates from slice to slice). Every
+// learner sees the machine of the same seconds, so their rates compare even
+// when the machine's speed drifts during the run.
+std::vector<RunResult> RunInterleaved(const Config& cfg) {
+  std::vector<std::unique_ptr<Run>> runs;
+  for (int t : cfg.threads) runs.push_back(std::make_unique<Run>(cfg, t));
+  EventSource source(cfg, nullptr);
+  std::vector<learner::Event> slice(cfg.interleave);
+  for (size_t turn = 0;; ++turn) {
+    size_t n = 0;
+    for (size_t k; n < slice.size() &&
+                   (k = source.NextBatch(std::span(slice).subspan(
+                        n, std::min(cfg.batch, slice.size() - n)))) > 0;)
+      n += k;
     if (n == 0) break;
-    const auto start = Clock::now();
-    const double cpu_start = CpuSeconds();
-    model->Train(events, cfg.predictions ? &before : nullptr);
-    r.train_seconds += SecondsSince(start);
-    r.train_cpu_seconds += CpuSeconds() - cpu_start;
-    r.events += n;
-    if (cfg.predictions) {
-      for (size_t i = 0; i < n; ++i) {
-        int t = int(events[i].task);
-        pred[t].push_back(before[i].Get(events[i].task));
-        label[t].push_back(events[i].label);
-      }
+    for (size_t j = 0; j < runs.size(); ++j) {
+      Run& run = *runs[turn % 2 == 0 ? j : runs.size() - 1 - j];
+      for (size_t b = 0; b < n; b += cfg.batch)
+        run.Train(std::span<const learner::Event>(slice.data() + b, std::min(cfg.batch, n - b)));
     }
   }
-  r.wall_seconds = SecondsSince(wall_start);
-  r.rss_after = ResidentBytes();
-  r.stats = model->Stats();
-  for (int t = 0; t < learner::kNumTasks; ++t) {
-    r.count[t] = pred[t].size();
-    if (!cfg.predictions) continue;
-    if (Task(t) == Task::kRating) {
-      r.mae[t] = eval::Mae(pred[t], label[t]);
-      r.rmse[t] = eval::Rmse(pred[t], label[t]);
-    } else {
-      r.auc[t] = eval::Auc(pred[t], label[t]);
-      r.logloss[t] = eval::LogLoss(pred[t], label[t]);
-    }
+  std::vector<RunResult> results;
+  for (auto& run : runs) {
+    RunResult r = run->Finish(0);
+    r.wall_seconds = r.train_seconds;
+    results.push_back(r);
   }
-  return r;
+  return results;
 }
 
 void Print(const Config& cfg, const RunResult& r) {
@@ -293,16 +348,20 @@ int main(int argc, char** argv) {
   app.add_flag("--pair", cfg.pair,
                "also run two independent one-thread learners at once (implies --preparsed): "
                "what two cores give two learners that share nothing");
+  app.add_option("--interleave", cfg.interleave,
+                 "one learner per thread count over the same stream, taking turns this many "
+                 "events at a time (parsed beforehand): their rates compare on a machine whose "
+                 "speed drifts (rss figures then cover all learners)");
   CLI11_PARSE(app, argc, argv);
   cfg.predictions = !no_predictions;
   if (cfg.pair) cfg.preparsed = true;
 
   std::printf(
       "learner_bench events=%llu users=%d items=%d batch=%zu chunk=%d dim=%d train_nice=%d%s%s "
-      "load=%s\n",
+      "interleave=%zu load=%s\n",
       (unsigned long long)cfg.events, cfg.users, cfg.items, cfg.batch, cfg.chunk, cfg.dim,
       cfg.train_nice, cfg.cyclic_users ? " cyclic-users" : "", cfg.preparsed ? " preparsed" : "",
-      LoadAverage().c_str());
+      cfg.interleave, LoadAverage().c_str());
   std::vector<recstream::learner::Event> all;
   if (cfg.preparsed) {
     EventSource source(cfg, nullptr);
@@ -313,9 +372,14 @@ int main(int argc, char** argv) {
     std::printf("preparsed %zu events, rss_mib=%.1f\n", all.size(), MiB(ResidentBytes()));
   }
   std::vector<RunResult> results;
-  for (int t : cfg.threads) {
-    results.push_back(RunOnce(cfg, t, cfg.preparsed ? &all : nullptr));
-    Print(cfg, results.back());
+  if (cfg.interleave > 0) {
+    results = RunInterleaved(cfg);
+    for (const RunResult& r : results) Print(cfg, r);
+  } else {
+    for (int t : cfg.threads) {
+      results.push_back(RunOnce(cfg, t, cfg.preparsed ? &all : nullptr));
+      Print(cfg, results.back());
+    }
   }
   if (results.size() >= 2) {
     const RunResult& a = results[0];
