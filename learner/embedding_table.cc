@@ -240,7 +240,7 @@ EmbeddingTable::EmbeddingTable(std::string name, int width, int random_prefix, f
                                float accum_init, uint64_t seed)
     : name_(std::move(name)),
       width_(width),
-      stride_(kHeaderFloats + 2 * size_t(width)),
+      stride_(2 * size_t(width)),
       random_prefix_(random_prefix),
       init_scale_(init_scale),
       accum_init_(accum_init),
@@ -248,7 +248,6 @@ EmbeddingTable::EmbeddingTable(std::string name, int width, int random_prefix, f
       shards_(new IndexShard[kShards]),
       chunks_(new std::atomic<Chunk*>[kMaxChunks]()),
       keys_(new KeyArena) {
-  static_assert(kHeaderFloats * sizeof(float) == kHeaderBytes);
   for (uint32_t i = 0; i < kShards; ++i)
     shards_[i].slots.store(shards_[i].NewArray(kInitialSlots), std::memory_order_release);
 }
@@ -483,14 +482,13 @@ uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
   std::lock_guard alloc(alloc_mu_);
   const uint32_t row = next_row_++;
   Chunk* c = EnsureChunk(row >> kChunkBits);
-  char* h = reinterpret_cast<char*>(c->data + size_t(row & kChunkMask) * stride_);
   uint64_t v = ShortHeader(key);
   if (v == kLongKey) {
     const uintptr_t p = reinterpret_cast<uintptr_t>(keys_->Add(key));
     if (p & kLongKey) throw std::bad_alloc();  // no user-space address is that high
     v = p | kLongKey;
   }
-  std::memcpy(h, &v, kHeaderBytes);
+  std::memcpy(c->headers.get() + (row & kChunkMask), &v, kHeaderBytes);
   std::memcpy(Row(row), values, n * sizeof(float));
   c->dirty[row & kChunkMask] = kDirty;
   ready_rows_.store(row + 1, std::memory_order_release);
@@ -505,6 +503,7 @@ EmbeddingTable::Chunk* EmbeddingTable::EnsureChunk(uint32_t index) {
   c->bytes = size_t(kChunkRows) * stride_ * sizeof(float);
   c->data = static_cast<float*>(MapHuge(c->bytes));
   c->dirty.reset(new uint8_t[kChunkRows]());
+  c->headers.reset(new uint64_t[kChunkRows]());
   chunks_[index].store(c, std::memory_order_release);
   return c;
 }

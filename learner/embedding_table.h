@@ -14,10 +14,14 @@
 // ForEachDirty and BeginExport must not run concurrently with writers
 // (GetOrCreate, MarkDirty); FinishExport may.
 //
-// Memory per row: 2 * width floats behind an 8-byte header that holds the id
-// (ids of up to 7 bytes inline, longer ones in an append-only arena that the
+// Memory per row: 2 * width floats, an 8-byte header that holds the id (ids
+// of up to 7 bytes inline, longer ones in an append-only arena that the
 // header points to), a dirty byte and 11-21 bytes of index (8-byte slots at a
-// load factor of 3/8 to 3/4; see embedding_table.cc).
+// load factor of 3/8 to 3/4; see embedding_table.cc). The headers are kept
+// apart from the floats, in an array per chunk: a lookup compares the
+// header, and next to the floats it shared a cache line with values that
+// trainers write, so on two threads every lookup of a row another thread
+// had just updated missed the cache.
 #pragma once
 
 #include <algorithm>
@@ -129,8 +133,6 @@ class EmbeddingTable {
   static constexpr uint32_t kChunkMask = kChunkRows - 1;
   static constexpr uint32_t kMaxChunks = 1u << (30 - kChunkBits);  // 2^30 rows
 
-  // Each row is an 8-byte id header (embedding_table.cc) then its floats.
-  static constexpr size_t kHeaderFloats = 2;
   // Row states in Chunk::dirty. kDue and kCopying exist only during an
   // export: a due row is copied out by whoever claims it first (kCopying
   // while it is copied), then becomes kClean (copied by FinishExport) or
@@ -147,6 +149,7 @@ class EmbeddingTable {
     ~Chunk();
     float* data = nullptr;  // kChunkRows * stride_ floats, mapped
     size_t bytes = 0;
+    std::unique_ptr<uint64_t[]> headers;  // kChunkRows id headers (embedding_table.cc)
     std::unique_ptr<uint8_t[]> dirty;  // written through atomic_ref
   };
   struct IndexShard;
@@ -155,9 +158,9 @@ class EmbeddingTable {
   Chunk* chunk(uint32_t row) const {
     return chunks_[row >> kChunkBits].load(std::memory_order_acquire);
   }
-  size_t offset(uint32_t row) const { return size_t(row & kChunkMask) * stride_ + kHeaderFloats; }
+  size_t offset(uint32_t row) const { return size_t(row & kChunkMask) * stride_; }
   const char* header(uint32_t row) const {
-    return reinterpret_cast<const char*>(Row(row) - kHeaderFloats);
+    return reinterpret_cast<const char*>(chunk(row)->headers.get() + (row & kChunkMask));
   }
   // The first dirty index in [i, end), or end.
   static uint32_t NextDirty(const uint8_t* dirty, uint32_t i, uint32_t end);
@@ -196,7 +199,7 @@ class EmbeddingTable {
 
   const std::string name_;
   const int width_;
-  const size_t stride_;  // floats per row: header and 2 * width_
+  const size_t stride_;  // floats per row: 2 * width_
   const int random_prefix_;
   const float init_scale_;
   const float accum_init_;
