@@ -237,10 +237,10 @@ struct EmbeddingTable::KeyArena {
 };
 
 EmbeddingTable::EmbeddingTable(std::string name, int width, int random_prefix, float init_scale,
-                               float accum_init, uint64_t seed)
+                               float accum_init, uint64_t seed, bool line_aligned)
     : name_(std::move(name)),
       width_(width),
-      stride_(2 * size_t(width)),
+      stride_(line_aligned ? (2 * size_t(width) + 15) & ~size_t{15} : 2 * size_t(width)),
       random_prefix_(random_prefix),
       init_scale_(init_scale),
       accum_init_(accum_init),

@@ -21,7 +21,8 @@
 // apart from the floats, in an array per chunk: a lookup compares the
 // header, and next to the floats it shared a cache line with values that
 // trainers write, so on two threads every lookup of a row another thread
-// had just updated missed the cache.
+// had just updated missed the cache. Line-aligned tables (see the
+// constructor) pad each row's floats to a multiple of 64 bytes.
 #pragma once
 
 #include <algorithm>
@@ -54,8 +55,13 @@ class EmbeddingTable {
   // `width` values per row; new rows get embeddings uniform in
   // [-init_scale, init_scale] for the first `random_prefix` values, zeros
   // after, and accumulators set to `accum_init`.
+  // With `line_aligned`, every row starts on a 64-byte cache line (its
+  // floats padded up to a multiple of 16): for tables of rows that several
+  // trainer threads update at once (items, side features), so that two
+  // threads writing neighbouring rows do not share a line. Costs up to 60
+  // bytes per row.
   EmbeddingTable(std::string name, int width, int random_prefix, float init_scale, float accum_init,
-                 uint64_t seed);
+                 uint64_t seed, bool line_aligned = false);
   ~EmbeddingTable();
   EmbeddingTable(const EmbeddingTable&) = delete;
   EmbeddingTable& operator=(const EmbeddingTable&) = delete;
@@ -199,7 +205,7 @@ class EmbeddingTable {
 
   const std::string name_;
   const int width_;
-  const size_t stride_;  // floats per row: 2 * width_
+  const size_t stride_;  // floats per row: 2 * width_, padded when line_aligned
   const int random_prefix_;
   const float init_scale_;
   const float accum_init_;

@@ -1,5 +1,9 @@
 #include "learner/embedding_table.h"
 
+#include <algorithm>
+#include <string>
+#include <vector>
+#include <cstdint>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <map>
@@ -23,6 +27,32 @@ TEST_CASE("EmbeddingTable gives each distinct id its own row", "[EmbeddingTable]
   const float* r = table.Row(a);
   for (int i = 0; i < 3; ++i) CHECK(std::abs(r[i]) <= 0.1f);
   CHECK(r[3] == 0.0f);  // past the random prefix
+}
+
+TEST_CASE("A line-aligned EmbeddingTable starts every row on a cache line and keeps its values",
+          "[EmbeddingTable]") {
+  // Width 35 (2 * 35 floats = 280 bytes) is padded to 320 bytes per row.
+  EmbeddingTable aligned("a", 35, 32, 0.1f, 0.5f, 7, /*line_aligned=*/true);
+  EmbeddingTable packed("p", 35, 32, 0.1f, 0.5f, 7);
+  std::vector<float> values(70);
+  for (int i = 0; i < 40000; ++i) {  // more than two chunks
+    const std::string id = "id" + std::to_string(i);
+    for (int k = 0; k < 70; ++k) values[size_t(k)] = float(i) + float(k) / 100.0f;
+    const uint32_t r = aligned.Put(id, values.data());
+    REQUIRE(reinterpret_cast<uintptr_t>(aligned.Row(r)) % 64 == 0);
+    packed.Put(id, values.data());
+  }
+  for (int i = 0; i < 40000; i += 997) {
+    const std::string id = "id" + std::to_string(i);
+    const uint32_t a = aligned.Find(id), p = packed.Find(id);
+    REQUIRE(a != EmbeddingTable::kNoRow);
+    CHECK(std::string(aligned.key(a)) == id);
+    CHECK(std::equal(aligned.Row(a), aligned.Row(a) + 70, packed.Row(p)));
+    CHECK(aligned.Row(a)[69] == float(i) + 0.69f);
+  }
+  // Initial values do not depend on the layout either.
+  const uint32_t a = aligned.GetOrCreate("fresh"), p = packed.GetOrCreate("fresh");
+  CHECK(std::equal(aligned.Row(a), aligned.Row(a) + 70, packed.Row(p)));
 }
 
 TEST_CASE("EmbeddingTable grows past many chunks without collisions", "[EmbeddingTable]") {

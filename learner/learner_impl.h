@@ -178,9 +178,9 @@ struct Learner::Impl {
         width(o.dim + kNumTasks),
         lr_bias(o.lr_bias > 0 ? o.lr_bias : o.lr_embedding),
         users("user", width, o.dim, o.init_scale, o.adagrad_init, o.seed),
-        items("item", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 1),
-        user_features("user_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 2),
-        item_features("item_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 3),
+        items("item", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 1, true),
+        user_features("user_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 2, true),
+        item_features("item_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 3, true),
         pretrained(o.pretrained_dim > 0
                        ? std::make_unique<EmbeddingTable>("item_pretrained", o.pretrained_dim, 0,
                                                           o.init_scale, o.adagrad_init, o.seed + 4)
