@@ -34,12 +34,6 @@ std::vector<std::string> MixedLines(size_t count) {
   return lines;
 }
 
-bool SameEvent(const Event& a, const Event& b) {
-  return a.task == b.task && a.user == b.user && a.item == b.item && a.label == b.label &&
-         a.ts_ms == b.ts_ms && a.user_features == b.user_features &&
-         a.item_features == b.item_features && a.has_truth == b.has_truth && a.truth == b.truth;
-}
-
 TEST_CASE(
     "BatchParser: accepted events in line order, rejections counted, on 1 and 2 threads of its "
     "own and on a learner's",
@@ -68,13 +62,13 @@ TEST_CASE(
   lo.threads = 2;
   REQUIRE(learner::Learner::Create(lo, &model).ok());
   auto parser =
-      threads > 0 ? std::make_unique<BatchParser>(ingest::ParserOptions{}, threads)
-                  : std::make_unique<BatchParser>(
-                        ingest::ParserOptions{},
-                        [&model](size_t n, size_t grain,
-                                 const std::function<void(size_t, size_t)>& fn) {
-                          model->ParallelFor(n, grain, fn);
-                        });
+      threads > 0
+          ? std::make_unique<BatchParser>(ingest::ParserOptions{}, threads)
+          : std::make_unique<BatchParser>(
+                ingest::ParserOptions{},
+                [&model](size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn) {
+                  model->ParallelFor(n, grain, fn);
+                });
   std::vector<Event> out(lines.size());
   // Twice over the same `out`: the second pass reuses the swapped events.
   for (int pass = 0; pass < 2; ++pass) {
@@ -83,7 +77,7 @@ TEST_CASE(
     REQUIRE(accepted == expected.size());
     CHECK(rejected == expected_rejected);
     size_t differ = 0;
-    for (size_t i = 0; i < accepted; ++i) differ += !SameEvent(out[i], expected[i]);
+    for (size_t i = 0; i < accepted; ++i) differ += out[i] != expected[i];
     CHECK(differ == 0);
   }
 }

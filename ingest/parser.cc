@@ -73,11 +73,22 @@ std::optional<RejectReason> ParseRejectReason(std::string_view name) {
 
 namespace {
 
-// The top-level keys the fast path knows, one bit each in its `seen` mask.
-enum FastKey : int { kKeyType, kKeyUser, kKeyItem, kKeyLabel, kKeyValue, kKeyTs, kKeyUserFeatures,
-                     kKeyItemFeatures, kKeyTruth, kKeyUnknown };
+// The top-level keys of an event (both parse paths; one bit each in the
+// fast path's `seen` mask).
+enum Key : int {
+  kKeyType,
+  kKeyUser,
+  kKeyItem,
+  kKeyLabel,
+  kKeyValue,
+  kKeyTs,
+  kKeyUserFeatures,
+  kKeyItemFeatures,
+  kKeyTruth,
+  kKeyUnknown
+};
 
-FastKey FastKeyOf(std::string_view k) {
+Key KeyOf(std::string_view k) {
   switch (k.size()) {
     case 2:
       return k == "ts" ? kKeyTs : kKeyUnknown;
@@ -140,7 +151,7 @@ struct EventParser::Impl {
       size_t key_size = 0;
       for (; raw[key_size] != '"'; ++key_size)
         if (raw[key_size] == '\\') return false;
-      const FastKey k = FastKeyOf(std::string_view(raw, key_size));
+      const Key k = KeyOf(std::string_view(raw, key_size));
       if (k == kKeyUnknown || (seen & (1u << k))) return false;
       seen |= 1u << k;
       od::value v = field.value();
@@ -409,37 +420,35 @@ struct EventParser::Impl {
     bool has_type = false, has_user = false, has_item = false, has_label = false, has_value = false,
          has_ts = false, has_uf = false, has_if = false, has_truth = false;
     for (simdjson::dom::key_value_pair field : obj) {
-      std::string_view k = field.key;
-      switch (k.size()) {
-        case 2:
-          if (k == "ts") ts_e = field.value, has_ts = true;
+      switch (KeyOf(field.key)) {
+        case kKeyType:
+          type_e = field.value, has_type = true;
           break;
-        case 4:
-          if (k == "type") {
-            type_e = field.value, has_type = true;
-          } else if (k == "user") {
-            user_e = field.value, has_user = true;
-          } else if (k == "item") {
-            item_e = field.value, has_item = true;
-          }
+        case kKeyUser:
+          user_e = field.value, has_user = true;
           break;
-        case 5:
-          if (k == "label") {
-            label_e = field.value, has_label = true;
-          } else if (k == "value") {
-            value_e = field.value, has_value = true;
-          } else if (k == "truth") {
-            truth_e = field.value, has_truth = true;
-          }
+        case kKeyItem:
+          item_e = field.value, has_item = true;
           break;
-        case 13:
-          if (k == "user_features") {
-            uf_e = field.value, has_uf = true;
-          } else if (k == "item_features") {
-            if_e = field.value, has_if = true;
-          }
+        case kKeyLabel:
+          label_e = field.value, has_label = true;
           break;
-        default:
+        case kKeyValue:
+          value_e = field.value, has_value = true;
+          break;
+        case kKeyTs:
+          ts_e = field.value, has_ts = true;
+          break;
+        case kKeyUserFeatures:
+          uf_e = field.value, has_uf = true;
+          break;
+        case kKeyItemFeatures:
+          if_e = field.value, has_if = true;
+          break;
+        case kKeyTruth:
+          truth_e = field.value, has_truth = true;
+          break;
+        case kKeyUnknown:
           break;
       }
     }

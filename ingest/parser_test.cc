@@ -445,15 +445,7 @@ TEST_CASE("EventParser: the fast path and the DOM path agree", "[parser]") {
       CHECK(da == db);
       return;
     }
-    CHECK(a.task == b.task);
-    CHECK(a.user == b.user);
-    CHECK(a.item == b.item);
-    CHECK(a.label == b.label);
-    CHECK(a.ts_ms == b.ts_ms);
-    CHECK(a.user_features == b.user_features);
-    CHECK(a.item_features == b.item_features);
-    CHECK(a.has_truth == b.has_truth);
-    CHECK(a.truth == b.truth);
+    CHECK(a == b);
   };
   size_t accepted = 0;
   for (const std::string& seed : seeds) {
@@ -476,9 +468,15 @@ TEST_CASE("EventParser: the fast path and the DOM path agree", "[parser]") {
       const size_t at = next() % s.size();
       const char c = alphabet[next() % alphabet.size()];
       switch (next() % 3) {
-        case 0: s[at] = c; break;
-        case 1: s.insert(s.begin() + long(at), c); break;
-        default: s.erase(at, 1); break;
+        case 0:
+          s[at] = c;
+          break;
+        case 1:
+          s.insert(s.begin() + long(at), c);
+          break;
+        default:
+          s.erase(at, 1);
+          break;
       }
     }
     same(s);

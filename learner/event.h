@@ -35,6 +35,8 @@ struct Event {
   // only eval reads it, never the learner.
   bool has_truth = false;
   double truth = 0.0;
+
+  bool operator==(const Event&) const = default;
 };
 
 }  // namespace recstream::learner

@@ -172,15 +172,20 @@ struct TrainState {
 };
 
 struct Learner::Impl {
+  static constexpr bool kLineAligned = true;
   explicit Impl(const LearnerOptions& o)
       : options(o),
         shape(o),
         width(o.dim + kNumTasks),
         lr_bias(o.lr_bias > 0 ? o.lr_bias : o.lr_embedding),
         users("user", width, o.dim, o.init_scale, o.adagrad_init, o.seed),
-        items("item", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 1, true),
-        user_features("user_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 2, true),
-        item_features("item_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 3, true),
+        // Items and side features: rows every trainer thread updates, one
+        // cache line each (EmbeddingTable's line_aligned).
+        items("item", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 1, kLineAligned),
+        user_features("user_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 2,
+                      kLineAligned),
+        item_features("item_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 3,
+                      kLineAligned),
         pretrained(o.pretrained_dim > 0
                        ? std::make_unique<EmbeddingTable>("item_pretrained", o.pretrained_dim, 0,
                                                           o.init_scale, o.adagrad_init, o.seed + 4)
