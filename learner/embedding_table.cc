@@ -438,7 +438,12 @@ uint32_t EmbeddingTable::Insert(std::string_view key, const float* values, bool*
   row = Probe(s, h, key);  // the array is stable while we hold the mutex
   if (row != kNoRow) return row;
   row = NewRow(key, values);
+  InsertSlot(s, h, row);
+  if (created) *created = true;
+  return row;
+}
 
+void EmbeddingTable::InsertSlot(IndexShard& s, uint64_t h, uint32_t row) {
   uint64_t* t = s.slots.load(std::memory_order_relaxed);
   uint64_t mask = t[0];
   if ((s.used + 1) * 4 > (mask + 1) * 3) {
@@ -464,14 +469,9 @@ uint32_t EmbeddingTable::Insert(std::string_view key, const float* values, bool*
   std::atomic_ref<uint64_t>(t[1 + j]).store((tag << 32) | (uint64_t(row) + 1),
                                             std::memory_order_release);
   ++s.used;
-  if (created) *created = true;
-  return row;
 }
 
 uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
-  // Initial values are computed before taking the lock, which is then held
-  // only for a copy: rows become ready in allocation order, so size() never
-  // exposes a row whose key or values are still being written.
   const size_t n = 2 * size_t(width_);
   if (values == nullptr) {
     thread_local std::vector<float> init;
@@ -479,20 +479,125 @@ uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
     InitValues(key, init.data());
     values = init.data();
   }
-  std::lock_guard alloc(alloc_mu_);
-  const uint32_t row = next_row_++;
-  Chunk* c = EnsureChunk(row >> kChunkBits);
-  uint64_t v = ShortHeader(key);
-  if (v == kLongKey) {
-    const uintptr_t p = reinterpret_cast<uintptr_t>(keys_->Add(key));
-    if (p & kLongKey) throw std::bad_alloc();  // no user-space address is that high
-    v = p | kLongKey;
-  }
-  std::memcpy(c->headers.get() + (row & kChunkMask), &v, kHeaderBytes);
+  const uint32_t row = Reserve(&key, 1);
   std::memcpy(Row(row), values, n * sizeof(float));
-  c->dirty[row & kChunkMask] = kDirty;
-  ready_rows_.store(row + 1, std::memory_order_release);
+  Publish(row, 1);
   return row;
+}
+
+uint32_t EmbeddingTable::Reserve(const std::string_view* keys, uint32_t count) {
+  std::lock_guard alloc(alloc_mu_);
+  const uint32_t first = next_row_;
+  // Everything that can throw (a chunk's or a long id's memory) happens
+  // before the rows are taken: a reservation is always published.
+  for (uint32_t c = first >> kChunkBits; c <= (first + count - 1) >> kChunkBits; ++c)
+    EnsureChunk(c);
+  for (uint32_t i = 0; i < count; ++i) {
+    const uint32_t row = first + i;
+    Chunk* c = chunk(row);
+    uint64_t v = ShortHeader(keys[i]);
+    if (v == kLongKey) {
+      const uintptr_t p = reinterpret_cast<uintptr_t>(keys_->Add(keys[i]));
+      if (p & kLongKey) throw std::bad_alloc();  // no user-space address is that high
+      v = p | kLongKey;
+    }
+    std::memcpy(c->headers.get() + (row & kChunkMask), &v, kHeaderBytes);
+    c->dirty[row & kChunkMask] = kDirty;
+  }
+  next_row_ = first + count;
+  return first;
+}
+
+void EmbeddingTable::Publish(uint32_t first, uint32_t count) {
+  // Rows become ready in allocation order, so size() never exposes a row
+  // whose key or values are still being written. An earlier reservation's
+  // owner is only writing values (see Reserve), so this wait is short.
+  for (int spins = 0; ready_rows_.load(std::memory_order_acquire) != first; ++spins) {
+    if (spins < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    } else {
+      std::this_thread::yield();
+    }
+  }
+  ready_rows_.store(first + count, std::memory_order_release);
+}
+
+void EmbeddingTable::PutMany(std::span<const std::string> keys, const float* values) {
+  const size_t n = keys.size();
+  const size_t w2 = 2 * size_t(width_);
+  // Scratch kept per thread: the keys' hashes and their order by shard.
+  struct Scratch {
+    std::vector<uint64_t> hashes;
+    std::vector<uint32_t> order, fresh;
+    std::vector<std::string_view> fresh_keys;
+  };
+  thread_local Scratch sc;
+  sc.hashes.resize(n);
+  sc.order.resize(n);
+  uint32_t starts[kShards + 1] = {};
+  for (size_t i = 0; i < n; ++i) {
+    sc.hashes[i] = IndexHash(keys[i]);
+    ++starts[(sc.hashes[i] & (kShards - 1)) + 1];
+  }
+  for (uint32_t s = 0; s < kShards; ++s) starts[s + 1] += starts[s];
+  {
+    uint32_t at[kShards];
+    std::copy(starts, starts + kShards, at);
+    for (size_t i = 0; i < n; ++i) sc.order[at[sc.hashes[i] & (kShards - 1)]++] = uint32_t(i);
+  }
+  constexpr uint32_t kAhead = 8;
+  for (uint32_t s = 0; s < kShards; ++s) {
+    const uint32_t begin = starts[s], end = starts[s + 1];
+    if (begin == end) continue;
+    IndexShard& shard = shards_[s];
+    std::lock_guard lock(shard.mu);
+    // The array is stable while the mutex is held.
+    const uint64_t* t = shard.slots.load(std::memory_order_relaxed);
+    const uint64_t mask = t[0];
+    for (uint32_t k = begin; k < std::min(end, begin + kAhead); ++k)
+      __builtin_prefetch(t + 1 + ((sc.hashes[sc.order[k]] >> 32) & mask));
+    sc.fresh.clear();
+    for (uint32_t k = begin; k < end; ++k) {
+      if (k + kAhead < end)
+        __builtin_prefetch(t + 1 + ((sc.hashes[sc.order[k + kAhead]] >> 32) & mask));
+      const uint32_t i = sc.order[k];
+      const uint32_t row = Probe(shard, sc.hashes[i], keys[i]);
+      if (row != kNoRow) {
+        std::memcpy(Row(row), values + i * w2, w2 * sizeof(float));
+      } else {
+        sc.fresh.push_back(i);
+      }
+    }
+    if (sc.fresh.empty()) continue;
+    // A key given twice gets one row, with its later values: among keys of
+    // equal hash (in order, the sort is stable), a repeat takes the earlier
+    // entry's place.
+    std::stable_sort(sc.fresh.begin(), sc.fresh.end(),
+                     [&](uint32_t a, uint32_t b) { return sc.hashes[a] < sc.hashes[b]; });
+    size_t kept = 0;
+    for (size_t f = 0; f < sc.fresh.size(); ++f) {
+      const uint32_t i = sc.fresh[f];
+      size_t same = kept;
+      while (same > 0 && sc.hashes[sc.fresh[same - 1]] == sc.hashes[i] &&
+             keys[sc.fresh[same - 1]] != keys[i])
+        --same;
+      if (same > 0 && sc.hashes[sc.fresh[same - 1]] == sc.hashes[i])
+        sc.fresh[same - 1] = i;  // the same key: the later values win
+      else
+        sc.fresh[kept++] = i;
+    }
+    sc.fresh.resize(kept);
+    sc.fresh_keys.resize(kept);
+    for (size_t f = 0; f < kept; ++f) sc.fresh_keys[f] = keys[sc.fresh[f]];
+    const uint32_t first = Reserve(sc.fresh_keys.data(), uint32_t(kept));
+    for (size_t f = 0; f < kept; ++f)
+      std::memcpy(Row(first + uint32_t(f)), values + sc.fresh[f] * w2, w2 * sizeof(float));
+    Publish(first, uint32_t(kept));
+    for (size_t f = 0; f < kept; ++f)
+      InsertSlot(shard, sc.hashes[sc.fresh[f]], first + uint32_t(f));
+  }
 }
 
 EmbeddingTable::Chunk* EmbeddingTable::EnsureChunk(uint32_t index) {

@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -89,6 +90,13 @@ class EmbeddingTable {
   // new values once Put returns. Concurrent Puts of one key leave one of the
   // given rows (floats of the other may mix in, as with trainers' writes).
   uint32_t Put(std::string_view key, const float* values);
+  // Put of many rows: keys[i] gets values[i * 2 * width, (i + 1) * 2 * width).
+  // The same effect and thread safety as keys.size() calls of Put in order
+  // (of a key given twice, the later values stay), in fewer steps: the keys
+  // are grouped by index shard, each shard's lock is taken once per group
+  // and the group's new rows are allocated together, their values written
+  // outside the allocation lock. For restoring big tables.
+  void PutMany(std::span<const std::string> keys, const float* values);
 
   // values[0..width) then accumulators[0..width).
   float* Row(uint32_t row) const { return chunk(row)->data + offset(row); }
@@ -156,7 +164,7 @@ class EmbeddingTable {
     float* data = nullptr;  // kChunkRows * stride_ floats, mapped
     size_t bytes = 0;
     std::unique_ptr<uint64_t[]> headers;  // kChunkRows id headers (embedding_table.cc)
-    std::unique_ptr<uint8_t[]> dirty;  // written through atomic_ref
+    std::unique_ptr<uint8_t[]> dirty;     // written through atomic_ref
   };
   struct IndexShard;
   struct KeyArena;
@@ -198,8 +206,21 @@ class EmbeddingTable {
   uint32_t Probe(const IndexShard& shard, uint64_t hash, std::string_view key) const;
   bool RowHasKey(uint32_t row, uint64_t short_header, std::string_view key) const;
   uint32_t Insert(std::string_view key, const float* values, bool* created);
-  // values: 2 * width_ floats, or nullptr for the initial values.
+  // values: 2 * width_ floats, or nullptr for the initial values. Caller
+  // holds the key's shard mutex and inserts the index slot afterwards.
   uint32_t NewRow(std::string_view key, const float* values);
+  // Row allocation in three steps, so that rows are written outside
+  // alloc_mu_ (first touches of a chunk's pages fault there, in parallel):
+  // Reserve allocates `count` consecutive rows with the given ids in their
+  // headers and returns the first; the caller writes their values, then
+  // Publish makes them ready (size()) once every earlier row is, in
+  // allocation order. Between the two the caller may hold one shard mutex
+  // but must not wait for anything else.
+  uint32_t Reserve(const std::string_view* keys, uint32_t count);
+  void Publish(uint32_t first, uint32_t count);
+  // Inserts the slot of a new row; the caller holds the shard's mutex and
+  // the row is published.
+  void InsertSlot(IndexShard& shard, uint64_t hash, uint32_t row);
   Chunk* EnsureChunk(uint32_t index);
   void InitValues(std::string_view key, float* values) const;  // 2 * width_ floats
 

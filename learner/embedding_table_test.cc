@@ -1,14 +1,14 @@
 #include "learner/embedding_table.h"
 
 #include <algorithm>
-#include <string>
-#include <vector>
-#include <cstdint>
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <cstdint>
 #include <map>
 #include <set>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "learner/feature_lists.h"
 
@@ -524,6 +524,113 @@ TEST_CASE("EmbeddingTable Put creates rows with the given values or overwrites t
   int dirty = 0;
   table.ForEachDirty(false, [&](uint32_t) { ++dirty; });
   CHECK(dirty == n + 1);
+}
+
+}  // namespace recstream::learner
+
+namespace recstream::learner {
+
+TEST_CASE("EmbeddingTable PutMany gives what Put one row at a time gives", "[EmbeddingTable]") {
+  // Blocks of new ids (short and long), ids that exist already and an id
+  // given twice in one block: PutMany must leave each table as Put would.
+  EmbeddingTable many("user", 3, 3, 0.1f, 0.5f, 7), one("user", 3, 3, 0.1f, 0.5f, 7);
+  for (EmbeddingTable* t : {&many, &one}) t->GetOrCreate("alice");
+  const int n = 40000, kBlock = 1000;
+  std::vector<std::string> keys;
+  std::vector<float> values;
+  auto value = [](int i, int k) { return float(i) + 0.25f * float(k); };
+  for (int b = 0; b < n; b += kBlock) {
+    keys.clear();
+    values.clear();
+    for (int i = b; i < b + kBlock; ++i) {
+      // Every fifth entry repeats the id of an earlier one: of the previous
+      // block (an existing row) or of this block (given twice).
+      const int id = i % 5 == 4 ? (i % 10 == 4 ? i - kBlock : i - 2) : i;
+      keys.push_back(id < 0 ? "alice" : PutId(id));
+      for (int k = 0; k < 6; ++k) values.push_back(value(i, k));
+    }
+    many.PutMany(keys, values.data());
+    for (size_t j = 0; j < keys.size(); ++j) one.Put(keys[j], values.data() + 6 * j);
+  }
+  REQUIRE(many.size() == one.size());
+  CHECK(many.size() > uint32_t(n / 2));
+  int wrong = 0;
+  for (uint32_t r = 0; r < one.size(); ++r) {
+    const std::string id = one.key(r);
+    const uint32_t m = many.Find(id);
+    if (m == EmbeddingTable::kNoRow || many.key(m) != id) {
+      ++wrong;
+      continue;
+    }
+    wrong += !std::equal(one.Row(r), one.Row(r) + 6, many.Row(m));
+  }
+  CHECK(wrong == 0);
+  // New rows are changed rows, as with Put.
+  int dirty = 0;
+  many.ForEachDirty(false, [&](uint32_t) { ++dirty; });
+  CHECK(dirty == int(many.size()));
+}
+
+TEST_CASE("EmbeddingTable PutMany from several threads exposes only complete rows",
+          "[EmbeddingTable]") {
+  // Two threads restore disjoint blocks while a third creates rows one at a
+  // time (as training does) and a reader checks that every row below size()
+  // already has its id and values: rows are written outside the allocation
+  // lock and must still become ready in order.
+  constexpr int kWidth = 32;  // the default: a block takes a while to write
+  EmbeddingTable table("user", kWidth, kWidth, 0.1f, 0.5f, 3);
+  const int kBlocks = 100, kBlock = 2000;
+  auto value = [](std::string_view id, int k) {
+    return float(std::hash<std::string_view>()(id) % 1000) + float(k);
+  };
+  std::atomic<bool> done{false};
+  std::atomic<int> incomplete{0};
+  std::thread reader([&] {
+    // Checks each row once, as soon as size() covers it.
+    uint32_t checked = 0;
+    while (!done.load()) {
+      for (const uint32_t n = table.size(); checked < n; ++checked) {
+        const std::string id = table.key(checked);
+        if (id.rfind("made-", 0) == 0) continue;  // initial values
+        const float* row = table.Row(checked);
+        for (int k = 0; k < 2 * kWidth; ++k) incomplete += row[k] != value(id, k);
+      }
+    }
+  });
+  std::vector<std::thread> writers;
+  for (int t = 0; t < 2; ++t)
+    writers.emplace_back([&, t] {
+      std::vector<std::string> keys;
+      std::vector<float> values;
+      for (int b = t; b < kBlocks; b += 2) {
+        keys.clear();
+        values.clear();
+        for (int i = b * kBlock; i < (b + 1) * kBlock; ++i) {
+          keys.push_back(PutId(i));
+          for (int k = 0; k < 2 * kWidth; ++k) values.push_back(value(keys.back(), k));
+        }
+        table.PutMany(keys, values.data());
+      }
+    });
+  std::thread maker([&] {
+    for (int i = 0; i < 20000; ++i) table.GetOrCreate("made-" + std::to_string(i));
+  });
+  for (auto& w : writers) w.join();
+  maker.join();
+  done = true;
+  reader.join();
+  CHECK(incomplete.load() == 0);
+  REQUIRE(table.size() == uint32_t(kBlocks * kBlock + 20000));
+  int lost = 0;
+  for (int i = 0; i < kBlocks * kBlock; ++i) {
+    const std::string id = PutId(i);
+    const uint32_t r = table.Find(id);
+    lost += r == EmbeddingTable::kNoRow || table.key(r) != id ||
+            table.Row(r)[2 * kWidth - 1] != value(id, 2 * kWidth - 1);
+  }
+  for (int i = 0; i < 20000; ++i)
+    lost += table.Find("made-" + std::to_string(i)) == EmbeddingTable::kNoRow;
+  CHECK(lost == 0);
 }
 
 }  // namespace recstream::learner

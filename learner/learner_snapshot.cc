@@ -176,17 +176,10 @@ Status Learner::ApplyRows(const TableDelta& delta) {
   const int w2 = 2 * t->width();
   if (delta.width != w2 || delta.values.size() != delta.keys.size() * size_t(w2))
     return Status::Corruption("table '" + delta.table + "' has rows of the wrong width");
-  // Put writes a new row's values once, without computing initial values
-  // that would be overwritten right away. The index slots of the keys a few
-  // rows ahead are fetched meanwhile: they are random accesses into an index
-  // far bigger than the cache.
-  constexpr size_t kAhead = 8;
-  const size_t n = delta.keys.size();
-  for (size_t i = 0; i < std::min(n, kAhead); ++i) t->Prefetch(delta.keys[i]);
-  for (size_t i = 0; i < n; ++i) {
-    if (i + kAhead < n) t->Prefetch(delta.keys[i + kAhead]);
-    t->Put(delta.keys[i], delta.values.data() + i * w2);
-  }
+  // PutMany writes a new row's values once, without computing initial
+  // values that would be overwritten right away, and takes each index
+  // shard's lock once per block.
+  t->PutMany(delta.keys, delta.values.data());
   return Status::OK();
 }
 
