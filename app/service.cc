@@ -149,8 +149,9 @@ recstream::Status Service::Impl::Init() {
   learner::ModelSnapshot snapshot;
   OffsetMap offsets;
   store::CheckpointInfo info;
-  // Rows go straight from the store into the learner, on every core, while
-  // the store reads on; the rest of the snapshot follows.
+  // Rows, then feature lists, go straight from the store into the learner,
+  // on every core, while the store reads on; the rest of the snapshot
+  // follows.
   std::atomic<uint64_t> rows{0};
   const int threads = int(std::max(1u, std::thread::hardware_concurrency()));
   recstream::Status s = store->LoadStreaming(
@@ -158,7 +159,8 @@ recstream::Status Service::Impl::Init() {
         rows.fetch_add(block.keys.size(), std::memory_order_relaxed);
         return learner->ApplyRows(block);
       },
-      threads, &snapshot, &offsets, &info);
+      [&](const learner::FeatureListDelta& block) { return learner->ApplyLists(block); }, threads,
+      &snapshot, &offsets, &info);
   if (s.ok()) {
     RECSTREAM_RETURN_IF_ERROR(learner->ApplySnapshot(snapshot));
     spdlog::info("restored checkpoint {} from {}: {} rows, {} partitions", info.sequence,

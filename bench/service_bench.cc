@@ -16,10 +16,11 @@
 //     service up S seconds after that (for wrk, see serve_wrk.sh). --restart
 //     then stops the service and times a restart from its store.
 //
-//   service_bench store [--rows N] [--delta-rows M]
+//   service_bench store [--rows N] [--delta-rows M] [--user-features F]
 //     The persistence path alone (no Kafka, no HTTP): a learner of the
-//     service's default shape holding N user rows (synthetic values)
-//     snapshots them (BeginSnapshot: the training thread's pause; then
+//     service's default shape holding N user rows (synthetic values; with
+//     F > 0 each user also has a list of F features, as users of the
+//     generator's events have) snapshots them (BeginSnapshot: the training thread's pause; then
 //     FinishSnapshot: the copy beside training), stores them as one full
 //     checkpoint, then stores M changed rows as a delta checkpoint, closes the
 //     store and restarts from it (Load + ApplySnapshot into a new learner).
@@ -401,10 +402,25 @@ int Freshness(int samples, double background_rate, int partitions, int checkpoin
 }
 
 // A snapshot of `rows` user rows, values derived from `salt`, of the shape of
-// `base` (a snapshot of a learner with the options to bench).
+// `base` (a snapshot of a learner with the options to bench). With
+// `user_features` > 0, each user also has a feature list of that many
+// features drawn from a few hundred (as the generator's "age=..." ones).
 learner::ModelSnapshot SyntheticSnapshot(const learner::ModelSnapshot& base, uint64_t rows,
-                                         uint32_t salt) {
+                                         uint32_t salt, int user_features) {
   learner::ModelSnapshot snap = base;
+  if (user_features > 0) {
+    learner::FeatureListDelta& lists = snap.feature_lists.emplace_back();
+    lists.table = "user";
+    lists.keys.reserve(rows);
+    lists.features.reserve(rows);
+    for (uint64_t r = 0; r < rows; ++r) {
+      lists.keys.push_back(std::to_string(r));
+      std::vector<std::string>& f = lists.features.emplace_back();
+      for (int k = 0; k < user_features; ++k)
+        f.push_back("f" + std::to_string(k) + "=" +
+                    std::to_string((r * 2654435761u >> (8 * k)) % 100));
+    }
+  }
   for (learner::TableDelta& t : snap.tables) {
     if (t.table != "user") continue;
     t.keys.reserve(rows);
@@ -422,7 +438,7 @@ learner::ModelSnapshot SyntheticSnapshot(const learner::ModelSnapshot& base, uin
   return snap;
 }
 
-int StoreBench(uint64_t rows, uint64_t delta_rows) {
+int StoreBench(uint64_t rows, uint64_t delta_rows, int user_features) {
   testing::TempDir dir;
   config::AppConfig cfg;
   cfg.store.path = dir.path() + "/store";
@@ -445,7 +461,7 @@ int StoreBench(uint64_t rows, uint64_t delta_rows) {
   std::unique_ptr<learner::Learner> trained;
   if (!learner::Learner::Create(cfg.learner, &trained).ok()) return 1;
   {
-    learner::ModelSnapshot synthetic = SyntheticSnapshot(base, rows, 1);
+    learner::ModelSnapshot synthetic = SyntheticSnapshot(base, rows, 1, user_features);
     Status s = trained->ApplySnapshot(synthetic);
     if (!s.ok()) return std::fprintf(stderr, "apply: %s\n", s.ToString().c_str()), 1;
   }
@@ -474,7 +490,8 @@ int StoreBench(uint64_t rows, uint64_t delta_rows) {
               double(info.rows) / full_s);
   full = learner::ModelSnapshot();
   if (delta_rows > 0) {
-    learner::ModelSnapshot delta = SyntheticSnapshot(base, std::min(delta_rows, rows), 2);
+    learner::ModelSnapshot delta =
+        SyntheticSnapshot(base, std::min(delta_rows, rows), 2, user_features);
     offsets[TopicPartition{"recstream.click", 0}] = 2;
     double delta_s = timed("Write(delta)", [&] { s = st->Write(delta, offsets, &info); });
     if (!s.ok()) return std::fprintf(stderr, "write: %s\n", s.ToString().c_str()), 1;
@@ -501,6 +518,7 @@ int StoreBench(uint64_t rows, uint64_t delta_rows) {
             restored.fetch_add(block.keys.size());
             return l->ApplyRows(block);
           },
+          [&](const learner::FeatureListDelta& block) { return l->ApplyLists(block); },
           int(std::max(1u, std::thread::hardware_concurrency())), &loaded, &o, &i);
     });
     if (!s.ok()) return;
@@ -558,6 +576,9 @@ int main(int argc, char** argv) {
   auto* sb = app.add_subcommand("store", "snapshot, checkpoint and restore N rows (no Kafka)");
   sb->add_option("--rows", rows);
   sb->add_option("--delta-rows", delta_rows);
+  int user_features = 0;
+  sb->add_option("--user-features", user_features,
+                 "features in each user's feature list (0: no feature lists)");
 
   int samples = 200;
   double background = 0;
@@ -573,7 +594,7 @@ int main(int argc, char** argv) {
   }
   spdlog::set_level(spdlog::level::from_str(log_level));
   std::printf("service_bench load=%s\n", LoadAverage().c_str());
-  if (sb->parsed()) return StoreBench(rows, delta_rows);
+  if (sb->parsed()) return StoreBench(rows, delta_rows, user_features);
   if (tp->parsed())
     return Throughput(events, users, items, partitions, checkpoint_ms, latency, hold, restart);
   return Freshness(samples, background, partitions > 0 ? partitions : 3, checkpoint_ms);

@@ -78,6 +78,18 @@ class FeatureLists {
   template <typename Fn>
   void ForEachDirty(bool all, Fn&& fn) {
     std::vector<uint32_t> list;
+    ForEachDirtyRow(all, [&](uint32_t row) {
+      list.clear();
+      Get(row, &list);
+      if (all && list.empty()) return;
+      fn(row, static_cast<const std::vector<uint32_t>&>(list));
+    });
+  }
+  // ForEachDirty without reading the lists: fn(row) only, for listing the
+  // rows quickly (a snapshot's pause) and reading their lists later with Get.
+  // With `all`, rows that never had a list are skipped.
+  template <typename Fn>
+  void ForEachDirtyRow(bool all, Fn&& fn) {
     const uint32_t chunks = chunks_used_.load(std::memory_order_acquire);
     for (uint32_t ci = 0; ci < chunks; ++ci) {
       Chunk* c = chunks_[ci].load(std::memory_order_acquire);
@@ -94,10 +106,8 @@ class FeatureLists {
         }
         if (!all && !c->dirty[i]) continue;
         c->dirty[i] = 0;
-        list.clear();
-        Get(base + i, &list);
-        if (all && list.empty()) continue;
-        fn(base + i, static_cast<const std::vector<uint32_t>&>(list));
+        if (all && c->entries[i].load(std::memory_order_relaxed) == 0) continue;
+        fn(base + i);
       }
     }
   }

@@ -304,8 +304,10 @@ class Learner {
   // BeginSnapshot fills `out` with the dense parameters and counters, lists
   // the changed rows and clears the change marks; it must not run
   // concurrently with Train. FinishSnapshot(out) then fills in the rows'
-  // ids and values, feature lists and purchases as they were at
-  // BeginSnapshot; it may run on another thread, concurrently with Train,
+  // ids and values and the purchases as they were at BeginSnapshot, and
+  // the changed feature lists as they are when it reads them (a list set
+  // meanwhile is newer than the rest, and in the next snapshot again); it
+  // may run on another thread, concurrently with Train,
   // Score, ScoreMany, Recommend and Stats (a trainer about to change a
   // listed row that is not copied yet copies it first). Between the two,
   // `out` must stay alive and in place, and no other snapshot,
@@ -326,6 +328,13 @@ class Learner {
   // changed until the ApplySnapshot of the rest of the snapshot that must
   // follow. Corruption when the table is unknown or the width is wrong.
   Status ApplyRows(const TableDelta& rows);
+  // Loads one block of feature lists of a snapshot (the "user" or "item"
+  // lists), for restoring in blocks as ApplyRows does: calls for different
+  // keys may run concurrently with each other and with ApplyRows (never
+  // with Train, TakeSnapshot or ApplySnapshot), and the ApplySnapshot of
+  // the rest must follow. Corruption when the table is unknown or the block
+  // is malformed.
+  Status ApplyLists(const FeatureListDelta& lists);
 
  private:
   struct Impl;

@@ -315,8 +315,7 @@ struct Learner::Impl {
     ModelSnapshot* out = nullptr;             // the one being filled
     std::vector<std::vector<uint32_t>> rows;  // per table of all_tables(), in order
     struct Lists {
-      std::vector<uint32_t> rows, flat;  // owner rows; their feature rows, flat
-      std::vector<size_t> ends;          // end of each owner's features in flat
+      std::vector<uint32_t> rows;  // owner rows whose lists changed
     };
     std::array<Lists, 2> lists;  // users, items
     std::vector<std::pair<uint32_t, uint32_t>> purchases;

@@ -18,6 +18,32 @@ Delta TakeReusable(std::vector<Delta>& old, const std::string& table) {
   return Delta();
 }
 
+// Corruption unless `delta` is a well-formed block of "user" or "item"
+// feature lists.
+Status CheckLists(const FeatureListDelta& delta) {
+  if (delta.table != "user" && delta.table != "item")
+    return Status::Corruption("snapshot has feature lists of unknown table '" + delta.table + "'");
+  if (delta.features.size() != delta.keys.size())
+    return Status::Corruption("feature lists of '" + delta.table + "' are malformed");
+  return Status::OK();
+}
+
+// Sets the lists of a checked block in [begin, end): each owner's (a row of
+// `main`) to the rows of its features in `side`, created when missing.
+// Owners' index slots are fetched a few keys ahead.
+void SetLists(EmbeddingTable& main, EmbeddingTable& side, FeatureLists& lists,
+              const FeatureListDelta& delta, size_t begin, size_t end) {
+  constexpr size_t kAhead = 8;
+  std::vector<uint32_t> rows;
+  for (size_t i = begin; i < std::min(end, begin + kAhead); ++i) main.Prefetch(delta.keys[i]);
+  for (size_t i = begin; i < end; ++i) {
+    if (i + kAhead < end) main.Prefetch(delta.keys[i + kAhead]);
+    rows.clear();
+    for (const std::string& f : delta.features[i]) rows.push_back(side.GetOrCreate(f));
+    lists.Set(main.GetOrCreate(delta.keys[i]), rows.data(), rows.data() + rows.size());
+  }
+}
+
 }  // namespace
 
 void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
@@ -59,15 +85,13 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
   int li = 0;
   for (auto [table, lists] : {std::pair<EmbeddingTable*, FeatureLists*>{&m.users, &m.user_lists},
                               {&m.items, &m.item_lists}}) {
+    // Only the rows: their lists are read by FinishSnapshot (a million
+    // lists took 88 ms here, in training's pause). A list set in between is
+    // taken as it is then, newer than the rest of the snapshot; its row is
+    // marked changed again, so the next snapshot has it too.
     Impl::PendingSnapshot::Lists& pl = p.lists[li++];
     pl.rows.clear();
-    pl.flat.clear();
-    pl.ends.clear();
-    lists->ForEachDirty(full, [&](uint32_t r, const std::vector<uint32_t>& list) {
-      pl.rows.push_back(r);
-      pl.flat.insert(pl.flat.end(), list.begin(), list.end());
-      pl.ends.push_back(pl.flat.size());
-    });
+    lists->ForEachDirtyRow(full, [&](uint32_t r) { pl.rows.push_back(r); });
     if (pl.rows.empty()) continue;
     FeatureListDelta delta = TakeReusable(old_lists, table->name());
     delta.table = table->name();
@@ -123,9 +147,10 @@ void Learner::FinishSnapshot(ModelSnapshot* out) {
   }
   size_t at = 0;
   int li = 0;
-  for (auto [table, side] :
-       {std::pair<EmbeddingTable*, EmbeddingTable*>{&m.users, &m.user_features},
-        {&m.items, &m.item_features}}) {
+  std::vector<uint32_t> list;
+  for (auto [table, side, lists] : {std::tuple<EmbeddingTable*, EmbeddingTable*, FeatureLists*>{
+                                        &m.users, &m.user_features, &m.user_lists},
+                                    {&m.items, &m.item_features, &m.item_lists}}) {
     const Impl::PendingSnapshot::Lists& pl = p.lists[li++];
     if (pl.rows.empty()) continue;
     FeatureListDelta& delta = out->feature_lists[at++];
@@ -133,11 +158,12 @@ void Learner::FinishSnapshot(ModelSnapshot* out) {
     delta.features.resize(pl.rows.size());
     for (size_t i = 0; i < pl.rows.size(); ++i) {
       delta.keys[i] = table->key(pl.rows[i]);
+      list.clear();
+      lists->Get(pl.rows[i], &list);  // concurrent Sets: see BeginSnapshot
       auto& names = delta.features[i];
-      const size_t begin = i == 0 ? 0 : pl.ends[i - 1];
       names.clear();
-      names.reserve(pl.ends[i] - begin);
-      for (size_t k = begin; k < pl.ends[i]; ++k) names.push_back(side->key(pl.flat[k]));
+      names.reserve(list.size());
+      for (uint32_t f : list) names.push_back(side->key(f));
     }
   }
   p.retired_purchases = {};
@@ -183,6 +209,16 @@ Status Learner::ApplyRows(const TableDelta& delta) {
   return Status::OK();
 }
 
+Status Learner::ApplyLists(const FeatureListDelta& delta) {
+  Impl& m = *impl_;
+  RECSTREAM_RETURN_IF_ERROR(CheckLists(delta));
+  if (delta.table == "user")
+    SetLists(m.users, m.user_features, m.user_lists, delta, 0, delta.keys.size());
+  else
+    SetLists(m.items, m.item_features, m.item_lists, delta, 0, delta.keys.size());
+  return Status::OK();
+}
+
 Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
   Impl& m = *impl_;
   if (snap.shape != m.shape.Describe())
@@ -190,21 +226,16 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
                               "' but the options give '" + m.shape.Describe() + "'");
   for (const TableDelta& delta : snap.tables) RECSTREAM_RETURN_IF_ERROR(ApplyRows(delta));
   for (const FeatureListDelta& delta : snap.feature_lists) {
+    RECSTREAM_RETURN_IF_ERROR(CheckLists(delta));
     const bool user = delta.table == "user";
-    if (!user && delta.table != "item")
-      return Status::Corruption("snapshot has feature lists of unknown table '" + delta.table +
-                                "'");
-    if (delta.features.size() != delta.keys.size())
-      return Status::Corruption("feature lists of '" + delta.table + "' are malformed");
-    EmbeddingTable& main = user ? m.users : m.items;
-    EmbeddingTable& side = user ? m.user_features : m.item_features;
-    FeatureLists& lists = user ? m.user_lists : m.item_lists;
-    std::vector<uint32_t> rows;
-    for (size_t i = 0; i < delta.keys.size(); ++i) {
-      rows.clear();
-      for (const std::string& f : delta.features[i]) rows.push_back(side.GetOrCreate(f));
-      lists.Set(main.GetOrCreate(delta.keys[i]), rows.data(), rows.data() + rows.size());
-    }
+    // A restore brings millions of lists: they are set on the learner's
+    // threads (GetOrCreate and Set are safe from any thread).
+    ParallelFor(delta.keys.size(), 16384, [&](size_t begin, size_t end) {
+      if (user)
+        SetLists(m.users, m.user_features, m.user_lists, delta, begin, end);
+      else
+        SetLists(m.items, m.item_features, m.item_lists, delta, begin, end);
+    });
   }
   for (const auto& [name, values] : snap.dense) {
     if (name == "dense_m") {

@@ -7,14 +7,14 @@
 #include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
-#include <set>
-#include <mutex>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "learner/model_math.h"
@@ -393,6 +393,45 @@ TEST_CASE("Scoring uses the side features users and items were last seen with", 
     if (i % 4 == 3) other += p;
   }
   CHECK(liked > other + 1.0);
+}
+
+TEST_CASE("A snapshot reads changed feature lists when it finishes and keeps them for the next",
+          "[Learner]") {
+  // BeginSnapshot (training's pause) lists only which users' lists changed;
+  // FinishSnapshot reads the lists. A list set in between is taken as it is
+  // then, and stays marked for the next snapshot, so full + deltas restore
+  // the lists the model has.
+  LearnerOptions o;
+  o.threads = 1;
+  auto stream = WithFeatures(MakeStream(4000, 30, 30, 23));
+  auto l = MakeLearner(o);
+  l->Train(std::span(stream).first(2000));
+  ModelSnapshot full;
+  l->BeginSnapshot(true, &full);
+  std::vector<Event> moved(stream.begin() + 2000, stream.end());
+  for (Event& e : moved) e.user_features = {"moved", e.user + "-own"};
+  l->Train(moved);
+  l->FinishSnapshot(&full);
+  auto lists_of = [](const ModelSnapshot& s, const std::string& table) {
+    std::map<std::string, std::vector<std::string>> out;
+    for (const FeatureListDelta& d : s.feature_lists)
+      if (d.table == table)
+        for (size_t i = 0; i < d.keys.size(); ++i) out[d.keys[i]] = d.features[i];
+    return out;
+  };
+  const auto in_full = lists_of(full, "user");
+  REQUIRE(in_full.size() == 30);
+  for (const auto& [user, features] : in_full)
+    CHECK(features == std::vector<std::string>{"moved", user + "-own"});
+  ModelSnapshot delta;
+  l->TakeSnapshot(false, &delta);
+  CHECK(lists_of(delta, "user") == in_full);
+  ModelSnapshot now;
+  l->TakeSnapshot(true, &now);
+  auto restored = MakeLearner(o);
+  REQUIRE(restored->ApplySnapshot(full).ok());
+  REQUIRE(restored->ApplySnapshot(delta).ok());
+  CHECK(AllScoresEqual(*l, *restored, 30, 30));
 }
 
 TEST_CASE("Snapshots restore feature lists and optimizer state bit for bit", "[Learner]") {

@@ -24,6 +24,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -803,24 +804,35 @@ rocksdb::Status CheckpointStore::Impl::WriteBatchOf(const learner::ModelSnapshot
 
 namespace {
 
-// Streaming Load: the reading thread fills blocks of rows, `threads` workers
-// hand them to the sink. At most kQueuedBlocks wait, which bounds memory.
+void ClearBlock(learner::TableDelta* b) {
+  b->keys.clear();
+  b->values.clear();
+}
+void ClearBlock(learner::FeatureListDelta* b) {
+  b->keys.clear();
+  b->features.clear();
+}
+
+// Streaming Load: the reading thread fills blocks of rows (or of feature
+// lists), `threads` workers hand them to the sink. At most kQueuedBlocks
+// wait, which bounds memory.
+template <typename Block>
 class BlockPipeline {
  public:
   static constexpr size_t kBlockRows = 8192;
   static constexpr size_t kQueuedBlocks = 4;
 
-  BlockPipeline(const CheckpointStore::RowSink& sink, int threads) : sink_(sink) {
+  BlockPipeline(const std::function<Status(const Block&)>& sink, int threads) : sink_(sink) {
     for (int i = 0; i < std::max(1, threads); ++i) workers_.emplace_back([this] { Work(); });
   }
   ~BlockPipeline() { (void)Finish(); }
 
   // The block being filled by the reading thread.
-  learner::TableDelta& current() { return current_; }
+  Block& current() { return current_; }
 
   // Queues the current block (if it has rows) and starts a new one of
   // `table`. Waits while the queue is full; returns a sink's error, if any.
-  Status Next(const std::string& table, int width) {
+  Status Next(const std::string& table, int width = 0) {
     std::unique_lock lock(mu_);
     if (!current_.keys.empty()) {
       cv_.wait(lock, [&] { return queue_.size() < kQueuedBlocks || !error_.ok(); });
@@ -831,18 +843,19 @@ class BlockPipeline {
         current_ = std::move(free_.back());
         free_.pop_back();
       } else {
-        current_ = learner::TableDelta();
+        current_ = Block();
       }
-      current_.keys.clear();
-      current_.values.clear();
+      ClearBlock(&current_);
     }
     lock.unlock();
-    if (current_.keys.capacity() == 0) {
-      current_.keys.reserve(kBlockRows);
-      current_.values.reserve(kBlockRows * static_cast<size_t>(width));
-    }
     current_.table = table;
-    current_.width = width;
+    if constexpr (std::is_same_v<Block, learner::TableDelta>) {
+      if (current_.keys.capacity() == 0) {
+        current_.keys.reserve(kBlockRows);
+        current_.values.reserve(kBlockRows * static_cast<size_t>(width));
+      }
+      current_.width = width;
+    }
     return Status::OK();
   }
 
@@ -850,7 +863,7 @@ class BlockPipeline {
   Status Finish() {
     Status s = Status::OK();
     if (!workers_.empty()) {
-      s = Next(current_.table, current_.width);
+      s = Next(current_.table);
       {
         std::lock_guard lock(mu_);
         done_ = true;
@@ -866,7 +879,7 @@ class BlockPipeline {
  private:
   void Work() {
     for (;;) {
-      learner::TableDelta block;
+      Block block;
       {
         std::unique_lock lock(mu_);
         cv_.wait(lock, [&] { return !queue_.empty() || done_; });
@@ -887,32 +900,39 @@ class BlockPipeline {
     return error_.ok();
   }
 
-  const CheckpointStore::RowSink& sink_;
-  learner::TableDelta current_;
+  const std::function<Status(const Block&)>& sink_;
+  Block current_;
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<learner::TableDelta> queue_;  // guarded by mu_
-  std::vector<learner::TableDelta> free_;  // guarded by mu_
-  bool done_ = false;                      // guarded by mu_
-  Status error_;                           // guarded by mu_
+  std::deque<Block> queue_;  // guarded by mu_
+  std::vector<Block> free_;  // guarded by mu_
+  bool done_ = false;        // guarded by mu_
+  Status error_;             // guarded by mu_
 };
 
 }  // namespace
 
 Status CheckpointStore::Load(learner::ModelSnapshot* full, OffsetMap* offsets,
                              CheckpointInfo* info) {
-  return LoadImpl(nullptr, 0, full, offsets, info);
+  return LoadImpl(nullptr, nullptr, 0, full, offsets, info);
 }
 
 Status CheckpointStore::LoadStreaming(const RowSink& rows, int threads,
                                       learner::ModelSnapshot* rest, OffsetMap* offsets,
                                       CheckpointInfo* info) {
-  return LoadImpl(&rows, threads, rest, offsets, info);
+  return LoadImpl(&rows, nullptr, threads, rest, offsets, info);
 }
 
-Status CheckpointStore::LoadImpl(const RowSink* sink, int threads, learner::ModelSnapshot* full,
-                                 OffsetMap* offsets, CheckpointInfo* info) {
+Status CheckpointStore::LoadStreaming(const RowSink& rows, const ListSink& lists, int threads,
+                                      learner::ModelSnapshot* rest, OffsetMap* offsets,
+                                      CheckpointInfo* info) {
+  return LoadImpl(&rows, &lists, threads, rest, offsets, info);
+}
+
+Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink, int threads,
+                                 learner::ModelSnapshot* full, OffsetMap* offsets,
+                                 CheckpointInfo* info) {
   Impl& d = *impl_;
   std::lock_guard<std::mutex> io_lock(d.io_mu);
   if (!d.db) {
@@ -1025,7 +1045,8 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, int threads, learner::Mode
         std::string_view rest(k.data() + prefix, k.size() - prefix);
         s = decode_row(rest, it->value(), &table);
         if (!s.ok()) break;
-        if (block.keys.size() >= BlockPipeline::kBlockRows || block.table != table->table) {
+        if (block.keys.size() >= BlockPipeline<learner::TableDelta>::kBlockRows ||
+            block.table != table->table) {
           flush();
           block.table = table->table;
           block.width = table->width;
@@ -1047,7 +1068,7 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, int threads, learner::Mode
   }
 
   learner::TableDelta* current = nullptr;
-  std::optional<BlockPipeline> pipeline;
+  std::optional<BlockPipeline<learner::TableDelta>> pipeline;
   if (sink != nullptr && splits.empty()) pipeline.emplace(*sink, threads);
   Status scanned =
       !splits.empty()
@@ -1059,7 +1080,8 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, int threads, learner::Mode
               learner::TableDelta* to = current;
               if (pipeline) {
                 to = &pipeline->current();
-                if (to->keys.size() >= BlockPipeline::kBlockRows || to->table != current->table) {
+                if (to->keys.size() >= BlockPipeline<learner::TableDelta>::kBlockRows ||
+                    to->table != current->table) {
                   RECSTREAM_RETURN_IF_ERROR(pipeline->Next(current->table, current->width));
                 }
               }
@@ -1098,13 +1120,23 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, int threads, learner::Mode
       }));
 
   learner::FeatureListDelta* lists = nullptr;
-  RECSTREAM_RETURN_IF_ERROR(
+  // With a list sink, lists go to it in blocks, applied by workers while
+  // this thread reads on.
+  std::optional<BlockPipeline<learner::FeatureListDelta>> list_pipeline;
+  if (list_sink != nullptr) list_pipeline.emplace(*list_sink, threads);
+  Status lists_scanned =
       d.Scan(snap, kFeatureListPrefix, [&](std::string_view rest, const rocksdb::Slice& value) {
         size_t sep = rest.find('\0');
         if (sep == std::string_view::npos)
           return Status::Corruption("feature list without a table");
         std::string_view table = rest.substr(0, sep);
-        if (lists == nullptr || lists->table != table) {
+        if (list_pipeline) {
+          lists = &list_pipeline->current();
+          if (lists->keys.size() >= BlockPipeline<learner::FeatureListDelta>::kBlockRows ||
+              lists->table != table) {
+            RECSTREAM_RETURN_IF_ERROR(list_pipeline->Next(std::string(table)));
+          }
+        } else if (lists == nullptr || lists->table != table) {
           lists = &out.feature_lists.emplace_back();
           lists->table = std::string(table);
         }
@@ -1131,7 +1163,12 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, int threads, learner::Mode
         lists->keys.emplace_back(rest.substr(sep + 1));
         lists->features.push_back(std::move(features));
         return Status::OK();
-      }));
+      });
+  if (list_pipeline) {
+    Status finished = list_pipeline->Finish();
+    if (lists_scanned.ok()) lists_scanned = finished;
+  }
+  RECSTREAM_RETURN_IF_ERROR(lists_scanned);
 
   OffsetMap stored_offsets;
   RECSTREAM_RETURN_IF_ERROR(

@@ -110,6 +110,13 @@ class CheckpointStore {
   // of `rows` has returned. Same errors as Load().
   Status LoadStreaming(const RowSink& rows, int threads, learner::ModelSnapshot* rest,
                        OffsetMap* offsets, CheckpointInfo* info);
+  // Receives the feature lists of a streaming Load in blocks, like RowSink.
+  using ListSink = std::function<Status(const learner::FeatureListDelta& block)>;
+  // LoadStreaming that also hands the feature lists to `lists` in blocks (on
+  // up to `threads` threads, after every call of `rows` has returned)
+  // instead of collecting them in `rest`, whose feature_lists are then empty.
+  Status LoadStreaming(const RowSink& rows, const ListSink& lists, int threads,
+                       learner::ModelSnapshot* rest, OffsetMap* offsets, CheckpointInfo* info);
 
   // The latest checkpoint (written by Write(), or found by Open()); sequence
   // 0 when there is none.
@@ -123,8 +130,8 @@ class CheckpointStore {
   struct Impl;
   explicit CheckpointStore(std::unique_ptr<Impl> impl);
   // Load() without a sink, LoadStreaming() with one.
-  Status LoadImpl(const RowSink* sink, int threads, learner::ModelSnapshot* full,
-                  OffsetMap* offsets, CheckpointInfo* info);
+  Status LoadImpl(const RowSink* sink, const ListSink* list_sink, int threads,
+                  learner::ModelSnapshot* full, OffsetMap* offsets, CheckpointInfo* info);
   std::unique_ptr<Impl> impl_;
 };
 

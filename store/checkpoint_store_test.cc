@@ -314,6 +314,8 @@ TEST_CASE("CheckpointStore: a streaming load restores the same model as Load", "
   // 1: every checkpoint through the WAL; 2: ingested as one file; 3:
   // ingested as two files, which a streaming load reads in parallel.
   const int layout = GENERATE(1, 2, 3);
+  // Feature lists collected in `rest`, or handed to a sink in blocks too.
+  const bool stream_lists = GENERATE(false, true);
   LearnerOptions options = SmallModel();
   options.pretrained_dim = 4;
   TempDir dir;
@@ -344,18 +346,37 @@ TEST_CASE("CheckpointStore: a streaming load restores the same model as Load", "
   ModelSnapshot rest;
   OffsetMap offsets;
   CheckpointInfo info;
-  Status s = store->LoadStreaming(
-      [&](const learner::TableDelta& block) {
-        rows += block.keys.size();
-        ++calls;
-        return restored->ApplyRows(block);
-      },
-      threads, &rest, &offsets, &info);
+  const CheckpointStore::RowSink row_sink = [&](const learner::TableDelta& block) {
+    rows += block.keys.size();
+    ++calls;
+    return restored->ApplyRows(block);
+  };
+  std::atomic<size_t> lists{0};
+  std::atomic<int> list_calls{0};
+  Status s = stream_lists ? store->LoadStreaming(
+                                row_sink,
+                                [&](const learner::FeatureListDelta& block) {
+                                  lists += block.keys.size();
+                                  ++list_calls;
+                                  return restored->ApplyLists(block);
+                                },
+                                threads, &rest, &offsets, &info)
+                          : store->LoadStreaming(row_sink, threads, &rest, &offsets, &info);
   INFO(s.ToString());
   REQUIRE(s.ok());
   REQUIRE(rows.load() == full.rows());
   REQUIRE(calls.load() > 2);
   REQUIRE(rest.rows() == 0);
+  size_t full_lists = 0;
+  for (const learner::FeatureListDelta& d : full.feature_lists) full_lists += d.keys.size();
+  REQUIRE(full_lists > 20000);
+  if (stream_lists) {
+    REQUIRE(rest.feature_lists.empty());
+    REQUIRE(lists.load() == full_lists);
+    REQUIRE(list_calls.load() >= 3);  // blocks of at most 8,192 lists
+  } else {
+    REQUIRE(rest.feature_lists.size() == full.feature_lists.size());
+  }
   REQUIRE(rest.tables.size() == full.tables.size());
   REQUIRE(offsets == OffsetMap{{kClick0, 42}});
   REQUIRE(info.sequence == 1);
@@ -368,6 +389,16 @@ TEST_CASE("CheckpointStore: a streaming load restores the same model as Load", "
   ModelSnapshot none;
   restored->TakeSnapshot(false, &none);
   REQUIRE(none.rows() == 0);
+  // Every owner's feature list is back.
+  auto lists_of = [](const ModelSnapshot& snap) {
+    std::map<std::pair<std::string, std::string>, std::vector<std::string>> out;
+    for (const learner::FeatureListDelta& d : snap.feature_lists)
+      for (size_t i = 0; i < d.keys.size(); ++i) out[{d.table, d.keys[i]}] = d.features[i];
+    return out;
+  };
+  ModelSnapshot back;
+  restored->TakeSnapshot(true, &back);
+  REQUIRE(lists_of(back) == lists_of(full));
 
   // A sink's error ends the load with it.
   auto other = NewLearner(options);
