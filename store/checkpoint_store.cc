@@ -24,7 +24,6 @@
 #include <string>
 #include <system_error>
 #include <thread>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -75,6 +74,25 @@ T GetFixed(const char* p) {
 
 // The smallest key greater than every key starting with `prefix` (no prefix
 // here ends in 0xff).
+// The key halfway between a and b (a < b), reading the 15 bytes after
+// their common prefix as a big-endian number (shorter keys padded with 0).
+std::string MidKey(const std::string& a, const std::string& b) {
+  size_t common = 0;
+  while (common < a.size() && common < b.size() && a[common] == b[common]) ++common;
+  constexpr int kBytes = 15;  // the sum of two fits in 128 bits
+  auto number = [&](const std::string& s) {
+    unsigned __int128 v = 0;
+    for (size_t i = 0; i < kBytes; ++i)
+      v = (v << 8) | (common + i < s.size() ? uint8_t(s[common + i]) : 0);
+    return v;
+  };
+  const unsigned __int128 mid = (number(a) + number(b)) / 2;
+  std::string out = a.substr(0, common);
+  for (int i = kBytes - 1; i >= 0; --i) out.push_back(char(uint8_t(mid >> (8 * i))));
+  while (out.size() > common && out.back() == '\0') out.pop_back();
+  return out;
+}
+
 std::string PrefixEnd(std::string_view prefix) {
   std::string end(prefix);
   end.back() = static_cast<char>(end.back() + 1);
@@ -334,6 +352,39 @@ struct CheckpointStore::Impl {
     return splits;
   }
 
+  // Keys that cut the entries under `prefix` into `parts` ranges of about
+  // equal size, in order; none when they are too few to be worth a thread.
+  // Found by bisecting the key space with RocksDB's size estimates, so any
+  // layout works (file boundaries, as RowSplits uses, may not fall inside
+  // a small prefix).
+  std::vector<std::string> Splits(std::string_view prefix, int parts) {
+    std::vector<std::string> splits;
+    const std::string begin(prefix), end = PrefixEnd(prefix);
+    rocksdb::SizeApproximationOptions approx;
+    approx.include_memtables = true;
+    auto size_before = [&](const std::string& key) {
+      rocksdb::Range range(begin, key);
+      uint64_t bytes = 0;
+      (void)db->GetApproximateSizes(approx, db->DefaultColumnFamily(), &range, 1, &bytes);
+      return bytes;
+    };
+    const uint64_t total = size_before(end);
+    if (parts < 2 || total < (uint64_t{256} << 10)) return splits;
+    for (int k = 1; k < parts; ++k) {
+      const uint64_t target = total / uint64_t(parts) * uint64_t(k);
+      std::string lo = begin, hi = end;
+      for (int step = 0; step < 160; ++step) {  // 8 per byte
+        std::string mid = MidKey(lo, hi);
+        if (mid <= lo || mid >= hi) break;
+        (size_before(mid) < target ? lo : hi) = std::move(mid);
+      }
+      const uint64_t at = size_before(hi);
+      if (at < total / 8 || at > total - total / 8) continue;
+      if (splits.empty() || splits.back() < hi) splits.push_back(hi);
+    }
+    return splits;
+  }
+
   // Stores one checkpoint in one WriteBatch through the WAL. Fills
   // next->bytes and next->duration_ms (encoding). Called with io_mu held.
   rocksdb::Status WriteBatchOf(const learner::ModelSnapshot& snapshot, const OffsetMap& offsets,
@@ -523,15 +574,20 @@ struct CheckpointStore::Impl {
   // `prefix`, in key order, as of `snapshot` (may be null).
   Status Scan(const rocksdb::Snapshot* snapshot, std::string_view prefix,
               const std::function<Status(std::string_view, const rocksdb::Slice&)>& fn) {
-    std::string end = PrefixEnd(prefix);
-    rocksdb::Slice upper(end);
+    return ScanRange(snapshot, prefix, prefix, PrefixEnd(prefix), fn);
+  }
+  // Scan of the keys in [from, to), all of which start with `prefix`.
+  Status ScanRange(const rocksdb::Snapshot* snapshot, std::string_view prefix,
+                   std::string_view from, const std::string& to,
+                   const std::function<Status(std::string_view, const rocksdb::Slice&)>& fn) {
+    rocksdb::Slice upper(to);
     rocksdb::ReadOptions ro;
     ro.snapshot = snapshot;
     ro.iterate_upper_bound = &upper;
     ro.readahead_size = kScanReadahead;
     ro.fill_cache = false;
     std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro));
-    for (it->Seek(rocksdb::Slice(prefix.data(), prefix.size())); it->Valid(); it->Next()) {
+    for (it->Seek(rocksdb::Slice(from.data(), from.size())); it->Valid(); it->Next()) {
       rocksdb::Slice k = it->key();
       RECSTREAM_RETURN_IF_ERROR(
           fn(std::string_view(k.data() + prefix.size(), k.size() - prefix.size()), it->value()));
@@ -804,35 +860,24 @@ rocksdb::Status CheckpointStore::Impl::WriteBatchOf(const learner::ModelSnapshot
 
 namespace {
 
-void ClearBlock(learner::TableDelta* b) {
-  b->keys.clear();
-  b->values.clear();
-}
-void ClearBlock(learner::FeatureListDelta* b) {
-  b->keys.clear();
-  b->features.clear();
-}
-
-// Streaming Load: the reading thread fills blocks of rows (or of feature
-// lists), `threads` workers hand them to the sink. At most kQueuedBlocks
-// wait, which bounds memory.
-template <typename Block>
+// Streaming Load: the reading thread fills blocks of rows, `threads` workers
+// hand them to the sink. At most kQueuedBlocks wait, which bounds memory.
 class BlockPipeline {
  public:
   static constexpr size_t kBlockRows = 8192;
   static constexpr size_t kQueuedBlocks = 4;
 
-  BlockPipeline(const std::function<Status(const Block&)>& sink, int threads) : sink_(sink) {
+  BlockPipeline(const CheckpointStore::RowSink& sink, int threads) : sink_(sink) {
     for (int i = 0; i < std::max(1, threads); ++i) workers_.emplace_back([this] { Work(); });
   }
   ~BlockPipeline() { (void)Finish(); }
 
   // The block being filled by the reading thread.
-  Block& current() { return current_; }
+  learner::TableDelta& current() { return current_; }
 
   // Queues the current block (if it has rows) and starts a new one of
   // `table`. Waits while the queue is full; returns a sink's error, if any.
-  Status Next(const std::string& table, int width = 0) {
+  Status Next(const std::string& table, int width) {
     std::unique_lock lock(mu_);
     if (!current_.keys.empty()) {
       cv_.wait(lock, [&] { return queue_.size() < kQueuedBlocks || !error_.ok(); });
@@ -843,19 +888,18 @@ class BlockPipeline {
         current_ = std::move(free_.back());
         free_.pop_back();
       } else {
-        current_ = Block();
+        current_ = learner::TableDelta();
       }
-      ClearBlock(&current_);
+      current_.keys.clear();
+      current_.values.clear();
     }
     lock.unlock();
-    current_.table = table;
-    if constexpr (std::is_same_v<Block, learner::TableDelta>) {
-      if (current_.keys.capacity() == 0) {
-        current_.keys.reserve(kBlockRows);
-        current_.values.reserve(kBlockRows * static_cast<size_t>(width));
-      }
-      current_.width = width;
+    if (current_.keys.capacity() == 0) {
+      current_.keys.reserve(kBlockRows);
+      current_.values.reserve(kBlockRows * static_cast<size_t>(width));
     }
+    current_.table = table;
+    current_.width = width;
     return Status::OK();
   }
 
@@ -863,7 +907,7 @@ class BlockPipeline {
   Status Finish() {
     Status s = Status::OK();
     if (!workers_.empty()) {
-      s = Next(current_.table);
+      s = Next(current_.table, current_.width);
       {
         std::lock_guard lock(mu_);
         done_ = true;
@@ -879,7 +923,7 @@ class BlockPipeline {
  private:
   void Work() {
     for (;;) {
-      Block block;
+      learner::TableDelta block;
       {
         std::unique_lock lock(mu_);
         cv_.wait(lock, [&] { return !queue_.empty() || done_; });
@@ -900,15 +944,15 @@ class BlockPipeline {
     return error_.ok();
   }
 
-  const std::function<Status(const Block&)>& sink_;
-  Block current_;
+  const CheckpointStore::RowSink& sink_;
+  learner::TableDelta current_;
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Block> queue_;  // guarded by mu_
-  std::vector<Block> free_;  // guarded by mu_
-  bool done_ = false;        // guarded by mu_
-  Status error_;             // guarded by mu_
+  std::deque<learner::TableDelta> queue_;  // guarded by mu_
+  std::vector<learner::TableDelta> free_;  // guarded by mu_
+  bool done_ = false;                      // guarded by mu_
+  Status error_;                           // guarded by mu_
 };
 
 }  // namespace
@@ -1045,8 +1089,7 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink,
         std::string_view rest(k.data() + prefix, k.size() - prefix);
         s = decode_row(rest, it->value(), &table);
         if (!s.ok()) break;
-        if (block.keys.size() >= BlockPipeline<learner::TableDelta>::kBlockRows ||
-            block.table != table->table) {
+        if (block.keys.size() >= BlockPipeline::kBlockRows || block.table != table->table) {
           flush();
           block.table = table->table;
           block.width = table->width;
@@ -1068,7 +1111,7 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink,
   }
 
   learner::TableDelta* current = nullptr;
-  std::optional<BlockPipeline<learner::TableDelta>> pipeline;
+  std::optional<BlockPipeline> pipeline;
   if (sink != nullptr && splits.empty()) pipeline.emplace(*sink, threads);
   Status scanned =
       !splits.empty()
@@ -1080,8 +1123,7 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink,
               learner::TableDelta* to = current;
               if (pipeline) {
                 to = &pipeline->current();
-                if (to->keys.size() >= BlockPipeline<learner::TableDelta>::kBlockRows ||
-                    to->table != current->table) {
+                if (to->keys.size() >= BlockPipeline::kBlockRows || to->table != current->table) {
                   RECSTREAM_RETURN_IF_ERROR(pipeline->Next(current->table, current->width));
                 }
               }
@@ -1119,56 +1161,88 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink,
         return Status::OK();
       }));
 
-  learner::FeatureListDelta* lists = nullptr;
-  // With a list sink, lists go to it in blocks, applied by workers while
-  // this thread reads on.
-  std::optional<BlockPipeline<learner::FeatureListDelta>> list_pipeline;
-  if (list_sink != nullptr) list_pipeline.emplace(*list_sink, threads);
-  Status lists_scanned =
-      d.Scan(snap, kFeatureListPrefix, [&](std::string_view rest, const rocksdb::Slice& value) {
-        size_t sep = rest.find('\0');
-        if (sep == std::string_view::npos)
-          return Status::Corruption("feature list without a table");
-        std::string_view table = rest.substr(0, sep);
-        if (list_pipeline) {
-          lists = &list_pipeline->current();
-          if (lists->keys.size() >= BlockPipeline<learner::FeatureListDelta>::kBlockRows ||
-              lists->table != table) {
-            RECSTREAM_RETURN_IF_ERROR(list_pipeline->Next(std::string(table)));
+  // One feature list entry: table and owner from the key, features from
+  // the value.
+  auto decode_list = [](std::string_view rest, const rocksdb::Slice& value, std::string_view* table,
+                        std::string_view* owner, std::vector<std::string>* features) {
+    size_t sep = rest.find('\0');
+    if (sep == std::string_view::npos) return Status::Corruption("feature list without a table");
+    *table = rest.substr(0, sep);
+    *owner = rest.substr(sep + 1);
+    const std::string malformed = "malformed feature list in table " + std::string(*table);
+    std::string_view v(value.data(), value.size());
+    auto take_u32 = [&v](uint32_t* x) {
+      if (v.size() < 4) return false;
+      *x = GetFixed<uint32_t>(v.data());
+      v.remove_prefix(4);
+      return true;
+    };
+    uint32_t count = 0;
+    if (!take_u32(&count) || count > v.size() / 4) return Status::Corruption(malformed);
+    features->clear();
+    for (uint32_t i = 0; i < count; ++i) {
+      uint32_t len = 0;
+      if (!take_u32(&len) || len > v.size()) return Status::Corruption(malformed);
+      features->emplace_back(v.substr(0, len));
+      v.remove_prefix(len);
+    }
+    if (!v.empty()) return Status::Corruption(malformed);
+    return Status::OK();
+  };
+  if (list_sink != nullptr) {
+    // Streaming: one thread per key range, each handing its blocks to the
+    // sink itself.
+    std::vector<std::string> bounds = {kFeatureListPrefix};
+    for (std::string& k : d.Splits(kFeatureListPrefix, threads)) bounds.push_back(std::move(k));
+    bounds.push_back(PrefixEnd(kFeatureListPrefix));
+    std::vector<Status> results(bounds.size() - 1);
+    auto scan_range = [&](size_t r) {
+      learner::FeatureListDelta block;
+      Status s;
+      auto flush = [&] {
+        if (!block.keys.empty() && s.ok()) s = (*list_sink)(block);
+        block.keys.clear();
+        block.features.clear();
+      };
+      Status scanned = d.ScanRange(
+          snap, kFeatureListPrefix, bounds[r], bounds[r + 1],
+          [&](std::string_view rest, const rocksdb::Slice& value) {
+            std::string_view table, owner;
+            std::vector<std::string> features;
+            RECSTREAM_RETURN_IF_ERROR(decode_list(rest, value, &table, &owner, &features));
+            if (block.keys.size() >= BlockPipeline::kBlockRows || block.table != table) {
+              flush();
+              RECSTREAM_RETURN_IF_ERROR(s);
+              block.table = std::string(table);
+            }
+            block.keys.emplace_back(owner);
+            block.features.push_back(std::move(features));
+            return Status::OK();
+          });
+      flush();
+      results[r] = scanned.ok() ? s : scanned;
+    };
+    std::vector<std::thread> readers;
+    for (size_t r = 1; r < results.size(); ++r) readers.emplace_back(scan_range, r);
+    scan_range(0);
+    for (std::thread& t : readers) t.join();
+    for (const Status& r : results) RECSTREAM_RETURN_IF_ERROR(r);
+  } else {
+    learner::FeatureListDelta* lists = nullptr;
+    RECSTREAM_RETURN_IF_ERROR(
+        d.Scan(snap, kFeatureListPrefix, [&](std::string_view rest, const rocksdb::Slice& value) {
+          std::string_view table, owner;
+          std::vector<std::string> features;
+          RECSTREAM_RETURN_IF_ERROR(decode_list(rest, value, &table, &owner, &features));
+          if (lists == nullptr || lists->table != table) {
+            lists = &out.feature_lists.emplace_back();
+            lists->table = std::string(table);
           }
-        } else if (lists == nullptr || lists->table != table) {
-          lists = &out.feature_lists.emplace_back();
-          lists->table = std::string(table);
-        }
-        std::vector<std::string> features;
-        std::string_view v(value.data(), value.size());
-        auto take_u32 = [&v](uint32_t* x) {
-          if (v.size() < 4) return false;
-          *x = GetFixed<uint32_t>(v.data());
-          v.remove_prefix(4);
-          return true;
-        };
-        uint32_t count = 0;
-        if (!take_u32(&count) || count > v.size() / 4)
-          return Status::Corruption("malformed feature list in table " + lists->table);
-        for (uint32_t i = 0; i < count; ++i) {
-          uint32_t len = 0;
-          if (!take_u32(&len) || len > v.size())
-            return Status::Corruption("malformed feature list in table " + lists->table);
-          features.emplace_back(v.substr(0, len));
-          v.remove_prefix(len);
-        }
-        if (!v.empty())
-          return Status::Corruption("malformed feature list in table " + lists->table);
-        lists->keys.emplace_back(rest.substr(sep + 1));
-        lists->features.push_back(std::move(features));
-        return Status::OK();
-      });
-  if (list_pipeline) {
-    Status finished = list_pipeline->Finish();
-    if (lists_scanned.ok()) lists_scanned = finished;
+          lists->keys.emplace_back(owner);
+          lists->features.push_back(std::move(features));
+          return Status::OK();
+        }));
   }
-  RECSTREAM_RETURN_IF_ERROR(lists_scanned);
 
   OffsetMap stored_offsets;
   RECSTREAM_RETURN_IF_ERROR(

@@ -12,7 +12,9 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -353,11 +355,17 @@ TEST_CASE("CheckpointStore: a streaming load restores the same model as Load", "
   };
   std::atomic<size_t> lists{0};
   std::atomic<int> list_calls{0};
+  std::mutex list_threads_mu;
+  std::set<std::thread::id> list_threads;
   Status s = stream_lists ? store->LoadStreaming(
                                 row_sink,
                                 [&](const learner::FeatureListDelta& block) {
                                   lists += block.keys.size();
                                   ++list_calls;
+                                  {
+                                    std::lock_guard lock(list_threads_mu);
+                                    list_threads.insert(std::this_thread::get_id());
+                                  }
                                   return restored->ApplyLists(block);
                                 },
                                 threads, &rest, &offsets, &info)
@@ -374,6 +382,8 @@ TEST_CASE("CheckpointStore: a streaming load restores the same model as Load", "
     REQUIRE(rest.feature_lists.empty());
     REQUIRE(lists.load() == full_lists);
     REQUIRE(list_calls.load() >= 3);  // blocks of at most 8,192 lists
+    // Several key ranges read at once, whatever the layout.
+    if (threads > 1) REQUIRE(list_threads.size() > 1);
   } else {
     REQUIRE(rest.feature_lists.size() == full.feature_lists.size());
   }
