@@ -309,6 +309,17 @@ struct CheckpointStore::Impl {
     return rocksdb::Status::OK();
   }
 
+  // RocksDB's estimate of the bytes of the keys in [begin, end), memtables
+  // included.
+  uint64_t ApproximateSize(const std::string& begin, const std::string& end) {
+    rocksdb::SizeApproximationOptions approx;
+    approx.include_memtables = true;
+    rocksdb::Range range(begin, end);
+    uint64_t bytes = 0;
+    (void)db->GetApproximateSizes(approx, db->DefaultColumnFamily(), &range, 1, &bytes);
+    return bytes;
+  }
+
   // Up to parts - 1 keys splitting the rows ("r/...") into parts of about
   // equal size, taken from where table files begin (a big ingested
   // checkpoint is two files split in the middle); none when no file begins
@@ -325,14 +336,7 @@ struct CheckpointStore::Impl {
     if (candidates.empty()) return splits;
     std::sort(candidates.begin(), candidates.end());
     candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
-    rocksdb::SizeApproximationOptions approx;
-    approx.include_memtables = true;
-    auto size_before = [&](const std::string& key) {
-      rocksdb::Range range(begin, key);
-      uint64_t bytes = 0;
-      (void)db->GetApproximateSizes(approx, db->DefaultColumnFamily(), &range, 1, &bytes);
-      return bytes;
-    };
+    auto size_before = [&](const std::string& key) { return ApproximateSize(begin, key); };
     const uint64_t total = size_before(end);
     std::vector<uint64_t> before;
     for (const std::string& c : candidates) before.push_back(size_before(c));
@@ -360,14 +364,7 @@ struct CheckpointStore::Impl {
   std::vector<std::string> Splits(std::string_view prefix, int parts) {
     std::vector<std::string> splits;
     const std::string begin(prefix), end = PrefixEnd(prefix);
-    rocksdb::SizeApproximationOptions approx;
-    approx.include_memtables = true;
-    auto size_before = [&](const std::string& key) {
-      rocksdb::Range range(begin, key);
-      uint64_t bytes = 0;
-      (void)db->GetApproximateSizes(approx, db->DefaultColumnFamily(), &range, 1, &bytes);
-      return bytes;
-    };
+    auto size_before = [&](const std::string& key) { return ApproximateSize(begin, key); };
     const uint64_t total = size_before(end);
     if (parts < 2 || total < (uint64_t{256} << 10)) return splits;
     for (int k = 1; k < parts; ++k) {

@@ -382,8 +382,10 @@ TEST_CASE("CheckpointStore: a streaming load restores the same model as Load", "
     REQUIRE(rest.feature_lists.empty());
     REQUIRE(lists.load() == full_lists);
     REQUIRE(list_calls.load() >= 3);  // blocks of at most 8,192 lists
-    // Several key ranges read at once, whatever the layout.
-    if (threads > 1) REQUIRE(list_threads.size() > 1);
+    // Several key ranges read at once from table files. (RocksDB's size
+    // estimates of a memtable vary between runs, so layout 1 may be read
+    // as one range.)
+    if (threads > 1 && layout >= 2) REQUIRE(list_threads.size() > 1);
   } else {
     REQUIRE(rest.feature_lists.size() == full.feature_lists.size());
   }
