@@ -65,6 +65,15 @@ void* MapHuge(size_t bytes) {
 
 void UnmapHuge(void* p, size_t bytes) { ::munmap(p, PageRound(bytes)); }
 
+// One step of a short spin-wait: the CPU's pause hint where there is one.
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
 uint64_t SplitMix64(uint64_t* state) {
   uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -339,11 +348,7 @@ void EmbeddingTable::CopyOutBeforeWrite(uint32_t row) {
     }
     if (state == kCopying) {
       // FinishExport or another writer is copying it: a few hundred bytes.
-#if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
-#else
-      std::this_thread::yield();
-#endif
+      CpuRelax();
       continue;
     }
     if (state == kClean) d.store(kDirty, std::memory_order_relaxed);
@@ -513,13 +518,10 @@ void EmbeddingTable::Publish(uint32_t first, uint32_t count) {
   // whose key or values are still being written. An earlier reservation's
   // owner is only writing values (see Reserve), so this wait is short.
   for (int spins = 0; ready_rows_.load(std::memory_order_acquire) != first; ++spins) {
-    if (spins < 64) {
-#if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
-#endif
-    } else {
+    if (spins < 64)
+      CpuRelax();
+    else
       std::this_thread::yield();
-    }
   }
   ready_rows_.store(first + count, std::memory_order_release);
 }

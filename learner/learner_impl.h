@@ -322,6 +322,9 @@ struct Learner::Impl {
     std::vector<std::pair<std::string, std::string>> retired_purchases;  // freed by Finish
   };
   PendingSnapshot pending_snapshot;
+  // Sets the feature lists of a checked block (see ApplyLists) in [begin,
+  // end); safe from several threads for different owners.
+  void SetLists(const FeatureListDelta& delta, size_t begin, size_t end);
 
   // ---- Scoring cache (learner_scoring.cc) ----
   // Recommend scores every item from a panel of gathered item vectors (item

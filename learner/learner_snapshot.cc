@@ -28,22 +28,6 @@ Status CheckLists(const FeatureListDelta& delta) {
   return Status::OK();
 }
 
-// Sets the lists of a checked block in [begin, end): each owner's (a row of
-// `main`) to the rows of its features in `side`, created when missing.
-// Owners' index slots are fetched a few keys ahead.
-void SetLists(EmbeddingTable& main, EmbeddingTable& side, FeatureLists& lists,
-              const FeatureListDelta& delta, size_t begin, size_t end) {
-  constexpr size_t kAhead = 8;
-  std::vector<uint32_t> rows;
-  for (size_t i = begin; i < std::min(end, begin + kAhead); ++i) main.Prefetch(delta.keys[i]);
-  for (size_t i = begin; i < end; ++i) {
-    if (i + kAhead < end) main.Prefetch(delta.keys[i + kAhead]);
-    rows.clear();
-    for (const std::string& f : delta.features[i]) rows.push_back(side.GetOrCreate(f));
-    lists.Set(main.GetOrCreate(delta.keys[i]), rows.data(), rows.data() + rows.size());
-  }
-}
-
 }  // namespace
 
 void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
@@ -209,13 +193,28 @@ Status Learner::ApplyRows(const TableDelta& delta) {
   return Status::OK();
 }
 
+void Learner::Impl::SetLists(const FeatureListDelta& delta, size_t begin, size_t end) {
+  // Each owner's list (a row of `main`) becomes the rows of its features
+  // in `side`, created when missing. Owners' index slots are fetched a few
+  // keys ahead.
+  const bool user = delta.table == "user";
+  EmbeddingTable& main = user ? users : items;
+  EmbeddingTable& side = user ? user_features : item_features;
+  FeatureLists& lists = user ? user_lists : item_lists;
+  constexpr size_t kAhead = 8;
+  std::vector<uint32_t> rows;
+  for (size_t i = begin; i < std::min(end, begin + kAhead); ++i) main.Prefetch(delta.keys[i]);
+  for (size_t i = begin; i < end; ++i) {
+    if (i + kAhead < end) main.Prefetch(delta.keys[i + kAhead]);
+    rows.clear();
+    for (const std::string& f : delta.features[i]) rows.push_back(side.GetOrCreate(f));
+    lists.Set(main.GetOrCreate(delta.keys[i]), rows.data(), rows.data() + rows.size());
+  }
+}
+
 Status Learner::ApplyLists(const FeatureListDelta& delta) {
-  Impl& m = *impl_;
   RECSTREAM_RETURN_IF_ERROR(CheckLists(delta));
-  if (delta.table == "user")
-    SetLists(m.users, m.user_features, m.user_lists, delta, 0, delta.keys.size());
-  else
-    SetLists(m.items, m.item_features, m.item_lists, delta, 0, delta.keys.size());
+  impl_->SetLists(delta, 0, delta.keys.size());
   return Status::OK();
 }
 
@@ -227,15 +226,10 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
   for (const TableDelta& delta : snap.tables) RECSTREAM_RETURN_IF_ERROR(ApplyRows(delta));
   for (const FeatureListDelta& delta : snap.feature_lists) {
     RECSTREAM_RETURN_IF_ERROR(CheckLists(delta));
-    const bool user = delta.table == "user";
     // A restore brings millions of lists: they are set on the learner's
     // threads (GetOrCreate and Set are safe from any thread).
-    ParallelFor(delta.keys.size(), 16384, [&](size_t begin, size_t end) {
-      if (user)
-        SetLists(m.users, m.user_features, m.user_lists, delta, begin, end);
-      else
-        SetLists(m.items, m.item_features, m.item_lists, delta, begin, end);
-    });
+    ParallelFor(delta.keys.size(), 16384,
+                [&](size_t begin, size_t end) { m.SetLists(delta, begin, end); });
   }
   for (const auto& [name, values] : snap.dense) {
     if (name == "dense_m") {

@@ -857,6 +857,28 @@ rocksdb::Status CheckpointStore::Impl::WriteBatchOf(const learner::ModelSnapshot
 
 namespace {
 
+// The bounds of the key ranges that `splits` cut the keys under `prefix`
+// into: range r is [bounds[r], bounds[r + 1]).
+std::vector<std::string> RangeBounds(const std::string& prefix,
+                                     const std::vector<std::string>& splits) {
+  std::vector<std::string> bounds = {prefix};
+  bounds.insert(bounds.end(), splits.begin(), splits.end());
+  bounds.push_back(PrefixEnd(prefix));
+  return bounds;
+}
+
+// Runs scan(r) for r in [0, ranges), each on its own thread (0 on the
+// caller's), and returns the first error.
+Status OnEachRange(size_t ranges, const std::function<Status(size_t)>& scan) {
+  std::vector<Status> results(ranges);
+  std::vector<std::thread> threads;
+  for (size_t r = 1; r < ranges; ++r) threads.emplace_back([&, r] { results[r] = scan(r); });
+  if (ranges > 0) results[0] = scan(0);
+  for (std::thread& t : threads) t.join();
+  for (const Status& r : results) RECSTREAM_RETURN_IF_ERROR(r);
+  return Status::OK();
+}
+
 // Streaming Load: the reading thread fills blocks of rows, `threads` workers
 // hand them to the sink. At most kQueuedBlocks wait, which bounds memory.
 class BlockPipeline {
@@ -1060,18 +1082,8 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink,
   const std::vector<std::string> splits =
       sink != nullptr ? d.RowSplits(threads) : std::vector<std::string>();
   if (!splits.empty()) {
-    std::vector<std::string> bounds = {kRowPrefix};
-    bounds.insert(bounds.end(), splits.begin(), splits.end());
-    bounds.push_back(PrefixEnd(kRowPrefix));
-    std::vector<Status> results(bounds.size() - 1);
-    auto scan_range = [&](size_t r) {
-      rocksdb::Slice upper(bounds[r + 1]);
-      rocksdb::ReadOptions ro;
-      ro.snapshot = snap;
-      ro.iterate_upper_bound = &upper;
-      ro.readahead_size = kScanReadahead;
-      ro.fill_cache = false;
-      std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(ro));
+    const std::vector<std::string> bounds = RangeBounds(kRowPrefix, splits);
+    RECSTREAM_RETURN_IF_ERROR(OnEachRange(bounds.size() - 1, [&](size_t r) {
       learner::TableDelta block;
       learner::TableDelta* table = nullptr;
       Status s;
@@ -1080,31 +1092,25 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink,
         block.keys.clear();
         block.values.clear();
       };
-      const size_t prefix = std::strlen(kRowPrefix);
-      for (it->Seek(bounds[r]); s.ok() && it->Valid(); it->Next()) {
-        rocksdb::Slice k = it->key();
-        std::string_view rest(k.data() + prefix, k.size() - prefix);
-        s = decode_row(rest, it->value(), &table);
-        if (!s.ok()) break;
-        if (block.keys.size() >= BlockPipeline::kBlockRows || block.table != table->table) {
-          flush();
-          block.table = table->table;
-          block.width = table->width;
-        }
-        block.keys.emplace_back(rest.substr(rest.find('\0') + 1));
-        const size_t at = block.values.size();
-        block.values.resize(at + block.width);
-        std::memcpy(block.values.data() + at, it->value().data(), it->value().size());
-      }
+      Status scanned = d.ScanRange(
+          snap, kRowPrefix, bounds[r], bounds[r + 1],
+          [&](std::string_view rest, const rocksdb::Slice& value) {
+            RECSTREAM_RETURN_IF_ERROR(decode_row(rest, value, &table));
+            if (block.keys.size() >= BlockPipeline::kBlockRows || block.table != table->table) {
+              flush();
+              RECSTREAM_RETURN_IF_ERROR(s);
+              block.table = table->table;
+              block.width = table->width;
+            }
+            block.keys.emplace_back(rest.substr(rest.find('\0') + 1));
+            const size_t at = block.values.size();
+            block.values.resize(at + block.width);
+            std::memcpy(block.values.data() + at, value.data(), value.size());
+            return Status::OK();
+          });
       flush();
-      if (s.ok() && !it->status().ok()) s = FromRocks(it->status(), "scanning checkpoint");
-      results[r] = s;
-    };
-    std::vector<std::thread> readers;
-    for (size_t r = 1; r < results.size(); ++r) readers.emplace_back(scan_range, r);
-    scan_range(0);
-    for (std::thread& t : readers) t.join();
-    for (const Status& r : results) RECSTREAM_RETURN_IF_ERROR(r);
+      return scanned.ok() ? s : scanned;
+    }));
   }
 
   learner::TableDelta* current = nullptr;
@@ -1166,7 +1172,9 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink,
     if (sep == std::string_view::npos) return Status::Corruption("feature list without a table");
     *table = rest.substr(0, sep);
     *owner = rest.substr(sep + 1);
-    const std::string malformed = "malformed feature list in table " + std::string(*table);
+    auto malformed = [&] {
+      return Status::Corruption("malformed feature list in table " + std::string(*table));
+    };
     std::string_view v(value.data(), value.size());
     auto take_u32 = [&v](uint32_t* x) {
       if (v.size() < 4) return false;
@@ -1175,25 +1183,23 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink,
       return true;
     };
     uint32_t count = 0;
-    if (!take_u32(&count) || count > v.size() / 4) return Status::Corruption(malformed);
+    if (!take_u32(&count) || count > v.size() / 4) return malformed();
     features->clear();
     for (uint32_t i = 0; i < count; ++i) {
       uint32_t len = 0;
-      if (!take_u32(&len) || len > v.size()) return Status::Corruption(malformed);
+      if (!take_u32(&len) || len > v.size()) return malformed();
       features->emplace_back(v.substr(0, len));
       v.remove_prefix(len);
     }
-    if (!v.empty()) return Status::Corruption(malformed);
+    if (!v.empty()) return malformed();
     return Status::OK();
   };
   if (list_sink != nullptr) {
     // Streaming: one thread per key range, each handing its blocks to the
     // sink itself.
-    std::vector<std::string> bounds = {kFeatureListPrefix};
-    for (std::string& k : d.Splits(kFeatureListPrefix, threads)) bounds.push_back(std::move(k));
-    bounds.push_back(PrefixEnd(kFeatureListPrefix));
-    std::vector<Status> results(bounds.size() - 1);
-    auto scan_range = [&](size_t r) {
+    const std::vector<std::string> bounds =
+        RangeBounds(kFeatureListPrefix, d.Splits(kFeatureListPrefix, threads));
+    RECSTREAM_RETURN_IF_ERROR(OnEachRange(bounds.size() - 1, [&](size_t r) {
       learner::FeatureListDelta block;
       Status s;
       auto flush = [&] {
@@ -1217,13 +1223,8 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink,
             return Status::OK();
           });
       flush();
-      results[r] = scanned.ok() ? s : scanned;
-    };
-    std::vector<std::thread> readers;
-    for (size_t r = 1; r < results.size(); ++r) readers.emplace_back(scan_range, r);
-    scan_range(0);
-    for (std::thread& t : readers) t.join();
-    for (const Status& r : results) RECSTREAM_RETURN_IF_ERROR(r);
+      return scanned.ok() ? s : scanned;
+    }));
   } else {
     learner::FeatureListDelta* lists = nullptr;
     RECSTREAM_RETURN_IF_ERROR(
