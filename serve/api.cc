@@ -6,6 +6,7 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <ctime>
 #include <string_view>
 
@@ -364,27 +365,43 @@ HttpResponse Api::PostScore(const HttpRequest& req) const {
   std::vector<learner::ScoreResult> results;
   learner_->ScoreMany(user, items, blend_, &results);
   std::string out;
-  out.reserve(64 + items.size() * 96);
   JsonWriter w(&out);
   w.BeginObject();
   w.Key("user").String(user);
   w.Key("scores").BeginArray();
-  // The elements by hand (up to max_batch_items of them): the same bytes
-  // as JsonWriter's BeginObject/Key/.../EndObject, without its bookkeeping.
+  // The elements by hand (up to max_batch_items of them), written into one
+  // buffer sized for the worst case: the same bytes as JsonWriter's
+  // BeginObject/Key/.../EndObject, without a string append per piece.
+  static constexpr std::string_view kItem = ",{\"item\":", kClick = ",\"click\":",
+                                    kPurchase = ",\"purchase\":", kRating = ",\"rating\":",
+                                    kScore = ",\"score\":";
+  size_t bound = 0;
+  for (const std::string& id : items) {
+    bound += kItem.size() + JsonWriter::MaxStringChars(id.size()) + kClick.size() +
+             kPurchase.size() + kRating.size() + kScore.size() + 4 * JsonWriter::kMaxFloatChars + 1;
+  }
+  const size_t at = out.size();
+  out.resize(at + bound);
+  char* p = out.data() + at;
+  auto put = [&p](std::string_view s) {
+    std::memcpy(p, s.data(), s.size());
+    p += s.size();
+  };
   for (size_t i = 0; i < items.size() && i < results.size(); ++i) {
     const learner::ScoreResult& r = results[i];
-    out.append(i == 0 ? "{\"item\":" : ",{\"item\":");
-    JsonWriter::AppendString(&out, items[i]);
-    out.append(",\"click\":");
-    JsonWriter::AppendFloat(&out, r.prediction.click);
-    out.append(",\"purchase\":");
-    JsonWriter::AppendFloat(&out, r.prediction.purchase);
-    out.append(",\"rating\":");
-    JsonWriter::AppendFloat(&out, r.prediction.rating);
-    out.append(",\"score\":");
-    JsonWriter::AppendFloat(&out, r.score);
-    out.push_back('}');
+    put(i == 0 ? kItem.substr(1) : kItem);
+    p = JsonWriter::WriteString(p, items[i]);
+    put(kClick);
+    p = JsonWriter::WriteFloat(p, r.prediction.click);
+    put(kPurchase);
+    p = JsonWriter::WriteFloat(p, r.prediction.purchase);
+    put(kRating);
+    p = JsonWriter::WriteFloat(p, r.prediction.rating);
+    put(kScore);
+    p = JsonWriter::WriteFloat(p, r.score);
+    *p++ = '}';
   }
+  out.resize(size_t(p - out.data()));
   out.push_back(']');
   out.push_back('}');
   return Json(200, std::move(out));

@@ -6,7 +6,9 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <mutex>
+#include <random>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -157,6 +159,31 @@ TEST_CASE("JsonWriter escapes strings and round-trips floats", "[api]") {
     JsonWriter(&out).Float(f);
     CHECK(std::stof(out) == f);
   }
+  // Float() writes what fmt's "{}" writes (the shortest form that reads
+  // back): every layout (fixed, 0.000ddd, ddd000, exponents of 1, 2 and 3
+  // digits, subnormals, signed zeros) and a million random bit patterns.
+  std::vector<float> floats = {0.0f,    -0.0f,    1.0f,   -1.0f,           10.0f,
+                               100.0f,  1e15f,    1e16f,  1.5e16f,         123456789.0f,
+                               0.0001f, 0.00012f, 1e-5f,  1.5e-5f,         1e-10f,
+                               3.4e38f, -3.4e38f, 1e-45f, 1.17549435e-38f, 0.5f,
+                               4.5f,    12.34f,   0.1f,   16777216.0f,     1e-38f};
+  std::mt19937 rng(7);
+  while (floats.size() < 1000000) {
+    float f;
+    uint32_t bits = rng();
+    std::memcpy(&f, &bits, sizeof f);
+    if (std::isfinite(f)) floats.push_back(f);
+  }
+  size_t differ = 0;
+  std::string first_difference;
+  for (float f : floats) {
+    std::string out;
+    JsonWriter::AppendFloat(&out, f);
+    std::string expected = fmt::format("{}", f);
+    if (out != expected && differ++ == 0) first_difference = out + " vs fmt's " + expected;
+  }
+  CHECK(differ == 0);
+  CHECK(first_difference == "");
   std::string out;
   JsonWriter w(&out);
   w.BeginArray().Float(NAN).Double(INFINITY).Int(-3).Uint(7).Bool(true).EndArray();
@@ -229,6 +256,20 @@ TEST_CASE("POST /v1/score scores items in request order", "[api]") {
   r = f.Post("/v1/score", R"({"user":"u1","items":[]})");
   CHECK(r.status == 200);
   CHECK(r.body == R"({"user":"u1","scores":[]})");
+
+  // Ids that need escaping come back escaped, in valid JSON.
+  r = f.Post("/v1/score", R"({"user":"u1","items":["a\"b","tab\there","caf\u00e9","\u0001"]})");
+  REQUIRE(r.status == 200);
+  CHECK(r.body.find(R"({"item":"a\"b","click":)") != std::string::npos);
+  CHECK(r.body.find(R"({"item":"tab\there","click":)") != std::string::npos);
+  CHECK(r.body.find("{\"item\":\"caf\xC3\xA9\",\"click\":") != std::string::npos);
+  CHECK(r.body.find(R"({"item":"\u0001","click":)") != std::string::npos);
+  simdjson::dom::parser p;
+  simdjson::dom::element doc;
+  REQUIRE(p.parse(r.body).get(doc) == simdjson::SUCCESS);
+  simdjson::dom::array scores;
+  REQUIRE(doc["scores"].get(scores) == simdjson::SUCCESS);
+  CHECK(scores.size() == 4);
 }
 
 TEST_CASE("POST /v1/score rejects bad bodies", "[api]") {

@@ -39,6 +39,16 @@ class JsonWriter {
   // Appends `value` as Float() writes it (null when not finite).
   static void AppendFloat(std::string* out, float value);
 
+  // The same, written at `p` into a buffer the caller has sized, returning
+  // the end of what was written: for loops that write many values into one
+  // buffer (POST /v1/score), without a string append per piece.
+  // WriteString needs MaxStringChars(s.size()) bytes, WriteFloat
+  // kMaxFloatChars.
+  static constexpr size_t MaxStringChars(size_t n) { return 6 * n + 2; }
+  static constexpr size_t kMaxFloatChars = 24;  // "-1234567890000000" is 17
+  static char* WriteString(char* p, std::string_view s);
+  static char* WriteFloat(char* p, float value);
+
  private:
   // Writes the comma due before a value or key, if any.
   void Separate();
