@@ -3,6 +3,7 @@
 #include <fmt/compile.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -148,6 +149,15 @@ char* JsonWriter::WriteString(char* p, std::string_view s) {
 }
 
 void JsonWriter::AppendString(std::string* out, std::string_view s) {
+  if (std::all_of(s.begin(), s.end(),
+                  [](char c) { return Plain(static_cast<unsigned char>(c)); })) {
+    // Nothing to escape (ids, keys: nearly everything).
+    out->reserve(out->size() + s.size() + 2);
+    out->push_back('"');
+    out->append(s);
+    out->push_back('"');
+    return;
+  }
   const size_t at = out->size();
   out->resize(at + MaxStringChars(s.size()));
   char* end = WriteString(out->data() + at, s);
