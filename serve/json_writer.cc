@@ -271,8 +271,8 @@ char* JsonWriter::WriteFloat(char* p, float value) {
   }
   const auto dec = fmt::detail::dragonbox::to_decimal(value);
   const uint32_t sig = dec.significand;  // at most 9 digits for a float
-  int n = 1;
-  while (n < 10 && sig >= kPow10[n]) ++n;
+  int n = 1;  // digits of sig, without branches
+  for (int k = 1; k < 10; ++k) n += sig >= kPow10[k];
   const int exp = dec.exponent;  // value = sig x 10^exp
   const int output_exp = exp + n - 1;
   if (output_exp < -4 || output_exp >= 16) {  // fmt's bounds for "{}"
