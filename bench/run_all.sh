@@ -13,6 +13,8 @@ step learner_bench 10M events, 1 vs 2 threads
 "$b/learner_bench" --events 10000000 --threads 1,2
 step parser_bench
 "$b/parser_bench" --benchmark_min_time=1
+step api_bench: the serving handlers without the network
+"$b/api_bench" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 step freshness idle
 "$b/service_bench" freshness --samples 200
 step freshness with 20000 background events/s
