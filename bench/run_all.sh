@@ -25,6 +25,8 @@ step checkpoint of every row after 1M events over 1M users, then a restart
 "$b/service_bench" --checkpoint-ms 3600000 throughput --events 1000000 --users 1000000 --restart
 step end to end throughput through Kafka, then HTTP latency one request at a time
 "$b/service_bench" throughput --events 2000000 --latency
+step wrk POST /v1/score with 1000 items, one connection
+"$here/post_wrk.sh" "$build" 6
 step wrk GET /v1/score while learning and idle
 "$here/serve_wrk.sh" "$build" 4000000
 step serving cost against items
