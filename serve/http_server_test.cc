@@ -218,6 +218,24 @@ TEST_CASE("HttpServer: a slow or idle client does not block others and times out
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::milliseconds(2000));
 }
 
+TEST_CASE("HttpServer keeps a connection idle for less than the timeout", "[http]") {
+  ServeOptions o = TestOptions();
+  o.threads = 1;
+  o.request_timeout_ms = 400;
+  auto server = StartEcho(o);
+  TestConnection kept(server->port());
+  CHECK(kept.Request("GET", "/a").status == 200);
+  for (int i = 0; i < 3; ++i) {  // 900 ms in all, never 400 ms idle
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    CHECK(kept.Request("GET", "/b").status == 200);
+  }
+  // A request begun and finished within the timeout, in pieces.
+  REQUIRE(kept.SendRaw("GET /c HTTP/1.1\r\n"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  REQUIRE(kept.SendRaw("Host: x\r\n\r\n"));
+  CHECK(kept.Read().status == 200);
+}
+
 TEST_CASE("HttpServer refuses connections beyond max_connections", "[http]") {
   ServeOptions o = TestOptions();
   o.max_connections = 2;
