@@ -12,7 +12,10 @@
 //   - Each request must arrive completely within request_timeout_ms of the
 //     previous response (or of the connection being accepted); otherwise the
 //     connection is closed silently. Idle keep-alive connections are closed
-//     after the same delay.
+//     after the same delay, and so is a connection whose client does not
+//     read a response within it. A connection is never closed before the
+//     delay, and at most 2 x max(5, min(250, request_timeout_ms / 8)) ms
+//     after it (deadlines are checked by a sweep, not a timer per read).
 //   - Beyond max_connections open connections, new connections receive 503
 //     and are closed.
 //   - A handler that throws produces 500 {"error": "internal error: ..."}.
