@@ -375,11 +375,10 @@ HttpResponse Api::PostScore(const HttpRequest& req) const {
   static constexpr std::string_view kItem = ",{\"item\":", kClick = ",\"click\":",
                                     kPurchase = ",\"purchase\":", kRating = ",\"rating\":",
                                     kScore = ",\"score\":";
-  size_t bound = 0;
-  for (const std::string& id : items) {
-    bound += kItem.size() + JsonWriter::MaxStringChars(id.size()) + kClick.size() +
-             kPurchase.size() + kRating.size() + kScore.size() + 4 * JsonWriter::kMaxFloatChars + 1;
-  }
+  constexpr size_t kPerItem = kItem.size() + kClick.size() + kPurchase.size() + kRating.size() +
+                              kScore.size() + 4 * JsonWriter::kMaxFloatChars + 1;  // and '}'
+  size_t bound = items.size() * kPerItem;
+  for (const std::string& id : items) bound += JsonWriter::MaxStringChars(id.size());
   const size_t at = out.size();
   out.resize(at + bound);
   char* p = out.data() + at;

@@ -143,7 +143,6 @@ bool IsAdminPath(std::string_view path) { return path.substr(0, 10) == "/v1/admi
 struct Shared {
   ServeOptions options;
   HttpHandler handler;
-  std::chrono::milliseconds timeout{10000};
   std::atomic<int> connections{0};
   AdminLane admin;
 };
@@ -268,7 +267,8 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void OnReadError(beast::error_code ec) {
-    if (ec == http::error::end_of_stream || ec == net::error::eof || ec == beast::error::timeout ||
+    // operation_aborted: the sweep closed the connection at its deadline.
+    if (ec == http::error::end_of_stream || ec == net::error::eof ||
         ec == net::error::operation_aborted || ec == net::error::connection_reset) {
       return Close();
     }
@@ -600,10 +600,9 @@ Status HttpServer::Start(const ServeOptions& options, HttpHandler handler,
   auto impl = std::make_unique<Impl>();
   impl->shared.options = options;
   impl->shared.handler = std::move(handler);
-  impl->shared.timeout = std::chrono::milliseconds(std::max(1, options.request_timeout_ms));
+  const std::chrono::milliseconds timeout(std::max(1, options.request_timeout_ms));
   int threads = std::max(1, options.threads);
-  for (int i = 0; i < threads; ++i)
-    impl->loops.push_back(std::make_unique<Loop>(impl->shared.timeout));
+  for (int i = 0; i < threads; ++i) impl->loops.push_back(std::make_unique<Loop>(timeout));
 
   beast::error_code ec;
   tcp::resolver resolver(impl->loops[0]->ioc);

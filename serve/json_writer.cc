@@ -43,10 +43,10 @@ size_t Utf8SequenceLength(std::string_view s, size_t i) {
 
 // "00" "01" ... "99".
 constexpr char kTwoDigits[] =
-    "0001020304050607080910111213141516171819202122232425262728293031323334353637383940414243444546"
-    "474849"
-    "5051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596"
-    "979899";
+    "00010203040506070809101112131415161718192021222324"
+    "25262728293031323334353637383940414243444546474849"
+    "50515253545556575859606162636465666768697071727374"
+    "75767778798081828384858687888990919293949596979899";
 
 constexpr uint32_t kPow10[10] = {1,      10,      100,      1000,      10000,
                                  100000, 1000000, 10000000, 100000000, 1000000000};
@@ -271,7 +271,7 @@ char* JsonWriter::WriteFloat(char* p, float value) {
   }
   const auto dec = fmt::detail::dragonbox::to_decimal(value);
   const uint32_t sig = dec.significand;  // at most 9 digits for a float
-  int n = 1;  // digits of sig, without branches
+  int n = 1;                             // digits of sig, without branches
   for (int k = 1; k < 10; ++k) n += sig >= kPow10[k];
   const int exp = dec.exponent;  // value = sig x 10^exp
   const int output_exp = exp + n - 1;
