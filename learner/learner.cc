@@ -188,17 +188,89 @@ void Learner::Impl::Gather(const EmbeddingTable& main, const EmbeddingTable& sid
   }
 }
 
+float* Learner::Impl::TrainRow(const EmbeddingTable& main, const EmbeddingTable& side,
+                               const std::vector<uint32_t>& rows,
+                               const std::vector<uint32_t>& slots, StagedRows* staged,
+                               size_t i) const {
+  if (i == 0) return main.Row(rows[0]);
+  if (i < slots.size() && slots[i] != StagedRows::kNoSlot)
+    return staged->Row(slots[i], 2 * size_t(width));
+  return side.Row(rows[i]);
+}
+
+void Learner::Impl::Gather(const EmbeddingTable& main, const EmbeddingTable& side,
+                           const std::vector<uint32_t>& rows, const std::vector<uint32_t>& slots,
+                           StagedRows* staged, float* vec, float* bias) const {
+  if (slots.empty()) return Gather(main, side, rows, vec, bias);
+  const int d = options.dim;
+  const float* r0 = main.Row(rows[0]);
+  for (int k = 0; k < d; ++k) vec[k] = r0[k];
+  for (int t = 0; t < kNumTasks; ++t) bias[t] = r0[d + t];
+  for (size_t i = 1; i < rows.size(); ++i) {
+    const float* r = TrainRow(main, side, rows, slots, staged, i);
+    for (int k = 0; k < d; ++k) vec[k] += r[k];
+    for (int t = 0; t < kNumTasks; ++t) bias[t] += r[d + t];
+  }
+}
+
 void Learner::Impl::UpdateRows(EmbeddingTable& main, EmbeddingTable& side,
-                               const std::vector<uint32_t>& rows, const float* grad, int t) {
+                               const std::vector<uint32_t>& rows,
+                               const std::vector<uint32_t>& slots, StagedRows* staged,
+                               const float* grad, int t) {
   // Sparse updates, applied at once (Hogwild: another thread may update the
-  // same row concurrently; lost updates are rare and harmless).
+  // same row concurrently; lost updates are rare and harmless). A staged
+  // feature row is updated in the thread's copy (MergeStaged marks it).
   const int d = options.dim;
   for (size_t i = 0; i < rows.size(); ++i) {
-    EmbeddingTable& table = i == 0 ? main : side;
-    table.MarkDirty(rows[i]);  // before the write: a snapshot may need the old values
-    float* r = table.Row(rows[i]);
+    const bool in_place = i == 0 || i >= slots.size() || slots[i] == StagedRows::kNoSlot;
+    // Before the write: a snapshot may need the old values.
+    if (in_place) (i == 0 ? main : side).MarkDirty(rows[i]);
+    float* r = TrainRow(main, side, rows, slots, staged, i);
     ApplyRow(r, grad, d, 0, options.lr_embedding);
     ApplyRow(r, grad + d, 1, d + t, lr_bias);
+  }
+}
+
+uint32_t StagedRows::Stage(const EmbeddingTable& table, uint32_t row, size_t floats) {
+  if (index.empty()) index.assign(2 * kMaxRows, {0, 0});
+  const size_t mask = index.size() - 1;
+  for (size_t at = (row * 0x9E3779B1u) & mask;; at = (at + 1) & mask) {
+    auto& [key, slot] = index[at];
+    if (key == row + 1) return slot;
+    if (key != 0) continue;
+    if (rows.size() >= kMaxRows) return kNoSlot;
+    key = row + 1;
+    slot = uint32_t(rows.size());
+    used.push_back(uint32_t(at));
+    rows.push_back(row);
+    const float* r = table.Row(row);
+    base.insert(base.end(), r, r + floats);
+    now.insert(now.end(), r, r + floats);
+    return slot;
+  }
+}
+
+void StagedRows::Merge(EmbeddingTable& table, size_t floats) {
+  for (size_t slot = 0; slot < rows.size(); ++slot) {
+    table.MarkDirty(rows[slot]);  // before the write, as in UpdateRows
+    float* r = table.Row(rows[slot]);
+    const float* b = base.data() + slot * floats;
+    const float* n = now.data() + slot * floats;
+    for (size_t j = 0; j < floats; ++j) r[j] += n[j] - b[j];
+  }
+  for (uint32_t at : used) index[at] = {0, 0};
+  used.clear();
+  rows.clear();
+  base.clear();
+  now.clear();
+}
+
+void Learner::Impl::MergeStaged() {
+  // After the parallel part of Train: no trainer touches the states now.
+  const size_t floats = 2 * size_t(width);
+  for (TrainState& s : states) {
+    s.staged_user.Merge(user_features, floats);
+    s.staged_item.Merge(item_features, floats);
   }
 }
 
@@ -207,8 +279,10 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
   const int t = int(task);
   Forward& fw = s->fwd;
   std::array<float, kNumTasks> bu{}, bi{};
-  Gather(users, user_features, s->user_rows, fw.u.data(), bu.data());
-  Gather(items, item_features, s->item_rows, fw.v.data(), bi.data());
+  Gather(users, user_features, s->user_rows, s->user_slots, &s->staged_user, fw.u.data(),
+         bu.data());
+  Gather(items, item_features, s->item_rows, s->item_slots, &s->staged_item, fw.v.data(),
+         bi.data());
   const uint32_t pre_row = PretrainedRow(s->item_rows[0]);
   if (pre_row != EmbeddingTable::kNoRow)
     shape.Project(s->dense_now, pretrained->Row(pre_row), fw.v.data());
@@ -315,17 +389,18 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
       }
     }
   }
-  UpdateRows(users, user_features, s->user_rows, s->du.data(), t);
-  UpdateRows(items, item_features, s->item_rows, s->dv.data(), t);
+  UpdateRows(users, user_features, s->user_rows, s->user_slots, &s->staged_user, s->du.data(), t);
+  UpdateRows(items, item_features, s->item_rows, s->item_slots, &s->staged_item, s->dv.data(), t);
   if (esmm) {
     // The click biases take the click tower's share of the gradient.
     const int c = int(Task::kClick);
-    for (auto [main, side, rows] :
-         {std::tuple<EmbeddingTable*, EmbeddingTable*, std::vector<uint32_t>*>{
-              &users, &user_features, &s->user_rows},
-          {&items, &item_features, &s->item_rows}})
+    for (auto [main, side, rows, slots, staged] :
+         {std::tuple<EmbeddingTable*, EmbeddingTable*, std::vector<uint32_t>*,
+                     std::vector<uint32_t>*, StagedRows*>{&users, &user_features, &s->user_rows,
+                                                         &s->user_slots, &s->staged_user},
+          {&items, &item_features, &s->item_rows, &s->item_slots, &s->staged_item}})
       for (size_t i = 0; i < rows->size(); ++i)
-        ApplyRow((i == 0 ? main : side)->Row((*rows)[i]), &gc, 1, d + c, lr_bias);
+        ApplyRow(TrainRow(*main, *side, *rows, *slots, staged, i), &gc, 1, d + c, lr_bias);
   }
   return pred;
 }
@@ -376,6 +451,16 @@ void Learner::Impl::ResolveChunk(std::span<const Event> events, TrainState* s) {
          &s->chunk_rows);
   }
   s->chunk_begin.push_back(uint32_t(s->chunk_rows.size()));
+  if (!s->staging) return;
+  const size_t floats = 2 * size_t(width);
+  s->chunk_slots.assign(s->chunk_rows.size(), StagedRows::kNoSlot);
+  for (size_t i = 0; i < n; ++i) {
+    // Entry chunk_begin[2i] is the user row, chunk_begin[2i + 1] the item row.
+    for (uint32_t at = s->chunk_begin[2 * i] + 1; at < s->chunk_begin[2 * i + 1]; ++at)
+      s->chunk_slots[at] = s->staged_user.Stage(user_features, s->chunk_rows[at], floats);
+    for (uint32_t at = s->chunk_begin[2 * i + 1] + 1; at < s->chunk_begin[2 * i + 2]; ++at)
+      s->chunk_slots[at] = s->staged_item.Stage(item_features, s->chunk_rows[at], floats);
+  }
 }
 
 void Learner::Impl::PrefetchRows(const TrainState& s, size_t i) const {
@@ -414,6 +499,7 @@ void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) 
         const uint32_t neg = recent[(s->rng >> 33) % n].load(std::memory_order_relaxed);
         if (neg == EmbeddingTable::kNoRow || neg == item_row) continue;
         s->item_rows.clear();
+        s->item_slots.clear();
         s->item_rows.push_back(neg);
         item_lists.Get(neg, &s->item_rows);
         Learn(e.task, 0.0f, s);
@@ -437,6 +523,8 @@ void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) 
       const uint32_t bits = uint32_t(tl);
       std::memcpy(&label, &bits, 4);
       s->user_rows.clear();
+      s->user_slots.clear();
+      s->item_slots.clear();
       s->user_rows.push_back(uint32_t(pair >> 32));
       user_lists.Get(s->user_rows[0], &s->user_rows);
       s->item_rows.clear();
@@ -448,7 +536,10 @@ void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) 
 }
 
 void Learner::Impl::BeginChunk(bool parallel, TrainState* s) {
+  s->staging = parallel;
   if (!parallel) {
+    s->user_slots.clear();
+    s->item_slots.clear();
     s->dense_now = dense.data();
     return;
   }
@@ -570,6 +661,11 @@ void Learner::Train(std::span<const Event> events, std::vector<Prediction>* befo
       const uint32_t* at = s.chunk_begin.data() + 2 * i;
       s.user_rows.assign(rows + at[0], rows + at[1]);
       s.item_rows.assign(rows + at[1], rows + at[2]);
+      if (s.staging) {
+        const uint32_t* slots = s.chunk_slots.data();
+        s.user_slots.assign(slots + at[0], slots + at[1]);
+        s.item_slots.assign(slots + at[1], slots + at[2]);
+      }
       m.TrainOne(events[begin + i], &s, before ? &(*before)[begin + i] : nullptr);
     }
     m.FinishChunk(&s);
@@ -583,6 +679,7 @@ void Learner::Train(std::span<const Event> events, std::vector<Prediction>* befo
           [&](const tbb::blocked_range<size_t>& r) { run(r.begin(), r.end()); },
           tbb::simple_partitioner());
     });
+    m.MergeStaged();
   }
   m.MergeMetrics();
 }

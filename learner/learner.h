@@ -247,7 +247,11 @@ class Learner {
 
   // Learns from `events`. Events are split into chunks trained in parallel
   // (Hogwild between chunks, in order within a chunk; a chunk reads the
-  // dense layers as they were when it began, the sparse rows live). With `before`
+  // dense layers as they were when it began, the user and item rows live).
+  // With more than one thread, each thread trains the side-feature rows in
+  // its own copy, and every copy's change is added to the shared rows before
+  // Train returns: a reader (Score) sees side-feature updates of a parallel
+  // call when it ends, a snapshot taken between calls holds all of them. With `before`
   // non-null, it receives, for each event in order, the prediction of the
   // event's task made just before learning from it (progressive validation).
   // Never lets a NaN or infinity reach a parameter: such updates are refused

@@ -333,6 +333,45 @@ TEST_CASE("A snapshot finished while training goes on holds the model of when it
   CHECK(RowsOf(again) != RowsOf(reference));
 }
 
+TEST_CASE("Two trainer threads land every update of the side features all events share",
+          "[Learner]") {
+  // Every event carries the same user feature, so both threads update its row
+  // at every event (in parallel Train, each in a staged copy that is added back
+  // when the call ends). Adagrad's accumulators count the updates: the summed
+  // squared gradients of that row after two-thread training must match the
+  // one-thread run's, neither lost nor added twice. The bias accumulators:
+  // their gradient is the task's output gradient, which both runs share to a
+  // few percent (the vector dimensions' follow each run's own factors).
+  auto stream = WithFeatures(MakeStream(40000, 5000, 200, 31));
+  for (Event& e : stream) e.user_features = {"all=1"};
+  auto accumulators = [&](int threads) {
+    LearnerOptions o;
+    o.threads = threads;
+    auto l = MakeLearner(o);
+    for (size_t b = 0; b < stream.size(); b += 4096)
+      l->Train(std::span(stream).subspan(b, std::min<size_t>(4096, stream.size() - b)));
+    ModelSnapshot snap;
+    l->TakeSnapshot(true, &snap);
+    const auto rows = RowsOf(snap);
+    auto it = rows.find({"user_feature", "all=1"});
+    REQUIRE(it != rows.end());
+    const std::vector<float>& row = it->second;
+    const size_t width = row.size() / 2;  // values, then their accumulators
+    const size_t d = width - kNumTasks;
+    return std::vector<double>(row.begin() + width + d, row.end());
+  };
+  const std::vector<double> one = accumulators(1), two = accumulators(2);
+  REQUIRE(one.size() == two.size());
+  const double adagrad_init = LearnerOptions().adagrad_init;
+  for (size_t j = 0; j < one.size(); ++j) {
+    INFO("task " << j << "'s bias accumulator: one thread " << one[j] << ", two threads "
+                 << two[j]);
+    const double g1 = one[j] - adagrad_init, g2 = two[j] - adagrad_init;
+    CHECK(g1 > 0);
+    CHECK(std::abs(g2 - g1) < 0.1 * g1);
+  }
+}
+
 TEST_CASE("A snapshot of another shape is refused", "[Learner]") {
   auto a = MakeLearner();
   ModelSnapshot snap;
