@@ -177,15 +177,8 @@ void Learner::Impl::Rows(uint32_t r, const std::vector<std::string>& features, E
 
 void Learner::Impl::Gather(const EmbeddingTable& main, const EmbeddingTable& side,
                            const std::vector<uint32_t>& rows, float* vec, float* bias) const {
-  const int d = options.dim;
-  const float* r0 = main.Row(rows[0]);
-  for (int k = 0; k < d; ++k) vec[k] = r0[k];
-  for (int t = 0; t < kNumTasks; ++t) bias[t] = r0[d + t];
-  for (size_t i = 1; i < rows.size(); ++i) {
-    const float* r = side.Row(rows[i]);
-    for (int k = 0; k < d; ++k) vec[k] += r[k];
-    for (int t = 0; t < kNumTasks; ++t) bias[t] += r[d + t];
-  }
+  static const std::vector<uint32_t> kShared;
+  Gather(main, side, rows, kShared, nullptr, vec, bias);
 }
 
 float* Learner::Impl::TrainRow(const EmbeddingTable& main, const EmbeddingTable& side,
@@ -193,15 +186,13 @@ float* Learner::Impl::TrainRow(const EmbeddingTable& main, const EmbeddingTable&
                                const std::vector<uint32_t>& slots, StagedRows* staged,
                                size_t i) const {
   if (i == 0) return main.Row(rows[0]);
-  if (i < slots.size() && slots[i] != StagedRows::kNoSlot)
-    return staged->Row(slots[i], 2 * size_t(width));
+  if (i < slots.size() && slots[i] != StagedRows::kNoSlot) return staged->Row(slots[i]);
   return side.Row(rows[i]);
 }
 
 void Learner::Impl::Gather(const EmbeddingTable& main, const EmbeddingTable& side,
                            const std::vector<uint32_t>& rows, const std::vector<uint32_t>& slots,
                            StagedRows* staged, float* vec, float* bias) const {
-  if (slots.empty()) return Gather(main, side, rows, vec, bias);
   const int d = options.dim;
   const float* r0 = main.Row(rows[0]);
   for (int k = 0; k < d; ++k) vec[k] = r0[k];
@@ -231,7 +222,7 @@ void Learner::Impl::UpdateRows(EmbeddingTable& main, EmbeddingTable& side,
   }
 }
 
-uint32_t StagedRows::Stage(const EmbeddingTable& table, uint32_t row, size_t floats) {
+uint32_t StagedRows::Stage(const EmbeddingTable& table, uint32_t row) {
   if (index.empty()) index.assign(2 * kMaxRows, {0, 0});
   const size_t mask = index.size() - 1;
   for (size_t at = (row * 0x9E3779B1u) & mask;; at = (at + 1) & mask) {
@@ -250,7 +241,7 @@ uint32_t StagedRows::Stage(const EmbeddingTable& table, uint32_t row, size_t flo
   }
 }
 
-void StagedRows::Merge(EmbeddingTable& table, size_t floats) {
+void StagedRows::Merge(EmbeddingTable& table) {
   for (size_t slot = 0; slot < rows.size(); ++slot) {
     table.MarkDirty(rows[slot]);  // before the write, as in UpdateRows
     float* r = table.Row(rows[slot]);
@@ -267,10 +258,9 @@ void StagedRows::Merge(EmbeddingTable& table, size_t floats) {
 
 void Learner::Impl::MergeStaged() {
   // After the parallel part of Train: no trainer touches the states now.
-  const size_t floats = 2 * size_t(width);
   for (TrainState& s : states) {
-    s.staged_user.Merge(user_features, floats);
-    s.staged_item.Merge(item_features, floats);
+    s.staged_user.Merge(user_features);
+    s.staged_item.Merge(item_features);
   }
 }
 
@@ -405,7 +395,7 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
   return pred;
 }
 
-void Learner::Impl::ResolveChunk(std::span<const Event> events, TrainState* s) {
+void Learner::Impl::ResolveChunk(std::span<const Event> events, bool stage, TrainState* s) {
   // All lookups of the chunk first, without the training work in between,
   // so that consecutive lookups are independent and the CPU overlaps their
   // cache misses. Two passes: the user and item rows of every event, then
@@ -451,15 +441,14 @@ void Learner::Impl::ResolveChunk(std::span<const Event> events, TrainState* s) {
          &s->chunk_rows);
   }
   s->chunk_begin.push_back(uint32_t(s->chunk_rows.size()));
-  if (!s->staging) return;
-  const size_t floats = 2 * size_t(width);
+  if (!stage) return;
   s->chunk_slots.assign(s->chunk_rows.size(), StagedRows::kNoSlot);
   for (size_t i = 0; i < n; ++i) {
     // Entry chunk_begin[2i] is the user row, chunk_begin[2i + 1] the item row.
     for (uint32_t at = s->chunk_begin[2 * i] + 1; at < s->chunk_begin[2 * i + 1]; ++at)
-      s->chunk_slots[at] = s->staged_user.Stage(user_features, s->chunk_rows[at], floats);
+      s->chunk_slots[at] = s->staged_user.Stage(user_features, s->chunk_rows[at]);
     for (uint32_t at = s->chunk_begin[2 * i + 1] + 1; at < s->chunk_begin[2 * i + 2]; ++at)
-      s->chunk_slots[at] = s->staged_item.Stage(item_features, s->chunk_rows[at], floats);
+      s->chunk_slots[at] = s->staged_item.Stage(item_features, s->chunk_rows[at]);
   }
 }
 
@@ -536,7 +525,6 @@ void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) 
 }
 
 void Learner::Impl::BeginChunk(bool parallel, TrainState* s) {
-  s->staging = parallel;
   if (!parallel) {
     s->user_slots.clear();
     s->item_slots.clear();
@@ -651,7 +639,7 @@ void Learner::Train(std::span<const Event> events, std::vector<Prediction>* befo
   auto run = [&](size_t begin, size_t end) {
     TrainState& s = m.states.local();
     m.BeginChunk(parallel, &s);
-    m.ResolveChunk(events.subspan(begin, end - begin), &s);
+    m.ResolveChunk(events.subspan(begin, end - begin), parallel, &s);
     const size_t n = end - begin;
     constexpr size_t kAhead = 2;  // events; a step takes about a microsecond
     for (size_t i = 0; i < n && i < kAhead; ++i) m.PrefetchRows(s, i);
@@ -661,7 +649,7 @@ void Learner::Train(std::span<const Event> events, std::vector<Prediction>* befo
       const uint32_t* at = s.chunk_begin.data() + 2 * i;
       s.user_rows.assign(rows + at[0], rows + at[1]);
       s.item_rows.assign(rows + at[1], rows + at[2]);
-      if (s.staging) {
+      if (parallel) {
         const uint32_t* slots = s.chunk_slots.data();
         s.user_slots.assign(slots + at[0], slots + at[1]);
         s.item_slots.assign(slots + at[1], slots + at[2]);

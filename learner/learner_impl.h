@@ -150,15 +150,17 @@ struct StagedRows {
   static constexpr uint32_t kNoSlot = UINT32_MAX;
   static constexpr uint32_t kMaxRows = 4096;
 
+  // Rows of `floats` floats (values, then accumulators).
+  explicit StagedRows(size_t floats) : floats(floats) {}
   // The slot of `row` (copied in from `table` at its first use), or kNoSlot
   // when kMaxRows rows are staged already.
-  uint32_t Stage(const EmbeddingTable& table, uint32_t row, size_t floats);
+  uint32_t Stage(const EmbeddingTable& table, uint32_t row);
   // Adds each staged row's change to `table` (marking it dirty first), then
   // forgets every row.
-  void Merge(EmbeddingTable& table, size_t floats);
-  float* Row(uint32_t slot, size_t floats) { return now.data() + size_t(slot) * floats; }
-  bool empty() const { return rows.empty(); }
+  void Merge(EmbeddingTable& table);
+  float* Row(uint32_t slot) { return now.data() + size_t(slot) * floats; }
 
+  const size_t floats;
   std::vector<uint32_t> rows;     // by slot
   std::vector<float> base, now;   // by slot: the row as copied in, as trained
   // Open addressing, row + 1 (0: empty) -> slot; 2 * kMaxRows entries.
@@ -178,7 +180,9 @@ struct TrainState {
         du(shape.dim() + 1),
         dv(shape.dim() + 1),
         du2(shape.dim() + 1),
-        dv2(shape.dim() + 1) {}
+        dv2(shape.dim() + 1),
+        staged_user(2 * size_t(shape.dim() + kNumTasks)),
+        staged_item(2 * size_t(shape.dim() + kNumTasks)) {}
   Forward fwd, fwd2;  // fwd2: the click tower of an ESMM purchase event
   std::vector<float> dense_grad;
   ExpertGradients pending;  // part of dense_grad, added at the chunk's end
@@ -193,10 +197,9 @@ struct TrainState {
   std::vector<uint32_t> chunk_rows, chunk_begin;
   // ResolveChunk's first pass: event i's user row, then its item row.
   std::vector<uint32_t> chunk_main;
-  // Parallel Train only (`staging`): the staged slot of each chunk_rows
-  // entry (kNoSlot: the shared row), and of user_rows and item_rows; empty
-  // slot vectors mean shared rows throughout.
-  bool staging = false;
+  // Parallel Train only: the staged slot of each chunk_rows entry (kNoSlot:
+  // the shared row), and of user_rows and item_rows; empty slot vectors mean
+  // shared rows throughout.
   StagedRows staged_user, staged_item;
   std::vector<uint32_t> chunk_slots, user_slots, item_slots;
   std::vector<float> du, dv, du2, dv2, dp;
@@ -281,7 +284,7 @@ struct Learner::Impl {
   void Gather(const EmbeddingTable& main, const EmbeddingTable& side,
               const std::vector<uint32_t>& rows, float* vec, float* bias) const;
   // Training's Gather: feature row i is staged->Row(slots[i]) where a slot
-  // is given.
+  // is given (empty slots: every row shared, as above).
   void Gather(const EmbeddingTable& main, const EmbeddingTable& side,
               const std::vector<uint32_t>& rows, const std::vector<uint32_t>& slots,
               StagedRows* staged, float* vec, float* bias) const;
@@ -289,8 +292,9 @@ struct Learner::Impl {
   float* TrainRow(const EmbeddingTable& main, const EmbeddingTable& side,
                   const std::vector<uint32_t>& rows, const std::vector<uint32_t>& slots,
                   StagedRows* staged, size_t i) const;
-  // Rows() of every event's user and item into s->chunk_rows.
-  void ResolveChunk(std::span<const Event> events, TrainState* s);
+  // Rows() of every event's user and item into s->chunk_rows; with `stage`,
+  // their feature rows' staged slots into s->chunk_slots.
+  void ResolveChunk(std::span<const Event> events, bool stage, TrainState* s);
   // Prefetches the user and item rows of the chunk's event i.
   void PrefetchRows(const TrainState& s, size_t i) const;
   // Predicts, then learns, one example from s->user_rows and s->item_rows.
