@@ -471,7 +471,7 @@ void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) 
     if (e.task == Task::kRating) before->rating = pred;
   }
   // Counted into `learned` and the metrics by MergeMetrics at the end of
-  // Train: no shared cache line or lock per event or chunk.
+  // the chunk: no shared cache line or lock per event.
   s->observations.push_back(Observation::Of(e.task, pred, e.label));
   if (e.task == Task::kPurchase && e.label > 0.5f) {
     std::unique_lock lock(purchases_mu);
@@ -587,35 +587,31 @@ void Learner::Impl::FinishChunk(TrainState* s) {
   }
   weighting.Update(s->chunk);
   s->chunk = TaskChunkStats();
+  MergeMetrics(s);
 }
 
-void Learner::Impl::MergeMetrics() {
-  // After the parallel part of Train: no trainer touches the states now.
+void Learner::Impl::MergeMetrics(TrainState* s) {
   std::array<uint64_t, kNumTasks> counts{};
-  uint64_t refused_now = 0;
   {
     std::lock_guard lock(metrics_mu);
-    for (TrainState& s : states) {
-      for (const Observation& o : s.observations) {
-        TaskMetrics& m = metrics[int(o.task)];
-        ++counts[int(o.task)];
-        m.count += 1;
-        if (o.task == Task::kRating) {
-          m.abs_sum += std::abs(o.value);
-          m.sq_sum += o.value * o.value;
-        } else {
-          m.loss_sum += o.value;
-          (o.positive ? m.pos : m.neg)[o.bin] += 1;
-        }
+    for (const Observation& o : s->observations) {
+      TaskMetrics& m = metrics[int(o.task)];
+      ++counts[int(o.task)];
+      m.count += 1;
+      if (o.task == Task::kRating) {
+        m.abs_sum += std::abs(o.value);
+        m.sq_sum += o.value * o.value;
+      } else {
+        m.loss_sum += o.value;
+        (o.positive ? m.pos : m.neg)[o.bin] += 1;
       }
-      s.observations.clear();
-      refused_now += s.refused;
-      s.refused = 0;
     }
   }
+  s->observations.clear();
   for (int t = 0; t < kNumTasks; ++t)
     if (counts[t]) learned[t].fetch_add(counts[t], std::memory_order_relaxed);
-  if (refused_now) refused.fetch_add(refused_now, std::memory_order_relaxed);
+  if (s->refused) refused.fetch_add(s->refused, std::memory_order_relaxed);
+  s->refused = 0;
 }
 
 Learner::Learner(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -669,7 +665,6 @@ void Learner::Train(std::span<const Event> events, std::vector<Prediction>* befo
     });
     m.MergeStaged();
   }
-  m.MergeMetrics();
 }
 
 void Learner::ParallelFor(size_t n, size_t grain,

@@ -73,7 +73,7 @@ struct TaskMetrics {
 };
 
 // One progressive prediction's contribution to TaskMetrics, computed by the
-// trainer (in parallel) and added by MergeMetrics.
+// trainer and added by MergeMetrics at the end of its chunk.
 struct Observation {
   Task task;
   bool positive;  // click and purchase: label > 0.5
@@ -305,11 +305,13 @@ struct Learner::Impl {
   // Sets s->dense_now for the chunk about to be trained (a copy of the
   // dense parameters when `parallel`).
   void BeginChunk(bool parallel, TrainState* s);
-  // Dense update, task weighting, per chunk.
+  // Dense update, task weighting, progressive metrics, per chunk.
   void FinishChunk(TrainState* s);
-  // Progressive metrics, learned and refused counts of every TrainState,
-  // once per Train call after the parallel part.
-  void MergeMetrics();
+  // Adds the chunk's progressive metrics, learned and refused counts of `s`
+  // to the learner's (under metrics_mu: a short lock per chunk, taken by the
+  // trainers in parallel rather than by one of them after the call while
+  // the others wait).
+  void MergeMetrics(TrainState* s);
   void ApplyRow(float* row, const float* grad, int n, int offset, float lr);
   void UpdateRows(EmbeddingTable& main, EmbeddingTable& side, const std::vector<uint32_t>& rows,
                   const std::vector<uint32_t>& slots, StagedRows* staged, const float* grad,
