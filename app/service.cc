@@ -18,6 +18,7 @@
 #include <span>
 #include <thread>
 
+#include "common/thread_slice.h"
 #include "ingest/kafka.h"
 #include "ingest/parser.h"
 #include "learner/learner.h"
@@ -503,7 +504,12 @@ void TuneMalloc() {
 recstream::Status Service::Start(const config::AppConfig& config,
                                  std::unique_ptr<Service>* service) {
   auto impl = std::make_unique<Impl>(config);
-  recstream::Status s = impl->Init();
+  recstream::Status s;
+  {
+    // Every thread Init starts, and the threads those start, inherit it.
+    const ThreadSliceScope background(config.background_slice_us);
+    s = impl->Init();
+  }
   std::unique_ptr<Service> svc(new Service(std::move(impl)));
   if (!s.ok()) {
     (void)svc->Shutdown();

@@ -45,6 +45,7 @@
 
 #include "app/service.h"
 #include "bench/bench_util.h"
+#include "common/thread_slice.h"
 #include "config/config.h"
 #include "eval/generator.h"
 #include "ingest/kafka.h"
@@ -64,6 +65,8 @@ std::map<std::string, std::string> g_kafka_properties;  // NOLINT: set once by m
 int g_train_nice = -1;           // NOLINT: set once by main; -1: the configuration's default
 int g_produce_linger_ms = 1000;  // NOLINT: set once by main; the backlog producer's linger.ms
 std::string g_io_priority;       // NOLINT: set once by main; serve.io_priority
+int g_io_slice_us = -1;          // NOLINT: set once by main; -1: serve.io_slice_us' default
+int g_background_slice_us = -1;  // NOLINT: set once by main; -1: the configuration's default
 int g_serve_threads = 0;         // NOLINT: set once by main; 0: serve.threads' default
 
 struct Stack {
@@ -75,6 +78,10 @@ struct Stack {
 };
 
 bool StartKafka(int partitions, Stack* stack) {
+  // The broker stands in for the embedded one `recstream serve` starts inside
+  // Service::Start: its threads get the service's background slice.
+  if (g_background_slice_us >= 0) stack->cfg.background_slice_us = g_background_slice_us;
+  const ThreadSliceScope background(stack->cfg.background_slice_us);
   Status s = ingest::EmbeddedKafka::Start(1, partitions, stack->cfg.kafka.topics, &stack->kafka);
   if (!s.ok()) std::fprintf(stderr, "kafka: %s\n", s.ToString().c_str());
   return s.ok();
@@ -91,6 +98,8 @@ bool StartService(int checkpoint_ms, Stack* stack) {
   cfg.serve.listen = "127.0.0.1:0";
   cfg.serve.admin_token = kAdminToken;
   cfg.serve.io_priority = g_io_priority;
+  if (g_io_slice_us >= 0) cfg.serve.io_slice_us = g_io_slice_us;
+  if (g_background_slice_us >= 0) cfg.background_slice_us = g_background_slice_us;
   if (g_serve_threads > 0) cfg.serve.threads = g_serve_threads;
   Status s = app::Service::Start(cfg, &stack->service);
   if (!s.ok()) {
@@ -553,6 +562,13 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 19));
   app.add_option("--io-priority", g_io_priority,
                  "serve.io_priority of the service: nice:N or fifo:P (default: inherit)");
+  app.add_option("--io-slice-us", g_io_slice_us,
+                 "serve.io_slice_us of the service (default 100; 0: inherited)")
+      ->check(CLI::Range(0, 100000));
+  app.add_option("--background-slice-us", g_background_slice_us,
+                 "serve.background_slice_us of the service and of the benchmark's broker "
+                 "(default 3000; 0: inherited)")
+      ->check(CLI::Range(0, 100000));
   app.add_option("--serve-threads", g_serve_threads, "serve.threads of the service (default 2)")
       ->check(CLI::Range(1, 256));
   app.add_option("--kafka-property", kafka_props,

@@ -378,6 +378,11 @@ const std::vector<Key>& KeyTable() {
           return serve::ParseIoPriority(s, &p) ? "" : "not one of these forms";
         }));
     t.push_back(IntKey(
+        "serve.io_slice_us", [](auto& c) -> auto& { return c.serve.io_slice_us; }, 0, 100000));
+    t.push_back(IntKey(
+        "serve.background_slice_us", [](auto& c) -> auto& { return c.background_slice_us; }, 0,
+        100000));
+    t.push_back(IntKey(
         "serve.max_body_bytes", [](auto& c) -> auto& { return c.serve.max_body_bytes; }, 1,
         int64_t{1} << 32));
     t.push_back(IntKey(

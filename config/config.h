@@ -43,6 +43,13 @@ struct AppConfig {
   learner::Blend blend;
   store::StoreOptions store;
   serve::ServeOptions serve;
+  // The scheduler time slice (microseconds, common/thread_slice.h) of every
+  // thread the service starts except the HTTP I/O threads
+  // (serve.io_slice_us): training, ingest, checkpoints, librdkafka and
+  // RocksDB threads, the embedded Kafka. Longer than the I/O threads' slice
+  // so that a request preempts them at once. 0 leaves them the slice of the
+  // thread that calls Service::Start. Key serve.background_slice_us.
+  int background_slice_us = 3000;
   // trace, debug, info, warn or error.
   std::string log_level = "info";
 };

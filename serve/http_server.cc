@@ -36,6 +36,8 @@
 #include <thread>
 #include <vector>
 
+#include "common/thread_slice.h"
+
 namespace recstream::serve {
 
 namespace beast = boost::beast;
@@ -637,9 +639,14 @@ Status HttpServer::Start(const ServeOptions& options, HttpHandler handler,
   std::vector<std::promise<std::string>> applied(threads);
   for (int i = 0; i < threads; ++i) {
     net::io_context* ioc = &impl->loops[i]->ioc;
-    impl->threads.emplace_back([ioc, priority, result = &applied[i]] {
+    impl->threads.emplace_back([ioc, priority, io_slice_us = options.io_slice_us,
+                                result = &applied[i]] {
       pthread_setname_np(pthread_self(), "http-io");
-      result->set_value(ApplyIoPriority(priority));
+      std::string error = ApplyIoPriority(priority);
+      // A hint the kernel may ignore (common/thread_slice.h): no error.
+      if (error.empty() && priority.kind != IoPriority::Kind::kFifo)
+        (void)SetThreadSliceMicros(io_slice_us);
+      result->set_value(std::move(error));
       // Handlers catch their own exceptions; this guards against the
       // unexpected so that one failure cannot take the process down.
       for (;;) {

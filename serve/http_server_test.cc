@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/thread_slice.h"
 #include "serve/test_http_client.h"
 
 namespace recstream::serve {
@@ -284,7 +285,6 @@ TEST_CASE("HttpServer stops cleanly with open connections", "[http]") {
 }
 
 }  // namespace
-namespace recstream::serve {
 namespace {
 
 // Sends `request` on a new connection and returns every byte received until
@@ -398,7 +398,6 @@ TEST_CASE("HttpServer runs its I/O threads at io_priority and still answers", "[
 }
 
 }  // namespace
-}  // namespace recstream::serve
 
 TEST_CASE("HttpServer answers other connections while an admin request blocks", "[http]") {
   // One I/O thread: every connection shares one event loop, so a blocking
@@ -463,6 +462,47 @@ TEST_CASE("HttpServer stops while an admin request is queued", "[http]") {
   release.set_value();
   stopper.join();
   CHECK(started == 1);
+}
+
+namespace {
+
+HttpResponse SliceEcho(const HttpRequest&) {
+  return HttpResponse{200, "text/plain",
+                      std::to_string(ThreadSliceMicros()) + " " + ThreadScheduling()};
+}
+
+}  // namespace
+
+TEST_CASE("HttpServer's I/O threads ask for serve.io_slice_us", "[http]") {
+  const int64_t inherited = ThreadSliceMicros();
+  if (inherited == 0) {
+    WARN("this kernel reports no time slice (before Linux 6.12): skipped");
+    return;
+  }
+  // A slice unlike the inherited one, so that a thread left alone shows.
+  const int64_t asked = inherited == 250 ? 350 : 250;
+  struct Case {
+    int io_slice_us;
+    std::string io_priority;
+    std::string expected;
+  };
+  for (const Case& c : std::vector<Case>{
+           {int(asked), "", std::to_string(asked) + " " + ThreadScheduling()},
+           {0, "", std::to_string(inherited) + " " + ThreadScheduling()},
+           {int(asked), "nice:7", std::to_string(asked) + " policy=0 nice=7"}}) {
+    INFO(c.io_slice_us << " " << c.io_priority);
+    ServeOptions o = TestOptions();
+    o.io_slice_us = c.io_slice_us;
+    o.io_priority = c.io_priority;
+    std::unique_ptr<HttpServer> server;
+    REQUIRE(HttpServer::Start(o, SliceEcho, &server).ok());
+    for (int i = 0; i < 4; ++i) {  // both I/O threads
+      ClientResponse r = HttpCall(server->port(), "GET", "/");
+      REQUIRE(r.status == 200);
+      CHECK(r.body == c.expected);
+    }
+  }
+  CHECK(ThreadSliceMicros() == inherited);  // the caller's own is untouched
 }
 
 }  // namespace recstream::serve

@@ -36,6 +36,12 @@ struct ServeOptions {
   // fails. Threads the I/O threads start do not inherit the setting
   // (SCHED_RESET_ON_FORK).
   std::string io_priority;
+  // The scheduler time slice the I/O threads ask for, in microseconds
+  // (common/thread_slice.h; Linux 6.12+, ignored by older kernels; not with
+  // "fifo:P"). Shorter than the background threads' slice, it lets a
+  // request preempt training or Kafka work at once instead of at the
+  // kernel's next tick. 0 keeps the inherited slice.
+  int io_slice_us = 100;
   size_t max_body_bytes = 8 << 20;
   size_t max_header_bytes = 16 << 10;
   int request_timeout_ms = 10000;

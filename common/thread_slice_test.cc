@@ -1,0 +1,41 @@
+// Built into serve_test (common/ is header-only; its users' tests run it).
+#include "common/thread_slice.h"
+
+#include <catch2/catch.hpp>
+#include <thread>
+
+namespace recstream {
+
+TEST_CASE("ThreadSliceScope: threads started inside keep its slice, the caller gets its own back",
+          "[thread_slice]") {
+  const int64_t before = ThreadSliceMicros();
+  if (before == 0) {
+    WARN("this kernel reports no time slice (before Linux 6.12): skipped");
+    return;
+  }
+  const int64_t asked = before == 2000 ? 3000 : 2000;
+  int64_t in_scope = 0, child = 0, late_child = 0;
+  {
+    const ThreadSliceScope scope(asked);
+    in_scope = ThreadSliceMicros();
+    std::thread([&] {
+      child = ThreadSliceMicros();
+      // A thread started by that thread after the scope ended still has it.
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }).join();
+  }
+  std::thread([&] { late_child = ThreadSliceMicros(); }).join();
+  CHECK(in_scope == asked);
+  CHECK(child == asked);
+  CHECK(ThreadSliceMicros() == before);
+  CHECK(late_child == before);
+  // Values outside the kernel's [100 us, 100 ms] are clamped or refused, never fatal.
+  CHECK_FALSE(SetThreadSliceMicros(0));
+  {
+    const ThreadSliceScope tiny(1);
+    CHECK(ThreadSliceMicros() >= 100);
+  }
+  CHECK(ThreadSliceMicros() == before);
+}
+
+}  // namespace recstream
