@@ -2,6 +2,7 @@
 #include "common/thread_slice.h"
 
 #include <catch2/catch.hpp>
+#include <future>
 #include <thread>
 
 namespace recstream {
@@ -14,19 +15,24 @@ TEST_CASE("ThreadSliceScope: threads started inside keep its slice, the caller g
     return;
   }
   const int64_t asked = before == 2000 ? 3000 : 2000;
-  int64_t in_scope = 0, child = 0, late_child = 0;
+  int64_t in_scope = 0, child = 0, child_after = 0, late_child = 0;
+  std::promise<void> scope_ended;
+  std::thread started_inside;
   {
     const ThreadSliceScope scope(asked);
     in_scope = ThreadSliceMicros();
-    std::thread([&] {
+    started_inside = std::thread([&, ended = scope_ended.get_future()] {
       child = ThreadSliceMicros();
-      // A thread started by that thread after the scope ended still has it.
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }).join();
+      ended.wait();  // a thread started inside keeps the slice after the scope
+      child_after = ThreadSliceMicros();
+    });
   }
+  scope_ended.set_value();
+  started_inside.join();
   std::thread([&] { late_child = ThreadSliceMicros(); }).join();
   CHECK(in_scope == asked);
   CHECK(child == asked);
+  CHECK(child_after == asked);
   CHECK(ThreadSliceMicros() == before);
   CHECK(late_child == before);
   // Values outside the kernel's [100 us, 100 ms] are clamped or refused, never fatal.

@@ -643,9 +643,9 @@ Status HttpServer::Start(const ServeOptions& options, HttpHandler handler,
                                 result = &applied[i]] {
       pthread_setname_np(pthread_self(), "http-io");
       std::string error = ApplyIoPriority(priority);
-      // A hint the kernel may ignore (common/thread_slice.h): no error.
-      if (error.empty() && priority.kind != IoPriority::Kind::kFifo)
-        (void)SetThreadSliceMicros(io_slice_us);
+      // A hint the kernel may ignore, and not for SCHED_FIFO threads
+      // (common/thread_slice.h): no error.
+      if (error.empty()) (void)SetThreadSliceMicros(io_slice_us);
       result->set_value(std::move(error));
       // Handlers catch their own exceptions; this guards against the
       // unexpected so that one failure cannot take the process down.
