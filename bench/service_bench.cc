@@ -99,7 +99,7 @@ bool StartService(int checkpoint_ms, Stack* stack) {
   cfg.serve.admin_token = kAdminToken;
   cfg.serve.io_priority = g_io_priority;
   if (g_io_slice_us >= 0) cfg.serve.io_slice_us = g_io_slice_us;
-  if (g_background_slice_us >= 0) cfg.background_slice_us = g_background_slice_us;
+  // cfg.background_slice_us: set by StartKafka, which every mode runs first.
   if (g_serve_threads > 0) cfg.serve.threads = g_serve_threads;
   Status s = app::Service::Start(cfg, &stack->service);
   if (!s.ok()) {

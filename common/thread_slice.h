@@ -34,25 +34,29 @@ struct SchedAttr {
   uint32_t util_min;
   uint32_t util_max;
 };
+
+// Reads the calling thread's attributes; false when they cannot be read or
+// the thread is not SCHED_OTHER or SCHED_BATCH (no slice to ask for).
+inline bool ReadFairAttr(SchedAttr* a) {
+  *a = SchedAttr{};
+  if (syscall(SYS_sched_getattr, 0, a, sizeof *a, 0) != 0) return false;
+  return a->sched_policy == SCHED_OTHER || a->sched_policy == SCHED_BATCH;
+}
 }  // namespace internal
 
 // The calling thread's slice in microseconds; 0 when it cannot be read or
 // the thread is not SCHED_OTHER or SCHED_BATCH.
 inline int64_t ThreadSliceMicros() {
-  internal::SchedAttr a{};
-  if (syscall(SYS_sched_getattr, 0, &a, sizeof a, 0) != 0) return 0;
-  if (a.sched_policy != SCHED_OTHER && a.sched_policy != SCHED_BATCH) return 0;
-  return int64_t(a.sched_runtime / 1000);
+  internal::SchedAttr a;
+  return internal::ReadFairAttr(&a) ? int64_t(a.sched_runtime / 1000) : 0;
 }
 
 // Asks for a slice of `micros` for the calling thread. False when the
 // thread is not SCHED_OTHER or SCHED_BATCH, micros <= 0, or the kernel
 // refused it.
 inline bool SetThreadSliceMicros(int64_t micros) {
-  if (micros <= 0) return false;
-  internal::SchedAttr a{};
-  if (syscall(SYS_sched_getattr, 0, &a, sizeof a, 0) != 0) return false;
-  if (a.sched_policy != SCHED_OTHER && a.sched_policy != SCHED_BATCH) return false;
+  internal::SchedAttr a;
+  if (micros <= 0 || !internal::ReadFairAttr(&a)) return false;
   a.size = sizeof a;
   a.sched_flags &= 0x01;  // SCHED_FLAG_RESET_ON_FORK stays as it was
   a.sched_runtime = uint64_t(micros) * 1000;
