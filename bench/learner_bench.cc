@@ -20,6 +20,8 @@
 // over the whole stream: no model state is shared, so their combined rate
 // over the one-thread rate is what two cores of this machine give two
 // learners that share nothing, the reference for the two-thread speedup.
+// With --interleave the pair takes its turn on every slice like the other
+// learners (and the stream is not parsed whole beforehand).
 //
 // --cyclic-users replaces event i's user by user i mod U, so that exactly
 // min(N, U) distinct users exist (for memory scaling); labels keep the
@@ -229,14 +231,58 @@ RunResult RunOnce(const Config& cfg, int threads, const std::vector<learner::Eve
   return run.Finish(SecondsSince(wall_start));
 }
 
+// --pair: two one-thread learners, one per thread, started together over
+// the same events; both stop when the first has trained all of them, so
+// that every timed call ran while the other learner was training too.
+struct PairResult {
+  uint64_t events[2] = {0, 0};
+  double seconds[2] = {0, 0};  // in Train
+  double cpu_seconds[2] = {0, 0};
+  double wall_seconds = 0;  // from each start to the first one's end, summed
+};
+
+using LearnerPair = std::array<std::unique_ptr<learner::Learner>, 2>;
+
+LearnerPair MakePair(const Config& cfg) { return {MakeLearner(cfg, 1), MakeLearner(cfg, 1)}; }
+
+// Adds one such run over `events` to *r.
+void TrainPair(const Config& cfg, LearnerPair& models, std::span<const learner::Event> events,
+               PairResult* r) {
+  std::atomic<int> ready{0};
+  std::atomic<bool> done{false};
+  auto work = [&](int k) {
+    ready.fetch_add(1);
+    while (ready.load() < 2) {
+    }
+    const auto start = Clock::now();
+    for (size_t offset = 0; offset < events.size() && !done.load(std::memory_order_relaxed);
+         offset += cfg.batch) {
+      const size_t n = std::min(cfg.batch, events.size() - offset);
+      const auto call_start = Clock::now();
+      const double cpu_start = ThreadCpuSeconds();
+      models[k]->Train(events.subspan(offset, n));
+      r->seconds[k] += SecondsSince(call_start);
+      r->cpu_seconds[k] += ThreadCpuSeconds() - cpu_start;
+      r->events[k] += n;
+    }
+    if (!done.exchange(true)) r->wall_seconds += SecondsSince(start);
+  };
+  std::thread other(work, 1);
+  work(0);
+  other.join();
+}
+
 // --interleave: one learner per thread count over the same stream, taking
 // turns a slice of `cfg.interleave` events at a time (the slice parsed once,
 // beforehand; the order of the turns alternates from slice to slice). Every
 // learner sees the machine of the same seconds, so their rates compare even
-// when the machine's speed drifts during the run.
-std::vector<RunResult> RunInterleaved(const Config& cfg) {
+// when the machine's speed drifts during the run. With `pair`, a pair of
+// one-thread learners (TrainPair) takes a turn too, last and then first.
+std::vector<RunResult> RunInterleaved(const Config& cfg, PairResult* pair) {
   std::vector<std::unique_ptr<Run>> runs;
   for (int t : cfg.threads) runs.push_back(std::make_unique<Run>(cfg, t));
+  std::optional<LearnerPair> pair_models;
+  if (pair) pair_models = MakePair(cfg);
   EventSource source(cfg, nullptr);
   std::vector<learner::Event> slice(cfg.interleave);
   for (size_t turn = 0;; ++turn) {
@@ -246,11 +292,14 @@ std::vector<RunResult> RunInterleaved(const Config& cfg) {
                         n, std::min(cfg.batch, slice.size() - n)))) > 0;)
       n += k;
     if (n == 0) break;
+    const std::span<const learner::Event> events(slice.data(), n);
+    if (pair && turn % 2 == 1) TrainPair(cfg, *pair_models, events, pair);
     for (size_t j = 0; j < runs.size(); ++j) {
       Run& run = *runs[turn % 2 == 0 ? j : runs.size() - 1 - j];
       for (size_t b = 0; b < n; b += cfg.batch)
-        run.Train(std::span<const learner::Event>(slice.data() + b, std::min(cfg.batch, n - b)));
+        run.Train(events.subspan(b, std::min(cfg.batch, n - b)));
     }
+    if (pair && turn % 2 == 0) TrainPair(cfg, *pair_models, events, pair);
   }
   std::vector<RunResult> results;
   for (auto& run : runs) {
@@ -284,44 +333,6 @@ void Print(const Config& cfg, const RunResult& r) {
   std::fflush(stdout);
 }
 
-// --pair: two one-thread learners over `all`, one per thread, started
-// together; both stop when the first has trained all of it, so that every
-// timed call ran while the other learner was training too.
-struct PairResult {
-  uint64_t events[2] = {0, 0};
-  double seconds[2] = {0, 0};  // in Train
-  double cpu_seconds[2] = {0, 0};
-  double wall_seconds = 0;  // from the start to the first one's end
-};
-
-PairResult RunPair(const Config& cfg, const std::vector<learner::Event>& all) {
-  PairResult r;
-  std::unique_ptr<learner::Learner> models[2] = {MakeLearner(cfg, 1), MakeLearner(cfg, 1)};
-  std::atomic<int> ready{0};
-  std::atomic<bool> done{false};
-  auto work = [&](int k) {
-    ready.fetch_add(1);
-    while (ready.load() < 2) {
-    }
-    const auto start = Clock::now();
-    for (size_t offset = 0; offset < all.size() && !done.load(std::memory_order_relaxed);
-         offset += cfg.batch) {
-      const size_t n = std::min(cfg.batch, all.size() - offset);
-      const auto call_start = Clock::now();
-      const double cpu_start = ThreadCpuSeconds();
-      models[k]->Train(std::span<const learner::Event>(all.data() + offset, n));
-      r.seconds[k] += SecondsSince(call_start);
-      r.cpu_seconds[k] += ThreadCpuSeconds() - cpu_start;
-      r.events[k] += n;
-    }
-    if (!done.exchange(true)) r.wall_seconds = SecondsSince(start);
-  };
-  std::thread other(work, 1);
-  work(0);
-  other.join();
-  return r;
-}
-
 }  // namespace
 }  // namespace recstream::bench
 
@@ -347,14 +358,15 @@ int main(int argc, char** argv) {
                "parse the whole stream before timing; Train calls back to back");
   app.add_flag("--pair", cfg.pair,
                "also run two independent one-thread learners at once (implies --preparsed): "
-               "what two cores give two learners that share nothing");
+               "what two cores give two learners that share nothing (with --interleave: a "
+               "turn on every slice)");
   app.add_option("--interleave", cfg.interleave,
                  "one learner per thread count over the same stream, taking turns this many "
                  "events at a time (parsed beforehand): their rates compare on a machine whose "
                  "speed drifts (rss figures then cover all learners)");
   CLI11_PARSE(app, argc, argv);
   cfg.predictions = !no_predictions;
-  if (cfg.pair) cfg.preparsed = true;
+  if (cfg.pair && cfg.interleave == 0) cfg.preparsed = true;
 
   std::printf(
       "learner_bench events=%llu users=%d items=%d batch=%zu chunk=%d dim=%d train_nice=%d%s%s "
@@ -372,8 +384,9 @@ int main(int argc, char** argv) {
     std::printf("preparsed %zu events, rss_mib=%.1f\n", all.size(), MiB(ResidentBytes()));
   }
   std::vector<RunResult> results;
+  PairResult pair;
   if (cfg.interleave > 0) {
-    results = RunInterleaved(cfg);
+    results = RunInterleaved(cfg, cfg.pair ? &pair : nullptr);
     for (const RunResult& r : results) Print(cfg, r);
   } else {
     for (int t : cfg.threads) {
@@ -406,7 +419,11 @@ int main(int argc, char** argv) {
     }
   }
   if (cfg.pair) {
-    const PairResult p = RunPair(cfg, all);
+    if (cfg.interleave == 0) {
+      LearnerPair models = MakePair(cfg);
+      TrainPair(cfg, models, all, &pair);
+    }
+    const PairResult& p = pair;
     const double rate = double(p.events[0] + p.events[1]) / p.wall_seconds;
     std::printf(
         "pair (two independent 1-thread learners at once, no shared model): events_per_s=%.0f "
@@ -414,10 +431,15 @@ int main(int argc, char** argv) {
         rate, (unsigned long long)p.events[0], (unsigned long long)p.events[1], p.wall_seconds,
         p.cpu_seconds[0] / double(p.events[0]) * 1e6, p.cpu_seconds[1] / double(p.events[1]) * 1e6);
     for (const RunResult& r : results) {
-      if (r.threads != 1) continue;
-      std::printf(
-          "pair over the 1-thread run: %.3fx (what two cores give now without shared state)\n",
-          rate / (double(r.events) / r.train_seconds));
+      const double r_rate = double(r.events) / r.train_seconds;
+      if (r.threads == 1)
+        std::printf(
+            "pair over the 1-thread run: %.3fx (what two cores give now without shared state)\n",
+            rate / r_rate);
+      if (r.threads == 2)
+        std::printf(
+            "2-thread run over the pair: %.3f (the cost of sharing one model; 1 = none)\n",
+            r_rate / rate);
     }
   }
   std::printf("load after: %s\n", LoadAverage().c_str());

@@ -177,12 +177,12 @@ struct TrainState {
         fwd2(shape),
         dense_grad(shape.dense_size(), 0.0f),
         pending(shape),
+        staged_user(2 * size_t(shape.dim() + kNumTasks)),
+        staged_item(2 * size_t(shape.dim() + kNumTasks)),
         du(shape.dim() + 1),
         dv(shape.dim() + 1),
         du2(shape.dim() + 1),
-        dv2(shape.dim() + 1),
-        staged_user(2 * size_t(shape.dim() + kNumTasks)),
-        staged_item(2 * size_t(shape.dim() + kNumTasks)) {}
+        dv2(shape.dim() + 1) {}
   Forward fwd, fwd2;  // fwd2: the click tower of an ESMM purchase event
   std::vector<float> dense_grad;
   ExpertGradients pending;  // part of dense_grad, added at the chunk's end
