@@ -423,13 +423,13 @@ int main(int argc, char** argv) {
       LearnerPair models = MakePair(cfg);
       TrainPair(cfg, models, all, &pair);
     }
-    const PairResult& p = pair;
-    const double rate = double(p.events[0] + p.events[1]) / p.wall_seconds;
+    const double rate = double(pair.events[0] + pair.events[1]) / pair.wall_seconds;
     std::printf(
         "pair (two independent 1-thread learners at once, no shared model): events_per_s=%.0f "
         "(%llu + %llu events in %.3f s) cpu_per_event_us=%.3f/%.3f\n",
-        rate, (unsigned long long)p.events[0], (unsigned long long)p.events[1], p.wall_seconds,
-        p.cpu_seconds[0] / double(p.events[0]) * 1e6, p.cpu_seconds[1] / double(p.events[1]) * 1e6);
+        rate, (unsigned long long)pair.events[0], (unsigned long long)pair.events[1],
+        pair.wall_seconds, pair.cpu_seconds[0] / double(pair.events[0]) * 1e6,
+        pair.cpu_seconds[1] / double(pair.events[1]) * 1e6);
     for (const RunResult& r : results) {
       const double r_rate = double(r.events) / r.train_seconds;
       if (r.threads == 1)
