@@ -1,5 +1,5 @@
 // Small helpers shared by the benchmark programs: clocks, resident memory,
-// percentiles and the machine's load. Benchmarks only; no library depends on
+// percentiles, the machine's load and the hypervisor's steal time. Benchmarks only; no library depends on
 // this header.
 #pragma once
 
@@ -63,6 +63,38 @@ inline std::string LoadAverage() {
   in >> a >> b >> c;
   return a + " " + b + " " + c;
 }
+
+// The machine's CPU time over all its CPUs, in USER_HZ ticks, from the first
+// line of /proc/stat. `steal` is time a vCPU wanted to run while the
+// hypervisor ran something else: on a shared host it is the part of a slow
+// or late run that no change of ours can remove.
+struct HostTicks {
+  uint64_t total = 0;  // user nice system idle iowait irq softirq steal
+  uint64_t steal = 0;
+
+  static HostTicks Now() {
+    std::ifstream in("/proc/stat");
+    std::string cpu;
+    uint64_t v[8] = {};
+    in >> cpu;
+    HostTicks t;
+    for (int i = 0; i < 8 && (in >> v[i]); ++i) t.total += v[i];
+    t.steal = v[7];
+    return t;
+  }
+  HostTicks& operator+=(const HostTicks& o) {
+    total += o.total, steal += o.steal;
+    return *this;
+  }
+  HostTicks operator-(const HostTicks& o) const { return {total - o.total, steal - o.steal}; }
+  // "steal=N ticks (P% of the CPU time)".
+  std::string SummaryText() const {
+    char buf[80];
+    std::snprintf(buf, sizeof buf, "steal=%llu ticks (%.1f%% of the CPU time)",
+                  (unsigned long long)steal, total ? 100.0 * double(steal) / double(total) : 0.0);
+    return buf;
+  }
+};
 
 // The q-quantile (0..1) of `v` by the nearest-rank method; sorts `v`.
 inline double Quantile(std::vector<double>* v, double q) {

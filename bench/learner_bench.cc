@@ -63,6 +63,7 @@ struct RunResult {
   std::array<uint64_t, learner::kNumTasks> count{};
   learner::LearnerStats stats;
   uint64_t rss_before = 0, rss_after = 0;
+  HostTicks host;  // the machine's ticks during the Train calls
 };
 
 struct Config {
@@ -167,11 +168,13 @@ class Run {
 
   void Train(std::span<const learner::Event> events) {
     const size_t n = events.size();
+    const HostTicks host_start = HostTicks::Now();
     const auto start = Clock::now();
     const double cpu_start = CpuSeconds();
     model_->Train(events, cfg_.predictions ? &before_ : nullptr);
     r_.train_seconds += SecondsSince(start);
     r_.train_cpu_seconds += CpuSeconds() - cpu_start;
+    r_.host += HostTicks::Now() - host_start;
     r_.events += n;
     if (!cfg_.predictions) return;
     for (size_t i = 0; i < n; ++i) {
@@ -239,6 +242,7 @@ struct PairResult {
   double seconds[2] = {0, 0};  // in Train
   double cpu_seconds[2] = {0, 0};
   double wall_seconds = 0;  // from each start to the first one's end, summed
+  HostTicks host;           // the machine's ticks during the runs
 };
 
 using LearnerPair = std::array<std::unique_ptr<learner::Learner>, 2>;
@@ -267,9 +271,11 @@ void TrainPair(const Config& cfg, LearnerPair& models, std::span<const learner::
     }
     if (!done.exchange(true)) r->wall_seconds += SecondsSince(start);
   };
+  const HostTicks host_start = HostTicks::Now();
   std::thread other(work, 1);
   work(0);
   other.join();
+  r->host += HostTicks::Now() - host_start;
 }
 
 // --interleave: one learner per thread count over the same stream, taking
@@ -315,11 +321,11 @@ void Print(const Config& cfg, const RunResult& r) {
   std::printf(
       "threads=%d events=%llu train_s=%.3f events_per_s=%.0f train_cpu_s=%.3f "
       "events_per_cpu_s=%.0f wall_s=%.2f users=%llu items=%llu features=%llu rss_mib=%.1f "
-      "learner_rss_mib=%.1f\n",
+      "learner_rss_mib=%.1f %s\n",
       r.threads, (unsigned long long)r.events, r.train_seconds, double(r.events) / r.train_seconds,
       r.train_cpu_seconds, double(r.events) / r.train_cpu_seconds, r.wall_seconds,
       (unsigned long long)st.users, (unsigned long long)st.items, (unsigned long long)st.features,
-      MiB(r.rss_after), MiB(r.rss_after - r.rss_before));
+      MiB(r.rss_after), MiB(r.rss_after - r.rss_before), r.host.SummaryText().c_str());
   if (cfg.predictions) {
     std::printf(
         "  progressive (exact, from Train's predictions): click auc=%.5f logloss=%.5f (n=%llu) | "
@@ -426,10 +432,10 @@ int main(int argc, char** argv) {
     const double rate = double(pair.events[0] + pair.events[1]) / pair.wall_seconds;
     std::printf(
         "pair (two independent 1-thread learners at once, no shared model): events_per_s=%.0f "
-        "(%llu + %llu events in %.3f s) cpu_per_event_us=%.3f/%.3f\n",
+        "(%llu + %llu events in %.3f s) cpu_per_event_us=%.3f/%.3f %s\n",
         rate, (unsigned long long)pair.events[0], (unsigned long long)pair.events[1],
         pair.wall_seconds, pair.cpu_seconds[0] / double(pair.events[0]) * 1e6,
-        pair.cpu_seconds[1] / double(pair.events[1]) * 1e6);
+        pair.cpu_seconds[1] / double(pair.events[1]) * 1e6, pair.host.SummaryText().c_str());
     for (const RunResult& r : results) {
       const double r_rate = double(r.events) / r.train_seconds;
       if (r.threads == 1)

@@ -19,8 +19,10 @@
 #   SCHEDSTAT=1: print, per thread group of service_bench and wrk, the CPU
 #     time and the run-queue wait (/proc/<tid>/schedstat) during the busy
 #     phase.
-# The busy phase also reports the events learned per second while wrk ran
-# (from /v1/stats before and after).
+# Both phases also report the hypervisor's steal time while wrk ran and the
+# share of requests whose handler finished within 0.5 and 1 ms (the
+# service's duration histogram, bench/host.sh); the busy phase also the events learned
+# per second while wrk ran (from /v1/stats before and after).
 # Target 3 (~20,000 req/s while learning), I/O threads at SCHED_FIFO, wrk
 # real-time below them:
 #   CONNS=37 WRK_PRIO="chrt -f 40" BENCH_ARGS="--io-priority fifo:50" SCHEDSTAT=1 \
@@ -29,6 +31,7 @@ set -euo pipefail
 build=${1:?usage: serve_wrk.sh BUILD_DIR [EVENTS]}
 events=${2:-4000000}
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/host.sh"
 conns=${CONNS:-20}
 delay=${DELAY_MS:-1}
 busy_s=${SECONDS_BUSY:-10}
@@ -89,6 +92,8 @@ sched_report() {
 wait_for '^consuming'
 echo "== GET /v1/score while learning: ${WRK_PRIO:+$WRK_PRIO }wrk -t$threads -c$conns -d${busy_s}s, DELAY_MS=$delay; load $(cut -d' ' -f1-3 /proc/loadavg)"
 learned0=$(learned)
+h0=$(host_ticks)
+b0=$(score_buckets "$addr")
 t0=$(date +%s.%N)
 # shellcheck disable=SC2086
 DELAY_MS=$delay ${WRK_PRIO:-} wrk -t"$threads" -c"$conns" -d"${busy_s}s" --latency -s "$here/score.lua" "http://$addr" &
@@ -103,6 +108,8 @@ if [ "${SCHEDSTAT:-0}" = 1 ]; then
 fi
 wait $wrk_pid
 t1=$(date +%s.%N)
+echo "$(steal_since "$h0") while wrk ran"
+server_share "$b0" "$(score_buckets "$addr")"
 learned1=$(learned)
 awk -v a="$learned0" -v b="$learned1" -v t0="$t0" -v t1="$t1" 'BEGIN {
   printf "learned while wrk ran: %.0f events in %.2f s = %.0f events/s\n", b - a, t1 - t0,
@@ -119,7 +126,11 @@ fi
 wait_for '^idle'
 grep -E '^throughput' "$log" || true
 echo "== GET /v1/score idle: wrk -t$threads -c$idle_conns -d${idle_s}s; load $(cut -d' ' -f1-3 /proc/loadavg)"
+h0=$(host_ticks)
+b0=$(score_buckets "$addr")
 wrk -t"$threads" -c"$idle_conns" -d"${idle_s}s" --latency -s "$here/score.lua" "http://$addr"
+echo "$(steal_since "$h0") while wrk ran"
+server_share "$b0" "$(score_buckets "$addr")"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 kill $bench_pid 2>/dev/null || true
 wait $bench_pid 2>/dev/null || true

@@ -128,15 +128,20 @@ bool WaitReady(uint16_t port) {
       std::chrono::seconds(60));
 }
 
+// Times of one kind of request, and the machine's ticks from the first
+// request (construction) to Print.
 struct Latencies {
   std::vector<double> ms;
   int errors = 0;
+  HostTicks host_start = HostTicks::Now();
   void Print(const char* what) {
     size_t n = ms.size();
     double p50 = Quantile(&ms, 0.50), p90 = Quantile(&ms, 0.90), p99 = Quantile(&ms, 0.99),
            max = Quantile(&ms, 1.0);
-    std::printf("%s: n=%zu errors=%d p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f max_ms=%.3f load=%s\n",
-                what, n, errors, p50, p90, p99, max, LoadAverage().c_str());
+    std::printf(
+        "%s: n=%zu errors=%d p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f max_ms=%.3f load=%s %s\n", what,
+        n, errors, p50, p90, p99, max, LoadAverage().c_str(),
+        (HostTicks::Now() - host_start).SummaryText().c_str());
   }
 };
 
@@ -150,13 +155,14 @@ void MeasureLatency(uint16_t port, int users, int items, int requests) {
     l->ms.push_back(SecondsSince(start) * 1e3);
     if (r.status != 200) ++l->errors;
   };
-  Latencies get, post, rec;
+  Latencies get;
   for (int i = 0; i < requests; ++i)
     timed(&get, "GET",
           "/v1/score?user=" + std::to_string(rng() % users) + "&item=i" +
               std::to_string(rng() % items),
           "");
   get.Print("GET /v1/score (sequential, keep-alive)");
+  Latencies post;
   for (int i = 0; i < std::max(1, requests / 50); ++i) {
     std::string body = "{\"user\":" + std::to_string(rng() % users) + ",\"items\":[";
     for (int k = 0; k < 1000; ++k)
@@ -165,6 +171,7 @@ void MeasureLatency(uint16_t port, int users, int items, int requests) {
     timed(&post, "POST", "/v1/score", body);
   }
   post.Print("POST /v1/score 1000 items");
+  Latencies rec;
   for (int i = 0; i < std::max(1, requests / 50); ++i)
     timed(&rec, "GET", "/v1/recommend?user=" + std::to_string(rng() % users) + "&k=10", "");
   rec.Print("GET /v1/recommend k=10");
@@ -224,6 +231,7 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
   while ((learned = Learned(&c)) <= 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   auto first = Clock::now();
   const double learn_cpu0 = CpuSeconds();
+  const HostTicks host0 = HostTicks::Now();
   double learned_first = learned;
   std::printf("consuming (%.2f s after start, %.0f events learned at first sight)\n",
               std::chrono::duration<double>(first - start).count(), learned_first);
@@ -271,6 +279,7 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
   double learn_s = SecondsSince(first);
   longest_stall_ms = std::max(longest_stall_ms, SecondsSince(last_progress) * 1e3);
   const double learn_cpu_s = CpuSeconds() - learn_cpu0;
+  const HostTicks learn_host = HostTicks::Now() - host0;
   auto ck_start = Clock::now();
   TestConnection admin(stack.port, 300000);  // a big checkpoint takes longer than 5 s
   auto ck = admin.Request("POST", "/v1/admin/checkpoint", "",
@@ -292,9 +301,10 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
   std::printf(
       "learning: cpu_s=%.3f (whole process) cpu_us_per_event=%.3f longest_stall_ms=%.1f (ended "
       "%.2f s after the first event learned, at %.0f learned) slowest_stats_ms=%.1f (answered "
-      "%.2f s after the first event learned)\n",
+      "%.2f s after the first event learned) %s\n",
       learn_cpu_s, learn_cpu_s * 1e6 / (double(events) - learned_first), longest_stall_ms,
-      longest_stall_end_s, longest_stall_learned, slowest_stats_ms, slowest_stats_end_s);
+      longest_stall_end_s, longest_stall_learned, slowest_stats_ms, slowest_stats_end_s,
+      learn_host.SummaryText().c_str());
   std::printf("idle\n");
   std::fflush(stdout);
   if (latency) MeasureLatency(stack.port, users, items, 20000);
