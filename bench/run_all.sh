@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # Runs every benchmark of BENCHMARKS.md in turn (about 15 minutes on the
-# 2-core machine), printing the load average beside each.
+# 2-core machine), printing the load average beside each and the
+# hypervisor's steal time after each.
 #   bench/run_all.sh BUILD_DIR
 set -euo pipefail
 build=${1:?usage: run_all.sh BUILD_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 b=$build/bench
-step() { echo; echo "### $* (load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%H:%M:%S) UTC)"; }
+. "$here/host.sh"
+h_prev=
+step_end() { [ -z "$h_prev" ] || echo "--- step done: $(steal_since "$h_prev")"; }
+step() {
+  step_end
+  echo; echo "### $* (load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%H:%M:%S) UTC)"
+  h_prev=$(host_ticks)
+}
 
 echo "commit $(git -C "$here/.." rev-parse --short HEAD); modified: $(git -C "$here/.." status --short -- learner ingest serve app store | tr '\n' ' ')"
 step learner_bench 10M events, 1 vs 2 threads
@@ -38,3 +46,4 @@ for users in 100000 1000000 10000000; do
   step learner cost against distinct users: $users
   "$b/learner_bench" --events $users --users $users --cyclic-users --threads 2 --no-predictions
 done
+step_end
