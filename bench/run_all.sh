@@ -11,12 +11,16 @@ b=$build/bench
 h_prev=
 step_end() { [ -z "$h_prev" ] || echo "--- step done: $(steal_since "$h_prev")"; }
 step() {
-  step_end
+  step host_probe again
+"$b/host_probe"
+step_end
   echo; echo "### $* (load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%H:%M:%S) UTC)"
   h_prev=$(host_ticks)
 }
 
 echo "commit $(git -C "$here/.." rev-parse --short HEAD); modified: $(git -C "$here/.." status --short -- learner ingest serve app store | tr '\n' ' ')"
+step host_probe: how fast the host runs fixed work now
+"$b/host_probe"
 step learner_bench 10M events, 1 vs 2 threads
 "$b/learner_bench" --events 10000000 --threads 1,2
 step parser_bench
@@ -46,4 +50,6 @@ for users in 100000 1000000 10000000; do
   step learner cost against distinct users: $users
   "$b/learner_bench" --events $users --users $users --cyclic-users --threads 2 --no-predictions
 done
+step host_probe again
+"$b/host_probe"
 step_end

@@ -68,6 +68,7 @@ std::string g_io_priority;       // NOLINT: set once by main; serve.io_priority
 int g_io_slice_us = -1;          // NOLINT: set once by main; -1: serve.io_slice_us' default
 int g_background_slice_us = -1;  // NOLINT: set once by main; -1: the configuration's default
 int g_serve_threads = 0;         // NOLINT: set once by main; 0: serve.threads' default
+int g_learner_threads = -1;      // NOLINT: set once by main; -1: learner.threads' default
 
 struct Stack {
   testing::TempDir dir;
@@ -93,6 +94,7 @@ bool StartService(int checkpoint_ms, Stack* stack) {
   cfg.kafka.group_id = "bench";
   cfg.kafka.properties = g_kafka_properties;
   if (g_train_nice >= 0) cfg.learner.train_nice = g_train_nice;
+  if (g_learner_threads >= 0) cfg.learner.threads = g_learner_threads;
   cfg.store.path = stack->dir.path() + "/store";
   cfg.store.checkpoint_interval_ms = checkpoint_ms;
   cfg.serve.listen = "127.0.0.1:0";
@@ -581,6 +583,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 100000));
   app.add_option("--serve-threads", g_serve_threads, "serve.threads of the service (default 2)")
       ->check(CLI::Range(1, 256));
+  app.add_option("--learner-threads", g_learner_threads,
+                 "learner.threads of the service (default 0: one per core)")
+      ->check(CLI::Range(0, 256));
   app.add_option("--kafka-property", kafka_props,
                  "KEY=VALUE librdkafka property of the service (kafka.properties.*)");
 
