@@ -4,7 +4,9 @@
 // with the same binary, and the hypervisor's steal counter moved little; what
 // changed was the speed of the vCPU itself (another tenant on its core or its
 // memory). Three fixed loops, each timed as the best of five runs:
-//   compute   a dependent chain of integer multiplies and adds (core speed)
+//   compute   a dependent chain of integer multiplies and adds (core speed),
+//             and eight independent chains (core throughput: drops when
+//             another tenant's hyperthread shares the physical core)
 //   memory    a dependent walk in random order through 16 MiB, then 256 MiB
 //             in 4 KiB pages, then 256 MiB in 2 MiB pages (cache, DRAM and
 //             page-walk latency; the learner's embedding lookups are such
@@ -39,12 +41,25 @@ uint64_t ComputeChain(uint64_t seed) {
   return x;
 }
 
-// ns per iteration of ComputeChain, best of `reps`.
-double ComputeNs(int reps) {
+// Eight independent chains of the same: throughput-bound (what a core shared
+// with another tenant's hyperthread loses), where one chain is latency-bound.
+uint64_t ComputeWide(uint64_t seed) {
+  uint64_t x[8];
+  for (int k = 0; k < 8; ++k) x[k] = (seed + uint64_t(k)) | 1;
+  for (uint64_t i = 0; i < kComputeIters / 8; ++i) {
+    for (int k = 0; k < 8; ++k) x[k] = x[k] * 6364136223846793005ull + (x[k] >> 29) + i;
+  }
+  uint64_t r = 0;
+  for (int k = 0; k < 8; ++k) r ^= x[k];
+  return r;
+}
+
+// ns per step (one multiply-shift-add) of `f`, best of `reps`.
+double StepNs(uint64_t (*f)(uint64_t), int reps) {
   double best = 1e30;
   for (int r = 0; r < reps; ++r) {
     const auto start = Clock::now();
-    volatile uint64_t sink = ComputeChain(uint64_t(r));
+    volatile uint64_t sink = f(uint64_t(r));
     (void)sink;
     best = std::min(best, SecondsSince(start) * 1e9 / double(kComputeIters));
   }
@@ -114,14 +129,15 @@ double MemoryNs(size_t bytes, bool huge, int reps) {
 int main() {
   using namespace recstream::bench;
   const HostTicks h0 = HostTicks::Now();
-  const double compute = ComputeNs(5), memory16 = MemoryNs(size_t(16) << 20, false, 5),
+  const double compute = StepNs(ComputeChain, 5), wide = StepNs(ComputeWide, 5),
+               memory16 = MemoryNs(size_t(16) << 20, false, 5),
                memory256 = MemoryNs(size_t(256) << 20, false, 5),
                memory256h = MemoryNs(size_t(256) << 20, true, 5), both = ComputeBothNs(5);
   std::printf(
-      "host_probe: compute %.3f ns/iter; memory ns/load: 16 MiB %.1f, 256 MiB %.1f, 256 MiB in "
-      "2 MiB pages %.1f (%.0f MiB of them granted); compute on both vCPUs %.3f ns/iter (%.2fx "
+      "host_probe: compute %.3f ns/step, 8 chains %.3f ns/step; memory ns/load: 16 MiB %.1f, 256 MiB %.1f, 256 MiB in "
+      "2 MiB pages %.1f (%.0f MiB of them granted); compute on both vCPUs %.3f ns/step (%.2fx "
       "one) | load=%s %s\n",
-      compute, memory16, memory256, memory256h, MiB(g_huge_bytes), both, both / compute, LoadAverage().c_str(),
+      compute, wide, memory16, memory256, memory256h, MiB(g_huge_bytes), both, both / compute, LoadAverage().c_str(),
       (HostTicks::Now() - h0).SummaryText().c_str());
   return 0;
 }
