@@ -69,6 +69,7 @@ int g_io_slice_us = -1;          // NOLINT: set once by main; -1: serve.io_slice
 int g_background_slice_us = -1;  // NOLINT: set once by main; -1: the configuration's default
 int g_serve_threads = 0;         // NOLINT: set once by main; 0: serve.threads' default
 int g_learner_threads = -1;      // NOLINT: set once by main; -1: learner.threads' default
+int g_ingest_min_kib = -1;       // NOLINT: set once by main; -1: store ingest_min_bytes' default
 
 struct Stack {
   testing::TempDir dir;
@@ -95,6 +96,7 @@ bool StartService(int checkpoint_ms, Stack* stack) {
   cfg.kafka.properties = g_kafka_properties;
   if (g_train_nice >= 0) cfg.learner.train_nice = g_train_nice;
   if (g_learner_threads >= 0) cfg.learner.threads = g_learner_threads;
+  if (g_ingest_min_kib >= 0) cfg.store.ingest_min_bytes = size_t(g_ingest_min_kib) << 10;
   cfg.store.path = stack->dir.path() + "/store";
   cfg.store.checkpoint_interval_ms = checkpoint_ms;
   cfg.serve.listen = "127.0.0.1:0";
@@ -586,6 +588,9 @@ int main(int argc, char** argv) {
   app.add_option("--learner-threads", g_learner_threads,
                  "learner.threads of the service (default 0: one per core)")
       ->check(CLI::Range(0, 256));
+  app.add_option("--ingest-min-kib", g_ingest_min_kib,
+                 "checkpoints of at least this many KiB are written as table files and ingested "
+                 "(store ingest_min_bytes, not a configuration key; default 4096)");
   app.add_option("--kafka-property", kafka_props,
                  "KEY=VALUE librdkafka property of the service (kafka.properties.*)");
 
