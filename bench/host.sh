@@ -37,3 +37,14 @@ server_share() {
            total, 100 * (after["0.0005"] - before["0.0005"]) / total,
            100 * (after["0.001"] - before["0.001"]) / total }'
 }
+
+# host_mark ADDR, then host_report ADDR after a measurement: the steal time
+# and the handler's share (server_share) between the two, a line each.
+host_mark() {
+  mark_ticks=$(host_ticks)
+  mark_buckets=$(score_buckets "$1")
+}
+host_report() {
+  echo "$(steal_since "$mark_ticks") while wrk ran"
+  server_share "$mark_buckets" "$(score_buckets "$1")"
+}

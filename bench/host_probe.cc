@@ -3,7 +3,7 @@
 // 2-vCPU host the one-thread learner has run from 0.59M to 1.48M events/s
 // with the same binary, and the hypervisor's steal counter moved little; what
 // changed was the speed of the vCPU itself (another tenant on its core or its
-// memory). Three fixed loops, each timed as the best of five runs:
+// memory). Fixed loops, each timed as the best of five runs:
 //   compute   a dependent chain of integer multiplies and adds (core speed),
 //             and eight independent chains (core throughput: drops when
 //             another tenant's hyperthread shares the physical core)
@@ -11,8 +11,8 @@
 //             in 4 KiB pages, then 256 MiB in 2 MiB pages (cache, DRAM and
 //             page-walk latency; the learner's embedding lookups are such
 //             loads, in 2 MiB pages where the kernel gives them)
-//   both      the compute loop on two threads at once, in ns per iteration
-//             per thread (how much the second vCPU slows the first)
+//   both      the dependent chain on two threads at once, the slower
+//             thread's ns per step (how much the second vCPU slows the first)
 // and the steal time while it ran.
 //
 //   host_probe
@@ -22,9 +22,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
-#include <string>
 #include <numeric>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -54,33 +54,24 @@ uint64_t ComputeWide(uint64_t seed) {
   return r;
 }
 
-// ns per step (one multiply-shift-add) of `f`, best of `reps`.
-double StepNs(uint64_t (*f)(uint64_t), int reps) {
+// ns per step (one multiply-shift-add) of `f` run on `threads` threads at
+// once, the slowest thread's; best of `reps`.
+double StepNs(uint64_t (*f)(uint64_t), int threads, int reps) {
   double best = 1e30;
   for (int r = 0; r < reps; ++r) {
-    const auto start = Clock::now();
-    volatile uint64_t sink = f(uint64_t(r));
-    (void)sink;
-    best = std::min(best, SecondsSince(start) * 1e9 / double(kComputeIters));
-  }
-  return best;
-}
-
-// The same on two threads at once: the slower thread's ns per iteration.
-double ComputeBothNs(int reps) {
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    double t[2] = {0, 0};
+    std::vector<double> seconds(size_t(threads), 0.0);
     auto work = [&](int k) {
       const auto start = Clock::now();
-      volatile uint64_t sink = ComputeChain(uint64_t(r * 2 + k));
+      volatile uint64_t sink = f(uint64_t(r * threads + k));
       (void)sink;
-      t[k] = SecondsSince(start);
+      seconds[size_t(k)] = SecondsSince(start);
     };
-    std::thread other(work, 1);
+    std::vector<std::thread> others;
+    for (int k = 1; k < threads; ++k) others.emplace_back(work, k);
     work(0);
-    other.join();
-    best = std::min(best, std::max(t[0], t[1]) * 1e9 / double(kComputeIters));
+    for (std::thread& t : others) t.join();
+    best = std::min(
+        best, *std::max_element(seconds.begin(), seconds.end()) * 1e9 / double(kComputeIters));
   }
   return best;
 }
@@ -94,11 +85,10 @@ uint64_t AnonHugeBytes() {
   }
   return 0;
 }
-uint64_t g_huge_bytes = 0;  // NOLINT: written once by MemoryNs(huge) in main's thread
-
 // ns per load of a dependent walk over a random cycle through `bytes`, in
-// 2 MiB pages if `huge` (as the learner's tables ask for), else 4 KiB pages.
-double MemoryNs(size_t bytes, bool huge, int reps) {
+// 2 MiB pages if `huge` (as the learner's tables ask for), else 4 KiB pages;
+// with `huge`, *huge_bytes is what the kernel granted of them.
+double MemoryNs(size_t bytes, bool huge, int reps, uint64_t* huge_bytes = nullptr) {
   const size_t n = bytes / sizeof(uint32_t);
   void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) return 0;
@@ -108,7 +98,7 @@ double MemoryNs(size_t bytes, bool huge, int reps) {
   std::iota(order.begin(), order.end(), 0u);
   std::shuffle(order.begin(), order.end(), std::mt19937_64(7));
   for (size_t i = 0; i < n; ++i) next[order[i]] = order[(i + 1) % n];
-  if (huge) g_huge_bytes = AnonHugeBytes();
+  if (huge_bytes) *huge_bytes = AnonHugeBytes();
   constexpr uint64_t kLoads = 20'000'000;
   double best = 1e30;
   uint32_t at = order[0];
@@ -129,15 +119,18 @@ double MemoryNs(size_t bytes, bool huge, int reps) {
 int main() {
   using namespace recstream::bench;
   const HostTicks h0 = HostTicks::Now();
-  const double compute = StepNs(ComputeChain, 5), wide = StepNs(ComputeWide, 5),
+  uint64_t huge_bytes = 0;
+  const double compute = StepNs(ComputeChain, 1, 5), wide = StepNs(ComputeWide, 1, 5),
                memory16 = MemoryNs(size_t(16) << 20, false, 5),
                memory256 = MemoryNs(size_t(256) << 20, false, 5),
-               memory256h = MemoryNs(size_t(256) << 20, true, 5), both = ComputeBothNs(5);
+               memory256h = MemoryNs(size_t(256) << 20, true, 5, &huge_bytes),
+               both = StepNs(ComputeChain, 2, 5);
   std::printf(
-      "host_probe: compute %.3f ns/step, 8 chains %.3f ns/step; memory ns/load: 16 MiB %.1f, 256 MiB %.1f, 256 MiB in "
+      "host_probe: compute %.3f ns/step, 8 chains %.3f ns/step; memory ns/load: 16 MiB %.1f, 256 "
+      "MiB %.1f, 256 MiB in "
       "2 MiB pages %.1f (%.0f MiB of them granted); compute on both vCPUs %.3f ns/step (%.2fx "
       "one) | load=%s %s\n",
-      compute, wide, memory16, memory256, memory256h, MiB(g_huge_bytes), both, both / compute, LoadAverage().c_str(),
-      (HostTicks::Now() - h0).SummaryText().c_str());
+      compute, wide, memory16, memory256, memory256h, MiB(huge_bytes), both, both / compute,
+      LoadAverage().c_str(), (HostTicks::Now() - h0).SummaryText().c_str());
   return 0;
 }

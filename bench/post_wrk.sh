@@ -25,13 +25,10 @@ done
 addr=$(grep -m1 '^http=' "$log" | cut -d= -f2)
 ticks() { awk '{print $14 + $15}' /proc/$pid/stat; }
 t0=$(ticks)
-h0=$(host_ticks)
-b0=$(score_buckets "$addr")
+host_mark "$addr"
 out=$(wrk -t1 -c1 -d"${secs}s" -s "$here/post_score.lua" "http://$addr" | tail -1)
 t1=$(ticks)
-steal=$(steal_since "$h0")
-b1=$(score_buckets "$addr")
 rps=$(echo "$out" | sed 's/.*; \([0-9]*\) req\/s/\1/')
 echo "$out; service cpu $(awk -v a="$t0" -v b="$t1" -v r="$rps" -v s="$secs" -v hz="$(getconf CLK_TCK)" \
-  'BEGIN { printf "%.0f us/request", (b - a) / hz / (r * s) * 1e6 }'); $steal"
-server_share "$b0" "$b1"
+  'BEGIN { printf "%.0f us/request", (b - a) / hz / (r * s) * 1e6 }')"
+host_report "$addr"

@@ -92,8 +92,7 @@ sched_report() {
 wait_for '^consuming'
 echo "== GET /v1/score while learning: ${WRK_PRIO:+$WRK_PRIO }wrk -t$threads -c$conns -d${busy_s}s, DELAY_MS=$delay; load $(cut -d' ' -f1-3 /proc/loadavg)"
 learned0=$(learned)
-h0=$(host_ticks)
-b0=$(score_buckets "$addr")
+host_mark "$addr"
 t0=$(date +%s.%N)
 # shellcheck disable=SC2086
 DELAY_MS=$delay ${WRK_PRIO:-} wrk -t"$threads" -c"$conns" -d"${busy_s}s" --latency -s "$here/score.lua" "http://$addr" &
@@ -108,8 +107,7 @@ if [ "${SCHEDSTAT:-0}" = 1 ]; then
 fi
 wait $wrk_pid
 t1=$(date +%s.%N)
-echo "$(steal_since "$h0") while wrk ran"
-server_share "$b0" "$(score_buckets "$addr")"
+host_report "$addr"
 learned1=$(learned)
 awk -v a="$learned0" -v b="$learned1" -v t0="$t0" -v t1="$t1" 'BEGIN {
   printf "learned while wrk ran: %.0f events in %.2f s = %.0f events/s\n", b - a, t1 - t0,
@@ -126,11 +124,9 @@ fi
 wait_for '^idle'
 grep -E '^throughput' "$log" || true
 echo "== GET /v1/score idle: wrk -t$threads -c$idle_conns -d${idle_s}s; load $(cut -d' ' -f1-3 /proc/loadavg)"
-h0=$(host_ticks)
-b0=$(score_buckets "$addr")
+host_mark "$addr"
 wrk -t"$threads" -c"$idle_conns" -d"${idle_s}s" --latency -s "$here/score.lua" "http://$addr"
-echo "$(steal_since "$h0") while wrk ran"
-server_share "$b0" "$(score_buckets "$addr")"
+host_report "$addr"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 kill $bench_pid 2>/dev/null || true
 wait $bench_pid 2>/dev/null || true
