@@ -56,6 +56,16 @@ inline uint64_t PeakResidentBytes() {
   return 0;
 }
 
+// Starts PeakResidentBytes() over from the current resident set (writing 5
+// to /proc/self/clear_refs, Linux 4.0 and later), so that a later phase's
+// peak is its own. Returns false where the kernel refuses.
+inline bool ResetPeakResidentBytes() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";
+  out.flush();
+  return bool(out);
+}
+
 // The 1/5/15-minute load averages, as /proc/loadavg prints them.
 inline std::string LoadAverage() {
   std::ifstream in("/proc/loadavg");
