@@ -11,8 +11,13 @@
 //             in 4 KiB pages, then 256 MiB in 2 MiB pages (cache, DRAM and
 //             page-walk latency; the learner's embedding lookups are such
 //             loads, in 2 MiB pages where the kernel gives them)
-//   both      the dependent chain on two threads at once, the slower
-//             thread's ns per step (how much the second vCPU slows the first)
+//   cache     the same walk in 2 MiB pages through 1, 4 and 8 MiB: where the
+//             cache this vCPU gets ends (the L3 is shared with other tenants;
+//             on 2026-12-03 a 32 MiB L3 answered 4 MiB in 15 ns, 8 MiB in 118)
+//   both      the dependent chain, then the eight chains, on two threads at
+//             once: the slower thread's ns per step (how much the second vCPU
+//             slows the first; eight chains that slow to about twice their
+//             one-thread time mean the two vCPUs share one physical core)
 // and the steal time while it ran.
 //
 //   host_probe
@@ -124,13 +129,18 @@ int main() {
                memory16 = MemoryNs(size_t(16) << 20, false, 5),
                memory256 = MemoryNs(size_t(256) << 20, false, 5),
                memory256h = MemoryNs(size_t(256) << 20, true, 5, &huge_bytes),
-               both = StepNs(ComputeChain, 2, 5);
+               cache1 = MemoryNs(size_t(1) << 20, true, 5),
+               cache4 = MemoryNs(size_t(4) << 20, true, 5),
+               cache8 = MemoryNs(size_t(8) << 20, true, 5), both = StepNs(ComputeChain, 2, 5),
+               wide_both = StepNs(ComputeWide, 2, 5);
   std::printf(
       "host_probe: compute %.3f ns/step, 8 chains %.3f ns/step; memory ns/load: 16 MiB %.1f, 256 "
       "MiB %.1f, 256 MiB in "
-      "2 MiB pages %.1f (%.0f MiB of them granted); compute on both vCPUs %.3f ns/step (%.2fx "
-      "one) | load=%s %s\n",
-      compute, wide, memory16, memory256, memory256h, MiB(huge_bytes), both, both / compute,
+      "2 MiB pages %.1f (%.0f MiB of them granted); cache ns/load (2 MiB pages): 1 MiB %.1f, 4 MiB "
+      "%.1f, 8 MiB %.1f; compute on both vCPUs %.3f ns/step (%.2fx one), 8 chains on both %.3f "
+      "ns/step (%.2fx one) | load=%s %s\n",
+      compute, wide, memory16, memory256, memory256h, MiB(huge_bytes), cache1, cache4, cache8,
+      both, both / compute, wide_both, wide_both / wide,
       LoadAverage().c_str(), (HostTicks::Now() - h0).SummaryText().c_str());
   return 0;
 }
