@@ -2,12 +2,15 @@
 
 #include <fmt/format.h>
 #include <simdjson.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
 
 #include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <ctime>
+#include <span>
 #include <string_view>
 
 #include "serve/dashboard.h"
@@ -185,13 +188,26 @@ class PromWriter {
 
 }  // namespace
 
+// The oneTBB arena of the parts of a long POST /v1/score, at low priority: its
+// one worker comes from the process's pool only while no arena of normal
+// priority (the learner's training) wants it, so that a POST uses an idle
+// core and never takes one from training (it then runs its parts on the I/O
+// thread alone). A slot for each I/O thread, so that none waits for one.
+struct Api::Parts {
+  explicit Parts(int io_threads)
+      : arena(std::max(1, io_threads) + 1, unsigned(std::max(1, io_threads)),
+              tbb::task_arena::priority::low) {}
+  tbb::task_arena arena;
+};
+
 Api::Api(const ServeOptions& options, const learner::Blend& blend, const learner::Learner* learner,
          ServiceHooks* hooks)
     : options_(options),
       blend_(blend),
       learner_(learner),
       hooks_(hooks),
-      history_(std::make_unique<MetricsHistory>(HistoryOptions(), learner, hooks)) {}
+      history_(std::make_unique<MetricsHistory>(HistoryOptions(), learner, hooks)),
+      parts_(std::make_unique<Parts>(options.threads)) {}
 
 // The history thread reads the learner and the hooks: stop it first.
 Api::~Api() { history_->Stop(); }
@@ -326,6 +342,56 @@ HttpResponse Api::GetScore(const HttpRequest& req) const {
   return Json(200, std::move(out));
 }
 
+namespace {
+
+// POST /v1/score scores and writes its answer in parts of at least this many
+// items, at most kMaxParts of them, run in parallel (`api_bench`:
+// BM_PostScore/1000).
+constexpr size_t kPartItems = 128, kMaxParts = 8;
+
+// Scores `items` for `user` and appends their elements of the "scores"
+// array to *out (with a leading comma unless `first`). The elements are
+// written by hand into one buffer sized for the worst case: the same bytes
+// as JsonWriter's BeginObject/Key/.../EndObject, without a string append
+// per piece.
+void AppendScores(const learner::Learner& learner, const learner::Blend& blend,
+                  const std::string& user, std::span<const std::string> items, bool first,
+                  std::string* out) {
+  std::vector<learner::ScoreResult> results;
+  learner.ScoreMany(user, items, blend, &results);
+  static constexpr std::string_view kItem = ",{\"item\":", kClick = ",\"click\":",
+                                    kPurchase = ",\"purchase\":", kRating = ",\"rating\":",
+                                    kScore = ",\"score\":";
+  constexpr size_t kPerItem = kItem.size() + kClick.size() + kPurchase.size() + kRating.size() +
+                              kScore.size() + 4 * JsonWriter::kMaxFloatChars + 1;  // and '}'
+  size_t bound = items.size() * kPerItem;
+  for (const std::string& id : items) bound += JsonWriter::MaxStringChars(id.size());
+  const size_t at = out->size();
+  out->resize(at + bound);
+  char* p = out->data() + at;
+  auto put = [&p](std::string_view s) {
+    std::memcpy(p, s.data(), s.size());
+    p += s.size();
+  };
+  for (size_t i = 0; i < items.size() && i < results.size(); ++i) {
+    const learner::ScoreResult& r = results[i];
+    put(i == 0 && first ? kItem.substr(1) : kItem);
+    p = JsonWriter::WriteString(p, items[i]);
+    put(kClick);
+    p = JsonWriter::WriteFloat(p, r.prediction.click);
+    put(kPurchase);
+    p = JsonWriter::WriteFloat(p, r.prediction.purchase);
+    put(kRating);
+    p = JsonWriter::WriteFloat(p, r.prediction.rating);
+    put(kScore);
+    p = JsonWriter::WriteFloat(p, r.score);
+    *p++ = '}';
+  }
+  out->resize(size_t(p - out->data()));
+}
+
+}  // namespace
+
 HttpResponse Api::PostScore(const HttpRequest& req) const {
   simdjson::dom::parser parser;
   simdjson::dom::element root;
@@ -362,45 +428,29 @@ HttpResponse Api::PostScore(const HttpRequest& req) const {
   }
   if (learner_ == nullptr) return Error(503, "model not loaded");
 
-  std::vector<learner::ScoreResult> results;
-  learner_->ScoreMany(user, items, blend_, &results);
   std::string out;
   JsonWriter w(&out);
   w.BeginObject();
   w.Key("user").String(user);
   w.Key("scores").BeginArray();
-  // The elements by hand (up to max_batch_items of them), written into one
-  // buffer sized for the worst case: the same bytes as JsonWriter's
-  // BeginObject/Key/.../EndObject, without a string append per piece.
-  static constexpr std::string_view kItem = ",{\"item\":", kClick = ",\"click\":",
-                                    kPurchase = ",\"purchase\":", kRating = ",\"rating\":",
-                                    kScore = ",\"score\":";
-  constexpr size_t kPerItem = kItem.size() + kClick.size() + kPurchase.size() + kRating.size() +
-                              kScore.size() + 4 * JsonWriter::kMaxFloatChars + 1;  // and '}'
-  size_t bound = items.size() * kPerItem;
-  for (const std::string& id : items) bound += JsonWriter::MaxStringChars(id.size());
-  const size_t at = out.size();
-  out.resize(at + bound);
-  char* p = out.data() + at;
-  auto put = [&p](std::string_view s) {
-    std::memcpy(p, s.data(), s.size());
-    p += s.size();
-  };
-  for (size_t i = 0; i < items.size() && i < results.size(); ++i) {
-    const learner::ScoreResult& r = results[i];
-    put(i == 0 ? kItem.substr(1) : kItem);
-    p = JsonWriter::WriteString(p, items[i]);
-    put(kClick);
-    p = JsonWriter::WriteFloat(p, r.prediction.click);
-    put(kPurchase);
-    p = JsonWriter::WriteFloat(p, r.prediction.purchase);
-    put(kRating);
-    p = JsonWriter::WriteFloat(p, r.prediction.rating);
-    put(kScore);
-    p = JsonWriter::WriteFloat(p, r.score);
-    *p++ = '}';
+  const std::span<const std::string> all(items);
+  if (items.size() < 2 * kPartItems) {
+    AppendScores(*learner_, blend_, user, all, /*first=*/true, &out);
+  } else {
+    // In parts, on this thread and a oneTBB worker when one is free (see
+    // Parts; the worker may need tens of microseconds to wake: parts rather
+    // than halves, so that this thread goes on meanwhile).
+    const size_t parts = std::min(kMaxParts, items.size() / kPartItems);
+    std::vector<std::string> rest(parts - 1);
+    parts_->arena.execute([&] {
+      tbb::parallel_for(size_t(0), parts, [&](size_t part) {
+        const size_t begin = items.size() * part / parts, end = items.size() * (part + 1) / parts;
+        AppendScores(*learner_, blend_, user, all.subspan(begin, end - begin), part == 0,
+                     part == 0 ? &out : &rest[part - 1]);
+      });
+    });
+    for (const std::string& r : rest) out += r;
   }
-  out.resize(size_t(p - out.data()));
   out.push_back(']');
   out.push_back('}');
   return Json(200, std::move(out));

@@ -149,6 +149,9 @@ class Api {
   const learner::Learner* const learner_;
   ServiceHooks* const hooks_;
   std::unique_ptr<MetricsHistory> history_;
+  // Where the parts of a long POST /v1/score run (a oneTBB arena, api.cc).
+  struct Parts;
+  std::unique_ptr<Parts> parts_;
   // Counters for /metrics; relaxed atomics, a scrape may see a request
   // counted in one series and not yet in another.
   mutable std::array<RouteCounters, kNumRoutes> counters_;

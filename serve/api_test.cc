@@ -272,6 +272,34 @@ TEST_CASE("POST /v1/score scores items in request order", "[api]") {
   CHECK(scores.size() == 4);
 }
 
+TEST_CASE("POST /v1/score answers a long list, scored in parts, in request order", "[api]") {
+  Fixture f;
+  // Long enough to be scored in parts (in parallel), of a count that does
+  // not split evenly, with known, unknown and repeated ids.
+  for (size_t n : {255u, 256u, 1001u, 5000u}) {
+    std::vector<std::string> items;
+    for (size_t i = 0; i < n; ++i)
+      items.push_back(i % 7 == 3 ? fmt::format("unknown{}", i) : fmt::format("i{}", i % 40));
+    std::string body = R"({"user":"42","items":[)";
+    for (size_t i = 0; i < n; ++i) body += fmt::format("{}\"{}\"", i ? "," : "", items[i]);
+    body += "]}";
+    HttpResponse r = f.Post("/v1/score", body);
+    REQUIRE(r.status == 200);
+    std::string expected = R"({"user":"42","scores":[)";
+    for (size_t i = 0; i < n; ++i) {
+      learner::ScoreResult s = f.model->Score("42", items[i], f.blend);
+      if (i > 0) expected += ",";
+      expected +=
+          fmt::format(R"({{"item":"{}","click":{},"purchase":{},"rating":{},"score":{}}})",
+                      items[i], s.prediction.click, s.prediction.purchase, s.prediction.rating,
+                      s.score);
+    }
+    expected += "]}";
+    INFO(n << " items");
+    CHECK(r.body == expected);
+  }
+}
+
 TEST_CASE("POST /v1/score rejects bad bodies", "[api]") {
   ServeOptions o;
   o.max_batch_items = 3;
