@@ -25,11 +25,12 @@
 //     checkpoint, then stores M changed rows as a delta checkpoint, closes the
 //     store and restarts from it (Load + ApplySnapshot into a new learner).
 //
-//   service_bench freshness [--samples N] [--background-rate R]
+//   service_bench freshness [--samples N] [--background-rate R] [--poll-us U]
 //     For each sample, produces one click on a never-seen item and polls
-//     GET /v1/score until the item is known: the time from the produce call
-//     to the event's effect being served. R > 0 produces R generated events
-//     per second in the background meanwhile.
+//     GET /v1/score until the item is known, pausing U microseconds (500)
+//     between polls: the time from the produce call to the event's effect
+//     being served. R > 0 produces R generated events per second in the
+//     background meanwhile.
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -63,6 +64,7 @@ constexpr char kAdminToken[] = "bench";
 // --kafka-property: extra consumer/producer properties of the service.
 std::map<std::string, std::string> g_kafka_properties;  // NOLINT: set once by main
 int g_train_nice = -1;           // NOLINT: set once by main; -1: the configuration's default
+int g_poll_us = 500;  // NOLINT: set once by main; freshness: pause between polls of /v1/score
 int g_produce_linger_ms = 1000;  // NOLINT: set once by main; the backlog producer's linger.ms
 std::string g_io_priority;       // NOLINT: set once by main; serve.io_priority
 int g_io_slice_us = -1;          // NOLINT: set once by main; -1: serve.io_slice_us' default
@@ -400,6 +402,7 @@ int Freshness(int samples, double background_rate, int partitions, int checkpoin
         seen = true;
         break;
       }
+      if (g_poll_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(g_poll_us));
     }
     double ms = SecondsSince(t0) * 1e3;
     if (i >= 0) {
@@ -625,6 +628,10 @@ int main(int argc, char** argv) {
   auto* fr = app.add_subcommand("freshness", "produce call -> effect in /v1/score");
   fr->add_option("--samples", samples);
   fr->add_option("--background-rate", background, "background events per second");
+  fr->add_option("--poll-us", g_poll_us,
+                 "pause between the probe's polls of /v1/score, in microseconds (default 500; 0: "
+                 "none, as before session 15: the probe and an I/O thread then keep a CPU busy "
+                 "and the service's nice-10 ingest and training wait behind them)");
   CLI11_PARSE(app, argc, argv);
   for (const std::string& kv : kafka_props) {
     auto eq = kv.find('=');
