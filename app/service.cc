@@ -142,6 +142,7 @@ recstream::Status Service::Impl::Init() {
     RECSTREAM_RETURN_IF_ERROR(ingest::EmbeddedKafka::Start(1, config.kafka.embedded_partitions,
                                                            config.kafka.topics, &embedded));
     config.kafka.brokers = embedded->bootstrap();
+    ingest::EmbeddedKafka::AddConsumerProperties(&config.kafka.properties);
     spdlog::info("embedded Kafka (librdkafka mock cluster) at {}", config.kafka.brokers);
   }
   RECSTREAM_RETURN_IF_ERROR(store::CheckpointStore::Open(config.store, &store));

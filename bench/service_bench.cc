@@ -96,6 +96,8 @@ bool StartService(int checkpoint_ms, Stack* stack) {
   cfg.kafka.brokers = stack->kafka->bootstrap();
   cfg.kafka.group_id = "bench";
   cfg.kafka.properties = g_kafka_properties;
+  // As Service::Start does for the embedded cluster this one stands in for.
+  ingest::EmbeddedKafka::AddConsumerProperties(&cfg.kafka.properties);
   if (g_train_nice >= 0) cfg.learner.train_nice = g_train_nice;
   if (g_learner_threads >= 0) cfg.learner.threads = g_learner_threads;
   if (g_ingest_min_kib >= 0) cfg.store.ingest_min_bytes = size_t(g_ingest_min_kib) << 10;

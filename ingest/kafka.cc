@@ -196,6 +196,10 @@ class ProducerCore : public RdKafka::DeliveryReportCb {
 
 // ---------------------------------------------------------------- EmbeddedKafka
 
+void EmbeddedKafka::AddConsumerProperties(std::map<std::string, std::string>* properties) {
+  properties->emplace("fetch.wait.max.ms", "2");
+}
+
 Status EmbeddedKafka::Start(int num_brokers, int partitions, const TopicNames& topics,
                             std::unique_ptr<EmbeddedKafka>* out) {
   if (num_brokers < 1) return Status::InvalidArgument("embedded kafka needs at least 1 broker");

@@ -74,6 +74,14 @@ class EmbeddedKafka {
 
   // Comma-separated host:port list for `bootstrap.servers`.
   const std::string& bootstrap() const { return bootstrap_; }
+  // Consumer properties for this cluster, to add to KafkaOptions::properties
+  // (where a property is already set, the set value stays). The mock cluster
+  // answers a fetch that finds no data only after fetch.wait.max.ms, even
+  // when data arrives meanwhile (a real broker answers when it arrives): a
+  // shorter wait than the consumer's default (10 ms) makes events reach the
+  // learner sooner. Measured (service_bench freshness): p50 12.1-12.7 ms at
+  // 10 ms, 7.3-7.8 ms at 2 ms; end-to-end throughput unchanged.
+  static void AddConsumerProperties(std::map<std::string, std::string>* properties);
   // Creates one more topic. InvalidArgument if it cannot.
   Status CreateTopic(const std::string& topic, int partitions);
   // For fault-injection tests (rd_kafka_mock_* functions). Owned by this.

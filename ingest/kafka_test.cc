@@ -383,4 +383,15 @@ TEST_CASE("PollEach hands over every message in place and advances the positions
 }
 
 }  // namespace
+
+TEST_CASE("EmbeddedKafka's consumer properties keep what the user set", "[kafka]") {
+  std::map<std::string, std::string> props;
+  EmbeddedKafka::AddConsumerProperties(&props);
+  CHECK(props["fetch.wait.max.ms"] == "2");
+  props = {{"fetch.wait.max.ms", "50"}, {"client.id", "x"}};
+  EmbeddedKafka::AddConsumerProperties(&props);
+  CHECK(props["fetch.wait.max.ms"] == "50");
+  CHECK(props["client.id"] == "x");
+}
+
 }  // namespace recstream::ingest
