@@ -17,7 +17,10 @@
 //   both      the dependent chain, then the eight chains, on two threads at
 //             once: the slower thread's ns per step (how much the second vCPU
 //             slows the first; eight chains that slow to about twice their
-//             one-thread time mean the two vCPUs share one physical core)
+//             one-thread time mean the two vCPUs share one physical core);
+//             then the 16 MiB walk in 2 MiB pages on both, each thread in a
+//             region of its own, against one thread alone (what the shared
+//             cache and memory cost two learners that share nothing)
 // and the steal time while it ran.
 //
 //   host_probe
@@ -92,29 +95,50 @@ uint64_t AnonHugeBytes() {
 }
 // ns per load of a dependent walk over a random cycle through `bytes`, in
 // 2 MiB pages if `huge` (as the learner's tables ask for), else 4 KiB pages;
-// with `huge`, *huge_bytes is what the kernel granted of them.
-double MemoryNs(size_t bytes, bool huge, int reps, uint64_t* huge_bytes = nullptr) {
+// with `huge`, *huge_bytes is what the kernel granted of them. With
+// `threads` > 1, each thread walks a region of its own at the same time (as
+// two learners that share nothing do) and the slowest thread's time counts.
+double MemoryNs(size_t bytes, bool huge, int reps, uint64_t* huge_bytes = nullptr,
+                int threads = 1) {
   const size_t n = bytes / sizeof(uint32_t);
-  void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mem == MAP_FAILED) return 0;
-  ::madvise(mem, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
-  uint32_t* next = static_cast<uint32_t*>(mem);
+  std::vector<uint32_t*> regions;
   std::vector<uint32_t> order(n);
   std::iota(order.begin(), order.end(), 0u);
   std::shuffle(order.begin(), order.end(), std::mt19937_64(7));
-  for (size_t i = 0; i < n; ++i) next[order[i]] = order[(i + 1) % n];
+  for (int t = 0; t < threads; ++t) {
+    void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) break;
+    ::madvise(mem, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+    uint32_t* next = static_cast<uint32_t*>(mem);
+    for (size_t i = 0; i < n; ++i) next[order[i]] = order[(i + 1) % n];
+    regions.push_back(next);
+  }
+  if (int(regions.size()) < threads) {
+    for (uint32_t* r : regions) ::munmap(r, bytes);
+    return 0;
+  }
   if (huge_bytes) *huge_bytes = AnonHugeBytes();
   constexpr uint64_t kLoads = 20'000'000;
   double best = 1e30;
-  uint32_t at = order[0];
   for (int r = 0; r < reps; ++r) {
-    const auto start = Clock::now();
-    for (uint64_t i = 0; i < kLoads; ++i) at = next[at];
-    best = std::min(best, SecondsSince(start) * 1e9 / double(kLoads));
+    std::vector<double> seconds(size_t(threads), 0.0);
+    auto walk = [&](int t) {
+      const uint32_t* next = regions[size_t(t)];
+      uint32_t at = order[0];
+      const auto start = Clock::now();
+      for (uint64_t i = 0; i < kLoads; ++i) at = next[at];
+      seconds[size_t(t)] = SecondsSince(start);
+      volatile uint32_t sink = at;
+      (void)sink;
+    };
+    std::vector<std::thread> others;
+    for (int t = 1; t < threads; ++t) others.emplace_back(walk, t);
+    walk(0);
+    for (std::thread& t : others) t.join();
+    best = std::min(best,
+                    *std::max_element(seconds.begin(), seconds.end()) * 1e9 / double(kLoads));
   }
-  volatile uint32_t sink = at;
-  (void)sink;
-  ::munmap(mem, bytes);
+  for (uint32_t* r : regions) ::munmap(r, bytes);
   return best;
 }
 
@@ -127,20 +151,23 @@ int main() {
   uint64_t huge_bytes = 0;
   const double compute = StepNs(ComputeChain, 1, 5), wide = StepNs(ComputeWide, 1, 5),
                memory16 = MemoryNs(size_t(16) << 20, false, 5),
+               memory16h = MemoryNs(size_t(16) << 20, true, 5),
                memory256 = MemoryNs(size_t(256) << 20, false, 5),
                memory256h = MemoryNs(size_t(256) << 20, true, 5, &huge_bytes),
                cache1 = MemoryNs(size_t(1) << 20, true, 5),
                cache4 = MemoryNs(size_t(4) << 20, true, 5),
                cache8 = MemoryNs(size_t(8) << 20, true, 5), both = StepNs(ComputeChain, 2, 5),
-               wide_both = StepNs(ComputeWide, 2, 5);
+               wide_both = StepNs(ComputeWide, 2, 5),
+               memory16_both = MemoryNs(size_t(16) << 20, true, 5, nullptr, 2);
   std::printf(
       "host_probe: compute %.3f ns/step, 8 chains %.3f ns/step; memory ns/load: 16 MiB %.1f, 256 "
       "MiB %.1f, 256 MiB in "
       "2 MiB pages %.1f (%.0f MiB of them granted); cache ns/load (2 MiB pages): 1 MiB %.1f, 4 MiB "
       "%.1f, 8 MiB %.1f; compute on both vCPUs %.3f ns/step (%.2fx one), 8 chains on both %.3f "
-      "ns/step (%.2fx one) | load=%s %s\n",
+      "ns/step (%.2fx one), 16 MiB walk (2 MiB pages) on both %.1f ns/load (%.2fx one) | load=%s "
+      "%s\n",
       compute, wide, memory16, memory256, memory256h, MiB(huge_bytes), cache1, cache4, cache8,
-      both, both / compute, wide_both, wide_both / wide,
+      both, both / compute, wide_both, wide_both / wide, memory16_both, memory16_both / memory16h,
       LoadAverage().c_str(), (HostTicks::Now() - h0).SummaryText().c_str());
   return 0;
 }
