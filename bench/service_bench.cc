@@ -64,7 +64,7 @@ constexpr char kAdminToken[] = "bench";
 // --kafka-property: extra consumer/producer properties of the service.
 std::map<std::string, std::string> g_kafka_properties;  // NOLINT: set once by main
 int g_train_nice = -1;           // NOLINT: set once by main; -1: the configuration's default
-int g_poll_us = 500;  // NOLINT: set once by main; freshness: pause between polls of /v1/score
+int g_poll_us = 500;             // NOLINT: set once by main; freshness: pause between polls (us)
 int g_produce_linger_ms = 1000;  // NOLINT: set once by main; the backlog producer's linger.ms
 std::string g_io_priority;       // NOLINT: set once by main; serve.io_priority
 int g_io_slice_us = -1;          // NOLINT: set once by main; -1: serve.io_slice_us' default

@@ -5,6 +5,7 @@
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -434,13 +435,13 @@ HttpResponse Api::PostScore(const HttpRequest& req) const {
   w.Key("user").String(user);
   w.Key("scores").BeginArray();
   const std::span<const std::string> all(items);
-  if (items.size() < 2 * kPartItems) {
+  const size_t parts = std::clamp(items.size() / kPartItems, size_t(1), kMaxParts);
+  if (parts == 1) {
     AppendScores(*learner_, blend_, user, all, /*first=*/true, &out);
   } else {
     // In parts, on this thread and a oneTBB worker when one is free (see
     // Parts; the worker may need tens of microseconds to wake: parts rather
     // than halves, so that this thread goes on meanwhile).
-    const size_t parts = std::min(kMaxParts, items.size() / kPartItems);
     std::vector<std::string> rest(parts - 1);
     parts_->arena.execute([&] {
       tbb::parallel_for(size_t(0), parts, [&](size_t part) {
