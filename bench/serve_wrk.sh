@@ -2,12 +2,15 @@
 # GET /v1/score latency with wrk over loopback (issue #4, target 3):
 #   1. while the learner consumes a backlog at full speed, at a capped rate
 #      (CONNS connections, each pausing DELAY_MS after every response);
-#   2. idle (everything learned), as fast as wrk can go.
+#   2. idle (everything learned), at the same capped rate: the apparatus
+#      alone (wrk, loopback, the I/O threads), the floor under phase 1;
+#   3. idle, as fast as wrk can go.
 # The service runs in-process in bench/service_bench (embedded Kafka,
 # RocksDB store in a temp dir, HTTP on 127.0.0.1, 2 server threads).
 #
 #   bench/serve_wrk.sh BUILD_DIR [EVENTS]
-# Environment: CONNS (20), DELAY_MS (1), SECONDS_BUSY (10), SECONDS_IDLE (10),
+# Environment: CONNS (20), DELAY_MS (1), SECONDS_BUSY (10), SECONDS_FLOOR (8; 0
+# skips phase 2), SECONDS_IDLE (10),
 # IDLE_CONNS (64), THREADS (2, wrk threads), BENCH_ARGS (extra service_bench options,
 # e.g. "--train-nice 19" or "--io-priority fifo:50").
 #   WRK_PRIO: a command prefix for wrk in the busy phase, e.g. "chrt -f 40" or
@@ -35,12 +38,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 conns=${CONNS:-20}
 delay=${DELAY_MS:-1}
 busy_s=${SECONDS_BUSY:-10}
+floor_s=${SECONDS_FLOOR:-8}
 idle_s=${SECONDS_IDLE:-10}
 idle_conns=${IDLE_CONNS:-64}
 threads=${THREADS:-2}
 log=$(mktemp /tmp/serve_wrk.XXXXXX.log)
 
-"$build/bench/service_bench" ${BENCH_ARGS:-} throughput --events "$events" --hold $((idle_s + 30)) >"$log" 2>&1 &
+"$build/bench/service_bench" ${BENCH_ARGS:-} throughput --events "$events" --hold $((floor_s + idle_s + 30)) >"$log" 2>&1 &
 bench_pid=$!
 trap 'kill $bench_pid 2>/dev/null || true' EXIT
 
@@ -123,6 +127,12 @@ if grep -q '^idle' "$log"; then
 fi
 wait_for '^idle'
 grep -E '^throughput' "$log" || true
+if [ "$floor_s" -gt 0 ]; then
+  echo "== GET /v1/score idle at the same capped rate (the apparatus alone): wrk -t$threads -c$conns -d${floor_s}s, DELAY_MS=$delay; load $(cut -d' ' -f1-3 /proc/loadavg)"
+  host_mark "$addr"
+  DELAY_MS=$delay wrk -t"$threads" -c"$conns" -d"${floor_s}s" -s "$here/score.lua" "http://$addr" | tail -1
+  host_report "$addr"
+fi
 echo "== GET /v1/score idle: wrk -t$threads -c$idle_conns -d${idle_s}s; load $(cut -d' ' -f1-3 /proc/loadavg)"
 host_mark "$addr"
 wrk -t"$threads" -c"$idle_conns" -d"${idle_s}s" --latency -s "$here/score.lua" "http://$addr"
