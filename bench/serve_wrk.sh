@@ -128,6 +128,7 @@ fi
 wait_for '^idle'
 grep -E '^throughput' "$log" || true
 if [ "$floor_s" -gt 0 ]; then
+  sleep 3  # the final checkpoint's flush and compaction, if any, settle first
   echo "== GET /v1/score idle at the same capped rate (the apparatus alone): wrk -t$threads -c$conns -d${floor_s}s, DELAY_MS=$delay; load $(cut -d' ' -f1-3 /proc/loadavg)"
   host_mark "$addr"
   DELAY_MS=$delay wrk -t"$threads" -c"$conns" -d"${floor_s}s" -s "$here/score.lua" "http://$addr" | tail -1
