@@ -13,12 +13,12 @@
 # skips phase 2), SECONDS_IDLE (10),
 # IDLE_CONNS (64), THREADS (2, wrk threads), BENCH_ARGS (extra service_bench options,
 # e.g. "--train-nice 19" or "--io-priority fifo:50").
-#   WRK_PRIO: a command prefix for wrk in the busy phase, e.g. "chrt -f 40" or
-#     "nice -n -10". wrk is the measuring apparatus: on 2 shared cores its own
+#   WRK_PRIO: a command prefix for wrk in the two capped phases, e.g. "chrt -f 40"
+#     or "nice -n -10". wrk is the measuring apparatus: on 2 shared cores its own
 #     wait for a CPU shows up in its latencies. Runs with and without it
 #     measure different things; say which one a figure comes from. Not used
-#     in the idle phase: a real-time wrk at full speed against real-time I/O
-#     threads takes both cores (seen: a 10 s run lasting 40 s, load 12).
+#     in the full-speed idle phase: a real-time wrk at full speed against
+#     real-time I/O threads takes both cores (seen: a 10 s run lasting 40 s, load 12).
 #   SCHEDSTAT=1: print, per thread group of service_bench and wrk, the CPU
 #     time and the run-queue wait (/proc/<tid>/schedstat) during the busy
 #     phase.
@@ -129,9 +129,10 @@ wait_for '^idle'
 grep -E '^throughput' "$log" || true
 if [ "$floor_s" -gt 0 ]; then
   sleep 3  # the final checkpoint's flush and compaction, if any, settle first
-  echo "== GET /v1/score idle at the same capped rate (the apparatus alone): wrk -t$threads -c$conns -d${floor_s}s, DELAY_MS=$delay; load $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "== GET /v1/score idle at the same capped rate (the apparatus alone): ${WRK_PRIO:+$WRK_PRIO }wrk -t$threads -c$conns -d${floor_s}s, DELAY_MS=$delay; load $(cut -d' ' -f1-3 /proc/loadavg)"
   host_mark "$addr"
-  DELAY_MS=$delay wrk -t"$threads" -c"$conns" -d"${floor_s}s" -s "$here/score.lua" "http://$addr" | tail -1
+  # shellcheck disable=SC2086
+  DELAY_MS=$delay ${WRK_PRIO:-} wrk -t"$threads" -c"$conns" -d"${floor_s}s" -s "$here/score.lua" "http://$addr" | tail -1
   host_report "$addr"
 fi
 echo "== GET /v1/score idle: wrk -t$threads -c$idle_conns -d${idle_s}s; load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -537,9 +537,9 @@ void Learner::Impl::BeginChunk(bool parallel, TrainState* s) {
   // line by cache line, in the middle of this chunk's steps. Measured
   // against two learners that share nothing (`learner_bench --pair`), the
   // two-thread CPU per event fell from 1.24 / 1.20 to 1.11 / 1.15 times
-  // theirs (docs/benchmarks-history.md, session 6). A chunk on one thread sees no other
-  // update anyway; in parallel, the others' updates are now seen from the
-  // next chunk on instead of as they land.
+  // theirs (docs/benchmarks-history.md, session 6). A chunk on one thread
+  // sees no other update anyway; in parallel, the others' updates are now
+  // seen from the next chunk on instead of as they land.
   s->dense_copy.assign(dense.begin(), dense.end());
   s->dense_now = s->dense_copy.data();
 }

@@ -157,9 +157,9 @@ class Session;
 // every `tick` closes the connections past their deadline, instead of a
 // timer armed and cancelled around every read and write (Beast's
 // tcp_stream): that cost 2-4 us of CPU per request, 7-11% of the idle
-// GET /v1/score rate (docs/benchmarks-history.md, session 9). Deadlines are taken from
-// the clock as of the last sweep plus one tick, so a connection is never
-// closed early, and at most two ticks late.
+// GET /v1/score rate (docs/benchmarks-history.md, session 9). Deadlines are
+// taken from the clock as of the last sweep plus one tick, so a connection is
+// never closed early, and at most two ticks late.
 struct Loop {
   using Clock = std::chrono::steady_clock;
   explicit Loop(std::chrono::milliseconds request_timeout)

@@ -24,7 +24,8 @@ struct StoreOptions {
   // rows (32 MB) went through the WAL and the memtable's skiplist, whose
   // inserts wait on memory; the checkpoint thread then took 21-24% of a CPU
   // while learning and serving, as table files 5-8%, and learning meanwhile
-  // ran 292k / 323k instead of 206k / 272k events/s (docs/benchmarks-history.md).
+  // ran 292k / 323k instead of 206k / 272k events/s
+  // (docs/benchmarks-history.md, session 13).
   size_t ingest_min_bytes = 4 << 20;
   // An ingested checkpoint of at least this many bytes is split into two
   // files built in parallel (and read back in parallel by a streaming load).
