@@ -86,6 +86,9 @@ TEST_CASE("MetricsHistory samples the hooks and the learner at its interval", "[
   // The first sample is taken at once; the ring keeps only `capacity`.
   REQUIRE(WaitForCondition([&] { return history.Since(0).size() >= 5; }));
   std::this_thread::sleep_for(100ms);
+  // Stopped before reading, so no sample can land between the reads below
+  // (one did on a loaded machine, 20 ms apart); Since() still answers.
+  history.Stop();
   std::vector<HistorySample> all = history.Since(0);
   CHECK(all.size() == 5);
   for (size_t i = 1; i < all.size(); ++i) CHECK(all[i].time_ms >= all[i - 1].time_ms);
@@ -103,7 +106,6 @@ TEST_CASE("MetricsHistory samples the hooks and the learner at its interval", "[
   CHECK(s.loss_weight[1] > 0);
   // Since() is strictly after.
   CHECK(history.Since(all.back().time_ms).empty());
-  history.Stop();
   CHECK(history.Since(0).size() == 5);
 }
 
