@@ -578,6 +578,8 @@ int Main(int argc, char** argv) {
 
   CLI::App app{"recstream: online multi-task recommendations from Kafka event streams"};
   app.require_subcommand(1);
+  // The version of the source tree it was built from (CMake's project version).
+  app.set_version_flag("--version", std::string("recstream ") + RECSTREAM_VERSION);
   app.footer(
       "Every configuration key is documented in config/recstream.example.toml; `recstream config "
       "--print` shows the effective values and where they came from. While `serve` runs, its "

@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
 # Installs every Debian package recstream needs to build, test and run.
 # Used by the README's commands and by .ci/run; safe to run repeatedly.
+#
+#   install-deps.sh           build, test and benchmark tools
+#   install-deps.sh --build   only what building the `recstream` binary needs
+#                             (the Dockerfile's build stage)
+#
+# The runtime image's packages are listed apart, in scripts/runtime-packages.txt.
 set -euo pipefail
 
-PACKAGES=(
-  build-essential cmake ninja-build pkg-config git ca-certificates curl
-  librdkafka-dev librocksdb-dev libtbb-dev libeigen3-dev libfmt-dev catch2
+BUILD=(
+  build-essential cmake ninja-build pkg-config git ca-certificates
+  librdkafka-dev librocksdb-dev libtbb-dev libeigen3-dev libfmt-dev
   libsimdjson-dev libboost-dev libcli11-dev libtomlplusplus-dev libspdlog-dev
-  prometheus-cpp-dev libbenchmark-dev wrk kcat docker-compose python3
-  chromium chromium-driver
 )
+# Tests: Catch2, the dashboard's browser, the compose file's checker, the
+# image test (mmdebstrap builds its root file system; unshare and ip from
+# util-linux and iproute2 give it a network of its own) and Python for it.
+# Benchmarks: wrk.
+TEST=(
+  catch2 wrk docker-compose python3 python3-yaml
+  chromium chromium-driver curl mmdebstrap iproute2 util-linux
+)
+
+PACKAGES=("${BUILD[@]}")
+if [ "${1:-}" != "--build" ]; then PACKAGES+=("${TEST[@]}"); fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
