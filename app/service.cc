@@ -20,6 +20,7 @@
 
 #include "common/thread_slice.h"
 #include "ingest/kafka.h"
+#include "ingest/ownership.h"
 #include "ingest/parser.h"
 #include "learner/learner.h"
 #include "serve/api.h"
@@ -144,6 +145,13 @@ recstream::Status Service::Impl::Init() {
     config.kafka.brokers = embedded->bootstrap();
     ingest::EmbeddedKafka::AddConsumerProperties(&config.kafka.properties);
     spdlog::info("embedded Kafka (librdkafka mock cluster) at {}", config.kafka.brokers);
+    if (config.kafka.ownership.count > 1) {
+      spdlog::warn(
+          "trainer.count is {} but this trainer's Kafka is embedded, its own: the other trainers "
+          "cannot read it. Point every trainer's kafka.brokers at one cluster (`recstream "
+          "broker`, or a real Kafka)",
+          config.kafka.ownership.count);
+    }
   }
   RECSTREAM_RETURN_IF_ERROR(store::CheckpointStore::Open(config.store, &store));
   RECSTREAM_RETURN_IF_ERROR(learner::Learner::Create(config.learner, &learner));
@@ -177,6 +185,20 @@ recstream::Status Service::Impl::Init() {
   // (TuneMalloc keeps freed memory in the heaps otherwise).
   malloc_trim(0);
 
+  // Fixed ownership: positions of partitions another trainer owns mean the
+  // store was written with another trainer.count (or index). Taking them
+  // over, or dropping them, would learn events twice or lose them.
+  const ingest::Ownership& own = config.kafka.ownership;
+  if (std::vector<TopicPartition> foreign = ingest::ForeignPositions(offsets, own);
+      !foreign.empty()) {
+    return recstream::Status::InvalidArgument(fmt::format(
+        "the store {} holds learned positions of partitions that trainer.index {} of "
+        "trainer.count {} does not own ({}): it was written with another trainer.count or "
+        "trainer.index. Start this store with the trainer.count and trainer.index that wrote it, "
+        "or give this trainer an empty store.path to learn its partitions afresh from the "
+        "topics' start",
+        config.store.path, own.index, own.count, ingest::PartitionNames(foreign)));
+  }
   RECSTREAM_RETURN_IF_ERROR(ingest::EventConsumer::Open(config.kafka, &consumer));
   consumer->SeedOffsets(offsets);
   learned_positions = consumer->Positions();
@@ -213,8 +235,8 @@ void Service::Impl::IngestLoop() {
   while (!stop.load()) {
     {
       std::lock_guard lock(mu);
-      // Committing while the group is (re)joining disturbs the join (seen with
-      // librdkafka 2.0.2): commit stored offsets only once partitions are ours.
+      // Commit stored offsets only once partitions are assigned (the
+      // consumer's coordinator connection is up by then).
       if (to_commit && consumer->HasAssignment()) {
         consumer->CommitAsync(*to_commit);
         to_commit.reset();
@@ -445,6 +467,13 @@ serve::ServiceStatus Service::Impl::Status() const {
     st.rejected.emplace_back(std::string(ingest::RejectReasonName(ingest::RejectReason(r))),
                              rejected[r].load(std::memory_order_relaxed));
   st.dlq_sent = dlq->sent();
+  ingest::AssignmentInfo assignment = consumer->Assignment();
+  st.trainer_index = assignment.ownership.index;
+  st.trainer_count = assignment.ownership.count;
+  for (const TopicPartition& tp : assignment.assigned)
+    st.assigned_partitions.push_back(tp.topic + "/" + std::to_string(tp.partition));
+  for (const TopicPartition& tp : assignment.missing)
+    st.missing_partitions.push_back(tp.topic + "/" + std::to_string(tp.partition));
   for (const ingest::PartitionLag& l : consumer->Lag())
     st.lag.push_back({l.topic, l.partition, l.position, l.high_watermark, l.lag});
   recstream::Status health = store->Health();
@@ -472,7 +501,7 @@ bool Service::Impl::Ready(std::string* why_not) const {
     return false;
   }
   if (!consumer->HasAssignment()) {
-    *why_not = "consumer has no partitions assigned yet";
+    *why_not = "waiting for " + consumer->Assignment().waiting_for;
     return false;
   }
   recstream::Status health = store->Health();
@@ -569,11 +598,11 @@ recstream::Status Service::Shutdown() {
   }
   if (m.http) m.http->Stop();
   if (m.consumer) {
-    // Leaving the group waits for the coordinator; with the brokers
-    // unreachable that can take longer than the budget. Then the consumer is
-    // left to finish on its own thread (and leaked: the process is exiting),
-    // and the group notices the departure through the session timeout. The
-    // stored offsets, not Kafka's, decide where the next start resumes.
+    // Closing waits for the commit in flight; with the brokers unreachable
+    // that can take longer than the budget. Then the consumer is left to
+    // finish on its own thread (and leaked: the process is exiting). No group
+    // membership is involved (fixed ownership), and the stored offsets, not
+    // Kafka's, decide where the next start resumes.
     auto done = std::make_shared<std::promise<recstream::Status>>();
     std::future<recstream::Status> closed = done->get_future();
     ingest::EventConsumer* consumer = m.consumer.get();
@@ -586,7 +615,7 @@ recstream::Status Service::Shutdown() {
       if (!s.ok()) spdlog::warn("leaving the consumer group: {}", s.ToString());
     } else {
       spdlog::warn(
-          "leaving the consumer group: no answer from Kafka within {:.0f} ms; exiting "
+          "closing the Kafka consumer: no answer from Kafka within {:.0f} ms; exiting "
           "without waiting",
           std::chrono::duration<double, std::milli>(budget).count());
       closer.detach();

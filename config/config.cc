@@ -258,6 +258,14 @@ const std::vector<Key>& KeyTable() {
     t.push_back(IntKey(
         "kafka.poll_timeout_ms", [](auto& c) -> auto& { return c.kafka.poll_timeout_ms; }, 0,
         60000));
+    t.push_back(IntKey(
+        "kafka.partition_refresh_ms",
+        [](auto& c) -> auto& { return c.kafka.partition_refresh_ms; }, 100, 3600000));
+    // trainer
+    t.push_back(IntKey(
+        "trainer.count", [](auto& c) -> auto& { return c.kafka.ownership.count; }, 1, 4096));
+    t.push_back(IntKey(
+        "trainer.index", [](auto& c) -> auto& { return c.kafka.ownership.index; }, 0, 4095));
     // model
     t.push_back(IntKey(
         "model.dim", [](auto& c) -> auto& { return c.learner.dim; }, 1, 1024));
@@ -783,6 +791,12 @@ Status Load(const std::string& file_path, const std::vector<std::string>& set_fl
   }
   config.parser.rating_min = config.learner.rating_min;
   config.parser.rating_max = config.learner.rating_max;
+  if (config.kafka.ownership.index >= config.kafka.ownership.count) {
+    return Status::InvalidArgument(fmt::format(
+        "bad value for trainer.index ({}, from {}); allowed: 0 to trainer.count - 1 ({}, from {})",
+        config.kafka.ownership.index, origin_of("trainer.index"), config.kafka.ownership.count - 1,
+        origin_of("trainer.count")));
+  }
 
   Status s = learner::ValidateOptions(config.learner);
   if (!s.ok()) return Status::InvalidArgument("invalid model/learner settings: " + s.message());

@@ -243,51 +243,130 @@ EmbeddedKafka::~EmbeddedKafka() {
 
 // ---------------------------------------------------------------- EventConsumer
 
-struct EventConsumer::Impl : public RdKafka::RebalanceCb, public RdKafka::OffsetCommitCb {
+struct EventConsumer::Impl : public RdKafka::OffsetCommitCb {
   KafkaOptions options;
   EventLogger logger;
   std::unique_ptr<RdKafka::KafkaConsumer> consumer;
   bool closed = false;  // only touched by the ingest thread
   Clock::time_point next_lag_refresh{};
+  Clock::time_point next_metadata{};  // ingest thread only
   std::atomic<bool> has_assignment{false};
   std::atomic<uint64_t> delivered{0};
 
   mutable std::mutex mu;
-  OffsetMap positions;            // guarded by mu
-  std::vector<PartitionLag> lag;  // guarded by mu
+  OffsetMap positions;                  // guarded by mu
+  std::vector<PartitionLag> lag;        // guarded by mu
+  std::vector<TopicPartition> assigned;  // sorted; guarded by mu
+  std::vector<TopicPartition> missing;   // sorted; guarded by mu
+  std::string waiting_for = "the event topics' metadata (no poll yet)";  // guarded by mu
 
-  // Runs inside consume() on the ingest thread. EAGER protocol: every
-  // rebalance revokes all partitions, then assigns the new set.
-  void rebalance_cb(RdKafka::KafkaConsumer* c, RdKafka::ErrorCode err,
-                    std::vector<RdKafka::TopicPartition*>& parts) override {
-    if (err == RdKafka::ERR__ASSIGN_PARTITIONS) {
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        for (RdKafka::TopicPartition* p : parts) {
-          // A position we know (seeded from the checkpoint or consumed
-          // before) wins over the group's committed offset.
-          auto it = positions.find(TopicPartition{p->topic(), p->partition()});
-          if (it != positions.end()) p->set_offset(it->second);
+  // Reads the event topics' partition counts: 0 for a topic the brokers do
+  // not know; a topic whose metadata could not be read is left out.
+  std::map<std::string, int> ReadPartitionCounts(int timeout_ms, std::string* error) {
+    std::map<std::string, int> counts;
+    const rd_kafka_metadata_t* md = nullptr;
+    // All topics: a request that names no topic never makes a broker with
+    // auto.create.topics.enable create one (the mock cluster would).
+    rd_kafka_resp_err_t err = rd_kafka_metadata(consumer->c_ptr(), 1, nullptr, &md, timeout_ms);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      *error = std::string("no metadata from ") + options.brokers + ": " + rd_kafka_err2str(err);
+      return counts;
+    }
+    for (const std::string* topic :
+         {&options.topics.click, &options.topics.purchase, &options.topics.rating}) {
+      const std::string& name = *topic;
+      counts[name] = 0;  // absent from the list of all topics: unknown
+      for (int i = 0; i < md->topic_cnt; ++i) {
+        const rd_kafka_metadata_topic_t& mt = md->topics[i];
+        if (name != mt.topic) continue;
+        if (mt.err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+          counts[name] = mt.partition_cnt;
+        } else if (mt.err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
+          counts.erase(name);  // not readable now: change nothing of it
+          *error = "topic " + name + ": " + rd_kafka_err2str(mt.err);
         }
       }
-      RdKafka::ErrorCode aerr = c->assign(parts);
-      if (aerr != RdKafka::ERR_NO_ERROR) {
-        logger.CountError();
-        spdlog::error("kafka assign failed: {}", RdKafka::err2str(aerr));
-      }
-      has_assignment.store(!parts.empty());
-      spdlog::info("kafka consumer assigned {} partitions", parts.size());
-      next_lag_refresh = Clock::now();
-    } else {
-      if (err != RdKafka::ERR__REVOKE_PARTITIONS) {
-        logger.CountError();
-        spdlog::warn("kafka rebalance error: {}", RdKafka::err2str(err));
-      }
-      c->unassign();
-      has_assignment.store(false);
+    }
+    rd_kafka_metadata_destroy(md);
+    return counts;
+  }
+
+  // Assigns the owned partitions not assigned yet and drops the ones gone.
+  // Ingest thread only.
+  void RefreshAssignment() {
+    std::string error;
+    std::map<std::string, int> counts = ReadPartitionCounts(1000, &error);
+    std::vector<TopicPartition> now, expected;
+    {
       std::lock_guard<std::mutex> lock(mu);
-      lag.clear();
-      spdlog::info("kafka consumer revoked {} partitions", parts.size());
+      now = assigned;
+      for (const auto& [tp, offset] : positions) expected.push_back(tp);
+    }
+    AssignmentPlan plan = PlanAssignment(counts, now, expected, options.ownership);
+    std::vector<TopicPartition> dropped;
+    for (const TopicPartition& tp : plan.gone) {
+      if (std::binary_search(now.begin(), now.end(), tp)) dropped.push_back(tp);
+    }
+    if (!plan.add.empty()) Assign(plan.add, /*add=*/true);
+    if (!dropped.empty()) Assign(dropped, /*add=*/false);
+    std::lock_guard<std::mutex> lock(mu);
+    for (const TopicPartition& tp : plan.add) assigned.push_back(tp);
+    for (const TopicPartition& tp : dropped) std::erase(assigned, tp);
+    std::sort(assigned.begin(), assigned.end());
+    std::vector<TopicPartition> newly_missing;
+    for (const TopicPartition& tp : plan.gone) {
+      if (!std::binary_search(missing.begin(), missing.end(), tp)) newly_missing.push_back(tp);
+    }
+    if (!newly_missing.empty()) {
+      spdlog::warn(
+          "kafka: partitions no longer in the topics' metadata (deleted or recreated with fewer "
+          "partitions): {}; their stored positions are kept",
+          PartitionNames(newly_missing));
+      missing.insert(missing.end(), newly_missing.begin(), newly_missing.end());
+      std::sort(missing.begin(), missing.end());
+    }
+    if (!plan.add.empty()) {
+      spdlog::info("kafka: trainer {} of {} assigned itself {}", options.ownership.index,
+                   options.ownership.count, PartitionNames(plan.add, 64));
+      next_lag_refresh = Clock::now();
+    }
+    has_assignment.store(!assigned.empty());
+    if (!assigned.empty()) {
+      waiting_for.clear();
+    } else if (!error.empty()) {
+      waiting_for = "the event topics' partitions: " + error;
+    } else {
+      std::string sizes;
+      for (const auto& [topic, n] : counts) {
+        sizes += (sizes.empty() ? "" : ", ") + topic + " has " + std::to_string(n);
+      }
+      waiting_for = "a partition owned by trainer.index " +
+                    std::to_string(options.ownership.index) + " of trainer.count " +
+                    std::to_string(options.ownership.count) + " (" + sizes + ")";
+    }
+  }
+
+  // librdkafka incremental (un)assignment, outside any rebalance.
+  void Assign(const std::vector<TopicPartition>& parts, bool add) {
+    rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(int(parts.size()));
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      for (const TopicPartition& tp : parts) {
+        rd_kafka_topic_partition_t* p =
+            rd_kafka_topic_partition_list_add(list, tp.topic.c_str(), tp.partition);
+        // A position we know (seeded from the checkpoint or consumed before)
+        // wins over the group's committed offset.
+        auto it = positions.find(tp);
+        p->offset = it != positions.end() ? it->second : RD_KAFKA_OFFSET_STORED;
+      }
+    }
+    rd_kafka_error_t* error = add ? rd_kafka_incremental_assign(consumer->c_ptr(), list)
+                                  : rd_kafka_incremental_unassign(consumer->c_ptr(), list);
+    rd_kafka_topic_partition_list_destroy(list);
+    if (error != nullptr) {
+      logger.CountError();
+      spdlog::error("kafka {} failed: {}", add ? "assign" : "unassign", rd_kafka_error_string(error));
+      rd_kafka_error_destroy(error);
     }
   }
 
@@ -347,6 +426,10 @@ EventConsumer::~EventConsumer() {
 Status EventConsumer::Open(const KafkaOptions& options, std::unique_ptr<EventConsumer>* out) {
   if (options.brokers.empty()) return Status::InvalidArgument("kafka.brokers is empty");
   if (options.group_id.empty()) return Status::InvalidArgument("kafka.group_id is empty");
+  if (options.ownership.count < 1 || options.ownership.index < 0 ||
+      options.ownership.index >= options.ownership.count) {
+    return Status::InvalidArgument("trainer.index must be in [0, trainer.count)");
+  }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
@@ -359,8 +442,6 @@ Status EventConsumer::Open(const KafkaOptions& options, std::unique_ptr<EventCon
                                           {"enable.auto.commit", "false"},
                                           {"enable.auto.offset.store", "false"},
                                           {"auto.offset.reset", "earliest"},
-                                          // EAGER: revoke all, then assign.
-                                          {"partition.assignment.strategy", "range,roundrobin"},
                                           // Low latency: don't let the broker sit on fetches.
                                           {"fetch.wait.max.ms", "10"},
                                           {"fetch.error.backoff.ms", "50"},
@@ -391,8 +472,6 @@ Status EventConsumer::Open(const KafkaOptions& options, std::unique_ptr<EventCon
                                           {"enable.partition.eof", "false"},
                                       },
                                       options.properties));
-  RECSTREAM_RETURN_IF_ERROR(
-      SetCallback(conf.get(), "rebalance_cb", static_cast<RdKafka::RebalanceCb*>(impl.get())));
   RECSTREAM_RETURN_IF_ERROR(SetCallback(conf.get(), "offset_commit_cb",
                                         static_cast<RdKafka::OffsetCommitCb*>(impl.get())));
   RECSTREAM_RETURN_IF_ERROR(
@@ -400,11 +479,6 @@ Status EventConsumer::Open(const KafkaOptions& options, std::unique_ptr<EventCon
   std::string err;
   impl->consumer.reset(RdKafka::KafkaConsumer::create(conf.get(), err));
   if (impl->consumer == nullptr) return Status::InvalidArgument("kafka consumer: " + err);
-  RdKafka::ErrorCode serr = impl->consumer->subscribe(
-      {options.topics.click, options.topics.purchase, options.topics.rating});
-  if (serr != RdKafka::ERR_NO_ERROR) {
-    return Status::InvalidArgument("kafka subscribe: " + RdKafka::err2str(serr));
-  }
   out->reset(new EventConsumer(std::move(impl)));
   return Status::OK();
 }
@@ -441,6 +515,13 @@ Status EventConsumer::PollVisit(size_t max_messages, int timeout_ms, VisitFn fn,
   if (d.closed) return Status::Internal("kafka consumer is closed");
   // The C API straight away: the C++ wrapper allocates a Message object
   // and copies the topic name into a std::string for every message.
+  if (Clock::now() >= d.next_metadata) {
+    d.RefreshAssignment();
+    const int refresh_ms = d.has_assignment.load()
+                               ? std::max(1, d.options.partition_refresh_ms)
+                               : std::min(500, std::max(1, d.options.partition_refresh_ms));
+    d.next_metadata = Clock::now() + std::chrono::milliseconds(refresh_ms);
+  }
   rd_kafka_t* rk = d.consumer->c_ptr();
   size_t taken = 0;
   const auto deadline = Clock::now() + std::chrono::milliseconds(std::max(0, timeout_ms));
@@ -536,6 +617,16 @@ void EventConsumer::CommitAsync(const OffsetMap& offsets) {
 
 bool EventConsumer::HasAssignment() const { return impl_->has_assignment.load(); }
 
+AssignmentInfo EventConsumer::Assignment() const {
+  AssignmentInfo info;
+  info.ownership = impl_->options.ownership;
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  info.assigned = impl_->assigned;
+  info.missing = impl_->missing;
+  info.waiting_for = impl_->waiting_for;
+  return info;
+}
+
 std::vector<PartitionLag> EventConsumer::Lag() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   return impl_->lag;
@@ -552,6 +643,12 @@ Status EventConsumer::Close() {
   d.closed = true;
   RdKafka::ErrorCode err = d.consumer->close();
   d.has_assignment.store(false);
+  {
+    std::lock_guard<std::mutex> lock(d.mu);
+    d.assigned.clear();
+    d.lag.clear();
+    d.waiting_for = "the consumer is closed";
+  }
   if (err != RdKafka::ERR_NO_ERROR) {
     return Status::IOError("kafka consumer close: " + RdKafka::err2str(err));
   }

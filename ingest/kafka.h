@@ -21,6 +21,7 @@
 #include "common/offsets.h"
 #include "common/status.h"
 #include "ingest/options.h"
+#include "ingest/ownership.h"
 #include "ingest/parser.h"
 
 // librdkafka's client and mock cluster handles (rdkafka.h, rdkafka_mock.h).
@@ -105,20 +106,33 @@ struct PartitionLag {
   int64_t lag = -1;
 };
 
-// Consumes the three event topics in consumer group `group_id`.
+// This trainer's share of the event topics (see ingest/ownership.h).
+struct AssignmentInfo {
+  Ownership ownership;
+  std::vector<TopicPartition> assigned;  // sorted
+  // Partitions that were assigned or had a stored position but are no longer
+  // in the topics' metadata (the topic was deleted or recreated smaller).
+  std::vector<TopicPartition> missing;
+  // While nothing is assigned: what the consumer waits for, for /readyz.
+  std::string waiting_for;
+};
+
+// Consumes this trainer's partitions of the three event topics.
 //
-// Rebalances use the EAGER protocol. Positions of revoked partitions are kept
-// (they were learned), and a partition assigned again resumes from them; this
-// is exact for the service's one consumer per group, and with several
-// consumers a partition that moves away and back may be re-read from there.
+// Fixed ownership instead of a consumer group's rebalances: the consumer
+// assigns itself (librdkafka assign) the partitions KafkaOptions::ownership
+// gives it, read from the brokers' metadata at the first Poll and again every
+// partition_refresh_ms, so partitions added later are picked up by their
+// owner. Each starts at its seeded position, or where none is seeded at the
+// group's committed offset, else at `auto.offset.reset` (earliest unless
+// kafka.properties says otherwise). No group join, so a restart (or a crash)
+// never waits for the previous member's session to time out. `group_id` is
+// still the group that CommitAsync commits to, for lag tooling.
 //
-// Threading: Open, SeedOffsets, Poll, CommitAsync and Close are called from
-// one thread (the ingest loop). Positions(), HasAssignment(), Lag() and the
-// counters may be called from any thread.
 class EventConsumer {
  public:
-  // Creates the consumer and subscribes it; partitions arrive during Poll().
-  // InvalidArgument for a bad property (the message names it).
+  // Creates the consumer; its partitions are assigned during Poll().
+  // InvalidArgument for a bad property (the message names it) or ownership.
   static Status Open(const KafkaOptions& options, std::unique_ptr<EventConsumer>* out);
   // Leaves the group (Close()) if not done yet.
   ~EventConsumer();
@@ -126,13 +140,17 @@ class EventConsumer {
   EventConsumer& operator=(const EventConsumer&) = delete;
 
   // Positions restored from a checkpoint; call before the first Poll. A
-  // partition assigned later starts at its seeded position.
+  // partition assigned later starts at its seeded position. Seeded partitions
+  // this trainer does not own are the caller's to refuse (ForeignPositions).
   void SeedOffsets(const OffsetMap& offsets);
 
   // Appends to *out up to `max_messages` messages: waits up to `timeout_ms`
   // for the first one, then takes whatever else is already fetched. Zero
   // messages is not an error. Transient errors (broker down, rebalance) are
-  // counted and retried by librdkafka; only a fatal error is returned.
+  // counted and retried by librdkafka; only a fatal error is returned. Reads
+  // the topics' metadata first when it is due (a blocking round trip to the
+  // brokers, every partition_refresh_ms; every 500 ms while nothing is
+  // assigned).
   // Every message returned counts as delivered in Positions().
   Status Poll(size_t max_messages, int timeout_ms, std::vector<RawMessage>* out);
 
@@ -162,6 +180,8 @@ class EventConsumer {
 
   // True while this consumer owns at least one partition.
   bool HasAssignment() const;
+  // The ownership, the partitions assigned and missing, and what is awaited.
+  AssignmentInfo Assignment() const;
 
   // Per assigned partition, refreshed by Poll at most every ~500 ms.
   std::vector<PartitionLag> Lag() const;
@@ -170,7 +190,7 @@ class EventConsumer {
   uint64_t delivered() const;
   uint64_t errors() const;
 
-  // Leaves the group cleanly (revokes its partitions). Idempotent.
+  // Stops consuming and closes the client. Idempotent.
   Status Close();
 
  private:

@@ -34,9 +34,6 @@ KafkaOptions ConsumerOptions(const EmbeddedKafka& kafka, const std::string& grou
   KafkaOptions o;
   o.brokers = kafka.bootstrap();
   o.group_id = group;
-  // Leave the group quickly in tests.
-  o.properties["session.timeout.ms"] = "3000";
-  o.properties["heartbeat.interval.ms"] = "500";
   return o;
 }
 
@@ -380,6 +377,104 @@ TEST_CASE("PollEach hands over every message in place and advances the positions
   CHECK(count == size_t(kEvents));
   CHECK(seqs.size() == size_t(kEvents));
   CHECK(consumer->delivered() == uint64_t(kEvents));
+}
+
+TEST_CASE("Two trainers split four partitions without overlap, at once", "[kafka]") {
+  TopicNames topics;
+  std::unique_ptr<EmbeddedKafka> kafka;
+  REQUIRE(EmbeddedKafka::Start(1, 4, topics, &kafka).ok());
+  const int kEvents = 3000;
+  ProduceEvents(*kafka, topics, 0, kEvents);
+  std::set<int> seqs;
+  std::vector<std::unique_ptr<EventConsumer>> trainers;
+  for (int i = 0; i < 2; ++i) {
+    KafkaOptions o = ConsumerOptions(*kafka, "g-two");  // one group: no rebalance between them
+    o.ownership = Ownership{2, i};
+    trainers.push_back(OpenConsumer(o));
+  }
+  size_t total = 0;
+  for (int i = 0; i < 2; ++i) {
+    // Each trainer has its partitions at its first poll: no group join to wait for.
+    const auto start = Clock::now();
+    std::vector<RawMessage> got;
+    REQUIRE(trainers[i]->Poll(1, 5000, &got).ok());
+    CHECK(trainers[i]->HasAssignment());
+    CHECK(Clock::now() - start < std::chrono::seconds(3));
+    got = PollUntil(trainers[i].get(), kEvents, 3);  // everything it owns, then nothing
+    for (const RawMessage& m : got) {
+      INFO(m.topic << "/" << m.partition);
+      CHECK(m.partition % 2 == i);
+      CHECK(seqs.insert(SeqOf(m.payload)).second);
+    }
+    total += got.size() + 1;
+    AssignmentInfo a = trainers[i]->Assignment();
+    CHECK(a.ownership.index == i);
+    CHECK(a.ownership.count == 2);
+    REQUIRE(a.assigned.size() == 6);  // 3 topics x partitions {i, i + 2}
+    for (const TopicPartition& tp : a.assigned) CHECK(tp.partition % 2 == i);
+    CHECK(a.missing.empty());
+    CHECK(a.waiting_for.empty());
+  }
+  CHECK(total == size_t(kEvents));
+  CHECK(seqs.size() >= size_t(kEvents - 2));  // the two single-message polls' seqs not kept
+
+  // An index out of range is refused.
+  KafkaOptions bad = ConsumerOptions(*kafka, "g-bad");
+  bad.ownership = Ownership{2, 2};
+  std::unique_ptr<EventConsumer> consumer;
+  CHECK(EventConsumer::Open(bad, &consumer).IsInvalidArgument());
+}
+
+TEST_CASE("A topic that appears while consuming is picked up from its start", "[kafka]") {
+  TopicNames topics;
+  auto kafka = StartKafka(topics);
+  KafkaOptions o = ConsumerOptions(*kafka, "g-late");
+  o.topics.click = "late.click";  // not created yet
+  o.partition_refresh_ms = 200;
+  o.ownership = Ownership{2, 1};
+  auto consumer = OpenConsumer(o);
+  std::vector<RawMessage> got;
+  REQUIRE(consumer->Poll(10, 300, &got).ok());
+  AssignmentInfo a = consumer->Assignment();
+  CHECK(a.assigned.size() == 2);  // partition 1 of purchase and rating
+  TopicNames late = topics;
+  late.click = o.topics.click;
+  REQUIRE(kafka->CreateTopic(late.click, 4).ok());
+  // Produced before the trainer noticed the topic: learned all the same.
+  ProduceEvents(*kafka, late, 0, 600);
+  got = PollUntil(consumer.get(), 600, 10);
+  std::set<int> seqs;
+  size_t clicks = 0;
+  for (const RawMessage& m : got) {
+    CHECK(m.partition % 2 == 1);
+    if (m.topic == late.click) ++clicks;
+  }
+  CHECK(clicks > 0);
+  a = consumer->Assignment();
+  CHECK(a.assigned.size() == 4);  // + late.click partitions 1 and 3
+  CHECK(std::count(a.assigned.begin(), a.assigned.end(), TopicPartition{late.click, 3}) == 1);
+  // Everything the trainer owns arrived: nothing more.
+  std::vector<RawMessage> more = PollUntil(consumer.get(), 600, 1);
+  CHECK(more.empty());
+  OffsetMap positions = consumer->Positions();
+  int64_t owned = 0;
+  for (const auto& [tp, offset] : positions) owned += offset;
+  CHECK(owned == int64_t(got.size()));
+}
+
+TEST_CASE("A trainer that owns no partition says so while not ready", "[kafka]") {
+  TopicNames topics;
+  auto kafka = StartKafka(topics);  // 3 partitions
+  KafkaOptions o = ConsumerOptions(*kafka, "g-none");
+  o.ownership = Ownership{4, 3};
+  auto consumer = OpenConsumer(o);
+  std::vector<RawMessage> got;
+  REQUIRE(consumer->Poll(10, 300, &got).ok());
+  CHECK_FALSE(consumer->HasAssignment());
+  AssignmentInfo a = consumer->Assignment();
+  INFO(a.waiting_for);
+  CHECK(a.waiting_for.find("trainer.index 3 of trainer.count 4") != std::string::npos);
+  CHECK(a.waiting_for.find(topics.click + " has 3") != std::string::npos);
 }
 
 }  // namespace

@@ -28,6 +28,14 @@ struct TopicNames {
   std::string dlq = "recstream.dlq";
 };
 
+// Fixed partition ownership (ingest/ownership.h): trainer `index` of `count`
+// reads the partitions p with p % count == index of every event topic.
+struct Ownership {
+  int count = 1;  // trainers in all, >= 1 (trainer.count)
+  int index = 0;  // this trainer, in [0, count) (trainer.index)
+  bool Owns(int partition) const { return partition >= 0 && partition % count == index; }
+};
+
 struct KafkaOptions {
   // Bootstrap servers, comma separated. Empty: the service starts an
   // embedded mock cluster and fills this in.
@@ -40,6 +48,11 @@ struct KafkaOptions {
   int max_batch = 4096;
   // Longest wait for the first message of a batch.
   int poll_timeout_ms = 20;
+  // Which partitions this trainer reads; no consumer-group rebalancing.
+  Ownership ownership;
+  // How often the event topics' partition counts are read again, so that
+  // partitions added while running are picked up by their owner (ms).
+  int partition_refresh_ms = 5000;
   // Extra librdkafka properties, passed through verbatim (kafka.properties.*).
   std::map<std::string, std::string> properties;
 };

@@ -34,6 +34,9 @@ set +e
 unshare --mount bash -c '
   set -e
   root=$1
+  # The root a mount point of its own, as on a real machine (unshare --mount
+  # inside, used by the image test, needs one).
+  mount --bind "$root" "$root"
   mount -t proc proc "$root/proc"
   mount --rbind /sys "$root/sys"
   mount --rbind /dev "$root/dev"

@@ -32,8 +32,7 @@ PIDS+=($!)
 for _ in $(seq 100); do [[ -s "$WORK/bootstrap" ]] && break; sleep 0.1; done
 BROKERS=$(tr -d ' \n' <"$WORK/bootstrap")
 "$BIN" serve --set kafka.brokers="$BROKERS" --set store.path="$WORK/store" \
-  --set serve.listen=127.0.0.1:"$PORT" --set serve.threads=2 \
-  --set kafka.properties.session.timeout.ms=6000 >"$WORK/serve.log" 2>&1 &
+  --set serve.listen=127.0.0.1:"$PORT" --set serve.threads=2 >"$WORK/serve.log" 2>&1 &
 SERVE=$!
 PIDS+=($SERVE)
 for _ in $(seq 400); do curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done

@@ -9,3 +9,7 @@ cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build "$BUILD_DIR" -j"$(nproc)"
 cd "$BUILD_DIR"
 ctest --output-on-failure --timeout 600 -j2
+# Why each skipped test could not run here (ctest shows only that it did not).
+if grep -q "SKIPPED:" Testing/Temporary/LastTest.log 2>/dev/null; then
+  grep -h "SKIPPED:" Testing/Temporary/LastTest.log | sort -u
+fi

@@ -570,6 +570,17 @@ HttpResponse Api::Stats() const {
 
   int64_t total_lag = 0;
   for (const auto& p : st.lag) total_lag += p.lag;
+  w.Key("trainer").BeginObject();
+  w.Key("index").Int(st.trainer_index);
+  w.Key("count").Int(st.trainer_count);
+  w.Key("partitions").BeginArray();
+  for (const std::string& p : st.assigned_partitions) w.String(p);
+  w.EndArray();
+  w.Key("missing_partitions").BeginArray();
+  for (const std::string& p : st.missing_partitions) w.String(p);
+  w.EndArray();
+  w.EndObject();
+
   w.Key("consumer").BeginObject();
   w.Key("total_lag").Int(total_lag);
   w.Key("partitions").BeginArray();
@@ -686,6 +697,18 @@ HttpResponse Api::Metrics() const {
   }
   p.Header("recstream_dlq_sent_total", "counter", "Rejected events produced to the DLQ topic.");
   p.Sample("recstream_dlq_sent_total", static_cast<double>(st.dlq_sent));
+
+  p.Header("recstream_trainer_info", "gauge",
+           "1, labelled with this trainer's index and the trainer count (trainer.index/count).");
+  p.Sample("recstream_trainer_info",
+           {"index", std::to_string(st.trainer_index), "count", std::to_string(st.trainer_count)},
+           1.0);
+  p.Header("recstream_assigned_partitions", "gauge",
+           "Event-topic partitions this trainer owns and consumes.");
+  p.Sample("recstream_assigned_partitions", static_cast<double>(st.assigned_partitions.size()));
+  p.Header("recstream_missing_partitions", "gauge",
+           "Partitions assigned or stored that are no longer in the topics' metadata.");
+  p.Sample("recstream_missing_partitions", static_cast<double>(st.missing_partitions.size()));
 
   p.Header("recstream_consumer_lag", "gauge", "Messages behind the high watermark per partition.");
   for (const auto& l : st.lag) {

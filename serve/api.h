@@ -60,6 +60,13 @@ struct ServiceStatus {
   std::vector<std::pair<std::string, uint64_t>> rejected;
   uint64_t dlq_sent = 0;
   std::vector<PartitionLagInfo> lag;
+  // Fixed partition ownership: trainer `trainer_index` of `trainer_count`,
+  // the partitions it has assigned itself and the ones that disappeared
+  // ("topic/partition").
+  int trainer_index = 0;
+  int trainer_count = 1;
+  std::vector<std::string> assigned_partitions;
+  std::vector<std::string> missing_partitions;
   bool checkpoint_ok = true;  // false when the last checkpoint failed
   std::string checkpoint_error;
   int64_t last_checkpoint_ms = 0;  // Unix ms; 0 = never

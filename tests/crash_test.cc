@@ -5,6 +5,7 @@
 // checkpoint was written.
 #include <catch2/catch.hpp>
 #include <random>
+#include <set>
 
 #include "ingest/kafka.h"
 #include "serve/test_http_client.h"
@@ -41,71 +42,99 @@ Counts Learned(uint16_t port) {
 
 class Server {
  public:
+  // Default Kafka settings: fixed partition ownership needs no group session
+  // to expire, so nothing here shortens one.
   Server(const std::string& brokers, const std::string& store, uint16_t port,
-         const std::string& log)
-      : port_(port),
-        process_({RECSTREAM_BINARY, "serve",
-                  "--set",          "kafka.brokers=" + brokers,
-                  "--set",          "kafka.group_id=crash",
-                  "--set",          "kafka.max_batch=300",
-                  "--set",          "store.path=" + store,
-                  "--set",          "store.checkpoint_interval_ms=150",
-                  "--set",          "serve.listen=127.0.0.1:" + std::to_string(port),
-                  "--set",          "serve.admin_token=t0ken",
-                  "--set",          "kafka.properties.session.timeout.ms=6000",
-                  "--set",          "kafka.properties.heartbeat.interval.ms=500"},
-                 log) {}
+         const std::string& log, const std::vector<std::string>& extra = {})
+      : port_(port), process_(Argv(brokers, store, port, extra), log) {}
   bool Up() {
     return WaitFor([&] { return HttpCall(port_, "GET", "/healthz").status == 200; }, 20s);
   }
   ChildProcess& process() { return process_; }
 
  private:
+  static std::vector<std::string> Argv(const std::string& brokers, const std::string& store,
+                                       uint16_t port, const std::vector<std::string>& extra) {
+    std::vector<std::string> argv = {RECSTREAM_BINARY, "serve",
+                                     "--set",          "kafka.brokers=" + brokers,
+                                     "--set",          "kafka.group_id=crash",
+                                     "--set",          "kafka.max_batch=300",
+                                     "--set",          "store.path=" + store,
+                                     "--set",          "store.checkpoint_interval_ms=150",
+                                     "--set",          "serve.listen=127.0.0.1:" + std::to_string(port),
+                                     "--set",          "serve.admin_token=t0ken"};
+    for (const std::string& e : extra) {
+      argv.push_back("--set");
+      argv.push_back(e);
+    }
+    return argv;
+  }
   uint16_t port_;
   ChildProcess process_;
 };
+
+// `recstream broker` in its own process (it outlives the services), and a
+// producer of random click, purchase and rating events that counts them.
+class Cluster {
+ public:
+  Cluster(const testing::TempDir& dir, int partitions)
+      : log_(dir.path() + "/log.txt"),
+        bootstrap_file_(dir.path() + "/bootstrap"),
+        broker_({RECSTREAM_BINARY, "broker", "--partitions", std::to_string(partitions),
+                 "--bootstrap-file", bootstrap_file_},
+                log_) {
+    REQUIRE(broker_.started());
+    REQUIRE(WaitFor([&] { return std::filesystem::exists(bootstrap_file_); }, 10s));
+    brokers_ = testing::ReadFile(bootstrap_file_);
+    brokers_.erase(brokers_.find_last_not_of("\n ") + 1);
+    REQUIRE(ingest::EventProducer::Open(brokers_, ingest::TopicNames{}, &producer_).ok());
+  }
+  const std::string& brokers() const { return brokers_; }
+  const std::string& log() const { return log_; }
+  const Counts& produced() const { return produced_; }
+
+  void Produce(int n) {
+    for (int i = 0; i < n; ++i) {
+      std::string u = std::to_string(rng_() % 300), it = "i" + std::to_string(rng_() % 100);
+      int kind = rng_() % 10;
+      std::string json;
+      if (kind < 6) {
+        json = R"({"type":"click","user":)" + u + R"(,"item":")" + it + R"(","label":)" +
+               std::to_string(rng_() % 2) + "}";
+        produced_.click += 1;
+      } else if (kind < 7) {
+        json = R"({"type":"purchase","user":)" + u + R"(,"item":")" + it + R"(","label":1})";
+        produced_.purchase += 1;
+      } else {
+        json = R"({"type":"rating","user":)" + u + R"(,"item":")" + it + R"(","value":)" +
+               std::to_string(1 + rng_() % 5) + "}";
+        produced_.rating += 1;
+      }
+      REQUIRE(producer_->SendEvent(json, ingest::ParserOptions{}).ok());
+    }
+    REQUIRE(producer_->Flush(10000).ok());
+  }
+
+ private:
+  std::string log_, bootstrap_file_, brokers_;
+  ChildProcess broker_;
+  std::unique_ptr<ingest::EventProducer> producer_;
+  std::mt19937 rng_{7};
+  Counts produced_{0, 0, 0};
+};
+
+double Seconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
 
 }  // namespace
 
 TEST_CASE("SIGKILL mid-stream loses no event and applies none twice", "[crash]") {
   testing::TempDir dir;
-  const std::string log = dir.path() + "/log.txt";
-  const std::string bootstrap_file = dir.path() + "/bootstrap";
-  ChildProcess broker(
-      {RECSTREAM_BINARY, "broker", "--partitions", "3", "--bootstrap-file", bootstrap_file}, log);
-  REQUIRE(broker.started());
-  REQUIRE(WaitFor([&] { return std::filesystem::exists(bootstrap_file); }, 10s));
-  std::string brokers = testing::ReadFile(bootstrap_file);
-  brokers.erase(brokers.find_last_not_of("\n ") + 1);
-
-  std::unique_ptr<ingest::EventProducer> producer;
-  ingest::TopicNames topics;
-  REQUIRE(ingest::EventProducer::Open(brokers, topics, &producer).ok());
-  ingest::ParserOptions parser;
-  std::mt19937 rng(7);
-  Counts produced{0, 0, 0};
-  auto produce = [&](int n) {
-    for (int i = 0; i < n; ++i) {
-      std::string u = std::to_string(rng() % 300), it = "i" + std::to_string(rng() % 100);
-      int kind = rng() % 10;
-      std::string json;
-      if (kind < 6) {
-        json = R"({"type":"click","user":)" + u + R"(,"item":")" + it + R"(","label":)" +
-               std::to_string(rng() % 2) + "}";
-        produced.click += 1;
-      } else if (kind < 7) {
-        json = R"({"type":"purchase","user":)" + u + R"(,"item":")" + it + R"(","label":1})";
-        produced.purchase += 1;
-      } else {
-        json = R"({"type":"rating","user":)" + u + R"(,"item":")" + it + R"(","value":)" +
-               std::to_string(1 + rng() % 5) + "}";
-        produced.rating += 1;
-      }
-      REQUIRE(producer->SendEvent(json, parser).ok());
-    }
-    REQUIRE(producer->Flush(10000).ok());
-  };
-
+  Cluster cluster(dir, 3);
+  const std::string& brokers = cluster.brokers();
+  const std::string& log = cluster.log();
+  auto produce = [&](int n) { cluster.Produce(n); };
   const std::string store = dir.path() + "/store";
   const uint16_t port = testing::FreePort();
   produce(20000);
@@ -127,6 +156,7 @@ TEST_CASE("SIGKILL mid-stream loses no event and applies none twice", "[crash]")
   Server server(brokers, store, port, log);
   REQUIRE(server.Up());
   INFO("log: " << testing::ReadFile(log).substr(0, 4000));
+  const Counts& produced = cluster.produced();
   REQUIRE(WaitFor([&] { return Learned(port).total() >= produced.total(); }, 90s));
   std::this_thread::sleep_for(1500ms);  // anything applied twice would show now
   Counts learned = Learned(port);
@@ -157,6 +187,119 @@ TEST_CASE("SIGKILL mid-stream loses no event and applies none twice", "[crash]")
   // SIGTERM: a final checkpoint and exit code 0.
   restarted.process().Signal(SIGTERM);
   CHECK(restarted.process().Wait() == 0);
+}
+
+TEST_CASE("A restarted trainer is ready and learning within 5 s", "[restart]") {
+  testing::TempDir dir;
+  Cluster cluster(dir, 3);
+  const std::string store = dir.path() + "/store";
+  const uint16_t port = testing::FreePort();
+  cluster.Produce(3000);
+  auto server = std::make_unique<Server>(cluster.brokers(), store, port, cluster.log());
+  REQUIRE(server->Up());
+  REQUIRE(WaitFor([&] { return Learned(port).total() >= cluster.produced().total(); }, 60s));
+  for (int sig : {SIGTERM, SIGKILL}) {
+    INFO("signal " << sig);
+    server->process().Signal(sig);
+    CHECK(server->process().Wait() == (sig == SIGTERM ? 0 : 128 + SIGKILL));
+    cluster.Produce(1000);  // arrives while the trainer is down
+    const auto start = std::chrono::steady_clock::now();
+    server = std::make_unique<Server>(cluster.brokers(), store, port, cluster.log());
+    REQUIRE(WaitFor([&] { return HttpCall(port, "GET", "/readyz").status == 200; }, 30s));
+    const double ready_s = Seconds(std::chrono::steady_clock::now() - start);
+    REQUIRE(WaitFor([&] { return Learned(port).total() >= cluster.produced().total(); }, 30s));
+    const double caught_up_s = Seconds(std::chrono::steady_clock::now() - start);
+    // And what arrives now is learned at once.
+    cluster.Produce(100);
+    REQUIRE(WaitFor([&] { return Learned(port).total() >= cluster.produced().total(); }, 30s));
+    const double fresh_s = Seconds(std::chrono::steady_clock::now() - start);
+    WARN("after " << (sig == SIGTERM ? "SIGTERM" : "SIGKILL") << ": ready in " << ready_s
+                  << " s, events produced while down learned in " << caught_up_s
+                  << " s, a new event learned " << fresh_s << " s after the restart");
+    CHECK(ready_s < 5.0);
+    CHECK(fresh_s < 5.0);
+    CHECK(Learned(port).total() == cluster.produced().total());  // none twice
+  }
+}
+
+TEST_CASE("Two trainers split four partitions and learn every event once", "[trainers]") {
+  testing::TempDir dir;
+  Cluster cluster(dir, 4);
+  const uint16_t ports[2] = {testing::FreePort(), testing::FreePort()};
+  cluster.Produce(6000);
+  std::vector<std::unique_ptr<Server>> trainers;
+  for (int i = 0; i < 2; ++i) {
+    trainers.push_back(std::make_unique<Server>(
+        cluster.brokers(), dir.path() + "/store" + std::to_string(i), ports[i], cluster.log(),
+        std::vector<std::string>{"trainer.count=2", "trainer.index=" + std::to_string(i)}));
+    REQUIRE(trainers.back()->Up());
+  }
+  auto sum = [&] {
+    Counts c{0, 0, 0};
+    for (uint16_t port : ports) {
+      Counts one = Learned(port);
+      c.click += one.click;
+      c.purchase += one.purchase;
+      c.rating += one.rating;
+    }
+    return c;
+  };
+  REQUIRE(WaitFor([&] { return sum().total() >= cluster.produced().total(); }, 60s));
+  cluster.Produce(2000);  // and while both run
+  REQUIRE(WaitFor([&] { return sum().total() >= cluster.produced().total(); }, 60s));
+  std::this_thread::sleep_for(1s);  // anything learned twice would show now
+  Counts total = sum();
+  CHECK(total.click == cluster.produced().click);
+  CHECK(total.purchase == cluster.produced().purchase);
+  CHECK(total.rating == cluster.produced().rating);
+
+  std::set<std::string> seen;
+  for (int i = 0; i < 2; ++i) {
+    Json j;
+    REQUIRE(j.Parse(HttpCall(ports[i], "GET", "/v1/stats").body));
+    CHECK(j.Number("/trainer/index") == i);
+    CHECK(j.Number("/trainer/count") == 2);
+    CHECK(Learned(ports[i]).total() > 0);
+    std::vector<std::string> parts = j.Strings("/trainer/partitions");
+    CHECK(parts.size() == 6);  // partitions i and i + 2 of three topics
+    for (const std::string& p : parts) {
+      CHECK(std::stoi(p.substr(p.rfind('/') + 1)) % 2 == i);
+      CHECK(seen.insert(p).second);  // no overlap
+    }
+    const std::string metrics = HttpCall(ports[i], "GET", "/metrics").body;
+    CHECK(metrics.find("recstream_trainer_info{index=\"" + std::to_string(i) +
+                       "\",count=\"2\"} 1") != std::string::npos);
+  }
+  CHECK(seen.size() == 12);
+}
+
+TEST_CASE("A store written with another trainer.count is refused at start", "[trainers]") {
+  testing::TempDir dir;
+  Cluster cluster(dir, 4);
+  const std::string store = dir.path() + "/store";
+  const uint16_t port = testing::FreePort();
+  cluster.Produce(2000);
+  {
+    Server one(cluster.brokers(), store, port, cluster.log());
+    REQUIRE(one.Up());
+    REQUIRE(WaitFor([&] { return Learned(port).total() >= cluster.produced().total(); }, 60s));
+    one.process().Signal(SIGTERM);
+    REQUIRE(one.process().Wait() == 0);
+  }
+  const std::string refused_log = dir.path() + "/refused.txt";
+  Server two(cluster.brokers(), store, port, refused_log,
+             {"trainer.count=2", "trainer.index=0"});
+  CHECK(two.process().Wait() == 2);
+  const std::string message = testing::ReadFile(refused_log);
+  INFO(message);
+  CHECK(message.find("trainer.count") != std::string::npos);
+  CHECK(message.find("recstream.click/1") != std::string::npos);
+  CHECK(message.find("empty store.path") != std::string::npos);
+
+  // Nothing was changed: the same store with its own trainer.count resumes.
+  Server again(cluster.brokers(), store, port, cluster.log());
+  REQUIRE(again.Up());
+  CHECK(Learned(port).total() == cluster.produced().total());
 }
 
 }  // namespace recstream

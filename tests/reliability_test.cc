@@ -6,10 +6,10 @@
 //  - hostile events: every case of tests/hostile/ goes to the dead-letter
 //    topic with its reason, the service stays up and the model stays finite;
 //  - broker faults: brokers down and up, request errors, leader changes;
-//  - a consumer-group rebalance with a second instance;
+//  - two trainers with fixed partition ownership, one stopping and restarting;
 //  - disk faults: /readyz reports them, serving continues, offsets that were
 //    not stored are not treated as done, everything recovers;
-//  - shutdown: final checkpoint, offsets stored and committed, group left.
+//  - shutdown: final checkpoint, offsets stored and committed.
 #include <librdkafka/rdkafka.h>
 // rdkafka_mock.h needs rdkafka.h first.
 #include <librdkafka/rdkafka_mock.h>
@@ -97,9 +97,6 @@ config::AppConfig BaseConfig(const std::string& brokers, const std::string& stor
   cfg.serve.listen = "127.0.0.1:0";
   cfg.serve.admin_token = "adm1n";
   cfg.learner.threads = 2;
-  // The mock cluster holds a group's next join for about the session timeout.
-  cfg.kafka.properties["session.timeout.ms"] = "6000";
-  cfg.kafka.properties["heartbeat.interval.ms"] = "500";
   return cfg;
 }
 
@@ -409,49 +406,56 @@ TEST_CASE("Broker faults: serving keeps answering, consumption resumes, nothing 
   REQUIRE(service->Shutdown().ok());
 }
 
-TEST_CASE("A second instance joins and leaves the group: the first learns every event once",
-          "[reliability][rebalance]") {
+TEST_CASE("One of two trainers stops and restarts: the other goes on, every event once",
+          "[reliability][trainers]") {
   testing::TempDir dir;
   std::unique_ptr<ingest::EmbeddedKafka> kafka;
   ingest::TopicNames topics;
-  REQUIRE(ingest::EmbeddedKafka::Start(1, 3, topics, &kafka).ok());
+  REQUIRE(ingest::EmbeddedKafka::Start(1, 4, topics, &kafka).ok());
   config::AppConfig a_cfg = BaseConfig(kafka->bootstrap(), dir.path() + "/a", "shared");
   config::AppConfig b_cfg = BaseConfig(kafka->bootstrap(), dir.path() + "/b", "shared");
+  a_cfg.kafka.ownership = {2, 0};
+  b_cfg.kafka.ownership = {2, 1};
   std::unique_ptr<app::Service> a, b;
   REQUIRE(app::Service::Start(a_cfg, &a).ok());
+  REQUIRE(app::Service::Start(b_cfg, &b).ok());
   const uint16_t port = PortOf(a->http_address());
+  uint16_t b_port = PortOf(b->http_address());
   REQUIRE(WaitFor([&] { return HttpCall(port, "GET", "/readyz").status == 200; }, 30s));
+  REQUIRE(WaitFor([&] { return HttpCall(b_port, "GET", "/readyz").status == 200; }, 30s));
   Prober prober(port);
 
   Stream stream;
   std::unique_ptr<ingest::EventProducer> producer;
   REQUIRE(ingest::EventProducer::Open(kafka->bootstrap(), topics, &producer).ok());
   stream.SendAll(producer.get(), 2000);
-  REQUIRE(WaitFor([&] { return Learned(port) == stream.total(); }, 30s));
+  REQUIRE(WaitFor([&] { return Learned(port) + Learned(b_port) == stream.total(); }, 30s));
+  CHECK(Learned(port) > 0);
+  CHECK(Learned(b_port) > 0);
 
-  // B joins: the group rebalances and the partitions are split.
-  REQUIRE(app::Service::Start(b_cfg, &b).ok());
-  const uint16_t b_port = PortOf(b->http_address());
-  REQUIRE(WaitFor([&] { return HttpCall(b_port, "GET", "/readyz").status == 200; }, 40s));
-  stream.SendAll(producer.get(), 3000);
-  REQUIRE(WaitFor([&] { return Learned(b_port) > 0; }, 30s));
-  std::this_thread::sleep_for(1s);
-  const double a_during = Learned(port);
-  CHECK(a_during < stream.total());  // B took some partitions
-
-  // B leaves cleanly: A gets every partition back and resumes each from
-  // where A itself left it, so A's model holds every event exactly once.
+  // B stops: A keeps its own partitions and learns on, untouched (no
+  // rebalance hands it B's partitions, whose events wait for B).
   REQUIRE(b->Shutdown().ok());
   b.reset();
-  stream.SendAll(producer.get(), 1000);
-  REQUIRE(WaitFor([&] { return Learned(port) == stream.total(); }, 60s));
+  const double a_before = Learned(port);
+  stream.SendAll(producer.get(), 2000);
+  REQUIRE(WaitFor([&] { return Learned(port) > a_before + 500; }, 30s));
   std::this_thread::sleep_for(1s);
-  auto learned = LearnedByTask(port);
-  CHECK(learned[0] == stream.produced[0]);
-  CHECK(learned[1] == stream.produced[1]);
-  CHECK(learned[2] == stream.produced[2]);
+  CHECK(Learned(port) < stream.total() - 500);
+
+  // B comes back on its own store and resumes its partitions where it left
+  // them: together they hold every event exactly once.
+  REQUIRE(app::Service::Start(b_cfg, &b).ok());
+  b_port = PortOf(b->http_address());
+  REQUIRE(WaitFor([&] { return Learned(port) + Learned(b_port) == stream.total(); }, 60s));
+  std::this_thread::sleep_for(1s);
+  auto la = LearnedByTask(port), lb = LearnedByTask(b_port);
+  CHECK(la[0] + lb[0] == stream.produced[0]);
+  CHECK(la[1] + lb[1] == stream.produced[1]);
+  CHECK(la[2] + lb[2] == stream.produced[2]);
   prober.Stop();
   CHECK(prober.failures() == 0);
+  REQUIRE(b->Shutdown().ok());
   REQUIRE(a->Shutdown().ok());
 }
 
@@ -535,7 +539,7 @@ TEST_CASE("Disk faults: readiness reports them, serving goes on, nothing unstore
 
 namespace recstream {
 
-TEST_CASE("SIGTERM: final checkpoint, offsets stored and committed, group left, exit 0 quickly",
+TEST_CASE("SIGTERM: final checkpoint, offsets stored and committed, exit 0 quickly",
           "[reliability][shutdown]") {
   testing::TempDir dir;
   const std::string log = dir.path() + "/log.txt";
@@ -553,9 +557,7 @@ TEST_CASE("SIGTERM: final checkpoint, offsets stored and committed, group left, 
   testing::ChildProcess server({RECSTREAM_BINARY, "serve", "--set", "kafka.brokers=" + brokers,
                                 "--set", "kafka.group_id=term", "--set", "store.path=" + store,
                                 "--set", "store.checkpoint_interval_ms=600000", "--set",
-                                "serve.listen=127.0.0.1:" + std::to_string(port), "--set",
-                                "kafka.properties.session.timeout.ms=6000", "--set",
-                                "kafka.properties.heartbeat.interval.ms=500"},
+                                "serve.listen=127.0.0.1:" + std::to_string(port)},
                                log);
   REQUIRE(server.started());
   REQUIRE(WaitFor([&] { return HttpCall(port, "GET", "/readyz").status == 200; }, 30s));
@@ -577,21 +579,19 @@ TEST_CASE("SIGTERM: final checkpoint, offsets stored and committed, group left, 
   // The contract is 5 s; the test allows for a loaded machine and prints it.
   WARN("SIGTERM to exit: " << seconds << " s");
   CHECK(seconds < 10.0);
-  CHECK(testing::ReadFile(log).find("leaving the consumer group:") == std::string::npos);
+  CHECK(testing::ReadFile(log).find("closing the Kafka consumer:") == std::string::npos);
 
   StoredModel m = ReadStore(store);
   CHECK(m.learned[0] + m.learned[1] + m.learned[2] == uint64_t(stream.total()));
   CHECK(m.offsets_total == stream.total());
   CHECK(CommittedTotal(brokers, "term") == stream.total());
 
-  // With the broker gone, leaving the group cannot complete: SIGTERM still
+  // With the broker gone, closing the consumer cannot complete: SIGTERM still
   // stores the final checkpoint and exits 0 within the budget.
   {
     testing::ChildProcess again({RECSTREAM_BINARY, "serve", "--set", "kafka.brokers=" + brokers,
                                  "--set", "kafka.group_id=term", "--set", "store.path=" + store,
-                                 "--set", "serve.listen=127.0.0.1:" + std::to_string(port), "--set",
-                                 "kafka.properties.session.timeout.ms=6000", "--set",
-                                 "kafka.properties.heartbeat.interval.ms=500"},
+                                 "--set", "serve.listen=127.0.0.1:" + std::to_string(port)},
                                 log);
     REQUIRE(WaitFor([&] { return HttpCall(port, "GET", "/readyz").status == 200; }, 30s));
     broker.Signal(SIGKILL);

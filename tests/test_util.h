@@ -135,6 +135,17 @@ class Json {
     if (e.get_uint64().get(u) == simdjson::SUCCESS) return double(u);
     return std::nan("");
   }
+  // The strings of an array at a JSON pointer; empty if absent.
+  std::vector<std::string> Strings(const std::string& pointer) const {
+    std::vector<std::string> out;
+    simdjson::dom::array a;
+    if (root_.at_pointer(pointer).get_array().get(a) != simdjson::SUCCESS) return out;
+    for (simdjson::dom::element e : a) {
+      std::string_view v;
+      if (e.get_string().get(v) == simdjson::SUCCESS) out.emplace_back(v);
+    }
+    return out;
+  }
   bool Bool(const std::string& pointer) const {
     auto e = root_.at_pointer(pointer);
     bool b = false;
