@@ -739,3 +739,130 @@ TEST_CASE("CheckpointStore: unusable directories are IOError", "[store]") {
 
 }  // namespace
 }  // namespace recstream::store
+
+namespace recstream::store {
+namespace {
+
+// A model with every kind of stored record: MMoE dense blocks, users, items
+// and side features, feature lists, pretrained vectors, purchases, offsets,
+// written as a full checkpoint and then a delta.
+LearnerOptions FixtureModel() {
+  LearnerOptions options = SmallModel();
+  options.arch = learner::Arch::kMmoe;
+  options.pretrained_dim = 6;
+  return options;
+}
+
+void WriteFixtureStore(const std::string& path, size_t ingest_min_bytes) {
+  auto model = NewLearner(FixtureModel());
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int i = 0; i < kItems; i += 3) {
+    std::vector<float> v(6);
+    for (float& x : v) x = normal(rng);
+    REQUIRE(model->ImportPretrained(Item(i), v).ok());
+  }
+  model->Train(MakeEvents(500, 21));
+  auto store = OpenStore(path, true, ingest_min_bytes);
+  ModelSnapshot full;
+  model->TakeSnapshot(true, &full);
+  REQUIRE(store->Write(full, {{kClick0, 500}, {kRating2, 9}}, nullptr).ok());
+  auto more = MakeEvents(200, 22);
+  for (size_t k = 0; k < more.size(); k += 10) more[k].user = "late" + std::to_string(k);
+  model->Train(more);
+  ModelSnapshot delta;
+  model->TakeSnapshot(false, &delta);
+  REQUIRE(store->Write(delta, {{kClick0, 700}}, nullptr).ok());
+}
+
+// Every score of the model as bits, its recommendations and counts: one
+// line each, so that a difference shows where it is.
+std::string DescribeModel(const Learner& model) {
+  const learner::Blend blend;
+  std::string out;
+  char line[160];
+  auto bits = [](float f) { return std::bit_cast<uint32_t>(f); };
+  for (int u = -1; u < kUsers; ++u) {
+    for (int i = -1; i < kItems; ++i) {
+      const std::string user = u < 0 ? "nobody" : User(u), item = i < 0 ? "nothing" : Item(i);
+      auto r = model.Score(user, item, blend);
+      std::snprintf(line, sizeof line, "%s %s %08x %08x %08x %08x %d %d\n", user.c_str(),
+                    item.c_str(), bits(r.prediction.click), bits(r.prediction.purchase),
+                    bits(r.prediction.rating), bits(r.score), r.user_known, r.item_known);
+      out += line;
+    }
+  }
+  for (int u = 0; u < kUsers; u += 5) {
+    for (const auto& rec : model.Recommend(User(u), 4, true, blend)) {
+      std::snprintf(line, sizeof line, "recommend %s %s %08x\n", User(u).c_str(),
+                    rec.item.c_str(), bits(rec.score));
+      out += line;
+    }
+  }
+  auto st = model.Stats();
+  std::snprintf(line, sizeof line, "users %llu items %llu features %llu pretrained %llu\n",
+                (unsigned long long)st.users, (unsigned long long)st.items,
+                (unsigned long long)st.features, (unsigned long long)st.pretrained);
+  out += line;
+  for (int t = 0; t < learner::kNumTasks; ++t) {
+    std::snprintf(line, sizeof line, "learned %d %llu weight %08x\n", t,
+                  (unsigned long long)st.tasks[t].learned, bits(st.tasks[t].loss_weight));
+    out += line;
+  }
+  return out;
+}
+
+// Stores written by the store format's first version (store/testdata,
+// written by RECSTREAM_WRITE_STORE_FIXTURE=DIR store_test "[fixture]" at
+// commit 8d218b9): they must load and score bit for bit as the model that
+// wrote them did, whatever the code that reads them now.
+TEST_CASE("CheckpointStore: stores written by an earlier version load bit for bit",
+          "[store][fixture]") {
+  const char* write_to = std::getenv("RECSTREAM_WRITE_STORE_FIXTURE");
+  for (const char* layout : {"batch", "ingested"}) {
+    INFO(layout);
+    if (write_to != nullptr) {
+      const std::string dir = std::string(write_to) + "/" + layout;
+      fs::remove_all(dir);
+      WriteFixtureStore(dir, std::string(layout) == "batch" ? kIngestDefault : 0);
+      auto store = OpenStore(dir);
+      OffsetMap offsets;
+      CheckpointInfo info;
+      auto model = Restore(store.get(), FixtureModel(), &offsets, &info);
+      std::ofstream(dir + ".expected") << DescribeModel(*model);
+      store.reset();
+      fs::remove(dir + "/LOCK");
+      for (const auto& f : fs::directory_iterator(dir))
+        if (f.path().filename().string().rfind("LOG", 0) == 0) fs::remove(f.path());
+      continue;
+    }
+    const std::string fixture = std::string(RECSTREAM_STORE_TESTDATA) + "/" + layout;
+    REQUIRE(fs::exists(fixture));
+    TempDir dir;
+    const std::string path = dir.Sub("db");
+    fs::copy(fixture, path, fs::copy_options::recursive);
+    auto store = OpenStore(path);
+    OffsetMap offsets;
+    CheckpointInfo info;
+    auto model = Restore(store.get(), FixtureModel(), &offsets, &info);
+    CHECK(info.sequence == 2);
+    CHECK(offsets == OffsetMap{{kClick0, 700}, {kRating2, 9}});
+    std::ifstream in(fixture + ".expected");
+    const std::string want((std::istreambuf_iterator<char>(in)), {});
+    REQUIRE(!want.empty());
+    const std::string got = DescribeModel(*model);
+    if (got != want) {
+      // Name the first line that differs.
+      size_t at = 0;
+      while (at < got.size() && at < want.size() && got[at] == want[at]) ++at;
+      const size_t line_start = want.rfind('\n', at) == std::string::npos ? 0 : want.rfind('\n', at) + 1;
+      FAIL("first difference: expected \"" << want.substr(line_start, want.find('\n', at) - line_start)
+                                           << "\", got \""
+                                           << got.substr(line_start, got.find('\n', at) - line_start)
+                                           << "\"");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace recstream::store
