@@ -27,26 +27,26 @@
 #include <utility>
 #include <vector>
 
+#include "store/codec.h"
+
 namespace recstream::store {
 
-// Rows and dense blocks are stored as the floats' raw bytes.
-static_assert(std::endian::native == std::endian::little, "store/ assumes a little-endian host");
-static_assert(sizeof(float) == 4);
-static_assert(learner::kNumTasks == 3, "CheckpointInfo::learned and m/info hold 3 tasks");
+static_assert(learner::kNumTasks == 3, "CheckpointInfo::learned holds 3 tasks");
 
 namespace {
 
-constexpr char kInfoKey[] = "m/info";
-constexpr char kShapeKey[] = "m/shape";
-constexpr char kWidthPrefix[] = "m/width/";
-constexpr char kRowPrefix[] = "r/";
-constexpr char kDensePrefix[] = "d/";
-constexpr char kPurchasePrefix[] = "p/";
-constexpr char kFeatureListPrefix[] = "f/";
-constexpr char kOffsetPrefix[] = "o/";
+using codec::kDensePrefix;
+using codec::kFeatureListPrefix;
+using codec::kInfoKey;
+using codec::kOffsetPrefix;
+using codec::kPurchasePrefix;
+using codec::kRowPrefix;
+using codec::kShapeKey;
+using codec::kWidthPrefix;
+using codec::PrefixEnd;
+
 // Subdirectory of the store holding table files until they are ingested.
 constexpr char kIngestDir[] = "ingest";
-constexpr size_t kInfoSize = 8 * 5 + 8 * 3;
 
 // Sequential scans of a whole prefix: read ahead generously.
 constexpr size_t kScanReadahead = 4 << 20;
@@ -58,22 +58,32 @@ Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   return Status::IOError(std::move(message));
 }
 
-template <typename T>
-void PutFixed(std::string* dst, T v) {
-  char buf[sizeof(T)];
-  std::memcpy(buf, &v, sizeof(T));
-  dst->append(buf, sizeof(T));
+rocksdb::Slice ToSlice(std::string_view v) { return rocksdb::Slice(v.data(), v.size()); }
+std::string_view ToView(const rocksdb::Slice& s) { return std::string_view(s.data(), s.size()); }
+
+std::string EncodeInfo(const CheckpointInfo& info) {
+  codec::Info record;
+  record.sequence = info.sequence;
+  record.time_ms = info.time_ms;
+  record.rows = info.rows;
+  record.bytes = info.bytes;
+  record.duration_ms = info.duration_ms;
+  for (int t = 0; t < learner::kNumTasks; ++t) record.learned[t] = info.learned[t];
+  return codec::EncodeInfo(record);
 }
 
-template <typename T>
-T GetFixed(const char* p) {
-  T v;
-  std::memcpy(&v, p, sizeof(T));
-  return v;
+Status DecodeInfo(std::string_view value, CheckpointInfo* info) {
+  codec::Info record;
+  RECSTREAM_RETURN_IF_ERROR(codec::DecodeInfo(value, &record));
+  info->sequence = record.sequence;
+  info->time_ms = record.time_ms;
+  info->rows = record.rows;
+  info->bytes = record.bytes;
+  info->duration_ms = record.duration_ms;
+  for (int t = 0; t < learner::kNumTasks; ++t) info->learned[t] = record.learned[t];
+  return Status::OK();
 }
 
-// The smallest key greater than every key starting with `prefix` (no prefix
-// here ends in 0xff).
 // The key halfway between a and b (a < b), reading the 15 bytes after
 // their common prefix as a big-endian number (shorter keys padded with 0).
 std::string MidKey(const std::string& a, const std::string& b) {
@@ -93,73 +103,30 @@ std::string MidKey(const std::string& a, const std::string& b) {
   return out;
 }
 
-std::string PrefixEnd(std::string_view prefix) {
-  std::string end(prefix);
-  end.back() = static_cast<char>(end.back() + 1);
-  return end;
-}
-
-rocksdb::Slice FloatSlice(const float* p, size_t n) {
-  return rocksdb::Slice(reinterpret_cast<const char*>(p), n * sizeof(float));
-}
-
-std::string EncodeInfo(const CheckpointInfo& info) {
-  std::string v;
-  v.reserve(kInfoSize);
-  PutFixed<uint64_t>(&v, info.sequence);
-  PutFixed<int64_t>(&v, info.time_ms);
-  PutFixed<uint64_t>(&v, info.rows);
-  PutFixed<uint64_t>(&v, info.bytes);
-  PutFixed<double>(&v, info.duration_ms);
-  for (uint64_t n : info.learned) PutFixed<uint64_t>(&v, n);
-  return v;
-}
-
-Status DecodeInfo(const rocksdb::Slice& v, CheckpointInfo* info) {
-  if (v.size() != kInfoSize) {
-    return Status::Corruption("checkpoint info has " + std::to_string(v.size()) +
-                              " bytes, expected " + std::to_string(kInfoSize));
+// Copies of keys and values whose views must outlive their source (the
+// table-file path sorts them all before writing). Blocks never move.
+class Arena {
+ public:
+  std::string_view Copy(std::string_view v) {
+    if (v.size() > left_) {
+      const size_t size = std::max<size_t>(kBlock, v.size());
+      blocks_.push_back(std::make_unique<char[]>(size));
+      next_ = blocks_.back().get();
+      left_ = size;
+    }
+    if (!v.empty()) std::memcpy(next_, v.data(), v.size());
+    std::string_view copy(next_, v.size());
+    next_ += v.size();
+    left_ -= v.size();
+    return copy;
   }
-  const char* p = v.data();
-  info->sequence = GetFixed<uint64_t>(p);
-  info->time_ms = GetFixed<int64_t>(p + 8);
-  info->rows = GetFixed<uint64_t>(p + 16);
-  info->bytes = GetFixed<uint64_t>(p + 24);
-  info->duration_ms = GetFixed<double>(p + 32);
-  for (int i = 0; i < 3; ++i) info->learned[i] = GetFixed<uint64_t>(p + 40 + 8 * i);
-  return Status::OK();
-}
 
-std::string OffsetKey(const TopicPartition& tp) {
-  std::string k(kOffsetPrefix);
-  k += tp.topic;
-  k.push_back('\0');
-  PutFixed<int32_t>(&k, tp.partition);
-  return k;
-}
-
-// `rest` is the key after kOffsetPrefix.
-Status DecodeOffset(std::string_view rest, const rocksdb::Slice& v, TopicPartition* tp,
-                    int64_t* offset) {
-  if (rest.size() < 5 || rest[rest.size() - 5] != '\0' || v.size() != 8) {
-    return Status::Corruption("malformed offset entry");
-  }
-  tp->topic.assign(rest.data(), rest.size() - 5);
-  tp->partition = GetFixed<int32_t>(rest.data() + rest.size() - 4);
-  *offset = GetFixed<int64_t>(v.data());
-  return Status::OK();
-}
-
-Status DecodeWidth(std::string_view table, const rocksdb::Slice& v, int* width) {
-  if (v.size() != 4) return Status::Corruption("malformed width of table " + std::string(table));
-  uint32_t w = GetFixed<uint32_t>(v.data());
-  if (w == 0 || w > (1u << 20)) {
-    return Status::Corruption("implausible width " + std::to_string(w) + " of table " +
-                              std::string(table));
-  }
-  *width = static_cast<int>(w);
-  return Status::OK();
-}
+ private:
+  static constexpr size_t kBlock = 4 << 20;
+  std::vector<std::unique_ptr<char[]>> blocks_;
+  char* next_ = nullptr;
+  size_t left_ = 0;
+};
 
 // A file system whose writes fail while `fail()` holds (StoreOptions::fail_writes).
 class FaultyWritableFile : public rocksdb::FSWritableFileOwnerWrapper {
@@ -399,87 +366,21 @@ struct CheckpointStore::Impl {
       std::string_view key, value;
       size_t order;
     };
-    // Row and feature-list keys (and the lists' values) live in arenas sized
-    // up front, so views into them stay valid; the few other keys and values
-    // in `owned`.
-    size_t arena_size = 0, count = 0;
-    for (const auto& t : snapshot.tables) {
-      for (const auto& k : t.keys) arena_size += sizeof(kRowPrefix) + t.table.size() + k.size();
-      count += t.keys.size() + 1;
-    }
-    for (const auto& l : snapshot.feature_lists) {
-      for (size_t i = 0; i < l.keys.size(); ++i) {
-        arena_size += sizeof(kFeatureListPrefix) + l.table.size() + l.keys[i].size() + 4;
-        for (const std::string& f : l.features[i]) arena_size += 4 + f.size();
-      }
-      count += l.keys.size();
-    }
-    std::string arena;
-    arena.reserve(arena_size);
-    std::deque<std::string> owned;
+    // Keys, and values that do not point into the snapshot, are copied into
+    // the arena: every view stays valid until the files are written.
+    Arena arena;
     std::vector<Entry> entries;
-    entries.reserve(count + snapshot.dense.size() + snapshot.new_purchases.size() +
-                    new_offsets.size() + 2);
-    auto own = [&owned](std::string v) -> std::string_view {
-      return owned.emplace_back(std::move(v));
+    entries.reserve(snapshot.rows() + snapshot.dense.size() + snapshot.new_purchases.size() +
+                    new_offsets.size() + 2 * snapshot.tables.size() + 2);
+    auto add = [&](std::string_view key, std::string_view value, bool value_stable) {
+      entries.push_back(
+          {arena.Copy(key), value_stable ? value : arena.Copy(value), entries.size()});
+      return Status::OK();
     };
-    auto add = [&entries](std::string_view k, std::string_view v) {
-      entries.push_back({k, v, entries.size()});
-    };
-    auto arena_since = [&arena](size_t at) { return std::string_view(arena).substr(at); };
-
-    for (const auto& t : snapshot.tables) {
-      std::string width_value;
-      PutFixed<uint32_t>(&width_value, static_cast<uint32_t>(t.width));
-      add(own(std::string(kWidthPrefix) + t.table), own(std::move(width_value)));
-      const size_t row_bytes = static_cast<size_t>(t.width) * sizeof(float);
-      const char* values = reinterpret_cast<const char*>(t.values.data());
-      for (size_t i = 0; i < t.keys.size(); ++i) {
-        const size_t at = arena.size();
-        arena += kRowPrefix;
-        arena += t.table;
-        arena.push_back('\0');
-        arena += t.keys[i];
-        add(arena_since(at), std::string_view(values + i * row_bytes, row_bytes));
-      }
-    }
-    for (const auto& [name, values] : snapshot.dense) {
-      add(own(std::string(kDensePrefix) + name),
-          std::string_view(reinterpret_cast<const char*>(values.data()),
-                           values.size() * sizeof(float)));
-    }
-    for (const auto& l : snapshot.feature_lists) {
-      for (size_t i = 0; i < l.keys.size(); ++i) {
-        size_t at = arena.size();
-        arena += kFeatureListPrefix;
-        arena += l.table;
-        arena.push_back('\0');
-        arena += l.keys[i];
-        std::string_view key = arena_since(at);
-        at = arena.size();
-        PutFixed<uint32_t>(&arena, static_cast<uint32_t>(l.features[i].size()));
-        for (const std::string& f : l.features[i]) {
-          PutFixed<uint32_t>(&arena, static_cast<uint32_t>(f.size()));
-          arena += f;
-        }
-        add(key, arena_since(at));
-      }
-    }
-    for (const auto& [user, item] : snapshot.new_purchases) {
-      std::string key(kPurchasePrefix);
-      PutFixed<uint32_t>(&key, static_cast<uint32_t>(user.size()));
-      key += user;
-      key += item;
-      add(own(std::move(key)), std::string_view());
-    }
-    add(kShapeKey, snapshot.shape);
-    for (const auto& [tp, offset] : new_offsets) {
-      std::string v;
-      PutFixed<int64_t>(&v, offset);
-      add(own(OffsetKey(tp)), own(std::move(v)));
-    }
-    std::string& info_value = owned.emplace_back(kInfoSize, '\0');
-    add(kInfoKey, info_value);
+    Status encoded = codec::ForEachRecord(snapshot, new_offsets, add);
+    if (!encoded.ok()) return rocksdb::Status::InvalidArgument(encoded.ToString());
+    std::string info_value(codec::kInfoSize, '\0');
+    entries.push_back({kInfoKey, info_value, entries.size()});
 
     // Table files need strictly increasing keys (bytewise, as RocksDB's
     // default comparator); of equal keys the last added wins.
@@ -498,7 +399,7 @@ struct CheckpointStore::Impl {
     next->bytes = bytes;
     next->duration_ms = MillisSince(start);
     const std::string info = EncodeInfo(*next);
-    std::memcpy(info_value.data(), info.data(), kInfoSize);  // same size: views stay valid
+    std::memcpy(info_value.data(), info.data(), codec::kInfoSize);  // same size: views stay valid
 
     // Leftovers of an interrupted checkpoint are never ingested: start clean.
     const std::string dir = options.path + "/" + kIngestDir;
@@ -596,23 +497,23 @@ struct CheckpointStore::Impl {
   // Fills the caches and `last` from the stored metadata.
   Status ReadMetadata() {
     std::string v;
-    rocksdb::Status s = db->Get(rocksdb::ReadOptions(), kInfoKey, &v);
+    rocksdb::Status s = db->Get(rocksdb::ReadOptions(), ToSlice(kInfoKey), &v);
     if (s.IsNotFound()) return Status::OK();
     if (!s.ok()) return FromRocks(s, "reading checkpoint info");
     CheckpointInfo info;
     RECSTREAM_RETURN_IF_ERROR(DecodeInfo(v, &info));
-    s = db->Get(rocksdb::ReadOptions(), kShapeKey, &shape);
+    s = db->Get(rocksdb::ReadOptions(), ToSlice(kShapeKey), &shape);
     if (s.IsNotFound()) return Status::Corruption("checkpoint without a model shape");
     if (!s.ok()) return FromRocks(s, "reading model shape");
     RECSTREAM_RETURN_IF_ERROR(
         Scan(nullptr, kWidthPrefix, [&](std::string_view table, const rocksdb::Slice& value) {
-          return DecodeWidth(table, value, &widths[std::string(table)]);
+          return codec::DecodeWidth(table, ToView(value), &widths[std::string(table)]);
         }));
     RECSTREAM_RETURN_IF_ERROR(
         Scan(nullptr, kOffsetPrefix, [&](std::string_view rest, const rocksdb::Slice& value) {
           TopicPartition tp;
           int64_t offset = 0;
-          RECSTREAM_RETURN_IF_ERROR(DecodeOffset(rest, value, &tp, &offset));
+          RECSTREAM_RETURN_IF_ERROR(codec::DecodeOffset(rest, ToView(value), &tp, &offset));
           offsets[tp] = offset;
           return Status::OK();
         }));
@@ -779,74 +680,25 @@ rocksdb::Status CheckpointStore::Impl::WriteBatchOf(const learner::ModelSnapshot
   Impl& d = *this;
   rocksdb::WriteBatch batch(reserve);
   rocksdb::Status s;
-  auto put = [&batch](const rocksdb::Slice& k, const rocksdb::Slice& v) { return batch.Put(k, v); };
   if (replace) {
     // A model of another shape: nothing of the old one may survive.
-    for (std::string_view prefix :
-         {kRowPrefix, kDensePrefix, kPurchasePrefix, kWidthPrefix, kFeatureListPrefix}) {
+    for (std::string_view prefix : codec::kModelPrefixes) {
       std::string end = PrefixEnd(prefix);
-      s = batch.DeleteRange(rocksdb::Slice(prefix.data(), prefix.size()), end);
+      s = batch.DeleteRange(ToSlice(prefix), end);
       if (!s.ok()) break;
     }
   }
-  std::string key;
-  for (const auto& t : snapshot.tables) {
-    if (!s.ok()) break;
-    std::string width_value;
-    PutFixed<uint32_t>(&width_value, static_cast<uint32_t>(t.width));
-    s = put(std::string(kWidthPrefix) + t.table, width_value);
-    key.assign(kRowPrefix);
-    key += t.table;
-    key.push_back('\0');
-    const size_t id_at = key.size();
-    for (size_t i = 0; i < t.keys.size() && s.ok(); ++i) {
-      key.resize(id_at);
-      key += t.keys[i];
-      s = put(key, FloatSlice(t.values.data() + i * t.width, t.width));
-    }
+  if (s.ok()) {
+    Status encoded = codec::ForEachRecord(
+        snapshot, offsets, [&](std::string_view key, std::string_view value, bool) {
+          rocksdb::Status put = batch.Put(ToSlice(key), ToSlice(value));
+          return put.ok() ? Status::OK() : FromRocks(put, "encoding checkpoint");
+        });
+    if (!encoded.ok()) s = rocksdb::Status::InvalidArgument(encoded.ToString());
   }
-  for (const auto& [name, values] : snapshot.dense) {
-    if (!s.ok()) break;
-    s = put(std::string(kDensePrefix) + name, FloatSlice(values.data(), values.size()));
-  }
-  for (const auto& l : snapshot.feature_lists) {
-    if (!s.ok()) break;
-    // "f/<table>\0<id>" -> count u32, then (length u32, bytes) per feature.
-    key.assign(kFeatureListPrefix);
-    key += l.table;
-    key.push_back('\0');
-    const size_t id_at = key.size();
-    std::string value;
-    for (size_t i = 0; i < l.keys.size() && s.ok(); ++i) {
-      key.resize(id_at);
-      key += l.keys[i];
-      value.clear();
-      PutFixed<uint32_t>(&value, static_cast<uint32_t>(l.features[i].size()));
-      for (const std::string& f : l.features[i]) {
-        PutFixed<uint32_t>(&value, static_cast<uint32_t>(f.size()));
-        value += f;
-      }
-      s = put(key, value);
-    }
-  }
-  for (const auto& [user, item] : snapshot.new_purchases) {
-    if (!s.ok()) break;
-    key.assign(kPurchasePrefix);
-    PutFixed<uint32_t>(&key, static_cast<uint32_t>(user.size()));
-    key += user;
-    key += item;
-    s = put(key, rocksdb::Slice());
-  }
-  if (s.ok()) s = put(kShapeKey, snapshot.shape);
-  for (const auto& [tp, offset] : offsets) {
-    if (!s.ok()) break;
-    std::string v;
-    PutFixed<int64_t>(&v, offset);
-    s = put(OffsetKey(tp), v);
-  }
-  next->bytes = batch.GetDataSize() + kInfoSize + sizeof(kInfoKey) + 8;
+  next->bytes = batch.GetDataSize() + codec::kInfoSize + kInfoKey.size() + 1 + 8;
   next->duration_ms = MillisSince(start);
-  if (s.ok()) s = put(kInfoKey, EncodeInfo(*next));
+  if (s.ok()) s = batch.Put(ToSlice(kInfoKey), EncodeInfo(*next));
   if (s.ok()) {
     rocksdb::WriteOptions wo;
     wo.sync = d.options.sync;
@@ -993,6 +845,212 @@ Status CheckpointStore::LoadStreaming(const RowSink& rows, const ListSink& lists
   return LoadImpl(&rows, &lists, threads, rest, offsets, info);
 }
 
+namespace {
+
+// One Load: reads a consistent RocksDB snapshot of the store step by step
+// into a ModelSnapshot (or hands rows and feature lists to sinks).
+class Loader {
+ public:
+  using Scan = std::function<Status(std::string_view prefix, std::string_view from,
+                                    const std::string& to, const std::function<Status(
+                                        std::string_view, std::string_view)>& fn)>;
+  Loader(const Scan& scan, learner::ModelSnapshot* out) : scan_(scan), out_(*out) {}
+
+  // Fills out.tables (empty) from the stored widths, in name order, which is
+  // also the order of their rows' keys. `reserve_rows(table, width)` gives
+  // the rows to reserve room for (0 when streaming).
+  Status ReadTables(const std::function<uint64_t(const std::string&, int)>& reserve_rows) {
+    std::map<std::string, int> widths;
+    RECSTREAM_RETURN_IF_ERROR(ScanAll(kWidthPrefix, [&](std::string_view table, std::string_view v) {
+      return codec::DecodeWidth(table, v, &widths[std::string(table)]);
+    }));
+    for (const auto& [table, width] : widths) {
+      table_index_[table] = out_.tables.size();
+      learner::TableDelta t;
+      t.table = table;
+      t.width = width;
+      const uint64_t rows = std::min<uint64_t>(reserve_rows(table, width), uint64_t{1} << 28);
+      t.values.reserve(rows * width);
+      t.keys.reserve(rows);
+      out_.tables.push_back(std::move(t));
+    }
+    return Status::OK();
+  }
+
+  // Every row into out.tables.
+  Status ReadRows() {
+    learner::TableDelta* table = nullptr;
+    return ScanAll(kRowPrefix, [&](std::string_view rest, std::string_view value) {
+      std::string_view id;
+      RECSTREAM_RETURN_IF_ERROR(DecodeRow(rest, value, &table, &id));
+      Append(table, id, value);
+      return Status::OK();
+    });
+  }
+
+  // Every row to `sink`, in blocks filled here and handed to `threads`
+  // workers.
+  Status StreamRows(const CheckpointStore::RowSink& sink, int threads) {
+    BlockPipeline pipeline(sink, threads);
+    learner::TableDelta* table = nullptr;
+    Status scanned = ScanAll(kRowPrefix, [&](std::string_view rest, std::string_view value) {
+      std::string_view id;
+      RECSTREAM_RETURN_IF_ERROR(DecodeRow(rest, value, &table, &id));
+      learner::TableDelta& block = pipeline.current();
+      if (block.keys.size() >= BlockPipeline::kBlockRows || block.table != table->table) {
+        RECSTREAM_RETURN_IF_ERROR(pipeline.Next(table->table, table->width));
+      }
+      Append(&pipeline.current(), id, value);
+      return Status::OK();
+    });
+    Status finished = pipeline.Finish();
+    return scanned.ok() ? finished : scanned;
+  }
+
+  // Every row to `sink`, one thread per key range [bounds[r], bounds[r+1]),
+  // each filling and handing over its own blocks.
+  Status StreamRowRanges(const CheckpointStore::RowSink& sink,
+                         const std::vector<std::string>& bounds) {
+    return OnEachRange(bounds.size() - 1, [&](size_t r) {
+      learner::TableDelta block;
+      learner::TableDelta* table = nullptr;
+      Status handed;
+      auto flush = [&] {
+        if (!block.keys.empty() && handed.ok()) handed = sink(block);
+        block.keys.clear();
+        block.values.clear();
+      };
+      Status scanned = scan_(kRowPrefix, bounds[r], bounds[r + 1],
+                             [&](std::string_view rest, std::string_view value) {
+                               std::string_view id;
+                               RECSTREAM_RETURN_IF_ERROR(DecodeRow(rest, value, &table, &id));
+                               if (block.keys.size() >= BlockPipeline::kBlockRows ||
+                                   block.table != table->table) {
+                                 flush();
+                                 RECSTREAM_RETURN_IF_ERROR(handed);
+                                 block.table = table->table;
+                                 block.width = table->width;
+                               }
+                               Append(&block, id, value);
+                               return Status::OK();
+                             });
+      flush();
+      return scanned.ok() ? handed : scanned;
+    });
+  }
+
+  Status ReadDense() {
+    return ScanAll(kDensePrefix, [&](std::string_view name, std::string_view value) {
+      std::vector<float> values;
+      RECSTREAM_RETURN_IF_ERROR(codec::DecodeDense(name, value, &values));
+      out_.dense.emplace_back(std::string(name), std::move(values));
+      return Status::OK();
+    });
+  }
+
+  Status ReadPurchases() {
+    return ScanAll(kPurchasePrefix, [&](std::string_view rest, std::string_view) {
+      auto& [user, item] = out_.new_purchases.emplace_back();
+      return codec::DecodePurchaseKey(rest, &user, &item);
+    });
+  }
+
+  // Every feature list into out.feature_lists, one entry per table.
+  Status ReadFeatureLists() {
+    learner::FeatureListDelta* lists = nullptr;
+    return ScanAll(kFeatureListPrefix, [&](std::string_view rest, std::string_view value) {
+      std::string_view table, owner;
+      std::vector<std::string> features;
+      RECSTREAM_RETURN_IF_ERROR(codec::DecodeFeatureList(rest, value, &table, &owner, &features));
+      if (lists == nullptr || lists->table != table) {
+        lists = &out_.feature_lists.emplace_back();
+        lists->table = std::string(table);
+      }
+      lists->keys.emplace_back(owner);
+      lists->features.push_back(std::move(features));
+      return Status::OK();
+    });
+  }
+
+  // Every feature list to `sink`, one thread per key range.
+  Status StreamFeatureLists(const CheckpointStore::ListSink& sink,
+                            const std::vector<std::string>& bounds) {
+    return OnEachRange(bounds.size() - 1, [&](size_t r) {
+      learner::FeatureListDelta block;
+      Status handed;
+      auto flush = [&] {
+        if (!block.keys.empty() && handed.ok()) handed = sink(block);
+        block.keys.clear();
+        block.features.clear();
+      };
+      Status scanned = scan_(
+          kFeatureListPrefix, bounds[r], bounds[r + 1],
+          [&](std::string_view rest, std::string_view value) {
+            std::string_view table, owner;
+            std::vector<std::string> features;
+            RECSTREAM_RETURN_IF_ERROR(
+                codec::DecodeFeatureList(rest, value, &table, &owner, &features));
+            if (block.keys.size() >= BlockPipeline::kBlockRows || block.table != table) {
+              flush();
+              RECSTREAM_RETURN_IF_ERROR(handed);
+              block.table = std::string(table);
+            }
+            block.keys.emplace_back(owner);
+            block.features.push_back(std::move(features));
+            return Status::OK();
+          });
+      flush();
+      return scanned.ok() ? handed : scanned;
+    });
+  }
+
+  Status ReadOffsets(OffsetMap* offsets) {
+    return ScanAll(kOffsetPrefix, [&](std::string_view rest, std::string_view value) {
+      TopicPartition tp;
+      int64_t offset = 0;
+      RECSTREAM_RETURN_IF_ERROR(codec::DecodeOffset(rest, value, &tp, &offset));
+      (*offsets)[tp] = offset;
+      return Status::OK();
+    });
+  }
+
+ private:
+  Status ScanAll(std::string_view prefix,
+                 const std::function<Status(std::string_view, std::string_view)>& fn) {
+    return scan_(prefix, prefix, PrefixEnd(prefix), fn);
+  }
+
+  // Checks one row entry; *table is its table (kept between calls, since
+  // rows come grouped by table).
+  Status DecodeRow(std::string_view rest, std::string_view value, learner::TableDelta** table,
+                   std::string_view* id) {
+    std::string_view name;
+    RECSTREAM_RETURN_IF_ERROR(codec::DecodeRowKey(rest, &name, id));
+    if (*table == nullptr || (*table)->table != name) {
+      auto it = table_index_.find(std::string(name));
+      if (it == table_index_.end()) {
+        return Status::Corruption("rows of table " + std::string(name) +
+                                  " whose width is not stored");
+      }
+      *table = &out_.tables[it->second];
+    }
+    return codec::CheckRowValue((*table)->table, (*table)->width, value);
+  }
+
+  static void Append(learner::TableDelta* to, std::string_view id, std::string_view value) {
+    to->keys.emplace_back(id);
+    const size_t at = to->values.size();
+    to->values.resize(at + to->width);
+    codec::DecodeFloats(value, to->values.data() + at);
+  }
+
+  const Scan& scan_;
+  learner::ModelSnapshot& out_;
+  std::map<std::string, size_t> table_index_;
+};
+
+}  // namespace
+
 Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink, int threads,
                                  learner::ModelSnapshot* full, OffsetMap* offsets,
                                  CheckpointInfo* info) {
@@ -1013,244 +1071,52 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink,
   ro.snapshot = snap;
 
   std::string v;
-  rocksdb::Status s = d.db->Get(ro, kInfoKey, &v);
+  rocksdb::Status s = d.db->Get(ro, ToSlice(kInfoKey), &v);
   if (s.IsNotFound()) return Status::NotFound("no checkpoint in " + d.options.path);
   if (!s.ok()) return FromRocks(s, "reading checkpoint info");
   CheckpointInfo loaded;
   RECSTREAM_RETURN_IF_ERROR(DecodeInfo(v, &loaded));
-
   learner::ModelSnapshot out;
-  s = d.db->Get(ro, kShapeKey, &out.shape);
+  s = d.db->Get(ro, ToSlice(kShapeKey), &out.shape);
   if (s.IsNotFound()) return Status::Corruption("checkpoint without a model shape");
   if (!s.ok()) return FromRocks(s, "reading model shape");
   out.learned = {loaded.learned[0], loaded.learned[1], loaded.learned[2]};
 
-  // Tables in name order, which is also the order of their rows' keys.
-  std::map<std::string, int> widths;
-  RECSTREAM_RETURN_IF_ERROR(
-      d.Scan(snap, kWidthPrefix, [&](std::string_view table, const rocksdb::Slice& value) {
-        return DecodeWidth(table, value, &widths[std::string(table)]);
-      }));
-  std::map<std::string, size_t> table_index;
-  for (const auto& [table, width] : widths) {
-    table_index[table] = out.tables.size();
-    learner::TableDelta t;
-    t.table = table;
-    t.width = width;
-    // Reserving from RocksDB's size estimate (keys included, so slightly
-    // over) avoids regrowing gigabytes of floats for big models.
-    const std::string begin = std::string(kRowPrefix) + table + std::string(1, '\0');
-    const std::string end = PrefixEnd(begin);
-    rocksdb::Range range(begin, end);
-    rocksdb::SizeApproximationOptions approx;
-    approx.include_memtables = true;
-    uint64_t bytes = 0;
-    if (sink == nullptr &&
-        d.db->GetApproximateSizes(approx, d.db->DefaultColumnFamily(), &range, 1, &bytes).ok()) {
-      const uint64_t rows = bytes / (static_cast<uint64_t>(width) * sizeof(float));
-      t.values.reserve(std::min<uint64_t>(rows, uint64_t{1} << 28) * width);
-      t.keys.reserve(std::min<uint64_t>(rows, uint64_t{1} << 28));
-    }
-    out.tables.push_back(std::move(t));
-  }
-
-  // Checks one row entry; sets *table to its table (kept between calls).
-  auto decode_row = [&](std::string_view rest, const rocksdb::Slice& value,
-                        learner::TableDelta** table) {
-    size_t sep = rest.find('\0');
-    if (sep == std::string_view::npos) return Status::Corruption("row key without a table");
-    std::string_view name = rest.substr(0, sep);
-    if (*table == nullptr || (*table)->table != name) {
-      auto it = table_index.find(std::string(name));
-      if (it == table_index.end()) {
-        return Status::Corruption("rows of table " + std::string(name) +
-                                  " whose width is not stored");
-      }
-      *table = &out.tables[it->second];
-    }
-    const size_t bytes = static_cast<size_t>((*table)->width) * sizeof(float);
-    if (value.size() != bytes) {
-      return Status::Corruption("row of table " + (*table)->table + " has " +
-                                std::to_string(value.size()) + " bytes, expected " +
-                                std::to_string(bytes));
-    }
-    return Status::OK();
+  const Loader::Scan scan = [&](std::string_view prefix, std::string_view from,
+                                const std::string& to, const auto& fn) {
+    return d.ScanRange(snap, prefix, from, to,
+                       [&](std::string_view rest, const rocksdb::Slice& value) {
+                         return fn(rest, ToView(value));
+                       });
   };
-
-  // Streaming over several key ranges: one thread per range reads its rows
-  // and hands each block to the sink itself.
-  const std::vector<std::string> splits =
-      sink != nullptr ? d.RowSplits(threads) : std::vector<std::string>();
-  if (!splits.empty()) {
-    const std::vector<std::string> bounds = RangeBounds(kRowPrefix, splits);
-    RECSTREAM_RETURN_IF_ERROR(OnEachRange(bounds.size() - 1, [&](size_t r) {
-      learner::TableDelta block;
-      learner::TableDelta* table = nullptr;
-      Status s;
-      auto flush = [&] {
-        if (!block.keys.empty() && s.ok()) s = (*sink)(block);
-        block.keys.clear();
-        block.values.clear();
-      };
-      Status scanned = d.ScanRange(
-          snap, kRowPrefix, bounds[r], bounds[r + 1],
-          [&](std::string_view rest, const rocksdb::Slice& value) {
-            RECSTREAM_RETURN_IF_ERROR(decode_row(rest, value, &table));
-            if (block.keys.size() >= BlockPipeline::kBlockRows || block.table != table->table) {
-              flush();
-              RECSTREAM_RETURN_IF_ERROR(s);
-              block.table = table->table;
-              block.width = table->width;
-            }
-            block.keys.emplace_back(rest.substr(rest.find('\0') + 1));
-            const size_t at = block.values.size();
-            block.values.resize(at + block.width);
-            std::memcpy(block.values.data() + at, value.data(), value.size());
-            return Status::OK();
-          });
-      flush();
-      return scanned.ok() ? s : scanned;
-    }));
-  }
-
-  learner::TableDelta* current = nullptr;
-  std::optional<BlockPipeline> pipeline;
-  if (sink != nullptr && splits.empty()) pipeline.emplace(*sink, threads);
-  Status scanned =
-      !splits.empty()
-          ? Status::OK()
-          : d.Scan(snap, kRowPrefix, [&](std::string_view rest, const rocksdb::Slice& value) {
-              RECSTREAM_RETURN_IF_ERROR(decode_row(rest, value, &current));
-              const size_t sep = rest.find('\0');
-              const size_t bytes = value.size();
-              learner::TableDelta* to = current;
-              if (pipeline) {
-                to = &pipeline->current();
-                if (to->keys.size() >= BlockPipeline::kBlockRows || to->table != current->table) {
-                  RECSTREAM_RETURN_IF_ERROR(pipeline->Next(current->table, current->width));
-                }
-              }
-              to->keys.emplace_back(rest.substr(sep + 1));
-              const size_t at = to->values.size();
-              to->values.resize(at + to->width);
-              std::memcpy(to->values.data() + at, value.data(), bytes);
-              return Status::OK();
-            });
-  if (pipeline) {
-    Status finished = pipeline->Finish();
-    if (scanned.ok()) scanned = finished;
-  }
-  RECSTREAM_RETURN_IF_ERROR(scanned);
-
-  RECSTREAM_RETURN_IF_ERROR(
-      d.Scan(snap, kDensePrefix, [&](std::string_view name, const rocksdb::Slice& value) {
-        if (value.size() % sizeof(float) != 0) {
-          return Status::Corruption("dense block " + std::string(name) + " has " +
-                                    std::to_string(value.size()) + " bytes");
-        }
-        std::vector<float> values(value.size() / sizeof(float));
-        if (!values.empty()) std::memcpy(values.data(), value.data(), value.size());
-        out.dense.emplace_back(std::string(name), std::move(values));
-        return Status::OK();
-      }));
-
-  RECSTREAM_RETURN_IF_ERROR(
-      d.Scan(snap, kPurchasePrefix, [&](std::string_view rest, const rocksdb::Slice&) {
-        if (rest.size() < 4) return Status::Corruption("malformed purchase key");
-        const uint32_t user_len = GetFixed<uint32_t>(rest.data());
-        if (user_len > rest.size() - 4) return Status::Corruption("malformed purchase key");
-        out.new_purchases.emplace_back(std::string(rest.substr(4, user_len)),
-                                       std::string(rest.substr(4 + user_len)));
-        return Status::OK();
-      }));
-
-  // One feature list entry: table and owner from the key, features from
-  // the value.
-  auto decode_list = [](std::string_view rest, const rocksdb::Slice& value, std::string_view* table,
-                        std::string_view* owner, std::vector<std::string>* features) {
-    size_t sep = rest.find('\0');
-    if (sep == std::string_view::npos) return Status::Corruption("feature list without a table");
-    *table = rest.substr(0, sep);
-    *owner = rest.substr(sep + 1);
-    auto malformed = [&] {
-      return Status::Corruption("malformed feature list in table " + std::string(*table));
-    };
-    std::string_view v(value.data(), value.size());
-    auto take_u32 = [&v](uint32_t* x) {
-      if (v.size() < 4) return false;
-      *x = GetFixed<uint32_t>(v.data());
-      v.remove_prefix(4);
-      return true;
-    };
-    uint32_t count = 0;
-    if (!take_u32(&count) || count > v.size() / 4) return malformed();
-    features->clear();
-    for (uint32_t i = 0; i < count; ++i) {
-      uint32_t len = 0;
-      if (!take_u32(&len) || len > v.size()) return malformed();
-      features->emplace_back(v.substr(0, len));
-      v.remove_prefix(len);
-    }
-    if (!v.empty()) return malformed();
-    return Status::OK();
-  };
-  if (list_sink != nullptr) {
-    // Streaming: one thread per key range, each handing its blocks to the
-    // sink itself.
-    const std::vector<std::string> bounds =
-        RangeBounds(kFeatureListPrefix, d.Splits(kFeatureListPrefix, threads));
-    RECSTREAM_RETURN_IF_ERROR(OnEachRange(bounds.size() - 1, [&](size_t r) {
-      learner::FeatureListDelta block;
-      Status s;
-      auto flush = [&] {
-        if (!block.keys.empty() && s.ok()) s = (*list_sink)(block);
-        block.keys.clear();
-        block.features.clear();
-      };
-      Status scanned = d.ScanRange(
-          snap, kFeatureListPrefix, bounds[r], bounds[r + 1],
-          [&](std::string_view rest, const rocksdb::Slice& value) {
-            std::string_view table, owner;
-            std::vector<std::string> features;
-            RECSTREAM_RETURN_IF_ERROR(decode_list(rest, value, &table, &owner, &features));
-            if (block.keys.size() >= BlockPipeline::kBlockRows || block.table != table) {
-              flush();
-              RECSTREAM_RETURN_IF_ERROR(s);
-              block.table = std::string(table);
-            }
-            block.keys.emplace_back(owner);
-            block.features.push_back(std::move(features));
-            return Status::OK();
-          });
-      flush();
-      return scanned.ok() ? s : scanned;
-    }));
-  } else {
-    learner::FeatureListDelta* lists = nullptr;
+  Loader loader(scan, &out);
+  // Reserving from RocksDB's size estimate (keys included, so slightly
+  // over) avoids regrowing gigabytes of floats for big models.
+  RECSTREAM_RETURN_IF_ERROR(loader.ReadTables([&](const std::string& table, int width) {
+    if (sink != nullptr) return uint64_t{0};
+    std::string begin;
+    codec::AppendRowKey(&begin, table, "");
+    return d.ApproximateSize(begin, PrefixEnd(begin)) / (uint64_t(width) * sizeof(float));
+  }));
+  if (sink == nullptr) {
+    RECSTREAM_RETURN_IF_ERROR(loader.ReadRows());
+  } else if (std::vector<std::string> splits = d.RowSplits(threads); !splits.empty()) {
     RECSTREAM_RETURN_IF_ERROR(
-        d.Scan(snap, kFeatureListPrefix, [&](std::string_view rest, const rocksdb::Slice& value) {
-          std::string_view table, owner;
-          std::vector<std::string> features;
-          RECSTREAM_RETURN_IF_ERROR(decode_list(rest, value, &table, &owner, &features));
-          if (lists == nullptr || lists->table != table) {
-            lists = &out.feature_lists.emplace_back();
-            lists->table = std::string(table);
-          }
-          lists->keys.emplace_back(owner);
-          lists->features.push_back(std::move(features));
-          return Status::OK();
-        }));
+        loader.StreamRowRanges(*sink, RangeBounds(std::string(kRowPrefix), splits)));
+  } else {
+    RECSTREAM_RETURN_IF_ERROR(loader.StreamRows(*sink, threads));
   }
-
+  RECSTREAM_RETURN_IF_ERROR(loader.ReadDense());
+  RECSTREAM_RETURN_IF_ERROR(loader.ReadPurchases());
+  if (list_sink == nullptr) {
+    RECSTREAM_RETURN_IF_ERROR(loader.ReadFeatureLists());
+  } else {
+    const std::string prefix(kFeatureListPrefix);
+    RECSTREAM_RETURN_IF_ERROR(loader.StreamFeatureLists(
+        *list_sink, RangeBounds(prefix, d.Splits(kFeatureListPrefix, threads))));
+  }
   OffsetMap stored_offsets;
-  RECSTREAM_RETURN_IF_ERROR(
-      d.Scan(snap, kOffsetPrefix, [&](std::string_view rest, const rocksdb::Slice& value) {
-        TopicPartition tp;
-        int64_t offset = 0;
-        RECSTREAM_RETURN_IF_ERROR(DecodeOffset(rest, value, &tp, &offset));
-        stored_offsets[tp] = offset;
-        return Status::OK();
-      }));
+  RECSTREAM_RETURN_IF_ERROR(loader.ReadOffsets(&stored_offsets));
 
   loaded.offsets = stored_offsets;
   *full = std::move(out);

@@ -15,7 +15,8 @@
 // others in place. Load() always returns the accumulated model as ONE full
 // snapshot, to be applied to a fresh learner.
 //
-// Layout (all integers little-endian):
+// Layout: every record and its encoding are described once, in store/codec.h
+// (the only code that encodes or decodes them). In short (little-endian):
 //   "m/info"            sequence u64, time_ms i64, rows u64, bytes u64,
 //                       duration_ms f64, learned 3 x u64
 //   "m/shape"           the snapshot's shape string

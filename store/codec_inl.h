@@ -1,0 +1,49 @@
+// ForEachRecord (store/codec.h), a template so that the write paths' sinks
+// are inlined into the loop over millions of rows.
+#pragma once
+
+namespace recstream::store::codec {
+
+template <typename Emit>
+Status ForEachRecord(const learner::ModelSnapshot& snapshot, const OffsetMap& offsets,
+                     Emit&& emit) {
+  std::string key, value;
+  const bool native = FloatsAreNative();
+  auto floats = [&](const float* p, size_t n) -> std::string_view {
+    if (native) return {reinterpret_cast<const char*>(p), n * sizeof(float)};
+    value.clear();
+    PutFloats(&value, p, n);
+    return value;
+  };
+  for (const learner::TableDelta& t : snapshot.tables) {
+    RECSTREAM_RETURN_IF_ERROR(emit(WidthKey(t.table), EncodeWidth(t.width), false));
+    const size_t width = static_cast<size_t>(t.width);
+    for (size_t i = 0; i < t.keys.size(); ++i) {
+      key.clear();
+      AppendRowKey(&key, t.table, t.keys[i]);
+      RECSTREAM_RETURN_IF_ERROR(emit(key, floats(t.values.data() + i * width, width), native));
+    }
+  }
+  for (const auto& [name, values] : snapshot.dense) {
+    RECSTREAM_RETURN_IF_ERROR(emit(DenseKey(name), floats(values.data(), values.size()), native));
+  }
+  for (const learner::FeatureListDelta& l : snapshot.feature_lists) {
+    for (size_t i = 0; i < l.keys.size(); ++i) {
+      key.clear();
+      AppendFeatureListKey(&key, l.table, l.keys[i]);
+      value.clear();
+      AppendFeatureList(&value, l.features[i]);
+      RECSTREAM_RETURN_IF_ERROR(emit(key, value, false));
+    }
+  }
+  for (const auto& [user, item] : snapshot.new_purchases) {
+    RECSTREAM_RETURN_IF_ERROR(emit(PurchaseKey(user, item), std::string_view(), false));
+  }
+  RECSTREAM_RETURN_IF_ERROR(emit(kShapeKey, snapshot.shape, true));
+  for (const auto& [tp, offset] : offsets) {
+    RECSTREAM_RETURN_IF_ERROR(emit(OffsetKey(tp), EncodeOffset(offset), false));
+  }
+  return Status::OK();
+}
+
+}  // namespace recstream::store::codec
