@@ -15,18 +15,8 @@
 // others in place. Load() always returns the accumulated model as ONE full
 // snapshot, to be applied to a fresh learner.
 //
-// Layout: every record and its encoding are described once, in store/codec.h
-// (the only code that encodes or decodes them). In short (little-endian):
-//   "m/info"            sequence u64, time_ms i64, rows u64, bytes u64,
-//                       duration_ms f64, learned 3 x u64
-//   "m/shape"           the snapshot's shape string
-//   "m/width/<table>"   floats per row of <table>, u32
-//   "r/<table>\0<id>"   one row: width x f32
-//   "d/<name>"          one dense block: n x f32
-//   "p/<len>" <user><item>  a purchase; <len> is the user's length, u32
-//   "f/<table>\0<id>"   the side features of a user or item: count u32,
-//                       then per feature its length u32 and bytes
-//   "o/<topic>\0<partition, i32>"  next offset to consume, i64
+// Layout: every record and its encoding (endian-explicit) are described
+// once, in store/codec.h, the only code that encodes or decodes them.
 //
 // Thread safety. Write(), Load() and LoadStreaming() must be called from one
 // thread at a time (the checkpoint thread); last() and Health() may be called
