@@ -145,22 +145,7 @@ int TrainNiceTarget(int train_nice) {
 }
 
 void Learner::Impl::ApplyRow(float* row, const float* grad, int n, int offset, float lr) {
-  // Adagrad (or SGD) with L2 on the row's values [offset, offset + n).
-  const float l2 = options.l2, clip = options.grad_clip;
-  if (options.embedding_optimizer == Optimizer::kSgd) {
-    for (int i = 0; i < n; ++i)
-      row[offset + i] -= lr * std::clamp(grad[i] + l2 * row[offset + i], -clip, clip);
-    return;
-  }
-  if (n == 1) {  // a bias: not worth the vector kernel's call
-    float* w = row + offset;
-    float* acc = row + width + offset;
-    const float g = std::clamp(grad[0] + l2 * w[0], -clip, clip);
-    acc[0] += g * g;
-    w[0] -= lr * g / (std::sqrt(acc[0]) + 1e-8f);
-    return;
-  }
-  AdagradUpdate(row + offset, row + width + offset, grad, n, lr, l2, clip);
+  row_optimizer.Update(row + offset, row + width + offset, grad, n, lr);
 }
 
 void Learner::Impl::Rows(uint32_t r, const std::vector<std::string>& features, EmbeddingTable& main,
@@ -280,39 +265,21 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
   const bool esmm = options.esmm && task == Task::kPurchase;
   float y = shape.ForwardTask(s->dense_now, t, bu[t] + bi[t], &fw);
   float yc = 0.0f, dyc = 0.0f;
-  float pred, loss, dy;
-  if (task == Task::kRating) {
-    pred = std::clamp(y, options.rating_min, options.rating_max);
-    float err = y - label;
-    if (options.rating_loss == RatingLoss::kHuber && std::abs(err) > options.huber_delta) {
-      const float delta = options.huber_delta;
-      loss = delta * (std::abs(err) - 0.5f * delta);
-      dy = err > 0 ? delta : -delta;
-    } else {
-      loss = 0.5f * err * err;
-      dy = err;
-    }
-  } else if (esmm) {
-    // p = p_click * p_cvr; dL/dy_x = (p - label) / (1 - p) * (1 - p_x).
+  LossOutput out;
+  if (esmm) {
+    // The click tower's output joins the product.
     Forward& fc = s->fwd2;
     fc.u = fw.u;
     fc.v = fw.v;
     const int c = int(Task::kClick);
     yc = shape.ForwardTask(s->dense_now, c, bu[c] + bi[c], &fc);
-    const float pc = 1.0f / (1.0f + std::exp(-yc)), pv = 1.0f / (1.0f + std::exp(-y));
-    const float p = std::clamp(pc * pv, 1e-7f, 1.0f - 1e-6f);
-    pred = pc * pv;
-    loss = -(label * std::log(p) + (1 - label) * std::log(1 - p));
-    const float k = (p - label) / (1.0f - p);
-    dy = k * (1.0f - pv);
-    dyc = k * (1.0f - pc);
+    const EsmmProductLoss::Output product = EsmmProductLoss::Forward(y, yc, label);
+    out = product.purchase;
+    dyc = product.dy_click;
   } else {
-    float p = 1.0f / (1.0f + std::exp(-y));
-    pred = p;
-    float pc = std::clamp(p, 1e-7f, 1.0f - 1e-7f);
-    loss = -(label * std::log(pc) + (1 - label) * std::log(1 - pc));
-    dy = p - label;
+    out = losses.Forward(task, y, label);
   }
+  const float pred = out.prediction, loss = out.loss, dy = out.dy;
   if (!std::isfinite(y) || !std::isfinite(yc) || !std::isfinite(loss) || !std::isfinite(dy) ||
       !std::isfinite(dyc)) {
     ++s->refused;
@@ -363,20 +330,8 @@ float Learner::Impl::Learn(Task task, float label, TrainState* s) {
     if (!finite) {
       ++s->refused;
     } else if (trainable) {
-      // Adagrad (or SGD) with L2, as ApplyRow; accumulators follow the P values.
-      const float l2 = options.l2, clip = options.grad_clip, lr = options.lr_embedding;
       pretrained->MarkDirty(pre_row);  // before the write, as in UpdateRows
-      float* acc = p + P;
-      const bool sgd = options.embedding_optimizer == Optimizer::kSgd;
-      for (int j = 0; j < P; ++j) {
-        float gj = std::clamp(s->dp[j] + l2 * p[j], -clip, clip);
-        if (sgd) {
-          p[j] -= lr * gj;
-        } else {
-          acc[j] += gj * gj;
-          p[j] -= lr * gj / (std::sqrt(acc[j]) + 1e-8f);
-        }
-      }
+      row_optimizer.Update(p, p + P, s->dp.data(), P, options.lr_embedding);
     }
   }
   UpdateRows(users, user_features, s->user_rows, s->user_slots, &s->staged_user, s->du.data(), t);
@@ -550,35 +505,10 @@ void Learner::Impl::FinishChunk(TrainState* s) {
     const size_t n = s->dense_grad.size();
     const float* grad = s->dense_grad.data();
     if (AllFinite(grad, n)) {
-      const float lr = options.lr_dense, clip = options.grad_clip;
-      float* w = dense.data();
-      float* acc = dense_accum.data();
-      switch (options.dense_optimizer) {
-        case Optimizer::kAdagrad:
-          // A zero gradient leaves its value and accumulator as they are.
-          AdagradUpdate(w, acc, grad, n, lr, 0.0f, clip);
-          break;
-        case Optimizer::kSgd:
-          for (size_t i = 0; i < n; ++i) w[i] -= lr * std::clamp(grad[i], -clip, clip);
-          break;
-        case Optimizer::kAdam:
-        case Optimizer::kAdamW: {
-          const float b1 = options.adam_beta1, b2 = options.adam_beta2;
-          const double step = double(dense_steps.fetch_add(1, std::memory_order_relaxed) + 1);
-          const float c1 = float(1.0 - std::pow(double(b1), step));
-          const float c2 = float(1.0 - std::pow(double(b2), step));
-          const float decay =
-              options.dense_optimizer == Optimizer::kAdamW ? lr * options.weight_decay : 0.0f;
-          float* m = dense_m.data();
-          for (size_t i = 0; i < n; ++i) {
-            const float g = std::clamp(grad[i], -clip, clip);
-            m[i] = b1 * m[i] + (1 - b1) * g;
-            acc[i] = b2 * acc[i] + (1 - b2) * g * g;
-            w[i] -= lr * (m[i] / c1) / (std::sqrt(acc[i] / c2) + 1e-8f) + decay * w[i];
-          }
-          break;
-        }
-      }
+      const uint64_t step =
+          dense_optimizer.needs_moments() ? dense_steps.fetch_add(1, std::memory_order_relaxed) + 1
+                                          : 0;
+      dense_optimizer.Step(dense.data(), dense_accum.data(), dense_m.data(), grad, n, step);
     } else {
       ++s->refused;
     }

@@ -28,7 +28,9 @@
 #include "learner/embedding_table.h"
 #include "learner/feature_lists.h"
 #include "learner/learner.h"
+#include "learner/loss.h"
 #include "learner/model_math.h"
+#include "learner/optimizer.h"
 #include "learner/pack.h"
 #include "learner/task_weighting.h"
 
@@ -218,6 +220,9 @@ struct Learner::Impl {
         shape(o),
         width(o.dim + kNumTasks),
         lr_bias(o.lr_bias > 0 ? o.lr_bias : o.lr_embedding),
+        row_optimizer(o.embedding_optimizer, o.l2, o.grad_clip),
+        dense_optimizer(o),
+        losses(o),
         users("user", width, o.dim, o.init_scale, o.adagrad_init, o.seed),
         // Items and side features: rows every trainer thread updates, one
         // cache line each (EmbeddingTable's line_aligned).
@@ -250,10 +255,7 @@ struct Learner::Impl {
     for (auto& r : replay_pairs) r.store(kNoPair, std::memory_order_relaxed);
   }
 
-  bool adam() const {
-    return options.dense_optimizer == Optimizer::kAdam ||
-           options.dense_optimizer == Optimizer::kAdamW;
-  }
+  bool adam() const { return dense_optimizer.needs_moments(); }
 
   EmbeddingTable* table(std::string_view name) {
     for (EmbeddingTable* t : {&users, &items, &user_features, &item_features})
@@ -325,6 +327,9 @@ struct Learner::Impl {
   const ModelShape shape;
   const int width;
   const float lr_bias;
+  const RowOptimizer row_optimizer;
+  const DenseOptimizer dense_optimizer;
+  const TaskLosses losses;
   EmbeddingTable users, items, user_features, item_features;
   // Pretrained item vectors keyed by item id; null when pretrained_dim = 0.
   std::unique_ptr<EmbeddingTable> pretrained;

@@ -22,7 +22,7 @@
 #include <mutex>
 #include <vector>
 
-#include "learner/learner.h"
+#include "learner/options.h"
 
 namespace recstream::learner {
 

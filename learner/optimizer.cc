@@ -1,0 +1,59 @@
+#include "learner/optimizer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "learner/model_math.h"
+
+namespace recstream::learner {
+
+void RowOptimizer::Update(float* w, float* state, const float* grad, int n, float lr) const {
+  if (sgd_) {
+    for (int i = 0; i < n; ++i) w[i] -= lr * std::clamp(grad[i] + l2_ * w[i], -clip_, clip_);
+    return;
+  }
+  if (n == 1) {  // a bias: not worth the vector kernel's call
+    const float g = std::clamp(grad[0] + l2_ * w[0], -clip_, clip_);
+    state[0] += g * g;
+    w[0] -= lr * g / (std::sqrt(state[0]) + 1e-8f);
+    return;
+  }
+  AdagradUpdate(w, state, grad, size_t(n), lr, l2_, clip_);
+}
+
+DenseOptimizer::DenseOptimizer(const LearnerOptions& o)
+    : kind_(o.dense_optimizer),
+      lr_(o.lr_dense),
+      clip_(o.grad_clip),
+      beta1_(o.adam_beta1),
+      beta2_(o.adam_beta2),
+      weight_decay_(o.weight_decay) {}
+
+void DenseOptimizer::Step(float* w, float* acc, float* m, const float* grad, size_t n,
+                          uint64_t step) const {
+  switch (kind_) {
+    case Optimizer::kAdagrad:
+      // A zero gradient leaves its value and accumulator as they are.
+      AdagradUpdate(w, acc, grad, n, lr_, 0.0f, clip_);
+      return;
+    case Optimizer::kSgd:
+      for (size_t i = 0; i < n; ++i) w[i] -= lr_ * std::clamp(grad[i], -clip_, clip_);
+      return;
+    case Optimizer::kAdam:
+    case Optimizer::kAdamW: {
+      const float b1 = beta1_, b2 = beta2_;
+      const float c1 = float(1.0 - std::pow(double(b1), double(step)));
+      const float c2 = float(1.0 - std::pow(double(b2), double(step)));
+      const float decay = kind_ == Optimizer::kAdamW ? lr_ * weight_decay_ : 0.0f;
+      for (size_t i = 0; i < n; ++i) {
+        const float g = std::clamp(grad[i], -clip_, clip_);
+        m[i] = b1 * m[i] + (1 - b1) * g;
+        acc[i] = b2 * acc[i] + (1 - b2) * g * g;
+        w[i] -= lr_ * (m[i] / c1) / (std::sqrt(acc[i] / c2) + 1e-8f) + decay * w[i];
+      }
+      return;
+    }
+  }
+}
+
+}  // namespace recstream::learner

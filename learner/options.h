@@ -1,0 +1,116 @@
+// LearnerOptions: every setting of the learner, plain data with its default
+// and meaning per field (config/ builds it from the configuration keys
+// model.* and learner.*, docs/interface.md section 6). Cheap to include.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string_view>
+
+#include "common/status.h"
+#include "learner/event.h"
+
+namespace recstream::learner {
+
+enum class Arch { kSharedBottom, kMmoe };
+enum class Weighting { kFixed, kUncertainty, kGradNorm, kDwa };
+enum class Optimizer { kAdagrad, kAdam, kAdamW, kSgd };
+enum class RatingLoss { kSquared, kHuber };
+
+std::string_view ArchName(Arch arch);
+std::string_view WeightingName(Weighting weighting);
+// "adagrad", "adam", "adamw", "sgd".
+std::string_view OptimizerName(Optimizer optimizer);
+// "squared", "huber".
+std::string_view RatingLossName(RatingLoss loss);
+
+struct LearnerOptions {
+  // Embedding dimension of users, items and side features.
+  int dim = 32;
+  Arch arch = Arch::kSharedBottom;
+  // Width of the shared bottom layer (and of each MMoE expert).
+  int hidden = 32;
+  // Number of MMoE experts (arch = mmoe only).
+  int experts = 4;
+  Weighting weighting = Weighting::kUncertainty;
+  // Task loss weights for weighting = fixed, in Task order.
+  std::array<float, kNumTasks> fixed_weights = {1.0f, 1.0f, 1.0f};
+  // Optimizer of the embedding rows (user, item, feature vectors and their
+  // biases): adagrad or sgd (adam and adamw are for dense layers only).
+  Optimizer embedding_optimizer = Optimizer::kAdagrad;
+  // Optimizer of the dense layers (bottom, experts, gates, heads).
+  Optimizer dense_optimizer = Optimizer::kAdagrad;
+  // Learning rates of the embedding rows and of the dense layers.
+  float lr_embedding = 0.2f;
+  float lr_dense = 0.02f;
+  // Learning rate of the per-task user/item/feature biases; 0 means
+  // lr_embedding.
+  float lr_bias = 0.05f;
+  // Initial Adagrad accumulator of every embedding coordinate: > 0 damps
+  // the first, otherwise sign-sized, steps of a new row.
+  float adagrad_init = 1.0f;
+  // Adam and AdamW moment decay rates, and AdamW's decoupled weight decay.
+  float adam_beta1 = 0.9f;
+  float adam_beta2 = 0.999f;
+  float weight_decay = 1e-4f;
+  // Learning rate of the uncertainty weights' log-variances.
+  float lr_weighting = 0.001f;
+  // L2 regularisation on embeddings, applied on each update of a row.
+  float l2 = 1e-5f;
+  // Rows start uniform in [-init_scale, init_scale].
+  float init_scale = 0.05f;
+  // Each gradient is clipped to this absolute value per coordinate.
+  float grad_clip = 5.0f;
+  float rating_min = 1.0f;
+  float rating_max = 5.0f;
+  // Loss of the rating task: squared error, or Huber with threshold
+  // huber_delta (squared below it, linear above).
+  RatingLoss rating_loss = RatingLoss::kSquared;
+  float huber_delta = 1.0f;
+  // ESMM (Ma et al. 2018): p(purchase) = p(click) * p(purchase | click), the
+  // purchase head modelling the second factor; purchase events then train
+  // both heads through the product.
+  bool esmm = false;
+  // Negative sampling for positive-only logs: after each positive click or
+  // purchase event, this many items drawn from the recently seen items (so
+  // in proportion to their recent popularity) are learned as negatives of the
+  // same task for the same user. 0 (default) turns it off.
+  int negatives = 0;
+  // Item occurrences remembered for negative sampling.
+  int negative_window = 10000;
+  // Experience replay: after each event, this many events drawn uniformly
+  // from the last replay_window events are learned again (with the side
+  // features their user and item have now). More passes over recent data
+  // make better use of the few events of each user, at the cost of
+  // throughput. 0 turns it off. Replayed events do not count in the
+  // progressive metrics.
+  int replay = 0;
+  int replay_window = 100000;
+  // Warm start from pretrained item vectors (for example text embeddings):
+  // with pretrained_dim = P > 0, an item imported with ImportPretrained()
+  // has the vector v = E[item] (+ its features) + W p(item) everywhere
+  // (training and scoring), W being a learned d x P dense projection. The
+  // vectors p stay frozen unless pretrained_trainable, when they are updated
+  // like embedding rows. 0 (default) turns it off and leaves the model's
+  // shape as it was.
+  int pretrained_dim = 0;
+  bool pretrained_trainable = false;
+  // Training threads; 0 means every core.
+  int threads = 0;
+  // Events per parallel chunk; dense gradients are accumulated per chunk.
+  int chunk = 64;
+  // CPU priority of training, 0..19 (Linux nice values): when > 0, every
+  // thread while it trains (the thread calling Train, and the TBB workers of
+  // the learner's arena) runs with its nice value raised by this much (at
+  // most 19), so that serving threads preempt training on a busy machine.
+  // Each thread gets its previous priority back afterwards where the process
+  // may raise priorities (CAP_SYS_NICE or RLIMIT_NICE); otherwise it keeps
+  // the lower one. 0 (default) leaves priorities alone.
+  int train_nice = 0;
+  uint64_t seed = 42;
+};
+
+// Checks ranges and consistency; InvalidArgument naming the field otherwise.
+Status ValidateOptions(const LearnerOptions& options);
+
+}  // namespace recstream::learner
