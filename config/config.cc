@@ -357,6 +357,10 @@ const std::vector<Key>& KeyTable() {
         "learner.chunk", [](auto& c) -> auto& { return c.learner.chunk; }, 1, 1 << 20));
     t.push_back(IntKey(
         "learner.train_nice", [](auto& c) -> auto& { return c.learner.train_nice; }, 0, 19));
+    // metrics; (0, 1): learner::ValidateOptions refuses 1 itself.
+    t.push_back(FloatKey(
+        "metrics.threshold", [](auto& c) -> auto& { return c.learner.decision_threshold; },
+        FloatRange{0.0, 1.0, true}));
     // store
     t.push_back(StringKey(
         "store.path", [](auto& c) -> auto& { return c.store.path; }, "a non-empty path",

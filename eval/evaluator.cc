@@ -133,7 +133,7 @@ class Ranker {
   RankingAccumulator acc_;
 };
 
-void FillTask(Task task, const TaskSeries& s, TaskReport* r) {
+void FillTask(Task task, const TaskSeries& s, float threshold, TaskReport* r) {
   r->count = s.pred.size();
   if (r->count == 0) return;
   const size_t n = s.pred.size();
@@ -155,6 +155,10 @@ void FillTask(Task task, const TaskSeries& s, TaskReport* r) {
     r->logloss = LogLoss(pred, label);
     r->last10_auc = Auc(pred10, label10);
     r->last10_logloss = LogLoss(pred10, label10);
+    const Decisions d = DecisionsAt(pred, label, threshold);
+    r->precision = d.precision;
+    r->recall = d.recall;
+    r->f1 = d.f1;
     if (r->has_bayes) {
       r->bayes_auc = Auc(truth, label);
       r->bayes_logloss = LogLoss(truth, label);
@@ -341,14 +345,15 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   }
   progress.Finish();
 
-  for (Task t : learner::kAllTasks) FillTask(t, series[int(t)], &report->tasks[int(t)]);
+  const float threshold = options.learner.decision_threshold;
+  for (Task t : learner::kAllTasks) FillTask(t, series[int(t)], threshold, &report->tasks[int(t)]);
   report->cold_item_events = options.cold_item_events;
   report->pretrained_items = options.pretrained.size();
-  for (Task t : learner::kAllTasks) FillTask(t, cold_series[int(t)], &report->cold[int(t)]);
+  for (Task t : learner::kAllTasks) FillTask(t, cold_series[int(t)], threshold, &report->cold[int(t)]);
   for (size_t b = 0; b < baselines.size(); ++b) {
     BaselineReport& br = report->baselines.emplace_back();
     br.name = std::string(baselines[b]->name());
-    for (Task t : learner::kAllTasks) FillTask(t, baseline_series[b][int(t)], &br.tasks[int(t)]);
+    for (Task t : learner::kAllTasks) FillTask(t, baseline_series[b][int(t)], threshold, &br.tasks[int(t)]);
   }
   if (ranker) {
     report->has_ranking = true;
@@ -391,6 +396,8 @@ std::string ReportJson(const EvalReport& r) {
                      Num(tr.last10_rmse));
     } else {
       fmt::format_to(app, ", \"auc\": {}, \"logloss\": {}", Num(tr.auc), Num(tr.logloss));
+      fmt::format_to(app, ", \"precision\": {}, \"recall\": {}, \"f1\": {}", Num(tr.precision),
+                     Num(tr.recall), Num(tr.f1));
       if (tr.has_bayes)
         fmt::format_to(app, ", \"bayes_auc\": {}, \"bayes_logloss\": {}", Num(tr.bayes_auc),
                        Num(tr.bayes_logloss));
@@ -488,9 +495,13 @@ std::string ReportSummary(const EvalReport& r) {
     const double b2 = rating ? tr.bayes_rmse : tr.bayes_logloss;
     std::string bayes1 = tr.has_bayes ? ", bayes " + f4(b1) : "";
     std::string bayes2 = tr.has_bayes ? ", bayes " + f4(b2) : "";
-    fmt::format_to(app, "{:<9} {:>9} events  {} {} (last10 {}{})  {} {} (last10 {}{})\n",
+    fmt::format_to(app, "{:<9} {:>9} events  {} {} (last10 {}{})  {} {} (last10 {}{})",
                    learner::TaskName(t), tr.count, m1, f4(v1), f4(l1), bayes1, m2, f4(v2), f4(l2),
                    bayes2);
+    if (!rating)
+      fmt::format_to(app, "  precision {} recall {} f1 {}", f4(tr.precision), f4(tr.recall),
+                     f4(tr.f1));
+    fmt::format_to(app, "\n");
   }
   if (r.has_ranking)
     fmt::format_to(app, "ranking   HR@{} {}  NDCG@{} {}  ({} events ranked among {} candidates)\n",

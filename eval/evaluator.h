@@ -97,6 +97,8 @@ struct TaskReport {
   double auc = 0, logloss = 0;
   double last10_auc = 0, last10_logloss = 0;
   double bayes_auc = 0, bayes_logloss = 0;
+  // At the decision threshold (metrics.threshold, LearnerOptions::decision_threshold).
+  double precision = 0, recall = 0, f1 = 0;
   // rating (predictions clipped to the rating range).
   double mae = 0, rmse = 0;
   double last10_mae = 0, last10_rmse = 0;

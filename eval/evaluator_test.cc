@@ -129,11 +129,14 @@ TEST_CASE("ReportJson has the SPEC section 5 shape", "[evaluator]") {
   CHECK(uint64_t(doc["rejected"]) == 0);
   CHECK(double(doc["seconds"]) > 0);
   CHECK(double(doc["events_per_second"]) > 0);
-  for (const char* key : {"auc", "logloss", "bayes_auc", "bayes_logloss"}) {
+  for (const char* key : {"auc", "logloss", "bayes_auc", "bayes_logloss", "precision", "recall",
+                          "f1"}) {
     INFO(key);
     CHECK(double(doc["tasks"]["click"][key]) > 0);
     CHECK(double(doc["tasks"]["purchase"][key]) > 0);
   }
+  CHECK(double(doc["tasks"]["click"]["f1"]) == Approx(r.tasks[0].f1));
+  CHECK(r.tasks[0].f1 < 1.0);
   CHECK(uint64_t(doc["tasks"]["click"]["count"]) == r.tasks[0].count);
   CHECK(double(doc["tasks"]["click"]["last10"]["auc"]) == Approx(r.tasks[0].last10_auc));
   CHECK(double(doc["tasks"]["click"]["last10"]["logloss"]) > 0);

@@ -80,6 +80,22 @@ double Rmse(std::span<const float> pred, std::span<const float> label) {
   return std::sqrt(sum / double(n));
 }
 
+Decisions DecisionsAt(std::span<const float> pred, std::span<const float> label, float threshold) {
+  const size_t n = std::min(pred.size(), label.size());
+  double true_pos = 0, predicted = 0, actual = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const bool p = pred[i] >= threshold, a = label[i] > 0.5f;
+    true_pos += p && a;
+    predicted += p;
+    actual += a;
+  }
+  Decisions d;
+  d.precision = predicted > 0 ? true_pos / predicted : kNaN;
+  d.recall = actual > 0 ? true_pos / actual : kNaN;
+  d.f1 = predicted + actual > 0 ? 2 * true_pos / (predicted + actual) : kNaN;
+  return d;
+}
+
 RankHit RankHitAt(int64_t greater, int64_t ties, int k) {
   RankHit hit;
   greater = std::max<int64_t>(greater, 0);

@@ -19,6 +19,14 @@ double Auc(std::span<const float> pred, std::span<const float> label);
 // Mean binary cross-entropy, predictions clamped to [eps, 1 - eps].
 double LogLoss(std::span<const float> pred, std::span<const float> label, double eps = 1e-7);
 
+// Precision, recall and F1 of the decisions pred >= threshold against
+// labels > 0.5. Precision is NaN without a predicted positive, recall
+// without an actual one, F1 without either.
+struct Decisions {
+  double precision = 0.0, recall = 0.0, f1 = 0.0;
+};
+Decisions DecisionsAt(std::span<const float> pred, std::span<const float> label, float threshold);
+
 // Mean absolute and root mean squared error.
 double Mae(std::span<const float> pred, std::span<const float> label);
 double Rmse(std::span<const float> pred, std::span<const float> label);

@@ -101,5 +101,22 @@ TEST_CASE("RankingAccumulator averages events", "[metrics]") {
   CHECK(acc.ndcg() == Approx(0.5));
 }
 
+TEST_CASE("DecisionsAt: precision, recall and F1 at a threshold", "[metrics]") {
+  const std::vector<float> pred = {0.9f, 0.6f, 0.4f, 0.2f, 0.7f};
+  const std::vector<float> label = {1, 0, 1, 0, 1};
+  Decisions d = DecisionsAt(pred, label, 0.5f);  // predicted 0, 1, 4; actual 0, 2, 4
+  CHECK(d.precision == Approx(2.0 / 3));
+  CHECK(d.recall == Approx(2.0 / 3));
+  CHECK(d.f1 == Approx(2.0 / 3));
+  d = DecisionsAt(pred, label, 0.8f);  // predicted 0 only
+  CHECK(d.precision == 1.0);
+  CHECK(d.recall == Approx(1.0 / 3));
+  CHECK(d.f1 == Approx(0.5));
+  d = DecisionsAt(pred, label, 0.95f);  // nothing predicted positive
+  CHECK(std::isnan(d.precision));
+  CHECK(d.recall == 0.0);
+  CHECK(d.f1 == 0.0);
+}
+
 }  // namespace
 }  // namespace recstream::eval

@@ -72,6 +72,8 @@ Status ValidateOptions(const LearnerOptions& o) {
   if (!(o.lr_bias >= 0.0f) || !std::isfinite(o.lr_bias)) return bad("model.lr_bias must be >= 0");
   if (o.embedding_optimizer != Optimizer::kAdagrad && o.embedding_optimizer != Optimizer::kSgd)
     return bad("model.embedding_optimizer must be adagrad or sgd");
+  if (!(o.decision_threshold > 0.0f && o.decision_threshold < 1.0f))
+    return bad("metrics.threshold must be in (0, 1)");
   if (!(o.adam_beta1 >= 0.0f && o.adam_beta1 < 1.0f))
     return bad("model.adam_beta1 must be in [0, 1)");
   if (!(o.adam_beta2 >= 0.0f && o.adam_beta2 < 1.0f))
@@ -427,7 +429,7 @@ void Learner::Impl::TrainOne(const Event& e, TrainState* s, Prediction* before) 
   }
   // Counted into `learned` and the metrics by MergeMetrics at the end of
   // the chunk: no shared cache line or lock per event.
-  s->observations.push_back(Observation::Of(e.task, pred, e.label));
+  s->observations.push_back(Observation::Of(e.task, pred, e.label, options.decision_threshold));
   if (e.task == Task::kPurchase && e.label > 0.5f) {
     std::unique_lock lock(purchases_mu);
     if (purchases[user_row].insert(item_row).second) new_purchases.emplace_back(user_row, item_row);
@@ -534,6 +536,9 @@ void Learner::Impl::MergeMetrics(TrainState* s) {
       } else {
         m.loss_sum += o.value;
         (o.positive ? m.pos : m.neg)[o.bin] += 1;
+        m.true_pos += o.positive && o.predicted;
+        m.predicted_pos += o.predicted;
+        m.actual_pos += o.positive;
       }
     }
   }
@@ -630,6 +635,11 @@ LearnerStats Learner::Stats() const {
         } else {
           ts.auc = tm.Auc();
           ts.logloss = tm.loss_sum / tm.count;
+          ts.precision = tm.predicted_pos > 0 ? tm.true_pos / tm.predicted_pos : 0.0;
+          ts.recall = tm.actual_pos > 0 ? tm.true_pos / tm.actual_pos : 0.0;
+          ts.f1 = tm.predicted_pos + tm.actual_pos > 0
+                      ? 2 * tm.true_pos / (tm.predicted_pos + tm.actual_pos)
+                      : 0.0;
         }
       }
     }

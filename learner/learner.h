@@ -84,6 +84,9 @@ struct TaskStats {
   // click and purchase: AUC and logloss over all progressive predictions.
   double auc = 0.0;
   double logloss = 0.0;
+  // click and purchase: precision, recall and F1 at
+  // LearnerOptions::decision_threshold (0 when undefined).
+  double precision = 0.0, recall = 0.0, f1 = 0.0;
   // rating: MAE and RMSE of clipped progressive predictions.
   double mae = 0.0;
   double rmse = 0.0;

@@ -60,6 +60,9 @@ inline int AucBin(float p) {
 // Progressive metrics of one task, merged from chunks under a mutex.
 struct TaskMetrics {
   double count = 0, loss_sum = 0, abs_sum = 0, sq_sum = 0;
+  // Click and purchase, at the decision threshold: true positives, predicted
+  // positives, actual positives.
+  double true_pos = 0, predicted_pos = 0, actual_pos = 0;
   std::vector<double> pos = std::vector<double>(kAucBins), neg = std::vector<double>(kAucBins);
 
   double Auc() const {
@@ -78,14 +81,15 @@ struct TaskMetrics {
 // trainer and added by MergeMetrics at the end of its chunk.
 struct Observation {
   Task task;
-  bool positive;  // click and purchase: label > 0.5
-  int bin;        // click and purchase: AucBin(prediction)
-  double value;   // click and purchase: log loss; rating: prediction - label
+  bool positive;   // click and purchase: label > 0.5
+  bool predicted;  // click and purchase: prediction >= the decision threshold
+  int bin;         // click and purchase: AucBin(prediction)
+  double value;    // click and purchase: log loss; rating: prediction - label
 
-  static Observation Of(Task task, float pred, float label) {
-    if (task == Task::kRating) return {task, false, 0, double(pred) - label};
+  static Observation Of(Task task, float pred, float label, float threshold) {
+    if (task == Task::kRating) return {task, false, false, 0, double(pred) - label};
     const double p = std::clamp<double>(pred, 1e-7, 1 - 1e-7);
-    return {task, label > 0.5f, AucBin(pred),
+    return {task, label > 0.5f, pred >= threshold, AucBin(pred),
             -(label * std::log(p) + (1 - label) * std::log(1 - p))};
   }
 };

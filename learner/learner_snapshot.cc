@@ -98,6 +98,11 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
       for (double v : tm.neg) PackDouble(v, &metrics);
     }
     out->dense.emplace_back("metrics", std::move(metrics));
+    // A block of its own, so that stores written before it still load.
+    std::vector<float> decisions;
+    for (const TaskMetrics& tm : m.metrics)
+      for (double v : {tm.true_pos, tm.predicted_pos, tm.actual_pos}) PackDouble(v, &decisions);
+    out->dense.emplace_back("metrics_decisions", std::move(decisions));
   }
   for (int t = 0; t < kNumTasks; ++t) out->learned[t] = m.learned[t].load();
   {
@@ -258,6 +263,14 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
         for (double& v : tm.pos) v = UnpackDouble(values, i++);
         for (double& v : tm.neg) v = UnpackDouble(values, i++);
       }
+    } else if (name == "metrics_decisions") {
+      if (values.size() != 2 * 3 * kNumTasks)
+        return Status::Corruption("metrics_decisions block has the wrong size");
+      std::lock_guard lock(m.metrics_mu);
+      size_t i = 0;
+      for (TaskMetrics& tm : m.metrics)
+        for (double* v : {&tm.true_pos, &tm.predicted_pos, &tm.actual_pos})
+          *v = UnpackDouble(values, i++);
     } else {
       return Status::Corruption("snapshot has unknown dense block '" + name + "'");
     }

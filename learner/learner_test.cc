@@ -1085,4 +1085,32 @@ TEST_CASE("The AVX2 and the portable kernels learn the same model up to rounding
   CHECK(stats[0].tasks[2].mae == Approx(stats[1].tasks[2].mae).margin(0.003));
 }
 
+TEST_CASE("Progressive precision, recall and F1 follow the threshold and survive a snapshot",
+          "[Learner]") {
+  auto events = MakeStream(6000, 100, 50, 9);
+  LearnerOptions o;
+  o.threads = 1;
+  auto a = MakeLearner(o);
+  a->Train(events);
+  LearnerStats s = a->Stats();
+  const TaskStats& click = s.tasks[int(Task::kClick)];
+  CHECK(click.precision > 0.0);
+  CHECK(click.recall > 0.0);
+  CHECK(click.f1 == Approx(2 * click.precision * click.recall / (click.precision + click.recall)));
+  // A higher threshold predicts fewer positives: recall cannot rise.
+  o.decision_threshold = 0.9f;
+  auto strict = MakeLearner(o);
+  strict->Train(events);
+  CHECK(strict->Stats().tasks[int(Task::kClick)].recall < click.recall);
+  // Restored from a snapshot, the counts carry on.
+  ModelSnapshot full;
+  a->TakeSnapshot(true, &full);
+  o.decision_threshold = 0.5f;
+  auto b = MakeLearner(o);
+  REQUIRE(b->ApplySnapshot(full).ok());
+  CHECK(b->Stats().tasks[int(Task::kClick)].f1 == click.f1);
+  CHECK(b->Stats().tasks[int(Task::kPurchase)].precision ==
+        s.tasks[int(Task::kPurchase)].precision);
+}
+
 }  // namespace recstream::learner

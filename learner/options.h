@@ -108,6 +108,9 @@ struct LearnerOptions {
   // the lower one. 0 (default) leaves priorities alone.
   int train_nice = 0;
   uint64_t seed = 42;
+  // Click and purchase: precision, recall and F1 of the progressive
+  // predictions count a prediction >= this as a predicted positive.
+  float decision_threshold = 0.5f;
 };
 
 // Checks ranges and consistency; InvalidArgument naming the field otherwise.

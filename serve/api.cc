@@ -535,6 +535,11 @@ HttpResponse Api::Stats() const {
       any ? w.Double(ts.auc) : w.Null();
       w.Key("logloss");
       any ? w.Double(ts.logloss) : w.Null();
+      for (auto [key, value] : {std::pair{"precision", ts.precision}, {"recall", ts.recall},
+                                {"f1", ts.f1}}) {
+        w.Key(key);
+        any ? w.Double(value) : w.Null();
+      }
     }
     w.EndObject();
     w.EndObject();
@@ -732,6 +737,14 @@ HttpResponse Api::Metrics() const {
        false},
       {"recstream_progressive_logloss", "Progressive log loss (click, purchase).",
        &learner::TaskStats::logloss, false},
+      {"recstream_progressive_precision",
+       "Progressive precision at the decision threshold (click, purchase).",
+       &learner::TaskStats::precision, false},
+      {"recstream_progressive_recall",
+       "Progressive recall at the decision threshold (click, purchase).",
+       &learner::TaskStats::recall, false},
+      {"recstream_progressive_f1", "Progressive F1 at the decision threshold (click, purchase).",
+       &learner::TaskStats::f1, false},
       {"recstream_progressive_mae", "Progressive MAE of clipped rating predictions.",
        &learner::TaskStats::mae, true},
       {"recstream_progressive_rmse", "Progressive RMSE of clipped rating predictions.",

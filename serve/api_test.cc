@@ -457,6 +457,12 @@ TEST_CASE("GET /v1/stats reports counters, weights, metrics, lag and checkpoint"
   }
   CHECK(doc["tasks"]["click"]["progressive"]["auc"].is_double());
   CHECK(doc["tasks"]["rating"]["progressive"]["rmse"].is_double());
+  const learner::TaskStats& click = ls.tasks[int(Task::kClick)];
+  CHECK(doc["tasks"]["click"]["progressive"]["precision"].get_double().value() ==
+        Approx(click.precision));
+  CHECK(doc["tasks"]["click"]["progressive"]["f1"].get_double().value() == Approx(click.f1));
+  CHECK(click.recall > 0.0);  // the fixture's clicks include predicted positives
+  CHECK(click.f1 <= 1.0);
   CHECK(doc["rejected"]["total"].get_uint64().value() == 3);
   CHECK(doc["rejected"]["by_reason"]["bad_label"].get_uint64().value() == 0);
   CHECK(doc["consumer"]["total_lag"].get_int64().value() == 10);
@@ -504,7 +510,8 @@ TEST_CASE("GET /metrics is valid Prometheus text", "[api]") {
   for (const char* name :
        {"recstream_events_total", "recstream_rejected_total", "recstream_consumer_lag",
         "recstream_task_loss_weight", "recstream_progressive_auc", "recstream_progressive_logloss",
-        "recstream_progressive_mae", "recstream_progressive_rmse",
+        "recstream_progressive_mae", "recstream_progressive_rmse", "recstream_progressive_f1",
+        "recstream_progressive_precision", "recstream_progressive_recall",
         "recstream_checkpoint_last_timestamp_seconds", "recstream_http_requests_total",
         "recstream_http_request_duration_seconds_bucket", "recstream_uptime_seconds",
         "recstream_events_per_second", "recstream_model_rows"}) {
