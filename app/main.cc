@@ -1,4 +1,4 @@
-// recstream: the command line of SPEC section 4.
+// recstream: the command line of docs/interface.md section 4.
 //   serve, broker, produce, gen, eval, config, import-embeddings
 // Exit codes: 0 success, 2 usage or configuration error, 1 run-time failure.
 #include <fmt/format.h>

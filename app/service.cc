@@ -560,8 +560,8 @@ std::string Service::kafka_brokers() const { return impl_->config.kafka.brokers;
 recstream::Status Service::Shutdown() {
   Impl& m = *impl_;
   if (m.stop.exchange(true)) return recstream::Status::OK();
-  // SIGTERM must end the process within 5 s (SPEC): the Kafka steps get what
-  // the final checkpoint leaves of this budget.
+  // SIGTERM must end the process within 5 s (docs/interface.md section 4):
+  // the Kafka steps get what the final checkpoint leaves of this budget.
   const auto begin = Clock::now();
   const auto deadline = begin + std::chrono::milliseconds(4000);
   auto elapsed_ms = [&] {

@@ -1,5 +1,5 @@
 // Configuration: builds every module's Options struct from one TOML file, the
-// environment and --set flags (SPEC section 6). Only config/ and main read
+// environment and --set flags (docs/interface.md section 6). Only config/ and main read
 // files, flags and the environment; modules receive their Options by const
 // reference.
 //

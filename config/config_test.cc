@@ -80,7 +80,7 @@ TEST_CASE("Load with nothing set gives the documented defaults", "[config]") {
   CHECK(dim->value == "32");
   REQUIRE(FindSource(sources, "model.arch") != nullptr);
   CHECK(FindSource(sources, "model.arch")->value == "shared_bottom");
-  // SPEC section 6 keys that must exist.
+  // Keys that must exist (the upstream ones of docs/interface.md section 6).
   for (const char* key :
        {"kafka.brokers", "kafka.group_id", "kafka.topics.click", "kafka.topics.purchase",
         "kafka.topics.rating", "kafka.topics.dlq", "model.dim", "model.arch", "model.weighting",

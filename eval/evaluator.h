@@ -1,7 +1,7 @@
-// Progressive validation without Kafka (`recstream eval`, SPEC sections 4 and
-// 5): every event of a JSONL stream is first predicted, then learned, by the
-// same Learner code and settings as `serve`, and the predictions made before
-// learning are scored against the labels.
+// Progressive validation without Kafka (`recstream eval`, docs/interface.md
+// sections 4 and 5): every event of a JSONL stream is first predicted, then
+// learned, by the same Learner code and settings as `serve`, and the
+// predictions made before learning are scored against the labels.
 //
 // Events are handed to Learner::Train in batches of `batch` accepted events,
 // as the service does with the messages of one poll; Train reports the
@@ -150,7 +150,7 @@ struct EvalReport {
 // IOError when the input cannot be read or the predictions file written.
 Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* report);
 
-// The report as JSON, in the shape of SPEC section 5 (absent tasks left out,
+// The report as JSON, in the shape of docs/interface.md section 5 (absent tasks left out,
 // `ranking` only with ranking, undefined values as null), extended with
 // "task_weights_history": [{"events": N, "click": w, "purchase": w,
 // "rating": w}, ...] when the history is not empty, and "cold_start":

@@ -118,7 +118,7 @@ TEST_CASE("RunEval learns the generated stream close to the Bayes ceiling", "[ev
   CHECK(r.task_weights[0] > 0);
 }
 
-TEST_CASE("ReportJson has the SPEC section 5 shape", "[evaluator]") {
+TEST_CASE("ReportJson has the docs/interface.md section 5 shape", "[evaluator]") {
   const EvalReport& r = Big().report;
   const std::string json = ReportJson(r);
   INFO(json);
@@ -150,7 +150,7 @@ TEST_CASE("ReportJson has the SPEC section 5 shape", "[evaluator]") {
   for (const char* key : {"click", "purchase", "rating"})
     CHECK(double(doc["task_weights"][key]) > 0);
 
-  // The weights over time (an extension of the SPEC shape): a sample about
+  // The weights over time (an extension, docs/interface.md section 5): a sample about
   // every 10,000 events, the last one the final weights.
   simdjson::dom::array history;
   REQUIRE(doc["task_weights_history"].get(history) == simdjson::SUCCESS);

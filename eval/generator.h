@@ -1,5 +1,6 @@
-// Generator: a synthetic event stream with known ground truth (SPEC section
-// 1 JSONL, `recstream gen`), for testing and benchmarking the learner.
+// Generator: a synthetic event stream with known ground truth (JSONL events of
+// docs/interface.md section 1, `recstream gen`), for testing and benchmarking
+// the learner.
 //
 // The world. Each user and each item has a latent factor vector (Gaussian,
 // `factors` dimensions) and a bias. Users belong to one of a few age groups
@@ -50,7 +51,7 @@ struct GeneratorOptions {
   // Write `user_features` and `item_features`. The latent structure is the
   // same either way; without them the learner cannot see the groups.
   bool side_features = true;
-  // Range of rating values (SPEC rating.min / rating.max).
+  // Range of rating values (rating.min / rating.max, docs/interface.md section 6).
   float rating_min = 1.0f;
   float rating_max = 5.0f;
 };

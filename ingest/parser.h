@@ -1,7 +1,7 @@
-// EventParser: validates one JSON event (SPEC section 1) and turns it into a
+// EventParser: validates one JSON event (docs/interface.md section 1) and turns it into a
 // learner::Event, or says precisely why it was rejected.
 //
-// Rules beyond the table in SPEC section 1, decided here:
+// Rules beyond the table in docs/interface.md section 1, decided here:
 //  - Duplicate keys are accepted; the last occurrence wins.
 //  - `null` for an optional field (label, ts, features, truth) means "absent";
 //    `null` for a required field (type, user, item, value) is a bad value.

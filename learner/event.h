@@ -1,5 +1,5 @@
 // Event: one parsed, validated training example, as ingest/ hands it to the
-// learner. The learner never sees raw bytes; validation (SPEC section 1) is
+// learner. The learner never sees raw bytes; validation (docs/interface.md section 1) is
 // ingest's job, so every Event reaching the learner is well formed.
 #pragma once
 

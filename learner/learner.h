@@ -54,7 +54,7 @@ struct Prediction {
   }
 };
 
-// Weights of the blended `score` (SPEC section 3):
+// Weights of the blended `score` (docs/interface.md section 3):
 //   score = click * p_click + purchase * p_purchase
 //         + rating * (rating - rating_min) / (rating_max - rating_min)
 struct Blend {

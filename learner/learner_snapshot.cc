@@ -1,5 +1,6 @@
 // TakeSnapshot, ApplySnapshot and ImportPretrained: row deltas in and out.
 #include "learner/learner_impl.h"
+#include "learner/pack.h"
 
 namespace recstream::learner {
 namespace {
@@ -36,7 +37,7 @@ void Learner::TakeSnapshot(bool full, ModelSnapshot* out) {
 }
 
 void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
-  Impl& m = *impl_;
+  Model& m = impl_->model;
   // This runs while training waits (see Learner::BeginSnapshot), so it only
   // lists: the changed rows (their marks become "due", see
   // EmbeddingTable::BeginExport), the changed feature lists as row numbers,
@@ -44,7 +45,7 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
   // small and copied here. Ids and row values are FinishSnapshot's work.
   // The buffers of a snapshot passed in again are reused (their memory is
   // already mapped); everything is overwritten.
-  Impl::PendingSnapshot& p = m.pending_snapshot;
+  Model::PendingSnapshot& p = m.pending_snapshot;
   if (p.active) FinishSnapshot(p.out);  // the previous one was not finished
   p.active = true;
   p.out = out;
@@ -73,7 +74,7 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
     // lists took 88 ms here, in training's pause). A list set in between is
     // taken as it is then, newer than the rest of the snapshot; its row is
     // marked changed again, so the next snapshot has it too.
-    Impl::PendingSnapshot::Lists& pl = p.lists[li++];
+    Model::PendingSnapshot::Lists& pl = p.lists[li++];
     pl.rows.clear();
     lists->ForEachDirtyRow(full, [&](uint32_t r) { pl.rows.push_back(r); });
     if (pl.rows.empty()) continue;
@@ -119,8 +120,8 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
 }
 
 void Learner::FinishSnapshot(ModelSnapshot* out) {
-  Impl& m = *impl_;
-  Impl::PendingSnapshot& p = m.pending_snapshot;
+  Model& m = impl_->model;
+  Model::PendingSnapshot& p = m.pending_snapshot;
   if (!p.active || out != p.out) return;
   // Runs beside training: the values of rows a trainer has not claimed,
   // then the ids (fixed for a row's lifetime), one table at a time. The
@@ -140,7 +141,7 @@ void Learner::FinishSnapshot(ModelSnapshot* out) {
   for (auto [table, side, lists] : {std::tuple<EmbeddingTable*, EmbeddingTable*, FeatureLists*>{
                                         &m.users, &m.user_features, &m.user_lists},
                                     {&m.items, &m.item_features, &m.item_lists}}) {
-    const Impl::PendingSnapshot::Lists& pl = p.lists[li++];
+    const Model::PendingSnapshot::Lists& pl = p.lists[li++];
     if (pl.rows.empty()) continue;
     FeatureListDelta& delta = out->feature_lists[at++];
     delta.keys.resize(pl.rows.size());
@@ -163,7 +164,7 @@ void Learner::FinishSnapshot(ModelSnapshot* out) {
 }
 
 Status Learner::ImportPretrained(std::string_view item, std::span<const float> vec) {
-  Impl& m = *impl_;
+  Model& m = impl_->model;
   if (!m.pretrained)
     return Status::InvalidArgument("pretrained vectors are off (model.pretrained_dim = 0)");
   if (item.empty()) return Status::InvalidArgument("empty item id");
@@ -185,7 +186,7 @@ Status Learner::ImportPretrained(std::string_view item, std::span<const float> v
 }
 
 Status Learner::ApplyRows(const TableDelta& delta) {
-  Impl& m = *impl_;
+  Model& m = impl_->model;
   EmbeddingTable* t = m.table(delta.table);
   if (!t) return Status::Corruption("snapshot has unknown table '" + delta.table + "'");
   const int w2 = 2 * t->width();
@@ -198,7 +199,7 @@ Status Learner::ApplyRows(const TableDelta& delta) {
   return Status::OK();
 }
 
-void Learner::Impl::SetLists(const FeatureListDelta& delta, size_t begin, size_t end) {
+void Model::SetLists(const FeatureListDelta& delta, size_t begin, size_t end) {
   // Each owner's list (a row of `main`) becomes the rows of its features
   // in `side`, created when missing. Owners' index slots are fetched a few
   // keys ahead.
@@ -219,12 +220,12 @@ void Learner::Impl::SetLists(const FeatureListDelta& delta, size_t begin, size_t
 
 Status Learner::ApplyLists(const FeatureListDelta& delta) {
   RECSTREAM_RETURN_IF_ERROR(CheckLists(delta));
-  impl_->SetLists(delta, 0, delta.keys.size());
+  impl_->model.SetLists(delta, 0, delta.keys.size());
   return Status::OK();
 }
 
 Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
-  Impl& m = *impl_;
+  Model& m = impl_->model;
   if (snap.shape != m.shape.Describe())
     return Status::Corruption("snapshot is of model shape '" + snap.shape +
                               "' but the options give '" + m.shape.Describe() + "'");

@@ -31,7 +31,9 @@ TEST_CASE("Losses give their prediction and a gradient that matches the loss", "
     const HuberLoss* h;
     const SquaredLoss* s;
     float label;
-    float operator()(float y) const { return h ? h->Forward(y, label).loss : s->Forward(y, label).loss; }
+    float operator()(float y) const {
+      return h ? h->Forward(y, label).loss : s->Forward(y, label).loss;
+    }
     float Dy(float y) const { return h ? h->Forward(y, label).dy : s->Forward(y, label).dy; }
   };
   for (float y : {0.5f, 2.9f, 3.5f, 6.0f}) {
@@ -54,8 +56,7 @@ TEST_CASE("Losses give their prediction and a gradient that matches the loss", "
               Approx(o.purchase.dy).margin(2e-3));
         CHECK((at(yv, yc + h).purchase.loss - at(yv, yc - h).purchase.loss) / (2 * h) ==
               Approx(o.dy_click).margin(2e-3));
-        CHECK(o.purchase.prediction ==
-              Approx(1 / (1 + std::exp(-yv)) * (1 / (1 + std::exp(-yc)))));
+        CHECK(o.purchase.prediction == Approx(1 / (1 + std::exp(-yv)) * (1 / (1 + std::exp(-yc)))));
       }
     }
   }

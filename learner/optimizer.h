@@ -27,7 +27,8 @@ namespace recstream::learner {
 
 class RowOptimizer {
  public:
-  RowOptimizer(Optimizer kind, float l2, float clip) : sgd_(kind == Optimizer::kSgd), l2_(l2), clip_(clip) {}
+  RowOptimizer(Optimizer kind, float l2, float clip)
+      : sgd_(kind == Optimizer::kSgd), l2_(l2), clip_(clip) {}
   // w[0, n) and their state state[0, n).
   void Update(float* w, float* state, const float* grad, int n, float lr) const;
 

@@ -41,7 +41,8 @@ TEST_CASE("DenseOptimizer: each kind's step", "[optimizer]") {
   o.lr_dense = 0.1f;
   o.grad_clip = 5.0f;
   const float g[2] = {1.0f, -2.0f};
-  for (Optimizer kind : {Optimizer::kAdagrad, Optimizer::kSgd, Optimizer::kAdam, Optimizer::kAdamW}) {
+  for (Optimizer kind :
+       {Optimizer::kAdagrad, Optimizer::kSgd, Optimizer::kAdam, Optimizer::kAdamW}) {
     INFO(OptimizerName(kind));
     o.dense_optimizer = kind;
     const DenseOptimizer opt(o);
@@ -53,7 +54,8 @@ TEST_CASE("DenseOptimizer: each kind's step", "[optimizer]") {
     CHECK(w[1] > 0.5f);
     if (kind == Optimizer::kSgd) CHECK(w[0] == Approx(0.4f));
     if (kind == Optimizer::kAdagrad) CHECK(w[0] == Approx(0.5f - 0.1f));  // g / sqrt(g^2)
-    if (kind == Optimizer::kAdam) CHECK(w[0] == Approx(0.5f - 0.1f).epsilon(1e-4));  // bias-corrected
+    if (kind == Optimizer::kAdam)
+      CHECK(w[0] == Approx(0.5f - 0.1f).epsilon(1e-4));  // bias-corrected
     if (kind == Optimizer::kAdamW)
       CHECK(w[0] == Approx(0.5f - 0.1f - 0.1f * o.weight_decay * 0.5f).epsilon(1e-4));
   }

@@ -1,4 +1,4 @@
-// Api: the HTTP API of SPEC section 3, as a pure function from HttpRequest to
+// Api: the HTTP API of docs/interface.md section 3, as a pure function from HttpRequest to
 // HttpResponse (HttpServer carries the bytes). It reads the model through a
 // const learner::Learner and asks the application for everything else
 // (counters, lag, readiness, checkpoints) through ServiceHooks.

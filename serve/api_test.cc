@@ -190,7 +190,9 @@ TEST_CASE("JsonWriter escapes strings and round-trips floats", "[api]") {
   CHECK(out == "[null,null,-3,7,true]");
 }
 
-TEST_CASE("GET /v1/score has the SPEC shape and the learner's exact values", "[api]") {
+TEST_CASE(
+    "GET /v1/score has the shape of docs/interface.md section 3 and the learner's exact values",
+    "[api]") {
   Fixture f;
   HttpResponse r = f.Get("/v1/score?user=u1&item=i1");
   REQUIRE(r.status == 200);

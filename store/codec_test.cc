@@ -21,13 +21,17 @@ TEST_CASE("codec: integers and floats are little-endian on every host", "[codec]
   std::string v;
   PutFixed32(&v, 0x01020304u);
   PutFixed64(&v, 0x0102030405060708ull);
-  CHECK(Hex(v) == "04030201" "0807060504030201");
+  CHECK(Hex(v) ==
+        "04030201"
+        "0807060504030201");
   CHECK(DecodeFixed32(v.data()) == 0x01020304u);
   CHECK(DecodeFixed64(v.data() + 4) == 0x0102030405060708ull);
   v.clear();
   const float floats[] = {1.0f, -2.5f};
   PutFloats(&v, floats, 2);
-  CHECK(Hex(v) == "0000803f" "000020c0");  // IEEE-754 bits, low byte first
+  CHECK(Hex(v) ==
+        "0000803f"
+        "000020c0");  // IEEE-754 bits, low byte first
   float back[2];
   DecodeFloats(v, back);
   CHECK(std::bit_cast<uint32_t>(back[0]) == std::bit_cast<uint32_t>(1.0f));
@@ -58,7 +62,9 @@ TEST_CASE("codec: every record round-trips", "[codec]") {
   CHECK(DecodeWidth("user", "abc", &width).IsCorruption());
 
   std::string key;
-  AppendRowKey(&key, "item", "i\x00" "7");
+  AppendRowKey(&key, "item",
+               "i\x00"
+               "7");
   CHECK(key.substr(0, 2) == kRowPrefix);
   std::string_view table, id;
   REQUIRE(DecodeRowKey(std::string_view(key).substr(kRowPrefix.size()), &table, &id).ok());
@@ -77,7 +83,8 @@ TEST_CASE("codec: every record round-trips", "[codec]") {
 
   std::string user, item;
   const std::string pk = PurchaseKey("u1", "i22");
-  REQUIRE(DecodePurchaseKey(std::string_view(pk).substr(kPurchasePrefix.size()), &user, &item).ok());
+  REQUIRE(
+      DecodePurchaseKey(std::string_view(pk).substr(kPurchasePrefix.size()), &user, &item).ok());
   CHECK(user == "u1");
   CHECK(item == "i22");
   CHECK(DecodePurchaseKey(std::string("\xff\0\0\0u", 5), &user, &item).IsCorruption());

@@ -1,17 +1,17 @@
-// Score, ScoreMany and Recommend: the read side of the learner.
-//
-// All three score items in blocks of kScoreLanes with ModelShape::ScoreBlock
-// (one vectorised H x d by d x 16 product per block), so a pair scores
-// bit-identically whichever call asks. Score and ScoreMany gather the item
-// vectors they need at the time of the call (always fresh). Recommend scores
-// every item from a cached panel of gathered item vectors (RecommendCache
-// below; the user side, dense layers and purchases are read fresh).
+#include "learner/scorer.h"
+
+#include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/partitioner.h>
+
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
-
-#include "learner/learner_impl.h"
+#include <shared_mutex>
+#include <thread>
 
 namespace recstream::learner {
 namespace {
@@ -124,87 +124,80 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void ScreenBlock(
 
 }  // namespace
 
-void Learner::Impl::PrepareUserSide(std::string_view user, UserSide* side) const {
-  std::vector<float> u(options.dim, 0.0f);
+void Scorer::PrepareUserSide(std::string_view user, UserSide* side) const {
+  std::vector<float> u(m_.options.dim, 0.0f);
   side->bias.fill(0.0f);
-  side->row = users.Find(user);
+  side->row = m_.users.Find(user);
   if (side->row != EmbeddingTable::kNoRow) {
     std::vector<uint32_t> rows = {side->row};
-    user_lists.Get(side->row, &rows);
-    Gather(users, user_features, rows, u.data(), side->bias.data());
+    m_.user_lists.Get(side->row, &rows);
+    m_.Gather(m_.users, m_.user_features, rows, u.data(), side->bias.data());
   }
-  shape.PrepareUser(dense.data(), u.data(), &side->ctx);
+  m_.shape.PrepareUser(m_.dense.data(), u.data(), &side->ctx);
 }
 
-void Learner::Impl::FindItems(std::span<const std::string> keys,
-                              std::vector<uint32_t>* rows) const {
+void Scorer::FindItems(std::span<const std::string> keys, std::vector<uint32_t>* rows) const {
   // Two-step prefetching, as in training (ResolveChunk): index slots
   // kSlotAhead keys ahead, then the id headers they point to kRowAhead ahead.
   constexpr size_t kSlotAhead = 16, kRowAhead = 8;
   const size_t n = keys.size();
   rows->resize(n);
-  for (size_t i = 0; i < std::min(n, kSlotAhead); ++i) items.Prefetch(keys[i]);
-  for (size_t i = 0; i < std::min(n, kRowAhead); ++i) items.PrefetchRow(keys[i]);
+  for (size_t i = 0; i < std::min(n, kSlotAhead); ++i) m_.items.Prefetch(keys[i]);
+  for (size_t i = 0; i < std::min(n, kRowAhead); ++i) m_.items.PrefetchRow(keys[i]);
   for (size_t i = 0; i < n; ++i) {
-    if (i + kSlotAhead < n) items.Prefetch(keys[i + kSlotAhead]);
-    if (i + kRowAhead < n) items.PrefetchRow(keys[i + kRowAhead]);
-    const uint32_t row = items.Find(keys[i]);
+    if (i + kSlotAhead < n) m_.items.Prefetch(keys[i + kSlotAhead]);
+    if (i + kRowAhead < n) m_.items.PrefetchRow(keys[i + kRowAhead]);
+    const uint32_t row = m_.items.Find(keys[i]);
     (*rows)[i] = row;
-    if (row != EmbeddingTable::kNoRow) item_lists.Prefetch(row);
+    if (row != EmbeddingTable::kNoRow) m_.item_lists.Prefetch(row);
   }
 }
 
-void Learner::Impl::PrefetchItem(uint32_t row) const {
+void Scorer::PrefetchItem(uint32_t row) const {
   if (row == EmbeddingTable::kNoRow) return;
-  PrefetchBytes(items.Row(row), size_t(width) * sizeof(float));  // values only
+  PrefetchBytes(m_.items.Row(row), size_t(m_.width) * sizeof(float));  // values only
 }
 
-void Learner::Impl::GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, float* v,
-                               float* block) const {
-  const int d = options.dim;
-  std::fill(v, v + width, 0.0f);
+void Scorer::GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, float* v,
+                        float* block) const {
+  const int d = m_.options.dim;
+  std::fill(v, v + m_.width, 0.0f);
   if (row != EmbeddingTable::kNoRow) {
     rows->clear();
     rows->push_back(row);
-    item_lists.Get(row, rows);
-    Gather(items, item_features, *rows, v, v + d);
-    const uint32_t pre_row = PretrainedRow(row);
-    if (pre_row != EmbeddingTable::kNoRow) shape.Project(dense.data(), pretrained->Row(pre_row), v);
+    m_.item_lists.Get(row, rows);
+    m_.Gather(m_.items, m_.item_features, *rows, v, v + d);
+    const uint32_t pre_row = m_.PretrainedRow(row);
+    if (pre_row != EmbeddingTable::kNoRow)
+      m_.shape.Project(m_.dense.data(), m_.pretrained->Row(pre_row), v);
   }
-  for (int k = 0; k < width; ++k) block[k * L + lane] = v[k];
+  for (int k = 0; k < m_.width; ++k) block[k * L + lane] = v[k];
 }
 
-Prediction Learner::Impl::FinishLane(const float* y, int lane, const UserSide& side,
-                                     const float* block) const {
-  const int d = options.dim;
+Prediction Scorer::FinishLane(const float* y, int lane, const UserSide& side,
+                              const float* block) const {
+  const int d = m_.options.dim;
   const float* vbias = block + size_t(d) * L + lane;
   Prediction p;
   p.click = Sigmoid(y[0 * L + lane] + side.bias[0] + vbias[0 * L]);
   p.purchase = Sigmoid(y[1 * L + lane] + side.bias[1] + vbias[1 * L]);
-  if (options.esmm) p.purchase *= p.click;
+  if (m_.options.esmm) p.purchase *= p.click;
   float r = y[2 * L + lane] + side.bias[2] + vbias[2 * L];
-  p.rating = std::isfinite(r) ? std::clamp(r, options.rating_min, options.rating_max)
-                              : 0.5f * (options.rating_min + options.rating_max);
+  p.rating = std::isfinite(r) ? std::clamp(r, m_.options.rating_min, m_.options.rating_max)
+                              : 0.5f * (m_.options.rating_min + m_.options.rating_max);
   return p;
 }
 
-void Learner::Impl::ScoreItems(std::string_view user, const std::vector<uint32_t>& item_rows,
-                               std::vector<Prediction>* out) const {
-  UserSide side(shape);
-  PrepareUserSide(user, &side);
-  ScoreRows(side, item_rows, out);
-}
-
-void Learner::Impl::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_rows,
-                              std::vector<Prediction>* out) const {
+void Scorer::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_rows,
+                       std::vector<Prediction>* out) const {
   const size_t n = item_rows.size();
   out->resize(n);
   // Items [begin, end), begin a multiple of L.
   auto score = [&](size_t begin, size_t end) {
-    AlignedFloats block(shape.block_floats()), scratch(shape.score_scratch_floats());
+    AlignedFloats block(m_.shape.block_floats()), scratch(m_.shape.score_scratch_floats());
     alignas(64) float y[kNumTasks * L];
     std::vector<uint32_t> rows;
-    std::vector<float> v(width);
+    std::vector<float> v(m_.width);
     // Rows of the next block are loaded while this one is gathered.
     for (size_t i = begin; i < std::min(end, begin + L); ++i) PrefetchItem(item_rows[i]);
     for (size_t first = begin; first < end; first += L) {
@@ -213,7 +206,7 @@ void Learner::Impl::ScoreRows(const UserSide& side, const std::vector<uint32_t>&
       if (first > begin && lanes < L) std::fill(block.data(), block.data() + block.size(), 0.0f);
       for (int i = 0; i < lanes; ++i)
         GatherItem(item_rows[first + i], i, &rows, v.data(), block.data());
-      shape.ScoreBlock(dense.data(), side.ctx, block.data(), scratch.data(), y);
+      m_.shape.ScoreBlock(m_.dense.data(), side.ctx, block.data(), scratch.data(), y);
       for (int i = 0; i < lanes; ++i) (*out)[first + i] = FinishLane(y, i, side, block.data());
     }
   };
@@ -232,22 +225,22 @@ void Learner::Impl::ScoreRows(const UserSide& side, const std::vector<uint32_t>&
       tbb::simple_partitioner());
 }
 
-void Learner::Impl::TopKOfBlocks(const UserSide& side, const float* blocks, size_t begin,
-                                 size_t end, uint32_t first_row, uint32_t end_row, int k,
-                                 const std::vector<uint32_t>& excluded, const Blend& blend,
-                                 std::vector<ScoredItem>* out) const {
-  const size_t stride = shape.block_floats();
-  const int d = options.dim;
-  AlignedFloats scratch(shape.score_scratch_floats());
+void Scorer::TopKOfBlocks(const UserSide& side, const float* blocks, size_t begin, size_t end,
+                          uint32_t first_row, uint32_t end_row, int k,
+                          const std::vector<uint32_t>& excluded, const Blend& blend,
+                          std::vector<ScoredItem>* out) const {
+  const size_t stride = m_.shape.block_floats();
+  const int d = m_.options.dim;
+  AlignedFloats scratch(m_.shape.score_scratch_floats());
   alignas(64) float y[kNumTasks * L];
   alignas(64) float approx[L];
   ScreenParams sp;
   for (int t = 0; t < kNumTasks; ++t) sp.ub[t] = side.bias[t];
   sp.wc = blend.click, sp.wp = blend.purchase, sp.wr = blend.rating;
-  sp.rmin = options.rating_min, sp.rmax = options.rating_max;
-  sp.rmid = 0.5f * (options.rating_min + options.rating_max);
-  sp.inv_range = 1.0f / (options.rating_max - options.rating_min);
-  sp.esmm = options.esmm;
+  sp.rmin = m_.options.rating_min, sp.rmax = m_.options.rating_max;
+  sp.rmid = 0.5f * (m_.options.rating_min + m_.options.rating_max);
+  sp.inv_range = 1.0f / (m_.options.rating_max - m_.options.rating_min);
+  sp.esmm = m_.options.esmm;
   const float margin_base = kScreenError * (std::abs(blend.click) + 2 * std::abs(blend.purchase) +
                                             std::abs(blend.rating));
   // Min-heap of the best k by Better: top() is the worst kept.
@@ -255,7 +248,7 @@ void Learner::Impl::TopKOfBlocks(const UserSide& side, const float* blocks, size
   heap.reserve(size_t(k) + 1);
   for (size_t b = begin; b < end; ++b) {
     const float* block = blocks + b * stride;
-    shape.ScoreBlock(dense.data(), side.ctx, block, scratch.data(), y);
+    m_.shape.ScoreBlock(m_.dense.data(), side.ctx, block, scratch.data(), y);
     ScreenBlock(y, block + size_t(d) * L, sp, approx);
     const bool full = int(heap.size()) >= k;
     const float bar =
@@ -267,25 +260,25 @@ void Learner::Impl::TopKOfBlocks(const UserSide& side, const float* blocks, size
       if (!excluded.empty() && std::binary_search(excluded.begin(), excluded.end(), row)) continue;
       ScoredItem c;
       c.prediction = FinishLane(y, i, side, block);
-      c.score = BlendScore(c.prediction, blend, options.rating_min, options.rating_max);
+      c.score = BlendScore(c.prediction, blend, m_.options.rating_min, m_.options.rating_max);
       c.row = row;
       if (int(heap.size()) < k) {
         heap.push_back(c);
-        std::push_heap(heap.begin(), heap.end(), Impl::ScoredItem::Better);
-      } else if (Impl::ScoredItem::Better(c, heap.front())) {
-        std::pop_heap(heap.begin(), heap.end(), Impl::ScoredItem::Better);
+        std::push_heap(heap.begin(), heap.end(), ScoredItem::Better);
+      } else if (ScoredItem::Better(c, heap.front())) {
+        std::pop_heap(heap.begin(), heap.end(), ScoredItem::Better);
         heap.back() = c;
-        std::push_heap(heap.begin(), heap.end(), Impl::ScoredItem::Better);
+        std::push_heap(heap.begin(), heap.end(), ScoredItem::Better);
       }
     }
   }
-  std::sort_heap(heap.begin(), heap.end(), Impl::ScoredItem::Better);
+  std::sort_heap(heap.begin(), heap.end(), ScoredItem::Better);
   *out = std::move(heap);
 }
 
 // ---- The item panel and its cache ----
 
-struct Learner::Impl::ItemPanel {
+struct Scorer::ItemPanel {
   uint32_t items = 0;  // item rows [0, items), in ceil(items / L) blocks
   uint64_t signature = 0;
   double build_seconds = 0;
@@ -294,9 +287,9 @@ struct Learner::Impl::ItemPanel {
   AlignedFloats data;
 };
 
-class Learner::Impl::RecommendCache {
+class Scorer::RecommendCache {
  public:
-  explicit RecommendCache(const Impl& m) : m_(m) {}
+  explicit RecommendCache(const Scorer& scorer) : scorer_(scorer), m_(scorer.m_) {}
   ~RecommendCache() {
     stopping_.store(true);
     {
@@ -373,7 +366,7 @@ class Learner::Impl::RecommendCache {
         }
         float* block = p->data.data() + b * stride;
         for (int i = 0; i < L && b * L + i < p->items; ++i)
-          m_.GatherItem(uint32_t(b * L + i), i, &rows, v.data(), block);
+          scorer_.GatherItem(uint32_t(b * L + i), i, &rows, v.data(), block);
       }
     };
     if (parallel && blocks >= kParallelBlocks) {
@@ -419,7 +412,8 @@ class Learner::Impl::RecommendCache {
     }
   }
 
-  const Impl& m_;
+  const Scorer& scorer_;
+  const Model& m_;
   std::atomic<bool> stopping_{false};
   std::mutex build_mu_;  // one build at a time
   std::mutex mu_;
@@ -430,88 +424,84 @@ class Learner::Impl::RecommendCache {
   std::thread thread_;                      // started by the first Get; guarded by mu_
 };
 
-Learner::Impl::RecommendCache* Learner::Impl::NewRecommendCache(const Impl& impl) {
-  return new RecommendCache(impl);
-}
+Scorer::Scorer(const Model* model)
+    : m_(*model), recommend_cache_(std::make_unique<RecommendCache>(*this)) {}
 
-void Learner::Impl::RecommendCacheDeleter::operator()(RecommendCache* cache) const { delete cache; }
+Scorer::~Scorer() = default;
 
 // ---- The public calls ----
 
-ScoreResult Learner::Score(std::string_view user, std::string_view item, const Blend& blend) const {
-  const Impl& m = *impl_;
+ScoreResult Scorer::Score(std::string_view user, std::string_view item, const Blend& blend) const {
   ScoreResult r;
-  Impl::UserSide side(m.shape);
-  m.PrepareUserSide(user, &side);
-  uint32_t ir = m.items.Find(item);
+  UserSide side(m_.shape);
+  PrepareUserSide(user, &side);
+  uint32_t ir = m_.items.Find(item);
   r.user_known = side.row != EmbeddingTable::kNoRow;
   r.item_known = ir != EmbeddingTable::kNoRow;
   std::vector<Prediction> p;
-  m.ScoreRows(side, {ir}, &p);
+  ScoreRows(side, {ir}, &p);
   r.prediction = p[0];
-  r.score = BlendScore(p[0], blend, m.options.rating_min, m.options.rating_max);
+  r.score = BlendScore(p[0], blend, m_.options.rating_min, m_.options.rating_max);
   return r;
 }
 
-void Learner::ScoreMany(std::string_view user, std::span<const std::string> items,
-                        const Blend& blend, std::vector<ScoreResult>* out) const {
-  const Impl& m = *impl_;
-  Impl::UserSide side(m.shape);
-  m.PrepareUserSide(user, &side);
+void Scorer::ScoreMany(std::string_view user, std::span<const std::string> items,
+                       const Blend& blend, std::vector<ScoreResult>* out) const {
+  UserSide side(m_.shape);
+  PrepareUserSide(user, &side);
   std::vector<uint32_t> rows;
-  m.FindItems(items, &rows);
+  FindItems(items, &rows);
   const bool user_known = side.row != EmbeddingTable::kNoRow;
   std::vector<Prediction> p;
-  m.ScoreRows(side, rows, &p);
+  ScoreRows(side, rows, &p);
   out->resize(items.size());
   for (size_t i = 0; i < items.size(); ++i) {
     ScoreResult& r = (*out)[i];
     r.prediction = p[i];
-    r.score = BlendScore(p[i], blend, m.options.rating_min, m.options.rating_max);
+    r.score = BlendScore(p[i], blend, m_.options.rating_min, m_.options.rating_max);
     r.user_known = user_known;
     r.item_known = rows[i] != EmbeddingTable::kNoRow;
   }
 }
 
-std::vector<Recommendation> Learner::Recommend(std::string_view user, int k, bool exclude_purchased,
-                                               const Blend& blend) const {
-  const Impl& m = *impl_;
+std::vector<Recommendation> Scorer::Recommend(std::string_view user, int k, bool exclude_purchased,
+                                              const Blend& blend) const {
   std::vector<Recommendation> result;
   if (k <= 0) return result;
-  Impl::UserSide side(m.shape);
-  m.PrepareUserSide(user, &side);
+  UserSide side(m_.shape);
+  PrepareUserSide(user, &side);
   std::vector<uint32_t> excluded;
   if (exclude_purchased && side.row != EmbeddingTable::kNoRow) {
-    std::shared_lock lock(m.purchases_mu);
-    auto it = m.purchases.find(side.row);
-    if (it != m.purchases.end()) excluded.assign(it->second.begin(), it->second.end());
+    std::shared_lock lock(m_.purchases_mu);
+    auto it = m_.purchases.find(side.row);
+    if (it != m_.purchases.end()) excluded.assign(it->second.begin(), it->second.end());
   }
   std::sort(excluded.begin(), excluded.end());
 
-  std::shared_ptr<const Impl::ItemPanel> panel = m.recommend_cache->Get();
-  const size_t stride = m.shape.block_floats();
+  std::shared_ptr<const ItemPanel> panel = recommend_cache_->Get();
+  const size_t stride = m_.shape.block_floats();
   const size_t blocks = (size_t(panel->items) + L - 1) / L;
   // Items created since the panel was built: gathered now.
-  const uint32_t n = m.items.size();
+  const uint32_t n = m_.items.size();
   AlignedFloats tail;
   size_t tail_blocks = 0;
   if (n > panel->items) {
     tail_blocks = (size_t(n - panel->items) + L - 1) / L;
     tail.Resize(tail_blocks * stride);
     std::vector<uint32_t> rows;
-    std::vector<float> v(m.width);
+    std::vector<float> v(m_.width);
     for (uint32_t r = panel->items; r < n; ++r) {
       const uint32_t i = r - panel->items;
-      m.GatherItem(r, int(i % L), &rows, v.data(), tail.data() + (i / L) * stride);
+      GatherItem(r, int(i % L), &rows, v.data(), tail.data() + (i / L) * stride);
     }
   }
 
   const int parts = blocks >= kParallelBlocks ? kParallelParts : 1;
-  std::vector<std::vector<Impl::ScoredItem>> best(parts + 1);
+  std::vector<std::vector<ScoredItem>> best(parts + 1);
   auto scan = [&](int part) {
     const size_t begin = blocks * part / parts, end = blocks * (part + 1) / parts;
-    m.TopKOfBlocks(side, panel->data.data(), begin, end, 0, panel->items, k, excluded, blend,
-                   &best[part]);
+    TopKOfBlocks(side, panel->data.data(), begin, end, 0, panel->items, k, excluded, blend,
+                 &best[part]);
   };
   if (parts > 1) {
     tbb::parallel_for(
@@ -524,16 +514,16 @@ std::vector<Recommendation> Learner::Recommend(std::string_view user, int k, boo
     scan(0);
   }
   if (tail_blocks > 0)
-    m.TopKOfBlocks(side, tail.data(), 0, tail_blocks, panel->items, n, k, excluded, blend,
-                   &best[parts]);
+    TopKOfBlocks(side, tail.data(), 0, tail_blocks, panel->items, n, k, excluded, blend,
+                 &best[parts]);
 
-  std::vector<Impl::ScoredItem> all;
+  std::vector<ScoredItem> all;
   for (auto& b : best) all.insert(all.end(), b.begin(), b.end());
-  std::sort(all.begin(), all.end(), Impl::ScoredItem::Better);
+  std::sort(all.begin(), all.end(), ScoredItem::Better);
   if (all.size() > size_t(k)) all.resize(size_t(k));
   result.reserve(all.size());
   for (const auto& c : all)
-    result.push_back(Recommendation{m.items.key(c.row), c.prediction, c.score});
+    result.push_back(Recommendation{m_.items.key(c.row), c.prediction, c.score});
   return result;
 }
 

@@ -1,0 +1,55 @@
+#include "learner/model.h"
+
+namespace recstream::learner {
+
+Model::Model(const LearnerOptions& o)
+    : options(o),
+      shape(o),
+      width(o.dim + kNumTasks),
+      users("user", width, o.dim, o.init_scale, o.adagrad_init, o.seed),
+      // Items and side features: rows every trainer thread updates, one
+      // cache line each (EmbeddingTable's line_aligned).
+      items("item", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 1, kLineAligned),
+      user_features("user_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 2,
+                    kLineAligned),
+      item_features("item_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 3,
+                    kLineAligned),
+      pretrained(o.pretrained_dim > 0
+                     ? std::make_unique<EmbeddingTable>("item_pretrained", o.pretrained_dim, 0,
+                                                        o.init_scale, o.adagrad_init, o.seed + 4)
+                     : nullptr),
+      weighting(o) {
+  dense.resize(shape.dense_size());
+  dense_accum.assign(shape.dense_size(), 0.0f);
+  if (adam()) dense_m.assign(shape.dense_size(), 0.0f);
+  shape.Init(dense.data(), o.seed);
+  for (auto& m : metrics) m = TaskMetrics();
+  for (auto& l : learned) l.store(0);
+}
+
+EmbeddingTable* Model::table(std::string_view name) {
+  for (EmbeddingTable* t : {&users, &items, &user_features, &item_features})
+    if (t->name() == name) return t;
+  if (pretrained && pretrained->name() == name) return pretrained.get();
+  return nullptr;
+}
+
+std::vector<EmbeddingTable*> Model::all_tables() {
+  std::vector<EmbeddingTable*> t = {&users, &items, &user_features, &item_features};
+  if (pretrained) t.push_back(pretrained.get());
+  return t;
+}
+
+void Model::Rows(uint32_t r, const std::vector<std::string>& features, EmbeddingTable& main,
+                 EmbeddingTable& side, FeatureLists& lists, std::vector<uint32_t>* rows) {
+  const size_t at = rows->size();
+  rows->push_back(r);
+  if (features.empty()) {
+    lists.Get(r, rows);
+    return;
+  }
+  for (const auto& f : features) rows->push_back(side.GetOrCreate(f));
+  if (lists.Set(r, rows->data() + at + 1, rows->data() + rows->size())) main.MarkDirty(r);
+}
+
+}  // namespace recstream::learner

@@ -1,0 +1,199 @@
+// Model: the learner's shared state, and the only place that holds it: the
+// embedding tables (users, items, side features, pretrained vectors), the
+// feature lists, the dense block with its optimizer state, the task
+// weighting, the purchases, the counters and the progressive metrics.
+//
+// Ownership. Learner owns one Model; its Trainer writes it and its Scorer
+// reads it, each through a reference. Snapshot export and apply
+// (learner_snapshot.cc) work on it directly.
+//
+// Thread safety. Rows and dense values are written by trainer threads
+// without locks and read by scorers meanwhile (Hogwild: a reader may mix
+// values from just before and just after an update, never a torn float);
+// the tables' own contract (embedding_table.h) covers lookups and creation.
+// `metrics` is guarded by metrics_mu, `purchases` and `new_purchases` by
+// purchases_mu; the atomics need no lock. pending_snapshot belongs to the
+// training thread between BeginSnapshot and FinishSnapshot.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "learner/embedding_table.h"
+#include "learner/feature_lists.h"
+#include "learner/learner.h"
+#include "learner/model_math.h"
+#include "learner/task_weighting.h"
+
+namespace recstream::learner {
+
+namespace internal {
+
+constexpr int kAucBins = 2048;
+constexpr double kAucLogitRange = 16.0;
+
+// Prefetches every cache line of [p, p + bytes) (for writing when
+// `kWrite`): a row's values (and accumulators) before a step reads them.
+template <bool kWrite = false>
+inline void PrefetchBytes(const void* p, size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, kWrite);
+  __builtin_prefetch(c + bytes - 1, kWrite);
+}
+
+inline int AucBin(float p) {
+  double pc = std::clamp<double>(p, 1e-7, 1 - 1e-7);
+  double logit = std::log(pc / (1 - pc));
+  int b = int((logit + kAucLogitRange) / (2 * kAucLogitRange) * kAucBins);
+  return std::clamp(b, 0, kAucBins - 1);
+}
+
+// Progressive metrics of one task, merged from chunks under a mutex.
+struct TaskMetrics {
+  double count = 0, loss_sum = 0, abs_sum = 0, sq_sum = 0;
+  // Click and purchase, at the decision threshold: true positives, predicted
+  // positives, actual positives.
+  double true_pos = 0, predicted_pos = 0, actual_pos = 0;
+  std::vector<double> pos = std::vector<double>(kAucBins), neg = std::vector<double>(kAucBins);
+
+  double Auc() const {
+    double p_total = 0, n_total = 0, area = 0, neg_below = 0;
+    for (int b = 0; b < kAucBins; ++b) {
+      area += pos[b] * (neg_below + 0.5 * neg[b]);
+      neg_below += neg[b];
+      p_total += pos[b];
+      n_total += neg[b];
+    }
+    return p_total > 0 && n_total > 0 ? area / (p_total * n_total) : 0.0;
+  }
+};
+
+// One progressive prediction's contribution to TaskMetrics, computed by the
+// trainer and added by MergeMetrics at the end of its chunk.
+struct Observation {
+  Task task;
+  bool positive;   // click and purchase: label > 0.5
+  bool predicted;  // click and purchase: prediction >= the decision threshold
+  int bin;         // click and purchase: AucBin(prediction)
+  double value;    // click and purchase: log loss; rating: prediction - label
+
+  static Observation Of(Task task, float pred, float label, float threshold) {
+    if (task == Task::kRating) return {task, false, false, 0, double(pred) - label};
+    const double p = std::clamp<double>(pred, 1e-7, 1 - 1e-7);
+    return {task, label > 0.5f, pred >= threshold, AucBin(pred),
+            -(label * std::log(p) + (1 - label) * std::log(1 - p))};
+  }
+};
+
+}  // namespace internal
+
+using internal::AucBin;
+using internal::kAucBins;
+using internal::Observation;
+using internal::PrefetchBytes;
+using internal::TaskMetrics;
+
+// Sums a user's or item's rows into vec (dim floats) and their per-task
+// biases into bias (kNumTasks floats): row_of(0) is the main row, then its
+// `count - 1` feature rows. Scoring and training both gather through this,
+// so a pair's vector is the same sum in the same order everywhere.
+template <typename RowOf>
+inline void SumRows(int dim, size_t count, RowOf row_of, float* vec, float* bias) {
+  const float* r0 = row_of(0);
+  for (int k = 0; k < dim; ++k) vec[k] = r0[k];
+  for (int t = 0; t < kNumTasks; ++t) bias[t] = r0[dim + t];
+  for (size_t i = 1; i < count; ++i) {
+    const float* r = row_of(i);
+    for (int k = 0; k < dim; ++k) vec[k] += r[k];
+    for (int t = 0; t < kNumTasks; ++t) bias[t] += r[dim + t];
+  }
+}
+
+struct Model {
+  static constexpr bool kLineAligned = true;
+  explicit Model(const LearnerOptions& o);
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  // Adam keeps first moments (dense_m) and a step count.
+  bool adam() const {
+    return options.dense_optimizer == Optimizer::kAdam ||
+           options.dense_optimizer == Optimizer::kAdamW;
+  }
+  // The table of that name (as in snapshots), null when there is none.
+  EmbeddingTable* table(std::string_view name);
+  std::vector<EmbeddingTable*> all_tables();
+  // The pretrained row of an item row, kNoRow when it has none (or when
+  // pretrained vectors are off).
+  uint32_t PretrainedRow(uint32_t item_row) const {
+    if (!pretrained || item_row == EmbeddingTable::kNoRow) return EmbeddingTable::kNoRow;
+    return pretrained->Find(items.key(item_row));
+  }
+  // Appends to *rows row r of `main`, then its feature rows (the event's,
+  // which become the row's list, or the row's list when the event has none).
+  void Rows(uint32_t r, const std::vector<std::string>& features, EmbeddingTable& main,
+            EmbeddingTable& side, FeatureLists& lists, std::vector<uint32_t>* rows);
+  // SumRows over rows[0] of `main` and the feature rows rows[1..] of `side`.
+  void Gather(const EmbeddingTable& main, const EmbeddingTable& side,
+              const std::vector<uint32_t>& rows, float* vec, float* bias) const {
+    SumRows(
+        options.dim, rows.size(),
+        [&](size_t i) { return i == 0 ? main.Row(rows[0]) : side.Row(rows[i]); }, vec, bias);
+  }
+  // Sets the feature lists of a checked block (see Learner::ApplyLists) in
+  // [begin, end); safe from several threads for different owners.
+  void SetLists(const FeatureListDelta& delta, size_t begin, size_t end);
+
+  const LearnerOptions options;
+  const ModelShape shape;
+  const int width;  // floats of a row's values: dim, then one bias per task
+  EmbeddingTable users, items, user_features, item_features;
+  // Pretrained item vectors keyed by item id; null when pretrained_dim = 0.
+  std::unique_ptr<EmbeddingTable> pretrained;
+  FeatureLists user_lists, item_lists;
+  // Dense parameters and their optimizer state (Adagrad accumulators or
+  // Adam's second moments; Adam's first moments). Written by trainers at
+  // chunk ends without a lock (Hogwild), read by scorers.
+  std::vector<float> dense, dense_accum, dense_m;
+  std::atomic<uint64_t> dense_steps{0};  // Adam bias correction
+  TaskWeighting weighting;
+
+  std::array<std::atomic<uint64_t>, kNumTasks> learned;
+  std::atomic<uint64_t> refused{0};
+
+  mutable std::mutex metrics_mu;
+  std::array<TaskMetrics, kNumTasks> metrics;  // guarded by metrics_mu, merged per chunk
+
+  mutable std::shared_mutex purchases_mu;
+  // user row -> item rows purchased; guarded by purchases_mu.
+  std::unordered_map<uint32_t, std::unordered_set<uint32_t>> purchases;
+  std::vector<std::pair<uint32_t, uint32_t>> new_purchases;  // since last snapshot
+
+  // A snapshot between BeginSnapshot and FinishSnapshot (learner_snapshot.cc):
+  // what BeginSnapshot listed, turned into ids and values by FinishSnapshot.
+  struct PendingSnapshot {
+    bool active = false;
+    ModelSnapshot* out = nullptr;             // the one being filled
+    std::vector<std::vector<uint32_t>> rows;  // per table of all_tables(), in order
+    struct Lists {
+      std::vector<uint32_t> rows;  // owner rows whose lists changed
+    };
+    std::array<Lists, 2> lists;  // users, items
+    std::vector<std::pair<uint32_t, uint32_t>> purchases;
+    std::vector<std::pair<std::string, std::string>> retired_purchases;  // freed by Finish
+  };
+  PendingSnapshot pending_snapshot;
+};
+
+}  // namespace recstream::learner

@@ -1,0 +1,91 @@
+// Scorer: the read side of the learner. Score, ScoreMany and Recommend
+// predict from the Model as it is at the time of the call; Recommend ranks
+// every item from a cached panel of gathered item vectors (RecommendCache,
+// scorer.cc), rebuilt when the model has changed.
+//
+// All three score items in blocks of kScoreLanes with ModelShape::ScoreBlock
+// (one vectorised product per block), so a pair scores bit-identically
+// whichever call asks.
+//
+// Thread safety. Every public method is const and may run on any number of
+// threads at once, concurrently with a Trainer writing the model (see
+// model.h). The cache's refresher thread lives as long as the scorer.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "learner/model.h"
+
+namespace recstream::learner {
+
+class Scorer {
+ public:
+  // `model` is borrowed and must outlive the scorer.
+  explicit Scorer(const Model* model);
+  ~Scorer();
+  Scorer(const Scorer&) = delete;
+  Scorer& operator=(const Scorer&) = delete;
+
+  // Learner::Score, ScoreMany and Recommend.
+  ScoreResult Score(std::string_view user, std::string_view item, const Blend& blend) const;
+  void ScoreMany(std::string_view user, std::span<const std::string> items, const Blend& blend,
+                 std::vector<ScoreResult>* out) const;
+  std::vector<Recommendation> Recommend(std::string_view user, int k, bool exclude_purchased,
+                                        const Blend& blend) const;
+
+ private:
+  // The user's side of a request: UserContext and biases, computed once.
+  struct UserSide {
+    explicit UserSide(const ModelShape& s) : ctx(s) {}
+    UserContext ctx;
+    std::array<float, kNumTasks> bias{};
+    uint32_t row = EmbeddingTable::kNoRow;
+  };
+  struct ScoredItem {
+    float score;
+    uint32_t row;
+    Prediction prediction;
+    // Best first; ties go to the older item (smaller row), so that the
+    // result does not depend on how a scan was split.
+    static bool Better(const ScoredItem& a, const ScoredItem& b) {
+      return a.score > b.score || (a.score == b.score && a.row < b.row);
+    }
+  };
+  struct ItemPanel;
+  class RecommendCache;
+
+  void PrepareUserSide(std::string_view user, UserSide* side) const;
+  // Predictions of the prepared user for item rows (kNoRow: an unknown item).
+  void ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_rows,
+                 std::vector<Prediction>* out) const;
+  // rows[i] = items.Find(keys[i]), overlapping the lookups' cache misses
+  // (and starting to load each found row's feature list).
+  void FindItems(std::span<const std::string> keys, std::vector<uint32_t>* rows) const;
+  // A hint that item `row` (kNoRow: nothing) is gathered soon.
+  void PrefetchItem(uint32_t row) const;
+  // Gathers item `row` (kNoRow: zeros) into lane `lane` of `block`; `rows`
+  // and `v` (width floats) are scratch.
+  void GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, float* v,
+                  float* block) const;
+  // The prediction of lane `lane` from ScoreBlock's y and the block's biases.
+  Prediction FinishLane(const float* y, int lane, const UserSide& side, const float* block) const;
+  // The best k of the items in blocks [begin, end) of `blocks` (item row of
+  // lane i of block b: b * kScoreLanes + i + first_row, valid below
+  // end_row), leaving out `excluded` (sorted rows); best first into *out.
+  void TopKOfBlocks(const UserSide& side, const float* blocks, size_t begin, size_t end,
+                    uint32_t first_row, uint32_t end_row, int k,
+                    const std::vector<uint32_t>& excluded, const Blend& blend,
+                    std::vector<ScoredItem>* out) const;
+
+  const Model& m_;
+  // Declared last: destroyed first, stopping its thread before anything it reads.
+  std::unique_ptr<RecommendCache> recommend_cache_;
+};
+
+}  // namespace recstream::learner
