@@ -31,10 +31,10 @@ namespace recstream::app {
 // Why: the Kafka consumer's broker thread receives each fetch response (up
 // to kafka fetch.max.bytes, 16 MiB by default here) into one fresh buffer,
 // freed once the ingest thread has parsed its messages. With glibc's
-// defaults that memory went back to the kernel and was faulted in again,
-// zeroed, for the next response: 59% of the broker thread's samples were
-// page faults and another 12% mprotect (perf, `service_bench throughput`). Now blocks
-// below 32 MiB come from malloc's heaps, which keep freed memory for reuse.
+// defaults that memory goes back to the kernel and is faulted in again,
+// zeroed, for the next response, which dominates the broker thread's time.
+// With TuneMalloc, blocks below 32 MiB come from malloc's heaps, which keep
+// freed memory for reuse.
 // Service::Start returns what a restore used to the kernel when it is done.
 void TuneMalloc();
 

@@ -2,12 +2,11 @@
 // ingest::EventParser each, as `recstream eval` does between Learner::Train
 // calls (and bench/learner_bench, which mirrors eval).
 //
-// Why in parallel: parsing took about a fifth of `recstream eval`'s CPU time
-// beside a two-thread learner (perf), on one thread between the Train calls
-// while the other thread waited. Given the learner's threads
-// (Learner::ParallelFor), parsing also keeps Train's second thread awake
-// between the calls; in a task arena of its own, that thread joins each
-// Train call ~0.1 ms late (p50).
+// Why in parallel: parsing is a large share of `recstream eval`'s CPU time,
+// and on one thread between the Train calls the other thread would wait.
+// Given the learner's threads (Learner::ParallelFor), parsing also keeps
+// Train's second thread awake between the calls, so that it joins each
+// Train call at once.
 //
 // Thread safety: one BatchParser per thread; Parse() uses several threads
 // internally.

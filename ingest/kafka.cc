@@ -447,20 +447,16 @@ Status EventConsumer::Open(const KafkaOptions& options, std::unique_ptr<EventCon
                                           {"fetch.error.backoff.ms", "50"},
                                           // Throughput on a backlog: prefetch deep and
                                           // fetch 4 MiB per partition, so that the next
-                                          // batch is ready whenever training wants it
-                                          // (measured: 1M events through the embedded
-                                          // cluster at ~370k/s instead of ~220k/s, longest
-                                          // stall ~40 ms instead of ~750 ms). The prefetch
-                                          // is bounded by queued.max.messages.kbytes, and
+                                          // batch is ready whenever training wants it.
+                                          // The prefetch is bounded by
+                                          // queued.max.messages.kbytes, and
                                           // when it is full librdkafka 2.0 stops fetching
                                           // for a fixed second (librdkafka issue #2879;
                                           // fetch.queue.backoff.ms came later): the bound
                                           // must hold more than a second of learning, or
                                           // training starves for up to a second each
-                                          // time. 64 MiB (the default) held less; 256 MiB
-                                          // holds ~1.6M events of 160 bytes (measured:
-                                          // 2M events at 516k-553k/s instead of
-                                          // 460k-500k/s, no mid-run stall of 200-550 ms).
+                                          // time. 256 MiB holds ~1.6M events of 160
+                                          // bytes; the default 64 MiB holds less.
                                           {"max.partition.fetch.bytes", "4194304"},
                                           // A fetch response is received into one
                                           // buffer; 16 MiB (instead of 50) keeps it

@@ -80,8 +80,7 @@ class EmbeddedKafka {
   // answers a fetch that finds no data only after fetch.wait.max.ms, even
   // when data arrives meanwhile (a real broker answers when it arrives): a
   // shorter wait than the consumer's default (10 ms) makes events reach the
-  // learner sooner. Measured (service_bench freshness): p50 12.1-12.7 ms at
-  // 10 ms, 7.3-7.8 ms at 2 ms; end-to-end throughput unchanged.
+  // learner sooner, at no cost in throughput (BENCHMARKS.md, freshness).
   static void AddConsumerProperties(std::map<std::string, std::string>* properties);
   // Creates one more topic. InvalidArgument if it cannot.
   Status CreateTopic(const std::string& topic, int partitions);

@@ -121,10 +121,8 @@ struct EventParser::Impl {
   std::vector<char> padded;
 
   // The fast path: simdjson's On-Demand API reads the fields straight from
-  // the structural index, without building the DOM's tape first (parsing a
-  // generated event took 430-650 ns through the DOM; see
-  // docs/benchmarks-history.md). It takes only events it can check
-  // completely: each known key once, no other key, every value of the type
+  // the structural index, without building the DOM's tape first. It takes
+  // only events it can check completely: each known key once, no other key, every value of the type
   // the rules expect and the rules met.
   // For anything else it returns false and Parse() hands the event to the
   // DOM path, which stays the one definition of the rules and of every

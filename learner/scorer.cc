@@ -37,12 +37,9 @@ constexpr uint32_t kSyncItems = 4096;
 constexpr double kIdleSeconds = 60.0;
 // Panels of at least this many blocks (32,768 items) are scanned in
 // kParallelParts parts with oneTBB. Many small parts rather than one per
-// core: the second thread often joins a call late (an idle vCPU wakes in
-// 0.1 ms to a few ms), and with few parts the caller has by then taken the
-// rest itself. 16 instead of 4 parts over 100,000 items, three alternating
-// pairs (scoring_bench --items 100000 --calls recommend): p50 2.68 / 2.31 /
-// 2.37 -> 2.19 / 2.09 / 2.05 ms, p99 6.98 / 5.08 / 5.88 -> 4.92 / 4.36 /
-// 4.25 ms.
+// core: a second thread often joins a call late (an idle vCPU wakes in 0.1
+// ms to a few ms), and with few parts the caller has by then taken the rest
+// itself.
 constexpr size_t kParallelBlocks = 2048;
 constexpr int kParallelParts = 16;
 
@@ -211,10 +208,8 @@ void Scorer::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_r
     }
   };
   // Only large batches in parallel: with the lookups and gathers prefetched,
-  // 1,000 items take ~0.2 ms on one thread, and splitting them cost more
-  // (waking workers) than it saved: p99 0.3 ms on one thread against
-  // 0.5-0.9 ms in four parts (scoring_bench --calls many). Results do not
-  // depend on the split.
+  // a thousand items take a fraction of a millisecond on one thread, less
+  // than waking workers costs. Results do not depend on the split.
   constexpr size_t kParallelItems = 4096, kGrain = 1024;
   if (n < kParallelItems) return score(0, n);
   tbb::parallel_for(

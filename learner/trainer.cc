@@ -410,12 +410,9 @@ void Trainer::BeginChunk(bool parallel, TrainState* s) {
   // A chunk trained beside others reads the dense layers from a copy taken
   // now (one sequential read of the block): otherwise every other thread's
   // chunk-end update pulls the block back from that thread's core, cache
-  // line by cache line, in the middle of this chunk's steps. Measured
-  // against two learners that share nothing (`learner_bench --pair`), the
-  // two-thread CPU per event fell from 1.24 / 1.20 to 1.11 / 1.15 times
-  // theirs (docs/benchmarks-history.md, session 6). A chunk on one thread
-  // sees no other update anyway; in parallel, the others' updates are now
-  // seen from the next chunk on instead of as they land.
+  // line by cache line, in the middle of this chunk's steps. A chunk on one
+  // thread sees no other update anyway; in parallel, the others' updates
+  // are seen from the next chunk on instead of as they land.
   s->dense_copy.assign(m_.dense.begin(), m_.dense.end());
   s->dense_now = s->dense_copy.data();
 }

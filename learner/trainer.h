@@ -74,14 +74,13 @@ class TrainNiceObserver : public tbb::task_scheduler_observer {
 // A trainer thread's private copies of the side-feature rows (one table's)
 // that it updates during one parallel Train call. Side features are few and
 // every event updates some (age=30, category=c7): written in place by both
-// threads, each of their rows moved between the cores at almost every event
-// (perf: Gather, AdagradAvx2 and UpdateRows took 0.2 us more per event than
-// in a learner with the model to itself). A staged row is copied in at its
+// threads, each of their rows would move between the cores at almost every
+// event. A staged row is copied in at its
 // first use in the call, trained in the copy, and its change (values and
 // accumulators) added to the shared row once, when the call ends: every
 // thread's updates land (in-place Hogwild could lose some), and the other
 // threads see them from the next call on. Rows past kMaxRows in one call are
-// trained in place as before.
+// trained in place.
 struct StagedRows {
   static constexpr uint32_t kNoSlot = UINT32_MAX;
   static constexpr uint32_t kMaxRows = 4096;

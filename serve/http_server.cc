@@ -156,8 +156,7 @@ class Session;
 // One event loop (I/O thread) and the deadlines of its connections. A sweep
 // every `tick` closes the connections past their deadline, instead of a
 // timer armed and cancelled around every read and write (Beast's
-// tcp_stream): that cost 2-4 us of CPU per request, 7-11% of the idle
-// GET /v1/score rate (docs/benchmarks-history.md, session 9). Deadlines are
+// tcp_stream), which costs microseconds of CPU per request. Deadlines are
 // taken from the clock as of the last sweep plus one tick, so a connection is
 // never closed early, and at most two ticks late.
 struct Loop {

@@ -19,13 +19,10 @@ struct StoreOptions {
   // sorted table files that RocksDB ingests atomically, bypassing its WAL and
   // memtable (the rows go to disk once, built on two threads); smaller ones go
   // through one WriteBatch and the WAL. Both are equally atomic and durable.
-  // Not a configuration key: tests lower it to cover both paths. 4 MiB
-  // (was 32 MiB, session 13): the service's 5-second checkpoints of ~110k
-  // rows (32 MB) went through the WAL and the memtable's skiplist, whose
-  // inserts wait on memory; the checkpoint thread then took 21-24% of a CPU
-  // while learning and serving, as table files 5-8%, and learning meanwhile
-  // ran 292k / 323k instead of 206k / 272k events/s
-  // (docs/benchmarks-history.md, session 13).
+  // Not a configuration key: tests lower it to cover both paths. Kept low
+  // because a large checkpoint through the WAL and the memtable's skiplist
+  // costs the checkpoint thread several times the CPU of table files, which
+  // it takes from learning (figures in BENCHMARKS.md).
   size_t ingest_min_bytes = 4 << 20;
   // An ingested checkpoint of at least this many bytes is split into two
   // files built in parallel (and read back in parallel by a streaming load).
