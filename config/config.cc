@@ -299,6 +299,8 @@ const std::vector<Key>& KeyTable() {
     t.push_back(FloatKey(
         "model.l2", [](auto& c) -> auto& { return c.learner.l2; }, kNonNegative));
     t.push_back(FloatKey(
+        "model.l1", [](auto& c) -> auto& { return c.learner.l1; }, kNonNegative));
+    t.push_back(FloatKey(
         "model.init_scale", [](auto& c) -> auto& { return c.learner.init_scale; }, kPositive));
     t.push_back(FloatKey(
         "model.grad_clip", [](auto& c) -> auto& { return c.learner.grad_clip; }, kPositive));
@@ -306,7 +308,9 @@ const std::vector<Key>& KeyTable() {
         "model.seed", [](auto& c) -> auto& { return c.learner.seed; }, 0, kMax));
     t.push_back(EnumKey("model.embedding_optimizer",
                         [](auto& c) -> auto& { return c.learner.embedding_optimizer; },
-                        {{"adagrad", Optimizer::kAdagrad}, {"sgd", Optimizer::kSgd}}));
+                        {{"adagrad", Optimizer::kAdagrad},
+                         {"sgd", Optimizer::kSgd},
+                         {"ftrl", Optimizer::kFtrl}}));
     t.push_back(EnumKey("model.dense_optimizer",
                         [](auto& c) -> auto& { return c.learner.dense_optimizer; },
                         {{"adagrad", Optimizer::kAdagrad},

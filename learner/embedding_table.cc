@@ -246,10 +246,12 @@ struct EmbeddingTable::KeyArena {
 };
 
 EmbeddingTable::EmbeddingTable(std::string name, int width, int random_prefix, float init_scale,
-                               float accum_init, uint64_t seed, bool line_aligned)
+                               float accum_init, uint64_t seed, bool line_aligned, RowState state)
     : name_(std::move(name)),
       width_(width),
-      stride_(line_aligned ? (2 * size_t(width) + 15) & ~size_t{15} : 2 * size_t(width)),
+      state_(state),
+      row_floats_(size_t(width) * (1 + size_t(state.blocks))),
+      stride_(line_aligned ? (row_floats_ + 15) & ~size_t{15} : row_floats_),
       random_prefix_(random_prefix),
       init_scale_(init_scale),
       accum_init_(accum_init),
@@ -309,7 +311,7 @@ void EmbeddingTable::BeginExport(bool all, std::vector<uint32_t>* rows, FloatBuf
   // big one page by page would cost this pause milliseconds); the new one
   // is sized from empty, so nothing is copied into it and its pages are
   // first touched by the copy, not here.
-  const size_t floats = rows->size() * 2 * size_t(width_);
+  const size_t floats = rows->size() * row_floats_;
   if (dest->capacity() < floats) export_.retired.swap(*dest);
   dest->clear();
   dest->resize(floats);
@@ -327,7 +329,7 @@ bool EmbeddingTable::Claim(uint32_t row) {
 }
 
 void EmbeddingTable::CopyOut(size_t i, uint32_t row, uint8_t final_state) {
-  const size_t w2 = 2 * size_t(width_);
+  const size_t w2 = row_floats_;
   std::memcpy(export_.dest + i * w2, Row(row), w2 * sizeof(float));
   std::atomic_ref<uint8_t>(chunk(row)->dirty[row & kChunkMask])
       .store(final_state, std::memory_order_release);
@@ -428,7 +430,7 @@ uint32_t EmbeddingTable::GetOrCreate(std::string_view key, bool* created) {
 uint32_t EmbeddingTable::Put(std::string_view key, const float* values) {
   bool created = false;
   const uint32_t row = Insert(key, values, &created);
-  if (!created) std::memcpy(Row(row), values, 2 * size_t(width_) * sizeof(float));
+  if (!created) std::memcpy(Row(row), values, row_floats_ * sizeof(float));
   return row;
 }
 
@@ -477,7 +479,7 @@ void EmbeddingTable::InsertSlot(IndexShard& s, uint64_t h, uint32_t row) {
 }
 
 uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
-  const size_t n = 2 * size_t(width_);
+  const size_t n = row_floats_;
   if (values == nullptr) {
     thread_local std::vector<float> init;
     init.resize(n);
@@ -528,7 +530,7 @@ void EmbeddingTable::Publish(uint32_t first, uint32_t count) {
 
 void EmbeddingTable::PutMany(std::span<const std::string> keys, const float* values) {
   const size_t n = keys.size();
-  const size_t w2 = 2 * size_t(width_);
+  const size_t w2 = row_floats_;
   // Scratch kept per thread: the keys' hashes and their order by shard.
   struct Scratch {
     std::vector<uint64_t> hashes;
@@ -624,7 +626,16 @@ void EmbeddingTable::InitValues(std::string_view key, float* r) const {
     } else {
       r[i] = 0.0f;
     }
-    r[width_ + i] = accum_init_;
+  }
+  InitState(r);
+}
+
+void EmbeddingTable::InitState(float* r) const {
+  float* last = r + size_t(width_) * size_t(state_.blocks);
+  for (int i = 0; i < width_; ++i) last[i] = accum_init_;
+  if (state_.blocks == 2) {
+    float* z = r + width_;
+    for (int i = 0; i < width_; ++i) z[i] = -r[i] * state_.z_scale;
   }
 }
 

@@ -5,7 +5,9 @@
 // that are allocated as the table grows and never move, so a row pointer
 // stays valid for the table's lifetime.
 //
-// Each row holds `width` values followed by `width` optimizer accumulators.
+// Each row holds `width` values followed by the optimizer's state: one block
+// of `width` accumulators (Adagrad, SGD), or two (FTRL-Proximal's z, then its
+// accumulators n); see RowState.
 //
 // Thread safety: Find, GetOrCreate, Row, size and key are safe from any
 // thread. Find (and GetOrCreate of an existing id) takes no lock and writes
@@ -14,7 +16,7 @@
 // ForEachDirty and BeginExport must not run concurrently with writers
 // (GetOrCreate, MarkDirty); FinishExport may.
 //
-// Memory per row: 2 * width floats, an 8-byte header that holds the id (ids
+// Memory per row: row_floats() floats (2 * width unless FTRL: 3 * width), an 8-byte header that holds the id (ids
 // of up to 7 bytes inline, longer ones in an append-only arena that the
 // header points to), a dirty byte and 11-21 bytes of index (8-byte slots at a
 // load factor of 3/8 to 3/4; see embedding_table.cc). The headers are kept
@@ -39,8 +41,18 @@
 
 namespace recstream::learner {
 
+// The optimizer state after a row's values: `blocks` blocks of width
+// floats, the last one the accumulators (set to accum_init). With two, the
+// first is FTRL-Proximal's z, set to -value * z_scale so that the closed
+// form gives the initial values back.
+struct EmbeddingRowState {
+  int blocks = 1;
+  float z_scale = 0.0f;
+};
+
 class EmbeddingTable {
  public:
+  using RowState = EmbeddingRowState;
   static constexpr uint32_t kNoRow = UINT32_MAX;
 
   // The id of a row: a view of the table's own copy, valid for the table's
@@ -62,13 +74,18 @@ class EmbeddingTable {
   // threads writing neighbouring rows do not share a line. Costs up to 60
   // bytes per row.
   EmbeddingTable(std::string name, int width, int random_prefix, float init_scale, float accum_init,
-                 uint64_t seed, bool line_aligned = false);
+                 uint64_t seed, bool line_aligned = false, RowState state = {});
   ~EmbeddingTable();
   EmbeddingTable(const EmbeddingTable&) = delete;
   EmbeddingTable& operator=(const EmbeddingTable&) = delete;
 
   const std::string& name() const { return name_; }
   int width() const { return width_; }
+  // Floats of a row: its values, then its optimizer state.
+  size_t row_floats() const { return row_floats_; }
+  // Sets the optimizer state of a row whose values are set (row_floats()
+  // floats), as a new row gets it.
+  void InitState(float* row) const;
   // Rows created so far; every row below size() has its key and initial
   // values set.
   uint32_t size() const { return ready_rows_.load(std::memory_order_acquire); }
@@ -84,13 +101,13 @@ class EmbeddingTable {
   // the cache): starts loading the id header of the row the slot points to,
   // which the lookup compares. Safe from any thread; changes nothing.
   void PrefetchRow(std::string_view key) const;
-  // For restoring rows: sets the row of `key` to values[0..2 * width) (values
-  // then accumulators), creating it when missing without computing initial
+  // For restoring rows: sets the row of `key` to values[0..row_floats()) (values
+  // then optimizer state), creating it when missing without computing initial
   // values. Same thread safety as GetOrCreate; the row is readable with its
   // new values once Put returns. Concurrent Puts of one key leave one of the
   // given rows (floats of the other may mix in, as with trainers' writes).
   uint32_t Put(std::string_view key, const float* values);
-  // Put of many rows: keys[i] gets values[i * 2 * width, (i + 1) * 2 * width).
+  // Put of many rows: keys[i] gets values[i * row_floats(), (i + 1) * row_floats()).
   // The same effect and thread safety as keys.size() calls of Put in order
   // (of a key given twice, the later values stay), in fewer steps: the keys
   // are grouped by index shard, each shard's lock is taken once per group
@@ -130,8 +147,8 @@ class EmbeddingTable {
   // Copy-on-write export: the rows of a snapshot copied out while writers
   // go on. BeginExport (no writer running) lists the changed rows (every
   // row when `all`) in `rows`, in row order, clears their change marks,
-  // sizes `dest` to rows->size() * 2 * width floats and marks the rows due:
-  // row rows[i] belongs at dest[i * 2 * width]. Until FinishExport returns,
+  // sizes `dest` to rows->size() * row_floats() floats and marks the rows due:
+  // row rows[i] belongs at dest[i * row_floats()]. Until FinishExport returns,
   // the first MarkDirty of a due row copies it to its place before the
   // caller writes it; `rows` and `dest` must stay alive and unchanged.
   // FinishExport (any one thread, concurrently with writers and readers)
@@ -206,7 +223,7 @@ class EmbeddingTable {
   uint32_t Probe(const IndexShard& shard, uint64_t hash, std::string_view key) const;
   bool RowHasKey(uint32_t row, uint64_t short_header, std::string_view key) const;
   uint32_t Insert(std::string_view key, const float* values, bool* created);
-  // values: 2 * width_ floats, or nullptr for the initial values. Caller
+  // values: row_floats_ floats, or nullptr for the initial values. Caller
   // holds the key's shard mutex and inserts the index slot afterwards.
   uint32_t NewRow(std::string_view key, const float* values);
   // Row allocation in three steps, so that rows are written outside
@@ -222,11 +239,13 @@ class EmbeddingTable {
   // the row is published.
   void InsertSlot(IndexShard& shard, uint64_t hash, uint32_t row);
   Chunk* EnsureChunk(uint32_t index);
-  void InitValues(std::string_view key, float* values) const;  // 2 * width_ floats
+  void InitValues(std::string_view key, float* values) const;  // row_floats_ floats
 
   const std::string name_;
   const int width_;
-  const size_t stride_;  // floats per row: 2 * width_, padded when line_aligned
+  const RowState state_;
+  const size_t row_floats_;  // width_ * (1 + state_.blocks)
+  const size_t stride_;      // floats per row: row_floats_, padded when line_aligned
   const int random_prefix_;
   const float init_scale_;
   const float accum_init_;

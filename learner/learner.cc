@@ -30,6 +30,8 @@ std::string_view OptimizerName(Optimizer o) {
       return "adam";
     case Optimizer::kAdamW:
       return "adamw";
+    case Optimizer::kFtrl:
+      return "ftrl";
     case Optimizer::kSgd:
       return "sgd";
   }
@@ -70,8 +72,12 @@ Status ValidateOptions(const LearnerOptions& o) {
   if (!(o.adagrad_init >= 0.0f) || !std::isfinite(o.adagrad_init))
     return bad("model.adagrad_init must be >= 0");
   if (!(o.lr_bias >= 0.0f) || !std::isfinite(o.lr_bias)) return bad("model.lr_bias must be >= 0");
-  if (o.embedding_optimizer != Optimizer::kAdagrad && o.embedding_optimizer != Optimizer::kSgd)
-    return bad("model.embedding_optimizer must be adagrad or sgd");
+  if (o.embedding_optimizer != Optimizer::kAdagrad && o.embedding_optimizer != Optimizer::kSgd &&
+      o.embedding_optimizer != Optimizer::kFtrl)
+    return bad("model.embedding_optimizer must be adagrad, sgd or ftrl");
+  if (o.dense_optimizer == Optimizer::kFtrl)
+    return bad("model.dense_optimizer must be adagrad, adam, adamw or sgd");
+  if (!(o.l1 >= 0.0f && std::isfinite(o.l1))) return bad("model.l1 must be >= 0");
   if (!(o.decision_threshold > 0.0f && o.decision_threshold < 1.0f))
     return bad("metrics.threshold must be in (0, 1)");
   if (!(o.adam_beta1 >= 0.0f && o.adam_beta1 < 1.0f))

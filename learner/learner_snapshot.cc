@@ -62,7 +62,7 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
     EmbeddingTable* t = tables[ti];
     TableDelta delta = TakeReusable(old_tables, t->name());
     delta.table = t->name();
-    delta.width = 2 * t->width();
+    delta.width = int(t->row_floats());
     out->tables.push_back(std::move(delta));
     // After the push: the destination must not move again.
     t->BeginExport(full, &p.rows[ti], &out->tables.back().values);
@@ -181,7 +181,7 @@ Status Learner::ImportPretrained(std::string_view item, std::span<const float> v
   m.pretrained->MarkDirty(r);  // before the write (see EmbeddingTable::MarkDirty)
   float* row = m.pretrained->Row(r);
   std::copy(vec.begin(), vec.end(), row);
-  std::fill(row + vec.size(), row + 2 * vec.size(), m.options.adagrad_init);
+  m.pretrained->InitState(row);  // the optimizer state of a new row
   return Status::OK();
 }
 
@@ -189,7 +189,7 @@ Status Learner::ApplyRows(const TableDelta& delta) {
   Model& m = impl_->model;
   EmbeddingTable* t = m.table(delta.table);
   if (!t) return Status::Corruption("snapshot has unknown table '" + delta.table + "'");
-  const int w2 = 2 * t->width();
+  const int w2 = int(t->row_floats());
   if (delta.width != w2 || delta.values.size() != delta.keys.size() * size_t(w2))
     return Status::Corruption("table '" + delta.table + "' has rows of the wrong width");
   // PutMany writes a new row's values once, without computing initial

@@ -1113,4 +1113,53 @@ TEST_CASE("Progressive precision, recall and F1 follow the threshold and survive
         s.tasks[int(Task::kPurchase)].precision);
 }
 
+TEST_CASE("FTRL-Proximal rows: learn, restore bit for bit, and L1 makes them sparse",
+          "[Learner]") {
+  auto events = WithFeatures(MakeStream(8000, 200, 60, 13));
+  LearnerOptions o;
+  o.threads = 1;
+  o.embedding_optimizer = Optimizer::kFtrl;
+  auto a = MakeLearner(o);
+  a->Train(events);
+  const TaskStats click = a->Stats().tasks[int(Task::kClick)];
+  CHECK(click.auc > 0.55);  // it learns
+  ModelSnapshot full;
+  a->TakeSnapshot(true, &full);
+  CHECK(full.shape.find("rows=ftrl") != std::string::npos);
+  for (const TableDelta& t : full.tables) {
+    if (t.table == "user") CHECK(t.width == 3 * (o.dim + kNumTasks));  // values, z, n
+  }
+  auto b = MakeLearner(o);
+  REQUIRE(b->ApplySnapshot(full).ok());
+  for (int u = 0; u < 20; ++u) {
+    auto x = a->Score(std::to_string(u), "i" + std::to_string(u), Blend());
+    auto y = b->Score(std::to_string(u), "i" + std::to_string(u), Blend());
+    CHECK(x.score == y.score);
+  }
+  // An Adagrad model refuses an FTRL snapshot (another shape).
+  CHECK_FALSE(MakeLearner()->ApplySnapshot(full).ok());
+
+  // With a strong L1, most embedding values are exactly zero.
+  auto zeros = [&](float l1) {
+    LearnerOptions p = o;
+    p.l1 = l1;
+    auto l = MakeLearner(p);
+    l->Train(events);
+    ModelSnapshot snap;
+    l->TakeSnapshot(true, &snap);
+    size_t zero = 0, all = 0;
+    for (const TableDelta& t : snap.tables) {
+      if (t.table != "user") continue;
+      for (size_t r = 0; r < t.keys.size(); ++r)
+        for (int k = 0; k < p.dim; ++k) {
+          ++all;
+          zero += t.values[r * size_t(t.width) + size_t(k)] == 0.0f;
+        }
+    }
+    return double(zero) / double(all);
+  };
+  CHECK(zeros(0.0f) < 0.01);
+  CHECK(zeros(5.0f) > 0.5);
+}
+
 }  // namespace recstream::learner

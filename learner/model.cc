@@ -1,22 +1,37 @@
 #include "learner/model.h"
 
+#include "learner/optimizer.h"
+
 namespace recstream::learner {
+
+namespace {
+
+// The optimizer state of the rows of a table whose values learn at `lr`.
+EmbeddingTable::RowState StateOf(const LearnerOptions& o, float lr) {
+  const RowOptimizer optimizer(o.embedding_optimizer, o.l1, o.l2, o.grad_clip);
+  return {optimizer.state_blocks(), optimizer.InitialZScale(lr, o.adagrad_init)};
+}
+
+}  // namespace
 
 Model::Model(const LearnerOptions& o)
     : options(o),
       shape(o),
       width(o.dim + kNumTasks),
-      users("user", width, o.dim, o.init_scale, o.adagrad_init, o.seed),
+      users("user", width, o.dim, o.init_scale, o.adagrad_init, o.seed, false,
+            StateOf(o, o.lr_embedding)),
       // Items and side features: rows every trainer thread updates, one
       // cache line each (EmbeddingTable's line_aligned).
-      items("item", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 1, kLineAligned),
+      items("item", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 1, kLineAligned,
+            StateOf(o, o.lr_embedding)),
       user_features("user_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 2,
-                    kLineAligned),
+                    kLineAligned, StateOf(o, o.lr_embedding)),
       item_features("item_feature", width, o.dim, o.init_scale, o.adagrad_init, o.seed + 3,
-                    kLineAligned),
+                    kLineAligned, StateOf(o, o.lr_embedding)),
       pretrained(o.pretrained_dim > 0
                      ? std::make_unique<EmbeddingTable>("item_pretrained", o.pretrained_dim, 0,
-                                                        o.init_scale, o.adagrad_init, o.seed + 4)
+                                                        o.init_scale, o.adagrad_init, o.seed + 4,
+                                                        false, StateOf(o, o.lr_embedding))
                      : nullptr),
       weighting(o) {
   dense.resize(shape.dense_size());

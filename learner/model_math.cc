@@ -54,6 +54,7 @@ ModelShape::ModelShape(const LearnerOptions& o)
       e_(o.arch == Arch::kMmoe ? o.experts : 1),
       p_(o.pretrained_dim),
       mmoe_(o.arch == Arch::kMmoe),
+      ftrl_(o.embedding_optimizer == Optimizer::kFtrl),
       rating_mid_(0.5f * (o.rating_min + o.rating_max)) {
   const size_t in = 3 * d_;
   size_t off = 0;
@@ -72,7 +73,8 @@ std::string ModelShape::Describe() const {
   return "recstream-v1 dim=" + std::to_string(d_) + " hidden=" + std::to_string(h_) +
          " experts=" + std::to_string(e_) + " arch=" + (mmoe_ ? "mmoe" : "shared_bottom") +
          " tasks=" + std::to_string(kNumTasks) +
-         (p_ > 0 ? " pretrained=" + std::to_string(p_) : std::string());
+         (p_ > 0 ? " pretrained=" + std::to_string(p_) : std::string()) +
+         (ftrl_ ? " rows=ftrl" : "");
 }
 
 void ModelShape::Init(float* dense, uint64_t seed) const {

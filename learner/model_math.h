@@ -147,6 +147,7 @@ class ModelShape {
  private:
   int d_, h_, e_, p_;
   bool mmoe_;
+  bool ftrl_;  // rows carry FTRL-Proximal's state (a different row width)
   float rating_mid_;
   size_t exp_w_, exp_b_, gate_w_, gate_b_, head_w_, head_c_, head_a_, proj_, size_;
 };

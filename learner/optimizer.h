@@ -2,10 +2,16 @@
 // two types here.
 //
 // RowOptimizer updates embedding rows (user, item and feature vectors, their
-// per-task biases, trainable pretrained vectors): n values with their state
-// n floats away (EmbeddingTable's layout: values, then accumulators).
+// per-task biases, trainable pretrained vectors): n values w, and their
+// state in blocks `block` floats apart (EmbeddingTable's layout: values,
+// then the state blocks).
 //   adagrad: g = clip(grad + l2 w); acc += g^2; w -= lr g / (sqrt(acc) + 1e-8)
 //   sgd:     w -= lr clip(grad + l2 w)
+//   ftrl:    FTRL-Proximal (McMahan et al., KDD 2013), per coordinate, with
+//            beta = 1, state z (first block) and n (second):
+//            g = clip(grad); s = (sqrt(n + g^2) - sqrt(n)) / lr;
+//            z += g - s w; n += g^2;
+//            w = 0 if |z| <= l1, else -(z - sign(z) l1) / ((1 + sqrt(n)) / lr + l2)
 // DenseOptimizer updates the dense block (bottom, experts, gates, heads,
 // projection) once per chunk from the chunk's summed gradient:
 //   adagrad as above without L2; sgd; adam / adamw (bias-corrected moments,
@@ -27,14 +33,21 @@ namespace recstream::learner {
 
 class RowOptimizer {
  public:
-  RowOptimizer(Optimizer kind, float l2, float clip)
-      : sgd_(kind == Optimizer::kSgd), l2_(l2), clip_(clip) {}
-  // w[0, n) and their state state[0, n).
-  void Update(float* w, float* state, const float* grad, int n, float lr) const;
+  RowOptimizer(Optimizer kind, float l1, float l2, float clip)
+      : kind_(kind), l1_(l1), l2_(l2), clip_(clip) {}
+  // Updates w[0, n) from grad[0, n); their state is state[0, n) (and
+  // state[block, block + n) for ftrl).
+  void Update(float* w, float* state, size_t block, const float* grad, int n, float lr) const;
+  // The state blocks a row needs (EmbeddingTable::RowState::blocks).
+  int state_blocks() const { return kind_ == Optimizer::kFtrl ? 2 : 1; }
+  // With ftrl, the z_scale of a new row's state (EmbeddingTable::RowState)
+  // for values learned at `lr` from accumulators starting at `accum_init`:
+  // the z that gives the initial values back. 0 otherwise.
+  float InitialZScale(float lr, float accum_init) const;
 
  private:
-  bool sgd_;
-  float l2_, clip_;
+  Optimizer kind_;
+  float l1_, l2_, clip_;
 };
 
 class DenseOptimizer {

@@ -14,12 +14,12 @@ namespace recstream::learner {
 
 enum class Arch { kSharedBottom, kMmoe };
 enum class Weighting { kFixed, kUncertainty, kGradNorm, kDwa };
-enum class Optimizer { kAdagrad, kAdam, kAdamW, kSgd };
+enum class Optimizer { kAdagrad, kAdam, kAdamW, kSgd, kFtrl };
 enum class RatingLoss { kSquared, kHuber };
 
 std::string_view ArchName(Arch arch);
 std::string_view WeightingName(Weighting weighting);
-// "adagrad", "adam", "adamw", "sgd".
+// "adagrad", "adam", "adamw", "sgd", "ftrl".
 std::string_view OptimizerName(Optimizer optimizer);
 // "squared", "huber".
 std::string_view RatingLossName(RatingLoss loss);
@@ -36,7 +36,10 @@ struct LearnerOptions {
   // Task loss weights for weighting = fixed, in Task order.
   std::array<float, kNumTasks> fixed_weights = {1.0f, 1.0f, 1.0f};
   // Optimizer of the embedding rows (user, item, feature vectors and their
-  // biases): adagrad or sgd (adam and adamw are for dense layers only).
+  // biases): adagrad, sgd or ftrl (FTRL-Proximal, McMahan et al., KDD 2013,
+  // with L1 strength l1 and L2 l2, learning rate lr_embedding and beta 1;
+  // it keeps two state floats per value, so rows take 3 instead of 2 floats
+  // per value). adam and adamw are for dense layers only.
   Optimizer embedding_optimizer = Optimizer::kAdagrad;
   // Optimizer of the dense layers (bottom, experts, gates, heads).
   Optimizer dense_optimizer = Optimizer::kAdagrad;
@@ -57,6 +60,9 @@ struct LearnerOptions {
   float lr_weighting = 0.001f;
   // L2 regularisation on embeddings, applied on each update of a row.
   float l2 = 1e-5f;
+  // L1 regularisation of embedding rows with embedding_optimizer = ftrl:
+  // coordinates whose accumulated gradient stays within l1 are exactly 0.
+  float l1 = 0.0f;
   // Rows start uniform in [-init_scale, init_scale].
   float init_scale = 0.05f;
   // Each gradient is clipped to this absolute value per coordinate.

@@ -59,7 +59,7 @@ Trainer::Trainer(Model* model)
       options(model->options),
       width(model->width),
       lr_bias(options.lr_bias > 0 ? options.lr_bias : options.lr_embedding),
-      row_optimizer(options.embedding_optimizer, options.l2, options.grad_clip),
+      row_optimizer(options.embedding_optimizer, options.l1, options.l2, options.grad_clip),
       dense_optimizer(options),
       losses(options),
       threads(options.threads > 0 ? options.threads
@@ -68,7 +68,7 @@ Trainer::Trainer(Model* model)
       nice_target(TrainNiceTarget(options.train_nice)),
       nice_observer(nice_target != kNoNice ? std::make_unique<TrainNiceObserver>(arena, nice_target)
                                            : nullptr),
-      states([this] { return TrainState(m_.shape); }),
+      states([this] { return TrainState(m_.shape, m_.user_features.row_floats()); }),
       recent(size_t(options.negatives > 0 ? options.negative_window : 1)),
       replay_pairs(size_t(options.replay > 0 ? options.replay_window : 1)),
       replay_labels(size_t(options.replay > 0 ? options.replay_window : 1)) {
@@ -77,7 +77,7 @@ Trainer::Trainer(Model* model)
 }
 
 void Trainer::ApplyRow(float* row, const float* grad, int n, int offset, float lr) {
-  row_optimizer.Update(row + offset, row + width + offset, grad, n, lr);
+  row_optimizer.Update(row + offset, row + width + offset, size_t(width), grad, n, lr);
 }
 
 float* Trainer::TrainRow(const EmbeddingTable& main, const EmbeddingTable& side,
@@ -246,7 +246,7 @@ void Trainer::BackwardRows(int t, bool esmm, float gc, uint32_t pre_row, TrainSt
       ++s->refused;
     } else if (trainable) {
       m_.pretrained->MarkDirty(pre_row);  // before the write, as in UpdateRows
-      row_optimizer.Update(p, p + P, s->dp.data(), P, options.lr_embedding);
+      row_optimizer.Update(p, p + P, size_t(P), s->dp.data(), P, options.lr_embedding);
     }
   }
   UpdateRows(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user, s->du.data(),
@@ -328,7 +328,7 @@ void Trainer::PrefetchRows(const TrainState& s, size_t i) const {
   // often not; both are read and written by the event's step.
   for (auto [table, at] : {std::pair{&m_.users, s.chunk_begin[2 * i]},
                            std::pair{&m_.items, s.chunk_begin[2 * i + 1]}}) {
-    PrefetchBytes<true>(table->Row(s.chunk_rows[at]), 2 * size_t(width) * sizeof(float));
+    PrefetchBytes<true>(table->Row(s.chunk_rows[at]), table->row_floats() * sizeof(float));
   }
 }
 

@@ -107,13 +107,14 @@ struct StagedRows {
 // observations of the current Train call. Never shared between threads
 // while Train runs.
 struct TrainState {
-  explicit TrainState(const ModelShape& shape)
+  // `row_floats`: floats of a side-feature row (EmbeddingTable::row_floats).
+  TrainState(const ModelShape& shape, size_t row_floats)
       : fwd(shape),
         fwd2(shape),
         dense_grad(shape.dense_size(), 0.0f),
         pending(shape),
-        staged_user(2 * size_t(shape.dim() + kNumTasks)),
-        staged_item(2 * size_t(shape.dim() + kNumTasks)),
+        staged_user(row_floats),
+        staged_item(row_floats),
         du(shape.dim() + 1),
         dv(shape.dim() + 1),
         du2(shape.dim() + 1),
