@@ -16,12 +16,11 @@
 // ForEachDirty and BeginExport must not run concurrently with writers
 // (GetOrCreate, MarkDirty); FinishExport may.
 //
-// Memory per row: row_floats() floats (2 * width unless FTRL: 3 * width), an 8-byte header that holds the id (ids
-// of up to 7 bytes inline, longer ones in an append-only arena that the
-// header points to), a dirty byte and 11-21 bytes of index (8-byte slots at a
-// load factor of 3/8 to 3/4; see embedding_table.cc). The headers are kept
-// apart from the floats, in an array per chunk: a lookup compares the
-// header, and next to the floats it shared a cache line with values that
+// Memory per row: row_floats() floats (2 * width unless FTRL: 3 * width), an 8-byte header that
+// holds the id (ids of up to 7 bytes inline, longer ones in an append-only arena that the header
+// points to), a dirty byte and 11-21 bytes of index (8-byte slots at a load factor of 3/8 to 3/4;
+// see embedding_table.cc). The headers are kept apart from the floats, in an array per chunk: a
+// lookup compares the header, and next to the floats it shared a cache line with values that
 // trainers write, so on two threads every lookup of a row another thread
 // had just updated missed the cache. Line-aligned tables (see the
 // constructor) pad each row's floats to a multiple of 64 bytes.

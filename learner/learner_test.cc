@@ -1113,8 +1113,7 @@ TEST_CASE("Progressive precision, recall and F1 follow the threshold and survive
         s.tasks[int(Task::kPurchase)].precision);
 }
 
-TEST_CASE("FTRL-Proximal rows: learn, restore bit for bit, and L1 makes them sparse",
-          "[Learner]") {
+TEST_CASE("FTRL-Proximal rows: learn, restore bit for bit, and L1 makes them sparse", "[Learner]") {
   auto events = WithFeatures(MakeStream(8000, 200, 60, 13));
   LearnerOptions o;
   o.threads = 1;

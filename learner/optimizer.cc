@@ -18,9 +18,9 @@ void RowOptimizer::Update(float* w, float* state, size_t block, const float* gra
       const float sigma = (std::sqrt(n_new) - std::sqrt(acc[i])) / lr;
       z[i] += g - sigma * w[i];
       acc[i] = n_new;
-      w[i] = std::abs(z[i]) <= l1_ ? 0.0f
-                                   : -(z[i] - std::copysign(l1_, z[i])) /
-                                         ((1.0f + std::sqrt(n_new)) / lr + l2_);
+      w[i] = std::abs(z[i]) <= l1_
+                 ? 0.0f
+                 : -(z[i] - std::copysign(l1_, z[i])) / ((1.0f + std::sqrt(n_new)) / lr + l2_);
     }
     return;
   }
