@@ -1131,8 +1131,10 @@ TEST_CASE("FTRL-Proximal rows: learn, restore bit for bit, and L1 makes them spa
   auto b = MakeLearner(o);
   REQUIRE(b->ApplySnapshot(full).ok());
   for (int u = 0; u < 20; ++u) {
-    auto x = a->Score(std::to_string(u), "i" + std::to_string(u), Blend());
-    auto y = b->Score(std::to_string(u), "i" + std::to_string(u), Blend());
+    std::string item = "i";
+    item += std::to_string(u);
+    auto x = a->Score(std::to_string(u), item, Blend());
+    auto y = b->Score(std::to_string(u), item, Blend());
     CHECK(x.score == y.score);
   }
   // An Adagrad model refuses an FTRL snapshot (another shape).
