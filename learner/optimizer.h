@@ -24,9 +24,12 @@
 // possible, a torn float is not).
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
+#include "learner/model_math.h"
 #include "learner/options.h"
 
 namespace recstream::learner {
@@ -65,5 +68,37 @@ class DenseOptimizer {
   Optimizer kind_;
   float lr_, clip_, beta1_, beta2_, weight_decay_;
 };
+
+// Inline: the trainer calls it for every row of every event (a bias, one
+// value, as often as a vector).
+inline void RowOptimizer::Update(float* w, float* state, size_t block, const float* grad, int n,
+                                 float lr) const {
+  if (kind_ == Optimizer::kFtrl) {
+    float* z = state;
+    float* acc = state + block;
+    for (int i = 0; i < n; ++i) {
+      const float g = std::clamp(grad[i], -clip_, clip_);
+      const float n_new = acc[i] + g * g;
+      const float sigma = (std::sqrt(n_new) - std::sqrt(acc[i])) / lr;
+      z[i] += g - sigma * w[i];
+      acc[i] = n_new;
+      w[i] = std::abs(z[i]) <= l1_
+                 ? 0.0f
+                 : -(z[i] - std::copysign(l1_, z[i])) / ((1.0f + std::sqrt(n_new)) / lr + l2_);
+    }
+    return;
+  }
+  if (kind_ == Optimizer::kSgd) {
+    for (int i = 0; i < n; ++i) w[i] -= lr * std::clamp(grad[i] + l2_ * w[i], -clip_, clip_);
+    return;
+  }
+  if (n == 1) {  // a bias: not worth the vector kernel's call
+    const float g = std::clamp(grad[0] + l2_ * w[0], -clip_, clip_);
+    state[0] += g * g;
+    w[0] -= lr * g / (std::sqrt(state[0]) + 1e-8f);
+    return;
+  }
+  AdagradUpdate(w, state, grad, size_t(n), lr, l2_, clip_);
+}
 
 }  // namespace recstream::learner
