@@ -132,13 +132,17 @@ void Learner::ParallelFor(size_t n, size_t grain, const std::function<void(size_
   impl_->trainer.ParallelFor(n, grain, fn);
 }
 
-ScoreResult Learner::Score(std::string_view user, std::string_view item, const Blend& blend) const {
-  return impl_->scorer.Score(user, item, blend);
+ScoreResult Learner::Score(std::string_view user, std::string_view item, const Blend& blend,
+                           const std::vector<std::string>* user_features,
+                           const std::vector<std::string>* item_features) const {
+  return impl_->scorer.Score(user, item, blend, user_features, item_features);
 }
 
 void Learner::ScoreMany(std::string_view user, std::span<const std::string> items,
-                        const Blend& blend, std::vector<ScoreResult>* out) const {
-  impl_->scorer.ScoreMany(user, items, blend, out);
+                        const Blend& blend, std::vector<ScoreResult>* out,
+                        const std::vector<std::string>* user_features,
+                        std::span<const std::vector<std::string>* const> item_features) const {
+  impl_->scorer.ScoreMany(user, items, blend, out, user_features, item_features);
 }
 
 std::vector<Recommendation> Learner::Recommend(std::string_view user, int k, bool exclude_purchased,

@@ -173,10 +173,21 @@ class Learner {
   // Scores one pair. Unknown ids score from biases and priors alone. A known
   // user or item scores with the side features it was last seen with (an
   // event without features leaves them as they were).
-  ScoreResult Score(std::string_view user, std::string_view item, const Blend& blend) const;
-  // Scores many items for one user, in order.
+  //
+  // Request-time features (docs/interface.md section 3): a non-null
+  // `user_features` or `item_features` is used for this score in place of
+  // the stored list, so a never-seen item scores from its features'
+  // embeddings (cold start). Features the model has never seen add nothing.
+  // Nothing is learned from a request.
+  ScoreResult Score(std::string_view user, std::string_view item, const Blend& blend,
+                    const std::vector<std::string>* user_features = nullptr,
+                    const std::vector<std::string>* item_features = nullptr) const;
+  // Scores many items for one user, in order. `item_features` is empty, or
+  // has one entry per item: null for the stored list, else the request's.
   void ScoreMany(std::string_view user, std::span<const std::string> items, const Blend& blend,
-                 std::vector<ScoreResult>* out) const;
+                 std::vector<ScoreResult>* out,
+                 const std::vector<std::string>* user_features = nullptr,
+                 std::span<const std::vector<std::string>* const> item_features = {}) const;
   // The k best items by blended score over every known item, best first
   // (ties: the older item first); items the user purchased are left out when
   // exclude_purchased. The user's side, the dense layers and purchases are

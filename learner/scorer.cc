@@ -121,11 +121,33 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void ScreenBlock(
 
 }  // namespace
 
-void Scorer::PrepareUserSide(std::string_view user, UserSide* side) const {
+void Scorer::GatherRequest(const EmbeddingTable& main, const EmbeddingTable& side,
+                           uint32_t main_row, const std::vector<std::string>& features, float* vec,
+                           float* bias) const {
+  std::vector<const float*> rows;
+  rows.reserve(features.size() + 1);
+  if (main_row != EmbeddingTable::kNoRow) rows.push_back(main.Row(main_row));
+  for (const std::string& f : features) {
+    const uint32_t r = side.Find(f);
+    if (r != EmbeddingTable::kNoRow) rows.push_back(side.Row(r));
+  }
+  if (rows.empty()) {
+    std::fill(vec, vec + m_.options.dim, 0.0f);
+    std::fill(bias, bias + kNumTasks, 0.0f);
+    return;
+  }
+  SumRows(
+      m_.options.dim, rows.size(), [&](size_t i) { return rows[i]; }, vec, bias);
+}
+
+void Scorer::PrepareUserSide(std::string_view user, UserSide* side,
+                             const std::vector<std::string>* features) const {
   std::vector<float> u(m_.options.dim, 0.0f);
   side->bias.fill(0.0f);
   side->row = m_.users.Find(user);
-  if (side->row != EmbeddingTable::kNoRow) {
+  if (features != nullptr) {
+    GatherRequest(m_.users, m_.user_features, side->row, *features, u.data(), side->bias.data());
+  } else if (side->row != EmbeddingTable::kNoRow) {
     std::vector<uint32_t> rows = {side->row};
     m_.user_lists.Get(side->row, &rows);
     m_.Gather(m_.users, m_.user_features, rows, u.data(), side->bias.data());
@@ -155,11 +177,16 @@ void Scorer::PrefetchItem(uint32_t row) const {
   PrefetchBytes(m_.items.Row(row), size_t(m_.width) * sizeof(float));  // values only
 }
 
-void Scorer::GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, float* v,
-                        float* block) const {
+void Scorer::GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, float* v, float* block,
+                        const std::vector<std::string>* features) const {
   const int d = m_.options.dim;
   std::fill(v, v + m_.width, 0.0f);
-  if (row != EmbeddingTable::kNoRow) {
+  if (features != nullptr) {
+    GatherRequest(m_.items, m_.item_features, row, *features, v, v + d);
+    const uint32_t pre_row = m_.PretrainedRow(row);
+    if (pre_row != EmbeddingTable::kNoRow)
+      m_.shape.Project(m_.dense.data(), m_.pretrained->Row(pre_row), v);
+  } else if (row != EmbeddingTable::kNoRow) {
     rows->clear();
     rows->push_back(row);
     m_.item_lists.Get(row, rows);
@@ -186,7 +213,8 @@ Prediction Scorer::FinishLane(const float* y, int lane, const UserSide& side,
 }
 
 void Scorer::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_rows,
-                       std::vector<Prediction>* out) const {
+                       std::vector<Prediction>* out,
+                       std::span<const std::vector<std::string>* const> features) const {
   const size_t n = item_rows.size();
   out->resize(n);
   // Items [begin, end), begin a multiple of L.
@@ -202,7 +230,8 @@ void Scorer::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_r
       for (size_t i = first + L; i < std::min(end, first + 2 * L); ++i) PrefetchItem(item_rows[i]);
       if (first > begin && lanes < L) std::fill(block.data(), block.data() + block.size(), 0.0f);
       for (int i = 0; i < lanes; ++i)
-        GatherItem(item_rows[first + i], i, &rows, v.data(), block.data());
+        GatherItem(item_rows[first + i], i, &rows, v.data(), block.data(),
+                   features.empty() ? nullptr : features[first + i]);
       m_.shape.ScoreBlock(m_.dense.data(), side.ctx, block.data(), scratch.data(), y);
       for (int i = 0; i < lanes; ++i) (*out)[first + i] = FinishLane(y, i, side, block.data());
     }
@@ -426,29 +455,37 @@ Scorer::~Scorer() = default;
 
 // ---- The public calls ----
 
-ScoreResult Scorer::Score(std::string_view user, std::string_view item, const Blend& blend) const {
+ScoreResult Scorer::Score(std::string_view user, std::string_view item, const Blend& blend,
+                          const std::vector<std::string>* user_features,
+                          const std::vector<std::string>* item_features) const {
   ScoreResult r;
   UserSide side(m_.shape);
-  PrepareUserSide(user, &side);
+  PrepareUserSide(user, &side, user_features);
   uint32_t ir = m_.items.Find(item);
   r.user_known = side.row != EmbeddingTable::kNoRow;
   r.item_known = ir != EmbeddingTable::kNoRow;
   std::vector<Prediction> p;
-  ScoreRows(side, {ir}, &p);
+  const std::vector<std::string>* const per_item[1] = {item_features};
+  ScoreRows(side, {ir}, &p,
+            item_features ? std::span<const std::vector<std::string>* const>(per_item)
+                          : std::span<const std::vector<std::string>* const>());
   r.prediction = p[0];
   r.score = BlendScore(p[0], blend, m_.options.rating_min, m_.options.rating_max);
   return r;
 }
 
 void Scorer::ScoreMany(std::string_view user, std::span<const std::string> items,
-                       const Blend& blend, std::vector<ScoreResult>* out) const {
+                       const Blend& blend, std::vector<ScoreResult>* out,
+                       const std::vector<std::string>* user_features,
+                       std::span<const std::vector<std::string>* const> item_features) const {
   UserSide side(m_.shape);
-  PrepareUserSide(user, &side);
+  PrepareUserSide(user, &side, user_features);
   std::vector<uint32_t> rows;
   FindItems(items, &rows);
   const bool user_known = side.row != EmbeddingTable::kNoRow;
   std::vector<Prediction> p;
-  ScoreRows(side, rows, &p);
+  ScoreRows(side, rows, &p,
+            item_features.size() == items.size() ? item_features : decltype(item_features)());
   out->resize(items.size());
   for (size_t i = 0; i < items.size(); ++i) {
     ScoreResult& r = (*out)[i];

@@ -33,9 +33,13 @@ class Scorer {
   Scorer& operator=(const Scorer&) = delete;
 
   // Learner::Score, ScoreMany and Recommend.
-  ScoreResult Score(std::string_view user, std::string_view item, const Blend& blend) const;
+  ScoreResult Score(std::string_view user, std::string_view item, const Blend& blend,
+                    const std::vector<std::string>* user_features = nullptr,
+                    const std::vector<std::string>* item_features = nullptr) const;
   void ScoreMany(std::string_view user, std::span<const std::string> items, const Blend& blend,
-                 std::vector<ScoreResult>* out) const;
+                 std::vector<ScoreResult>* out,
+                 const std::vector<std::string>* user_features = nullptr,
+                 std::span<const std::vector<std::string>* const> item_features = {}) const;
   std::vector<Recommendation> Recommend(std::string_view user, int k, bool exclude_purchased,
                                         const Blend& blend) const;
 
@@ -60,10 +64,20 @@ class Scorer {
   struct ItemPanel;
   class RecommendCache;
 
-  void PrepareUserSide(std::string_view user, UserSide* side) const;
-  // Predictions of the prepared user for item rows (kNoRow: an unknown item).
+  // `features`: the request's user features, null for the stored list.
+  void PrepareUserSide(std::string_view user, UserSide* side,
+                       const std::vector<std::string>* features = nullptr) const;
+  // Predictions of the prepared user for item rows (kNoRow: an unknown
+  // item); `features` empty, or per item the request's features (null: the
+  // stored list).
   void ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_rows,
-                 std::vector<Prediction>* out) const;
+                 std::vector<Prediction>* out,
+                 std::span<const std::vector<std::string>* const> features = {}) const;
+  // SumRows over `main_row` of `main` (unless kNoRow) and the rows of
+  // `features` found in `side` (in their order), into vec and bias; zeros
+  // when there is none.
+  void GatherRequest(const EmbeddingTable& main, const EmbeddingTable& side, uint32_t main_row,
+                     const std::vector<std::string>& features, float* vec, float* bias) const;
   // rows[i] = items.Find(keys[i]), overlapping the lookups' cache misses
   // (and starting to load each found row's feature list).
   void FindItems(std::span<const std::string> keys, std::vector<uint32_t>* rows) const;
@@ -71,8 +85,9 @@ class Scorer {
   void PrefetchItem(uint32_t row) const;
   // Gathers item `row` (kNoRow: zeros) into lane `lane` of `block`; `rows`
   // and `v` (width floats) are scratch.
-  void GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, float* v,
-                  float* block) const;
+  // `features`: the request's item features, null for the stored list.
+  void GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, float* v, float* block,
+                  const std::vector<std::string>* features = nullptr) const;
   // The prediction of lane `lane` from ScoreBlock's y and the block's biases.
   Prediction FinishLane(const float* y, int lane, const UserSide& side, const float* block) const;
   // The best k of the items in blocks [begin, end) of `blocks` (item row of

@@ -56,5 +56,51 @@ TEST_CASE("Scorer: Score, ScoreMany and Recommend agree bit for bit", "[scorer]"
     if (r.item_known) CHECK(r.score <= top.front().score);
 }
 
+TEST_CASE("Scorer: request-time features score a never-seen item from its features", "[scorer]") {
+  // Items of category good are clicked, those of category bad are not.
+  std::vector<Event> events(6000);
+  for (int i = 0; i < int(events.size()); ++i) {
+    Event& e = events[size_t(i)];
+    e.task = Task::kClick;
+    e.user = Id("u", i % 40);
+    const bool good = i % 2 == 0;
+    e.item = Id(good ? "g" : "b", (i / 2) % 100);
+    e.item_features = {good ? "cat=good" : "cat=bad"};
+    e.label = good ? 1.0f : 0.0f;
+  }
+  LearnerOptions o;
+  o.threads = 1;
+  Model model(o);
+  Trainer trainer(&model);
+  trainer.Train(events, nullptr);
+  const Scorer scorer(&model);
+  const Blend blend;
+  const std::vector<std::string> good = {"cat=good"}, bad = {"cat=bad"}, none = {"cat=unseen"};
+  const ScoreResult cold_good = scorer.Score("u1", "new-item", blend, nullptr, &good);
+  const ScoreResult cold_bad = scorer.Score("u1", "new-item", blend, nullptr, &bad);
+  const ScoreResult cold_plain = scorer.Score("u1", "new-item", blend);
+  CHECK_FALSE(cold_good.item_known);
+  CHECK(cold_good.prediction.click > cold_plain.prediction.click + 0.1f);
+  CHECK(cold_bad.prediction.click < cold_plain.prediction.click - 0.1f);
+  // A feature the model never saw adds nothing.
+  CHECK(scorer.Score("u1", "new-item", blend, nullptr, &none).score == cold_plain.score);
+  // A known item with its stored features given again scores the same.
+  CHECK(scorer.Score("u1", "g0", blend, nullptr, &good).score ==
+        scorer.Score("u1", "g0", blend).score);
+  // ScoreMany takes features per item, null meaning the stored ones.
+  const std::vector<std::string> items = {"new-item", "g0", "new-item"};
+  const std::vector<std::string>* per_item[3] = {&good, nullptr, &bad};
+  std::vector<ScoreResult> many;
+  scorer.ScoreMany("u1", items, blend, &many, nullptr, per_item);
+  REQUIRE(many.size() == 3);
+  CHECK(many[0].score == cold_good.score);
+  CHECK(many[1].score == scorer.Score("u1", "g0", blend).score);
+  CHECK(many[2].score == cold_bad.score);
+  // User features at request time: a never-seen user with no known
+  // feature scores as one without features.
+  CHECK(scorer.Score("nobody", "g0", blend, &none, nullptr).score ==
+        scorer.Score("nobody", "g0", blend).score);
+}
+
 }  // namespace
 }  // namespace recstream::learner

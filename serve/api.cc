@@ -61,6 +61,73 @@ bool QueryId(const HttpRequest& req, std::string_view name, std::string* id, Htt
   return true;
 }
 
+// Request-time features, by the rules of events: at most kMaxFeatures, each
+// 1-256 bytes of UTF-8.
+constexpr size_t kMaxFeatures = 64;
+
+std::string CheckFeature(std::string_view name, std::string_view f) {
+  if (f.empty() || f.size() > kMaxIdBytes)
+    return fmt::format("bad {}: each feature must be 1 to {} bytes", name, kMaxIdBytes);
+  if (!ValidUtf8(f)) return fmt::format("bad {}: not valid UTF-8", name);
+  return "";
+}
+
+// An optional comma-separated feature list from the query string: false
+// (with *err) when malformed; *present tells whether it was given.
+bool QueryFeatures(const HttpRequest& req, std::string_view name, bool* present,
+                   std::vector<std::string>* features, HttpResponse* err) {
+  auto it = req.query.find(std::string(name));
+  *present = it != req.query.end();
+  features->clear();
+  if (!*present || it->second.empty()) return true;
+  std::string_view rest = it->second;
+  while (true) {
+    const size_t comma = rest.find(',');
+    const std::string_view f = rest.substr(0, comma);
+    std::string problem = CheckFeature(fmt::format("parameter {}", name), f);
+    if (!problem.empty()) {
+      *err = Error(400, problem);
+      return false;
+    }
+    features->emplace_back(f);
+    if (comma == std::string_view::npos) break;
+    rest.remove_prefix(comma + 1);
+  }
+  if (features->size() > kMaxFeatures) {
+    *err = Error(400, fmt::format("bad parameter {}: {} features, at most {} allowed", name,
+                                  features->size(), kMaxFeatures));
+    return false;
+  }
+  return true;
+}
+
+// A JSON array of feature strings (field `name`).
+bool JsonFeatures(simdjson::dom::element e, std::string_view name,
+                  std::vector<std::string>* features, std::string* err) {
+  simdjson::dom::array arr;
+  if (e.get_array().get(arr)) {
+    *err = fmt::format("bad field {}: must be an array of strings", name);
+    return false;
+  }
+  if (arr.size() > kMaxFeatures) {
+    *err = fmt::format("bad field {}: {} features, at most {} allowed", name, arr.size(),
+                       kMaxFeatures);
+    return false;
+  }
+  features->clear();
+  for (simdjson::dom::element f : arr) {
+    std::string_view s;
+    if (f.get_string().get(s)) {
+      *err = fmt::format("bad field {}: must be an array of strings", name);
+      return false;
+    }
+    *err = CheckFeature(fmt::format("field {}", name), s);
+    if (!err->empty()) return false;
+    features->emplace_back(s);
+  }
+  return true;
+}
+
 // A JSON id: a string (1-256 bytes; simdjson has already checked UTF-8) or
 // a non-negative integer, rendered in decimal as ingest does.
 bool JsonId(simdjson::dom::element e, std::string_view name, std::string* id, std::string* err) {
@@ -327,8 +394,16 @@ HttpResponse Api::GetScore(const HttpRequest& req) const {
   HttpResponse err;
   std::string user, item;
   if (!QueryId(req, "user", &user, &err) || !QueryId(req, "item", &item, &err)) return err;
+  bool has_user_features = false, has_item_features = false;
+  std::vector<std::string> user_features, item_features;
+  if (!QueryFeatures(req, "user_features", &has_user_features, &user_features, &err) ||
+      !QueryFeatures(req, "item_features", &has_item_features, &item_features, &err)) {
+    return err;
+  }
   if (learner_ == nullptr) return Error(503, "model not loaded");
-  learner::ScoreResult r = learner_->Score(user, item, blend_);
+  learner::ScoreResult r =
+      learner_->Score(user, item, blend_, has_user_features ? &user_features : nullptr,
+                      has_item_features ? &item_features : nullptr);
   std::string out;
   out.reserve(160 + user.size() + item.size());
   JsonWriter w(&out);
@@ -357,9 +432,10 @@ constexpr size_t kPartItems = 128, kMaxParts = 8;
 // per piece.
 void AppendScores(const learner::Learner& learner, const learner::Blend& blend,
                   const std::string& user, std::span<const std::string> items, bool first,
-                  std::string* out) {
+                  std::string* out, const std::vector<std::string>* user_features,
+                  std::span<const std::vector<std::string>* const> item_features) {
   std::vector<learner::ScoreResult> results;
-  learner.ScoreMany(user, items, blend, &results);
+  learner.ScoreMany(user, items, blend, &results, user_features, item_features);
   static constexpr std::string_view kItem = ",{\"item\":", kClick = ",\"click\":",
                                     kPurchase = ",\"purchase\":", kRating = ",\"rating\":",
                                     kScore = ",\"score\":";
@@ -415,10 +491,38 @@ HttpResponse Api::PostScore(const HttpRequest& req) const {
     return Error(400, fmt::format("bad field items: {} items, at most {} allowed", items_arr.size(),
                                   options_.max_batch_items));
   }
+  // Request-time features: of the user, and of each item given as an object
+  // {"item": I, "features": [...]} (docs/interface.md section 3).
+  std::vector<std::string> user_features;
+  bool has_user_features = false;
+  if (simdjson::dom::element uf; !obj["user_features"].get(uf)) {
+    if (!JsonFeatures(uf, "user_features", &user_features, &problem)) return Error(400, problem);
+    has_user_features = true;
+  }
   std::vector<std::string> items;
   items.reserve(items_arr.size());
+  // Per item: its features, or null for the stored ones; filled only once
+  // an item carries features. The lists never move (reserved).
+  std::vector<std::vector<std::string>> feature_lists;
+  feature_lists.reserve(items_arr.size());
+  std::vector<const std::vector<std::string>*> item_features;
   for (simdjson::dom::element e : items_arr) {
     std::string id;
+    if (e.type() == simdjson::dom::element_type::OBJECT) {
+      const std::string name = fmt::format("items[{}]", items.size());
+      simdjson::dom::element item_el, features_el;
+      if (e["item"].get(item_el)) return Error(400, fmt::format("missing field: {}.item", name));
+      if (!JsonId(item_el, name + ".item", &id, &problem)) return Error(400, problem);
+      if (!e["features"].get(features_el)) {
+        std::vector<std::string>& list = feature_lists.emplace_back();
+        if (!JsonFeatures(features_el, name + ".features", &list, &problem))
+          return Error(400, problem);
+        if (item_features.empty()) item_features.assign(items_arr.size(), nullptr);
+        item_features[items.size()] = &list;
+      }
+      items.push_back(std::move(id));
+      continue;
+    }
     if (!JsonId(e, "items", &id, &problem)) {
       // Again, with the element's index in the message (not formatted for
       // every valid element).
@@ -435,9 +539,11 @@ HttpResponse Api::PostScore(const HttpRequest& req) const {
   w.Key("user").String(user);
   w.Key("scores").BeginArray();
   const std::span<const std::string> all(items);
+  const std::span<const std::vector<std::string>* const> all_features(item_features);
+  const std::vector<std::string>* user_list = has_user_features ? &user_features : nullptr;
   const size_t parts = std::clamp(items.size() / kPartItems, size_t(1), kMaxParts);
   if (parts == 1) {
-    AppendScores(*learner_, blend_, user, all, /*first=*/true, &out);
+    AppendScores(*learner_, blend_, user, all, /*first=*/true, &out, user_list, all_features);
   } else {
     // In parts, on this thread and a oneTBB worker when one is free (see
     // Parts; the worker may need tens of microseconds to wake: parts rather
@@ -446,8 +552,10 @@ HttpResponse Api::PostScore(const HttpRequest& req) const {
     parts_->arena.execute([&] {
       tbb::parallel_for(size_t(0), parts, [&](size_t part) {
         const size_t begin = items.size() * part / parts, end = items.size() * (part + 1) / parts;
-        AppendScores(*learner_, blend_, user, all.subspan(begin, end - begin), part == 0,
-                     part == 0 ? &out : &rest[part - 1]);
+        AppendScores(
+            *learner_, blend_, user, all.subspan(begin, end - begin), part == 0,
+            part == 0 ? &out : &rest[part - 1], user_list,
+            all_features.empty() ? all_features : all_features.subspan(begin, end - begin));
       });
     });
     for (const std::string& r : rest) out += r;
@@ -535,8 +643,8 @@ HttpResponse Api::Stats() const {
       any ? w.Double(ts.auc) : w.Null();
       w.Key("logloss");
       any ? w.Double(ts.logloss) : w.Null();
-      for (auto [key, value] : {std::pair{"precision", ts.precision}, {"recall", ts.recall},
-                                {"f1", ts.f1}}) {
+      for (auto [key, value] :
+           {std::pair{"precision", ts.precision}, {"recall", ts.recall}, {"f1", ts.f1}}) {
         w.Key(key);
         any ? w.Double(value) : w.Null();
       }

@@ -62,6 +62,9 @@ std::vector<Event> TrainingEvents() {
     e.user = std::move(u);
     e.item = std::move(i);
     e.label = label;
+    // Side features of two items, for request-time features.
+    if (e.item == "i1") e.item_features = {"cat=a"};
+    if (e.item == "i3") e.item_features = {"cat=b"};
     events.push_back(std::move(e));
   };
   for (int round = 0; round < 20; ++round) {
@@ -291,10 +294,9 @@ TEST_CASE("POST /v1/score answers a long list, scored in parts, in request order
     for (size_t i = 0; i < n; ++i) {
       learner::ScoreResult s = f.model->Score("42", items[i], f.blend);
       if (i > 0) expected += ",";
-      expected +=
-          fmt::format(R"({{"item":"{}","click":{},"purchase":{},"rating":{},"score":{}}})",
-                      items[i], s.prediction.click, s.prediction.purchase, s.prediction.rating,
-                      s.score);
+      expected += fmt::format(R"({{"item":"{}","click":{},"purchase":{},"rating":{},"score":{}}})",
+                              items[i], s.prediction.click, s.prediction.purchase,
+                              s.prediction.rating, s.score);
     }
     expected += "]}";
     INFO(n << " items");
@@ -438,6 +440,80 @@ TEST_CASE("POST /v1/admin/checkpoint needs the admin token", "[api]") {
   r = f.Post("/v1/admin/checkpoint", "", "Bearer s3cret");
   CHECK(r.status == 500);
   CHECK(ErrorOf(r).find("disk full") != std::string::npos);
+}
+
+TEST_CASE("Request-time features score a never-seen item from its features", "[api]") {
+  Fixture f;
+  const std::vector<std::string> cat_a = {"cat=a"}, cat_b = {"cat=b"};
+  HttpResponse r = f.Get("/v1/score?user=u1&item=new&item_features=cat%3Da");
+  REQUIRE(r.status == 200);
+  simdjson::dom::parser p;
+  simdjson::dom::element doc;
+  REQUIRE(p.parse(r.body).get(doc) == simdjson::SUCCESS);
+  const learner::ScoreResult with = f.model->Score("u1", "new", f.blend, nullptr, &cat_a);
+  const learner::ScoreResult without = f.model->Score("u1", "new", f.blend);
+  CHECK(float(doc["score"].get_double().value()) == Approx(with.score));
+  CHECK(with.score != without.score);
+  CHECK_FALSE(doc["known"]["item"].get_bool().value());
+  // User features too, and an empty list means "none" (not the stored one).
+  r = f.Get("/v1/score?user=u1&item=i1&user_features=seg%3Dx,seg%3Dy&item_features=");
+  REQUIRE(r.status == 200);
+  const std::vector<std::string> seg = {"seg=x", "seg=y"}, empty;
+  REQUIRE(p.parse(r.body).get(doc) == simdjson::SUCCESS);
+  CHECK(float(doc["score"].get_double().value()) ==
+        Approx(f.model->Score("u1", "i1", f.blend, &seg, &empty).score));
+  // Bad lists are refused, naming the parameter.
+  std::string many = "/v1/score?user=u1&item=i1&item_features=f0";
+  for (int i = 1; i < 65; ++i) many += ",f" + std::to_string(i);
+  r = f.Get(many);
+  CHECK(r.status == 400);
+  CHECK(r.body.find("item_features") != std::string::npos);
+  r = f.Get("/v1/score?user=u1&item=i1&user_features=a,,b");
+  CHECK(r.status == 400);
+  CHECK(r.body.find("user_features") != std::string::npos);
+
+  // POST: items as objects with features, mixed with plain ids.
+  r = f.Post(
+      "/v1/score",
+      R"({"user":"u1","user_features":["seg=x"],"items":[{"item":"new","features":["cat=b"]},"i1",{"item":"i3"}]})");
+  REQUIRE(r.status == 200);
+  REQUIRE(p.parse(r.body).get(doc) == simdjson::SUCCESS);
+  const std::vector<std::string> seg_x = {"seg=x"};
+  simdjson::dom::array scores = doc["scores"].get_array().value();
+  REQUIRE(scores.size() == 3);
+  CHECK(std::string(scores.at(0)["item"].get_string().value()) == "new");
+  CHECK(float(scores.at(0)["score"].get_double().value()) ==
+        Approx(f.model->Score("u1", "new", f.blend, &seg_x, &cat_b).score));
+  CHECK(float(scores.at(1)["score"].get_double().value()) ==
+        Approx(f.model->Score("u1", "i1", f.blend, &seg_x, nullptr).score));
+  CHECK(float(scores.at(2)["score"].get_double().value()) ==
+        Approx(f.model->Score("u1", "i3", f.blend, &seg_x, nullptr).score));
+  // Scored in parts (1,001 items), features stay with their items.
+  std::string body = R"({"user":"u2","items":[)";
+  for (int i = 0; i < 1001; ++i) {
+    if (i > 0) body += ",";
+    body += i % 3 == 0 ? R"({"item":"n)" + std::to_string(i) + R"(","features":["cat=a"]})"
+                       : "\"i" + std::to_string(i % 5) + "\"";
+  }
+  r = f.Post("/v1/score", body + "]}");
+  REQUIRE(r.status == 200);
+  REQUIRE(p.parse(r.body).get(doc) == simdjson::SUCCESS);
+  scores = doc["scores"].get_array().value();
+  REQUIRE(scores.size() == 1001);
+  for (size_t i = 0; i < 1001; i += 50) {
+    const std::string item = std::string(scores.at(i)["item"].get_string().value());
+    const float want =
+        f.model->Score("u2", item, f.blend, nullptr, i % 3 == 0 ? &cat_a : nullptr).score;
+    CHECK(float(scores.at(i)["score"].get_double().value()) == Approx(want));
+  }
+  r = f.Post("/v1/score", R"({"user":"u1","items":[{"features":["a"]}]})");
+  CHECK(r.status == 400);
+  CHECK(r.body.find("items[0].item") != std::string::npos);
+  r = f.Post("/v1/score", R"({"user":"u1","items":[{"item":"x","features":"a"}]})");
+  CHECK(r.status == 400);
+  CHECK(r.body.find("items[0].features") != std::string::npos);
+  r = f.Post("/v1/score", R"({"user":"u1","user_features":[1],"items":["x"]})");
+  CHECK(r.status == 400);
 }
 
 TEST_CASE("GET /v1/stats reports counters, weights, metrics, lag and checkpoint", "[api]") {
