@@ -22,6 +22,7 @@
 #include "eval/baselines.h"
 #include "eval/batch_parser.h"
 #include "eval/metrics.h"
+#include "ingest/parser.h"
 
 namespace recstream::eval {
 
@@ -37,85 +38,179 @@ struct TaskSeries {
   bool all_truth = true;
 };
 
-// Items seen so far and the HR/NDCG of ranking each positive event's item
-// among candidates drawn from them.
+// The ranking protocol (docs/interface.md section 4): each positive click or
+// purchase event is ranked, before learning from it, among candidates of its
+// stratum drawn uniformly: a warm event (its item seen earlier in the file)
+// among the items seen so far, a cold one (its item never seen) among the
+// catalog's items not seen so far. The event's item is scored with the
+// event's own features, a warm candidate with its features as last seen
+// (the model's stored list), a cold candidate with its catalog features.
+// Rank = candidates scored higher + half the ties.
 class Ranker {
  public:
-  Ranker(const learner::Learner* learner, int k, int candidates, int threads, uint64_t seed)
+  Ranker(const learner::Learner* learner, int k, int candidates, int threads, uint64_t seed,
+         std::vector<CatalogItem> catalog)
       : learner_(learner),
         k_(k),
         candidates_(candidates),
         arena_(threads > 0 ? threads : tbb::task_arena::automatic),
-        rng_(seed) {}
+        rng_(seed),
+        catalog_(std::move(catalog)) {
+    unseen_.reserve(catalog_.size());
+    for (uint32_t c = 0; c < catalog_.size(); ++c) {
+      catalog_index_.emplace(catalog_[c].item, c);
+      unseen_pos_.push_back(unseen_.size());
+      unseen_.push_back(c);
+    }
+  }
 
   // Ranks the positive click/purchase events of `events` with the model as
-  // it is now, noting each event's item as seen after ranking it.
-  void RankBatch(std::span<const Event> events) {
-    // Candidates are drawn in order (they depend on the items seen before
-    // each event and on the random stream); scoring runs in parallel.
+  // it is now, noting each event's item as seen after ranking it. With
+  // `lines`, each ranked event's "rank" JSON goes to (*lines)[i].
+  void RankBatch(std::span<const Event> events, std::vector<std::string>* lines) {
     jobs_.clear();
     candidates_of_.clear();
+    if (lines) lines->assign(events.size(), std::string());
     for (size_t i = 0; i < events.size(); ++i) {
       const Event& e = events[i];
       const bool positive = e.task != Task::kRating && e.label > 0.5f;
-      auto it = index_.find(e.item);
-      const bool seen = it != index_.end();
-      const size_t others = items_.size() - (seen ? 1 : 0);
-      if (positive && others >= size_t(candidates_)) {
-        jobs_.push_back(i);
-        DrawCandidates(seen ? int64_t(it->second) : -1);
+      auto seen = index_.find(e.item);
+      auto in_catalog = catalog_index_.find(e.item);
+      const bool warm = seen != index_.end();
+      if (positive) {
+        if (warm && items_.size() - 1 >= size_t(candidates_)) {
+          jobs_.push_back({i, true});
+          DrawWarm(seen->second);
+        } else if (!warm) {
+          const int64_t self =
+              in_catalog != catalog_index_.end() ? int64_t(unseen_pos_[in_catalog->second]) : -1;
+          if (unseen_.size() - (self >= 0 ? 1 : 0) >= size_t(candidates_)) {
+            jobs_.push_back({i, false});
+            DrawCold(self);
+          }
+        }
       }
-      if (!seen) {
+      if (!warm) {
         index_.emplace(e.item, items_.size());
         items_.push_back(e.item);
+        if (in_catalog != catalog_index_.end()) RemoveUnseen(in_catalog->second);
       }
     }
     hits_.resize(jobs_.size());
     arena_.execute([&] {
       tbb::parallel_for(tbb::blocked_range<size_t>(0, jobs_.size(), 16),
                         [&](const tbb::blocked_range<size_t>& r) {
-                          std::vector<std::string> items;
-                          std::vector<learner::ScoreResult> scores;
-                          for (size_t j = r.begin(); j < r.end(); ++j)
-                            hits_[j] = RankOne(events[jobs_[j]], j, &items, &scores);
+                          Scratch scratch;
+                          for (size_t j = r.begin(); j < r.end(); ++j) {
+                            const size_t i = jobs_[j].event;
+                            hits_[j] =
+                                RankOne(events[i], j, &scratch, lines ? &(*lines)[i] : nullptr);
+                          }
                         });
     });
-    for (const RankHit& hit : hits_) acc_.Add(hit);
+    for (size_t j = 0; j < jobs_.size(); ++j) {
+      all_.Add(hits_[j]);
+      (jobs_[j].warm ? warm_ : cold_).Add(hits_[j]);
+    }
   }
 
-  const RankingAccumulator& result() const { return acc_; }
+  const RankingAccumulator& all() const { return all_; }
+  const RankingAccumulator& warm() const { return warm_; }
+  const RankingAccumulator& cold() const { return cold_; }
 
  private:
-  // Appends `candidates_` distinct indices into items_, uniformly drawn
-  // among the items other than `self` (an index into items_, or -1), with
-  // Floyd's algorithm: pool index p maps to item p, or p + 1 past self.
-  void DrawCandidates(int64_t self) {
-    const uint64_t pool = items_.size() - (self >= 0 ? 1 : 0);
+  struct Job {
+    size_t event;
+    bool warm;
+  };
+  struct Scratch {
+    std::vector<std::string> items;
+    std::vector<const std::vector<std::string>*> features;
+    std::vector<learner::ScoreResult> scores;
+  };
+
+  // Appends `candidates_` distinct positions in [0, pool + 1) other than
+  // `self` (or in [0, pool) when self < 0), uniformly, with Floyd's
+  // algorithm: pool index p maps to p, or p + 1 past self.
+  void Draw(uint64_t pool, int64_t self, const std::function<uint32_t(uint64_t)>& at) {
     chosen_.clear();
     for (uint64_t j = pool - uint64_t(candidates_); j < pool; ++j) {
       uint64_t t = std::uniform_int_distribution<uint64_t>(0, j)(rng_);
       if (!chosen_.insert(t).second) chosen_.insert(j);
     }
     for (uint64_t p : chosen_)
-      candidates_of_.push_back(uint32_t((self >= 0 && p >= uint64_t(self)) ? p + 1 : p));
+      candidates_of_.push_back(at((self >= 0 && p >= uint64_t(self)) ? p + 1 : p));
+  }
+  // Warm: indices into items_; cold: catalog indices (from unseen_).
+  void DrawWarm(size_t self) {
+    Draw(items_.size() - 1, int64_t(self), [](uint64_t p) { return uint32_t(p); });
+  }
+  void DrawCold(int64_t self_pos) {
+    Draw(unseen_.size() - (self_pos >= 0 ? 1 : 0), self_pos,
+         [this](uint64_t p) { return unseen_[p]; });
+  }
+  void RemoveUnseen(uint32_t c) {
+    const size_t pos = unseen_pos_[c];
+    const uint32_t last = unseen_.back();
+    unseen_[pos] = last;
+    unseen_pos_[last] = pos;
+    unseen_.pop_back();
   }
 
-  // Thread safe: reads items_ and candidates_of_, which are not changing.
-  RankHit RankOne(const Event& e, size_t job, std::vector<std::string>* items,
-                  std::vector<learner::ScoreResult>* scores) const {
-    items->clear();
-    items->push_back(e.item);
+  // Thread safe: reads state that does not change during the batch's scoring.
+  RankHit RankOne(const Event& e, size_t job, Scratch* s, std::string* line) const {
+    const bool warm = jobs_[job].warm;
+    s->items.clear();
+    s->features.clear();
+    s->items.push_back(e.item);
+    s->features.push_back(e.item_features.empty() ? nullptr : &e.item_features);
     const uint32_t* cand = &candidates_of_[job * size_t(candidates_)];
-    for (int c = 0; c < candidates_; ++c) items->push_back(items_[cand[c]]);
-    learner_->ScoreMany(e.user, *items, learner::Blend(), scores);
-    const float target = (*scores)[0].prediction.Get(e.task);
-    int64_t greater = 0, ties = 0;
-    for (size_t i = 1; i < scores->size(); ++i) {
-      const float s = (*scores)[i].prediction.Get(e.task);
-      greater += s > target;
-      ties += s == target;
+    for (int c = 0; c < candidates_; ++c) {
+      if (warm) {
+        s->items.push_back(items_[cand[c]]);
+        s->features.push_back(nullptr);  // as last seen: the model's list
+      } else {
+        s->items.push_back(catalog_[cand[c]].item);
+        s->features.push_back(&catalog_[cand[c]].features);
+      }
     }
-    return RankHitAt(greater, ties, k_);
+    learner_->ScoreMany(e.user, s->items, learner::Blend(), &s->scores,
+                        e.user_features.empty() ? nullptr : &e.user_features, s->features);
+    const float target = s->scores[0].prediction.Get(e.task);
+    int64_t greater = 0, ties = 0;
+    for (size_t i = 1; i < s->scores.size(); ++i) {
+      const float v = s->scores[i].prediction.Get(e.task);
+      greater += v > target;
+      ties += v == target;
+    }
+    if (line != nullptr) {
+      auto out = std::back_inserter(*line);
+      fmt::format_to(out, ",\"rank\":{{\"score\":{},\"candidates\":[", target);
+      for (size_t i = 1; i < s->scores.size(); ++i) {
+        fmt::format_to(out, "{}[", i > 1 ? "," : "");
+        AppendJsonString(s->items[i], line);
+        fmt::format_to(std::back_inserter(*line), ",{}]", s->scores[i].prediction.Get(e.task));
+      }
+      line->append("]}");
+    }
+    return RankAt(double(greater) + 0.5 * double(ties), k_);
+  }
+
+  // A JSON string literal of `s` (ids are UTF-8; quotes, backslashes and
+  // control characters escaped).
+  static void AppendJsonString(std::string_view s, std::string* out) {
+    out->push_back('"');
+    for (char ch : s) {
+      if (ch == '"' || ch == '\\') {
+        out->push_back('\\');
+        out->push_back(ch);
+      } else if (static_cast<unsigned char>(ch) < 0x20) {
+        fmt::format_to(std::back_inserter(*out), "\\u{:04x}", int(ch));
+      } else {
+        out->push_back(ch);
+      }
+    }
+    out->push_back('"');
   }
 
   const learner::Learner* learner_;
@@ -123,15 +218,41 @@ class Ranker {
   const int candidates_;
   tbb::task_arena arena_;
   std::mt19937_64 rng_;
+  const std::vector<CatalogItem> catalog_;
+  std::unordered_map<std::string, uint32_t> catalog_index_;
+  std::vector<uint32_t> unseen_;                   // catalog indices not seen yet (any order)
+  std::vector<size_t> unseen_pos_;                 // catalog index -> its position in unseen_
   std::vector<std::string> items_;                 // every item seen, in order of first sight
   std::unordered_map<std::string, size_t> index_;  // item -> index in items_
   std::unordered_set<uint64_t> chosen_;
   // Per batch: the events to rank, candidates_ indices each, and their hits.
-  std::vector<size_t> jobs_;
+  std::vector<Job> jobs_;
   std::vector<uint32_t> candidates_of_;
   std::vector<RankHit> hits_;
-  RankingAccumulator acc_;
+  RankingAccumulator all_, warm_, cold_;
 };
+
+// The catalog of a ranking: every item of the stream, in order of first
+// appearance, with the item features of its first event. Reads the stream
+// once and rewinds it; a stream that cannot rewind (a pipe) gives an empty
+// catalog, and then no cold event can be ranked.
+std::vector<CatalogItem> ReadCatalog(const ingest::ParserOptions& parser_options, int64_t now_ms,
+                                     std::istream& events) {
+  std::vector<CatalogItem> catalog;
+  const std::streampos start = events.tellg();
+  if (start == std::streampos(-1)) return catalog;
+  ingest::EventParser parser(parser_options);
+  std::unordered_set<std::string> known;
+  std::string line, detail;
+  Event e;
+  while (std::getline(events, line)) {
+    if (line.empty() || parser.Parse(line, &e, now_ms, &detail)) continue;
+    if (known.insert(e.item).second) catalog.push_back({e.item, e.item_features});
+  }
+  events.clear();
+  events.seekg(start);
+  return catalog;
+}
 
 void FillTask(Task task, const TaskSeries& s, float threshold, TaskReport* r) {
   r->count = s.pred.size();
@@ -231,11 +352,10 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
 
   // Lines are parsed a batch at a time on the learner's threads
   // (eval/batch_parser.h).
-  BatchParser parser(options.parser,
-                     [&learner](size_t n, size_t grain,
-                                const std::function<void(size_t, size_t)>& fn) {
-                       learner->ParallelFor(n, grain, fn);
-                     });
+  BatchParser parser(options.parser, [&learner](size_t n, size_t grain,
+                                                const std::function<void(size_t, size_t)>& fn) {
+    learner->ParallelFor(n, grain, fn);
+  });
   std::vector<std::string> lines(options.batch);
   std::vector<ingest::RejectReason> rejected;
   std::vector<Event> batch(options.batch);
@@ -247,7 +367,9 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   std::unique_ptr<Ranker> ranker;
   if (options.ranking_k > 0)
     ranker = std::make_unique<Ranker>(learner.get(), options.ranking_k, options.candidates,
-                                      options.learner.threads, options.seed);
+                                      options.learner.threads, options.seed,
+                                      ReadCatalog(options.parser, now_ms, events));
+  std::vector<std::string> rank_lines;
   std::vector<std::unique_ptr<Baseline>> baselines;
   if (options.baselines) {
     baselines.push_back(NewPopularityBaseline(options.learner));
@@ -263,7 +385,7 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
 
   auto flush_batch = [&]() -> Status {
     std::span<const Event> chunk(batch.data(), n);
-    if (ranker) ranker->RankBatch(chunk);
+    if (ranker) ranker->RankBatch(chunk, predictions.is_open() ? &rank_lines : nullptr);
     learner->Train(chunk, &before);
     for (size_t b = 0; b < baselines.size(); ++b) {
       baselines[b]->Train(chunk, &baseline_pred);
@@ -295,8 +417,9 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
         }
       }
       if (predictions.is_open())
-        fmt::format_to(fmt::appender(pred_buf), "{{\"type\":\"{}\",\"pred\":{}}}\n",
-                       learner::TaskName(e.task), pred);
+        fmt::format_to(fmt::appender(pred_buf), "{{\"type\":\"{}\",\"pred\":{}{}}}\n",
+                       learner::TaskName(e.task), pred,
+                       ranker ? std::string_view(rank_lines[i]) : std::string_view());
     }
     report->events += n;
     n = 0;
@@ -349,19 +472,27 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   for (Task t : learner::kAllTasks) FillTask(t, series[int(t)], threshold, &report->tasks[int(t)]);
   report->cold_item_events = options.cold_item_events;
   report->pretrained_items = options.pretrained.size();
-  for (Task t : learner::kAllTasks) FillTask(t, cold_series[int(t)], threshold, &report->cold[int(t)]);
+  for (Task t : learner::kAllTasks)
+    FillTask(t, cold_series[int(t)], threshold, &report->cold[int(t)]);
   for (size_t b = 0; b < baselines.size(); ++b) {
     BaselineReport& br = report->baselines.emplace_back();
     br.name = std::string(baselines[b]->name());
-    for (Task t : learner::kAllTasks) FillTask(t, baseline_series[b][int(t)], threshold, &br.tasks[int(t)]);
+    for (Task t : learner::kAllTasks)
+      FillTask(t, baseline_series[b][int(t)], threshold, &br.tasks[int(t)]);
   }
   if (ranker) {
     report->has_ranking = true;
     report->ranking.k = options.ranking_k;
     report->ranking.candidates = options.candidates;
-    report->ranking.ranked = ranker->result().count();
-    report->ranking.hr = ranker->result().hr();
-    report->ranking.ndcg = ranker->result().ndcg();
+    report->ranking.ranked = ranker->all().count();
+    report->ranking.hr = ranker->all().hr();
+    report->ranking.ndcg = ranker->all().ndcg();
+    for (auto [to, from] : {std::pair{&report->ranking.warm, &ranker->warm()},
+                            std::pair{&report->ranking.cold, &ranker->cold()}}) {
+      to->count = from->count();
+      to->hr = from->hr();
+      to->ndcg = from->ndcg();
+    }
   }
   const learner::LearnerStats stats = learner->Stats();
   for (Task t : learner::kAllTasks) report->task_weights[int(t)] = stats.tasks[int(t)].loss_weight;
@@ -406,10 +537,17 @@ std::string ReportJson(const EvalReport& r) {
     }
   }
   fmt::format_to(app, "{}}},\n", first ? "" : "\n  ");
-  if (r.has_ranking)
+  if (r.has_ranking) {
     fmt::format_to(app,
-                   "  \"ranking\": {{\"k\": {}, \"candidates\": {}, \"hr\": {}, \"ndcg\": {}}},\n",
-                   r.ranking.k, r.ranking.candidates, Num(r.ranking.hr), Num(r.ranking.ndcg));
+                   "  \"ranking\": {{\"k\": {}, \"candidates\": {}, \"count\": {}, \"hr\": {}, "
+                   "\"ndcg\": {}",
+                   r.ranking.k, r.ranking.candidates, r.ranking.ranked, Num(r.ranking.hr),
+                   Num(r.ranking.ndcg));
+    for (auto [name, st] : {std::pair{"warm", &r.ranking.warm}, {"cold", &r.ranking.cold}})
+      fmt::format_to(app, ", \"{}\": {{\"count\": {}, \"hr\": {}, \"ndcg\": {}}}", name, st->count,
+                     Num(st->hr), Num(st->ndcg));
+    fmt::format_to(app, "}},\n");
+  }
   if (!r.baselines.empty()) {
     fmt::format_to(app, "  \"baselines\": {{");
     for (size_t b = 0; b < r.baselines.size(); ++b) {
@@ -504,9 +642,12 @@ std::string ReportSummary(const EvalReport& r) {
     fmt::format_to(app, "\n");
   }
   if (r.has_ranking)
-    fmt::format_to(app, "ranking   HR@{} {}  NDCG@{} {}  ({} events ranked among {} candidates)\n",
+    fmt::format_to(app,
+                   "ranking   HR@{} {}  NDCG@{} {}  ({} events ranked among {} candidates; warm "
+                   "{} events HR {}, cold {} events HR {})\n",
                    r.ranking.k, f4(r.ranking.hr), r.ranking.k, f4(r.ranking.ndcg), r.ranking.ranked,
-                   r.ranking.candidates);
+                   r.ranking.candidates, r.ranking.warm.count, f4(r.ranking.warm.hr),
+                   r.ranking.cold.count, f4(r.ranking.cold.hr));
   for (const BaselineReport& b : r.baselines) {
     fmt::format_to(app, "baseline  {:<12}", b.name);
     for (Task t : learner::kAllTasks) {

@@ -107,11 +107,24 @@ struct TaskReport {
   bool has_bayes = false;
 };
 
+// One item of the catalog a ranking draws cold candidates from: the file's
+// items, each with the item features of its first event.
+struct CatalogItem {
+  std::string item;
+  std::vector<std::string> features;
+};
+
 struct RankingReport {
   int k = 0;
   int candidates = 0;
   uint64_t ranked = 0;  // events ranked
   double hr = 0, ndcg = 0;
+  // Per stratum: events whose item was seen before (warm) or not (cold).
+  struct Stratum {
+    uint64_t count = 0;
+    double hr = 0, ndcg = 0;
+  };
+  Stratum warm, cold;
 };
 
 // The metrics of one baseline over the same events (bayes_* unset).

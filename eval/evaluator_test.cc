@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <random>
+#include <unordered_set>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -310,6 +312,90 @@ TEST_CASE("RunEval ranks positive events among sampled candidates", "[evaluator]
   CHECK(int64_t(doc["ranking"]["candidates"]) == 50);
   CHECK(double(doc["ranking"]["hr"]) == Approx(report.ranking.hr).epsilon(1e-5));
   CHECK(double(doc["ranking"]["ndcg"]) > 0);
+}
+
+TEST_CASE("Ranking is stratified: warm among seen items, cold among the catalog's unseen ones",
+          "[evaluator]") {
+  // Items keep arriving; each carries a category, clicked items a good one.
+  std::string stream;
+  std::mt19937 rng(5);
+  for (int i = 0; i < 20000; ++i) {
+    const int item = i < 4000 ? i / 2 : int(rng() % 2000 + std::min(i / 8, 6000));
+    const bool good = item % 2 == 0;
+    stream += R"({"type":"click","user":)" + std::to_string(rng() % 300) + R"(,"item":"i)" +
+              std::to_string(item) + R"(","label":)" + (good ? "1" : "0") +
+              R"(,"item_features":["cat=)" + (good ? "good" : "bad") + "\"]}\n";
+  }
+  TempDir dir;
+  EvalOptions options = QuietOptions();
+  options.ranking_k = 10;
+  options.candidates = 20;
+  options.predictions_path = (dir.path() / "pred.jsonl").string();
+  EvalReport report;
+  std::istringstream in(stream);
+  REQUIRE(RunEval(options, in, &report).ok());
+  INFO(ReportSummary(report));
+  const RankingReport& rk = report.ranking;
+  CHECK(rk.warm.count + rk.cold.count == rk.ranked);
+  CHECK(rk.warm.count > 1000);
+  CHECK(rk.cold.count > 100);
+
+  // The file says what each event was ranked against: recompute.
+  std::ifstream pred(options.predictions_path);
+  std::istringstream ev(stream);
+  std::unordered_set<std::string> seen;
+  simdjson::dom::parser pe, pp;
+  std::string le, lp;
+  double hits = 0;
+  uint64_t ranked = 0, cold = 0, bad = 0, bad_below = 0, line = 0;
+  while (std::getline(ev, le) && std::getline(pred, lp)) {
+    ++line;
+    simdjson::dom::element e, p;
+    REQUIRE(pe.parse(le).get(e) == simdjson::SUCCESS);
+    REQUIRE(pp.parse(lp).get(p) == simdjson::SUCCESS);
+    std::string_view item_view;
+    REQUIRE(e["item"].get_string().get(item_view) == simdjson::SUCCESS);
+    const std::string item(item_view);
+    const bool warm = seen.count(item) > 0;
+    simdjson::dom::object rank;
+    if (p["rank"].get_object().get(rank) == simdjson::SUCCESS) {
+      ++ranked;
+      cold += !warm;
+      double score = 0;
+      REQUIRE(rank["score"].get_double().get(score) == simdjson::SUCCESS);
+      simdjson::dom::array candidates;
+      REQUIRE(rank["candidates"].get_array().get(candidates) == simdjson::SUCCESS);
+      double above = 0;
+      std::unordered_set<std::string> distinct;
+      for (simdjson::dom::element c : candidates) {
+        std::string_view id_view;
+        double v = 0;
+        REQUIRE(c.at(0).get_string().get(id_view) == simdjson::SUCCESS);
+        REQUIRE(c.at(1).get_double().get(v) == simdjson::SUCCESS);
+        const std::string id(id_view);
+        CHECK(id != item);
+        CHECK(distinct.insert(id).second);
+        // A warm event's candidates were seen before it, a cold one's not.
+        CHECK(seen.count(id) == (warm ? 1u : 0u));
+        above += v > score ? 1.0 : v == score ? 0.5 : 0.0;
+        // Cold items score from their catalog features: once the categories
+        // are learned, a candidate of the bad one (odd ids) below the
+        // clicked good item.
+        if (!warm && line > 10000 && std::stoi(id.substr(1)) % 2 == 1) {
+          ++bad;
+          bad_below += v < score;
+        }
+      }
+      CHECK(distinct.size() == 20);
+      hits += above < 10 ? 1 : 0;
+    }
+    seen.insert(item);
+  }
+  CHECK(ranked == rk.ranked);
+  CHECK(cold == rk.cold.count);
+  CHECK(hits / double(ranked) == Approx(rk.hr).epsilon(1e-6));
+  CHECK(bad > 1000);
+  CHECK(double(bad_below) / double(bad) > 0.95);
 }
 
 TEST_CASE("Absent tasks and missing truth are left out of the report", "[evaluator]") {

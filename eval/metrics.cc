@@ -96,6 +96,15 @@ Decisions DecisionsAt(std::span<const float> pred, std::span<const float> label,
   return d;
 }
 
+RankHit RankAt(double rank, int k) {
+  RankHit hit;
+  if (rank < double(k)) {
+    hit.hr = 1.0;
+    hit.ndcg = 1.0 / std::log2(rank + 2.0);
+  }
+  return hit;
+}
+
 RankHit RankHitAt(int64_t greater, int64_t ties, int k) {
   RankHit hit;
   greater = std::max<int64_t>(greater, 0);

@@ -42,6 +42,10 @@ struct RankHit {
 };
 RankHit RankHitAt(int64_t greater, int64_t ties, int k);
 
+// HR@K and NDCG@K of one ranked event at (possibly fractional) rank `rank`
+// (0: first): a hit when rank < K, NDCG 1 / log2(rank + 2) then.
+RankHit RankAt(double rank, int k);
+
 // Running means of RankHitAt over events.
 class RankingAccumulator {
  public:
