@@ -23,6 +23,7 @@
 #include "config/config.h"
 #include "eval/evaluator.h"
 #include "eval/generator.h"
+#include "eval/implicit_generator.h"
 #include "ingest/kafka.h"
 #include "learner/learner.h"
 #include "store/checkpoint_store.h"
@@ -284,6 +285,32 @@ int RunGen(const eval::GeneratorOptions& options, const std::string& out_path, b
   progress.Finish();
   out->flush();
   if (!*out) {
+    std::fprintf(stderr, "recstream: writing %s failed\n",
+                 out == &std::cout ? "standard output" : out_path.c_str());
+    return kExitFailure;
+  }
+  return kExitOk;
+}
+
+int RunGenImplicit(const eval::ImplicitGeneratorOptions& options, const std::string& out_path) {
+  Status valid = eval::ValidateImplicitOptions(options);
+  if (!valid.ok()) {
+    std::fprintf(stderr, "recstream: %s\n", valid.message().c_str());
+    return kExitUsage;
+  }
+  std::ofstream file;
+  std::ostream* out = &std::cout;
+  if (!out_path.empty() && out_path != "-") {
+    file.open(out_path, std::ios::binary | std::ios::trunc);
+    if (!file) {
+      std::fprintf(stderr, "recstream: cannot write %s\n", out_path.c_str());
+      return kExitFailure;
+    }
+    out = &file;
+  }
+  Status s = eval::WriteImplicitStream(options, out);
+  out->flush();
+  if (!s.ok() || !*out) {
     std::fprintf(stderr, "recstream: writing %s failed\n",
                  out == &std::cout ? "standard output" : out_path.c_str());
     return kExitFailure;
@@ -621,6 +648,14 @@ int Main(int argc, char** argv) {
   gen->add_option("--out", gen_out, "output file (default: standard output)");
   bool gen_quiet = false;
   gen->add_flag("--quiet", gen_quiet, "no progress line");
+  bool gen_implicit = false;
+  eval::ImplicitGeneratorOptions implicit_options;
+  gen->add_flag("--implicit", gen_implicit,
+                "a positive-only stream as shops log it (views as clicks, purchases; item "
+                "categories, a long tail of new items, users with short and long histories)");
+  gen->add_option("--categories", implicit_options.categories,
+                  "item categories of --implicit (default: one per 640 events)")
+      ->check(CLI::PositiveNumber);
   std::string gen_vectors;
   int gen_vector_dim = 16;
   double gen_vector_noise = 0.3;
@@ -693,6 +728,11 @@ int Main(int argc, char** argv) {
   if (*serve) return RunServe(serve_flags);
   if (*broker) return RunBroker(partitions, bootstrap_file);
   if (*produce) return RunProduce(produce_flags, brokers, rate, produce_path, quiet);
+  if (*gen && gen_implicit) {
+    implicit_options.events = gen_options.events;
+    implicit_options.seed = gen_options.seed;
+    return RunGenImplicit(implicit_options, gen_out);
+  }
   if (*gen) {
     int rc = RunGen(gen_options, gen_out, gen_quiet);
     if (rc != kExitOk || gen_vectors.empty()) return rc;

@@ -1,0 +1,166 @@
+#include "eval/implicit_generator.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+namespace recstream::eval {
+namespace {
+
+// xoshiro256** seeded by splitmix64: the same bytes on every platform.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) {
+    for (uint64_t& s : s_) {
+      seed += 0x9e3779b97f4a7c15ULL;
+      uint64_t z = seed;
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+      s = z ^ (z >> 31);
+    }
+  }
+  uint64_t Next() {
+    const uint64_t result = Rotl(s_[1] * 5, 7) * 9;
+    const uint64_t t = s_[1] << 17;
+    s_[2] ^= s_[0];
+    s_[3] ^= s_[1];
+    s_[1] ^= s_[2];
+    s_[0] ^= s_[3];
+    s_[2] ^= t;
+    s_[3] = Rotl(s_[3], 45);
+    return result;
+  }
+  double Uniform() { return double(Next() >> 11) * (1.0 / 9007199254740992.0); }
+  uint64_t Below(uint64_t n) { return n == 0 ? 0 : Next() % n; }
+  bool Chance(double p) { return Uniform() < p; }
+  // Zipf-like over [0, n): rank r with weight 1 / (r + 1)^s, by inversion
+  // of the continuous approximation.
+  uint64_t Zipf(uint64_t n, double s) {
+    const double u = Uniform();
+    const double a = 1.0 - s;
+    const double x = std::pow(u * (std::pow(double(n) + 1.0, a) - 1.0) + 1.0, 1.0 / a) - 1.0;
+    return std::min<uint64_t>(n - 1, uint64_t(x));
+  }
+
+ private:
+  static uint64_t Rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+  uint64_t s_[4];
+};
+
+struct User {
+  std::vector<int> categories;   // preferred, 1-3
+  std::vector<uint32_t> recent;  // the user's last items, oldest first
+};
+
+// Recent views of a category's items: drawing one gives an item in
+// proportion to its recent popularity.
+struct Category {
+  std::vector<uint32_t> views;  // ring of the last kWindow viewed items
+  size_t next = 0;
+};
+constexpr size_t kWindow = 256;
+constexpr size_t kRecentPerUser = 20;
+
+}  // namespace
+
+Status ValidateImplicitOptions(const ImplicitGeneratorOptions& o) {
+  auto share = [](double x) { return x >= 0.0 && x <= 1.0; };
+  if (o.categories < 0) return Status::InvalidArgument("categories must not be negative");
+  if (!share(o.new_user_share)) return Status::InvalidArgument("new_user_share must be in [0, 1]");
+  if (!share(o.new_item_share)) return Status::InvalidArgument("new_item_share must be in [0, 1]");
+  if (!share(o.repeat_share)) return Status::InvalidArgument("repeat_share must be in [0, 1]");
+  if (!share(o.purchase_share)) return Status::InvalidArgument("purchase_share must be in [0, 1]");
+  if (o.days < 1) return Status::InvalidArgument("days must be at least 1");
+  return Status::OK();
+}
+
+Status WriteImplicitStream(const ImplicitGeneratorOptions& o, std::ostream* out) {
+  RECSTREAM_RETURN_IF_ERROR(ValidateImplicitOptions(o));
+  Rng rng(o.seed * 0x2545F4914F6CDD1DULL + 77);
+  std::vector<User> users;
+  std::vector<uint32_t> sessions_of;  // a user per earlier session: activity-weighted draws
+  std::vector<int> item_category;
+  const int n_categories =
+      o.categories > 0 ? o.categories : int(std::max<uint64_t>(20, o.events / 640));
+  std::vector<Category> categories(static_cast<size_t>(n_categories), Category{});
+  const int64_t start_ms = 1'700'000'000'000;
+  const double ms_per_event =
+      double(o.days) * 86'400'000.0 / double(std::max<uint64_t>(1, o.events));
+  fmt::memory_buffer buf;
+  auto flush = [&]() -> Status {
+    out->write(buf.data(), std::streamsize(buf.size()));
+    buf.clear();
+    return *out ? Status::OK() : Status::IOError("writing the stream failed");
+  };
+  auto new_item = [&](int category) {
+    item_category.push_back(category);
+    return uint32_t(item_category.size() - 1);
+  };
+  auto view = [&](User& u, uint32_t item) {
+    Category& c = categories[size_t(item_category[item])];
+    if (c.views.size() < kWindow) {
+      c.views.push_back(item);
+    } else {
+      c.views[c.next] = item;
+      c.next = (c.next + 1) % kWindow;
+    }
+    u.recent.push_back(item);
+    if (u.recent.size() > kRecentPerUser) u.recent.erase(u.recent.begin());
+  };
+  uint64_t written = 0;
+  while (written < o.events) {
+    // The session's user.
+    uint32_t uid;
+    if (users.empty() || rng.Chance(o.new_user_share)) {
+      uid = uint32_t(users.size());
+      User& u = users.emplace_back();
+      const int preferred = 1 + int(rng.Below(3));
+      for (int k = 0; k < preferred; ++k)
+        u.categories.push_back(int(rng.Zipf(uint64_t(n_categories), 0.9)));
+    } else {
+      uid = sessions_of[rng.Below(sessions_of.size())];
+    }
+    sessions_of.push_back(uid);
+    User& u = users[uid];
+    // Session length: 1 + geometric, mean about 1.8, at most 8.
+    int length = 1;
+    while (length < 8 && rng.Chance(0.45)) ++length;
+    std::vector<uint32_t> session_items;
+    for (int k = 0; k < length && written < o.events; ++k) {
+      const int64_t ts = start_ms + int64_t(double(written) * ms_per_event);
+      if (!session_items.empty() && rng.Chance(o.purchase_share * 2.6)) {
+        const uint32_t item = session_items[rng.Below(session_items.size())];
+        fmt::format_to(fmt::appender(buf),
+                       "{{\"type\":\"purchase\",\"user\":{},\"item\":\"t{}\",\"label\":1,\"ts\":{},"
+                       "\"item_features\":[\"category=c{}\"]}}\n",
+                       uid, item, ts, item_category[item]);
+        ++written;
+        continue;
+      }
+      uint32_t item;
+      if (!u.recent.empty() && rng.Chance(o.repeat_share)) {
+        item = u.recent[rng.Below(u.recent.size())];
+      } else {
+        const int category = rng.Chance(0.85) ? u.categories[rng.Below(u.categories.size())]
+                                              : int(rng.Zipf(uint64_t(n_categories), 0.9));
+        Category& c = categories[size_t(category)];
+        item = c.views.empty() || rng.Chance(o.new_item_share) ? new_item(category)
+                                                               : c.views[rng.Below(c.views.size())];
+      }
+      view(u, item);
+      session_items.push_back(item);
+      fmt::format_to(fmt::appender(buf),
+                     "{{\"type\":\"click\",\"user\":{},\"item\":\"t{}\",\"label\":1,\"ts\":{},"
+                     "\"item_features\":[\"category=c{}\"]}}\n",
+                     uid, item, ts, item_category[item]);
+      ++written;
+      if (buf.size() > (1 << 20)) RECSTREAM_RETURN_IF_ERROR(flush());
+    }
+  }
+  return flush();
+}
+
+}  // namespace recstream::eval
