@@ -248,6 +248,18 @@ int RunProduce(const ConfigFlags& flags, std::string brokers, double rate, const
   return kExitOk;
 }
 
+// Standard output for "" or "-", else `path` opened (truncated) into *file;
+// null, with the message printed, when it cannot be written.
+std::ostream* OpenOutput(const std::string& path, std::ofstream* file) {
+  if (path.empty() || path == "-") return &std::cout;
+  file->open(path, std::ios::binary | std::ios::trunc);
+  if (!*file) {
+    std::fprintf(stderr, "recstream: cannot write %s\n", path.c_str());
+    return nullptr;
+  }
+  return file;
+}
+
 int RunGen(const eval::GeneratorOptions& options, const std::string& out_path, bool quiet) {
   Status valid = eval::ValidateGeneratorOptions(options);
   if (!valid.ok()) {
@@ -255,15 +267,8 @@ int RunGen(const eval::GeneratorOptions& options, const std::string& out_path, b
     return kExitUsage;
   }
   std::ofstream file;
-  std::ostream* out = &std::cout;
-  if (!out_path.empty() && out_path != "-") {
-    file.open(out_path, std::ios::binary | std::ios::trunc);
-    if (!file) {
-      std::fprintf(stderr, "recstream: cannot write %s\n", out_path.c_str());
-      return kExitFailure;
-    }
-    out = &file;
-  }
+  std::ostream* out = OpenOutput(out_path, &file);
+  if (out == nullptr) return kExitFailure;
   eval::Generator gen(options);
   ProgressLine progress(!quiet);
   const double total = double(options.events);
@@ -299,15 +304,8 @@ int RunGenImplicit(const eval::ImplicitGeneratorOptions& options, const std::str
     return kExitUsage;
   }
   std::ofstream file;
-  std::ostream* out = &std::cout;
-  if (!out_path.empty() && out_path != "-") {
-    file.open(out_path, std::ios::binary | std::ios::trunc);
-    if (!file) {
-      std::fprintf(stderr, "recstream: cannot write %s\n", out_path.c_str());
-      return kExitFailure;
-    }
-    out = &file;
-  }
+  std::ostream* out = OpenOutput(out_path, &file);
+  if (out == nullptr) return kExitFailure;
   Status s = eval::WriteImplicitStream(options, out);
   out->flush();
   if (!s.ok() || !*out) {

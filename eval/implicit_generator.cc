@@ -7,48 +7,19 @@
 #include <string>
 #include <vector>
 
+#include "eval/rng.h"
+
 namespace recstream::eval {
 namespace {
 
-// xoshiro256** seeded by splitmix64: the same bytes on every platform.
-class Rng {
- public:
-  explicit Rng(uint64_t seed) {
-    for (uint64_t& s : s_) {
-      seed += 0x9e3779b97f4a7c15ULL;
-      uint64_t z = seed;
-      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-      z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-      s = z ^ (z >> 31);
-    }
-  }
-  uint64_t Next() {
-    const uint64_t result = Rotl(s_[1] * 5, 7) * 9;
-    const uint64_t t = s_[1] << 17;
-    s_[2] ^= s_[0];
-    s_[3] ^= s_[1];
-    s_[1] ^= s_[2];
-    s_[0] ^= s_[3];
-    s_[2] ^= t;
-    s_[3] = Rotl(s_[3], 45);
-    return result;
-  }
-  double Uniform() { return double(Next() >> 11) * (1.0 / 9007199254740992.0); }
-  uint64_t Below(uint64_t n) { return n == 0 ? 0 : Next() % n; }
-  bool Chance(double p) { return Uniform() < p; }
-  // Zipf-like over [0, n): rank r with weight 1 / (r + 1)^s, by inversion
-  // of the continuous approximation.
-  uint64_t Zipf(uint64_t n, double s) {
-    const double u = Uniform();
-    const double a = 1.0 - s;
-    const double x = std::pow(u * (std::pow(double(n) + 1.0, a) - 1.0) + 1.0, 1.0 / a) - 1.0;
-    return std::min<uint64_t>(n - 1, uint64_t(x));
-  }
-
- private:
-  static uint64_t Rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-  uint64_t s_[4];
-};
+// Zipf-like over [0, n): rank r with weight 1 / (r + 1)^s, by inversion of
+// the continuous approximation.
+uint64_t Zipf(Rng& rng, uint64_t n, double s) {
+  const double u = rng.Uniform();
+  const double a = 1.0 - s;
+  const double x = std::pow(u * (std::pow(double(n) + 1.0, a) - 1.0) + 1.0, 1.0 / a) - 1.0;
+  return std::min<uint64_t>(n - 1, uint64_t(x));
+}
 
 struct User {
   std::vector<int> categories;   // preferred, 1-3
@@ -114,12 +85,12 @@ Status WriteImplicitStream(const ImplicitGeneratorOptions& o, std::ostream* out)
   while (written < o.events) {
     // The session's user.
     uint32_t uid;
-    if (users.empty() || rng.Chance(o.new_user_share)) {
+    if (users.empty() || rng.Bernoulli(o.new_user_share)) {
       uid = uint32_t(users.size());
       User& u = users.emplace_back();
       const int preferred = 1 + int(rng.Below(3));
       for (int k = 0; k < preferred; ++k)
-        u.categories.push_back(int(rng.Zipf(uint64_t(n_categories), 0.9)));
+        u.categories.push_back(int(Zipf(rng, uint64_t(n_categories), 0.9)));
     } else {
       uid = sessions_of[rng.Below(sessions_of.size())];
     }
@@ -127,11 +98,11 @@ Status WriteImplicitStream(const ImplicitGeneratorOptions& o, std::ostream* out)
     User& u = users[uid];
     // Session length: 1 + geometric, mean about 1.8, at most 8.
     int length = 1;
-    while (length < 8 && rng.Chance(0.45)) ++length;
+    while (length < 8 && rng.Bernoulli(0.45)) ++length;
     std::vector<uint32_t> session_items;
     for (int k = 0; k < length && written < o.events; ++k) {
       const int64_t ts = start_ms + int64_t(double(written) * ms_per_event);
-      if (!session_items.empty() && rng.Chance(o.purchase_share * 2.6)) {
+      if (!session_items.empty() && rng.Bernoulli(o.purchase_share * 2.6)) {
         const uint32_t item = session_items[rng.Below(session_items.size())];
         fmt::format_to(fmt::appender(buf),
                        "{{\"type\":\"purchase\",\"user\":{},\"item\":\"t{}\",\"label\":1,\"ts\":{},"
@@ -141,14 +112,15 @@ Status WriteImplicitStream(const ImplicitGeneratorOptions& o, std::ostream* out)
         continue;
       }
       uint32_t item;
-      if (!u.recent.empty() && rng.Chance(o.repeat_share)) {
+      if (!u.recent.empty() && rng.Bernoulli(o.repeat_share)) {
         item = u.recent[rng.Below(u.recent.size())];
       } else {
-        const int category = rng.Chance(0.85) ? u.categories[rng.Below(u.categories.size())]
-                                              : int(rng.Zipf(uint64_t(n_categories), 0.9));
+        const int category = rng.Bernoulli(0.85) ? u.categories[rng.Below(u.categories.size())]
+                                                 : int(Zipf(rng, uint64_t(n_categories), 0.9));
         Category& c = categories[size_t(category)];
-        item = c.views.empty() || rng.Chance(o.new_item_share) ? new_item(category)
-                                                               : c.views[rng.Below(c.views.size())];
+        item = c.views.empty() || rng.Bernoulli(o.new_item_share)
+                   ? new_item(category)
+                   : c.views[rng.Below(c.views.size())];
       }
       view(u, item);
       session_items.push_back(item);
