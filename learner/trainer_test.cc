@@ -37,7 +37,9 @@ TEST_CASE("Trainer: predicts before learning, counts every event, learns the pat
     std::vector<Prediction> before;
     trainer.Train(events, &before);
     REQUIRE(before.size() == events.size());
-    CHECK(before[0].click == Approx(0.5f).margin(0.05));  // the prior, before any learning
+    // The prior, before any learning (on two threads, chunks run in any
+    // order: the first event's chunk may follow others).
+    if (threads == 1) CHECK(before[0].click == Approx(0.5f).margin(0.05));
     CHECK(model.learned[int(Task::kClick)].load() == events.size());
     CHECK(model.refused.load() == 0);
     // Late predictions separate the two groups.
