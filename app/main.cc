@@ -260,6 +260,18 @@ std::ostream* OpenOutput(const std::string& path, std::ofstream* file) {
   return file;
 }
 
+// Flushes what OpenOutput gave; kExitFailure, with the message printed,
+// when `written` or the stream failed.
+int FinishOutput(std::ostream* out, const std::string& path, const Status& written) {
+  out->flush();
+  if (!written.ok() || !*out) {
+    std::fprintf(stderr, "recstream: writing %s failed\n",
+                 out == &std::cout ? "standard output" : path.c_str());
+    return kExitFailure;
+  }
+  return kExitOk;
+}
+
 int RunGen(const eval::GeneratorOptions& options, const std::string& out_path, bool quiet) {
   Status valid = eval::ValidateGeneratorOptions(options);
   if (!valid.ok()) {
@@ -288,13 +300,7 @@ int RunGen(const eval::GeneratorOptions& options, const std::string& out_path, b
   }
   out->write(block.data(), std::streamsize(block.size()));
   progress.Finish();
-  out->flush();
-  if (!*out) {
-    std::fprintf(stderr, "recstream: writing %s failed\n",
-                 out == &std::cout ? "standard output" : out_path.c_str());
-    return kExitFailure;
-  }
-  return kExitOk;
+  return FinishOutput(out, out_path, Status::OK());
 }
 
 int RunGenImplicit(const eval::ImplicitGeneratorOptions& options, const std::string& out_path) {
@@ -306,14 +312,7 @@ int RunGenImplicit(const eval::ImplicitGeneratorOptions& options, const std::str
   std::ofstream file;
   std::ostream* out = OpenOutput(out_path, &file);
   if (out == nullptr) return kExitFailure;
-  Status s = eval::WriteImplicitStream(options, out);
-  out->flush();
-  if (!s.ok() || !*out) {
-    std::fprintf(stderr, "recstream: writing %s failed\n",
-                 out == &std::cout ? "standard output" : out_path.c_str());
-    return kExitFailure;
-  }
-  return kExitOk;
+  return FinishOutput(out, out_path, eval::WriteImplicitStream(options, out));
 }
 
 int RunGenVectors(const eval::GeneratorOptions& options, const std::string& path, int dim,
