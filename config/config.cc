@@ -224,6 +224,7 @@ std::string CheckListen(std::string_view s) {
 // Every key, in the order `config --print` shows them.
 const std::vector<Key>& KeyTable() {
   using learner::Arch;
+  using learner::Feedback;
   using learner::Optimizer;
   using learner::RatingLoss;
   using learner::Weighting;
@@ -338,6 +339,15 @@ const std::vector<Key>& KeyTable() {
         "model.huber_delta", [](auto& c) -> auto& { return c.learner.huber_delta; }, kPositive));
     t.push_back(BoolKey(
         "model.esmm", [](auto& c) -> auto& { return c.learner.esmm; }));
+    t.push_back(EnumKey("model.feedback", [](auto& c) -> auto& { return c.learner.feedback; },
+                        {{"auto", Feedback::kAuto},
+                         {"explicit", Feedback::kExplicit},
+                         {"implicit", Feedback::kImplicit}}));
+    t.push_back(IntKey(
+        "model.implicit_negatives",
+        [](auto& c) -> auto& { return c.learner.implicit_negatives; }, 1, 1000));
+    t.push_back(IntKey(
+        "model.history", [](auto& c) -> auto& { return c.learner.history; }, 0, 1000));
     t.push_back(IntKey(
         "model.negatives", [](auto& c) -> auto& { return c.learner.negatives; }, 0, 100));
     t.push_back(IntKey(

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "eval/baselines.h"
+#include "eval/ranking_baselines.h"
 #include "eval/batch_parser.h"
 #include "eval/metrics.h"
 #include "ingest/parser.h"
@@ -48,9 +49,12 @@ struct TaskSeries {
 // Rank = candidates scored higher + half the ties.
 class Ranker {
  public:
+  // With `baselines`, RankingBaselines rank the same candidates.
   Ranker(const learner::Learner* learner, int k, int candidates, int threads, uint64_t seed,
-         std::vector<CatalogItem> catalog)
+         std::vector<CatalogItem> catalog, bool baselines)
       : learner_(learner),
+        baselines_(baselines ? std::make_unique<RankingBaselines>(seed) : nullptr),
+        baseline_hits_(baselines ? RankingBaselines::Names().size() : 0),
         k_(k),
         candidates_(candidates),
         arena_(threads > 0 ? threads : tbb::task_arena::automatic),
@@ -93,25 +97,44 @@ class Ranker {
       if (!warm) {
         index_.emplace(e.item, items_.size());
         items_.push_back(e.item);
+        last_features_.emplace_back();
         if (in_catalog != catalog_index_.end()) RemoveUnseen(in_catalog->second);
       }
     }
     hits_.resize(jobs_.size());
+    baseline_ranks_.resize(jobs_.size());
     arena_.execute([&] {
       tbb::parallel_for(tbb::blocked_range<size_t>(0, jobs_.size(), 16),
                         [&](const tbb::blocked_range<size_t>& r) {
                           Scratch scratch;
                           for (size_t j = r.begin(); j < r.end(); ++j) {
                             const size_t i = jobs_[j].event;
-                            hits_[j] =
-                                RankOne(events[i], j, &scratch, lines ? &(*lines)[i] : nullptr);
+                            hits_[j] = RankOne(events[i], j, &scratch,
+                                               lines ? &(*lines)[i] : nullptr, &baseline_ranks_[j]);
                           }
                         });
     });
     for (size_t j = 0; j < jobs_.size(); ++j) {
       all_.Add(hits_[j]);
       (jobs_[j].warm ? warm_ : cold_).Add(hits_[j]);
+      for (size_t b = 0; b < baseline_hits_.size(); ++b) {
+        const RankHit hit = RankAt(baseline_ranks_[j][b], k_);
+        baseline_hits_[b][0].Add(hit);
+        baseline_hits_[b][jobs_[j].warm ? 1 : 2].Add(hit);
+      }
     }
+    queries_ += jobs_.size();
+    // What the events taught: their items' features as last seen, and the
+    // baselines' counts.
+    for (const Event& e : events) {
+      if (!e.item_features.empty()) last_features_[index_.at(e.item)] = e.item_features;
+      if (baselines_) baselines_->Learn(e);
+    }
+  }
+
+  // Per baseline (RankingBaselines::Names order): overall, warm, cold.
+  const std::vector<std::array<RankingAccumulator, 3>>& baseline_hits() const {
+    return baseline_hits_;
   }
 
   const RankingAccumulator& all() const { return all_; }
@@ -126,6 +149,9 @@ class Ranker {
   struct Scratch {
     std::vector<std::string> items;
     std::vector<const std::vector<std::string>*> features;
+    // What a baseline knows of each item's features (warm candidates: as
+    // last seen, where the model reads its own stored list).
+    std::vector<const std::vector<std::string>*> known;
     std::vector<learner::ScoreResult> scores;
   };
 
@@ -158,22 +184,35 @@ class Ranker {
   }
 
   // Thread safe: reads state that does not change during the batch's scoring.
-  RankHit RankOne(const Event& e, size_t job, Scratch* s, std::string* line) const {
+  // With baselines, their ranks of the event's item into *baseline_ranks.
+  RankHit RankOne(const Event& e, size_t job, Scratch* s, std::string* line,
+                  std::vector<double>* baseline_ranks) const {
     const bool warm = jobs_[job].warm;
     s->items.clear();
     s->features.clear();
+    s->known.clear();
     s->items.push_back(e.item);
     s->features.push_back(e.item_features.empty() ? nullptr : &e.item_features);
+    if (e.item_features.empty()) {
+      auto seen = index_.find(e.item);
+      s->known.push_back(seen != index_.end() ? &last_features_[seen->second] : nullptr);
+    } else {
+      s->known.push_back(&e.item_features);
+    }
     const uint32_t* cand = &candidates_of_[job * size_t(candidates_)];
     for (int c = 0; c < candidates_; ++c) {
       if (warm) {
         s->items.push_back(items_[cand[c]]);
         s->features.push_back(nullptr);  // as last seen: the model's list
+        s->known.push_back(&last_features_[cand[c]]);
       } else {
         s->items.push_back(catalog_[cand[c]].item);
         s->features.push_back(&catalog_[cand[c]].features);
+        s->known.push_back(&catalog_[cand[c]].features);
       }
     }
+    if (baselines_)
+      baselines_->Rank(e, s->items, s->known, queries_ + job, baseline_ranks);
     learner_->ScoreMany(e.user, s->items, learner::Blend(), &s->scores,
                         e.user_features.empty() ? nullptr : &e.user_features, s->features);
     const float target = s->scores[0].prediction.Get(e.task);
@@ -214,6 +253,10 @@ class Ranker {
   }
 
   const learner::Learner* learner_;
+  const std::unique_ptr<RankingBaselines> baselines_;
+  std::vector<std::array<RankingAccumulator, 3>> baseline_hits_;
+  std::vector<std::vector<double>> baseline_ranks_;  // per job of the batch
+  uint64_t queries_ = 0;                             // events ranked before this batch
   const int k_;
   const int candidates_;
   tbb::task_arena arena_;
@@ -223,6 +266,7 @@ class Ranker {
   std::vector<uint32_t> unseen_;                   // catalog indices not seen yet (any order)
   std::vector<size_t> unseen_pos_;                 // catalog index -> its position in unseen_
   std::vector<std::string> items_;                 // every item seen, in order of first sight
+  std::vector<std::vector<std::string>> last_features_;  // parallel to items_
   std::unordered_map<std::string, size_t> index_;  // item -> index in items_
   std::unordered_set<uint64_t> chosen_;
   // Per batch: the events to rank, candidates_ indices each, and their hits.
@@ -368,7 +412,8 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   if (options.ranking_k > 0)
     ranker = std::make_unique<Ranker>(learner.get(), options.ranking_k, options.candidates,
                                       options.learner.threads, options.seed,
-                                      ReadCatalog(options.parser, now_ms, events));
+                                      ReadCatalog(options.parser, now_ms, events),
+                                      options.baselines);
   std::vector<std::string> rank_lines;
   std::vector<std::unique_ptr<Baseline>> baselines;
   if (options.baselines) {
@@ -385,8 +430,23 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
 
   auto flush_batch = [&]() -> Status {
     std::span<const Event> chunk(batch.data(), n);
-    if (ranker) ranker->RankBatch(chunk, predictions.is_open() ? &rank_lines : nullptr);
-    learner->Train(chunk, &before);
+    if (ranker) {
+      // Ranked exactly in stream order: each event is ranked and predicted
+      // by the model that has learned every event before it (its user's
+      // latest items included), as the baselines are.
+      before.resize(n);
+      if (predictions.is_open()) rank_lines.assign(n, std::string());
+      std::vector<Prediction> one;
+      std::vector<std::string> one_line;
+      for (size_t i = 0; i < n; ++i) {
+        ranker->RankBatch(chunk.subspan(i, 1), predictions.is_open() ? &one_line : nullptr);
+        if (predictions.is_open()) rank_lines[i] = std::move(one_line[0]);
+        learner->Train(chunk.subspan(i, 1), &one);
+        before[i] = one[0];
+      }
+    } else {
+      learner->Train(chunk, &before);
+    }
     for (size_t b = 0; b < baselines.size(); ++b) {
       baselines[b]->Train(chunk, &baseline_pred);
       for (size_t i = 0; i < n; ++i) {
@@ -487,11 +547,19 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
     report->ranking.ranked = ranker->all().count();
     report->ranking.hr = ranker->all().hr();
     report->ranking.ndcg = ranker->all().ndcg();
-    for (auto [to, from] : {std::pair{&report->ranking.warm, &ranker->warm()},
-                            std::pair{&report->ranking.cold, &ranker->cold()}}) {
-      to->count = from->count();
-      to->hr = from->hr();
-      to->ndcg = from->ndcg();
+    auto fill = [](const RankingAccumulator& from, RankingReport::Stratum* to) {
+      to->count = from.count();
+      to->hr = from.hr();
+      to->ndcg = from.ndcg();
+    };
+    fill(ranker->warm(), &report->ranking.warm);
+    fill(ranker->cold(), &report->ranking.cold);
+    for (size_t b = 0; b < ranker->baseline_hits().size(); ++b) {
+      RankingReport::Baseline& rb = report->ranking.baselines.emplace_back();
+      rb.name = std::string(RankingBaselines::Names()[b]);
+      fill(ranker->baseline_hits()[b][0], &rb.all);
+      fill(ranker->baseline_hits()[b][1], &rb.warm);
+      fill(ranker->baseline_hits()[b][2], &rb.cold);
     }
   }
   const learner::LearnerStats stats = learner->Stats();
@@ -546,6 +614,19 @@ std::string ReportJson(const EvalReport& r) {
     for (auto [name, st] : {std::pair{"warm", &r.ranking.warm}, {"cold", &r.ranking.cold}})
       fmt::format_to(app, ", \"{}\": {{\"count\": {}, \"hr\": {}, \"ndcg\": {}}}", name, st->count,
                      Num(st->hr), Num(st->ndcg));
+    if (!r.ranking.baselines.empty()) {
+      fmt::format_to(app, ",\n    \"baselines\": {{");
+      for (size_t b = 0; b < r.ranking.baselines.size(); ++b) {
+        const RankingReport::Baseline& rb = r.ranking.baselines[b];
+        fmt::format_to(app, "{}\n      \"{}\": {{\"hr\": {}, \"ndcg\": {}", b ? "," : "", rb.name,
+                       Num(rb.all.hr), Num(rb.all.ndcg));
+        for (auto [name, st] : {std::pair{"warm", &rb.warm}, {"cold", &rb.cold}})
+          fmt::format_to(app, ", \"{}\": {{\"count\": {}, \"hr\": {}, \"ndcg\": {}}}", name,
+                         st->count, Num(st->hr), Num(st->ndcg));
+        fmt::format_to(app, "}}");
+      }
+      fmt::format_to(app, "}}");
+    }
     fmt::format_to(app, "}},\n");
   }
   if (!r.baselines.empty()) {
@@ -648,6 +729,10 @@ std::string ReportSummary(const EvalReport& r) {
                    r.ranking.k, f4(r.ranking.hr), r.ranking.k, f4(r.ranking.ndcg), r.ranking.ranked,
                    r.ranking.candidates, r.ranking.warm.count, f4(r.ranking.warm.hr),
                    r.ranking.cold.count, f4(r.ranking.cold.hr));
+  for (const RankingReport::Baseline& b : r.ranking.baselines)
+    fmt::format_to(app, "ranking   {:<22} HR@{} {}  NDCG@{} {}  (warm HR {}, cold HR {})\n", b.name,
+                   r.ranking.k, f4(b.all.hr), r.ranking.k, f4(b.all.ndcg), f4(b.warm.hr),
+                   f4(b.cold.hr));
   for (const BaselineReport& b : r.baselines) {
     fmt::format_to(app, "baseline  {:<12}", b.name);
     for (Task t : learner::kAllTasks) {

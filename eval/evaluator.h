@@ -14,9 +14,10 @@
 // items of the events before it in the file, the item itself excluded, by the
 // event's own task probability (Learner::ScoreMany). Events seen before that
 // many other items exist are not ranked. Ties are broken uniformly at random
-// in expectation (see RankHitAt). Approximation: the ranking for every event
-// of a batch is computed before the batch is trained, so it sees the model as
-// of the batch's start; lower `batch` to tighten it.
+// in expectation (see RankHitAt). With ranking, events are learned one at a
+// time, so each ranking and prediction sees the model that has learned
+// every earlier event (a user's latest items included); the ranking itself
+// then runs on one thread.
 //
 // Baselines (`baselines`): popularity, online biased MF and single-task
 // learners see the same accepted events in the same batches, predicting each
@@ -125,6 +126,13 @@ struct RankingReport {
     double hr = 0, ndcg = 0;
   };
   Stratum warm, cold;
+  // With baselines: each ranking baseline (eval/ranking_baselines.h) on the
+  // same events and candidates; `all` is overall.
+  struct Baseline {
+    std::string name;
+    Stratum all, warm, cold;
+  };
+  std::vector<Baseline> baselines;
 };
 
 // The metrics of one baseline over the same events (bayes_* unset).

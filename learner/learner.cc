@@ -42,6 +42,10 @@ std::string_view RatingLossName(RatingLoss l) {
   return l == RatingLoss::kHuber ? "huber" : "squared";
 }
 
+std::string_view FeedbackName(Feedback f) {
+  return f == Feedback::kExplicit ? "explicit" : f == Feedback::kImplicit ? "implicit" : "auto";
+}
+
 std::string_view ArchName(Arch arch) { return arch == Arch::kMmoe ? "mmoe" : "shared_bottom"; }
 
 std::string_view WeightingName(Weighting w) {
@@ -90,6 +94,9 @@ Status ValidateOptions(const LearnerOptions& o) {
   if (o.replay < 0 || o.replay > 100) return bad("model.replay must be in [0, 100]");
   if (o.replay_window < 1 || o.replay_window > 1 << 24)
     return bad("model.replay_window must be in [1, 16777216]");
+  if (o.history < 0 || o.history > 1000) return bad("model.history must be in [0, 1000]");
+  if (o.implicit_negatives < 1 || o.implicit_negatives > 1000)
+    return bad("model.implicit_negatives must be in [1, 1000]");
   if (o.negatives < 0 || o.negatives > 100) return bad("model.negatives must be in [0, 100]");
   if (o.negative_window < 1 || o.negative_window > 1 << 24)
     return bad("model.negative_window must be in [1, 16777216]");

@@ -2,6 +2,9 @@
 #include "learner/learner_impl.h"
 #include "learner/pack.h"
 
+#include <cstdlib>
+#include <string>
+
 namespace recstream::learner {
 namespace {
 
@@ -20,9 +23,16 @@ Delta TakeReusable(std::vector<Delta>& old, const std::string& table) {
 }
 
 // Corruption unless `delta` is a well-formed block of "user" or "item"
-// feature lists.
+// feature lists, of "user_history" (each user's items, oldest first) or the
+// "negative_ring" (one list: the ring's next position, then its items, ""
+// for an empty slot).
 Status CheckLists(const FeatureListDelta& delta) {
-  if (delta.table != "user" && delta.table != "item")
+  if (delta.table == "negative_ring") {
+    if (delta.keys.size() != 1 || delta.features.size() != 1 || delta.features[0].empty())
+      return Status::Corruption("the negative ring of a snapshot is malformed");
+    return Status::OK();
+  }
+  if (delta.table != "user" && delta.table != "item" && delta.table != "user_history")
     return Status::Corruption("snapshot has feature lists of unknown table '" + delta.table + "'");
   if (delta.features.size() != delta.keys.size())
     return Status::Corruption("feature lists of '" + delta.table + "' are malformed");
@@ -82,8 +92,32 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
     delta.table = table->name();
     out->feature_lists.push_back(std::move(delta));
   }
+  p.history_rows.clear();
+  m.histories.ForEachDirtyRow(full, [&](uint32_t r) { p.history_rows.push_back(r); });
+  if (!p.history_rows.empty()) {
+    FeatureListDelta delta = TakeReusable(old_lists, "user_history");
+    delta.table = "user_history";
+    out->feature_lists.push_back(std::move(delta));
+  }
+  const uint64_t ring_next = m.recent_next.load();
+  p.ring.clear();
+  if (m.recent.size() > 1 && (ring_next != m.recent_exported || (full && ring_next > 0))) {
+    p.ring_next = ring_next;
+    p.ring.reserve(m.recent.size());
+    for (const auto& r : m.recent) p.ring.push_back(r.load(std::memory_order_relaxed));
+    m.recent_exported = ring_next;
+    FeatureListDelta delta = TakeReusable(old_lists, "negative_ring");
+    delta.table = "negative_ring";
+    out->feature_lists.push_back(std::move(delta));
+  }
   out->dense.emplace_back("dense", m.dense);
   out->dense.emplace_back("dense_accum", m.dense_accum);
+  {
+    // Which tasks have learned a label 0 (LearnerOptions::feedback).
+    std::vector<float> feedback;
+    for (const auto& n : m.saw_negative) feedback.push_back(n.load() ? 1.0f : 0.0f);
+    out->dense.emplace_back("feedback", std::move(feedback));
+  }
   if (m.adam()) {
     std::vector<float> moments = m.dense_m;
     PackDouble(double(m.dense_steps.load()), &moments);
@@ -156,6 +190,33 @@ void Learner::FinishSnapshot(ModelSnapshot* out) {
       for (uint32_t f : list) names.push_back(side->key(f));
     }
   }
+  if (!p.history_rows.empty()) {
+    // Histories change only between Train calls (history.h), so these are
+    // as they were at BeginSnapshot unless a call has run since.
+    FeatureListDelta& delta = out->feature_lists[at++];
+    delta.keys.resize(p.history_rows.size());
+    delta.features.resize(p.history_rows.size());
+    for (size_t i = 0; i < p.history_rows.size(); ++i) {
+      delta.keys[i] = m.users.key(p.history_rows[i]);
+      list.clear();
+      m.histories.Get(p.history_rows[i], &list);
+      auto& names = delta.features[i];
+      names.clear();
+      for (uint32_t item : list) names.push_back(m.items.key(item));
+    }
+  }
+  if (!p.ring.empty()) {
+    FeatureListDelta& delta = out->feature_lists[at++];
+    delta.keys.assign(1, "ring");
+    delta.features.resize(1);
+    auto& names = delta.features[0];
+    names.clear();
+    names.reserve(p.ring.size() + 1);
+    names.push_back(std::to_string(p.ring_next));
+    for (uint64_t entry : p.ring)
+      names.push_back(entry == Model::kNoEntry ? std::string()
+                                               : std::string(m.items.key(uint32_t(entry >> 32))));
+  }
   p.retired_purchases = {};
   out->new_purchases.clear();
   out->new_purchases.reserve(p.purchases.size());
@@ -203,6 +264,34 @@ void Model::SetLists(const FeatureListDelta& delta, size_t begin, size_t end) {
   // Each owner's list (a row of `main`) becomes the rows of its features
   // in `side`, created when missing. Owners' index slots are fetched a few
   // keys ahead.
+  if (delta.table == "negative_ring") {
+    if (begin >= end || recent.size() <= 1) return;
+    const std::vector<std::string>& names = delta.features[0];
+    for (auto& c : recent_count) c.store(0, std::memory_order_relaxed);
+    for (size_t i = 0; i < recent.size(); ++i) {
+      const bool has = i + 1 < names.size() && !names[i + 1].empty();
+      if (!has) {
+        recent[i].store(kNoEntry, std::memory_order_relaxed);
+        continue;
+      }
+      const uint32_t hash = IdHash(names[i + 1]);
+      recent[i].store(uint64_t(items.GetOrCreate(names[i + 1])) << 32 | hash,
+                      std::memory_order_relaxed);
+      if (!recent_count.empty()) RecentCount(hash).fetch_add(1, std::memory_order_relaxed);
+    }
+    recent_next.store(std::strtoull(names[0].c_str(), nullptr, 10));
+    recent_exported = recent_next.load();
+    return;
+  }
+  if (delta.table == "user_history") {
+    std::vector<uint32_t> items;
+    for (size_t i = begin; i < end; ++i) {
+      items.clear();
+      for (const std::string& item : delta.features[i]) items.push_back(this->items.GetOrCreate(item));
+      histories.Set(users.GetOrCreate(delta.keys[i]), items.data(), items.data() + items.size());
+    }
+    return;
+  }
   const bool user = delta.table == "user";
   EmbeddingTable& main = user ? users : items;
   EmbeddingTable& side = user ? user_features : item_features;
@@ -237,6 +326,7 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
     ParallelFor(delta.keys.size(), 16384,
                 [&](size_t begin, size_t end) { m.SetLists(delta, begin, end); });
   }
+  bool has_feedback = false;
   for (const auto& [name, values] : snap.dense) {
     if (name == "dense_m") {
       if (!m.adam() || values.size() != m.dense_m.size() + 2)
@@ -249,6 +339,11 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
       if (values.size() != dst.size())
         return Status::Corruption("dense block '" + name + "' has the wrong size");
       dst = values;
+    } else if (name == "feedback") {
+      if (values.size() != size_t(kNumTasks))
+        return Status::Corruption("feedback block has the wrong size");
+      for (int t = 0; t < kNumTasks; ++t) m.saw_negative[t].store(values[t] != 0.0f);
+      has_feedback = true;
     } else if (name == "weighting") {
       if (!m.weighting.Load(values))
         return Status::Corruption("weighting state has the wrong size");
@@ -286,6 +381,11 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
   for (EmbeddingTable* t : m.all_tables()) t->ForEachDirty(false, [](uint32_t) {});
   for (FeatureLists* l : {&m.user_lists, &m.item_lists})
     l->ForEachDirty(false, [](uint32_t, const std::vector<uint32_t>&) {});
+  m.histories.ForEachDirtyRow(false, [](uint32_t) {});
+  // A model stored before implicit feedback existed learned every task
+  // from its labels: it stays explicit.
+  if (!has_feedback)
+    for (auto& n : m.saw_negative) n.store(true);
   return Status::OK();
 }
 

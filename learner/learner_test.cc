@@ -200,6 +200,7 @@ TEST_CASE("Uncertainty weighting moves weights away from 1", "[Learner]") {
 TEST_CASE("Progressive predictions come before learning", "[Learner]") {
   LearnerOptions o;
   o.threads = 1;
+  o.feedback = Feedback::kExplicit;  // one item: nothing to rank it against
   auto l = MakeLearner(o);
   std::vector<Event> events(200, Event{Task::kClick, "u", "i", 1.0f});
   std::vector<Prediction> before;
@@ -483,8 +484,11 @@ TEST_CASE("Snapshots restore feature lists and optimizer state bit for bit", "[L
   original->Train(std::span(stream).first(6000));
   ModelSnapshot full;
   original->TakeSnapshot(true, &full);
-  REQUIRE(full.feature_lists.size() == 2);
+  // User and item features, user histories (and the negative ring).
+  REQUIRE(full.feature_lists.size() >= 3);
   CHECK(full.feature_lists[0].keys.size() == 30);
+  CHECK(full.feature_lists[2].table == "user_history");
+  CHECK(full.feature_lists[2].keys.size() == 30);
   // Users change group: their lists change and travel in the delta.
   std::vector<Event> moved(stream.begin() + 6000, stream.end());
   for (Event& e : moved) e.user_features = {"moved"};
@@ -1070,6 +1074,9 @@ TEST_CASE("The AVX2 and the portable kernels learn the same model up to rounding
   WithEachKernelSet([&] {
     LearnerOptions o;
     o.threads = 1;
+    // The kernels under test are the dense layers', which only explicit
+    // learning uses from the first event on.
+    o.feedback = Feedback::kExplicit;
     auto l = MakeLearner(o);
     before.emplace_back();
     l->Train(stream, &before.back());

@@ -1,5 +1,7 @@
 #include "learner/model.h"
 
+#include <algorithm>
+
 #include "learner/optimizer.h"
 
 namespace recstream::learner {
@@ -33,7 +35,13 @@ Model::Model(const LearnerOptions& o)
                                                         o.init_scale, o.adagrad_init, o.seed + 4,
                                                         false, StateOf(o, o.lr_embedding))
                      : nullptr),
+      histories(o.history),
+      recent(size_t(o.negatives > 0 || o.feedback != Feedback::kExplicit ? o.negative_window : 1)),
+      recent_count(o.feedback != Feedback::kExplicit ? size_t(1) << kCountBits : 0),
       weighting(o) {
+  for (auto& n : saw_negative) n.store(false);
+  for (auto& r : recent) r.store(kNoEntry, std::memory_order_relaxed);
+  for (auto& c : recent_count) c.store(0, std::memory_order_relaxed);
   dense.resize(shape.dense_size());
   dense_accum.assign(shape.dense_size(), 0.0f);
   if (adam()) dense_m.assign(shape.dense_size(), 0.0f);
@@ -53,6 +61,26 @@ std::vector<EmbeddingTable*> Model::all_tables() {
   std::vector<EmbeddingTable*> t = {&users, &items, &user_features, &item_features};
   if (pretrained) t.push_back(pretrained.get());
   return t;
+}
+
+void Model::AddHistory(uint32_t user, std::vector<uint32_t>* history, std::vector<uint32_t>* rows,
+                       float* acc, float* vec) const {
+  history->clear();
+  histories.Get(user, history);
+  if (history->empty()) return;
+  const int d = options.dim;
+  std::fill(acc, acc + d, 0.0f);
+  for (uint32_t item : *history) {
+    rows->clear();
+    rows->push_back(item);
+    item_lists.Get(item, rows);
+    for (size_t i = 0; i < rows->size(); ++i) {
+      const float* r = i == 0 ? items.Row(item) : item_features.Row((*rows)[i]);
+      for (int k = 0; k < d; ++k) acc[k] += r[k];
+    }
+  }
+  const float scale = 1.0f / float(history->size());
+  for (int k = 0; k < d; ++k) vec[k] += acc[k] * scale;
 }
 
 void Model::Rows(uint32_t r, const std::vector<std::string>& features, EmbeddingTable& main,

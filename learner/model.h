@@ -32,6 +32,7 @@
 
 #include "learner/embedding_table.h"
 #include "learner/feature_lists.h"
+#include "learner/history.h"
 #include "learner/learner.h"
 #include "learner/model_math.h"
 #include "learner/task_weighting.h"
@@ -151,9 +152,26 @@ struct Model {
         options.dim, rows.size(),
         [&](size_t i) { return i == 0 ? main.Row(rows[0]) : side.Row(rows[i]); }, vec, bias);
   }
-  // Sets the feature lists of a checked block (see Learner::ApplyLists) in
-  // [begin, end); safe from several threads for different owners.
+  // Sets the feature lists (or histories) of a checked block (see
+  // Learner::ApplyLists) in [begin, end); safe from several threads for
+  // different owners.
   void SetLists(const FeatureListDelta& delta, size_t begin, size_t end);
+
+  // True when task t is learned as implicit feedback now
+  // (LearnerOptions::feedback): never for rating; with auto, until the
+  // task's first label 0.
+  bool implicit(int t) const {
+    if (t == int(Task::kRating) || options.feedback == Feedback::kExplicit) return false;
+    return options.feedback == Feedback::kImplicit ||
+           !saw_negative[t].load(std::memory_order_relaxed);
+  }
+  bool any_implicit() const { return implicit(int(Task::kClick)) || implicit(int(Task::kPurchase)); }
+  // Adds to vec (dim floats) the mean of the vectors of the history items of
+  // user row `user` (each gathered like any item: its row and feature
+  // rows, summed oldest item first); nothing when it has none. `history`,
+  // `rows` and `acc` (width floats) are scratch.
+  void AddHistory(uint32_t user, std::vector<uint32_t>* history, std::vector<uint32_t>* rows,
+                  float* acc, float* vec) const;
 
   const LearnerOptions options;
   const ModelShape shape;
@@ -162,6 +180,36 @@ struct Model {
   // Pretrained item vectors keyed by item id; null when pretrained_dim = 0.
   std::unique_ptr<EmbeddingTable> pretrained;
   FeatureLists user_lists, item_lists;
+  // Each user's latest items (LearnerOptions::history), by user row.
+  Histories histories;
+  // Negative sampling: a ring of recently seen item rows, and how often
+  // each item (by a hash of its row) is in it. With options.negatives > 0
+  // every event's item enters the ring, otherwise (implicit feedback) the
+  // items of positive click and purchase events. Part of snapshots (as
+  // "negative_ring" lists), so that a restored model samples as the
+  // original would have.
+  // An entry is the item's row << 32 | IdHash(its id); kNoEntry: empty.
+  // Counts are by the id's hash, not the row, so that they do not depend on
+  // the order in which a restore creates rows.
+  static constexpr int kCountBits = 20;
+  static constexpr uint64_t kNoEntry = ~uint64_t{0};
+  static uint32_t IdHash(std::string_view id) {
+    uint64_t h = 1469598103934665603ULL;  // FNV-1a, then a finaliser
+    for (unsigned char c : id) h = (h ^ c) * 1099511628211ULL;
+    h = (h ^ (h >> 33)) * 0xff51afd7ed558ccdULL;
+    return uint32_t((h ^ (h >> 33)) >> 32);
+  }
+  std::atomic<uint32_t>& RecentCount(uint32_t hash) {
+    return recent_count[hash >> (32 - kCountBits)];
+  }
+  std::vector<std::atomic<uint64_t>> recent;
+  std::vector<std::atomic<uint32_t>> recent_count;
+  std::atomic<uint64_t> recent_next{0};
+  uint64_t recent_exported = 0;  // recent_next at the last snapshot
+  // Per task: an event with label 0 was learned (or restored, from the
+  // snapshot's "feedback" block): with feedback = auto, the task is
+  // explicit from then on.
+  std::array<std::atomic<bool>, kNumTasks> saw_negative;
   // Dense parameters and their optimizer state (Adagrad accumulators or
   // Adam's second moments; Adam's first moments). Written by trainers at
   // chunk ends without a lock (Hogwild), read by scorers.
@@ -190,6 +238,9 @@ struct Model {
       std::vector<uint32_t> rows;  // owner rows whose lists changed
     };
     std::array<Lists, 2> lists;  // users, items
+    std::vector<uint32_t> history_rows;  // user rows whose histories changed
+    std::vector<uint64_t> ring;          // the negative ring, when it changed
+    uint64_t ring_next = 0;
     std::vector<std::pair<uint32_t, uint32_t>> purchases;
     std::vector<std::pair<std::string, std::string>> retired_purchases;  // freed by Finish
   };

@@ -16,6 +16,7 @@ enum class Arch { kSharedBottom, kMmoe };
 enum class Weighting { kFixed, kUncertainty, kGradNorm, kDwa };
 enum class Optimizer { kAdagrad, kAdam, kAdamW, kSgd, kFtrl };
 enum class RatingLoss { kSquared, kHuber };
+enum class Feedback { kAuto, kExplicit, kImplicit };
 
 std::string_view ArchName(Arch arch);
 std::string_view WeightingName(Weighting weighting);
@@ -23,6 +24,8 @@ std::string_view WeightingName(Weighting weighting);
 std::string_view OptimizerName(Optimizer optimizer);
 // "squared", "huber".
 std::string_view RatingLossName(RatingLoss loss);
+// "auto", "explicit", "implicit".
+std::string_view FeedbackName(Feedback feedback);
 
 struct LearnerOptions {
   // Embedding dimension of users, items and side features.
@@ -77,6 +80,30 @@ struct LearnerOptions {
   // purchase head modelling the second factor; purchase events then train
   // both heads through the product.
   bool esmm = false;
+  // How click and purchase events are learned (docs/interface.md section 6).
+  // Explicit: each event's 0/1 label by logistic loss through the task's
+  // head. Implicit, for positive-only logs (views, purchases, no record of
+  // what was shown and skipped): each event ranks its item above
+  // implicit_negatives items sampled in proportion to their recent
+  // popularity, by a sampled softmax with the sampling-bias (logQ)
+  // correction of Yi et al. (RecSys 2019), on the two-tower score
+  // u . v + user and item biases, which is then the task's prediction (a
+  // score in (0, 1) that orders items, not a calibrated probability). With
+  // the correction, the item and feature biases learn how popular an item
+  // is, so users with no history get the popular items. auto (default): a
+  // task is implicit until its first event with label 0, explicit from then
+  // on (also after a restore). The rating task is always explicit. An
+  // implicit task's loss weight stays at its initial value: its loss says
+  // nothing about how hard the task is compared with the others.
+  Feedback feedback = Feedback::kAuto;
+  int implicit_negatives = 16;
+  // Each user's latest `history` items (of positive click and purchase
+  // events, consecutive repeats once) shape the user's vector in
+  // every task: it adds the mean of those items' vectors (item row plus its
+  // feature rows). The history is part of the model (snapshots, store). The
+  // mean is an input: gradients do not flow into the history's items, which
+  // learn from their own events. 0 turns it off.
+  int history = 10;
   // Negative sampling for positive-only logs: after each positive click or
   // purchase event, this many items drawn from the recently seen items (so
   // in proportion to their recent popularity) are learned as negatives of the

@@ -152,7 +152,27 @@ void Scorer::PrepareUserSide(std::string_view user, UserSide* side,
     m_.user_lists.Get(side->row, &rows);
     m_.Gather(m_.users, m_.user_features, rows, u.data(), side->bias.data());
   }
+  if (side->row != EmbeddingTable::kNoRow && m_.options.history > 0) {
+    std::vector<uint32_t> items, rows;
+    std::vector<float> acc(m_.options.dim);
+    m_.AddHistory(side->row, &items, &rows, acc.data(), u.data());
+  }
+  for (int t = 0; t < kNumTasks; ++t) side->implicit[t] = m_.implicit(t);
   m_.shape.PrepareUser(m_.dense.data(), u.data(), &side->ctx);
+}
+
+void Scorer::ImplicitScores(const UserSide& side, const float* block, float* y) const {
+  // An implicit task's logit is the two towers' u . v (its biases are added
+  // by FinishLane), summed in k order in every lane.
+  const int d = m_.options.dim;
+  const float* u = side.ctx.u.data();
+  for (int t = 0; t < kNumTasks; ++t) {
+    if (!side.implicit[t]) continue;
+    float dot[L] = {};
+    for (int k = 0; k < d; ++k)
+      for (int i = 0; i < L; ++i) dot[i] += u[k] * block[k * L + i];
+    std::copy(dot, dot + L, y + t * L);
+  }
 }
 
 void Scorer::FindItems(std::span<const std::string> keys, std::vector<uint32_t>* rows) const {
@@ -233,6 +253,7 @@ void Scorer::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_r
         GatherItem(item_rows[first + i], i, &rows, v.data(), block.data(),
                    features.empty() ? nullptr : features[first + i]);
       m_.shape.ScoreBlock(m_.dense.data(), side.ctx, block.data(), scratch.data(), y);
+      ImplicitScores(side, block.data(), y);
       for (int i = 0; i < lanes; ++i) (*out)[first + i] = FinishLane(y, i, side, block.data());
     }
   };
@@ -273,6 +294,7 @@ void Scorer::TopKOfBlocks(const UserSide& side, const float* blocks, size_t begi
   for (size_t b = begin; b < end; ++b) {
     const float* block = blocks + b * stride;
     m_.shape.ScoreBlock(m_.dense.data(), side.ctx, block, scratch.data(), y);
+    ImplicitScores(side, block, y);
     ScreenBlock(y, block + size_t(d) * L, sp, approx);
     const bool full = int(heap.size()) >= k;
     const float bar =

@@ -50,6 +50,7 @@ class Scorer {
     UserContext ctx;
     std::array<float, kNumTasks> bias{};
     uint32_t row = EmbeddingTable::kNoRow;
+    std::array<bool, kNumTasks> implicit{};  // Model::implicit, at preparation
   };
   struct ScoredItem {
     float score;
@@ -88,6 +89,9 @@ class Scorer {
   // `features`: the request's item features, null for the stored list.
   void GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, float* v, float* block,
                   const std::vector<std::string>* features = nullptr) const;
+  // Replaces ScoreBlock's y of each implicit task by the two towers' dot
+  // product (see LearnerOptions::feedback).
+  void ImplicitScores(const UserSide& side, const float* block, float* y) const;
   // The prediction of lane `lane` from ScoreBlock's y and the block's biases.
   Prediction FinishLane(const float* y, int lane, const UserSide& side, const float* block) const;
   // The best k of the items in blocks [begin, end) of `blocks` (item row of

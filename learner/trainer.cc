@@ -69,10 +69,8 @@ Trainer::Trainer(Model* model)
       nice_observer(nice_target != kNoNice ? std::make_unique<TrainNiceObserver>(arena, nice_target)
                                            : nullptr),
       states([this] { return TrainState(m_.shape, m_.user_features.row_floats()); }),
-      recent(size_t(options.negatives > 0 ? options.negative_window : 1)),
       replay_pairs(size_t(options.replay > 0 ? options.replay_window : 1)),
       replay_labels(size_t(options.replay > 0 ? options.replay_window : 1)) {
-  for (auto& r : recent) r.store(EmbeddingTable::kNoRow, std::memory_order_relaxed);
   for (auto& r : replay_pairs) r.store(kNoPair, std::memory_order_relaxed);
 }
 
@@ -162,6 +160,8 @@ float Trainer::Learn(Task task, float label, TrainState* s) {
   std::array<float, kNumTasks> bu{}, bi{};
   Gather(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user, fw.u.data(),
          bu.data());
+  if (s->has_history)
+    for (int k = 0; k < options.dim; ++k) fw.u[k] += s->history[k];
   Gather(m_.items, m_.item_features, s->item_rows, s->item_slots, &s->staged_item, fw.v.data(),
          bi.data());
   const uint32_t pre_row = m_.PretrainedRow(s->item_rows[0]);
@@ -332,9 +332,152 @@ void Trainer::PrefetchRows(const TrainState& s, size_t i) const {
   }
 }
 
+void Trainer::PoolHistory(uint32_t user, TrainState* s) const {
+  s->has_history = false;
+  if (options.history == 0) return;
+  std::fill(s->history.begin(), s->history.end(), 0.0f);
+  m_.AddHistory(user, &s->history_items, &s->history_rows, s->history_acc.data(),
+                s->history.data());
+  s->has_history = !s->history_items.empty();
+}
+
+void Trainer::Remember(const Event& e, uint32_t item_row, uint32_t item_hash) {
+  if (m_.recent.size() <= 1) return;
+  if (options.negatives == 0 && (e.task == Task::kRating || e.label <= 0.5f)) return;
+  const size_t n = m_.recent.size();
+  const uint64_t old =
+      m_.recent[m_.recent_next.fetch_add(1, std::memory_order_relaxed) % n].exchange(
+          uint64_t(item_row) << 32 | item_hash, std::memory_order_relaxed);
+  if (m_.recent_count.empty()) return;
+  m_.RecentCount(item_hash).fetch_add(1, std::memory_order_relaxed);
+  if (old != Model::kNoEntry) m_.RecentCount(uint32_t(old)).fetch_sub(1, std::memory_order_relaxed);
+}
+
+float Trainer::SampleProbability(uint32_t hash) const {
+  const uint64_t filled =
+      std::min<uint64_t>(m_.recent.size(), m_.recent_next.load(std::memory_order_relaxed));
+  const uint32_t count =
+      const_cast<Model&>(m_).RecentCount(hash).load(std::memory_order_relaxed);
+  return float(std::max<uint32_t>(count, 1)) / float(std::max<uint64_t>(filled, 1));
+}
+
+float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
+  // Two towers: u = the user's rows + pooled history, v_c = candidate c's
+  // rows; logit s_c = u . v_c + b_u + b_c. Sampled softmax over the event's
+  // item (c = 0) and the sampled items, each logit less log Q_c, the
+  // probability of drawing c (Yi et al. 2019): then the softmax estimates
+  // the full one over all items, and the biases learn the popularity that
+  // sampling by popularity would otherwise hide.
+  const int d = options.dim;
+  Forward& fw = s->fwd;
+  float* u = fw.u.data();
+  std::array<float, kNumTasks> bu{}, bi{};
+  Gather(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user, u, bu.data());
+  if (s->has_history)
+    for (int k = 0; k < d; ++k) u[k] += s->history[k];
+  s->cand_v.resize(size_t(options.implicit_negatives + 1) * d);
+  s->cand_bias.clear();
+  s->cand_z.clear();
+  auto add = [&](const EmbeddingTable& main, const std::vector<uint32_t>& rows,
+                 const std::vector<uint32_t>& slots, StagedRows* staged) {
+    float* v = s->cand_v.data() + s->cand_z.size() * d;
+    Gather(main, m_.item_features, rows, slots, staged, v, bi.data());
+    const uint32_t pre_row = m_.PretrainedRow(rows[0]);
+    if (pre_row != EmbeddingTable::kNoRow)
+      m_.shape.Project(s->dense_now, m_.pretrained->Row(pre_row), v);
+    float dot = 0.0f;
+    for (int k = 0; k < d; ++k) dot += u[k] * v[k];
+    s->cand_bias.push_back(bi[t]);
+    s->cand_z.push_back(dot + bu[t] + bi[t]);
+  };
+  add(m_.items, s->item_rows, s->item_slots, &s->staged_item);
+  const float prediction = 1.0f / (1.0f + std::exp(-s->cand_z[0]));
+  if (!learn) return prediction;
+  // The negatives: drawn from the ring, the event's own item left out.
+  const uint32_t pos_row = s->item_rows[0];
+  const uint64_t filled =
+      std::min<uint64_t>(m_.recent.size(), m_.recent_next.load(std::memory_order_relaxed));
+  s->cand_rows.clear();
+  s->cand_begin.assign(1, 0);
+  s->cand_hash.assign(1, s->item_hash);
+  static const std::vector<uint32_t> kNoSlots;
+  for (int k = 0; k < options.implicit_negatives && filled > 0; ++k) {
+    s->rng = s->rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    const uint64_t entry = m_.recent[(s->rng >> 33) % filled].load(std::memory_order_relaxed);
+    const uint32_t neg = uint32_t(entry >> 32);
+    if (entry == Model::kNoEntry || neg == pos_row) continue;
+    s->cand_hash.push_back(uint32_t(entry));
+    s->neg_rows.clear();
+    s->neg_rows.push_back(neg);
+    m_.item_lists.Get(neg, &s->neg_rows);
+    add(m_.items, s->neg_rows, kNoSlots, nullptr);
+    s->cand_rows.insert(s->cand_rows.end(), s->neg_rows.begin(), s->neg_rows.end());
+    s->cand_begin.push_back(uint32_t(s->cand_rows.size()));
+  }
+  const size_t n = s->cand_z.size();
+  if (n < 2) return prediction;
+  float zmax = -INFINITY;
+  for (size_t c = 0; c < n; ++c) {
+    s->cand_z[c] -= std::log(SampleProbability(s->cand_hash[c]));
+    zmax = std::max(zmax, s->cand_z[c]);
+  }
+  float sum = 0.0f;
+  for (size_t c = 0; c < n; ++c) sum += (s->cand_z[c] = std::exp(s->cand_z[c] - zmax));
+  if (!std::isfinite(sum) || !(sum > 0.0f)) {
+    ++s->refused;
+    return prediction;
+  }
+  // dL/ds_c = p_c - [c = 0]; du = sum_c g_c v_c, dv_c = g_c u.
+  std::fill(s->du.begin(), s->du.end(), 0.0f);
+  for (size_t c = 0; c < n; ++c) {
+    const float g = s->cand_z[c] / sum - (c == 0 ? 1.0f : 0.0f);
+    s->cand_z[c] = g;
+    const float* v = s->cand_v.data() + c * d;
+    for (int k = 0; k < d; ++k) s->du[k] += g * v[k];
+  }
+  if (!AllFinite(s->du.data(), size_t(d))) {
+    ++s->refused;
+    return prediction;
+  }
+  for (size_t c = 0; c < n; ++c) {
+    const float g = s->cand_z[c];
+    for (int k = 0; k < d; ++k) s->dv[k] = g * u[k];
+    s->dv[d] = g;
+    if (c == 0) {
+      UpdateRows(m_.items, m_.item_features, s->item_rows, s->item_slots, &s->staged_item,
+                 s->dv.data(), t);
+    } else {
+      s->neg_rows.assign(s->cand_rows.begin() + s->cand_begin[c - 1],
+                         s->cand_rows.begin() + s->cand_begin[c]);
+      UpdateRows(m_.items, m_.item_features, s->neg_rows, kNoSlots, nullptr, s->dv.data(), t);
+    }
+  }
+  s->du[d] = 0.0f;  // the user's bias cancels in the softmax
+  UpdateRows(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user,
+             s->du.data(), t);
+  return prediction;
+}
+
 void Trainer::TrainOne(const Event& e, TrainState* s, Prediction* before) {
   const uint32_t user_row = s->user_rows[0], item_row = s->item_rows[0];
-  const float pred = Learn(e.task, e.label, s);
+  const int t = int(e.task);
+  if (e.task != Task::kRating && e.label <= 0.5f &&
+      !m_.saw_negative[t].load(std::memory_order_relaxed))
+    m_.saw_negative[t].store(true, std::memory_order_relaxed);
+  PoolHistory(user_row, s);
+  s->item_hash = Model::IdHash(e.item);
+  Remember(e, item_row, s->item_hash);
+  // The draws of this event's negatives and replays depend on the model's
+  // state alone (not on which thread runs it or since when), so that a
+  // restored model learns on exactly as the original would (one thread).
+  uint64_t seed = options.seed ^ (uint64_t(Model::IdHash(e.user)) << 32 | s->item_hash);
+  seed ^= m_.recent_next.load(std::memory_order_relaxed) * 0xD1B54A32D192ED03ULL;
+  seed ^= replay_next.load(std::memory_order_relaxed) * 0x8CB92BA72F3D8DD7ULL;
+  seed = (seed ^ (seed >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  seed = (seed ^ (seed >> 27)) * 0x94D049BB133111EBULL;
+  s->rng = seed ^ (seed >> 31);
+  const bool implicit = m_.implicit(t);
+  const float pred = implicit ? LearnImplicit(t, e.label > 0.5f, s) : Learn(e.task, e.label, s);
   if (before) {
     *before = Prediction();
     if (e.task == Task::kClick) before->click = pred;
@@ -354,15 +497,14 @@ void Trainer::TrainOne(const Event& e, TrainState* s, Prediction* before) {
 }
 
 void Trainer::LearnNegatives(const Event& e, uint32_t item_row, TrainState* s) {
-  // Remember the item, then learn negatives for a positive.
-  const size_t n = recent.size();
-  recent[recent_next.fetch_add(1, std::memory_order_relaxed) % n].store(item_row,
-                                                                        std::memory_order_relaxed);
-  if (e.task != Task::kRating && e.label > 0.5f) {
+  // For a positive of an explicit task: sampled items as its negatives.
+  const size_t n = m_.recent.size();
+  if (e.task != Task::kRating && e.label > 0.5f && !m_.implicit(int(e.task))) {
     for (int k = 0; k < options.negatives; ++k) {
       s->rng = s->rng * 6364136223846793005ULL + 1442695040888963407ULL;
-      const uint32_t neg = recent[(s->rng >> 33) % n].load(std::memory_order_relaxed);
-      if (neg == EmbeddingTable::kNoRow || neg == item_row) continue;
+      const uint64_t entry = m_.recent[(s->rng >> 33) % n].load(std::memory_order_relaxed);
+      const uint32_t neg = uint32_t(entry >> 32);
+      if (entry == Model::kNoEntry || neg == item_row) continue;
       s->item_rows.clear();
       s->item_slots.clear();
       s->item_rows.push_back(neg);
@@ -396,7 +538,13 @@ void Trainer::Replay(const Event& e, uint32_t user_row, uint32_t item_row, Train
     s->item_rows.clear();
     s->item_rows.push_back(uint32_t(pair));
     m_.item_lists.Get(s->item_rows[0], &s->item_rows);
-    Learn(Task(tl >> 32), label, s);
+    PoolHistory(s->user_rows[0], s);
+    const int t = int(tl >> 32);
+    s->item_hash = Model::IdHash(m_.items.key(s->item_rows[0]));
+    if (m_.implicit(t))
+      LearnImplicit(t, label > 0.5f, s);
+    else
+      Learn(Task(t), label, s);
   }
 }
 
@@ -472,6 +620,7 @@ void Trainer::Train(std::span<const Event> events, std::vector<Prediction>* befo
   const ThreadNiceScope nice(nice_target);
   const size_t chunk = size_t(options.chunk);
   const bool parallel = threads > 1 && events.size() > chunk;
+  if (options.history > 0) event_rows.resize(events.size());
   auto run = [&](size_t begin, size_t end) {
     TrainState& s = states.local();
     BeginChunk(parallel, &s);
@@ -490,6 +639,8 @@ void Trainer::Train(std::span<const Event> events, std::vector<Prediction>* befo
         s.user_slots.assign(slots + at[0], slots + at[1]);
         s.item_slots.assign(slots + at[1], slots + at[2]);
       }
+      if (options.history > 0)
+        event_rows[begin + i] = uint64_t(s.user_rows[0]) << 32 | s.item_rows[0];
       TrainOne(events[begin + i], &s, before ? &(*before)[begin + i] : nullptr);
     }
     FinishChunk(&s);
@@ -504,6 +655,13 @@ void Trainer::Train(std::span<const Event> events, std::vector<Prediction>* befo
           tbb::simple_partitioner());
     });
     MergeStaged();
+  }
+  if (options.history == 0) return;
+  // The histories, in event order (see history.h).
+  for (size_t i = 0; i < events.size(); ++i) {
+    const Event& e = events[i];
+    if (e.task != Task::kRating && e.label > 0.5f)
+      m_.histories.Push(uint32_t(event_rows[i] >> 32), uint32_t(event_rows[i]));
   }
 }
 

@@ -118,7 +118,9 @@ struct TrainState {
         du(shape.dim() + 1),
         dv(shape.dim() + 1),
         du2(shape.dim() + 1),
-        dv2(shape.dim() + 1) {}
+        dv2(shape.dim() + 1),
+        history(shape.dim()),
+        history_acc(shape.dim()) {}
   Forward fwd, fwd2;  // fwd2: the click tower of an ESMM purchase event
   std::vector<float> dense_grad;
   ExpertGradients pending;  // part of dense_grad, added at the chunk's end
@@ -139,6 +141,17 @@ struct TrainState {
   StagedRows staged_user, staged_item;
   std::vector<uint32_t> chunk_slots, user_slots, item_slots;
   std::vector<float> du, dv, du2, dv2, dp;
+  // The pooled history of the event's user (has_history: not empty), and
+  // AddHistory's scratch.
+  std::vector<float> history, history_acc;
+  bool has_history = false;
+  std::vector<uint32_t> history_items, history_rows;
+  // Implicit feedback (LearnImplicit): candidate c's rows are
+  // cand_rows[cand_begin[c], cand_begin[c + 1]) (c = 0: the event's item),
+  // its vector cand_v[c * dim, (c + 1) * dim), its logit cand_z[c].
+  std::vector<uint32_t> cand_rows, cand_begin, neg_rows, cand_hash;
+  uint32_t item_hash = 0;  // Model::IdHash of the event's item
+  std::vector<float> cand_v, cand_bias, cand_z;
   // The dense parameters the chunk's steps read (BeginChunk): the shared
   // block itself on one thread, this copy of it when chunks run in parallel.
   std::vector<float> dense_copy;
@@ -193,6 +206,19 @@ class Trainer {
   void TrainOne(const Event& e, TrainState* s, Prediction* before);
   // Learns options.negatives sampled items as negatives of e's task.
   void LearnNegatives(const Event& e, uint32_t item_row, TrainState* s);
+  // Implicit feedback (LearnerOptions::feedback): the prediction of task t
+  // for the event's item in s->item_rows, before learning; with `learn`,
+  // learns the item against options.implicit_negatives sampled items by
+  // the logQ-corrected sampled softmax.
+  float LearnImplicit(int t, bool learn, TrainState* s);
+  // Notes the event's item in the ring negatives are drawn from (and its
+  // count, for the sampling probability).
+  void Remember(const Event& e, uint32_t item_row, uint32_t item_hash);
+  // The probability that a draw from the ring gives the item whose id has
+  // Model::IdHash `hash`.
+  float SampleProbability(uint32_t hash) const;
+  // s->history and s->has_history for user row `user`.
+  void PoolHistory(uint32_t user, TrainState* s) const;
   // Remembers e and learns options.replay earlier events again.
   void Replay(const Event& e, uint32_t user_row, uint32_t item_row, TrainState* s);
   // Sets s->dense_now for the chunk about to be trained (a copy of the
@@ -226,9 +252,9 @@ class Trainer {
   std::unique_ptr<TrainNiceObserver> nice_observer;
   tbb::enumerable_thread_specific<TrainState> states;
 
-  // Negative sampling: a ring of recently seen item rows.
-  std::vector<std::atomic<uint32_t>> recent;
-  std::atomic<uint64_t> recent_next{0};
+  // Train's event rows (user row << 32 | item row), for the history pushes
+  // that end the call.
+  std::vector<uint64_t> event_rows;
   // Experience replay: a ring of (user row << 32 | item row) and
   // (task << 32 | label bits) of recent events.
   static constexpr uint64_t kNoPair = ~uint64_t{0};

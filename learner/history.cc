@@ -1,0 +1,66 @@
+#include "learner/history.h"
+
+#include <algorithm>
+#include <atomic>
+
+namespace recstream::learner {
+
+Histories::Histories(int capacity)
+    : capacity_(std::max(0, capacity)),
+      chunks_(capacity_ > 0 ? new std::atomic<Chunk*>[kMaxChunks]() : nullptr) {}
+
+Histories::~Histories() {
+  if (!chunks_) return;
+  for (uint32_t i = 0; i < kMaxChunks; ++i) delete chunks_[i].load(std::memory_order_relaxed);
+}
+
+Histories::Chunk* Histories::EnsureChunk(uint32_t index) {
+  Chunk* c = chunks_[index].load(std::memory_order_acquire);
+  if (c) return c;
+  c = new Chunk(size_t(kChunkRows) * (1 + capacity_));
+  chunks_[index].store(c, std::memory_order_release);
+  if (index >= chunks_used_.load(std::memory_order_relaxed))
+    chunks_used_.store(index + 1, std::memory_order_release);
+  return c;
+}
+
+void Histories::Push(uint32_t user, uint32_t item) {
+  if (capacity_ == 0 || (user >> kChunkBits) >= kMaxChunks) return;
+  Chunk* c = EnsureChunk(user >> kChunkBits);
+  const uint32_t i = user & (kChunkRows - 1);
+  std::atomic<uint32_t>* ring = Ring(c, i);
+  const uint32_t header = ring[0].load(std::memory_order_relaxed);
+  const uint32_t size = header >> 16, head = header & 0xffff;
+  const uint32_t cap = uint32_t(capacity_);
+  if (size > 0 && ring[1 + (head + cap - 1) % cap].load(std::memory_order_relaxed) == item) return;
+  ring[1 + head].store(item, std::memory_order_relaxed);
+  ring[0].store(std::min(size + 1, cap) << 16 | (head + 1) % cap, std::memory_order_release);
+  c->dirty[i] = 1;
+}
+
+void Histories::Get(uint32_t user, std::vector<uint32_t>* out) const {
+  if (capacity_ == 0 || (user >> kChunkBits) >= kMaxChunks) return;
+  Chunk* c = chunks_[user >> kChunkBits].load(std::memory_order_acquire);
+  if (!c) return;
+  const std::atomic<uint32_t>* ring = Ring(c, user & (kChunkRows - 1));
+  const uint32_t header = ring[0].load(std::memory_order_acquire);
+  const uint32_t cap = uint32_t(capacity_);
+  const uint32_t size = std::min(header >> 16, cap), head = (header & 0xffff) % cap;
+  for (uint32_t k = 0; k < size; ++k)
+    out->push_back(ring[1 + (head + cap - size + k) % cap].load(std::memory_order_relaxed));
+}
+
+void Histories::Set(uint32_t user, const uint32_t* begin, const uint32_t* end) {
+  if (capacity_ == 0 || (user >> kChunkBits) >= kMaxChunks) return;
+  const uint32_t cap = uint32_t(capacity_);
+  if (size_t(end - begin) > cap) begin = end - cap;
+  Chunk* c = EnsureChunk(user >> kChunkBits);
+  const uint32_t i = user & (kChunkRows - 1);
+  std::atomic<uint32_t>* ring = Ring(c, i);
+  const uint32_t size = uint32_t(end - begin);
+  for (uint32_t k = 0; k < size; ++k) ring[1 + k].store(begin[k], std::memory_order_relaxed);
+  ring[0].store(size << 16 | size % cap, std::memory_order_release);
+  c->dirty[i] = 1;
+}
+
+}  // namespace recstream::learner
