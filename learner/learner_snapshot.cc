@@ -112,6 +112,7 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
   }
   out->dense.emplace_back("dense", m.dense);
   out->dense.emplace_back("dense_accum", m.dense_accum);
+  out->dense.emplace_back("repeat", std::vector<float>(m.repeat.begin(), m.repeat.end()));
   {
     // Which tasks have learned a label 0 (LearnerOptions::feedback).
     std::vector<float> feedback;
@@ -339,6 +340,10 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
       if (values.size() != dst.size())
         return Status::Corruption("dense block '" + name + "' has the wrong size");
       dst = values;
+    } else if (name == "repeat") {
+      if (values.size() != m.repeat.size())
+        return Status::Corruption("repeat block has the wrong size");
+      std::copy(values.begin(), values.end(), m.repeat.begin());
     } else if (name == "feedback") {
       if (values.size() != size_t(kNumTasks))
         return Status::Corruption("feedback block has the wrong size");

@@ -206,6 +206,16 @@ struct Model {
   std::vector<std::atomic<uint32_t>> recent_count;
   std::atomic<uint64_t> recent_next{0};
   uint64_t recent_exported = 0;  // recent_next at the last snapshot
+  // Implicit tasks: the learned weight of "the candidate is in the user's
+  // history" (a repeat), added to the two-tower logit, per task; then the
+  // weights' Adagrad accumulators. Written by trainers without a lock.
+  std::array<float, 2 * kNumTasks> repeat{};
+  // True when item row `item` is among `history` (a user's history rows).
+  static bool InHistory(const std::vector<uint32_t>& history, uint32_t item) {
+    for (uint32_t h : history)
+      if (h == item) return true;
+    return false;
+  }
   // Per task: an event with label 0 was learned (or restored, from the
   // snapshot's "feedback" block): with feedback = auto, the task is
   // explicit from then on.

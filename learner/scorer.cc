@@ -152,16 +152,18 @@ void Scorer::PrepareUserSide(std::string_view user, UserSide* side,
     m_.user_lists.Get(side->row, &rows);
     m_.Gather(m_.users, m_.user_features, rows, u.data(), side->bias.data());
   }
+  side->history.clear();
   if (side->row != EmbeddingTable::kNoRow && m_.options.history > 0) {
-    std::vector<uint32_t> items, rows;
+    std::vector<uint32_t> rows;
     std::vector<float> acc(m_.options.dim);
-    m_.AddHistory(side->row, &items, &rows, acc.data(), u.data());
+    m_.AddHistory(side->row, &side->history, &rows, acc.data(), u.data());
   }
   for (int t = 0; t < kNumTasks; ++t) side->implicit[t] = m_.implicit(t);
   m_.shape.PrepareUser(m_.dense.data(), u.data(), &side->ctx);
 }
 
-void Scorer::ImplicitScores(const UserSide& side, const float* block, float* y) const {
+void Scorer::ImplicitScores(const UserSide& side, const float* block,
+                            const std::function<uint32_t(int)>& row_of, float* y) const {
   // An implicit task's logit is the two towers' u . v (its biases are added
   // by FinishLane), summed in k order in every lane.
   const int d = m_.options.dim;
@@ -171,6 +173,11 @@ void Scorer::ImplicitScores(const UserSide& side, const float* block, float* y) 
     float dot[L] = {};
     for (int k = 0; k < d; ++k)
       for (int i = 0; i < L; ++i) dot[i] += u[k] * block[k * L + i];
+    if (!side.history.empty()) {
+      const float w = m_.repeat[t];
+      for (int i = 0; i < L; ++i)
+        if (Model::InHistory(side.history, row_of(i))) dot[i] += w;
+    }
     std::copy(dot, dot + L, y + t * L);
   }
 }
@@ -253,7 +260,9 @@ void Scorer::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_r
         GatherItem(item_rows[first + i], i, &rows, v.data(), block.data(),
                    features.empty() ? nullptr : features[first + i]);
       m_.shape.ScoreBlock(m_.dense.data(), side.ctx, block.data(), scratch.data(), y);
-      ImplicitScores(side, block.data(), y);
+      ImplicitScores(
+          side, block.data(),
+          [&](int i) { return i < lanes ? item_rows[first + i] : EmbeddingTable::kNoRow; }, y);
       for (int i = 0; i < lanes; ++i) (*out)[first + i] = FinishLane(y, i, side, block.data());
     }
   };
@@ -294,7 +303,13 @@ void Scorer::TopKOfBlocks(const UserSide& side, const float* blocks, size_t begi
   for (size_t b = begin; b < end; ++b) {
     const float* block = blocks + b * stride;
     m_.shape.ScoreBlock(m_.dense.data(), side.ctx, block, scratch.data(), y);
-    ImplicitScores(side, block, y);
+    ImplicitScores(
+        side, block,
+        [&](int i) {
+          const uint32_t row = first_row + uint32_t(b * L) + uint32_t(i);
+          return row < end_row ? row : EmbeddingTable::kNoRow;
+        },
+        y);
     ScreenBlock(y, block + size_t(d) * L, sp, approx);
     const bool full = int(heap.size()) >= k;
     const float bar =

@@ -14,6 +14,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -51,6 +52,7 @@ class Scorer {
     std::array<float, kNumTasks> bias{};
     uint32_t row = EmbeddingTable::kNoRow;
     std::array<bool, kNumTasks> implicit{};  // Model::implicit, at preparation
+    std::vector<uint32_t> history;           // the user's history rows
   };
   struct ScoredItem {
     float score;
@@ -91,7 +93,10 @@ class Scorer {
                   const std::vector<std::string>* features = nullptr) const;
   // Replaces ScoreBlock's y of each implicit task by the two towers' dot
   // product (see LearnerOptions::feedback).
-  void ImplicitScores(const UserSide& side, const float* block, float* y) const;
+  // The item row of lane i is row_of(i) (kNoRow: none), for the repeat
+  // weight (Model::repeat).
+  void ImplicitScores(const UserSide& side, const float* block,
+                      const std::function<uint32_t(int)>& row_of, float* y) const;
   // The prediction of lane `lane` from ScoreBlock's y and the block's biases.
   Prediction FinishLane(const float* y, int lane, const UserSide& side, const float* block) const;
   // The best k of the items in blocks [begin, end) of `blocks` (item row of

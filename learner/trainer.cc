@@ -387,6 +387,7 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
       m_.shape.Project(s->dense_now, m_.pretrained->Row(pre_row), v);
     float dot = 0.0f;
     for (int k = 0; k < d; ++k) dot += u[k] * v[k];
+    if (s->has_history && Model::InHistory(s->history_items, rows[0])) dot += m_.repeat[t];
     s->cand_bias.push_back(bi[t]);
     s->cand_z.push_back(dot + bu[t] + bi[t]);
   };
@@ -429,9 +430,12 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
   }
   // dL/ds_c = p_c - [c = 0]; du = sum_c g_c v_c, dv_c = g_c u.
   std::fill(s->du.begin(), s->du.end(), 0.0f);
+  float repeat_grad = 0.0f;
   for (size_t c = 0; c < n; ++c) {
     const float g = s->cand_z[c] / sum - (c == 0 ? 1.0f : 0.0f);
     s->cand_z[c] = g;
+    const uint32_t row = c == 0 ? pos_row : s->cand_rows[s->cand_begin[c - 1]];
+    if (s->has_history && Model::InHistory(s->history_items, row)) repeat_grad += g;
     const float* v = s->cand_v.data() + c * d;
     for (int k = 0; k < d; ++k) s->du[k] += g * v[k];
   }
@@ -451,6 +455,12 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
                          s->cand_rows.begin() + s->cand_begin[c]);
       UpdateRows(m_.items, m_.item_features, s->neg_rows, kNoSlots, nullptr, s->dv.data(), t);
     }
+  }
+  if (repeat_grad != 0.0f) {
+    // Adagrad on the task's repeat weight, at the biases' rate (Hogwild).
+    float& acc = m_.repeat[kNumTasks + t];
+    acc += repeat_grad * repeat_grad;
+    m_.repeat[t] -= lr_bias * repeat_grad / (std::sqrt(acc) + 1e-8f);
   }
   s->du[d] = 0.0f;  // the user's bias cancels in the softmax
   UpdateRows(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user,
