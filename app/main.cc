@@ -653,6 +653,10 @@ int Main(int argc, char** argv) {
   gen->add_option("--categories", implicit_options.categories,
                   "item categories of --implicit (default: one per 640 events)")
       ->check(CLI::PositiveNumber);
+  gen->add_option("--new-user-share", implicit_options.new_user_share,
+                  "--implicit: share of sessions by a user never seen before (default 0.7; "
+                  "lower gives deeper histories, e.g. 0.02)")
+      ->check(CLI::Range(0.0, 1.0));
   std::string gen_vectors;
   int gen_vector_dim = 16;
   double gen_vector_noise = 0.3;

@@ -10,7 +10,8 @@
 //   (dim, hidden, experts, arch, weighting, lr_embedding, lr_dense, lr_bias,
 //   lr_weighting, l2, init_scale, grad_clip, embedding_optimizer,
 //   dense_optimizer, adam_beta1, adam_beta2, weight_decay, rating_loss,
-//   huber_delta, esmm, negatives, negative_window, threads, chunk, seed,
+//   huber_delta, esmm, negatives, negative_window, history, implicit_negatives,
+//   feedback, threads, chunk, seed,
 //   fixed_click, fixed_purchase, fixed_rating).
 #include <fmt/format.h>
 
@@ -69,6 +70,13 @@ bool SetKey(LearnerOptions* o, const std::string& key, const std::string& v) {
   if (key == "huber_delta") return o->huber_delta = f(), true;
   if (key == "esmm") return o->esmm = v == "true" || v == "1", true;
   if (key == "negatives") return o->negatives = i(), true;
+  if (key == "history") return o->history = i(), true;
+  if (key == "implicit_negatives") return o->implicit_negatives = i(), true;
+  if (key == "feedback")
+    return o->feedback = v == "explicit"   ? Feedback::kExplicit
+                         : v == "implicit" ? Feedback::kImplicit
+                                           : Feedback::kAuto,
+           true;
   if (key == "negative_window") return o->negative_window = i(), true;
   if (key == "replay") return o->replay = i(), true;
   if (key == "replay_window") return o->replay_window = i(), true;

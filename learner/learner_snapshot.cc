@@ -113,6 +113,8 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
   out->dense.emplace_back("dense", m.dense);
   out->dense.emplace_back("dense_accum", m.dense_accum);
   out->dense.emplace_back("repeat", std::vector<float>(m.repeat.begin(), m.repeat.end()));
+  out->dense.emplace_back("history_gate",
+                          std::vector<float>(m.history_gate.begin(), m.history_gate.end()));
   {
     // Which tasks have learned a label 0 (LearnerOptions::feedback).
     std::vector<float> feedback;
@@ -340,6 +342,10 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
       if (values.size() != dst.size())
         return Status::Corruption("dense block '" + name + "' has the wrong size");
       dst = values;
+    } else if (name == "history_gate") {
+      if (values.size() != m.history_gate.size())
+        return Status::Corruption("history_gate block has the wrong size");
+      std::copy(values.begin(), values.end(), m.history_gate.begin());
     } else if (name == "repeat") {
       if (values.size() != m.repeat.size())
         return Status::Corruption("repeat block has the wrong size");

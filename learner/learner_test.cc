@@ -211,6 +211,90 @@ TEST_CASE("Progressive predictions come before learning", "[Learner]") {
   CHECK(before[199].click < l->Score("u", "i", Blend()).prediction.click + 1e-6f);
 }
 
+// A positive-only log (views only, as shops send them): 20 categories of
+// 10 items each; in every category the first items are the most viewed.
+// Each user views a few items of one category.
+std::vector<Event> PositiveOnlyLog(int users, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> category(0, 19);
+  std::geometric_distribution<int> rank(0.35);
+  std::vector<Event> events;
+  for (int u = 0; u < users; ++u) {
+    const int c = category(rng);
+    for (int k = 0; k < 5; ++k) {
+      const int j = std::min(rank(rng), 9);
+      Event e{Task::kClick, "u" + std::to_string(u),
+              "c" + std::to_string(c) + "_" + std::to_string(j), 1.0f};
+      e.item_features = {"cat=" + std::to_string(c)};
+      events.push_back(std::move(e));
+    }
+  }
+  std::shuffle(events.begin(), events.end(), rng);
+  return events;
+}
+
+TEST_CASE("Positive-only logs learn as implicit feedback: histories and popularity",
+          "[Learner][implicit]") {
+  LearnerOptions o;
+  o.threads = GENERATE(1, 2);
+  auto l = MakeLearner(o);
+  const std::vector<Event> log = PositiveOnlyLog(3000, 3);
+  for (int pass = 0; pass < 2; ++pass) l->Train(log);
+  // No label 0 ever came: the click task is implicit, and its loss weight
+  // did not run away.
+  CHECK(l->Stats().tasks[0].loss_weight == Approx(1.0));
+  // A user seen once, viewing an item of category 7: the user's history
+  // lifts category 7 in every recommendation slot but a few.
+  Event once{Task::kClick, "fresh", "c7_4", 1.0f};
+  once.item_features = {"cat=7"};
+  l->Train(std::vector<Event>{once});
+  int same = 0;
+  for (const Recommendation& r : l->Recommend("fresh", 10, true, Blend()))
+    same += r.item.rfind("c7_", 0) == 0;
+  CHECK(same >= 7);
+  // A user never seen gets popular items: each category's first items.
+  int popular = 0;
+  for (const Recommendation& r : l->Recommend("nobody", 10, true, Blend()))
+    popular += r.item.back() == '0' || r.item.back() == '1';
+  CHECK(popular >= 8);
+  // A new item scores from its category's embedding (request-time
+  // features): for the fresh user, a new item of category 7 beats one of
+  // another category.
+  const std::vector<std::string> cat7 = {"cat=7"}, cat8 = {"cat=8"};
+  CHECK(l->Score("fresh", "brand_new", Blend(), nullptr, &cat7).prediction.click >
+        l->Score("fresh", "brand_new", Blend(), nullptr, &cat8).prediction.click);
+}
+
+TEST_CASE("A task that receives a label 0 switches to explicit learning", "[Learner][implicit]") {
+  LearnerOptions o;
+  o.threads = 1;
+  auto l = MakeLearner(o);
+  l->Train(PositiveOnlyLog(200, 4));
+  // Implicit: predictions are the two towers' scores, the click head is
+  // untouched, so an unknown pair scores exactly sigmoid(0).
+  CHECK(l->Score("nobody", "nothing", Blend()).prediction.click == 0.5f);
+  Event negative{Task::kClick, "u1", "c3_2", 0.0f};
+  std::vector<Event> more = PositiveOnlyLog(200, 5);
+  more.insert(more.begin(), negative);
+  l->Train(more);
+  // Explicit from then on: the head has learned (mostly label 1 now).
+  CHECK(l->Score("nobody", "nothing", Blend()).prediction.click > 0.6f);
+  // And it stays explicit after a snapshot and restore.
+  ModelSnapshot snap;
+  l->TakeSnapshot(true, &snap);
+  auto restored = MakeLearner(o);
+  REQUIRE(restored->ApplySnapshot(snap).ok());
+  for (const std::string user : {"u1", "u7", "nobody"}) {
+    const auto a = l->Recommend(user, 5, false, Blend());
+    const auto b = restored->Recommend(user, 5, false, Blend());
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      CHECK(a[i].item == b[i].item);
+      CHECK(a[i].score == b[i].score);
+    }
+  }
+}
+
 TEST_CASE("Recommend ranks over known items and leaves out purchases", "[Learner]") {
   auto l = MakeLearner();
   std::vector<Event> events;

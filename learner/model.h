@@ -210,6 +210,11 @@ struct Model {
   // history" (a repeat), added to the two-tower logit, per task; then the
   // weights' Adagrad accumulators. Written by trainers without a lock.
   std::array<float, 2 * kNumTasks> repeat{};
+  // Explicit tasks: the weight of the pooled history in the user's vector
+  // of the dense layers (learned from 0, so that a stream the history does
+  // not help learns as without it), then its Adagrad accumulator. Implicit
+  // tasks add the pooled history at weight 1.
+  std::array<float, 2> history_gate{};
   // True when item row `item` is among `history` (a user's history rows).
   static bool InHistory(const std::vector<uint32_t>& history, uint32_t item) {
     for (uint32_t h : history)

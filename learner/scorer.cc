@@ -152,11 +152,19 @@ void Scorer::PrepareUserSide(std::string_view user, UserSide* side,
     m_.user_lists.Get(side->row, &rows);
     m_.Gather(m_.users, m_.user_features, rows, u.data(), side->bias.data());
   }
+  // The dense layers see the pooled history at the learned gate's weight,
+  // the implicit tasks' two towers at weight 1 (Model::history_gate).
   side->history.clear();
+  side->u = u;
   if (side->row != EmbeddingTable::kNoRow && m_.options.history > 0) {
     std::vector<uint32_t> rows;
-    std::vector<float> acc(m_.options.dim);
-    m_.AddHistory(side->row, &side->history, &rows, acc.data(), u.data());
+    std::vector<float> acc(m_.options.dim), pooled(m_.options.dim, 0.0f);
+    m_.AddHistory(side->row, &side->history, &rows, acc.data(), pooled.data());
+    const float gate = m_.history_gate[0];
+    for (int k = 0; k < m_.options.dim; ++k) {
+      u[k] += gate * pooled[k];
+      side->u[k] += pooled[k];
+    }
   }
   for (int t = 0; t < kNumTasks; ++t) side->implicit[t] = m_.implicit(t);
   m_.shape.PrepareUser(m_.dense.data(), u.data(), &side->ctx);
@@ -167,7 +175,7 @@ void Scorer::ImplicitScores(const UserSide& side, const float* block,
   // An implicit task's logit is the two towers' u . v (its biases are added
   // by FinishLane), summed in k order in every lane.
   const int d = m_.options.dim;
-  const float* u = side.ctx.u.data();
+  const float* u = side.u.data();
   for (int t = 0; t < kNumTasks; ++t) {
     if (!side.implicit[t]) continue;
     float dot[L] = {};

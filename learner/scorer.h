@@ -53,6 +53,7 @@ class Scorer {
     uint32_t row = EmbeddingTable::kNoRow;
     std::array<bool, kNumTasks> implicit{};  // Model::implicit, at preparation
     std::vector<uint32_t> history;           // the user's history rows
+    std::vector<float> u;                    // implicit tasks' user vector
   };
   struct ScoredItem {
     float score;

@@ -160,8 +160,9 @@ float Trainer::Learn(Task task, float label, TrainState* s) {
   std::array<float, kNumTasks> bu{}, bi{};
   Gather(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user, fw.u.data(),
          bu.data());
+  const float gate = m_.history_gate[0];
   if (s->has_history)
-    for (int k = 0; k < options.dim; ++k) fw.u[k] += s->history[k];
+    for (int k = 0; k < options.dim; ++k) fw.u[k] += gate * s->history[k];
   Gather(m_.items, m_.item_features, s->item_rows, s->item_slots, &s->staged_item, fw.v.data(),
          bi.data());
   const uint32_t pre_row = m_.PretrainedRow(s->item_rows[0]);
@@ -191,7 +192,18 @@ float Trainer::Learn(Task task, float label, TrainState* s) {
     return out.prediction;
   }
   float gc = 0.0f;
-  if (BackwardHeads(t, esmm, out, dyc, s, &gc)) BackwardRows(t, esmm, gc, pre_row, s);
+  if (BackwardHeads(t, esmm, out, dyc, s, &gc)) {
+    if (s->has_history) {
+      // dL/dgate = du . history; Adagrad at the dense layers' rate.
+      float g = 0.0f;
+      for (int k = 0; k < options.dim; ++k) g += s->du[k] * s->history[k];
+      g = std::clamp(g, -options.grad_clip, options.grad_clip);
+      float& acc = m_.history_gate[1];
+      acc += g * g;
+      m_.history_gate[0] -= options.lr_dense * g / (std::sqrt(acc) + 1e-8f);
+    }
+    BackwardRows(t, esmm, gc, pre_row, s);
+  }
   return out.prediction;
 }
 
