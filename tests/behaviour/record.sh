@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Records what the learner computes, as files a refactoring must leave
-# byte-identical: `recstream eval --predictions` with learner.threads=1 on two
-# fixed generated streams (explicit labels; the same with user and item
-# features), for the defaults and for each option whose code path differs.
+# byte-identical: `recstream eval --predictions` with learner.threads=1 on
+# three fixed generated streams (explicit labels; the same with user and item
+# features; a positive-only stream, ranked), for the defaults and for each
+# option whose code path differs.
 #
 #   tests/behaviour/record.sh RECSTREAM_BINARY OUT_DIR
 #
@@ -47,4 +48,14 @@ for stream in explicit features; do
       --predictions "$out/$stream-$name.jsonl" >/dev/null
   done
 done
-(cd "$out" && sha256sum explicit-*.jsonl features-*.jsonl | sort -k2)
+# A positive-only stream: implicit feedback and histories, ranked (each
+# ranked event's line carries its candidates' scores).
+"$bin" gen --implicit --events 20000 --seed 5 --quiet --out "$out/implicit.jsonl"
+for v in "defaults:" "history0:model.history=0" "explicit:model.feedback=explicit"; do
+  name=${v%%:*}
+  set_args=(--set learner.threads=1)
+  [ -n "${v#*:}" ] && set_args+=(--set "${v#*:}")
+  "$bin" eval --events "$out/implicit.jsonl" --quiet "${set_args[@]}" --ranking 10 \
+    --candidates 20 --predictions "$out/implicit-$name.jsonl" >/dev/null
+done
+(cd "$out" && sha256sum explicit-*.jsonl features-*.jsonl implicit-*.jsonl | sort -k2)
