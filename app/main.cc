@@ -653,10 +653,6 @@ int Main(int argc, char** argv) {
   gen->add_option("--categories", implicit_options.categories,
                   "item categories of --implicit (default: one per 640 events)")
       ->check(CLI::PositiveNumber);
-  gen->add_option("--new-user-share", implicit_options.new_user_share,
-                  "--implicit: share of sessions by a user never seen before (default 0.7; "
-                  "lower gives deeper histories, e.g. 0.02)")
-      ->check(CLI::Range(0.0, 1.0));
   std::string gen_vectors;
   int gen_vector_dim = 16;
   double gen_vector_noise = 0.3;
@@ -730,6 +726,7 @@ int Main(int argc, char** argv) {
   if (*broker) return RunBroker(partitions, bootstrap_file);
   if (*produce) return RunProduce(produce_flags, brokers, rate, produce_path, quiet);
   if (*gen && gen_implicit) {
+    if (gen->count("--users") > 0) implicit_options.users = gen_options.users;
     implicit_options.events = gen_options.events;
     implicit_options.seed = gen_options.seed;
     return RunGenImplicit(implicit_options, gen_out);

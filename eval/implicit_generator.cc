@@ -40,6 +40,7 @@ constexpr size_t kRecentPerUser = 20;
 Status ValidateImplicitOptions(const ImplicitGeneratorOptions& o) {
   auto share = [](double x) { return x >= 0.0 && x <= 1.0; };
   if (o.categories < 0) return Status::InvalidArgument("categories must not be negative");
+  if (o.users < 0) return Status::InvalidArgument("users must not be negative");
   if (!share(o.new_user_share)) return Status::InvalidArgument("new_user_share must be in [0, 1]");
   if (!share(o.new_item_share)) return Status::InvalidArgument("new_item_share must be in [0, 1]");
   if (!share(o.repeat_share)) return Status::InvalidArgument("repeat_share must be in [0, 1]");
@@ -85,12 +86,18 @@ Status WriteImplicitStream(const ImplicitGeneratorOptions& o, std::ostream* out)
   while (written < o.events) {
     // The session's user.
     uint32_t uid;
-    if (users.empty() || rng.Bernoulli(o.new_user_share)) {
-      uid = uint32_t(users.size());
-      User& u = users.emplace_back();
+    auto new_user = [&](User* u) {
       const int preferred = 1 + int(rng.Below(3));
       for (int k = 0; k < preferred; ++k)
-        u.categories.push_back(int(Zipf(rng, uint64_t(n_categories), 0.9)));
+        u->categories.push_back(int(Zipf(rng, uint64_t(n_categories), 0.9)));
+    };
+    if (o.users > 0) {
+      if (users.empty()) users.resize(size_t(o.users));
+      uid = uint32_t(rng.Below(uint64_t(o.users)));
+      if (users[uid].categories.empty()) new_user(&users[uid]);
+    } else if (users.empty() || rng.Bernoulli(o.new_user_share)) {
+      uid = uint32_t(users.size());
+      new_user(&users.emplace_back());
     } else {
       uid = sessions_of[rng.Below(sessions_of.size())];
     }

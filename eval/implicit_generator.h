@@ -42,8 +42,13 @@ struct ImplicitGeneratorOptions {
   // Item categories; 0 (default): one per 640 events (about 447 items per
   // category, as in Taobao's log, at the default new-item share).
   int categories = 0;
-  // Share of sessions that belong to a user never seen before.
+  // Share of sessions that belong to a user never seen before; a returning
+  // session's user is drawn in proportion to their sessions so far.
   double new_user_share = 0.7;
+  // > 0: instead, a fixed population of this many users, each session's
+  // user drawn uniformly: deep histories (events / users each), like the
+  // held-out user slice of issue #28 (114 users, ~88 events each).
+  int users = 0;
   // Share of views of a category that go to an item never seen before.
   double new_item_share = 0.8;
   // Share of events that view one of the user's own recent items again.
