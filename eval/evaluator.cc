@@ -20,9 +20,9 @@
 #include <vector>
 
 #include "eval/baselines.h"
-#include "eval/ranking_baselines.h"
 #include "eval/batch_parser.h"
 #include "eval/metrics.h"
+#include "eval/ranking_baselines.h"
 #include "ingest/parser.h"
 
 namespace recstream::eval {
@@ -211,8 +211,7 @@ class Ranker {
         s->known.push_back(&catalog_[cand[c]].features);
       }
     }
-    if (baselines_)
-      baselines_->Rank(e, s->items, s->known, queries_ + job, baseline_ranks);
+    if (baselines_) baselines_->Rank(e, s->items, s->known, queries_ + job, baseline_ranks);
     learner_->ScoreMany(e.user, s->items, learner::Blend(), &s->scores,
                         e.user_features.empty() ? nullptr : &e.user_features, s->features);
     const float target = s->scores[0].prediction.Get(e.task);
@@ -263,11 +262,11 @@ class Ranker {
   std::mt19937_64 rng_;
   const std::vector<CatalogItem> catalog_;
   std::unordered_map<std::string, uint32_t> catalog_index_;
-  std::vector<uint32_t> unseen_;                   // catalog indices not seen yet (any order)
-  std::vector<size_t> unseen_pos_;                 // catalog index -> its position in unseen_
-  std::vector<std::string> items_;                 // every item seen, in order of first sight
+  std::vector<uint32_t> unseen_;                         // catalog indices not seen yet (any order)
+  std::vector<size_t> unseen_pos_;                       // catalog index -> its position in unseen_
+  std::vector<std::string> items_;                       // every item seen, in order of first sight
   std::vector<std::vector<std::string>> last_features_;  // parallel to items_
-  std::unordered_map<std::string, size_t> index_;  // item -> index in items_
+  std::unordered_map<std::string, size_t> index_;        // item -> index in items_
   std::unordered_set<uint64_t> chosen_;
   // Per batch: the events to rank, candidates_ indices each, and their hits.
   std::vector<Job> jobs_;
@@ -410,10 +409,9 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   std::unordered_map<std::string, uint32_t> item_events;
   std::unique_ptr<Ranker> ranker;
   if (options.ranking_k > 0)
-    ranker = std::make_unique<Ranker>(learner.get(), options.ranking_k, options.candidates,
-                                      options.learner.threads, options.seed,
-                                      ReadCatalog(options.parser, now_ms, events),
-                                      options.baselines);
+    ranker = std::make_unique<Ranker>(
+        learner.get(), options.ranking_k, options.candidates, options.learner.threads, options.seed,
+        ReadCatalog(options.parser, now_ms, events), options.baselines);
   std::vector<std::string> rank_lines;
   std::vector<std::unique_ptr<Baseline>> baselines;
   if (options.baselines) {

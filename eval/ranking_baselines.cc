@@ -47,10 +47,10 @@ struct ItemStat {
 };
 
 struct UserStat {
-  double events = 0;  // the user's clock
-  std::unordered_map<uint64_t, double> items;                             // item -> events
-  std::unordered_map<uint64_t, std::pair<double, Decayed>> features;      // plain, decayed
-  std::deque<uint64_t> recent;                                            // latest items
+  double events = 0;                                                  // the user's clock
+  std::unordered_map<uint64_t, double> items;                         // item -> events
+  std::unordered_map<uint64_t, std::pair<double, Decayed>> features;  // plain, decayed
+  std::deque<uint64_t> recent;                                        // latest items
 };
 
 using Score = std::array<double, 3>;  // compared lexicographically
@@ -69,9 +69,14 @@ RankingBaselines::RankingBaselines(uint64_t seed)
 RankingBaselines::~RankingBaselines() = default;
 
 const std::vector<std::string_view>& RankingBaselines::Names() {
-  static const std::vector<std::string_view> names = {
-      "random",         "popularity",     "popularity_decayed",  "user_features",
-      "user_features_decayed", "user_items", "user_items_features", "cooccurrence"};
+  static const std::vector<std::string_view> names = {"random",
+                                                      "popularity",
+                                                      "popularity_decayed",
+                                                      "user_features",
+                                                      "user_features_decayed",
+                                                      "user_items",
+                                                      "user_items_features",
+                                                      "cooccurrence"};
   return names;
 }
 

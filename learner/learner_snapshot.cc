@@ -1,9 +1,9 @@
 // TakeSnapshot, ApplySnapshot and ImportPretrained: row deltas in and out.
-#include "learner/learner_impl.h"
-#include "learner/pack.h"
-
 #include <cstdlib>
 #include <string>
+
+#include "learner/learner_impl.h"
+#include "learner/pack.h"
 
 namespace recstream::learner {
 namespace {
@@ -290,7 +290,8 @@ void Model::SetLists(const FeatureListDelta& delta, size_t begin, size_t end) {
     std::vector<uint32_t> items;
     for (size_t i = begin; i < end; ++i) {
       items.clear();
-      for (const std::string& item : delta.features[i]) items.push_back(this->items.GetOrCreate(item));
+      for (const std::string& item : delta.features[i])
+        items.push_back(this->items.GetOrCreate(item));
       histories.Set(users.GetOrCreate(delta.keys[i]), items.data(), items.data() + items.size());
     }
     return;

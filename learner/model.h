@@ -165,7 +165,9 @@ struct Model {
     return options.feedback == Feedback::kImplicit ||
            !saw_negative[t].load(std::memory_order_relaxed);
   }
-  bool any_implicit() const { return implicit(int(Task::kClick)) || implicit(int(Task::kPurchase)); }
+  bool any_implicit() const {
+    return implicit(int(Task::kClick)) || implicit(int(Task::kPurchase));
+  }
   // Adds to vec (dim floats) the mean of the vectors of the history items of
   // user row `user` (each gathered like any item: its row and feature
   // rows, summed oldest item first); nothing when it has none. `history`,
@@ -200,6 +202,9 @@ struct Model {
     return uint32_t((h ^ (h >> 33)) >> 32);
   }
   std::atomic<uint32_t>& RecentCount(uint32_t hash) {
+    return recent_count[hash >> (32 - kCountBits)];
+  }
+  const std::atomic<uint32_t>& RecentCount(uint32_t hash) const {
     return recent_count[hash >> (32 - kCountBits)];
   }
   std::vector<std::atomic<uint64_t>> recent;
@@ -252,7 +257,7 @@ struct Model {
     struct Lists {
       std::vector<uint32_t> rows;  // owner rows whose lists changed
     };
-    std::array<Lists, 2> lists;  // users, items
+    std::array<Lists, 2> lists;          // users, items
     std::vector<uint32_t> history_rows;  // user rows whose histories changed
     std::vector<uint64_t> ring;          // the negative ring, when it changed
     uint64_t ring_next = 0;

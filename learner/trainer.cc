@@ -368,8 +368,7 @@ void Trainer::Remember(const Event& e, uint32_t item_row, uint32_t item_hash) {
 float Trainer::SampleProbability(uint32_t hash) const {
   const uint64_t filled =
       std::min<uint64_t>(m_.recent.size(), m_.recent_next.load(std::memory_order_relaxed));
-  const uint32_t count =
-      const_cast<Model&>(m_).RecentCount(hash).load(std::memory_order_relaxed);
+  const uint32_t count = m_.RecentCount(hash).load(std::memory_order_relaxed);
   return float(std::max<uint32_t>(count, 1)) / float(std::max<uint64_t>(filled, 1));
 }
 
@@ -475,8 +474,8 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
     m_.repeat[t] -= lr_bias * repeat_grad / (std::sqrt(acc) + 1e-8f);
   }
   s->du[d] = 0.0f;  // the user's bias cancels in the softmax
-  UpdateRows(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user,
-             s->du.data(), t);
+  UpdateRows(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user, s->du.data(),
+             t);
   return prediction;
 }
 
