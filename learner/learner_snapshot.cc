@@ -112,7 +112,7 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
   }
   out->dense.emplace_back("dense", m.dense);
   out->dense.emplace_back("dense_accum", m.dense_accum);
-  out->dense.emplace_back("repeat", std::vector<float>(m.repeat.begin(), m.repeat.end()));
+  out->dense.emplace_back("history_match", m.history_match);
   out->dense.emplace_back("history_gate",
                           std::vector<float>(m.history_gate.begin(), m.history_gate.end()));
   {
@@ -347,10 +347,17 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
       if (values.size() != m.history_gate.size())
         return Status::Corruption("history_gate block has the wrong size");
       std::copy(values.begin(), values.end(), m.history_gate.begin());
-    } else if (name == "repeat") {
-      if (values.size() != m.repeat.size())
-        return Status::Corruption("repeat block has the wrong size");
-      std::copy(values.begin(), values.end(), m.repeat.begin());
+    } else if (name == "history_match") {
+      // Written with model.history = H' (4 * kNumTasks * H' values): the
+      // positions both lengths have are kept, so that the history's length
+      // may change across a restart.
+      if (values.size() % (4 * kNumTasks) != 0)
+        return Status::Corruption("history_match block has the wrong size");
+      const size_t was = values.size() / (4 * kNumTasks), now = size_t(m.options.history);
+      std::fill(m.history_match.begin(), m.history_match.end(), 0.0f);
+      for (size_t block = 0; block < 2 * kNumTasks * 2; ++block)  // weights, accumulators
+        for (size_t p = 0; p < std::min(was, now); ++p)
+          m.history_match[block * now + p] = values[block * was + p];
     } else if (name == "feedback") {
       if (values.size() != size_t(kNumTasks))
         return Status::Corruption("feedback block has the wrong size");

@@ -265,6 +265,47 @@ TEST_CASE("Positive-only logs learn as implicit feedback: histories and populari
         l->Score("fresh", "brand_new", Blend(), nullptr, &cat8).prediction.click);
 }
 
+TEST_CASE("Histories survive a restore bit for bit, also with another model.history",
+          "[Learner][implicit]") {
+  LearnerOptions o;
+  o.threads = 1;
+  auto l = MakeLearner(o);
+  const std::vector<Event> log = PositiveOnlyLog(400, 6);
+  l->Train(std::span(log).first(1000));
+  ModelSnapshot full;
+  l->TakeSnapshot(true, &full);
+  l->Train(std::span(log).subspan(1000));
+  ModelSnapshot delta;
+  l->TakeSnapshot(false, &delta);
+  auto restored = MakeLearner(o);
+  REQUIRE(restored->ApplySnapshot(full).ok());
+  REQUIRE(restored->ApplySnapshot(delta).ok());
+  auto same = [](const Learner& a, const Learner& b) {
+    for (int u = 0; u < 400; u += 7) {
+      const std::string user = "u" + std::to_string(u);
+      const auto ra = a.Recommend(user, 5, false, Blend());
+      const auto rb = b.Recommend(user, 5, false, Blend());
+      if (ra.size() != rb.size()) return false;
+      for (size_t i = 0; i < ra.size(); ++i)
+        if (ra[i].item != rb[i].item || ra[i].score != rb[i].score) return false;
+    }
+    return true;
+  };
+  CHECK(same(*l, *restored));
+  // Both learn on alike (the negative ring and its draws are restored too).
+  const std::vector<Event> more = PositiveOnlyLog(400, 7);
+  l->Train(more);
+  restored->Train(more);
+  CHECK(same(*l, *restored));
+  // A shorter history after a restart: the latest items and the weights of
+  // their positions are kept.
+  LearnerOptions shorter = o;
+  shorter.history = 4;
+  auto short_model = MakeLearner(shorter);
+  REQUIRE(short_model->ApplySnapshot(full).ok());
+  REQUIRE(short_model->ApplySnapshot(delta).ok());
+}
+
 TEST_CASE("A task that receives a label 0 switches to explicit learning", "[Learner][implicit]") {
   LearnerOptions o;
   o.threads = 1;

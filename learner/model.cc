@@ -36,6 +36,7 @@ Model::Model(const LearnerOptions& o)
                                                         false, StateOf(o, o.lr_embedding))
                      : nullptr),
       histories(o.history),
+      history_match(size_t(4) * kNumTasks * o.history, 0.0f),
       recent(size_t(o.negatives > 0 || o.feedback != Feedback::kExplicit ? o.negative_window : 1)),
       recent_count(o.feedback != Feedback::kExplicit ? size_t(1) << kCountBits : 0),
       weighting(o) {
@@ -63,24 +64,52 @@ std::vector<EmbeddingTable*> Model::all_tables() {
   return t;
 }
 
-void Model::AddHistory(uint32_t user, std::vector<uint32_t>* history, std::vector<uint32_t>* rows,
-                       float* acc, float* vec) const {
-  history->clear();
-  histories.Get(user, history);
-  if (history->empty()) return;
+void Model::AddHistory(uint32_t user, HistoryView* view, float* acc, float* vec) const {
+  view->items.clear();
+  view->features.clear();
+  view->feature_begin.assign(1, 0);
+  histories.Get(user, &view->items);
+  if (view->items.empty()) return;
   const int d = options.dim;
   std::fill(acc, acc + d, 0.0f);
-  for (uint32_t item : *history) {
-    rows->clear();
-    rows->push_back(item);
-    item_lists.Get(item, rows);
-    for (size_t i = 0; i < rows->size(); ++i) {
-      const float* r = i == 0 ? items.Row(item) : item_features.Row((*rows)[i]);
-      for (int k = 0; k < d; ++k) acc[k] += r[k];
+  for (uint32_t item : view->items) {
+    const float* r = items.Row(item);
+    for (int k = 0; k < d; ++k) acc[k] += r[k];
+    const size_t at = view->features.size();
+    item_lists.Get(item, &view->features);
+    for (size_t i = at; i < view->features.size(); ++i) {
+      const float* f = item_features.Row(view->features[i]);
+      for (int k = 0; k < d; ++k) acc[k] += f[k];
+    }
+    view->feature_begin.push_back(uint32_t(view->features.size()));
+  }
+  const float scale = 1.0f / float(view->items.size());
+  for (int k = 0; k < d; ++k) vec[k] += acc[k] * scale;
+}
+
+float Model::HistoryMatch(int t, const HistoryView& view, uint32_t row, const uint32_t* f,
+                          size_t nf, float* hits) const {
+  const int h = options.history;
+  if (hits) std::fill(hits, hits + 2 * h, 0.0f);
+  if (view.empty()) return 0.0f;
+  const float* w = MatchWeights(t);
+  float logit = 0.0f;
+  const size_t n = view.items.size();
+  for (size_t i = 0; i < n; ++i) {
+    const size_t p = n - 1 - i;  // 0: the latest item
+    if (row != EmbeddingTable::kNoRow && view.items[i] == row) {
+      logit += w[p];
+      if (hits) hits[p] = 1.0f;
+    }
+    bool shared = false;
+    for (uint32_t a = view.feature_begin[i]; a < view.feature_begin[i + 1] && !shared; ++a)
+      for (size_t b = 0; b < nf; ++b) shared |= view.features[a] == f[b];
+    if (shared) {
+      logit += w[h + p];
+      if (hits) hits[h + p] = 1.0f;
     }
   }
-  const float scale = 1.0f / float(history->size());
-  for (int k = 0; k < d; ++k) vec[k] += acc[k] * scale;
+  return logit;
 }
 
 void Model::Rows(uint32_t r, const std::vector<std::string>& features, EmbeddingTable& main,

@@ -121,6 +121,15 @@ inline void SumRows(int dim, size_t count, RowOf row_of, float* vec, float* bias
   }
 }
 
+// A user's history as one training or scoring step reads it: the items,
+// oldest first, and each item's feature rows.
+struct HistoryView {
+  std::vector<uint32_t> items;
+  std::vector<uint32_t> feature_begin;  // items.size() + 1 offsets into features
+  std::vector<uint32_t> features;
+  bool empty() const { return items.empty(); }
+};
+
 struct Model {
   static constexpr bool kLineAligned = true;
   explicit Model(const LearnerOptions& o);
@@ -168,12 +177,19 @@ struct Model {
   bool any_implicit() const {
     return implicit(int(Task::kClick)) || implicit(int(Task::kPurchase));
   }
-  // Adds to vec (dim floats) the mean of the vectors of the history items of
-  // user row `user` (each gathered like any item: its row and feature
-  // rows, summed oldest item first); nothing when it has none. `history`,
-  // `rows` and `acc` (width floats) are scratch.
-  void AddHistory(uint32_t user, std::vector<uint32_t>* history, std::vector<uint32_t>* rows,
-                  float* acc, float* vec) const;
+  // Reads the history of user row `user` into *view and adds to vec (dim
+  // floats) the mean of its items' vectors (each gathered like any item:
+  // its row and feature rows, summed oldest item first); nothing when it
+  // has none. `acc` (dim floats) is scratch.
+  void AddHistory(uint32_t user, HistoryView* view, float* acc, float* vec) const;
+  // Implicit task t's history-match logit of a candidate (item row `row`,
+  // kNoRow for an unknown item, with feature rows [f, f + nf)): for each
+  // history position p (0: the user's latest item), the learned weight of
+  // "the candidate is that item" and of "the candidate shares a feature
+  // with it". With `hits` (2 * history floats), which weights apply: 1 at
+  // p (same item) and at history + p (shared feature), else 0.
+  float HistoryMatch(int t, const HistoryView& view, uint32_t row, const uint32_t* f, size_t nf,
+                     float* hits = nullptr) const;
 
   const LearnerOptions options;
   const ModelShape shape;
@@ -207,25 +223,39 @@ struct Model {
   const std::atomic<uint32_t>& RecentCount(uint32_t hash) const {
     return recent_count[hash >> (32 - kCountBits)];
   }
+  // An item's recent popularity: log(1 + its occurrences in the ring), by
+  // its id's hash; 0 without a ring. Implicit tasks add it to their logit
+  // as a prior, so that the model learns what popularity does not explain
+  // and follows a shop's drifting popularity as it changes (item biases,
+  // learned from an item's few events, cannot).
+  float RecentPopularity(uint32_t hash) const {
+    if (recent_count.empty()) return 0.0f;
+    return std::log1p(float(RecentCount(hash).load(std::memory_order_relaxed)));
+  }
+  float RecentPopularityOfRow(uint32_t item_row) const {
+    if (recent_count.empty() || item_row == EmbeddingTable::kNoRow) return 0.0f;
+    return RecentPopularity(IdHash(items.key(item_row)));
+  }
   std::vector<std::atomic<uint64_t>> recent;
   std::vector<std::atomic<uint32_t>> recent_count;
   std::atomic<uint64_t> recent_next{0};
   uint64_t recent_exported = 0;  // recent_next at the last snapshot
-  // Implicit tasks: the learned weight of "the candidate is in the user's
-  // history" (a repeat), added to the two-tower logit, per task; then the
-  // weights' Adagrad accumulators. Written by trainers without a lock.
-  std::array<float, 2 * kNumTasks> repeat{};
+  // Implicit tasks' history-match weights (HistoryMatch): per task, H
+  // same-item weights then H shared-feature weights (H = options.history);
+  // then as many Adagrad accumulators. Written by trainers without a lock.
+  std::vector<float> history_match;
+  float* MatchWeights(int t) { return history_match.data() + size_t(t) * 2 * options.history; }
+  const float* MatchWeights(int t) const {
+    return history_match.data() + size_t(t) * 2 * options.history;
+  }
+  float* MatchAccumulators(int t) {
+    return MatchWeights(t) + size_t(kNumTasks) * 2 * options.history;
+  }
   // Explicit tasks: the weight of the pooled history in the user's vector
   // of the dense layers (learned from 0, so that a stream the history does
   // not help learns as without it), then its Adagrad accumulator. Implicit
   // tasks add the pooled history at weight 1.
   std::array<float, 2> history_gate{};
-  // True when item row `item` is among `history` (a user's history rows).
-  static bool InHistory(const std::vector<uint32_t>& history, uint32_t item) {
-    for (uint32_t h : history)
-      if (h == item) return true;
-    return false;
-  }
   // Per task: an event with label 0 was learned (or restored, from the
   // snapshot's "feedback" block): with feedback = auto, the task is
   // explicit from then on.

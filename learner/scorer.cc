@@ -154,12 +154,11 @@ void Scorer::PrepareUserSide(std::string_view user, UserSide* side,
   }
   // The dense layers see the pooled history at the learned gate's weight,
   // the implicit tasks' two towers at weight 1 (Model::history_gate).
-  side->history.clear();
+  side->history = HistoryView();
   side->u = u;
   if (side->row != EmbeddingTable::kNoRow && m_.options.history > 0) {
-    std::vector<uint32_t> rows;
     std::vector<float> acc(m_.options.dim), pooled(m_.options.dim, 0.0f);
-    m_.AddHistory(side->row, &side->history, &rows, acc.data(), pooled.data());
+    m_.AddHistory(side->row, &side->history, acc.data(), pooled.data());
     const float gate = m_.history_gate[0];
     for (int k = 0; k < m_.options.dim; ++k) {
       u[k] += gate * pooled[k];
@@ -170,8 +169,34 @@ void Scorer::PrepareUserSide(std::string_view user, UserSide* side,
   m_.shape.PrepareUser(m_.dense.data(), u.data(), &side->ctx);
 }
 
-void Scorer::ImplicitScores(const UserSide& side, const float* block,
-                            const std::function<uint32_t(int)>& row_of, float* y) const {
+bool Scorer::NeedsMatch(const UserSide& side) const {
+  for (bool implicit : side.implicit)
+    if (implicit) return true;
+  return false;
+}
+
+void Scorer::LaneMatch(const UserSide& side, uint32_t row, const uint32_t* f, size_t nf,
+                       float popularity, int lane, float* match) const {
+  for (int t = 0; t < kNumTasks; ++t)
+    match[t * L + lane] =
+        side.implicit[t] ? m_.HistoryMatch(t, side.history, row, f, nf) + popularity : 0.0f;
+}
+
+void Scorer::ItemFeatureRows(uint32_t row, const std::vector<std::string>* features,
+                             std::vector<uint32_t>* out) const {
+  out->clear();
+  if (features == nullptr) {
+    if (row != EmbeddingTable::kNoRow) m_.item_lists.Get(row, out);
+    return;
+  }
+  for (const std::string& f : *features) {
+    const uint32_t r = m_.item_features.Find(f);
+    if (r != EmbeddingTable::kNoRow) out->push_back(r);
+  }
+}
+
+void Scorer::ImplicitScores(const UserSide& side, const float* block, const float* match,
+                            float* y) const {
   // An implicit task's logit is the two towers' u . v (its biases are added
   // by FinishLane), summed in k order in every lane.
   const int d = m_.options.dim;
@@ -181,11 +206,8 @@ void Scorer::ImplicitScores(const UserSide& side, const float* block,
     float dot[L] = {};
     for (int k = 0; k < d; ++k)
       for (int i = 0; i < L; ++i) dot[i] += u[k] * block[k * L + i];
-    if (!side.history.empty()) {
-      const float w = m_.repeat[t];
-      for (int i = 0; i < L; ++i)
-        if (Model::InHistory(side.history, row_of(i))) dot[i] += w;
-    }
+    if (match != nullptr)
+      for (int i = 0; i < L; ++i) dot[i] += match[t * L + i];
     std::copy(dot, dot + L, y + t * L);
   }
 }
@@ -256,7 +278,9 @@ void Scorer::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_r
   auto score = [&](size_t begin, size_t end) {
     AlignedFloats block(m_.shape.block_floats()), scratch(m_.shape.score_scratch_floats());
     alignas(64) float y[kNumTasks * L];
-    std::vector<uint32_t> rows;
+    float match[kNumTasks * L];
+    const bool need_match = NeedsMatch(side);
+    std::vector<uint32_t> rows, feats;
     std::vector<float> v(m_.width);
     // Rows of the next block are loaded while this one is gathered.
     for (size_t i = begin; i < std::min(end, begin + L); ++i) PrefetchItem(item_rows[i]);
@@ -268,9 +292,16 @@ void Scorer::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_r
         GatherItem(item_rows[first + i], i, &rows, v.data(), block.data(),
                    features.empty() ? nullptr : features[first + i]);
       m_.shape.ScoreBlock(m_.dense.data(), side.ctx, block.data(), scratch.data(), y);
-      ImplicitScores(
-          side, block.data(),
-          [&](int i) { return i < lanes ? item_rows[first + i] : EmbeddingTable::kNoRow; }, y);
+      if (need_match) {
+        std::fill(match, match + kNumTasks * L, 0.0f);
+        for (int i = 0; i < lanes; ++i) {
+          const std::vector<std::string>* f = features.empty() ? nullptr : features[first + i];
+          ItemFeatureRows(item_rows[first + i], f, &feats);
+          LaneMatch(side, item_rows[first + i], feats.data(), feats.size(),
+                    m_.RecentPopularityOfRow(item_rows[first + i]), i, match);
+        }
+      }
+      ImplicitScores(side, block.data(), need_match ? match : nullptr, y);
       for (int i = 0; i < lanes; ++i) (*out)[first + i] = FinishLane(y, i, side, block.data());
     }
   };
@@ -288,7 +319,8 @@ void Scorer::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_r
 }
 
 void Scorer::TopKOfBlocks(const UserSide& side, const float* blocks, size_t begin, size_t end,
-                          uint32_t first_row, uint32_t end_row, int k,
+                          uint32_t first_row, uint32_t end_row, const uint32_t* feat_begin,
+                          const uint32_t* feat_rows, const float* popularity, int k,
                           const std::vector<uint32_t>& excluded, const Blend& blend,
                           std::vector<ScoredItem>* out) const {
   const size_t stride = m_.shape.block_floats();
@@ -308,16 +340,22 @@ void Scorer::TopKOfBlocks(const UserSide& side, const float* blocks, size_t begi
   // Min-heap of the best k by Better: top() is the worst kept.
   std::vector<ScoredItem> heap;
   heap.reserve(size_t(k) + 1);
+  float match[kNumTasks * L];
+  const bool need_match = NeedsMatch(side);
   for (size_t b = begin; b < end; ++b) {
     const float* block = blocks + b * stride;
     m_.shape.ScoreBlock(m_.dense.data(), side.ctx, block, scratch.data(), y);
-    ImplicitScores(
-        side, block,
-        [&](int i) {
-          const uint32_t row = first_row + uint32_t(b * L) + uint32_t(i);
-          return row < end_row ? row : EmbeddingTable::kNoRow;
-        },
-        y);
+    if (need_match) {
+      std::fill(match, match + kNumTasks * L, 0.0f);
+      for (int i = 0; i < L; ++i) {
+        const uint32_t row = first_row + uint32_t(b * L) + uint32_t(i);
+        if (row >= end_row) break;
+        const uint32_t at = row - first_row;
+        LaneMatch(side, row, feat_rows + feat_begin[at], feat_begin[at + 1] - feat_begin[at],
+                  popularity[at], i, match);
+      }
+    }
+    ImplicitScores(side, block, need_match ? match : nullptr, y);
     ScreenBlock(y, block + size_t(d) * L, sp, approx);
     const bool full = int(heap.size()) >= k;
     const float bar =
@@ -354,6 +392,10 @@ struct Scorer::ItemPanel {
   // Now() when the panel was last known to match the model.
   mutable std::atomic<double> current_at{0};
   AlignedFloats data;
+  // Each item's feature rows (for the history match): item r's are
+  // feat_rows[feat_begin[r] .. feat_begin[r + 1]).
+  std::vector<uint32_t> feat_begin, feat_rows;
+  std::vector<float> popularity;  // Model::RecentPopularity of each item at the build
 };
 
 class Scorer::RecommendCache {
@@ -445,6 +487,15 @@ class Scorer::RecommendCache {
       gather(0, blocks);
     }
     if (aborted.load()) return nullptr;
+    // The feature lists, in one pass (GatherItem read them too, per block).
+    p->feat_begin.reserve(size_t(p->items) + 1);
+    p->feat_begin.push_back(0);
+    p->popularity.resize(p->items);
+    for (uint32_t r = 0; r < p->items; ++r) {
+      m_.item_lists.Get(r, &p->feat_rows);
+      p->feat_begin.push_back(uint32_t(p->feat_rows.size()));
+      p->popularity[r] = m_.RecentPopularityOfRow(r);
+    }
     p->build_seconds = Now() - start;
     p->current_at.store(start);
     return p;
@@ -562,6 +613,8 @@ std::vector<Recommendation> Scorer::Recommend(std::string_view user, int k, bool
   const uint32_t n = m_.items.size();
   AlignedFloats tail;
   size_t tail_blocks = 0;
+  std::vector<uint32_t> tail_begin = {0}, tail_feats;
+  std::vector<float> tail_popularity;
   if (n > panel->items) {
     tail_blocks = (size_t(n - panel->items) + L - 1) / L;
     tail.Resize(tail_blocks * stride);
@@ -570,6 +623,9 @@ std::vector<Recommendation> Scorer::Recommend(std::string_view user, int k, bool
     for (uint32_t r = panel->items; r < n; ++r) {
       const uint32_t i = r - panel->items;
       GatherItem(r, int(i % L), &rows, v.data(), tail.data() + (i / L) * stride);
+      m_.item_lists.Get(r, &tail_feats);
+      tail_begin.push_back(uint32_t(tail_feats.size()));
+      tail_popularity.push_back(m_.RecentPopularityOfRow(r));
     }
   }
 
@@ -577,7 +633,8 @@ std::vector<Recommendation> Scorer::Recommend(std::string_view user, int k, bool
   std::vector<std::vector<ScoredItem>> best(parts + 1);
   auto scan = [&](int part) {
     const size_t begin = blocks * part / parts, end = blocks * (part + 1) / parts;
-    TopKOfBlocks(side, panel->data.data(), begin, end, 0, panel->items, k, excluded, blend,
+    TopKOfBlocks(side, panel->data.data(), begin, end, 0, panel->items, panel->feat_begin.data(),
+                 panel->feat_rows.data(), panel->popularity.data(), k, excluded, blend,
                  &best[part]);
   };
   if (parts > 1) {
@@ -591,8 +648,8 @@ std::vector<Recommendation> Scorer::Recommend(std::string_view user, int k, bool
     scan(0);
   }
   if (tail_blocks > 0)
-    TopKOfBlocks(side, tail.data(), 0, tail_blocks, panel->items, n, k, excluded, blend,
-                 &best[parts]);
+    TopKOfBlocks(side, tail.data(), 0, tail_blocks, panel->items, n, tail_begin.data(),
+                 tail_feats.data(), tail_popularity.data(), k, excluded, blend, &best[parts]);
 
   std::vector<ScoredItem> all;
   for (auto& b : best) all.insert(all.end(), b.begin(), b.end());

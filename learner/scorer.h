@@ -52,7 +52,7 @@ class Scorer {
     std::array<float, kNumTasks> bias{};
     uint32_t row = EmbeddingTable::kNoRow;
     std::array<bool, kNumTasks> implicit{};  // Model::implicit, at preparation
-    std::vector<uint32_t> history;           // the user's history rows
+    HistoryView history;                     // the user's history
     std::vector<float> u;                    // implicit tasks' user vector
   };
   struct ScoredItem {
@@ -94,17 +94,33 @@ class Scorer {
                   const std::vector<std::string>* features = nullptr) const;
   // Replaces ScoreBlock's y of each implicit task by the two towers' dot
   // product (see LearnerOptions::feedback).
-  // The item row of lane i is row_of(i) (kNoRow: none), for the repeat
-  // weight (Model::repeat).
-  void ImplicitScores(const UserSide& side, const float* block,
-                      const std::function<uint32_t(int)>& row_of, float* y) const;
+  // match: null, or per task and lane (match[t * kScoreLanes + i]) the
+  // item's Model::HistoryMatch logit, added to implicit tasks' y.
+  void ImplicitScores(const UserSide& side, const float* block, const float* match,
+                      float* y) const;
+  // True when some task is implicit: its logit has the history match and
+  // the recent popularity.
+  bool NeedsMatch(const UserSide& side) const;
+  // For every implicit task, the history match and the recent
+  // popularity (`popularity`: Model::RecentPopularity) of an item (row,
+  // feature rows) into match[t * kScoreLanes + lane].
+  void LaneMatch(const UserSide& side, uint32_t row, const uint32_t* f, size_t nf,
+                 float popularity, int lane, float* match) const;
+  // The feature rows an item is scored with (GatherItem's): its stored
+  // list, or the request's features that the model knows.
+  void ItemFeatureRows(uint32_t row, const std::vector<std::string>* features,
+                       std::vector<uint32_t>* out) const;
   // The prediction of lane `lane` from ScoreBlock's y and the block's biases.
   Prediction FinishLane(const float* y, int lane, const UserSide& side, const float* block) const;
   // The best k of the items in blocks [begin, end) of `blocks` (item row of
   // lane i of block b: b * kScoreLanes + i + first_row, valid below
   // end_row), leaving out `excluded` (sorted rows); best first into *out.
+  // feat_begin and feat_rows: the items' feature rows (those of row r at
+  // feat_rows[feat_begin[r - first_row] ...]), for the history match;
+  // popularity[r - first_row]: the item's Model::RecentPopularity.
   void TopKOfBlocks(const UserSide& side, const float* blocks, size_t begin, size_t end,
-                    uint32_t first_row, uint32_t end_row, int k,
+                    uint32_t first_row, uint32_t end_row, const uint32_t* feat_begin,
+                    const uint32_t* feat_rows, const float* popularity, int k,
                     const std::vector<uint32_t>& excluded, const Blend& blend,
                     std::vector<ScoredItem>* out) const;
 

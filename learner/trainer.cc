@@ -348,9 +348,8 @@ void Trainer::PoolHistory(uint32_t user, TrainState* s) const {
   s->has_history = false;
   if (options.history == 0) return;
   std::fill(s->history.begin(), s->history.end(), 0.0f);
-  m_.AddHistory(user, &s->history_items, &s->history_rows, s->history_acc.data(),
-                s->history.data());
-  s->has_history = !s->history_items.empty();
+  m_.AddHistory(user, &s->history_view, s->history_acc.data(), s->history.data());
+  s->has_history = !s->history_view.empty();
 }
 
 void Trainer::Remember(const Event& e, uint32_t item_row, uint32_t item_hash) {
@@ -387,8 +386,12 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
   if (s->has_history)
     for (int k = 0; k < d; ++k) u[k] += s->history[k];
   s->cand_v.resize(size_t(options.implicit_negatives + 1) * d);
+  s->cand_hits.resize(size_t(options.implicit_negatives + 1) * 2 * options.history);
   s->cand_bias.clear();
   s->cand_z.clear();
+  s->cand_rows.clear();
+  s->cand_begin.assign(1, 0);
+  s->cand_hash.assign(1, s->item_hash);
   auto add = [&](const EmbeddingTable& main, const std::vector<uint32_t>& rows,
                  const std::vector<uint32_t>& slots, StagedRows* staged) {
     float* v = s->cand_v.data() + s->cand_z.size() * d;
@@ -398,7 +401,11 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
       m_.shape.Project(s->dense_now, m_.pretrained->Row(pre_row), v);
     float dot = 0.0f;
     for (int k = 0; k < d; ++k) dot += u[k] * v[k];
-    if (s->has_history && Model::InHistory(s->history_items, rows[0])) dot += m_.repeat[t];
+    const size_t c = s->cand_z.size();
+    if (s->has_history)
+      dot += m_.HistoryMatch(t, s->history_view, rows[0], rows.data() + 1, rows.size() - 1,
+                             s->cand_hits.data() + c * 2 * options.history);
+    dot += m_.RecentPopularity(s->cand_hash[c]);
     s->cand_bias.push_back(bi[t]);
     s->cand_z.push_back(dot + bu[t] + bi[t]);
   };
@@ -409,9 +416,7 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
   const uint32_t pos_row = s->item_rows[0];
   const uint64_t filled =
       std::min<uint64_t>(m_.recent.size(), m_.recent_next.load(std::memory_order_relaxed));
-  s->cand_rows.clear();
-  s->cand_begin.assign(1, 0);
-  s->cand_hash.assign(1, s->item_hash);
+
   static const std::vector<uint32_t> kNoSlots;
   for (int k = 0; k < options.implicit_negatives && filled > 0; ++k) {
     s->rng = s->rng * 6364136223846793005ULL + 1442695040888963407ULL;
@@ -441,12 +446,14 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
   }
   // dL/ds_c = p_c - [c = 0]; du = sum_c g_c v_c, dv_c = g_c u.
   std::fill(s->du.begin(), s->du.end(), 0.0f);
-  float repeat_grad = 0.0f;
+  const size_t hw = 2 * size_t(options.history);
+  s->match_grad.assign(hw, 0.0f);
+
   for (size_t c = 0; c < n; ++c) {
     const float g = s->cand_z[c] / sum - (c == 0 ? 1.0f : 0.0f);
     s->cand_z[c] = g;
-    const uint32_t row = c == 0 ? pos_row : s->cand_rows[s->cand_begin[c - 1]];
-    if (s->has_history && Model::InHistory(s->history_items, row)) repeat_grad += g;
+    if (s->has_history)
+      for (size_t j = 0; j < hw; ++j) s->match_grad[j] += g * s->cand_hits[c * hw + j];
     const float* v = s->cand_v.data() + c * d;
     for (int k = 0; k < d; ++k) s->du[k] += g * v[k];
   }
@@ -467,11 +474,16 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
       UpdateRows(m_.items, m_.item_features, s->neg_rows, kNoSlots, nullptr, s->dv.data(), t);
     }
   }
-  if (repeat_grad != 0.0f) {
-    // Adagrad on the task's repeat weight, at the biases' rate (Hogwild).
-    float& acc = m_.repeat[kNumTasks + t];
-    acc += repeat_grad * repeat_grad;
-    m_.repeat[t] -= lr_bias * repeat_grad / (std::sqrt(acc) + 1e-8f);
+  if (s->has_history) {
+    // Adagrad on the task's match weights, at the biases' rate (Hogwild).
+    float* w = m_.MatchWeights(t);
+    float* acc = m_.MatchAccumulators(t);
+    for (size_t j = 0; j < hw; ++j) {
+      const float g = s->match_grad[j];
+      if (g == 0.0f) continue;
+      acc[j] += g * g;
+      w[j] -= lr_bias * g / (std::sqrt(acc[j]) + 1e-8f);
+    }
   }
   s->du[d] = 0.0f;  // the user's bias cancels in the softmax
   UpdateRows(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user, s->du.data(),
@@ -487,7 +499,6 @@ void Trainer::TrainOne(const Event& e, TrainState* s, Prediction* before) {
     m_.saw_negative[t].store(true, std::memory_order_relaxed);
   PoolHistory(user_row, s);
   s->item_hash = Model::IdHash(e.item);
-  Remember(e, item_row, s->item_hash);
   // The draws of this event's negatives and replays depend on the model's
   // state alone (not on which thread runs it or since when), so that a
   // restored model learns on exactly as the original would (one thread).
@@ -499,6 +510,9 @@ void Trainer::TrainOne(const Event& e, TrainState* s, Prediction* before) {
   s->rng = seed ^ (seed >> 31);
   const bool implicit = m_.implicit(t);
   const float pred = implicit ? LearnImplicit(t, e.label > 0.5f, s) : Learn(e.task, e.label, s);
+  // After learning: the event's item is not yet among the popular items
+  // (or its own negatives) when the event is predicted, as when scored.
+  Remember(e, item_row, s->item_hash);
   if (before) {
     *before = Prediction();
     if (e.task == Task::kClick) before->click = pred;

@@ -141,11 +141,14 @@ struct TrainState {
   StagedRows staged_user, staged_item;
   std::vector<uint32_t> chunk_slots, user_slots, item_slots;
   std::vector<float> du, dv, du2, dv2, dp;
-  // The pooled history of the event's user (has_history: not empty), and
-  // AddHistory's scratch.
+  // The pooled history of the event's user (has_history: not empty), the
+  // history itself, and AddHistory's scratch.
   std::vector<float> history, history_acc;
   bool has_history = false;
-  std::vector<uint32_t> history_items, history_rows;
+  HistoryView history_view;
+  // LearnImplicit: Model::HistoryMatch's hits of each candidate, and the
+  // gradient of the match weights.
+  std::vector<float> cand_hits, match_grad;
   // Implicit feedback (LearnImplicit): candidate c's rows are
   // cand_rows[cand_begin[c], cand_begin[c + 1]) (c = 0: the event's item),
   // its vector cand_v[c * dim, (c + 1) * dim), its logit cand_z[c].
