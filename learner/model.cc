@@ -70,6 +70,12 @@ void Model::AddHistory(uint32_t user, HistoryView* view, float* acc, float* vec)
   view->feature_begin.assign(1, 0);
   histories.Get(user, &view->items);
   if (view->items.empty()) return;
+  // The items' rows and lists start loading together (one cache miss's
+  // wait for them all, not one each).
+  for (uint32_t item : view->items) {
+    PrefetchBytes(items.Row(item), size_t(width) * sizeof(float));
+    item_lists.Prefetch(item);
+  }
   const int d = options.dim;
   std::fill(acc, acc + d, 0.0f);
   for (uint32_t item : view->items) {

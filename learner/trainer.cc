@@ -418,11 +418,20 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
       std::min<uint64_t>(m_.recent.size(), m_.recent_next.load(std::memory_order_relaxed));
 
   static const std::vector<uint32_t> kNoSlots;
+  // Drawn first and their rows prefetched, so that their cache misses
+  // overlap instead of coming one after another.
+  s->neg_entries.clear();
   for (int k = 0; k < options.implicit_negatives && filled > 0; ++k) {
     s->rng = s->rng * 6364136223846793005ULL + 1442695040888963407ULL;
     const uint64_t entry = m_.recent[(s->rng >> 33) % filled].load(std::memory_order_relaxed);
     const uint32_t neg = uint32_t(entry >> 32);
     if (entry == Model::kNoEntry || neg == pos_row) continue;
+    s->neg_entries.push_back(entry);
+    PrefetchBytes<true>(m_.items.Row(neg), m_.items.row_floats() * sizeof(float));
+    m_.item_lists.Prefetch(neg);
+  }
+  for (uint64_t entry : s->neg_entries) {
+    const uint32_t neg = uint32_t(entry >> 32);
     s->cand_hash.push_back(uint32_t(entry));
     s->neg_rows.clear();
     s->neg_rows.push_back(neg);

@@ -153,6 +153,7 @@ struct TrainState {
   // cand_rows[cand_begin[c], cand_begin[c + 1]) (c = 0: the event's item),
   // its vector cand_v[c * dim, (c + 1) * dim), its logit cand_z[c].
   std::vector<uint32_t> cand_rows, cand_begin, neg_rows, cand_hash;
+  std::vector<uint64_t> neg_entries;  // the ring entries drawn
   uint32_t item_hash = 0;  // Model::IdHash of the event's item
   std::vector<float> cand_v, cand_bias, cand_z;
   // The dense parameters the chunk's steps read (BeginChunk): the shared
