@@ -239,7 +239,10 @@ TEST_CASE("Positive-only logs learn as implicit feedback: histories and populari
   o.threads = GENERATE(1, 2);
   auto l = MakeLearner(o);
   const std::vector<Event> log = PositiveOnlyLog(3000, 3);
-  for (int pass = 0; pass < 2; ++pass) l->Train(log);
+  // In batches, as the service learns polls (the items drawn as negatives
+  // are those of earlier batches).
+  for (int pass = 0; pass < 2; ++pass)
+    for (size_t b = 0; b < log.size(); b += 500) l->Train(std::span(log).subspan(b, 500));
   // No label 0 ever came: the click task is implicit, and its loss weight
   // did not run away.
   CHECK(l->Stats().tasks[0].loss_weight == Approx(1.0));
@@ -319,7 +322,7 @@ TEST_CASE("A task that receives a label 0 switches to explicit learning", "[Lear
   more.insert(more.begin(), negative);
   l->Train(more);
   // Explicit from then on: the head has learned (mostly label 1 now).
-  CHECK(l->Score("nobody", "nothing", Blend()).prediction.click > 0.6f);
+  CHECK(l->Score("nobody", "nothing", Blend()).prediction.click > 0.55f);
   // And it stays explicit after a snapshot and restore.
   ModelSnapshot snap;
   l->TakeSnapshot(true, &snap);

@@ -43,6 +43,8 @@ Model::Model(const LearnerOptions& o)
   for (auto& n : saw_negative) n.store(false);
   for (auto& r : recent) r.store(kNoEntry, std::memory_order_relaxed);
   for (auto& c : recent_count) c.store(0, std::memory_order_relaxed);
+  log_table.resize(kLogTable + 1);
+  for (uint32_t n = 1; n <= kLogTable; ++n) log_table[n] = std::log(float(n));
   dense.resize(shape.dense_size());
   dense_accum.assign(shape.dense_size(), 0.0f);
   if (adam()) dense_m.assign(shape.dense_size(), 0.0f);

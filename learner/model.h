@@ -201,7 +201,8 @@ struct Model {
   // Each user's latest items (LearnerOptions::history), by user row.
   Histories histories;
   // Negative sampling: a ring of recently seen item rows, and how often
-  // each item (by a hash of its row) is in it. With options.negatives > 0
+  // each item (by a hash of its id) is in it, written after each Train call
+  // in event order (trainer.cc). With options.negatives > 0
   // every event's item enters the ring, otherwise (implicit feedback) the
   // items of positive click and purchase events. Part of snapshots (as
   // "negative_ring" lists), so that a restored model samples as the
@@ -230,8 +231,17 @@ struct Model {
   // learned from an item's few events, cannot).
   float RecentPopularity(uint32_t hash) const {
     if (recent_count.empty()) return 0.0f;
-    return std::log1p(float(RecentCount(hash).load(std::memory_order_relaxed)));
+    return Log1p(RecentCount(hash).load(std::memory_order_relaxed));
   }
+  // log(1 + n) and log(max(n, 1)), from tables for the usual counts.
+  static constexpr uint32_t kLogTable = 1u << 16;
+  float Log1p(uint32_t n) const {
+    return n < kLogTable ? log_table[n + 1] : std::log1p(float(n));
+  }
+  float LogAtLeast1(uint32_t n) const {
+    return n < kLogTable ? log_table[std::max<uint32_t>(n, 1)] : std::log(float(n));
+  }
+  std::vector<float> log_table;  // log_table[n] = log(n), n in [1, kLogTable]
   float RecentPopularityOfRow(uint32_t item_row) const {
     if (recent_count.empty() || item_row == EmbeddingTable::kNoRow) return 0.0f;
     return RecentPopularity(IdHash(items.key(item_row)));

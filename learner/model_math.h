@@ -25,6 +25,20 @@ namespace recstream::learner {
 
 class ModelShape;
 
+// a . b with eight independent partial sums, so the compiler can keep the
+// additions in vector registers (a single running sum is a serial chain:
+// floats are not reassociated without -ffast-math).
+inline float Dot(const float* a, const float* b, int n) {
+  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int i = 0; i < 8; ++i) part[i] += a[k + i] * b[k + i];
+  float sum =
+      ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  for (; k < n; ++k) sum += a[k] * b[k];
+  return sum;
+}
+
 // Scratch buffers of one forward/backward pass. h (the mixed experts) is
 // used by MMoE only; the shared bottom's output is a.
 struct Forward {

@@ -96,7 +96,7 @@ struct LearnerOptions {
   // implicit task's loss weight stays at its initial value: its loss says
   // nothing about how hard the task is compared with the others.
   Feedback feedback = Feedback::kAuto;
-  int implicit_negatives = 16;
+  int implicit_negatives = 8;
   // Each user's latest `history` items (of positive click and purchase
   // events, consecutive repeats once) shape the user's vector in
   // every task: it adds the mean of those items' vectors (item row plus its

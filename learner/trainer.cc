@@ -364,13 +364,6 @@ void Trainer::Remember(const Event& e, uint32_t item_row, uint32_t item_hash) {
   if (old != Model::kNoEntry) m_.RecentCount(uint32_t(old)).fetch_sub(1, std::memory_order_relaxed);
 }
 
-float Trainer::SampleProbability(uint32_t hash) const {
-  const uint64_t filled =
-      std::min<uint64_t>(m_.recent.size(), m_.recent_next.load(std::memory_order_relaxed));
-  const uint32_t count = m_.RecentCount(hash).load(std::memory_order_relaxed);
-  return float(std::max<uint32_t>(count, 1)) / float(std::max<uint64_t>(filled, 1));
-}
-
 float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
   // Two towers: u = the user's rows + pooled history, v_c = candidate c's
   // rows; logit s_c = u . v_c + b_u + b_c. Sampled softmax over the event's
@@ -399,8 +392,7 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
     const uint32_t pre_row = m_.PretrainedRow(rows[0]);
     if (pre_row != EmbeddingTable::kNoRow)
       m_.shape.Project(s->dense_now, m_.pretrained->Row(pre_row), v);
-    float dot = 0.0f;
-    for (int k = 0; k < d; ++k) dot += u[k] * v[k];
+    float dot = Dot(u, v, d);
     const size_t c = s->cand_z.size();
     if (s->has_history)
       dot += m_.HistoryMatch(t, s->history_view, rows[0], rows.data() + 1, rows.size() - 1,
@@ -444,7 +436,9 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
   if (n < 2) return prediction;
   float zmax = -INFINITY;
   for (size_t c = 0; c < n; ++c) {
-    s->cand_z[c] -= std::log(SampleProbability(s->cand_hash[c]));
+    // - log Q_c, Q_c = max(count_c, 1) / (entries in the ring); the
+    // denominator is the same for every candidate and cancels.
+    s->cand_z[c] -= m_.LogAtLeast1(m_.RecentCount(s->cand_hash[c]).load(std::memory_order_relaxed));
     zmax = std::max(zmax, s->cand_z[c]);
   }
   float sum = 0.0f;
@@ -458,22 +452,27 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
   const size_t hw = 2 * size_t(options.history);
   s->match_grad.assign(hw, 0.0f);
 
+  float* __restrict du = s->du.data();
+  float* __restrict match_grad = s->match_grad.data();
   for (size_t c = 0; c < n; ++c) {
     const float g = s->cand_z[c] / sum - (c == 0 ? 1.0f : 0.0f);
     s->cand_z[c] = g;
-    if (s->has_history)
-      for (size_t j = 0; j < hw; ++j) s->match_grad[j] += g * s->cand_hits[c * hw + j];
-    const float* v = s->cand_v.data() + c * d;
-    for (int k = 0; k < d; ++k) s->du[k] += g * v[k];
+    if (s->has_history) {
+      const float* __restrict hits = s->cand_hits.data() + c * hw;
+      for (size_t j = 0; j < hw; ++j) match_grad[j] += g * hits[j];
+    }
+    const float* __restrict v = s->cand_v.data() + c * d;
+    for (int k = 0; k < d; ++k) du[k] += g * v[k];
   }
   if (!AllFinite(s->du.data(), size_t(d))) {
     ++s->refused;
     return prediction;
   }
+  float* __restrict dv = s->dv.data();
   for (size_t c = 0; c < n; ++c) {
     const float g = s->cand_z[c];
-    for (int k = 0; k < d; ++k) s->dv[k] = g * u[k];
-    s->dv[d] = g;
+    for (int k = 0; k < d; ++k) dv[k] = g * u[k];
+    dv[d] = g;
     if (c == 0) {
       UpdateRows(m_.items, m_.item_features, s->item_rows, s->item_slots, &s->staged_item,
                  s->dv.data(), t);
@@ -509,19 +508,18 @@ void Trainer::TrainOne(const Event& e, TrainState* s, Prediction* before) {
   PoolHistory(user_row, s);
   s->item_hash = Model::IdHash(e.item);
   // The draws of this event's negatives and replays depend on the model's
-  // state alone (not on which thread runs it or since when), so that a
-  // restored model learns on exactly as the original would (one thread).
+  // state and the event's place in the Train call alone (not on which
+  // thread runs it), so that a restored model given the same calls learns
+  // on exactly as the original would (one thread).
   uint64_t seed = options.seed ^ (uint64_t(Model::IdHash(e.user)) << 32 | s->item_hash);
   seed ^= m_.recent_next.load(std::memory_order_relaxed) * 0xD1B54A32D192ED03ULL;
   seed ^= replay_next.load(std::memory_order_relaxed) * 0x8CB92BA72F3D8DD7ULL;
+  seed ^= uint64_t(s->event_index) * 0x9E3779B97F4A7C15ULL;
   seed = (seed ^ (seed >> 30)) * 0xBF58476D1CE4E5B9ULL;
   seed = (seed ^ (seed >> 27)) * 0x94D049BB133111EBULL;
   s->rng = seed ^ (seed >> 31);
   const bool implicit = m_.implicit(t);
   const float pred = implicit ? LearnImplicit(t, e.label > 0.5f, s) : Learn(e.task, e.label, s);
-  // After learning: the event's item is not yet among the popular items
-  // (or its own negatives) when the event is predicted, as when scored.
-  Remember(e, item_row, s->item_hash);
   if (before) {
     *before = Prediction();
     if (e.task == Task::kClick) before->click = pred;
@@ -664,7 +662,7 @@ void Trainer::Train(std::span<const Event> events, std::vector<Prediction>* befo
   const ThreadNiceScope nice(nice_target);
   const size_t chunk = size_t(options.chunk);
   const bool parallel = threads > 1 && events.size() > chunk;
-  if (options.history > 0) event_rows.resize(events.size());
+  event_rows.resize(events.size());
   auto run = [&](size_t begin, size_t end) {
     TrainState& s = states.local();
     BeginChunk(parallel, &s);
@@ -683,8 +681,8 @@ void Trainer::Train(std::span<const Event> events, std::vector<Prediction>* befo
         s.user_slots.assign(slots + at[0], slots + at[1]);
         s.item_slots.assign(slots + at[1], slots + at[2]);
       }
-      if (options.history > 0)
-        event_rows[begin + i] = uint64_t(s.user_rows[0]) << 32 | s.item_rows[0];
+      event_rows[begin + i] = uint64_t(s.user_rows[0]) << 32 | s.item_rows[0];
+      s.event_index = begin + i;
       TrainOne(events[begin + i], &s, before ? &(*before)[begin + i] : nullptr);
     }
     FinishChunk(&s);
@@ -700,12 +698,16 @@ void Trainer::Train(std::span<const Event> events, std::vector<Prediction>* befo
     });
     MergeStaged();
   }
-  if (options.history == 0) return;
-  // The histories, in event order (see history.h).
+  // The negative ring and the histories, in event order, on this thread:
+  // the same for any number of threads, and no cache line of the ring
+  // moves between cores during the call (the call's events learned from
+  // both as they were when it began).
   for (size_t i = 0; i < events.size(); ++i) {
     const Event& e = events[i];
-    if (e.task != Task::kRating && e.label > 0.5f)
-      m_.histories.Push(uint32_t(event_rows[i] >> 32), uint32_t(event_rows[i]));
+    const uint32_t user_row = uint32_t(event_rows[i] >> 32), item_row = uint32_t(event_rows[i]);
+    Remember(e, item_row, Model::IdHash(e.item));
+    if (options.history > 0 && e.task != Task::kRating && e.label > 0.5f)
+      m_.histories.Push(user_row, item_row);
   }
 }
 

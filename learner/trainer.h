@@ -155,6 +155,7 @@ struct TrainState {
   std::vector<uint32_t> cand_rows, cand_begin, neg_rows, cand_hash;
   std::vector<uint64_t> neg_entries;  // the ring entries drawn
   uint32_t item_hash = 0;  // Model::IdHash of the event's item
+  size_t event_index = 0;  // the event's place in the Train call
   std::vector<float> cand_v, cand_bias, cand_z;
   // The dense parameters the chunk's steps read (BeginChunk): the shared
   // block itself on one thread, this copy of it when chunks run in parallel.
@@ -218,9 +219,6 @@ class Trainer {
   // Notes the event's item in the ring negatives are drawn from (and its
   // count, for the sampling probability).
   void Remember(const Event& e, uint32_t item_row, uint32_t item_hash);
-  // The probability that a draw from the ring gives the item whose id has
-  // Model::IdHash `hash`.
-  float SampleProbability(uint32_t hash) const;
   // s->history and s->has_history for user row `user`.
   void PoolHistory(uint32_t user, TrainState* s) const;
   // Remembers e and learns options.replay earlier events again.
@@ -256,8 +254,8 @@ class Trainer {
   std::unique_ptr<TrainNiceObserver> nice_observer;
   tbb::enumerable_thread_specific<TrainState> states;
 
-  // Train's event rows (user row << 32 | item row), for the history pushes
-  // that end the call.
+  // Train's event rows (user row << 32 | item row), for the negative ring
+  // and history pushes that end the call.
   std::vector<uint64_t> event_rows;
   // Experience replay: a ring of (user row << 32 | item row) and
   // (task << 32 | label bits) of recent events.
