@@ -168,6 +168,7 @@ LearnerStats Learner::Stats() const {
       TaskStats& ts = s.tasks[t];
       ts.learned = m.learned[t].load(std::memory_order_relaxed);
       ts.loss_weight = m.weighting.weight(Task(t));
+      ts.implicit = m.implicit(t);
       ts.avg_loss = avg[t];
       if (tm.count > 0) {
         if (t == int(Task::kRating)) {

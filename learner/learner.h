@@ -79,6 +79,8 @@ struct Recommendation {
 // Progressive (predict-then-learn) metrics over the events trained so far.
 struct TaskStats {
   uint64_t learned = 0;
+  // Learned as implicit feedback now (LearnerOptions::feedback).
+  bool implicit = false;
   double loss_weight = 1.0;  // current weight of this task's loss
   double avg_loss = 0.0;     // exponential moving average of the task loss
   // click and purchase: AUC and logloss over all progressive predictions.

@@ -630,6 +630,7 @@ HttpResponse Api::Stats() const {
     w.Key("learned").Uint(st.learned[i]);
     w.Key("learned_by_model").Uint(ts.learned);
     w.Key("loss_weight").Double(ts.loss_weight);
+    w.Key("feedback").String(ts.implicit ? "implicit" : "explicit");
     w.Key("avg_loss").Double(ts.avg_loss);
     w.Key("progressive").BeginObject();
     bool any = ts.learned > 0;

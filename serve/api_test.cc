@@ -532,6 +532,8 @@ TEST_CASE("GET /v1/stats reports counters, weights, metrics, lag and checkpoint"
           Approx(ls.tasks[static_cast<int>(t)].loss_weight));
     CHECK(task["seen"].get_uint64().value() == f.hooks.status_.seen[static_cast<int>(t)]);
     CHECK(task["learned_by_model"].get_uint64().value() == ls.tasks[static_cast<int>(t)].learned);
+    CHECK(std::string(task["feedback"].get_string().value()) ==
+          (ls.tasks[static_cast<int>(t)].implicit ? "implicit" : "explicit"));
   }
   CHECK(doc["tasks"]["click"]["progressive"]["auc"].is_double());
   CHECK(doc["tasks"]["rating"]["progressive"]["rmse"].is_double());
