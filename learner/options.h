@@ -86,11 +86,16 @@ struct LearnerOptions {
   // what was shown and skipped): each event ranks its item above
   // implicit_negatives items sampled in proportion to their recent
   // popularity, by a sampled softmax with the sampling-bias (logQ)
-  // correction of Yi et al. (RecSys 2019), on the two-tower score
-  // u . v + user and item biases, which is then the task's prediction (a
-  // score in (0, 1) that orders items, not a calibrated probability). With
-  // the correction, the item and feature biases learn how popular an item
-  // is, so users with no history get the popular items. auto (default): a
+  // correction of Yi et al. (RecSys 2019), on the two-tower logit
+  //   u . v + user and item biases + history match + log(1 + n),
+  // n being the item's occurrences among the last negative_window positive
+  // events (a popularity prior that follows drifting popularity; the model
+  // learns what it does not explain), the history match the learned
+  // weights of "is the user's p-th latest item" and "shares a feature with
+  // it" per position p. Its sigmoid is the task's prediction (a score in
+  // (0, 1) that orders items, not a calibrated probability). Users with no
+  // history get the popular items. Items enter the ring after each Train
+  // call, in event order. auto (default): a
   // task is implicit until its first event with label 0, explicit from then
   // on (also after a restore). The rating task is always explicit. An
   // implicit task's loss weight stays at its initial value: its loss says
@@ -98,11 +103,14 @@ struct LearnerOptions {
   Feedback feedback = Feedback::kAuto;
   int implicit_negatives = 8;
   // Each user's latest `history` items (of positive click and purchase
-  // events, consecutive repeats once) shape the user's vector in
-  // every task: it adds the mean of those items' vectors (item row plus its
-  // feature rows). The history is part of the model (snapshots, store). The
-  // mean is an input: gradients do not flow into the history's items, which
-  // learn from their own events. 0 turns it off.
+  // events, consecutive repeats once) shape the user's vector in every
+  // task: the mean of those items' vectors (item row plus its feature rows)
+  // is added, at weight 1 for implicit tasks and at a learned weight that
+  // starts at 0 for the dense layers of explicit tasks (so that a stream
+  // it does not help learns as without it). The mean is an input:
+  // gradients do not flow into the history's items, which learn from their
+  // own events. Histories are updated after each Train call, in event
+  // order, and are part of the model (snapshots, store). 0 turns it off.
   int history = 10;
   // Negative sampling for positive-only logs: after each positive click or
   // purchase event, this many items drawn from the recently seen items (so
