@@ -21,9 +21,9 @@
 // the rows changed since the previous snapshot (row deltas) plus the dense
 // parameters and counters; ApplySnapshot() loads such snapshots back. Storing
 // a full snapshot followed by every delta snapshot and applying them in order
-// reproduces the model bit for bit (feature lists and optimizer state
-// included). The short-lived rings of negative sampling and replay are not
-// part of a snapshot.
+// reproduces the model bit for bit (feature lists, user histories, the
+// ring negatives are drawn from, which tasks are implicit, and optimizer
+// state included). The replay ring is not part of a snapshot.
 #pragma once
 
 #include <array>
@@ -115,7 +115,10 @@ struct TableDelta {
 };
 
 // The side features each user (table "user") or item (table "item") was last
-// seen with: scoring adds their vectors, as training did.
+// seen with: scoring adds their vectors, as training did. Two more kinds of
+// lists travel the same way: "user_history" (each user's latest items,
+// oldest first) and "negative_ring" (one list: the ring's next position,
+// then its items, "" for an empty slot).
 struct FeatureListDelta {
   std::string table;
   std::vector<std::string> keys;                   // user or item ids
