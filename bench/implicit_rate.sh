@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Issue #28: eval throughput of a positive-only stream (implicit feedback,
-# histories, 16 sampled negatives per event) against an explicit-label
+# histories, 8 sampled negatives per event) against an explicit-label
 # stream of the same size, same build, 2 training threads, taking turns
 # (ROUNDS pairs) so that the machine's drift hits both alike. Prints each
 # run's events/s and the implicit/explicit ratio of each pair.
 #   bench/implicit_rate.sh BUILD_DIR [EVENTS] [ROUNDS]
+# IMPLICIT_SET="model.implicit_negatives=4" adds --set options to the
+# implicit runs.
 set -euo pipefail
 build=${1:?usage: implicit_rate.sh BUILD_DIR [EVENTS] [ROUNDS]}
 events=${2:-1000000}
@@ -22,6 +24,8 @@ rate() {
 }
 for r in $(seq "$rounds"); do
   e=$(rate explicit)
-  i=$(rate implicit)
+  set_args=()
+  for kv in ${IMPLICIT_SET:-}; do set_args+=(--set "$kv"); done
+  i=$(rate implicit "${set_args[@]}")
   echo "round $r: explicit $e ev/s, implicit $i ev/s, ratio $(awk -v a="$i" -v b="$e" 'BEGIN{printf "%.3f", a/b}')"
 done

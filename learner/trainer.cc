@@ -383,6 +383,7 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
   s->cand_bias.clear();
   s->cand_z.clear();
   s->cand_rows.clear();
+  s->cand_slots.clear();
   s->cand_begin.assign(1, 0);
   s->cand_hash.assign(1, s->item_hash);
   auto add = [&](const EmbeddingTable& main, const std::vector<uint32_t>& rows,
@@ -409,7 +410,6 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
   const uint64_t filled =
       std::min<uint64_t>(m_.recent.size(), m_.recent_next.load(std::memory_order_relaxed));
 
-  static const std::vector<uint32_t> kNoSlots;
   // Drawn first and their rows prefetched, so that their cache misses
   // overlap instead of coming one after another.
   s->neg_entries.clear();
@@ -428,8 +428,17 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
     s->neg_rows.clear();
     s->neg_rows.push_back(neg);
     m_.item_lists.Get(neg, &s->neg_rows);
-    add(m_.items, s->neg_rows, kNoSlots, nullptr);
+    // In a parallel call, the feature rows (a few hot categories) are
+    // trained in the thread's staged copies, as the event's own are.
+    s->neg_slots.clear();
+    if (s->parallel) {
+      s->neg_slots.push_back(StagedRows::kNoSlot);
+      for (size_t i = 1; i < s->neg_rows.size(); ++i)
+        s->neg_slots.push_back(s->staged_item.Stage(m_.item_features, s->neg_rows[i]));
+    }
+    add(m_.items, s->neg_rows, s->neg_slots, &s->staged_item);
     s->cand_rows.insert(s->cand_rows.end(), s->neg_rows.begin(), s->neg_rows.end());
+    if (s->parallel) s->cand_slots.insert(s->cand_slots.end(), s->neg_slots.begin(), s->neg_slots.end());
     s->cand_begin.push_back(uint32_t(s->cand_rows.size()));
   }
   const size_t n = s->cand_z.size();
@@ -479,7 +488,12 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
     } else {
       s->neg_rows.assign(s->cand_rows.begin() + s->cand_begin[c - 1],
                          s->cand_rows.begin() + s->cand_begin[c]);
-      UpdateRows(m_.items, m_.item_features, s->neg_rows, kNoSlots, nullptr, s->dv.data(), t);
+      s->neg_slots.clear();
+      if (s->parallel)
+        s->neg_slots.assign(s->cand_slots.begin() + s->cand_begin[c - 1],
+                            s->cand_slots.begin() + s->cand_begin[c]);
+      UpdateRows(m_.items, m_.item_features, s->neg_rows, s->neg_slots, &s->staged_item,
+                 s->dv.data(), t);
     }
   }
   if (s->has_history) {
@@ -591,6 +605,7 @@ void Trainer::Replay(const Event& e, uint32_t user_row, uint32_t item_row, Train
 }
 
 void Trainer::BeginChunk(bool parallel, TrainState* s) {
+  s->parallel = parallel;
   if (!parallel) {
     s->user_slots.clear();
     s->item_slots.clear();

@@ -154,6 +154,10 @@ struct TrainState {
   // its vector cand_v[c * dim, (c + 1) * dim), its logit cand_z[c].
   std::vector<uint32_t> cand_rows, cand_begin, neg_rows, cand_hash;
   std::vector<uint64_t> neg_entries;  // the ring entries drawn
+  // Parallel Train only: each candidate's staged slots, parallel to
+  // cand_rows, and one negative's.
+  std::vector<uint32_t> cand_slots, neg_slots;
+  bool parallel = false;  // the chunk runs beside others (BeginChunk)
   uint32_t item_hash = 0;  // Model::IdHash of the event's item
   size_t event_index = 0;  // the event's place in the Train call
   std::vector<float> cand_v, cand_bias, cand_z;
