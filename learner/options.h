@@ -101,7 +101,7 @@ struct LearnerOptions {
   // implicit task's loss weight stays at its initial value: its loss says
   // nothing about how hard the task is compared with the others.
   Feedback feedback = Feedback::kAuto;
-  int implicit_negatives = 8;
+  int implicit_negatives = 16;
   // Each user's latest `history` items (of positive click and purchase
   // events, consecutive repeats once) shape the user's vector in every
   // task: the mean of those items' vectors (item row plus its feature rows)

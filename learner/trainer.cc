@@ -364,67 +364,38 @@ void Trainer::Remember(const Event& e, uint32_t item_row, uint32_t item_hash) {
   if (old != Model::kNoEntry) m_.RecentCount(uint32_t(old)).fetch_sub(1, std::memory_order_relaxed);
 }
 
-float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
-  // Two towers: u = the user's rows + pooled history, v_c = candidate c's
-  // rows; logit s_c = u . v_c + b_u + b_c. Sampled softmax over the event's
-  // item (c = 0) and the sampled items, each logit less log Q_c, the
-  // probability of drawing c (Yi et al. 2019): then the softmax estimates
-  // the full one over all items, and the biases learn the popularity that
-  // sampling by popularity would otherwise hide.
+void Trainer::DrawNegatives(TrainState* s) {
+  // Drawn first and their rows prefetched, so that their cache misses
+  // overlap instead of coming one after another; then gathered once for
+  // every event of the chunk.
+  SharedNegatives& sn = s->negatives;
   const int d = options.dim;
-  Forward& fw = s->fwd;
-  float* u = fw.u.data();
-  std::array<float, kNumTasks> bu{}, bi{};
-  Gather(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user, u, bu.data());
-  if (s->has_history)
-    for (int k = 0; k < d; ++k) u[k] += s->history[k];
-  s->cand_v.resize(size_t(options.implicit_negatives + 1) * d);
-  s->cand_hits.resize(size_t(options.implicit_negatives + 1) * 2 * options.history);
-  s->cand_bias.clear();
-  s->cand_z.clear();
-  s->cand_rows.clear();
-  s->cand_slots.clear();
-  s->cand_begin.assign(1, 0);
-  s->cand_hash.assign(1, s->item_hash);
-  auto add = [&](const EmbeddingTable& main, const std::vector<uint32_t>& rows,
-                 const std::vector<uint32_t>& slots, StagedRows* staged) {
-    float* v = s->cand_v.data() + s->cand_z.size() * d;
-    Gather(main, m_.item_features, rows, slots, staged, v, bi.data());
-    const uint32_t pre_row = m_.PretrainedRow(rows[0]);
-    if (pre_row != EmbeddingTable::kNoRow)
-      m_.shape.Project(s->dense_now, m_.pretrained->Row(pre_row), v);
-    float dot = Dot(u, v, d);
-    const size_t c = s->cand_z.size();
-    if (s->has_history)
-      dot += m_.HistoryMatch(t, s->history_view, rows[0], rows.data() + 1, rows.size() - 1,
-                             s->cand_hits.data() + c * 2 * options.history);
-    dot += m_.RecentPopularity(s->cand_hash[c]);
-    s->cand_bias.push_back(bi[t]);
-    s->cand_z.push_back(dot + bu[t] + bi[t]);
-  };
-  add(m_.items, s->item_rows, s->item_slots, &s->staged_item);
-  const float prediction = 1.0f / (1.0f + std::exp(-s->cand_z[0]));
-  if (!learn) return prediction;
-  // The negatives: drawn from the ring, the event's own item left out.
-  const uint32_t pos_row = s->item_rows[0];
+  sn.drawn = true;
+  sn.count = 0;
+  sn.rows.clear();
+  sn.slots.clear();
+  sn.begin.assign(1, 0);
+  sn.hash.clear();
   const uint64_t filled =
       std::min<uint64_t>(m_.recent.size(), m_.recent_next.load(std::memory_order_relaxed));
-
-  // Drawn first and their rows prefetched, so that their cache misses
-  // overlap instead of coming one after another.
   s->neg_entries.clear();
   for (int k = 0; k < options.implicit_negatives && filled > 0; ++k) {
     s->rng = s->rng * 6364136223846793005ULL + 1442695040888963407ULL;
     const uint64_t entry = m_.recent[(s->rng >> 33) % filled].load(std::memory_order_relaxed);
-    const uint32_t neg = uint32_t(entry >> 32);
-    if (entry == Model::kNoEntry || neg == pos_row) continue;
+    if (entry == Model::kNoEntry) continue;
     s->neg_entries.push_back(entry);
+    const uint32_t neg = uint32_t(entry >> 32);
     PrefetchBytes<true>(m_.items.Row(neg), m_.items.row_floats() * sizeof(float));
     m_.item_lists.Prefetch(neg);
   }
+  const size_t n = s->neg_entries.size();
+  sn.v.resize(n * d);
+  sn.bias.resize(n * kNumTasks);
+  sn.logit_extra.resize(n);
+  sn.grad.assign(n * (d + kNumTasks), 0.0f);
+  sn.touched.assign(n, 0);
   for (uint64_t entry : s->neg_entries) {
     const uint32_t neg = uint32_t(entry >> 32);
-    s->cand_hash.push_back(uint32_t(entry));
     s->neg_rows.clear();
     s->neg_rows.push_back(neg);
     m_.item_lists.Get(neg, &s->neg_rows);
@@ -436,20 +407,107 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
       for (size_t i = 1; i < s->neg_rows.size(); ++i)
         s->neg_slots.push_back(s->staged_item.Stage(m_.item_features, s->neg_rows[i]));
     }
-    add(m_.items, s->neg_rows, s->neg_slots, &s->staged_item);
-    s->cand_rows.insert(s->cand_rows.end(), s->neg_rows.begin(), s->neg_rows.end());
-    if (s->parallel) s->cand_slots.insert(s->cand_slots.end(), s->neg_slots.begin(), s->neg_slots.end());
-    s->cand_begin.push_back(uint32_t(s->cand_rows.size()));
+    float* v = sn.v.data() + sn.count * d;
+    Gather(m_.items, m_.item_features, s->neg_rows, s->neg_slots, &s->staged_item, v,
+           sn.bias.data() + sn.count * kNumTasks);
+    const uint32_t pre_row = m_.PretrainedRow(neg);
+    if (pre_row != EmbeddingTable::kNoRow)
+      m_.shape.Project(s->dense_now, m_.pretrained->Row(pre_row), v);
+    const uint32_t hash = uint32_t(entry);
+    // The popularity prior less log Q (the probability of the draw; the
+    // ring's size is the same for every candidate and cancels).
+    const uint32_t count = m_.RecentCount(hash).load(std::memory_order_relaxed);
+    sn.logit_extra[sn.count] = m_.Log1p(count) - m_.LogAtLeast1(count);
+    sn.hash.push_back(hash);
+    sn.rows.insert(sn.rows.end(), s->neg_rows.begin(), s->neg_rows.end());
+    if (s->parallel) {
+      sn.slots.insert(sn.slots.end(), s->neg_slots.begin(), s->neg_slots.end());
+    }
+    sn.begin.push_back(uint32_t(sn.rows.size()));
+    ++sn.count;
+  }
+}
+
+void Trainer::ApplyNegatives(TrainState* s) {
+  // Each negative's summed gradient of the chunk, in one step per row.
+  SharedNegatives& sn = s->negatives;
+  if (!sn.drawn) return;
+  sn.drawn = false;
+  const int d = options.dim;
+  for (size_t k = 0; k < sn.count; ++k) {
+    if (!sn.touched[k]) continue;
+    const float* g = sn.grad.data() + k * (d + kNumTasks);
+    if (!AllFinite(g, size_t(d + kNumTasks))) {
+      ++s->refused;
+      continue;
+    }
+    for (uint32_t at = sn.begin[k]; at < sn.begin[k + 1]; ++at) {
+      const size_t i = at - sn.begin[k];
+      const bool staged = s->parallel && i > 0 && sn.slots[at] != StagedRows::kNoSlot;
+      EmbeddingTable& table = i == 0 ? m_.items : m_.item_features;
+      if (!staged) table.MarkDirty(sn.rows[at]);  // before the write, as in UpdateRows
+      float* r = staged ? s->staged_item.Row(sn.slots[at]) : table.Row(sn.rows[at]);
+      ApplyRow(r, g, d, 0, options.lr_embedding);
+      for (int t = 0; t < kNumTasks; ++t)
+        if (g[d + t] != 0.0f) ApplyRow(r, g + d + t, 1, d + t, lr_bias);
+    }
+  }
+}
+
+float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
+  // Two towers: u = the user's rows + pooled history, v_c = candidate c's
+  // rows; logit s_c = u . v_c + b_u + b_c + history match + popularity
+  // prior. Sampled softmax over the event's item (c = 0) and the chunk's
+  // sampled items (SharedNegatives), each logit less log Q_c, the
+  // probability of drawing c (Yi et al. 2019): then the softmax estimates
+  // the full one over all items.
+  const int d = options.dim;
+  Forward& fw = s->fwd;
+  float* u = fw.u.data();
+  std::array<float, kNumTasks> bu{}, bi{};
+  Gather(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user, u, bu.data());
+  if (s->has_history)
+    for (int k = 0; k < d; ++k) u[k] += s->history[k];
+  const size_t hw = 2 * size_t(options.history);
+  // Candidate 0: the event's item.
+  float* v0 = s->item_v.data();
+  Gather(m_.items, m_.item_features, s->item_rows, s->item_slots, &s->staged_item, v0, bi.data());
+  const uint32_t pre_row = m_.PretrainedRow(s->item_rows[0]);
+  if (pre_row != EmbeddingTable::kNoRow)
+    m_.shape.Project(s->dense_now, m_.pretrained->Row(pre_row), v0);
+  s->cand_hits.resize((size_t(options.implicit_negatives) + 1) * hw);
+  float z0 = Dot(u, v0, d) + bu[t] + bi[t];
+  if (s->has_history)
+    z0 += m_.HistoryMatch(t, s->history_view, s->item_rows[0], s->item_rows.data() + 1,
+                          s->item_rows.size() - 1, s->cand_hits.data());
+  const uint32_t count0 = m_.RecentCount(s->item_hash).load(std::memory_order_relaxed);
+  z0 += m_.Log1p(count0);
+  const float prediction = 1.0f / (1.0f + std::exp(-z0));
+  if (!learn) return prediction;
+  SharedNegatives& sn = s->negatives;
+  if (!sn.drawn) DrawNegatives(s);
+  // Logits: the event's item, then each negative other than it.
+  const uint32_t pos_row = s->item_rows[0];
+  s->cand_z.clear();
+  s->cand_index.clear();
+  s->cand_z.push_back(z0 - m_.LogAtLeast1(count0));
+  s->cand_index.push_back(SIZE_MAX);
+  float zmax = s->cand_z[0];
+  for (size_t k = 0; k < sn.count; ++k) {
+    const uint32_t row = sn.rows[sn.begin[k]];
+    if (row == pos_row) continue;
+    float z = Dot(u, sn.v.data() + k * d, d) + bu[t] + sn.bias[k * kNumTasks + t] +
+              sn.logit_extra[k];
+    if (s->has_history)
+      z += m_.HistoryMatch(t, s->history_view, row, sn.rows.data() + sn.begin[k] + 1,
+                           sn.begin[k + 1] - sn.begin[k] - 1,
+                           s->cand_hits.data() + s->cand_z.size() * hw);
+    s->cand_z.push_back(z);
+    s->cand_index.push_back(k);
+    zmax = std::max(zmax, z);
   }
   const size_t n = s->cand_z.size();
   if (n < 2) return prediction;
-  float zmax = -INFINITY;
-  for (size_t c = 0; c < n; ++c) {
-    // - log Q_c, Q_c = max(count_c, 1) / (entries in the ring); the
-    // denominator is the same for every candidate and cancels.
-    s->cand_z[c] -= m_.LogAtLeast1(m_.RecentCount(s->cand_hash[c]).load(std::memory_order_relaxed));
-    zmax = std::max(zmax, s->cand_z[c]);
-  }
   float sum = 0.0f;
   for (size_t c = 0; c < n; ++c) sum += (s->cand_z[c] = std::exp(s->cand_z[c] - zmax));
   if (!std::isfinite(sum) || !(sum > 0.0f)) {
@@ -458,9 +516,7 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
   }
   // dL/ds_c = p_c - [c = 0]; du = sum_c g_c v_c, dv_c = g_c u.
   std::fill(s->du.begin(), s->du.end(), 0.0f);
-  const size_t hw = 2 * size_t(options.history);
   s->match_grad.assign(hw, 0.0f);
-
   float* __restrict du = s->du.data();
   float* __restrict match_grad = s->match_grad.data();
   for (size_t c = 0; c < n; ++c) {
@@ -470,31 +526,27 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
       const float* __restrict hits = s->cand_hits.data() + c * hw;
       for (size_t j = 0; j < hw; ++j) match_grad[j] += g * hits[j];
     }
-    const float* __restrict v = s->cand_v.data() + c * d;
+    const float* __restrict v = c == 0 ? v0 : sn.v.data() + s->cand_index[c] * d;
     for (int k = 0; k < d; ++k) du[k] += g * v[k];
   }
-  if (!AllFinite(s->du.data(), size_t(d))) {
+  if (!AllFinite(du, size_t(d))) {
     ++s->refused;
     return prediction;
   }
+  // The event's item now; the negatives' gradients summed for the chunk's
+  // end (ApplyNegatives).
   float* __restrict dv = s->dv.data();
-  for (size_t c = 0; c < n; ++c) {
+  const float g0 = s->cand_z[0];
+  for (int k = 0; k < d; ++k) dv[k] = g0 * u[k];
+  dv[d] = g0;
+  UpdateRows(m_.items, m_.item_features, s->item_rows, s->item_slots, &s->staged_item, dv, t);
+  for (size_t c = 1; c < n; ++c) {
+    const size_t k = s->cand_index[c];
     const float g = s->cand_z[c];
-    for (int k = 0; k < d; ++k) dv[k] = g * u[k];
-    dv[d] = g;
-    if (c == 0) {
-      UpdateRows(m_.items, m_.item_features, s->item_rows, s->item_slots, &s->staged_item,
-                 s->dv.data(), t);
-    } else {
-      s->neg_rows.assign(s->cand_rows.begin() + s->cand_begin[c - 1],
-                         s->cand_rows.begin() + s->cand_begin[c]);
-      s->neg_slots.clear();
-      if (s->parallel)
-        s->neg_slots.assign(s->cand_slots.begin() + s->cand_begin[c - 1],
-                            s->cand_slots.begin() + s->cand_begin[c]);
-      UpdateRows(m_.items, m_.item_features, s->neg_rows, s->neg_slots, &s->staged_item,
-                 s->dv.data(), t);
-    }
+    float* __restrict acc = sn.grad.data() + k * (d + kNumTasks);
+    for (int j = 0; j < d; ++j) acc[j] += g * u[j];
+    acc[d + t] += g;
+    sn.touched[k] = 1;
   }
   if (s->has_history) {
     // Adagrad on the task's match weights, at the biases' rate (Hogwild).
@@ -508,8 +560,7 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
     }
   }
   s->du[d] = 0.0f;  // the user's bias cancels in the softmax
-  UpdateRows(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user, s->du.data(),
-             t);
+  UpdateRows(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user, du, t);
   return prediction;
 }
 
@@ -606,6 +657,7 @@ void Trainer::Replay(const Event& e, uint32_t user_row, uint32_t item_row, Train
 
 void Trainer::BeginChunk(bool parallel, TrainState* s) {
   s->parallel = parallel;
+  s->negatives.drawn = false;
   if (!parallel) {
     s->user_slots.clear();
     s->item_slots.clear();
@@ -623,6 +675,7 @@ void Trainer::BeginChunk(bool parallel, TrainState* s) {
 }
 
 void Trainer::FinishChunk(TrainState* s) {
+  ApplyNegatives(s);
   m_.shape.FlushExpertGradients(&s->pending, s->dense_grad.data());
   if (s->dense_touched) {
     const size_t n = s->dense_grad.size();

@@ -103,6 +103,21 @@ struct StagedRows {
   std::vector<uint32_t> used;  // the index entries in use
 };
 
+// Implicit feedback's negatives, shared by the events of one chunk: drawn
+// from the ring at the chunk's first implicit event, gathered once, and
+// updated once at its end with the gradients its events summed (as the
+// dense layers are): negative k's rows are rows[begin[k], begin[k + 1])
+// (slots parallel to them in a parallel call), its vector v[k * dim, ...),
+// its biases bias[k * kNumTasks, ...), its popularity prior less log Q
+// logit_extra[k], its summed gradient grad[k * (dim + kNumTasks), ...).
+struct SharedNegatives {
+  bool drawn = false;
+  size_t count = 0;
+  std::vector<uint32_t> rows, slots, begin, hash;
+  std::vector<float> v, bias, logit_extra, grad;
+  std::vector<uint8_t> touched;
+};
+
 // Per-thread scratch state: buffers, dense gradient accumulators and the
 // observations of the current Train call. Never shared between threads
 // while Train runs.
@@ -120,7 +135,8 @@ struct TrainState {
         du2(shape.dim() + 1),
         dv2(shape.dim() + 1),
         history(shape.dim()),
-        history_acc(shape.dim()) {}
+        history_acc(shape.dim()),
+        item_v(shape.dim()) {}
   Forward fwd, fwd2;  // fwd2: the click tower of an ESMM purchase event
   std::vector<float> dense_grad;
   ExpertGradients pending;  // part of dense_grad, added at the chunk's end
@@ -149,18 +165,19 @@ struct TrainState {
   // LearnImplicit: Model::HistoryMatch's hits of each candidate, and the
   // gradient of the match weights.
   std::vector<float> cand_hits, match_grad;
-  // Implicit feedback (LearnImplicit): candidate c's rows are
-  // cand_rows[cand_begin[c], cand_begin[c + 1]) (c = 0: the event's item),
-  // its vector cand_v[c * dim, (c + 1) * dim), its logit cand_z[c].
-  std::vector<uint32_t> cand_rows, cand_begin, neg_rows, cand_hash;
-  std::vector<uint64_t> neg_entries;  // the ring entries drawn
-  // Parallel Train only: each candidate's staged slots, parallel to
-  // cand_rows, and one negative's.
-  std::vector<uint32_t> cand_slots, neg_slots;
-  bool parallel = false;  // the chunk runs beside others (BeginChunk)
+  // Implicit feedback (LearnImplicit): candidate c's logit (then its
+  // gradient) cand_z[c] (c = 0: the event's item, c > 0: the chunk's
+  // negative cand_index[c]); the event's item's vector item_v.
+  std::vector<float> cand_z, item_v;
+  std::vector<size_t> cand_index;
+  SharedNegatives negatives;
+  // DrawNegatives' scratch: the ring entries drawn, one negative's rows
+  // and (parallel calls) staged slots.
+  std::vector<uint64_t> neg_entries;
+  std::vector<uint32_t> neg_rows, neg_slots;
+  bool parallel = false;   // the chunk runs beside others (BeginChunk)
   uint32_t item_hash = 0;  // Model::IdHash of the event's item
   size_t event_index = 0;  // the event's place in the Train call
-  std::vector<float> cand_v, cand_bias, cand_z;
   // The dense parameters the chunk's steps read (BeginChunk): the shared
   // block itself on one thread, this copy of it when chunks run in parallel.
   std::vector<float> dense_copy;
@@ -217,9 +234,13 @@ class Trainer {
   void LearnNegatives(const Event& e, uint32_t item_row, TrainState* s);
   // Implicit feedback (LearnerOptions::feedback): the prediction of task t
   // for the event's item in s->item_rows, before learning; with `learn`,
-  // learns the item against options.implicit_negatives sampled items by
+  // learns the item against the chunk's sampled items (SharedNegatives) by
   // the logQ-corrected sampled softmax.
   float LearnImplicit(int t, bool learn, TrainState* s);
+  // Draws and gathers the chunk's negatives (options.implicit_negatives).
+  void DrawNegatives(TrainState* s);
+  // Applies the negatives' summed gradients of the chunk, then forgets them.
+  void ApplyNegatives(TrainState* s);
   // Notes the event's item in the ring negatives are drawn from (and its
   // count, for the sampling probability).
   void Remember(const Event& e, uint32_t item_row, uint32_t item_hash);
