@@ -101,6 +101,8 @@ struct LearnerOptions {
   // implicit task's loss weight stays at its initial value: its loss says
   // nothing about how hard the task is compared with the others.
   Feedback feedback = Feedback::kAuto;
+  // Drawn once per training chunk and shared by its events (trainer.h,
+  // SharedNegatives).
   int implicit_negatives = 16;
   // Each user's latest `history` items (of positive click and purchase
   // events, consecutive repeats once) shape the user's vector in every
