@@ -235,9 +235,7 @@ struct Model {
   }
   // log(1 + n) and log(max(n, 1)), from tables for the usual counts.
   static constexpr uint32_t kLogTable = 1u << 16;
-  float Log1p(uint32_t n) const {
-    return n < kLogTable ? log_table[n + 1] : std::log1p(float(n));
-  }
+  float Log1p(uint32_t n) const { return n < kLogTable ? log_table[n + 1] : std::log1p(float(n)); }
   float LogAtLeast1(uint32_t n) const {
     return n < kLogTable ? log_table[std::max<uint32_t>(n, 1)] : std::log(float(n));
   }

@@ -96,16 +96,15 @@ class Scorer {
   // product (see LearnerOptions::feedback).
   // match: null, or per task and lane (match[t * kScoreLanes + i]) the
   // item's Model::HistoryMatch logit, added to implicit tasks' y.
-  void ImplicitScores(const UserSide& side, const float* block, const float* match,
-                      float* y) const;
+  void ImplicitScores(const UserSide& side, const float* block, const float* match, float* y) const;
   // True when some task is implicit: its logit has the history match and
   // the recent popularity.
   bool NeedsMatch(const UserSide& side) const;
   // For every implicit task, the history match and the recent
   // popularity (`popularity`: Model::RecentPopularity) of an item (row,
   // feature rows) into match[t * kScoreLanes + lane].
-  void LaneMatch(const UserSide& side, uint32_t row, const uint32_t* f, size_t nf,
-                 float popularity, int lane, float* match) const;
+  void LaneMatch(const UserSide& side, uint32_t row, const uint32_t* f, size_t nf, float popularity,
+                 int lane, float* match) const;
   // The feature rows an item is scored with (GatherItem's): its stored
   // list, or the request's features that the model knows.
   void ItemFeatureRows(uint32_t row, const std::vector<std::string>* features,

@@ -454,6 +454,42 @@ void Trainer::ApplyNegatives(TrainState* s) {
   }
 }
 
+void Trainer::UpdateMatchWeights(int t, const float* grad) {
+  // Adagrad on the task's match weights, at the biases' rate (Hogwild).
+  float* w = m_.MatchWeights(t);
+  float* acc = m_.MatchAccumulators(t);
+  for (size_t j = 0; j < 2 * size_t(options.history); ++j) {
+    const float g = grad[j];
+    if (g == 0.0f) continue;
+    acc[j] += g * g;
+    w[j] -= lr_bias * g / (std::sqrt(acc[j]) + 1e-8f);
+  }
+}
+
+float Trainer::ImplicitLogit(int t, TrainState* s, uint32_t* count) {
+  // u = the user's rows + pooled history (into s->fwd.u), v = the item's
+  // rows (into s->item_v).
+  const int d = options.dim;
+  float* u = s->fwd.u.data();
+  float* v = s->item_v.data();
+  std::array<float, kNumTasks> bu{}, bi{};
+  Gather(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user, u, bu.data());
+  if (s->has_history)
+    for (int k = 0; k < d; ++k) u[k] += s->history[k];
+  s->user_bias = bu[t];
+  Gather(m_.items, m_.item_features, s->item_rows, s->item_slots, &s->staged_item, v, bi.data());
+  const uint32_t pre_row = m_.PretrainedRow(s->item_rows[0]);
+  if (pre_row != EmbeddingTable::kNoRow)
+    m_.shape.Project(s->dense_now, m_.pretrained->Row(pre_row), v);
+  s->cand_hits.resize((size_t(options.implicit_negatives) + 1) * 2 * options.history);
+  float z = Dot(u, v, d) + bu[t] + bi[t];
+  if (s->has_history)
+    z += m_.HistoryMatch(t, s->history_view, s->item_rows[0], s->item_rows.data() + 1,
+                         s->item_rows.size() - 1, s->cand_hits.data());
+  *count = m_.RecentCount(s->item_hash).load(std::memory_order_relaxed);
+  return z + m_.Log1p(*count);
+}
+
 float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
   // Two towers: u = the user's rows + pooled history, v_c = candidate c's
   // rows; logit s_c = u . v_c + b_u + b_c + history match + popularity
@@ -462,26 +498,11 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
   // probability of drawing c (Yi et al. 2019): then the softmax estimates
   // the full one over all items.
   const int d = options.dim;
-  Forward& fw = s->fwd;
-  float* u = fw.u.data();
-  std::array<float, kNumTasks> bu{}, bi{};
-  Gather(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user, u, bu.data());
-  if (s->has_history)
-    for (int k = 0; k < d; ++k) u[k] += s->history[k];
+  const float* u = s->fwd.u.data();
+  const float* v0 = s->item_v.data();
   const size_t hw = 2 * size_t(options.history);
-  // Candidate 0: the event's item.
-  float* v0 = s->item_v.data();
-  Gather(m_.items, m_.item_features, s->item_rows, s->item_slots, &s->staged_item, v0, bi.data());
-  const uint32_t pre_row = m_.PretrainedRow(s->item_rows[0]);
-  if (pre_row != EmbeddingTable::kNoRow)
-    m_.shape.Project(s->dense_now, m_.pretrained->Row(pre_row), v0);
-  s->cand_hits.resize((size_t(options.implicit_negatives) + 1) * hw);
-  float z0 = Dot(u, v0, d) + bu[t] + bi[t];
-  if (s->has_history)
-    z0 += m_.HistoryMatch(t, s->history_view, s->item_rows[0], s->item_rows.data() + 1,
-                          s->item_rows.size() - 1, s->cand_hits.data());
-  const uint32_t count0 = m_.RecentCount(s->item_hash).load(std::memory_order_relaxed);
-  z0 += m_.Log1p(count0);
+  uint32_t count0 = 0;
+  const float z0 = ImplicitLogit(t, s, &count0);
   const float prediction = 1.0f / (1.0f + std::exp(-z0));
   if (!learn) return prediction;
   SharedNegatives& sn = s->negatives;
@@ -496,7 +517,7 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
   for (size_t k = 0; k < sn.count; ++k) {
     const uint32_t row = sn.rows[sn.begin[k]];
     if (row == pos_row) continue;
-    float z = Dot(u, sn.v.data() + k * d, d) + bu[t] + sn.bias[k * kNumTasks + t] +
+    float z = Dot(u, sn.v.data() + k * d, d) + s->user_bias + sn.bias[k * kNumTasks + t] +
               sn.logit_extra[k];
     if (s->has_history)
       z += m_.HistoryMatch(t, s->history_view, row, sn.rows.data() + sn.begin[k] + 1,
@@ -548,17 +569,7 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
     acc[d + t] += g;
     sn.touched[k] = 1;
   }
-  if (s->has_history) {
-    // Adagrad on the task's match weights, at the biases' rate (Hogwild).
-    float* w = m_.MatchWeights(t);
-    float* acc = m_.MatchAccumulators(t);
-    for (size_t j = 0; j < hw; ++j) {
-      const float g = s->match_grad[j];
-      if (g == 0.0f) continue;
-      acc[j] += g * g;
-      w[j] -= lr_bias * g / (std::sqrt(acc[j]) + 1e-8f);
-    }
-  }
+  if (s->has_history) UpdateMatchWeights(t, s->match_grad.data());
   s->du[d] = 0.0f;  // the user's bias cancels in the softmax
   UpdateRows(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user, du, t);
   return prediction;

@@ -169,6 +169,7 @@ struct TrainState {
   // gradient) cand_z[c] (c = 0: the event's item, c > 0: the chunk's
   // negative cand_index[c]); the event's item's vector item_v.
   std::vector<float> cand_z, item_v;
+  float user_bias = 0.0f;  // the event's task's user bias (ImplicitLogit)
   std::vector<size_t> cand_index;
   SharedNegatives negatives;
   // DrawNegatives' scratch: the ring entries drawn, one negative's rows
@@ -237,6 +238,13 @@ class Trainer {
   // learns the item against the chunk's sampled items (SharedNegatives) by
   // the logQ-corrected sampled softmax.
   float LearnImplicit(int t, bool learn, TrainState* s);
+  // The implicit logit of task t for the event's user and item (before the
+  // logQ correction), leaving u in s->fwd.u, the item's vector in
+  // s->item_v, the user's bias in s->user_bias, the item's history-match
+  // hits in s->cand_hits and its ring count in *count.
+  float ImplicitLogit(int t, TrainState* s, uint32_t* count);
+  // Adagrad step of task t's history-match weights (Model::history_match).
+  void UpdateMatchWeights(int t, const float* grad);
   // Draws and gathers the chunk's negatives (options.implicit_negatives).
   void DrawNegatives(TrainState* s);
   // Applies the negatives' summed gradients of the chunk, then forgets them.
