@@ -64,3 +64,14 @@ echo
 echo "## Warm start (stream E)"
 "$rs" eval --events "$out/e.jsonl" --set model.pretrained_dim=16 --quiet
 "$rs" eval --events "$out/e.jsonl" --set model.pretrained_dim=16 --vectors "$out/e_vec.jsonl" --quiet
+echo
+echo "## Positive-only streams: ranking against the baselines (110k, 1M, deep histories)"
+for spec in "i110k:--implicit --events 110000 --seed 1" "i1m:--implicit --events 1000000 --seed 1" \
+            "ideep:--implicit --users 1000 --events 100000 --seed 2"; do
+  name=${spec%%:*}
+  # shellcheck disable=SC2086
+  gen "$name.jsonl" ${spec#*:}
+  echo "### $name"
+  "$rs" eval --events "$out/$name.jsonl" --ranking 10 --candidates 100 --baselines --quiet |
+    grep '^ranking'
+done
