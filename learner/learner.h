@@ -54,7 +54,8 @@ struct Prediction {
   }
 };
 
-// Weights of the blended `score` (docs/interface.md section 3):
+// Weights of the blended `score` (docs/interface.md section 3; the scorer
+// sets the weight of a task that has learned no event yet to 0):
 //   score = click * p_click + purchase * p_purchase
 //         + rating * (rating - rating_min) / (rating_max - rating_min)
 struct Blend {

@@ -113,6 +113,8 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
   out->dense.emplace_back("dense", m.dense);
   out->dense.emplace_back("dense_accum", m.dense_accum);
   out->dense.emplace_back("history_match", m.history_match);
+  out->dense.emplace_back("implicit_shift",
+                          std::vector<float>(m.implicit_shift.begin(), m.implicit_shift.end()));
   out->dense.emplace_back("history_gate",
                           std::vector<float>(m.history_gate.begin(), m.history_gate.end()));
   {
@@ -347,6 +349,10 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
       if (values.size() != m.history_gate.size())
         return Status::Corruption("history_gate block has the wrong size");
       std::copy(values.begin(), values.end(), m.history_gate.begin());
+    } else if (name == "implicit_shift") {
+      if (values.size() != m.implicit_shift.size())
+        return Status::Corruption("implicit_shift block has the wrong size");
+      std::copy(values.begin(), values.end(), m.implicit_shift.begin());
     } else if (name == "history_match") {
       // Written with model.history = H' (4 * kNumTasks * H' values): the
       // positions both lengths have are kept, so that the history's length

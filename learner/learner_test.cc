@@ -314,14 +314,18 @@ TEST_CASE("A task that receives a label 0 switches to explicit learning", "[Lear
   o.threads = 1;
   auto l = MakeLearner(o);
   l->Train(PositiveOnlyLog(200, 4));
-  // Implicit: predictions are the two towers' scores, the click head is
-  // untouched, so an unknown pair scores exactly sigmoid(0).
-  CHECK(l->Score("nobody", "nothing", Blend()).prediction.click == 0.5f);
+  // Implicit: predictions are the two towers' scores, shifted so that a
+  // typical item scores near 0.5 (Model::implicit_shift): even a user's
+  // best items stay apart instead of rounding to 1.
+  CHECK(l->Stats().tasks[0].implicit);
+  for (const Recommendation& r : l->Recommend("u3", 10, false, Blend()))
+    CHECK(r.prediction.click < 0.9999f);
   Event negative{Task::kClick, "u1", "c3_2", 0.0f};
   std::vector<Event> more = PositiveOnlyLog(200, 5);
   more.insert(more.begin(), negative);
   l->Train(more);
   // Explicit from then on: the head has learned (mostly label 1 now).
+  CHECK_FALSE(l->Stats().tasks[0].implicit);
   CHECK(l->Score("nobody", "nothing", Blend()).prediction.click > 0.55f);
   // And it stays explicit after a snapshot and restore.
   ModelSnapshot snap;

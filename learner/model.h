@@ -244,6 +244,12 @@ struct Model {
     if (recent_count.empty() || item_row == EmbeddingTable::kNoRow) return 0.0f;
     return RecentPopularity(IdHash(items.key(item_row)));
   }
+  // Implicit tasks: a moving average of the logits of their events' items
+  // (before learning), subtracted before the sigmoid of a prediction, so
+  // that a typical item of a user scores about 0.5 and the best ones stay
+  // apart instead of all rounding to 1.0 (the logits themselves only order
+  // items, their level is arbitrary). Written by trainers without a lock.
+  std::array<float, kNumTasks> implicit_shift{};
   std::vector<std::atomic<uint64_t>> recent;
   std::vector<std::atomic<uint32_t>> recent_count;
   std::atomic<uint64_t> recent_next{0};

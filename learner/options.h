@@ -92,8 +92,10 @@ struct LearnerOptions {
   // events (a popularity prior that follows drifting popularity; the model
   // learns what it does not explain), the history match the learned
   // weights of "is the user's p-th latest item" and "shares a feature with
-  // it" per position p. Its sigmoid is the task's prediction (a score in
-  // (0, 1) that orders items, not a calibrated probability). Users with no
+  // it" per position p. Its sigmoid, less a moving average of the logits
+  // of the task's events' items (Model::implicit_shift), is the task's
+  // prediction (a score in (0, 1) that orders items, not a calibrated
+  // probability). Users with no
   // history get the popular items. Items enter the ring after each Train
   // call, in event order. auto (default): a
   // task is implicit until its first event with label 0, explicit from then

@@ -208,6 +208,8 @@ void Scorer::ImplicitScores(const UserSide& side, const float* block, const floa
       for (int i = 0; i < L; ++i) dot[i] += u[k] * block[k * L + i];
     if (match != nullptr)
       for (int i = 0; i < L; ++i) dot[i] += match[t * L + i];
+    const float shift = m_.implicit_shift[t];
+    for (int i = 0; i < L; ++i) dot[i] -= shift;
     std::copy(dot, dot + L, y + t * L);
   }
 }
@@ -551,9 +553,23 @@ Scorer::~Scorer() = default;
 
 // ---- The public calls ----
 
-ScoreResult Scorer::Score(std::string_view user, std::string_view item, const Blend& blend,
+Blend Scorer::Effective(const Blend& blend) const {
+  // A task that has learned nothing predicts from an untrained head: it
+  // does not count (unless no task has learned anything yet).
+  Blend b = blend;
+  const bool none = m_.learned[0].load() == 0 && m_.learned[1].load() == 0 &&
+                    m_.learned[2].load() == 0;
+  if (none) return b;
+  if (m_.learned[int(Task::kClick)].load() == 0) b.click = 0.0f;
+  if (m_.learned[int(Task::kPurchase)].load() == 0) b.purchase = 0.0f;
+  if (m_.learned[int(Task::kRating)].load() == 0) b.rating = 0.0f;
+  return b;
+}
+
+ScoreResult Scorer::Score(std::string_view user, std::string_view item, const Blend& given,
                           const std::vector<std::string>* user_features,
                           const std::vector<std::string>* item_features) const {
+  const Blend blend = Effective(given);
   ScoreResult r;
   UserSide side(m_.shape);
   PrepareUserSide(user, &side, user_features);
@@ -571,9 +587,10 @@ ScoreResult Scorer::Score(std::string_view user, std::string_view item, const Bl
 }
 
 void Scorer::ScoreMany(std::string_view user, std::span<const std::string> items,
-                       const Blend& blend, std::vector<ScoreResult>* out,
+                       const Blend& given, std::vector<ScoreResult>* out,
                        const std::vector<std::string>* user_features,
                        std::span<const std::vector<std::string>* const> item_features) const {
+  const Blend blend = Effective(given);
   UserSide side(m_.shape);
   PrepareUserSide(user, &side, user_features);
   std::vector<uint32_t> rows;
@@ -593,7 +610,8 @@ void Scorer::ScoreMany(std::string_view user, std::span<const std::string> items
 }
 
 std::vector<Recommendation> Scorer::Recommend(std::string_view user, int k, bool exclude_purchased,
-                                              const Blend& blend) const {
+                                              const Blend& given) const {
+  const Blend blend = Effective(given);
   std::vector<Recommendation> result;
   if (k <= 0) return result;
   UserSide side(m_.shape);

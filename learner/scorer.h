@@ -109,6 +109,9 @@ class Scorer {
   // list, or the request's features that the model knows.
   void ItemFeatureRows(uint32_t row, const std::vector<std::string>* features,
                        std::vector<uint32_t>* out) const;
+  // `blend` with the weight of every task that has learned no event yet
+  // set to 0 (all of them kept while no task has learned anything).
+  Blend Effective(const Blend& blend) const;
   // The prediction of lane `lane` from ScoreBlock's y and the block's biases.
   Prediction FinishLane(const float* y, int lane, const UserSide& side, const float* block) const;
   // The best k of the items in blocks [begin, end) of `blocks` (item row of

@@ -503,8 +503,9 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
   const size_t hw = 2 * size_t(options.history);
   uint32_t count0 = 0;
   const float z0 = ImplicitLogit(t, s, &count0);
-  const float prediction = 1.0f / (1.0f + std::exp(-z0));
+  const float prediction = 1.0f / (1.0f + std::exp(-(z0 - m_.implicit_shift[t])));
   if (!learn) return prediction;
+  if (std::isfinite(z0)) m_.implicit_shift[t] += 0.001f * (z0 - m_.implicit_shift[t]);
   SharedNegatives& sn = s->negatives;
   if (!sn.drawn) DrawNegatives(s);
   // Logits: the event's item, then each negative other than it.
