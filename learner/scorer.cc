@@ -123,13 +123,15 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void ScreenBlock(
 
 void Scorer::GatherRequest(const EmbeddingTable& main, const EmbeddingTable& side,
                            uint32_t main_row, const std::vector<std::string>& features, float* vec,
-                           float* bias) const {
+                           float* bias, std::vector<uint32_t>* found) const {
   std::vector<const float*> rows;
   rows.reserve(features.size() + 1);
   if (main_row != EmbeddingTable::kNoRow) rows.push_back(main.Row(main_row));
   for (const std::string& f : features) {
     const uint32_t r = side.Find(f);
-    if (r != EmbeddingTable::kNoRow) rows.push_back(side.Row(r));
+    if (r == EmbeddingTable::kNoRow) continue;
+    rows.push_back(side.Row(r));
+    if (found) found->push_back(r);
   }
   if (rows.empty()) {
     std::fill(vec, vec + m_.options.dim, 0.0f);
@@ -182,19 +184,6 @@ void Scorer::LaneMatch(const UserSide& side, uint32_t row, const uint32_t* f, si
         side.implicit[t] ? m_.HistoryMatch(t, side.history, row, f, nf) + popularity : 0.0f;
 }
 
-void Scorer::ItemFeatureRows(uint32_t row, const std::vector<std::string>* features,
-                             std::vector<uint32_t>* out) const {
-  out->clear();
-  if (features == nullptr) {
-    if (row != EmbeddingTable::kNoRow) m_.item_lists.Get(row, out);
-    return;
-  }
-  for (const std::string& f : *features) {
-    const uint32_t r = m_.item_features.Find(f);
-    if (r != EmbeddingTable::kNoRow) out->push_back(r);
-  }
-}
-
 void Scorer::ImplicitScores(const UserSide& side, const float* block, const float* match,
                             float* y) const {
   // An implicit task's logit is the two towers' u . v (its biases are added
@@ -240,14 +229,13 @@ void Scorer::GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, flo
                         const std::vector<std::string>* features) const {
   const int d = m_.options.dim;
   std::fill(v, v + m_.width, 0.0f);
+  rows->assign(1, row);
   if (features != nullptr) {
-    GatherRequest(m_.items, m_.item_features, row, *features, v, v + d);
+    GatherRequest(m_.items, m_.item_features, row, *features, v, v + d, rows);
     const uint32_t pre_row = m_.PretrainedRow(row);
     if (pre_row != EmbeddingTable::kNoRow)
       m_.shape.Project(m_.dense.data(), m_.pretrained->Row(pre_row), v);
   } else if (row != EmbeddingTable::kNoRow) {
-    rows->clear();
-    rows->push_back(row);
     m_.item_lists.Get(row, rows);
     m_.Gather(m_.items, m_.item_features, *rows, v, v + d);
     const uint32_t pre_row = m_.PretrainedRow(row);
@@ -282,7 +270,7 @@ void Scorer::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_r
     alignas(64) float y[kNumTasks * L];
     float match[kNumTasks * L];
     const bool need_match = NeedsMatch(side);
-    std::vector<uint32_t> rows, feats;
+    std::vector<uint32_t> rows;
     std::vector<float> v(m_.width);
     // Rows of the next block are loaded while this one is gathered.
     for (size_t i = begin; i < std::min(end, begin + L); ++i) PrefetchItem(item_rows[i]);
@@ -290,19 +278,16 @@ void Scorer::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_r
       const int lanes = int(std::min<size_t>(L, end - first));
       for (size_t i = first + L; i < std::min(end, first + 2 * L); ++i) PrefetchItem(item_rows[i]);
       if (first > begin && lanes < L) std::fill(block.data(), block.data() + block.size(), 0.0f);
-      for (int i = 0; i < lanes; ++i)
-        GatherItem(item_rows[first + i], i, &rows, v.data(), block.data(),
+      if (need_match) std::fill(match, match + kNumTasks * L, 0.0f);
+      for (int i = 0; i < lanes; ++i) {
+        const uint32_t row = item_rows[first + i];
+        GatherItem(row, i, &rows, v.data(), block.data(),
                    features.empty() ? nullptr : features[first + i]);
-      m_.shape.ScoreBlock(m_.dense.data(), side.ctx, block.data(), scratch.data(), y);
-      if (need_match) {
-        std::fill(match, match + kNumTasks * L, 0.0f);
-        for (int i = 0; i < lanes; ++i) {
-          const std::vector<std::string>* f = features.empty() ? nullptr : features[first + i];
-          ItemFeatureRows(item_rows[first + i], f, &feats);
-          LaneMatch(side, item_rows[first + i], feats.data(), feats.size(),
-                    m_.RecentPopularityOfRow(item_rows[first + i]), i, match);
-        }
+        if (need_match)
+          LaneMatch(side, row, rows.data() + 1, rows.size() - 1, m_.RecentPopularityOfRow(row), i,
+                    match);
       }
+      m_.shape.ScoreBlock(m_.dense.data(), side.ctx, block.data(), scratch.data(), y);
       ImplicitScores(side, block.data(), need_match ? match : nullptr, y);
       for (int i = 0; i < lanes; ++i) (*out)[first + i] = FinishLane(y, i, side, block.data());
     }
@@ -557,8 +542,8 @@ Blend Scorer::Effective(const Blend& blend) const {
   // A task that has learned nothing predicts from an untrained head: it
   // does not count (unless no task has learned anything yet).
   Blend b = blend;
-  const bool none = m_.learned[0].load() == 0 && m_.learned[1].load() == 0 &&
-                    m_.learned[2].load() == 0;
+  const bool none =
+      m_.learned[0].load() == 0 && m_.learned[1].load() == 0 && m_.learned[2].load() == 0;
   if (none) return b;
   if (m_.learned[int(Task::kClick)].load() == 0) b.click = 0.0f;
   if (m_.learned[int(Task::kPurchase)].load() == 0) b.purchase = 0.0f;
@@ -641,7 +626,7 @@ std::vector<Recommendation> Scorer::Recommend(std::string_view user, int k, bool
     for (uint32_t r = panel->items; r < n; ++r) {
       const uint32_t i = r - panel->items;
       GatherItem(r, int(i % L), &rows, v.data(), tail.data() + (i / L) * stride);
-      m_.item_lists.Get(r, &tail_feats);
+      tail_feats.insert(tail_feats.end(), rows.begin() + 1, rows.end());
       tail_begin.push_back(uint32_t(tail_feats.size()));
       tail_popularity.push_back(m_.RecentPopularityOfRow(r));
     }

@@ -79,16 +79,18 @@ class Scorer {
                  std::span<const std::vector<std::string>* const> features = {}) const;
   // SumRows over `main_row` of `main` (unless kNoRow) and the rows of
   // `features` found in `side` (in their order), into vec and bias; zeros
-  // when there is none.
+  // when there is none. With `found`, the feature rows found are appended.
   void GatherRequest(const EmbeddingTable& main, const EmbeddingTable& side, uint32_t main_row,
-                     const std::vector<std::string>& features, float* vec, float* bias) const;
+                     const std::vector<std::string>& features, float* vec, float* bias,
+                     std::vector<uint32_t>* found = nullptr) const;
   // rows[i] = items.Find(keys[i]), overlapping the lookups' cache misses
   // (and starting to load each found row's feature list).
   void FindItems(std::span<const std::string> keys, std::vector<uint32_t>* rows) const;
   // A hint that item `row` (kNoRow: nothing) is gathered soon.
   void PrefetchItem(uint32_t row) const;
-  // Gathers item `row` (kNoRow: zeros) into lane `lane` of `block`; `rows`
-  // and `v` (width floats) are scratch.
+  // Gathers item `row` (kNoRow: zeros) into lane `lane` of `block`, and
+  // leaves in *rows `row` followed by the feature rows it added (for the
+  // history match); `v` (width floats) is scratch.
   // `features`: the request's item features, null for the stored list.
   void GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, float* v, float* block,
                   const std::vector<std::string>* features = nullptr) const;
@@ -105,10 +107,7 @@ class Scorer {
   // feature rows) into match[t * kScoreLanes + lane].
   void LaneMatch(const UserSide& side, uint32_t row, const uint32_t* f, size_t nf, float popularity,
                  int lane, float* match) const;
-  // The feature rows an item is scored with (GatherItem's): its stored
-  // list, or the request's features that the model knows.
-  void ItemFeatureRows(uint32_t row, const std::vector<std::string>* features,
-                       std::vector<uint32_t>* out) const;
+
   // `blend` with the weight of every task that has learned no event yet
   // set to 0 (all of them kept while no task has learned anything).
   Blend Effective(const Blend& blend) const;

@@ -352,9 +352,10 @@ void Trainer::PoolHistory(uint32_t user, TrainState* s) const {
   s->has_history = !s->history_view.empty();
 }
 
-void Trainer::Remember(const Event& e, uint32_t item_row, uint32_t item_hash) {
+void Trainer::Remember(const Event& e, uint32_t item_row) {
   if (m_.recent.size() <= 1) return;
   if (options.negatives == 0 && (e.task == Task::kRating || e.label <= 0.5f)) return;
+  const uint32_t item_hash = Model::IdHash(e.item);
   const size_t n = m_.recent.size();
   const uint64_t old =
       m_.recent[m_.recent_next.fetch_add(1, std::memory_order_relaxed) % n].exchange(
@@ -375,7 +376,6 @@ void Trainer::DrawNegatives(TrainState* s) {
   sn.rows.clear();
   sn.slots.clear();
   sn.begin.assign(1, 0);
-  sn.hash.clear();
   const uint64_t filled =
       std::min<uint64_t>(m_.recent.size(), m_.recent_next.load(std::memory_order_relaxed));
   s->neg_entries.clear();
@@ -418,7 +418,6 @@ void Trainer::DrawNegatives(TrainState* s) {
     // ring's size is the same for every candidate and cancels).
     const uint32_t count = m_.RecentCount(hash).load(std::memory_order_relaxed);
     sn.logit_extra[sn.count] = m_.Log1p(count) - m_.LogAtLeast1(count);
-    sn.hash.push_back(hash);
     sn.rows.insert(sn.rows.end(), s->neg_rows.begin(), s->neg_rows.end());
     if (s->parallel) {
       sn.slots.insert(sn.slots.end(), s->neg_slots.begin(), s->neg_slots.end());
@@ -583,19 +582,21 @@ void Trainer::TrainOne(const Event& e, TrainState* s, Prediction* before) {
       !m_.saw_negative[t].load(std::memory_order_relaxed))
     m_.saw_negative[t].store(true, std::memory_order_relaxed);
   PoolHistory(user_row, s);
-  s->item_hash = Model::IdHash(e.item);
-  // The draws of this event's negatives and replays depend on the model's
-  // state and the event's place in the Train call alone (not on which
-  // thread runs it), so that a restored model given the same calls learns
-  // on exactly as the original would (one thread).
-  uint64_t seed = options.seed ^ (uint64_t(Model::IdHash(e.user)) << 32 | s->item_hash);
-  seed ^= m_.recent_next.load(std::memory_order_relaxed) * 0xD1B54A32D192ED03ULL;
-  seed ^= replay_next.load(std::memory_order_relaxed) * 0x8CB92BA72F3D8DD7ULL;
-  seed ^= uint64_t(s->event_index) * 0x9E3779B97F4A7C15ULL;
-  seed = (seed ^ (seed >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  seed = (seed ^ (seed >> 27)) * 0x94D049BB133111EBULL;
-  s->rng = seed ^ (seed >> 31);
   const bool implicit = m_.implicit(t);
+  if (implicit || options.negatives > 0 || options.replay > 0) {
+    s->item_hash = Model::IdHash(e.item);
+    // The draws of this event's negatives and replays depend on the
+    // model's state and the event's place in the Train call alone (not on
+    // which thread runs it), so that a restored model given the same calls
+    // learns on exactly as the original would (one thread).
+    uint64_t seed = options.seed ^ (uint64_t(Model::IdHash(e.user)) << 32 | s->item_hash);
+    seed ^= m_.recent_next.load(std::memory_order_relaxed) * 0xD1B54A32D192ED03ULL;
+    seed ^= replay_next.load(std::memory_order_relaxed) * 0x8CB92BA72F3D8DD7ULL;
+    seed ^= uint64_t(s->event_index) * 0x9E3779B97F4A7C15ULL;
+    seed = (seed ^ (seed >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    seed = (seed ^ (seed >> 27)) * 0x94D049BB133111EBULL;
+    s->rng = seed ^ (seed >> 31);
+  }
   const float pred = implicit ? LearnImplicit(t, e.label > 0.5f, s) : Learn(e.task, e.label, s);
   if (before) {
     *before = Prediction();
@@ -785,7 +786,7 @@ void Trainer::Train(std::span<const Event> events, std::vector<Prediction>* befo
   for (size_t i = 0; i < events.size(); ++i) {
     const Event& e = events[i];
     const uint32_t user_row = uint32_t(event_rows[i] >> 32), item_row = uint32_t(event_rows[i]);
-    Remember(e, item_row, Model::IdHash(e.item));
+    Remember(e, item_row);
     if (options.history > 0 && e.task != Task::kRating && e.label > 0.5f)
       m_.histories.Push(user_row, item_row);
   }

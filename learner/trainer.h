@@ -113,7 +113,7 @@ struct StagedRows {
 struct SharedNegatives {
   bool drawn = false;
   size_t count = 0;
-  std::vector<uint32_t> rows, slots, begin, hash;
+  std::vector<uint32_t> rows, slots, begin;
   std::vector<float> v, bias, logit_extra, grad;
   std::vector<uint8_t> touched;
 };
@@ -251,7 +251,7 @@ class Trainer {
   void ApplyNegatives(TrainState* s);
   // Notes the event's item in the ring negatives are drawn from (and its
   // count, for the sampling probability).
-  void Remember(const Event& e, uint32_t item_row, uint32_t item_hash);
+  void Remember(const Event& e, uint32_t item_row);
   // s->history and s->has_history for user row `user`.
   void PoolHistory(uint32_t user, TrainState* s) const;
   // Remembers e and learns options.replay earlier events again.
