@@ -1,5 +1,5 @@
 // recstream: the command line of docs/interface.md section 4.
-//   serve, broker, produce, gen, eval, config, import-embeddings
+//   serve, replica, broker, produce, gen, eval, config, import-embeddings
 // Exit codes: 0 success, 2 usage or configuration error, 1 run-time failure.
 #include <fmt/format.h>
 #include <signal.h>
@@ -19,6 +19,7 @@
 #include <map>
 #include <thread>
 
+#include "app/replica.h"
 #include "app/service.h"
 #include "config/config.h"
 #include "eval/evaluator.h"
@@ -153,6 +154,40 @@ int RunServe(const ConfigFlags& flags) {
     return kExitFailure;
   }
   spdlog::info("stopped; final checkpoint stored in {}", cfg.store.path);
+  return kExitOk;
+}
+
+int RunReplica(const ConfigFlags& flags) {
+  config::AppConfig cfg;
+  if (!flags.Load(&cfg)) return kExitUsage;
+  if (cfg.kafka.brokers.empty()) {
+    std::fprintf(stderr,
+                 "recstream: configuration error: kafka.brokers is empty; a replica follows the "
+                 "model topic on the brokers its trainer uses (set kafka.brokers)\n");
+    return kExitUsage;
+  }
+  sigset_t signals = BlockStopSignals();
+  TuneMalloc();
+  // The learner is built with the trainer's model settings on top of this
+  // replica's own configuration.
+  auto configure = [flags](const std::string& settings, config::AppConfig* out) {
+    std::vector<std::string> sets = flags.sets;
+    for (std::string& s : config::SettingsAsFlags(settings)) sets.push_back(std::move(s));
+    return config::Load(flags.file, sets, config::CurrentEnvironment(), out);
+  };
+  std::unique_ptr<Replica> replica;
+  Status s = Replica::Start(cfg, configure, &replica);
+  if (!s.ok()) {
+    std::fprintf(stderr, "recstream: cannot start: %s\n", s.ToString().c_str());
+    return s.IsInvalidArgument() ? kExitUsage : kExitFailure;
+  }
+  std::printf("recstream: replica of %s on %s, serving on http://%s/\n",
+              cfg.kafka.topics.model.c_str(), cfg.kafka.brokers.c_str(),
+              replica->http_address().c_str());
+  std::fflush(stdout);
+  int sig = WaitForSignal(signals);
+  spdlog::info("received signal {}: stopping", sig);
+  (void)replica->Shutdown();
   return kExitOk;
 }
 
@@ -613,6 +648,11 @@ int Main(int argc, char** argv) {
   auto* serve = app.add_subcommand("serve", "consume, learn, checkpoint and serve over HTTP");
   serve_flags.Add(serve);
 
+  ConfigFlags replica_flags;
+  auto* replica = app.add_subcommand(
+      "replica", "serve the read API from the model a trainer publishes on the model topic");
+  replica_flags.Add(replica);
+
   int partitions = 3;
   std::string bootstrap_file;
   auto* broker =
@@ -723,6 +763,7 @@ int Main(int argc, char** argv) {
   }
 
   if (*serve) return RunServe(serve_flags);
+  if (*replica) return RunReplica(replica_flags);
   if (*broker) return RunBroker(partitions, bootstrap_file);
   if (*produce) return RunProduce(produce_flags, brokers, rate, produce_path, quiet);
   if (*gen && gen_implicit) {

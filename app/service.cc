@@ -23,9 +23,11 @@
 #include "ingest/ownership.h"
 #include "ingest/parser.h"
 #include "learner/learner.h"
+#include "replicate/publisher.h"
 #include "serve/api.h"
 #include "serve/http_server.h"
 #include "store/checkpoint_store.h"
+#include "store/snapshot_accumulator.h"
 
 namespace recstream::app {
 namespace {
@@ -60,6 +62,25 @@ struct CheckpointJob {
   learner::ModelSnapshot snapshot;
   OffsetMap offsets;
   uint64_t request = 0;  // the forced-checkpoint request this job satisfies
+  // Already complete (FinishSnapshot done, or merged deltas): the writer
+  // stores it as it is.
+  bool finished = false;
+  // The model-topic version the snapshot brings the store to (zero when
+  // not publishing).
+  store::model_records::Version published;
+};
+
+// A snapshot on its way to the model topic (and, merged with the ones
+// before it, to the store), when the trainer publishes.
+struct SnapshotJob {
+  learner::ModelSnapshot snapshot;
+  OffsetMap offsets;
+  bool full = false;
+  bool publish = false;     // send it to the model topic
+  bool final = false;       // the last one, at shutdown
+  bool checkpoint = false;  // then store everything merged so far
+  uint64_t request = 0;
+  int64_t time_ms = 0;
 };
 
 }  // namespace
@@ -74,11 +95,17 @@ struct Service::Impl : public serve::ServiceHooks {
   // On the training thread, between batches.
   void MaybeCheckpoint(bool final);
   void Enqueue(std::unique_ptr<CheckpointJob> job);
+  // Publishing: the training thread's part, and the publish thread.
+  void MaybeSnapshot(bool final);
+  void PublishLoop();
+  recstream::Status OpenPublisher();
 
   // serve::ServiceHooks
   serve::ServiceStatus Status() const override;
   bool Ready(std::string* why_not) const override;
   recstream::Status Checkpoint() override;
+  recstream::Status SnapshotPage(const std::string& after, size_t max_bytes, bool fresh,
+                                 std::string* body) override;
 
   config::AppConfig config;
   const Clock::time_point started = Clock::now();
@@ -136,6 +163,30 @@ struct Service::Impl : public serve::ServiceHooks {
   uint64_t checkpoints = 0;            // guarded by mu
   bool write_failed = false;           // guarded by mu
   bool write_succeeded = false;        // guarded by mu
+
+  // Publishing to the model topic (replicate.interval_ms > 0). Every
+  // snapshot is a version: the publish thread finishes it, merges it into
+  // `merged` (what the next checkpoint stores), and sends it; a checkpoint
+  // hands everything merged to the writer. So the store always holds
+  // exactly a published version, and what was published reaches the store
+  // within a checkpoint interval.
+  std::unique_ptr<replicate::ModelPublisher> publisher;
+  std::thread publish_thread;
+  Clock::time_point next_publish;  // training thread only
+  std::unique_ptr<SnapshotJob> snap_pending;   // guarded by mu
+  std::unique_ptr<SnapshotJob> snap_recycled;  // guarded by mu
+  bool snap_busy = false;                      // guarded by mu
+  // The next published version must carry the whole model: at start when
+  // the topic's last version is not the stored one, and after a failure.
+  bool publish_need_full = true;                // guarded by mu
+  Clock::time_point publish_retry_at;           // guarded by mu
+  int64_t publish_backoff_ms = 0;               // guarded by mu
+  std::string publish_error;                    // guarded by mu
+  store::SnapshotAccumulator merged;            // publish thread only
+  OffsetMap merged_offsets;                     // publish thread only
+  uint64_t merged_request = 0;                  // publish thread only
+  std::mutex fresh_mu;                          // one fresh snapshot checkpoint at a time
+  Clock::time_point last_fresh;                 // guarded by fresh_mu
 };
 
 recstream::Status Service::Impl::Init() {
@@ -208,6 +259,7 @@ recstream::Status Service::Impl::Init() {
   RECSTREAM_RETURN_IF_ERROR(serve::HttpServer::Start(config.serve, api->Handler(), &http));
 
   next_checkpoint = Clock::now() + std::chrono::milliseconds(config.store.checkpoint_interval_ms);
+  if (config.replicate.interval_ms > 0) RECSTREAM_RETURN_IF_ERROR(OpenPublisher());
   // Named for top -H, perf and /proc.
   auto start = [this](const char* name, void (Impl::*loop)()) {
     return std::thread([this, name, loop] {
@@ -216,6 +268,7 @@ recstream::Status Service::Impl::Init() {
     });
   };
   writer = start("checkpoint", &Impl::WriterLoop);
+  if (publisher) publish_thread = start("publish", &Impl::PublishLoop);
   trainer = start("train", &Impl::TrainLoop);
   ingester = start("ingest", &Impl::IngestLoop);
   return recstream::Status::OK();
@@ -343,7 +396,11 @@ void Service::Impl::TrainLoop() {
       rate_events = 0;
       rate_start = Clock::now();
     }
-    MaybeCheckpoint(false);
+    if (publisher) {
+      MaybeSnapshot(false);
+    } else {
+      MaybeCheckpoint(false);
+    }
   }
   spdlog::info(
       "training thread: {} events, {:.3f} s in Train (wall), {:.3f} s CPU on this thread "
@@ -417,13 +474,15 @@ void Service::Impl::WriterLoop() {
       job = std::move(pending);
       writing = true;
     }
-    const auto copy_start = Clock::now();
-    learner->FinishSnapshot(&job->snapshot);
-    spdlog::debug("checkpoint snapshot: {} rows copied in {:.1f} ms beside training",
-                  job->snapshot.rows(),
-                  std::chrono::duration<double, std::milli>(Clock::now() - copy_start).count());
+    if (!job->finished) {
+      const auto copy_start = Clock::now();
+      learner->FinishSnapshot(&job->snapshot);
+      spdlog::debug("checkpoint snapshot: {} rows copied in {:.1f} ms beside training",
+                    job->snapshot.rows(),
+                    std::chrono::duration<double, std::milli>(Clock::now() - copy_start).count());
+    }
     store::CheckpointInfo info;
-    recstream::Status s = store->Write(job->snapshot, job->offsets, &info);
+    recstream::Status s = store->Write(job->snapshot, job->offsets, job->published, &info);
     if (s.ok()) {
       spdlog::debug("checkpoint {}: {} rows, {} bytes in {:.1f} ms", info.sequence, info.rows,
                     info.bytes, info.duration_ms);
@@ -444,6 +503,188 @@ void Service::Impl::WriterLoop() {
     recycled = std::move(job);
     cv.notify_all();
   }
+}
+
+recstream::Status Service::Impl::OpenPublisher() {
+  replicate::PublisherOptions po;
+  po.brokers = config.kafka.brokers;
+  po.topic = config.kafka.topics.model;
+  po.partition = config.kafka.ownership.index;
+  po.properties = config.kafka.properties;
+  po.delivery_timeout_ms = config.replicate.timeout_ms;
+  po.model_settings = config::ModelSettings(config);
+  po.snapshot_url = config.replicate.advertise_url;
+  if (po.snapshot_url.empty()) {
+    // serve.listen with the port bound; a wildcard host becomes this
+    // machine's name, which other machines can resolve in most setups
+    // (docker-compose service names; otherwise set replicate.advertise_url).
+    std::string host = config.serve.listen.substr(0, config.serve.listen.rfind(':'));
+    if (host == "0.0.0.0" || host == "[::]" || host == "::" || host.empty()) {
+      char name[256] = {0};
+      host = ::gethostname(name, sizeof(name) - 1) == 0 ? name : "localhost";
+    }
+    po.snapshot_url = "http://" + host + ":" + std::to_string(http->port());
+  }
+  const uint64_t generation = uint64_t(NowMs());
+  RECSTREAM_RETURN_IF_ERROR(replicate::ModelPublisher::Open(po, generation, &publisher));
+  // Replicas hold the topic's last version. When it is the stored one (a
+  // clean restart), they match this model and deltas suffice; otherwise
+  // (a crash after publishing more than was stored, a new topic, an
+  // unreadable one) the first version carries the whole model.
+  store::model_records::Commit last;
+  recstream::Status s = publisher->LastCommit(10000, &last);
+  const store::model_records::Version stored = store->last().published;
+  publish_need_full = !(s.ok() && stored.generation != 0 && last.version == stored);
+  spdlog::info("publishing the model to {}/{} every {} ms as generation {}; snapshots at {}{}",
+               po.topic, po.partition, config.replicate.interval_ms, generation, po.snapshot_url,
+               publish_need_full ? " (the first version carries the whole model)" : "");
+  next_publish = Clock::now();
+  return recstream::Status::OK();
+}
+
+void Service::Impl::MaybeSnapshot(bool final) {
+  const auto now = Clock::now();
+  bool checkpoint, publish, full;
+  uint64_t request;
+  {
+    std::unique_lock lock(mu);
+    if (write_failed) {
+      need_full = true;  // what the failed write held is gone: store everything
+      write_failed = false;
+      const int64_t interval = std::max<int64_t>(1, config.store.checkpoint_interval_ms);
+      retry_delay_ms =
+          std::min(interval * kMaxRetryFactor, retry_delay_ms == 0 ? interval : retry_delay_ms * 2);
+      next_checkpoint = now + std::chrono::milliseconds(retry_delay_ms);
+    } else if (write_succeeded) {
+      retry_delay_ms = 0;
+    }
+    write_succeeded = false;
+    request = requested;
+    checkpoint = final || request > completed || now >= next_checkpoint;
+    const bool publish_due = final || now >= next_publish || checkpoint;
+    if (!checkpoint && !publish_due) return;
+    if (snap_pending || snap_busy) {
+      if (!final) return;
+      cv.wait(lock, [&] { return !snap_pending && !snap_busy; });
+    }
+    if (checkpoint && (writing || pending)) {
+      // One write at a time: this snapshot is published, the checkpoint
+      // waits for the next one.
+      if (final) {
+        cv.wait(lock, [&] { return !writing && !pending; });
+      } else {
+        checkpoint = false;
+      }
+    }
+    // A final snapshot is published unless publishing is failing (its
+    // wait would not fit the shutdown budget).
+    publish = now >= publish_retry_at && (!final || publish_error.empty());
+    full = need_full || (publish && publish_need_full);
+  }
+  std::unique_ptr<SnapshotJob> job;
+  {
+    std::lock_guard lock(mu);
+    job = std::move(snap_recycled);
+  }
+  if (!job) job = std::make_unique<SnapshotJob>();
+  learner->BeginSnapshot(full, &job->snapshot);
+  job->time_ms = NowMs();
+  job->offsets = learned_positions;
+  job->full = full;
+  job->publish = publish;
+  job->checkpoint = checkpoint;
+  job->final = final;
+  job->request = request;
+  if (full) need_full = false;
+  next_publish = now + std::chrono::milliseconds(config.replicate.interval_ms);
+  if (checkpoint)
+    next_checkpoint = now + std::chrono::milliseconds(
+                                retry_delay_ms > 0 ? retry_delay_ms : config.store.checkpoint_interval_ms);
+  std::lock_guard lock(mu);
+  snap_pending = std::move(job);
+  cv.notify_all();
+}
+
+void Service::Impl::PublishLoop() {
+  for (;;) {
+    std::unique_ptr<SnapshotJob> job;
+    {
+      std::unique_lock lock(mu);
+      cv.wait(lock, [&] { return snap_pending || writer_stop; });
+      if (!snap_pending) return;
+      job = std::move(snap_pending);
+      snap_busy = true;
+    }
+    learner->FinishSnapshot(&job->snapshot);
+    // Merged first: a version is in the next checkpoint before any replica
+    // can see it, so a snapshot fetched after a version is at least as new.
+    const store::model_records::Version version = publisher->next();
+    merged.Merge(job->snapshot, job->full);
+    for (const auto& [tp, offset] : job->offsets) merged_offsets[tp] = offset;
+    merged_request = std::max(merged_request, job->request);
+    recstream::Status s;
+    if (job->publish) {
+      s = publisher->Publish(job->snapshot, job->full, job->time_ms,
+                             job->final ? std::min(2000, config.replicate.timeout_ms) : -1);
+    } else {
+      s = recstream::Status::Unavailable("publishing paused after a failure");
+      publisher->SkipVersion();
+    }
+    {
+      std::lock_guard lock(mu);
+      if (s.ok()) {
+        if (job->full) publish_need_full = false;
+        if (!publish_error.empty()) spdlog::info("publishing the model works again");
+        publish_error.clear();
+        publish_backoff_ms = 0;
+      } else if (job->publish) {
+        // Replicas drop the incomplete version; the next one carries the
+        // whole model. Retries back off up to 30 s while Kafka fails.
+        publish_need_full = true;
+        publish_backoff_ms = std::min<int64_t>(30000, publish_backoff_ms == 0
+                                                          ? std::max(100, config.replicate.interval_ms)
+                                                          : publish_backoff_ms * 2);
+        publish_retry_at = Clock::now() + std::chrono::milliseconds(publish_backoff_ms);
+        publish_error = s.ToString();
+        spdlog::warn("publishing version {} failed (retrying in {} ms with the whole model): {}",
+                     version.ToString(), publish_backoff_ms, s.ToString());
+      }
+    }
+    if (job->checkpoint) {
+      auto ckpt = std::make_unique<CheckpointJob>();
+      bool full = false;
+      merged.Take(&ckpt->snapshot, &full);
+      ckpt->offsets = std::move(merged_offsets);
+      merged_offsets.clear();
+      ckpt->request = merged_request;
+      ckpt->finished = true;
+      ckpt->published = version;
+      std::unique_lock lock(mu);
+      cv.wait(lock, [&] { return !writing && !pending; });
+      pending = std::move(ckpt);
+      cv.notify_all();
+    }
+    std::lock_guard lock(mu);
+    snap_busy = false;
+    snap_recycled = std::move(job);
+    cv.notify_all();
+  }
+}
+
+recstream::Status Service::Impl::SnapshotPage(const std::string& after, size_t max_bytes,
+                                              bool fresh, std::string* body) {
+  if (fresh) {
+    // At most one forced checkpoint a second, whoever asks.
+    std::lock_guard lock(fresh_mu);
+    if (Clock::now() - last_fresh >= std::chrono::seconds(1)) {
+      RECSTREAM_RETURN_IF_ERROR(Checkpoint());
+      last_fresh = Clock::now();
+    }
+  }
+  store::model_records::ModelPage page;
+  RECSTREAM_RETURN_IF_ERROR(store->ReadModelPage(after, max_bytes, &page));
+  *body = store::model_records::EncodePage(page);
+  return recstream::Status::OK();
 }
 
 recstream::Status Service::Impl::Checkpoint() {
@@ -492,6 +733,20 @@ serve::ServiceStatus Service::Impl::Status() const {
   }
   st.uptime_s = std::chrono::duration<double>(Clock::now() - started).count();
   st.events_per_second = events_per_second.load();
+  if (publisher) {
+    const replicate::PublisherStats ps = publisher->stats();
+    st.publishing = true;
+    st.model_topic = config.kafka.topics.model;
+    st.published_version = ps.last.ToString();
+    st.published_versions = ps.versions;
+    st.published_full = ps.full;
+    st.published_records = ps.records;
+    st.published_bytes = ps.bytes;
+    st.publish_failures = ps.failures;
+    st.last_publish_ms = ps.last_publish_ms;
+    std::lock_guard lock(mu);
+    st.publish_error = publish_error;
+  }
   return st;
 }
 
@@ -580,11 +835,15 @@ recstream::Status Service::Shutdown() {
   spdlog::debug("shutdown: training stopped after {:.0f} ms", elapsed_ms());
   recstream::Status final_status;
   if (m.writer.joinable()) {
-    // The last batch is learned; store it with its offsets.
-    m.MaybeCheckpoint(true);
+    // The last batch is learned; store it with its offsets (and publish it).
+    if (m.publisher && m.publish_thread.joinable()) {
+      m.MaybeSnapshot(true);
+    } else {
+      m.MaybeCheckpoint(true);
+    }
     {
       std::unique_lock lock(m.mu);
-      m.cv.wait(lock, [&] { return !m.pending && !m.writing; });
+      m.cv.wait(lock, [&] { return !m.pending && !m.writing && !m.snap_pending && !m.snap_busy; });
       final_status = m.last_status;
       m.writer_stop = true;
       m.cv.notify_all();
@@ -594,6 +853,7 @@ recstream::Status Service::Shutdown() {
       }
     }
     m.writer.join();
+    if (m.publish_thread.joinable()) m.publish_thread.join();
     spdlog::debug("shutdown: final checkpoint after {:.0f} ms", elapsed_ms());
   }
   if (m.http) m.http->Stop();

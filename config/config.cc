@@ -221,6 +221,16 @@ std::string CheckListen(std::string_view s) {
   return "";
 }
 
+// Empty, or "http://host:port" (a trailing path is allowed).
+std::string CheckHttpUrl(std::string_view v) {
+  if (v.empty()) return "";
+  if (v.rfind("http://", 0) != 0) return "does not start with http://";
+  std::string hostport(v.substr(7));
+  hostport = hostport.substr(0, hostport.find('/'));
+  if (hostport.find(':') == std::string::npos) return "no port";
+  return CheckListen(hostport);
+}
+
 // Every key, in the order `config --print` shows them.
 const std::vector<Key>& KeyTable() {
   using learner::Arch;
@@ -251,6 +261,9 @@ const std::vector<Key>& KeyTable() {
     t.push_back(StringKey(
         "kafka.topics.dlq", [](auto& c) -> auto& { return c.kafka.topics.dlq; }, topic_allowed,
         CheckTopic));
+    t.push_back(StringKey(
+        "kafka.topics.model", [](auto& c) -> auto& { return c.kafka.topics.model; },
+        topic_allowed, CheckTopic));
     t.push_back(IntKey(
         "kafka.embedded_partitions", [](auto& c) -> auto& { return c.kafka.embedded_partitions; },
         1, 1024));
@@ -384,6 +397,19 @@ const std::vector<Key>& KeyTable() {
         [](auto& c) -> auto& { return c.store.checkpoint_interval_ms; }, 1, kMax));
     t.push_back(BoolKey(
         "store.sync", [](auto& c) -> auto& { return c.store.sync; }));
+    // replication
+    t.push_back(IntKey(
+        "replicate.interval_ms", [](auto& c) -> auto& { return c.replicate.interval_ms; }, 0,
+        600000));
+    t.push_back(IntKey(
+        "replicate.timeout_ms", [](auto& c) -> auto& { return c.replicate.timeout_ms; }, 100,
+        600000));
+    t.push_back(StringKey(
+        "replicate.advertise_url", [](auto& c) -> auto& { return c.replicate.advertise_url; },
+        "empty, or http://host:port", CheckHttpUrl));
+    t.push_back(StringKey(
+        "replica.snapshot_url", [](auto& c) -> auto& { return c.replicate.snapshot_url; },
+        "empty, or http://host:port", CheckHttpUrl));
     // serve
     t.push_back(StringKey(
         "serve.listen", [](auto& c) -> auto& { return c.serve.listen; },
@@ -864,6 +890,32 @@ std::string Render(const std::vector<ConfigSource>& sources) {
                        src.origin);
   }
   return out;
+}
+
+std::string ModelSettings(const AppConfig& config) {
+  std::string out;
+  for (const Key& k : KeyTable()) {
+    if (!(k.name.rfind("model.", 0) == 0 || k.name.rfind("rating.", 0) == 0 ||
+          k.name.rfind("serve.blend.", 0) == 0))
+      continue;
+    out += k.name;
+    out += '=';
+    out += k.get(config);
+    out += '\n';
+  }
+  return out;
+}
+
+std::vector<std::string> SettingsAsFlags(const std::string& settings) {
+  std::vector<std::string> flags;
+  size_t begin = 0;
+  while (begin < settings.size()) {
+    size_t end = settings.find('\n', begin);
+    if (end == std::string::npos) end = settings.size();
+    if (end > begin) flags.push_back(settings.substr(begin, end - begin));
+    begin = end + 1;
+  }
+  return flags;
 }
 
 }  // namespace recstream::config

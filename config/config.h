@@ -23,6 +23,7 @@
 #include "common/status.h"
 #include "ingest/options.h"
 #include "learner/learner.h"
+#include "replicate/options.h"
 #include "serve/options.h"
 #include "store/options.h"
 
@@ -43,6 +44,8 @@ struct AppConfig {
   learner::Blend blend;
   store::StoreOptions store;
   serve::ServeOptions serve;
+  // replicate.* and replica.* (the model topic is kafka.topics.model).
+  replicate::ReplicationOptions replicate;
   // The scheduler time slice (microseconds, common/thread_slice.h) of every
   // thread the service starts except the HTTP I/O threads
   // (serve.io_slice_us): training, ingest, checkpoints, librdkafka and
@@ -74,6 +77,14 @@ struct ConfigSource {
 Status Load(const std::string& file_path, const std::vector<std::string>& set_flags,
             const std::map<std::string, std::string>& env, AppConfig* out,
             std::vector<ConfigSource>* sources = nullptr);
+
+// What a replica needs to build a learner that scores exactly as this one:
+// "key=value" lines of every model.*, rating.* and serve.blend.* key, as
+// `config` has them. A trainer announces them on the model topic.
+std::string ModelSettings(const AppConfig& config);
+// `settings` (ModelSettings lines) as --set flags, to append after a
+// replica's own flags so that the trainer's model settings win.
+std::vector<std::string> SettingsAsFlags(const std::string& settings);
 
 // The RECSTREAM_* variables of this process's environment.
 std::map<std::string, std::string> CurrentEnvironment();

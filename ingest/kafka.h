@@ -65,8 +65,9 @@ struct MessageView {
 // the object lives; the destructor shuts it down. Data is kept in memory.
 class EmbeddedKafka {
  public:
-  // Starts `num_brokers` brokers and creates the four topics of `topics`
-  // with `partitions` partitions each.
+  // Starts `num_brokers` brokers and creates the topics of `topics` (the
+  // three event topics, the dead letters and the model topic) with
+  // `partitions` partitions each.
   static Status Start(int num_brokers, int partitions, const TopicNames& topics,
                       std::unique_ptr<EmbeddedKafka>* out);
   ~EmbeddedKafka();

@@ -26,6 +26,9 @@ struct TopicNames {
   std::string purchase = "recstream.purchase";
   std::string rating = "recstream.rating";
   std::string dlq = "recstream.dlq";
+  // Where trainers publish the model for replicas (replicate/), keyed by
+  // row; meant to be compacted.
+  std::string model = "recstream.model";
 };
 
 // Fixed partition ownership (ingest/ownership.h): trainer `index` of `count`

@@ -300,6 +300,8 @@ const char* Api::RouteName(int route) {
       return "/";
     case kHistory:
       return "/v1/history";
+    case kSnapshot:
+      return "/v1/snapshot";
     default:
       return "other";
   }
@@ -353,6 +355,7 @@ HttpResponse Api::Dispatch(const HttpRequest& req, int* route) const {
       {"/v1/admin/checkpoint", kAdminCheckpoint, "POST"},
       {"/", kDashboard, "GET"},
       {"/v1/history", kHistory, "GET"},
+      {"/v1/snapshot", kSnapshot, "GET"},
   };
   const Entry* entry = nullptr;
   for (const Entry& e : kTable) {
@@ -385,6 +388,8 @@ HttpResponse Api::Dispatch(const HttpRequest& req, int* route) const {
       return HttpResponse{200, "text/html; charset=utf-8", std::string(DashboardHtml())};
     case kHistory:
       return History(req);
+    case kSnapshot:
+      return Snapshot(req);
     default:
       return Error(404, "no route");
   }
@@ -710,6 +715,37 @@ HttpResponse Api::Stats() const {
   w.EndArray();
   w.EndObject();
 
+  if (st.publishing) {
+    w.Key("publishing").BeginObject();
+    w.Key("topic").String(st.model_topic);
+    w.Key("version").String(st.published_version);
+    w.Key("versions").Uint(st.published_versions);
+    w.Key("full_versions").Uint(st.published_full);
+    w.Key("records").Uint(st.published_records);
+    w.Key("bytes").Uint(st.published_bytes);
+    w.Key("failures").Uint(st.publish_failures);
+    w.Key("last_publish_ms").Double(st.last_publish_ms);
+    w.Key("error");
+    st.publish_error.empty() ? w.Null() : w.String(st.publish_error);
+    w.EndObject();
+  }
+  if (st.replica) {
+    w.Key("replica").BeginObject();
+    w.Key("topic").String(st.model_topic);
+    w.Key("lag_ms");
+    st.replica_lag_ms < 0 ? w.Null() : w.Double(st.replica_lag_ms);
+    w.Key("version").String(st.replica_version);
+    w.Key("versions_applied").Uint(st.replica_versions_applied);
+    w.Key("heartbeats").Uint(st.replica_heartbeats);
+    w.Key("records_applied").Uint(st.replica_records_applied);
+    w.Key("bad_records").Uint(st.replica_bad_records);
+    w.Key("incomplete_versions").Uint(st.replica_incomplete_versions);
+    w.Key("apply_errors").Uint(st.replica_apply_errors);
+    w.Key("snapshot_records").Uint(st.replica_snapshot_records);
+    w.Key("bootstrap_s").Double(st.replica_bootstrap_s);
+    w.EndObject();
+  }
+
   w.Key("checkpoint").BeginObject();
   w.Key("ok").Bool(st.checkpoint_ok);
   w.Key("error");
@@ -734,6 +770,40 @@ HttpResponse Api::Stats() const {
 
   w.EndObject();
   return Json(200, std::move(out));
+}
+
+HttpResponse Api::Snapshot(const HttpRequest& req) const {
+  if (hooks_ == nullptr) return Error(404, "this process serves no snapshot");
+  std::string after;
+  if (auto it = req.query.find("after"); it != req.query.end()) {
+    const std::string& hex = it->second;
+    if (hex.size() % 2 != 0) return Error(400, "after must be hex digits");
+    for (size_t i = 0; i < hex.size(); i += 2) {
+      auto digit = [](char c) -> int {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+        return -1;
+      };
+      const int hi = digit(hex[i]), lo = digit(hex[i + 1]);
+      if (hi < 0 || lo < 0) return Error(400, "after must be hex digits");
+      after.push_back(char(hi * 16 + lo));
+    }
+  }
+  size_t max_bytes = 8 << 20;
+  if (auto it = req.query.find("max_bytes"); it != req.query.end()) {
+    char* end = nullptr;
+    const unsigned long long v = std::strtoull(it->second.c_str(), &end, 10);
+    if (it->second.empty() || *end != '\0' || v < 1024 || v > (1ull << 30))
+      return Error(400, "max_bytes must be a number in [1024, 2^30]");
+    max_bytes = size_t(v);
+  }
+  const bool fresh = req.query.count("fresh") > 0 && req.query.at("fresh") != "0";
+  std::string body;
+  recstream::Status s = hooks_->SnapshotPage(after, max_bytes, fresh, &body);
+  if (s.IsNotFound()) return Error(404, s.ToString());
+  if (!s.ok()) return Error(503, s.ToString());
+  return HttpResponse{200, "application/octet-stream", std::move(body)};
 }
 
 HttpResponse Api::Ready() const {
@@ -823,6 +893,33 @@ HttpResponse Api::Metrics() const {
   p.Header("recstream_missing_partitions", "gauge",
            "Partitions assigned or stored that are no longer in the topics' metadata.");
   p.Sample("recstream_missing_partitions", static_cast<double>(st.missing_partitions.size()));
+
+  if (st.publishing) {
+    p.Header("recstream_model_versions_published_total", "counter",
+             "Versions of the model published to the model topic and acknowledged.");
+    p.Sample("recstream_model_versions_published_total", double(st.published_versions));
+    p.Header("recstream_model_publish_failures_total", "counter",
+             "Versions whose publishing failed (the next one carries the whole model).");
+    p.Sample("recstream_model_publish_failures_total", double(st.publish_failures));
+    p.Header("recstream_model_published_bytes_total", "counter",
+             "Key and value bytes acknowledged on the model topic.");
+    p.Sample("recstream_model_published_bytes_total", double(st.published_bytes));
+    p.Header("recstream_model_publish_seconds", "gauge", "How long the last version took to publish.");
+    p.Sample("recstream_model_publish_seconds", st.last_publish_ms / 1e3);
+  }
+  if (st.replica) {
+    p.Header("recstream_replica_lag_ms", "gauge",
+             "Age of the newest model version this replica applied (trainer clock), ms; -1 before any.");
+    p.Sample("recstream_replica_lag_ms", st.replica_lag_ms);
+    p.Header("recstream_replica_versions_applied_total", "counter", "Model versions applied.");
+    p.Sample("recstream_replica_versions_applied_total", double(st.replica_versions_applied));
+    p.Header("recstream_replica_bad_records_total", "counter",
+             "Unreadable model-topic records, skipped.");
+    p.Sample("recstream_replica_bad_records_total", double(st.replica_bad_records));
+    p.Header("recstream_replica_incomplete_versions_total", "counter",
+             "Versions dropped because their records did not match their commit.");
+    p.Sample("recstream_replica_incomplete_versions_total", double(st.replica_incomplete_versions));
+  }
 
   p.Header("recstream_consumer_lag", "gauge", "Messages behind the high watermark per partition.");
   for (const auto& l : st.lag) {

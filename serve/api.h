@@ -78,6 +78,30 @@ struct ServiceStatus {
   std::vector<std::pair<std::string, int64_t>> checkpoint_offsets;
   double uptime_s = 0;
   double events_per_second = 0;
+
+  // The model topic (docs/interface.md, "Replicas"). A trainer that
+  // publishes fills `publishing`; a replica fills `replica`.
+  bool publishing = false;
+  std::string model_topic;
+  std::string published_version;  // "generation.sequence" of the last one acknowledged
+  uint64_t published_versions = 0;
+  uint64_t published_full = 0;
+  uint64_t published_records = 0;
+  uint64_t published_bytes = 0;
+  uint64_t publish_failures = 0;
+  double last_publish_ms = 0;
+  std::string publish_error;  // of the last failure, while failing
+  bool replica = false;
+  double replica_lag_ms = -1;  // age of the newest version applied; -1: none yet
+  std::string replica_version;
+  uint64_t replica_versions_applied = 0;
+  uint64_t replica_heartbeats = 0;
+  uint64_t replica_records_applied = 0;
+  uint64_t replica_bad_records = 0;
+  uint64_t replica_incomplete_versions = 0;
+  uint64_t replica_apply_errors = 0;
+  uint64_t replica_snapshot_records = 0;
+  double replica_bootstrap_s = 0;
 };
 
 // Implemented by the application. Called from HTTP I/O threads and from the
@@ -92,6 +116,16 @@ class ServiceHooks {
   virtual bool Ready(std::string* why_not) const = 0;
   // Forces a checkpoint and returns when it is stored (or failed).
   virtual recstream::Status Checkpoint() = 0;
+  // One page of the stored model for GET /v1/snapshot (a replica's
+  // bootstrap): the records after key `after`, about `max_bytes` of them,
+  // encoded as store/model_records.h EncodePage. With `fresh`, a
+  // checkpoint is forced first (at most one a second), so the page is at
+  // least as new as every version published before the call.
+  // NotFound/Unavailable when this process has no stored model to offer.
+  virtual recstream::Status SnapshotPage(const std::string& after, size_t max_bytes, bool fresh,
+                                         std::string* body) {
+    return recstream::Status::NotFound("this process serves no snapshot");
+  }
 };
 
 class Api {
@@ -123,6 +157,7 @@ class Api {
     kAdminCheckpoint,
     kDashboard,
     kHistory,
+    kSnapshot,
     kOther,
     kNumRoutes
   };
@@ -133,6 +168,7 @@ class Api {
                                         0.01,   0.025,   0.05,   0.1,   0.25,   1.0};
   static constexpr int kNumBuckets = sizeof(kBuckets) / sizeof(kBuckets[0]);
   static const char* RouteName(int route);
+  HttpResponse Snapshot(const HttpRequest& req) const;
 
   struct RouteCounters {
     std::array<std::atomic<uint64_t>, kNumCodes> by_code{};

@@ -138,7 +138,11 @@ class AdminLane {
   std::thread thread_;
 };
 
-bool IsAdminPath(std::string_view path) { return path.substr(0, 10) == "/v1/admin/"; }
+// Paths whose handlers may block: admin requests, and snapshot pages (a
+// store read, after a forced checkpoint).
+bool IsAdminPath(std::string_view path) {
+  return path.substr(0, 10) == "/v1/admin/" || path == "/v1/snapshot";
+}
 
 // Shared by the server and all its sessions; outlives both (owned by Impl,
 // destroyed after the io_context).

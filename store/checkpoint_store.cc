@@ -380,6 +380,10 @@ struct CheckpointStore::Impl {
     if (!encoded.ok()) return rocksdb::Status::InvalidArgument(encoded.ToString());
     std::string info_value(codec::kInfoSize, '\0');
     entries.push_back({kInfoKey, info_value, entries.size()});
+    const std::string published =
+        codec::EncodePublished(next->published.generation, next->published.sequence);
+    if (next->published.generation != 0)
+      entries.push_back({codec::kPublishedKey, published, entries.size()});
 
     // Table files need strictly increasing keys (bytewise, as RocksDB's
     // default comparator); of equal keys the last added wins.
@@ -493,6 +497,17 @@ struct CheckpointStore::Impl {
     return Status::OK();
   }
 
+  // The stored model-topic version (zero when none is stored).
+  Status ReadPublished(const rocksdb::Snapshot* snapshot, model_records::Version* v) {
+    rocksdb::ReadOptions ro;
+    ro.snapshot = snapshot;
+    std::string value;
+    rocksdb::Status s = db->Get(ro, ToSlice(codec::kPublishedKey), &value);
+    if (s.IsNotFound()) return Status::OK();
+    if (!s.ok()) return FromRocks(s, "reading the published version");
+    return codec::DecodePublished(value, &v->generation, &v->sequence);
+  }
+
   // Fills the caches and `last` from the stored metadata.
   Status ReadMetadata() {
     std::string v;
@@ -517,6 +532,7 @@ struct CheckpointStore::Impl {
           return Status::OK();
         }));
     info.offsets = offsets;
+    RECSTREAM_RETURN_IF_ERROR(ReadPublished(nullptr, &info.published));
     last = std::move(info);
     return Status::OK();
   }
@@ -563,6 +579,11 @@ Status CheckpointStore::Open(const StoreOptions& options, std::unique_ptr<Checkp
 
 Status CheckpointStore::Write(const learner::ModelSnapshot& snapshot, const OffsetMap& offsets,
                               CheckpointInfo* info) {
+  return Write(snapshot, offsets, model_records::Version(), info);
+}
+
+Status CheckpointStore::Write(const learner::ModelSnapshot& snapshot, const OffsetMap& offsets,
+                              const model_records::Version& published, CheckpointInfo* info) {
   const auto start = std::chrono::steady_clock::now();
   Impl& d = *impl_;
   std::lock_guard<std::mutex> io_lock(d.io_mu);
@@ -639,6 +660,10 @@ Status CheckpointStore::Write(const learner::ModelSnapshot& snapshot, const Offs
                      .count();
   next.rows = snapshot.rows();
   next.learned = {snapshot.learned[0], snapshot.learned[1], snapshot.learned[2]};
+  {
+    std::lock_guard<std::mutex> lock(d.state_mu);
+    next.published = published.generation != 0 ? published : d.last.published;
+  }
   OffsetMap merged = d.offsets;
   for (const auto& [tp, offset] : offsets) merged[tp] = offset;
 
@@ -698,6 +723,9 @@ rocksdb::Status CheckpointStore::Impl::WriteBatchOf(const learner::ModelSnapshot
   next->bytes = batch.GetDataSize() + codec::kInfoSize + kInfoKey.size() + 1 + 8;
   next->duration_ms = MillisSince(start);
   if (s.ok()) s = batch.Put(ToSlice(kInfoKey), EncodeInfo(*next));
+  if (s.ok() && next->published.generation != 0)
+    s = batch.Put(ToSlice(codec::kPublishedKey),
+                  codec::EncodePublished(next->published.generation, next->published.sequence));
   if (s.ok()) {
     rocksdb::WriteOptions wo;
     wo.sync = d.options.sync;
@@ -1118,9 +1146,61 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink,
   RECSTREAM_RETURN_IF_ERROR(loader.ReadOffsets(&stored_offsets));
 
   loaded.offsets = stored_offsets;
+  RECSTREAM_RETURN_IF_ERROR(d.ReadPublished(snap, &loaded.published));
   *full = std::move(out);
   if (offsets != nullptr) *offsets = std::move(stored_offsets);
   if (info != nullptr) *info = std::move(loaded);
+  return Status::OK();
+}
+
+Status CheckpointStore::ReadModelPage(std::string_view after, size_t max_bytes,
+                                      model_records::ModelPage* page) const {
+  Impl& d = *impl_;
+  if (!d.db) return Status::Unavailable("store " + d.options.path + " is not open");
+  const rocksdb::Snapshot* snap = d.db->GetSnapshot();
+  struct Release {
+    rocksdb::DB* db;
+    const rocksdb::Snapshot* snap;
+    ~Release() { db->ReleaseSnapshot(snap); }
+  } release{d.db.get(), snap};
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snap;
+  ro.fill_cache = false;
+  std::string v;
+  rocksdb::Status s = d.db->Get(ro, ToSlice(kInfoKey), &v);
+  if (s.IsNotFound()) return Status::NotFound("no checkpoint in " + d.options.path);
+  if (!s.ok()) return FromRocks(s, "reading checkpoint info");
+  CheckpointInfo info;
+  RECSTREAM_RETURN_IF_ERROR(DecodeInfo(v, &info));
+  page->sequence = info.sequence;
+  page->learned = info.learned;
+  page->published = model_records::Version();
+  RECSTREAM_RETURN_IF_ERROR(d.ReadPublished(snap, &page->published));
+  page->records.clear();
+  page->last_key.clear();
+  std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(ro));
+  if (after.empty()) {
+    it->SeekToFirst();
+  } else {
+    it->Seek(ToSlice(after));
+    if (it->Valid() && ToView(it->key()) == after) it->Next();
+  }
+  for (; it->Valid(); it->Next()) {
+    const std::string_view key = ToView(it->key());
+    // Metadata and positions are the trainer's own.
+    if (key.starts_with(kOffsetPrefix) || key == kInfoKey || key == codec::kPublishedKey)
+      continue;
+    const std::string_view value = ToView(it->value());
+    codec::PutFixed32(&page->records, uint32_t(key.size()));
+    page->records += key;
+    codec::PutFixed32(&page->records, uint32_t(value.size()));
+    page->records += value;
+    if (page->records.size() >= max_bytes) {
+      page->last_key.assign(key);
+      break;
+    }
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "reading the model");
   return Status::OK();
 }
 

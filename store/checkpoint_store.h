@@ -31,6 +31,7 @@
 #include "common/offsets.h"
 #include "common/status.h"
 #include "learner/learner.h"
+#include "store/model_records.h"
 #include "store/options.h"
 
 namespace recstream::store {
@@ -51,7 +52,11 @@ struct CheckpointInfo {
   OffsetMap offsets;
   // Events learned per task (learner::Task order) by the stored model.
   std::array<uint64_t, 3> learned = {0, 0, 0};
+  // The model-topic version the stored model is, for a trainer that
+  // publishes (zero otherwise).
+  model_records::Version published;
 };
+
 
 class CheckpointStore {
  public:
@@ -81,6 +86,19 @@ class CheckpointStore {
   // On success, fills `info` (when non-null) with the checkpoint's info.
   Status Write(const learner::ModelSnapshot& snapshot, const OffsetMap& offsets,
                CheckpointInfo* info);
+  // Write() that also records the model-topic version the snapshot brings
+  // the stored model to (CheckpointInfo::published).
+  Status Write(const learner::ModelSnapshot& snapshot, const OffsetMap& offsets,
+               const model_records::Version& published, CheckpointInfo* info);
+
+  // The model's records (widths, dense blocks, feature lists, the shape,
+  // purchases and rows, in key order; no offsets) after key `after` ("" for
+  // the first page), about `max_bytes` of them, read from the latest
+  // checkpoint. Pages of one walk may come from different checkpoints: a
+  // reader that applies them in order, then the model topic from the
+  // oldest page's version on, ends with the newest model. NotFound when the
+  // store holds no checkpoint. May run on any thread, beside Write().
+  Status ReadModelPage(std::string_view after, size_t max_bytes, model_records::ModelPage* page) const;
 
   // Reads the accumulated model back as one full snapshot (every row grouped
   // per table, every dense block, the counters, every purchase as

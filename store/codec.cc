@@ -211,6 +211,20 @@ Status DecodeFeatureList(std::string_view rest, std::string_view value, std::str
   return Status::OK();
 }
 
+std::string EncodePublished(uint64_t generation, uint64_t sequence) {
+  std::string v;
+  PutFixed64(&v, generation);
+  PutFixed64(&v, sequence);
+  return v;
+}
+
+Status DecodePublished(std::string_view value, uint64_t* generation, uint64_t* sequence) {
+  if (value.size() != 16) return Status::Corruption("malformed published version record");
+  *generation = DecodeFixed64(value.data());
+  *sequence = DecodeFixed64(value.data() + 8);
+  return Status::OK();
+}
+
 std::string OffsetKey(const TopicPartition& tp) {
   std::string k(kOffsetPrefix);
   k += tp.topic;

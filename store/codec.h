@@ -20,6 +20,8 @@
 //   "f/" <table> \0 <id>             side features of a user or item: count u32,
 //                                    then per feature: length u32, bytes
 //   "o/" <topic> \0 <partition i32>  next offset to consume, i64
+//   "m/published"                    the model-topic version of the stored
+//                                    model: generation u64, sequence u64
 //
 // Keys sort bytewise (RocksDB's default comparator), so all rows of a table
 // are contiguous and tables come in name order. A table name never contains
@@ -47,6 +49,9 @@ inline constexpr std::string_view kDensePrefix = "d/";
 inline constexpr std::string_view kPurchasePrefix = "p/";
 inline constexpr std::string_view kFeatureListPrefix = "f/";
 inline constexpr std::string_view kOffsetPrefix = "o/";
+// The model-topic version the stored model is (when the trainer publishes):
+// generation u64, sequence u64 (store/model_records.h).
+inline constexpr std::string_view kPublishedKey = "m/published";
 // The prefixes of the model's records (not metadata or offsets): what a model
 // of another shape replaces.
 inline constexpr std::string_view kModelPrefixes[] = {kRowPrefix, kDensePrefix, kPurchasePrefix,
@@ -106,6 +111,9 @@ void AppendFeatureList(std::string* dst, const std::vector<std::string>& feature
 // `rest`: the key after kFeatureListPrefix.
 Status DecodeFeatureList(std::string_view rest, std::string_view value, std::string_view* table,
                          std::string_view* id, std::vector<std::string>* features);
+
+std::string EncodePublished(uint64_t generation, uint64_t sequence);
+Status DecodePublished(std::string_view value, uint64_t* generation, uint64_t* sequence);
 
 std::string OffsetKey(const TopicPartition& tp);
 std::string EncodeOffset(int64_t offset);

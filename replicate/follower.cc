@@ -1,0 +1,496 @@
+#include "replicate/follower.h"
+
+#include <librdkafka/rdkafkacpp.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "replicate/http_get.h"
+#include "replicate/kafka_util.h"
+
+namespace recstream::replicate {
+
+namespace mr = store::model_records;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string HexOf(std::string_view s) {
+  static const char* kDigits = "0123456789abcdef";
+  std::string out;
+  out.reserve(2 * s.size());
+  for (unsigned char c : s) {
+    out.push_back(kDigits[c >> 4]);
+    out.push_back(kDigits[c & 15]);
+  }
+  return out;
+}
+
+}  // namespace
+
+struct ModelFollower::Impl {
+  FollowerOptions options;
+  LearnerFactory factory;
+  OnLearner on_learner;
+  KafkaLogger logger;
+  std::unique_ptr<RdKafka::KafkaConsumer> consumer;
+  std::unique_ptr<learner::Learner> learner_owned;
+  std::atomic<const learner::Learner*> learner{nullptr};
+  std::atomic<bool> stop{false};
+  std::thread thread;
+  const Clock::time_point started = Clock::now();
+
+  // Per partition, follower thread only.
+  struct Part {
+    int partition = 0;
+    int64_t low = 0;
+    int64_t end_at_start = 0;
+    bool caught_up = false;
+    mr::Version skip_until;  // versions up to this one are in the snapshot
+    // The version being collected.
+    mr::Version open;
+    uint64_t count = 0;     // its records so far
+    bool broken = false;    // a record of it could not be read
+    bool flushed = false;   // part of it was applied early (bootstrap)
+    mr::SnapshotBuilder builder;
+  };
+  std::map<int, Part> parts;
+
+  mutable std::mutex mu;  // guards the fields below
+  FollowerStats stats;
+  std::string why_not = "starting";
+  bool ready = false;
+  bool applied_any = false;
+
+  void SetWhyNot(std::string s) {
+    std::lock_guard lock(mu);
+    if (why_not != s) spdlog::info("replica: {}", s);
+    why_not = std::move(s);
+  }
+  template <typename Fn>
+  void Update(Fn&& fn) {
+    std::lock_guard lock(mu);
+    fn(stats);
+  }
+
+  void Run();
+  Status Setup(std::string* topic_settings, std::string* url);
+  Status EnsureLearner(const std::string& settings);
+  Status FetchSnapshot(const std::string& url, mr::Version* version);
+  void Handle(Part& p, const RdKafka::Message& m);
+  void ApplyOpen(Part& p, const mr::Commit* commit);
+  void DropOpen(Part& p, const char* why);
+  void CheckReady();
+};
+
+ModelFollower::ModelFollower(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ModelFollower::~ModelFollower() { Stop(); }
+
+void ModelFollower::Stop() {
+  if (!impl_) return;
+  impl_->stop.store(true);
+  if (impl_->thread.joinable()) impl_->thread.join();
+  if (impl_->consumer) {
+    impl_->consumer->close();
+    impl_->consumer.reset();
+  }
+}
+
+Status ModelFollower::Start(const FollowerOptions& options, LearnerFactory factory,
+                            OnLearner on_learner, std::unique_ptr<ModelFollower>* out) {
+  if (options.topic.empty()) return Status::InvalidArgument("kafka.topics.model is empty");
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->factory = std::move(factory);
+  impl->on_learner = std::move(on_learner);
+  RECSTREAM_RETURN_IF_ERROR(
+      OpenAssignConsumer(options.brokers, options.properties, &impl->logger, &impl->consumer));
+  Impl* d = impl.get();
+  impl->thread = std::thread([d] {
+    pthread_setname_np(pthread_self(), "replica");
+    d->Run();
+  });
+  out->reset(new ModelFollower(std::move(impl)));
+  return Status::OK();
+}
+
+const learner::Learner* ModelFollower::learner() const { return impl_->learner.load(); }
+
+bool ModelFollower::Ready(std::string* why_not) const {
+  std::lock_guard lock(impl_->mu);
+  if (!impl_->ready) *why_not = impl_->why_not;
+  return impl_->ready;
+}
+
+FollowerStats ModelFollower::stats() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->stats;
+}
+
+double ModelFollower::lag_ms() const {
+  std::lock_guard lock(impl_->mu);
+  if (impl_->stats.last_time_ms == 0) return -1;
+  return double(std::max<int64_t>(0, NowMs() - impl_->stats.last_time_ms));
+}
+
+Status ModelFollower::Impl::EnsureLearner(const std::string& settings) {
+  if (learner_owned) return Status::OK();
+  std::unique_ptr<learner::Learner> l;
+  Status s = factory(settings, &l);
+  if (!s.ok()) return s;
+  learner_owned = std::move(l);
+  learner.store(learner_owned.get());
+  if (on_learner) on_learner(learner_owned.get());
+  return Status::OK();
+}
+
+// Reads the topic's partitions and ends, and the latest commit (settings
+// and snapshot url). NotFound while the topic or its first commit is
+// missing.
+Status ModelFollower::Impl::Setup(std::string* settings, std::string* url) {
+  std::string err;
+  std::unique_ptr<RdKafka::Topic> topic(
+      RdKafka::Topic::create(consumer.get(), options.topic, nullptr, err));
+  if (!topic) return Status::Internal("kafka topic handle: " + err);
+  RdKafka::Metadata* raw = nullptr;
+  RdKafka::ErrorCode e = consumer->metadata(false, topic.get(), &raw, 5000);
+  std::unique_ptr<RdKafka::Metadata> md(raw);
+  if (e != RdKafka::ERR_NO_ERROR)
+    return Status::Unavailable("reading the metadata of " + options.topic + ": " +
+                               RdKafka::err2str(e));
+  std::vector<int> partitions;
+  for (const RdKafka::TopicMetadata* t : *md->topics()) {
+    if (t->topic() != options.topic) continue;
+    if (t->err() != RdKafka::ERR_NO_ERROR)
+      return Status::NotFound("the model topic " + options.topic + ": " +
+                              RdKafka::err2str(t->err()));
+    for (const RdKafka::PartitionMetadata* p : *t->partitions()) partitions.push_back(p->id());
+  }
+  if (partitions.empty()) return Status::NotFound("the model topic " + options.topic + " has no partitions");
+  bool found = false;
+  for (int p : partitions) {
+    Part& part = parts[p];
+    part.partition = p;
+    int64_t low = 0, high = 0;
+    e = consumer->query_watermark_offsets(options.topic, p, &low, &high, 5000);
+    if (e != RdKafka::ERR_NO_ERROR)
+      return Status::Unavailable("reading the ends of " + options.topic + "/" + std::to_string(p) +
+                                 ": " + RdKafka::err2str(e));
+    part.low = low;
+    part.end_at_start = high;
+    part.caught_up = high <= low;
+    if (high > low) {
+      mr::Commit c;
+      Status s = ReadLastCommit(options.brokers, options.properties, options.topic, p, 30000, &c);
+      if (s.ok()) {
+        if (!found || c.version > mr::Version()) {
+          *settings = c.settings;
+          if (url->empty()) *url = c.snapshot_url;
+        }
+        found = true;
+      } else if (!s.IsNotFound()) {
+        return s;
+      }
+    }
+  }
+  if (!found) return Status::NotFound("no trainer has published a model on " + options.topic + " yet");
+  return Status::OK();
+}
+
+Status ModelFollower::Impl::FetchSnapshot(const std::string& base, mr::Version* version) {
+  std::string after;
+  bool first = true;
+  mr::SnapshotBuilder builder;
+  *version = mr::Version();
+  bool have_version = false;
+  for (;;) {
+    std::string body;
+    const std::string url = base + "/v1/snapshot?max_bytes=" +
+                            std::to_string(options.page_bytes) +
+                            (first ? "&fresh=1" : "&after=" + HexOf(after));
+    RECSTREAM_RETURN_IF_ERROR(HttpGet(url, 120000, &body));
+    mr::ModelPage page;
+    RECSTREAM_RETURN_IF_ERROR(mr::DecodePage(body, &page));
+    uint64_t n = 0;
+    RECSTREAM_RETURN_IF_ERROR(mr::ForEachPageRecord(page.records, [&](std::string_view k, std::string_view v) {
+      ++n;
+      return builder.AddStoreRecord(k, v);
+    }));
+    learner::ModelSnapshot snap;
+    builder.Take(&snap);
+    snap.learned = page.learned;
+    Status s = learner_owned->ApplySnapshot(snap);
+    if (!s.ok()) return s;
+    // The oldest page decides where the topic must be read from.
+    if (!have_version || page.published < *version) *version = page.published;
+    have_version = true;
+    Update([&](FollowerStats& st) {
+      ++st.snapshot_pages;
+      st.snapshot_records += n;
+    });
+    first = false;
+    if (page.last_key.empty()) break;
+    after = page.last_key;
+  }
+  return Status::OK();
+}
+
+void ModelFollower::Impl::DropOpen(Part& p, const char* why) {
+  if (p.count > 0 || p.broken) {
+    spdlog::warn("replica: version {} of partition {} dropped: {}", p.open.ToString(), p.partition,
+                 why);
+    Update([](FollowerStats& st) { ++st.incomplete_versions; });
+  }
+  p.builder.Clear();
+  p.count = 0;
+  p.broken = false;
+  p.flushed = false;
+  p.open = mr::Version();
+}
+
+void ModelFollower::Impl::ApplyOpen(Part& p, const mr::Commit* commit) {
+  learner::ModelSnapshot snap;
+  const bool any = p.builder.Take(&snap);
+  if (commit != nullptr) snap.learned = commit->learned;
+  uint64_t records = 0;
+  for (const auto& t : snap.tables) records += t.keys.size();
+  if (any || commit != nullptr) {
+    if (commit != nullptr && !any) {
+      // A heartbeat: nothing to apply but the time.
+    } else {
+      if (commit == nullptr) {
+        // An early block of a big version (bootstrap): the counters come with
+        // its commit.
+        const learner::LearnerStats ls = learner_owned->Stats();
+        for (int t = 0; t < learner::kNumTasks; ++t) snap.learned[t] = ls.tasks[t].learned;
+      }
+      Status s = learner_owned->ApplySnapshot(snap);
+      if (!s.ok()) {
+        spdlog::error("replica: the learner refused version {}: {}", p.open.ToString(), s.ToString());
+        Update([](FollowerStats& st) { ++st.apply_errors; });
+        return;
+      }
+    }
+  }
+  if (commit == nullptr) {
+    p.flushed = true;
+    return;
+  }
+  std::lock_guard lock(mu);
+  if (any) {
+    ++stats.versions_applied;
+  } else {
+    ++stats.heartbeats;
+  }
+  stats.records_applied += p.count;
+  if (commit->version > stats.last) {
+    stats.last = commit->version;
+    stats.last_time_ms = commit->time_ms;
+  }
+  for (auto& fp : stats.partitions)
+    if (fp.partition == p.partition) fp.applied = commit->version;
+  applied_any = true;
+}
+
+void ModelFollower::Impl::Handle(Part& p, const RdKafka::Message& m) {
+  const std::string_view key =
+      m.key() != nullptr ? std::string_view(*m.key()) : std::string_view();
+  if (m.payload() == nullptr) {
+    // A tombstone: the key's row was removed on the trainer. Row removal
+    // comes with expiry; until then nothing is removed here.
+    Update([](FollowerStats& st) { ++st.tombstones; });
+    return;
+  }
+  const std::string_view value(static_cast<const char*>(m.payload()), m.len());
+  mr::Header h;
+  std::string_view payload;
+  Status s = mr::DecodeHeader(value, &h, &payload);
+  mr::Commit commit;
+  if (s.ok() && h.kind == mr::Kind::kCommit) s = mr::DecodeCommit(h, payload, &commit);
+  if (!s.ok()) {
+    uint64_t n = 0;
+    Update([&](FollowerStats& st) { n = ++st.bad_records; });
+    if (n <= 10 || (n & (n - 1)) == 0)
+      spdlog::warn("replica: skipped an unreadable record at {}/{} offset {} ({} so far): {}",
+                   options.topic, p.partition, m.offset(), n, s.ToString());
+    if (p.count > 0) p.broken = true;
+    return;
+  }
+  if (h.version <= p.skip_until) return;  // in the snapshot already
+  if (h.kind == mr::Kind::kCommit) {
+    if (h.version != p.open && p.count > 0) DropOpen(p, "its commit never came");
+    if (p.open != h.version) p.open = h.version;
+    if (p.broken || p.count != commit.records) {
+      if (p.count != commit.records && p.count == 0 && m.offset() < p.low + int64_t(commit.records)) {
+        // The version began before the partition's retained start: it
+        // is older than the snapshot that bootstrapped this partition.
+        DropOpen(p, "it began before the topic's retained start");
+      } else {
+        DropOpen(p, p.broken ? "a record of it was unreadable"
+                             : "its records do not match its commit's count");
+      }
+      return;
+    }
+    if (!learner_owned) {
+      if (Status e = EnsureLearner(commit.settings); !e.ok()) {
+        SetWhyNot("cannot build a learner from the trainer's settings: " + e.ToString());
+        DropOpen(p, "no learner");
+        return;
+      }
+    }
+    ApplyOpen(p, &commit);
+    p.builder.Clear();
+    p.count = 0;
+    p.flushed = false;
+    p.open = mr::Version();
+    return;
+  }
+  if (h.version != p.open) {
+    if (p.count > 0) DropOpen(p, "its commit never came");
+    p.open = h.version;
+  }
+  ++p.count;
+  s = p.builder.AddTopicRecord(key, h, payload);
+  if (!s.ok()) {
+    p.broken = true;
+    uint64_t n = 0;
+    Update([&](FollowerStats& st) { n = ++st.bad_records; });
+    if (n <= 10 || (n & (n - 1)) == 0)
+      spdlog::warn("replica: skipped an unreadable record at {}/{} offset {}: {}", options.topic,
+                   p.partition, m.offset(), s.ToString());
+    return;
+  }
+  // Bootstrapping from a long topic (compacted, or a full version of a big
+  // model): apply in blocks, since nothing is served as ready yet.
+  bool is_ready;
+  {
+    std::lock_guard lock(mu);
+    is_ready = ready;
+  }
+  if (!is_ready && learner_owned && p.builder.pending_records() >= options.bootstrap_block_records)
+    ApplyOpen(p, nullptr);
+}
+
+void ModelFollower::Impl::CheckReady() {
+  std::lock_guard lock(mu);
+  if (ready) return;
+  for (const auto& [id, p] : parts)
+    if (!p.caught_up) {
+      why_not = "catching up with " + options.topic + "/" + std::to_string(id);
+      return;
+    }
+  if (!applied_any) {
+    why_not = "waiting for the trainer's first version";
+    return;
+  }
+  ready = true;
+  why_not.clear();
+  stats.bootstrap_s = std::chrono::duration<double>(Clock::now() - started).count();
+  spdlog::info("replica ready after {:.2f} s: version {} applied", stats.bootstrap_s,
+               stats.last.ToString());
+}
+
+void ModelFollower::Impl::Run() {
+  std::string settings, url;
+  // Wait for the topic and a first commit.
+  for (;;) {
+    if (stop.load()) return;
+    parts.clear();
+    settings.clear();
+    url = options.snapshot_url;
+    Status s = Setup(&settings, &url);
+    if (s.ok()) {
+      s = EnsureLearner(settings);
+      if (s.ok()) break;
+      SetWhyNot("cannot build a learner from the trainer's settings: " + s.ToString());
+    } else {
+      SetWhyNot(s.ToString());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  // Partitions whose beginning is gone need the trainer's snapshot first.
+  bool need_snapshot = false;
+  for (const auto& [id, p] : parts) need_snapshot |= p.low > 0;
+  while (need_snapshot && !stop.load()) {
+    if (url.empty()) {
+      SetWhyNot("the model topic no longer holds the whole model (it does not start at offset 0) "
+                "and no snapshot url is known: set replica.snapshot_url, or serve.advertise_url "
+                "on the trainer");
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      continue;
+    }
+    SetWhyNot("fetching the trainer's snapshot from " + url);
+    mr::Version v;
+    const auto t0 = Clock::now();
+    Status s = FetchSnapshot(url, &v);
+    if (s.ok()) {
+      spdlog::info("replica: snapshot of version {} fetched from {} in {:.2f} s", v.ToString(), url,
+                   std::chrono::duration<double>(Clock::now() - t0).count());
+      for (auto& [id, p] : parts) p.skip_until = v;
+      std::lock_guard lock(mu);
+      applied_any = true;
+      stats.last = v;
+      break;
+    }
+    SetWhyNot("fetching the trainer's snapshot from " + url + ": " + s.ToString());
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  {
+    std::lock_guard lock(mu);
+    for (const auto& [id, p] : parts)
+      stats.partitions.push_back({id, p.low, p.end_at_start, p.end_at_start, {}});
+  }
+  std::vector<RdKafka::TopicPartition*> assign;
+  for (const auto& [id, p] : parts)
+    assign.push_back(RdKafka::TopicPartition::create(options.topic, id, p.low));
+  RdKafka::ErrorCode e = consumer->assign(assign);
+  RdKafka::TopicPartition::destroy(assign);
+  if (e != RdKafka::ERR_NO_ERROR) {
+    SetWhyNot("assigning the model topic: " + RdKafka::err2str(e));
+    return;
+  }
+  CheckReady();
+  auto next_lag = Clock::now();
+  while (!stop.load()) {
+    std::unique_ptr<RdKafka::Message> m(consumer->consume(50));
+    auto it = parts.find(m->partition());
+    if (m->err() == RdKafka::ERR_NO_ERROR && it != parts.end()) {
+      Handle(it->second, *m);
+      if (!it->second.caught_up && m->offset() + 1 >= it->second.end_at_start) {
+        it->second.caught_up = true;
+        CheckReady();
+      }
+      std::lock_guard lock(mu);
+      for (auto& fp : stats.partitions)
+        if (fp.partition == m->partition()) fp.position = m->offset() + 1;
+    } else if (m->err() == RdKafka::ERR__PARTITION_EOF && it != parts.end()) {
+      if (!it->second.caught_up && m->offset() >= it->second.end_at_start) {
+        it->second.caught_up = true;
+        CheckReady();
+      }
+    }
+    if (Clock::now() >= next_lag) {
+      next_lag = Clock::now() + std::chrono::seconds(1);
+      std::lock_guard lock(mu);
+      for (auto& fp : stats.partitions) {
+        int64_t low = 0, high = 0;
+        if (consumer->get_watermark_offsets(options.topic, fp.partition, &low, &high) ==
+                RdKafka::ERR_NO_ERROR &&
+            high >= 0)
+          fp.high_watermark = high;
+      }
+    }
+  }
+}
+
+}  // namespace recstream::replicate

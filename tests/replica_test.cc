@@ -1,0 +1,306 @@
+// Replicas on the model topic: a trainer (`recstream serve` logic) publishes
+// to librdkafka's mock cluster, replicas follow it and must score exactly as
+// the trainer once it is quiet, whatever happens in between: replicas
+// started before or after the events, a replica restarted, the trainer
+// killed with SIGKILL and restarted, produce errors on the model topic,
+// garbage on the model topic.
+#include <librdkafka/rdkafkacpp.h>
+// rdkafka_mock.h needs rdkafka.h first.
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
+#include <catch2/catch.hpp>
+#include <random>
+
+#include "app/replica.h"
+#include "app/service.h"
+#include "ingest/kafka.h"
+#include "serve/test_http_client.h"
+#include "tests/test_util.h"
+
+#ifndef RECSTREAM_BINARY
+#error "RECSTREAM_BINARY must name the recstream executable"
+#endif
+
+namespace recstream {
+namespace {
+
+using serve::testing::HttpCall;
+using namespace std::chrono_literals;
+using testing::Json;
+using testing::WaitFor;
+
+uint16_t PortOf(const std::string& address) {
+  return uint16_t(std::stoi(address.substr(address.rfind(':') + 1)));
+}
+
+double Number(uint16_t port, const char* pointer) {
+  auto r = HttpCall(port, "GET", "/v1/stats");
+  Json j;
+  if (r.status != 200 || !j.Parse(r.body)) return -1;
+  return j.Number(pointer);
+}
+
+double Learned(uint16_t port) {
+  return Number(port, "/tasks/click/learned") + Number(port, "/tasks/purchase/learned") +
+         Number(port, "/tasks/rating/learned");
+}
+
+// Random click, purchase and rating events over 200 users and 80 items,
+// some with features.
+class Feed {
+ public:
+  Feed(const std::string& brokers, uint32_t seed) : rng_(seed) {
+    REQUIRE(ingest::EventProducer::Open(brokers, ingest::TopicNames{}, &producer_).ok());
+  }
+  void Send(int n) {
+    for (int i = 0; i < n; ++i) {
+      const std::string u = "u" + std::to_string(rng_() % 200);
+      const std::string it = "i" + std::to_string(rng_() % 80);
+      const std::string feat = R"(,"item_features":["c)" + std::to_string(rng_() % 7) + R"("])";
+      const int kind = int(rng_() % 10);
+      std::string json;
+      if (kind < 6) {
+        json = R"({"type":"click","user":")" + u + R"(","item":")" + it + R"(","label":)" +
+               std::to_string(rng_() % 2) + feat + "}";
+      } else if (kind < 7) {
+        json = R"({"type":"purchase","user":")" + u + R"(","item":")" + it + R"(","label":1})";
+      } else {
+        json = R"({"type":"rating","user":")" + u + R"(","item":")" + it + R"(","value":)" +
+               std::to_string(1 + rng_() % 5) + "}";
+      }
+      REQUIRE(producer_->SendEvent(json, ingest::ParserOptions{}).ok());
+    }
+    (void)producer_->Flush(20000);
+    // Events Kafka refused (injected errors) never reach a trainer.
+    sent_ = double(producer_->delivered());
+  }
+  // Events delivered to Kafka so far.
+  double sent() const { return sent_; }
+
+ private:
+  std::mt19937 rng_;
+  std::unique_ptr<ingest::EventProducer> producer_;
+  double sent_ = 0;
+};
+
+// What a client sees: the scores of 40 pairs (known and unknown ids) and
+// the recommendations of 5 users, as the server's exact bytes.
+std::string Answers(uint16_t port) {
+  std::string out;
+  for (int i = 0; i < 40; ++i) {
+    const std::string path = "/v1/score?user=u" + std::to_string(i * 7 % 230) + "&item=i" +
+                             std::to_string(i * 3 % 90);
+    auto r = HttpCall(port, "GET", path);
+    if (r.status != 200) return "HTTP " + std::to_string(r.status) + " for " + path;
+    out += r.body + "\n";
+  }
+  for (int u = 0; u < 5; ++u) {
+    auto r = HttpCall(port, "GET", "/v1/recommend?k=10&user=u" + std::to_string(u * 31));
+    if (r.status != 200) return "HTTP " + std::to_string(r.status) + " for recommend";
+    out += r.body + "\n";
+  }
+  return out;
+}
+
+// True once the replica answers exactly as the trainer (both quiet).
+bool Matches(uint16_t trainer, uint16_t replica, std::chrono::milliseconds within = 15s) {
+  return WaitFor([&] { return Answers(replica) == Answers(trainer); }, within);
+}
+
+config::AppConfig TrainerConfig(const std::string& brokers, const std::string& store) {
+  config::AppConfig cfg;
+  cfg.kafka.brokers = brokers;
+  cfg.kafka.group_id = "replica-test";
+  cfg.kafka.max_batch = 200;
+  cfg.store.path = store;
+  cfg.store.checkpoint_interval_ms = 400;
+  cfg.serve.listen = "127.0.0.1:0";
+  cfg.learner.threads = 2;
+  cfg.replicate.interval_ms = 50;
+  cfg.replicate.timeout_ms = 2000;
+  return cfg;
+}
+
+// A replica in this process, configured as `recstream replica` does it.
+std::unique_ptr<app::Replica> StartReplica(const std::string& brokers) {
+  config::AppConfig cfg;
+  cfg.kafka.brokers = brokers;
+  cfg.serve.listen = "127.0.0.1:0";
+  auto configure = [](const std::string& settings, config::AppConfig* out) {
+    return config::Load("", config::SettingsAsFlags(settings), {}, out);
+  };
+  std::unique_ptr<app::Replica> replica;
+  REQUIRE(app::Replica::Start(cfg, configure, &replica).ok());
+  return replica;
+}
+
+bool Ready(uint16_t port) { return HttpCall(port, "GET", "/readyz").status == 200; }
+
+}  // namespace
+
+TEST_CASE("Replicas started before and after the events score exactly as the trainer",
+          "[replica]") {
+  testing::TempDir dir;
+  std::unique_ptr<ingest::EmbeddedKafka> kafka;
+  REQUIRE(ingest::EmbeddedKafka::Start(1, 3, ingest::TopicNames{}, &kafka).ok());
+  // A replica started before anything exists waits, not ready.
+  auto early = StartReplica(kafka->bootstrap());
+  const uint16_t early_port = PortOf(early->http_address());
+  CHECK(HttpCall(early_port, "GET", "/healthz").status == 200);
+  CHECK(!Ready(early_port));
+
+  std::unique_ptr<app::Service> trainer;
+  REQUIRE(app::Service::Start(TrainerConfig(kafka->bootstrap(), dir.path() + "/store"), &trainer)
+              .ok());
+  const uint16_t tport = PortOf(trainer->http_address());
+  Feed feed(kafka->bootstrap(), 1);
+  feed.Send(3000);
+  REQUIRE(WaitFor([&] { return Learned(tport) == feed.sent(); }, 30s));
+
+  REQUIRE(WaitFor([&] { return Ready(early_port); }, 15s));
+  CHECK(Matches(tport, early_port));
+  auto late = StartReplica(kafka->bootstrap());
+  const uint16_t late_port = PortOf(late->http_address());
+  REQUIRE(WaitFor([&] { return Ready(late_port); }, 15s));
+  CHECK(Matches(tport, late_port));
+  // The replica knows what the trainer learned, and how far behind it is.
+  CHECK(Learned(late_port) == feed.sent());
+  CHECK(Number(late_port, "/replica/lag_ms") >= 0);
+  CHECK(HttpCall(late_port, "GET", "/metrics").body.find("recstream_replica_lag_ms ") !=
+        std::string::npos);
+  // No admin endpoints on a replica.
+  CHECK(HttpCall(late_port, "POST", "/v1/admin/checkpoint").status == 404);
+
+  SECTION("a new event reaches every replica") {
+    const std::string before = HttpCall(late_port, "GET", "/v1/score?user=newcomer&item=i1").body;
+    std::unique_ptr<ingest::EventProducer> p;
+    REQUIRE(ingest::EventProducer::Open(kafka->bootstrap(), ingest::TopicNames{}, &p).ok());
+    REQUIRE(p->SendEvent(R"({"type":"click","user":"newcomer","item":"i1","label":1})",
+                         ingest::ParserOptions{})
+                .ok());
+    REQUIRE(p->Flush(5000).ok());
+    REQUIRE(WaitFor([&] { return Learned(tport) == feed.sent() + 1; }, 10s));
+    Json j;
+    REQUIRE(WaitFor(
+        [&] {
+          return j.Parse(HttpCall(late_port, "GET", "/v1/score?user=newcomer&item=i1").body) &&
+                 j.Bool("/known/user");
+        },
+        5s));
+    CHECK(HttpCall(late_port, "GET", "/v1/score?user=newcomer&item=i1").body != before);
+    CHECK(Matches(tport, late_port));
+    CHECK(Matches(tport, early_port));
+  }
+
+  SECTION("a restarted replica comes back to the same model") {
+    late.reset();
+    feed.Send(500);  // learned while it is down
+    REQUIRE(WaitFor([&] { return Learned(tport) == feed.sent(); }, 30s));
+    auto again = StartReplica(kafka->bootstrap());
+    const uint16_t port = PortOf(again->http_address());
+    REQUIRE(WaitFor([&] { return Ready(port); }, 15s));
+    CHECK(Matches(tport, port));
+  }
+
+  SECTION("garbage on the model topic is counted and skipped") {
+    std::unique_ptr<ingest::EventProducer> p;
+    REQUIRE(ingest::EventProducer::Open(kafka->bootstrap(), ingest::TopicNames{}, &p).ok());
+    const std::string topic = ingest::TopicNames{}.model;
+    REQUIRE(p->SendRaw(topic, "m/commit", "not a record").ok());
+    REQUIRE(p->SendRaw(topic, std::string("r/user\0u1", 9), "RM\x01\x01short").ok());
+    REQUIRE(p->SendRaw(topic, std::string("r/user\0u1", 9), std::string("RM\x09\x01", 4) +
+                                                               std::string(40, 'x'))
+                .ok());
+    REQUIRE(p->Flush(5000).ok());
+    feed.Send(300);
+    REQUIRE(WaitFor([&] { return Learned(tport) == feed.sent(); }, 30s));
+    REQUIRE(WaitFor([&] { return Number(late_port, "/replica/bad_records") >= 2; }, 10s));
+    CHECK(Ready(late_port));
+    CHECK(Matches(tport, late_port));
+  }
+}
+
+TEST_CASE("Produce errors on the model topic: the trainer learns on and replicas catch up",
+          "[replica]") {
+  testing::TempDir dir;
+  std::unique_ptr<ingest::EmbeddedKafka> kafka;
+  REQUIRE(ingest::EmbeddedKafka::Start(1, 3, ingest::TopicNames{}, &kafka).ok());
+  std::unique_ptr<app::Service> trainer;
+  REQUIRE(app::Service::Start(TrainerConfig(kafka->bootstrap(), dir.path() + "/store"), &trainer)
+              .ok());
+  const uint16_t tport = PortOf(trainer->http_address());
+  auto replica = StartReplica(kafka->bootstrap());
+  const uint16_t rport = PortOf(replica->http_address());
+  Feed feed(kafka->bootstrap(), 2);
+  feed.Send(1000);
+  REQUIRE(WaitFor([&] { return Learned(tport) == feed.sent(); }, 30s));
+  REQUIRE(WaitFor([&] { return Ready(rport); }, 15s));
+  REQUIRE(Matches(tport, rport));
+
+  // Every produce request fails with a non-retriable error for a while: the
+  // model topic's versions fail (events reach the trainer from before).
+  const double failures_before = Number(tport, "/publishing/failures");
+  rd_kafka_mock_push_request_errors(kafka->mock_cluster(), /*Produce*/ 0, 40,
+                                    RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED);
+  // Events learned meanwhile are published once Kafka takes records again.
+  // (The errors hit the feed too: only what Kafka took counts.)
+  feed.Send(800);
+  CHECK(feed.sent() > 1000);  // some events got through the errors
+  REQUIRE(WaitFor([&] { return Number(tport, "/publishing/failures") > failures_before; }, 20s));
+  REQUIRE(WaitFor([&] { return Learned(tport) == feed.sent(); }, 60s));
+  // Publishing recovers with the whole model, and the replica matches.
+  CHECK(WaitFor([&] { return Number(tport, "/publishing/full_versions") >= 2; }, 40s));
+  CHECK(Matches(tport, rport, 40s));
+}
+
+TEST_CASE("A replica keeps serving through a trainer SIGKILL and catches up after its restart",
+          "[replica]") {
+  testing::TempDir dir;
+  const std::string log = dir.path() + "/log.txt", bootstrap = dir.path() + "/bootstrap";
+  testing::ChildProcess broker(
+      {RECSTREAM_BINARY, "broker", "--partitions", "3", "--bootstrap-file", bootstrap}, log);
+  REQUIRE(WaitFor([&] { return std::filesystem::exists(bootstrap); }, 10s));
+  std::string brokers = testing::ReadFile(bootstrap);
+  brokers.erase(brokers.find_last_not_of("\n ") + 1);
+  const uint16_t tport = testing::FreePort();
+  auto start_trainer = [&] {
+    return std::make_unique<testing::ChildProcess>(
+        std::vector<std::string>{RECSTREAM_BINARY, "serve", "--set", "kafka.brokers=" + brokers,
+                                 "--set", "store.path=" + dir.path() + "/store", "--set",
+                                 "store.checkpoint_interval_ms=2000", "--set",
+                                 "replicate.interval_ms=50", "--set", "kafka.max_batch=100",
+                                 "--set", "serve.listen=127.0.0.1:" + std::to_string(tport)},
+        log);
+  };
+  auto trainer = start_trainer();
+  REQUIRE(WaitFor([&] { return HttpCall(tport, "GET", "/healthz").status == 200; }, 20s));
+  auto replica = StartReplica(brokers);
+  const uint16_t rport = PortOf(replica->http_address());
+  Feed feed(brokers, 3);
+  feed.Send(2000);
+  REQUIRE(WaitFor([&] { return Learned(tport) == feed.sent(); }, 30s));
+  REQUIRE(WaitFor([&] { return Ready(rport); }, 15s));
+  REQUIRE(Matches(tport, rport));
+
+  // Killed between checkpoints: the replica has versions the store lacks.
+  feed.Send(1500);
+  REQUIRE(WaitFor([&] { return Learned(tport) >= feed.sent() - 1000; }, 30s));
+  trainer->Signal(SIGKILL);
+  CHECK(trainer->Wait() == 128 + SIGKILL);
+  const std::string while_down = Answers(rport);
+  CHECK(while_down.find("HTTP") == std::string::npos);
+  CHECK(Ready(rport));
+
+  // The restarted trainer learns again from its checkpoint; what it
+  // publishes first is its whole model, so the replica ends up exactly at
+  // the trainer's model, not at the dead trainer's.
+  trainer = start_trainer();
+  REQUIRE(WaitFor([&] { return HttpCall(tport, "GET", "/healthz").status == 200; }, 20s));
+  REQUIRE(WaitFor([&] { return Learned(tport) == feed.sent(); }, 30s));
+  CHECK(Matches(tport, rport, 30s));
+  trainer->Signal(SIGTERM);
+  CHECK(trainer->Wait() == 0);
+}
+
+}  // namespace recstream
