@@ -625,7 +625,7 @@ void Service::Impl::PublishLoop() {
     recstream::Status s;
     if (job->publish) {
       s = publisher->Publish(job->snapshot, job->full, job->time_ms,
-                             job->final ? std::min(2000, config.replicate.timeout_ms) : -1);
+                             job->final ? std::min(1000, config.replicate.timeout_ms) : -1);
     } else {
       s = recstream::Status::Unavailable("publishing paused after a failure");
       publisher->SkipVersion();
@@ -833,6 +833,14 @@ recstream::Status Service::Shutdown() {
   if (m.ingester.joinable()) m.ingester.join();
   if (m.trainer.joinable()) m.trainer.join();
   spdlog::debug("shutdown: training stopped after {:.0f} ms", elapsed_ms());
+  // A publish waiting for Kafka would not fit the budget: one under way
+  // gets 1 s, and the final version is sent only while Kafka takes them.
+  if (m.publisher) {
+    std::unique_lock lock(m.mu);
+    if (!m.publish_error.empty() ||
+        !m.cv.wait_for(lock, std::chrono::seconds(1), [&] { return !m.snap_busy && !m.snap_pending; }))
+      m.publisher->Abort();
+  }
   recstream::Status final_status;
   if (m.writer.joinable()) {
     // The last batch is learned; store it with its offsets (and publish it).

@@ -30,7 +30,16 @@
 //     GET /v1/score until the item is known, pausing U microseconds (500)
 //     between polls: the time from the produce call to the event's effect
 //     being served. R > 0 produces R generated events per second in the
-//     background meanwhile.
+//     background meanwhile. With --replica, polls a replica (app::Replica,
+//     in this process) that follows the service's model topic instead: the
+//     time from the produce call to the event's effect in a replica.
+//
+//   service_bench replica-bootstrap [--rows N]
+//     A store holding N synthetic user rows; the service restores it and
+//     publishes it (its first version carries the whole model), then a
+//     replica starts and is timed until ready. The mock cluster keeps only
+//     ~5 MiB per partition, so the replica bootstraps from the trainer's
+//     snapshot over HTTP, then follows the topic.
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -52,6 +61,7 @@
 #include "ingest/kafka.h"
 #include "learner/learner.h"
 #include "serve/test_http_client.h"
+#include "app/replica.h"
 #include "store/checkpoint_store.h"
 #include "tests/test_util.h"
 
@@ -347,13 +357,46 @@ bool ItemKnown(const std::string& body) {
   return k != std::string::npos && body.find("\"item\":true", k) != std::string::npos;
 }
 
-int Freshness(int samples, double background_rate, int partitions, int checkpoint_ms) {
+// A replica in this process following the stack's model topic, as
+// `recstream replica --set kafka.brokers=...` runs it.
+std::unique_ptr<app::Replica> StartReplica(const Stack& stack, uint16_t* port) {
+  config::AppConfig cfg;
+  cfg.kafka.brokers = stack.kafka->bootstrap();
+  cfg.kafka.properties = g_kafka_properties;
+  cfg.serve.listen = "127.0.0.1:0";
+  if (g_serve_threads > 0) cfg.serve.threads = g_serve_threads;
+  auto configure = [](const std::string& settings, config::AppConfig* out) {
+    return config::Load("", config::SettingsAsFlags(settings), {}, out);
+  };
+  std::unique_ptr<app::Replica> replica;
+  Status s = app::Replica::Start(cfg, configure, &replica);
+  if (!s.ok()) {
+    std::fprintf(stderr, "replica: %s\n", s.ToString().c_str());
+    return nullptr;
+  }
+  const std::string address = replica->http_address();
+  *port = uint16_t(std::stoi(address.substr(address.rfind(':') + 1)));
+  std::printf("replica http=%s\n", address.c_str());
+  return replica;
+}
+
+int Freshness(int samples, double background_rate, int partitions, int checkpoint_ms,
+              bool via_replica) {
   Stack stack;
   if (!StartKafka(partitions, &stack)) return 1;
   if (!StartService(checkpoint_ms, &stack)) return 1;
   if (!WaitReady(stack.port)) {
     std::fprintf(stderr, "service not ready in 60 s\n");
     return 1;
+  }
+  std::unique_ptr<app::Replica> replica;
+  uint16_t poll_port = stack.port;
+  if (via_replica) {
+    replica = StartReplica(stack, &poll_port);
+    if (!replica || !WaitReady(poll_port)) {
+      std::fprintf(stderr, "replica not ready in 60 s\n");
+      return 1;
+    }
   }
   std::unique_ptr<ingest::EventProducer> producer, background;
   if (!ingest::EventProducer::Open(stack.kafka->bootstrap(), stack.cfg.kafka.topics, &producer)
@@ -362,7 +405,7 @@ int Freshness(int samples, double background_rate, int partitions, int checkpoin
            .ok())
     return 1;
   // Warm-up: the first event also proves partitions are being consumed.
-  TestConnection c(stack.port);
+  TestConnection c(poll_port);
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> background_sent{0};
   std::thread feeder;
@@ -421,9 +464,11 @@ int Freshness(int samples, double background_rate, int partitions, int checkpoin
   fresh.errors = timeouts;
   char what[160];
   std::snprintf(what, sizeof what,
-                "freshness produce->served (background %.0f events/s, %llu sent, errors=timeouts)",
-                background_rate, (unsigned long long)background_sent.load());
+                "freshness produce->served%s (background %.0f events/s, %llu sent, errors=timeouts)",
+                via_replica ? " by a replica" : "", background_rate,
+                (unsigned long long)background_sent.load());
   fresh.Print(what);
+  if (replica) (void)replica->Shutdown();
   Status s = stack.service->Shutdown();
   std::printf("shutdown: %s\n", s.ToString().c_str());
   return 0;
@@ -464,6 +509,66 @@ learner::ModelSnapshot SyntheticSnapshot(const learner::ModelSnapshot& base, uin
     }
   }
   return snap;
+}
+
+int ReplicaBootstrap(uint64_t rows) {
+  Stack stack;
+  if (!StartKafka(3, &stack)) return 1;
+  // The store the service restores: N synthetic user rows.
+  {
+    learner::ModelSnapshot base;
+    std::unique_ptr<learner::Learner> l;
+    if (!learner::Learner::Create(stack.cfg.learner, &l).ok()) return 1;
+    l->TakeSnapshot(true, &base);
+    store::StoreOptions so;
+    so.path = stack.dir.path() + "/store";
+    std::unique_ptr<store::CheckpointStore> st;
+    if (!store::CheckpointStore::Open(so, &st).ok()) return 1;
+    Status s = st->Write(SyntheticSnapshot(base, rows, 1, 0), OffsetMap(), nullptr);
+    if (!s.ok()) return std::fprintf(stderr, "store: %s\n", s.ToString().c_str()), 1;
+  }
+  auto t0 = Clock::now();
+  if (!StartService(60000, &stack)) return 1;
+  std::printf("service restored %llu rows in %.2f s\n", (unsigned long long)rows, SecondsSince(t0));
+  TestConnection tc(stack.port);
+  // Its first version (the whole model) is published, or failed.
+  while (SecondsSince(t0) < 600) {
+    auto r = tc.Request("GET", "/v1/stats");
+    testing::Json j;
+    if (r.status == 200 && j.Parse(r.body) &&
+        (j.Number("/publishing/full_versions") >= 1 || j.Number("/publishing/failures") >= 1))
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::printf("first (full) version published after %.2f s; rss_mib=%.1f\n", SecondsSince(t0),
+              MiB(ResidentBytes()));
+  std::fflush(stdout);
+  const double rss_before = MiB(ResidentBytes());
+  t0 = Clock::now();
+  uint16_t port = 0;
+  auto replica = StartReplica(stack, &port);
+  if (!replica) return 1;
+  TestConnection rc(port);
+  bool ready = false;
+  while (SecondsSince(t0) < 600) {
+    if (rc.Request("GET", "/readyz").status == 200) {
+      ready = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const double took = SecondsSince(t0);
+  auto r = rc.Request("GET", "/v1/stats");
+  testing::Json j;
+  double snapshot_records = -1;
+  if (r.status == 200 && j.Parse(r.body)) snapshot_records = j.Number("/replica/snapshot_records");
+  std::printf("replica bootstrap: rows=%llu ready=%d wall_s=%.3f snapshot_records=%.0f "
+              "rss_mib_added=%.1f load=%s\n",
+              (unsigned long long)rows, ready ? 1 : 0, took, snapshot_records,
+              MiB(ResidentBytes()) - rss_before, LoadAverage().c_str());
+  (void)replica->Shutdown();
+  (void)stack.service->Shutdown();
+  return ready ? 0 : 1;
 }
 
 int StoreBench(uint64_t rows, uint64_t delta_rows, int user_features) {
@@ -634,6 +739,12 @@ int main(int argc, char** argv) {
                  "pause between the probe's polls of /v1/score, in microseconds (default 500; 0: "
                  "none, as before session 15: the probe and an I/O thread then keep a CPU busy "
                  "and the service's nice-10 ingest and training wait behind them)");
+  bool via_replica = false;
+  fr->add_flag("--replica", via_replica,
+               "poll a replica that follows the model topic, not the trainer");
+  uint64_t bootstrap_rows = 1'000'000;
+  auto* rb = app.add_subcommand("replica-bootstrap", "time a replica's bootstrap of N rows");
+  rb->add_option("--rows", bootstrap_rows);
   CLI11_PARSE(app, argc, argv);
   for (const std::string& kv : kafka_props) {
     auto eq = kv.find('=');
@@ -646,5 +757,7 @@ int main(int argc, char** argv) {
   if (sb->parsed()) return StoreBench(rows, delta_rows, user_features);
   if (tp->parsed())
     return Throughput(events, users, items, partitions, checkpoint_ms, latency, hold, restart);
-  return Freshness(samples, background, partitions > 0 ? partitions : 3, checkpoint_ms);
+  if (rb->parsed()) return ReplicaBootstrap(bootstrap_rows);
+  return Freshness(samples, background, partitions > 0 ? partitions : 3, checkpoint_ms,
+                   via_replica);
 }

@@ -30,6 +30,7 @@ struct ModelPublisher::Impl : public RdKafka::DeliveryReportCb {
   std::string first_error;
   PublisherStats stats;
   mutable std::mutex stats_mu;
+  std::atomic<bool> aborted{false};
 
   void dr_cb(RdKafka::Message& m) override {
     if (m.err() == RdKafka::ERR_NO_ERROR) {
@@ -43,7 +44,13 @@ struct ModelPublisher::Impl : public RdKafka::DeliveryReportCb {
 
 ModelPublisher::ModelPublisher(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ModelPublisher::~ModelPublisher() {
-  if (impl_ && impl_->producer) impl_->producer->flush(2000);
+  if (impl_ && impl_->producer) {
+    // What is still queued is of a version that failed or was aborted:
+    // replicas drop it anyway.
+    if (!impl_->aborted.load()) impl_->producer->flush(2000);
+    impl_->producer->purge(RdKafka::Producer::PURGE_QUEUE | RdKafka::Producer::PURGE_INFLIGHT);
+    impl_->producer->poll(0);
+  }
 }
 
 Status ModelPublisher::Open(const PublisherOptions& options, uint64_t generation,
@@ -128,7 +135,7 @@ Status ModelPublisher::Publish(const learner::ModelSnapshot& snapshot, bool full
               d.options.topic, d.options.partition, RdKafka::Producer::RK_MSG_COPY,
               const_cast<char*>(value.data()), value.size(), key.data(), key.size(), 0, nullptr);
           if (err == RdKafka::ERR_NO_ERROR) break;
-          if (err != RdKafka::ERR__QUEUE_FULL || Clock::now() >= deadline)
+          if (err != RdKafka::ERR__QUEUE_FULL || Clock::now() >= deadline || d.aborted.load())
             return Status::IOError("producing to " + d.options.topic + ": " +
                                    RdKafka::err2str(err));
           d.producer->poll(10);
@@ -139,7 +146,9 @@ Status ModelPublisher::Publish(const learner::ModelSnapshot& snapshot, bool full
       });
   // Every record produced must be acknowledged (or failed) before the next
   // version, so wait for the queue to drain, up to the deadline.
-  while (d.producer->outq_len() > 0 && Clock::now() < deadline) d.producer->poll(5);
+  while (d.producer->outq_len() > 0 && Clock::now() < deadline && !d.aborted.load())
+    d.producer->poll(5);
+  if (s.ok() && d.aborted.load()) s = Status::Unavailable("publishing aborted (shutting down)");
   if (s.ok() && d.failed > 0)
     s = Status::IOError(fmt::format("{} of {} records of version {} not delivered to {}: {}",
                                     d.failed, sent, d.next.ToString(), d.options.topic,
@@ -176,6 +185,8 @@ Status ModelPublisher::LastCommit(int timeout_ms, mr::Commit* out) {
   return ReadLastCommit(d.options.brokers, d.options.properties, d.options.topic,
                         d.options.partition, timeout_ms, out);
 }
+
+void ModelPublisher::Abort() { impl_->aborted.store(true); }
 
 PublisherStats ModelPublisher::stats() const {
   std::lock_guard lock(impl_->stats_mu);

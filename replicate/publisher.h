@@ -63,6 +63,10 @@ class ModelPublisher {
 
   PublisherStats stats() const;
 
+  // Makes a Publish() under way (and every later one) give up within a few
+  // ms, failing: for a shutdown that cannot wait for Kafka. Any thread.
+  void Abort();
+
  private:
   struct Impl;
   explicit ModelPublisher(std::unique_ptr<Impl> impl);

@@ -19,6 +19,8 @@ that the image's fixed port 8080 is free:
   - the compose file's feeder command (`gen | produce`) against that broker,
     whose events the service must learn;
   - the topics the compose file creates are the ones the binary consumes;
+  - the compose file's replica command, following that service, until ready
+    and scoring as the service;
   - SIGTERM stops the service with its final checkpoint, exit code 0.
 
 Exits 77 (ctest SKIP_RETURN_CODE) when this machine cannot build the root file
@@ -169,8 +171,8 @@ def check_libraries(c, packages):
     print(f"image_test: {len(paths)} libraries resolve, from {len(owners)} packages")
 
 
-def http_get(path, timeout=5):
-    with urllib.request.urlopen(f"http://127.0.0.1:{PORT}{path}", timeout=timeout) as r:
+def http_get(path, timeout=5, port=PORT):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
         return r.status, json.loads(r.read())
 
 
@@ -265,11 +267,41 @@ def inside(binary, src, template):
             config = c.run(["recstream", "config", "--print"]).stdout
             consumed = set(re.findall(r'^kafka\.topics\.\w+ = "([^"]+)"',
                                       config, re.M))
-            created = set(re.search(r"for t in ([^;]+);", services["topics"]["command"][0])
-                          .group(1).split())
+            topics_cmd = services["topics"]["command"][0]
+            created = set(re.search(r"for t in ([^;]+);", topics_cmd).group(1).split())
+            created |= set(re.findall(r"--topic ([A-Za-z0-9._-]+)", topics_cmd))
             if consumed != created:
                 fail(f"compose creates topics {sorted(created)}, the binary uses {sorted(consumed)}")
             print(f"image_test: compose creates the binary's topics {sorted(created)}")
+
+            # A replica as the compose file runs it, following the service.
+            rep = services["replica-1"]
+            rep_env = dict(rep.get("environment", {}))
+            if rep_env.get("RECSTREAM_KAFKA__BROKERS") != service_brokers:
+                fail("the compose replica does not follow the service's brokers")
+            rep_env["RECSTREAM_KAFKA__BROKERS"] = brokers
+            rep_argv = image["entrypoint"] + [
+                a.replace("0.0.0.0:8080", f"0.0.0.0:{PORT + 1}") for a in rep["command"]]
+            rep_log = open(os.path.join(work, "replica.log"), "w+")
+            replica = c.popen(rep_argv, env=rep_env, stdout=rep_log, stderr=rep_log)
+            try:
+                def replica_ready():
+                    try:
+                        return http_get("/readyz", port=PORT + 1)[0] == 200
+                    except Exception:
+                        return False
+                wait_for("the compose replica ready", replica_ready, 60)
+                path = "/v1/score?user=1&item=i1"
+                wait_for("the replica scoring as the service",
+                         lambda: http_get(path, port=PORT + 1)[1] == http_get(path)[1], 30)
+            except SystemExit:
+                rep_log.seek(0)
+                print(rep_log.read()[-3000:])
+                raise
+            finally:
+                os.killpg(replica.pid, signal.SIGTERM)
+                replica.wait(timeout=15)
+            print("image_test: the compose replica is ready and scores as the service")
 
             os.killpg(serve.pid, signal.SIGTERM)
             rc = serve.wait(timeout=15)
