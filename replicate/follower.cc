@@ -91,6 +91,11 @@ struct ModelFollower::Impl {
   void ApplyOpen(Part& p, const mr::Commit* commit);
   void DropOpen(Part& p, const char* why);
   void CheckReady();
+  // A partition fell behind the topic's retention: snapshot again, then
+  // read it from its new start.
+  void Resync(int partition, const std::string& url);
+  Status Assign(const std::map<int, int64_t>& from);
+  std::string url;  // the snapshot url in use (configured, or the latest announced)
 };
 
 ModelFollower::ModelFollower(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -341,6 +346,7 @@ void ModelFollower::Impl::Handle(Part& p, const RdKafka::Message& m) {
       }
       return;
     }
+    if (options.snapshot_url.empty() && !commit.snapshot_url.empty()) url = commit.snapshot_url;
     if (!learner_owned) {
       if (Status e = EnsureLearner(commit.settings); !e.ok()) {
         SetWhyNot("cannot build a learner from the trainer's settings: " + e.ToString());
@@ -400,8 +406,57 @@ void ModelFollower::Impl::CheckReady() {
                stats.last.ToString());
 }
 
+Status ModelFollower::Impl::Assign(const std::map<int, int64_t>& from) {
+  std::vector<RdKafka::TopicPartition*> assign;
+  for (const auto& [id, offset] : from)
+    assign.push_back(RdKafka::TopicPartition::create(options.topic, id, offset));
+  RdKafka::ErrorCode e = consumer->assign(assign);
+  RdKafka::TopicPartition::destroy(assign);
+  if (e != RdKafka::ERR_NO_ERROR)
+    return Status::Unavailable("assigning the model topic: " + RdKafka::err2str(e));
+  return Status::OK();
+}
+
+void ModelFollower::Impl::Resync(int partition, const std::string& base) {
+  Update([](FollowerStats& st) { ++st.resyncs; });
+  Part& p = parts[partition];
+  DropOpen(p, "the topic dropped records before they were read");
+  for (;;) {
+    if (stop.load()) return;
+    if (base.empty()) {
+      SetWhyNot("fell behind the model topic's retention and no snapshot url is known");
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      continue;
+    }
+    mr::Version v;
+    Status s = FetchSnapshot(base, &v);
+    int64_t low = 0, high = 0;
+    if (s.ok()) {
+      RdKafka::ErrorCode e =
+          consumer->query_watermark_offsets(options.topic, partition, &low, &high, 5000);
+      if (e != RdKafka::ERR_NO_ERROR) s = Status::Unavailable(RdKafka::err2str(e));
+    }
+    if (s.ok()) {
+      spdlog::info("replica: partition {} resynchronised from a snapshot of version {}",
+                   partition, v.ToString());
+      p.skip_until = v;
+      p.low = low;
+      std::map<int, int64_t> from;
+      std::lock_guard lock(mu);
+      for (auto& fp : stats.partitions) {
+        if (fp.partition == partition) fp.position = low;
+        from[fp.partition] = fp.position;
+      }
+      if (Status a = Assign(from); !a.ok()) spdlog::error("replica: {}", a.ToString());
+      return;
+    }
+    spdlog::warn("replica: resynchronising partition {}: {}", partition, s.ToString());
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+}
+
 void ModelFollower::Impl::Run() {
-  std::string settings, url;
+  std::string settings;
   // Wait for the topic and a first commit.
   for (;;) {
     if (stop.load()) return;
@@ -450,14 +505,13 @@ void ModelFollower::Impl::Run() {
     for (const auto& [id, p] : parts)
       stats.partitions.push_back({id, p.low, p.end_at_start, p.end_at_start, {}});
   }
-  std::vector<RdKafka::TopicPartition*> assign;
-  for (const auto& [id, p] : parts)
-    assign.push_back(RdKafka::TopicPartition::create(options.topic, id, p.low));
-  RdKafka::ErrorCode e = consumer->assign(assign);
-  RdKafka::TopicPartition::destroy(assign);
-  if (e != RdKafka::ERR_NO_ERROR) {
-    SetWhyNot("assigning the model topic: " + RdKafka::err2str(e));
-    return;
+  {
+    std::map<int, int64_t> from;
+    for (const auto& [id, p] : parts) from[id] = p.low;
+    if (Status a = Assign(from); !a.ok()) {
+      SetWhyNot(a.ToString());
+      return;
+    }
   }
   CheckReady();
   auto next_lag = Clock::now();
@@ -473,6 +527,11 @@ void ModelFollower::Impl::Run() {
       std::lock_guard lock(mu);
       for (auto& fp : stats.partitions)
         if (fp.partition == m->partition()) fp.position = m->offset() + 1;
+    } else if (m->err() == RdKafka::ERR__AUTO_OFFSET_RESET) {
+      spdlog::warn("replica: {}/{} dropped records before this replica read them ({}): "
+                   "fetching a snapshot again",
+                   options.topic, m->partition(), m->errstr());
+      if (m->partition() >= 0 && parts.count(m->partition())) Resync(m->partition(), url);
     } else if (m->err() == RdKafka::ERR__PARTITION_EOF && it != parts.end()) {
       if (!it->second.caught_up && m->offset() >= it->second.end_at_start) {
         it->second.caught_up = true;

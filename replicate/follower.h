@@ -20,6 +20,14 @@
 // down the replica keeps serving what it has; it catches up when they are
 // back.
 //
+// Falling behind. If the topic drops records before the replica has read
+// them (retention shorter than the replica's outage, or the embedded
+// broker's ~5 MiB), Resync() fetches a fresh snapshot and goes on from the
+// topic's new start, but only when librdkafka reports the position as out
+// of range (kafka.properties.auto.offset.reset=error). With librdkafka's
+// default (latest) the consumer jumps to the end and the rows of the
+// skipped versions stay stale until they change again: a known gap.
+//
 // Bad input never stops it: a record it cannot read (unknown format, bad
 // size) is counted, logged and skipped; a version whose records do not
 // match its commit's count is dropped whole and counted.
@@ -58,6 +66,10 @@ struct FollowerStats {
   uint64_t tombstones = 0;
   uint64_t snapshot_pages = 0;
   uint64_t snapshot_records = 0;
+  // Times a partition fell behind what the topic still holds (its records
+  // were deleted before they were read) and the replica fetched a snapshot
+  // again.
+  uint64_t resyncs = 0;
   double bootstrap_s = 0;  // start to ready; 0 until ready
   store::model_records::Version last;  // newest version applied
   int64_t last_time_ms = 0;            // its snapshot time on the trainer's clock

@@ -101,6 +101,7 @@ struct ServiceStatus {
   uint64_t replica_incomplete_versions = 0;
   uint64_t replica_apply_errors = 0;
   uint64_t replica_snapshot_records = 0;
+  uint64_t replica_resyncs = 0;
   double replica_bootstrap_s = 0;
 };
 

@@ -28,6 +28,11 @@ class LagHooks : public ServiceHooks {
     ServiceStatus st;
     st.rejected = {{"malformed_json", 1}};
     st.lag = {{"recstream.click", 0, 1, 2, 1}};
+    // The dashboard plots a publishing trainer's and a replica's series
+    // (each process exposes its own; both here, to check every name).
+    st.publishing = true;
+    st.replica = true;
+    st.replica_lag_ms = 12;
     return st;
   }
   bool Ready(std::string*) const override { return true; }
