@@ -120,9 +120,7 @@ Status Replica::Start(const config::AppConfig& config, Configure configure,
 }
 
 std::string Replica::http_address() const {
-  std::string listen = impl_->config.serve.listen;
-  return listen.substr(0, listen.rfind(':')) + ":" +
-         std::to_string(impl_->http ? impl_->http->port() : 0);
+  return impl_->http ? impl_->http->address() : impl_->config.serve.listen;
 }
 
 Status Replica::Shutdown() {

@@ -518,12 +518,14 @@ recstream::Status Service::Impl::OpenPublisher() {
     // serve.listen with the port bound; a wildcard host becomes this
     // machine's name, which other machines can resolve in most setups
     // (docker-compose service names; otherwise set replicate.advertise_url).
-    std::string host = config.serve.listen.substr(0, config.serve.listen.rfind(':'));
+    const std::string address = http->address();
+    const std::string port = address.substr(address.rfind(':') + 1);
+    std::string host = address.substr(0, address.rfind(':'));
     if (host == "0.0.0.0" || host == "[::]" || host == "::" || host.empty()) {
       char name[256] = {0};
       host = ::gethostname(name, sizeof(name) - 1) == 0 ? name : "localhost";
     }
-    po.snapshot_url = "http://" + host + ":" + std::to_string(http->port());
+    po.snapshot_url = "http://" + host + ":" + port;
   }
   const uint64_t generation = uint64_t(NowMs());
   RECSTREAM_RETURN_IF_ERROR(replicate::ModelPublisher::Open(po, generation, &publisher));
@@ -805,9 +807,7 @@ recstream::Status Service::Start(const config::AppConfig& config,
 }
 
 std::string Service::http_address() const {
-  std::string listen = impl_->config.serve.listen;
-  auto colon = listen.rfind(':');
-  return listen.substr(0, colon) + ":" + std::to_string(impl_->http ? impl_->http->port() : 0);
+  return impl_->http ? impl_->http->address() : impl_->config.serve.listen;
 }
 
 std::string Service::kafka_brokers() const { return impl_->config.kafka.brokers; }

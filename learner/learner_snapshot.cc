@@ -262,6 +262,7 @@ Status Learner::ApplyRows(const TableDelta& delta) {
   // values that would be overwritten right away, and takes each index
   // shard's lock once per block.
   t->PutMany(delta.keys, delta.values.data());
+  m.applied.fetch_add(1, std::memory_order_relaxed);
   return Status::OK();
 }
 
@@ -316,6 +317,7 @@ void Model::SetLists(const FeatureListDelta& delta, size_t begin, size_t end) {
 Status Learner::ApplyLists(const FeatureListDelta& delta) {
   RECSTREAM_RETURN_IF_ERROR(CheckLists(delta));
   impl_->model.SetLists(delta, 0, delta.keys.size());
+  impl_->model.applied.fetch_add(1, std::memory_order_relaxed);
   return Status::OK();
 }
 
@@ -411,6 +413,7 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
   // from its labels: it stays explicit.
   if (!has_feedback)
     for (auto& n : m.saw_negative) n.store(true);
+  m.applied.fetch_add(1, std::memory_order_relaxed);
   return Status::OK();
 }
 

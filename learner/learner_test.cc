@@ -1303,3 +1303,39 @@ TEST_CASE("FTRL-Proximal rows: learn, restore bit for bit, and L1 makes them spa
 }
 
 }  // namespace recstream::learner
+
+namespace recstream::learner {
+
+// A replica applies the versions of a trainer that may have restarted from
+// an older checkpoint: its counters can come back to a value they had. Its
+// recommendations must still come from the model as applied, not from a
+// panel of item vectors built before.
+TEST_CASE("Recommend follows applied snapshots even when the counters repeat", "[Learner]") {
+  LearnerOptions o;
+  o.threads = 1;
+  std::unique_ptr<Learner> a, b, replica;
+  REQUIRE(Learner::Create(o, &a).ok());
+  LearnerOptions other = o;
+  other.seed = o.seed + 1;  // other values, the same counts of events
+  REQUIRE(Learner::Create(other, &b).ok());
+  REQUIRE(Learner::Create(o, &replica).ok());
+  a->Train(MakeStream(3000, 40, 60, 1));
+  b->Train(MakeStream(3000, 40, 60, 1));
+  ModelSnapshot sa, sb;
+  a->TakeSnapshot(true, &sa);
+  b->TakeSnapshot(true, &sb);
+  REQUIRE(sa.learned == sb.learned);
+  REQUIRE(replica->ApplySnapshot(sa).ok());
+  auto names = [](const std::vector<Recommendation>& rs) {
+    std::vector<std::string> n;
+    for (const Recommendation& r : rs) n.push_back(r.item + ":" + std::to_string(r.score));
+    return n;
+  };
+  CHECK(names(replica->Recommend("u3", 10, false, Blend())) ==
+        names(a->Recommend("u3", 10, false, Blend())));
+  REQUIRE(replica->ApplySnapshot(sb).ok());
+  CHECK(names(replica->Recommend("u3", 10, false, Blend())) ==
+        names(b->Recommend("u3", 10, false, Blend())));
+}
+
+}  // namespace recstream::learner

@@ -283,6 +283,11 @@ struct Model {
 
   std::array<std::atomic<uint64_t>, kNumTasks> learned;
   std::atomic<uint64_t> refused{0};
+  // Snapshots and row blocks applied (ApplySnapshot, ApplyRows, ApplyLists):
+  // a replica's counters may return to earlier values (a trainer that
+  // restarted from an older checkpoint), so readers that cache what the
+  // model computes (Recommend's panel) also watch this.
+  std::atomic<uint64_t> applied{0};
 
   mutable std::mutex metrics_mu;
   std::array<TaskMetrics, kNumTasks> metrics;  // guarded by metrics_mu, merged per chunk

@@ -424,9 +424,11 @@ class Scorer::RecommendCache {
 
  private:
   // Changes whenever training, a snapshot or an import may have changed an
-  // item vector (every trained event counts in `learned` or `refused`).
+  // item vector (every trained event counts in `learned` or `refused`, every
+  // applied snapshot in `applied`).
   uint64_t Signature() const {
     uint64_t s = m_.items.size();
+    s = s * 1000003u + m_.applied.load(std::memory_order_relaxed);
     s = s * 1000003u + m_.item_features.size();
     for (const auto& l : m_.learned) s = s * 1000003u + l.load(std::memory_order_relaxed);
     s = s * 1000003u + m_.refused.load(std::memory_order_relaxed);

@@ -61,7 +61,6 @@ struct ModelFollower::Impl {
     mr::Version open;
     uint64_t count = 0;     // its records so far
     bool broken = false;    // a record of it could not be read
-    bool flushed = false;   // part of it was applied early (bootstrap)
     mr::SnapshotBuilder builder;
   };
   std::map<int, Part> parts;
@@ -259,38 +258,30 @@ void ModelFollower::Impl::DropOpen(Part& p, const char* why) {
   p.builder.Clear();
   p.count = 0;
   p.broken = false;
-  p.flushed = false;
   p.open = mr::Version();
 }
 
 void ModelFollower::Impl::ApplyOpen(Part& p, const mr::Commit* commit) {
   learner::ModelSnapshot snap;
   const bool any = p.builder.Take(&snap);
-  if (commit != nullptr) snap.learned = commit->learned;
-  uint64_t records = 0;
-  for (const auto& t : snap.tables) records += t.keys.size();
-  if (any || commit != nullptr) {
-    if (commit != nullptr && !any) {
-      // A heartbeat: nothing to apply but the time.
+  // A heartbeat (a commit without records) applies nothing but its time.
+  if (any) {
+    if (commit != nullptr) {
+      snap.learned = commit->learned;
     } else {
-      if (commit == nullptr) {
-        // An early block of a big version (bootstrap): the counters come with
-        // its commit.
-        const learner::LearnerStats ls = learner_owned->Stats();
-        for (int t = 0; t < learner::kNumTasks; ++t) snap.learned[t] = ls.tasks[t].learned;
-      }
-      Status s = learner_owned->ApplySnapshot(snap);
-      if (!s.ok()) {
-        spdlog::error("replica: the learner refused version {}: {}", p.open.ToString(), s.ToString());
-        Update([](FollowerStats& st) { ++st.apply_errors; });
-        return;
-      }
+      // An early block of a big version (bootstrap): the counters come with
+      // its commit.
+      const learner::LearnerStats ls = learner_owned->Stats();
+      for (int t = 0; t < learner::kNumTasks; ++t) snap.learned[t] = ls.tasks[t].learned;
+    }
+    Status s = learner_owned->ApplySnapshot(snap);
+    if (!s.ok()) {
+      spdlog::error("replica: the learner refused version {}: {}", p.open.ToString(), s.ToString());
+      Update([](FollowerStats& st) { ++st.apply_errors; });
+      return;
     }
   }
-  if (commit == nullptr) {
-    p.flushed = true;
-    return;
-  }
+  if (commit == nullptr) return;
   std::lock_guard lock(mu);
   if (any) {
     ++stats.versions_applied;
@@ -357,8 +348,7 @@ void ModelFollower::Impl::Handle(Part& p, const RdKafka::Message& m) {
     ApplyOpen(p, &commit);
     p.builder.Clear();
     p.count = 0;
-    p.flushed = false;
-    p.open = mr::Version();
+      p.open = mr::Version();
     return;
   }
   if (h.version != p.open) {

@@ -592,6 +592,11 @@ HttpServer::~HttpServer() { Stop(); }
 
 uint16_t HttpServer::port() const { return impl_->port; }
 
+std::string HttpServer::address() const {
+  const std::string& listen = impl_->shared.options.listen;
+  return listen.substr(0, listen.rfind(':')) + ":" + std::to_string(impl_->port);
+}
+
 Status HttpServer::Start(const ServeOptions& options, HttpHandler handler,
                          std::unique_ptr<HttpServer>* server) {
   std::string host, port;

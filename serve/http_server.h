@@ -83,6 +83,9 @@ class HttpServer {
   // The port actually bound (the ephemeral one when options.listen asked for
   // port 0).
   uint16_t port() const;
+  // ServeOptions::listen with the port bound: "host:port" ("0.0.0.0:8080"
+  // stays a wildcard host).
+  std::string address() const;
 
   // Stops accepting, closes every connection and joins the I/O threads.
   // Requests being handled complete, their responses may not be delivered.

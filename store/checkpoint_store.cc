@@ -61,6 +61,13 @@ Status FromRocks(const rocksdb::Status& s, std::string_view what) {
 rocksdb::Slice ToSlice(std::string_view v) { return rocksdb::Slice(v.data(), v.size()); }
 std::string_view ToView(const rocksdb::Slice& s) { return std::string_view(s.data(), s.size()); }
 
+// Releases a RocksDB snapshot at scope exit.
+struct SnapshotRelease {
+  rocksdb::DB* db;
+  const rocksdb::Snapshot* snap;
+  ~SnapshotRelease() { db->ReleaseSnapshot(snap); }
+};
+
 std::string EncodeInfo(const CheckpointInfo& info) {
   codec::Info record;
   record.sequence = info.sequence;
@@ -1089,11 +1096,7 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink,
       return Status::IOError("store " + d.options.path + " is not open: " + r.ToString());
   }
   const rocksdb::Snapshot* snap = d.db->GetSnapshot();
-  struct Release {
-    rocksdb::DB* db;
-    const rocksdb::Snapshot* snap;
-    ~Release() { db->ReleaseSnapshot(snap); }
-  } release{d.db.get(), snap};
+  const SnapshotRelease release{d.db.get(), snap};
   rocksdb::ReadOptions ro;
   ro.snapshot = snap;
 
@@ -1158,11 +1161,7 @@ Status CheckpointStore::ReadModelPage(std::string_view after, size_t max_bytes,
   Impl& d = *impl_;
   if (!d.db) return Status::Unavailable("store " + d.options.path + " is not open");
   const rocksdb::Snapshot* snap = d.db->GetSnapshot();
-  struct Release {
-    rocksdb::DB* db;
-    const rocksdb::Snapshot* snap;
-    ~Release() { db->ReleaseSnapshot(snap); }
-  } release{d.db.get(), snap};
+  const SnapshotRelease release{d.db.get(), snap};
   rocksdb::ReadOptions ro;
   ro.snapshot = snap;
   ro.fill_cache = false;
