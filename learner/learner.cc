@@ -157,6 +157,8 @@ std::vector<Recommendation> Learner::Recommend(std::string_view user, int k, boo
   return impl_->scorer.Recommend(user, k, exclude_purchased, blend);
 }
 
+std::string Learner::Shape() const { return impl_->model.shape.Describe(); }
+
 LearnerStats Learner::Stats() const {
   const Model& m = impl_->model;
   LearnerStats s;

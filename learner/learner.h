@@ -207,6 +207,8 @@ class Learner {
                                         const Blend& blend) const;
 
   LearnerStats Stats() const;
+  // The model's shape (ModelSnapshot::shape of every snapshot it takes).
+  std::string Shape() const;
   const LearnerOptions& options() const;
 
   // Sets the pretrained vector of `item` (pretrained_dim floats), creating

@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "replicate/http_get.h"
 #include "replicate/kafka_util.h"
@@ -57,6 +58,7 @@ struct ModelFollower::Impl {
     int64_t end_at_start = 0;
     bool caught_up = false;
     mr::Version skip_until;  // versions up to this one are in the snapshot
+    mr::Version applied;     // the last version applied (or the snapshot's)
     // The version being collected.
     mr::Version open;
     uint64_t count = 0;     // its records so far
@@ -95,6 +97,7 @@ struct ModelFollower::Impl {
   void Resync(int partition, const std::string& url);
   Status Assign(const std::map<int, int64_t>& from);
   std::string url;  // the snapshot url in use (configured, or the latest announced)
+  int resync_pending = -1;  // a partition Handle found a gap in
 };
 
 ModelFollower::ModelFollower(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -274,6 +277,8 @@ void ModelFollower::Impl::ApplyOpen(Part& p, const mr::Commit* commit) {
       const learner::LearnerStats ls = learner_owned->Stats();
       for (int t = 0; t < learner::kNumTasks; ++t) snap.learned[t] = ls.tasks[t].learned;
     }
+    // Blocks of a compacted topic may come before its latest shape record.
+    if (snap.shape.empty()) snap.shape = learner_owned->Shape();
     Status s = learner_owned->ApplySnapshot(snap);
     if (!s.ok()) {
       spdlog::error("replica: the learner refused version {}: {}", p.open.ToString(), s.ToString());
@@ -323,10 +328,15 @@ void ModelFollower::Impl::Handle(Part& p, const RdKafka::Message& m) {
     return;
   }
   if (h.version <= p.skip_until) return;  // in the snapshot already
+  // Reading a whole partition up to where it ended at start: compaction may
+  // have removed records and commits of old versions, so what is read is
+  // applied as it is (the latest record of each key).
+  const bool compacted_bootstrap = !p.caught_up && p.low == 0 && p.skip_until == mr::Version();
   if (h.kind == mr::Kind::kCommit) {
-    if (h.version != p.open && p.count > 0) DropOpen(p, "its commit never came");
+    if (h.version != p.open && p.count > 0 && !compacted_bootstrap)
+      DropOpen(p, "its commit never came");
     if (p.open != h.version) p.open = h.version;
-    if (p.broken || p.count != commit.records) {
+    if ((p.broken || p.count != commit.records) && !compacted_bootstrap) {
       if (p.count != commit.records && p.count == 0 && m.offset() < p.low + int64_t(commit.records)) {
         // The version began before the partition's retained start: it
         // is older than the snapshot that bootstrapped this partition.
@@ -345,14 +355,37 @@ void ModelFollower::Impl::Handle(Part& p, const RdKafka::Message& m) {
         return;
       }
     }
+    // A version missed between the last applied and this one: its rows
+    // would stay stale. Only a snapshot brings them back.
+    const bool gap = !compacted_bootstrap && !commit.full && commit.previous != mr::Version() &&
+                     p.applied != mr::Version() && commit.previous != p.applied;
+    const mr::Version applied_before = p.applied;
     ApplyOpen(p, &commit);
+    p.applied = commit.version;
     p.builder.Clear();
     p.count = 0;
-      p.open = mr::Version();
+    p.broken = false;
+    p.open = mr::Version();
+    if (gap) {
+      uint64_t n = 0;
+      Update([&](FollowerStats& st) { n = ++st.gaps; });
+      if (url.empty()) {
+        if (n <= 10 || (n & (n - 1)) == 0)
+          spdlog::warn("replica: versions missed on {}/{} before {} (after {}), and no snapshot "
+                       "url is known: rows they changed stay stale until they change again",
+                       options.topic, p.partition, commit.version.ToString(),
+                       applied_before.ToString());
+      } else {
+        spdlog::warn("replica: versions missed on {}/{} between {} and {}: fetching a snapshot",
+                     options.topic, p.partition, applied_before.ToString(),
+                     commit.version.ToString());
+        resync_pending = p.partition;
+      }
+    }
     return;
   }
   if (h.version != p.open) {
-    if (p.count > 0) DropOpen(p, "its commit never came");
+    if (p.count > 0 && !compacted_bootstrap) DropOpen(p, "its commit never came");
     p.open = h.version;
   }
   ++p.count;
@@ -430,6 +463,7 @@ void ModelFollower::Impl::Resync(int partition, const std::string& base) {
       spdlog::info("replica: partition {} resynchronised from a snapshot of version {}",
                    partition, v.ToString());
       p.skip_until = v;
+      p.applied = v;
       p.low = low;
       std::map<int, int64_t> from;
       std::lock_guard lock(mu);
@@ -481,7 +515,7 @@ void ModelFollower::Impl::Run() {
     if (s.ok()) {
       spdlog::info("replica: snapshot of version {} fetched from {} in {:.2f} s", v.ToString(), url,
                    std::chrono::duration<double>(Clock::now() - t0).count());
-      for (auto& [id, p] : parts) p.skip_until = v;
+      for (auto& [id, p] : parts) p.skip_until = p.applied = v;
       std::lock_guard lock(mu);
       applied_any = true;
       stats.last = v;
@@ -510,6 +544,11 @@ void ModelFollower::Impl::Run() {
     auto it = parts.find(m->partition());
     if (m->err() == RdKafka::ERR_NO_ERROR && it != parts.end()) {
       Handle(it->second, *m);
+      if (resync_pending >= 0) {
+        const int partition = std::exchange(resync_pending, -1);
+        Resync(partition, url);
+        continue;
+      }
       if (!it->second.caught_up && m->offset() + 1 >= it->second.end_at_start) {
         it->second.caught_up = true;
         CheckReady();

@@ -20,13 +20,21 @@
 // down the replica keeps serving what it has; it catches up when they are
 // back.
 //
-// Falling behind. If the topic drops records before the replica has read
-// them (retention shorter than the replica's outage, or the embedded
-// broker's ~5 MiB), Resync() fetches a fresh snapshot and goes on from the
-// topic's new start, but only when librdkafka reports the position as out
-// of range (kafka.properties.auto.offset.reset=error). With librdkafka's
-// default (latest) the consumer jumps to the end and the rows of the
-// skipped versions stay stale until they change again: a known gap.
+// Falling behind. Each commit names the version delivered before it on
+// its partition. If that is not the version this replica applied last, it
+// missed one (the topic dropped records before they were read: retention
+// shorter than the replica's outage, or the embedded broker's ~5 MiB), and
+// so does a position librdkafka reports out of range (the follower's
+// consumer sets auto.offset.reset=error). Either way Resync() fetches a
+// fresh snapshot from the trainer and goes on from the topic's new start;
+// without a snapshot url it logs, counts (FollowerStats::gaps) and goes on
+// with what it has.
+//
+// Compaction. While a partition that starts at offset 0 is read up to
+// where it ended at start, versions may have lost records and commits to
+// compaction (only the latest record of each key is kept), so every record
+// read there is applied, commit or not: together they are the latest
+// value of every key. From then on versions are applied whole only.
 //
 // Bad input never stops it: a record it cannot read (unknown format, bad
 // size) is counted, logged and skipped; a version whose records do not
@@ -70,6 +78,9 @@ struct FollowerStats {
   // were deleted before they were read) and the replica fetched a snapshot
   // again.
   uint64_t resyncs = 0;
+  // Commits whose previous version was not the one applied last: versions
+  // were missed (each leads to a resync when a snapshot url is known).
+  uint64_t gaps = 0;
   double bootstrap_s = 0;  // start to ready; 0 until ready
   store::model_records::Version last;  // newest version applied
   int64_t last_time_ms = 0;            // its snapshot time on the trainer's clock

@@ -53,6 +53,10 @@ Status OpenAssignConsumer(const std::string& brokers,
                                           {"enable.auto.commit", "false"},
                                           {"enable.auto.offset.store", "false"},
                                           {"enable.partition.eof", "true"},
+                                          // Records deleted before they were read are
+                                          // reported (the follower snapshots again),
+                                          // never silently skipped.
+                                          {"auto.offset.reset", "error"},
                                           // A new version reaches a replica at once.
                                           {"fetch.wait.max.ms", "10"},
                                           {"fetch.max.bytes", "67108864"},

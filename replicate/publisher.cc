@@ -127,6 +127,7 @@ Status ModelPublisher::Publish(const learner::ModelSnapshot& snapshot, bool full
   commit.full = full;
   commit.snapshot_url = d.options.snapshot_url;
   commit.settings = d.options.model_settings;
+  if (!d.last_failed) commit.previous = d.stats.last;
   uint64_t sent = 0;
   Status s = mr::ForEachModelRecord(
       snapshot, commit, heartbeat, [&](std::string_view key, std::string_view value) -> Status {

@@ -743,6 +743,7 @@ HttpResponse Api::Stats() const {
     w.Key("apply_errors").Uint(st.replica_apply_errors);
     w.Key("snapshot_records").Uint(st.replica_snapshot_records);
     w.Key("resyncs").Uint(st.replica_resyncs);
+    w.Key("gaps").Uint(st.replica_gaps);
     w.Key("bootstrap_s").Double(st.replica_bootstrap_s);
     w.EndObject();
   }

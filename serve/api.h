@@ -102,6 +102,7 @@ struct ServiceStatus {
   uint64_t replica_apply_errors = 0;
   uint64_t replica_snapshot_records = 0;
   uint64_t replica_resyncs = 0;
+  uint64_t replica_gaps = 0;
   double replica_bootstrap_s = 0;
 };
 

@@ -45,6 +45,8 @@ std::string EncodeCommit(const Commit& c) {
   v += c.snapshot_url;
   codec::PutFixed32(&v, uint32_t(c.settings.size()));
   v += c.settings;
+  codec::PutFixed64(&v, c.previous.generation);
+  codec::PutFixed64(&v, c.previous.sequence);
   return v;
 }
 
@@ -63,9 +65,15 @@ Status DecodeCommit(const Header& header, std::string_view p, Commit* c) {
     return Status::Corruption(fmt::format("malformed commit record ({} bytes)", p.size()));
   c->snapshot_url.assign(p.substr(kFixed, url));
   const uint32_t settings = codec::DecodeFixed32(p.data() + kFixed + url);
-  if (p.size() != kFixed + url + 4 + settings)
+  const size_t end = kFixed + url + 4 + settings;
+  if (p.size() != end && p.size() != end + 16)
     return Status::Corruption(fmt::format("malformed commit record ({} bytes)", p.size()));
-  c->settings.assign(p.substr(kFixed + url + 4));
+  c->settings.assign(p.substr(kFixed + url + 4, settings));
+  c->previous = Version();
+  if (p.size() == end + 16) {
+    c->previous.generation = codec::DecodeFixed64(p.data() + end);
+    c->previous.sequence = codec::DecodeFixed64(p.data() + end + 8);
+  }
   return Status::OK();
 }
 
@@ -193,7 +201,19 @@ Status SnapshotBuilder::AddStoreRecord(std::string_view key, std::string_view va
 
 Status SnapshotBuilder::AddTopicRecord(std::string_view key, const Header& header,
                                        std::string_view payload) {
-  if (header.kind == Kind::kRecord) return AddStoreRecord(key, payload);
+  if (header.kind == Kind::kRecord) {
+    if (key.starts_with(codec::kRowPrefix)) {
+      // A compacted topic keeps only the latest width record of a table,
+      // which may follow rows of older versions: a row's width is then its
+      // value's size (a width record that says otherwise resets the table).
+      std::string_view table, id;
+      RECSTREAM_RETURN_IF_ERROR(
+          codec::DecodeRowKey(key.substr(codec::kRowPrefix.size()), &table, &id));
+      if (!widths_.contains(table) && !payload.empty() && payload.size() % sizeof(float) == 0)
+        widths_.emplace(std::string(table), int(payload.size() / sizeof(float)));
+    }
+    return AddStoreRecord(key, payload);
+  }
   if (header.kind != Kind::kDenseChunk)
     return Status::InvalidArgument("a commit is not a record of the snapshot");
   // "d/" name \0 chunk

@@ -81,6 +81,12 @@ struct Commit {
   // The trainer's model settings, "key=value" lines (config keys), from
   // which a replica builds a learner of the same shape and behaviour.
   std::string settings;
+  // The version delivered on this partition just before this one; zero
+  // when unknown (the first version of a trainer, or after a failed one:
+  // such a version is full). A reader that applied some other version
+  // last has missed one (records the topic dropped) and must snapshot
+  // again. Encoded after the settings; absent in older records (zero).
+  Version previous;
 };
 
 void AppendHeader(std::string* dst, Kind kind, const Version& version);

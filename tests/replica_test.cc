@@ -16,6 +16,7 @@
 #include "app/service.h"
 #include "ingest/kafka.h"
 #include "serve/test_http_client.h"
+#include "store/model_records.h"
 #include "tests/test_util.h"
 
 #ifndef RECSTREAM_BINARY
@@ -132,9 +133,11 @@ config::AppConfig TrainerConfig(const std::string& brokers, const std::string& s
 }
 
 // A replica in this process, configured as `recstream replica` does it.
-std::unique_ptr<app::Replica> StartReplica(const std::string& brokers) {
+std::unique_ptr<app::Replica> StartReplica(const std::string& brokers,
+                                           const std::string& model_topic = "") {
   config::AppConfig cfg;
   cfg.kafka.brokers = brokers;
+  if (!model_topic.empty()) cfg.kafka.topics.model = model_topic;
   cfg.serve.listen = "127.0.0.1:0";
   auto configure = [](const std::string& settings, config::AppConfig* out) {
     return config::Load("", config::SettingsAsFlags(settings), {}, out);
@@ -145,6 +148,78 @@ std::unique_ptr<app::Replica> StartReplica(const std::string& brokers) {
 }
 
 bool Ready(uint16_t port) { return HttpCall(port, "GET", "/readyz").status == 200; }
+
+struct TopicRecord {
+  std::string key, value;
+  int64_t offset = 0;
+  store::model_records::Version version;  // from the value's header
+};
+
+// Every record of topic/partition from offset `from` to its current end.
+std::vector<TopicRecord> ReadTopic(const std::string& brokers, const std::string& topic,
+                                   int64_t from = 0, int64_t* low_out = nullptr) {
+  std::string err;
+  std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
+  REQUIRE(conf->set("bootstrap.servers", brokers, err) == RdKafka::Conf::CONF_OK);
+  REQUIRE(conf->set("group.id", "replica-test-reader", err) == RdKafka::Conf::CONF_OK);
+  REQUIRE(conf->set("enable.auto.commit", "false", err) == RdKafka::Conf::CONF_OK);
+  std::unique_ptr<RdKafka::KafkaConsumer> c(RdKafka::KafkaConsumer::create(conf.get(), err));
+  REQUIRE(c);
+  int64_t low = 0, high = 0;
+  REQUIRE(c->query_watermark_offsets(topic, 0, &low, &high, 5000) == RdKafka::ERR_NO_ERROR);
+  if (low_out != nullptr) *low_out = low;
+  std::vector<TopicRecord> out;
+  std::unique_ptr<RdKafka::TopicPartition> tp(
+      RdKafka::TopicPartition::create(topic, 0, std::max(from, low)));
+  std::vector<RdKafka::TopicPartition*> parts = {tp.get()};
+  REQUIRE(c->assign(parts) == RdKafka::ERR_NO_ERROR);
+  int64_t next = std::max(from, low);
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (next < high && std::chrono::steady_clock::now() < deadline) {
+    std::unique_ptr<RdKafka::Message> m(c->consume(100));
+    if (m->err() != RdKafka::ERR_NO_ERROR) continue;
+    next = m->offset() + 1;
+    TopicRecord r;
+    if (m->key() != nullptr) r.key = *m->key();
+    r.value.assign(static_cast<const char*>(m->payload()), m->len());
+    r.offset = m->offset();
+    store::model_records::Header h;
+    std::string_view payload;
+    if (store::model_records::DecodeHeader(r.value, &h, &payload).ok()) r.version = h.version;
+    out.push_back(std::move(r));
+  }
+  c->close();
+  REQUIRE(next >= high);
+  return out;
+}
+
+// Appends records, in order, to partition 0 of `topic`.
+void Append(const std::string& brokers, const std::string& topic,
+            const std::vector<TopicRecord>& records) {
+  std::string err;
+  std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
+  REQUIRE(conf->set("bootstrap.servers", brokers, err) == RdKafka::Conf::CONF_OK);
+  REQUIRE(conf->set("enable.idempotence", "true", err) == RdKafka::Conf::CONF_OK);
+  std::unique_ptr<RdKafka::Producer> p(RdKafka::Producer::create(conf.get(), err));
+  REQUIRE(p);
+  for (const TopicRecord& r : records) {
+    RdKafka::ErrorCode e;
+    while ((e = p->produce(topic, 0, RdKafka::Producer::RK_MSG_COPY,
+                           const_cast<char*>(r.value.data()), r.value.size(), r.key.data(),
+                           r.key.size(), 0, nullptr)) == RdKafka::ERR__QUEUE_FULL)
+      p->poll(10);
+    REQUIRE(e == RdKafka::ERR_NO_ERROR);
+  }
+  REQUIRE(p->flush(20000) == RdKafka::ERR_NO_ERROR);
+}
+
+// Waits until the trainer has learned everything and published it: three
+// more versions after that, so at least one was taken after the last event.
+void WaitQuiet(uint16_t tport, double sent) {
+  REQUIRE(WaitFor([&] { return Learned(tport) == sent; }, 30s));
+  const double versions = Number(tport, "/publishing/versions");
+  REQUIRE(WaitFor([&] { return Number(tport, "/publishing/versions") >= versions + 3; }, 30s));
+}
 
 }  // namespace
 
@@ -321,6 +396,111 @@ TEST_CASE("A replica keeps serving through a trainer SIGKILL and catches up afte
   CHECK(Matches(tport, rport, 30s));
   trainer->Signal(SIGTERM);
   CHECK(trainer->Wait() == 0);
+}
+
+TEST_CASE("A replica bootstraps from a compacted model topic", "[replica]") {
+  // The mock cluster does not compact: the test compacts the trainer's
+  // topic as Kafka's cleaner would (the latest record of every key, in
+  // offset order) into a topic of its own, and starts a replica on that.
+  testing::TempDir dir;
+  std::unique_ptr<ingest::EmbeddedKafka> kafka;
+  REQUIRE(ingest::EmbeddedKafka::Start(1, 3, ingest::TopicNames{}, &kafka).ok());
+  std::unique_ptr<app::Service> trainer;
+  REQUIRE(app::Service::Start(TrainerConfig(kafka->bootstrap(), dir.path() + "/store"), &trainer)
+              .ok());
+  const uint16_t tport = PortOf(trainer->http_address());
+  Feed feed(kafka->bootstrap(), 4);
+  for (int i = 0; i < 6; ++i) {  // several versions, each changing some rows
+    feed.Send(400);
+    WaitQuiet(tport, feed.sent());
+  }
+  int64_t low = -1;
+  const std::vector<TopicRecord> all =
+      ReadTopic(kafka->bootstrap(), ingest::TopicNames{}.model, 0, &low);
+  REQUIRE(low == 0);
+  std::map<std::string, size_t> latest;
+  for (size_t i = 0; i < all.size(); ++i) latest[all[i].key] = i;
+  std::vector<TopicRecord> compacted;
+  for (size_t i = 0; i < all.size(); ++i)
+    if (latest[all[i].key] == i) compacted.push_back(all[i]);
+  // Compaction removed records of older versions, commits included, and
+  // left rows of older versions before the latest width records.
+  REQUIRE(compacted.size() < all.size() / 2);
+  REQUIRE(kafka->CreateTopic("compacted.model", 1).ok());
+  Append(kafka->bootstrap(), "compacted.model", compacted);
+
+  auto replica = StartReplica(kafka->bootstrap(), "compacted.model");
+  const uint16_t rport = PortOf(replica->http_address());
+  REQUIRE(WaitFor([&] { return Ready(rport); }, 15s));
+  CHECK(Matches(tport, rport));
+  CHECK(Learned(rport) == feed.sent());
+  // From the topic alone: no snapshot fetched, nothing refused.
+  CHECK(Number(rport, "/replica/snapshot_records") == 0);
+  CHECK(Number(rport, "/replica/bad_records") == 0);
+  CHECK(Number(rport, "/replica/apply_errors") == 0);
+}
+
+TEST_CASE("A replica that misses a version snapshots again", "[replica]") {
+  // The replica follows a relay topic that the test fills from the
+  // trainer's model topic, leaving one version out, as when Kafka deletes
+  // records before a replica reads them.
+  testing::TempDir dir;
+  std::unique_ptr<ingest::EmbeddedKafka> kafka;
+  REQUIRE(ingest::EmbeddedKafka::Start(1, 3, ingest::TopicNames{}, &kafka).ok());
+  std::unique_ptr<app::Service> trainer;
+  REQUIRE(app::Service::Start(TrainerConfig(kafka->bootstrap(), dir.path() + "/store"), &trainer)
+              .ok());
+  const uint16_t tport = PortOf(trainer->http_address());
+  const std::string model = ingest::TopicNames{}.model;
+  Feed feed(kafka->bootstrap(), 5);
+  feed.Send(1000);
+  WaitQuiet(tport, feed.sent());
+  REQUIRE(kafka->CreateTopic("relay.model", 1).ok());
+  std::vector<TopicRecord> copied = ReadTopic(kafka->bootstrap(), model);
+  Append(kafka->bootstrap(), "relay.model", copied);
+  auto replica = StartReplica(kafka->bootstrap(), "relay.model");
+  const uint16_t rport = PortOf(replica->http_address());
+  REQUIRE(WaitFor([&] { return Ready(rport); }, 15s));
+  REQUIRE(Matches(tport, rport));
+
+  // Two events, learned and published apart: the first one's version is
+  // the one the replica misses.
+  std::unique_ptr<ingest::EventProducer> p;
+  REQUIRE(ingest::EventProducer::Open(kafka->bootstrap(), ingest::TopicNames{}, &p).ok());
+  REQUIRE(p->SendEvent(R"({"type":"click","user":"missed","item":"i1","label":1})",
+                       ingest::ParserOptions{})
+              .ok());
+  REQUIRE(p->Flush(5000).ok());
+  WaitQuiet(tport, feed.sent() + 1);
+  REQUIRE(p->SendEvent(R"({"type":"click","user":"seen","item":"i2","label":1})",
+                       ingest::ParserOptions{})
+              .ok());
+  REQUIRE(p->Flush(5000).ok());
+  WaitQuiet(tport, feed.sent() + 2);
+  const std::vector<TopicRecord> more =
+      ReadTopic(kafka->bootstrap(), model, copied.back().offset + 1);
+  store::model_records::Version missed;
+  for (const TopicRecord& r : more)
+    if (r.key.find("missed") != std::string::npos) missed = r.version;
+  REQUIRE(missed != store::model_records::Version());
+  std::vector<TopicRecord> relay;
+  for (const TopicRecord& r : more)
+    if (r.version != missed) relay.push_back(r);
+  REQUIRE(relay.size() < more.size());
+  Append(kafka->bootstrap(), "relay.model", relay);
+
+  // The replica notices the version it never saw, fetches the trainer's
+  // snapshot, and knows the user of the missing version.
+  REQUIRE(WaitFor([&] { return Number(rport, "/replica/gaps") >= 1; }, 15s));
+  Json j;
+  CHECK(WaitFor(
+      [&] {
+        return j.Parse(HttpCall(rport, "GET", "/v1/score?user=missed&item=i1").body) &&
+               j.Bool("/known/user");
+      },
+      15s));
+  CHECK(Number(rport, "/replica/resyncs") >= 1);
+  CHECK(Matches(tport, rport));
 }
 
 }  // namespace recstream
