@@ -84,7 +84,7 @@ Replica::~Replica() {
 }
 
 Status Replica::Start(const config::AppConfig& config, Configure configure,
-                      std::unique_ptr<Replica>* out) {
+                      std::unique_ptr<Replica>* out, size_t snapshot_page_bytes) {
   if (config.kafka.brokers.empty())
     return Status::InvalidArgument(
         "kafka.brokers is empty: a replica follows the model topic of a trainer's Kafka (set "
@@ -98,6 +98,7 @@ Status Replica::Start(const config::AppConfig& config, Configure configure,
   fo.topic = config.kafka.topics.model;
   fo.properties = config.kafka.properties;
   fo.snapshot_url = config.replicate.snapshot_url;
+  if (snapshot_page_bytes > 0) fo.page_bytes = snapshot_page_bytes;
   auto factory = [d](const std::string& settings, std::unique_ptr<learner::Learner>* learner) {
     config::AppConfig c;
     RECSTREAM_RETURN_IF_ERROR(d->configure(settings, &c));

@@ -31,8 +31,11 @@ class Replica {
   // bootstrapped) and the follower. IOError when the port is taken;
   // InvalidArgument for bad Kafka properties. The replica needs brokers:
   // kafka.brokers must be set (there is no embedded Kafka to follow).
+  // snapshot_page_bytes > 0 replaces the size of the snapshot pages it asks
+  // a trainer for (replicate::FollowerOptions::page_bytes; tests use small
+  // pages to cover models of many pages).
   static Status Start(const config::AppConfig& config, Configure configure,
-                      std::unique_ptr<Replica>* out);
+                      std::unique_ptr<Replica>* out, size_t snapshot_page_bytes = 0);
   ~Replica();
 
   std::string http_address() const;

@@ -1,4 +1,5 @@
 // TakeSnapshot, ApplySnapshot and ImportPretrained: row deltas in and out.
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -410,8 +411,12 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
     l->ForEachDirty(false, [](uint32_t, const std::vector<uint32_t>&) {});
   m.histories.ForEachDirtyRow(false, [](uint32_t) {});
   // A model stored before implicit feedback existed learned every task
-  // from its labels: it stays explicit.
-  if (!has_feedback)
+  // from its labels: it stays explicit. Only a snapshot with the dense
+  // parameters says so: a part of a model (a page of a stored model, a
+  // block of a replica's bootstrap) may come without its dense blocks.
+  const bool has_dense = std::any_of(snap.dense.begin(), snap.dense.end(),
+                                     [](const auto& d) { return d.first == "dense"; });
+  if (!has_feedback && has_dense)
     for (auto& n : m.saw_negative) n.store(true);
   m.applied.fetch_add(1, std::memory_order_relaxed);
   return Status::OK();

@@ -233,6 +233,38 @@ std::vector<Event> PositiveOnlyLog(int users, uint64_t seed) {
   return events;
 }
 
+TEST_CASE("A model applied in parts (pages, blocks) keeps implicit feedback", "[Learner][implicit]") {
+  // A replica gets a big model in parts: the dense blocks (with the
+  // feedback state) in one, rows and lists in others. A part without dense
+  // blocks must not turn implicit tasks explicit.
+  auto l = MakeLearner();
+  const std::vector<Event> log = PositiveOnlyLog(2000, 5);
+  for (size_t b = 0; b < log.size(); b += 500) l->Train(std::span(log).subspan(b, 500));
+  ModelSnapshot whole;
+  l->TakeSnapshot(true, &whole);
+  ModelSnapshot dense_part = whole, rows_part;
+  dense_part.tables.clear();
+  dense_part.feature_lists.clear();
+  dense_part.new_purchases.clear();
+  rows_part.shape = whole.shape;
+  rows_part.learned = whole.learned;
+  rows_part.tables = whole.tables;
+  rows_part.feature_lists = whole.feature_lists;
+  rows_part.new_purchases = whole.new_purchases;
+  auto parts = MakeLearner();
+  REQUIRE(parts->ApplySnapshot(dense_part).ok());
+  REQUIRE(parts->ApplySnapshot(rows_part).ok());
+  auto at_once = MakeLearner();
+  REQUIRE(at_once->ApplySnapshot(whole).ok());
+  Blend blend;
+  for (const Event& e : std::span(log).subspan(0, 50)) {
+    const auto a = parts->Score(e.user, e.item, blend), b = at_once->Score(e.user, e.item, blend),
+               c = l->Score(e.user, e.item, blend);
+    CHECK(a.prediction.click == b.prediction.click);
+    CHECK(a.prediction.click == c.prediction.click);
+  }
+}
+
 TEST_CASE("Positive-only logs learn as implicit feedback: histories and popularity",
           "[Learner][implicit]") {
   LearnerOptions o;

@@ -236,6 +236,9 @@ Status ModelFollower::Impl::FetchSnapshot(const std::string& base, mr::Version* 
     learner::ModelSnapshot snap;
     builder.Take(&snap);
     snap.learned = page.learned;
+    // Pages are in key order: the shape record ("m/shape") comes after the
+    // dense blocks and lists, so early pages of a big model lack it.
+    if (snap.shape.empty()) snap.shape = learner_owned->Shape();
     Status s = learner_owned->ApplySnapshot(snap);
     if (!s.ok()) return s;
     // The oldest page decides where the topic must be read from.

@@ -134,7 +134,8 @@ config::AppConfig TrainerConfig(const std::string& brokers, const std::string& s
 
 // A replica in this process, configured as `recstream replica` does it.
 std::unique_ptr<app::Replica> StartReplica(const std::string& brokers,
-                                           const std::string& model_topic = "") {
+                                           const std::string& model_topic = "",
+                                           size_t snapshot_page_bytes = 0) {
   config::AppConfig cfg;
   cfg.kafka.brokers = brokers;
   if (!model_topic.empty()) cfg.kafka.topics.model = model_topic;
@@ -143,7 +144,7 @@ std::unique_ptr<app::Replica> StartReplica(const std::string& brokers,
     return config::Load("", config::SettingsAsFlags(settings), {}, out);
   };
   std::unique_ptr<app::Replica> replica;
-  REQUIRE(app::Replica::Start(cfg, configure, &replica).ok());
+  REQUIRE(app::Replica::Start(cfg, configure, &replica, snapshot_page_bytes).ok());
   return replica;
 }
 
@@ -458,7 +459,9 @@ TEST_CASE("A replica that misses a version snapshots again", "[replica]") {
   REQUIRE(kafka->CreateTopic("relay.model", 1).ok());
   std::vector<TopicRecord> copied = ReadTopic(kafka->bootstrap(), model);
   Append(kafka->bootstrap(), "relay.model", copied);
-  auto replica = StartReplica(kafka->bootstrap(), "relay.model");
+  // Small snapshot pages: the model comes in many, most without its shape
+  // record (pages are in key order).
+  auto replica = StartReplica(kafka->bootstrap(), "relay.model", 2048);
   const uint16_t rport = PortOf(replica->http_address());
   REQUIRE(WaitFor([&] { return Ready(rport); }, 15s));
   REQUIRE(Matches(tport, rport));
