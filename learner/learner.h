@@ -102,6 +102,10 @@ struct LearnerStats {
   uint64_t features = 0;
   uint64_t pretrained = 0;  // items with a pretrained vector
   uint64_t nonfinite_updates_refused = 0;
+  // Events whose user or item id was not admitted yet (model.admit_after):
+  // learned through the prior row and features.
+  uint64_t not_admitted_users = 0;
+  uint64_t not_admitted_items = 0;
 };
 
 // Row deltas. A row's values are the table's layout (embedding, per-task

@@ -130,6 +130,9 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
     out->dense.emplace_back("dense_m", std::move(moments));
   }
   out->dense.emplace_back("weighting", m.weighting.Save());
+  // The admission counts (model.admit_after): stored, not published
+  // (store/model_records.h), since replicas do not train.
+  if (m.admission) out->dense.emplace_back("admission", m.admission->Export());
   {
     std::vector<float> metrics;
     std::lock_guard lock(m.metrics_mu);
@@ -372,6 +375,11 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
         return Status::Corruption("feedback block has the wrong size");
       for (int t = 0; t < kNumTasks; ++t) m.saw_negative[t].store(values[t] != 0.0f);
       has_feedback = true;
+    } else if (name == "admission") {
+      // Kept only by a learner that admits (a store written with another
+      // model.admit_after loads either way).
+      if (m.admission && !m.admission->Import(values))
+        return Status::Corruption("admission block has the wrong size or values");
     } else if (name == "weighting") {
       if (!m.weighting.Load(values))
         return Status::Corruption("weighting state has the wrong size");

@@ -41,6 +41,7 @@ Model::Model(const LearnerOptions& o)
       recent_count(o.feedback != Feedback::kExplicit ? size_t(1) << kCountBits : 0),
       weighting(o) {
   for (auto& n : saw_negative) n.store(false);
+  if (o.admit_after > 1) admission = std::make_unique<AdmissionSketch>();
   for (auto& r : recent) r.store(kNoEntry, std::memory_order_relaxed);
   for (auto& c : recent_count) c.store(0, std::memory_order_relaxed);
   log_table.resize(kLogTable + 1);
@@ -124,6 +125,11 @@ void Model::Rows(uint32_t r, const std::vector<std::string>& features, Embedding
                  EmbeddingTable& side, FeatureLists& lists, std::vector<uint32_t>* rows) {
   const size_t at = rows->size();
   rows->push_back(r);
+  if (IsPrior(&main == &users ? 0 : 1, r)) {
+    // The prior row stands for many ids: it keeps no feature list.
+    for (const auto& f : features) rows->push_back(side.GetOrCreate(f));
+    return;
+  }
   if (features.empty()) {
     lists.Get(r, rows);
     return;

@@ -30,6 +30,7 @@
 #include <utility>
 #include <vector>
 
+#include "learner/admission.h"
 #include "learner/embedding_table.h"
 #include "learner/feature_lists.h"
 #include "learner/history.h"
@@ -280,6 +281,44 @@ struct Model {
   std::vector<float> dense, dense_accum, dense_m;
   std::atomic<uint64_t> dense_steps{0};  // Adam bias correction
   TaskWeighting weighting;
+
+  // Admission (LearnerOptions::admit_after > 1; null otherwise): the
+  // counts of ids without a row yet.
+  std::unique_ptr<AdmissionSketch> admission;
+  // The id of the prior rows in the user and item tables: invalid UTF-8, so
+  // never an event's or a request's id.
+  static constexpr std::string_view kPriorKey = "\xff" "recstream-prior";
+  // The prior row of users (0) or items (1), kNoRow while it does not exist
+  // (or without admission). Safe from any thread.
+  uint32_t Prior(int which) const {
+    if (!admission) return EmbeddingTable::kNoRow;
+    uint32_t r = prior_rows[which].load(std::memory_order_acquire);
+    if (r == EmbeddingTable::kNoRow) {
+      r = (which == 0 ? users : items).Find(kPriorKey);
+      if (r != EmbeddingTable::kNoRow) prior_rows[which].store(r, std::memory_order_release);
+    }
+    return r;
+  }
+  bool IsPrior(int which, uint32_t row) const {
+    return admission && row != EmbeddingTable::kNoRow && row == Prior(which);
+  }
+  // The row an event's user (0) or item (1) id trains: its own, created
+  // when admitted, else the prior row (created when missing).
+  uint32_t Admit(int which, std::string_view id) {
+    EmbeddingTable& t = which == 0 ? users : items;
+    if (!admission) return t.GetOrCreate(id);
+    const uint32_t r = t.Find(id);
+    if (r != EmbeddingTable::kNoRow) return r;
+    if (admission->Add(id, uint64_t(which)) >= uint32_t(options.admit_after))
+      return t.GetOrCreate(id);
+    not_admitted[which].fetch_add(1, std::memory_order_relaxed);
+    const uint32_t p = Prior(which);
+    return p != EmbeddingTable::kNoRow ? p : t.GetOrCreate(kPriorKey);
+  }
+  mutable std::array<std::atomic<uint32_t>, 2> prior_rows{EmbeddingTable::kNoRow,
+                                                          EmbeddingTable::kNoRow};
+  // Events whose user (0) or item (1) was not admitted yet.
+  std::array<std::atomic<uint64_t>, 2> not_admitted{0, 0};
 
   std::array<std::atomic<uint64_t>, kNumTasks> learned;
   std::atomic<uint64_t> refused{0};

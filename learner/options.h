@@ -123,6 +123,14 @@ struct LearnerOptions {
   int negatives = 0;
   // Item occurrences remembered for negative sampling.
   int negative_window = 10000;
+  // Admission (model.admit_after): a new user or item id gets a row of its
+  // own at its admit_after-th occurrence (counted in an AdmissionSketch,
+  // part of the stored model). Until then its events train, and requests
+  // score it through, a shared prior row of its table (the learned "new
+  // user" or "new item") plus its features; its history and purchases are
+  // not kept. 1 (default): every id gets a row at once, and there is no
+  // prior row. Side features always get rows at once.
+  int admit_after = 1;
   // Experience replay: after each event, this many events drawn uniformly
   // from the last replay_window events are learned again (with the side
   // features their user and item have now). More passes over recent data

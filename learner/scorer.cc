@@ -147,11 +147,14 @@ void Scorer::PrepareUserSide(std::string_view user, UserSide* side,
   std::vector<float> u(m_.options.dim, 0.0f);
   side->bias.fill(0.0f);
   side->row = m_.users.Find(user);
+  // A user without a row of its own (not admitted yet) is scored through
+  // the prior row, as its events are learned (LearnerOptions::admit_after).
+  const uint32_t vec_row = side->row != EmbeddingTable::kNoRow ? side->row : m_.Prior(0);
   if (features != nullptr) {
-    GatherRequest(m_.users, m_.user_features, side->row, *features, u.data(), side->bias.data());
-  } else if (side->row != EmbeddingTable::kNoRow) {
-    std::vector<uint32_t> rows = {side->row};
-    m_.user_lists.Get(side->row, &rows);
+    GatherRequest(m_.users, m_.user_features, vec_row, *features, u.data(), side->bias.data());
+  } else if (vec_row != EmbeddingTable::kNoRow) {
+    std::vector<uint32_t> rows = {vec_row};
+    if (side->row != EmbeddingTable::kNoRow) m_.user_lists.Get(side->row, &rows);
     m_.Gather(m_.users, m_.user_features, rows, u.data(), side->bias.data());
   }
   // The dense layers see the pooled history at the learned gate's weight,
@@ -230,6 +233,19 @@ void Scorer::GatherItem(uint32_t row, int lane, std::vector<uint32_t>* rows, flo
   const int d = m_.options.dim;
   std::fill(v, v + m_.width, 0.0f);
   rows->assign(1, row);
+  // An item without a row of its own (not admitted yet) is scored through
+  // the prior row, as its events are learned (LearnerOptions::admit_after).
+  if (row == EmbeddingTable::kNoRow && m_.Prior(1) != EmbeddingTable::kNoRow) {
+    const uint32_t prior = m_.Prior(1);
+    (*rows)[0] = prior;
+    if (features != nullptr) {
+      GatherRequest(m_.items, m_.item_features, prior, *features, v, v + d, rows);
+    } else {
+      m_.Gather(m_.items, m_.item_features, *rows, v, v + d);
+    }
+    for (int k = 0; k < m_.width; ++k) block[k * L + lane] = v[k];
+    return;
+  }
   if (features != nullptr) {
     GatherRequest(m_.items, m_.item_features, row, *features, v, v + d, rows);
     const uint32_t pre_row = m_.PretrainedRow(row);
@@ -609,6 +625,8 @@ std::vector<Recommendation> Scorer::Recommend(std::string_view user, int k, bool
     auto it = m_.purchases.find(side.row);
     if (it != m_.purchases.end()) excluded.assign(it->second.begin(), it->second.end());
   }
+  // The prior item row is no item to recommend.
+  if (m_.Prior(1) != EmbeddingTable::kNoRow) excluded.push_back(m_.Prior(1));
   std::sort(excluded.begin(), excluded.end());
 
   std::shared_ptr<const ItemPanel> panel = recommend_cache_->Get();

@@ -306,7 +306,7 @@ void Trainer::ResolveChunk(std::span<const Event> events, bool stage, TrainState
     const Event& e = events[i];
     if (i + kSlotAhead < n) prefetch_slots(i + kSlotAhead);
     if (i + kRowAhead < n) prefetch_rows(i + kRowAhead);
-    const uint32_t u = m_.users.GetOrCreate(e.user), v = m_.items.GetOrCreate(e.item);
+    const uint32_t u = m_.Admit(0, e.user), v = m_.Admit(1, e.item);
     s->chunk_main[2 * i] = u;
     s->chunk_main[2 * i + 1] = v;
     m_.user_lists.Prefetch(u);
@@ -607,7 +607,8 @@ void Trainer::TrainOne(const Event& e, TrainState* s, Prediction* before) {
   // Counted into `learned` and the metrics by MergeMetrics at the end of
   // the chunk: no shared cache line or lock per event.
   s->observations.push_back(Observation::Of(e.task, pred, e.label, options.decision_threshold));
-  if (e.task == Task::kPurchase && e.label > 0.5f) {
+  if (e.task == Task::kPurchase && e.label > 0.5f && !m_.IsPrior(0, user_row) &&
+      !m_.IsPrior(1, item_row)) {
     std::unique_lock lock(m_.purchases_mu);
     if (m_.purchases[user_row].insert(item_row).second)
       m_.new_purchases.emplace_back(user_row, item_row);
@@ -786,8 +787,12 @@ void Trainer::Train(std::span<const Event> events, std::vector<Prediction>* befo
   for (size_t i = 0; i < events.size(); ++i) {
     const Event& e = events[i];
     const uint32_t user_row = uint32_t(event_rows[i] >> 32), item_row = uint32_t(event_rows[i]);
+    // A prior row stands for ids not admitted yet: it is no item to draw
+    // as a negative, and keeps no history.
+    if (m_.IsPrior(1, item_row)) continue;
     Remember(e, item_row);
-    if (options.history > 0 && e.task != Task::kRating && e.label > 0.5f)
+    if (options.history > 0 && e.task != Task::kRating && e.label > 0.5f &&
+        !m_.IsPrior(0, user_row))
       m_.histories.Push(user_row, item_row);
   }
 }

@@ -48,6 +48,8 @@ inline constexpr size_t kHeaderSize = 20;
 // Floats per dense chunk (64 KiB), well under Kafka's default message size.
 inline constexpr uint32_t kDenseChunkFloats = 16384;
 inline constexpr std::string_view kCommitKey = "m/commit";
+// A dense block that is stored but never published (the admission counts).
+inline constexpr std::string_view kStoreOnlyDense = "admission";
 
 // A published version. The generation is the trainer's start time (ms since
 // the Unix epoch), so versions of a restarted trainer order after those of

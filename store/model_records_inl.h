@@ -27,6 +27,9 @@ Status ForEachModelRecord(const learner::ModelSnapshot& snapshot, Commit commit,
         if (k.starts_with(codec::kDensePrefix)) {
           // Dense blocks travel in chunks, each small enough for Kafka.
           const std::string_view name = k.substr(codec::kDensePrefix.size());
+          // The trainer's admission counts stay in its store: replicas do
+          // not train, and the block is megabytes.
+          if (name == kStoreOnlyDense) return Status::OK();
           const uint32_t total = uint32_t(v.size() / sizeof(float));
           const uint32_t chunks = std::max<uint32_t>(1, (total + kDenseChunkFloats - 1) / kDenseChunkFloats);
           for (uint32_t c = 0; c < chunks; ++c) {
