@@ -362,6 +362,8 @@ const std::vector<Key>& KeyTable() {
     t.push_back(IntKey(
         "model.history", [](auto& c) -> auto& { return c.learner.history; }, 0, 1000));
     t.push_back(IntKey(
+        "model.admit_after", [](auto& c) -> auto& { return c.learner.admit_after; }, 1, 255));
+    t.push_back(IntKey(
         "model.negatives", [](auto& c) -> auto& { return c.learner.negatives; }, 0, 100));
     t.push_back(IntKey(
         "model.negative_window", [](auto& c) -> auto& { return c.learner.negative_window; }, 1,

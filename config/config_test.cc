@@ -247,6 +247,8 @@ TEST_CASE("Unknown keys and bad values are InvalidArgument naming key, value and
        {"rating.min=5", "rating.max=5"},
        {"rating.min", "rating.max", "5"}},
       {"rating.min > rating.max in file", "[rating]\nmin = 6\n", {}, {}, {"rating.min", "6"}},
+      {"model.admit_after=0", "", {}, {"model.admit_after=0"}, {"model.admit_after", "0"}},
+      {"model.admit_after too big", "[model]\nadmit_after = 300\n", {}, {}, {"model.admit_after", "300"}},
       {"store.checkpoint_interval_ms=-1",
        "",
        {},

@@ -1371,3 +1371,72 @@ TEST_CASE("Recommend follows applied snapshots even when the counters repeat", "
 }
 
 }  // namespace recstream::learner
+
+namespace recstream::learner {
+namespace {
+
+Event Click(const std::string& user, const std::string& item, float label = 1.0f) {
+  Event e{Task::kClick, user, item, label};
+  e.item_features = {"cat=" + item.substr(0, 2)};
+  return e;
+}
+
+}  // namespace
+
+TEST_CASE("Admission: an id gets a row of its own at its admit_after-th occurrence",
+          "[Learner][admission]") {
+  LearnerOptions o;
+  o.admit_after = 3;
+  o.threads = GENERATE(1, 2);
+  auto l = MakeLearner(o);
+  Blend blend;
+  // Warm items first, so that only the visitor waits for admission.
+  for (int i = 0; i < 3; ++i)
+    for (int u = 0; u < 20; ++u)
+      l->Train(std::vector<Event>{Click("regular" + std::to_string(u), "i" + std::to_string(u % 5),
+                                        float(u % 2))});
+  const LearnerStats before = l->Stats();
+  CHECK(before.items == 5);
+  CHECK(before.users == 20);
+  // Seen twice: learned through the prior row, no row of its own.
+  l->Train(std::vector<Event>{Click("visitor", "i1")});
+  l->Train(std::vector<Event>{Click("visitor", "i2")});
+  CHECK_FALSE(l->Score("visitor", "i1", blend).user_known);
+  CHECK(l->Stats().users == 20);
+  CHECK(l->Stats().not_admitted_users == before.not_admitted_users + 2);
+  // Scored as any id without a row: through the prior row.
+  CHECK(l->Score("visitor", "i1", blend).prediction.click ==
+        l->Score("never-seen", "i1", blend).prediction.click);
+  // Not a candidate of any recommendation.
+  for (const Recommendation& r : l->Recommend("regular1", 10, false, blend))
+    CHECK(r.item.front() == 'i');
+
+  SECTION("the third occurrence admits it") {
+    l->Train(std::vector<Event>{Click("visitor", "i3")});
+    CHECK(l->Score("visitor", "i1", blend).user_known);
+    CHECK(l->Stats().users == 21);
+  }
+  SECTION("the counts are part of the stored model") {
+    ModelSnapshot snap;
+    l->TakeSnapshot(true, &snap);
+    auto restored = MakeLearner(o);
+    REQUIRE(restored->ApplySnapshot(snap).ok());
+    CHECK(restored->Score("visitor", "i1", blend).prediction.click ==
+          l->Score("visitor", "i1", blend).prediction.click);
+    restored->Train(std::vector<Event>{Click("visitor", "i3")});
+    CHECK(restored->Score("visitor", "i1", blend).user_known);
+  }
+}
+
+TEST_CASE("Admission: bad admit_after is refused naming the key", "[Learner][admission]") {
+  for (int bad : {0, 256}) {
+    LearnerOptions o;
+    o.admit_after = bad;
+    std::unique_ptr<Learner> l;
+    Status s = Learner::Create(o, &l);
+    CHECK(s.IsInvalidArgument());
+    CHECK(s.message().find("model.admit_after") != std::string::npos);
+  }
+}
+
+}  // namespace recstream::learner

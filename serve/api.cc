@@ -681,6 +681,13 @@ HttpResponse Api::Stats() const {
   w.Key("items").Uint(ls.items);
   w.Key("features").Uint(ls.features);
   w.Key("nonfinite_updates_refused").Uint(ls.nonfinite_updates_refused);
+  // Admission (model.admit_after): events whose user or item had no row of
+  // its own yet, learned through the prior rows.
+  w.Key("admission").BeginObject();
+  w.Key("admit_after").Int(learner_ != nullptr ? learner_->options().admit_after : 1);
+  w.Key("refused_user_events").Uint(ls.not_admitted_users);
+  w.Key("refused_item_events").Uint(ls.not_admitted_items);
+  w.EndObject();
   w.Key("blend").BeginObject();
   w.Key("click").Float(blend_.click).Key("purchase").Float(blend_.purchase);
   w.Key("rating").Float(blend_.rating);
@@ -970,6 +977,13 @@ HttpResponse Api::Metrics() const {
   p.Sample("recstream_model_rows", {"table", "user"}, static_cast<double>(ls.users));
   p.Sample("recstream_model_rows", {"table", "item"}, static_cast<double>(ls.items));
   p.Sample("recstream_model_rows", {"table", "feature"}, static_cast<double>(ls.features));
+  p.Header("recstream_admission_refused_total", "counter",
+           "Events whose user or item id was not admitted yet (model.admit_after): learned "
+           "through the table's prior row.");
+  p.Sample("recstream_admission_refused_total", {"table", "user"},
+           static_cast<double>(ls.not_admitted_users));
+  p.Sample("recstream_admission_refused_total", {"table", "item"},
+           static_cast<double>(ls.not_admitted_items));
   p.Header("recstream_nonfinite_updates_refused_total", "counter",
            "Updates refused because they would have written NaN or infinity.");
   p.Sample("recstream_nonfinite_updates_refused_total",

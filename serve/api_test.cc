@@ -80,8 +80,7 @@ std::vector<Event> TrainingEvents() {
 }
 
 struct Fixture {
-  Fixture(ServeOptions o = {}) : options(std::move(o)) {
-    learner::LearnerOptions lo;
+  Fixture(ServeOptions o = {}, learner::LearnerOptions lo = {}) : options(std::move(o)) {
     lo.threads = 1;
     REQUIRE(learner::Learner::Create(lo, &model).ok());
     auto events = TrainingEvents();
@@ -553,6 +552,27 @@ TEST_CASE("GET /v1/stats reports counters, weights, metrics, lag and checkpoint"
   CHECK(doc["checkpoint"]["last"]["offsets"]["recstream.click/0"].get_int64().value() == 80);
   CHECK(doc["uptime_s"].get_double().value() == 12.5);
   CHECK(doc["model"]["users"].get_uint64().value() == ls.users);
+}
+
+TEST_CASE("Stats and metrics count the events that wait for admission", "[api]") {
+  learner::LearnerOptions lo;
+  lo.admit_after = 200;  // no id of the fixture's events is admitted
+  Fixture f({}, lo);
+  const learner::LearnerStats ls = f.model->Stats();
+  REQUIRE(ls.not_admitted_users > 0);
+  CHECK(ls.users == 0);
+  simdjson::dom::parser p;
+  simdjson::dom::element doc;
+  REQUIRE(p.parse(f.Get("/v1/stats").body).get(doc) == simdjson::SUCCESS);
+  CHECK(doc["model"]["admission"]["admit_after"].get_int64().value() == 200);
+  CHECK(doc["model"]["admission"]["refused_user_events"].get_uint64().value() ==
+        ls.not_admitted_users);
+  CHECK(doc["model"]["admission"]["refused_item_events"].get_uint64().value() ==
+        ls.not_admitted_items);
+  CHECK(doc["model"]["users"].get_uint64().value() == 0);
+  const std::string metrics = f.Get("/metrics").body;
+  CHECK(metrics.find("recstream_admission_refused_total{table=\"user\"} " +
+                     std::to_string(ls.not_admitted_users) + "\n") != std::string::npos);
 }
 
 TEST_CASE("GET /metrics is valid Prometheus text", "[api]") {

@@ -162,4 +162,52 @@ TEST_CASE("Events flow from Kafka through the learner to live HTTP scores and su
   REQUIRE(service->Shutdown().ok());
 }
 
+TEST_CASE("Admission counts survive a restart of the service", "[e2e][admission]") {
+  testing::TempDir dir;
+  std::unique_ptr<ingest::EmbeddedKafka> kafka;
+  ingest::TopicNames topics;
+  REQUIRE(ingest::EmbeddedKafka::Start(1, 1, topics, &kafka).ok());
+  config::AppConfig cfg;
+  cfg.kafka.brokers = kafka->bootstrap();
+  cfg.kafka.group_id = "e2e-admission";
+  cfg.store.path = dir.path() + "/store";
+  cfg.serve.listen = "127.0.0.1:0";
+  cfg.learner.threads = 1;
+  cfg.learner.admit_after = 3;
+  cfg.kafka.properties["session.timeout.ms"] = "6000";
+  cfg.kafka.properties["heartbeat.interval.ms"] = "500";
+  std::unique_ptr<ingest::EventProducer> producer;
+  REQUIRE(ingest::EventProducer::Open(kafka->bootstrap(), topics, &producer).ok());
+  int produced = 0;
+  auto send = [&](const std::string& user, const std::string& item) {
+    REQUIRE(producer->SendEvent(Event("click", user, item, 1), ingest::ParserOptions{}).ok());
+    REQUIRE(producer->Flush(5000).ok());
+    ++produced;
+  };
+  auto known = [&](uint16_t port, const std::string& user) {
+    Json j;
+    REQUIRE(j.Parse(HttpCall(port, "GET", "/v1/score?user=" + user + "&item=x").body));
+    return j.Bool("/known/user");
+  };
+
+  std::unique_ptr<app::Service> service;
+  REQUIRE(app::Service::Start(cfg, &service).ok());
+  uint16_t port = PortOf(service->http_address());
+  send("visitor", "a");
+  send("visitor", "b");
+  REQUIRE(WaitFor([&] { return Learned(port) == produced; }, 30s));
+  CHECK_FALSE(known(port, "visitor"));  // seen twice: not admitted yet
+  REQUIRE(service->Shutdown().ok());
+  service.reset();
+
+  // The restarted service remembers the two occurrences: the third admits.
+  REQUIRE(app::Service::Start(cfg, &service).ok());
+  port = PortOf(service->http_address());
+  CHECK_FALSE(known(port, "visitor"));
+  send("visitor", "c");
+  REQUIRE(WaitFor([&] { return Learned(port) == produced; }, 30s));
+  CHECK(known(port, "visitor"));
+  REQUIRE(service->Shutdown().ok());
+}
+
 }  // namespace recstream
