@@ -364,6 +364,9 @@ const std::vector<Key>& KeyTable() {
     t.push_back(IntKey(
         "model.admit_after", [](auto& c) -> auto& { return c.learner.admit_after; }, 1, 255));
     t.push_back(IntKey(
+        "model.expire.user_s", [](auto& c) -> auto& { return c.learner.expire_user_s; }, 0,
+        std::numeric_limits<int64_t>::max()));
+    t.push_back(IntKey(
         "model.negatives", [](auto& c) -> auto& { return c.learner.negatives; }, 0, 100));
     t.push_back(IntKey(
         "model.negative_window", [](auto& c) -> auto& { return c.learner.negative_window; }, 1,

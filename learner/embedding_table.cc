@@ -7,6 +7,7 @@
 #include <cstring>
 #include <new>
 #include <thread>
+#include <unordered_map>
 
 // The id index is 64 shards, each an open-addressing table of 64-bit slots
 // with linear probing. A slot holds (tag << 32) | (row + 1), 0 when empty;
@@ -140,6 +141,9 @@ constexpr size_t kMapBytes = 64 << 10;
 constexpr size_t kHeaderBytes = 8;
 constexpr size_t kInlineKey = kHeaderBytes - 1;
 constexpr uint64_t kLongKey = uint64_t{0xff} << 56;
+// A removed id's slot: probes go on past it (rows are below 2^30, so no
+// live slot has this value). Inserts reuse it; growth drops it.
+constexpr uint64_t kTombstone = ~uint64_t{0};
 static_assert(std::endian::native == std::endian::little);
 
 // The header of a short id (an id of more than kInlineKey bytes gives
@@ -209,7 +213,22 @@ struct EmbeddingTable::KeyArena {
   char* pos = nullptr;
   size_t left = 0;
 
+  // Entries of removed ids, by length: a new id of the same length takes one
+  // (ids of a kind usually share a length), so ids that come and go do not
+  // grow the arena.
+  std::unordered_map<size_t, std::vector<char*>> free_by_length;
+
+  void Free(char* p) { free_by_length[Get(p).size()].push_back(p); }
+
   const char* Add(std::string_view key) {
+    if (auto it = free_by_length.find(key.size()); it != free_by_length.end() && !it->second.empty()) {
+      char* p = it->second.back();
+      it->second.pop_back();
+      // Same length, same length prefix: only the bytes change.
+      char* bytes = const_cast<char*>(Get(p).data());
+      std::memcpy(bytes, key.data(), key.size());
+      return p;
+    }
     char prefix[10];
     size_t np = 0;
     for (uint64_t n = key.size();; n >>= 7) {
@@ -381,6 +400,7 @@ uint32_t EmbeddingTable::Probe(const IndexShard& shard, uint64_t hash, std::stri
     for (uint64_t v; mask != 0; i = (i + 1) & mask) {
       v = std::atomic_ref<uint64_t>(t[1 + i]).load(std::memory_order_acquire);
       if (v == 0) break;
+      if (v == kTombstone) continue;
       if ((v >> 32) == tag && RowHasKey(uint32_t(v) - 1, want, id)) return uint32_t(v) - 1;
     }
     uint64_t* now = shard.slots.load(std::memory_order_acquire);
@@ -416,7 +436,7 @@ void EmbeddingTable::PrefetchRow(std::string_view key) const {
   for (int n = 0; mask != 0 && n < 4; ++n, i = (i + 1) & mask) {
     const uint64_t v = std::atomic_ref<const uint64_t>(t[1 + i]).load(std::memory_order_acquire);
     if (v == 0) return;
-    if ((v >> 32) == tag) {
+    if (v != kTombstone && (v >> 32) == tag) {
       __builtin_prefetch(header(uint32_t(v) - 1));
       return;
     }
@@ -454,11 +474,17 @@ void EmbeddingTable::InsertSlot(IndexShard& s, uint64_t h, uint32_t row) {
   uint64_t* t = s.slots.load(std::memory_order_relaxed);
   uint64_t mask = t[0];
   if ((s.used + 1) * 4 > (mask + 1) * 3) {
-    uint64_t* bigger = s.NewArray(2 * (mask + 1));
-    const uint64_t new_mask = 2 * mask + 1;
+    // Removed ids' slots count as used until here: a table whose ids come
+    // and go grows only as far as its live ids need.
+    uint64_t live = 0;
+    for (uint64_t i = 0; i <= mask; ++i) live += t[1 + i] != 0 && t[1 + i] != kTombstone;
+    const uint64_t capacity = (live + 1) * 2 > (mask + 1) ? 2 * (mask + 1) : mask + 1;
+    uint64_t* bigger = s.NewArray(capacity);
+    const uint64_t new_mask = capacity - 1;
+    s.used = live;
     for (uint64_t i = 0; i <= mask; ++i) {
       const uint64_t v = t[1 + i];
-      if (v == 0) continue;
+      if (v == 0 || v == kTombstone) continue;
       uint64_t j = (v >> 32) & new_mask;
       while (bigger[1 + j] != 0) j = (j + 1) & new_mask;
       bigger[1 + j] = v;
@@ -472,10 +498,43 @@ void EmbeddingTable::InsertSlot(IndexShard& s, uint64_t h, uint32_t row) {
   }
   const uint64_t tag = h >> 32;
   uint64_t j = tag & mask;
-  while (t[1 + j] != 0) j = (j + 1) & mask;
+  while (t[1 + j] != 0 && t[1 + j] != kTombstone) j = (j + 1) & mask;
+  const bool reused = t[1 + j] == kTombstone;
   std::atomic_ref<uint64_t>(t[1 + j]).store((tag << 32) | (uint64_t(row) + 1),
                                             std::memory_order_release);
-  ++s.used;
+  if (!reused) ++s.used;
+}
+
+uint32_t EmbeddingTable::Remove(std::string_view key) {
+  const uint64_t h = IndexHash(key);
+  IndexShard& s = shards_[h & (kShards - 1)];
+  std::lock_guard lock(s.mu);
+  uint64_t* t = s.slots.load(std::memory_order_relaxed);
+  const uint64_t mask = t[0], tag = h >> 32, want = ShortHeader(key);
+  for (uint64_t i = tag & mask;; i = (i + 1) & mask) {
+    const uint64_t v = t[1 + i];
+    if (v == 0) return kNoRow;
+    if (v == kTombstone || (v >> 32) != tag || !RowHasKey(uint32_t(v) - 1, want, key)) continue;
+    const uint32_t row = uint32_t(v) - 1;
+    std::atomic_ref<uint64_t>(t[1 + i]).store(kTombstone, std::memory_order_release);
+    // Its pending change is not exported (the removal is); a row listed by
+    // an export under way is copied out as it was.
+    std::atomic_ref<uint8_t> d(chunk(row)->dirty[row & kChunkMask]);
+    uint8_t state = kDirty;
+    d.compare_exchange_strong(state, kFree, std::memory_order_relaxed);
+    state = kClean;
+    d.compare_exchange_strong(state, kFree, std::memory_order_relaxed);
+    removed_.fetch_add(1, std::memory_order_relaxed);
+    return row;
+  }
+}
+
+void EmbeddingTable::Reclaim(uint32_t row) {
+  std::lock_guard alloc(alloc_mu_);
+  std::atomic_ref<uint8_t>(chunk(row)->dirty[row & kChunkMask]).store(kFree, std::memory_order_relaxed);
+  const uint64_t v = LoadHeader(header(row));
+  if ((v & kLongKey) == kLongKey) keys_->Free(reinterpret_cast<char*>(v & ~kLongKey));
+  free_rows_.push_back(row);
 }
 
 uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
@@ -486,7 +545,27 @@ uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
     InitValues(key, init.data());
     values = init.data();
   }
-  const uint32_t row = Reserve(&key, 1);
+  uint32_t row = kNoRow;
+  {
+    std::lock_guard alloc(alloc_mu_);
+    if (!free_rows_.empty()) {
+      // A reclaimed row: readers that found its old id a moment ago may
+      // still read it (Hogwild); nothing else refers to it.
+      row = free_rows_.back();
+      free_rows_.pop_back();
+      uint64_t v = ShortHeader(key);
+      if (v == kLongKey) v = reinterpret_cast<uintptr_t>(keys_->Add(key)) | kLongKey;
+      std::atomic_ref<uint64_t>(chunk(row)->headers[row & kChunkMask])
+          .store(v, std::memory_order_relaxed);
+      std::memcpy(Row(row), values, n * sizeof(float));
+      std::atomic_ref<uint8_t>(chunk(row)->dirty[row & kChunkMask])
+          .store(kDirty, std::memory_order_release);
+      if (touched_) chunk(row)->touched[row & kChunkMask].store(0, std::memory_order_relaxed);
+      removed_.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+  if (row != kNoRow) return row;
+  row = Reserve(&key, 1);
   std::memcpy(Row(row), values, n * sizeof(float));
   Publish(row, 1);
   return row;
@@ -613,6 +692,10 @@ EmbeddingTable::Chunk* EmbeddingTable::EnsureChunk(uint32_t index) {
   c->data = static_cast<float*>(MapHuge(c->bytes));
   c->dirty.reset(new uint8_t[kChunkRows]());
   c->headers.reset(new uint64_t[kChunkRows]());
+  if (touched_) {
+    c->touched.reset(new std::atomic<uint32_t>[kChunkRows]);
+    for (uint32_t i = 0; i < kChunkRows; ++i) c->touched[i].store(0, std::memory_order_relaxed);
+  }
   chunks_[index].store(c, std::memory_order_release);
   return c;
 }

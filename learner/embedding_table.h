@@ -86,8 +86,41 @@ class EmbeddingTable {
   // floats), as a new row gets it.
   void InitState(float* row) const;
   // Rows created so far; every row below size() has its key and initial
-  // values set.
+  // values set. Removed rows stay below size() (their index is reused by
+  // later ids, see Reclaim): iterate with IsLive, count with live_size.
   uint32_t size() const { return ready_rows_.load(std::memory_order_acquire); }
+  // Rows that hold an id (size() less removed rows not yet reused).
+  uint32_t live_size() const { return size() - removed_.load(std::memory_order_relaxed); }
+  // False for a removed row (until a new id reuses it).
+  bool IsLive(uint32_t row) const {
+    return std::atomic_ref<uint8_t>(chunk(row)->dirty[row & kChunkMask])
+               .load(std::memory_order_relaxed) != kFree;
+  }
+
+  // Expiry. The table remembers, per row, the latest time it was touched
+  // (any unit the caller chooses, 0 = never), once TrackTouches has been
+  // called on the empty table.
+  void TrackTouches() { touched_ = true; }
+  bool tracks_touches() const { return touched_; }
+  // Sets the row's time to t when t is later. Safe from any thread (a race
+  // may keep the earlier of two concurrent times).
+  void Touch(uint32_t row, uint32_t t) {
+    std::atomic<uint32_t>& a = chunk(row)->touched[row & kChunkMask];
+    if (a.load(std::memory_order_relaxed) < t) a.store(t, std::memory_order_relaxed);
+  }
+  uint32_t touched(uint32_t row) const {
+    return chunk(row)->touched[row & kChunkMask].load(std::memory_order_relaxed);
+  }
+  // Removes `key`: Find no longer returns its row, which is not exported
+  // again (a change of it not yet exported is dropped; an export under way
+  // still copies it as it was). Returns the row, kNoRow when the key has
+  // none. Same thread safety as GetOrCreate. The row keeps its id and values
+  // (readers that found it a moment ago read it safely) until Reclaim.
+  uint32_t Remove(std::string_view key);
+  // Lets a later new id take the removed `row` (and a long id's memory).
+  // The caller guarantees that nothing refers to the row any more (lists,
+  // histories, snapshots under way) and that no export is under way.
+  void Reclaim(uint32_t row);
 
   // kNoRow when the id has no row. Any id is valid, including "".
   uint32_t Find(std::string_view key) const;
@@ -168,6 +201,8 @@ class EmbeddingTable {
   // while it is copied), then becomes kClean (copied by FinishExport) or
   // kDirty (by a writer about to change it).
   static constexpr uint8_t kClean = 0, kDirty = 1, kDue = 2, kCopying = 3;
+  // A removed row (Remove), skipped by exports until a new id reuses it.
+  static constexpr uint8_t kFree = 4;
   struct Export {
     const uint32_t* rows = nullptr;
     size_t count = 0;
@@ -181,6 +216,7 @@ class EmbeddingTable {
     size_t bytes = 0;
     std::unique_ptr<uint64_t[]> headers;  // kChunkRows id headers (embedding_table.cc)
     std::unique_ptr<uint8_t[]> dirty;     // written through atomic_ref
+    std::unique_ptr<std::atomic<uint32_t>[]> touched;  // with TrackTouches only
   };
   struct IndexShard;
   struct KeyArena;
@@ -204,6 +240,7 @@ class EmbeddingTable {
       const uint32_t end = std::min(kChunkRows, n - base);
       uint32_t i = all ? 0 : NextDirty(dirty, 0, end);
       for (; i < end; i = all ? i + 1 : NextDirty(dirty, i + 1, end)) {
+        if (dirty[i] == kFree) continue;
         dirty[i] = state;
         fn(base + i);
       }
@@ -254,6 +291,9 @@ class EmbeddingTable {
   std::mutex alloc_mu_;                  // guards row allocation, chunk creation and keys_
   std::unique_ptr<KeyArena> keys_;       // guarded by alloc_mu_ (appends only)
   uint32_t next_row_ = 0;                // guarded by alloc_mu_
+  std::vector<uint32_t> free_rows_;      // reclaimed rows; guarded by alloc_mu_
+  std::atomic<uint32_t> removed_{0};     // removed rows not reused yet
+  bool touched_ = false;
   std::atomic<uint32_t> ready_rows_{0};  // rows whose key and values are set
   Export export_;                        // set by BeginExport (no writer running)
 };

@@ -14,6 +14,76 @@
 
 namespace recstream::learner {
 
+TEST_CASE("EmbeddingTable removes ids and reuses their rows", "[EmbeddingTable][expiry]") {
+  EmbeddingTable table("user", 4, 3, 0.1f, 0.0f, 7);
+  std::vector<uint32_t> rows;
+  for (int i = 0; i < 1000; ++i)
+    rows.push_back(table.GetOrCreate("visitor-number-" + std::to_string(i)));  // long ids
+  table.ForEachDirty(false, [](uint32_t) {});
+  // Remove every other id: gone from the index, not exported, not counted.
+  for (int i = 0; i < 1000; i += 2)
+    CHECK(table.Remove("visitor-number-" + std::to_string(i)) == rows[size_t(i)]);
+  CHECK(table.Remove("visitor-number-0") == EmbeddingTable::kNoRow);
+  CHECK(table.Find("visitor-number-0") == EmbeddingTable::kNoRow);
+  CHECK(table.Find("visitor-number-1") == rows[1]);
+  CHECK(table.live_size() == 500);
+  CHECK_FALSE(table.IsLive(rows[0]));
+  std::vector<uint32_t> exported;
+  FloatBuffer dest;
+  table.BeginExport(/*all=*/true, &exported, &dest);
+  table.FinishExport();
+  CHECK(exported.size() == 500);
+  for (uint32_t r : exported) CHECK(table.IsLive(r));
+  // Reclaimed rows (and their ids' memory) go to new ids: the table does
+  // not grow while ids come and go.
+  for (int i = 0; i < 1000; i += 2) table.Reclaim(rows[size_t(i)]);
+  for (int i = 0; i < 500; ++i) table.GetOrCreate("visitor-number-" + std::to_string(5000 + i));
+  CHECK(table.size() == 1000);
+  CHECK(table.live_size() == 1000);
+  for (int i = 0; i < 500; ++i) {
+    const std::string id = "visitor-number-" + std::to_string(5000 + i);
+    const uint32_t r = table.Find(id);
+    REQUIRE(r != EmbeddingTable::kNoRow);
+    CHECK(table.key(r) == id);
+  }
+  for (int i = 1; i < 1000; i += 2) CHECK(table.key(table.Find("visitor-number-" + std::to_string(i))) == "visitor-number-" + std::to_string(i));
+  // A removed id that comes back gets a fresh row with its initial values.
+  EmbeddingTable fresh("user", 4, 3, 0.1f, 0.0f, 7);
+  const uint32_t again = table.GetOrCreate("visitor-number-0");
+  const uint32_t first = fresh.GetOrCreate("visitor-number-0");
+  for (int k = 0; k < 8; ++k) CHECK(table.Row(again)[k] == fresh.Row(first)[k]);
+}
+
+TEST_CASE("EmbeddingTable lookups stay correct while other ids are removed and reused",
+          "[EmbeddingTable][expiry]") {
+  EmbeddingTable table("user", 4, 3, 0.1f, 0.0f, 7);
+  for (int i = 0; i < 2000; ++i) table.GetOrCreate("stable" + std::to_string(i));
+  std::atomic<bool> stop{false};
+  std::atomic<int> wrong{0};
+  std::thread reader([&] {
+    while (!stop.load()) {
+      for (int i = 0; i < 2000; i += 7) {
+        const std::string id = "stable" + std::to_string(i);
+        const uint32_t r = table.Find(id);
+        if (r == EmbeddingTable::kNoRow || table.key(r) != id) wrong.fetch_add(1);
+      }
+    }
+  });
+  // Churn: ids created, removed and reclaimed, many times over.
+  for (int round = 0; round < 50; ++round) {
+    std::vector<uint32_t> removed;
+    for (int i = 0; i < 500; ++i) table.GetOrCreate("churn" + std::to_string(round * 500 + i));
+    for (int i = 0; i < 500; ++i)
+      removed.push_back(table.Remove("churn" + std::to_string(round * 500 + i)));
+    for (uint32_t r : removed) table.Reclaim(r);
+  }
+  stop.store(true);
+  reader.join();
+  CHECK(wrong.load() == 0);
+  CHECK(table.live_size() == 2000);
+  CHECK(table.size() <= 2500);
+}
+
 TEST_CASE("EmbeddingTable gives each distinct id its own row", "[EmbeddingTable]") {
   EmbeddingTable table("user", 4, 3, 0.1f, 0.0f, 7);
   bool created = false;

@@ -72,6 +72,15 @@ class FeatureLists {
     return SetSlow(row, begin, n);
   }
 
+  // Empties the list of `row` without marking it changed (its owner was
+  // removed, and so is the stored list); a pooled slot stays with the row
+  // for its next owner.
+  void Clear(uint32_t row) {
+    Set(row, nullptr, nullptr);
+    if (Chunk* c = chunk(row))
+      std::atomic_ref<uint8_t>(c->dirty[row & kChunkMask]).store(0, std::memory_order_relaxed);
+  }
+
   // Calls fn(row, list) for each row whose list changed since the previous
   // call (every row with a non-empty list when `all`), in row order, and
   // clears the marks. `list` is a const std::vector<uint32_t>&.

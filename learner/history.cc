@@ -50,6 +50,15 @@ void Histories::Get(uint32_t user, std::vector<uint32_t>* out) const {
     out->push_back(ring[1 + (head + cap - size + k) % cap].load(std::memory_order_relaxed));
 }
 
+void Histories::Clear(uint32_t user) {
+  if (capacity_ == 0 || (user >> kChunkBits) >= kMaxChunks) return;
+  Chunk* c = chunks_[user >> kChunkBits].load(std::memory_order_acquire);
+  if (!c) return;
+  const uint32_t i = user & (kChunkRows - 1);
+  Ring(c, i)[0].store(0, std::memory_order_release);
+  c->dirty[i] = 0;
+}
+
 void Histories::Set(uint32_t user, const uint32_t* begin, const uint32_t* end) {
   if (capacity_ == 0 || (user >> kChunkBits) >= kMaxChunks) return;
   const uint32_t cap = uint32_t(capacity_);

@@ -47,6 +47,9 @@ class Histories {
   // Replaces the history of `user` by [begin, end) (its last `capacity`
   // items when longer), oldest first; marks the user dirty.
   void Set(uint32_t user, const uint32_t* begin, const uint32_t* end);
+  // Empties the history of `user` without marking it changed (the user was
+  // removed, and so is the stored history).
+  void Clear(uint32_t user);
   // Calls fn(user) for each user whose history changed since the previous
   // call (every user with a history when `all`), in row order, and clears
   // the marks.

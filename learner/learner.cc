@@ -96,6 +96,7 @@ Status ValidateOptions(const LearnerOptions& o) {
     return bad("model.replay_window must be in [1, 16777216]");
   if (o.history < 0 || o.history > 1000) return bad("model.history must be in [0, 1000]");
   if (o.admit_after < 1 || o.admit_after > 255) return bad("model.admit_after must be in [1, 255]");
+  if (o.expire_user_s < 0) return bad("model.expire.user_s must be >= 0");
   if (o.implicit_negatives < 1 || o.implicit_negatives > 1000)
     return bad("model.implicit_negatives must be in [1, 1000]");
   if (o.negatives < 0 || o.negatives > 100) return bad("model.negatives must be in [0, 100]");
@@ -190,10 +191,13 @@ LearnerStats Learner::Stats() const {
     }
   }
   // The prior rows (admission) are no users or items.
-  s.users = m.users.size() - (m.Prior(0) != EmbeddingTable::kNoRow ? 1 : 0);
+  s.users = m.users.live_size() - (m.Prior(0) != EmbeddingTable::kNoRow ? 1 : 0);
   s.items = m.items.size() - (m.Prior(1) != EmbeddingTable::kNoRow ? 1 : 0);
   s.not_admitted_users = m.not_admitted[0].load(std::memory_order_relaxed);
   s.not_admitted_items = m.not_admitted[1].load(std::memory_order_relaxed);
+  s.expired_users = m.expired_users.load(std::memory_order_relaxed);
+  s.user_rows_allocated = m.users.size();
+  s.event_time_s = m.event_time_s.load(std::memory_order_relaxed);
   s.features = m.user_features.size() + m.item_features.size();
   s.pretrained = m.pretrained ? m.pretrained->size() : 0;
   s.nonfinite_updates_refused = m.refused.load(std::memory_order_relaxed);

@@ -106,6 +106,13 @@ struct LearnerStats {
   // learned through the prior row and features.
   uint64_t not_admitted_users = 0;
   uint64_t not_admitted_items = 0;
+  // Users removed by expiry (LearnerOptions::expire_user_s) since start.
+  uint64_t expired_users = 0;
+  // Memory held for user rows, in rows: live ones, the prior row, and
+  // removed ones waiting to be reused.
+  uint64_t user_rows_allocated = 0;
+  // The latest event time learned, seconds since the Unix epoch (0: none).
+  int64_t event_time_s = 0;
 };
 
 // Row deltas. A row's values are the table's layout (embedding, per-task
@@ -130,6 +137,12 @@ struct FeatureListDelta {
   std::vector<std::vector<std::string>> features;  // parallel to keys
 };
 
+// Ids removed from a table (expiry).
+struct TableDeletion {
+  std::string table;  // "user"
+  std::vector<std::string> keys;
+};
+
 struct ModelSnapshot {
   // Identifies the model's shape; ApplySnapshot refuses a snapshot whose
   // shape differs from the learner's options.
@@ -143,6 +156,13 @@ struct ModelSnapshot {
   std::array<uint64_t, kNumTasks> learned = {0, 0, 0};
   // (user, item) purchases recorded since the previous snapshot.
   std::vector<std::pair<std::string, std::string>> new_purchases;
+  // Ids removed since the previous snapshot (LearnerOptions::expire_user_s),
+  // with everything that was theirs: rows, feature lists, histories, and the
+  // purchases listed in deleted_purchases. Whoever applies a snapshot
+  // applies these first: an id removed and seen again since is in both,
+  // and its new row wins.
+  std::vector<TableDeletion> deleted;
+  std::vector<std::pair<std::string, std::string>> deleted_purchases;
   uint64_t rows() const {
     uint64_t n = 0;
     for (const auto& t : tables) n += t.keys.size();

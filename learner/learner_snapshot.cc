@@ -58,6 +58,10 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
   // already mapped); everything is overwritten.
   Model::PendingSnapshot& p = m.pending_snapshot;
   if (p.active) FinishSnapshot(p.out);  // the previous one was not finished
+  // Rows removed since the previous export can be reused now; this one
+  // must not see them reused until it is finished.
+  m.ReclaimRetired();
+  m.exporting.store(true, std::memory_order_release);
   p.active = true;
   p.out = out;
   std::vector<TableDelta> old_tables = std::move(out->tables);
@@ -66,6 +70,12 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
   p.retired_purchases = std::move(out->new_purchases);
   *out = ModelSnapshot();
   out->shape = m.shape.Describe();
+  if (!m.deleted_users.empty()) {
+    out->deleted.push_back({"user", std::move(m.deleted_users)});
+    m.deleted_users.clear();
+  }
+  out->deleted_purchases = std::move(m.deleted_purchases);
+  m.deleted_purchases.clear();
   const std::vector<EmbeddingTable*> tables = m.all_tables();
   p.rows.resize(tables.size());
   out->tables.reserve(tables.size());
@@ -231,6 +241,7 @@ void Learner::FinishSnapshot(ModelSnapshot* out) {
   out->new_purchases.reserve(p.purchases.size());
   for (auto [u, i] : p.purchases) out->new_purchases.emplace_back(m.users.key(u), m.items.key(i));
   p.active = false;
+  m.exporting.store(false, std::memory_order_release);
 }
 
 Status Learner::ImportPretrained(std::string_view item, std::span<const float> vec) {
@@ -330,6 +341,14 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
   if (snap.shape != m.shape.Describe())
     return Status::Corruption("snapshot is of model shape '" + snap.shape +
                               "' but the options give '" + m.shape.Describe() + "'");
+  // Deletions first: an id removed and seen again since is in both.
+  for (const TableDeletion& d : snap.deleted) {
+    if (d.table != "user") return Status::Corruption("deletion of unknown table '" + d.table + "'");
+    for (const std::string& key : d.keys) {
+      const uint32_t row = m.users.Find(key);
+      if (row != EmbeddingTable::kNoRow) m.RemoveUser(row, false);
+    }
+  }
   for (const TableDelta& delta : snap.tables) RECSTREAM_RETURN_IF_ERROR(ApplyRows(delta));
   for (const FeatureListDelta& delta : snap.feature_lists) {
     RECSTREAM_RETURN_IF_ERROR(CheckLists(delta));

@@ -1440,3 +1440,93 @@ TEST_CASE("Admission: bad admit_after is refused naming the key", "[Learner][adm
 }
 
 }  // namespace recstream::learner
+
+namespace recstream::learner {
+namespace {
+
+Event At(const std::string& user, const std::string& item, int64_t ts_s,
+         Task task = Task::kClick) {
+  Event e{task, user, item, 1.0f};
+  e.ts_ms = ts_s * 1000;
+  return e;
+}
+
+}  // namespace
+
+TEST_CASE("Expiry removes users not seen for expire_user_s of event time", "[Learner][expiry]") {
+  LearnerOptions o;
+  o.expire_user_s = 100;
+  o.threads = GENERATE(1, 2);
+  auto l = MakeLearner(o);
+  Blend blend;
+  l->Train(std::vector<Event>{At("old", "i1", 1000), At("old", "i2", 1000, Task::kPurchase),
+                              At("late", "i1", 1000)});
+  ModelSnapshot snap;
+  l->TakeSnapshot(true, &snap);  // the store has them
+  l->Train(std::vector<Event>{At("recent", "i1", 1090)});
+  CHECK(l->Stats().users == 3);  // 1000 is within 100 s of 1090
+  // An event out of order (older than the latest) neither moves event time
+  // back nor keeps its user alive past its own time.
+  l->Train(std::vector<Event>{At("late", "i2", 1010), At("recent", "i2", 1201)});
+  CHECK(l->Stats().event_time_s == 1201);
+  CHECK(l->Stats().users == 1);  // old (1000) and late (1010) are over 100 s old
+  CHECK(l->Stats().expired_users == 2);
+  CHECK_FALSE(l->Score("old", "i1", blend).user_known);
+  CHECK(l->Score("recent", "i1", blend).user_known);
+  // A never-seen user and an expired one score alike: the expired one
+  // starts afresh, its history and purchases gone.
+  CHECK(l->Score("old", "i1", blend).prediction.click ==
+        l->Score("stranger", "i1", blend).prediction.click);
+  for (const Recommendation& r : l->Recommend("old", 5, true, blend)) CHECK(r.item != "");
+
+  // The next snapshot carries the deletions, purchases included.
+  ModelSnapshot delta;
+  l->TakeSnapshot(false, &delta);
+  REQUIRE(delta.deleted.size() == 1);
+  std::vector<std::string> gone = delta.deleted[0].keys;
+  std::sort(gone.begin(), gone.end());
+  CHECK(gone == std::vector<std::string>{"late", "old"});
+  CHECK(delta.deleted_purchases == std::vector<std::pair<std::string, std::string>>{{"old", "i2"}});
+  for (const TableDelta& t : delta.tables)
+    for (const std::string& k : t.keys) CHECK((t.table != "user" || (k != "old" && k != "late")));
+  // Applied elsewhere (a replica, a restore), it removes them there too.
+  auto other = MakeLearner(o);
+  REQUIRE(other->ApplySnapshot(snap).ok());
+  CHECK(other->Score("old", "i1", blend).user_known);
+  REQUIRE(other->ApplySnapshot(delta).ok());
+  CHECK_FALSE(other->Score("old", "i1", blend).user_known);
+  CHECK(other->Stats().users == l->Stats().users);
+
+  // A user who returns gets a row again, and the next snapshot has it.
+  l->Train(std::vector<Event>{At("old", "i3", 1202)});
+  CHECK(l->Score("old", "i1", blend).user_known);
+  ModelSnapshot back;
+  l->TakeSnapshot(false, &back);
+  CHECK(back.deleted.empty());
+  bool has_old = false;
+  for (const TableDelta& t : back.tables)
+    for (const std::string& k : t.keys) has_old |= t.table == "user" && k == "old";
+  CHECK(has_old);
+}
+
+TEST_CASE("Expiry keeps memory flat while users come and go", "[Learner][expiry]") {
+  LearnerOptions o;
+  o.expire_user_s = 60;
+  o.threads = 1;
+  auto l = MakeLearner(o);
+  // 200 rounds of 100 new users, a minute apart: about two rounds are alive
+  // at any time; their rows are reused.
+  for (int round = 0; round < 200; ++round) {
+    std::vector<Event> events;
+    for (int u = 0; u < 100; ++u)
+      events.push_back(At("visitor" + std::to_string(round * 100 + u), "i" + std::to_string(u % 7),
+                          1000 + 60 * round));
+    l->Train(events);
+  }
+  const LearnerStats s = l->Stats();
+  CHECK(s.users <= 300);
+  CHECK(s.expired_users >= 19700);
+  CHECK(s.user_rows_allocated <= 400);
+}
+
+}  // namespace recstream::learner

@@ -42,6 +42,7 @@ Model::Model(const LearnerOptions& o)
       weighting(o) {
   for (auto& n : saw_negative) n.store(false);
   if (o.admit_after > 1) admission = std::make_unique<AdmissionSketch>();
+  if (o.expire_user_s > 0) users.TrackTouches();
   for (auto& r : recent) r.store(kNoEntry, std::memory_order_relaxed);
   for (auto& c : recent_count) c.store(0, std::memory_order_relaxed);
   log_table.resize(kLogTable + 1);
@@ -136,6 +137,57 @@ void Model::Rows(uint32_t r, const std::vector<std::string>& features, Embedding
   }
   for (const auto& f : features) rows->push_back(side.GetOrCreate(f));
   if (lists.Set(r, rows->data() + at + 1, rows->data() + rows->size())) main.MarkDirty(r);
+}
+
+void Model::RemoveUser(uint32_t row, bool record) {
+  const std::string key(users.key(row));
+  if (users.Remove(key) != row) return;
+  user_lists.Clear(row);
+  histories.Clear(row);
+  {
+    std::unique_lock lock(purchases_mu);
+    if (auto it = purchases.find(row); it != purchases.end()) {
+      if (record)
+        for (uint32_t item : it->second) deleted_purchases.emplace_back(key, items.key(item));
+      purchases.erase(it);
+    }
+    // Purchases not exported yet refer to the row by number.
+    std::erase_if(new_purchases, [&](const auto& p) { return p.first == row; });
+  }
+  if (record) {
+    deleted_users.push_back(key);
+    retired_users.push_back(row);
+    expired_users.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    users.Reclaim(row);
+  }
+}
+
+void Model::ReclaimRetired() {
+  if (exporting.load(std::memory_order_acquire)) return;
+  for (uint32_t row : retired_users) users.Reclaim(row);
+  retired_users.clear();
+}
+
+void Model::ExpireStep(size_t budget) {
+  const int64_t now = event_time_s.load(std::memory_order_relaxed);
+  const int64_t horizon = now - options.expire_user_s;
+  ReclaimRetired();
+  const uint32_t n = users.size();
+  if (n == 0 || now <= 0) return;
+  const uint32_t prior = Prior(0);
+  for (size_t k = 0; k < std::min<size_t>(budget, n); ++k) {
+    if (expire_cursor >= n) expire_cursor = 0;
+    const uint32_t row = expire_cursor++;
+    if (row == prior || !users.IsLive(row)) continue;
+    const uint32_t t = users.touched(row);
+    if (t == 0) {
+      // Restored (times are not stored): touched as of now.
+      users.Touch(row, uint32_t(now));
+    } else if (int64_t(t) < horizon) {
+      RemoveUser(row, true);
+    }
+  }
 }
 
 }  // namespace recstream::learner

@@ -320,6 +320,29 @@ struct Model {
   // Events whose user (0) or item (1) was not admitted yet.
   std::array<std::atomic<uint64_t>, 2> not_admitted{0, 0};
 
+  // Expiry (LearnerOptions::expire_user_s > 0). The latest event time
+  // learned (s); written by the training thread after each Train call.
+  std::atomic<int64_t> event_time_s{0};
+  // Checks up to `budget` user rows (from where the previous call stopped)
+  // and removes those not touched within expire_user_s of event_time_s.
+  // Training thread, between Train calls.
+  void ExpireStep(size_t budget);
+  // Removes user row `row` (its id, feature list, history and purchases).
+  // With `record`, the next snapshot carries the deletion (a trainer);
+  // without, the row is reclaimed at once (applying another's deletion).
+  void RemoveUser(uint32_t row, bool record);
+  // Reclaims removed rows once no export can refer to them (training
+  // thread, no export under way).
+  void ReclaimRetired();
+  uint32_t expire_cursor = 0;                 // training thread
+  std::vector<uint32_t> retired_users;        // removed, not reclaimed yet
+  std::vector<std::string> deleted_users;     // since the last snapshot
+  std::vector<std::pair<std::string, std::string>> deleted_purchases;  // ditto
+  std::atomic<uint64_t> expired_users{0};
+  // True from BeginSnapshot until its FinishSnapshot: the export's lists
+  // refer to rows, which must not be reused meanwhile.
+  std::atomic<bool> exporting{false};
+
   std::array<std::atomic<uint64_t>, kNumTasks> learned;
   std::atomic<uint64_t> refused{0};
   // Snapshots and row blocks applied (ApplySnapshot, ApplyRows, ApplyLists):

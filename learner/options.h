@@ -131,6 +131,17 @@ struct LearnerOptions {
   // not kept. 1 (default): every id gets a row at once, and there is no
   // prior row. Side features always get rows at once.
   int admit_after = 1;
+  // Expiry (model.expire.user_s): a user row not touched by an event for
+  // this many seconds of event time (the events' ts; "now" is the latest ts
+  // learned, so a late event never moves it back) is removed with its
+  // feature list, history and purchases: from memory (its memory is reused
+  // by later ids), and from the store and replicas through the next
+  // snapshot's deletions. Rows are checked incrementally after each Train
+  // call, a slice of the table at a time (no pause of training or
+  // serving). A removed user who returns starts afresh. A restored row
+  // counts as touched when expiry first looks at it after the restore (its
+  // time is not stored). 0 (default) keeps rows forever.
+  int64_t expire_user_s = 0;
   // Experience replay: after each event, this many events drawn uniformly
   // from the last replay_window events are learned again (with the side
   // features their user and item have now). More passes over recent data

@@ -307,6 +307,7 @@ void Trainer::ResolveChunk(std::span<const Event> events, bool stage, TrainState
     if (i + kSlotAhead < n) prefetch_slots(i + kSlotAhead);
     if (i + kRowAhead < n) prefetch_rows(i + kRowAhead);
     const uint32_t u = m_.Admit(0, e.user), v = m_.Admit(1, e.item);
+    if (m_.users.tracks_touches() && e.ts_ms > 0) m_.users.Touch(u, uint32_t(e.ts_ms / 1000));
     s->chunk_main[2 * i] = u;
     s->chunk_main[2 * i + 1] = v;
     m_.user_lists.Prefetch(u);
@@ -648,6 +649,7 @@ void Trainer::Replay(const Event& e, uint32_t user_row, uint32_t item_row, Train
     const uint64_t pair = replay_pairs[at].load(std::memory_order_relaxed);
     const uint64_t tl = replay_labels[at].load(std::memory_order_relaxed);
     if (pair == kNoPair || (tl >> 32) >= uint64_t(kNumTasks)) continue;
+    if (!m_.users.IsLive(uint32_t(pair >> 32))) continue;  // expired since
     float label;
     const uint32_t bits = uint32_t(tl);
     std::memcpy(&label, &bits, 4);
@@ -780,6 +782,7 @@ void Trainer::Train(std::span<const Event> events, std::vector<Prediction>* befo
     });
     MergeStaged();
   }
+  int64_t latest_ms = 0;
   // The negative ring and the histories, in event order, on this thread:
   // the same for any number of threads, and no cache line of the ring
   // moves between cores during the call (the call's events learned from
@@ -787,6 +790,7 @@ void Trainer::Train(std::span<const Event> events, std::vector<Prediction>* befo
   for (size_t i = 0; i < events.size(); ++i) {
     const Event& e = events[i];
     const uint32_t user_row = uint32_t(event_rows[i] >> 32), item_row = uint32_t(event_rows[i]);
+    if (e.ts_ms > 0) latest_ms = std::max(latest_ms, e.ts_ms);
     // A prior row stands for ids not admitted yet: it is no item to draw
     // as a negative, and keeps no history.
     if (m_.IsPrior(1, item_row)) continue;
@@ -795,6 +799,11 @@ void Trainer::Train(std::span<const Event> events, std::vector<Prediction>* befo
         !m_.IsPrior(0, user_row))
       m_.histories.Push(user_row, item_row);
   }
+  // Expiry: event time moves forward only; a slice of the users is checked
+  // after each call (Model::ExpireStep).
+  if (latest_ms / 1000 > m_.event_time_s.load(std::memory_order_relaxed))
+    m_.event_time_s.store(latest_ms / 1000, std::memory_order_relaxed);
+  if (options.expire_user_s > 0) m_.ExpireStep(std::max<size_t>(4096, 4 * events.size()));
 }
 
 void Trainer::ParallelFor(size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn) {

@@ -59,6 +59,7 @@ struct ModelFollower::Impl {
     bool caught_up = false;
     mr::Version skip_until;  // versions up to this one are in the snapshot
     mr::Version applied;     // the last version applied (or the snapshot's)
+    std::vector<std::string> tombstones;  // keys waiting for their version
     // The version being collected.
     mr::Version open;
     uint64_t count = 0;     // its records so far
@@ -89,6 +90,9 @@ struct ModelFollower::Impl {
   Status EnsureLearner(const std::string& settings);
   Status FetchSnapshot(const std::string& url, mr::Version* version);
   void Handle(Part& p, const RdKafka::Message& m);
+  // Moves the tombstones waiting in p into the open version (they come
+  // before `m`, its first record with a header).
+  void AddTombstones(Part& p, const RdKafka::Message& m);
   void ApplyOpen(Part& p, const mr::Commit* commit);
   void DropOpen(Part& p, const char* why);
   void CheckReady();
@@ -306,13 +310,29 @@ void ModelFollower::Impl::ApplyOpen(Part& p, const mr::Commit* commit) {
   applied_any = true;
 }
 
+void ModelFollower::Impl::AddTombstones(Part& p, const RdKafka::Message& m) {
+  for (const std::string& key : p.tombstones) {
+    ++p.count;
+    if (Status s = p.builder.AddTombstone(key); !s.ok()) {
+      p.broken = true;
+      Update([](FollowerStats& st) { ++st.bad_records; });
+      spdlog::warn("replica: skipped a tombstone before {}/{} offset {}: {}", options.topic,
+                   p.partition, m.offset(), s.ToString());
+    }
+  }
+  p.tombstones.clear();
+}
+
 void ModelFollower::Impl::Handle(Part& p, const RdKafka::Message& m) {
   const std::string_view key =
       m.key() != nullptr ? std::string_view(*m.key()) : std::string_view();
   if (m.payload() == nullptr) {
-    // A tombstone: the key's row was removed on the trainer. Row removal
-    // comes with expiry; until then nothing is removed here.
+    // A tombstone: a deletion (expiry) of the version being read, applied
+    // with it.
     Update([](FollowerStats& st) { ++st.tombstones; });
+    // Tombstones carry no version: they wait for the record after them,
+    // which tells which version they belong to.
+    p.tombstones.emplace_back(key);
     return;
   }
   const std::string_view value(static_cast<const char*>(m.payload()), m.len());
@@ -330,7 +350,10 @@ void ModelFollower::Impl::Handle(Part& p, const RdKafka::Message& m) {
     if (p.count > 0) p.broken = true;
     return;
   }
-  if (h.version <= p.skip_until) return;  // in the snapshot already
+  if (h.version <= p.skip_until) {  // in the snapshot already
+    p.tombstones.clear();
+    return;
+  }
   // Reading a whole partition up to where it ended at start: compaction may
   // have removed records and commits of old versions, so what is read is
   // applied as it is (the latest record of each key).
@@ -339,6 +362,7 @@ void ModelFollower::Impl::Handle(Part& p, const RdKafka::Message& m) {
     if (h.version != p.open && p.count > 0 && !compacted_bootstrap)
       DropOpen(p, "its commit never came");
     if (p.open != h.version) p.open = h.version;
+    AddTombstones(p, m);
     if ((p.broken || p.count != commit.records) && !compacted_bootstrap) {
       if (p.count != commit.records && p.count == 0 && m.offset() < p.low + int64_t(commit.records)) {
         // The version began before the partition's retained start: it
@@ -391,6 +415,7 @@ void ModelFollower::Impl::Handle(Part& p, const RdKafka::Message& m) {
     if (p.count > 0 && !compacted_bootstrap) DropOpen(p, "its commit never came");
     p.open = h.version;
   }
+  AddTombstones(p, m);
   ++p.count;
   s = p.builder.AddTopicRecord(key, h, payload);
   if (!s.ok()) {
@@ -447,6 +472,7 @@ void ModelFollower::Impl::Resync(int partition, const std::string& base) {
   Update([](FollowerStats& st) { ++st.resyncs; });
   Part& p = parts[partition];
   DropOpen(p, "the topic dropped records before they were read");
+  p.tombstones.clear();
   for (;;) {
     if (stop.load()) return;
     if (base.empty()) {

@@ -120,6 +120,7 @@ Status ModelPublisher::Publish(const learner::ModelSnapshot& snapshot, bool full
   d.first_error.clear();
   const bool heartbeat = !full && !d.last_failed && snapshot.rows() == 0 &&
                          snapshot.feature_lists.empty() && snapshot.new_purchases.empty() &&
+                         snapshot.deleted.empty() && snapshot.deleted_purchases.empty() &&
                          snapshot.learned == d.last_learned;
   mr::Commit commit;
   commit.version = d.next;
@@ -132,9 +133,11 @@ Status ModelPublisher::Publish(const learner::ModelSnapshot& snapshot, bool full
   Status s = mr::ForEachModelRecord(
       snapshot, commit, heartbeat, [&](std::string_view key, std::string_view value) -> Status {
         for (;;) {
+          // An empty value is a tombstone: Kafka's null value.
           RdKafka::ErrorCode err = d.producer->produce(
               d.options.topic, d.options.partition, RdKafka::Producer::RK_MSG_COPY,
-              const_cast<char*>(value.data()), value.size(), key.data(), key.size(), 0, nullptr);
+              value.empty() ? nullptr : const_cast<char*>(value.data()), value.size(), key.data(),
+              key.size(), 0, nullptr);
           if (err == RdKafka::ERR_NO_ERROR) break;
           if (err != RdKafka::ERR__QUEUE_FULL || Clock::now() >= deadline || d.aborted.load())
             return Status::IOError("producing to " + d.options.topic + ": " +

@@ -688,6 +688,13 @@ HttpResponse Api::Stats() const {
   w.Key("refused_user_events").Uint(ls.not_admitted_users);
   w.Key("refused_item_events").Uint(ls.not_admitted_items);
   w.EndObject();
+  // Expiry (model.expire.user_s): users removed since start, and the event
+  // time expiry measures from.
+  w.Key("expiry").BeginObject();
+  w.Key("user_s").Int(learner_ != nullptr ? learner_->options().expire_user_s : 0);
+  w.Key("expired_users").Uint(ls.expired_users);
+  w.Key("event_time_s").Int(ls.event_time_s);
+  w.EndObject();
   w.Key("blend").BeginObject();
   w.Key("click").Float(blend_.click).Key("purchase").Float(blend_.purchase);
   w.Key("rating").Float(blend_.rating);
@@ -984,6 +991,9 @@ HttpResponse Api::Metrics() const {
            static_cast<double>(ls.not_admitted_users));
   p.Sample("recstream_admission_refused_total", {"table", "item"},
            static_cast<double>(ls.not_admitted_items));
+  p.Header("recstream_expired_rows_total", "counter",
+           "Rows removed by expiry (model.expire.*) since start.");
+  p.Sample("recstream_expired_rows_total", {"table", "user"}, static_cast<double>(ls.expired_users));
   p.Header("recstream_nonfinite_updates_refused_total", "counter",
            "Updates refused because they would have written NaN or infinity.");
   p.Sample("recstream_nonfinite_updates_refused_total",

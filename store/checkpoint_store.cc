@@ -371,6 +371,7 @@ struct CheckpointStore::Impl {
     struct Entry {
       std::string_view key, value;
       size_t order;
+      bool del = false;  // a deletion (expiry): a tombstone in the file
     };
     // Keys, and values that do not point into the snapshot, are copied into
     // the arena: every view stays valid until the files are written.
@@ -383,7 +384,13 @@ struct CheckpointStore::Impl {
           {arena.Copy(key), value_stable ? value : arena.Copy(value), entries.size()});
       return Status::OK();
     };
-    Status encoded = codec::ForEachRecord(snapshot, new_offsets, add);
+    // Deletions first: of equal keys the last added wins (an id removed
+    // and seen again since is in both).
+    Status encoded = codec::ForEachDeletedKey(snapshot, [&](std::string_view key) {
+      entries.push_back({arena.Copy(key), std::string_view(), entries.size(), true});
+      return Status::OK();
+    });
+    if (encoded.ok()) encoded = codec::ForEachRecord(snapshot, new_offsets, add);
     if (!encoded.ok()) return rocksdb::Status::InvalidArgument(encoded.ToString());
     std::string info_value(codec::kInfoSize, '\0');
     entries.push_back({kInfoKey, info_value, entries.size()});
@@ -443,8 +450,9 @@ struct CheckpointStore::Impl {
       rocksdb::Status s = writer.Open(paths[f]);
       for (size_t i = begin; i < end && s.ok(); ++i) {
         const Entry& e = entries[i];
-        s = writer.Put(rocksdb::Slice(e.key.data(), e.key.size()),
-                       rocksdb::Slice(e.value.data(), e.value.size()));
+        s = e.del ? writer.Delete(rocksdb::Slice(e.key.data(), e.key.size()))
+                  : writer.Put(rocksdb::Slice(e.key.data(), e.key.size()),
+                               rocksdb::Slice(e.value.data(), e.value.size()));
       }
       if (s.ok()) s = writer.Finish();  // also syncs the file
       built[f] = s;
@@ -718,6 +726,15 @@ rocksdb::Status CheckpointStore::Impl::WriteBatchOf(const learner::ModelSnapshot
       s = batch.DeleteRange(ToSlice(prefix), end);
       if (!s.ok()) break;
     }
+  }
+  if (s.ok()) {
+    // Deletions (expiry) first, in the same batch: the checkpoint removes
+    // them atomically with everything else.
+    Status deleted = codec::ForEachDeletedKey(snapshot, [&](std::string_view key) {
+      rocksdb::Status del = batch.Delete(ToSlice(key));
+      return del.ok() ? Status::OK() : FromRocks(del, "encoding checkpoint");
+    });
+    if (!deleted.ok()) s = rocksdb::Status::InvalidArgument(deleted.ToString());
   }
   if (s.ok()) {
     Status encoded = codec::ForEachRecord(

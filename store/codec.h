@@ -132,6 +132,15 @@ Status DecodeOffset(std::string_view rest, std::string_view value, TopicPartitio
 template <typename Emit>
 Status ForEachRecord(const learner::ModelSnapshot& snapshot, const OffsetMap& offsets, Emit&& emit);
 
+// Calls fn(key) for every key the snapshot's deletions remove (expiry):
+// per removed id its row, its feature list and, for a user, its history;
+// then each deleted purchase. A writer applies these before the records of
+// ForEachRecord (an id removed and seen again since is in both). `key` is
+// valid only during the call. Stops at, and returns, the first non-OK
+// status of `fn`.
+template <typename Fn>
+Status ForEachDeletedKey(const learner::ModelSnapshot& snapshot, Fn&& fn);
+
 }  // namespace recstream::store::codec
 
 #include "store/codec_inl.h"  // IWYU pragma: keep

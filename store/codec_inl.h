@@ -46,4 +46,29 @@ Status ForEachRecord(const learner::ModelSnapshot& snapshot, const OffsetMap& of
   return Status::OK();
 }
 
+template <typename Fn>
+Status ForEachDeletedKey(const learner::ModelSnapshot& snapshot, Fn&& fn) {
+  std::string key;
+  for (const learner::TableDeletion& d : snapshot.deleted) {
+    for (const std::string& id : d.keys) {
+      key.clear();
+      AppendRowKey(&key, d.table, id);
+      RECSTREAM_RETURN_IF_ERROR(fn(std::string_view(key)));
+      key.clear();
+      AppendFeatureListKey(&key, d.table, id);
+      RECSTREAM_RETURN_IF_ERROR(fn(std::string_view(key)));
+      if (d.table == "user") {
+        key.clear();
+        AppendFeatureListKey(&key, "user_history", id);
+        RECSTREAM_RETURN_IF_ERROR(fn(std::string_view(key)));
+      }
+    }
+  }
+  for (const auto& [user, item] : snapshot.deleted_purchases) {
+    const std::string k = PurchaseKey(user, item);
+    RECSTREAM_RETURN_IF_ERROR(fn(std::string_view(k)));
+  }
+  return Status::OK();
+}
+
 }  // namespace recstream::store::codec

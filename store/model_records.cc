@@ -260,6 +260,30 @@ Status SnapshotBuilder::AddTopicRecord(std::string_view key, const Header& heade
   return Status::OK();
 }
 
+Status SnapshotBuilder::AddTombstone(std::string_view key) {
+  if (key.starts_with(codec::kRowPrefix)) {
+    std::string_view table, id;
+    RECSTREAM_RETURN_IF_ERROR(codec::DecodeRowKey(key.substr(codec::kRowPrefix.size()), &table, &id));
+    auto it = std::find_if(building_.deleted.begin(), building_.deleted.end(),
+                           [&](const learner::TableDeletion& d) { return d.table == table; });
+    if (it == building_.deleted.end())
+      it = building_.deleted.insert(building_.deleted.end(), {std::string(table), {}});
+    it->keys.emplace_back(id);
+    ++pending_;
+    return Status::OK();
+  }
+  if (key.starts_with(codec::kPurchasePrefix)) {
+    std::string user, item;
+    RECSTREAM_RETURN_IF_ERROR(
+        codec::DecodePurchaseKey(key.substr(codec::kPurchasePrefix.size()), &user, &item));
+    building_.deleted_purchases.emplace_back(std::move(user), std::move(item));
+    ++pending_;
+    return Status::OK();
+  }
+  if (key.starts_with(codec::kFeatureListPrefix)) return Status::OK();  // goes with its row
+  return Status::Corruption("tombstone of an unknown key");
+}
+
 bool SnapshotBuilder::Take(learner::ModelSnapshot* out) {
   const bool any = pending_ > 0 || !building_.dense.empty();
   building_.shape = shape_;

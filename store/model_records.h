@@ -23,7 +23,10 @@
 // Every value begins with a 20-byte header: the magic bytes 'R' 'M', the
 // format (kFormat), the kind (Kind), the version's generation u64 and
 // sequence u64. All integers and floats are little-endian (store/codec.h).
-// A record without a value (a Kafka tombstone) deletes its key.
+// A record without a value (a Kafka tombstone) deletes its key: a removed
+// id's row ("r/..."), feature list and history ("f/..."), or a purchase
+// ("p/..."). Tombstones belong to the version whose records surround them
+// and count among its records.
 //
 // A reader applies a version only once its commit has arrived and the
 // number of records it saw matches the commit's count, so it never serves
@@ -101,7 +104,8 @@ Status DecodeCommit(const Header& header, std::string_view payload, Commit* comm
 
 // Calls emit(key, value) for every record of `snapshot` as commit.version,
 // then for `commit` itself, its count of records and its counters filled
-// in. With `heartbeat`, only the commit is sent (0 records). key and value
+// in. The snapshot's deletions come first, each as a tombstone: an empty
+// value (every other value has a header), sent to Kafka as a null one. With `heartbeat`, only the commit is sent (0 records). key and value
 // are valid only during the call. Stops at, and returns, the first non-OK
 // status of `emit`.
 template <typename Emit>
@@ -151,6 +155,10 @@ class SnapshotBuilder {
   // kept until a block's chunks are all here (of one version). Commits are
   // not records: pass them to nobody.
   Status AddTopicRecord(std::string_view key, const Header& header, std::string_view payload);
+  // A tombstone's key: a deletion of the snapshot (rows: TableDeletion;
+  // purchases: deleted_purchases; feature lists and histories go with
+  // their row). Corruption for a key of no known kind.
+  Status AddTombstone(std::string_view key);
   // Moves what was added since the last Take into *out (replacing it); the
   // shape is the latest one seen. True when anything was added.
   bool Take(learner::ModelSnapshot* out);

@@ -21,6 +21,12 @@ Status ForEachModelRecord(const learner::ModelSnapshot& snapshot, Commit commit,
   }
   std::string value;
   std::string key;
+  // Deletions first, as tombstones (an empty value; Kafka: a null one).
+  RECSTREAM_RETURN_IF_ERROR(codec::ForEachDeletedKey(snapshot, [&](std::string_view k) -> Status {
+    RECSTREAM_RETURN_IF_ERROR(emit(k, std::string_view()));
+    ++count;
+    return Status::OK();
+  }));
   Status s = codec::ForEachRecord(
       snapshot, OffsetMap(),
       [&](std::string_view k, std::string_view v, bool) -> Status {
