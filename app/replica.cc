@@ -60,6 +60,7 @@ struct Replica::Impl : public serve::ServiceHooks {
     st.replica_snapshot_records = fs.snapshot_records;
     st.replica_resyncs = fs.resyncs;
     st.replica_gaps = fs.gaps;
+    st.replica_tombstones = fs.tombstones;
     st.replica_bootstrap_s = fs.bootstrap_s;
     if (const learner::Learner* l = follower->learner()) {
       const learner::LearnerStats ls = l->Stats();

@@ -561,6 +561,7 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
     }
   }
   const learner::LearnerStats stats = learner->Stats();
+  report->model = stats;
   for (Task t : learner::kAllTasks) report->task_weights[int(t)] = stats.tasks[int(t)].loss_weight;
   if (options.weight_every > 0 && report->events > 0 &&
       (report->weight_history.empty() || report->weight_history.back().events != report->events))
@@ -678,6 +679,13 @@ std::string ReportJson(const EvalReport& r) {
     }
     fmt::format_to(app, "}}");
   }
+  // Extension: the model's size at the end (memory: expiry, admission).
+  fmt::format_to(app,
+                 ",\n  \"model\": {{\"users\": {}, \"items\": {}, \"features\": {}, "
+                 "\"user_rows_allocated\": {}, \"expired_users\": {}, "
+                 "\"refused_user_events\": {}, \"refused_item_events\": {}}}",
+                 r.model.users, r.model.items, r.model.features, r.model.user_rows_allocated,
+                 r.model.expired_users, r.model.not_admitted_users, r.model.not_admitted_items);
   fmt::format_to(app, "\n}}");
   return fmt::to_string(out);
 }

@@ -164,6 +164,8 @@ struct EvalReport {
   std::array<TaskReport, learner::kNumTasks> cold;
   uint32_t cold_item_events = 0;
   uint64_t pretrained_items = 0;
+  // The model at the end of the run (rows, expiry, admission).
+  learner::LearnerStats model;
 };
 
 // Runs the evaluation over `events` (JSONL). InvalidArgument for bad options

@@ -758,6 +758,7 @@ HttpResponse Api::Stats() const {
     w.Key("snapshot_records").Uint(st.replica_snapshot_records);
     w.Key("resyncs").Uint(st.replica_resyncs);
     w.Key("gaps").Uint(st.replica_gaps);
+    w.Key("tombstones").Uint(st.replica_tombstones);
     w.Key("bootstrap_s").Double(st.replica_bootstrap_s);
     w.EndObject();
   }

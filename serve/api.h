@@ -103,6 +103,7 @@ struct ServiceStatus {
   uint64_t replica_snapshot_records = 0;
   uint64_t replica_resyncs = 0;
   uint64_t replica_gaps = 0;
+  uint64_t replica_tombstones = 0;
   double replica_bootstrap_s = 0;
 };
 

@@ -311,6 +311,58 @@ TEST_CASE("CheckpointStore: deltas accumulate onto the full snapshot", "[store]"
   RequireSameModel(*model, *restored2);
 }
 
+TEST_CASE("CheckpointStore: expired users are deleted in the checkpoint and stay deleted",
+          "[store][expiry]") {
+  const size_t ingest = GENERATE(kIngestDefault, size_t{0});
+  LearnerOptions options = SmallModel();
+  options.expire_user_s = 100;
+  TempDir dir;
+  const std::string path = dir.Sub("db");
+  auto model = NewLearner(options);
+  auto events = MakeEvents(300, 5);  // ts 1.7e12 ms: the users' time
+  model->Train(events);
+  ModelSnapshot full;
+  model->TakeSnapshot(true, &full);
+  auto store = OpenStore(path, true, ingest);
+  REQUIRE(store->Write(full, {{kClick0, 300}}, nullptr).ok());
+  // Later events of two users only: every other user expires, with its
+  // lists, history and purchases.
+  std::vector<Event> later;
+  for (int k = 0; k < 20; ++k) {
+    Event e = events[size_t(k)];
+    e.user = k % 2 ? "stayer" : "newcomer";
+    e.ts_ms += 1'000'000;  // 1000 s later
+    later.push_back(e);
+  }
+  model->Train(later);
+  REQUIRE(model->Stats().users == 2);
+  ModelSnapshot delta;
+  model->TakeSnapshot(false, &delta);
+  REQUIRE_FALSE(delta.deleted.empty());
+  REQUIRE_FALSE(delta.deleted_purchases.empty());
+  REQUIRE(store->Write(delta, {{kClick0, 320}}, nullptr).ok());
+  store.reset();
+
+  store = OpenStore(path, true, ingest);
+  OffsetMap offsets;
+  CheckpointInfo info;
+  auto restored = Restore(store.get(), options, &offsets, &info);
+  CHECK(restored->Stats().users == 2);
+  CHECK_FALSE(restored->Score(User(0), Item(0), learner::Blend()).user_known);
+  CHECK(restored->Score("stayer", Item(0), learner::Blend()).user_known);
+  // Nothing of the expired users is left in the store: no row, list,
+  // history or purchase.
+  ModelSnapshot loaded;
+  REQUIRE(store->Load(&loaded, nullptr, nullptr).ok());
+  for (const auto& t : loaded.tables)
+    if (t.table == "user") CHECK(t.keys.size() == 2);
+  for (const auto& l : loaded.feature_lists)
+    if (l.table == "user" || l.table == "user_history")
+      for (const std::string& k : l.keys) CHECK((k == "stayer" || k == "newcomer"));
+  for (const auto& [u, i] : loaded.new_purchases) CHECK((u == "stayer" || u == "newcomer"));
+  RequireSameModel(*model, *restored);
+}
+
 TEST_CASE("CheckpointStore: a streaming load restores the same model as Load", "[store]") {
   const int threads = GENERATE(1, 3);
   // 1: every checkpoint through the WAL; 2: ingested as one file; 3:

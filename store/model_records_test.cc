@@ -176,5 +176,46 @@ TEST_CASE("model records: a compacted topic's rows may come before their width r
   CHECK(back.tables[0].keys == std::vector<std::string>{"u1"});
 }
 
+TEST_CASE("model records: deletions travel as tombstones ahead of the version's records",
+          "[model_records][expiry]") {
+  learner::ModelSnapshot snap = Sample();
+  snap.deleted.push_back({"user", {"gone"}});
+  snap.deleted_purchases.emplace_back("gone", "i9");
+  Commit commit;
+  commit.version = {3, 9};
+  const std::vector<Record> records = Publish(snap, commit);
+  // Row, feature list, history and purchase: four tombstones, first.
+  REQUIRE(records.size() > 4);
+  for (size_t i = 0; i < 4; ++i) CHECK(records[i].value.empty());
+  CHECK_FALSE(records[4].value.empty());
+  SnapshotBuilder builder;
+  Commit read;
+  uint64_t seen = 0;
+  for (const Record& r : records) {
+    ++seen;
+    if (r.value.empty()) {
+      REQUIRE(builder.AddTombstone(r.key).ok());
+      continue;
+    }
+    Header h;
+    std::string_view payload;
+    REQUIRE(DecodeHeader(r.value, &h, &payload).ok());
+    if (h.kind == Kind::kCommit) {
+      --seen;
+      REQUIRE(DecodeCommit(h, payload, &read).ok());
+    } else {
+      REQUIRE(builder.AddTopicRecord(r.key, h, payload).ok());
+    }
+  }
+  CHECK(read.records == seen);  // tombstones count among the records
+  learner::ModelSnapshot back;
+  REQUIRE(builder.Take(&back));
+  REQUIRE(back.deleted.size() == 1);
+  CHECK(back.deleted[0].table == "user");
+  CHECK(back.deleted[0].keys == std::vector<std::string>{"gone"});
+  CHECK(back.deleted_purchases == snap.deleted_purchases);
+  CHECK_FALSE(builder.AddTombstone("x/unknown").ok());
+}
+
 }  // namespace
 }  // namespace recstream::store::model_records

@@ -506,4 +506,49 @@ TEST_CASE("A replica that misses a version snapshots again", "[replica]") {
   CHECK(Matches(tport, rport));
 }
 
+TEST_CASE("Users expired on the trainer are removed from replicas", "[replica][expiry]") {
+  testing::TempDir dir;
+  std::unique_ptr<ingest::EmbeddedKafka> kafka;
+  REQUIRE(ingest::EmbeddedKafka::Start(1, 3, ingest::TopicNames{}, &kafka).ok());
+  config::AppConfig cfg = TrainerConfig(kafka->bootstrap(), dir.path() + "/store");
+  cfg.learner.expire_user_s = 3600;
+  std::unique_ptr<app::Service> trainer;
+  REQUIRE(app::Service::Start(cfg, &trainer).ok());
+  const uint16_t tport = PortOf(trainer->http_address());
+  auto replica = StartReplica(kafka->bootstrap());
+  const uint16_t rport = PortOf(replica->http_address());
+  Feed feed(kafka->bootstrap(), 6);  // events stamped now
+  feed.Send(1000);
+  WaitQuiet(tport, feed.sent());
+  REQUIRE(WaitFor([&] { return Ready(rport); }, 15s));
+  REQUIRE(Matches(tport, rport));
+  Json j;
+  REQUIRE(j.Parse(HttpCall(rport, "GET", "/v1/score?user=u7&item=i1").body));
+  REQUIRE(j.Bool("/known/user"));
+  const double users = Number(tport, "/model/users");
+
+  // One event two hours later in event time: every other user expires.
+  const int64_t later_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::system_clock::now().time_since_epoch())
+          .count() +
+      2 * 3600 * 1000;
+  std::unique_ptr<ingest::EventProducer> p;
+  REQUIRE(ingest::EventProducer::Open(kafka->bootstrap(), ingest::TopicNames{}, &p).ok());
+  REQUIRE(p->SendEvent(R"({"type":"click","user":"traveller","item":"i1","label":1,"ts":)" +
+                           std::to_string(later_ms) + "}",
+                       ingest::ParserOptions{})
+              .ok());
+  REQUIRE(p->Flush(5000).ok());
+  WaitQuiet(tport, feed.sent() + 1);
+  REQUIRE(WaitFor([&] { return Number(tport, "/model/users") == 1; }, 15s));
+  CHECK(Number(tport, "/model/expiry/expired_users") == users);
+  // The replica applies the tombstones: same users, same answers.
+  REQUIRE(WaitFor([&] { return Number(rport, "/model/users") == 1; }, 15s));
+  CHECK(Number(rport, "/replica/tombstones") > 0);
+  REQUIRE(j.Parse(HttpCall(rport, "GET", "/v1/score?user=u7&item=i1").body));
+  CHECK_FALSE(j.Bool("/known/user"));
+  CHECK(Matches(tport, rport));
+}
+
 }  // namespace recstream
