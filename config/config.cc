@@ -367,6 +367,12 @@ const std::vector<Key>& KeyTable() {
         "model.expire.user_s", [](auto& c) -> auto& { return c.learner.expire_user_s; }, 0,
         std::numeric_limits<int64_t>::max()));
     t.push_back(IntKey(
+        "model.expire.item_s", [](auto& c) -> auto& { return c.learner.expire_item_s; }, 0,
+        std::numeric_limits<int64_t>::max()));
+    t.push_back(IntKey(
+        "model.expire.feature_s", [](auto& c) -> auto& { return c.learner.expire_feature_s; }, 0,
+        std::numeric_limits<int64_t>::max()));
+    t.push_back(IntKey(
         "model.negatives", [](auto& c) -> auto& { return c.learner.negatives; }, 0, 100));
     t.push_back(IntKey(
         "model.negative_window", [](auto& c) -> auto& { return c.learner.negative_window; }, 1,

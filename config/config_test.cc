@@ -249,6 +249,8 @@ TEST_CASE("Unknown keys and bad values are InvalidArgument naming key, value and
       {"rating.min > rating.max in file", "[rating]\nmin = 6\n", {}, {}, {"rating.min", "6"}},
       {"model.admit_after=0", "", {}, {"model.admit_after=0"}, {"model.admit_after", "0"}},
       {"model.expire.user_s=-1", "", {}, {"model.expire.user_s=-1"}, {"model.expire.user_s", "-1"}},
+      {"model.expire.item_s=-5", "", {}, {"model.expire.item_s=-5"}, {"model.expire.item_s", "-5"}},
+      {"model.expire.feature_s=x", "", {}, {"model.expire.feature_s=x"}, {"model.expire.feature_s"}},
       {"model.expire.user_s not numeric", "[model.expire]\nuser_s = \"a day\"\n", {}, {},
        {"model.expire.user_s"}},
       {"model.admit_after too big", "[model]\nadmit_after = 300\n", {}, {}, {"model.admit_after", "300"}},

@@ -682,10 +682,12 @@ std::string ReportJson(const EvalReport& r) {
   // Extension: the model's size at the end (memory: expiry, admission).
   fmt::format_to(app,
                  ",\n  \"model\": {{\"users\": {}, \"items\": {}, \"features\": {}, "
-                 "\"user_rows_allocated\": {}, \"expired_users\": {}, "
-                 "\"refused_user_events\": {}, \"refused_item_events\": {}}}",
+                 "\"user_rows_allocated\": {}, \"expired_users\": {}, \"expired_items\": {}, "
+                 "\"expired_features\": {}, \"refused_user_events\": {}, "
+                 "\"refused_item_events\": {}}}",
                  r.model.users, r.model.items, r.model.features, r.model.user_rows_allocated,
-                 r.model.expired_users, r.model.not_admitted_users, r.model.not_admitted_items);
+                 r.model.expired_users, r.model.expired_items, r.model.expired_features,
+                 r.model.not_admitted_users, r.model.not_admitted_items);
   fmt::format_to(app, "\n}}");
   return fmt::to_string(out);
 }

@@ -97,6 +97,8 @@ Status ValidateOptions(const LearnerOptions& o) {
   if (o.history < 0 || o.history > 1000) return bad("model.history must be in [0, 1000]");
   if (o.admit_after < 1 || o.admit_after > 255) return bad("model.admit_after must be in [1, 255]");
   if (o.expire_user_s < 0) return bad("model.expire.user_s must be >= 0");
+  if (o.expire_item_s < 0) return bad("model.expire.item_s must be >= 0");
+  if (o.expire_feature_s < 0) return bad("model.expire.feature_s must be >= 0");
   if (o.implicit_negatives < 1 || o.implicit_negatives > 1000)
     return bad("model.implicit_negatives must be in [1, 1000]");
   if (o.negatives < 0 || o.negatives > 100) return bad("model.negatives must be in [0, 100]");
@@ -192,13 +194,16 @@ LearnerStats Learner::Stats() const {
   }
   // The prior rows (admission) are no users or items.
   s.users = m.users.live_size() - (m.Prior(0) != EmbeddingTable::kNoRow ? 1 : 0);
-  s.items = m.items.size() - (m.Prior(1) != EmbeddingTable::kNoRow ? 1 : 0);
+  s.items = m.items.live_size() - (m.Prior(1) != EmbeddingTable::kNoRow ? 1 : 0);
   s.not_admitted_users = m.not_admitted[0].load(std::memory_order_relaxed);
   s.not_admitted_items = m.not_admitted[1].load(std::memory_order_relaxed);
-  s.expired_users = m.expired_users.load(std::memory_order_relaxed);
+  s.expired_users = m.expired[0].load(std::memory_order_relaxed);
+  s.expired_items = m.expired[1].load(std::memory_order_relaxed);
+  s.expired_features =
+      m.expired[2].load(std::memory_order_relaxed) + m.expired[3].load(std::memory_order_relaxed);
   s.user_rows_allocated = m.users.size();
   s.event_time_s = m.event_time_s.load(std::memory_order_relaxed);
-  s.features = m.user_features.size() + m.item_features.size();
+  s.features = m.user_features.live_size() + m.item_features.live_size();
   s.pretrained = m.pretrained ? m.pretrained->size() : 0;
   s.nonfinite_updates_refused = m.refused.load(std::memory_order_relaxed);
   return s;

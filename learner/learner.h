@@ -108,6 +108,8 @@ struct LearnerStats {
   uint64_t not_admitted_items = 0;
   // Users removed by expiry (LearnerOptions::expire_user_s) since start.
   uint64_t expired_users = 0;
+  uint64_t expired_items = 0;     // by model.expire.item_s
+  uint64_t expired_features = 0;  // by model.expire.feature_s
   // Memory held for user rows, in rows: live ones, the prior row, and
   // removed ones waiting to be reused.
   uint64_t user_rows_allocated = 0;
@@ -139,7 +141,7 @@ struct FeatureListDelta {
 
 // Ids removed from a table (expiry).
 struct TableDeletion {
-  std::string table;  // "user"
+  std::string table;  // "user", "item", "user_feature", "item_feature"
   std::vector<std::string> keys;
 };
 
@@ -156,7 +158,7 @@ struct ModelSnapshot {
   std::array<uint64_t, kNumTasks> learned = {0, 0, 0};
   // (user, item) purchases recorded since the previous snapshot.
   std::vector<std::pair<std::string, std::string>> new_purchases;
-  // Ids removed since the previous snapshot (LearnerOptions::expire_user_s),
+  // Ids removed since the previous snapshot (LearnerOptions::expire_*_s),
   // with everything that was theirs: rows, feature lists, histories, and the
   // purchases listed in deleted_purchases. Whoever applies a snapshot
   // applies these first: an id removed and seen again since is in both,

@@ -70,10 +70,9 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
   p.retired_purchases = std::move(out->new_purchases);
   *out = ModelSnapshot();
   out->shape = m.shape.Describe();
-  if (!m.deleted_users.empty()) {
-    out->deleted.push_back({"user", std::move(m.deleted_users)});
-    m.deleted_users.clear();
-  }
+  for (auto& [table, ids] : m.deleted_ids)
+    if (!ids.empty()) out->deleted.push_back({table, std::move(ids)});
+  m.deleted_ids.clear();
   out->deleted_purchases = std::move(m.deleted_purchases);
   m.deleted_purchases.clear();
   const std::vector<EmbeddingTable*> tables = m.all_tables();
@@ -206,7 +205,10 @@ void Learner::FinishSnapshot(ModelSnapshot* out) {
       auto& names = delta.features[i];
       names.clear();
       names.reserve(list.size());
-      for (uint32_t f : list) names.push_back(side->key(f));
+      // A removed feature (expiry) is gone from the list already for
+      // whoever applies this snapshot; the sweep drops it here later.
+      for (uint32_t f : list)
+        if (side->IsLive(f)) names.push_back(side->key(f));
     }
   }
   if (!p.history_rows.empty()) {
@@ -221,7 +223,8 @@ void Learner::FinishSnapshot(ModelSnapshot* out) {
       m.histories.Get(p.history_rows[i], &list);
       auto& names = delta.features[i];
       names.clear();
-      for (uint32_t item : list) names.push_back(m.items.key(item));
+      for (uint32_t item : list)
+        if (m.items.IsLive(item)) names.push_back(m.items.key(item));  // (as lists above)
     }
   }
   if (!p.ring.empty()) {
@@ -233,13 +236,16 @@ void Learner::FinishSnapshot(ModelSnapshot* out) {
     names.reserve(p.ring.size() + 1);
     names.push_back(std::to_string(p.ring_next));
     for (uint64_t entry : p.ring)
-      names.push_back(entry == Model::kNoEntry ? std::string()
-                                               : std::string(m.items.key(uint32_t(entry >> 32))));
+      names.push_back(entry == Model::kNoEntry || !m.items.IsLive(uint32_t(entry >> 32))
+                          ? std::string()
+                          : std::string(m.items.key(uint32_t(entry >> 32))));
   }
   p.retired_purchases = {};
   out->new_purchases.clear();
   out->new_purchases.reserve(p.purchases.size());
-  for (auto [u, i] : p.purchases) out->new_purchases.emplace_back(m.users.key(u), m.items.key(i));
+  for (auto [u, i] : p.purchases)
+    if (m.users.IsLive(u) && m.items.IsLive(i))  // not removed since (expiry)
+      out->new_purchases.emplace_back(m.users.key(u), m.items.key(i));
   p.active = false;
   m.exporting.store(false, std::memory_order_release);
 }
@@ -343,12 +349,17 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
                               "' but the options give '" + m.shape.Describe() + "'");
   // Deletions first: an id removed and seen again since is in both.
   for (const TableDeletion& d : snap.deleted) {
-    if (d.table != "user") return Status::Corruption("deletion of unknown table '" + d.table + "'");
+    EmbeddingTable* t = m.table(d.table);
+    if (t == nullptr || t == m.pretrained.get())
+      return Status::Corruption("deletion of unknown table '" + d.table + "'");
     for (const std::string& key : d.keys) {
-      const uint32_t row = m.users.Find(key);
-      if (row != EmbeddingTable::kNoRow) m.RemoveUser(row, false);
+      const uint32_t row = t->Find(key);
+      if (row != EmbeddingTable::kNoRow) m.RemoveRow(*t, row, false);
     }
   }
+  // References to removed items and features go as the sweeps come by
+  // (the trainer's scrubbed lists arrive too); rows are reused after.
+  if (!snap.deleted.empty() || !m.retired.empty()) m.ScrubStep(65536);
   for (const TableDelta& delta : snap.tables) RECSTREAM_RETURN_IF_ERROR(ApplyRows(delta));
   for (const FeatureListDelta& delta : snap.feature_lists) {
     RECSTREAM_RETURN_IF_ERROR(CheckLists(delta));

@@ -1530,3 +1530,85 @@ TEST_CASE("Expiry keeps memory flat while users come and go", "[Learner][expiry]
 }
 
 }  // namespace recstream::learner
+
+namespace recstream::learner {
+
+TEST_CASE("Expiry removes items and features, and histories, purchases and lists drop them",
+          "[Learner][expiry]") {
+  LearnerOptions o;
+  o.expire_item_s = 100;
+  o.expire_feature_s = 100;
+  o.threads = GENERATE(1, 2);
+  auto l = MakeLearner(o);
+  Blend blend;
+  Event old_view = At("buyer", "old-item", 1000);
+  old_view.item_features = {"cat=old"};
+  Event old_buy = At("buyer", "old-item", 1000, Task::kPurchase);
+  l->Train(std::vector<Event>{old_view, old_buy});
+  ModelSnapshot first;
+  l->TakeSnapshot(true, &first);
+  // Two hundred seconds later the buyer and other items are active, the
+  // old item and its category are not.
+  for (int round = 0; round < 30; ++round) {
+    std::vector<Event> events;
+    for (int k = 0; k < 50; ++k) {
+      Event e = At("u" + std::to_string(k), "fresh" + std::to_string((round * 50 + k) % 40),
+                   1200 + round);
+      e.item_features = {"cat=new"};
+      events.push_back(e);
+    }
+    events.push_back(At("buyer", "fresh1", 1200 + round));
+    l->Train(events);
+  }
+  const LearnerStats s = l->Stats();
+  CHECK(s.expired_items == 1);
+  CHECK(s.expired_features == 1);
+  CHECK_FALSE(l->Score("buyer", "old-item", blend).item_known);
+  for (const Recommendation& r : l->Recommend("buyer", 50, false, blend)) CHECK(r.item != "old-item");
+  // Everything the store or a replica needs to forget it.
+  ModelSnapshot delta;
+  l->TakeSnapshot(false, &delta);
+  std::map<std::string, std::vector<std::string>> deleted;
+  for (const TableDeletion& d : delta.deleted) deleted[d.table] = d.keys;
+  CHECK(deleted["item"] == std::vector<std::string>{"old-item"});
+  CHECK(deleted["item_feature"] == std::vector<std::string>{"cat=old"});
+  CHECK(delta.deleted_purchases ==
+        std::vector<std::pair<std::string, std::string>>{{"buyer", "old-item"}});
+  ModelSnapshot all;
+  l->TakeSnapshot(true, &all);
+  for (const FeatureListDelta& list : all.feature_lists)
+    for (size_t i = 0; i < list.keys.size(); ++i)
+      for (const std::string& f : list.features[i]) {
+        CHECK(f != "old-item");
+        CHECK(f != "cat=old");
+      }
+  // Applied to a copy of the old model, the deletions remove them there.
+  auto replica = MakeLearner(o);
+  REQUIRE(replica->ApplySnapshot(first).ok());
+  CHECK(replica->Score("buyer", "old-item", blend).item_known);
+  REQUIRE(replica->ApplySnapshot(all).ok());
+  REQUIRE(replica->ApplySnapshot(delta).ok());
+  CHECK_FALSE(replica->Score("buyer", "old-item", blend).item_known);
+
+  // Items keep coming and going: their rows are reused once every user was
+  // visited, so the table does not grow with them.
+  for (int round = 0; round < 200; ++round) {
+    std::vector<Event> events;
+    for (int k = 0; k < 20; ++k)
+      events.push_back(At("u" + std::to_string(k), "churn" + std::to_string(round * 20 + k),
+                          1300 + 60 * round));
+    l->Train(events);
+  }
+  CHECK(l->Stats().items <= 100);
+  CHECK(l->Stats().expired_items >= 3800);
+  ModelSnapshot end;
+  l->TakeSnapshot(true, &end);
+  for (const FeatureListDelta& list : end.feature_lists) {
+    if (list.table != "user_history") continue;
+    for (size_t i = 0; i < list.keys.size(); ++i)
+      for (const std::string& item : list.features[i])
+        CHECK(l->Score(list.keys[i], item, blend).item_known);
+  }
+}
+
+}  // namespace recstream::learner

@@ -43,6 +43,11 @@ Model::Model(const LearnerOptions& o)
   for (auto& n : saw_negative) n.store(false);
   if (o.admit_after > 1) admission = std::make_unique<AdmissionSketch>();
   if (o.expire_user_s > 0) users.TrackTouches();
+  if (o.expire_item_s > 0) items.TrackTouches();
+  if (o.expire_feature_s > 0) {
+    user_features.TrackTouches();
+    item_features.TrackTouches();
+  }
   for (auto& r : recent) r.store(kNoEntry, std::memory_order_relaxed);
   for (auto& c : recent_count) c.store(0, std::memory_order_relaxed);
   log_table.resize(kLogTable + 1);
@@ -139,54 +144,190 @@ void Model::Rows(uint32_t r, const std::vector<std::string>& features, Embedding
   if (lists.Set(r, rows->data() + at + 1, rows->data() + rows->size())) main.MarkDirty(r);
 }
 
-void Model::RemoveUser(uint32_t row, bool record) {
-  const std::string key(users.key(row));
-  if (users.Remove(key) != row) return;
-  user_lists.Clear(row);
-  histories.Clear(row);
-  {
+void Model::RemoveRow(EmbeddingTable& table, uint32_t row, bool record) {
+  const std::string key(table.key(row));
+  if (table.Remove(key) != row) return;
+  int kind = 0;
+  if (&table == &users) {
+    user_lists.Clear(row);
+    histories.Clear(row);
     std::unique_lock lock(purchases_mu);
     if (auto it = purchases.find(row); it != purchases.end()) {
       if (record)
         for (uint32_t item : it->second) deleted_purchases.emplace_back(key, items.key(item));
       purchases.erase(it);
     }
-    // Purchases not exported yet refer to the row by number.
-    std::erase_if(new_purchases, [&](const auto& p) { return p.first == row; });
+    // Purchases not exported yet refer to the row by number: they go when
+    // it is reclaimed (ReclaimRetired), and a snapshot skips them meanwhile.
+  } else if (&table == &items) {
+    kind = 1;
+    item_lists.Clear(row);
+  } else {
+    kind = &table == &user_features ? 2 : 3;
   }
   if (record) {
-    deleted_users.push_back(key);
-    retired_users.push_back(row);
-    expired_users.fetch_add(1, std::memory_order_relaxed);
-  } else {
-    users.Reclaim(row);
+    deleted_ids[table.name()].push_back(key);
+    expired[kind].fetch_add(1, std::memory_order_relaxed);
   }
+  retired.push_back({&table, row, user_sweep.cycles, item_sweep.cycles});
+  if (kind == 1) ++retired_items;
+  if (kind >= 2) ++retired_features;
 }
 
 void Model::ReclaimRetired() {
-  if (exporting.load(std::memory_order_acquire)) return;
-  for (uint32_t row : retired_users) users.Reclaim(row);
-  retired_users.clear();
+  if (retired.empty() || exporting.load(std::memory_order_acquire)) return;
+  std::vector<uint32_t> items_freed, users_freed;
+  size_t kept = 0;
+  for (const Retired& r : retired) {
+    // Users: nothing else refers to them. Items: users' histories and
+    // purchases, scrubbed by a whole user cycle after the removal. Features:
+    // users' and items' lists, scrubbed by whole cycles of both.
+    const bool users_done = user_sweep.cycles >= r.user_cycle + 2;
+    const bool items_done = item_sweep.cycles >= r.item_cycle + 2;
+    const bool free = r.table == &users || (r.table == &items && users_done) ||
+                      (r.table != &items && users_done && items_done);
+    if (!free) {
+      retired[kept++] = r;
+      continue;
+    }
+    if (r.table == &items) {
+      items_freed.push_back(r.row);
+      --retired_items;
+    } else if (r.table == &users) {
+      users_freed.push_back(r.row);
+    } else {
+      --retired_features;
+      r.table->Reclaim(r.row);
+    }
+  }
+  retired.resize(kept);
+  std::sort(items_freed.begin(), items_freed.end());
+  std::sort(users_freed.begin(), users_freed.end());
+  auto freed = [](const std::vector<uint32_t>& rows, uint32_t r) {
+    return std::binary_search(rows.begin(), rows.end(), r);
+  };
+  if (!items_freed.empty() || !users_freed.empty()) {
+    // Purchases not exported yet refer to rows by number: one pass for the
+    // whole batch, before the rows can be reused.
+    std::unique_lock lock(purchases_mu);
+    std::erase_if(new_purchases, [&](const auto& p) {
+      return freed(users_freed, p.first) || freed(items_freed, p.second);
+    });
+  }
+  for (uint32_t r : users_freed) users.Reclaim(r);
+  for (uint32_t r : items_freed) items.Reclaim(r);
+  if (items_freed.empty() || recent.size() <= 1) return;
+  // The negative ring refers to items by row: freed ones leave it.
+  for (auto& e : recent) {
+    const uint64_t v = e.load(std::memory_order_relaxed);
+    if (v == kNoEntry || !std::binary_search(items_freed.begin(), items_freed.end(), uint32_t(v >> 32)))
+      continue;
+    e.store(kNoEntry, std::memory_order_relaxed);
+    if (!recent_count.empty()) RecentCount(uint32_t(v)).fetch_sub(1, std::memory_order_relaxed);
+  }
 }
 
-void Model::ExpireStep(size_t budget) {
+namespace {
+
+// Keeps the rows of `list` that are live in `table`; true when any went.
+bool DropDead(const EmbeddingTable& table, std::vector<uint32_t>* list) {
+  const size_t before = list->size();
+  std::erase_if(*list, [&](uint32_t r) { return !table.IsLive(r); });
+  return list->size() != before;
+}
+
+}  // namespace
+
+void Model::ScrubStep(size_t budget) { Sweeps(budget, false); }
+
+void Model::ExpireStep(size_t budget) { Sweeps(budget, true); }
+
+void Model::Sweeps(size_t budget, bool expire) {
   const int64_t now = event_time_s.load(std::memory_order_relaxed);
-  const int64_t horizon = now - options.expire_user_s;
   ReclaimRetired();
-  const uint32_t n = users.size();
-  if (n == 0 || now <= 0) return;
-  const uint32_t prior = Prior(0);
-  for (size_t k = 0; k < std::min<size_t>(budget, n); ++k) {
-    if (expire_cursor >= n) expire_cursor = 0;
-    const uint32_t row = expire_cursor++;
-    if (row == prior || !users.IsLive(row)) continue;
-    const uint32_t t = users.touched(row);
-    if (t == 0) {
-      // Restored (times are not stored): touched as of now.
-      users.Touch(row, uint32_t(now));
-    } else if (int64_t(t) < horizon) {
-      RemoveUser(row, true);
+  std::vector<uint32_t> list;
+  // One table's slice: `visit(row)` for up to `budget` rows from its cursor.
+  auto sweep = [&](EmbeddingTable& t, Sweep& s, auto&& visit) {
+    const uint32_t n = t.size();
+    for (size_t k = 0; k < std::min<size_t>(budget, n); ++k) {
+      if (s.cursor >= n) {
+        s.cursor = 0;
+        ++s.cycles;
+      }
+      const uint32_t row = s.cursor++;
+      if (t.IsLive(row)) visit(row);
     }
+    if (s.cursor >= n) {
+      s.cursor = 0;
+      ++s.cycles;
+    }
+  };
+  // Whether row `row` of `t` is past its time (restored rows, which have
+  // none, count as touched now).
+  auto expired_row = [&](EmbeddingTable& t, uint32_t row, int64_t expire_s) {
+    if (!expire || expire_s <= 0 || now <= 0 || !t.tracks_touches()) return false;
+    const uint32_t touched = t.touched(row);
+    if (touched == 0) {
+      t.Touch(row, uint32_t(now));
+      return false;
+    }
+    return int64_t(touched) < now - expire_s;
+  };
+  const uint32_t prior_user = Prior(0), prior_item = Prior(1);
+  const bool scrub_users = retired_items > 0 || retired_features > 0;
+  if ((expire && options.expire_user_s > 0) || scrub_users) {
+    sweep(users, user_sweep, [&](uint32_t row) {
+      if (row == prior_user) return;
+      if (expired_row(users, row, options.expire_user_s)) {
+        RemoveRow(users, row, true);
+        return;
+      }
+      if (!scrub_users) return;
+      if (retired_items > 0) {
+        list.clear();
+        histories.Get(row, &list);
+        if (DropDead(items, &list)) histories.Set(row, list.data(), list.data() + list.size());
+        std::unique_lock lock(purchases_mu);
+        if (auto it = purchases.find(row); it != purchases.end()) {
+          for (auto p = it->second.begin(); p != it->second.end();) {
+            if (items.IsLive(*p)) {
+              ++p;
+              continue;
+            }
+            deleted_purchases.emplace_back(users.key(row), items.key(*p));
+            p = it->second.erase(p);
+          }
+        }
+      }
+      if (retired_features > 0) {
+        list.clear();
+        user_lists.Get(row, &list);
+        if (DropDead(user_features, &list)) user_lists.Set(row, list.data(), list.data() + list.size());
+      }
+    });
+  }
+  if ((expire && options.expire_item_s > 0) || retired_features > 0) {
+    sweep(items, item_sweep, [&](uint32_t row) {
+      if (row == prior_item) return;
+      if (expired_row(items, row, options.expire_item_s)) {
+        RemoveRow(items, row, true);
+        return;
+      }
+      if (retired_features == 0) return;
+      list.clear();
+      item_lists.Get(row, &list);
+      if (DropDead(item_features, &list)) item_lists.Set(row, list.data(), list.data() + list.size());
+    });
+  }
+  if (expire && options.expire_feature_s > 0) {
+    sweep(user_features, user_feature_sweep, [&](uint32_t row) {
+      if (expired_row(user_features, row, options.expire_feature_s))
+        RemoveRow(user_features, row, true);
+    });
+    sweep(item_features, item_feature_sweep, [&](uint32_t row) {
+      if (expired_row(item_features, row, options.expire_feature_s))
+        RemoveRow(item_features, row, true);
+    });
   }
 }
 

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -320,25 +321,56 @@ struct Model {
   // Events whose user (0) or item (1) was not admitted yet.
   std::array<std::atomic<uint64_t>, 2> not_admitted{0, 0};
 
-  // Expiry (LearnerOptions::expire_user_s > 0). The latest event time
-  // learned (s); written by the training thread after each Train call.
+  // Expiry (LearnerOptions::expire_user_s, expire_item_s,
+  // expire_feature_s). The latest event time learned (s); written by the
+  // training thread after each Train call.
   std::atomic<int64_t> event_time_s{0};
-  // Checks up to `budget` user rows (from where the previous call stopped)
-  // and removes those not touched within expire_user_s of event_time_s.
-  // Training thread, between Train calls.
+  bool expiring() const {
+    return options.expire_user_s > 0 || options.expire_item_s > 0 ||
+           options.expire_feature_s > 0;
+  }
+  // One step of expiry, after a Train call (training thread): checks up to
+  // `budget` rows of each expiring table (each from where the previous step
+  // stopped) and removes those not touched within their expire_*_s of
+  // event_time_s; while removed items or features wait, the visited users'
+  // histories, purchases and lists and the visited items' lists drop them
+  // (marked changed, so the store and replicas follow); rows nothing can
+  // refer to any more are reclaimed.
   void ExpireStep(size_t budget);
-  // Removes user row `row` (its id, feature list, history and purchases).
-  // With `record`, the next snapshot carries the deletion (a trainer);
-  // without, the row is reclaimed at once (applying another's deletion).
-  void RemoveUser(uint32_t row, bool record);
-  // Reclaims removed rows once no export can refer to them (training
-  // thread, no export under way).
+  // Scrubbing and reclaiming without expiry checks, for a model that
+  // applies another's deletions (a replica): ApplySnapshot calls it.
+  void ScrubStep(size_t budget);
+  void Sweeps(size_t budget, bool expire);
+  // Removes row `row` of `table` (users, items, user_features or
+  // item_features) with what is its own (a user's list, history and
+  // purchases; an item's list). With `record`, the next snapshot carries the
+  // deletion and the removal is counted.
+  void RemoveRow(EmbeddingTable& table, uint32_t row, bool record);
+  // Reclaims removed rows nothing refers to any more; not while an export
+  // is under way (training thread).
   void ReclaimRetired();
-  uint32_t expire_cursor = 0;                 // training thread
-  std::vector<uint32_t> retired_users;        // removed, not reclaimed yet
-  std::vector<std::string> deleted_users;     // since the last snapshot
+  // A table's sweep: where the next step starts, and how many times it
+  // went round the whole table.
+  struct Sweep {
+    uint32_t cursor = 0;
+    uint64_t cycles = 0;
+  };
+  Sweep user_sweep, item_sweep, user_feature_sweep, item_feature_sweep;
+  // Removed rows not reclaimed yet, with the sweeps' cycles at removal: an
+  // item may be reclaimed once every user was scrubbed after it (two user
+  // cycles later), a feature once every user and item was.
+  struct Retired {
+    EmbeddingTable* table;
+    uint32_t row;
+    uint64_t user_cycle, item_cycle;
+  };
+  std::vector<Retired> retired;
+  size_t retired_items = 0, retired_features = 0;  // of `retired`, waiting for scrubs
+  std::map<std::string, std::vector<std::string>> deleted_ids;  // table -> ids, since the last snapshot
   std::vector<std::pair<std::string, std::string>> deleted_purchases;  // ditto
-  std::atomic<uint64_t> expired_users{0};
+  // Rows removed by expiry since start: users, items, user features, item
+  // features.
+  std::array<std::atomic<uint64_t>, 4> expired{0, 0, 0, 0};
   // True from BeginSnapshot until its FinishSnapshot: the export's lists
   // refer to rows, which must not be reused meanwhile.
   std::atomic<bool> exporting{false};

@@ -142,6 +142,14 @@ struct LearnerOptions {
   // counts as touched when expiry first looks at it after the restore (its
   // time is not stored). 0 (default) keeps rows forever.
   int64_t expire_user_s = 0;
+  // The same for item rows (model.expire.item_s: with the item's feature
+  // list; users' histories and purchases drop it as expiry visits them)
+  // and side-feature rows (model.expire.feature_s: lists drop them as
+  // expiry visits their owners). A removed item's or feature's memory is
+  // reused once every user (and, for a feature, every item) was visited
+  // after the removal.
+  int64_t expire_item_s = 0;
+  int64_t expire_feature_s = 0;
   // Experience replay: after each event, this many events drawn uniformly
   // from the last replay_window events are learned again (with the side
   // features their user and item have now). More passes over recent data

@@ -625,8 +625,14 @@ std::vector<Recommendation> Scorer::Recommend(std::string_view user, int k, bool
     auto it = m_.purchases.find(side.row);
     if (it != m_.purchases.end()) excluded.assign(it->second.begin(), it->second.end());
   }
-  // The prior item row is no item to recommend.
+  // The prior item row is no item to recommend, nor is a removed one
+  // (expiry; its row waits to be reused).
   if (m_.Prior(1) != EmbeddingTable::kNoRow) excluded.push_back(m_.Prior(1));
+  if (m_.items.live_size() < m_.items.size()) {
+    const uint32_t n = m_.items.size();
+    for (uint32_t r = 0; r < n; ++r)
+      if (!m_.items.IsLive(r)) excluded.push_back(r);
+  }
   std::sort(excluded.begin(), excluded.end());
 
   std::shared_ptr<const ItemPanel> panel = recommend_cache_->Get();

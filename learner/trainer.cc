@@ -307,7 +307,10 @@ void Trainer::ResolveChunk(std::span<const Event> events, bool stage, TrainState
     if (i + kSlotAhead < n) prefetch_slots(i + kSlotAhead);
     if (i + kRowAhead < n) prefetch_rows(i + kRowAhead);
     const uint32_t u = m_.Admit(0, e.user), v = m_.Admit(1, e.item);
-    if (m_.users.tracks_touches() && e.ts_ms > 0) m_.users.Touch(u, uint32_t(e.ts_ms / 1000));
+    if (e.ts_ms > 0) {
+      if (m_.users.tracks_touches()) m_.users.Touch(u, uint32_t(e.ts_ms / 1000));
+      if (m_.items.tracks_touches()) m_.items.Touch(v, uint32_t(e.ts_ms / 1000));
+    }
     s->chunk_main[2 * i] = u;
     s->chunk_main[2 * i + 1] = v;
     m_.user_lists.Prefetch(u);
@@ -323,6 +326,14 @@ void Trainer::ResolveChunk(std::span<const Event> events, bool stage, TrainState
     s->chunk_begin.push_back(uint32_t(s->chunk_rows.size()));
     m_.Rows(s->chunk_main[2 * i + 1], e.item_features, m_.items, m_.item_features, m_.item_lists,
             &s->chunk_rows);
+    if (m_.user_features.tracks_touches() && e.ts_ms > 0) {
+      // The event's feature rows (row 0 of each side is the user or item).
+      const uint32_t t = uint32_t(e.ts_ms / 1000);
+      const size_t user_at = s->chunk_begin[2 * i], item_at = s->chunk_begin[2 * i + 1];
+      for (size_t k = user_at + 1; k < item_at; ++k) m_.user_features.Touch(s->chunk_rows[k], t);
+      for (size_t k = item_at + 1; k < s->chunk_rows.size(); ++k)
+        m_.item_features.Touch(s->chunk_rows[k], t);
+    }
   }
   s->chunk_begin.push_back(uint32_t(s->chunk_rows.size()));
   if (!stage) return;
@@ -649,7 +660,8 @@ void Trainer::Replay(const Event& e, uint32_t user_row, uint32_t item_row, Train
     const uint64_t pair = replay_pairs[at].load(std::memory_order_relaxed);
     const uint64_t tl = replay_labels[at].load(std::memory_order_relaxed);
     if (pair == kNoPair || (tl >> 32) >= uint64_t(kNumTasks)) continue;
-    if (!m_.users.IsLive(uint32_t(pair >> 32))) continue;  // expired since
+    if (!m_.users.IsLive(uint32_t(pair >> 32)) || !m_.items.IsLive(uint32_t(pair)))
+      continue;  // expired since
     float label;
     const uint32_t bits = uint32_t(tl);
     std::memcpy(&label, &bits, 4);
@@ -803,7 +815,7 @@ void Trainer::Train(std::span<const Event> events, std::vector<Prediction>* befo
   // after each call (Model::ExpireStep).
   if (latest_ms / 1000 > m_.event_time_s.load(std::memory_order_relaxed))
     m_.event_time_s.store(latest_ms / 1000, std::memory_order_relaxed);
-  if (options.expire_user_s > 0) m_.ExpireStep(std::max<size_t>(4096, 4 * events.size()));
+  if (m_.expiring()) m_.ExpireStep(std::max<size_t>(4096, 4 * events.size()));
 }
 
 void Trainer::ParallelFor(size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn) {

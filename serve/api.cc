@@ -692,7 +692,11 @@ HttpResponse Api::Stats() const {
   // time expiry measures from.
   w.Key("expiry").BeginObject();
   w.Key("user_s").Int(learner_ != nullptr ? learner_->options().expire_user_s : 0);
+  w.Key("item_s").Int(learner_ != nullptr ? learner_->options().expire_item_s : 0);
+  w.Key("feature_s").Int(learner_ != nullptr ? learner_->options().expire_feature_s : 0);
   w.Key("expired_users").Uint(ls.expired_users);
+  w.Key("expired_items").Uint(ls.expired_items);
+  w.Key("expired_features").Uint(ls.expired_features);
   w.Key("event_time_s").Int(ls.event_time_s);
   w.EndObject();
   w.Key("blend").BeginObject();
@@ -995,6 +999,9 @@ HttpResponse Api::Metrics() const {
   p.Header("recstream_expired_rows_total", "counter",
            "Rows removed by expiry (model.expire.*) since start.");
   p.Sample("recstream_expired_rows_total", {"table", "user"}, static_cast<double>(ls.expired_users));
+  p.Sample("recstream_expired_rows_total", {"table", "item"}, static_cast<double>(ls.expired_items));
+  p.Sample("recstream_expired_rows_total", {"table", "feature"},
+           static_cast<double>(ls.expired_features));
   p.Header("recstream_nonfinite_updates_refused_total", "counter",
            "Updates refused because they would have written NaN or infinity.");
   p.Sample("recstream_nonfinite_updates_refused_total",
