@@ -121,6 +121,16 @@ class EmbeddingTable {
   // The caller guarantees that nothing refers to the row any more (lists,
   // histories, snapshots under way) and that no export is under way.
   void Reclaim(uint32_t row);
+  // After an export that listed a removed row has finished: makes the row
+  // read as removed (IsLive false) and returns true; false while an export
+  // still holds it. No export may start meanwhile.
+  bool MarkRemoved(uint32_t row) {
+    std::atomic_ref<uint8_t> d(chunk(row)->dirty[row & kChunkMask]);
+    const uint8_t state = d.load(std::memory_order_acquire);
+    if (state == kDue || state == kCopying) return false;
+    d.store(kFree, std::memory_order_relaxed);
+    return true;
+  }
 
   // kNoRow when the id has no row. Any id is valid, including "".
   uint32_t Find(std::string_view key) const;

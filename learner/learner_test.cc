@@ -1612,3 +1612,43 @@ TEST_CASE("Expiry removes items and features, and histories, purchases and lists
 }
 
 }  // namespace recstream::learner
+
+namespace recstream::learner {
+
+TEST_CASE("Expiry during a snapshot: the next full snapshot leaves the removed users out",
+          "[Learner][expiry]") {
+  LearnerOptions o;
+  o.expire_user_s = 100;
+  o.threads = 1;
+  auto l = MakeLearner(o);
+  std::vector<Event> first;
+  for (int u = 0; u < 50; ++u) first.push_back(At("early" + std::to_string(u), "i1", 1000));
+  l->Train(first);
+  // A full snapshot lists every row; while it is copied out, training goes
+  // on and expiry removes the listed users.
+  ModelSnapshot during;
+  l->BeginSnapshot(true, &during);
+  l->Train(std::vector<Event>{At("later", "i1", 2000)});
+  l->FinishSnapshot(&during);
+  CHECK(l->Stats().expired_users == 50);
+  // The snapshot under way still had them (it was taken before); the next
+  // ones do not, and the deletions come with the next one.
+  ModelSnapshot after;
+  l->BeginSnapshot(true, &after);
+  l->FinishSnapshot(&after);
+  size_t users = 0;
+  for (const TableDelta& t : after.tables)
+    if (t.table == "user") users = t.keys.size();
+  CHECK(users == 1);
+  size_t deleted = 0;
+  for (const TableDeletion& d : after.deleted) deleted += d.keys.size();
+  CHECK(deleted == 50);
+  // Their rows go to new users afterwards.
+  std::vector<Event> next;
+  for (int u = 0; u < 50; ++u) next.push_back(At("next" + std::to_string(u), "i1", 2001));
+  l->Train(next);
+  l->Train(std::vector<Event>{At("later", "i1", 2002)});
+  CHECK(l->Stats().user_rows_allocated <= 52);
+}
+
+}  // namespace recstream::learner

@@ -169,16 +169,29 @@ void Model::RemoveRow(EmbeddingTable& table, uint32_t row, bool record) {
     deleted_ids[table.name()].push_back(key);
     expired[kind].fetch_add(1, std::memory_order_relaxed);
   }
-  retired.push_back({&table, row, user_sweep.cycles, item_sweep.cycles});
+  retired.push_back({&table, row, user_sweep.cycles, item_sweep.cycles, !table.IsLive(row)});
   if (kind == 1) ++retired_items;
   if (kind >= 2) ++retired_features;
 }
 
 void Model::ReclaimRetired() {
   if (retired.empty() || exporting.load(std::memory_order_acquire)) return;
+  // Rows removed while an export held them read as removed from now on
+  // (before any export can list them again); their scrubbing cycles count
+  // from here.
+  for (Retired& r : retired)
+    if (!r.marked && r.table->MarkRemoved(r.row)) {
+      r.marked = true;
+      r.user_cycle = user_sweep.cycles;
+      r.item_cycle = item_sweep.cycles;
+    }
   std::vector<uint32_t> items_freed, users_freed;
   size_t kept = 0;
   for (const Retired& r : retired) {
+    if (!r.marked) {
+      retired[kept++] = r;
+      continue;
+    }
     // Users: nothing else refers to them. Items: users' histories and
     // purchases, scrubbed by a whole user cycle after the removal. Features:
     // users' and items' lists, scrubbed by whole cycles of both.
@@ -294,7 +307,8 @@ void Model::Sweeps(size_t budget, bool expire) {
               ++p;
               continue;
             }
-            deleted_purchases.emplace_back(users.key(row), items.key(*p));
+            // (a replica applying deletions records nothing: the trainer does)
+            if (expire) deleted_purchases.emplace_back(users.key(row), items.key(*p));
             p = it->second.erase(p);
           }
         }

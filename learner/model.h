@@ -362,7 +362,8 @@ struct Model {
   struct Retired {
     EmbeddingTable* table;
     uint32_t row;
-    uint64_t user_cycle, item_cycle;
+    uint64_t user_cycle, item_cycle;  // when it first read as removed
+    bool marked;  // reads as removed (an export under way may hold it a while)
   };
   std::vector<Retired> retired;
   size_t retired_items = 0, retired_features = 0;  // of `retired`, waiting for scrubs
