@@ -506,12 +506,13 @@ TEST_CASE("A replica that misses a version snapshots again", "[replica]") {
   CHECK(Matches(tport, rport));
 }
 
-TEST_CASE("Users expired on the trainer are removed from replicas", "[replica][expiry]") {
+TEST_CASE("Users and items expired on the trainer are removed from replicas", "[replica][expiry]") {
   testing::TempDir dir;
   std::unique_ptr<ingest::EmbeddedKafka> kafka;
   REQUIRE(ingest::EmbeddedKafka::Start(1, 3, ingest::TopicNames{}, &kafka).ok());
   config::AppConfig cfg = TrainerConfig(kafka->bootstrap(), dir.path() + "/store");
   cfg.learner.expire_user_s = 3600;
+  cfg.learner.expire_item_s = 3600;
   std::unique_ptr<app::Service> trainer;
   REQUIRE(app::Service::Start(cfg, &trainer).ok());
   const uint16_t tport = PortOf(trainer->http_address());
@@ -526,6 +527,7 @@ TEST_CASE("Users expired on the trainer are removed from replicas", "[replica][e
   REQUIRE(j.Parse(HttpCall(rport, "GET", "/v1/score?user=u7&item=i1").body));
   REQUIRE(j.Bool("/known/user"));
   const double users = Number(tport, "/model/users");
+  const double items = Number(tport, "/model/items");
 
   // One event two hours later in event time: every other user expires.
   const int64_t later_ms =
@@ -543,8 +545,11 @@ TEST_CASE("Users expired on the trainer are removed from replicas", "[replica][e
   WaitQuiet(tport, feed.sent() + 1);
   REQUIRE(WaitFor([&] { return Number(tport, "/model/users") == 1; }, 15s));
   CHECK(Number(tport, "/model/expiry/expired_users") == users);
+  REQUIRE(WaitFor([&] { return Number(tport, "/model/items") == 1; }, 15s));
+  CHECK(Number(tport, "/model/expiry/expired_items") == items - 1);
   // The replica applies the tombstones: same users, same answers.
   REQUIRE(WaitFor([&] { return Number(rport, "/model/users") == 1; }, 15s));
+  REQUIRE(WaitFor([&] { return Number(rport, "/model/items") == 1; }, 15s));
   CHECK(Number(rport, "/replica/tombstones") > 0);
   REQUIRE(j.Parse(HttpCall(rport, "GET", "/v1/score?user=u7&item=i1").body));
   CHECK_FALSE(j.Bool("/known/user"));
