@@ -34,6 +34,17 @@
 //     in this process) that follows the service's model topic instead: the
 //     time from the produce call to the event's effect in a replica.
 //
+//   service_bench longtail [--events N] [--expire-user-s S] [--admit-after A]
+//                          [--checkpoint-every M]
+//     Memory under an endless long tail of new users (issue #30), without
+//     Kafka: a learner and its store (RocksDB in a temp dir) as the service
+//     holds them. Events come from the generator (items, labels, features),
+//     each visitor id seen in three consecutive events, then never again,
+//     events 2 ms apart in event time. Every M events (default 1,000,000) a
+//     delta snapshot is stored, as a checkpoint; prints the events, the
+//     rate, live and expired users, the process's resident memory and the
+//     store's size on disk.
+//
 //   service_bench replica-bootstrap [--rows N]
 //     A store holding N synthetic user rows; the service restores it and
 //     publishes it (its first version carries the whole model), then a
@@ -59,6 +70,7 @@
 #include "config/config.h"
 #include "eval/generator.h"
 #include "ingest/kafka.h"
+#include "ingest/parser.h"
 #include "learner/learner.h"
 #include "serve/test_http_client.h"
 #include "app/replica.h"
@@ -571,6 +583,80 @@ int ReplicaBootstrap(uint64_t rows) {
   return ready ? 0 : 1;
 }
 
+int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkpoint_every) {
+  testing::TempDir dir;
+  config::AppConfig cfg;
+  cfg.store.path = dir.path() + "/store";
+  cfg.learner.expire_user_s = expire_s;
+  cfg.learner.admit_after = admit_after;
+  std::unique_ptr<learner::Learner> l;
+  Status s = learner::Learner::Create(cfg.learner, &l);
+  if (!s.ok()) return std::fprintf(stderr, "%s\n", s.ToString().c_str()), 2;
+  std::unique_ptr<store::CheckpointStore> st;
+  if (!store::CheckpointStore::Open(cfg.store, &st).ok()) return 1;
+  eval::GeneratorOptions go;
+  go.events = events;
+  go.users = 10000;  // only the generator's world; every event gets a visitor id of its own
+  go.items = 20000;
+  eval::Generator gen(go);
+  ingest::EventParser parser(ingest::ParserOptions{});
+  std::vector<learner::Event> batch(4096);
+  size_t n = 0;
+  std::string line;
+  uint64_t done = 0;
+  const auto start = Clock::now();
+  auto last = start;
+  uint64_t last_done = 0;
+  learner::ModelSnapshot snap;
+  OffsetMap offsets;
+  std::printf("%10s %8s %10s %10s %12s %9s %10s %9s\n", "events", "s", "events/s", "users",
+              "expired", "rows_alloc", "rss_mib", "store_mib");
+  auto report = [&] {
+    l->TakeSnapshot(false, &snap);
+    offsets[TopicPartition{"recstream.click", 0}] = int64_t(done);
+    store::CheckpointInfo info;
+    if (Status w = st->Write(snap, offsets, &info); !w.ok())
+      std::fprintf(stderr, "write: %s\n", w.ToString().c_str());
+    uint64_t bytes = 0;
+    for (const auto& f : std::filesystem::recursive_directory_iterator(cfg.store.path))
+      if (f.is_regular_file()) bytes += f.file_size();
+    const learner::LearnerStats ls = l->Stats();
+    const double s_now = SecondsSince(start);
+    std::printf("%10llu %8.1f %10.0f %10llu %12llu %9llu %10.1f %9.1f\n", (unsigned long long)done,
+                s_now, double(done - last_done) / SecondsSince(last), (unsigned long long)ls.users,
+                (unsigned long long)ls.expired_users, (unsigned long long)ls.user_rows_allocated,
+                MiB(ResidentBytes()), MiB(bytes));
+    std::fflush(stdout);
+    last = Clock::now();
+    last_done = done;
+  };
+  const int64_t t0_ms = 1'704'067'200'000;
+  while (gen.Next(&line)) {
+    learner::Event& e = batch[n];
+    if (parser.Parse(line, &e, 0).has_value()) continue;
+    e.user = "visitor" + std::to_string(done / 3);
+    e.ts_ms = t0_ms + int64_t(done) * 2;
+    ++done;
+    if (++n == batch.size()) {
+      l->Train(std::span(batch.data(), n));
+      n = 0;
+    }
+    if (done % checkpoint_every == 0) report();
+  }
+  if (n > 0) l->Train(std::span(batch.data(), n));
+  report();
+  // What the store holds now: rows per table (deleted ones must be gone).
+  learner::ModelSnapshot stored;
+  if (Status ld = st->Load(&stored, nullptr, nullptr); !ld.ok())
+    return std::fprintf(stderr, "load: %s\n", ld.ToString().c_str()), 1;
+  for (const auto& t : stored.tables)
+    std::printf("stored %s rows: %zu\n", t.table.c_str(), t.keys.size());
+  for (const auto& f : stored.feature_lists)
+    std::printf("stored %s lists: %zu\n", f.table.c_str(), f.keys.size());
+  std::printf("stored purchases: %zu\n", stored.new_purchases.size());
+  return 0;
+}
+
 int StoreBench(uint64_t rows, uint64_t delta_rows, int user_features) {
   testing::TempDir dir;
   config::AppConfig cfg;
@@ -743,6 +829,15 @@ int main(int argc, char** argv) {
   fr->add_flag("--replica", via_replica,
                "poll a replica that follows the model topic, not the trainer");
   uint64_t bootstrap_rows = 1'000'000;
+  uint64_t lt_events = 10'000'000, lt_every = 1'000'000;
+  int64_t lt_expire = 60;
+  int lt_admit = 1;
+  auto* lt = app.add_subcommand("longtail", "memory and store size under a long tail of new users");
+  lt->add_option("--events", lt_events);
+  lt->add_option("--expire-user-s", lt_expire, "model.expire.user_s (0: off)");
+  lt->add_option("--admit-after", lt_admit, "model.admit_after");
+  lt->add_option("--checkpoint-every", lt_every, "events between stored snapshots")
+      ->check(CLI::PositiveNumber);
   auto* rb = app.add_subcommand("replica-bootstrap", "time a replica's bootstrap of N rows");
   rb->add_option("--rows", bootstrap_rows);
   CLI11_PARSE(app, argc, argv);
@@ -755,6 +850,7 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::from_str(log_level));
   std::printf("service_bench load=%s\n", LoadAverage().c_str());
   if (sb->parsed()) return StoreBench(rows, delta_rows, user_features);
+  if (lt->parsed()) return LongTail(lt_events, lt_expire, lt_admit, lt_every);
   if (tp->parsed())
     return Throughput(events, users, items, partitions, checkpoint_ms, latency, hold, restart);
   if (rb->parsed()) return ReplicaBootstrap(bootstrap_rows);
