@@ -2,6 +2,7 @@
 
 #include <oneapi/tbb/parallel_sort.h>
 #include <rocksdb/db.h>
+#include <rocksdb/utilities/table_properties_collectors.h>
 #include <rocksdb/env.h>
 #include <rocksdb/file_system.h>
 #include <rocksdb/options.h>
@@ -225,6 +226,13 @@ rocksdb::Options MakeRocksOptions() {
   o.wal_bytes_per_sync = 8 << 20;
   o.keep_log_file_num = 5;
   o.max_log_file_size = 16 << 20;
+  // Expiry deletes rows: a file whose entries are mostly deletions is
+  // compacted soon, so that deleted rows leave the disk instead of waiting
+  // for a compaction of the bottom level.
+  o.table_properties_collector_factories.emplace_back(
+      rocksdb::NewCompactOnDeletionCollectorFactory(/*sliding_window_size=*/65536,
+                                                    /*deletion_trigger=*/16384,
+                                                    /*deletion_ratio=*/0.25));
   // Only whole-prefix scans and a few point reads: big blocks, no filters.
   rocksdb::BlockBasedTableOptions t;
   t.block_size = 64 << 10;
