@@ -15,42 +15,29 @@ events=${2:-6000000}
 expire=${3:-60}
 rate=${4:-100000}
 bin="$build/app/recstream"
-tmp=$(mktemp -d /tmp/expiry_service.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-"$bin" broker --partitions 8 --bootstrap-file "$tmp/bootstrap" >"$tmp/broker.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do [ -s "$tmp/bootstrap" ] && break; sleep 0.1; done
-brokers=$(tr -d '\n ' <"$tmp/bootstrap")
+. "$(cd "$(dirname "$0")" && pwd)/procs.sh"
+procs_init expiry_service
+start_broker 8 "$bin"
 "$bin" gen --events "$events" --users "$events" --items 20000 --quiet --out "$tmp/events.jsonl"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
+addr=127.0.0.1:$port
 "$bin" serve --set kafka.brokers="$brokers" --set store.path="$tmp/store" \
   --set serve.listen=127.0.0.1:"$port" --set model.expire.user_s="$expire" \
   --set replicate.interval_ms=0 >"$tmp/serve.log" 2>&1 &
 serve_pid=$!
 pids+=($serve_pid)
-until curl -sf -o /dev/null "http://127.0.0.1:$port/healthz"; do sleep 0.1; done
+wait_http "http://$addr/healthz" 60
 "$bin" produce --brokers "$brokers" --rate "$rate" --quiet "$tmp/events.jsonl" &
 produce_pid=$!
 pids+=($produce_pid)
-stat_of() { curl -s "http://127.0.0.1:$port/v1/stats" | grep -o "\"$1\":[0-9.e+-]*" | head -1 | cut -d: -f2; }
-learned() {
-  curl -s "http://127.0.0.1:$port/v1/stats" |
-    grep -o '"learned":[0-9.e+]*' | cut -d: -f2 | awk '{s += $1} END {printf "%.0f", s}'
-}
 printf "%6s %10s %9s %10s %10s %10s\n" s learned users expired "RSS KiB" "store KiB"
 start=$(date +%s)
 last=-1
 while :; do
   sleep 5
-  l=$(learned)
-  printf "%6d %10s %9s %10s %10s %10s\n" $(($(date +%s) - start)) "$l" "$(stat_of users)" \
-    "$(stat_of expired_users)" "$(awk '/VmRSS/ {print $2}' /proc/$serve_pid/status)" \
+  l=$(learned "$addr")
+  printf "%6d %10s %9s %10s %10s %10s\n" $(($(date +%s) - start)) "$l" "$(stat_of "$addr" users)" \
+    "$(stat_of "$addr" expired_users)" "$(awk '/VmRSS/ {print $2}' /proc/$serve_pid/status)" \
     "$(du -sk "$tmp/store" | cut -f1)"
   [ "$l" -ge "$events" ] && break
   # Everything produced and nothing more learned: the broker dropped what

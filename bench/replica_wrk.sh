@@ -29,39 +29,12 @@ busy_s=${SECONDS_BUSY:-8}
 floor_s=${SECONDS_FLOOR:-8}
 users=${USERS:-100000}
 items=${ITEMS:-10000}
-tmp=$(mktemp -d /tmp/replica_wrk.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {  # wait_http URL SECONDS
-  for _ in $(seq 1 $(($2 * 10))); do
-    curl -sf -o /dev/null "$1" && return 0
-    sleep 0.1
-  done
-  echo "timed out waiting for $1" >&2
-  tail -20 "$tmp"/*.log >&2
-  exit 1
-}
-learned() {  # events learned, from /v1/stats at $1
-  curl -s "http://$1/v1/stats" |
-    grep -o '"learned":[0-9.e+]*' | cut -d: -f2 | awk '{s += $1} END {printf "%.0f", s}'
-}
-stat_of() {  # stat_of ADDR KEY: the first numeric field KEY in /v1/stats
-  curl -s "http://$1/v1/stats" | grep -o "\"$2\":[0-9.e+-]*" | head -1 | cut -d: -f2
-}
+. "$here/procs.sh"
+procs_init replica_wrk
 
 partitions=$((events * 230 * 72 / 100 / (3 << 20) + 1))
 [ "$partitions" -ge 3 ] || partitions=3
-taskset -c 0 "$bin" broker --partitions "$partitions" --bootstrap-file "$tmp/bootstrap" \
-  >"$tmp/broker.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do [ -s "$tmp/bootstrap" ] && break; sleep 0.1; done
-brokers=$(tr -d '\n ' <"$tmp/bootstrap")
+start_broker "$partitions" taskset -c 0 "$bin"
 "$bin" gen --events "$events" --users $users --items $items --quiet --out "$tmp/events.jsonl"
 tport=$(free_port)
 rport=$(free_port)

@@ -671,8 +671,10 @@ HttpResponse Api::Stats() const {
   w.EndObject();
 
   w.Key("model").BeginObject();
+  // Without a learner (a replica before its first commit) the defaults.
+  const learner::LearnerOptions lo =
+      learner_ != nullptr ? learner_->options() : learner::LearnerOptions();
   if (learner_ != nullptr) {
-    const learner::LearnerOptions& lo = learner_->options();
     w.Key("arch").String(learner::ArchName(lo.arch));
     w.Key("weighting").String(learner::WeightingName(lo.weighting));
     w.Key("dim").Int(lo.dim);
@@ -684,16 +686,16 @@ HttpResponse Api::Stats() const {
   // Admission (model.admit_after): events whose user or item had no row of
   // its own yet, learned through the prior rows.
   w.Key("admission").BeginObject();
-  w.Key("admit_after").Int(learner_ != nullptr ? learner_->options().admit_after : 1);
+  w.Key("admit_after").Int(lo.admit_after);
   w.Key("refused_user_events").Uint(ls.not_admitted_users);
   w.Key("refused_item_events").Uint(ls.not_admitted_items);
   w.EndObject();
-  // Expiry (model.expire.user_s): users removed since start, and the event
-  // time expiry measures from.
+  // Expiry (model.expire.*): rows removed since start, and the event time
+  // expiry measures from.
   w.Key("expiry").BeginObject();
-  w.Key("user_s").Int(learner_ != nullptr ? learner_->options().expire_user_s : 0);
-  w.Key("item_s").Int(learner_ != nullptr ? learner_->options().expire_item_s : 0);
-  w.Key("feature_s").Int(learner_ != nullptr ? learner_->options().expire_feature_s : 0);
+  w.Key("user_s").Int(lo.expire_user_s);
+  w.Key("item_s").Int(lo.expire_item_s);
+  w.Key("feature_s").Int(lo.expire_feature_s);
   w.Key("expired_users").Uint(ls.expired_users);
   w.Key("expired_items").Uint(ls.expired_items);
   w.Key("expired_features").Uint(ls.expired_features);

@@ -10,6 +10,7 @@
 #include <librdkafka/rdkafka_mock.h>
 
 #include <catch2/catch.hpp>
+#include <functional>
 #include <random>
 
 #include "app/replica.h"
@@ -131,6 +132,21 @@ config::AppConfig TrainerConfig(const std::string& brokers, const std::string& s
   cfg.replicate.timeout_ms = 2000;
   return cfg;
 }
+
+// An embedded Kafka and a trainer (TrainerConfig, then `adjust`) on it.
+struct TrainerOnKafka {
+  explicit TrainerOnKafka(const std::function<void(config::AppConfig*)>& adjust = {}) {
+    REQUIRE(ingest::EmbeddedKafka::Start(1, 3, ingest::TopicNames{}, &kafka).ok());
+    config::AppConfig cfg = TrainerConfig(kafka->bootstrap(), dir.path() + "/store");
+    if (adjust) adjust(&cfg);
+    REQUIRE(app::Service::Start(cfg, &trainer).ok());
+    port = PortOf(trainer->http_address());
+  }
+  testing::TempDir dir;
+  std::unique_ptr<ingest::EmbeddedKafka> kafka;
+  std::unique_ptr<app::Service> trainer;
+  uint16_t port = 0;
+};
 
 // A replica in this process, configured as `recstream replica` does it.
 std::unique_ptr<app::Replica> StartReplica(const std::string& brokers,
@@ -308,13 +324,9 @@ TEST_CASE("Replicas started before and after the events score exactly as the tra
 
 TEST_CASE("Produce errors on the model topic: the trainer learns on and replicas catch up",
           "[replica]") {
-  testing::TempDir dir;
-  std::unique_ptr<ingest::EmbeddedKafka> kafka;
-  REQUIRE(ingest::EmbeddedKafka::Start(1, 3, ingest::TopicNames{}, &kafka).ok());
-  std::unique_ptr<app::Service> trainer;
-  REQUIRE(app::Service::Start(TrainerConfig(kafka->bootstrap(), dir.path() + "/store"), &trainer)
-              .ok());
-  const uint16_t tport = PortOf(trainer->http_address());
+  TrainerOnKafka t;
+  auto& kafka = t.kafka;
+  const uint16_t tport = t.port;
   auto replica = StartReplica(kafka->bootstrap());
   const uint16_t rport = PortOf(replica->http_address());
   Feed feed(kafka->bootstrap(), 2);
@@ -403,13 +415,9 @@ TEST_CASE("A replica bootstraps from a compacted model topic", "[replica]") {
   // The mock cluster does not compact: the test compacts the trainer's
   // topic as Kafka's cleaner would (the latest record of every key, in
   // offset order) into a topic of its own, and starts a replica on that.
-  testing::TempDir dir;
-  std::unique_ptr<ingest::EmbeddedKafka> kafka;
-  REQUIRE(ingest::EmbeddedKafka::Start(1, 3, ingest::TopicNames{}, &kafka).ok());
-  std::unique_ptr<app::Service> trainer;
-  REQUIRE(app::Service::Start(TrainerConfig(kafka->bootstrap(), dir.path() + "/store"), &trainer)
-              .ok());
-  const uint16_t tport = PortOf(trainer->http_address());
+  TrainerOnKafka t;
+  auto& kafka = t.kafka;
+  const uint16_t tport = t.port;
   Feed feed(kafka->bootstrap(), 4);
   for (int i = 0; i < 6; ++i) {  // several versions, each changing some rows
     feed.Send(400);
@@ -445,13 +453,9 @@ TEST_CASE("A replica that misses a version snapshots again", "[replica]") {
   // The replica follows a relay topic that the test fills from the
   // trainer's model topic, leaving one version out, as when Kafka deletes
   // records before a replica reads them.
-  testing::TempDir dir;
-  std::unique_ptr<ingest::EmbeddedKafka> kafka;
-  REQUIRE(ingest::EmbeddedKafka::Start(1, 3, ingest::TopicNames{}, &kafka).ok());
-  std::unique_ptr<app::Service> trainer;
-  REQUIRE(app::Service::Start(TrainerConfig(kafka->bootstrap(), dir.path() + "/store"), &trainer)
-              .ok());
-  const uint16_t tport = PortOf(trainer->http_address());
+  TrainerOnKafka t;
+  auto& kafka = t.kafka;
+  const uint16_t tport = t.port;
   const std::string model = ingest::TopicNames{}.model;
   Feed feed(kafka->bootstrap(), 5);
   feed.Send(1000);
@@ -507,15 +511,12 @@ TEST_CASE("A replica that misses a version snapshots again", "[replica]") {
 }
 
 TEST_CASE("Users and items expired on the trainer are removed from replicas", "[replica][expiry]") {
-  testing::TempDir dir;
-  std::unique_ptr<ingest::EmbeddedKafka> kafka;
-  REQUIRE(ingest::EmbeddedKafka::Start(1, 3, ingest::TopicNames{}, &kafka).ok());
-  config::AppConfig cfg = TrainerConfig(kafka->bootstrap(), dir.path() + "/store");
-  cfg.learner.expire_user_s = 3600;
-  cfg.learner.expire_item_s = 3600;
-  std::unique_ptr<app::Service> trainer;
-  REQUIRE(app::Service::Start(cfg, &trainer).ok());
-  const uint16_t tport = PortOf(trainer->http_address());
+  TrainerOnKafka t([](config::AppConfig* cfg) {
+    cfg->learner.expire_user_s = 3600;
+    cfg->learner.expire_item_s = 3600;
+  });
+  auto& kafka = t.kafka;
+  const uint16_t tport = t.port;
   auto replica = StartReplica(kafka->bootstrap());
   const uint16_t rport = PortOf(replica->http_address());
   Feed feed(kafka->bootstrap(), 6);  // events stamped now
