@@ -62,6 +62,10 @@ struct CheckpointJob {
   learner::ModelSnapshot snapshot;
   OffsetMap offsets;
   uint64_t request = 0;  // the forced-checkpoint request this job satisfies
+  // The learner's number of the latest snapshot this job holds
+  // (Learner::snapshot_number): stored, the memory limit may let go of
+  // the users it holds.
+  uint64_t number = 0;
   // Already complete (FinishSnapshot done, or merged deltas): the writer
   // stores it as it is.
   bool finished = false;
@@ -80,6 +84,7 @@ struct SnapshotJob {
   bool final = false;       // the last one, at shutdown
   bool checkpoint = false;  // then store everything merged so far
   uint64_t request = 0;
+  uint64_t number = 0;  // Learner::snapshot_number
   int64_t time_ms = 0;
 };
 
@@ -185,6 +190,7 @@ struct Service::Impl : public serve::ServiceHooks {
   store::SnapshotAccumulator merged;            // publish thread only
   OffsetMap merged_offsets;                     // publish thread only
   uint64_t merged_request = 0;                  // publish thread only
+  uint64_t merged_number = 0;                   // publish thread only
   std::mutex fresh_mu;                          // one fresh snapshot checkpoint at a time
   Clock::time_point last_fresh;                 // guarded by fresh_mu
 };
@@ -206,6 +212,9 @@ recstream::Status Service::Impl::Init() {
   }
   RECSTREAM_RETURN_IF_ERROR(store::CheckpointStore::Open(config.store, &store));
   RECSTREAM_RETURN_IF_ERROR(learner::Learner::Create(config.learner, &learner));
+  // With model.memory_limit_mb, users that left memory are read back from
+  // the store (and a restore keeps only those that fit).
+  learner->SetRowSource(store.get());
 
   learner::ModelSnapshot snapshot;
   OffsetMap offsets;
@@ -425,7 +434,9 @@ void Service::Impl::MaybeCheckpoint(bool final) {
     }
     write_succeeded = false;
     request = requested;
-    bool forced = request > completed;
+    // The memory limit waits for users to be stored before they may
+    // leave memory: it may ask for a checkpoint before the interval ends.
+    bool forced = request > completed || learner->WantsCheckpoint();
     if (!final && !forced && Clock::now() < next_checkpoint) return;
     // One write at a time; a due checkpoint waits for the next batch boundary.
     if (writing || pending) {
@@ -446,6 +457,7 @@ void Service::Impl::MaybeCheckpoint(bool final) {
   // stored rows still describe exactly the events of `offsets`.
   const double cpu_start = ThreadCpuSeconds();
   learner->BeginSnapshot(need_full, &job->snapshot);
+  job->number = learner->snapshot_number();
   spdlog::debug("checkpoint snapshot begun in {:.2f} ms on the training thread ({:.2f} ms CPU)",
                 std::chrono::duration<double, std::milli>(Clock::now() - snapshot_start).count(),
                 (ThreadCpuSeconds() - cpu_start) * 1e3);
@@ -494,6 +506,7 @@ void Service::Impl::WriterLoop() {
     last_status = s;
     if (s.ok()) {
       ++checkpoints;
+      learner->SnapshotStored(job->number);
       to_commit = job->offsets;
       write_succeeded = true;
     } else {
@@ -562,7 +575,8 @@ void Service::Impl::MaybeSnapshot(bool final) {
     }
     write_succeeded = false;
     request = requested;
-    checkpoint = final || request > completed || now >= next_checkpoint;
+    checkpoint =
+        final || request > completed || now >= next_checkpoint || learner->WantsCheckpoint();
     const bool publish_due = final || now >= next_publish || checkpoint;
     if (!checkpoint && !publish_due) return;
     if (snap_pending || snap_busy) {
@@ -590,6 +604,7 @@ void Service::Impl::MaybeSnapshot(bool final) {
   }
   if (!job) job = std::make_unique<SnapshotJob>();
   learner->BeginSnapshot(full, &job->snapshot);
+  job->number = learner->snapshot_number();
   job->time_ms = NowMs();
   job->offsets = learned_positions;
   job->full = full;
@@ -624,6 +639,7 @@ void Service::Impl::PublishLoop() {
     merged.Merge(job->snapshot, job->full);
     for (const auto& [tp, offset] : job->offsets) merged_offsets[tp] = offset;
     merged_request = std::max(merged_request, job->request);
+    merged_number = std::max(merged_number, job->number);
     recstream::Status s;
     if (job->publish) {
       s = publisher->Publish(job->snapshot, job->full, job->time_ms,
@@ -659,6 +675,7 @@ void Service::Impl::PublishLoop() {
       ckpt->offsets = std::move(merged_offsets);
       merged_offsets.clear();
       ckpt->request = merged_request;
+      ckpt->number = merged_number;
       ckpt->finished = true;
       ckpt->published = version;
       std::unique_lock lock(mu);

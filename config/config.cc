@@ -373,6 +373,9 @@ const std::vector<Key>& KeyTable() {
         "model.expire.feature_s", [](auto& c) -> auto& { return c.learner.expire_feature_s; }, 0,
         std::numeric_limits<int64_t>::max()));
     t.push_back(IntKey(
+        "model.memory_limit_mb", [](auto& c) -> auto& { return c.learner.memory_limit_mb; }, 0,
+        int64_t(1) << 30));
+    t.push_back(IntKey(
         "model.negatives", [](auto& c) -> auto& { return c.learner.negatives; }, 0, 100));
     t.push_back(IntKey(
         "model.negative_window", [](auto& c) -> auto& { return c.learner.negative_window; }, 1,

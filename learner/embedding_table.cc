@@ -454,6 +454,17 @@ uint32_t EmbeddingTable::Put(std::string_view key, const float* values) {
   return row;
 }
 
+uint32_t EmbeddingTable::Restore(std::string_view key, const float* values, bool* created) {
+  const uint32_t row = Insert(key, values, created);
+  if (*created) {
+    uint8_t state = kDirty;
+    if (epochs_) chunk(row)->epochs[row & kChunkMask].store(0, std::memory_order_relaxed);
+    std::atomic_ref<uint8_t>(chunk(row)->dirty[row & kChunkMask])
+        .compare_exchange_strong(state, kClean, std::memory_order_release);
+  }
+  return row;
+}
+
 uint32_t EmbeddingTable::Insert(std::string_view key, const float* values, bool* created) {
   if (created) *created = false;
   const uint64_t h = IndexHash(key);
@@ -561,6 +572,7 @@ uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
       std::atomic_ref<uint8_t>(chunk(row)->dirty[row & kChunkMask])
           .store(kDirty, std::memory_order_release);
       if (touched_) chunk(row)->touched[row & kChunkMask].store(0, std::memory_order_relaxed);
+      if (epochs_) Stamp(row);
       removed_.fetch_sub(1, std::memory_order_relaxed);
     }
   }
@@ -589,6 +601,7 @@ uint32_t EmbeddingTable::Reserve(const std::string_view* keys, uint32_t count) {
     }
     std::memcpy(c->headers.get() + (row & kChunkMask), &v, kHeaderBytes);
     c->dirty[row & kChunkMask] = kDirty;
+    if (epochs_) Stamp(row);
   }
   next_row_ = first + count;
   return first;
@@ -695,6 +708,10 @@ EmbeddingTable::Chunk* EmbeddingTable::EnsureChunk(uint32_t index) {
   if (touched_) {
     c->touched.reset(new std::atomic<uint32_t>[kChunkRows]);
     for (uint32_t i = 0; i < kChunkRows; ++i) c->touched[i].store(0, std::memory_order_relaxed);
+  }
+  if (epochs_) {
+    c->epochs.reset(new std::atomic<uint32_t>[kChunkRows]);
+    for (uint32_t i = 0; i < kChunkRows; ++i) c->epochs[i].store(0, std::memory_order_relaxed);
   }
   chunks_[index].store(c, std::memory_order_release);
   return c;

@@ -111,6 +111,17 @@ class EmbeddingTable {
   uint32_t touched(uint32_t row) const {
     return chunk(row)->touched[row & kChunkMask].load(std::memory_order_relaxed);
   }
+  // Snapshot epochs (for a memory limit), once TrackEpochs has been called
+  // on the empty table: each row remembers the epoch (SetEpoch) at which it
+  // last became changed, so that a caller that knows which snapshots are
+  // stored knows which unchanged rows the store holds as they are. Rows
+  // never changed in memory since they were read back (Restore) have
+  // epoch 0.
+  void TrackEpochs() { epochs_ = true; }
+  void SetEpoch(uint32_t epoch) { epoch_.store(epoch, std::memory_order_relaxed); }
+  uint32_t dirtied(uint32_t row) const {
+    return chunk(row)->epochs[row & kChunkMask].load(std::memory_order_relaxed);
+  }
   // Removes `key`: Find no longer returns its row, which is not exported
   // again (a change of it not yet exported is dropped; an export under way
   // still copies it as it was). Returns the row, kNoRow when the key has
@@ -156,6 +167,23 @@ class EmbeddingTable {
   // and the group's new rows are allocated together, their values written
   // outside the allocation lock. For restoring big tables.
   void PutMany(std::span<const std::string> keys, const float* values);
+  // For reading back a row that left memory (a memory limit): the row of
+  // `key`, created with values[0..row_floats()) and marked unchanged (the
+  // store holds it) when missing; an existing row keeps its values.
+  // `created` tells which. Same thread safety as GetOrCreate.
+  uint32_t Restore(std::string_view key, const float* values, bool* created);
+  // True when the row has no change a snapshot has not taken yet (and no
+  // export is copying it).
+  bool IsClean(uint32_t row) const {
+    return std::atomic_ref<uint8_t>(chunk(row)->dirty[row & kChunkMask])
+               .load(std::memory_order_acquire) == kClean;
+  }
+  // Bytes of memory a row takes: its floats (padded), id header, state
+  // bytes and index share (ids of up to 7 bytes; longer ones add their
+  // length).
+  size_t bytes_per_row() const {
+    return stride_ * sizeof(float) + 8 + 1 + (touched_ ? 4 : 0) + 16;
+  }
 
   // values[0..width) then accumulators[0..width).
   float* Row(uint32_t row) const { return chunk(row)->data + offset(row); }
@@ -173,6 +201,7 @@ class EmbeddingTable {
     std::atomic_ref<uint8_t> d(chunk(row)->dirty[row & kChunkMask]);
     const uint8_t state = d.load(std::memory_order_relaxed);
     if (state == kDirty) return;
+    if (epochs_) Stamp(row);
     if (state == kClean) {
       d.store(kDirty, std::memory_order_relaxed);
       return;
@@ -227,6 +256,7 @@ class EmbeddingTable {
     std::unique_ptr<uint64_t[]> headers;  // kChunkRows id headers (embedding_table.cc)
     std::unique_ptr<uint8_t[]> dirty;     // written through atomic_ref
     std::unique_ptr<std::atomic<uint32_t>[]> touched;  // with TrackTouches only
+    std::unique_ptr<std::atomic<uint32_t>[]> epochs;   // with TrackEpochs only
   };
   struct IndexShard;
   struct KeyArena;
@@ -259,6 +289,10 @@ class EmbeddingTable {
   // The slot array of `key`'s shard (t[0] the mask, t[1 + i] slot i), with
   // the key's tag and the array's mask: its probe starts at slot tag & mask.
   const uint64_t* SlotsOf(std::string_view key, uint64_t* tag, uint64_t* mask) const;
+  void Stamp(uint32_t row) {
+    chunk(row)->epochs[row & kChunkMask].store(epoch_.load(std::memory_order_relaxed),
+                                               std::memory_order_relaxed);
+  }
   // MarkDirty of a row that is due or being copied (see BeginExport).
   void CopyOutBeforeWrite(uint32_t row);
   // Export steps: Claim turns a due row into kCopying (true when this
@@ -304,6 +338,8 @@ class EmbeddingTable {
   std::vector<uint32_t> free_rows_;      // reclaimed rows; guarded by alloc_mu_
   std::atomic<uint32_t> removed_{0};     // removed rows not reused yet
   bool touched_ = false;
+  bool epochs_ = false;
+  std::atomic<uint32_t> epoch_{0};
   std::atomic<uint32_t> ready_rows_{0};  // rows whose key and values are set
   Export export_;                        // set by BeginExport (no writer running)
 };

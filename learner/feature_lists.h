@@ -81,6 +81,18 @@ class FeatureLists {
       std::atomic_ref<uint8_t>(c->dirty[row & kChunkMask]).store(0, std::memory_order_relaxed);
   }
 
+  // True when the list of `row` changed since ForEachDirty last saw it.
+  bool IsDirty(uint32_t row) const {
+    const Chunk* c = chunk(row);
+    return c && std::atomic_ref<uint8_t>(const_cast<uint8_t&>(c->dirty[row & kChunkMask]))
+                        .load(std::memory_order_relaxed) != 0;
+  }
+  // Clears the change mark of `row` (its list is stored as it is).
+  void MarkClean(uint32_t row) {
+    if (Chunk* c = chunk(row))
+      std::atomic_ref<uint8_t>(c->dirty[row & kChunkMask]).store(0, std::memory_order_relaxed);
+  }
+
   // Calls fn(row, list) for each row whose list changed since the previous
   // call (every row with a non-empty list when `all`), in row order, and
   // clears the marks. `list` is a const std::vector<uint32_t>&.

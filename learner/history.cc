@@ -59,6 +59,19 @@ void Histories::Clear(uint32_t user) {
   c->dirty[i] = 0;
 }
 
+bool Histories::IsDirty(uint32_t user) const {
+  if (capacity_ == 0 || (user >> kChunkBits) >= kMaxChunks) return false;
+  Chunk* c = chunks_[user >> kChunkBits].load(std::memory_order_acquire);
+  return c && std::atomic_ref<uint8_t>(c->dirty[user & (kChunkRows - 1)])
+                      .load(std::memory_order_relaxed) != 0;
+}
+
+void Histories::MarkClean(uint32_t user) {
+  if (capacity_ == 0 || (user >> kChunkBits) >= kMaxChunks) return;
+  Chunk* c = chunks_[user >> kChunkBits].load(std::memory_order_acquire);
+  if (c) std::atomic_ref<uint8_t>(c->dirty[user & (kChunkRows - 1)]).store(0, std::memory_order_relaxed);
+}
+
 void Histories::Set(uint32_t user, const uint32_t* begin, const uint32_t* end) {
   if (capacity_ == 0 || (user >> kChunkBits) >= kMaxChunks) return;
   const uint32_t cap = uint32_t(capacity_);

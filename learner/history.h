@@ -50,6 +50,10 @@ class Histories {
   // Empties the history of `user` without marking it changed (the user was
   // removed, and so is the stored history).
   void Clear(uint32_t user);
+  // True when the history of `user` changed since ForEachDirtyRow last saw
+  // it; MarkClean clears that (it is stored as it is).
+  bool IsDirty(uint32_t user) const;
+  void MarkClean(uint32_t user);
   // Calls fn(user) for each user whose history changed since the previous
   // call (every user with a history when `all`), in row order, and clears
   // the marks.

@@ -1,6 +1,7 @@
 #include "learner/learner.h"
 
 #include "learner/learner_impl.h"
+#include "learner/residency.h"
 
 namespace recstream::learner {
 
@@ -99,6 +100,8 @@ Status ValidateOptions(const LearnerOptions& o) {
   if (o.expire_user_s < 0) return bad("model.expire.user_s must be >= 0");
   if (o.expire_item_s < 0) return bad("model.expire.item_s must be >= 0");
   if (o.expire_feature_s < 0) return bad("model.expire.feature_s must be >= 0");
+  if (o.memory_limit_mb < 0 || o.memory_limit_mb > (int64_t(1) << 30))
+    return bad("model.memory_limit_mb must be in [0, 2^30]");
   if (o.implicit_negatives < 1 || o.implicit_negatives > 1000)
     return bad("model.implicit_negatives must be in [1, 1000]");
   if (o.negatives < 0 || o.negatives > 100) return bad("model.negatives must be in [0, 100]");
@@ -136,6 +139,7 @@ Status Learner::Create(const LearnerOptions& options, std::unique_ptr<Learner>* 
 const LearnerOptions& Learner::options() const { return impl_->model.options; }
 
 void Learner::Train(std::span<const Event> events, std::vector<Prediction>* before) {
+  if (impl_->model.residency) impl_->model.residency->Prepare(events);
   impl_->trainer.Train(events, before);
 }
 
@@ -206,7 +210,36 @@ LearnerStats Learner::Stats() const {
   s.features = m.user_features.live_size() + m.item_features.live_size();
   s.pretrained = m.pretrained ? m.pretrained->size() : 0;
   s.nonfinite_updates_refused = m.refused.load(std::memory_order_relaxed);
+  if (const Residency* r = m.residency.get()) {
+    s.memory_limit_bytes = r->limit_bytes();
+    s.model_bytes = r->model_bytes();
+    s.user_budget = r->user_budget();
+    s.users_resident = s.users;
+    s.users_evicted = r->evicted();
+    s.users_reloaded = r->reloaded();
+    s.store_reads = r->store_reads();
+    s.store_read_errors = r->read_errors();
+    s.checkpoints_wanted = r->checkpoints_wanted();
+  }
   return s;
+}
+
+void Learner::SetRowSource(const RowSource* source) {
+  if (impl_->model.residency) impl_->model.residency->SetSource(source);
+}
+
+uint64_t Learner::snapshot_number() const {
+  const Residency* r = impl_->model.residency.get();
+  return r ? r->begun() : 0;
+}
+
+void Learner::SnapshotStored(uint64_t number) {
+  if (impl_->model.residency) impl_->model.residency->Stored(number);
+}
+
+bool Learner::WantsCheckpoint() const {
+  const Residency* r = impl_->model.residency.get();
+  return r && r->WantsCheckpoint();
 }
 
 }  // namespace recstream::learner

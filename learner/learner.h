@@ -115,6 +115,20 @@ struct LearnerStats {
   uint64_t user_rows_allocated = 0;
   // The latest event time learned, seconds since the Unix epoch (0: none).
   int64_t event_time_s = 0;
+  // Memory limit (LearnerOptions::memory_limit_mb; all 0 without one).
+  // The limit and the model's estimated size in bytes; the users that fit
+  // beside the rest; users in memory; users that left memory and came back
+  // (to learn an event or answer a request) since start; reads of the
+  // store for them, and reads that failed; early checkpoints asked for.
+  uint64_t memory_limit_bytes = 0;
+  uint64_t model_bytes = 0;
+  uint64_t user_budget = 0;
+  uint64_t users_resident = 0;
+  uint64_t users_evicted = 0;
+  uint64_t users_reloaded = 0;
+  uint64_t store_reads = 0;
+  uint64_t store_read_errors = 0;
+  uint64_t checkpoints_wanted = 0;
 };
 
 // Row deltas. A row's values are the table's layout (embedding, per-task
@@ -144,6 +158,8 @@ struct TableDeletion {
   std::string table;  // "user", "item", "user_feature", "item_feature"
   std::vector<std::string> keys;
 };
+
+class RowSource;  // learner/row_source.h
 
 struct ModelSnapshot {
   // Identifies the model's shape; ApplySnapshot refuses a snapshot whose
@@ -269,6 +285,23 @@ class Learner {
   // The buffers of a snapshot passed in again are reused.
   void BeginSnapshot(bool full, ModelSnapshot* out);
   void FinishSnapshot(ModelSnapshot* out);
+  // Memory limit (LearnerOptions::memory_limit_mb; docs/interface.md,
+  // "Memory"). The store that users who left memory are read back from;
+  // until one is set, no user leaves memory. Set it before restoring (a
+  // restore then keeps in memory only the users that fit) and before the
+  // first Train call; `source` must outlive the learner's use of it.
+  void SetRowSource(const RowSource* source);
+  // The number of the latest BeginSnapshot (1 for the first), and the
+  // caller's word that the store holds the model as of snapshot `number`
+  // (that one and every one before it, merged or written one by one; after
+  // a failed write, a later full snapshot's number). Users leave memory only
+  // once every change they had is stored.
+  uint64_t snapshot_number() const;
+  void SnapshotStored(uint64_t number);
+  // True when users over the memory limit wait for a checkpoint that
+  // stores them: a caller that checkpoints on a timer may want one early.
+  bool WantsCheckpoint() const;
+
   // Loads a snapshot: rows are created or overwritten, dense parameters and
   // counters replaced. Apply a full snapshot first, then deltas in order.
   // Corruption when the snapshot's shape or row widths do not match.

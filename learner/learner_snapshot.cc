@@ -87,6 +87,9 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
     // After the push: the destination must not move again.
     t->BeginExport(full, &p.rows[ti], &out->tables.back().values);
   }
+  // Users changed from here on are in the next snapshot (the memory
+  // limit's epochs, see Residency).
+  if (m.residency) m.users.SetEpoch(uint32_t(m.residency->Begun() + 1));
   int li = 0;
   for (auto [table, lists] : {std::pair<EmbeddingTable*, FeatureLists*>{&m.users, &m.user_lists},
                               {&m.items, &m.item_lists}}) {
@@ -282,6 +285,26 @@ Status Learner::ApplyRows(const TableDelta& delta) {
   // PutMany writes a new row's values once, without computing initial
   // values that would be overwritten right away, and takes each index
   // shard's lock once per block.
+  if (t == &m.users && m.residency && m.residency->has_source()) {
+    // A memory limit: the users that fit now, the rest stay in the store.
+    std::vector<std::string> keys;
+    FloatBuffer values;
+    std::vector<size_t> kept;
+    for (size_t i = 0; i < delta.keys.size(); ++i)
+      if (m.users.Find(delta.keys[i]) != EmbeddingTable::kNoRow ||
+          m.residency->KeepRestored(delta.keys[i]))
+        kept.push_back(i);
+    if (kept.size() < delta.keys.size()) {
+      values.resize(kept.size() * size_t(w2));
+      for (size_t k = 0; k < kept.size(); ++k) {
+        keys.push_back(delta.keys[kept[k]]);
+        std::copy_n(delta.values.data() + kept[k] * size_t(w2), w2, values.data() + k * size_t(w2));
+      }
+      t->PutMany(keys, values.data());
+      m.applied.fetch_add(1, std::memory_order_relaxed);
+      return Status::OK();
+    }
+  }
   t->PutMany(delta.keys, delta.values.data());
   m.applied.fetch_add(1, std::memory_order_relaxed);
   return Status::OK();
@@ -316,6 +339,7 @@ void Model::SetLists(const FeatureListDelta& delta, size_t begin, size_t end) {
       items.clear();
       for (const std::string& item : delta.features[i])
         items.push_back(this->items.GetOrCreate(item));
+      if (!Resident(delta.keys[i])) continue;  // left in the store (memory limit)
       histories.Set(users.GetOrCreate(delta.keys[i]), items.data(), items.data() + items.size());
     }
     return;
@@ -329,6 +353,7 @@ void Model::SetLists(const FeatureListDelta& delta, size_t begin, size_t end) {
   for (size_t i = begin; i < std::min(end, begin + kAhead); ++i) main.Prefetch(delta.keys[i]);
   for (size_t i = begin; i < end; ++i) {
     if (i + kAhead < end) main.Prefetch(delta.keys[i + kAhead]);
+    if (user && !Resident(delta.keys[i])) continue;  // left in the store (memory limit)
     rows.clear();
     for (const std::string& f : delta.features[i]) rows.push_back(side.GetOrCreate(f));
     lists.Set(main.GetOrCreate(delta.keys[i]), rows.data(), rows.data() + rows.size());
@@ -441,7 +466,7 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
   {
     std::unique_lock lock(m.purchases_mu);
     for (const auto& [u, i] : snap.new_purchases)
-      m.purchases[m.users.GetOrCreate(u)].insert(m.items.GetOrCreate(i));
+      if (m.Resident(u)) m.purchases[m.users.GetOrCreate(u)].insert(m.items.GetOrCreate(i));
   }
   // What was just loaded is already stored: nothing is dirty.
   for (EmbeddingTable* t : m.all_tables()) t->ForEachDirty(false, [](uint32_t) {});

@@ -48,6 +48,7 @@ Model::Model(const LearnerOptions& o)
     user_features.TrackTouches();
     item_features.TrackTouches();
   }
+  if (o.memory_limit_mb > 0) residency = std::make_unique<Residency>(this);
   for (auto& r : recent) r.store(kNoEntry, std::memory_order_relaxed);
   for (auto& c : recent_count) c.store(0, std::memory_order_relaxed);
   log_table.resize(kLogTable + 1);

@@ -37,6 +37,7 @@
 #include "learner/history.h"
 #include "learner/learner.h"
 #include "learner/model_math.h"
+#include "learner/residency.h"
 #include "learner/task_weighting.h"
 
 namespace recstream::learner {
@@ -372,6 +373,19 @@ struct Model {
   // Rows removed by expiry since start: users, items, user features, item
   // features.
   std::array<std::atomic<uint64_t>, 4> expired{0, 0, 0, 0};
+  // The memory limit (LearnerOptions::memory_limit_mb > 0; null
+  // otherwise): which users are in memory, and reading back those that
+  // left.
+  std::unique_ptr<Residency> residency;
+  // The row of user `id`: Find, or with a memory limit, read back from the
+  // store when it left memory. Any thread.
+  uint32_t FindUser(std::string_view id) const {
+    return residency ? residency->FindUser(id) : users.Find(id);
+  }
+  // Restoring with a memory limit: false for a user left in the store
+  // (its list, history and purchases stay there too).
+  bool Resident(std::string_view user) const { return !residency || users.Find(user) != EmbeddingTable::kNoRow; }
+
   // True from BeginSnapshot until its FinishSnapshot: the export's lists
   // refer to rows, which must not be reused meanwhile.
   std::atomic<bool> exporting{false};

@@ -150,6 +150,14 @@ struct LearnerOptions {
   // after the removal.
   int64_t expire_item_s = 0;
   int64_t expire_feature_s = 0;
+  // Memory limit (model.memory_limit_mb, MiB; 0, the default: none). The
+  // rows of users used least recently leave memory once the store holds
+  // them as they are, and come back from the store when an event or a
+  // request needs them (learner/residency.h), so that the model's rows stay
+  // within this many MiB. Needs a RowSource (Learner::SetRowSource): the
+  // service's store. Item and feature rows, the dense layers and the
+  // structures the limit itself needs count against it but stay in memory.
+  int64_t memory_limit_mb = 0;
   // Experience replay: after each event, this many events drawn uniformly
   // from the last replay_window events are learned again (with the side
   // features their user and item have now). More passes over recent data

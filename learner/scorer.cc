@@ -146,7 +146,7 @@ void Scorer::PrepareUserSide(std::string_view user, UserSide* side,
                              const std::vector<std::string>* features) const {
   std::vector<float> u(m_.options.dim, 0.0f);
   side->bias.fill(0.0f);
-  side->row = m_.users.Find(user);
+  side->row = m_.FindUser(user);
   // A user without a row of its own (not admitted yet) is scored through
   // the prior row, as its events are learned (LearnerOptions::admit_after).
   const uint32_t vec_row = side->row != EmbeddingTable::kNoRow ? side->row : m_.Prior(0);

@@ -302,15 +302,21 @@ void Trainer::ResolveChunk(std::span<const Event> events, bool stage, TrainState
   for (size_t i = 0; i < std::min(n, kSlotAhead); ++i) prefetch_slots(i);
   for (size_t i = 0; i < std::min(n, kRowAhead); ++i) prefetch_rows(i);
   s->chunk_main.resize(2 * n);
+  // With a memory limit and no user expiry, users are touched with the
+  // limit's clock (Residency::Now); expiry touches them with event time.
+  const uint32_t user_clock =
+      m_.residency && m_.options.expire_user_s <= 0 ? m_.residency->clock() : 0;
   for (size_t i = 0; i < n; ++i) {
     const Event& e = events[i];
     if (i + kSlotAhead < n) prefetch_slots(i + kSlotAhead);
     if (i + kRowAhead < n) prefetch_rows(i + kRowAhead);
     const uint32_t u = m_.Admit(0, e.user), v = m_.Admit(1, e.item);
-    if (e.ts_ms > 0) {
-      if (m_.users.tracks_touches()) m_.users.Touch(u, uint32_t(e.ts_ms / 1000));
-      if (m_.items.tracks_touches()) m_.items.Touch(v, uint32_t(e.ts_ms / 1000));
+    if (user_clock != 0) {
+      m_.users.Touch(u, user_clock);  // least recently used, for the memory limit
+    } else if (e.ts_ms > 0 && m_.users.tracks_touches()) {
+      m_.users.Touch(u, uint32_t(e.ts_ms / 1000));
     }
+    if (e.ts_ms > 0 && m_.items.tracks_touches()) m_.items.Touch(v, uint32_t(e.ts_ms / 1000));
     s->chunk_main[2 * i] = u;
     s->chunk_main[2 * i + 1] = v;
     m_.user_lists.Prefetch(u);
@@ -816,6 +822,7 @@ void Trainer::Train(std::span<const Event> events, std::vector<Prediction>* befo
   if (latest_ms / 1000 > m_.event_time_s.load(std::memory_order_relaxed))
     m_.event_time_s.store(latest_ms / 1000, std::memory_order_relaxed);
   if (m_.expiring()) m_.ExpireStep(std::max<size_t>(4096, 4 * events.size()));
+  if (m_.residency) m_.residency->Evict();
 }
 
 void Trainer::ParallelFor(size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn) {

@@ -701,6 +701,19 @@ HttpResponse Api::Stats() const {
   w.Key("expired_features").Uint(ls.expired_features);
   w.Key("event_time_s").Int(ls.event_time_s);
   w.EndObject();
+  // Memory limit (model.memory_limit_mb): users in memory and in the
+  // store only, and the reads that bring them back.
+  w.Key("memory").BeginObject();
+  w.Key("limit_mb").Int(lo.memory_limit_mb);
+  w.Key("model_bytes").Uint(ls.model_bytes);
+  w.Key("user_budget").Uint(ls.user_budget);
+  w.Key("resident_users").Uint(ls.users);
+  w.Key("evicted_users").Uint(ls.users_evicted);
+  w.Key("reloaded_users").Uint(ls.users_reloaded);
+  w.Key("store_reads").Uint(ls.store_reads);
+  w.Key("store_read_errors").Uint(ls.store_read_errors);
+  w.Key("checkpoints_asked").Uint(ls.checkpoints_wanted);
+  w.EndObject();
   w.Key("blend").BeginObject();
   w.Key("click").Float(blend_.click).Key("purchase").Float(blend_.purchase);
   w.Key("rating").Float(blend_.rating);
@@ -1004,6 +1017,26 @@ HttpResponse Api::Metrics() const {
   p.Sample("recstream_expired_rows_total", {"table", "item"}, static_cast<double>(ls.expired_items));
   p.Sample("recstream_expired_rows_total", {"table", "feature"},
            static_cast<double>(ls.expired_features));
+  p.Header("recstream_memory_limit_bytes", "gauge",
+           "The memory limit of the model's rows (model.memory_limit_mb; 0: none).");
+  p.Sample("recstream_memory_limit_bytes", static_cast<double>(ls.memory_limit_bytes));
+  p.Header("recstream_model_bytes", "gauge",
+           "Memory the model's rows take, estimated from row counts (with a memory limit).");
+  p.Sample("recstream_model_bytes", static_cast<double>(ls.model_bytes));
+  p.Header("recstream_evicted_rows_total", "counter",
+           "Rows that left memory for the store under the memory limit, since start.");
+  p.Sample("recstream_evicted_rows_total", {"table", "user"},
+           static_cast<double>(ls.users_evicted));
+  p.Header("recstream_reloaded_rows_total", "counter",
+           "Rows read back from the store under the memory limit, since start.");
+  p.Sample("recstream_reloaded_rows_total", {"table", "user"},
+           static_cast<double>(ls.users_reloaded));
+  p.Header("recstream_store_reads_total", "counter",
+           "Reads of the store for rows that left memory (one per Train call or request).");
+  p.Sample("recstream_store_reads_total", static_cast<double>(ls.store_reads));
+  p.Header("recstream_store_read_errors_total", "counter",
+           "Reads of the store for rows that left memory that failed.");
+  p.Sample("recstream_store_read_errors_total", static_cast<double>(ls.store_read_errors));
   p.Header("recstream_nonfinite_updates_refused_total", "counter",
            "Updates refused because they would have written NaN or infinity.");
   p.Sample("recstream_nonfinite_updates_refused_total",

@@ -1228,6 +1228,80 @@ Status CheckpointStore::ReadModelPage(std::string_view after, size_t max_bytes,
   return Status::OK();
 }
 
+Status CheckpointStore::ReadUsers(std::span<const std::string_view> ids,
+                                  learner::ModelSnapshot* out) const {
+  Impl& d = *impl_;
+  if (!d.db) return Status::Unavailable("store " + d.options.path + " is not open");
+  if (ids.empty()) return Status::OK();
+  const rocksdb::Snapshot* snap = d.db->GetSnapshot();
+  const SnapshotRelease release{d.db.get(), snap};
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snap;
+  // Per user: its row, its feature list, its history.
+  constexpr size_t kParts = 3;
+  std::vector<std::string> keys(ids.size() * kParts);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    codec::AppendRowKey(&keys[kParts * i], "user", ids[i]);
+    codec::AppendFeatureListKey(&keys[kParts * i + 1], "user", ids[i]);
+    codec::AppendFeatureListKey(&keys[kParts * i + 2], "user_history", ids[i]);
+  }
+  std::vector<rocksdb::Slice> slices;
+  slices.reserve(keys.size());
+  for (const std::string& k : keys) slices.emplace_back(k);
+  std::vector<std::string> values;
+  const std::vector<rocksdb::Status> got = d.db->MultiGet(ro, slices, &values);
+  learner::TableDelta rows;
+  rows.table = "user";
+  learner::FeatureListDelta lists, histories;
+  lists.table = "user";
+  histories.table = "user_history";
+  std::unique_ptr<rocksdb::Iterator> it;
+  std::string prefix;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const rocksdb::Status& row_status = got[kParts * i];
+    if (row_status.IsNotFound()) continue;
+    if (!row_status.ok()) return FromRocks(row_status, "reading a user back");
+    const std::string& row = values[kParts * i];
+    if (row.empty() || row.size() % 4 != 0)
+      return Status::Corruption("stored row of user '" + std::string(ids[i]) + "' is malformed");
+    const int width = int(row.size() / 4);
+    if (rows.width == 0) rows.width = width;
+    if (width != rows.width)
+      return Status::Corruption("stored rows of table 'user' differ in width");
+    rows.keys.emplace_back(ids[i]);
+    const size_t at = rows.values.size();
+    rows.values.resize(at + size_t(width));
+    codec::DecodeFloats(row, rows.values.data() + at);
+    for (size_t part = 1; part < kParts; ++part) {
+      const rocksdb::Status& st = got[kParts * i + part];
+      if (st.IsNotFound()) continue;
+      if (!st.ok()) return FromRocks(st, "reading a user back");
+      std::string_view table, id;
+      std::vector<std::string> features;
+      RECSTREAM_RETURN_IF_ERROR(codec::DecodeFeatureList(
+          std::string_view(keys[kParts * i + part]).substr(kFeatureListPrefix.size()),
+          values[kParts * i + part], &table, &id, &features));
+      learner::FeatureListDelta& dst = part == 1 ? lists : histories;
+      dst.keys.emplace_back(ids[i]);
+      dst.features.push_back(std::move(features));
+    }
+    // Purchases: "p/" <length> <user> <item>, contiguous per user.
+    if (!it) it.reset(d.db->NewIterator(ro));
+    prefix.assign(kPurchasePrefix);
+    codec::PutFixed32(&prefix, uint32_t(ids[i].size()));
+    prefix += ids[i];
+    for (it->Seek(ToSlice(prefix)); it->Valid() && ToView(it->key()).starts_with(prefix);
+         it->Next())
+      out->new_purchases.emplace_back(std::string(ids[i]),
+                                      std::string(ToView(it->key()).substr(prefix.size())));
+    if (!it->status().ok()) return FromRocks(it->status(), "reading purchases back");
+  }
+  if (!rows.keys.empty()) out->tables.push_back(std::move(rows));
+  if (!lists.keys.empty()) out->feature_lists.push_back(std::move(lists));
+  if (!histories.keys.empty()) out->feature_lists.push_back(std::move(histories));
+  return Status::OK();
+}
+
 CheckpointInfo CheckpointStore::last() const {
   std::lock_guard<std::mutex> lock(impl_->state_mu);
   return impl_->last;

@@ -31,6 +31,7 @@
 #include "common/offsets.h"
 #include "common/status.h"
 #include "learner/learner.h"
+#include "learner/row_source.h"
 #include "store/model_records.h"
 #include "store/options.h"
 
@@ -58,7 +59,7 @@ struct CheckpointInfo {
 };
 
 
-class CheckpointStore {
+class CheckpointStore : public learner::RowSource {
  public:
   // Opens (creating if missing) the RocksDB directory options.path.
   // IOError carrying RocksDB's message when the directory cannot be created
@@ -66,7 +67,7 @@ class CheckpointStore {
   // Corruption when RocksDB finds its own files or our metadata damaged.
   static Status Open(const StoreOptions& options, std::unique_ptr<CheckpointStore>* store);
   // Flushes RocksDB's memtable so that the next Open() is fast, then closes.
-  ~CheckpointStore();
+  ~CheckpointStore() override;
   CheckpointStore(const CheckpointStore&) = delete;
   CheckpointStore& operator=(const CheckpointStore&) = delete;
 
@@ -126,6 +127,15 @@ class CheckpointStore {
   // instead of collecting them in `rest`, whose feature_lists are then empty.
   Status LoadStreaming(const RowSink& rows, const ListSink& lists, int threads,
                        learner::ModelSnapshot* rest, OffsetMap* offsets, CheckpointInfo* info);
+
+  // learner::RowSource, for a learner with a memory limit: the stored
+  // rows, feature lists, histories and purchases of the users `ids`, all
+  // from the latest checkpoint (one RocksDB snapshot), in one MultiGet plus
+  // a seek per user found for its purchases. May run on any thread, beside
+  // Write(). Unavailable when the store is not open; Corruption when a
+  // record is malformed.
+  Status ReadUsers(std::span<const std::string_view> ids,
+                   learner::ModelSnapshot* out) const override;
 
   // The latest checkpoint (written by Write(), or found by Open()); sequence
   // 0 when there is none.

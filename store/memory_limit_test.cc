@@ -1,0 +1,216 @@
+// The memory limit (model.memory_limit_mb) with a real learner and a real
+// RocksDB store: users that leave memory come back from the store bit for
+// bit, while training and after a restart.
+#include <unistd.h>
+
+#include <atomic>
+#include <bit>
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "store/checkpoint_store.h"
+
+namespace recstream::store {
+namespace {
+
+namespace fs = std::filesystem;
+using learner::Event;
+using learner::Learner;
+using learner::LearnerOptions;
+using learner::ModelSnapshot;
+using learner::Task;
+
+class TempDir {
+ public:
+  TempDir() {
+    static std::atomic<int> counter{0};
+    path_ = fs::temp_directory_path() / ("recstream_memory_limit_test_" +
+                                         std::to_string(::getpid()) + "_" +
+                                         std::to_string(counter++));
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string Sub(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+constexpr int kUsers = 12000;  // three times what a 1 MiB limit keeps
+constexpr int kItems = 300;
+
+std::string User(int u) {
+  std::string id = "user-";
+  return id += std::to_string(u);
+}
+std::string Item(int i) {
+  std::string id = "item-";
+  return id += std::to_string(i);
+}
+
+// Batches of events over many users: each batch mostly new users, some
+// who come back after others pushed them out, with features, histories
+// (implicit clicks) and purchases.
+std::vector<std::vector<Event>> MakeBatches(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> item(0, kItems - 1), task(0, 9), back(0, 3);
+  std::vector<std::vector<Event>> batches;
+  int next_user = 0;
+  int64_t ts = 1'700'000'000'000;
+  while (next_user < kUsers) {
+    std::vector<Event> batch;
+    for (int k = 0; k < 512; ++k) {
+      int u;
+      if (back(rng) == 0 && next_user > 0) {
+        u = int(rng() % uint64_t(next_user));  // someone seen before
+      } else {
+        u = next_user < kUsers ? next_user++ : int(rng() % uint64_t(kUsers));
+      }
+      for (int rep = 0; rep < 2; ++rep) {
+        Event e;
+        const int t = task(rng);
+        e.task = t < 8 ? Task::kClick : Task::kPurchase;
+        e.label = 1.0f;
+        e.user = User(u);
+        const int i = item(rng);
+        e.item = Item(i);
+        e.ts_ms = ts++;
+        e.user_features = {"segment=" + std::to_string(u % 7)};
+        e.item_features = {"category=" + std::to_string(i % 11)};
+        batch.push_back(std::move(e));
+      }
+    }
+    batches.push_back(std::move(batch));
+  }
+  return batches;
+}
+
+LearnerOptions Options(int64_t limit_mb) {
+  LearnerOptions o;
+  o.dim = 8;
+  o.hidden = 8;
+  o.threads = 1;
+  o.seed = 11;
+  o.history = 4;
+  o.memory_limit_mb = limit_mb;
+  return o;
+}
+
+std::unique_ptr<Learner> NewLearner(const LearnerOptions& options) {
+  std::unique_ptr<Learner> l;
+  REQUIRE(Learner::Create(options, &l).ok());
+  return l;
+}
+
+bool Same(const learner::ScoreResult& a, const learner::ScoreResult& b) {
+  auto eq = [](float x, float y) { return std::bit_cast<uint32_t>(x) == std::bit_cast<uint32_t>(y); };
+  return eq(a.prediction.click, b.prediction.click) &&
+         eq(a.prediction.purchase, b.prediction.purchase) && eq(a.score, b.score) &&
+         a.user_known == b.user_known;
+}
+
+// Stores one checkpoint of `l` and tells it so.
+void Checkpoint(Learner* l, CheckpointStore* store) {
+  ModelSnapshot snap;
+  l->BeginSnapshot(false, &snap);
+  const uint64_t number = l->snapshot_number();
+  l->FinishSnapshot(&snap);
+  REQUIRE(store->Write(snap, OffsetMap(), nullptr).ok());
+  l->SnapshotStored(number);
+}
+
+// Users whose scores differ between the two learners (every user, a few
+// items each); `first` describes the first.
+int Mismatches(const Learner& want, const Learner& got, std::string* first) {
+  const learner::Blend blend;
+  int bad = 0;
+  for (int u = 0; u < kUsers; u += 7) {
+    for (int i = 0; i < kItems; i += 37) {
+      const auto a = want.Score(User(u), Item(i), blend);
+      const auto b = got.Score(User(u), Item(i), blend);
+      if (!Same(a, b) && bad++ == 0)
+        *first = User(u) + "/" + Item(i) + ": " + std::to_string(a.score) + " vs " +
+                 std::to_string(b.score);
+    }
+  }
+  return bad;
+}
+
+TEST_CASE("Users that leave memory come back from the store bit for bit", "[memory]") {
+  TempDir dir;
+  StoreOptions so;
+  so.path = dir.Sub("store");
+  std::unique_ptr<CheckpointStore> store;
+  REQUIRE(CheckpointStore::Open(so, &store).ok());
+  auto limited = NewLearner(Options(1));
+  limited->SetRowSource(store.get());
+  auto full = NewLearner(Options(0));
+
+  const auto batches = MakeBatches(5);
+  for (size_t b = 0; b < batches.size(); ++b) {
+    limited->Train(batches[b]);
+    full->Train(batches[b]);
+    if (b % 2 == 1) Checkpoint(limited.get(), store.get());
+  }
+  const learner::LearnerStats ls = limited->Stats();
+  INFO("budget " << ls.user_budget << ", resident " << ls.users << ", evicted "
+                 << ls.users_evicted << ", reloaded " << ls.users_reloaded);
+  // Users left memory, and users who came back were read back, not made
+  // anew (which would have scored differently from the unlimited twin).
+  REQUIRE(ls.users_evicted > 0);
+  REQUIRE(ls.users_reloaded > 0);
+  REQUIRE(ls.store_read_errors == 0);
+  // Within the limit, give or take a checkpoint interval's new users.
+  REQUIRE(ls.users <= ls.user_budget + 2 * 1024);
+  REQUIRE(full->Stats().users == uint64_t(kUsers));
+
+  std::string first;
+  int bad = Mismatches(*full, *limited, &first);
+  INFO("first mismatch " << first);
+  REQUIRE(bad == 0);
+  // Recommendations of a user read back leave out its purchases as before.
+  for (int u = 0; u < 200; u += 13) {
+    const auto want = full->Recommend(User(u), 5, true, learner::Blend());
+    const auto got = limited->Recommend(User(u), 5, true, learner::Blend());
+    REQUIRE(want.size() == got.size());
+    for (size_t k = 0; k < want.size(); ++k) REQUIRE(want[k].item == got[k].item);
+  }
+
+  SECTION("a restart keeps the users that fit and reads the others back") {
+    Checkpoint(limited.get(), store.get());
+    limited.reset();
+    auto restored = NewLearner(Options(1));
+    restored->SetRowSource(store.get());
+    ModelSnapshot rest;
+    OffsetMap offsets;
+    CheckpointInfo info;
+    REQUIRE(store
+                ->LoadStreaming([&](const learner::TableDelta& d) { return restored->ApplyRows(d); },
+                                [&](const learner::FeatureListDelta& d) {
+                                  return restored->ApplyLists(d);
+                                },
+                                2, &rest, &offsets, &info)
+                .ok());
+    REQUIRE(restored->ApplySnapshot(rest).ok());
+    const learner::LearnerStats rs = restored->Stats();
+    INFO("restored " << rs.users << " of " << kUsers << " users, budget " << rs.user_budget);
+    REQUIRE(rs.users <= rs.user_budget);
+    REQUIRE(rs.users > 0);
+    first.clear();
+    bad = Mismatches(*full, *restored, &first);
+    INFO("first mismatch " << first);
+    REQUIRE(bad == 0);
+    REQUIRE(restored->Stats().users_reloaded > 0);
+  }
+}
+
+}  // namespace
+}  // namespace recstream::store
