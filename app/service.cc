@@ -398,6 +398,9 @@ void Service::Impl::TrainLoop() {
       rate_events += batch->size;
       std::lock_guard lock(batch_mu);
       spare.push_back(std::move(batch));
+    } else {
+      // No events: users over the memory limit still leave once stored.
+      learner->Idle();
     }
     auto elapsed = Clock::now() - rate_start;
     if (elapsed >= std::chrono::seconds(1)) {

@@ -224,6 +224,10 @@ LearnerStats Learner::Stats() const {
   return s;
 }
 
+void Learner::Idle() {
+  if (impl_->model.residency) impl_->model.residency->Evict();
+}
+
 void Learner::SetRowSource(const RowSource* source) {
   if (impl_->model.residency) impl_->model.residency->SetSource(source);
 }

@@ -285,6 +285,11 @@ class Learner {
   // The buffers of a snapshot passed in again are reused.
   void BeginSnapshot(bool full, ModelSnapshot* out);
   void FinishSnapshot(ModelSnapshot* out);
+  // Housekeeping that Train does after learning, for a training thread
+  // that has no events now: users over the memory limit leave memory
+  // (once stored). Same threading as Train.
+  void Idle();
+
   // Memory limit (LearnerOptions::memory_limit_mb; docs/interface.md,
   // "Memory"). The store that users who left memory are read back from;
   // until one is set, no user leaves memory. Set it before restoring (a
