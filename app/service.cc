@@ -210,6 +210,8 @@ recstream::Status Service::Impl::Init() {
           config.kafka.ownership.count);
     }
   }
+  // A memory limit reads users back one by one: a store tuned for that.
+  config.store.point_reads = config.learner.memory_limit_mb > 0;
   RECSTREAM_RETURN_IF_ERROR(store::CheckpointStore::Open(config.store, &store));
   RECSTREAM_RETURN_IF_ERROR(learner::Learner::Create(config.learner, &learner));
   // With model.memory_limit_mb, users that left memory are read back from

@@ -35,7 +35,7 @@
 //     time from the produce call to the event's effect in a replica.
 //
 //   service_bench longtail [--events N] [--expire-user-s S] [--admit-after A]
-//                          [--checkpoint-every M]
+//                          [--checkpoint-every M] [--memory-limit-mb L] [--return-share R]
 //     Memory under an endless long tail of new users (issue #30), without
 //     Kafka: a learner and its store (RocksDB in a temp dir) as the service
 //     holds them. Events come from the generator (items, labels, features),
@@ -43,7 +43,10 @@
 //     events 2 ms apart in event time. Every M events (default 1,000,000) a
 //     delta snapshot is stored, as a checkpoint; prints the events, the
 //     rate, live and expired users, the process's resident memory and the
-//     store's size on disk.
+//     store's size on disk. With L, the memory limit (users leave for the
+//     store and come back; a checkpoint also when the learner asks for one);
+//     with R, that share of events comes from an earlier visitor, drawn
+//     uniformly, so that users come back from the store.
 //
 //   service_bench replica-bootstrap [--rows N]
 //     A store holding N synthetic user rows; the service restores it and
@@ -583,17 +586,22 @@ int ReplicaBootstrap(uint64_t rows) {
   return ready ? 0 : 1;
 }
 
-int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkpoint_every) {
+int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkpoint_every,
+             int64_t limit_mb, double return_share) {
   testing::TempDir dir;
   config::AppConfig cfg;
   cfg.store.path = dir.path() + "/store";
   cfg.learner.expire_user_s = expire_s;
   cfg.learner.admit_after = admit_after;
+  cfg.learner.memory_limit_mb = limit_mb;
+  cfg.store.point_reads = limit_mb > 0;  // as the service sets it
   std::unique_ptr<learner::Learner> l;
   Status s = learner::Learner::Create(cfg.learner, &l);
   if (!s.ok()) return std::fprintf(stderr, "%s\n", s.ToString().c_str()), 2;
   std::unique_ptr<store::CheckpointStore> st;
   if (!store::CheckpointStore::Open(cfg.store, &st).ok()) return 1;
+  l->SetRowSource(st.get());
+  std::mt19937_64 rng(99);
   eval::GeneratorOptions go;
   go.events = events;
   go.users = 10000;  // only the generator's world; every event gets a visitor id of its own
@@ -609,23 +617,53 @@ int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkp
   uint64_t last_done = 0;
   learner::ModelSnapshot snap;
   OffsetMap offsets;
-  std::printf("%10s %8s %10s %10s %12s %9s %10s %9s\n", "events", "s", "events/s", "users",
-              "expired", "rows_alloc", "rss_mib", "store_mib");
-  auto report = [&] {
-    l->TakeSnapshot(false, &snap);
+  std::printf("%10s %8s %10s %10s %12s %9s %10s %9s %9s %10s %10s %8s\n", "events", "s",
+              "events/s", "users", "expired", "rows_alloc", "rss_mib", "store_mib", "model_mib",
+              "evicted", "reloaded", "auc");
+  double train_s = 0, checkpoint_s = 0;
+  uint64_t checkpoints = 0;
+  // Checkpoints as the service takes them: the training thread lists the
+  // changed rows (BeginSnapshot), a writer thread copies and stores them
+  // (FinishSnapshot, Write) while training goes on, one at a time.
+  std::thread writer;
+  std::atomic<bool> writing{false};
+  auto checkpoint = [&](bool wait) {
+    if (writer.joinable()) {
+      if (!wait && writing.load()) return;  // one at a time: the next batch asks again
+      writer.join();
+    }
+    const auto c0 = Clock::now();
+    ++checkpoints;
+    l->BeginSnapshot(false, &snap);
+    checkpoint_s += SecondsSince(c0);
+    const uint64_t number = l->snapshot_number();
     offsets[TopicPartition{"recstream.click", 0}] = int64_t(done);
-    store::CheckpointInfo info;
-    if (Status w = st->Write(snap, offsets, &info); !w.ok())
-      std::fprintf(stderr, "write: %s\n", w.ToString().c_str());
+    writing = true;
+    writer = std::thread([&, number, offs = offsets] {
+      l->FinishSnapshot(&snap);
+      store::CheckpointInfo info;
+      if (Status w = st->Write(snap, offs, &info); !w.ok()) {
+        std::fprintf(stderr, "write: %s\n", w.ToString().c_str());
+      } else {
+        l->SnapshotStored(number);
+      }
+      writing = false;
+    });
+    if (wait) writer.join();
+  };
+  auto report = [&] {
+    checkpoint(true);
     uint64_t bytes = 0;
     for (const auto& f : std::filesystem::recursive_directory_iterator(cfg.store.path))
       if (f.is_regular_file()) bytes += f.file_size();
     const learner::LearnerStats ls = l->Stats();
     const double s_now = SecondsSince(start);
-    std::printf("%10llu %8.1f %10.0f %10llu %12llu %9llu %10.1f %9.1f\n", (unsigned long long)done,
-                s_now, double(done - last_done) / SecondsSince(last), (unsigned long long)ls.users,
-                (unsigned long long)ls.expired_users, (unsigned long long)ls.user_rows_allocated,
-                MiB(ResidentBytes()), MiB(bytes));
+    std::printf("%10llu %8.1f %10.0f %10llu %12llu %9llu %10.1f %9.1f %9.1f %10llu %10llu %8.6f\n",
+                (unsigned long long)done, s_now, double(done - last_done) / SecondsSince(last),
+                (unsigned long long)ls.users, (unsigned long long)ls.expired_users,
+                (unsigned long long)ls.user_rows_allocated, MiB(ResidentBytes()), MiB(bytes),
+                MiB(ls.model_bytes), (unsigned long long)ls.users_evicted,
+                (unsigned long long)ls.users_reloaded, ls.tasks[0].auc);
     std::fflush(stdout);
     last = Clock::now();
     last_done = done;
@@ -634,17 +672,33 @@ int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkp
   while (gen.Next(&line)) {
     learner::Event& e = batch[n];
     if (parser.Parse(line, &e, 0).has_value()) continue;
-    e.user = "visitor" + std::to_string(done / 3);
+    // A share of events come from earlier visitors, who return.
+    const uint64_t visitor =
+        return_share > 0 && done >= 3 && double(rng() >> 11) * 0x1p-53 < return_share
+            ? rng() % (done / 3)
+            : done / 3;
+    e.user = "visitor" + std::to_string(visitor);
     e.ts_ms = t0_ms + int64_t(done) * 2;
     ++done;
     if (++n == batch.size()) {
+      const auto t0 = Clock::now();
       l->Train(std::span(batch.data(), n));
+      train_s += SecondsSince(t0);
       n = 0;
+      // The memory limit waits for users to be stored: a checkpoint when
+      // it asks, as the service does.
+      if (l->WantsCheckpoint()) checkpoint(false);
     }
     if (done % checkpoint_every == 0) report();
   }
   if (n > 0) l->Train(std::span(batch.data(), n));
   report();
+  const learner::LearnerStats fin = l->Stats();
+  std::printf("time: %.2f s in Train, %.2f s in %llu checkpoints' pauses (%llu asked for by the "
+              "memory limit), %llu store reads; events/s in Train %.0f\n",
+              train_s, checkpoint_s, (unsigned long long)checkpoints,
+              (unsigned long long)fin.checkpoints_wanted, (unsigned long long)fin.store_reads,
+              double(done) / train_s);
   // What the store holds now: rows per table (deleted ones must be gone).
   learner::ModelSnapshot stored;
   if (Status ld = st->Load(&stored, nullptr, nullptr); !ld.ok())
@@ -838,6 +892,11 @@ int main(int argc, char** argv) {
   lt->add_option("--admit-after", lt_admit, "model.admit_after");
   lt->add_option("--checkpoint-every", lt_every, "events between stored snapshots")
       ->check(CLI::PositiveNumber);
+  int64_t lt_limit = 0;
+  double lt_return = 0;
+  lt->add_option("--memory-limit-mb", lt_limit, "model.memory_limit_mb (0: none)");
+  lt->add_option("--return-share", lt_return,
+                 "share of events from an earlier visitor, drawn uniformly (0: none)");
   auto* rb = app.add_subcommand("replica-bootstrap", "time a replica's bootstrap of N rows");
   rb->add_option("--rows", bootstrap_rows);
   CLI11_PARSE(app, argc, argv);
@@ -850,7 +909,8 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::from_str(log_level));
   std::printf("service_bench load=%s\n", LoadAverage().c_str());
   if (sb->parsed()) return StoreBench(rows, delta_rows, user_features);
-  if (lt->parsed()) return LongTail(lt_events, lt_expire, lt_admit, lt_every);
+  if (lt->parsed())
+    return LongTail(lt_events, lt_expire, lt_admit, lt_every, lt_limit, lt_return);
   if (tp->parsed())
     return Throughput(events, users, items, partitions, checkpoint_ms, latency, hold, restart);
   if (rb->parsed()) return ReplicaBootstrap(bootstrap_rows);

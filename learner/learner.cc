@@ -139,7 +139,11 @@ Status Learner::Create(const LearnerOptions& options, std::unique_ptr<Learner>* 
 const LearnerOptions& Learner::options() const { return impl_->model.options; }
 
 void Learner::Train(std::span<const Event> events, std::vector<Prediction>* before) {
-  if (impl_->model.residency) impl_->model.residency->Prepare(events);
+  if (impl_->model.residency)
+    impl_->model.residency->Prepare(
+        events, [this](size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn) {
+          impl_->trainer.ParallelFor(n, grain, fn);
+        });
   impl_->trainer.Train(events, before);
 }
 
@@ -210,9 +214,9 @@ LearnerStats Learner::Stats() const {
   s.features = m.user_features.live_size() + m.item_features.live_size();
   s.pretrained = m.pretrained ? m.pretrained->size() : 0;
   s.nonfinite_updates_refused = m.refused.load(std::memory_order_relaxed);
+  s.model_bytes = ModelBytes(m);
   if (const Residency* r = m.residency.get()) {
     s.memory_limit_bytes = r->limit_bytes();
-    s.model_bytes = r->model_bytes();
     s.user_budget = r->user_budget();
     s.users_resident = s.users;
     s.users_evicted = r->evicted();

@@ -115,13 +115,15 @@ struct LearnerStats {
   uint64_t user_rows_allocated = 0;
   // The latest event time learned, seconds since the Unix epoch (0: none).
   int64_t event_time_s = 0;
+  // The model's rows and structures in bytes, estimated from row counts
+  // (with or without a memory limit).
+  uint64_t model_bytes = 0;
   // Memory limit (LearnerOptions::memory_limit_mb; all 0 without one).
-  // The limit and the model's estimated size in bytes; the users that fit
+  // The limit; the users that fit
   // beside the rest; users in memory; users that left memory and came back
   // (to learn an event or answer a request) since start; reads of the
   // store for them, and reads that failed; early checkpoints asked for.
   uint64_t memory_limit_bytes = 0;
-  uint64_t model_bytes = 0;
   uint64_t user_budget = 0;
   uint64_t users_resident = 0;
   uint64_t users_evicted = 0;
@@ -152,6 +154,13 @@ struct FeatureListDelta {
   std::vector<std::string> keys;                   // user or item ids
   std::vector<std::vector<std::string>> features;  // parallel to keys
 };
+
+// The feature lists of users that left memory under a memory limit
+// (LearnerOptions::memory_limit_mb) with user expiry: one entry per user,
+// its touch time (s of event time, in decimal; "0": unknown). Kept by the
+// store so that expiry reaches users that are not in memory; a model that
+// applies them ignores them, and they are never published.
+inline constexpr std::string_view kUserLeftLists = "user_left";
 
 // Ids removed from a table (expiry).
 struct TableDeletion {

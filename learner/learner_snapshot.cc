@@ -33,7 +33,8 @@ Status CheckLists(const FeatureListDelta& delta) {
       return Status::Corruption("the negative ring of a snapshot is malformed");
     return Status::OK();
   }
-  if (delta.table != "user" && delta.table != "item" && delta.table != "user_history")
+  if (delta.table != "user" && delta.table != "item" && delta.table != "user_history" &&
+      delta.table != kUserLeftLists)
     return Status::Corruption("snapshot has feature lists of unknown table '" + delta.table + "'");
   if (delta.features.size() != delta.keys.size())
     return Status::Corruption("feature lists of '" + delta.table + "' are malformed");
@@ -123,6 +124,8 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
     delta.table = "negative_ring";
     out->feature_lists.push_back(std::move(delta));
   }
+  // Last of the lists: FinishSnapshot fills the ones above by position.
+  if (m.residency) m.residency->ExportLeft(out);
   out->dense.emplace_back("dense", m.dense);
   out->dense.emplace_back("dense_accum", m.dense_accum);
   out->dense.emplace_back("history_match", m.history_match);
@@ -333,6 +336,9 @@ void Model::SetLists(const FeatureListDelta& delta, size_t begin, size_t end) {
     recent_exported = recent_next.load();
     return;
   }
+  // Touch times of users that left memory: the store's, read by the memory
+  // limit's expiry (Residency), nothing a model holds.
+  if (delta.table == kUserLeftLists) return;
   if (delta.table == "user_history") {
     std::vector<uint32_t> items;
     for (size_t i = begin; i < end; ++i) {
@@ -465,8 +471,13 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
   for (int t = 0; t < kNumTasks; ++t) m.learned[t].store(snap.learned[t]);
   {
     std::unique_lock lock(m.purchases_mu);
-    for (const auto& [u, i] : snap.new_purchases)
-      if (m.Resident(u)) m.purchases[m.users.GetOrCreate(u)].insert(m.items.GetOrCreate(i));
+    for (const auto& [u, i] : snap.new_purchases) {
+      if (m.Resident(u)) {
+        m.purchases[m.users.GetOrCreate(u)].insert(m.items.GetOrCreate(i));
+      } else {
+        m.residency->NoteBuyer(u);  // left in the store with its purchases
+      }
+    }
   }
   // What was just loaded is already stored: nothing is dirty.
   for (EmbeddingTable* t : m.all_tables()) t->ForEachDirty(false, [](uint32_t) {});

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -29,9 +30,15 @@ Residency::Residency(Model* model)
   int bits = 20;
   while (bits < 36 && (uint64_t(1) << (bits + 1)) / 8 <= limit_bytes_ / 32) ++bits;
   filter_bits_ = bits;
-  const size_t words = size_t(1) << (bits - 6);
-  filter_.reset(new std::atomic<uint64_t>[words]);
-  for (size_t i = 0; i < words; ++i) filter_[i].store(0, std::memory_order_relaxed);
+  buyer_bits_ = bits - 2;
+  auto make = [](int b) {
+    const size_t words = size_t(1) << (b - 6);
+    std::unique_ptr<std::atomic<uint64_t>[]> f(new std::atomic<uint64_t>[words]);
+    for (size_t i = 0; i < words; ++i) f[i].store(0, std::memory_order_relaxed);
+    return f;
+  };
+  filter_ = make(filter_bits_);
+  buyers_ = make(buyer_bits_);
   m_.users.TrackTouches();
   m_.users.TrackEpochs();
   // Rows changed before the first snapshot are in snapshot 1.
@@ -40,55 +47,57 @@ Residency::Residency(Model* model)
 
 Residency::~Residency() = default;
 
-bool Residency::MayHaveLeft(std::string_view id) const {
+bool Residency::MayHold(const std::unique_ptr<std::atomic<uint64_t>[]>& filter, int bits,
+                        std::string_view id) {
   const uint64_t h = Hash64(id);
-  const uint64_t mask = (uint64_t(1) << filter_bits_) - 1;
+  const uint64_t mask = (uint64_t(1) << bits) - 1;
   uint64_t a = h, b = (h >> 32) | 1;
   for (int i = 0; i < kProbes; ++i, a += b) {
     const uint64_t bit = a & mask;
-    if (!(filter_[bit >> 6].load(std::memory_order_relaxed) & (uint64_t(1) << (bit & 63))))
+    if (!(filter[bit >> 6].load(std::memory_order_relaxed) & (uint64_t(1) << (bit & 63))))
       return false;
   }
   return true;
 }
 
-void Residency::NoteLeft(std::string_view id) {
+void Residency::Note(const std::unique_ptr<std::atomic<uint64_t>[]>& filter, int bits,
+                     std::string_view id) {
   const uint64_t h = Hash64(id);
-  const uint64_t mask = (uint64_t(1) << filter_bits_) - 1;
+  const uint64_t mask = (uint64_t(1) << bits) - 1;
   uint64_t a = h, b = (h >> 32) | 1;
   for (int i = 0; i < kProbes; ++i, a += b) {
     const uint64_t bit = a & mask;
-    filter_[bit >> 6].fetch_or(uint64_t(1) << (bit & 63), std::memory_order_relaxed);
+    filter[bit >> 6].fetch_or(uint64_t(1) << (bit & 63), std::memory_order_relaxed);
   }
 }
 
-uint64_t Residency::BytesPerUser() const {
-  const int h = m_.options.history;
-  return m_.users.bytes_per_row() + 4 /* epoch */ + 5 /* list */ +
+uint64_t BytesPerUser(const Model& m) {
+  const int h = m.options.history;
+  return m.users.bytes_per_row() + (m.residency ? 4 /* epoch */ : 0) + 5 /* list */ +
          (h > 0 ? uint64_t(1 + h) * 4 + 1 : 0);
 }
 
-uint64_t Residency::SharedBytes() const {
+uint64_t SharedBytes(const Model& m) {
   uint64_t b = 0;
-  b += uint64_t(m_.items.size()) * (m_.items.bytes_per_row() + 5);
-  b += uint64_t(m_.user_features.size()) * m_.user_features.bytes_per_row();
-  b += uint64_t(m_.item_features.size()) * m_.item_features.bytes_per_row();
-  if (m_.pretrained) b += uint64_t(m_.pretrained->size()) * m_.pretrained->bytes_per_row();
-  b += (m_.dense.size() + m_.dense_accum.size() + m_.dense_m.size()) * sizeof(float);
-  b += m_.recent.size() * 8 + m_.recent_count.size() * 4 + m_.history_match.size() * 4;
-  if (m_.admission) b += uint64_t(AdmissionSketch::kDepth) * AdmissionSketch::kWidth;
-  b += (uint64_t(1) << filter_bits_) / 8;
+  b += uint64_t(m.items.size()) * (m.items.bytes_per_row() + 5);
+  b += uint64_t(m.user_features.size()) * m.user_features.bytes_per_row();
+  b += uint64_t(m.item_features.size()) * m.item_features.bytes_per_row();
+  if (m.pretrained) b += uint64_t(m.pretrained->size()) * m.pretrained->bytes_per_row();
+  b += (m.dense.size() + m.dense_accum.size() + m.dense_m.size()) * sizeof(float);
+  b += m.recent.size() * 8 + m.recent_count.size() * 4 + m.history_match.size() * 4;
+  if (m.admission) b += uint64_t(AdmissionSketch::kDepth) * AdmissionSketch::kWidth;
+  if (m.residency) b += m.residency->filter_bytes();
   return b;
 }
 
-uint64_t Residency::user_budget() const {
-  const uint64_t shared = SharedBytes();
-  const uint64_t room = limit_bytes_ > shared ? (limit_bytes_ - shared) / BytesPerUser() : 0;
-  return std::max(kMinUsers, room);
+uint64_t ModelBytes(const Model& m) {
+  return SharedBytes(m) + uint64_t(m.users.size()) * BytesPerUser(m);
 }
 
-uint64_t Residency::model_bytes() const {
-  return SharedBytes() + uint64_t(m_.users.size()) * BytesPerUser();
+uint64_t Residency::user_budget() const {
+  const uint64_t shared = SharedBytes(m_);
+  const uint64_t room = limit_bytes_ > shared ? (limit_bytes_ - shared) / BytesPerUser(m_) : 0;
+  return std::max(kMinUsers, room);
 }
 
 uint32_t Residency::Now() const {
@@ -100,6 +109,99 @@ void Residency::Stored(uint64_t number) {
   uint64_t s = stored_.load(std::memory_order_relaxed);
   while (s < number && !stored_.compare_exchange_weak(s, number, std::memory_order_acq_rel)) {
   }
+  std::lock_guard lock(mu_);
+  std::erase_if(expiring_, [&](const auto& e) { return e.second <= number; });
+}
+
+void Residency::ExportLeft(ModelSnapshot* out) {
+  std::vector<std::pair<std::string, uint32_t>> left;
+  {
+    std::lock_guard lock(left_mu_);
+    left.swap(left_);
+  }
+  if (left.empty()) return;
+  FeatureListDelta d;
+  d.table = std::string(kUserLeftLists);
+  d.keys.reserve(left.size());
+  d.features.reserve(left.size());
+  for (auto& [id, touched] : left) {
+    d.keys.push_back(std::move(id));
+    d.features.push_back({std::to_string(touched)});
+  }
+  out->feature_lists.push_back(std::move(d));
+}
+
+void Residency::ExpireLeft() {
+  const int64_t now = m_.event_time_s.load(std::memory_order_relaxed);
+  if (now <= 0) return;
+  {
+    // Users found past their time when read back (Apply).
+    std::lock_guard lock(mu_);
+    if (!returned_expired_.empty()) {
+      const uint64_t carrier = begun_.load(std::memory_order_acquire) + 1;
+      std::vector<std::string>& deleted = m_.deleted_ids["user"];
+      for (std::string& id : returned_expired_) {
+        expiring_.emplace(id, carrier);
+        deleted.push_back(std::move(id));
+      }
+      m_.expired[0].fetch_add(returned_expired_.size(), std::memory_order_relaxed);
+      returned_expired_.clear();
+      for (auto& p : returned_expired_purchases_) m_.deleted_purchases.push_back(std::move(p));
+      returned_expired_purchases_.clear();
+    }
+  }
+  // A slice of the store's entries per call, at least twice as many as
+  // users left in the previous one, so that expiry keeps up with them.
+  const size_t kSlice = std::max<size_t>(1024, 2 * last_let_go_);
+  std::vector<RowSource::LeftUser> slice;
+  const RowSource* source = source_.load(std::memory_order_acquire);
+  if (Status s = source->ScanLeft(left_cursor_, kSlice, &slice); !s.ok()) {
+    read_errors_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  left_cursor_ = slice.size() < kSlice ? std::string() : slice.back().id;
+  std::vector<std::string_view> gone;
+  {
+    std::lock_guard lock(mu_);
+    for (const RowSource::LeftUser& u : slice) {
+      // Back in memory (expiry in memory decides), or already going.
+      if (m_.users.Find(u.id) != EmbeddingTable::kNoRow || !Returnable(u.id)) continue;
+      if (u.touched == 0) {
+        std::lock_guard left_lock(left_mu_);
+        left_.emplace_back(u.id, uint32_t(now));  // first seen by expiry: touched now
+        continue;
+      }
+      if (int64_t(u.touched) < now - m_.options.expire_user_s) gone.push_back(u.id);
+    }
+  }
+  if (gone.empty()) return;
+  // Their purchases go too: read those that may have some.
+  std::vector<uint8_t> buyers(gone.size());
+  bool any = false;
+  for (size_t i = 0; i < gone.size(); ++i) any |= (buyers[i] = MayHold(buyers_, buyer_bits_, gone[i]));
+  ModelSnapshot part;
+  if (any) {
+    std::vector<std::string_view> ids;
+    std::vector<uint8_t> flags;
+    for (size_t i = 0; i < gone.size(); ++i)
+      if (buyers[i]) {
+        ids.push_back(gone[i]);
+        flags.push_back(1);
+      }
+    if (Status s = source->ReadUsers(ids, flags, &part); !s.ok()) {
+      read_errors_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+  }
+  std::lock_guard lock(mu_);
+  const uint64_t carrier = begun_.load(std::memory_order_acquire) + 1;
+  std::vector<std::string>& deleted = m_.deleted_ids["user"];
+  for (std::string_view id : gone) {
+    deleted.emplace_back(id);
+    expiring_.emplace(std::string(id), carrier);
+  }
+  for (auto& p : part.new_purchases) m_.deleted_purchases.push_back(std::move(p));
+  m_.expired[0].fetch_add(gone.size(), std::memory_order_relaxed);
 }
 
 bool Residency::KeepRestored(std::string_view id) {
@@ -108,10 +210,14 @@ bool Residency::KeepRestored(std::string_view id) {
   if (restored_.fetch_add(1, std::memory_order_relaxed) < user_budget()) return true;
   restored_.fetch_sub(1, std::memory_order_relaxed);
   NoteLeft(id);
+  if (m_.options.expire_user_s > 0) {
+    std::lock_guard lock(left_mu_);
+    left_.emplace_back(std::string(id), 0);  // its time is not stored: unknown
+  }
   return false;
 }
 
-void Residency::Prepare(std::span<const Event> events) {
+void Residency::Prepare(std::span<const Event> events, const ParallelFor& parallel_for) {
   clock_.fetch_add(1, std::memory_order_relaxed);
   if (!has_source()) return;
   ids_.clear();
@@ -120,22 +226,29 @@ void Residency::Prepare(std::span<const Event> events) {
     // user found here has its list and history.
     std::lock_guard lock(mu_);
     for (const Event& e : events)
-      if (m_.users.Find(e.user) == EmbeddingTable::kNoRow && MayHaveLeft(e.user))
+      if (m_.users.Find(e.user) == EmbeddingTable::kNoRow && MayHaveLeft(e.user) &&
+          Returnable(e.user))
         ids_.push_back(e.user);
   }
   if (ids_.empty()) return;
   std::sort(ids_.begin(), ids_.end());
   ids_.erase(std::unique(ids_.begin(), ids_.end()), ids_.end());
   // Nothing leaves memory before this call's Evict (the same thread), so
-  // what is read is what the store holds.
-  ReadBack(ids_);
+  // what is read is what the store holds. The reads of a big batch are
+  // split over the training threads, each a call of the source.
+  constexpr size_t kGrain = 256;
+  parallel_for(ids_.size(), kGrain, [&](size_t begin, size_t end) {
+    ReadBack(std::span(ids_).subspan(begin, end - begin));
+  });
 }
 
 size_t Residency::ReadBack(std::span<const std::string_view> ids) {
   const RowSource* source = source_.load(std::memory_order_acquire);
+  std::vector<uint8_t> buyers(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) buyers[i] = MayHold(buyers_, buyer_bits_, ids[i]);
   ModelSnapshot part;
   store_reads_.fetch_add(1, std::memory_order_relaxed);
-  if (Status s = source->ReadUsers(ids, &part); !s.ok()) {
+  if (Status s = source->ReadUsers(ids, buyers, &part); !s.ok()) {
     read_errors_.fetch_add(1, std::memory_order_relaxed);
     return 0;
   }
@@ -152,6 +265,10 @@ uint32_t Residency::FindUser(std::string_view id) {
     return row;
   }
   if (!has_source() || !MayHaveLeft(id)) return row;
+  {
+    std::lock_guard lock(mu_);
+    if (!Returnable(id)) return row;
+  }
   const std::string_view ids[] = {id};
   // A user read back, trained, stored and let go again while this read
   // was under way would come back as the older stored state: the read is
@@ -165,7 +282,8 @@ uint32_t Residency::FindUser(std::string_view id) {
     const bool last = attempt == 2;
     std::unique_lock lock(mu_, std::defer_lock);
     if (last) lock.lock();
-    if (Status s = source->ReadUsers(ids, &part); !s.ok()) {
+    const uint8_t buyer[] = {uint8_t(MayHold(buyers_, buyer_bits_, id))};
+    if (Status s = source->ReadUsers(ids, buyer, &part); !s.ok()) {
       read_errors_.fetch_add(1, std::memory_order_relaxed);
       return EmbeddingTable::kNoRow;
     }
@@ -180,11 +298,32 @@ uint32_t Residency::FindUser(std::string_view id) {
 size_t Residency::Apply(const ModelSnapshot& part) {
   std::unordered_map<std::string_view, uint32_t> created;
   const uint32_t now = Now();
+  // With user expiry: users that left memory and whose time ran out
+  // meanwhile are not read back but expired (Evict records it), and start
+  // afresh.
+  std::unordered_map<std::string_view, bool> expired;
+  if (m_.options.expire_user_s > 0 && now > 0) {
+    for (const FeatureListDelta& l : part.feature_lists) {
+      if (l.table != kUserLeftLists) continue;
+      for (size_t i = 0; i < l.keys.size() && i < l.features.size(); ++i) {
+        const uint32_t touched =
+            l.features[i].empty() ? 0 : uint32_t(std::strtoul(l.features[i][0].c_str(), nullptr, 10));
+        if (touched > 0 && int64_t(touched) < int64_t(now) - m_.options.expire_user_s &&
+            m_.users.Find(l.keys[i]) == EmbeddingTable::kNoRow) {
+          expired.emplace(l.keys[i], true);
+          returned_expired_.emplace_back(l.keys[i]);
+        }
+      }
+    }
+    for (const auto& [user, item] : part.new_purchases)
+      if (expired.count(user)) returned_expired_purchases_.emplace_back(user, item);
+  }
   for (const TableDelta& t : part.tables) {
     if (t.table != "user" || t.width != int(m_.users.row_floats()) ||
         t.values.size() != t.keys.size() * size_t(t.width))
       continue;
     for (size_t i = 0; i < t.keys.size(); ++i) {
+      if (!expired.empty() && expired.count(t.keys[i])) continue;
       bool fresh = false;
       const uint32_t row = m_.users.Restore(t.keys[i], t.values.data() + i * size_t(t.width), &fresh);
       if (!fresh) continue;  // in memory already (read back by another caller)
@@ -234,14 +373,20 @@ void Residency::Evict() {
   // Rows let go by the previous call are reused from here (a score that
   // found one a moment before has had a whole Train call to finish).
   m_.ReclaimRetired();
+  if (m_.options.expire_user_s > 0 && has_source() &&
+      !m_.exporting.load(std::memory_order_acquire))
+    ExpireLeft();
   const uint32_t prior = m_.Prior(0);
   const uint64_t live = m_.users.live_size() - (prior != EmbeddingTable::kNoRow ? 1 : 0);
-  const uint64_t budget = user_budget();
-  if (live <= budget || !has_source() || m_.exporting.load(std::memory_order_acquire)) {
+  // Users leave down to 7/8 of the budget, so that the new users of the
+  // next several calls fit before the budget is reached; beyond it, users
+  // that wait for a checkpoint to store them make the learner ask for one.
+  const uint64_t budget = user_budget(), target = budget - budget / 8;
+  if (live <= target || !has_source() || m_.exporting.load(std::memory_order_acquire)) {
     if (live <= budget) wants_checkpoint_.store(false, std::memory_order_relaxed);
     return;
   }
-  const uint64_t over = live - budget;
+  const uint64_t over = live - target;
   const uint32_t n = m_.users.size();
   // The cutoff: the touch time below which about `over` of the live users
   // lie, from a sample of touch times (touch 0: restored, not used since).
@@ -277,14 +422,23 @@ void Residency::Evict() {
       ++changed;
       continue;
     }
-    NoteLeft(m_.users.key(row));
+    const std::string_view id = m_.users.key(row);
+    NoteLeft(id);
+    if (m_.options.expire_user_s > 0) {
+      std::lock_guard left_lock(left_mu_);
+      left_.emplace_back(std::string(id), m_.users.touched(row));
+    }
+    {
+      std::shared_lock plock(m_.purchases_mu);
+      const auto it = m_.purchases.find(row);
+      if (it != m_.purchases.end() && !it->second.empty()) NoteBuyer(id);
+    }
     m_.RemoveRow(m_.users, row, false);
     ++let_go;
   }
   evicted_.fetch_add(let_go, std::memory_order_release);
-  // Over by more than an eighth with the users to let go all changed
-  // since the last stored checkpoint: ask for one.
-  const bool want = let_go < over && changed > 0 && over > budget / 8;
+  last_let_go_ = let_go;
+  const bool want = live - let_go > budget && changed > 0;
   if (want && !wants_checkpoint_.load(std::memory_order_relaxed))
     checkpoints_wanted_.fetch_add(1, std::memory_order_relaxed);
   wants_checkpoint_.store(want, std::memory_order_relaxed);

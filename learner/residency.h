@@ -34,10 +34,14 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
+#include <string>
 #include <string_view>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "learner/event.h"
@@ -47,6 +51,16 @@ namespace recstream::learner {
 struct Model;
 class RowSource;
 struct ModelSnapshot;
+
+// Bytes of memory the model's rows and structures take now, estimated from
+// row counts (each table's bytes_per_row with its list, history and state
+// bytes; the dense blocks, the negative ring, the admission sketch, the
+// memory limit's filter); with or without a limit. Allocated user rows count
+// (the high-water mark of users in memory). Any thread.
+uint64_t ModelBytes(const Model& m);
+// A user's share of it, and the rest's.
+uint64_t BytesPerUser(const Model& m);
+uint64_t SharedBytes(const Model& m);
 
 class Residency {
  public:
@@ -62,8 +76,12 @@ class Residency {
   bool has_source() const { return source_.load(std::memory_order_acquire) != nullptr; }
 
   // Training thread, before learning `events`: reads back every user of
-  // theirs that left memory, in one call of the source.
-  void Prepare(std::span<const Event> events);
+  // theirs that left memory, in one call of the source per piece of
+  // `parallel_for` (Learner::ParallelFor's contract: fn(begin, end) over
+  // pieces of [0, n), on the training threads).
+  using ParallelFor = std::function<void(size_t n, size_t grain,
+                                         const std::function<void(size_t, size_t)>& fn)>;
+  void Prepare(std::span<const Event> events, const ParallelFor& parallel_for);
   // Training thread, after a Train call: while more users are in memory
   // than the limit allows, lets those used least recently go (up to a
   // slice of the table per call).
@@ -87,6 +105,16 @@ class Residency {
   // Its list, history and purchases then stay there too (the model's
   // SetLists and ApplySnapshot skip users without a row). Any thread.
   bool KeepRestored(std::string_view id);
+  // Expiry of users not in memory (LearnerOptions::expire_user_s): a user
+  // that leaves memory leaves its touch time in the store (a kUserLeftLists
+  // entry of the next snapshot: ExportLeft, at BeginSnapshot); Evict reads
+  // a slice of those entries now and then and records the deletion of the
+  // users past their time (with their purchases), as expiry does in memory.
+  // Until the snapshot with the deletion is stored, such a user counts as
+  // never seen.
+  void ExportLeft(ModelSnapshot* out);
+  // Restore: user `id`, left in the store, has purchases there.
+  void NoteBuyer(std::string_view id) { Note(buyers_, buyer_bits_, id); }
   // The time a user used now is touched with: with user expiry, event
   // time (s, as expiry reads it); otherwise a clock that counts Train
   // calls.
@@ -97,9 +125,9 @@ class Residency {
   uint64_t limit_bytes() const { return limit_bytes_; }
   // Users that fit beside the rest of the model (at least kMinUsers).
   uint64_t user_budget() const;
-  // Bytes the model's rows and structures take now, estimated from row
-  // counts (bytes_per_row of each table; the filter; the dense block).
-  uint64_t model_bytes() const;
+  uint64_t filter_bytes() const {
+    return (uint64_t(1) << filter_bits_) / 8 + (uint64_t(1) << buyer_bits_) / 8;
+  }
   uint64_t evicted() const { return evicted_.load(std::memory_order_relaxed); }
   uint64_t reloaded() const { return reloaded_.load(std::memory_order_relaxed); }
   uint64_t store_reads() const { return store_reads_.load(std::memory_order_relaxed); }
@@ -110,17 +138,24 @@ class Residency {
   static constexpr uint64_t kMinUsers = 4096;
 
  private:
-  // Bytes per user: its row, list entry and history.
-  uint64_t BytesPerUser() const;
-  // Bytes of everything but the users.
-  uint64_t SharedBytes() const;
-  // Reads back the users `ids` (none of them in memory); returns how many
-  // came back.
+  // Reads back the users `ids` (none of them in memory), the purchases of
+  // those that may have some; returns how many came back.
   size_t ReadBack(std::span<const std::string_view> ids);
+  // One slice of expiry over the users not in memory (training thread).
+  void ExpireLeft();
+  // False for a user whose deletion waits to be stored; under mu_.
+  bool Returnable(std::string_view id) const {
+    return expiring_.empty() || expiring_.find(std::string(id)) == expiring_.end();
+  }
   // Puts what the source read into memory, unchanged-marked: under mu_.
   size_t Apply(const ModelSnapshot& part);
-  bool MayHaveLeft(std::string_view id) const;
-  void NoteLeft(std::string_view id);
+  // Bloom filters: `bits` bits, kProbes probes per id.
+  static bool MayHold(const std::unique_ptr<std::atomic<uint64_t>[]>& filter, int bits,
+                      std::string_view id);
+  static void Note(const std::unique_ptr<std::atomic<uint64_t>[]>& filter, int bits,
+                   std::string_view id);
+  bool MayHaveLeft(std::string_view id) const { return MayHold(filter_, filter_bits_, id); }
+  void NoteLeft(std::string_view id) { Note(filter_, filter_bits_, id); }
 
   Model& m_;
   const uint64_t limit_bytes_;
@@ -132,6 +167,10 @@ class Residency {
   static constexpr int kProbes = 6;
   int filter_bits_ = 0;
   std::unique_ptr<std::atomic<uint64_t>[]> filter_;
+  // Users that left with purchases (a quarter of the filter's size): only
+  // theirs are read back.
+  int buyer_bits_ = 0;
+  std::unique_ptr<std::atomic<uint64_t>[]> buyers_;
   std::atomic<uint64_t> begun_{0};
   std::atomic<uint64_t> stored_{0};
   std::atomic<uint32_t> clock_{1};
@@ -142,6 +181,18 @@ class Residency {
   std::atomic<uint64_t> evicted_{0}, reloaded_{0}, store_reads_{0}, read_errors_{0},
       checkpoints_wanted_{0};
   std::vector<std::string_view> ids_;  // Prepare's scratch
+  // Users that left memory since the last snapshot, with their touch times
+  // (only with user expiry); guarded by left_mu_.
+  std::mutex left_mu_;
+  std::vector<std::pair<std::string, uint32_t>> left_;
+  // Expired while out of memory: id -> the snapshot number that carries the
+  // deletion; guarded by mu_.
+  std::unordered_map<std::string, uint64_t> expiring_;
+  std::string left_cursor_;  // where the next expiry slice starts
+  uint64_t last_let_go_ = 0;
+  // Users read back past their time (Apply), to expire: under mu_.
+  std::vector<std::string> returned_expired_;
+  std::vector<std::pair<std::string, std::string>> returned_expired_purchases_;
 };
 
 }  // namespace recstream::learner

@@ -4,8 +4,11 @@
 // (store::CheckpointStore); the learner knows nothing of how.
 #pragma once
 
+#include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/status.h"
 #include "learner/learner.h"
@@ -19,13 +22,29 @@ class RowSource {
   // Reads what is stored of the users `ids` into *out, as a snapshot of
   // the stored model would carry it: their rows (one TableDelta "user";
   // values then optimizer state, as TakeSnapshot gives them), their "user"
-  // feature lists and "user_history" lists, and their purchases in
-  // new_purchases. Users not stored are left out. Every part comes from one
+  // feature lists, "user_history" lists and kUserLeftLists entries (when
+  // they left memory), and their purchases in
+  // new_purchases: of every user when `purchases` is empty, else of user i
+  // only when purchases[i] is non-zero (a caller that knows who never
+  // bought spares the store a seek each). Users not stored are left out.
+  // Every part comes from one
   // checkpoint, so what it holds is consistent. May run on any thread,
   // concurrently with other calls and with the store's writes. IOError or
   // Corruption when the store fails (the learner then treats the users as
   // unknown for this call).
-  virtual Status ReadUsers(std::span<const std::string_view> ids, ModelSnapshot* out) const = 0;
+  virtual Status ReadUsers(std::span<const std::string_view> ids,
+                           std::span<const uint8_t> purchases, ModelSnapshot* out) const = 0;
+
+  // A user that left memory, as kept for expiry (kUserLeftLists).
+  struct LeftUser {
+    std::string id;
+    uint32_t touched = 0;  // s of event time; 0: unknown
+  };
+  // Reads up to `max` of the stored kUserLeftLists entries, in id order,
+  // from the first id after `after` ("": from the start), into *out
+  // (replacing its contents); fewer than `max` means the end was reached.
+  // Same threading and errors as ReadUsers.
+  virtual Status ScanLeft(std::string_view after, size_t max, std::vector<LeftUser>* out) const = 0;
 };
 
 }  // namespace recstream::learner

@@ -1,10 +1,12 @@
 #include "store/checkpoint_store.h"
 
 #include <oneapi/tbb/parallel_sort.h>
+#include <rocksdb/cache.h>
 #include <rocksdb/db.h>
 #include <rocksdb/utilities/table_properties_collectors.h>
 #include <rocksdb/env.h>
 #include <rocksdb/file_system.h>
+#include <rocksdb/filter_policy.h>
 #include <rocksdb/options.h>
 #include <rocksdb/slice.h>
 #include <rocksdb/sst_file_writer.h>
@@ -204,7 +206,7 @@ class FaultyFileSystem : public rocksdb::FileSystemWrapper {
   std::function<bool()> fail_;
 };
 
-rocksdb::Options MakeRocksOptions() {
+rocksdb::Options MakeRocksOptions(const StoreOptions& options) {
   rocksdb::Options o;
   o.create_if_missing = true;
   // Background flushes and compactions share a small machine with training.
@@ -233,9 +235,21 @@ rocksdb::Options MakeRocksOptions() {
       rocksdb::NewCompactOnDeletionCollectorFactory(/*sliding_window_size=*/65536,
                                                     /*deletion_trigger=*/16384,
                                                     /*deletion_ratio=*/0.25));
-  // Only whole-prefix scans and a few point reads: big blocks, no filters.
   rocksdb::BlockBasedTableOptions t;
-  t.block_size = 64 << 10;
+  if (options.point_reads) {
+    // Users read back one by one (a memory limit): a read costs a block
+    // (read, checksummed), so small blocks, and a cache for the hottest.
+    t.block_size = 4 << 10;
+    // Checkpoints arrive as table files, many of which overlap a key: a
+    // filter per file spares the read of each file without it (10 bits a
+    // key, about 1% false positives).
+    t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+    t.cache_index_and_filter_blocks = false;
+    t.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
+  } else {
+    // Only whole-prefix scans and a few point reads: big blocks, no filters.
+    t.block_size = 64 << 10;
+  }
   o.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
   return o;
 }
@@ -254,7 +268,7 @@ struct CheckpointStore::Impl {
   std::unique_ptr<rocksdb::DB> db;  // null after a failed reopen
 
   rocksdb::Options RocksOptions() {
-    rocksdb::Options o = MakeRocksOptions();
+    rocksdb::Options o = MakeRocksOptions(options);
     if (options.fail_writes) {
       if (!faulty_env) {
         faulty_env = rocksdb::NewCompositeEnv(std::make_shared<FaultyFileSystem>(
@@ -1229,6 +1243,7 @@ Status CheckpointStore::ReadModelPage(std::string_view after, size_t max_bytes,
 }
 
 Status CheckpointStore::ReadUsers(std::span<const std::string_view> ids,
+                                  std::span<const uint8_t> purchases,
                                   learner::ModelSnapshot* out) const {
   Impl& d = *impl_;
   if (!d.db) return Status::Unavailable("store " + d.options.path + " is not open");
@@ -1237,13 +1252,14 @@ Status CheckpointStore::ReadUsers(std::span<const std::string_view> ids,
   const SnapshotRelease release{d.db.get(), snap};
   rocksdb::ReadOptions ro;
   ro.snapshot = snap;
-  // Per user: its row, its feature list, its history.
-  constexpr size_t kParts = 3;
+  // Per user: its row, its feature list, its history, when it left memory.
+  constexpr size_t kParts = 4;
   std::vector<std::string> keys(ids.size() * kParts);
   for (size_t i = 0; i < ids.size(); ++i) {
     codec::AppendRowKey(&keys[kParts * i], "user", ids[i]);
     codec::AppendFeatureListKey(&keys[kParts * i + 1], "user", ids[i]);
     codec::AppendFeatureListKey(&keys[kParts * i + 2], "user_history", ids[i]);
+    codec::AppendFeatureListKey(&keys[kParts * i + 3], learner::kUserLeftLists, ids[i]);
   }
   std::vector<rocksdb::Slice> slices;
   slices.reserve(keys.size());
@@ -1252,9 +1268,10 @@ Status CheckpointStore::ReadUsers(std::span<const std::string_view> ids,
   const std::vector<rocksdb::Status> got = d.db->MultiGet(ro, slices, &values);
   learner::TableDelta rows;
   rows.table = "user";
-  learner::FeatureListDelta lists, histories;
+  learner::FeatureListDelta lists, histories, left;
   lists.table = "user";
   histories.table = "user_history";
+  left.table = std::string(learner::kUserLeftLists);
   std::unique_ptr<rocksdb::Iterator> it;
   std::string prefix;
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -1281,11 +1298,12 @@ Status CheckpointStore::ReadUsers(std::span<const std::string_view> ids,
       RECSTREAM_RETURN_IF_ERROR(codec::DecodeFeatureList(
           std::string_view(keys[kParts * i + part]).substr(kFeatureListPrefix.size()),
           values[kParts * i + part], &table, &id, &features));
-      learner::FeatureListDelta& dst = part == 1 ? lists : histories;
+      learner::FeatureListDelta& dst = part == 1 ? lists : part == 2 ? histories : left;
       dst.keys.emplace_back(ids[i]);
       dst.features.push_back(std::move(features));
     }
     // Purchases: "p/" <length> <user> <item>, contiguous per user.
+    if (!purchases.empty() && (i >= purchases.size() || !purchases[i])) continue;
     if (!it) it.reset(d.db->NewIterator(ro));
     prefix.assign(kPurchasePrefix);
     codec::PutFixed32(&prefix, uint32_t(ids[i].size()));
@@ -1299,6 +1317,38 @@ Status CheckpointStore::ReadUsers(std::span<const std::string_view> ids,
   if (!rows.keys.empty()) out->tables.push_back(std::move(rows));
   if (!lists.keys.empty()) out->feature_lists.push_back(std::move(lists));
   if (!histories.keys.empty()) out->feature_lists.push_back(std::move(histories));
+  if (!left.keys.empty()) out->feature_lists.push_back(std::move(left));
+  return Status::OK();
+}
+
+Status CheckpointStore::ScanLeft(std::string_view after, size_t max,
+                                 std::vector<LeftUser>* out) const {
+  Impl& d = *impl_;
+  out->clear();
+  if (!d.db) return Status::Unavailable("store " + d.options.path + " is not open");
+  std::string prefix;
+  codec::AppendFeatureListKey(&prefix, learner::kUserLeftLists, "");
+  std::string from = prefix;
+  from += after;
+  rocksdb::ReadOptions ro;
+  ro.fill_cache = false;
+  std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(ro));
+  it->Seek(ToSlice(from));
+  if (!after.empty() && it->Valid() && ToView(it->key()) == from) it->Next();
+  std::vector<std::string> features;
+  for (; it->Valid() && out->size() < max; it->Next()) {
+    const std::string_view key = ToView(it->key());
+    if (!key.starts_with(prefix)) break;
+    std::string_view table, id;
+    features.clear();
+    RECSTREAM_RETURN_IF_ERROR(codec::DecodeFeatureList(key.substr(kFeatureListPrefix.size()),
+                                                       ToView(it->value()), &table, &id, &features));
+    LeftUser u;
+    u.id.assign(id);
+    if (!features.empty()) u.touched = uint32_t(std::strtoul(features[0].c_str(), nullptr, 10));
+    out->push_back(std::move(u));
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "reading users that left memory");
   return Status::OK();
 }
 

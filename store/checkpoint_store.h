@@ -131,11 +131,14 @@ class CheckpointStore : public learner::RowSource {
   // learner::RowSource, for a learner with a memory limit: the stored
   // rows, feature lists, histories and purchases of the users `ids`, all
   // from the latest checkpoint (one RocksDB snapshot), in one MultiGet plus
-  // a seek per user found for its purchases. May run on any thread, beside
+  // a seek per user found whose purchases are asked for. May run on any thread, beside
   // Write(). Unavailable when the store is not open; Corruption when a
   // record is malformed.
-  Status ReadUsers(std::span<const std::string_view> ids,
+  Status ReadUsers(std::span<const std::string_view> ids, std::span<const uint8_t> purchases,
                    learner::ModelSnapshot* out) const override;
+  // learner::RowSource: the stored touch times of users that left memory.
+  Status ScanLeft(std::string_view after, size_t max,
+                  std::vector<LeftUser>* out) const override;
 
   // The latest checkpoint (written by Write(), or found by Open()); sequence
   // 0 when there is none.

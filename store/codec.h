@@ -18,7 +18,11 @@
 //   "d/" <name>                      one dense block: n x f32
 //   "p/" <len u32> <user> <item>     a purchase (empty value); len = user's length
 //   "f/" <table> \0 <id>             side features of a user or item: count u32,
-//                                    then per feature: length u32, bytes
+//                                    then per feature: length u32, bytes; the same
+//                                    layout holds a user's history ("user_history"),
+//                                    the negative ring, and, for a user that left
+//                                    memory under a memory limit ("user_left"), its
+//                                    touch time in decimal (store only)
 //   "o/" <topic> \0 <partition i32>  next offset to consume, i64
 //   "m/published"                    the model-topic version of the stored
 //                                    model: generation u64, sequence u64
@@ -133,7 +137,8 @@ template <typename Emit>
 Status ForEachRecord(const learner::ModelSnapshot& snapshot, const OffsetMap& offsets, Emit&& emit);
 
 // Calls fn(key) for every key the snapshot's deletions remove (expiry):
-// per removed id its row, its feature list and, for a user, its history;
+// per removed id its row, its feature list and, for a user, its history and
+// "user_left" record;
 // then each deleted purchase. A writer applies these before the records of
 // ForEachRecord (an id removed and seen again since is in both). `key` is
 // valid only during the call. Stops at, and returns, the first non-OK

@@ -58,9 +58,11 @@ Status ForEachDeletedKey(const learner::ModelSnapshot& snapshot, Fn&& fn) {
       AppendFeatureListKey(&key, d.table, id);
       RECSTREAM_RETURN_IF_ERROR(fn(std::string_view(key)));
       if (d.table == "user") {
-        key.clear();
-        AppendFeatureListKey(&key, "user_history", id);
-        RECSTREAM_RETURN_IF_ERROR(fn(std::string_view(key)));
+        for (std::string_view lists : {"user_history", "user_left"}) {
+          key.clear();
+          AppendFeatureListKey(&key, lists, id);
+          RECSTREAM_RETURN_IF_ERROR(fn(std::string_view(key)));
+        }
       }
     }
   }

@@ -212,5 +212,61 @@ TEST_CASE("Users that leave memory come back from the store bit for bit", "[memo
   }
 }
 
+TEST_CASE("Users expire from the store while out of memory", "[memory]") {
+  TempDir dir;
+  StoreOptions so;
+  so.path = dir.Sub("store");
+  so.point_reads = true;
+  std::unique_ptr<CheckpointStore> store;
+  REQUIRE(CheckpointStore::Open(so, &store).ok());
+  LearnerOptions o = Options(1);
+  o.expire_user_s = 60;
+  auto l = NewLearner(o);
+  l->SetRowSource(store.get());
+  // Wave after wave of new users, one second of event time per event: a
+  // wave's users are out of memory (three waves fill it) long before they
+  // are a minute old.
+  constexpr int kWave = 3000, kWaves = 12;
+  int64_t ts = 1'700'000'000'000;
+  for (int w = 0; w < kWaves; ++w) {
+    std::vector<Event> batch;
+    for (int u = w * kWave; u < (w + 1) * kWave; ++u) {
+      Event e;
+      e.user = User(u);
+      e.item = Item(u % kItems);
+      e.ts_ms = ts;
+      ts += 1000 / 100;  // 100 events a second
+      batch.push_back(std::move(e));
+    }
+    l->Train(batch);
+    Checkpoint(l.get(), store.get());
+    l->Idle();
+  }
+  // Quiet: expiry goes on over what is stored.
+  for (int i = 0; i < 64; ++i) {
+    l->Idle();
+    Checkpoint(l.get(), store.get());
+  }
+  const learner::LearnerStats ls = l->Stats();
+  INFO("evicted " << ls.users_evicted << ", expired " << ls.expired_users << ", resident "
+                  << ls.users);
+  REQUIRE(ls.users_evicted > 0);
+  ModelSnapshot stored;
+  REQUIRE(store->Load(&stored, nullptr, nullptr).ok());
+  size_t user_rows = 0, left = 0;
+  for (const auto& t : stored.tables)
+    if (t.table == "user") user_rows = t.keys.size();
+  for (const auto& f : stored.feature_lists)
+    if (f.table == learner::kUserLeftLists) left = f.keys.size();
+  // 360 s of event time: the users of the last minute (6,000) stay, every
+  // older one is gone from the store, evicted or not.
+  INFO("stored user rows " << user_rows << ", user_left entries " << left);
+  REQUIRE(user_rows <= 6000 + 100);
+  REQUIRE(ls.expired_users >= uint64_t(kWave * kWaves) - 6000 - 100);
+  REQUIRE(left <= user_rows);
+  // An expired user who returns starts afresh: unknown until its event.
+  REQUIRE_FALSE(l->Score(User(0), Item(0), learner::Blend()).user_known);
+}
+
 }  // namespace
 }  // namespace recstream::store

@@ -53,6 +53,10 @@ inline constexpr uint32_t kDenseChunkFloats = 16384;
 inline constexpr std::string_view kCommitKey = "m/commit";
 // A dense block that is stored but never published (the admission counts).
 inline constexpr std::string_view kStoreOnlyDense = "admission";
+// Feature lists that are stored but never published: when users that left
+// memory were last touched (learner::kUserLeftLists), for expiring them
+// from the store. Their records' keys start with this.
+inline constexpr std::string_view kStoreOnlyListsKey = "f/user_left\0";
 
 // A published version. The generation is the trainer's start time (ms since
 // the Unix epoch), so versions of a restarted trainer order after those of

@@ -23,6 +23,7 @@ Status ForEachModelRecord(const learner::ModelSnapshot& snapshot, Commit commit,
   std::string key;
   // Deletions first, as tombstones (an empty value; Kafka: a null one).
   RECSTREAM_RETURN_IF_ERROR(codec::ForEachDeletedKey(snapshot, [&](std::string_view k) -> Status {
+    if (k.starts_with(kStoreOnlyListsKey)) return Status::OK();
     RECSTREAM_RETURN_IF_ERROR(emit(k, std::string_view()));
     ++count;
     return Status::OK();
@@ -52,6 +53,7 @@ Status ForEachModelRecord(const learner::ModelSnapshot& snapshot, Commit commit,
           }
           return Status::OK();
         }
+        if (k.starts_with(kStoreOnlyListsKey)) return Status::OK();
         value.clear();
         AppendHeader(&value, Kind::kRecord, version);
         value.append(v.data(), v.size());

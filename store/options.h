@@ -28,6 +28,12 @@ struct StoreOptions {
   // files built in parallel (and read back in parallel by a streaming load).
   // Not a configuration key either.
   size_t ingest_split_bytes = 64 << 20;
+  // Tuned for point reads (set by the service with model.memory_limit_mb,
+  // whose users are read back one by one): 4 KiB table blocks instead of
+  // 64 KiB, and a block cache of block_cache_bytes (part of the process's
+  // fixed memory). Files written before keep their blocks until compacted.
+  bool point_reads = false;
+  size_t block_cache_bytes = 32 << 20;
   // Fault injection for tests (never set from configuration): while it
   // returns true, every write, flush or sync of a store file fails as on a
   // full disk (IOError "No space left on device"). Called from RocksDB's

@@ -14,7 +14,10 @@ void SnapshotAccumulator::Delete(const std::string& table, const std::string& id
   };
   mark(rows_, dead_rows_, table);
   mark(lists_, dead_lists_, table);
-  if (table == "user") mark(lists_, dead_lists_, "user_history");
+  if (table == "user") {
+    mark(lists_, dead_lists_, "user_history");
+    mark(lists_, dead_lists_, "user_left");
+  }
 }
 
 void SnapshotAccumulator::Merge(const learner::ModelSnapshot& delta, bool full) {
