@@ -99,6 +99,10 @@ struct Service::Impl : public serve::ServiceHooks {
   void WriterLoop();
   // On the training thread, between batches.
   void MaybeCheckpoint(bool final);
+  // On the training thread: with more users in memory than the limit
+  // allows by a quarter (Learner::OverLimit), checkpoints and waits until
+  // they are stored and let go (at most 10 s, then trains on).
+  void WaitForMemory();
   void Enqueue(std::unique_ptr<CheckpointJob> job);
   // Publishing: the training thread's part, and the publish thread.
   void MaybeSnapshot(bool final);
@@ -388,6 +392,7 @@ void Service::Impl::TrainLoop() {
         batch_cv.notify_all();
       }
     }
+    if (batch && learner->OverLimit()) WaitForMemory();
     if (batch) {
       const auto train_start = Clock::now();
       if (batch->size > 0) learner->Train(std::span(batch->events.data(), batch->size));
@@ -473,6 +478,24 @@ void Service::Impl::MaybeCheckpoint(bool final) {
       Clock::now() + std::chrono::milliseconds(
                          retry_delay_ms > 0 ? retry_delay_ms : config.store.checkpoint_interval_ms);
   Enqueue(std::move(job));
+}
+
+void Service::Impl::WaitForMemory() {
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  while (learner->OverLimit() && !stop.load() && Clock::now() < deadline) {
+    if (publisher) {
+      MaybeSnapshot(false);
+    } else {
+      MaybeCheckpoint(false);
+    }
+    {
+      std::unique_lock lock(mu);
+      cv.wait_for(lock, std::chrono::milliseconds(50), [&] {
+        return !writing && !pending && !snap_pending && !snap_busy;
+      });
+    }
+    learner->Idle();
+  }
 }
 
 void Service::Impl::Enqueue(std::unique_ptr<CheckpointJob> job) {

@@ -245,6 +245,11 @@ void Learner::SnapshotStored(uint64_t number) {
   if (impl_->model.residency) impl_->model.residency->Stored(number);
 }
 
+bool Learner::OverLimit() const {
+  const Residency* r = impl_->model.residency.get();
+  return r && r->OverLimit();
+}
+
 bool Learner::WantsCheckpoint() const {
   const Residency* r = impl_->model.residency.get();
   return r && r->WantsCheckpoint();

@@ -315,6 +315,11 @@ class Learner {
   // True when users over the memory limit wait for a checkpoint that
   // stores them: a caller that checkpoints on a timer may want one early.
   bool WantsCheckpoint() const;
+  // True when users over the memory limit are so many (a quarter over what
+  // fits) that the caller should hold the next Train call until a
+  // checkpoint has stored them and Idle has let them go: what bounds
+  // memory when new users arrive faster than checkpoints store them.
+  bool OverLimit() const;
 
   // Loads a snapshot: rows are created or overwritten, dense parameters and
   // counters replaced. Apply a full snapshot first, then deltas in order.

@@ -97,7 +97,9 @@ uint64_t ModelBytes(const Model& m) {
 uint64_t Residency::user_budget() const {
   const uint64_t shared = SharedBytes(m_);
   const uint64_t room = limit_bytes_ > shared ? (limit_bytes_ - shared) / BytesPerUser(m_) : 0;
-  return std::max(kMinUsers, room);
+  // Four fifths: users may exceed the budget by a quarter while they wait
+  // for a checkpoint (OverLimit), so that the room holds them then too.
+  return std::max(kMinUsers, room - room / 5);
 }
 
 uint32_t Residency::Now() const {
@@ -202,6 +204,12 @@ void Residency::ExpireLeft() {
   }
   for (auto& p : part.new_purchases) m_.deleted_purchases.push_back(std::move(p));
   m_.expired[0].fetch_add(gone.size(), std::memory_order_relaxed);
+}
+
+bool Residency::OverLimit() const {
+  if (!has_source()) return false;
+  const uint64_t budget = user_budget();
+  return m_.users.live_size() > budget + budget / 4;
 }
 
 bool Residency::KeepRestored(std::string_view id) {

@@ -99,6 +99,10 @@ class Residency {
   uint64_t begun() const { return begun_.load(std::memory_order_acquire); }
   // True when users over the limit wait for a checkpoint to store them.
   bool WantsCheckpoint() const { return wants_checkpoint_.load(std::memory_order_relaxed); }
+  // True when more users are in memory than a quarter over the budget:
+  // training should wait for a checkpoint to store them (and Evict to let
+  // them go) before it creates more.
+  bool OverLimit() const;
 
   // Restore into an empty model: true when the user `id` (a row the store
   // holds) fits in memory; false puts it in the filter and leaves it in the store.
@@ -123,7 +127,9 @@ class Residency {
 
   // Figures for Learner::Stats.
   uint64_t limit_bytes() const { return limit_bytes_; }
-  // Users that fit beside the rest of the model (at least kMinUsers).
+  // Users kept in memory: four fifths of those that fit beside the rest of
+  // the model (at least kMinUsers), so that a quarter more, waiting for a
+  // checkpoint, still fit.
   uint64_t user_budget() const;
   uint64_t filter_bytes() const {
     return (uint64_t(1) << filter_bits_) / 8 + (uint64_t(1) << buyer_bits_) / 8;
