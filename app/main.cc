@@ -398,6 +398,51 @@ int RunEval(const ConfigFlags& flags, const std::string& events_path,
     if (!LoadVectors(vectors_path, cfg.learner.pretrained_dim, &options.pretrained))
       return kExitUsage;
   }
+  // A memory limit needs a store to hold the users that leave memory: a
+  // temporary one, checkpointed whenever the learner asks (and, as the
+  // service does, before a batch when users are a quarter over the limit).
+  std::unique_ptr<store::CheckpointStore> tier;
+  std::string tier_dir;
+  learner::ModelSnapshot tier_snap;
+  auto tier_checkpoint = [&](learner::Learner* l) {
+    l->TakeSnapshot(false, &tier_snap);
+    const uint64_t number = l->snapshot_number();
+    if (tier->Write(tier_snap, OffsetMap(), nullptr).ok()) l->SnapshotStored(number);
+    l->Idle();
+  };
+  if (cfg.learner.memory_limit_mb > 0) {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "recstream-eval-XXXXXX").string();
+    if (::mkdtemp(tmpl.data()) == nullptr) {
+      std::fprintf(stderr, "recstream: cannot create a temporary store for the memory limit\n");
+      return kExitFailure;
+    }
+    tier_dir = tmpl;
+    store::StoreOptions so = cfg.store;
+    so.path = tier_dir;
+    so.sync = false;  // a scratch store: nothing to keep across a crash
+    so.point_reads = true;
+    if (Status o = store::CheckpointStore::Open(so, &tier); !o.ok()) {
+      std::fprintf(stderr, "recstream: %s\n", o.ToString().c_str());
+      return kExitFailure;
+    }
+    options.attach = [&](learner::Learner* l) {
+      l->SetRowSource(tier.get());
+      return Status::OK();
+    };
+    options.after_train = [&](learner::Learner* l) {
+      for (int tries = 0; tries < 100 && (l->WantsCheckpoint() || l->OverLimit()); ++tries)
+        tier_checkpoint(l);
+    };
+  }
+  struct RemoveDir {
+    std::string* dir;
+    std::unique_ptr<store::CheckpointStore>* store;
+    ~RemoveDir() {
+      store->reset();
+      std::error_code ec;
+      if (!dir->empty()) std::filesystem::remove_all(*dir, ec);
+    }
+  } remove_tier{&tier_dir, &tier};
   std::error_code size_error;
   auto size = std::filesystem::file_size(events_path, size_error);
   if (!size_error) options.total_bytes = size;

@@ -371,6 +371,7 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
     return Status::InvalidArgument("candidates must be at least 1");
   std::unique_ptr<learner::Learner> learner;
   RECSTREAM_RETURN_IF_ERROR(learner::Learner::Create(options.learner, &learner));
+  if (options.attach) RECSTREAM_RETURN_IF_ERROR(options.attach(learner.get()));
   for (const auto& [item, vec] : options.pretrained) {
     Status s = learner->ImportPretrained(item, vec);
     if (!s.ok())
@@ -445,6 +446,7 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
     } else {
       learner->Train(chunk, &before);
     }
+    if (options.after_train) options.after_train(learner.get());
     for (size_t b = 0; b < baselines.size(); ++b) {
       baselines[b]->Train(chunk, &baseline_pred);
       for (size_t i = 0; i < n; ++i) {
@@ -684,10 +686,12 @@ std::string ReportJson(const EvalReport& r) {
                  ",\n  \"model\": {{\"users\": {}, \"items\": {}, \"features\": {}, "
                  "\"user_rows_allocated\": {}, \"expired_users\": {}, \"expired_items\": {}, "
                  "\"expired_features\": {}, \"refused_user_events\": {}, "
-                 "\"refused_item_events\": {}}}",
+                 "\"refused_item_events\": {}, \"model_bytes\": {}, \"memory_limit_bytes\": {}, "
+                 "\"evicted_users\": {}, \"reloaded_users\": {}}}",
                  r.model.users, r.model.items, r.model.features, r.model.user_rows_allocated,
                  r.model.expired_users, r.model.expired_items, r.model.expired_features,
-                 r.model.not_admitted_users, r.model.not_admitted_items);
+                 r.model.not_admitted_users, r.model.not_admitted_items, r.model.model_bytes,
+                 r.model.memory_limit_bytes, r.model.users_evicted, r.model.users_reloaded);
   fmt::format_to(app, "\n}}");
   return fmt::to_string(out);
 }

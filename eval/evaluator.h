@@ -33,6 +33,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <istream>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -59,6 +60,12 @@ struct EvalOptions {
   size_t batch = 4096;
   // A progress line on stderr about every second, when stderr is a terminal.
   bool progress = true;
+  // Called with the learner once it is created (before the first event),
+  // and after each Train call: how `recstream eval` gives a learner with
+  // a memory limit its store (a temporary one) and its checkpoints. A
+  // non-OK status from `attach` ends the run with it. Empty: nothing.
+  std::function<Status(learner::Learner*)> attach;
+  std::function<void(learner::Learner*)> after_train;
   // Size of the input in bytes, when known (a file): the progress line then
   // also shows the share done and the time left. 0: unknown.
   uint64_t total_bytes = 0;
