@@ -217,5 +217,32 @@ TEST_CASE("model records: deletions travel as tombstones ahead of the version's 
   CHECK_FALSE(builder.AddTombstone("x/unknown").ok());
 }
 
+TEST_CASE("model records: touch times of users out of memory stay in the store", "[model_records]") {
+  // A trainer with a memory limit keeps when each user that left memory
+  // was last touched (learner::kUserLeftLists): its own expiry reads them,
+  // replicas have no use for them, so neither they nor their deletion are
+  // published.
+  learner::ModelSnapshot snap = Sample();
+  learner::FeatureListDelta left;
+  left.table = std::string(learner::kUserLeftLists);
+  left.keys = {"gone", "away"};
+  left.features = {{"1700000000"}, {"1700000100"}};
+  snap.feature_lists.push_back(left);
+  snap.deleted.push_back({"user", {"expired"}});
+  Commit commit;
+  commit.version = {1700000000000, 1};
+  const std::vector<Record> records = Publish(snap, commit);
+  std::string user_left_key;
+  codec::AppendFeatureListKey(&user_left_key, learner::kUserLeftLists, "");
+  bool tombstone = false;
+  for (const Record& r : records) {
+    INFO("key " << r.key);
+    CHECK_FALSE(r.key.starts_with(user_left_key));
+    tombstone |= r.value.empty();
+  }
+  // The user's own records are deleted on replicas as before.
+  CHECK(tombstone);
+}
+
 }  // namespace
 }  // namespace recstream::store::model_records
