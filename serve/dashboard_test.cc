@@ -115,7 +115,8 @@ TEST_CASE("The dashboard draws live data from a running service in headless Chro
 
   testing::ChildProcess serve({bin, "serve", "--set", "serve.listen=127.0.0.1:0", "--set",
                                "store.path=" + dir.path() + "/store", "--set",
-                               "store.checkpoint_interval_ms=1000", "--set", "learner.threads=1"},
+                               "store.checkpoint_interval_ms=1000", "--set", "learner.threads=1",
+                               "--set", "model.memory_limit_mb=64"},
                               log);
   REQUIRE(serve.started());
   std::smatch m;
@@ -184,6 +185,12 @@ TEST_CASE("The dashboard draws live data from a running service in headless Chro
   std::smatch status;
   REQUIRE(std::regex_search(dom, status, std::regex(R"(id="status"[^>]*>([^<]*)<)")));
   CHECK(status[1] == "ready");
+  // The rows figure's note tells the memory limit and its traffic.
+  std::smatch rows_note;
+  REQUIRE(std::regex_search(dom, rows_note, std::regex(R"(id="kpi-rows-k"[^>]*>([^<]*)<)")));
+  INFO("rows note: " << rows_note[1]);
+  CHECK(std::regex_search(std::string(rows_note[1]),
+                          std::regex(R"(users to the store, \d+ back \(limit 64 MiB\))")));
 
   // A picture of it, for people (docs/dashboard.png was made this way).
   const char* shot_env = std::getenv("RECSTREAM_DASHBOARD_SCREENSHOT");

@@ -377,6 +377,9 @@ TEST_CASE("SIGKILL while users leave memory loses no user's event and applies no
     CHECK(j.Number("/model/memory/reloaded_users") > 0);
     CHECK(j.Number("/model/memory/evicted_users") > 0);
     CHECK(j.Number("/model/memory/store_read_errors") == 0);
+    // The users a batch needs come back together: a read per batch (and
+    // training thread), not one per user.
+    CHECK(j.Number("/model/memory/store_reads") * 20 < j.Number("/model/memory/reloaded_users"));
     server.process().Signal(SIGTERM);
     CHECK(server.process().Wait() == 0);
   }
