@@ -42,8 +42,9 @@
 //     each visitor id seen in three consecutive events, then never again,
 //     events 2 ms apart in event time. Every M events (default 1,000,000) a
 //     delta snapshot is stored, as a checkpoint; prints the events, the
-//     rate, live and expired users, the process's resident memory and the
-//     store's size on disk. With L, the memory limit (users leave for the
+//     rate, live and expired users, the process's resident memory, the
+//     store's size on disk and RocksDB's memory (memtables / table readers /
+//     block cache, MiB). With L, the memory limit (users leave for the
 //     store and come back; a checkpoint also when the learner asks for one);
 //     with R, that share of events comes from an earlier visitor, drawn
 //     uniformly, so that users come back from the store.
@@ -62,6 +63,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <malloc.h>
+
 #include <random>
 #include <string>
 #include <thread>
@@ -617,9 +620,9 @@ int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkp
   uint64_t last_done = 0;
   learner::ModelSnapshot snap;
   OffsetMap offsets;
-  std::printf("%10s %8s %10s %10s %12s %9s %10s %9s %9s %10s %10s %8s\n", "events", "s",
+  std::printf("%10s %8s %10s %10s %12s %9s %10s %9s %9s %10s %10s %8s %14s\n", "events", "s",
               "events/s", "users", "expired", "rows_alloc", "rss_mib", "store_mib", "model_mib",
-              "evicted", "reloaded", "auc");
+              "evicted", "reloaded", "auc", "rocks_mem heap_mib");
   double train_s = 0, checkpoint_s = 0;
   uint64_t checkpoints = 0;
   // Checkpoints as the service takes them: the training thread lists the
@@ -658,12 +661,19 @@ int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkp
       if (f.is_regular_file()) bytes += f.file_size();
     const learner::LearnerStats ls = l->Stats();
     const double s_now = SecondsSince(start);
-    std::printf("%10llu %8.1f %10.0f %10llu %12llu %9llu %10.1f %9.1f %9.1f %10llu %10llu %8.6f\n",
+    const store::CheckpointStore::MemoryUsage rm = st->Memory();
+    // RocksDB's accounted memory, then malloc's bytes in use (small blocks
+    // and mmapped ones): against RSS, what is data and what is kept free.
+    const struct mallinfo2 mi = mallinfo2();
+    char rocks[96];
+    std::snprintf(rocks, sizeof(rocks), "%.0f/%.0f/%.0f %.0f", MiB(rm.memtables),
+                  MiB(rm.table_readers), MiB(rm.block_cache), MiB(mi.uordblks + mi.hblkhd));
+    std::printf("%10llu %8.1f %10.0f %10llu %12llu %9llu %10.1f %9.1f %9.1f %10llu %10llu %8.6f %14s\n",
                 (unsigned long long)done, s_now, double(done - last_done) / SecondsSince(last),
                 (unsigned long long)ls.users, (unsigned long long)ls.expired_users,
                 (unsigned long long)ls.user_rows_allocated, MiB(ResidentBytes()), MiB(bytes),
                 MiB(ls.model_bytes), (unsigned long long)ls.users_evicted,
-                (unsigned long long)ls.users_reloaded, ls.tasks[0].auc);
+                (unsigned long long)ls.users_reloaded, ls.tasks[0].auc, rocks);
     std::fflush(stdout);
     last = Clock::now();
     last_done = done;

@@ -1352,6 +1352,20 @@ Status CheckpointStore::ScanLeft(std::string_view after, size_t max,
   return Status::OK();
 }
 
+CheckpointStore::MemoryUsage CheckpointStore::Memory() const {
+  MemoryUsage m;
+  const Impl& d = *impl_;
+  if (!d.db) return m;
+  auto prop = [&](const char* name) {
+    uint64_t v = 0;
+    return d.db->GetIntProperty(name, &v) ? v : 0;
+  };
+  m.memtables = prop("rocksdb.size-all-mem-tables");
+  m.table_readers = prop("rocksdb.estimate-table-readers-mem");
+  m.block_cache = prop("rocksdb.block-cache-usage");
+  return m;
+}
+
 CheckpointInfo CheckpointStore::last() const {
   std::lock_guard<std::mutex> lock(impl_->state_mu);
   return impl_->last;

@@ -140,6 +140,17 @@ class CheckpointStore : public learner::RowSource {
   Status ScanLeft(std::string_view after, size_t max,
                   std::vector<LeftUser>* out) const override;
 
+  // RocksDB's own memory, for benchmarks and diagnosis: the memtables
+  // (active, immutable and pinned), the table readers' index and filter
+  // blocks held outside the block cache, and the block cache's use. Any
+  // thread.
+  struct MemoryUsage {
+    uint64_t memtables = 0;
+    uint64_t table_readers = 0;
+    uint64_t block_cache = 0;
+  };
+  MemoryUsage Memory() const;
+
   // The latest checkpoint (written by Write(), or found by Open()); sequence
   // 0 when there is none.
   CheckpointInfo last() const;
