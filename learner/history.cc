@@ -17,10 +17,16 @@ Histories::~Histories() {
 Histories::Chunk* Histories::EnsureChunk(uint32_t index) {
   Chunk* c = chunks_[index].load(std::memory_order_acquire);
   if (c) return c;
-  c = new Chunk(size_t(kChunkRows) * (1 + capacity_));
-  chunks_[index].store(c, std::memory_order_release);
-  if (index >= chunks_used_.load(std::memory_order_relaxed))
-    chunks_used_.store(index + 1, std::memory_order_release);
+  // Two threads may create a chunk at once (Set of users read back from
+  // the store beside the trainer's Push): the first one in stays.
+  auto fresh = std::make_unique<Chunk>(size_t(kChunkRows) * (1 + capacity_));
+  if (!chunks_[index].compare_exchange_strong(c, fresh.get(), std::memory_order_acq_rel))
+    return c;
+  c = fresh.release();
+  uint32_t used = chunks_used_.load(std::memory_order_relaxed);
+  while (index >= used &&
+         !chunks_used_.compare_exchange_weak(used, index + 1, std::memory_order_acq_rel)) {
+  }
   return c;
 }
 

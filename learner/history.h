@@ -13,7 +13,9 @@
 // Thread safety. Get may run on any thread concurrently with Push and Set
 // (a reader racing a push may see a mix of the old and new ring, every
 // element a valid item row: a benign race like the rows' Hogwild updates).
-// Push, Set and ForEachDirtyRow are called by one thread at a time.
+// Push, Set and ForEachDirtyRow are called by one thread at a time, except
+// that Set of a user may run beside Push and Set of other users (a memory
+// limit reads users back on request threads while the trainer pushes).
 //
 // Memory: (1 + capacity) 32-bit words and a dirty byte per user, in chunks
 // of 4,096 users allocated when one of them first has a history.
