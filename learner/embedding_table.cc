@@ -186,6 +186,24 @@ struct EmbeddingTable::IndexShard {
   }
 
   uint64_t* NewArray(uint64_t capacity) {
+    // A table whose ids come and go (expiry, a memory limit) rebuilds its
+    // arrays at the same capacity again and again, to drop removed ids'
+    // slots. Arrays are never freed (a lock-free reader may still be
+    // probing one), so an array of the same capacity from two rebuilds ago
+    // or earlier is cleared and used again: a reader still in it stays in
+    // bounds (same mask) and, seeing emptied or new slots, at worst misses
+    // its id (Find's contract under removal; inserts probe again under the
+    // mutex). Without this, every rebuild kept a new array and memory grew
+    // with the number of ids removed.
+    for (size_t i = 0; i + 2 < arrays.size(); ++i) {
+      if (arrays[i].bytes != size_t(capacity + 1) * sizeof(uint64_t)) continue;
+      Array a = arrays[i];
+      arrays.erase(arrays.begin() + ptrdiff_t(i));
+      for (uint64_t k = 1; k <= capacity; ++k)
+        std::atomic_ref<uint64_t>(a.slots[k]).store(0, std::memory_order_relaxed);
+      arrays.push_back(a);
+      return a.slots;
+    }
     Array a{nullptr, size_t(capacity + 1) * sizeof(uint64_t), false};
     arrays.reserve(arrays.size() + 1);
     if (a.bytes >= kMapBytes) {
@@ -454,6 +472,15 @@ uint32_t EmbeddingTable::Put(std::string_view key, const float* values) {
   return row;
 }
 
+size_t EmbeddingTable::index_bytes() const {
+  size_t bytes = 0;
+  for (size_t i = 0; i < kShards; ++i) {
+    std::lock_guard lock(shards_[i].mu);
+    for (const IndexShard::Array& a : shards_[i].arrays) bytes += a.bytes;
+  }
+  return bytes;
+}
+
 uint32_t EmbeddingTable::Restore(std::string_view key, const float* values, bool* created) {
   const uint32_t row = Insert(key, values, created);
   if (*created) {
@@ -498,7 +525,8 @@ void EmbeddingTable::InsertSlot(IndexShard& s, uint64_t h, uint32_t row) {
       if (v == 0 || v == kTombstone) continue;
       uint64_t j = (v >> 32) & new_mask;
       while (bigger[1 + j] != 0) j = (j + 1) & new_mask;
-      bigger[1 + j] = v;
+      // (atomic: a reused array may have a stale reader, see NewArray)
+      std::atomic_ref<uint64_t>(bigger[1 + j]).store(v, std::memory_order_relaxed);
     }
     // Publishes the copied slots (they point to rows published earlier); the
     // store must be visible before the old pages go (see the top).

@@ -143,7 +143,11 @@ class EmbeddingTable {
     return true;
   }
 
-  // kNoRow when the id has no row. Any id is valid, including "".
+  // kNoRow when the id has no row. Any id is valid, including "". In a
+  // table whose ids are removed (Remove), a Find that stalls while the
+  // index is rebuilt twice may miss an id that has a row (rebuilt index
+  // arrays are reused): callers treat a miss as "not in memory now", and
+  // GetOrCreate never creates a second row for an id.
   uint32_t Find(std::string_view key) const;
   // The row of `key`, created when missing. `created` tells which.
   uint32_t GetOrCreate(std::string_view key, bool* created = nullptr);
@@ -178,6 +182,9 @@ class EmbeddingTable {
     return std::atomic_ref<uint8_t>(chunk(row)->dirty[row & kChunkMask])
                .load(std::memory_order_acquire) == kClean;
   }
+  // Bytes the id index holds (every slot array of every shard, current or
+  // kept for readers). Takes each shard's mutex.
+  size_t index_bytes() const;
   // Bytes of memory a row takes: its floats (padded), id header, state
   // bytes and index share (ids of up to 7 bytes; longer ones add their
   // length).

@@ -14,6 +14,31 @@
 
 namespace recstream::learner {
 
+TEST_CASE("EmbeddingTable's index stays the same size while ids come and go",
+          "[EmbeddingTable][expiry]") {
+  // A long tail: ids arrive, a few thousand live at a time, and go
+  // (expiry, a memory limit). The index is rebuilt to drop the removed
+  // ids' slots, and must not keep a new array each time.
+  EmbeddingTable table("user", 4, 3, 0.1f, 0.0f, 7);
+  constexpr int kLive = 4000;
+  std::vector<uint32_t> rows(kLive, EmbeddingTable::kNoRow);
+  size_t after_warmup = 0;
+  for (int i = 0; i < 400000; ++i) {
+    uint32_t& slot = rows[size_t(i % kLive)];
+    if (slot != EmbeddingTable::kNoRow) {
+      const std::string old = "visitor-" + std::to_string(i - kLive);
+      REQUIRE(table.Remove(old) == slot);
+      table.Reclaim(slot);
+    }
+    slot = table.GetOrCreate("visitor-" + std::to_string(i));
+    if (i == 100000) after_warmup = table.index_bytes();
+  }
+  INFO("index bytes after 100k ids " << after_warmup << ", after 400k " << table.index_bytes());
+  CHECK(table.index_bytes() <= after_warmup);
+  CHECK(table.live_size() == uint32_t(kLive));
+  CHECK(table.size() <= uint32_t(kLive) + 1);
+}
+
 TEST_CASE("EmbeddingTable removes ids and reuses their rows", "[EmbeddingTable][expiry]") {
   EmbeddingTable table("user", 4, 3, 0.1f, 0.0f, 7);
   std::vector<uint32_t> rows;
