@@ -156,10 +156,12 @@ struct FeatureListDelta {
 };
 
 // The feature lists of users that left memory under a memory limit
-// (LearnerOptions::memory_limit_mb) with user expiry: one entry per user,
-// its touch time (s of event time, in decimal; "0": unknown). Kept by the
-// store so that expiry reaches users that are not in memory; a model that
-// applies them ignores them, and they are never published.
+// (LearnerOptions::memory_limit_mb): one entry per user, when it was last
+// used, in decimal (s of event time with user expiry; "0": unknown;
+// 4294967295: it came back into memory since). Kept by the store so that
+// expiry reaches users that are not in memory and a restart loads the users
+// that were in memory; a model that applies them ignores them, and they are
+// never published.
 inline constexpr std::string_view kUserLeftLists = "user_left";
 
 // Ids removed from a table (expiry).

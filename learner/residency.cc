@@ -47,6 +47,24 @@ Residency::Residency(Model* model)
 
 Residency::~Residency() = default;
 
+void Residency::SetSource(const RowSource* source) {
+  source_.store(source, std::memory_order_release);
+  if (source == nullptr) return;
+  std::string after;
+  std::vector<RowSource::LeftUser> page;
+  for (;;) {
+    constexpr size_t kPage = 65536;
+    if (Status s = source->ScanLeft(after, kPage, &page); !s.ok()) {
+      read_errors_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    for (const RowSource::LeftUser& u : page)
+      if (u.touched != RowSource::LeftUser::kBackInMemory) NoteLeft(u.id);
+    if (page.size() < kPage) return;
+    after = page.back().id;
+  }
+}
+
 bool Residency::MayHold(const std::unique_ptr<std::atomic<uint64_t>[]>& filter, int bits,
                         std::string_view id) {
   const uint64_t h = Hash64(id);
@@ -168,9 +186,11 @@ void Residency::ExpireLeft() {
     for (const RowSource::LeftUser& u : slice) {
       // Back in memory (expiry in memory decides), or already going.
       if (m_.users.Find(u.id) != EmbeddingTable::kNoRow || !Returnable(u.id)) continue;
-      if (u.touched == 0) {
+      if (u.touched == 0 || u.touched == RowSource::LeftUser::kBackInMemory) {
+        // Its time is unknown (left at a restore, or in memory at the last
+        // checkpoint): touched now, as expiry counts users after a restart.
         std::lock_guard left_lock(left_mu_);
-        left_.emplace_back(u.id, uint32_t(now));  // first seen by expiry: touched now
+        left_.emplace_back(u.id, uint32_t(now));
         continue;
       }
       if (int64_t(u.touched) < now - m_.options.expire_user_s) gone.push_back(u.id);
@@ -213,6 +233,10 @@ bool Residency::OverLimit() const {
 }
 
 bool Residency::KeepRestored(std::string_view id) {
+  // Out of memory at the last checkpoint (SetSource read which): it stays
+  // in the store, so that the users in memory then are the ones loaded.
+  // (A false positive of the filter leaves a user in the store too.)
+  if (MayHaveLeft(id)) return false;
   // Counted here, not by the table: blocks are restored on several
   // threads, each a block at a time.
   if (restored_.fetch_add(1, std::memory_order_relaxed) < user_budget()) return true;
@@ -373,6 +397,12 @@ size_t Residency::Apply(const ModelSnapshot& part) {
       if (r != EmbeddingTable::kNoRow) m_.purchases[it->second].insert(r);
     }
   }
+  {
+    // Back in memory: a restart loads it again.
+    std::lock_guard left_lock(left_mu_);
+    for (const auto& [id, row] : created)
+      left_.emplace_back(std::string(id), RowSource::LeftUser::kBackInMemory);
+  }
   reloaded_.fetch_add(created.size(), std::memory_order_relaxed);
   return created.size();
 }
@@ -432,9 +462,12 @@ void Residency::Evict() {
     }
     const std::string_view id = m_.users.key(row);
     NoteLeft(id);
-    if (m_.options.expire_user_s > 0) {
+    {
+      // Its event time with user expiry; otherwise unknown (touch times are
+      // then the limit's clock, which means nothing to a later expiry).
       std::lock_guard left_lock(left_mu_);
-      left_.emplace_back(std::string(id), m_.users.touched(row));
+      left_.emplace_back(std::string(id),
+                         m_.options.expire_user_s > 0 ? m_.users.touched(row) : 0);
     }
     {
       std::shared_lock plock(m_.purchases_mu);

@@ -72,7 +72,10 @@ class Residency {
 
   // The store that users who left memory are read back from. Without one,
   // nothing leaves memory.
-  void SetSource(const RowSource* source) { source_.store(source, std::memory_order_release); }
+  // Reads the store's record of which users are out of memory (into the
+  // filter), so that a restore that follows loads the users that were in
+  // memory at the last checkpoint.
+  void SetSource(const RowSource* source);
   bool has_source() const { return source_.load(std::memory_order_acquire) != nullptr; }
 
   // Training thread, before learning `events`: reads back every user of

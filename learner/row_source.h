@@ -35,10 +35,14 @@ class RowSource {
   virtual Status ReadUsers(std::span<const std::string_view> ids,
                            std::span<const uint8_t> purchases, ModelSnapshot* out) const = 0;
 
-  // A user that left memory, as kept for expiry (kUserLeftLists).
+  // A user that left memory, as kept for expiry and restarts
+  // (kUserLeftLists).
   struct LeftUser {
+    // touched when the user came back into memory (it was in memory at the
+    // checkpoint that stored this).
+    static constexpr uint32_t kBackInMemory = UINT32_MAX;
     std::string id;
-    uint32_t touched = 0;  // s of event time; 0: unknown
+    uint32_t touched = 0;  // when it was last used (s of event time with user expiry); 0: unknown
   };
   // Reads up to `max` of the stored kUserLeftLists entries, in id order,
   // from the first id after `after` ("": from the start), into *out
