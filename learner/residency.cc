@@ -210,7 +210,7 @@ void Residency::ExpireLeft() {
         ids.push_back(gone[i]);
         flags.push_back(1);
       }
-    if (Status s = source->ReadUsers(ids, flags, &part); !s.ok()) {
+    if (Status s = source->ReadUsers(ids, flags, false, &part); !s.ok()) {
       read_errors_.fetch_add(1, std::memory_order_relaxed);
       return;
     }
@@ -280,7 +280,7 @@ size_t Residency::ReadBack(std::span<const std::string_view> ids) {
   for (size_t i = 0; i < ids.size(); ++i) buyers[i] = MayHold(buyers_, buyer_bits_, ids[i]);
   ModelSnapshot part;
   store_reads_.fetch_add(1, std::memory_order_relaxed);
-  if (Status s = source->ReadUsers(ids, buyers, &part); !s.ok()) {
+  if (Status s = source->ReadUsers(ids, buyers, m_.options.expire_user_s > 0, &part); !s.ok()) {
     read_errors_.fetch_add(1, std::memory_order_relaxed);
     return 0;
   }
@@ -315,7 +315,7 @@ uint32_t Residency::FindUser(std::string_view id) {
     std::unique_lock lock(mu_, std::defer_lock);
     if (last) lock.lock();
     const uint8_t buyer[] = {uint8_t(MayHold(buyers_, buyer_bits_, id))};
-    if (Status s = source->ReadUsers(ids, buyer, &part); !s.ok()) {
+    if (Status s = source->ReadUsers(ids, buyer, m_.options.expire_user_s > 0, &part); !s.ok()) {
       read_errors_.fetch_add(1, std::memory_order_relaxed);
       return EmbeddingTable::kNoRow;
     }

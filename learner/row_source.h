@@ -32,8 +32,11 @@ class RowSource {
   // concurrently with other calls and with the store's writes. IOError or
   // Corruption when the store fails (the learner then treats the users as
   // unknown for this call).
+  // With `touch_times` false, the kUserLeftLists entries are not read
+  // (a learner without user expiry has no use for them).
   virtual Status ReadUsers(std::span<const std::string_view> ids,
-                           std::span<const uint8_t> purchases, ModelSnapshot* out) const = 0;
+                           std::span<const uint8_t> purchases, bool touch_times,
+                           ModelSnapshot* out) const = 0;
 
   // A user that left memory, as kept for expiry and restarts
   // (kUserLeftLists).

@@ -1243,7 +1243,7 @@ Status CheckpointStore::ReadModelPage(std::string_view after, size_t max_bytes,
 }
 
 Status CheckpointStore::ReadUsers(std::span<const std::string_view> ids,
-                                  std::span<const uint8_t> purchases,
+                                  std::span<const uint8_t> purchases, bool touch_times,
                                   learner::ModelSnapshot* out) const {
   Impl& d = *impl_;
   if (!d.db) return Status::Unavailable("store " + d.options.path + " is not open");
@@ -1252,14 +1252,16 @@ Status CheckpointStore::ReadUsers(std::span<const std::string_view> ids,
   const SnapshotRelease release{d.db.get(), snap};
   rocksdb::ReadOptions ro;
   ro.snapshot = snap;
-  // Per user: its row, its feature list, its history, when it left memory.
-  constexpr size_t kParts = 4;
-  std::vector<std::string> keys(ids.size() * kParts);
+  // Per user: its row, its feature list, its history, when it left memory
+  // (with touch_times).
+  const size_t parts = touch_times ? 4 : 3;
+  std::vector<std::string> keys(ids.size() * parts);
   for (size_t i = 0; i < ids.size(); ++i) {
-    codec::AppendRowKey(&keys[kParts * i], "user", ids[i]);
-    codec::AppendFeatureListKey(&keys[kParts * i + 1], "user", ids[i]);
-    codec::AppendFeatureListKey(&keys[kParts * i + 2], "user_history", ids[i]);
-    codec::AppendFeatureListKey(&keys[kParts * i + 3], learner::kUserLeftLists, ids[i]);
+    codec::AppendRowKey(&keys[parts * i], "user", ids[i]);
+    codec::AppendFeatureListKey(&keys[parts * i + 1], "user", ids[i]);
+    codec::AppendFeatureListKey(&keys[parts * i + 2], "user_history", ids[i]);
+    if (touch_times)
+      codec::AppendFeatureListKey(&keys[parts * i + 3], learner::kUserLeftLists, ids[i]);
   }
   std::vector<rocksdb::Slice> slices;
   slices.reserve(keys.size());
@@ -1275,10 +1277,10 @@ Status CheckpointStore::ReadUsers(std::span<const std::string_view> ids,
   std::unique_ptr<rocksdb::Iterator> it;
   std::string prefix;
   for (size_t i = 0; i < ids.size(); ++i) {
-    const rocksdb::Status& row_status = got[kParts * i];
+    const rocksdb::Status& row_status = got[parts * i];
     if (row_status.IsNotFound()) continue;
     if (!row_status.ok()) return FromRocks(row_status, "reading a user back");
-    const std::string& row = values[kParts * i];
+    const std::string& row = values[parts * i];
     if (row.empty() || row.size() % 4 != 0)
       return Status::Corruption("stored row of user '" + std::string(ids[i]) + "' is malformed");
     const int width = int(row.size() / 4);
@@ -1289,15 +1291,15 @@ Status CheckpointStore::ReadUsers(std::span<const std::string_view> ids,
     const size_t at = rows.values.size();
     rows.values.resize(at + size_t(width));
     codec::DecodeFloats(row, rows.values.data() + at);
-    for (size_t part = 1; part < kParts; ++part) {
-      const rocksdb::Status& st = got[kParts * i + part];
+    for (size_t part = 1; part < parts; ++part) {
+      const rocksdb::Status& st = got[parts * i + part];
       if (st.IsNotFound()) continue;
       if (!st.ok()) return FromRocks(st, "reading a user back");
       std::string_view table, id;
       std::vector<std::string> features;
       RECSTREAM_RETURN_IF_ERROR(codec::DecodeFeatureList(
-          std::string_view(keys[kParts * i + part]).substr(kFeatureListPrefix.size()),
-          values[kParts * i + part], &table, &id, &features));
+          std::string_view(keys[parts * i + part]).substr(kFeatureListPrefix.size()),
+          values[parts * i + part], &table, &id, &features));
       learner::FeatureListDelta& dst = part == 1 ? lists : part == 2 ? histories : left;
       dst.keys.emplace_back(ids[i]);
       dst.features.push_back(std::move(features));

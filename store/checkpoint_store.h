@@ -135,7 +135,7 @@ class CheckpointStore : public learner::RowSource {
   // Write(). Unavailable when the store is not open; Corruption when a
   // record is malformed.
   Status ReadUsers(std::span<const std::string_view> ids, std::span<const uint8_t> purchases,
-                   learner::ModelSnapshot* out) const override;
+                   bool touch_times, learner::ModelSnapshot* out) const override;
   // learner::RowSource: the stored touch times of users that left memory.
   Status ScanLeft(std::string_view after, size_t max,
                   std::vector<LeftUser>* out) const override;
