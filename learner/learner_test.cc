@@ -1334,9 +1334,6 @@ TEST_CASE("FTRL-Proximal rows: learn, restore bit for bit, and L1 makes them spa
   CHECK(zeros(5.0f) > 0.5);
 }
 
-}  // namespace recstream::learner
-
-namespace recstream::learner {
 
 // A replica applies the versions of a trainer that may have restarted from
 // an older checkpoint: its counters can come back to a value they had. Its
@@ -1370,9 +1367,6 @@ TEST_CASE("Recommend follows applied snapshots even when the counters repeat", "
         names(b->Recommend("u3", 10, false, Blend())));
 }
 
-}  // namespace recstream::learner
-
-namespace recstream::learner {
 namespace {
 
 Event Click(const std::string& user, const std::string& item, float label = 1.0f) {
@@ -1439,9 +1433,6 @@ TEST_CASE("Admission: bad admit_after is refused naming the key", "[Learner][adm
   }
 }
 
-}  // namespace recstream::learner
-
-namespace recstream::learner {
 namespace {
 
 Event At(const std::string& user, const std::string& item, int64_t ts_s,
@@ -1529,9 +1520,6 @@ TEST_CASE("Expiry keeps memory flat while users come and go", "[Learner][expiry]
   CHECK(s.user_rows_allocated <= 400);
 }
 
-}  // namespace recstream::learner
-
-namespace recstream::learner {
 
 TEST_CASE("Expiry removes items and features, and histories, purchases and lists drop them",
           "[Learner][expiry]") {
@@ -1611,9 +1599,6 @@ TEST_CASE("Expiry removes items and features, and histories, purchases and lists
   }
 }
 
-}  // namespace recstream::learner
-
-namespace recstream::learner {
 
 TEST_CASE("Expiry during a snapshot: the next full snapshot leaves the removed users out",
           "[Learner][expiry]") {

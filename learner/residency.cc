@@ -20,6 +20,22 @@ uint64_t Hash64(std::string_view id) {
   return h ^ (h >> 33);
 }
 
+// Calls probe(word, bit) for each of the filter's six bits of `id` (a
+// filter of 2^bits bits, as 64-bit words) while it returns true; returns
+// whether every call did.
+template <typename Probe>
+bool ForEachProbe(int bits, std::string_view id, Probe&& probe) {
+  const uint64_t h = Hash64(id);
+  const uint64_t mask = (uint64_t(1) << bits) - 1;
+  uint64_t a = h;
+  const uint64_t b = (h >> 32) | 1;  // double hashing
+  for (int i = 0; i < 6; ++i, a += b) {
+    const uint64_t bit = a & mask;
+    if (!probe(size_t(bit >> 6), uint64_t(1) << (bit & 63))) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 Residency::Residency(Model* model)
@@ -67,26 +83,17 @@ void Residency::SetSource(const RowSource* source) {
 
 bool Residency::MayHold(const std::unique_ptr<std::atomic<uint64_t>[]>& filter, int bits,
                         std::string_view id) {
-  const uint64_t h = Hash64(id);
-  const uint64_t mask = (uint64_t(1) << bits) - 1;
-  uint64_t a = h, b = (h >> 32) | 1;
-  for (int i = 0; i < kProbes; ++i, a += b) {
-    const uint64_t bit = a & mask;
-    if (!(filter[bit >> 6].load(std::memory_order_relaxed) & (uint64_t(1) << (bit & 63))))
-      return false;
-  }
-  return true;
+  return ForEachProbe(bits, id, [&](size_t word, uint64_t bit) {
+    return (filter[word].load(std::memory_order_relaxed) & bit) != 0;
+  });
 }
 
 void Residency::Note(const std::unique_ptr<std::atomic<uint64_t>[]>& filter, int bits,
                      std::string_view id) {
-  const uint64_t h = Hash64(id);
-  const uint64_t mask = (uint64_t(1) << bits) - 1;
-  uint64_t a = h, b = (h >> 32) | 1;
-  for (int i = 0; i < kProbes; ++i, a += b) {
-    const uint64_t bit = a & mask;
-    filter[bit >> 6].fetch_or(uint64_t(1) << (bit & 63), std::memory_order_relaxed);
-  }
+  ForEachProbe(bits, id, [&](size_t word, uint64_t bit) {
+    filter[word].fetch_or(bit, std::memory_order_relaxed);
+    return true;
+  });
 }
 
 uint64_t BytesPerUser(const Model& m) {
@@ -197,20 +204,13 @@ void Residency::ExpireLeft() {
     }
   }
   if (gone.empty()) return;
-  // Their purchases go too: read those that may have some.
-  std::vector<uint8_t> buyers(gone.size());
-  bool any = false;
-  for (size_t i = 0; i < gone.size(); ++i) any |= (buyers[i] = MayHold(buyers_, buyer_bits_, gone[i]));
+  // Their purchases go too: read those of the users that may have some.
+  std::vector<std::string_view> buyers;
+  for (std::string_view id : gone)
+    if (MayHold(buyers_, buyer_bits_, id)) buyers.push_back(id);
   ModelSnapshot part;
-  if (any) {
-    std::vector<std::string_view> ids;
-    std::vector<uint8_t> flags;
-    for (size_t i = 0; i < gone.size(); ++i)
-      if (buyers[i]) {
-        ids.push_back(gone[i]);
-        flags.push_back(1);
-      }
-    if (Status s = source->ReadUsers(ids, flags, false, &part); !s.ok()) {
+  if (!buyers.empty()) {
+    if (Status s = source->ReadUsers(buyers, {}, false, &part); !s.ok()) {
       read_errors_.fetch_add(1, std::memory_order_relaxed);
       return;
     }
@@ -333,7 +333,7 @@ size_t Residency::Apply(const ModelSnapshot& part) {
   // With user expiry: users that left memory and whose time ran out
   // meanwhile are not read back but expired (Evict records it), and start
   // afresh.
-  std::unordered_map<std::string_view, bool> expired;
+  std::unordered_set<std::string_view> expired;
   if (m_.options.expire_user_s > 0 && now > 0) {
     for (const FeatureListDelta& l : part.feature_lists) {
       if (l.table != kUserLeftLists) continue;
@@ -342,7 +342,7 @@ size_t Residency::Apply(const ModelSnapshot& part) {
             l.features[i].empty() ? 0 : uint32_t(std::strtoul(l.features[i][0].c_str(), nullptr, 10));
         if (touched > 0 && int64_t(touched) < int64_t(now) - m_.options.expire_user_s &&
             m_.users.Find(l.keys[i]) == EmbeddingTable::kNoRow) {
-          expired.emplace(l.keys[i], true);
+          expired.insert(l.keys[i]);
           returned_expired_.emplace_back(l.keys[i]);
         }
       }

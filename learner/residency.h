@@ -158,7 +158,7 @@ class Residency {
   }
   // Puts what the source read into memory, unchanged-marked: under mu_.
   size_t Apply(const ModelSnapshot& part);
-  // Bloom filters: `bits` bits, kProbes probes per id.
+  // Bloom filters: `bits` bits, six probes per id (residency.cc).
   static bool MayHold(const std::unique_ptr<std::atomic<uint64_t>[]>& filter, int bits,
                       std::string_view id);
   static void Note(const std::unique_ptr<std::atomic<uint64_t>[]>& filter, int bits,
@@ -172,8 +172,7 @@ class Residency {
   // Orders reading back against evicting: a user is never put back while
   // its memory is being given up.
   std::mutex mu_;
-  // The Bloom filter: 2^filter_bits_ bits, kProbes probes per id.
-  static constexpr int kProbes = 6;
+  // The Bloom filter of users that left: 2^filter_bits_ bits.
   int filter_bits_ = 0;
   std::unique_ptr<std::atomic<uint64_t>[]> filter_;
   // Users that left with purchases (a quarter of the filter's size): only

@@ -1,48 +1,25 @@
 // The memory limit (model.memory_limit_mb) with a real learner and a real
 // RocksDB store: users that leave memory come back from the store bit for
 // bit, while training and after a restart.
-#include <unistd.h>
 
-#include <atomic>
 #include <bit>
 #include <catch2/catch.hpp>
-#include <filesystem>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "store/checkpoint_store.h"
+#include "tests/test_util.h"
 
 namespace recstream::store {
 namespace {
 
-namespace fs = std::filesystem;
 using learner::Event;
 using learner::Learner;
 using learner::LearnerOptions;
 using learner::ModelSnapshot;
 using learner::Task;
-
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() / ("recstream_memory_limit_test_" +
-                                         std::to_string(::getpid()) + "_" +
-                                         std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string Sub(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
 
 constexpr int kUsers = 12000;  // three times what a 1 MiB limit keeps
 constexpr int kItems = 300;
@@ -145,9 +122,9 @@ int Mismatches(const Learner& want, const Learner& got, std::string* first, int 
 }
 
 TEST_CASE("Users that leave memory come back from the store bit for bit", "[memory]") {
-  TempDir dir;
+  testing::TempDir dir;
   StoreOptions so;
-  so.path = dir.Sub("store");
+  so.path = dir.path() + "/store";
   std::unique_ptr<CheckpointStore> store;
   REQUIRE(CheckpointStore::Open(so, &store).ok());
   auto limited = NewLearner(Options(1));
@@ -230,9 +207,9 @@ TEST_CASE("Users that leave memory come back from the store bit for bit", "[memo
 }
 
 TEST_CASE("Users expire from the store while out of memory", "[memory]") {
-  TempDir dir;
+  testing::TempDir dir;
   StoreOptions so;
-  so.path = dir.Sub("store");
+  so.path = dir.path() + "/store";
   so.point_reads = true;
   std::unique_ptr<CheckpointStore> store;
   REQUIRE(CheckpointStore::Open(so, &store).ok());
