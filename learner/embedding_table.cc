@@ -601,6 +601,7 @@ uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
           .store(kDirty, std::memory_order_release);
       if (touched_) chunk(row)->touched[row & kChunkMask].store(0, std::memory_order_relaxed);
       if (epochs_) Stamp(row);
+      if (changes_) MarkChanged(row);
       removed_.fetch_sub(1, std::memory_order_relaxed);
     }
   }
@@ -630,6 +631,7 @@ uint32_t EmbeddingTable::Reserve(const std::string_view* keys, uint32_t count) {
     std::memcpy(c->headers.get() + (row & kChunkMask), &v, kHeaderBytes);
     c->dirty[row & kChunkMask] = kDirty;
     if (epochs_) Stamp(row);
+    if (changes_) c->changed[row & kChunkMask] = 1;
   }
   next_row_ = first + count;
   return first;
@@ -737,6 +739,7 @@ EmbeddingTable::Chunk* EmbeddingTable::EnsureChunk(uint32_t index) {
     c->touched.reset(new std::atomic<uint32_t>[kChunkRows]);
     for (uint32_t i = 0; i < kChunkRows; ++i) c->touched[i].store(0, std::memory_order_relaxed);
   }
+  if (changes_) c->changed.reset(new uint8_t[kChunkRows]());
   if (epochs_) {
     c->epochs.reset(new std::atomic<uint32_t>[kChunkRows]);
     for (uint32_t i = 0; i < kChunkRows; ++i) c->epochs[i].store(0, std::memory_order_relaxed);

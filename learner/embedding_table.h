@@ -79,6 +79,12 @@ class EmbeddingTable {
   EmbeddingTable& operator=(const EmbeddingTable&) = delete;
 
   const std::string& name() const { return name_; }
+  // An empty table of the same name, width, initial values (a row created
+  // in both from one id starts alike) and optimizer state; not line-aligned.
+  std::unique_ptr<EmbeddingTable> EmptyLike() const {
+    return std::make_unique<EmbeddingTable>(name_, width_, random_prefix_, init_scale_,
+                                            accum_init_, seed_, false, state_);
+  }
   int width() const { return width_; }
   // Floats of a row: its values, then its optimizer state.
   size_t row_floats() const { return row_floats_; }
@@ -118,6 +124,12 @@ class EmbeddingTable {
   // never changed in memory since they were read back (Restore) have
   // epoch 0.
   void TrackEpochs() { epochs_ = true; }
+  // Change marks for sharing rows between trainers (learner/sharing.h),
+  // once TrackChanges has been called on the empty table: a second mark,
+  // independent of the snapshots' one, set on a row's creation and by
+  // MarkDirty, taken by ForEachChanged.
+  void TrackChanges() { changes_ = true; }
+  bool tracks_changes() const { return changes_; }
   void SetEpoch(uint32_t epoch) { epoch_.store(epoch, std::memory_order_relaxed); }
   uint32_t dirtied(uint32_t row) const {
     return chunk(row)->epochs[row & kChunkMask].load(std::memory_order_relaxed);
@@ -205,6 +217,7 @@ class EmbeddingTable {
     // Load first: a row updated by every event (a popular item or feature)
     // is usually dirty already, and a store would bounce its cache line
     // between trainer threads.
+    if (changes_) MarkChanged(row);
     std::atomic_ref<uint8_t> d(chunk(row)->dirty[row & kChunkMask]);
     const uint8_t state = d.load(std::memory_order_relaxed);
     if (state == kDirty) return;
@@ -220,6 +233,27 @@ class EmbeddingTable {
   template <typename Fn>
   void ForEachDirty(bool all, Fn&& fn) {
     ForEachMarked(all, kClean, fn);
+  }
+
+  // Calls fn(row) for each live row marked changed (TrackChanges) in row
+  // order; the mark is cleared where fn returns true. No writer may run
+  // meanwhile.
+  template <typename Fn>
+  void ForEachChanged(Fn&& fn) {
+    if (!changes_) return;
+    const uint32_t n = size();
+    for (uint32_t base = 0; base < n; base += kChunkRows) {
+      Chunk* c = chunk(base);
+      uint8_t* changed = c->changed.get();
+      const uint32_t end = std::min(kChunkRows, n - base);
+      for (uint32_t i = NextDirty(changed, 0, end); i < end; i = NextDirty(changed, i + 1, end)) {
+        if (c->dirty[i] == kFree) {
+          changed[i] = 0;
+        } else if (fn(base + i)) {
+          changed[i] = 0;
+        }
+      }
+    }
   }
 
   // Copy-on-write export: the rows of a snapshot copied out while writers
@@ -264,6 +298,7 @@ class EmbeddingTable {
     std::unique_ptr<uint8_t[]> dirty;     // written through atomic_ref
     std::unique_ptr<std::atomic<uint32_t>[]> touched;  // with TrackTouches only
     std::unique_ptr<std::atomic<uint32_t>[]> epochs;   // with TrackEpochs only
+    std::unique_ptr<uint8_t[]> changed;  // with TrackChanges only; through atomic_ref
   };
   struct IndexShard;
   struct KeyArena;
@@ -296,6 +331,10 @@ class EmbeddingTable {
   // The slot array of `key`'s shard (t[0] the mask, t[1 + i] slot i), with
   // the key's tag and the array's mask: its probe starts at slot tag & mask.
   const uint64_t* SlotsOf(std::string_view key, uint64_t* tag, uint64_t* mask) const;
+  void MarkChanged(uint32_t row) {
+    std::atomic_ref<uint8_t> c(chunk(row)->changed[row & kChunkMask]);
+    if (!c.load(std::memory_order_relaxed)) c.store(1, std::memory_order_relaxed);
+  }
   void Stamp(uint32_t row) {
     chunk(row)->epochs[row & kChunkMask].store(epoch_.load(std::memory_order_relaxed),
                                                std::memory_order_relaxed);
@@ -346,6 +385,7 @@ class EmbeddingTable {
   std::atomic<uint32_t> removed_{0};     // removed rows not reused yet
   bool touched_ = false;
   bool epochs_ = false;
+  bool changes_ = false;
   std::atomic<uint32_t> epoch_{0};
   std::atomic<uint32_t> ready_rows_{0};  // rows whose key and values are set
   Export export_;                        // set by BeginExport (no writer running)

@@ -102,6 +102,10 @@ Status ValidateOptions(const LearnerOptions& o) {
   if (o.expire_feature_s < 0) return bad("model.expire.feature_s must be >= 0");
   if (o.memory_limit_mb < 0 || o.memory_limit_mb > (int64_t(1) << 30))
     return bad("model.memory_limit_mb must be in [0, 2^30]");
+  if (o.trainer_count < 1 || o.trainer_count > 4096)
+    return bad("trainer.count must be in [1, 4096]");
+  if (o.trainer_index < 0 || o.trainer_index >= o.trainer_count)
+    return bad("trainer.index must be in [0, trainer.count)");
   if (o.implicit_negatives < 1 || o.implicit_negatives > 1000)
     return bad("model.implicit_negatives must be in [1, 1000]");
   if (o.negatives < 0 || o.negatives > 100) return bad("model.negatives must be in [0, 100]");
@@ -214,6 +218,13 @@ LearnerStats Learner::Stats() const {
   s.features = m.user_features.live_size() + m.item_features.live_size();
   s.pretrained = m.pretrained ? m.pretrained->size() : 0;
   s.nonfinite_updates_refused = m.refused.load(std::memory_order_relaxed);
+  if (m.sharing) {
+    const Sharing::Counters& c = m.sharing->counters();
+    s.shared_rows_sent = c.rows_sent.load(std::memory_order_relaxed);
+    s.shared_rows_added = c.rows_added.load(std::memory_order_relaxed);
+    s.shared_rows_followed = c.rows_followed.load(std::memory_order_relaxed);
+    s.shared_not_owned = c.not_owned.load(std::memory_order_relaxed);
+  }
   s.model_bytes = ModelBytes(m);
   if (const Residency* r = m.residency.get()) {
     s.memory_limit_bytes = r->limit_bytes();
@@ -253,6 +264,30 @@ bool Learner::OverLimit() const {
 bool Learner::WantsCheckpoint() const {
   const Residency* r = impl_->model.residency.get();
   return r && r->WantsCheckpoint();
+}
+
+void Learner::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
+  Model& m = impl_->model;
+  if (!m.sharing) {
+    *changes = ModelChanges();
+    if (owned) *owned = ModelSnapshot();
+    return;
+  }
+  m.sharing->TakeChanges(changes, owned);
+}
+
+Status Learner::AddChanges(const ModelChanges& changes) {
+  Model& m = impl_->model;
+  return m.sharing ? m.sharing->AddChanges(changes) : Status::OK();
+}
+
+Status Learner::FollowOwners(const ModelSnapshot& published) {
+  Model& m = impl_->model;
+  if (!m.sharing) return Status::OK();
+  if (published.shape != m.shape.Describe())
+    return Status::Corruption("published rows are of model shape '" + published.shape +
+                              "' but the options give '" + m.shape.Describe() + "'");
+  return m.sharing->FollowOwners(published);
 }
 
 }  // namespace recstream::learner

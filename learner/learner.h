@@ -131,6 +131,14 @@ struct LearnerStats {
   uint64_t store_reads = 0;
   uint64_t store_read_errors = 0;
   uint64_t checkpoints_wanted = 0;
+  // Several trainers (LearnerOptions::trainer_count > 1; all 0 otherwise):
+  // row changes taken for other owners (TakeChanges), other trainers' row
+  // changes added as owner (AddChanges), owners' rows followed
+  // (FollowOwners), and changes skipped because another trainer owns the row.
+  uint64_t shared_rows_sent = 0;
+  uint64_t shared_rows_added = 0;
+  uint64_t shared_rows_followed = 0;
+  uint64_t shared_not_owned = 0;
 };
 
 // Row deltas. A row's values are the table's layout (embedding, per-task
@@ -171,6 +179,36 @@ struct TableDeletion {
 };
 
 class RowSource;  // learner/row_source.h
+
+// Changes to shared rows that a trainer sends to their owners (several
+// trainers, LearnerOptions::trainer_count; learner/sharing.h).
+struct ModelChanges {
+  // Per shared table ("item", "user_feature", "item_feature",
+  // "item_pretrained"): ids and, per row, the change of its `width` floats
+  // (values, then optimizer state) since it was last taken.
+  std::vector<TableDelta> tables;
+  // Changes of the dense blocks (trainer 0 owns them), and "feedback": per
+  // task, 1 when the sender learned a label 0.
+  std::vector<std::pair<std::string, std::vector<float>>> dense;
+  // The "item" feature lists of the items in `tables` (as the sender last
+  // saw them; items seen without features have none here), so that the
+  // owner, and everyone following it, scores an item with its features.
+  std::vector<FeatureListDelta> feature_lists;
+  uint64_t rows() const {
+    uint64_t n = 0;
+    for (const auto& t : tables) n += t.keys.size();
+    return n;
+  }
+  bool empty() const { return rows() == 0 && dense.empty(); }
+};
+
+// The trainer that owns id `key` of a shared table among `count`: a stable
+// hash of the id, the same on every machine and across restarts.
+int OwnerOf(std::string_view key, int count);
+// Splits `changes` by owner: (*out)[i] holds the rows (and item lists)
+// trainer i owns, and out[0] the dense blocks too. `out` gets `count`
+// entries.
+void SplitByOwner(const ModelChanges& changes, int count, std::vector<ModelChanges>* out);
 
 struct ModelSnapshot {
   // Identifies the model's shape; ApplySnapshot refuses a snapshot whose
@@ -322,6 +360,35 @@ class Learner {
   // checkpoint has stored them and Idle has let them go: what bounds
   // memory when new users arrive faster than checkpoints store them.
   bool OverLimit() const;
+
+  // Several trainers on one model (LearnerOptions::trainer_count > 1;
+  // learner/sharing.h has the protocol). All three run on the training
+  // thread between Train calls, as TakeSnapshot does; with one trainer
+  // they do nothing (AddChanges and FollowOwners return OK).
+  //
+  // TakeChanges fills *changes with the change of every shared row this
+  // trainer does not own (and of the dense blocks, unless it is trainer 0)
+  // since it was last taken: from then on the change counts as sent, and
+  // the caller must deliver it to the owners exactly once. With `owned`
+  // non-null, it also fills `owned` with the values of the shared rows
+  // this trainer owns that changed since (and, trainer 0, the dense
+  // blocks): what the owner publishes for the others to follow; without
+  // it, owned rows stay marked for the next call that has one.
+  void TakeChanges(ModelChanges* changes, ModelSnapshot* owned = nullptr);
+  // Adds changes taken by other trainers to the rows this trainer owns,
+  // creating missing rows. Rows it does not own are skipped and counted
+  // (LearnerStats::shared_not_owned); a row change with a value that is
+  // not finite, or that would make one, is refused and counted
+  // (nonfinite_updates_refused). Corruption for an unknown table or a
+  // wrong width (nothing of that table is added).
+  Status AddChanges(const ModelChanges& changes);
+  // Follows the owners' published values (a snapshot, or a version of the
+  // model topic): each shared row this trainer does not own becomes the
+  // owner's value plus this trainer's change not taken yet; trainer 0's
+  // dense blocks likewise, and its task weighting as it is; the "item"
+  // feature lists of items it does not own are set. Users and rows this
+  // trainer owns are ignored.
+  Status FollowOwners(const ModelSnapshot& published);
 
   // Loads a snapshot: rows are created or overwritten, dense parameters and
   // counters replaced. Apply a full snapshot first, then deltas in order.

@@ -309,6 +309,9 @@ Status Learner::ApplyRows(const TableDelta& delta) {
     }
   }
   t->PutMany(delta.keys, delta.values.data());
+  // Several trainers: a restored follower copy is its base (its changes
+  // up to the checkpoint were taken and stored with it).
+  if (m.sharing && m.sharing->IsShared(t)) m.sharing->Restored(delta);
   m.applied.fetch_add(1, std::memory_order_relaxed);
   return Status::OK();
 }
@@ -372,6 +375,13 @@ Status Learner::ApplyLists(const FeatureListDelta& delta) {
   impl_->model.applied.fetch_add(1, std::memory_order_relaxed);
   return Status::OK();
 }
+
+namespace {
+bool has_dense_blocks(const ModelSnapshot& snap) {
+  return std::any_of(snap.dense.begin(), snap.dense.end(),
+                     [](const auto& d) { return d.first == "dense"; });
+}
+}  // namespace
 
 Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
   Model& m = impl_->model;
@@ -479,8 +489,13 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
       }
     }
   }
-  // What was just loaded is already stored: nothing is dirty.
-  for (EmbeddingTable* t : m.all_tables()) t->ForEachDirty(false, [](uint32_t) {});
+  // What was just loaded is already stored: nothing is dirty (nor changed
+  // for other trainers, see ApplyRows).
+  for (EmbeddingTable* t : m.all_tables()) {
+    t->ForEachDirty(false, [](uint32_t) {});
+    t->ForEachChanged([](uint32_t) { return true; });
+  }
+  if (m.sharing && has_dense_blocks(snap)) m.sharing->RestoredDense();
   for (FeatureLists* l : {&m.user_lists, &m.item_lists})
     l->ForEachDirty(false, [](uint32_t, const std::vector<uint32_t>&) {});
   m.histories.ForEachDirtyRow(false, [](uint32_t) {});

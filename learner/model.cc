@@ -59,6 +59,7 @@ Model::Model(const LearnerOptions& o)
   shape.Init(dense.data(), o.seed);
   for (auto& m : metrics) m = TaskMetrics();
   for (auto& l : learned) l.store(0);
+  if (o.trainer_count > 1) sharing = std::make_unique<Sharing>(this);
 }
 
 EmbeddingTable* Model::table(std::string_view name) {

@@ -38,6 +38,7 @@
 #include "learner/learner.h"
 #include "learner/model_math.h"
 #include "learner/residency.h"
+#include "learner/sharing.h"
 #include "learner/task_weighting.h"
 
 namespace recstream::learner {
@@ -377,6 +378,9 @@ struct Model {
   // otherwise): which users are in memory, and reading back those that
   // left.
   std::unique_ptr<Residency> residency;
+  // Several trainers (LearnerOptions::trainer_count > 1; null otherwise):
+  // which shared rows this trainer owns, and the follower copies' bases.
+  std::unique_ptr<Sharing> sharing;
   // The row of user `id`: Find, or with a memory limit, read back from the
   // store when it left memory. Any thread.
   uint32_t FindUser(std::string_view id) const {

@@ -188,6 +188,14 @@ struct LearnerOptions {
   // the lower one. 0 (default) leaves priorities alone.
   int train_nice = 0;
   uint64_t seed = 42;
+  // Several trainers on one model (learner/sharing.h; docs/interface.md,
+  // "Several trainers"): this learner is trainer `trainer_index` of
+  // `trainer_count`. With more than one, it owns the shared rows (items,
+  // side features, pretrained vectors) whose id hashes to its index, and
+  // trainer 0 owns the dense blocks; TakeChanges, AddChanges and
+  // FollowOwners exchange the rest. 1 (default): one trainer owns all.
+  int trainer_count = 1;
+  int trainer_index = 0;
   // Click and purchase: precision, recall and F1 of the progressive
   // predictions count a prediction >= this as a predicted positive.
   float decision_threshold = 0.5f;

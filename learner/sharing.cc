@@ -1,0 +1,327 @@
+#include "learner/sharing.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "learner/model.h"
+
+namespace recstream::learner {
+namespace {
+
+// The dense blocks whose changes are exchanged (learner/sharing.h).
+constexpr std::string_view kExchanged[] = {"dense", "dense_accum", "history_match", "history_gate",
+                                           "implicit_shift"};
+
+}  // namespace
+
+int OwnerOf(std::string_view key, int count) {
+  if (count <= 1) return 0;
+  return int(Model::IdHash(key) % uint32_t(count));
+}
+
+void SplitByOwner(const ModelChanges& changes, int count, std::vector<ModelChanges>* out) {
+  out->assign(size_t(std::max(count, 1)), ModelChanges());
+  for (const TableDelta& t : changes.tables) {
+    std::vector<TableDelta*> parts(out->size(), nullptr);
+    for (size_t i = 0; i < t.keys.size(); ++i) {
+      const size_t o = size_t(OwnerOf(t.keys[i], count));
+      if (!parts[o]) {
+        TableDelta& d = (*out)[o].tables.emplace_back();
+        d.table = t.table;
+        d.width = t.width;
+        parts[o] = &d;
+      }
+      TableDelta& d = *parts[o];
+      d.keys.push_back(t.keys[i]);
+      const size_t at = d.values.size();
+      d.values.resize(at + size_t(t.width));
+      std::copy_n(t.values.data() + i * size_t(t.width), t.width, d.values.data() + at);
+    }
+  }
+  for (const FeatureListDelta& l : changes.feature_lists) {
+    std::vector<FeatureListDelta*> parts(out->size(), nullptr);
+    for (size_t i = 0; i < l.keys.size(); ++i) {
+      const size_t o = size_t(OwnerOf(l.keys[i], count));
+      if (!parts[o]) {
+        FeatureListDelta& d = (*out)[o].feature_lists.emplace_back();
+        d.table = l.table;
+        parts[o] = &d;
+      }
+      parts[o]->keys.push_back(l.keys[i]);
+      parts[o]->features.push_back(l.features[i]);
+    }
+  }
+  (*out)[0].dense = changes.dense;
+}
+
+Sharing::Sharing(Model* model)
+    : m_(*model), index_(model->options.trainer_index), count_(model->options.trainer_count) {
+  std::vector<EmbeddingTable*> tables = {&m_.items, &m_.user_features, &m_.item_features};
+  if (m_.pretrained) tables.push_back(m_.pretrained.get());
+  for (EmbeddingTable* t : tables) {
+    t->TrackChanges();
+    shared_.push_back({t, t->EmptyLike()});
+  }
+  RestoredDense();
+}
+
+bool Sharing::Owns(std::string_view key) const { return OwnerOf(key, count_) == index_; }
+
+bool Sharing::IsShared(const EmbeddingTable* table) const {
+  for (const Shared& s : shared_)
+    if (s.table == table) return true;
+  return false;
+}
+
+Sharing::Shared* Sharing::Find(std::string_view table) {
+  for (Shared& s : shared_)
+    if (s.table->name() == table) return &s;
+  return nullptr;
+}
+
+std::vector<float> Sharing::ReadDense(std::string_view name) const {
+  if (name == "dense") return m_.dense;
+  if (name == "dense_accum") return m_.dense_accum;
+  if (name == "history_match") return m_.history_match;
+  if (name == "history_gate") return {m_.history_gate.begin(), m_.history_gate.end()};
+  return {m_.implicit_shift.begin(), m_.implicit_shift.end()};
+}
+
+void Sharing::WriteDense(std::string_view name, const std::vector<float>& v) {
+  if (name == "dense") {
+    std::copy(v.begin(), v.end(), m_.dense.begin());
+  } else if (name == "dense_accum") {
+    std::copy(v.begin(), v.end(), m_.dense_accum.begin());
+  } else if (name == "history_match") {
+    std::copy(v.begin(), v.end(), m_.history_match.begin());
+  } else if (name == "history_gate") {
+    std::copy(v.begin(), v.end(), m_.history_gate.begin());
+  } else {
+    std::copy(v.begin(), v.end(), m_.implicit_shift.begin());
+  }
+}
+
+void Sharing::RestoredDense() {
+  dense_base_.clear();
+  for (std::string_view name : kExchanged) dense_base_.emplace_back(name, ReadDense(name));
+}
+
+void Sharing::Restored(const TableDelta& rows) {
+  Shared* s = Find(rows.table);
+  if (!s || size_t(rows.width) != s->table->row_floats()) return;
+  for (size_t i = 0; i < rows.keys.size(); ++i)
+    if (!Owns(rows.keys[i])) s->base->Put(rows.keys[i], rows.values.data() + i * size_t(rows.width));
+}
+
+void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
+  *changes = ModelChanges();
+  if (owned) {
+    *owned = ModelSnapshot();
+    owned->shape = m_.shape.Describe();
+    for (int t = 0; t < kNumTasks; ++t) owned->learned[t] = m_.learned[t].load();
+  }
+  FeatureListDelta sent_lists, mine_lists;
+  sent_lists.table = mine_lists.table = "item";
+  std::vector<uint32_t> list;
+  auto add_list = [&](uint32_t row, std::string_view key, FeatureListDelta* to) {
+    list.clear();
+    m_.item_lists.Get(row, &list);
+    if (list.empty()) return;
+    to->keys.emplace_back(key);
+    auto& names = to->features.emplace_back();
+    for (uint32_t f : list)
+      if (m_.item_features.IsLive(f)) names.emplace_back(m_.item_features.key(f));
+  };
+  for (Shared& s : shared_) {
+    EmbeddingTable& t = *s.table;
+    const bool items = &t == &m_.items;
+    const size_t w = t.row_floats();
+    TableDelta sent, mine;
+    sent.table = mine.table = t.name();
+    sent.width = mine.width = int(w);
+    std::vector<float> diff(w);
+    t.ForEachChanged([&](uint32_t row) {
+      const std::string_view key = t.key(row);
+      const float* v = t.Row(row);
+      if (Owns(key)) {
+        if (!owned) return false;  // still changed for the next `owned`
+        mine.keys.emplace_back(key);
+        const size_t at = mine.values.size();
+        mine.values.resize(at + w);
+        std::copy_n(v, w, mine.values.data() + at);
+        if (items) add_list(row, key, &mine_lists);
+        return true;
+      }
+      const uint32_t b = s.base->GetOrCreate(key);  // created: the initial values
+      float* base = s.base->Row(b);
+      bool any = false;
+      for (size_t i = 0; i < w; ++i) {
+        diff[i] = v[i] - base[i];
+        any |= diff[i] != 0.0f;
+      }
+      if (!any) return true;
+      std::copy_n(v, w, base);
+      sent.keys.emplace_back(key);
+      const size_t at = sent.values.size();
+      sent.values.resize(at + w);
+      std::copy_n(diff.data(), w, sent.values.data() + at);
+      if (items) add_list(row, key, &sent_lists);
+      return true;
+    });
+    counters_.rows_sent.fetch_add(sent.keys.size(), std::memory_order_relaxed);
+    if (!sent.keys.empty()) changes->tables.push_back(std::move(sent));
+    if (owned && !mine.keys.empty()) owned->tables.push_back(std::move(mine));
+  }
+  if (!sent_lists.keys.empty()) changes->feature_lists.push_back(std::move(sent_lists));
+  if (owned && !mine_lists.keys.empty()) owned->feature_lists.push_back(std::move(mine_lists));
+  std::vector<float> feedback;
+  for (const auto& n : m_.saw_negative) feedback.push_back(n.load() ? 1.0f : 0.0f);
+  if (index_ == 0) {
+    if (owned) {
+      for (std::string_view name : kExchanged) owned->dense.emplace_back(name, ReadDense(name));
+      owned->dense.emplace_back("feedback", feedback);
+      owned->dense.emplace_back("weighting", m_.weighting.Save());
+    }
+  } else {
+    for (auto& [name, base] : dense_base_) {
+      std::vector<float> now = ReadDense(name);
+      std::vector<float> diff(now.size());
+      for (size_t i = 0; i < now.size(); ++i) diff[i] = now[i] - base[i];
+      base = std::move(now);
+      changes->dense.emplace_back(name, std::move(diff));
+    }
+    changes->dense.emplace_back("feedback", feedback);
+  }
+}
+
+void Sharing::SetItemLists(const std::vector<FeatureListDelta>& lists, bool owned) {
+  std::vector<uint32_t> rows;
+  for (const FeatureListDelta& l : lists) {
+    if (l.table != "item" || l.features.size() != l.keys.size()) continue;
+    for (size_t i = 0; i < l.keys.size(); ++i) {
+      if (Owns(l.keys[i]) != owned || l.features[i].empty()) continue;
+      rows.clear();
+      for (const std::string& f : l.features[i]) rows.push_back(m_.item_features.GetOrCreate(f));
+      m_.item_lists.Set(m_.items.GetOrCreate(l.keys[i]), rows.data(), rows.data() + rows.size());
+    }
+  }
+}
+
+Status Sharing::AddChanges(const ModelChanges& changes) {
+  for (const TableDelta& d : changes.tables) {
+    Shared* s = Find(d.table);
+    if (!s) return Status::Corruption("changes of unknown or unshared table '" + d.table + "'");
+    EmbeddingTable& t = *s->table;
+    const size_t w = t.row_floats();
+    if (size_t(d.width) != w || d.values.size() != d.keys.size() * w)
+      return Status::Corruption("changes of table '" + d.table + "' have the wrong width");
+    std::vector<float> sum(w);
+    for (size_t i = 0; i < d.keys.size(); ++i) {
+      if (!Owns(d.keys[i])) {
+        counters_.not_owned.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      const float* delta = d.values.data() + i * w;
+      const uint32_t row = t.GetOrCreate(d.keys[i]);
+      float* v = t.Row(row);
+      for (size_t k = 0; k < w; ++k) sum[k] = v[k] + delta[k];
+      if (!AllFinite(sum.data(), w)) {
+        counters_.refused.fetch_add(1, std::memory_order_relaxed);
+        m_.refused.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      t.MarkDirty(row);  // before the write (EmbeddingTable::MarkDirty)
+      std::copy_n(sum.data(), w, v);
+      counters_.rows_added.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  for (const auto& [name, delta] : changes.dense) {
+    if (name == "feedback") {
+      for (size_t t = 0; t < delta.size() && t < size_t(kNumTasks); ++t)
+        if (delta[t] != 0.0f) m_.saw_negative[t].store(true);
+      continue;
+    }
+    if (std::find(std::begin(kExchanged), std::end(kExchanged), name) == std::end(kExchanged))
+      return Status::Corruption("changes of unknown dense block '" + name + "'");
+    if (index_ != 0) {
+      counters_.not_owned.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    std::vector<float> now = ReadDense(name);
+    if (delta.size() != now.size())
+      return Status::Corruption("changes of dense block '" + name + "' have the wrong size");
+    for (size_t i = 0; i < now.size(); ++i) now[i] += delta[i];
+    if (!AllFinite(now.data(), now.size())) {
+      counters_.refused.fetch_add(1, std::memory_order_relaxed);
+      m_.refused.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    WriteDense(name, now);
+  }
+  SetItemLists(changes.feature_lists, true);
+  return Status::OK();
+}
+
+Status Sharing::FollowOwners(const ModelSnapshot& published) {
+  for (const TableDelta& d : published.tables) {
+    Shared* s = Find(d.table);
+    if (!s) continue;  // users (another trainer's own), or not shared
+    EmbeddingTable& t = *s->table;
+    const size_t w = t.row_floats();
+    if (size_t(d.width) != w || d.values.size() != d.keys.size() * w)
+      return Status::Corruption("published rows of table '" + d.table + "' have the wrong width");
+    std::vector<float> next(w);
+    for (size_t i = 0; i < d.keys.size(); ++i) {
+      if (Owns(d.keys[i])) continue;
+      const float* pub = d.values.data() + i * w;
+      if (!AllFinite(pub, w)) {
+        counters_.refused.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      // Not Put: a snapshot's export may be under way (MarkDirty copies
+      // a row it lists before the write).
+      const uint32_t row = t.GetOrCreate(d.keys[i]);
+      const uint32_t b = s->base->GetOrCreate(d.keys[i]);  // created: the initial values
+      float* base = s->base->Row(b);
+      float* v = t.Row(row);
+      for (size_t k = 0; k < w; ++k) next[k] = pub[k] + (v[k] - base[k]);
+      if (!AllFinite(next.data(), w)) {
+        counters_.refused.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      t.MarkDirty(row);
+      std::copy_n(next.data(), w, v);
+      std::copy_n(pub, w, base);
+      counters_.rows_followed.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  SetItemLists(published.feature_lists, false);
+  if (index_ == 0) return Status::OK();
+  for (const auto& [name, pub] : published.dense) {
+    if (name == "feedback") {
+      for (size_t t = 0; t < pub.size() && t < size_t(kNumTasks); ++t)
+        if (pub[t] != 0.0f) m_.saw_negative[t].store(true);
+      continue;
+    }
+    if (name == "weighting") {
+      if (!m_.weighting.Load(pub)) return Status::Corruption("published weighting has the wrong size");
+      continue;
+    }
+    auto it = std::find_if(dense_base_.begin(), dense_base_.end(),
+                           [&](const auto& b) { return b.first == name; });
+    if (it == dense_base_.end()) continue;  // not exchanged (metrics, ...)
+    std::vector<float> now = ReadDense(name);
+    if (pub.size() != now.size())
+      return Status::Corruption("published dense block '" + name + "' has the wrong size");
+    if (!AllFinite(pub.data(), pub.size())) {
+      counters_.refused.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    for (size_t i = 0; i < now.size(); ++i) now[i] = pub[i] + (now[i] - it->second[i]);
+    WriteDense(name, now);
+    it->second = pub;
+  }
+  return Status::OK();
+}
+
+}  // namespace recstream::learner

@@ -1,0 +1,106 @@
+// Sharing: one trainer's part in a model that several trainers learn
+// (LearnerOptions::trainer_count > 1; docs/interface.md, "Several
+// trainers").
+//
+// Users are not shared: a user's events all reach the one trainer that
+// reads its partition. Every other row is: the rows of items, side
+// features and pretrained vectors each have one owner, the trainer that
+// OwnerOf(id) names, and trainer 0 owns the dense blocks. Every trainer
+// learns every row it needs in place; for a row it does not own, that row
+// is a follower copy whose own changes are sent to the owner:
+//
+//   TakeChanges    for each shared row changed since the previous call, a
+//                  row this trainer does not own gives its change (value
+//                  minus base, values and optimizer state alike) and its
+//                  base becomes its value; an owned row gives its value
+//                  (what the owner publishes). Trainer 0 gives its dense
+//                  blocks; the others their change.
+//   AddChanges     the owner adds other trainers' changes to its rows.
+//   FollowOwners   a follower takes the owner's published value: its row
+//                  becomes that value plus its own change not yet taken,
+//                  and the base the owner's value.
+//
+// So each trainer's effect reaches the owner exactly once as long as every
+// taken change is delivered once (the caller's part: an outbox stored with
+// the trainer's positions, see docs/interface.md), and every copy
+// converges on the owner's value once trainers are quiet. The "base" of a
+// follower copy is kept in a table of its own (as many rows as the trainer
+// follows); it starts as the row's initial values, which every trainer
+// computes alike from the id.
+//
+// Dense blocks exchanged: dense, dense_accum, history_match, history_gate,
+// implicit_shift (changes added, as for rows). A task that learned a label
+// 0 anywhere (feedback) becomes explicit everywhere. Task weighting state
+// is trainer 0's: followers take it as published.
+//
+// Thread safety: every method runs on the training thread between Train
+// calls (like BeginSnapshot); scorers may read meanwhile.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "common/status.h"
+#include "learner/embedding_table.h"
+#include "learner/learner.h"
+
+namespace recstream::learner {
+
+struct Model;
+
+class Sharing {
+ public:
+  // Call at the end of the model's construction (dense blocks initialised).
+  explicit Sharing(Model* model);
+  Sharing(const Sharing&) = delete;
+  Sharing& operator=(const Sharing&) = delete;
+
+  bool Owns(std::string_view key) const;
+  // True for the tables whose rows are shared.
+  bool IsShared(const EmbeddingTable* table) const;
+
+  void TakeChanges(ModelChanges* changes, ModelSnapshot* owned);
+  Status AddChanges(const ModelChanges& changes);
+  Status FollowOwners(const ModelSnapshot& published);
+
+  // After a restore: the restored rows this trainer does not own, and the
+  // dense blocks, are the base from which changes are counted (everything
+  // before them was taken, and stored with them, see docs/interface.md).
+  void Restored(const TableDelta& rows);
+  void RestoredDense();
+
+  struct Counters {
+    std::atomic<uint64_t> rows_sent{0};     // row changes taken (TakeChanges)
+    std::atomic<uint64_t> rows_added{0};    // row changes added as owner
+    std::atomic<uint64_t> rows_followed{0}; // owners' rows followed
+    std::atomic<uint64_t> not_owned{0};     // changes of rows owned by another, skipped
+    std::atomic<uint64_t> refused{0};       // changes refused (non-finite values)
+  };
+  const Counters& counters() const { return counters_; }
+
+ private:
+  struct Shared {
+    EmbeddingTable* table;
+    std::unique_ptr<EmbeddingTable> base;
+  };
+  Shared* Find(std::string_view table);
+  // Sets the "item" lists of `lists` for the items this trainer owns (or,
+  // `owned` false, does not own) that have features.
+  void SetItemLists(const std::vector<FeatureListDelta>& lists, bool owned);
+  std::vector<float> ReadDense(std::string_view name) const;
+  void WriteDense(std::string_view name, const std::vector<float>& values);
+
+  Model& m_;
+  const int index_, count_;
+  std::vector<Shared> shared_;
+  // The dense blocks' bases (followers), by name.
+  std::vector<std::pair<std::string, std::vector<float>>> dense_base_;
+  Counters counters_;
+};
+
+}  // namespace recstream::learner
