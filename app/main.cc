@@ -372,7 +372,7 @@ bool LoadVectors(const std::string& path, int dim,
 int RunEval(const ConfigFlags& flags, const std::string& events_path,
             const std::string& report_path, int ranking_k, int candidates,
             const std::string& predictions, bool quiet, bool baselines,
-            const std::string& vectors_path) {
+            const std::string& vectors_path, int trainers, uint64_t exchange_events) {
   config::AppConfig cfg;
   if (!flags.Load(&cfg)) return kExitUsage;
   std::ifstream in(events_path);
@@ -388,6 +388,12 @@ int RunEval(const ConfigFlags& flags, const std::string& events_path,
   options.predictions_path = predictions;
   options.progress = !quiet;
   options.baselines = baselines;
+  options.trainers = trainers;
+  options.exchange_events = exchange_events;
+  if (trainers > 1 && cfg.learner.memory_limit_mb > 0) {
+    std::fprintf(stderr, "recstream: eval --trainers does not run with model.memory_limit_mb\n");
+    return kExitUsage;
+  }
   if (!vectors_path.empty()) {
     if (cfg.learner.pretrained_dim <= 0) {
       std::fprintf(
@@ -750,7 +756,8 @@ int Main(int argc, char** argv) {
 
   ConfigFlags eval_flags;
   std::string events_path, report_path, predictions;
-  int ranking_k = 0, candidates = 100;
+  int ranking_k = 0, candidates = 100, eval_trainers = 1;
+  uint64_t eval_exchange_events = 5000;
   auto* evalc =
       app.add_subcommand("eval", "progressive validation over a JSONL file, without Kafka");
   evalc->add_option("--events", events_path, "JSONL events")->required();
@@ -758,6 +765,13 @@ int Main(int argc, char** argv) {
   evalc->add_option("--ranking", ranking_k, "also report HR@K and NDCG@K")
       ->check(CLI::PositiveNumber);
   evalc->add_option("--candidates", candidates, "candidates per ranking query")
+      ->check(CLI::PositiveNumber);
+  evalc->add_option("--trainers", eval_trainers,
+                    "simulate N trainers sharing one model (issue #31), each learning its users' "
+                    "events, exchanging changes every --exchange-events events each")
+      ->check(CLI::Range(1, 64));
+  evalc->add_option("--exchange-events", eval_exchange_events,
+                    "with --trainers: events each trainer learns between exchanges (default 5000)")
       ->check(CLI::PositiveNumber);
   evalc->add_option("--predictions", predictions,
                     "write each prediction before learning, one JSON line each");
@@ -824,7 +838,7 @@ int Main(int argc, char** argv) {
   }
   if (*evalc)
     return RunEval(eval_flags, events_path, report_path, ranking_k, candidates, predictions, quiet,
-                   baselines, eval_vectors);
+                   baselines, eval_vectors, eval_trainers, eval_exchange_events);
   if (*importc) return RunImportEmbeddings(import_flags, vectors_path, import_quiet);
   if (*configc) {
     config::AppConfig cfg;

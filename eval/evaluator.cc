@@ -23,6 +23,7 @@
 #include "eval/batch_parser.h"
 #include "eval/metrics.h"
 #include "eval/ranking_baselines.h"
+#include "eval/shared_trainers.h"
 #include "ingest/parser.h"
 
 namespace recstream::eval {
@@ -140,6 +141,9 @@ class Ranker {
   const RankingAccumulator& all() const { return all_; }
   const RankingAccumulator& warm() const { return warm_; }
   const RankingAccumulator& cold() const { return cold_; }
+  // The learner that ranks from the next RankBatch on (several trainers:
+  // the one that owns the event's user).
+  void set_learner(const learner::Learner* learner) { learner_ = learner; }
 
  private:
   struct Job {
@@ -251,7 +255,7 @@ class Ranker {
     out->push_back('"');
   }
 
-  const learner::Learner* learner_;
+  const learner::Learner* learner_;  // set_learner
   const std::unique_ptr<RankingBaselines> baselines_;
   std::vector<std::array<RankingAccumulator, 3>> baseline_hits_;
   std::vector<std::vector<double>> baseline_ranks_;  // per job of the batch
@@ -369,14 +373,51 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   if (options.ranking_k < 0) return Status::InvalidArgument("ranking must not be negative");
   if (options.ranking_k > 0 && options.candidates < 1)
     return Status::InvalidArgument("candidates must be at least 1");
-  std::unique_ptr<learner::Learner> learner;
-  RECSTREAM_RETURN_IF_ERROR(learner::Learner::Create(options.learner, &learner));
+  if (options.trainers < 1 || options.trainers > 64)
+    return Status::InvalidArgument("trainers must be in [1, 64]");
+  if (options.trainers > 1 && options.exchange_events == 0)
+    return Status::InvalidArgument("exchange events must be at least 1");
+  if (options.trainers > 1 && (options.attach || options.after_train))
+    return Status::InvalidArgument("several trainers do not run with a memory limit in eval");
+  // Trainer i of N: learner options with the trainer's place.
+  std::vector<std::unique_ptr<learner::Learner>> trainers{size_t(options.trainers)};
+  for (int i = 0; i < options.trainers; ++i) {
+    learner::LearnerOptions lo = options.learner;
+    lo.trainer_count = options.trainers;
+    lo.trainer_index = i;
+    RECSTREAM_RETURN_IF_ERROR(learner::Learner::Create(lo, &trainers[size_t(i)]));
+  }
+  std::vector<learner::Learner*> trainer_ptrs;
+  for (auto& t : trainers) trainer_ptrs.push_back(t.get());
+  std::unique_ptr<learner::Learner>& learner = trainers[0];
   if (options.attach) RECSTREAM_RETURN_IF_ERROR(options.attach(learner.get()));
   for (const auto& [item, vec] : options.pretrained) {
-    Status s = learner->ImportPretrained(item, vec);
-    if (!s.ok())
-      return Status::InvalidArgument("pretrained vector of " + item + ": " + s.message());
+    // Every trainer imports them (as each would from the same file).
+    for (auto& t : trainers) {
+      Status s = t->ImportPretrained(item, vec);
+      if (!s.ok())
+        return Status::InvalidArgument("pretrained vector of " + item + ": " + s.message());
+    }
   }
+  // Several trainers: which one learns an event (its user's), and the
+  // exchange every exchange_events events per trainer.
+  const int n_trainers = options.trainers;
+  auto trainer_of = [n_trainers](const Event& e) {
+    return n_trainers == 1 ? 0 : learner::OwnerOf(e.user, n_trainers);
+  };
+  uint64_t since_exchange = 0;
+  ExchangeBytes exchanged;
+  auto maybe_exchange = [&](size_t learned) -> Status {
+    if (n_trainers == 1) return Status::OK();
+    since_exchange += learned;
+    if (since_exchange < options.exchange_events * uint64_t(n_trainers)) return Status::OK();
+    since_exchange = 0;
+    ++report->exchanges;
+    return ExchangeInProcess(trainer_ptrs, &exchanged);
+  };
+  std::vector<std::vector<Event>> sub{size_t(n_trainers)};
+  std::vector<std::vector<size_t>> sub_at{size_t(n_trainers)};
+  std::vector<Prediction> sub_before;
 
   std::ofstream predictions;
   if (!options.predictions_path.empty()) {
@@ -400,9 +441,16 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
                                                 const std::function<void(size_t, size_t)>& fn) {
     learner->ParallelFor(n, grain, fn);
   });
-  std::vector<std::string> lines(options.batch);
+  // Several trainers exchange between batches: a batch holds no more than
+  // one exchange interval.
+  const size_t batch_size =
+      options.trainers > 1
+          ? size_t(std::clamp<uint64_t>(options.exchange_events * uint64_t(options.trainers), 1,
+                                        options.batch))
+          : options.batch;
+  std::vector<std::string> lines(batch_size);
   std::vector<ingest::RejectReason> rejected;
-  std::vector<Event> batch(options.batch);
+  std::vector<Event> batch(batch_size);
   size_t n = 0;
   std::vector<Prediction> before;
   std::array<TaskSeries, learner::kNumTasks> series, cold_series;
@@ -438,13 +486,35 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
       std::vector<Prediction> one;
       std::vector<std::string> one_line;
       for (size_t i = 0; i < n; ++i) {
+        learner::Learner* t = trainers[size_t(trainer_of(chunk[i]))].get();
+        ranker->set_learner(t);
         ranker->RankBatch(chunk.subspan(i, 1), predictions.is_open() ? &one_line : nullptr);
         if (predictions.is_open()) rank_lines[i] = std::move(one_line[0]);
-        learner->Train(chunk.subspan(i, 1), &one);
+        t->Train(chunk.subspan(i, 1), &one);
         before[i] = one[0];
+        RECSTREAM_RETURN_IF_ERROR(maybe_exchange(1));
       }
-    } else {
+    } else if (n_trainers == 1) {
       learner->Train(chunk, &before);
+    } else {
+      // Each trainer learns its users' events of the batch, in order.
+      for (int t = 0; t < n_trainers; ++t) {
+        sub[size_t(t)].clear();
+        sub_at[size_t(t)].clear();
+      }
+      for (size_t i = 0; i < n; ++i) {
+        const size_t t = size_t(trainer_of(chunk[i]));
+        sub[t].push_back(chunk[i]);
+        sub_at[t].push_back(i);
+      }
+      before.resize(n);
+      for (int t = 0; t < n_trainers; ++t) {
+        if (sub[size_t(t)].empty()) continue;
+        trainers[size_t(t)]->Train(sub[size_t(t)], &sub_before);
+        for (size_t k = 0; k < sub_at[size_t(t)].size(); ++k)
+          before[sub_at[size_t(t)][k]] = sub_before[k];
+      }
+      RECSTREAM_RETURN_IF_ERROR(maybe_exchange(n));
     }
     if (options.after_train) options.after_train(learner.get());
     for (size_t b = 0; b < baselines.size(); ++b) {
@@ -564,6 +634,15 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   }
   const learner::LearnerStats stats = learner->Stats();
   report->model = stats;
+  report->trainers = n_trainers;
+  if (n_trainers > 1) {
+    report->exchange_events = options.exchange_events;
+    report->exchanged_rows = exchanged.rows;
+    if (report->events > 0) {
+      report->sent_bytes_per_event = double(exchanged.sent) / double(report->events);
+      report->followed_bytes_per_event = double(exchanged.followed) / double(report->events);
+    }
+  }
   for (Task t : learner::kAllTasks) report->task_weights[int(t)] = stats.tasks[int(t)].loss_weight;
   if (options.weight_every > 0 && report->events > 0 &&
       (report->weight_history.empty() || report->weight_history.back().events != report->events))
@@ -692,6 +771,14 @@ std::string ReportJson(const EvalReport& r) {
                  r.model.expired_users, r.model.expired_items, r.model.expired_features,
                  r.model.not_admitted_users, r.model.not_admitted_items, r.model.model_bytes,
                  r.model.memory_limit_bytes, r.model.users_evicted, r.model.users_reloaded);
+  // Extension: several trainers (`--trainers N`, issue #31).
+  if (r.trainers > 1)
+    fmt::format_to(app,
+                   ",\n  \"trainers\": {{\"count\": {}, \"exchange_events\": {}, "
+                   "\"exchanges\": {}, \"exchanged_rows\": {}, \"sent_bytes_per_event\": {:.1f}, "
+                   "\"followed_bytes_per_event\": {:.1f}}}",
+                   r.trainers, r.exchange_events, r.exchanges, r.exchanged_rows,
+                   r.sent_bytes_per_event, r.followed_bytes_per_event);
   fmt::format_to(app, "\n}}");
   return fmt::to_string(out);
 }
@@ -713,6 +800,12 @@ std::string ReportSummary(const EvalReport& r) {
     fmt::format_to(app, " ({})", reasons);
   }
   fmt::format_to(app, "\n");
+  if (r.trainers > 1)
+    fmt::format_to(app,
+                   "trainers  {} sharing one model, exchanging every {} events each ({} exchanges, "
+                   "{:.1f} bytes/event sent to owners, {:.1f} followed)\n",
+                   r.trainers, r.exchange_events, r.exchanges, r.sent_bytes_per_event,
+                   r.followed_bytes_per_event);
   for (Task t : learner::kAllTasks) {
     const TaskReport& tr = r.tasks[int(t)];
     if (tr.count == 0) continue;

@@ -89,6 +89,16 @@ struct EvalOptions {
   // Cold start: EvalReport::cold holds the metrics of the events whose item
   // had fewer than this many earlier accepted events in the stream; 0: off.
   uint32_t cold_item_events = 10;
+  // Several trainers on one model (issue #31; learner/sharing.h): with
+  // trainers = N > 1, N learners (trainer i of N) each learn the events of
+  // their users (by a stable hash of the user id, as partitions keyed by
+  // user give them out) and predict them, and exchange their changes every
+  // exchange_events events per trainer: each sends its changes to the
+  // rows' owners, the owners add them and publish their rows, every
+  // trainer follows the others' rows. That interval is the delay of the
+  // service's exchange in events. Not with a memory limit (attach).
+  int trainers = 1;
+  uint64_t exchange_events = 5000;
 };
 
 // The task loss weights after `events` accepted events.
@@ -171,8 +181,20 @@ struct EvalReport {
   std::array<TaskReport, learner::kNumTasks> cold;
   uint32_t cold_item_events = 0;
   uint64_t pretrained_items = 0;
-  // The model at the end of the run (rows, expiry, admission).
+  // The model at the end of the run (rows, expiry, admission); with several
+  // trainers, trainer 0's.
   learner::LearnerStats model;
+  // Several trainers (EvalOptions::trainers > 1): how many, the exchanges,
+  // and the bytes exchanged per event learned: changes sent to owners (ids,
+  // row floats, dense blocks, item lists), and owners' published rows as
+  // the other trainers read them (each published byte counted once per
+  // reader).
+  int trainers = 1;
+  uint64_t exchange_events = 0;
+  uint64_t exchanges = 0;
+  uint64_t exchanged_rows = 0;
+  double sent_bytes_per_event = 0;
+  double followed_bytes_per_event = 0;
 };
 
 // Runs the evaluation over `events` (JSONL). InvalidArgument for bad options

@@ -120,6 +120,36 @@ TEST_CASE("RunEval learns the generated stream close to the Bayes ceiling", "[ev
   CHECK(r.task_weights[0] > 0);
 }
 
+TEST_CASE("Two trainers sharing one model learn the stream as one trainer does", "[evaluator][trainers]") {
+  // Each trainer learns half of the users; the items' rows each have one
+  // owner. Exchanging, both come close to one trainer; never exchanging
+  // (each learns alone), they fall behind.
+  EvalOptions options = QuietOptions();
+  options.learner.threads = 1;
+  options.trainers = 2;
+  options.exchange_events = 1000;
+  std::istringstream in(Big().stream);
+  EvalReport two;
+  REQUIRE(RunEval(options, in, &two).ok());
+  options.exchange_events = 1u << 30;
+  std::istringstream again(Big().stream);
+  EvalReport apart;
+  REQUIRE(RunEval(options, again, &apart).ok());
+  const EvalReport& one = Big().report;
+  INFO(ReportSummary(two) << ReportSummary(apart));
+  CHECK(two.events == 100000);
+  CHECK(two.trainers == 2);
+  CHECK(two.exchanges >= 49);
+  CHECK(two.exchanged_rows > 0);
+  CHECK(two.sent_bytes_per_event > 0);
+  CHECK(apart.exchanges == 0);
+  CHECK(std::abs(two.tasks[0].auc - one.tasks[0].auc) < 0.01);
+  CHECK(std::abs(two.tasks[2].mae - one.tasks[2].mae) < 0.02);
+  CHECK(two.tasks[0].auc > apart.tasks[0].auc + 0.005);
+  CHECK(two.tasks[2].mae < apart.tasks[2].mae - 0.01);
+  CHECK(ReportJson(two).find("\"trainers\": {\"count\": 2") != std::string::npos);
+}
+
 TEST_CASE("ReportJson has the docs/interface.md section 5 shape", "[evaluator]") {
   const EvalReport& r = Big().report;
   const std::string json = ReportJson(r);

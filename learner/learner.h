@@ -202,6 +202,11 @@ struct ModelChanges {
   bool empty() const { return rows() == 0 && dense.empty(); }
 };
 
+// ModelChanges::feature_lists of this name carry the items a trainer put
+// into its negative ring (one list, oldest first): they go to every other
+// trainer (SplitByOwner), which puts them into its own ring.
+inline constexpr std::string_view kRingAdds = "ring_adds";
+
 // The trainer that owns id `key` of a shared table among `count`: a stable
 // hash of the id, the same on every machine and across restarts.
 int OwnerOf(std::string_view key, int count);

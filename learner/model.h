@@ -254,6 +254,15 @@ struct Model {
   // apart instead of all rounding to 1.0 (the logits themselves only order
   // items, their level is arbitrary). Written by trainers without a lock.
   std::array<float, kNumTasks> implicit_shift{};
+  // Puts an item into the ring (and its count), over the oldest entry.
+  void PushRecent(uint32_t item_row, uint32_t item_hash) {
+    const size_t n = recent.size();
+    const uint64_t old = recent[recent_next.fetch_add(1, std::memory_order_relaxed) % n].exchange(
+        uint64_t(item_row) << 32 | item_hash, std::memory_order_relaxed);
+    if (recent_count.empty()) return;
+    RecentCount(item_hash).fetch_add(1, std::memory_order_relaxed);
+    if (old != kNoEntry) RecentCount(uint32_t(old)).fetch_sub(1, std::memory_order_relaxed);
+  }
   std::vector<std::atomic<uint64_t>> recent;
   std::vector<std::atomic<uint32_t>> recent_count;
   std::atomic<uint64_t> recent_next{0};

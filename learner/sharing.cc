@@ -21,24 +21,37 @@ int OwnerOf(std::string_view key, int count) {
 
 void SplitByOwner(const ModelChanges& changes, int count, std::vector<ModelChanges>* out) {
   out->assign(size_t(std::max(count, 1)), ModelChanges());
+  std::vector<size_t> per_owner(out->size()), filled(out->size());
+  std::vector<int> owner;
   for (const TableDelta& t : changes.tables) {
+    owner.resize(t.keys.size());
+    std::fill(per_owner.begin(), per_owner.end(), 0);
+    for (size_t i = 0; i < t.keys.size(); ++i)
+      ++per_owner[size_t(owner[i] = OwnerOf(t.keys[i], count))];
     std::vector<TableDelta*> parts(out->size(), nullptr);
+    for (size_t o = 0; o < out->size(); ++o) {
+      if (per_owner[o] == 0) continue;
+      TableDelta& d = (*out)[o].tables.emplace_back();
+      d.table = t.table;
+      d.width = t.width;
+      d.keys.reserve(per_owner[o]);
+      d.values.resize(per_owner[o] * size_t(t.width));
+      parts[o] = &d;
+      filled[o] = 0;
+    }
     for (size_t i = 0; i < t.keys.size(); ++i) {
-      const size_t o = size_t(OwnerOf(t.keys[i], count));
-      if (!parts[o]) {
-        TableDelta& d = (*out)[o].tables.emplace_back();
-        d.table = t.table;
-        d.width = t.width;
-        parts[o] = &d;
-      }
+      const size_t o = size_t(owner[i]);
       TableDelta& d = *parts[o];
       d.keys.push_back(t.keys[i]);
-      const size_t at = d.values.size();
-      d.values.resize(at + size_t(t.width));
-      std::copy_n(t.values.data() + i * size_t(t.width), t.width, d.values.data() + at);
+      std::copy_n(t.values.data() + i * size_t(t.width), t.width,
+                  d.values.data() + filled[o]++ * size_t(t.width));
     }
   }
   for (const FeatureListDelta& l : changes.feature_lists) {
+    if (l.table == kRingAdds) {  // for every trainer
+      for (ModelChanges& c : *out) c.feature_lists.push_back(l);
+      continue;
+    }
     std::vector<FeatureListDelta*> parts(out->size(), nullptr);
     for (size_t i = 0; i < l.keys.size(); ++i) {
       const size_t o = size_t(OwnerOf(l.keys[i], count));
@@ -139,40 +152,72 @@ void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
     TableDelta sent, mine;
     sent.table = mine.table = t.name();
     sent.width = mine.width = int(w);
-    std::vector<float> diff(w);
+    // Rows first, then buffers of their final size (growing them row by
+    // row copied and faulted in every exchange's megabytes again).
+    mine_rows_.clear();
+    theirs_rows_.clear();
     t.ForEachChanged([&](uint32_t row) {
+      if (Owns(t.key(row))) {
+        if (!owned) return false;  // still changed for the next `owned`
+        mine_rows_.push_back(row);
+      } else {
+        theirs_rows_.push_back(row);
+      }
+      return true;
+    });
+    mine.keys.reserve(mine_rows_.size());
+    mine.values.resize(mine_rows_.size() * w);
+    for (size_t i = 0; i < mine_rows_.size(); ++i) {
+      const uint32_t row = mine_rows_[i];
+      const std::string_view key = t.key(row);
+      mine.keys.emplace_back(key);
+      std::copy_n(t.Row(row), w, mine.values.data() + i * w);
+      if (items) add_list(row, key, &mine_lists);
+    }
+    sent.keys.reserve(theirs_rows_.size());
+    sent.values.resize(theirs_rows_.size() * w);
+    size_t kept = 0;
+    for (uint32_t row : theirs_rows_) {
       const std::string_view key = t.key(row);
       const float* v = t.Row(row);
-      if (Owns(key)) {
-        if (!owned) return false;  // still changed for the next `owned`
-        mine.keys.emplace_back(key);
-        const size_t at = mine.values.size();
-        mine.values.resize(at + w);
-        std::copy_n(v, w, mine.values.data() + at);
-        if (items) add_list(row, key, &mine_lists);
-        return true;
-      }
-      const uint32_t b = s.base->GetOrCreate(key);  // created: the initial values
-      float* base = s.base->Row(b);
+      float* base = s.base->Row(s.base->GetOrCreate(key));  // created: the initial values
+      float* diff = sent.values.data() + kept * w;
       bool any = false;
       for (size_t i = 0; i < w; ++i) {
         diff[i] = v[i] - base[i];
         any |= diff[i] != 0.0f;
       }
-      if (!any) return true;
+      if (!any) continue;
       std::copy_n(v, w, base);
       sent.keys.emplace_back(key);
-      const size_t at = sent.values.size();
-      sent.values.resize(at + w);
-      std::copy_n(diff.data(), w, sent.values.data() + at);
+      ++kept;
       if (items) add_list(row, key, &sent_lists);
-      return true;
-    });
+    }
+    sent.values.resize(kept * w);
     counters_.rows_sent.fetch_add(sent.keys.size(), std::memory_order_relaxed);
     if (!sent.keys.empty()) changes->tables.push_back(std::move(sent));
     if (owned && !mine.keys.empty()) owned->tables.push_back(std::move(mine));
   }
   if (!sent_lists.keys.empty()) changes->feature_lists.push_back(std::move(sent_lists));
+  // The items this trainer put into its negative ring since the last take,
+  // oldest first, for every other trainer's ring (kRingAdds).
+  if (m_.recent.size() > 1) {
+    const uint64_t next = m_.recent_next.load(std::memory_order_relaxed);
+    const uint64_t n = m_.recent.size();
+    FeatureListDelta adds;
+    adds.table = std::string(kRingAdds);
+    adds.keys.emplace_back("ring");
+    auto& items = adds.features.emplace_back();
+    for (uint64_t i = std::max(ring_taken_, next > n ? next - n : 0); i < next; ++i) {
+      const uint64_t entry = m_.recent[i % n].load(std::memory_order_relaxed);
+      if (entry == Model::kNoEntry || !m_.items.IsLive(uint32_t(entry >> 32))) continue;
+      if (received_.count(i)) continue;  // another trainer's, added here
+      items.emplace_back(m_.items.key(uint32_t(entry >> 32)));
+    }
+    received_.clear();
+    ring_taken_ = next;
+    if (!items.empty()) changes->feature_lists.push_back(std::move(adds));
+  }
   if (owned && !mine_lists.keys.empty()) owned->feature_lists.push_back(std::move(mine_lists));
   std::vector<float> feedback;
   for (const auto& n : m_.saw_negative) feedback.push_back(n.load() ? 1.0f : 0.0f);
@@ -197,6 +242,13 @@ void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
 void Sharing::SetItemLists(const std::vector<FeatureListDelta>& lists, bool owned) {
   std::vector<uint32_t> rows;
   for (const FeatureListDelta& l : lists) {
+    if (l.table == kRingAdds && owned && m_.recent.size() > 1 && l.features.size() == 1) {
+      for (const std::string& item : l.features[0]) {
+        received_.insert(m_.recent_next.load(std::memory_order_relaxed));
+        m_.PushRecent(m_.items.GetOrCreate(item), Model::IdHash(item));
+      }
+      continue;
+    }
     if (l.table != "item" || l.features.size() != l.keys.size()) continue;
     for (size_t i = 0; i < l.keys.size(); ++i) {
       if (Owns(l.keys[i]) != owned || l.features[i].empty()) continue;

@@ -28,6 +28,11 @@
 // follows); it starts as the row's initial values, which every trainer
 // computes alike from the id.
 //
+// The negative ring (recent items, which sampled negatives and the
+// popularity prior of implicit tasks come from) is every trainer's own,
+// but each one's new entries go to every other trainer's ring too
+// (kRingAdds), so that each ring follows the whole stream's popularity.
+//
 // Dense blocks exchanged: dense, dense_accum, history_match, history_gate,
 // implicit_shift (changes added, as for rows). A task that learned a label
 // 0 anywhere (feedback) becomes explicit everywhere. Task weighting state
@@ -42,6 +47,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -97,6 +103,11 @@ class Sharing {
 
   Model& m_;
   const int index_, count_;
+  // The negative ring's position at the last take, and the positions since
+  // taken by other trainers' items (not sent back).
+  uint64_t ring_taken_ = 0;
+  std::vector<uint32_t> mine_rows_, theirs_rows_;  // TakeChanges' scratch
+  std::unordered_set<uint64_t> received_;
   std::vector<Shared> shared_;
   // The dense blocks' bases (followers), by name.
   std::vector<std::pair<std::string, std::vector<float>>> dense_base_;

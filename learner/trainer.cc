@@ -373,14 +373,7 @@ void Trainer::PoolHistory(uint32_t user, TrainState* s) const {
 void Trainer::Remember(const Event& e, uint32_t item_row) {
   if (m_.recent.size() <= 1) return;
   if (options.negatives == 0 && (e.task == Task::kRating || e.label <= 0.5f)) return;
-  const uint32_t item_hash = Model::IdHash(e.item);
-  const size_t n = m_.recent.size();
-  const uint64_t old =
-      m_.recent[m_.recent_next.fetch_add(1, std::memory_order_relaxed) % n].exchange(
-          uint64_t(item_row) << 32 | item_hash, std::memory_order_relaxed);
-  if (m_.recent_count.empty()) return;
-  m_.RecentCount(item_hash).fetch_add(1, std::memory_order_relaxed);
-  if (old != Model::kNoEntry) m_.RecentCount(uint32_t(old)).fetch_sub(1, std::memory_order_relaxed);
+  m_.PushRecent(item_row, Model::IdHash(e.item));
 }
 
 void Trainer::DrawNegatives(TrainState* s) {

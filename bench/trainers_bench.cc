@@ -1,0 +1,321 @@
+// trainers_bench: several trainers on one model (issue #31), events per
+// second as a ratio to what this machine allows, measured in one run:
+//
+//   one          one 1-thread trainer over the whole stream;
+//   independent  two 1-thread trainers at once, each over its half of the
+//                stream (the events of its users), sharing nothing: the
+//                machine's ceiling for two trainers;
+//   shared       the same two halves at once, but trainers 0 and 1 of one
+//                model: every --exchange-events events each takes its
+//                changes, sends the other its part (encoded and decoded as
+//                bytes, as Kafka would carry them), adds what the other
+//                sent, and follows the other's published rows. No barrier:
+//                each trainer exchanges on its own thread, between its own
+//                Train calls, as the service does.
+//
+// The rounds alternate (independent, shared, independent, shared, ...) so
+// that both see the machine of the same minutes. Kafka's own cost (produce,
+// fetch, the network) is not in it: bytes exchanged per event are printed
+// so that it can be put beside the broker's figures.
+//
+//   trainers_bench [--events N] [--users U] [--items I] [--exchange-events E]
+//                  [--rounds R] [--batch B]
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench/bench_util.h"
+#include "eval/batch_parser.h"
+#include "eval/generator.h"
+#include "ingest/parser.h"
+#include "learner/learner.h"
+
+namespace recstream::bench {
+namespace {
+
+struct Config {
+  uint64_t events = 4'000'000;
+  int users = 100'000;
+  int items = 10'000;
+  uint64_t exchange_events = 5000;
+  int rounds = 2;
+  size_t batch = 4096;
+  uint64_t seed = 7;
+};
+
+std::vector<learner::Event> Generate(const Config& cfg) {
+  eval::GeneratorOptions go;
+  go.events = cfg.events;
+  go.users = cfg.users;
+  go.items = cfg.items;
+  go.seed = cfg.seed;
+  eval::Generator gen(go);
+  eval::BatchParser parser(ingest::ParserOptions(), 0);
+  std::vector<std::string> lines(cfg.batch);
+  std::vector<learner::Event> out, batch(cfg.batch);
+  std::vector<ingest::RejectReason> rejected;
+  for (;;) {
+    size_t m = 0;
+    while (m < lines.size() && gen.Next(&lines[m])) ++m;
+    if (m == 0) break;
+    const size_t k = parser.Parse(std::span<const std::string>(lines.data(), m), 0,
+                                  std::span<learner::Event>(batch.data(), m), &rejected);
+    for (size_t i = 0; i < k; ++i) out.push_back(std::move(batch[i]));
+  }
+  return out;
+}
+
+std::unique_ptr<learner::Learner> Make(int index, int count) {
+  learner::LearnerOptions o;
+  o.threads = 1;
+  o.trainer_count = count;
+  o.trainer_index = index;
+  std::unique_ptr<learner::Learner> l;
+  Status s = learner::Learner::Create(o, &l);
+  if (!s.ok()) {
+    std::fprintf(stderr, "learner: %s\n", s.ToString().c_str());
+    std::exit(2);
+  }
+  return l;
+}
+
+// The bytes of a table of changes or rows as a record would carry them
+// (ids, then floats), and back: the copy Kafka's records cost at least.
+std::string Encode(const std::vector<learner::TableDelta>& tables,
+                   const std::vector<std::pair<std::string, std::vector<float>>>& dense) {
+  std::string out;
+  auto put32 = [&](uint32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); };
+  put32(uint32_t(tables.size()));
+  for (const auto& t : tables) {
+    put32(uint32_t(t.table.size()));
+    out += t.table;
+    put32(uint32_t(t.width));
+    put32(uint32_t(t.keys.size()));
+    for (const auto& k : t.keys) {
+      put32(uint32_t(k.size()));
+      out += k;
+    }
+    out.append(reinterpret_cast<const char*>(t.values.data()), t.values.size() * sizeof(float));
+  }
+  put32(uint32_t(dense.size()));
+  for (const auto& [name, v] : dense) {
+    put32(uint32_t(name.size()));
+    out += name;
+    put32(uint32_t(v.size()));
+    out.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+  }
+  return out;
+}
+
+void Decode(const std::string& in, std::vector<learner::TableDelta>* tables,
+            std::vector<std::pair<std::string, std::vector<float>>>* dense) {
+  size_t at = 0;
+  auto get32 = [&] {
+    uint32_t v;
+    std::memcpy(&v, in.data() + at, 4);
+    at += 4;
+    return v;
+  };
+  auto str = [&](uint32_t n) {
+    std::string s = in.substr(at, n);
+    at += n;
+    return s;
+  };
+  tables->resize(get32());
+  for (auto& t : *tables) {
+    t.table = str(get32());
+    t.width = int(get32());
+    t.keys.resize(get32());
+    for (auto& k : t.keys) k = str(get32());
+    t.values.resize(t.keys.size() * size_t(t.width));
+    std::memcpy(t.values.data(), in.data() + at, t.values.size() * sizeof(float));
+    at += t.values.size() * sizeof(float);
+  }
+  dense->resize(get32());
+  for (auto& [name, v] : *dense) {
+    name = str(get32());
+    v.resize(get32());
+    std::memcpy(v.data(), in.data() + at, v.size() * sizeof(float));
+    at += v.size() * sizeof(float);
+  }
+}
+
+// What one trainer of the shared pair receives from the other.
+struct Inbox {
+  std::mutex mu;
+  std::vector<std::string> changes;    // encoded ModelChanges (tables, dense)
+  std::vector<std::string> published;  // encoded owned rows (tables, dense)
+};
+
+struct PairRun {
+  double wall = 0;
+  uint64_t events = 0;
+  uint64_t bytes = 0;  // sent and published, both trainers
+  uint64_t exchanges = 0;
+  double cpu = 0;           // CPU seconds of both trainers' threads
+  double exchange_cpu = 0;  // of which in the exchange
+  double steps[3] = {};     // of which decoding and adding, following, taking
+};
+
+// Two trainers over their halves at once; with `shared`, trainers 0 and 1
+// of one model exchanging every cfg.exchange_events events.
+PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2], bool shared) {
+  std::unique_ptr<learner::Learner> t[2] = {shared ? Make(0, 2) : Make(0, 1),
+                                            shared ? Make(1, 2) : Make(0, 1)};
+  Inbox inbox[2];
+  std::atomic<uint64_t> bytes{0}, exchanges{0};
+  double cpu[2] = {0, 0}, exchange_cpu[2] = {0, 0};
+  double step_cpu[2][3] = {};  // add, follow, take
+  std::atomic<int> ready{0};
+  auto work = [&](int k) {
+    learner::Learner& l = *t[k];
+    Inbox& mine = inbox[k];
+    Inbox& other = inbox[1 - k];
+    ready.fetch_add(1);
+    while (ready.load() < 2) {
+    }
+    const auto& events = halves[k];
+    const double cpu_start = ThreadCpuSeconds();
+    uint64_t since = 0;
+    std::vector<std::string> got_changes, got_published;
+    for (size_t at = 0; at < events.size(); at += cfg.batch) {
+      const size_t n = std::min(cfg.batch, events.size() - at);
+      l.Train(std::span<const learner::Event>(events.data() + at, n));
+      since += n;
+      if (!shared || since < cfg.exchange_events) continue;
+      since = 0;
+      exchanges.fetch_add(1);
+      const double exchange_start = ThreadCpuSeconds();
+      {
+        std::lock_guard lock(mine.mu);
+        got_changes.swap(mine.changes);
+        got_published.swap(mine.published);
+      }
+      double t0 = ThreadCpuSeconds();
+      for (const std::string& b : got_changes) {
+        learner::ModelChanges c;
+        Decode(b, &c.tables, &c.dense);
+        if (!l.AddChanges(c).ok()) std::abort();
+      }
+      double t1 = ThreadCpuSeconds();
+      step_cpu[k][0] += t1 - t0;
+      for (const std::string& b : got_published) {
+        learner::ModelSnapshot s;
+        s.shape = t[0]->Shape();
+        Decode(b, &s.tables, &s.dense);
+        if (!l.FollowOwners(s).ok()) std::abort();
+      }
+      t0 = ThreadCpuSeconds();
+      step_cpu[k][1] += t0 - t1;
+      got_changes.clear();
+      got_published.clear();
+      learner::ModelChanges c;
+      learner::ModelSnapshot owned;
+      l.TakeChanges(&c, &owned);
+      t1 = ThreadCpuSeconds();
+      step_cpu[k][2] += t1 - t0;
+      std::vector<learner::ModelChanges> split;
+      learner::SplitByOwner(c, 2, &split);
+      std::string send = Encode(split[size_t(1 - k)].tables, split[size_t(1 - k)].dense);
+      std::string pub = Encode(owned.tables, owned.dense);
+      bytes.fetch_add(send.size() + pub.size());
+      {
+        std::lock_guard lock(other.mu);
+        other.changes.push_back(std::move(send));
+        other.published.push_back(std::move(pub));
+      }
+      exchange_cpu[k] += ThreadCpuSeconds() - exchange_start;
+    }
+    cpu[k] = ThreadCpuSeconds() - cpu_start;
+  };
+  const auto start = Clock::now();
+  std::thread second(work, 1);
+  work(0);
+  second.join();
+  PairRun r;
+  r.wall = SecondsSince(start);
+  r.events = halves[0].size() + halves[1].size();
+  r.bytes = bytes.load();
+  r.exchanges = exchanges.load();
+  r.cpu = cpu[0] + cpu[1];
+  r.exchange_cpu = exchange_cpu[0] + exchange_cpu[1];
+  for (int i = 0; i < 3; ++i) r.steps[i] = step_cpu[0][i] + step_cpu[1][i];
+  return r;
+}
+
+}  // namespace
+}  // namespace recstream::bench
+
+int main(int argc, char** argv) {
+  using namespace recstream;
+  using namespace recstream::bench;
+  Config cfg;
+  CLI::App app{"Two trainers sharing one model against two that share nothing (issue #31)"};
+  app.add_option("--events", cfg.events, "events in the stream");
+  app.add_option("--users", cfg.users, "distinct users of the generator");
+  app.add_option("--items", cfg.items, "distinct items of the generator");
+  app.add_option("--exchange-events", cfg.exchange_events,
+                 "events each shared trainer learns between exchanges");
+  app.add_option("--rounds", cfg.rounds, "rounds of (independent, shared)");
+  app.add_option("--batch", cfg.batch, "events per Train call");
+  bool shared_only = false;
+  app.add_flag("--shared-only", shared_only, "only the shared pair, once (for profiling)");
+  CLI11_PARSE(app, argc, argv);
+
+  std::printf("trainers_bench events=%llu users=%d items=%d exchange_events=%llu load=%s\n",
+              (unsigned long long)cfg.events, cfg.users, cfg.items,
+              (unsigned long long)cfg.exchange_events, LoadAverage().c_str());
+  const std::vector<learner::Event> all = Generate(cfg);
+  std::vector<learner::Event> halves[2];
+  for (const learner::Event& e : all) halves[learner::OwnerOf(e.user, 2)].push_back(e);
+  std::printf("halves: %zu and %zu events\n", halves[0].size(), halves[1].size());
+
+  if (shared_only) {
+    const PairRun b = RunPair(cfg, halves, true);
+    std::printf("shared %.0f events/s, %.3f us CPU/event, %.3f exchanging\n",
+                double(b.events) / b.wall, b.cpu / double(b.events) * 1e6,
+                b.exchange_cpu / double(b.events) * 1e6);
+    return 0;
+  }
+  {
+    auto one = Make(0, 1);
+    const auto start = Clock::now();
+    for (size_t at = 0; at < all.size(); at += cfg.batch)
+      one->Train(std::span<const learner::Event>(all.data() + at,
+                                                 std::min(cfg.batch, all.size() - at)));
+    const double s = SecondsSince(start);
+    std::printf("one trainer, 1 thread: %.0f events/s (%.2f s)\n", double(all.size()) / s, s);
+  }
+  double ind = 0, sh = 0, ind_cpu = 0, sh_cpu = 0;
+  for (int r = 0; r < cfg.rounds; ++r) {
+    const PairRun a = RunPair(cfg, halves, false);
+    const PairRun b = RunPair(cfg, halves, true);
+    const double ra = double(a.events) / a.wall, rb = double(b.events) / b.wall;
+    ind += ra;
+    sh += rb;
+    ind_cpu += a.cpu;
+    sh_cpu += b.cpu;
+    std::printf(
+        "round %d: independent %.0f events/s (%.2f s; %.3f us CPU/event) | shared %.0f events/s "
+        "(%.2f s; %.3f us CPU/event, %.3f of it exchanging; %llu exchanges, %.1f bytes/event "
+        "exchanged) | shared/independent %.3f, by CPU per event %.3f\n",
+        r + 1, ra, a.wall, a.cpu / double(a.events) * 1e6, rb, b.wall,
+        b.cpu / double(b.events) * 1e6, b.exchange_cpu / double(b.events) * 1e6,
+        (unsigned long long)b.exchanges, double(b.bytes) / double(b.events), rb / ra,
+        a.cpu / b.cpu);
+    std::printf("  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us\n",
+                b.steps[0] / double(b.events) * 1e6, b.steps[1] / double(b.events) * 1e6,
+                b.steps[2] / double(b.events) * 1e6);
+    std::fflush(stdout);
+  }
+  std::printf("all rounds: shared/independent %.3f events/s, %.3f by CPU per event\n", sh / ind,
+              ind_cpu / sh_cpu);
+  return 0;
+}
