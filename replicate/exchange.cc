@@ -1,0 +1,353 @@
+#include "replicate/exchange.h"
+
+#include <librdkafka/rdkafkacpp.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <thread>
+
+#include "replicate/kafka_util.h"
+#include "store/model_records.h"
+
+namespace recstream::replicate {
+
+namespace mr = store::model_records;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr uint64_t kSenderBits = 12;  // trainer.count is at most 4096
+
+// A batch or version being read: its records so far.
+struct Pending {
+  mr::Version version;
+  uint64_t records = 0;
+  int64_t first_offset = -1;  // of its first record
+  mr::SnapshotBuilder builder;
+};
+
+}  // namespace
+
+struct TrainerExchange::Impl : public RdKafka::DeliveryReportCb {
+  ExchangeOptions options;
+  KafkaLogger logger;
+  std::unique_ptr<RdKafka::Producer> producer;
+  std::unique_ptr<RdKafka::KafkaConsumer> consumer;
+  std::thread thread;
+  std::atomic<bool> stop{false};
+
+  // Delivery of the batch in flight (dr_cb runs inside poll on Send's thread).
+  uint64_t acked = 0, acked_bytes = 0, failed = 0;
+  std::string first_error;
+
+  mutable std::mutex mu;  // guards everything below
+  Received received;
+  // Updates partitions read: the next offset, and per sender the batch
+  // being read.
+  std::map<int, int64_t> next;
+  std::map<int, std::map<int, Pending>> batches;
+  std::map<int, uint64_t> applied;  // per sender: last batch handed over
+  std::map<int, Pending> versions;  // per model partition
+  ExchangeStats stats;
+  // As of the last Take (Positions).
+  std::map<int, int64_t> taken_positions;
+  std::map<int, uint64_t> taken_applied;
+
+  void dr_cb(RdKafka::Message& m) override {
+    if (m.err() == RdKafka::ERR_NO_ERROR) {
+      ++acked;
+      acked_bytes += m.len() + (m.key() ? m.key()->size() : 0);
+    } else if (failed++ == 0) {
+      first_error = m.errstr();
+    }
+  }
+
+  void Loop();
+  void OnUpdate(const RdKafka::Message& m);
+  void OnVersion(const RdKafka::Message& m);
+};
+
+TrainerExchange::TrainerExchange(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+TrainerExchange::~TrainerExchange() {
+  impl_->stop.store(true);
+  if (impl_->thread.joinable()) impl_->thread.join();
+  if (impl_->consumer) impl_->consumer->close();
+  if (impl_->producer) {
+    impl_->producer->purge(RdKafka::Producer::PURGE_QUEUE | RdKafka::Producer::PURGE_INFLIGHT);
+    impl_->producer->poll(0);
+  }
+}
+
+Status TrainerExchange::Open(const ExchangeOptions& options, const std::map<int, int64_t>& start,
+                             const std::map<int, uint64_t>& applied,
+                             std::unique_ptr<TrainerExchange>* out) {
+  if (options.brokers.empty()) return Status::InvalidArgument("kafka.brokers is empty");
+  if (options.count < 2 || options.count > (1 << kSenderBits) || options.index < 0 ||
+      options.index >= options.count)
+    return Status::InvalidArgument("the exchange needs trainer.count >= 2 and a valid index");
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->applied = applied;
+  impl->taken_applied = applied;
+
+  std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
+  RECSTREAM_RETURN_IF_ERROR(ApplyConf(
+      conf.get(),
+      {
+          {"bootstrap.servers", options.brokers},
+          {"client.id", "recstream-exchange"},
+          // A batch's records stay in order; a retry never duplicates one.
+          {"enable.idempotence", "true"},
+          {"linger.ms", "1"},
+          {"batch.num.messages", "10000"},
+          {"batch.size", "4000000"},
+          {"message.max.bytes", "8000000"},
+          {"compression.type", "lz4"},
+          {"queue.buffering.max.messages", "1000000"},
+          {"message.timeout.ms", std::to_string(std::max(1000, options.delivery_timeout_ms))},
+      },
+      options.properties));
+  std::string err;
+  if (conf->set("dr_cb", static_cast<RdKafka::DeliveryReportCb*>(impl.get()), err) !=
+          RdKafka::Conf::CONF_OK ||
+      conf->set("event_cb", static_cast<RdKafka::EventCb*>(&impl->logger), err) !=
+          RdKafka::Conf::CONF_OK)
+    return Status::Internal("kafka producer callbacks: " + err);
+  impl->producer.reset(RdKafka::Producer::create(conf.get(), err));
+  if (!impl->producer) return Status::InvalidArgument("kafka producer: " + err);
+
+  RECSTREAM_RETURN_IF_ERROR(
+      OpenAssignConsumer(options.brokers, options.properties, &impl->logger, &impl->consumer));
+  // The updates partitions this trainer reads, from the topic's metadata.
+  std::unique_ptr<RdKafka::Topic> topic(
+      RdKafka::Topic::create(impl->producer.get(), options.updates_topic, nullptr, err));
+  RdKafka::Metadata* raw = nullptr;
+  if (!topic || impl->producer->metadata(false, topic.get(), &raw, 10000) != RdKafka::ERR_NO_ERROR)
+    return Status::Unavailable("reading the metadata of " + options.updates_topic);
+  std::unique_ptr<RdKafka::Metadata> metadata(raw);
+  int partitions = 0;
+  for (const RdKafka::TopicMetadata* t : *metadata->topics())
+    if (t->topic() == options.updates_topic && t->err() == RdKafka::ERR_NO_ERROR)
+      partitions = int(t->partitions()->size());
+  if (partitions < options.count)
+    return Status::InvalidArgument(options.updates_topic + " has " + std::to_string(partitions) +
+                                   " partitions; it needs at least trainer.count (" +
+                                   std::to_string(options.count) + ")");
+  std::vector<std::unique_ptr<RdKafka::TopicPartition>> owned;
+  std::vector<RdKafka::TopicPartition*> assign;
+  for (int p = 0; p < partitions; ++p) {
+    if (p % options.count != options.index) continue;
+    auto it = start.find(p);
+    const int64_t from = it != start.end() ? it->second : RdKafka::Topic::OFFSET_BEGINNING;
+    owned.emplace_back(RdKafka::TopicPartition::create(options.updates_topic, p, from));
+    impl->next[p] = it != start.end() ? it->second : 0;
+    impl->taken_positions[p] = impl->next[p];
+  }
+  for (int j = 0; j < options.count; ++j)
+    if (j != options.index)
+      owned.emplace_back(
+          RdKafka::TopicPartition::create(options.model_topic, j, RdKafka::Topic::OFFSET_END));
+  for (auto& tp : owned) assign.push_back(tp.get());
+  if (impl->consumer->assign(assign) != RdKafka::ERR_NO_ERROR)
+    return Status::Unavailable("assigning the exchange's partitions");
+  Impl* d = impl.get();
+  impl->thread = std::thread([d] { d->Loop(); });
+  out->reset(new TrainerExchange(std::move(impl)));
+  return Status::OK();
+}
+
+void TrainerExchange::Impl::Loop() {
+  while (!stop.load()) {
+    std::unique_ptr<RdKafka::Message> m(consumer->consume(50));
+    if (m->err() != RdKafka::ERR_NO_ERROR) {
+      if (m->err() != RdKafka::ERR__TIMED_OUT && m->err() != RdKafka::ERR__PARTITION_EOF)
+        spdlog::warn("exchange: reading {}: {}", m->topic_name(), m->errstr());
+      continue;
+    }
+    if (m->topic_name() == options.updates_topic) {
+      OnUpdate(*m);
+    } else {
+      OnVersion(*m);
+    }
+  }
+}
+
+void TrainerExchange::Impl::OnUpdate(const RdKafka::Message& m) {
+  const int p = m.partition();
+  std::lock_guard lock(mu);
+  next[p] = m.offset() + 1;
+  mr::Header h;
+  std::string_view payload;
+  const std::string_view value(static_cast<const char*>(m.payload()), m.payload() ? m.len() : 0);
+  if (m.key() == nullptr || value.empty() || !mr::DecodeHeader(value, &h, &payload).ok()) {
+    ++stats.bad_records;
+    return;
+  }
+  const int sender = int(h.version.generation & ((uint64_t(1) << kSenderBits) - 1));
+  Pending& b = batches[p][sender];
+  if (b.records > 0 && b.version != h.version) {
+    // The sender started another batch before committing this one.
+    ++stats.incomplete_batches;
+    b = Pending();
+  }
+  if (h.kind == mr::Kind::kCommit) {
+    mr::Commit c;
+    if (*m.key() != mr::kCommitKey || !mr::DecodeCommit(h, payload, &c).ok()) {
+      ++stats.bad_records;
+      return;
+    }
+    const bool whole = b.version == c.version && b.records == c.records;
+    if (!whole && (b.records > 0 || c.records > 0)) {
+      ++stats.incomplete_batches;
+    } else if (auto it = applied.find(sender);
+               it != applied.end() && c.version.sequence <= it->second) {
+      ++stats.duplicate_batches;
+    } else {
+      applied[sender] = c.version.sequence;
+      learner::ModelSnapshot s;
+      if (c.records > 0 && b.builder.Take(&s)) {
+        learner::ModelChanges& changes = received.changes.emplace_back();
+        changes.tables = std::move(s.tables);
+        changes.dense = std::move(s.dense);
+        changes.feature_lists = std::move(s.feature_lists);
+        ++stats.received_batches;
+      }
+    }
+    b = Pending();
+    return;
+  }
+  if (b.records == 0) {
+    b.version = h.version;
+    b.first_offset = m.offset();
+  }
+  if (!b.builder.AddTopicRecord(*m.key(), h, payload).ok()) {
+    ++stats.bad_records;
+    return;
+  }
+  ++b.records;
+}
+
+void TrainerExchange::Impl::OnVersion(const RdKafka::Message& m) {
+  std::lock_guard lock(mu);
+  Pending& v = versions[m.partition()];
+  const std::string_view value(static_cast<const char*>(m.payload()), m.payload() ? m.len() : 0);
+  if (m.key() == nullptr) {
+    ++stats.bad_records;
+    return;
+  }
+  if (value.empty()) {  // a tombstone of the version being read
+    if (!v.builder.AddTombstone(*m.key()).ok()) ++stats.bad_records;
+    else ++v.records;
+    return;
+  }
+  mr::Header h;
+  std::string_view payload;
+  if (!mr::DecodeHeader(value, &h, &payload).ok()) {
+    ++stats.bad_records;
+    return;
+  }
+  if (v.records > 0 && v.version != h.version) v = Pending();
+  if (h.kind == mr::Kind::kCommit) {
+    mr::Commit c;
+    if (!mr::DecodeCommit(h, payload, &c).ok()) {
+      ++stats.bad_records;
+      return;
+    }
+    learner::ModelSnapshot s;
+    if (c.records > 0 && v.version == c.version && v.records == c.records && v.builder.Take(&s)) {
+      received.versions.push_back(std::move(s));
+      ++stats.followed_versions;
+    }
+    v.records = 0;
+    v.version = mr::Version();
+    v.builder.Clear();  // the widths and shape stay
+    return;
+  }
+  if (v.records == 0) v.version = h.version;
+  if (!v.builder.AddTopicRecord(*m.key(), h, payload).ok()) {
+    ++stats.bad_records;
+    return;
+  }
+  ++v.records;
+}
+
+Status TrainerExchange::Send(const learner::ModelChanges& changes, uint64_t number) {
+  Impl& d = *impl_;
+  const auto deadline = Clock::now() + std::chrono::milliseconds(d.options.delivery_timeout_ms);
+  std::vector<learner::ModelChanges> parts;
+  learner::SplitByOwner(changes, d.options.count, &parts);
+  d.acked = d.acked_bytes = d.failed = 0;
+  d.first_error.clear();
+  uint64_t sent = 0;
+  for (int o = 0; o < d.options.count; ++o) {
+    if (o == d.options.index) continue;
+    learner::ModelChanges& part = parts[size_t(o)];
+    learner::ModelSnapshot s;
+    s.tables = std::move(part.tables);
+    s.dense = std::move(part.dense);
+    s.feature_lists = std::move(part.feature_lists);
+    mr::Commit commit;
+    commit.version = {d.options.run << kSenderBits | uint64_t(d.options.index), number};
+    const bool empty = s.tables.empty() && s.dense.empty() && s.feature_lists.empty();
+    Status st = mr::ForEachModelRecord(
+        s, commit, empty, [&](std::string_view key, std::string_view value) -> Status {
+          for (;;) {
+            RdKafka::ErrorCode err = d.producer->produce(
+                d.options.updates_topic, o, RdKafka::Producer::RK_MSG_COPY,
+                const_cast<char*>(value.data()), value.size(), key.data(), key.size(), 0, nullptr);
+            if (err == RdKafka::ERR_NO_ERROR) break;
+            if (err != RdKafka::ERR__QUEUE_FULL || Clock::now() >= deadline)
+              return Status::IOError("producing to " + d.options.updates_topic + ": " +
+                                     RdKafka::err2str(err));
+            d.producer->poll(10);
+          }
+          ++sent;
+          return Status::OK();
+        });
+    RECSTREAM_RETURN_IF_ERROR(st);
+  }
+  while (d.producer->outq_len() > 0 && Clock::now() < deadline) d.producer->poll(5);
+  if (d.failed > 0)
+    return Status::IOError(std::to_string(d.failed) + " records of batch " +
+                           std::to_string(number) + " not delivered: " + d.first_error);
+  if (d.acked < sent)
+    return Status::Unavailable("batch " + std::to_string(number) + " not acknowledged in time");
+  std::lock_guard lock(d.mu);
+  d.stats.sent_batches += size_t(d.options.count - 1);
+  d.stats.sent_records += d.acked;
+  d.stats.sent_bytes += d.acked_bytes;
+  return Status::OK();
+}
+
+void TrainerExchange::Take(Received* out) {
+  Impl& d = *impl_;
+  std::lock_guard lock(d.mu);
+  *out = std::move(d.received);
+  d.received = Received();
+  // Everything read so far is handed over: read again from here, except
+  // that a batch still being read must be read again from its first
+  // record.
+  d.taken_positions = d.next;
+  for (const auto& [p, senders] : d.batches)
+    for (const auto& [sender, b] : senders)
+      if (b.records > 0 && b.first_offset < d.taken_positions[p])
+        d.taken_positions[p] = b.first_offset;
+  d.taken_applied = d.applied;
+}
+
+void TrainerExchange::Positions(std::map<int, int64_t>* positions,
+                                std::map<int, uint64_t>* applied) const {
+  std::lock_guard lock(impl_->mu);
+  *positions = impl_->taken_positions;
+  *applied = impl_->taken_applied;
+}
+
+ExchangeStats TrainerExchange::stats() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->stats;
+}
+
+}  // namespace recstream::replicate

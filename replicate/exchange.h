@@ -1,0 +1,109 @@
+// TrainerExchange: the Kafka side of several trainers sharing one model
+// (docs/interface.md, "Several trainers on one model"; the learner's side is
+// learner/sharing.h).
+//
+// Two topics carry it:
+//   - the updates topic (kafka.topics.updates, at least trainer.count
+//     partitions): a sender's changes for owner o go to partition o as one
+//     BATCH: the records of the model topic's format (store/model_records.h)
+//     with the version {generation: run << 12 | sender, sequence: the
+//     batch's number}, then a commit that counts them. Trainer i reads the
+//     partitions p with p % count == i;
+//   - the model topic: each trainer publishes its own rows on its own
+//     partition (replicate/publisher.h); the exchange follows the other
+//     trainers' partitions from where they end at Open.
+//
+// Delivery. A batch is handed over only whole (its commit arrived and
+// counts its records), and only once per sender and number: a batch whose
+// number is not above the sender's last one handed over (a sender that
+// sends its stored batches again after a crash) is dropped and counted, and
+// so is a batch cut short (records of one version, then records of
+// another: a sender that died while sending). Positions() gives, per
+// partition, where to read again so that every batch not handed over is
+// read whole, with each sender's last batch handed over: stored with the
+// checkpoint of a model that has applied everything Take returned, they make
+// a restart apply every batch exactly once.
+//
+// Bad input never stops it: an unreadable record is counted and skipped.
+//
+// Thread safety: Send on one thread (the one that takes changes); Take,
+// Positions and stats from any thread.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "learner/learner.h"
+
+namespace recstream::replicate {
+
+struct ExchangeOptions {
+  std::string brokers;
+  std::string updates_topic = "recstream.model.updates";
+  std::string model_topic = "recstream.model";
+  int index = 0;  // trainer.index
+  int count = 2;  // trainer.count
+  // This run's number (the trainer's start time in ms): with the sender's
+  // index, the generation of its batches' versions.
+  uint64_t run = 0;
+  std::map<std::string, std::string> properties;  // kafka.properties.*
+  int delivery_timeout_ms = 10000;
+};
+
+struct ExchangeStats {
+  uint64_t sent_batches = 0;  // batches acknowledged (one per owner and Send)
+  uint64_t sent_records = 0;
+  uint64_t sent_bytes = 0;
+  uint64_t received_batches = 0;    // changes handed over by Take
+  uint64_t duplicate_batches = 0;   // a batch already handed over, dropped
+  uint64_t incomplete_batches = 0;  // a batch cut short, dropped
+  uint64_t bad_records = 0;         // unreadable records, skipped
+  uint64_t followed_versions = 0;   // other trainers' versions handed over
+};
+
+class TrainerExchange {
+ public:
+  // `start`: per updates partition this trainer reads, the position to read
+  // from (a checkpoint's); partitions without one are read from their
+  // beginning. `applied`: per sender, the number of its last batch applied
+  // (stored with those positions). InvalidArgument for bad options.
+  static Status Open(const ExchangeOptions& options, const std::map<int, int64_t>& start,
+                     const std::map<int, uint64_t>& applied, std::unique_ptr<TrainerExchange>* out);
+  ~TrainerExchange();
+  TrainerExchange(const TrainerExchange&) = delete;
+  TrainerExchange& operator=(const TrainerExchange&) = delete;
+
+  // Sends batch `number` of this trainer's changes (taken by
+  // Learner::TakeChanges): each other owner's part to its partition, an
+  // empty batch (a commit alone) where it has none. Returns once Kafka has
+  // acknowledged all of it; IOError/Unavailable otherwise (the caller
+  // sends the same batch, with the same number, again). Numbers increase.
+  Status Send(const learner::ModelChanges& changes, uint64_t number);
+
+  // What arrived since the previous call, in arrival order: other
+  // trainers' changes for the rows this trainer owns (apply with
+  // Learner::AddChanges), and other trainers' published versions (apply
+  // with Learner::FollowOwners).
+  struct Received {
+    std::vector<learner::ModelChanges> changes;
+    std::vector<learner::ModelSnapshot> versions;
+    bool empty() const { return changes.empty() && versions.empty(); }
+  };
+  void Take(Received* out);
+  // Where to read each updates partition again, and each sender's last
+  // batch handed over, as of the last Take.
+  void Positions(std::map<int, int64_t>* positions, std::map<int, uint64_t>* applied) const;
+
+  ExchangeStats stats() const;
+
+ private:
+  struct Impl;
+  explicit TrainerExchange(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace recstream::replicate

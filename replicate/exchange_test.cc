@@ -1,0 +1,269 @@
+// TrainerExchange against librdkafka's mock cluster: two trainers sharing
+// one model exchange through the updates topic and the model topic exactly
+// as they do in one process, each batch applied once.
+#include "replicate/exchange.h"
+
+#include <librdkafka/rdkafkacpp.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <random>
+#include <thread>
+
+#include "ingest/kafka.h"
+#include "replicate/publisher.h"
+#include "store/model_records.h"
+
+namespace recstream::replicate {
+namespace {
+
+using learner::Event;
+using learner::Learner;
+
+std::vector<Event> Stream(int n, int users, int items, uint64_t seed, const std::string& prefix) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> pu(0, users - 1), pi(0, items - 1);
+  std::uniform_real_distribution<double> unif(0.0, 1.0);
+  std::vector<Event> out;
+  for (int i = 0; i < n; ++i) {
+    const int u = pu(rng), it = pi(rng);
+    Event e;
+    e.user = prefix + std::to_string(u);
+    e.item = "i" + std::to_string(it);
+    e.item_features = {"ig=" + std::to_string(it % 4)};
+    e.task = learner::Task::kClick;
+    e.label = unif(rng) < ((u % 4) == (it % 4) ? 0.8 : 0.2) ? 1.0f : 0.0f;
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+std::unique_ptr<Learner> Make(int index) {
+  learner::LearnerOptions o;
+  o.dim = 8;
+  o.hidden = 8;
+  o.threads = 1;
+  o.trainer_count = 2;
+  o.trainer_index = index;
+  std::unique_ptr<Learner> l;
+  REQUIRE(Learner::Create(o, &l).ok());
+  return l;
+}
+
+std::map<std::string, std::vector<float>> SharedRows(Learner* l) {
+  learner::ModelSnapshot s;
+  l->TakeSnapshot(true, &s);
+  std::map<std::string, std::vector<float>> out;
+  for (const auto& t : s.tables) {
+    if (t.table == "user") continue;
+    for (size_t i = 0; i < t.keys.size(); ++i)
+      out[t.table + "/" + t.keys[i]].assign(t.values.data() + i * size_t(t.width),
+                                           t.values.data() + (i + 1) * size_t(t.width));
+  }
+  for (const auto& [name, v] : s.dense)
+    if (name == "dense") out["dense"] = v;
+  return out;
+}
+
+bool WaitFor(const std::function<bool()>& done, int ms = 10000) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+struct Cluster {
+  std::unique_ptr<ingest::EmbeddedKafka> kafka;
+  std::map<std::string, std::string> properties;
+  Cluster() {
+    ingest::TopicNames topics;
+    REQUIRE(ingest::EmbeddedKafka::Start(1, 2, topics, &kafka).ok());
+    REQUIRE(kafka->CreateTopic("recstream.model.updates", 2).ok());
+    ingest::EmbeddedKafka::AddConsumerProperties(&properties);
+  }
+  ExchangeOptions Options(int index) const {
+    ExchangeOptions o;
+    o.brokers = kafka->bootstrap();
+    o.index = index;
+    o.count = 2;
+    o.run = 1000 + uint64_t(index);
+    o.properties = properties;
+    return o;
+  }
+  std::unique_ptr<ModelPublisher> Publisher(int index) const {
+    PublisherOptions po;
+    po.brokers = kafka->bootstrap();
+    po.partition = index;
+    std::unique_ptr<ModelPublisher> p;
+    REQUIRE(ModelPublisher::Open(po, 5000 + uint64_t(index), &p).ok());
+    return p;
+  }
+};
+
+TEST_CASE("Two trainers exchanging through Kafka end as they do in one process", "[exchange]") {
+  Cluster c;
+  std::unique_ptr<TrainerExchange> ex[2];
+  for (int i = 0; i < 2; ++i) REQUIRE(TrainerExchange::Open(c.Options(i), {}, {}, &ex[i]).ok());
+  std::unique_ptr<ModelPublisher> pub[2] = {c.Publisher(0), c.Publisher(1)};
+  // Twins: the same learning, exchanged in process.
+  std::unique_ptr<Learner> t[2] = {Make(0), Make(1)}, twin[2] = {Make(0), Make(1)};
+  const std::vector<Event> stream[2] = {Stream(3000, 40, 30, 1, "a"), Stream(3000, 40, 30, 2, "b")};
+
+  for (int round = 0; round < 3; ++round) {
+    const size_t at = size_t(round) * 1000;
+    for (int i = 0; i < 2; ++i) {
+      std::vector<Event> part(stream[i].begin() + long(at), stream[i].begin() + long(at + 1000));
+      t[i]->Train(part);
+      twin[i]->Train(part);
+    }
+    // Changes to owners, through the updates topic.
+    learner::ModelChanges taken[2];
+    for (int i = 0; i < 2; ++i) {
+      t[i]->TakeChanges(&taken[i]);
+      REQUIRE(taken[i].rows() > 0);
+      REQUIRE(ex[i]->Send(taken[i], uint64_t(round + 1)).ok());
+    }
+    for (int i = 0; i < 2; ++i) {
+      REQUIRE(WaitFor([&] { return ex[i]->stats().received_batches == uint64_t(round + 1); }));
+      TrainerExchange::Received got;
+      ex[i]->Take(&got);
+      REQUIRE(got.changes.size() == 1);
+      REQUIRE(t[i]->AddChanges(got.changes[0]).ok());
+    }
+    // Owners' rows, through the model topic.
+    for (int i = 0; i < 2; ++i) {
+      learner::ModelChanges none;
+      learner::ModelSnapshot owned;
+      t[i]->TakeChanges(&none, &owned);
+      REQUIRE(pub[i]->Publish(owned, false, 0).ok());
+    }
+    for (int i = 0; i < 2; ++i) {
+      REQUIRE(WaitFor([&] { return ex[i]->stats().followed_versions == uint64_t(round + 1); }));
+      TrainerExchange::Received got;
+      ex[i]->Take(&got);
+      REQUIRE(got.versions.size() == 1);
+      REQUIRE(t[i]->FollowOwners(got.versions[0]).ok());
+    }
+    std::vector<Learner*> twins = {twin[0].get(), twin[1].get()};
+    // (eval/shared_trainers.h does this; replicate/ does not depend on eval/.)
+    {
+      std::vector<learner::ModelChanges> to[2];
+      for (int i = 0; i < 2; ++i) {
+        learner::ModelChanges ch;
+        twins[size_t(i)]->TakeChanges(&ch);
+        learner::SplitByOwner(ch, 2, &to[i]);
+      }
+      REQUIRE(twins[0]->AddChanges(to[1][0]).ok());
+      REQUIRE(twins[1]->AddChanges(to[0][1]).ok());
+      learner::ModelSnapshot owned[2];
+      for (int i = 0; i < 2; ++i) {
+        learner::ModelChanges none;
+        twins[size_t(i)]->TakeChanges(&none, &owned[i]);
+      }
+      REQUIRE(twins[0]->FollowOwners(owned[1]).ok());
+      REQUIRE(twins[1]->FollowOwners(owned[0]).ok());
+    }
+  }
+  // Bit for bit as in one process, and both trainers hold the same shared rows.
+  const auto rows0 = SharedRows(t[0].get());
+  CHECK(rows0 == SharedRows(twin[0].get()));
+  CHECK(SharedRows(t[1].get()) == SharedRows(twin[1].get()));
+  CHECK(rows0 == SharedRows(t[1].get()));
+  for (int i = 0; i < 2; ++i) {
+    const ExchangeStats st = ex[i]->stats();
+    CHECK(st.sent_batches == 3);
+    CHECK(st.duplicate_batches == 0);
+    CHECK(st.incomplete_batches == 0);
+    CHECK(st.bad_records == 0);
+  }
+}
+
+TEST_CASE("A batch sent again, cut short or garbled is not applied twice or in part",
+          "[exchange]") {
+  Cluster c;
+  std::unique_ptr<TrainerExchange> owner, sender;
+  REQUIRE(TrainerExchange::Open(c.Options(0), {}, {}, &owner).ok());
+  REQUIRE(TrainerExchange::Open(c.Options(1), {}, {}, &sender).ok());
+  auto b = Make(1);
+  b->Train(Stream(1000, 20, 20, 3, "b"));
+  learner::ModelChanges changes;
+  b->TakeChanges(&changes);
+  std::vector<learner::ModelChanges> split;
+  learner::SplitByOwner(changes, 2, &split);
+  REQUIRE(split[0].rows() > 0);
+
+  REQUIRE(sender->Send(changes, 1).ok());
+  REQUIRE(sender->Send(changes, 1).ok());  // the same batch again (a restart)
+  // Garbage, and a batch cut short: records of batch 2, then batch 3.
+  {
+    std::string err;
+    std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
+    REQUIRE(conf->set("bootstrap.servers", c.kafka->bootstrap(), err) == RdKafka::Conf::CONF_OK);
+    std::unique_ptr<RdKafka::Producer> raw(RdKafka::Producer::create(conf.get(), err));
+    REQUIRE(raw);
+    const std::string key = "r/item\0x", value = "not a record";
+    REQUIRE(raw->produce("recstream.model.updates", 0, RdKafka::Producer::RK_MSG_COPY,
+                         const_cast<char*>(value.data()), value.size(), key.data(), key.size(), 0,
+                         nullptr) == RdKafka::ERR_NO_ERROR);
+    // Batch 2 of trainer 1 without its commit (a sender that died while
+    // sending it).
+    learner::ModelSnapshot part;
+    part.tables = split[0].tables;
+    part.feature_lists = split[0].feature_lists;
+    store::model_records::Commit commit;
+    commit.version = {c.Options(1).run << 12 | 1, 2};
+    uint64_t records = 0;
+    REQUIRE(store::model_records::ForEachModelRecord(
+                part, commit, false,
+                [&](std::string_view k, std::string_view v) -> Status {
+                  if (k == store::model_records::kCommitKey) return Status::OK();
+                  ++records;
+                  return raw->produce("recstream.model.updates", 0, RdKafka::Producer::RK_MSG_COPY,
+                                      const_cast<char*>(v.data()), v.size(), k.data(), k.size(), 0,
+                                      nullptr) == RdKafka::ERR_NO_ERROR
+                             ? Status::OK()
+                             : Status::IOError("produce");
+                })
+                .ok());
+    REQUIRE(records > 0);
+    REQUIRE(raw->flush(5000) == RdKafka::ERR_NO_ERROR);
+  }
+  REQUIRE(sender->Send(changes, 3).ok());
+  REQUIRE(WaitFor([&] { return owner->stats().received_batches == 2; }));
+  TrainerExchange::Received got;
+  owner->Take(&got);
+  CHECK(got.changes.size() == 2);  // batches 1 and 3
+  CHECK(owner->stats().duplicate_batches == 1);
+  CHECK(owner->stats().bad_records == 1);
+  CHECK(owner->stats().incomplete_batches == 1);
+  // The owner adds what it got: batch 1's rows, each once per batch.
+  auto a = Make(0);
+  REQUIRE(a->AddChanges(got.changes[0]).ok());
+  CHECK(a->Stats().shared_rows_added == split[0].rows());
+
+  // A restart from the stored positions reads nothing again; one from the
+  // partition's beginning with the stored batches drops every batch read.
+  std::map<int, int64_t> positions;
+  std::map<int, uint64_t> applied;
+  owner->Positions(&positions, &applied);
+  CHECK(applied.at(1) == 3);
+  CHECK(positions.at(0) > 0);
+  owner.reset();
+  std::unique_ptr<TrainerExchange> again;
+  REQUIRE(TrainerExchange::Open(c.Options(0), positions, applied, &again).ok());
+  REQUIRE(sender->Send(changes, 4).ok());
+  REQUIRE(WaitFor([&] { return again->stats().received_batches == 1; }));
+  CHECK(again->stats().duplicate_batches == 0);
+  std::unique_ptr<TrainerExchange> from_start;
+  REQUIRE(TrainerExchange::Open(c.Options(0), {}, applied, &from_start).ok());
+  REQUIRE(WaitFor([&] { return from_start->stats().received_batches == 1; }));  // batch 4
+  CHECK(from_start->stats().duplicate_batches == 3);  // 1, 1 again, 3
+  CHECK(from_start->stats().incomplete_batches == 1);  // 2
+}
+
+}  // namespace
+}  // namespace recstream::replicate
