@@ -210,7 +210,7 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
         learner::ModelSnapshot s;
         s.shape = t[0]->Shape();
         Decode(b, &s.tables, &s.dense);
-        if (!l.FollowOwners(s).ok()) std::abort();
+        if (!l.FollowOwners(s, 1 - k).ok()) std::abort();
       }
       t0 = ThreadCpuSeconds();
       step_cpu[k][1] += t0 - t1;

@@ -55,7 +55,7 @@ Status ExchangeInProcess(std::span<learner::Learner* const> trainers, ExchangeBy
   }
   for (int i = 0; i < n; ++i)
     for (int j = 0; j < n; ++j)
-      if (i != j) RECSTREAM_RETURN_IF_ERROR(trainers[size_t(i)]->FollowOwners(published[size_t(j)]));
+      if (i != j) RECSTREAM_RETURN_IF_ERROR(trainers[size_t(i)]->FollowOwners(published[size_t(j)], j));
   return Status::OK();
 }
 

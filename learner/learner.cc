@@ -281,13 +281,13 @@ Status Learner::AddChanges(const ModelChanges& changes) {
   return m.sharing ? m.sharing->AddChanges(changes) : Status::OK();
 }
 
-Status Learner::FollowOwners(const ModelSnapshot& published) {
+Status Learner::FollowOwners(const ModelSnapshot& published, int from) {
   Model& m = impl_->model;
   if (!m.sharing) return Status::OK();
   if (published.shape != m.shape.Describe())
     return Status::Corruption("published rows are of model shape '" + published.shape +
                               "' but the options give '" + m.shape.Describe() + "'");
-  return m.sharing->FollowOwners(published);
+  return m.sharing->FollowOwners(published, from);
 }
 
 }  // namespace recstream::learner

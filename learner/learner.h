@@ -388,12 +388,16 @@ class Learner {
   // wrong width (nothing of that table is added).
   Status AddChanges(const ModelChanges& changes);
   // Follows the owners' published values (a snapshot, or a version of the
-  // model topic): each shared row this trainer does not own becomes the
+  // model topic) of trainer `from` (-1: any): only the rows `from` owns
+  // are taken, and its dense blocks when it is trainer 0 (a trainer's
+  // version also holds its own users and, when it publishes them, its
+  // follower copies, which are not the owners' values). Each shared row
+  // this trainer does not own becomes the
   // owner's value plus this trainer's change not taken yet; trainer 0's
   // dense blocks likewise, and its task weighting as it is; the "item"
   // feature lists of items it does not own are set. Users and rows this
   // trainer owns are ignored.
-  Status FollowOwners(const ModelSnapshot& published);
+  Status FollowOwners(const ModelSnapshot& published, int from = -1);
 
   // Loads a snapshot: rows are created or overwritten, dense parameters and
   // counters replaced. Apply a full snapshot first, then deltas in order.

@@ -314,7 +314,8 @@ Status Sharing::AddChanges(const ModelChanges& changes) {
   return Status::OK();
 }
 
-Status Sharing::FollowOwners(const ModelSnapshot& published) {
+Status Sharing::FollowOwners(const ModelSnapshot& published, int from) {
+  auto by_from = [&](std::string_view key) { return from < 0 || OwnerOf(key, count_) == from; };
   for (const TableDelta& d : published.tables) {
     Shared* s = Find(d.table);
     if (!s) continue;  // users (another trainer's own), or not shared
@@ -324,7 +325,7 @@ Status Sharing::FollowOwners(const ModelSnapshot& published) {
       return Status::Corruption("published rows of table '" + d.table + "' have the wrong width");
     std::vector<float> next(w);
     for (size_t i = 0; i < d.keys.size(); ++i) {
-      if (Owns(d.keys[i])) continue;
+      if (Owns(d.keys[i]) || !by_from(d.keys[i])) continue;
       const float* pub = d.values.data() + i * w;
       if (!AllFinite(pub, w)) {
         counters_.refused.fetch_add(1, std::memory_order_relaxed);
@@ -348,7 +349,7 @@ Status Sharing::FollowOwners(const ModelSnapshot& published) {
     }
   }
   SetItemLists(published.feature_lists, false);
-  if (index_ == 0) return Status::OK();
+  if (index_ == 0 || (from > 0)) return Status::OK();
   for (const auto& [name, pub] : published.dense) {
     if (name == "feedback") {
       for (size_t t = 0; t < pub.size() && t < size_t(kNumTasks); ++t)

@@ -72,7 +72,7 @@ class Sharing {
 
   void TakeChanges(ModelChanges* changes, ModelSnapshot* owned);
   Status AddChanges(const ModelChanges& changes);
-  Status FollowOwners(const ModelSnapshot& published);
+  Status FollowOwners(const ModelSnapshot& published, int from);
 
   // After a restore: the restored rows this trainer does not own, and the
   // dense blocks, are the base from which changes are counted (everything

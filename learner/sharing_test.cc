@@ -88,7 +88,7 @@ void Exchange(const std::vector<Learner*>& trainers) {
   }
   for (int i = 0; i < n; ++i)
     for (int j = 0; j < n; ++j)
-      if (i != j) REQUIRE(trainers[i]->FollowOwners(published[j]).ok());
+      if (i != j) REQUIRE(trainers[i]->FollowOwners(published[j], j).ok());
 }
 
 TEST_CASE("Ownership of shared rows is stable and spread over the trainers", "[sharing]") {
@@ -212,6 +212,40 @@ TEST_CASE("Two trainers that exchange learn an item's group as one trainer does"
   CHECK(std::abs(gap(lone_a.get())) < 0.05f);  // never saw those items learned
   CHECK(a->Stats().shared_rows_followed > 0);
   CHECK(b->Stats().shared_rows_sent > 0);
+}
+
+TEST_CASE("A trainer follows from each publisher only the rows it owns", "[sharing]") {
+  // Trainer 2's version holds its own rows and its copies of rows 0 owns
+  // (a whole snapshot): trainer 1 takes only the former, and no dense
+  // block (trainer 0 owns those).
+  auto t1 = Make(1, 3), t2 = Make(2, 3);
+  t2->Train(Stream(2000, 20, 30, 8, "c"));
+  ModelSnapshot version;
+  t2->TakeSnapshot(true, &version);
+  ModelSnapshot before1;
+  t1->TakeSnapshot(true, &before1);
+  REQUIRE(t1->FollowOwners(version, 2).ok());
+  const auto rows1 = SharedRows(t1.get()), rows2 = SharedRows(t2.get());
+  int taken = 0;
+  for (const auto& [table, rows] : rows2) {
+    for (const auto& [key, values] : rows) {
+      const bool have = rows1.count(table) && rows1.at(table).count(key);
+      if (OwnerOf(key, 3) == 2) {
+        REQUIRE(have);
+        CHECK(rows1.at(table).at(key) == values);
+        ++taken;
+      } else if (have) {
+        // Created for an item list at most (initial values), never taken
+        // from another's copy, which learned.
+        CHECK(rows1.at(table).at(key) != values);
+      }
+    }
+  }
+  CHECK(taken > 5);
+  ModelSnapshot after1;
+  t1->TakeSnapshot(true, &after1);
+  for (size_t i = 0; i < after1.dense.size(); ++i)
+    if (after1.dense[i].first == "dense") CHECK(after1.dense[i].second == before1.dense[i].second);
 }
 
 TEST_CASE("A change that is not finite is refused by its owner", "[sharing]") {

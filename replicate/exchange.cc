@@ -259,6 +259,7 @@ void TrainerExchange::Impl::OnVersion(const RdKafka::Message& m) {
     learner::ModelSnapshot s;
     if (c.records > 0 && v.version == c.version && v.records == c.records && v.builder.Take(&s)) {
       received.versions.push_back(std::move(s));
+      received.version_from.push_back(m.partition());  // trainer j publishes on partition j
       ++stats.followed_versions;
     }
     v.records = 0;

@@ -87,10 +87,11 @@ class TrainerExchange {
   // What arrived since the previous call, in arrival order: other
   // trainers' changes for the rows this trainer owns (apply with
   // Learner::AddChanges), and other trainers' published versions (apply
-  // with Learner::FollowOwners).
+  // with Learner::FollowOwners(version, version_from)).
   struct Received {
     std::vector<learner::ModelChanges> changes;
     std::vector<learner::ModelSnapshot> versions;
+    std::vector<int> version_from;  // the trainer that published each version
     bool empty() const { return changes.empty() && versions.empty(); }
   };
   void Take(Received* out);

@@ -146,7 +146,8 @@ TEST_CASE("Two trainers exchanging through Kafka end as they do in one process",
       TrainerExchange::Received got;
       ex[i]->Take(&got);
       REQUIRE(got.versions.size() == 1);
-      REQUIRE(t[i]->FollowOwners(got.versions[0]).ok());
+      CHECK(got.version_from[0] == 1 - i);
+      REQUIRE(t[i]->FollowOwners(got.versions[0], got.version_from[0]).ok());
     }
     std::vector<Learner*> twins = {twin[0].get(), twin[1].get()};
     // (eval/shared_trainers.h does this; replicate/ does not depend on eval/.)
