@@ -288,6 +288,7 @@ EmbeddingTable::EmbeddingTable(std::string name, int width, int random_prefix, f
       width_(width),
       state_(state),
       row_floats_(size_t(width) * (1 + size_t(state.blocks))),
+      line_aligned_(line_aligned),
       stride_(line_aligned ? (row_floats_ + 15) & ~size_t{15} : row_floats_),
       random_prefix_(random_prefix),
       init_scale_(init_scale),
@@ -468,7 +469,10 @@ uint32_t EmbeddingTable::GetOrCreate(std::string_view key, bool* created) {
 uint32_t EmbeddingTable::Put(std::string_view key, const float* values) {
   bool created = false;
   const uint32_t row = Insert(key, values, &created);
-  if (!created) std::memcpy(Row(row), values, row_floats_ * sizeof(float));
+  if (!created) {
+    std::memcpy(Row(row), values, row_floats_ * sizeof(float));
+    SetBase(row, values);
+  }
   return row;
 }
 
@@ -597,6 +601,7 @@ uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
       std::atomic_ref<uint64_t>(chunk(row)->headers[row & kChunkMask])
           .store(v, std::memory_order_relaxed);
       std::memcpy(Row(row), values, n * sizeof(float));
+      SetBase(row, values);
       std::atomic_ref<uint8_t>(chunk(row)->dirty[row & kChunkMask])
           .store(kDirty, std::memory_order_release);
       if (touched_) chunk(row)->touched[row & kChunkMask].store(0, std::memory_order_relaxed);
@@ -608,6 +613,7 @@ uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
   if (row != kNoRow) return row;
   row = Reserve(&key, 1);
   std::memcpy(Row(row), values, n * sizeof(float));
+  SetBase(row, values);
   Publish(row, 1);
   return row;
 }
@@ -692,6 +698,7 @@ void EmbeddingTable::PutMany(std::span<const std::string> keys, const float* val
       const uint32_t row = Probe(shard, sc.hashes[i], keys[i]);
       if (row != kNoRow) {
         std::memcpy(Row(row), values + i * w2, w2 * sizeof(float));
+        SetBase(row, values + i * w2);
       } else {
         sc.fresh.push_back(i);
       }
@@ -718,8 +725,10 @@ void EmbeddingTable::PutMany(std::span<const std::string> keys, const float* val
     sc.fresh_keys.resize(kept);
     for (size_t f = 0; f < kept; ++f) sc.fresh_keys[f] = keys[sc.fresh[f]];
     const uint32_t first = Reserve(sc.fresh_keys.data(), uint32_t(kept));
-    for (size_t f = 0; f < kept; ++f)
+    for (size_t f = 0; f < kept; ++f) {
       std::memcpy(Row(first + uint32_t(f)), values + sc.fresh[f] * w2, w2 * sizeof(float));
+      SetBase(first + uint32_t(f), values + sc.fresh[f] * w2);
+    }
     Publish(first, uint32_t(kept));
     for (size_t f = 0; f < kept; ++f)
       InsertSlot(shard, sc.hashes[sc.fresh[f]], first + uint32_t(f));

@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -79,12 +80,6 @@ class EmbeddingTable {
   EmbeddingTable& operator=(const EmbeddingTable&) = delete;
 
   const std::string& name() const { return name_; }
-  // An empty table of the same name, width, initial values (a row created
-  // in both from one id starts alike) and optimizer state; not line-aligned.
-  std::unique_ptr<EmbeddingTable> EmptyLike() const {
-    return std::make_unique<EmbeddingTable>(name_, width_, random_prefix_, init_scale_,
-                                            accum_init_, seed_, false, state_);
-  }
   int width() const { return width_; }
   // Floats of a row: its values, then its optimizer state.
   size_t row_floats() const { return row_floats_; }
@@ -124,11 +119,16 @@ class EmbeddingTable {
   // never changed in memory since they were read back (Restore) have
   // epoch 0.
   void TrackEpochs() { epochs_ = true; }
-  // Change marks for sharing rows between trainers (learner/sharing.h),
-  // once TrackChanges has been called on the empty table: a second mark,
-  // independent of the snapshots' one, set on a row's creation and by
-  // MarkDirty, taken by ForEachChanged.
-  void TrackChanges() { changes_ = true; }
+  // Sharing rows between trainers (learner/sharing.h), once TrackChanges
+  // has been called on the empty table: a change mark, independent of the
+  // snapshots' one, set on a row's creation and by MarkDirty, taken by
+  // ForEachChanged; and a BASE beside each row's floats (row_floats()
+  // more), which a row's creation, Put and PutMany set to the row's values
+  // and only the caller changes afterwards.
+  void TrackChanges() {
+    changes_ = true;
+    stride_ = line_aligned_ ? (2 * row_floats_ + 15) & ~size_t{15} : 2 * row_floats_;
+  }
   bool tracks_changes() const { return changes_; }
   void SetEpoch(uint32_t epoch) { epoch_.store(epoch, std::memory_order_relaxed); }
   uint32_t dirtied(uint32_t row) const {
@@ -206,6 +206,8 @@ class EmbeddingTable {
 
   // values[0..width) then accumulators[0..width).
   float* Row(uint32_t row) const { return chunk(row)->data + offset(row); }
+  // The row's base (TrackChanges only): row_floats() floats.
+  float* Base(uint32_t row) const { return Row(row) + row_floats_; }
   // The id of a row; only for rows below size() (or returned by Find or
   // GetOrCreate).
   KeyRef key(uint32_t row) const;
@@ -331,6 +333,10 @@ class EmbeddingTable {
   // The slot array of `key`'s shard (t[0] the mask, t[1 + i] slot i), with
   // the key's tag and the array's mask: its probe starts at slot tag & mask.
   const uint64_t* SlotsOf(std::string_view key, uint64_t* tag, uint64_t* mask) const;
+  // Copies `values` into the row's base when there are bases.
+  void SetBase(uint32_t row, const float* values) {
+    if (changes_) std::memcpy(Base(row), values, row_floats_ * sizeof(float));
+  }
   void MarkChanged(uint32_t row) {
     std::atomic_ref<uint8_t> c(chunk(row)->changed[row & kChunkMask]);
     if (!c.load(std::memory_order_relaxed)) c.store(1, std::memory_order_relaxed);
@@ -371,7 +377,10 @@ class EmbeddingTable {
   const int width_;
   const RowState state_;
   const size_t row_floats_;  // width_ * (1 + state_.blocks)
-  const size_t stride_;      // floats per row: row_floats_, padded when line_aligned
+  const bool line_aligned_;
+  // Floats per row: row_floats_ (twice that with TrackChanges), padded when
+  // line_aligned. Set before the first row.
+  size_t stride_;
   const int random_prefix_;
   const float init_scale_;
   const float accum_init_;

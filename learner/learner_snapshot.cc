@@ -309,9 +309,6 @@ Status Learner::ApplyRows(const TableDelta& delta) {
     }
   }
   t->PutMany(delta.keys, delta.values.data());
-  // Several trainers: a restored follower copy is its base (its changes
-  // up to the checkpoint were taken and stored with it).
-  if (m.sharing && m.sharing->IsShared(t)) m.sharing->Restored(delta);
   m.applied.fetch_add(1, std::memory_order_relaxed);
   return Status::OK();
 }

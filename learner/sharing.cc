@@ -73,7 +73,7 @@ Sharing::Sharing(Model* model)
   if (m_.pretrained) tables.push_back(m_.pretrained.get());
   for (EmbeddingTable* t : tables) {
     t->TrackChanges();
-    shared_.push_back({t, t->EmptyLike()});
+    shared_.push_back({t});
   }
   RestoredDense();
 }
@@ -117,13 +117,6 @@ void Sharing::WriteDense(std::string_view name, const std::vector<float>& v) {
 void Sharing::RestoredDense() {
   dense_base_.clear();
   for (std::string_view name : kExchanged) dense_base_.emplace_back(name, ReadDense(name));
-}
-
-void Sharing::Restored(const TableDelta& rows) {
-  Shared* s = Find(rows.table);
-  if (!s || size_t(rows.width) != s->table->row_floats()) return;
-  for (size_t i = 0; i < rows.keys.size(); ++i)
-    if (!Owns(rows.keys[i])) s->base->Put(rows.keys[i], rows.values.data() + i * size_t(rows.width));
 }
 
 void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
@@ -180,7 +173,7 @@ void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
     for (uint32_t row : theirs_rows_) {
       const std::string_view key = t.key(row);
       const float* v = t.Row(row);
-      float* base = s.base->Row(s.base->GetOrCreate(key));  // created: the initial values
+      float* base = t.Base(row);
       float* diff = sent.values.data() + kept * w;
       bool any = false;
       for (size_t i = 0; i < w; ++i) {
@@ -334,8 +327,7 @@ Status Sharing::FollowOwners(const ModelSnapshot& published, int from) {
       // Not Put: a snapshot's export may be under way (MarkDirty copies
       // a row it lists before the write).
       const uint32_t row = t.GetOrCreate(d.keys[i]);
-      const uint32_t b = s->base->GetOrCreate(d.keys[i]);  // created: the initial values
-      float* base = s->base->Row(b);
+      float* base = t.Base(row);  // a row just created: its initial values
       float* v = t.Row(row);
       for (size_t k = 0; k < w; ++k) next[k] = pub[k] + (v[k] - base[k]);
       if (!AllFinite(next.data(), w)) {

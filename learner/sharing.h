@@ -24,9 +24,10 @@
 // taken change is delivered once (the caller's part: an outbox stored with
 // the trainer's positions, see docs/interface.md), and every copy
 // converges on the owner's value once trainers are quiet. The "base" of a
-// follower copy is kept in a table of its own (as many rows as the trainer
-// follows); it starts as the row's initial values, which every trainer
-// computes alike from the id.
+// follower copy is kept beside its values (EmbeddingTable::Base: shared
+// tables take twice the floats per row); it starts as the row's initial
+// values, which every trainer computes alike from the id, or the values a
+// restore put there.
 //
 // The negative ring (recent items, which sampled negatives and the
 // popularity prior of implicit tasks come from) is every trainer's own,
@@ -74,10 +75,10 @@ class Sharing {
   Status AddChanges(const ModelChanges& changes);
   Status FollowOwners(const ModelSnapshot& published, int from);
 
-  // After a restore: the restored rows this trainer does not own, and the
-  // dense blocks, are the base from which changes are counted (everything
-  // before them was taken, and stored with them, see docs/interface.md).
-  void Restored(const TableDelta& rows);
+  // After a restore: the dense blocks are the base from which their
+  // changes are counted (everything before them was taken, and stored with
+  // them, see docs/interface.md); restored rows are their own base
+  // (EmbeddingTable::PutMany).
   void RestoredDense();
 
   struct Counters {
@@ -92,7 +93,6 @@ class Sharing {
  private:
   struct Shared {
     EmbeddingTable* table;
-    std::unique_ptr<EmbeddingTable> base;
   };
   Shared* Find(std::string_view table);
   // Sets the "item" lists of `lists` for the items this trainer owns (or,
