@@ -93,32 +93,11 @@ Status TrainerExchange::Open(const ExchangeOptions& options, const std::map<int,
   impl->applied = applied;
   impl->taken_applied = applied;
 
-  std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
-  RECSTREAM_RETURN_IF_ERROR(ApplyConf(
-      conf.get(),
-      {
-          {"bootstrap.servers", options.brokers},
-          {"client.id", "recstream-exchange"},
-          // A batch's records stay in order; a retry never duplicates one.
-          {"enable.idempotence", "true"},
-          {"linger.ms", "1"},
-          {"batch.num.messages", "10000"},
-          {"batch.size", "4000000"},
-          {"message.max.bytes", "8000000"},
-          {"compression.type", "lz4"},
-          {"queue.buffering.max.messages", "1000000"},
-          {"message.timeout.ms", std::to_string(std::max(1000, options.delivery_timeout_ms))},
-      },
-      options.properties));
+  std::unique_ptr<RdKafka::Conf> conf;
+  RECSTREAM_RETURN_IF_ERROR(OpenOrderedProducer(options.brokers, "recstream-exchange",
+                                                options.delivery_timeout_ms, options.properties,
+                                                impl.get(), &impl->logger, &conf, &impl->producer));
   std::string err;
-  if (conf->set("dr_cb", static_cast<RdKafka::DeliveryReportCb*>(impl.get()), err) !=
-          RdKafka::Conf::CONF_OK ||
-      conf->set("event_cb", static_cast<RdKafka::EventCb*>(&impl->logger), err) !=
-          RdKafka::Conf::CONF_OK)
-    return Status::Internal("kafka producer callbacks: " + err);
-  impl->producer.reset(RdKafka::Producer::create(conf.get(), err));
-  if (!impl->producer) return Status::InvalidArgument("kafka producer: " + err);
-
   RECSTREAM_RETURN_IF_ERROR(
       OpenAssignConsumer(options.brokers, options.properties, &impl->logger, &impl->consumer));
   // The updates partitions this trainer reads, from the topic's metadata.

@@ -40,6 +40,44 @@ void KafkaLogger::event_cb(RdKafka::Event& event) {
   }
 }
 
+Status OpenOrderedProducer(const std::string& brokers, const std::string& client_id,
+                           int delivery_timeout_ms,
+                           const std::map<std::string, std::string>& properties,
+                           RdKafka::DeliveryReportCb* dr, KafkaLogger* logger,
+                           std::unique_ptr<RdKafka::Conf>* conf,
+                           std::unique_ptr<RdKafka::Producer>* out) {
+  if (brokers.empty()) return Status::InvalidArgument("kafka.brokers is empty");
+  conf->reset(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
+  RECSTREAM_RETURN_IF_ERROR(ApplyConf(
+      conf->get(),
+      {
+          {"bootstrap.servers", brokers},
+          {"client.id", client_id},
+          // Records stay in order, and a retry never duplicates or
+          // reorders one.
+          {"enable.idempotence", "true"},
+          // A batch of records goes out at once; they batch among
+          // themselves.
+          {"linger.ms", "1"},
+          {"batch.num.messages", "10000"},
+          {"batch.size", "4000000"},
+          {"message.max.bytes", "8000000"},
+          {"compression.type", "lz4"},
+          {"queue.buffering.max.messages", "1000000"},
+          {"queue.buffering.max.kbytes", "1048576"},
+          {"message.timeout.ms", std::to_string(std::max(1000, delivery_timeout_ms))},
+      },
+      properties));
+  std::string err;
+  if ((*conf)->set("dr_cb", dr, err) != RdKafka::Conf::CONF_OK ||
+      (*conf)->set("event_cb", static_cast<RdKafka::EventCb*>(logger), err) !=
+          RdKafka::Conf::CONF_OK)
+    return Status::Internal("kafka producer callbacks: " + err);
+  out->reset(RdKafka::Producer::create(conf->get(), err));
+  if (!*out) return Status::InvalidArgument("kafka producer: " + err);
+  return Status::OK();
+}
+
 Status OpenAssignConsumer(const std::string& brokers,
                           const std::map<std::string, std::string>& properties,
                           KafkaLogger* logger, std::unique_ptr<RdKafka::KafkaConsumer>* out) {

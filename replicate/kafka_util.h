@@ -30,6 +30,17 @@ class KafkaLogger : public RdKafka::EventCb {
   std::atomic<uint64_t> errors_{0};
 };
 
+// A producer whose records stay in order and are never duplicated by a
+// retry (idempotent), batched and lz4-compressed, for the model topic and
+// the updates topic; `dr` and `logger` must outlive it. *conf keeps its
+// configuration, to create it again after a fatal error.
+Status OpenOrderedProducer(const std::string& brokers, const std::string& client_id,
+                           int delivery_timeout_ms,
+                           const std::map<std::string, std::string>& properties,
+                           RdKafka::DeliveryReportCb* dr, KafkaLogger* logger,
+                           std::unique_ptr<RdKafka::Conf>* conf,
+                           std::unique_ptr<RdKafka::Producer>* out);
+
 // A consumer that assigns partitions itself (no group membership, no
 // commits), reading up to the end quickly.
 Status OpenAssignConsumer(const std::string& brokers,

@@ -59,34 +59,10 @@ Status ModelPublisher::Open(const PublisherOptions& options, uint64_t generation
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->next = {generation, 1};
-  std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
-  RECSTREAM_RETURN_IF_ERROR(ApplyConf(
-      conf.get(),
-      {
-          {"bootstrap.servers", options.brokers},
-          {"client.id", "recstream-model-publisher"},
-          // Records of a version stay in order, and a retry never
-          // duplicates or reorders one.
-          {"enable.idempotence", "true"},
-          // A version goes out at once; its records batch among themselves.
-          {"linger.ms", "1"},
-          {"batch.num.messages", "10000"},
-          {"batch.size", "4000000"},
-          {"message.max.bytes", "8000000"},
-          {"compression.type", "lz4"},
-          {"queue.buffering.max.messages", "1000000"},
-          {"queue.buffering.max.kbytes", "1048576"},
-          {"message.timeout.ms", std::to_string(std::max(1000, options.delivery_timeout_ms))},
-      },
-      options.properties));
-  std::string err;
-  if (conf->set("dr_cb", static_cast<RdKafka::DeliveryReportCb*>(impl.get()), err) !=
-          RdKafka::Conf::CONF_OK ||
-      conf->set("event_cb", static_cast<RdKafka::EventCb*>(&impl->logger), err) !=
-          RdKafka::Conf::CONF_OK)
-    return Status::Internal("kafka producer callbacks: " + err);
-  impl->producer.reset(RdKafka::Producer::create(conf.get(), err));
-  if (!impl->producer) return Status::InvalidArgument("kafka producer: " + err);
+  std::unique_ptr<RdKafka::Conf> conf;
+  RECSTREAM_RETURN_IF_ERROR(OpenOrderedProducer(options.brokers, "recstream-model-publisher",
+                                                options.delivery_timeout_ms, options.properties,
+                                                impl.get(), &impl->logger, &conf, &impl->producer));
   impl->conf = std::move(conf);
   out->reset(new ModelPublisher(std::move(impl)));
   return Status::OK();
