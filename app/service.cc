@@ -23,6 +23,7 @@
 #include "ingest/ownership.h"
 #include "ingest/parser.h"
 #include "learner/learner.h"
+#include "replicate/exchange.h"
 #include "replicate/publisher.h"
 #include "serve/api.h"
 #include "serve/http_server.h"
@@ -197,6 +198,26 @@ struct Service::Impl : public serve::ServiceHooks {
   uint64_t merged_number = 0;                   // publish thread only
   std::mutex fresh_mu;                          // one fresh snapshot checkpoint at a time
   Clock::time_point last_fresh;                 // guarded by fresh_mu
+
+  // Several trainers on one model (trainer.count > 1 and
+  // trainer.exchange_interval_ms > 0; docs/interface.md, "Several trainers
+  // on one model"). The training thread applies what arrived and takes
+  // its changes every interval; the send thread sends them, in order.
+  // The exchange's positions (the updates partitions read, each sender's
+  // last batch applied) go into learned_positions under the updates
+  // topic's name and kAppliedSuffix, so that a checkpoint stores them
+  // with the model that applied them.
+  std::unique_ptr<replicate::TrainerExchange> exchange;
+  std::thread send_thread;
+  Clock::time_point next_exchange;  // training thread only
+  uint64_t exchange_number = 0;     // the last batch taken; training thread only
+  std::deque<std::pair<uint64_t, learner::ModelChanges>> to_send;  // guarded by mu
+  bool exchange_busy = false;  // a batch is being sent; guarded by mu
+  std::atomic<uint64_t> exchange_errors{0};
+  void MaybeExchange();
+  void SendLoop();
+  std::string applied_topic() const { return config.kafka.topics.updates + std::string(kAppliedSuffix); }
+  static constexpr std::string_view kAppliedSuffix = "#applied";
 };
 
 recstream::Status Service::Impl::Init() {
@@ -217,6 +238,12 @@ recstream::Status Service::Impl::Init() {
   // A memory limit reads users back one by one: a store tuned for that.
   config.store.point_reads = config.learner.memory_limit_mb > 0;
   RECSTREAM_RETURN_IF_ERROR(store::CheckpointStore::Open(config.store, &store));
+  const bool sharing =
+      config.kafka.ownership.count > 1 && config.replicate.exchange_interval_ms > 0;
+  if (sharing) {
+    config.learner.trainer_count = config.kafka.ownership.count;
+    config.learner.trainer_index = config.kafka.ownership.index;
+  }
   RECSTREAM_RETURN_IF_ERROR(learner::Learner::Create(config.learner, &learner));
   // With model.memory_limit_mb, users that left memory are read back from
   // the store (and a restore keeps only those that fit).
@@ -251,6 +278,21 @@ recstream::Status Service::Impl::Init() {
   // (TuneMalloc keeps freed memory in the heaps otherwise).
   malloc_trim(0);
 
+  // The exchange's positions are not event positions.
+  std::map<int, int64_t> exchange_start;
+  std::map<int, uint64_t> exchange_applied;
+  for (auto it = offsets.begin(); it != offsets.end();) {
+    if (it->first.topic == config.kafka.topics.updates) {
+      exchange_start[it->first.partition] = it->second;
+    } else if (it->first.topic == applied_topic()) {
+      exchange_applied[it->first.partition] = uint64_t(it->second);
+    } else {
+      ++it;
+      continue;
+    }
+    learned_positions[it->first] = it->second;
+    it = offsets.erase(it);
+  }
   // Fixed ownership: positions of partitions another trainer owns mean the
   // store was written with another trainer.count (or index). Taking them
   // over, or dropping them, would learn events twice or lose them.
@@ -267,7 +309,26 @@ recstream::Status Service::Impl::Init() {
   }
   RECSTREAM_RETURN_IF_ERROR(ingest::EventConsumer::Open(config.kafka, &consumer));
   consumer->SeedOffsets(offsets);
-  learned_positions = consumer->Positions();
+  for (const auto& [tp, offset] : consumer->Positions()) learned_positions[tp] = offset;
+  if (sharing) {
+    replicate::ExchangeOptions eo;
+    eo.brokers = config.kafka.brokers;
+    eo.updates_topic = config.kafka.topics.updates;
+    eo.model_topic = config.kafka.topics.model;
+    eo.index = config.kafka.ownership.index;
+    eo.count = config.kafka.ownership.count;
+    eo.run = uint64_t(NowMs());
+    eo.properties = config.kafka.properties;
+    eo.delivery_timeout_ms = config.replicate.timeout_ms;
+    RECSTREAM_RETURN_IF_ERROR(
+        replicate::TrainerExchange::Open(eo, exchange_start, exchange_applied, &exchange));
+    next_exchange = Clock::now();
+    spdlog::info(
+        "trainer {} of {} shares one model: changes to owners on {}, every {} ms; {} senders' "
+        "batches applied before",
+        eo.index, eo.count, eo.updates_topic, config.replicate.exchange_interval_ms,
+        exchange_applied.size());
+  }
   RECSTREAM_RETURN_IF_ERROR(ingest::DeadLetterQueue::Open(config.kafka, &dlq));
 
   api = std::make_unique<serve::Api>(config.serve, config.blend, learner.get(), this);
@@ -284,6 +345,7 @@ recstream::Status Service::Impl::Init() {
   };
   writer = start("checkpoint", &Impl::WriterLoop);
   if (publisher) publish_thread = start("publish", &Impl::PublishLoop);
+  if (exchange) send_thread = start("exchange", &Impl::SendLoop);
   trainer = start("train", &Impl::TrainLoop);
   ingester = start("ingest", &Impl::IngestLoop);
   return recstream::Status::OK();
@@ -415,6 +477,7 @@ void Service::Impl::TrainLoop() {
       rate_events = 0;
       rate_start = Clock::now();
     }
+    MaybeExchange();
     if (publisher) {
       MaybeSnapshot(false);
     } else {
@@ -536,6 +599,10 @@ void Service::Impl::WriterLoop() {
       ++checkpoints;
       learner->SnapshotStored(job->number);
       to_commit = job->offsets;
+      // Kafka's group offsets are the event topics' (not the exchange's).
+      std::erase_if(*to_commit, [&](const auto& e) {
+        return e.first.topic == config.kafka.topics.updates || e.first.topic == applied_topic();
+      });
       write_succeeded = true;
     } else {
       write_failed = true;
@@ -650,6 +717,81 @@ void Service::Impl::MaybeSnapshot(bool final) {
   cv.notify_all();
 }
 
+void Service::Impl::MaybeExchange() {
+  if (!exchange) return;
+  const auto now = Clock::now();
+  if (now < next_exchange) return;
+  next_exchange = now + std::chrono::milliseconds(config.replicate.exchange_interval_ms);
+  // What the others sent: changes to the rows this trainer owns, and the
+  // owners' rows.
+  replicate::TrainerExchange::Received got;
+  exchange->Take(&got);
+  for (const learner::ModelChanges& c : got.changes) {
+    if (recstream::Status st = learner->AddChanges(c); !st.ok()) {
+      exchange_errors.fetch_add(1, std::memory_order_relaxed);
+      spdlog::warn("exchange: changes refused: {}", st.ToString());
+    }
+  }
+  for (size_t i = 0; i < got.versions.size(); ++i) {
+    if (recstream::Status st = learner->FollowOwners(got.versions[i], got.version_from[i]);
+        !st.ok()) {
+      exchange_errors.fetch_add(1, std::memory_order_relaxed);
+      spdlog::warn("exchange: trainer {}'s rows refused: {}", got.version_from[i], st.ToString());
+    }
+  }
+  std::map<int, int64_t> positions;
+  std::map<int, uint64_t> applied;
+  exchange->Positions(&positions, &applied);
+  for (const auto& [p, offset] : positions)
+    learned_positions[{config.kafka.topics.updates, p}] = offset;
+  for (const auto& [sender, number] : applied)
+    learned_positions[{applied_topic(), sender}] = int64_t(number);
+  // This trainer's changes to rows others own.
+  learner::ModelChanges changes;
+  learner->TakeChanges(&changes);
+  bool any = changes.rows() > 0 || !changes.feature_lists.empty();
+  for (const auto& [name, values] : changes.dense)
+    for (float v : values) any |= v != 0.0f;
+  if (!any) return;
+  const uint64_t number = ++exchange_number;
+  std::lock_guard lock(mu);
+  to_send.emplace_back(number, std::move(changes));
+  cv.notify_all();
+}
+
+void Service::Impl::SendLoop() {
+  int64_t backoff_ms = 0;
+  for (;;) {
+    std::pair<uint64_t, learner::ModelChanges> batch;
+    {
+      std::unique_lock lock(mu);
+      cv.wait(lock, [&] { return !to_send.empty() || writer_stop; });
+      if (to_send.empty()) return;
+      batch = std::move(to_send.front());
+      to_send.pop_front();
+      exchange_busy = true;
+    }
+    // In order, each until Kafka has it (the owner drops a batch sent twice).
+    for (;;) {
+      recstream::Status st = exchange->Send(batch.second, batch.first);
+      if (st.ok()) {
+        backoff_ms = 0;
+        std::lock_guard lock(mu);
+        exchange_busy = false;
+        cv.notify_all();
+        break;
+      }
+      exchange_errors.fetch_add(1, std::memory_order_relaxed);
+      backoff_ms = std::min<int64_t>(5000, backoff_ms == 0 ? 100 : backoff_ms * 2);
+      spdlog::warn("exchange: sending batch {} failed (again in {} ms): {}", batch.first,
+                   backoff_ms, st.ToString());
+      std::unique_lock lock(mu);
+      if (cv.wait_for(lock, std::chrono::milliseconds(backoff_ms), [&] { return writer_stop; }))
+        return;
+    }
+  }
+}
+
 void Service::Impl::PublishLoop() {
   for (;;) {
     std::unique_ptr<SnapshotJob> job;
@@ -669,7 +811,16 @@ void Service::Impl::PublishLoop() {
     merged_request = std::max(merged_request, job->request);
     merged_number = std::max(merged_number, job->number);
     recstream::Status s;
-    if (job->publish) {
+    if (job->publish && exchange) {
+      // Several trainers: this trainer's own rows only (its users, the
+      // shared rows it owns, the dense blocks when trainer 0), so that
+      // replicas and the other trainers take each row from its owner.
+      learner::ModelSnapshot own;
+      learner::KeepOwned(job->snapshot, config.kafka.ownership.index,
+                         config.kafka.ownership.count, &own);
+      s = publisher->Publish(own, job->full, job->time_ms,
+                             job->final ? std::min(1000, config.replicate.timeout_ms) : -1);
+    } else if (job->publish) {
       s = publisher->Publish(job->snapshot, job->full, job->time_ms,
                              job->final ? std::min(1000, config.replicate.timeout_ms) : -1);
     } else {
@@ -886,6 +1037,16 @@ recstream::Status Service::Shutdown() {
         !m.cv.wait_for(lock, std::chrono::seconds(1), [&] { return !m.snap_busy && !m.snap_pending; }))
       m.publisher->Abort();
   }
+  if (m.exchange) {
+    // The last changes go to their owners before the final checkpoint
+    // counts them as sent (up to 2 s).
+    m.next_exchange = Clock::now();
+    m.MaybeExchange();
+    std::unique_lock lock(m.mu);
+    if (!m.cv.wait_for(lock, std::chrono::seconds(2),
+                       [&] { return m.to_send.empty() && !m.exchange_busy; }))
+      spdlog::warn("shutdown: {} exchange batches not sent", m.to_send.size());
+  }
   recstream::Status final_status;
   if (m.writer.joinable()) {
     // The last batch is learned; store it with its offsets (and publish it).
@@ -907,6 +1068,7 @@ recstream::Status Service::Shutdown() {
     }
     m.writer.join();
     if (m.publish_thread.joinable()) m.publish_thread.join();
+    if (m.send_thread.joinable()) m.send_thread.join();
     spdlog::debug("shutdown: final checkpoint after {:.0f} ms", elapsed_ms());
   }
   if (m.http) m.http->Stop();

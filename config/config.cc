@@ -264,6 +264,9 @@ const std::vector<Key>& KeyTable() {
     t.push_back(StringKey(
         "kafka.topics.model", [](auto& c) -> auto& { return c.kafka.topics.model; },
         topic_allowed, CheckTopic));
+    t.push_back(StringKey(
+        "kafka.topics.updates", [](auto& c) -> auto& { return c.kafka.topics.updates; },
+        topic_allowed, CheckTopic));
     t.push_back(IntKey(
         "kafka.embedded_partitions", [](auto& c) -> auto& { return c.kafka.embedded_partitions; },
         1, 1024));
@@ -280,6 +283,9 @@ const std::vector<Key>& KeyTable() {
         "trainer.count", [](auto& c) -> auto& { return c.kafka.ownership.count; }, 1, 4096));
     t.push_back(IntKey(
         "trainer.index", [](auto& c) -> auto& { return c.kafka.ownership.index; }, 0, 4095));
+    t.push_back(IntKey(
+        "trainer.exchange_interval_ms",
+        [](auto& c) -> auto& { return c.replicate.exchange_interval_ms; }, 0, 60000));
     // model
     t.push_back(IntKey(
         "model.dim", [](auto& c) -> auto& { return c.learner.dim; }, 1, 1024));
@@ -854,6 +860,16 @@ Status Load(const std::string& file_path, const std::vector<std::string>& set_fl
         "bad value for trainer.index ({}, from {}); allowed: 0 to trainer.count - 1 ({}, from {})",
         config.kafka.ownership.index, origin_of("trainer.index"), config.kafka.ownership.count - 1,
         origin_of("trainer.count")));
+  }
+
+  if (config.kafka.ownership.count > 1 && config.replicate.exchange_interval_ms > 0 &&
+      config.replicate.interval_ms == 0) {
+    return Status::InvalidArgument(fmt::format(
+        "bad value for replicate.interval_ms (0, from {}): trainers that share one model "
+        "(trainer.count {}, trainer.exchange_interval_ms {}) publish their rows on the model "
+        "topic; set replicate.interval_ms > 0, or trainer.exchange_interval_ms = 0",
+        origin_of("replicate.interval_ms"), config.kafka.ownership.count,
+        config.replicate.exchange_interval_ms));
   }
 
   Status s = learner::ValidateOptions(config.learner);

@@ -218,7 +218,8 @@ Status EmbeddedKafka::Start(int num_brokers, int partitions, const TopicNames& t
   if (kafka->mcluster_ == nullptr) return Status::IOError("embedded kafka: cannot start brokers");
   kafka->bootstrap_ = rd_kafka_mock_cluster_bootstraps(kafka->mcluster_);
   for (const std::string* t :
-       {&topics.click, &topics.purchase, &topics.rating, &topics.dlq, &topics.model}) {
+       {&topics.click, &topics.purchase, &topics.rating, &topics.dlq, &topics.model,
+        &topics.updates}) {
     RECSTREAM_RETURN_IF_ERROR(kafka->CreateTopic(*t, partitions));
   }
   *out = std::move(kafka);

@@ -29,6 +29,10 @@ struct TopicNames {
   // Where trainers publish the model for replicas (replicate/), keyed by
   // row; meant to be compacted.
   std::string model = "recstream.model";
+  // Several trainers on one model: each trainer's changes to rows another
+  // trainer owns, sent to that owner's partition (replicate/exchange.h);
+  // at least trainer.count partitions.
+  std::string updates = "recstream.model.updates";
 };
 
 // Fixed partition ownership (ingest/ownership.h): trainer `index` of `count`

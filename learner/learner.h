@@ -242,6 +242,12 @@ struct ModelSnapshot {
   }
 };
 
+// The part of `in` that trainer `index` of `count` owns (several trainers):
+// its users' rows, lists and purchases, the shared rows whose id it owns,
+// and, trainer 0 only, the dense blocks; every deletion. What a trainer
+// publishes, so that everyone takes each row from its owner.
+void KeepOwned(const ModelSnapshot& in, int index, int count, ModelSnapshot* out);
+
 class Learner {
  public:
   // Fails with InvalidArgument when the options are out of range.

@@ -67,6 +67,38 @@ void SplitByOwner(const ModelChanges& changes, int count, std::vector<ModelChang
   (*out)[0].dense = changes.dense;
 }
 
+void KeepOwned(const ModelSnapshot& in, int index, int count, ModelSnapshot* out) {
+  out->shape = in.shape;
+  out->learned = in.learned;
+  out->tables.clear();
+  for (const TableDelta& t : in.tables) {
+    if (t.table == "user") {
+      out->tables.push_back(t);
+      continue;
+    }
+    TableDelta& d = out->tables.emplace_back();
+    d.table = t.table;
+    d.width = t.width;
+    size_t n = 0;
+    for (const std::string& k : t.keys) n += OwnerOf(k, count) == index;
+    d.keys.reserve(n);
+    d.values.resize(n * size_t(t.width));
+    size_t at = 0;
+    for (size_t i = 0; i < t.keys.size(); ++i) {
+      if (OwnerOf(t.keys[i], count) != index) continue;
+      d.keys.push_back(t.keys[i]);
+      std::copy_n(t.values.data() + i * size_t(t.width), t.width,
+                  d.values.data() + at++ * size_t(t.width));
+    }
+  }
+  out->feature_lists = in.feature_lists;
+  out->dense.clear();
+  if (index == 0) out->dense = in.dense;
+  out->new_purchases = in.new_purchases;
+  out->deleted = in.deleted;
+  out->deleted_purchases = in.deleted_purchases;
+}
+
 Sharing::Sharing(Model* model)
     : m_(*model), index_(model->options.trainer_index), count_(model->options.trainer_count) {
   std::vector<EmbeddingTable*> tables = {&m_.items, &m_.user_features, &m_.item_features};

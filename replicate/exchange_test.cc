@@ -81,8 +81,8 @@ struct Cluster {
   std::map<std::string, std::string> properties;
   Cluster() {
     ingest::TopicNames topics;
+    // The topics, the updates topic included, with 2 partitions each.
     REQUIRE(ingest::EmbeddedKafka::Start(1, 2, topics, &kafka).ok());
-    REQUIRE(kafka->CreateTopic("recstream.model.updates", 2).ok());
     ingest::EmbeddedKafka::AddConsumerProperties(&properties);
   }
   ExchangeOptions Options(int index) const {

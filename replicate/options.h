@@ -22,6 +22,11 @@ struct ReplicationOptions {
   // A replica's snapshot source (replica.snapshot_url); empty: the one the
   // trainer announces.
   std::string snapshot_url;
+  // Several trainers on one model (trainer.exchange_interval_ms): with
+  // trainer.count > 1, each trainer sends its changes to the rows' owners
+  // and follows the others' rows every this many ms; 0: trainers do not
+  // share (each learns a model of its own).
+  int exchange_interval_ms = 10;
 };
 
 struct PublisherOptions {

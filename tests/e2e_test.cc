@@ -210,4 +210,87 @@ TEST_CASE("Admission counts survive a restart of the service", "[e2e][admission]
   REQUIRE(service->Shutdown().ok());
 }
 
+
+TEST_CASE("Two trainers share one model through Kafka: each learns its users, both score alike",
+          "[e2e][trainers]") {
+  testing::TempDir dir;
+  std::unique_ptr<ingest::EmbeddedKafka> kafka;
+  ingest::TopicNames topics;
+  // Four partitions of every topic, the updates topic included.
+  REQUIRE(ingest::EmbeddedKafka::Start(1, 4, topics, &kafka).ok());
+  std::unique_ptr<app::Service> trainer[2];
+  uint16_t port[2];
+  for (int i = 0; i < 2; ++i) {
+    config::AppConfig cfg;
+    cfg.kafka.brokers = kafka->bootstrap();
+    cfg.kafka.ownership.count = 2;
+    cfg.kafka.ownership.index = i;
+    ingest::EmbeddedKafka::AddConsumerProperties(&cfg.kafka.properties);
+    cfg.store.path = dir.path() + "/t" + std::to_string(i);
+    cfg.store.checkpoint_interval_ms = 300;
+    cfg.serve.listen = "127.0.0.1:0";
+    cfg.learner.threads = 1;
+    REQUIRE(app::Service::Start(cfg, &trainer[i]).ok());
+    port[i] = PortOf(trainer[i]->http_address());
+  }
+  std::unique_ptr<ingest::EventProducer> producer;
+  REQUIRE(ingest::EventProducer::Open(kafka->bootstrap(), topics, &producer).ok());
+  ingest::ParserOptions parser;
+  std::mt19937 rng(2);
+  int produced = 0;
+  auto send = [&](const std::string& json) {
+    REQUIRE(producer->SendEvent(json, parser).ok());
+    ++produced;
+  };
+  for (int i = 0; i < 3000; ++i) {
+    const int u = int(rng() % 60), it = int(rng() % 30);
+    send(Event("click", "user" + std::to_string(u), "item" + std::to_string(it),
+               (u % 3) == (it % 3) ? 1 : 0));
+    if (i % 4 == 0)
+      send(Event("rating", "user" + std::to_string(u), "item" + std::to_string(it),
+                 (u % 3) == (it % 3) ? 5 : 1));
+  }
+  // One item only alice ever sees: the other trainer knows it only from
+  // alice's trainer.
+  for (int i = 0; i < 20; ++i) send(Event("click", "alice", "solo", 1));
+  REQUIRE(producer->Flush(10000).ok());
+
+  REQUIRE(WaitFor([&] { return Learned(port[0]) + Learned(port[1]) == produced; }, 60s));
+  CHECK(Learned(port[0]) > 0);
+  CHECK(Learned(port[1]) > 0);
+  // Each user is learned by one trainer only.
+  auto known_user = [&](int t, const std::string& user) {
+    Json j;
+    auto r = HttpCall(port[t], "GET", "/v1/score?user=" + user + "&item=item1");
+    return r.status == 200 && j.Parse(r.body) && j.Bool("/known/user");
+  };
+  for (const char* user : {"user1", "user2", "user3", "alice"})
+    CHECK(known_user(0, user) != known_user(1, user));
+
+  // Once the trainers are quiet, they hold the same item rows and dense
+  // layers: a user neither has seen scores alike on both, bit for bit.
+  auto score = [&](int t, const std::string& item) {
+    return HttpCall(port[t], "GET", "/v1/score?user=nobody&item=" + item).body;
+  };
+  REQUIRE(WaitFor(
+      [&] {
+        for (const char* item : {"item0", "item7", "item13", "item29", "solo"})
+          if (score(0, item) != score(1, item)) return false;
+        return true;
+      },
+      30s));
+  for (int t = 0; t < 2; ++t) {
+    Json j;
+    REQUIRE(j.Parse(score(t, "solo")));
+    CHECK(j.Bool("/known/item"));
+  }
+  // Learned, not initial: items of a group score apart for a user of it.
+  Json a, b;
+  const int t3 = known_user(0, "user3") ? 0 : 1;
+  REQUIRE(a.Parse(HttpCall(port[t3], "GET", "/v1/score?user=user3&item=item0").body));
+  REQUIRE(b.Parse(HttpCall(port[t3], "GET", "/v1/score?user=user3&item=item1").body));
+  CHECK(a.Number("/click") > b.Number("/click") + 0.2);
+  for (int t = 0; t < 2; ++t) REQUIRE(trainer[t]->Shutdown().ok());
+}
+
 }  // namespace recstream
