@@ -56,6 +56,12 @@ struct Batch {
   // Per partition of the batch (rejected messages included): the offset
   // after its last message.
   OffsetMap next;
+  // Several trainers, after a restart: events[0, replayed) are events
+  // learned again whose changes to other trainers' rows are in the outbox
+  // already (their shared changes are dropped); ahead of the rest, each
+  // partition's events still in order. flags: per event, while building.
+  size_t replayed = 0;
+  std::vector<uint8_t> flags;
 };
 
 // A snapshot on its way to the store.
@@ -73,6 +79,9 @@ struct CheckpointJob {
   // The model-topic version the snapshot brings the store to (zero when
   // not publishing).
   store::model_records::Version published;
+  // Several trainers: the last outbox batch taken before the snapshot (its
+  // events are in it); stored and sent, such batches leave the outbox.
+  uint64_t exchange_through = 0;
 };
 
 // A snapshot on its way to the model topic (and, merged with the ones
@@ -87,6 +96,7 @@ struct SnapshotJob {
   uint64_t request = 0;
   uint64_t number = 0;  // Learner::snapshot_number
   int64_t time_ms = 0;
+  uint64_t exchange_through = 0;  // as CheckpointJob's
 };
 
 }  // namespace
@@ -214,7 +224,17 @@ struct Service::Impl : public serve::ServiceHooks {
   std::deque<std::pair<uint64_t, learner::ModelChanges>> to_send;  // guarded by mu
   bool exchange_busy = false;  // a batch is being sent; guarded by mu
   std::atomic<uint64_t> exchange_errors{0};
+  std::atomic<uint64_t> acked_through{0};  // batches sent, in order
+  uint64_t outbox_deleted = 0;             // writer thread only
+  uint64_t merged_exchange_through = 0;    // publish thread only
+  // After a restart: events up to these positions were learned and their
+  // changes stored in the outbox before the crash (ingest thread only).
+  OffsetMap replay_until;
   void MaybeExchange();
+  // Takes this trainer's changes to others' rows, stores them in the
+  // outbox and queues them for sending; with `drop`, only forgets them
+  // (replayed events: in the outbox already). Training thread.
+  void TakeChanges(bool drop);
   void SendLoop();
   std::string applied_topic() const { return config.kafka.topics.updates + std::string(kAppliedSuffix); }
   static constexpr std::string_view kAppliedSuffix = "#applied";
@@ -323,6 +343,24 @@ recstream::Status Service::Impl::Init() {
     RECSTREAM_RETURN_IF_ERROR(
         replicate::TrainerExchange::Open(eo, exchange_start, exchange_applied, &exchange));
     next_exchange = Clock::now();
+    // Batches taken before a crash or stop go out again (an owner drops
+    // those it has), and the events they cover are learned again without
+    // taking their changes a second time.
+    std::vector<store::CheckpointStore::OutboxBatch> outbox;
+    RECSTREAM_RETURN_IF_ERROR(store->ReadOutbox(&outbox, &exchange_number));
+    for (store::CheckpointStore::OutboxBatch& b : outbox) {
+      learner::ModelChanges changes;
+      RECSTREAM_RETURN_IF_ERROR(replicate::DecodeChanges(b.bytes, &changes));
+      to_send.emplace_back(b.number, std::move(changes));
+    }
+    if (!outbox.empty()) {
+      for (const auto& [tp, offset] : outbox.back().positions) {
+        auto it = offsets.find(tp);
+        if (it == offsets.end() || it->second < offset) replay_until[tp] = offset;
+      }
+      spdlog::info("exchange: {} outbox batches to send again (up to {}); {} partitions to replay",
+                   outbox.size(), exchange_number, replay_until.size());
+    }
     spdlog::info(
         "trainer {} of {} shares one model: changes to owners on {}, every {} ms; {} senders' "
         "batches applied before",
@@ -381,6 +419,7 @@ void Service::Impl::IngestLoop() {
     }
     if (!batch) batch = std::make_unique<Batch>();
     batch->size = 0;
+    batch->replayed = 0;
     batch->next.clear();
     // Each message is parsed straight from librdkafka's buffer into a reused
     // Event (its strings' and vectors' capacity stays): no copy of the
@@ -399,6 +438,12 @@ void Service::Impl::IngestLoop() {
         return;
       }
       ++seen_now[int(e.task)];
+      if (!replay_until.empty()) {
+        if (b.flags.size() < b.size + 1) b.flags.resize(b.size + 1);
+        auto it = replay_until.find(TopicPartition{std::string(m.topic), m.partition});
+        b.flags[b.size] = it != replay_until.end() && m.offset < it->second;
+        b.replayed += b.flags[b.size];
+      }
       ++b.size;
     };
     size_t polled = 0;
@@ -412,6 +457,24 @@ void Service::Impl::IngestLoop() {
     }
     if (polled == 0) continue;
     consumed += polled;
+    if (b.replayed > 0) {
+      // Replayed events first (each partition's order stays: its replayed
+      // events come before its others).
+      std::vector<size_t> order(b.size);
+      for (size_t i = 0; i < b.size; ++i) order[i] = i;
+      std::stable_partition(order.begin(), order.end(), [&](size_t i) { return b.flags[i] != 0; });
+      std::vector<learner::Event> sorted(b.size);
+      for (size_t i = 0; i < b.size; ++i) sorted[i] = std::move(b.events[order[i]]);
+      for (size_t i = 0; i < b.size; ++i) b.events[i] = std::move(sorted[i]);
+    }
+    if (!replay_until.empty()) {
+      const OffsetMap now_at = consumer->Positions();
+      std::erase_if(replay_until, [&](const auto& e) {
+        auto it = now_at.find(e.first);
+        return it != now_at.end() && it->second >= e.second;
+      });
+      if (replay_until.empty()) spdlog::info("exchange: replay of the outbox's events done");
+    }
     for (int t = 0; t < learner::kNumTasks; ++t)
       if (seen_now[t]) seen[t].fetch_add(seen_now[t], std::memory_order_relaxed);
     std::unique_lock lock(batch_mu);
@@ -457,7 +520,16 @@ void Service::Impl::TrainLoop() {
     if (batch && learner->OverLimit()) WaitForMemory();
     if (batch) {
       const auto train_start = Clock::now();
-      if (batch->size > 0) learner->Train(std::span(batch->events.data(), batch->size));
+      if (batch->replayed > 0 && exchange) {
+        TakeChanges(false);  // what was learned before goes out as usual
+        learner->Train(std::span(batch->events.data(), batch->replayed));
+        TakeChanges(true);
+        if (batch->size > batch->replayed)
+          learner->Train(std::span(batch->events.data() + batch->replayed,
+                                   batch->size - batch->replayed));
+      } else if (batch->size > 0) {
+        learner->Train(std::span(batch->events.data(), batch->size));
+      }
       const double took = std::chrono::duration<double>(Clock::now() - train_start).count();
       train_s += took;
       longest_train_ms = std::max(longest_train_ms, took * 1e3);
@@ -589,6 +661,17 @@ void Service::Impl::WriterLoop() {
     if (s.ok()) {
       spdlog::debug("checkpoint {}: {} rows, {} bytes in {:.1f} ms", info.sequence, info.rows,
                     info.bytes, info.duration_ms);
+      // Outbox batches that are sent and whose events this checkpoint
+      // holds are done with.
+      const uint64_t done =
+          std::min(job->exchange_through, acked_through.load(std::memory_order_acquire));
+      if (exchange && done > outbox_deleted) {
+        if (recstream::Status d = store->DeleteOutbox(done); d.ok()) {
+          outbox_deleted = done;
+        } else {
+          spdlog::warn("exchange: deleting sent outbox batches: {}", d.ToString());
+        }
+      }
     } else {
       spdlog::error("checkpoint failed: {}", s.ToString());
     }
@@ -698,6 +781,10 @@ void Service::Impl::MaybeSnapshot(bool final) {
     job = std::move(snap_recycled);
   }
   if (!job) job = std::make_unique<SnapshotJob>();
+  // Several trainers: a checkpoint stores follower rows as their own base,
+  // so every change up to it is taken (and in the outbox) first.
+  if (exchange && checkpoint) TakeChanges(false);
+  job->exchange_through = exchange_number;
   learner->BeginSnapshot(full, &job->snapshot);
   job->number = learner->snapshot_number();
   job->time_ms = NowMs();
@@ -746,16 +833,32 @@ void Service::Impl::MaybeExchange() {
     learned_positions[{config.kafka.topics.updates, p}] = offset;
   for (const auto& [sender, number] : applied)
     learned_positions[{applied_topic(), sender}] = int64_t(number);
-  // This trainer's changes to rows others own.
+  TakeChanges(false);
+}
+
+void Service::Impl::TakeChanges(bool drop) {
   learner::ModelChanges changes;
   learner->TakeChanges(&changes);
+  if (drop) return;
   bool any = changes.rows() > 0 || !changes.feature_lists.empty();
   for (const auto& [name, values] : changes.dense)
     for (float v : values) any |= v != 0.0f;
   if (!any) return;
-  const uint64_t number = ++exchange_number;
+  store::CheckpointStore::OutboxBatch batch;
+  batch.number = ++exchange_number;
+  batch.bytes = replicate::EncodeChanges(changes);
+  for (const auto& [tp, offset] : learned_positions)
+    if (tp.topic != config.kafka.topics.updates && tp.topic != applied_topic())
+      batch.positions[tp] = offset;
+  // Stored before it can count as sent (a checkpoint after this one stores
+  // the rows as they are now, the change taken out).
+  if (recstream::Status st = store->PutOutbox(batch); !st.ok()) {
+    exchange_errors.fetch_add(1, std::memory_order_relaxed);
+    spdlog::warn("exchange: storing outbox batch {} failed (a crash before it is sent loses it): {}",
+                 batch.number, st.ToString());
+  }
   std::lock_guard lock(mu);
-  to_send.emplace_back(number, std::move(changes));
+  to_send.emplace_back(batch.number, std::move(changes));
   cv.notify_all();
 }
 
@@ -776,6 +879,7 @@ void Service::Impl::SendLoop() {
       recstream::Status st = exchange->Send(batch.second, batch.first);
       if (st.ok()) {
         backoff_ms = 0;
+        acked_through.store(batch.first, std::memory_order_release);
         std::lock_guard lock(mu);
         exchange_busy = false;
         cv.notify_all();
@@ -810,6 +914,7 @@ void Service::Impl::PublishLoop() {
     for (const auto& [tp, offset] : job->offsets) merged_offsets[tp] = offset;
     merged_request = std::max(merged_request, job->request);
     merged_number = std::max(merged_number, job->number);
+    merged_exchange_through = std::max(merged_exchange_through, job->exchange_through);
     recstream::Status s;
     if (job->publish && exchange) {
       // Several trainers: this trainer's own rows only (its users, the
@@ -855,6 +960,7 @@ void Service::Impl::PublishLoop() {
       merged_offsets.clear();
       ckpt->request = merged_request;
       ckpt->number = merged_number;
+      ckpt->exchange_through = merged_exchange_through;
       ckpt->finished = true;
       ckpt->published = version;
       std::unique_lock lock(mu);

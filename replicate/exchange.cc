@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "replicate/kafka_util.h"
+#include "store/codec.h"
 #include "store/model_records.h"
 
 namespace recstream::replicate {
@@ -68,6 +69,43 @@ struct TrainerExchange::Impl : public RdKafka::DeliveryReportCb {
   void OnUpdate(const RdKafka::Message& m);
   void OnVersion(const RdKafka::Message& m);
 };
+
+std::string EncodeChanges(const learner::ModelChanges& changes) {
+  learner::ModelSnapshot s;
+  s.tables = changes.tables;
+  s.dense = changes.dense;
+  s.feature_lists = changes.feature_lists;
+  std::string out;
+  (void)mr::ForEachModelRecord(s, mr::Commit(), false,
+                               [&](std::string_view key, std::string_view value) -> Status {
+                                 if (key == mr::kCommitKey) return Status::OK();
+                                 store::codec::PutFixed32(&out, uint32_t(key.size()));
+                                 out += key;
+                                 store::codec::PutFixed32(&out, uint32_t(value.size()));
+                                 out += value;
+                                 return Status::OK();
+                               });
+  return out;
+}
+
+Status DecodeChanges(std::string_view bytes, learner::ModelChanges* out) {
+  mr::SnapshotBuilder builder;
+  RECSTREAM_RETURN_IF_ERROR(
+      mr::ForEachPageRecord(bytes, [&](std::string_view key, std::string_view value) -> Status {
+        mr::Header h;
+        std::string_view payload;
+        RECSTREAM_RETURN_IF_ERROR(mr::DecodeHeader(value, &h, &payload));
+        return builder.AddTopicRecord(key, h, payload);
+      }));
+  learner::ModelSnapshot s;
+  *out = learner::ModelChanges();
+  if (builder.Take(&s)) {
+    out->tables = std::move(s.tables);
+    out->dense = std::move(s.dense);
+    out->feature_lists = std::move(s.feature_lists);
+  }
+  return Status::OK();
+}
 
 TrainerExchange::TrainerExchange(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 

@@ -65,6 +65,12 @@ struct ExchangeStats {
   uint64_t followed_versions = 0;   // other trainers' versions handed over
 };
 
+// A batch of changes as bytes (the records Send would produce, framed as
+// key length u32, key, value length u32, value), for a trainer's outbox
+// (store/checkpoint_store.h), and back. Corruption when malformed.
+std::string EncodeChanges(const learner::ModelChanges& changes);
+Status DecodeChanges(std::string_view bytes, learner::ModelChanges* out);
+
 class TrainerExchange {
  public:
   // `start`: per updates partition this trainer reads, the position to read

@@ -42,6 +42,7 @@ using codec::kDensePrefix;
 using codec::kFeatureListPrefix;
 using codec::kInfoKey;
 using codec::kOffsetPrefix;
+using codec::kOutboxPrefix;
 using codec::kPurchasePrefix;
 using codec::kRowPrefix;
 using codec::kShapeKey;
@@ -1226,7 +1227,8 @@ Status CheckpointStore::ReadModelPage(std::string_view after, size_t max_bytes,
   for (; it->Valid(); it->Next()) {
     const std::string_view key = ToView(it->key());
     // Metadata and positions are the trainer's own.
-    if (key.starts_with(kOffsetPrefix) || key == kInfoKey || key == codec::kPublishedKey)
+    if (key.starts_with(kOffsetPrefix) || key == kInfoKey || key == codec::kPublishedKey ||
+        key.starts_with(kOutboxPrefix))
       continue;
     const std::string_view value = ToView(it->value());
     codec::PutFixed32(&page->records, uint32_t(key.size()));
@@ -1240,6 +1242,90 @@ Status CheckpointStore::ReadModelPage(std::string_view after, size_t max_bytes,
   }
   if (!it->status().ok()) return FromRocks(it->status(), "reading the model");
   return Status::OK();
+}
+
+namespace {
+// The outbox (PutOutbox): "x/b" + the number (big-endian, so in number
+// order) -> positions, then the batch's bytes; "x/last" -> the last number.
+std::string OutboxKey(uint64_t number) {
+  std::string k(kOutboxPrefix);
+  k += 'b';
+  for (int i = 7; i >= 0; --i) k.push_back(char((number >> (8 * i)) & 0xff));
+  return k;
+}
+const std::string kOutboxLast = std::string(kOutboxPrefix) + "last";
+}  // namespace
+
+Status CheckpointStore::PutOutbox(const OutboxBatch& batch) {
+  Impl& d = *impl_;
+  if (!d.db) return Status::Unavailable("store " + d.options.path + " is not open");
+  std::string value;
+  codec::PutFixed32(&value, uint32_t(batch.positions.size()));
+  for (const auto& [tp, offset] : batch.positions) {
+    codec::PutFixed32(&value, uint32_t(tp.topic.size()));
+    value += tp.topic;
+    codec::PutFixed32(&value, uint32_t(tp.partition));
+    codec::PutFixed64(&value, uint64_t(offset));
+  }
+  value += batch.bytes;
+  std::string last;
+  codec::PutFixed64(&last, batch.number);
+  rocksdb::WriteBatch wb;
+  rocksdb::Status s = wb.Put(ToSlice(OutboxKey(batch.number)), ToSlice(value));
+  if (s.ok()) s = wb.Put(ToSlice(kOutboxLast), ToSlice(last));
+  if (s.ok()) {
+    rocksdb::WriteOptions wo;
+    wo.sync = d.options.sync;
+    s = d.db->Write(wo, &wb);
+  }
+  return s.ok() ? Status::OK() : FromRocks(s, "storing an outbox batch");
+}
+
+Status CheckpointStore::ReadOutbox(std::vector<OutboxBatch>* batches, uint64_t* last) const {
+  Impl& d = *impl_;
+  if (!d.db) return Status::Unavailable("store " + d.options.path + " is not open");
+  batches->clear();
+  *last = 0;
+  std::string v;
+  rocksdb::Status g = d.db->Get(rocksdb::ReadOptions(), ToSlice(kOutboxLast), &v);
+  if (g.ok() && v.size() == 8) *last = codec::DecodeFixed64(v.data());
+  if (!g.ok() && !g.IsNotFound()) return FromRocks(g, "reading the outbox");
+  std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(rocksdb::ReadOptions()));
+  const std::string first = std::string(kOutboxPrefix) + "b";
+  for (it->Seek(ToSlice(first)); it->Valid(); it->Next()) {
+    const std::string_view key = ToView(it->key());
+    if (!key.starts_with(first) || key.size() != first.size() + 8) break;
+    OutboxBatch& b = batches->emplace_back();
+    for (size_t i = 0; i < 8; ++i) b.number = b.number << 8 | uint8_t(key[first.size() + i]);
+    std::string_view r = ToView(it->value());
+    auto bad = [&] { return Status::Corruption("outbox batch " + std::to_string(b.number) + " is malformed"); };
+    if (r.size() < 4) return bad();
+    uint32_t n = codec::DecodeFixed32(r.data());
+    r.remove_prefix(4);
+    for (uint32_t i = 0; i < n; ++i) {
+      if (r.size() < 4) return bad();
+      const uint32_t len = codec::DecodeFixed32(r.data());
+      if (r.size() < 4 + size_t(len) + 12) return bad();
+      TopicPartition tp;
+      tp.topic.assign(r.substr(4, len));
+      tp.partition = int32_t(codec::DecodeFixed32(r.data() + 4 + len));
+      b.positions[tp] = int64_t(codec::DecodeFixed64(r.data() + 8 + len));
+      r.remove_prefix(16 + len);
+    }
+    b.bytes.assign(r);
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "reading the outbox");
+  return Status::OK();
+}
+
+Status CheckpointStore::DeleteOutbox(uint64_t through) {
+  Impl& d = *impl_;
+  if (!d.db) return Status::Unavailable("store " + d.options.path + " is not open");
+  rocksdb::WriteOptions wo;
+  wo.sync = d.options.sync;
+  rocksdb::Status s = d.db->DeleteRange(wo, d.db->DefaultColumnFamily(),
+                                        ToSlice(OutboxKey(0)), ToSlice(OutboxKey(through + 1)));
+  return s.ok() ? Status::OK() : FromRocks(s, "deleting sent outbox batches");
 }
 
 Status CheckpointStore::ReadUsers(std::span<const std::string_view> ids,

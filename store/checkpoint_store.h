@@ -140,6 +140,27 @@ class CheckpointStore : public learner::RowSource {
   Status ScanLeft(std::string_view after, size_t max,
                   std::vector<LeftUser>* out) const override;
 
+  // Several trainers on one model (docs/interface.md): the OUTBOX of
+  // changes this trainer took for other trainers, kept from when they are
+  // taken until they are sent and a checkpoint covers them, so that a crash
+  // neither loses a taken change nor takes it again. A batch: its number,
+  // its bytes (replicate/exchange.h's encoding), and the learned positions
+  // when it was taken (events up to them are in it). Never in the model's
+  // pages, Load or a replica's snapshot.
+  struct OutboxBatch {
+    uint64_t number = 0;
+    std::string bytes;
+    OffsetMap positions;
+  };
+  // Stores a batch (durable as a checkpoint is, store.sync) and its number
+  // as the last one taken. IOError when RocksDB fails.
+  Status PutOutbox(const OutboxBatch& batch);
+  // Every batch stored and not deleted, in number order, and the number of
+  // the last one ever stored (0: none).
+  Status ReadOutbox(std::vector<OutboxBatch>* batches, uint64_t* last) const;
+  // Deletes the batches numbered up to `through` (the last number stays).
+  Status DeleteOutbox(uint64_t through);
+
   // RocksDB's own memory, for benchmarks and diagnosis: the memtables
   // (active, immutable and pinned), the table readers' index and filter
   // blocks held outside the block cache, and the block cache's use. Any

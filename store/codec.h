@@ -53,6 +53,9 @@ inline constexpr std::string_view kDensePrefix = "d/";
 inline constexpr std::string_view kPurchasePrefix = "p/";
 inline constexpr std::string_view kFeatureListPrefix = "f/";
 inline constexpr std::string_view kOffsetPrefix = "o/";
+// Several trainers: the outbox of changes taken for other trainers
+// (CheckpointStore::PutOutbox), the trainer's own, never part of the model.
+inline constexpr std::string_view kOutboxPrefix = "x/";
 // The model-topic version the stored model is (when the trainer publishes):
 // generation u64, sequence u64 (store/model_records.h).
 inline constexpr std::string_view kPublishedKey = "m/published";

@@ -8,6 +8,8 @@
 #include <set>
 
 #include "ingest/kafka.h"
+#include "ingest/parser.h"
+#include "learner/learner.h"
 #include "serve/test_http_client.h"
 #include "store/checkpoint_store.h"
 #include "tests/test_util.h"
@@ -112,9 +114,12 @@ class Cluster {
         produced_.rating += 1;
       }
       REQUIRE(producer_->SendEvent(json, ingest::ParserOptions{}).ok());
+      events_.push_back(json);
     }
     REQUIRE(producer_->Flush(10000).ok());
   }
+  // Every event produced, in order.
+  const std::vector<std::string>& events() const { return events_; }
 
  private:
   std::string log_, bootstrap_file_, brokers_;
@@ -122,6 +127,7 @@ class Cluster {
   std::unique_ptr<ingest::EventProducer> producer_;
   std::mt19937 rng_{7};
   Counts produced_{0, 0, 0};
+  std::vector<std::string> events_;
 };
 
 double Seconds(std::chrono::steady_clock::duration d) {
@@ -411,6 +417,121 @@ TEST_CASE("SIGKILL while users leave memory loses no user's event and applies no
   }
   INFO("first wrong history " << first);
   CHECK(wrong == 0);
+}
+
+TEST_CASE("Two trainers sharing one model: a SIGKILL of either loses no change and applies none twice",
+          "[trainers][exchange]") {
+  // Learning rates so small that no parameter moves: every event's
+  // gradient then depends on the event alone, and each Adagrad accumulator
+  // ends as its initial value plus the sum of the squared gradients of
+  // every event that touched it, wherever it was learned. So the item
+  // rows each owner stores must match one learner that learned every event
+  // once: a change lost or applied twice moves an item's accumulators by
+  // about one event's share in 60. (Dense accumulators add the square of
+  // each chunk's summed gradient, so they depend on how events were
+  // batched, and are not compared.)
+  const std::vector<std::string> still = {
+      "model.lr_embedding=1e-30", "model.lr_dense=1e-30", "model.lr_bias=0",
+      "model.weighting=fixed",    "model.history=0",      "learner.threads=1",
+      "model.feedback=explicit"};
+  testing::TempDir dir;
+  Cluster cluster(dir, 4);
+  const uint16_t ports[2] = {testing::FreePort(), testing::FreePort()};
+  const std::string stores[2] = {dir.path() + "/t0", dir.path() + "/t1"};
+  auto start = [&](int i) {
+    std::vector<std::string> extra = still;
+    extra.push_back("trainer.count=2");
+    extra.push_back("trainer.index=" + std::to_string(i));
+    extra.push_back("replicate.interval_ms=50");
+    auto s = std::make_unique<Server>(cluster.brokers(), stores[i], ports[i], cluster.log(), extra);
+    REQUIRE(s->Up());
+    return s;
+  };
+  auto learned = [&] { return Learned(ports[0]).total() + Learned(ports[1]).total(); };
+  std::unique_ptr<Server> t[2] = {start(0), start(1)};
+  for (int victim : {1, 0}) {
+    // Kill while both learn and exchange.
+    cluster.Produce(2500);
+    REQUIRE(WaitFor([&] { return learned() >= cluster.produced().total() - 1500; }, 60s));
+    t[victim]->process().Signal(SIGKILL);
+    CHECK(t[victim]->process().Wait() == 128 + SIGKILL);
+    cluster.Produce(500);  // while it is down
+    t[victim] = start(victim);
+  }
+  cluster.Produce(1000);
+  REQUIRE(WaitFor([&] { return learned() == cluster.produced().total(); }, 60s));
+  std::this_thread::sleep_for(2s);  // changes reach the owners
+  // Stop 1 (its last changes reach 0), then 0; then 1 once more to take
+  // what 0 sent last.
+  for (int i : {1, 0, 1}) {
+    if (!t[i]) t[i] = start(i);
+    std::this_thread::sleep_for(2s);
+    t[i]->process().Signal(SIGTERM);
+    CHECK(t[i]->process().Wait() == 0);
+    t[i].reset();
+  }
+  CHECK(learned() < 0);  // both down
+
+  // One learner that learned every event once.
+  learner::LearnerOptions lo;
+  lo.lr_embedding = 1e-30f;
+  lo.lr_dense = 1e-30f;
+  lo.lr_bias = 0;
+  lo.weighting = learner::Weighting::kFixed;
+  lo.history = 0;
+  lo.threads = 1;
+  lo.feedback = learner::Feedback::kExplicit;
+  std::unique_ptr<learner::Learner> one;
+  REQUIRE(learner::Learner::Create(lo, &one).ok());
+  ingest::EventParser parser{ingest::ParserOptions{}};
+  std::vector<learner::Event> events;
+  for (const std::string& json : cluster.events()) {
+    learner::Event e;
+    REQUIRE_FALSE(parser.Parse(json, &e, 0));
+    events.push_back(std::move(e));
+  }
+  for (const learner::Event& e : events) one->Train(std::span(&e, 1));
+  learner::ModelSnapshot want;
+  one->TakeSnapshot(true, &want);
+  auto rows_of = [](const learner::ModelSnapshot& s, const std::string& table) {
+    std::map<std::string, std::vector<float>> out;
+    for (const auto& d : s.tables)
+      if (d.table == table)
+        for (size_t i = 0; i < d.keys.size(); ++i)
+          out[d.keys[i]].assign(d.values.data() + i * size_t(d.width),
+                                d.values.data() + (i + 1) * size_t(d.width));
+    return out;
+  };
+  const auto want_items = rows_of(want, "item");
+  REQUIRE(want_items.size() == 100);
+  auto close = [](const std::vector<float>& a, const std::vector<float>& b, size_t from) {
+    double worst = 0;
+    for (size_t k = from; k < a.size(); ++k)
+      worst = std::max(worst, std::abs(double(a[k]) - b[k]) / std::max(1e-6, std::abs(double(b[k]))));
+    return worst;
+  };
+  size_t checked = 0;
+  for (int i = 0; i < 2; ++i) {
+    store::StoreOptions so;
+    so.path = stores[i];
+    std::unique_ptr<store::CheckpointStore> st;
+    REQUIRE(store::CheckpointStore::Open(so, &st).ok());
+    learner::ModelSnapshot got;
+    OffsetMap offsets;
+    store::CheckpointInfo info;
+    REQUIRE(st->Load(&got, &offsets, &info).ok());
+    const auto items = rows_of(got, "item");
+    const size_t width = want_items.begin()->second.size();
+    for (const auto& [item, w] : want_items) {
+      if (learner::OwnerOf(item, 2) != i) continue;
+      INFO("trainer " << i << " item " << item);
+      REQUIRE(items.count(item));
+      // The accumulators (the second half of a row): every event once.
+      CHECK(close(items.at(item), w, width / 2) < 1e-3);
+      ++checked;
+    }
+  }
+  CHECK(checked == 100);
 }
 
 }  // namespace recstream
