@@ -1019,6 +1019,20 @@ serve::ServiceStatus Service::Impl::Status() const {
     st.assigned_partitions.push_back(tp.topic + "/" + std::to_string(tp.partition));
   for (const TopicPartition& tp : assignment.missing)
     st.missing_partitions.push_back(tp.topic + "/" + std::to_string(tp.partition));
+  if (exchange) {
+    const replicate::ExchangeStats x = exchange->stats();
+    st.exchange.on = true;
+    st.exchange.sent_batches = x.sent_batches;
+    st.exchange.sent_bytes = x.sent_bytes;
+    st.exchange.received_batches = x.received_batches;
+    st.exchange.duplicate_batches = x.duplicate_batches;
+    st.exchange.incomplete_batches = x.incomplete_batches;
+    st.exchange.bad_records = x.bad_records;
+    st.exchange.followed_versions = x.followed_versions;
+    st.exchange.errors = exchange_errors.load(std::memory_order_relaxed);
+    std::lock_guard lock(mu);
+    st.exchange.outbox = to_send.size() + (exchange_busy ? 1 : 0);
+  }
   for (const ingest::PartitionLag& l : consumer->Lag())
     st.lag.push_back({l.topic, l.partition, l.position, l.high_watermark, l.lag});
   recstream::Status health = store->Health();

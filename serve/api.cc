@@ -731,6 +731,20 @@ HttpResponse Api::Stats() const {
   w.Key("missing_partitions").BeginArray();
   for (const std::string& p : st.missing_partitions) w.String(p);
   w.EndArray();
+  if (st.exchange.on) {
+    const ServiceStatus::Exchange& x = st.exchange;
+    w.Key("exchange").BeginObject();
+    w.Key("sent_batches").Uint(x.sent_batches);
+    w.Key("sent_bytes").Uint(x.sent_bytes);
+    w.Key("outbox").Uint(x.outbox);
+    w.Key("received_batches").Uint(x.received_batches);
+    w.Key("duplicate_batches").Uint(x.duplicate_batches);
+    w.Key("incomplete_batches").Uint(x.incomplete_batches);
+    w.Key("bad_records").Uint(x.bad_records);
+    w.Key("followed_versions").Uint(x.followed_versions);
+    w.Key("errors").Uint(x.errors);
+    w.EndObject();
+  }
   w.EndObject();
 
   w.Key("consumer").BeginObject();
@@ -923,6 +937,28 @@ HttpResponse Api::Metrics() const {
   p.Sample("recstream_trainer_info",
            {"index", std::to_string(st.trainer_index), "count", std::to_string(st.trainer_count)},
            1.0);
+  if (st.exchange.on) {
+    const ServiceStatus::Exchange& x = st.exchange;
+    p.Header("recstream_exchange_batches_total", "counter",
+             "Several trainers: batches of changes sent to other owners and received from other "
+             "trainers (applied, or dropped as duplicate or incomplete).");
+    p.Sample("recstream_exchange_batches_total", {"kind", "sent"}, double(x.sent_batches));
+    p.Sample("recstream_exchange_batches_total", {"kind", "received"}, double(x.received_batches));
+    p.Sample("recstream_exchange_batches_total", {"kind", "duplicate"}, double(x.duplicate_batches));
+    p.Sample("recstream_exchange_batches_total", {"kind", "incomplete"},
+             double(x.incomplete_batches));
+    p.Header("recstream_exchange_sent_bytes_total", "counter",
+             "Bytes of changes sent to other trainers.");
+    p.Sample("recstream_exchange_sent_bytes_total", double(x.sent_bytes));
+    p.Header("recstream_exchange_outbox", "gauge", "Batches of changes taken, not sent yet.");
+    p.Sample("recstream_exchange_outbox", double(x.outbox));
+    p.Header("recstream_exchange_followed_versions_total", "counter",
+             "Other trainers' published versions followed.");
+    p.Sample("recstream_exchange_followed_versions_total", double(x.followed_versions));
+    p.Header("recstream_exchange_errors_total", "counter",
+             "Sends that failed (sent again), changes refused and unreadable update records.");
+    p.Sample("recstream_exchange_errors_total", double(x.errors + x.bad_records));
+  }
   p.Header("recstream_assigned_partitions", "gauge",
            "Event-topic partitions this trainer owns and consumes.");
   p.Sample("recstream_assigned_partitions", static_cast<double>(st.assigned_partitions.size()));

@@ -67,6 +67,20 @@ struct ServiceStatus {
   int trainer_count = 1;
   std::vector<std::string> assigned_partitions;
   std::vector<std::string> missing_partitions;
+  // Several trainers sharing one model (docs/interface.md): whether this
+  // trainer exchanges, and the exchange's counters since start.
+  struct Exchange {
+    bool on = false;
+    uint64_t sent_batches = 0;        // batches acknowledged (one per other owner)
+    uint64_t sent_bytes = 0;
+    uint64_t outbox = 0;              // batches taken, not sent yet
+    uint64_t received_batches = 0;    // other trainers' changes applied
+    uint64_t duplicate_batches = 0;   // dropped: applied before
+    uint64_t incomplete_batches = 0;  // dropped: cut short
+    uint64_t bad_records = 0;         // unreadable, skipped
+    uint64_t followed_versions = 0;   // other trainers' rows followed
+    uint64_t errors = 0;              // sends that failed, changes refused
+  } exchange;
   bool checkpoint_ok = true;  // false when the last checkpoint failed
   std::string checkpoint_error;
   int64_t last_checkpoint_ms = 0;  // Unix ms; 0 = never

@@ -284,6 +284,19 @@ TEST_CASE("Two trainers share one model through Kafka: each learns its users, bo
     REQUIRE(j.Parse(score(t, "solo")));
     CHECK(j.Bool("/known/item"));
   }
+  // The exchange is visible.
+  for (int t = 0; t < 2; ++t) {
+    Json j;
+    REQUIRE(j.Parse(HttpCall(port[t], "GET", "/v1/stats").body));
+    CHECK(j.Number("/trainer/exchange/sent_batches") > 0);
+    CHECK(j.Number("/trainer/exchange/received_batches") > 0);
+    CHECK(j.Number("/trainer/exchange/followed_versions") > 0);
+    CHECK(j.Number("/trainer/exchange/duplicate_batches") == 0);
+    CHECK(j.Number("/trainer/exchange/errors") == 0);
+    const std::string metrics = HttpCall(port[t], "GET", "/metrics").body;
+    CHECK(metrics.find("recstream_exchange_batches_total{kind=\"received\"}") !=
+          std::string::npos);
+  }
   // Learned, not initial: items of a group score apart for a user of it.
   Json a, b;
   const int t3 = known_user(0, "user3") ? 0 : 1;
