@@ -91,7 +91,24 @@ void KeepOwned(const ModelSnapshot& in, int index, int count, ModelSnapshot* out
                   d.values.data() + at++ * size_t(t.width));
     }
   }
-  out->feature_lists = in.feature_lists;
+  // Item lists: the owner's (each item's list as its owner has it);
+  // users' lists and histories are this trainer's; the negative ring is
+  // trainer 0's (replicas score implicit tasks with it).
+  out->feature_lists.clear();
+  for (const FeatureListDelta& l : in.feature_lists) {
+    if (l.table == "negative_ring" && index != 0) continue;
+    if (l.table != "item") {
+      out->feature_lists.push_back(l);
+      continue;
+    }
+    FeatureListDelta& d = out->feature_lists.emplace_back();
+    d.table = l.table;
+    for (size_t i = 0; i < l.keys.size(); ++i) {
+      if (OwnerOf(l.keys[i], count) != index) continue;
+      d.keys.push_back(l.keys[i]);
+      d.features.push_back(l.features[i]);
+    }
+  }
   out->dense.clear();
   if (index == 0) out->dense = in.dense;
   out->new_purchases = in.new_purchases;
@@ -264,7 +281,7 @@ void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
   }
 }
 
-void Sharing::SetItemLists(const std::vector<FeatureListDelta>& lists, bool owned) {
+void Sharing::SetItemLists(const std::vector<FeatureListDelta>& lists, bool owned, int from) {
   std::vector<uint32_t> rows;
   for (const FeatureListDelta& l : lists) {
     if (l.table == kRingAdds && owned && m_.recent.size() > 1 && l.features.size() == 1) {
@@ -277,6 +294,7 @@ void Sharing::SetItemLists(const std::vector<FeatureListDelta>& lists, bool owne
     if (l.table != "item" || l.features.size() != l.keys.size()) continue;
     for (size_t i = 0; i < l.keys.size(); ++i) {
       if (Owns(l.keys[i]) != owned || l.features[i].empty()) continue;
+      if (from >= 0 && OwnerOf(l.keys[i], count_) != from) continue;  // not the owner's list
       rows.clear();
       for (const std::string& f : l.features[i]) rows.push_back(m_.item_features.GetOrCreate(f));
       m_.item_lists.Set(m_.items.GetOrCreate(l.keys[i]), rows.data(), rows.data() + rows.size());
@@ -335,7 +353,7 @@ Status Sharing::AddChanges(const ModelChanges& changes) {
     }
     WriteDense(name, now);
   }
-  SetItemLists(changes.feature_lists, true);
+  SetItemLists(changes.feature_lists, true, -1);
   return Status::OK();
 }
 
@@ -372,7 +390,7 @@ Status Sharing::FollowOwners(const ModelSnapshot& published, int from) {
       counters_.rows_followed.fetch_add(1, std::memory_order_relaxed);
     }
   }
-  SetItemLists(published.feature_lists, false);
+  SetItemLists(published.feature_lists, false, from);
   if (index_ == 0 || (from > 0)) return Status::OK();
   for (const auto& [name, pub] : published.dense) {
     if (name == "feedback") {

@@ -96,8 +96,9 @@ class Sharing {
   };
   Shared* Find(std::string_view table);
   // Sets the "item" lists of `lists` for the items this trainer owns (or,
-  // `owned` false, does not own) that have features.
-  void SetItemLists(const std::vector<FeatureListDelta>& lists, bool owned);
+  // `owned` false, does not own; and, `from` >= 0, trainer `from` owns)
+  // that have features.
+  void SetItemLists(const std::vector<FeatureListDelta>& lists, bool owned, int from);
   std::vector<float> ReadDense(std::string_view name) const;
   void WriteDense(std::string_view name, const std::vector<float>& values);
 

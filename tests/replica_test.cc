@@ -557,4 +557,62 @@ TEST_CASE("Users and items expired on the trainer are removed from replicas", "[
   CHECK(Matches(tport, rport));
 }
 
+TEST_CASE("Replicas follow two trainers that share one model and score as the owning trainer",
+          "[replica][trainers]") {
+  testing::TempDir dir;
+  std::unique_ptr<ingest::EmbeddedKafka> kafka;
+  REQUIRE(ingest::EmbeddedKafka::Start(1, 4, ingest::TopicNames{}, &kafka).ok());
+  std::unique_ptr<app::Service> trainer[2];
+  uint16_t port[2];
+  for (int i = 0; i < 2; ++i) {
+    config::AppConfig cfg = TrainerConfig(kafka->bootstrap(), dir.path() + "/t" + std::to_string(i));
+    cfg.kafka.ownership.count = 2;
+    cfg.kafka.ownership.index = i;
+    cfg.learner.threads = 1;
+    // Every task explicit: an implicit task's popularity prior comes from
+    // each trainer's own ring, which replicas take from trainer 0.
+    cfg.learner.feedback = learner::Feedback::kExplicit;
+    REQUIRE(app::Service::Start(cfg, &trainer[i]).ok());
+    port[i] = PortOf(trainer[i]->http_address());
+  }
+  std::unique_ptr<app::Replica> replica = StartReplica(kafka->bootstrap());
+  const uint16_t rport = PortOf(replica->http_address());
+  Feed feed(kafka->bootstrap(), 11);
+  feed.Send(3000);
+  REQUIRE(WaitFor([&] { return Learned(port[0]) + Learned(port[1]) == feed.sent(); }, 60s));
+  for (int i = 0; i < 2; ++i) {
+    const double versions = Number(port[i], "/publishing/versions");
+    REQUIRE(WaitFor([&] { return Number(port[i], "/publishing/versions") >= versions + 3; }, 30s));
+  }
+  REQUIRE(WaitFor([&] { return Ready(rport); }, 30s));
+  // Each user's scores on the replica are its trainer's, bit for bit, and
+  // a user nobody has seen scores alike everywhere.
+  auto body = [](uint16_t p, const std::string& path) { return HttpCall(p, "GET", path).body; };
+  int users = 0;
+  REQUIRE(WaitFor(
+      [&] {
+        users = 0;
+        for (int u = 0; u < 200; u += 9) {
+          const std::string user = "u" + std::to_string(u);
+          for (int it : {0, 13, 41, 77}) {
+            const std::string path = "/v1/score?user=" + user + "&item=i" + std::to_string(it);
+            Json j;
+            if (!j.Parse(body(port[0], path))) return false;
+            const int owner = j.Bool("/known/user") ? 0 : 1;
+            if (body(rport, path) != body(port[owner], path)) return false;
+          }
+          ++users;
+        }
+        for (int it : {0, 13, 41, 77}) {
+          const std::string path = "/v1/score?user=nobody&item=i" + std::to_string(it);
+          if (body(rport, path) != body(port[0], path) || body(rport, path) != body(port[1], path))
+            return false;
+        }
+        return true;
+      },
+      30s));
+  CHECK(users == 23);
+  for (int i = 0; i < 2; ++i) REQUIRE(trainer[i]->Shutdown().ok());
+}
+
 }  // namespace recstream
