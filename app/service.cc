@@ -237,7 +237,13 @@ struct Service::Impl : public serve::ServiceHooks {
   void TakeChanges(bool drop);
   void SendLoop();
   std::string applied_topic() const { return config.kafka.topics.updates + std::string(kAppliedSuffix); }
+  std::string follow_topic() const { return config.kafka.topics.model + std::string(kFollowSuffix); }
+  bool ExchangePosition(const std::string& topic) const {
+    return topic == config.kafka.topics.updates || topic == applied_topic() ||
+           topic == follow_topic();
+  }
   static constexpr std::string_view kAppliedSuffix = "#applied";
+  static constexpr std::string_view kFollowSuffix = "#follow";
 };
 
 recstream::Status Service::Impl::Init() {
@@ -301,11 +307,14 @@ recstream::Status Service::Impl::Init() {
   // The exchange's positions are not event positions.
   std::map<int, int64_t> exchange_start;
   std::map<int, uint64_t> exchange_applied;
+  std::map<int, int64_t> exchange_follow;
   for (auto it = offsets.begin(); it != offsets.end();) {
     if (it->first.topic == config.kafka.topics.updates) {
       exchange_start[it->first.partition] = it->second;
     } else if (it->first.topic == applied_topic()) {
       exchange_applied[it->first.partition] = uint64_t(it->second);
+    } else if (it->first.topic == follow_topic()) {
+      exchange_follow[it->first.partition] = it->second;
     } else {
       ++it;
       continue;
@@ -341,7 +350,8 @@ recstream::Status Service::Impl::Init() {
     eo.properties = config.kafka.properties;
     eo.delivery_timeout_ms = config.replicate.timeout_ms;
     RECSTREAM_RETURN_IF_ERROR(
-        replicate::TrainerExchange::Open(eo, exchange_start, exchange_applied, &exchange));
+        replicate::TrainerExchange::Open(eo, exchange_start, exchange_applied, exchange_follow,
+                                         &exchange));
     next_exchange = Clock::now();
     // Batches taken before a crash or stop go out again (an owner drops
     // those it has), and the events they cover are learned again without
@@ -683,9 +693,7 @@ void Service::Impl::WriterLoop() {
       learner->SnapshotStored(job->number);
       to_commit = job->offsets;
       // Kafka's group offsets are the event topics' (not the exchange's).
-      std::erase_if(*to_commit, [&](const auto& e) {
-        return e.first.topic == config.kafka.topics.updates || e.first.topic == applied_topic();
-      });
+      std::erase_if(*to_commit, [&](const auto& e) { return ExchangePosition(e.first.topic); });
       write_succeeded = true;
     } else {
       write_failed = true;
@@ -826,13 +834,14 @@ void Service::Impl::MaybeExchange() {
       spdlog::warn("exchange: trainer {}'s rows refused: {}", got.version_from[i], st.ToString());
     }
   }
-  std::map<int, int64_t> positions;
+  std::map<int, int64_t> positions, follow;
   std::map<int, uint64_t> applied;
-  exchange->Positions(&positions, &applied);
+  exchange->Positions(&positions, &applied, &follow);
   for (const auto& [p, offset] : positions)
     learned_positions[{config.kafka.topics.updates, p}] = offset;
   for (const auto& [sender, number] : applied)
     learned_positions[{applied_topic(), sender}] = int64_t(number);
+  for (const auto& [p, offset] : follow) learned_positions[{follow_topic(), p}] = offset;
   TakeChanges(false);
 }
 
@@ -848,8 +857,7 @@ void Service::Impl::TakeChanges(bool drop) {
   batch.number = ++exchange_number;
   batch.bytes = replicate::EncodeChanges(changes);
   for (const auto& [tp, offset] : learned_positions)
-    if (tp.topic != config.kafka.topics.updates && tp.topic != applied_topic())
-      batch.positions[tp] = offset;
+    if (!ExchangePosition(tp.topic)) batch.positions[tp] = offset;
   // Stored before it can count as sent (a checkpoint after this one stores
   // the rows as they are now, the change taken out).
   if (recstream::Status st = store->PutOutbox(batch); !st.ok()) {

@@ -51,10 +51,12 @@ struct TrainerExchange::Impl : public RdKafka::DeliveryReportCb {
   std::map<int, std::map<int, Pending>> batches;
   std::map<int, uint64_t> applied;  // per sender: last batch handed over
   std::map<int, Pending> versions;  // per model partition
+  std::map<int, int64_t> model_next;  // per model partition: next offset
   ExchangeStats stats;
   // As of the last Take (Positions).
   std::map<int, int64_t> taken_positions;
   std::map<int, uint64_t> taken_applied;
+  std::map<int, int64_t> taken_follow;
 
   void dr_cb(RdKafka::Message& m) override {
     if (m.err() == RdKafka::ERR_NO_ERROR) {
@@ -121,6 +123,7 @@ TrainerExchange::~TrainerExchange() {
 
 Status TrainerExchange::Open(const ExchangeOptions& options, const std::map<int, int64_t>& start,
                              const std::map<int, uint64_t>& applied,
+                             const std::map<int, int64_t>& follow,
                              std::unique_ptr<TrainerExchange>* out) {
   if (options.brokers.empty()) return Status::InvalidArgument("kafka.brokers is empty");
   if (options.count < 2 || options.count > (1 << kSenderBits) || options.index < 0 ||
@@ -163,10 +166,14 @@ Status TrainerExchange::Open(const ExchangeOptions& options, const std::map<int,
     impl->next[p] = it != start.end() ? it->second : 0;
     impl->taken_positions[p] = impl->next[p];
   }
-  for (int j = 0; j < options.count; ++j)
-    if (j != options.index)
-      owned.emplace_back(
-          RdKafka::TopicPartition::create(options.model_topic, j, RdKafka::Topic::OFFSET_END));
+  for (int j = 0; j < options.count; ++j) {
+    if (j == options.index) continue;
+    auto it = follow.find(j);
+    owned.emplace_back(RdKafka::TopicPartition::create(
+        options.model_topic, j, it != follow.end() ? it->second : RdKafka::Topic::OFFSET_BEGINNING));
+    impl->model_next[j] = it != follow.end() ? it->second : 0;
+    impl->taken_follow[j] = impl->model_next[j];
+  }
   for (auto& tp : owned) assign.push_back(tp.get());
   if (impl->consumer->assign(assign) != RdKafka::ERR_NO_ERROR)
     return Status::Unavailable("assigning the exchange's partitions");
@@ -249,6 +256,7 @@ void TrainerExchange::Impl::OnUpdate(const RdKafka::Message& m) {
 
 void TrainerExchange::Impl::OnVersion(const RdKafka::Message& m) {
   std::lock_guard lock(mu);
+  model_next[m.partition()] = m.offset() + 1;
   Pending& v = versions[m.partition()];
   const std::string_view value(static_cast<const char*>(m.payload()), m.payload() ? m.len() : 0);
   if (m.key() == nullptr) {
@@ -256,8 +264,11 @@ void TrainerExchange::Impl::OnVersion(const RdKafka::Message& m) {
     return;
   }
   if (value.empty()) {  // a tombstone of the version being read
-    if (!v.builder.AddTombstone(*m.key()).ok()) ++stats.bad_records;
-    else ++v.records;
+    if (!v.builder.AddTombstone(*m.key()).ok()) {
+      ++stats.bad_records;
+    } else if (v.records++ == 0) {
+      v.first_offset = m.offset();
+    }
     return;
   }
   mr::Header h;
@@ -266,7 +277,10 @@ void TrainerExchange::Impl::OnVersion(const RdKafka::Message& m) {
     ++stats.bad_records;
     return;
   }
-  if (v.records > 0 && v.version != h.version) v = Pending();
+  if (v.records > 0 && v.version != h.version) {
+    v.records = 0;
+    v.builder.Clear();
+  }
   if (h.kind == mr::Kind::kCommit) {
     mr::Commit c;
     if (!mr::DecodeCommit(h, payload, &c).ok()) {
@@ -284,7 +298,10 @@ void TrainerExchange::Impl::OnVersion(const RdKafka::Message& m) {
     v.builder.Clear();  // the widths and shape stay
     return;
   }
-  if (v.records == 0) v.version = h.version;
+  if (v.records == 0) {
+    v.version = h.version;
+    v.first_offset = m.offset();
+  }
   if (!v.builder.AddTopicRecord(*m.key(), h, payload).ok()) {
     ++stats.bad_records;
     return;
@@ -354,13 +371,18 @@ void TrainerExchange::Take(Received* out) {
       if (b.records > 0 && b.first_offset < d.taken_positions[p])
         d.taken_positions[p] = b.first_offset;
   d.taken_applied = d.applied;
+  d.taken_follow = d.model_next;
+  for (const auto& [p, v] : d.versions)
+    if (v.records > 0 && v.first_offset < d.taken_follow[p]) d.taken_follow[p] = v.first_offset;
 }
 
 void TrainerExchange::Positions(std::map<int, int64_t>* positions,
-                                std::map<int, uint64_t>* applied) const {
+                                std::map<int, uint64_t>* applied,
+                                std::map<int, int64_t>* follow) const {
   std::lock_guard lock(impl_->mu);
   *positions = impl_->taken_positions;
   *applied = impl_->taken_applied;
+  if (follow) *follow = impl_->taken_follow;
 }
 
 ExchangeStats TrainerExchange::stats() const {

@@ -11,7 +11,8 @@
 //     partitions p with p % count == i;
 //   - the model topic: each trainer publishes its own rows on its own
 //     partition (replicate/publisher.h); the exchange follows the other
-//     trainers' partitions from where they end at Open.
+//     trainers' partitions from the positions a checkpoint stored, or from
+//     their beginning (a compacted topic holds every row's latest value).
 //
 // Delivery. A batch is handed over only whole (its commit arrived and
 // counts its records), and only once per sender and number: a batch whose
@@ -77,8 +78,11 @@ class TrainerExchange {
   // from (a checkpoint's); partitions without one are read from their
   // beginning. `applied`: per sender, the number of its last batch applied
   // (stored with those positions). InvalidArgument for bad options.
+  // `follow`: per other trainer (its model partition), where to read its
+  // versions from (a checkpoint's); without one, the partition's beginning.
   static Status Open(const ExchangeOptions& options, const std::map<int, int64_t>& start,
-                     const std::map<int, uint64_t>& applied, std::unique_ptr<TrainerExchange>* out);
+                     const std::map<int, uint64_t>& applied, const std::map<int, int64_t>& follow,
+                     std::unique_ptr<TrainerExchange>* out);
   ~TrainerExchange();
   TrainerExchange(const TrainerExchange&) = delete;
   TrainerExchange& operator=(const TrainerExchange&) = delete;
@@ -101,9 +105,11 @@ class TrainerExchange {
     bool empty() const { return changes.empty() && versions.empty(); }
   };
   void Take(Received* out);
-  // Where to read each updates partition again, and each sender's last
-  // batch handed over, as of the last Take.
-  void Positions(std::map<int, int64_t>* positions, std::map<int, uint64_t>* applied) const;
+  // Where to read each updates partition again, each sender's last batch
+  // handed over, and where to read each followed model partition again
+  // (the first record of a version not yet whole), as of the last Take.
+  void Positions(std::map<int, int64_t>* positions, std::map<int, uint64_t>* applied,
+                 std::map<int, int64_t>* follow = nullptr) const;
 
   ExchangeStats stats() const;
 

@@ -107,7 +107,7 @@ struct Cluster {
 TEST_CASE("Two trainers exchanging through Kafka end as they do in one process", "[exchange]") {
   Cluster c;
   std::unique_ptr<TrainerExchange> ex[2];
-  for (int i = 0; i < 2; ++i) REQUIRE(TrainerExchange::Open(c.Options(i), {}, {}, &ex[i]).ok());
+  for (int i = 0; i < 2; ++i) REQUIRE(TrainerExchange::Open(c.Options(i), {}, {}, {}, &ex[i]).ok());
   std::unique_ptr<ModelPublisher> pub[2] = {c.Publisher(0), c.Publisher(1)};
   // Twins: the same learning, exchanged in process.
   std::unique_ptr<Learner> t[2] = {Make(0), Make(1)}, twin[2] = {Make(0), Make(1)};
@@ -187,8 +187,8 @@ TEST_CASE("A batch sent again, cut short or garbled is not applied twice or in p
           "[exchange]") {
   Cluster c;
   std::unique_ptr<TrainerExchange> owner, sender;
-  REQUIRE(TrainerExchange::Open(c.Options(0), {}, {}, &owner).ok());
-  REQUIRE(TrainerExchange::Open(c.Options(1), {}, {}, &sender).ok());
+  REQUIRE(TrainerExchange::Open(c.Options(0), {}, {}, {}, &owner).ok());
+  REQUIRE(TrainerExchange::Open(c.Options(1), {}, {}, {}, &sender).ok());
   auto b = Make(1);
   b->Train(Stream(1000, 20, 20, 3, "b"));
   learner::ModelChanges changes;
@@ -255,12 +255,12 @@ TEST_CASE("A batch sent again, cut short or garbled is not applied twice or in p
   CHECK(positions.at(0) > 0);
   owner.reset();
   std::unique_ptr<TrainerExchange> again;
-  REQUIRE(TrainerExchange::Open(c.Options(0), positions, applied, &again).ok());
+  REQUIRE(TrainerExchange::Open(c.Options(0), positions, applied, {}, &again).ok());
   REQUIRE(sender->Send(changes, 4).ok());
   REQUIRE(WaitFor([&] { return again->stats().received_batches == 1; }));
   CHECK(again->stats().duplicate_batches == 0);
   std::unique_ptr<TrainerExchange> from_start;
-  REQUIRE(TrainerExchange::Open(c.Options(0), {}, applied, &from_start).ok());
+  REQUIRE(TrainerExchange::Open(c.Options(0), {}, applied, {}, &from_start).ok());
   REQUIRE(WaitFor([&] { return from_start->stats().received_batches == 1; }));  // batch 4
   CHECK(from_start->stats().duplicate_batches == 3);  // 1, 1 again, 3
   CHECK(from_start->stats().incomplete_batches == 1);  // 2

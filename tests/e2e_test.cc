@@ -287,7 +287,9 @@ TEST_CASE("Two trainers share one model through Kafka: each learns its users, bo
   // The exchange is visible.
   for (int t = 0; t < 2; ++t) {
     Json j;
-    REQUIRE(j.Parse(HttpCall(port[t], "GET", "/v1/stats").body));
+    const std::string stats = HttpCall(port[t], "GET", "/v1/stats").body;
+    INFO("trainer " << t << ": " << stats.substr(stats.find("\"trainer\"")));
+    REQUIRE(j.Parse(stats));
     CHECK(j.Number("/trainer/exchange/sent_batches") > 0);
     CHECK(j.Number("/trainer/exchange/received_batches") > 0);
     CHECK(j.Number("/trainer/exchange/followed_versions") > 0);
