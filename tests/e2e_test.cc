@@ -250,6 +250,8 @@ TEST_CASE("Two trainers share one model through Kafka: each learns its users, bo
       send(Event("rating", "user" + std::to_string(u), "item" + std::to_string(it),
                  (u % 3) == (it % 3) ? 5 : 1));
   }
+  // Garbage on the updates topic is counted and skipped.
+  REQUIRE(producer->SendRaw(topics.updates, "r/item", "not a change").ok());
   // One item only alice ever sees: the other trainer knows it only from
   // alice's trainer.
   for (int i = 0; i < 20; ++i) send(Event("click", "alice", "solo", 1));
@@ -285,6 +287,7 @@ TEST_CASE("Two trainers share one model through Kafka: each learns its users, bo
     CHECK(j.Bool("/known/item"));
   }
   // The exchange is visible.
+  double bad = 0;
   for (int t = 0; t < 2; ++t) {
     Json j;
     const std::string stats = HttpCall(port[t], "GET", "/v1/stats").body;
@@ -295,10 +298,14 @@ TEST_CASE("Two trainers share one model through Kafka: each learns its users, bo
     CHECK(j.Number("/trainer/exchange/followed_versions") > 0);
     CHECK(j.Number("/trainer/exchange/duplicate_batches") == 0);
     CHECK(j.Number("/trainer/exchange/errors") == 0);
+    // The garbage lands on one partition of the updates topic: trainer
+    // p % 2 counts it.
+    bad += j.Number("/trainer/exchange/bad_records");
     const std::string metrics = HttpCall(port[t], "GET", "/metrics").body;
     CHECK(metrics.find("recstream_exchange_batches_total{kind=\"received\"}") !=
           std::string::npos);
   }
+  CHECK(bad == 1);
   // Learned, not initial: items of a group score apart for a user of it.
   Json a, b;
   const int t3 = known_user(0, "user3") ? 0 : 1;
