@@ -859,7 +859,8 @@ void Service::Impl::TakeChanges(bool drop) {
   for (const auto& [tp, offset] : learned_positions)
     if (!ExchangePosition(tp.topic)) batch.positions[tp] = offset;
   // Stored before it can count as sent (a checkpoint after this one stores
-  // the rows as they are now, the change taken out).
+  // the rows as they are now, the change taken out): in the log now, synced
+  // by the send thread before it goes out.
   if (recstream::Status st = store->PutOutbox(batch); !st.ok()) {
     exchange_errors.fetch_add(1, std::memory_order_relaxed);
     spdlog::warn("exchange: storing outbox batch {} failed (a crash before it is sent loses it): {}",
@@ -881,6 +882,12 @@ void Service::Impl::SendLoop() {
       batch = std::move(to_send.front());
       to_send.pop_front();
       exchange_busy = true;
+    }
+    // Durable before it leaves (store.sync): a machine that crashes after
+    // sending it takes none of its changes again.
+    if (recstream::Status st = store->SyncOutbox(); !st.ok()) {
+      exchange_errors.fetch_add(1, std::memory_order_relaxed);
+      spdlog::warn("exchange: syncing the outbox: {}", st.ToString());
     }
     // In order, each until Kafka has it (the owner drops a batch sent twice).
     for (;;) {

@@ -1273,12 +1273,16 @@ Status CheckpointStore::PutOutbox(const OutboxBatch& batch) {
   rocksdb::WriteBatch wb;
   rocksdb::Status s = wb.Put(ToSlice(OutboxKey(batch.number)), ToSlice(value));
   if (s.ok()) s = wb.Put(ToSlice(kOutboxLast), ToSlice(last));
-  if (s.ok()) {
-    rocksdb::WriteOptions wo;
-    wo.sync = d.options.sync;
-    s = d.db->Write(wo, &wb);
-  }
+  if (s.ok()) s = d.db->Write(rocksdb::WriteOptions(), &wb);
   return s.ok() ? Status::OK() : FromRocks(s, "storing an outbox batch");
+}
+
+Status CheckpointStore::SyncOutbox() {
+  Impl& d = *impl_;
+  if (!d.db) return Status::Unavailable("store " + d.options.path + " is not open");
+  if (!d.options.sync) return Status::OK();
+  rocksdb::Status s = d.db->SyncWAL();
+  return s.ok() ? Status::OK() : FromRocks(s, "syncing the outbox");
 }
 
 Status CheckpointStore::ReadOutbox(std::vector<OutboxBatch>* batches, uint64_t* last) const {

@@ -152,9 +152,14 @@ class CheckpointStore : public learner::RowSource {
     std::string bytes;
     OffsetMap positions;
   };
-  // Stores a batch (durable as a checkpoint is, store.sync) and its number
-  // as the last one taken. IOError when RocksDB fails.
+  // Stores a batch and its number as the last one taken: in RocksDB's log,
+  // so a crash of the process keeps it; a crash of the machine keeps it
+  // once SyncOutbox (or a later checkpoint, with store.sync) has run.
+  // IOError when RocksDB fails.
   Status PutOutbox(const OutboxBatch& batch);
+  // Makes every outbox batch stored so far durable (fsync of the log), when
+  // store.sync is on; nothing otherwise.
+  Status SyncOutbox();
   // Every batch stored and not deleted, in number order, and the number of
   // the last one ever stored (0: none).
   Status ReadOutbox(std::vector<OutboxBatch>* batches, uint64_t* last) const;
