@@ -178,10 +178,19 @@ void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
   FeatureListDelta sent_lists, mine_lists;
   sent_lists.table = mine_lists.table = "item";
   std::vector<uint32_t> list;
+  // An item's list goes with its row when it differs from the one last
+  // sent that way (a hash per item row and way): most items keep their
+  // features, and building the names is most of a take's allocations.
   auto add_list = [&](uint32_t row, std::string_view key, FeatureListDelta* to) {
     list.clear();
     m_.item_lists.Get(row, &list);
     if (list.empty()) return;
+    std::vector<uint32_t>& sent = list_sent_[to == &mine_lists ? 1 : 0];
+    uint32_t h = Model::IdHash(key) | 1;  // 0: nothing sent
+    for (uint32_t f : list) h = (h ^ f) * 16777619u | 1;
+    if (sent.size() <= row) sent.resize(size_t(row) + 1 + row / 2, 0);
+    if (sent[row] == h) return;
+    sent[row] = h;
     to->keys.emplace_back(key);
     auto& names = to->features.emplace_back();
     for (uint32_t f : list)
