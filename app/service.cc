@@ -931,16 +931,14 @@ void Service::Impl::PublishLoop() {
     merged_number = std::max(merged_number, job->number);
     merged_exchange_through = std::max(merged_exchange_through, job->exchange_through);
     recstream::Status s;
-    if (job->publish && exchange) {
+    if (job->publish) {
       // Several trainers: this trainer's own rows only (its users, the
       // shared rows it owns, the dense blocks when trainer 0), so that
-      // replicas and the other trainers take each row from its owner.
-      learner::ModelSnapshot own;
-      learner::KeepOwned(job->snapshot, config.kafka.ownership.index,
-                         config.kafka.ownership.count, &own);
-      s = publisher->Publish(own, job->full, job->time_ms,
-                             job->final ? std::min(1000, config.replicate.timeout_ms) : -1);
-    } else if (job->publish) {
+      // replicas and the other trainers take each row from its owner;
+      // trimmed in place, since the checkpoint has merged it above.
+      if (exchange)
+        learner::KeepOwned(config.kafka.ownership.index, config.kafka.ownership.count,
+                           &job->snapshot);
       s = publisher->Publish(job->snapshot, job->full, job->time_ms,
                              job->final ? std::min(1000, config.replicate.timeout_ms) : -1);
     } else {

@@ -32,30 +32,17 @@ uint64_t WireBytes(const learner::ModelSnapshot& s) {
 }
 
 Status ExchangeInProcess(std::span<learner::Learner* const> trainers, ExchangeBytes* bytes) {
-  const int n = int(trainers.size());
-  std::vector<std::vector<learner::ModelChanges>> to{size_t(n)};
-  for (int i = 0; i < n; ++i) {
-    learner::ModelChanges c;
-    trainers[size_t(i)]->TakeChanges(&c);
-    if (bytes) {
+  std::vector<learner::ModelChanges> taken;
+  std::vector<learner::ModelSnapshot> published;
+  RECSTREAM_RETURN_IF_ERROR(learner::ExchangeDirectly(trainers, &taken, &published));
+  if (bytes) {
+    const uint64_t readers = trainers.size() - 1;
+    for (const learner::ModelChanges& c : taken) {
       bytes->rows += c.rows();
       bytes->sent += WireBytes(c);
     }
-    learner::SplitByOwner(c, n, &to[size_t(i)]);
+    for (const learner::ModelSnapshot& p : published) bytes->followed += WireBytes(p) * readers;
   }
-  for (int owner = 0; owner < n; ++owner)
-    for (int from = 0; from < n; ++from)
-      if (from != owner)
-        RECSTREAM_RETURN_IF_ERROR(trainers[size_t(owner)]->AddChanges(to[size_t(from)][size_t(owner)]));
-  std::vector<learner::ModelSnapshot> published{size_t(n)};
-  for (int i = 0; i < n; ++i) {
-    learner::ModelChanges none;  // nothing was learned since the take above
-    trainers[size_t(i)]->TakeChanges(&none, &published[size_t(i)]);
-    if (bytes) bytes->followed += WireBytes(published[size_t(i)]) * uint64_t(n - 1);
-  }
-  for (int i = 0; i < n; ++i)
-    for (int j = 0; j < n; ++j)
-      if (i != j) RECSTREAM_RETURN_IF_ERROR(trainers[size_t(i)]->FollowOwners(published[size_t(j)], j));
   return Status::OK();
 }
 

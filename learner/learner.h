@@ -26,6 +26,7 @@
 // state included). The replay ring is not part of a snapshot.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <functional>
@@ -172,6 +173,38 @@ struct FeatureListDelta {
 // never published.
 inline constexpr std::string_view kUserLeftLists = "user_left";
 
+// Keeps, in place and in order, the rows i of `t` (the lists i of `l`) for
+// which keep(i) is true.
+template <typename Keep>
+void KeepRows(TableDelta* t, Keep&& keep) {
+  const size_t w = size_t(t->width);
+  size_t kept = 0;
+  for (size_t i = 0; i < t->keys.size(); ++i) {
+    if (!keep(i)) continue;
+    if (kept != i) {
+      t->keys[kept] = std::move(t->keys[i]);
+      std::copy_n(t->values.data() + i * w, w, t->values.data() + kept * w);
+    }
+    ++kept;
+  }
+  t->keys.resize(kept);
+  t->values.resize(kept * w);
+}
+template <typename Keep>
+void KeepLists(FeatureListDelta* l, Keep&& keep) {
+  size_t kept = 0;
+  for (size_t i = 0; i < l->keys.size(); ++i) {
+    if (!keep(i)) continue;
+    if (kept != i) {
+      l->keys[kept] = std::move(l->keys[i]);
+      l->features[kept] = std::move(l->features[i]);
+    }
+    ++kept;
+  }
+  l->keys.resize(kept);
+  l->features.resize(kept);
+}
+
 // Ids removed from a table (expiry).
 struct TableDeletion {
   std::string table;  // "user", "item", "user_feature", "item_feature"
@@ -242,11 +275,12 @@ struct ModelSnapshot {
   }
 };
 
-// The part of `in` that trainer `index` of `count` owns (several trainers):
-// its users' rows, lists and purchases, the shared rows whose id it owns,
-// and, trainer 0 only, the dense blocks; every deletion. What a trainer
-// publishes, so that everyone takes each row from its owner.
-void KeepOwned(const ModelSnapshot& in, int index, int count, ModelSnapshot* out);
+// Keeps of `snapshot` the part that trainer `index` of `count` owns
+// (several trainers): its users' rows, lists and purchases, the shared rows
+// and item lists whose id it owns, the negative ring and dense blocks only
+// when trainer 0, every deletion. What a trainer publishes, so that
+// everyone takes each row from its owner.
+void KeepOwned(int index, int count, ModelSnapshot* snapshot);
 
 class Learner {
  public:
@@ -429,6 +463,18 @@ class Learner {
   explicit Learner(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// One exchange among trainers in one process (`recstream eval --trainers`,
+// tests): trainers[i] is trainer i of trainers.size(), and none trains
+// meanwhile. Each trainer's changes go to their owners, which add them;
+// then each trainer's changed owned rows (TakeChanges' `owned`) are
+// followed by every other trainer. With `taken` or `published` non-null,
+// they receive, per trainer, what it took and what it published. The first
+// non-OK status of AddChanges or FollowOwners; Internal when a trainer
+// learned during the exchange.
+Status ExchangeDirectly(std::span<Learner* const> trainers,
+                        std::vector<ModelChanges>* taken = nullptr,
+                        std::vector<ModelSnapshot>* published = nullptr);
 
 // The blended score of a prediction.
 float BlendScore(const Prediction& p, const Blend& blend, float rating_min, float rating_max);

@@ -67,53 +67,49 @@ void SplitByOwner(const ModelChanges& changes, int count, std::vector<ModelChang
   (*out)[0].dense = changes.dense;
 }
 
-void KeepOwned(const ModelSnapshot& in, int index, int count, ModelSnapshot* out) {
-  out->shape = in.shape;
-  out->learned = in.learned;
-  out->tables.clear();
-  for (const TableDelta& t : in.tables) {
-    if (t.table == "user") {
-      out->tables.push_back(t);
-      continue;
-    }
-    TableDelta& d = out->tables.emplace_back();
-    d.table = t.table;
-    d.width = t.width;
-    size_t n = 0;
-    for (const std::string& k : t.keys) n += OwnerOf(k, count) == index;
-    d.keys.reserve(n);
-    d.values.resize(n * size_t(t.width));
-    size_t at = 0;
-    for (size_t i = 0; i < t.keys.size(); ++i) {
-      if (OwnerOf(t.keys[i], count) != index) continue;
-      d.keys.push_back(t.keys[i]);
-      std::copy_n(t.values.data() + i * size_t(t.width), t.width,
-                  d.values.data() + at++ * size_t(t.width));
-    }
-  }
+void KeepOwned(int index, int count, ModelSnapshot* snapshot) {
+  auto owned = [&](std::string_view key) { return OwnerOf(key, count) == index; };
+  // Shared rows: the ones this trainer owns, moved to the front in place
+  // (users are all this trainer's).
+  for (TableDelta& t : snapshot->tables)
+    if (t.table != "user") KeepRows(&t, [&](size_t i) { return owned(t.keys[i]); });
   // Item lists: the owner's (each item's list as its owner has it);
   // users' lists and histories are this trainer's; the negative ring is
   // trainer 0's (replicas score implicit tasks with it).
-  out->feature_lists.clear();
-  for (const FeatureListDelta& l : in.feature_lists) {
-    if (l.table == "negative_ring" && index != 0) continue;
-    if (l.table != "item") {
-      out->feature_lists.push_back(l);
-      continue;
-    }
-    FeatureListDelta& d = out->feature_lists.emplace_back();
-    d.table = l.table;
-    for (size_t i = 0; i < l.keys.size(); ++i) {
-      if (OwnerOf(l.keys[i], count) != index) continue;
-      d.keys.push_back(l.keys[i]);
-      d.features.push_back(l.features[i]);
-    }
+  std::erase_if(snapshot->feature_lists, [&](const FeatureListDelta& l) {
+    return l.table == "negative_ring" && index != 0;
+  });
+  for (FeatureListDelta& l : snapshot->feature_lists)
+    if (l.table == "item") KeepLists(&l, [&](size_t i) { return owned(l.keys[i]); });
+  if (index != 0) snapshot->dense.clear();
+}
+
+Status ExchangeDirectly(std::span<Learner* const> trainers, std::vector<ModelChanges>* taken,
+                        std::vector<ModelSnapshot>* published) {
+  const size_t n = trainers.size();
+  std::vector<ModelChanges> own_taken;
+  std::vector<ModelSnapshot> own_published;
+  if (!taken) taken = &own_taken;
+  if (!published) published = &own_published;
+  taken->assign(n, ModelChanges());
+  published->assign(n, ModelSnapshot());
+  std::vector<std::vector<ModelChanges>> to(n);
+  for (size_t i = 0; i < n; ++i) {
+    trainers[i]->TakeChanges(&(*taken)[i]);
+    SplitByOwner((*taken)[i], int(n), &to[i]);
   }
-  out->dense.clear();
-  if (index == 0) out->dense = in.dense;
-  out->new_purchases = in.new_purchases;
-  out->deleted = in.deleted;
-  out->deleted_purchases = in.deleted_purchases;
+  for (size_t owner = 0; owner < n; ++owner)
+    for (size_t from = 0; from < n; ++from)
+      if (from != owner) RECSTREAM_RETURN_IF_ERROR(trainers[owner]->AddChanges(to[from][owner]));
+  for (size_t i = 0; i < n; ++i) {
+    ModelChanges none;
+    trainers[i]->TakeChanges(&none, &(*published)[i]);
+    if (none.rows() > 0) return Status::Internal("a trainer learned during the exchange");
+  }
+  for (size_t i = 0; i < n; ++i)
+    for (size_t j = 0; j < n; ++j)
+      if (i != j) RECSTREAM_RETURN_IF_ERROR(trainers[i]->FollowOwners((*published)[j], int(j)));
+  return Status::OK();
 }
 
 Sharing::Sharing(Model* model)
@@ -122,23 +118,31 @@ Sharing::Sharing(Model* model)
   if (m_.pretrained) tables.push_back(m_.pretrained.get());
   for (EmbeddingTable* t : tables) {
     t->TrackChanges();
-    shared_.push_back({t});
+    shared_.push_back(t);
   }
   RestoredDense();
 }
 
 bool Sharing::Owns(std::string_view key) const { return OwnerOf(key, count_) == index_; }
 
-bool Sharing::IsShared(const EmbeddingTable* table) const {
-  for (const Shared& s : shared_)
-    if (s.table == table) return true;
-  return false;
+
+EmbeddingTable* Sharing::Find(std::string_view table) {
+  for (EmbeddingTable* t : shared_)
+    if (t->name() == table) return t;
+  return nullptr;
 }
 
-Sharing::Shared* Sharing::Find(std::string_view table) {
-  for (Shared& s : shared_)
-    if (s.table->name() == table) return &s;
-  return nullptr;
+Status Sharing::CheckWidth(const EmbeddingTable& t, const TableDelta& d, const char* what) {
+  const size_t w = t.row_floats();
+  if (size_t(d.width) != w || d.values.size() != d.keys.size() * w)
+    return Status::Corruption(std::string(what) + " of table '" + d.table +
+                              "' have the wrong width");
+  return Status::OK();
+}
+
+void Sharing::TakeFeedback(const std::vector<float>& flags) {
+  for (size_t t = 0; t < flags.size() && t < size_t(kNumTasks); ++t)
+    if (flags[t] != 0.0f) m_.saw_negative[t].store(true);
 }
 
 std::vector<float> Sharing::ReadDense(std::string_view name) const {
@@ -196,8 +200,8 @@ void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
     for (uint32_t f : list)
       if (m_.item_features.IsLive(f)) names.emplace_back(m_.item_features.key(f));
   };
-  for (Shared& s : shared_) {
-    EmbeddingTable& t = *s.table;
+  for (EmbeddingTable* shared : shared_) {
+    EmbeddingTable& t = *shared;
     const bool items = &t == &m_.items;
     const size_t w = t.row_floats();
     TableDelta sent, mine;
@@ -313,12 +317,11 @@ void Sharing::SetItemLists(const std::vector<FeatureListDelta>& lists, bool owne
 
 Status Sharing::AddChanges(const ModelChanges& changes) {
   for (const TableDelta& d : changes.tables) {
-    Shared* s = Find(d.table);
-    if (!s) return Status::Corruption("changes of unknown or unshared table '" + d.table + "'");
-    EmbeddingTable& t = *s->table;
+    EmbeddingTable* shared = Find(d.table);
+    if (!shared) return Status::Corruption("changes of unknown or unshared table '" + d.table + "'");
+    RECSTREAM_RETURN_IF_ERROR(CheckWidth(*shared, d, "changes"));
+    EmbeddingTable& t = *shared;
     const size_t w = t.row_floats();
-    if (size_t(d.width) != w || d.values.size() != d.keys.size() * w)
-      return Status::Corruption("changes of table '" + d.table + "' have the wrong width");
     std::vector<float> sum(w);
     for (size_t i = 0; i < d.keys.size(); ++i) {
       if (!Owns(d.keys[i])) {
@@ -341,8 +344,7 @@ Status Sharing::AddChanges(const ModelChanges& changes) {
   }
   for (const auto& [name, delta] : changes.dense) {
     if (name == "feedback") {
-      for (size_t t = 0; t < delta.size() && t < size_t(kNumTasks); ++t)
-        if (delta[t] != 0.0f) m_.saw_negative[t].store(true);
+      TakeFeedback(delta);
       continue;
     }
     if (std::find(std::begin(kExchanged), std::end(kExchanged), name) == std::end(kExchanged))
@@ -369,12 +371,11 @@ Status Sharing::AddChanges(const ModelChanges& changes) {
 Status Sharing::FollowOwners(const ModelSnapshot& published, int from) {
   auto by_from = [&](std::string_view key) { return from < 0 || OwnerOf(key, count_) == from; };
   for (const TableDelta& d : published.tables) {
-    Shared* s = Find(d.table);
-    if (!s) continue;  // users (another trainer's own), or not shared
-    EmbeddingTable& t = *s->table;
+    EmbeddingTable* shared = Find(d.table);
+    if (!shared) continue;  // users (another trainer's own), or not shared
+    RECSTREAM_RETURN_IF_ERROR(CheckWidth(*shared, d, "published rows"));
+    EmbeddingTable& t = *shared;
     const size_t w = t.row_floats();
-    if (size_t(d.width) != w || d.values.size() != d.keys.size() * w)
-      return Status::Corruption("published rows of table '" + d.table + "' have the wrong width");
     std::vector<float> next(w);
     for (size_t i = 0; i < d.keys.size(); ++i) {
       if (Owns(d.keys[i]) || !by_from(d.keys[i])) continue;
@@ -403,8 +404,7 @@ Status Sharing::FollowOwners(const ModelSnapshot& published, int from) {
   if (index_ == 0 || (from > 0)) return Status::OK();
   for (const auto& [name, pub] : published.dense) {
     if (name == "feedback") {
-      for (size_t t = 0; t < pub.size() && t < size_t(kNumTasks); ++t)
-        if (pub[t] != 0.0f) m_.saw_negative[t].store(true);
+      TakeFeedback(pub);
       continue;
     }
     if (name == "weighting") {

@@ -68,8 +68,6 @@ class Sharing {
   Sharing& operator=(const Sharing&) = delete;
 
   bool Owns(std::string_view key) const;
-  // True for the tables whose rows are shared.
-  bool IsShared(const EmbeddingTable* table) const;
 
   void TakeChanges(ModelChanges* changes, ModelSnapshot* owned);
   Status AddChanges(const ModelChanges& changes);
@@ -91,10 +89,14 @@ class Sharing {
   const Counters& counters() const { return counters_; }
 
  private:
-  struct Shared {
-    EmbeddingTable* table;
-  };
-  Shared* Find(std::string_view table);
+  // The shared table of that name; null when there is none.
+  EmbeddingTable* Find(std::string_view table);
+  // Corruption ("`what` of table ... have the wrong width") unless `d`'s
+  // rows are `t`'s.
+  static Status CheckWidth(const EmbeddingTable& t, const TableDelta& d, const char* what);
+  // Tasks that learned a label 0 elsewhere (a "feedback" block) are
+  // explicit here too.
+  void TakeFeedback(const std::vector<float>& flags);
   // Sets the "item" lists of `lists` for the items this trainer owns (or,
   // `owned` false, does not own; and, `from` >= 0, trainer `from` owns)
   // that have features.
@@ -112,7 +114,7 @@ class Sharing {
   // (0) and last published with its owned row (1); 0: none.
   std::vector<uint32_t> list_sent_[2];
   std::unordered_set<uint64_t> received_;
-  std::vector<Shared> shared_;
+  std::vector<EmbeddingTable*> shared_;  // items, side features, pretrained
   // The dense blocks' bases (followers), by name.
   std::vector<std::pair<std::string, std::vector<float>>> dense_base_;
   Counters counters_;

@@ -27,7 +27,34 @@ struct Pending {
   uint64_t records = 0;
   int64_t first_offset = -1;  // of its first record
   mr::SnapshotBuilder builder;
+  // Adds a record at `offset` (the first one names the version); false
+  // when it is unreadable.
+  bool Add(std::string_view key, const mr::Header& h, std::string_view payload, int64_t offset) {
+    if (records == 0) {
+      version = h.version;
+      first_offset = offset;
+    }
+    if (!builder.AddTopicRecord(key, h, payload).ok()) return false;
+    ++records;
+    return true;
+  }
 };
+
+// Changes travel as the rows, lists and dense blocks of a snapshot.
+learner::ModelSnapshot AsSnapshot(learner::ModelChanges changes) {
+  learner::ModelSnapshot s;
+  s.tables = std::move(changes.tables);
+  s.dense = std::move(changes.dense);
+  s.feature_lists = std::move(changes.feature_lists);
+  return s;
+}
+learner::ModelChanges AsChanges(learner::ModelSnapshot s) {
+  learner::ModelChanges c;
+  c.tables = std::move(s.tables);
+  c.dense = std::move(s.dense);
+  c.feature_lists = std::move(s.feature_lists);
+  return c;
+}
 
 }  // namespace
 
@@ -73,10 +100,7 @@ struct TrainerExchange::Impl : public RdKafka::DeliveryReportCb {
 };
 
 std::string EncodeChanges(const learner::ModelChanges& changes) {
-  learner::ModelSnapshot s;
-  s.tables = changes.tables;
-  s.dense = changes.dense;
-  s.feature_lists = changes.feature_lists;
+  const learner::ModelSnapshot s = AsSnapshot(changes);
   std::string out;
   (void)mr::ForEachModelRecord(s, mr::Commit(), false,
                                [&](std::string_view key, std::string_view value) -> Status {
@@ -100,12 +124,7 @@ Status DecodeChanges(std::string_view bytes, learner::ModelChanges* out) {
         return builder.AddTopicRecord(key, h, payload);
       }));
   learner::ModelSnapshot s;
-  *out = learner::ModelChanges();
-  if (builder.Take(&s)) {
-    out->tables = std::move(s.tables);
-    out->dense = std::move(s.dense);
-    out->feature_lists = std::move(s.feature_lists);
-  }
+  *out = builder.Take(&s) ? AsChanges(std::move(s)) : learner::ModelChanges();
   return Status::OK();
 }
 
@@ -233,25 +252,14 @@ void TrainerExchange::Impl::OnUpdate(const RdKafka::Message& m) {
       applied[sender] = c.version.sequence;
       learner::ModelSnapshot s;
       if (c.records > 0 && b.builder.Take(&s)) {
-        learner::ModelChanges& changes = received.changes.emplace_back();
-        changes.tables = std::move(s.tables);
-        changes.dense = std::move(s.dense);
-        changes.feature_lists = std::move(s.feature_lists);
+        received.changes.push_back(AsChanges(std::move(s)));
         ++stats.received_batches;
       }
     }
     b = Pending();
     return;
   }
-  if (b.records == 0) {
-    b.version = h.version;
-    b.first_offset = m.offset();
-  }
-  if (!b.builder.AddTopicRecord(*m.key(), h, payload).ok()) {
-    ++stats.bad_records;
-    return;
-  }
-  ++b.records;
+  if (!b.Add(*m.key(), h, payload, m.offset())) ++stats.bad_records;
 }
 
 void TrainerExchange::Impl::OnVersion(const RdKafka::Message& m) {
@@ -298,15 +306,7 @@ void TrainerExchange::Impl::OnVersion(const RdKafka::Message& m) {
     v.builder.Clear();  // the widths and shape stay
     return;
   }
-  if (v.records == 0) {
-    v.version = h.version;
-    v.first_offset = m.offset();
-  }
-  if (!v.builder.AddTopicRecord(*m.key(), h, payload).ok()) {
-    ++stats.bad_records;
-    return;
-  }
-  ++v.records;
+  if (!v.Add(*m.key(), h, payload, m.offset())) ++stats.bad_records;
 }
 
 Status TrainerExchange::Send(const learner::ModelChanges& changes, uint64_t number) {
@@ -319,11 +319,7 @@ Status TrainerExchange::Send(const learner::ModelChanges& changes, uint64_t numb
   uint64_t sent = 0;
   for (int o = 0; o < d.options.count; ++o) {
     if (o == d.options.index) continue;
-    learner::ModelChanges& part = parts[size_t(o)];
-    learner::ModelSnapshot s;
-    s.tables = std::move(part.tables);
-    s.dense = std::move(part.dense);
-    s.feature_lists = std::move(part.feature_lists);
+    const learner::ModelSnapshot s = AsSnapshot(std::move(parts[size_t(o)]));
     mr::Commit commit;
     commit.version = {d.options.run << kSenderBits | uint64_t(d.options.index), number};
     const bool empty = s.tables.empty() && s.dense.empty() && s.feature_lists.empty();

@@ -149,25 +149,9 @@ TEST_CASE("Two trainers exchanging through Kafka end as they do in one process",
       CHECK(got.version_from[0] == 1 - i);
       REQUIRE(t[i]->FollowOwners(got.versions[0], got.version_from[0]).ok());
     }
+    // The twins exchange in process.
     std::vector<Learner*> twins = {twin[0].get(), twin[1].get()};
-    // (eval/shared_trainers.h does this; replicate/ does not depend on eval/.)
-    {
-      std::vector<learner::ModelChanges> to[2];
-      for (int i = 0; i < 2; ++i) {
-        learner::ModelChanges ch;
-        twins[size_t(i)]->TakeChanges(&ch);
-        learner::SplitByOwner(ch, 2, &to[i]);
-      }
-      REQUIRE(twins[0]->AddChanges(to[1][0]).ok());
-      REQUIRE(twins[1]->AddChanges(to[0][1]).ok());
-      learner::ModelSnapshot owned[2];
-      for (int i = 0; i < 2; ++i) {
-        learner::ModelChanges none;
-        twins[size_t(i)]->TakeChanges(&none, &owned[i]);
-      }
-      REQUIRE(twins[0]->FollowOwners(owned[1]).ok());
-      REQUIRE(twins[1]->FollowOwners(owned[0]).ok());
-    }
+    REQUIRE(learner::ExchangeDirectly(twins).ok());
   }
   // Bit for bit as in one process, and both trainers hold the same shared rows.
   const auto rows0 = SharedRows(t[0].get());

@@ -99,33 +99,12 @@ void SnapshotAccumulator::Take(learner::ModelSnapshot* out, bool* full) {
   for (learner::TableDelta& t : merged_.tables) {
     auto dead = dead_rows_.find(t.table);
     if (dead == dead_rows_.end() || dead->second.empty()) continue;
-    const size_t w = size_t(t.width);
-    size_t kept = 0;
-    for (size_t i = 0; i < t.keys.size(); ++i) {
-      if (dead->second.count(i)) continue;
-      if (kept != i) {
-        t.keys[kept] = std::move(t.keys[i]);
-        std::memmove(t.values.data() + kept * w, t.values.data() + i * w, w * sizeof(float));
-      }
-      ++kept;
-    }
-    t.keys.resize(kept);
-    t.values.resize(kept * w);
+    learner::KeepRows(&t, [&](size_t i) { return !dead->second.count(i); });
   }
   for (learner::FeatureListDelta& l : merged_.feature_lists) {
     auto dead = dead_lists_.find(l.table);
     if (dead == dead_lists_.end() || dead->second.empty()) continue;
-    size_t kept = 0;
-    for (size_t i = 0; i < l.keys.size(); ++i) {
-      if (dead->second.count(i)) continue;
-      if (kept != i) {
-        l.keys[kept] = std::move(l.keys[i]);
-        l.features[kept] = std::move(l.features[i]);
-      }
-      ++kept;
-    }
-    l.keys.resize(kept);
-    l.features.resize(kept);
+    learner::KeepLists(&l, [&](size_t i) { return !dead->second.count(i); });
   }
   for (auto& [table, ids] : deleted_)
     if (!ids.empty()) merged_.deleted.push_back({table, std::vector<std::string>(ids.begin(), ids.end())});
