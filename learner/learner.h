@@ -245,8 +245,10 @@ inline constexpr std::string_view kRingAdds = "ring_adds";
 int OwnerOf(std::string_view key, int count);
 // Splits `changes` by owner: (*out)[i] holds the rows (and item lists)
 // trainer i owns, and out[0] the dense blocks too. `out` gets `count`
-// entries.
+// entries. The second form may move rows out of `changes` rather than copy
+// them (a table whose rows all go to one owner).
 void SplitByOwner(const ModelChanges& changes, int count, std::vector<ModelChanges>* out);
+void SplitByOwner(ModelChanges&& changes, int count, std::vector<ModelChanges>* out);
 
 struct ModelSnapshot {
   // Identifies the model's shape; ApplySnapshot refuses a snapshot whose

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "learner/model.h"
 
@@ -12,6 +13,23 @@ namespace {
 constexpr std::string_view kExchanged[] = {"dense", "dense_accum", "history_match", "history_gate",
                                            "implicit_shift"};
 
+// out = a - b, n floats (one vector loop: the pointers do not overlap).
+void Subtract(const float* __restrict a, const float* __restrict b, float* __restrict out,
+              size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = a[i] - b[i];
+}
+
+// Asks for the cache lines of `bytes` bytes at p. The rows an exchange
+// reads and writes are scattered over megabytes of tables; resolving them
+// first and fetching a few rows ahead keeps the loop off memory's latency.
+void PrefetchBytes(const void* p, size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (size_t at = 0; at < bytes; at += 64) __builtin_prefetch(c + at, 1);
+}
+
+constexpr size_t kAhead = 4;  // rows prefetched ahead
+constexpr uint32_t kSkip = ~0u;
+
 }  // namespace
 
 int OwnerOf(std::string_view key, int count) {
@@ -19,15 +37,26 @@ int OwnerOf(std::string_view key, int count) {
   return int(Model::IdHash(key) % uint32_t(count));
 }
 
-void SplitByOwner(const ModelChanges& changes, int count, std::vector<ModelChanges>* out) {
+namespace {
+
+// SplitByOwner; with `movable` (`changes` itself), a table whose rows all
+// have one owner (every table of two trainers' changes) is moved rather
+// than copied.
+void Split(const ModelChanges& changes, ModelChanges* movable, int count,
+           std::vector<ModelChanges>* out) {
   out->assign(size_t(std::max(count, 1)), ModelChanges());
   std::vector<size_t> per_owner(out->size()), filled(out->size());
   std::vector<int> owner;
-  for (const TableDelta& t : changes.tables) {
+  for (size_t k = 0; k < changes.tables.size(); ++k) {
+    const TableDelta& t = changes.tables[k];
     owner.resize(t.keys.size());
     std::fill(per_owner.begin(), per_owner.end(), 0);
     for (size_t i = 0; i < t.keys.size(); ++i)
       ++per_owner[size_t(owner[i] = OwnerOf(t.keys[i], count))];
+    if (movable && !t.keys.empty() && per_owner[size_t(owner[0])] == t.keys.size()) {
+      (*out)[size_t(owner[0])].tables.push_back(std::move(movable->tables[k]));
+      continue;
+    }
     std::vector<TableDelta*> parts(out->size(), nullptr);
     for (size_t o = 0; o < out->size(); ++o) {
       if (per_owner[o] == 0) continue;
@@ -64,7 +93,21 @@ void SplitByOwner(const ModelChanges& changes, int count, std::vector<ModelChang
       parts[o]->features.push_back(l.features[i]);
     }
   }
-  (*out)[0].dense = changes.dense;
+  if (movable) {
+    (*out)[0].dense = std::move(movable->dense);
+  } else {
+    (*out)[0].dense = changes.dense;
+  }
+}
+
+}  // namespace
+
+void SplitByOwner(const ModelChanges& changes, int count, std::vector<ModelChanges>* out) {
+  Split(changes, nullptr, count, out);
+}
+
+void SplitByOwner(ModelChanges&& changes, int count, std::vector<ModelChanges>* out) {
+  Split(changes, &changes, count, out);
 }
 
 void KeepOwned(int index, int count, ModelSnapshot* snapshot) {
@@ -223,6 +266,8 @@ void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
     mine.keys.reserve(mine_rows_.size());
     mine.values.resize(mine_rows_.size() * w);
     for (size_t i = 0; i < mine_rows_.size(); ++i) {
+      if (i + kAhead < mine_rows_.size())
+        PrefetchBytes(t.Row(mine_rows_[i + kAhead]), w * sizeof(float));
       const uint32_t row = mine_rows_[i];
       const std::string_view key = t.key(row);
       mine.keys.emplace_back(key);
@@ -232,17 +277,17 @@ void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
     sent.keys.reserve(theirs_rows_.size());
     sent.values.resize(theirs_rows_.size() * w);
     size_t kept = 0;
-    for (uint32_t row : theirs_rows_) {
+    for (size_t i = 0; i < theirs_rows_.size(); ++i) {
+      if (i + kAhead < theirs_rows_.size())
+        PrefetchBytes(t.Row(theirs_rows_[i + kAhead]), 2 * w * sizeof(float));
+      const uint32_t row = theirs_rows_[i];
       const std::string_view key = t.key(row);
       const float* v = t.Row(row);
       float* base = t.Base(row);
-      float* diff = sent.values.data() + kept * w;
-      bool any = false;
-      for (size_t i = 0; i < w; ++i) {
-        diff[i] = v[i] - base[i];
-        any |= diff[i] != 0.0f;
-      }
-      if (!any) continue;
+      // Unchanged (learned back to its base, or a zero gradient): nothing
+      // to send. The difference then runs as one vector loop.
+      if (std::memcmp(v, base, w * sizeof(float)) == 0) continue;
+      Subtract(v, base, sent.values.data() + kept * w, w);
       std::copy_n(v, w, base);
       sent.keys.emplace_back(key);
       ++kept;
@@ -323,13 +368,22 @@ Status Sharing::AddChanges(const ModelChanges& changes) {
     EmbeddingTable& t = *shared;
     const size_t w = t.row_floats();
     std::vector<float> sum(w);
+    rows_.resize(d.keys.size());
     for (size_t i = 0; i < d.keys.size(); ++i) {
       if (!Owns(d.keys[i])) {
         counters_.not_owned.fetch_add(1, std::memory_order_relaxed);
+        rows_[i] = kSkip;
         continue;
       }
+      rows_[i] = t.GetOrCreate(d.keys[i]);
+      if (i < kAhead) PrefetchBytes(t.Row(rows_[i]), w * sizeof(float));
+    }
+    for (size_t i = 0; i < d.keys.size(); ++i) {
+      if (i + kAhead < rows_.size() && rows_[i + kAhead] != kSkip)
+        PrefetchBytes(t.Row(rows_[i + kAhead]), w * sizeof(float));
+      const uint32_t row = rows_[i];
+      if (row == kSkip) continue;
       const float* delta = d.values.data() + i * w;
-      const uint32_t row = t.GetOrCreate(d.keys[i]);
       float* v = t.Row(row);
       for (size_t k = 0; k < w; ++k) sum[k] = v[k] + delta[k];
       if (!AllFinite(sum.data(), w)) {
@@ -377,18 +431,25 @@ Status Sharing::FollowOwners(const ModelSnapshot& published, int from) {
     EmbeddingTable& t = *shared;
     const size_t w = t.row_floats();
     std::vector<float> next(w);
+    // Rows first (not Put: a snapshot's export may be under way, and
+    // MarkDirty copies a row it lists before the write), then the values,
+    // a few rows ahead of the loop in cache. A row and its base are
+    // adjacent (EmbeddingTable::Base).
+    rows_.resize(d.keys.size());
     for (size_t i = 0; i < d.keys.size(); ++i) {
-      if (Owns(d.keys[i]) || !by_from(d.keys[i])) continue;
+      const bool take = !Owns(d.keys[i]) && by_from(d.keys[i]);
+      rows_[i] = take ? t.GetOrCreate(d.keys[i]) : kSkip;
+      if (take && i < kAhead) PrefetchBytes(t.Row(rows_[i]), 2 * w * sizeof(float));
+    }
+    for (size_t i = 0; i < d.keys.size(); ++i) {
+      if (i + kAhead < rows_.size() && rows_[i + kAhead] != kSkip)
+        PrefetchBytes(t.Row(rows_[i + kAhead]), 2 * w * sizeof(float));
+      const uint32_t row = rows_[i];
+      if (row == kSkip) continue;
       const float* pub = d.values.data() + i * w;
-      if (!AllFinite(pub, w)) {
-        counters_.refused.fetch_add(1, std::memory_order_relaxed);
-        continue;
-      }
-      // Not Put: a snapshot's export may be under way (MarkDirty copies
-      // a row it lists before the write).
-      const uint32_t row = t.GetOrCreate(d.keys[i]);
       float* base = t.Base(row);  // a row just created: its initial values
       float* v = t.Row(row);
+      // A non-finite published value makes `next` non-finite too.
       for (size_t k = 0; k < w; ++k) next[k] = pub[k] + (v[k] - base[k]);
       if (!AllFinite(next.data(), w)) {
         counters_.refused.fetch_add(1, std::memory_order_relaxed);

@@ -110,6 +110,7 @@ class Sharing {
   // taken by other trainers' items (not sent back).
   uint64_t ring_taken_ = 0;
   std::vector<uint32_t> mine_rows_, theirs_rows_;  // TakeChanges' scratch
+  std::vector<uint32_t> rows_;  // AddChanges' and FollowOwners' scratch
   // Per item row, a hash of the list (and id) last sent with its changes
   // (0) and last published with its owned row (1); 0: none.
   std::vector<uint32_t> list_sent_[2];
