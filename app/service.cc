@@ -1000,6 +1000,11 @@ recstream::Status Service::Impl::SnapshotPage(const std::string& after, size_t m
   }
   store::model_records::ModelPage page;
   RECSTREAM_RETURN_IF_ERROR(store->ReadModelPage(after, max_bytes, &page));
+  // Several trainers: what this trainer publishes, as on the model topic
+  // (a replica takes each row from its owner's snapshot).
+  if (config.learner.trainer_count > 1)
+    RECSTREAM_RETURN_IF_ERROR(store::model_records::KeepOwnedRecords(
+        config.kafka.ownership.index, config.kafka.ownership.count, &page));
   *body = store::model_records::EncodePage(page);
   return recstream::Status::OK();
 }

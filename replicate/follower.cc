@@ -65,6 +65,9 @@ struct ModelFollower::Impl {
     uint64_t count = 0;     // its records so far
     bool broken = false;    // a record of it could not be read
     mr::SnapshotBuilder builder;
+    // The snapshot url this partition's trainer announced last (several
+    // trainers publish on partitions of their own, each its own rows).
+    std::string url;
   };
   std::map<int, Part> parts;
 
@@ -101,6 +104,12 @@ struct ModelFollower::Impl {
   void Resync(int partition, const std::string& url);
   Status Assign(const std::map<int, int64_t>& from);
   std::string url;  // the snapshot url in use (configured, or the latest announced)
+  // Where partition p's snapshot comes from: the configured url, else the
+  // one p's trainer announced, else the latest announced anywhere.
+  const std::string& UrlOf(const Part& p) const {
+    if (!options.snapshot_url.empty() || p.url.empty()) return url;
+    return p.url;
+  }
   int resync_pending = -1;  // a partition Handle found a gap in
 };
 
@@ -204,6 +213,7 @@ Status ModelFollower::Impl::Setup(std::string* settings, std::string* url) {
       mr::Commit c;
       Status s = ReadLastCommit(options.brokers, options.properties, options.topic, p, 30000, &c);
       if (s.ok()) {
+        part.url = c.snapshot_url;
         if (!found || c.version > mr::Version()) {
           *settings = c.settings;
           if (url->empty()) *url = c.snapshot_url;
@@ -375,6 +385,7 @@ void ModelFollower::Impl::Handle(Part& p, const RdKafka::Message& m) {
       return;
     }
     if (options.snapshot_url.empty() && !commit.snapshot_url.empty()) url = commit.snapshot_url;
+    if (!commit.snapshot_url.empty()) p.url = commit.snapshot_url;
     if (!learner_owned) {
       if (Status e = EnsureLearner(commit.settings); !e.ok()) {
         SetWhyNot("cannot build a learner from the trainer's settings: " + e.ToString());
@@ -396,7 +407,7 @@ void ModelFollower::Impl::Handle(Part& p, const RdKafka::Message& m) {
     if (gap) {
       uint64_t n = 0;
       Update([&](FollowerStats& st) { n = ++st.gaps; });
-      if (url.empty()) {
+      if (UrlOf(p).empty()) {
         if (n <= 10 || (n & (n - 1)) == 0)
           spdlog::warn("replica: versions missed on {}/{} before {} (after {}), and no snapshot "
                        "url is known: rows they changed stay stale until they change again",
@@ -526,31 +537,36 @@ void ModelFollower::Impl::Run() {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
   }
-  // Partitions whose beginning is gone need the trainer's snapshot first.
-  bool need_snapshot = false;
-  for (const auto& [id, p] : parts) need_snapshot |= p.low > 0;
-  while (need_snapshot && !stop.load()) {
-    if (url.empty()) {
+  // Partitions whose beginning is gone need their trainer's snapshot first:
+  // one fetch per url (one trainer's rows; with several trainers, each
+  // publishes and serves only its own).
+  std::map<std::string, std::vector<int>> need;
+  for (const auto& [id, p] : parts)
+    if (p.low > 0) need[UrlOf(p)].push_back(id);
+  for (auto it = need.begin(); it != need.end() && !stop.load();) {
+    const std::string& from = it->first;
+    if (from.empty()) {
       SetWhyNot("the model topic no longer holds the whole model (it does not start at offset 0) "
                 "and no snapshot url is known: set replica.snapshot_url, or serve.advertise_url "
                 "on the trainer");
       std::this_thread::sleep_for(std::chrono::seconds(1));
       continue;
     }
-    SetWhyNot("fetching the trainer's snapshot from " + url);
+    SetWhyNot("fetching the trainer's snapshot from " + from);
     mr::Version v;
     const auto t0 = Clock::now();
-    Status s = FetchSnapshot(url, &v);
+    Status s = FetchSnapshot(from, &v);
     if (s.ok()) {
-      spdlog::info("replica: snapshot of version {} fetched from {} in {:.2f} s", v.ToString(), url,
+      spdlog::info("replica: snapshot of version {} fetched from {} in {:.2f} s", v.ToString(), from,
                    std::chrono::duration<double>(Clock::now() - t0).count());
-      for (auto& [id, p] : parts) p.skip_until = p.applied = v;
+      for (int id : it->second) parts[id].skip_until = parts[id].applied = v;
       std::lock_guard lock(mu);
       applied_any = true;
       stats.last = v;
-      break;
+      ++it;
+      continue;
     }
-    SetWhyNot("fetching the trainer's snapshot from " + url + ": " + s.ToString());
+    SetWhyNot("fetching the trainer's snapshot from " + from + ": " + s.ToString());
     std::this_thread::sleep_for(std::chrono::seconds(1));
   }
   {
@@ -575,7 +591,7 @@ void ModelFollower::Impl::Run() {
       Handle(it->second, *m);
       if (resync_pending >= 0) {
         const int partition = std::exchange(resync_pending, -1);
-        Resync(partition, url);
+        Resync(partition, UrlOf(parts[partition]));
         continue;
       }
       if (!it->second.caught_up && m->offset() + 1 >= it->second.end_at_start) {
@@ -589,7 +605,8 @@ void ModelFollower::Impl::Run() {
       spdlog::warn("replica: {}/{} dropped records before this replica read them ({}): "
                    "fetching a snapshot again",
                    options.topic, m->partition(), m->errstr());
-      if (m->partition() >= 0 && parts.count(m->partition())) Resync(m->partition(), url);
+      if (m->partition() >= 0 && parts.count(m->partition()))
+        Resync(m->partition(), UrlOf(parts[m->partition()]));
     } else if (m->err() == RdKafka::ERR__PARTITION_EOF && it != parts.end()) {
       if (!it->second.caught_up && m->offset() >= it->second.end_at_start) {
         it->second.caught_up = true;

@@ -109,6 +109,43 @@ Status DecodePage(std::string_view b, ModelPage* page) {
   return Status::OK();
 }
 
+Status KeepOwnedRecords(int index, int count, ModelPage* page) {
+  if (count <= 1) return Status::OK();
+  // "r/" and "f/" keys are <table> \0 <id>.
+  auto split = [](std::string_view rest, std::string_view* table, std::string_view* id) {
+    const size_t nul = rest.find('\0');
+    if (nul == std::string_view::npos) return false;
+    *table = rest.substr(0, nul);
+    *id = rest.substr(nul + 1);
+    return true;
+  };
+  auto owned = [&](std::string_view key) {
+    std::string_view table, id;
+    if (key.starts_with(codec::kRowPrefix) && split(key.substr(codec::kRowPrefix.size()), &table, &id))
+      return table == "user" || learner::OwnerOf(id, count) == index;
+    if (key.starts_with(codec::kFeatureListPrefix) &&
+        split(key.substr(codec::kFeatureListPrefix.size()), &table, &id)) {
+      if (table == "negative_ring") return index == 0;
+      return table != "item" || learner::OwnerOf(id, count) == index;
+    }
+    if (key.starts_with(codec::kDensePrefix)) return index == 0;
+    return true;
+  };
+  std::string kept;
+  kept.reserve(page->records.size());
+  RECSTREAM_RETURN_IF_ERROR(
+      ForEachPageRecord(page->records, [&](std::string_view key, std::string_view value) {
+        if (!owned(key)) return Status::OK();
+        codec::PutFixed32(&kept, uint32_t(key.size()));
+        kept += key;
+        codec::PutFixed32(&kept, uint32_t(value.size()));
+        kept += value;
+        return Status::OK();
+      }));
+  page->records = std::move(kept);
+  return Status::OK();
+}
+
 std::string DenseChunkKey(std::string_view name, uint32_t chunk) {
   std::string k = codec::DenseKey(name);
   k.push_back('\0');

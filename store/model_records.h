@@ -142,6 +142,16 @@ Status DecodePage(std::string_view body, ModelPage* page);
 template <typename Fn>
 Status ForEachPageRecord(std::string_view records, Fn&& fn);
 
+// Several trainers on one model (docs/interface.md, "Several trainers on
+// one model"): keeps the records of `page` that trainer `index` of `count`
+// publishes, as learner::KeepOwned keeps a snapshot's: its users' rows,
+// lists and purchases, the shared rows and item lists it owns, the dense
+// blocks and the negative ring when it is trainer 0, the width and shape
+// records. So a replica that bootstraps from each trainer's
+// GET /v1/snapshot takes every row from its owner. Corruption when the
+// framing is cut short.
+Status KeepOwnedRecords(int index, int count, ModelPage* page);
+
 // The dense chunk key of block `name`.
 std::string DenseChunkKey(std::string_view name, uint32_t chunk);
 

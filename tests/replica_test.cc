@@ -12,6 +12,7 @@
 #include <catch2/catch.hpp>
 #include <functional>
 #include <random>
+#include <set>
 
 #include "app/replica.h"
 #include "app/service.h"
@@ -174,7 +175,8 @@ struct TopicRecord {
 
 // Every record of topic/partition from offset `from` to its current end.
 std::vector<TopicRecord> ReadTopic(const std::string& brokers, const std::string& topic,
-                                   int64_t from = 0, int64_t* low_out = nullptr) {
+                                   int64_t from = 0, int64_t* low_out = nullptr,
+                                   int partition = 0) {
   std::string err;
   std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
   REQUIRE(conf->set("bootstrap.servers", brokers, err) == RdKafka::Conf::CONF_OK);
@@ -183,11 +185,12 @@ std::vector<TopicRecord> ReadTopic(const std::string& brokers, const std::string
   std::unique_ptr<RdKafka::KafkaConsumer> c(RdKafka::KafkaConsumer::create(conf.get(), err));
   REQUIRE(c);
   int64_t low = 0, high = 0;
-  REQUIRE(c->query_watermark_offsets(topic, 0, &low, &high, 5000) == RdKafka::ERR_NO_ERROR);
+  REQUIRE(c->query_watermark_offsets(topic, partition, &low, &high, 5000) ==
+          RdKafka::ERR_NO_ERROR);
   if (low_out != nullptr) *low_out = low;
   std::vector<TopicRecord> out;
   std::unique_ptr<RdKafka::TopicPartition> tp(
-      RdKafka::TopicPartition::create(topic, 0, std::max(from, low)));
+      RdKafka::TopicPartition::create(topic, partition, std::max(from, low)));
   std::vector<RdKafka::TopicPartition*> parts = {tp.get()};
   REQUIRE(c->assign(parts) == RdKafka::ERR_NO_ERROR);
   int64_t next = std::max(from, low);
@@ -210,9 +213,9 @@ std::vector<TopicRecord> ReadTopic(const std::string& brokers, const std::string
   return out;
 }
 
-// Appends records, in order, to partition 0 of `topic`.
+// Appends records, in order, to a partition of `topic`.
 void Append(const std::string& brokers, const std::string& topic,
-            const std::vector<TopicRecord>& records) {
+            const std::vector<TopicRecord>& records, int partition = 0) {
   std::string err;
   std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
   REQUIRE(conf->set("bootstrap.servers", brokers, err) == RdKafka::Conf::CONF_OK);
@@ -221,7 +224,7 @@ void Append(const std::string& brokers, const std::string& topic,
   REQUIRE(p);
   for (const TopicRecord& r : records) {
     RdKafka::ErrorCode e;
-    while ((e = p->produce(topic, 0, RdKafka::Producer::RK_MSG_COPY,
+    while ((e = p->produce(topic, partition, RdKafka::Producer::RK_MSG_COPY,
                            const_cast<char*>(r.value.data()), r.value.size(), r.key.data(),
                            r.key.size(), 0, nullptr)) == RdKafka::ERR__QUEUE_FULL)
       p->poll(10);
@@ -557,62 +560,204 @@ TEST_CASE("Users and items expired on the trainer are removed from replicas", "[
   CHECK(Matches(tport, rport));
 }
 
-TEST_CASE("Replicas follow two trainers that share one model and score as the owning trainer",
-          "[replica][trainers]") {
+// Two trainers of one model (trainer.count 2) on an embedded Kafka of four
+// partitions, each publishing on its partition of the model topic.
+struct TwoTrainers {
+  TwoTrainers() {
+    REQUIRE(ingest::EmbeddedKafka::Start(1, 4, ingest::TopicNames{}, &kafka).ok());
+    for (int i = 0; i < 2; ++i) {
+      config::AppConfig cfg =
+          TrainerConfig(kafka->bootstrap(), dir.path() + "/t" + std::to_string(i));
+      cfg.kafka.ownership.count = 2;
+      cfg.kafka.ownership.index = i;
+      cfg.learner.threads = 1;
+      // Every task explicit: an implicit task's popularity prior comes from
+      // each trainer's own ring, which replicas take from trainer 0.
+      cfg.learner.feedback = learner::Feedback::kExplicit;
+      REQUIRE(app::Service::Start(cfg, &trainer[i]).ok());
+      port[i] = PortOf(trainer[i]->http_address());
+    }
+  }
+  ~TwoTrainers() {
+    for (auto& t : trainer)
+      if (t) (void)t->Shutdown();
+  }
+  // Waits until both learned `sent` events in all and published it.
+  void WaitQuiet(double sent) {
+    REQUIRE(WaitFor([&] { return Learned(port[0]) + Learned(port[1]) == sent; }, 60s));
+    for (int i = 0; i < 2; ++i) {
+      const double versions = Number(port[i], "/publishing/versions");
+      REQUIRE(
+          WaitFor([&] { return Number(port[i], "/publishing/versions") >= versions + 3; }, 30s));
+    }
+  }
+  // True once a replica scores every sampled user exactly as the trainer
+  // that learns it, and a user nobody has seen as both trainers.
+  bool ReplicaMatches(uint16_t rport, const std::vector<std::string>& more_users = {}) {
+    auto body = [](uint16_t p, const std::string& path) { return HttpCall(p, "GET", path).body; };
+    return WaitFor(
+        [&] {
+          users = 0;
+          std::vector<std::string> all = more_users;
+          for (int u = 0; u < 200; u += 9) all.push_back("u" + std::to_string(u));
+          for (const std::string& user : all) {
+            for (int it : {0, 13, 41, 77}) {
+              const std::string path = "/v1/score?user=" + user + "&item=i" + std::to_string(it);
+              Json j;
+              if (!j.Parse(body(port[0], path))) return false;
+              const int owner = j.Bool("/known/user") ? 0 : 1;
+              if (body(rport, path) != body(port[owner], path)) return false;
+            }
+            ++users;
+          }
+          for (int it : {0, 13, 41, 77}) {
+            const std::string path = "/v1/score?user=nobody&item=i" + std::to_string(it);
+            if (body(rport, path) != body(port[0], path) ||
+                body(rport, path) != body(port[1], path))
+              return false;
+          }
+          return true;
+        },
+        30s);
+  }
+
   testing::TempDir dir;
   std::unique_ptr<ingest::EmbeddedKafka> kafka;
-  REQUIRE(ingest::EmbeddedKafka::Start(1, 4, ingest::TopicNames{}, &kafka).ok());
   std::unique_ptr<app::Service> trainer[2];
-  uint16_t port[2];
-  for (int i = 0; i < 2; ++i) {
-    config::AppConfig cfg = TrainerConfig(kafka->bootstrap(), dir.path() + "/t" + std::to_string(i));
-    cfg.kafka.ownership.count = 2;
-    cfg.kafka.ownership.index = i;
-    cfg.learner.threads = 1;
-    // Every task explicit: an implicit task's popularity prior comes from
-    // each trainer's own ring, which replicas take from trainer 0.
-    cfg.learner.feedback = learner::Feedback::kExplicit;
-    REQUIRE(app::Service::Start(cfg, &trainer[i]).ok());
-    port[i] = PortOf(trainer[i]->http_address());
-  }
-  std::unique_ptr<app::Replica> replica = StartReplica(kafka->bootstrap());
+  uint16_t port[2] = {0, 0};
+  int users = 0;  // users compared by the last ReplicaMatches
+};
+
+TEST_CASE("Replicas follow two trainers that share one model and score as the owning trainer",
+          "[replica][trainers]") {
+  TwoTrainers t;
+  std::unique_ptr<app::Replica> replica = StartReplica(t.kafka->bootstrap());
   const uint16_t rport = PortOf(replica->http_address());
-  Feed feed(kafka->bootstrap(), 11);
+  Feed feed(t.kafka->bootstrap(), 11);
   feed.Send(3000);
-  REQUIRE(WaitFor([&] { return Learned(port[0]) + Learned(port[1]) == feed.sent(); }, 60s));
-  for (int i = 0; i < 2; ++i) {
-    const double versions = Number(port[i], "/publishing/versions");
-    REQUIRE(WaitFor([&] { return Number(port[i], "/publishing/versions") >= versions + 3; }, 30s));
-  }
+  t.WaitQuiet(feed.sent());
   REQUIRE(WaitFor([&] { return Ready(rport); }, 30s));
-  // Each user's scores on the replica are its trainer's, bit for bit, and
-  // a user nobody has seen scores alike everywhere.
-  auto body = [](uint16_t p, const std::string& path) { return HttpCall(p, "GET", path).body; };
-  int users = 0;
-  REQUIRE(WaitFor(
-      [&] {
-        users = 0;
-        for (int u = 0; u < 200; u += 9) {
-          const std::string user = "u" + std::to_string(u);
-          for (int it : {0, 13, 41, 77}) {
-            const std::string path = "/v1/score?user=" + user + "&item=i" + std::to_string(it);
-            Json j;
-            if (!j.Parse(body(port[0], path))) return false;
-            const int owner = j.Bool("/known/user") ? 0 : 1;
-            if (body(rport, path) != body(port[owner], path)) return false;
-          }
-          ++users;
-        }
-        for (int it : {0, 13, 41, 77}) {
-          const std::string path = "/v1/score?user=nobody&item=i" + std::to_string(it);
-          if (body(rport, path) != body(port[0], path) || body(rport, path) != body(port[1], path))
-            return false;
-        }
-        return true;
-      },
-      30s));
-  CHECK(users == 23);
-  for (int i = 0; i < 2; ++i) REQUIRE(trainer[i]->Shutdown().ok());
+  CHECK(t.ReplicaMatches(rport));
+  CHECK(t.users == 23);
+}
+
+std::string Hex(std::string_view bytes) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : bytes) {
+    out += digits[c >> 4];
+    out += digits[c & 15];
+  }
+  return out;
+}
+
+TEST_CASE("Each of two trainers serves its own rows as a snapshot, and a replica that misses a "
+          "trainer's version snapshots that trainer again",
+          "[replica][trainers]") {
+  TwoTrainers t;
+  Feed feed(t.kafka->bootstrap(), 12);
+  feed.Send(1500);
+  t.WaitQuiet(feed.sent());
+  namespace mr = store::model_records;
+
+  // GET /v1/snapshot of each trainer: what it publishes, nothing it
+  // follows (items and features the other owns, and trainer 0's dense
+  // blocks), in pages of 4 KiB.
+  for (int i = 0; i < 2; ++i) {
+    int rows = 0, users = 0, foreign = 0, dense = 0;
+    std::string after;
+    for (int page_no = 0;; ++page_no) {
+      REQUIRE(page_no < 10000);
+      auto r = HttpCall(t.port[i], "GET",
+                        "/v1/snapshot?max_bytes=4096" + (after.empty() ? "" : "&after=" + Hex(after)));
+      REQUIRE(r.status == 200);
+      mr::ModelPage page;
+      REQUIRE(mr::DecodePage(r.body, &page).ok());
+      REQUIRE(mr::ForEachPageRecord(page.records, [&](std::string_view key, std::string_view) {
+                if (key.starts_with("d/")) ++dense;
+                if (!key.starts_with("r/") && !key.starts_with("f/")) return Status::OK();
+                const size_t nul = key.find('\0');
+                const std::string_view table = key.substr(2, nul - 2), id = key.substr(nul + 1);
+                if (table == "user") {
+                  ++users;
+                } else if (table != "user_left" && key.starts_with("r/")) {
+                  ++rows;
+                  if (learner::OwnerOf(id, 2) != i) ++foreign;
+                } else if (table == "item" && learner::OwnerOf(id, 2) != i) {
+                  ++foreign;
+                }
+                return Status::OK();
+              }).ok());
+      if (page.last_key.empty()) break;
+      after = page.last_key;
+    }
+    INFO("trainer " << i);
+    CHECK(users > 50);
+    CHECK(rows > 20);  // about half of 80 items and 7 features
+    CHECK(foreign == 0);
+    CHECK((dense > 0) == (i == 0));
+  }
+
+  // A replica on a relay of the model topic that the test fills, partition
+  // by partition, leaving out trainer 1's versions that brought some users.
+  const std::string model = ingest::TopicNames{}.model;
+  REQUIRE(t.kafka->CreateTopic("relay.model", 2).ok());
+  int64_t next[2] = {0, 0};
+  for (int p = 0; p < 2; ++p) {
+    const std::vector<TopicRecord> copied =
+        ReadTopic(t.kafka->bootstrap(), model, 0, nullptr, p);
+    REQUIRE(!copied.empty());
+    next[p] = copied.back().offset + 1;
+    Append(t.kafka->bootstrap(), "relay.model", copied, p);
+  }
+  auto replica = StartReplica(t.kafka->bootstrap(), "relay.model", 4096);
+  const uint16_t rport = PortOf(replica->http_address());
+  REQUIRE(WaitFor([&] { return Ready(rport); }, 30s));
+  REQUIRE(t.ReplicaMatches(rport));
+
+  std::unique_ptr<ingest::EventProducer> producer;
+  REQUIRE(ingest::EventProducer::Open(t.kafka->bootstrap(), ingest::TopicNames{}, &producer).ok());
+  std::vector<std::string> missed;
+  for (int k = 0; k < 12; ++k) {
+    missed.push_back("missed" + std::to_string(k));
+    REQUIRE(producer
+                ->SendEvent(R"({"type":"click","user":")" + missed.back() +
+                                R"(","item":"i1","label":1})",
+                            ingest::ParserOptions{})
+                .ok());
+  }
+  REQUIRE(producer->Flush(5000).ok());
+  t.WaitQuiet(feed.sent() + 12);
+  // Later versions of both trainers, which the replica does get.
+  for (int k = 0; k < 12; ++k)
+    REQUIRE(producer
+                ->SendEvent(R"({"type":"click","user":"seen)" + std::to_string(k) +
+                                R"(","item":"i2","label":1})",
+                            ingest::ParserOptions{})
+                .ok());
+  REQUIRE(producer->Flush(5000).ok());
+  t.WaitQuiet(feed.sent() + 24);
+  size_t left_out = 0;
+  for (int p = 0; p < 2; ++p) {
+    const std::vector<TopicRecord> more = ReadTopic(t.kafka->bootstrap(), model, next[p], nullptr, p);
+    std::set<mr::Version> drop;
+    if (p == 1)
+      for (const TopicRecord& r : more)
+        if (r.key.find("missed") != std::string::npos) drop.insert(r.version);
+    std::vector<TopicRecord> relay;
+    for (const TopicRecord& r : more)
+      if (!drop.count(r.version)) relay.push_back(r);
+    left_out += more.size() - relay.size();
+    Append(t.kafka->bootstrap(), "relay.model", relay, p);
+  }
+  REQUIRE(left_out > 0);  // trainer 1 learned some of the 12 users
+  // The replica notices the gap on partition 1 and takes trainer 1's
+  // snapshot (not trainer 0's): it knows trainer 1's users of the missing
+  // versions, and every row it holds is its owner's.
+  REQUIRE(WaitFor([&] { return Number(rport, "/replica/gaps") >= 1; }, 15s));
+  CHECK(WaitFor([&] { return Number(rport, "/replica/resyncs") >= 1; }, 15s));
+  CHECK(t.ReplicaMatches(rport, missed));
+  CHECK(t.users == 23 + 12);
 }
 
 }  // namespace recstream
