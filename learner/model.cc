@@ -36,9 +36,9 @@ Model::Model(const LearnerOptions& o)
                                                         false, StateOf(o, o.lr_embedding))
                      : nullptr),
       histories(o.history),
-      history_match(size_t(4) * kNumTasks * o.history, 0.0f),
       recent(size_t(o.negatives > 0 || o.feedback != Feedback::kExplicit ? o.negative_window : 1)),
       recent_count(o.feedback != Feedback::kExplicit ? size_t(1) << kCountBits : 0),
+      history_match(size_t(4) * kNumTasks * o.history, 0.0f),
       weighting(o) {
   for (auto& n : saw_negative) n.store(false);
   if (o.admit_after > 1) admission = std::make_unique<AdmissionSketch>();

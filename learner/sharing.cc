@@ -34,7 +34,10 @@ constexpr uint32_t kSkip = ~0u;
 
 int OwnerOf(std::string_view key, int count) {
   if (count <= 1) return 0;
-  return int(Model::IdHash(key) % uint32_t(count));
+  const uint32_t h = Model::IdHash(key), n = uint32_t(count);
+  // The same as h % n; a mask when n is a power of two (no division on
+  // the exchange's per-row path).
+  return int((n & (n - 1)) == 0 ? h & (n - 1) : h % n);
 }
 
 namespace {
@@ -423,7 +426,6 @@ Status Sharing::AddChanges(const ModelChanges& changes) {
 }
 
 Status Sharing::FollowOwners(const ModelSnapshot& published, int from) {
-  auto by_from = [&](std::string_view key) { return from < 0 || OwnerOf(key, count_) == from; };
   for (const TableDelta& d : published.tables) {
     EmbeddingTable* shared = Find(d.table);
     if (!shared) continue;  // users (another trainer's own), or not shared
@@ -437,7 +439,8 @@ Status Sharing::FollowOwners(const ModelSnapshot& published, int from) {
     // adjacent (EmbeddingTable::Base).
     rows_.resize(d.keys.size());
     for (size_t i = 0; i < d.keys.size(); ++i) {
-      const bool take = !Owns(d.keys[i]) && by_from(d.keys[i]);
+      const int owner = OwnerOf(d.keys[i], count_);
+      const bool take = owner != index_ && (from < 0 || owner == from);
       rows_[i] = take ? t.GetOrCreate(d.keys[i]) : kSkip;
       if (take && i < kAhead) PrefetchBytes(t.Row(rows_[i]), 2 * w * sizeof(float));
     }
