@@ -169,6 +169,7 @@ struct PairRun {
   double cpu = 0;           // CPU seconds of both trainers' threads
   double exchange_cpu = 0;  // of which in the exchange
   double steps[3] = {};     // of which decoding and adding, following, taking
+  double coding[2] = {};    // of which decoding; splitting and encoding
 };
 
 // Two trainers over their halves at once; with `shared`, trainers 0 and 1
@@ -180,6 +181,7 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
   std::atomic<uint64_t> bytes{0}, exchanges{0};
   double cpu[2] = {0, 0}, exchange_cpu[2] = {0, 0};
   double step_cpu[2][3] = {};  // add, follow, take
+  double coding_cpu[2][2] = {};  // decode; split and encode
   std::atomic<int> ready{0};
   auto work = [&](int k) {
     learner::Learner& l = *t[k];
@@ -208,7 +210,9 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
       double t0 = ThreadCpuSeconds();
       for (const std::string& b : got_changes) {
         learner::ModelChanges c;
+        const double d0 = ThreadCpuSeconds();
         Decode(b, &c.tables, &c.dense);
+        coding_cpu[k][0] += ThreadCpuSeconds() - d0;
         if (!l.AddChanges(c).ok()) std::abort();
       }
       double t1 = ThreadCpuSeconds();
@@ -216,7 +220,9 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
       for (const std::string& b : got_published) {
         learner::ModelSnapshot s;
         s.shape = t[0]->Shape();
+        const double d0 = ThreadCpuSeconds();
         Decode(b, &s.tables, &s.dense);
+        coding_cpu[k][0] += ThreadCpuSeconds() - d0;
         if (!l.FollowOwners(s, 1 - k).ok()) std::abort();
       }
       t0 = ThreadCpuSeconds();
@@ -228,10 +234,12 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
       l.TakeChanges(&c, &owned);
       t1 = ThreadCpuSeconds();
       step_cpu[k][2] += t1 - t0;
+      const double e0 = ThreadCpuSeconds();
       std::vector<learner::ModelChanges> split;
       learner::SplitByOwner(std::move(c), 2, &split);
       std::string send = Encode(split[size_t(1 - k)].tables, split[size_t(1 - k)].dense);
       std::string pub = Encode(owned.tables, owned.dense);
+      coding_cpu[k][1] += ThreadCpuSeconds() - e0;
       bytes.fetch_add(send.size() + pub.size());
       {
         std::lock_guard lock(other.mu);
@@ -254,6 +262,7 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
   r.cpu = cpu[0] + cpu[1];
   r.exchange_cpu = exchange_cpu[0] + exchange_cpu[1];
   for (int i = 0; i < 3; ++i) r.steps[i] = step_cpu[0][i] + step_cpu[1][i];
+  for (int i = 0; i < 2; ++i) r.coding[i] = coding_cpu[0][i] + coding_cpu[1][i];
   return r;
 }
 
@@ -289,9 +298,11 @@ int main(int argc, char** argv) {
     std::printf("shared %.0f events/s, %.3f us CPU/event, %.3f exchanging\n",
                 double(b.events) / b.wall, b.cpu / double(b.events) * 1e6,
                 b.exchange_cpu / double(b.events) * 1e6);
-    std::printf("  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us\n",
+    std::printf("  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us "
+                "(decoding %.3f us; splitting and encoding %.3f us)\n",
                 b.steps[0] / double(b.events) * 1e6, b.steps[1] / double(b.events) * 1e6,
-                b.steps[2] / double(b.events) * 1e6);
+                b.steps[2] / double(b.events) * 1e6, b.coding[0] / double(b.events) * 1e6,
+                b.coding[1] / double(b.events) * 1e6);
     return 0;
   }
   {
@@ -320,9 +331,11 @@ int main(int argc, char** argv) {
         b.cpu / double(b.events) * 1e6, b.exchange_cpu / double(b.events) * 1e6,
         (unsigned long long)b.exchanges, double(b.bytes) / double(b.events), rb / ra,
         a.cpu / b.cpu);
-    std::printf("  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us\n",
+    std::printf("  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us "
+                "(decoding %.3f us; splitting and encoding %.3f us)\n",
                 b.steps[0] / double(b.events) * 1e6, b.steps[1] / double(b.events) * 1e6,
-                b.steps[2] / double(b.events) * 1e6);
+                b.steps[2] / double(b.events) * 1e6, b.coding[0] / double(b.events) * 1e6,
+                b.coding[1] / double(b.events) * 1e6);
     std::fflush(stdout);
   }
   std::printf("all rounds: shared/independent %.3f events/s, %.3f by CPU per event\n", sh / ind,

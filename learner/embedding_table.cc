@@ -303,6 +303,7 @@ EmbeddingTable::EmbeddingTable(std::string name, int width, int random_prefix, f
 
 EmbeddingTable::Chunk::~Chunk() {
   if (data) UnmapHuge(data, bytes);
+  if (base) UnmapHuge(base, base_bytes);
 }
 
 EmbeddingTable::~EmbeddingTable() {
@@ -748,7 +749,11 @@ EmbeddingTable::Chunk* EmbeddingTable::EnsureChunk(uint32_t index) {
     c->touched.reset(new std::atomic<uint32_t>[kChunkRows]);
     for (uint32_t i = 0; i < kChunkRows; ++i) c->touched[i].store(0, std::memory_order_relaxed);
   }
-  if (changes_) c->changed.reset(new uint8_t[kChunkRows]());
+  if (changes_) {
+    c->changed.reset(new uint8_t[kChunkRows]());
+    c->base_bytes = size_t(kChunkRows) * row_floats_ * sizeof(float);
+    c->base = static_cast<float*>(MapHuge(c->base_bytes));
+  }
   if (epochs_) {
     c->epochs.reset(new std::atomic<uint32_t>[kChunkRows]);
     for (uint32_t i = 0; i < kChunkRows; ++i) c->epochs[i].store(0, std::memory_order_relaxed);

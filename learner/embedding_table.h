@@ -122,13 +122,11 @@ class EmbeddingTable {
   // Sharing rows between trainers (learner/sharing.h), once TrackChanges
   // has been called on the empty table: a change mark, independent of the
   // snapshots' one, set on a row's creation and by MarkDirty, taken by
-  // ForEachChanged; and a BASE beside each row's floats (row_floats()
-  // more), which a row's creation, Put and PutMany set to the row's values
-  // and only the caller changes afterwards.
-  void TrackChanges() {
-    changes_ = true;
-    stride_ = line_aligned_ ? (2 * row_floats_ + 15) & ~size_t{15} : 2 * row_floats_;
-  }
+  // ForEachChanged; and a BASE per row (row_floats() floats, in an array
+  // beside the rows' own, so that learning touches no more memory than
+  // without), which a row's creation, Put and PutMany set to the row's
+  // values and only the caller changes afterwards.
+  void TrackChanges() { changes_ = true; }
   bool tracks_changes() const { return changes_; }
   void SetEpoch(uint32_t epoch) { epoch_.store(epoch, std::memory_order_relaxed); }
   uint32_t dirtied(uint32_t row) const {
@@ -201,13 +199,16 @@ class EmbeddingTable {
   // bytes and index share (ids of up to 7 bytes; longer ones add their
   // length).
   size_t bytes_per_row() const {
-    return stride_ * sizeof(float) + 8 + 1 + (touched_ ? 4 : 0) + 16;
+    return (stride_ + (changes_ ? row_floats_ : 0)) * sizeof(float) + 8 + 1 + (touched_ ? 4 : 0) +
+           16;
   }
 
   // values[0..width) then accumulators[0..width).
   float* Row(uint32_t row) const { return chunk(row)->data + offset(row); }
   // The row's base (TrackChanges only): row_floats() floats.
-  float* Base(uint32_t row) const { return Row(row) + row_floats_; }
+  float* Base(uint32_t row) const {
+    return chunk(row)->base + size_t(row & kChunkMask) * row_floats_;
+  }
   // The id of a row; only for rows below size() (or returned by Find or
   // GetOrCreate).
   KeyRef key(uint32_t row) const;
@@ -296,6 +297,8 @@ class EmbeddingTable {
     ~Chunk();
     float* data = nullptr;  // kChunkRows * stride_ floats, mapped
     size_t bytes = 0;
+    float* base = nullptr;  // with TrackChanges: kChunkRows * row_floats_, mapped
+    size_t base_bytes = 0;
     std::unique_ptr<uint64_t[]> headers;  // kChunkRows id headers (embedding_table.cc)
     std::unique_ptr<uint8_t[]> dirty;     // written through atomic_ref
     std::unique_ptr<std::atomic<uint32_t>[]> touched;  // with TrackTouches only
@@ -378,9 +381,8 @@ class EmbeddingTable {
   const RowState state_;
   const size_t row_floats_;  // width_ * (1 + state_.blocks)
   const bool line_aligned_;
-  // Floats per row: row_floats_ (twice that with TrackChanges), padded when
-  // line_aligned. Set before the first row.
-  size_t stride_;
+  // Floats per row: row_floats_, padded when line_aligned.
+  const size_t stride_;
   const int random_prefix_;
   const float init_scale_;
   const float accum_init_;

@@ -27,6 +27,12 @@ void PrefetchBytes(const void* p, size_t bytes) {
   for (size_t at = 0; at < bytes; at += 64) __builtin_prefetch(c + at, 1);
 }
 
+// A row's values and its base (EmbeddingTable::Base).
+void PrefetchRow(const EmbeddingTable& t, uint32_t row) {
+  PrefetchBytes(t.Row(row), t.row_floats() * sizeof(float));
+  PrefetchBytes(t.Base(row), t.row_floats() * sizeof(float));
+}
+
 constexpr size_t kAhead = 4;  // rows prefetched ahead
 constexpr uint32_t kSkip = ~0u;
 
@@ -281,8 +287,7 @@ void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
     sent.values.resize(theirs_rows_.size() * w);
     size_t kept = 0;
     for (size_t i = 0; i < theirs_rows_.size(); ++i) {
-      if (i + kAhead < theirs_rows_.size())
-        PrefetchBytes(t.Row(theirs_rows_[i + kAhead]), 2 * w * sizeof(float));
+      if (i + kAhead < theirs_rows_.size()) PrefetchRow(t, theirs_rows_[i + kAhead]);
       const uint32_t row = theirs_rows_[i];
       const std::string_view key = t.key(row);
       const float* v = t.Row(row);
@@ -435,18 +440,16 @@ Status Sharing::FollowOwners(const ModelSnapshot& published, int from) {
     std::vector<float> next(w);
     // Rows first (not Put: a snapshot's export may be under way, and
     // MarkDirty copies a row it lists before the write), then the values,
-    // a few rows ahead of the loop in cache. A row and its base are
-    // adjacent (EmbeddingTable::Base).
+    // a few rows ahead of the loop in cache.
     rows_.resize(d.keys.size());
     for (size_t i = 0; i < d.keys.size(); ++i) {
       const int owner = OwnerOf(d.keys[i], count_);
       const bool take = owner != index_ && (from < 0 || owner == from);
       rows_[i] = take ? t.GetOrCreate(d.keys[i]) : kSkip;
-      if (take && i < kAhead) PrefetchBytes(t.Row(rows_[i]), 2 * w * sizeof(float));
+      if (take && i < kAhead) PrefetchRow(t, rows_[i]);
     }
     for (size_t i = 0; i < d.keys.size(); ++i) {
-      if (i + kAhead < rows_.size() && rows_[i + kAhead] != kSkip)
-        PrefetchBytes(t.Row(rows_[i + kAhead]), 2 * w * sizeof(float));
+      if (i + kAhead < rows_.size() && rows_[i + kAhead] != kSkip) PrefetchRow(t, rows_[i + kAhead]);
       const uint32_t row = rows_[i];
       if (row == kSkip) continue;
       const float* pub = d.values.data() + i * w;

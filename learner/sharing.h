@@ -24,8 +24,9 @@
 // taken change is delivered once (the caller's part: an outbox stored with
 // the trainer's positions, see docs/interface.md), and every copy
 // converges on the owner's value once trainers are quiet. The "base" of a
-// follower copy is kept beside its values (EmbeddingTable::Base: shared
-// tables take twice the floats per row); it starts as the row's initial
+// follower copy is kept by row in an array beside the table's own
+// (EmbeddingTable::Base: shared tables take twice the floats per row); it
+// starts as the row's initial
 // values, which every trainer computes alike from the id, or the values a
 // restore put there.
 //
