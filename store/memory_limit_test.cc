@@ -258,8 +258,50 @@ TEST_CASE("Users expire from the store while out of memory", "[memory]") {
   REQUIRE(user_rows <= 6000 + 100);
   REQUIRE(ls.expired_users >= uint64_t(kWave * kWaves) - 6000 - 100);
   REQUIRE(left <= user_rows);
-  // An expired user who returns starts afresh: unknown until its event.
-  REQUIRE_FALSE(l->Score(User(0), Item(0), learner::Blend()).user_known);
+  // An expired user who returns starts afresh: unknown until its event,
+  // and without a store read (the filter's generation of its time is gone).
+  const uint64_t reads = l->Stats().store_reads;
+  for (int u = 0; u < 5 * kWave; u += 97)
+    REQUIRE_FALSE(l->Score(User(u), Item(0), learner::Blend()).user_known);
+  CHECK(l->Stats().store_reads == reads);
+  // The users of the last minute are all known, from memory or the store.
+  for (int u = (kWaves - 2) * kWave + kWave / 2; u < kWaves * kWave; u += 53)
+    REQUIRE(l->Score(User(u), Item(0), learner::Blend()).user_known);
+  CHECK(l->Stats().store_reads > reads);
+
+  SECTION("after a restart, users out of memory come back until their time is up") {
+    Checkpoint(l.get(), store.get());
+    l.reset();
+    auto restored = NewLearner(o);
+    restored->SetRowSource(store.get());
+    ModelSnapshot rest;
+    OffsetMap offsets;
+    CheckpointInfo info;
+    REQUIRE(store
+                ->LoadStreaming([&](const learner::TableDelta& d) { return restored->ApplyRows(d); },
+                                [&](const learner::FeatureListDelta& d) {
+                                  return restored->ApplyLists(d);
+                                },
+                                2, &rest, &offsets, &info)
+                .ok());
+    REQUIRE(restored->ApplySnapshot(rest).ok());
+    // Event time moves on by one event; expiry passes over the store's
+    // entries (the users whose time a restart does not know are pinned
+    // until it has seen them).
+    Event e;
+    e.user = "newcomer";
+    e.item = Item(0);
+    e.ts_ms = ts;
+    restored->Train(std::vector<Event>{e});
+    for (int i = 0; i < 64; ++i) {
+      restored->Idle();
+      Checkpoint(restored.get(), store.get());
+    }
+    for (int u = (kWaves - 2) * kWave + kWave / 2; u < kWaves * kWave; u += 53)
+      REQUIRE(restored->Score(User(u), Item(0), learner::Blend()).user_known);
+    for (int u = 0; u < 5 * kWave; u += 97)
+      REQUIRE_FALSE(restored->Score(User(u), Item(0), learner::Blend()).user_known);
+  }
 }
 
 }  // namespace
