@@ -53,14 +53,6 @@ Residency::Residency(Model* model)
     for (size_t i = 0; i < words; ++i) f[i].store(0, std::memory_order_relaxed);
     return f;
   };
-  if (model->options.expire_user_s > 0) {
-    // The same bytes: half for the pinned filter, half for the generations.
-    // (kGenerations - 1) spans are more than expire_user_s.
-    span_s_ = uint32_t(model->options.expire_user_s / (kGenerations - 1) + 1);
-    filter_bits_ = bits - 1;
-    gen_bits_ = bits - 3;
-    for (Generation& g : gens_) g.bits = make(gen_bits_);
-  }
   filter_ = make(filter_bits_);
   buyers_ = make(buyer_bits_);
   m_.users.TrackTouches();
@@ -82,69 +74,11 @@ void Residency::SetSource(const RowSource* source) {
       read_errors_.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    for (const RowSource::LeftUser& u : page) {
-      if (u.touched == RowSource::LeftUser::kBackInMemory) continue;
-      if (span_s_ == 0) {
-        NoteLeft(u.id, 0);
-        continue;
-      }
-      // Pinned until expiry has seen it (KeepRestored asks the filter
-      // whether it was out of memory, past its time or not).
-      Pin(u.id, 0);
-      if (u.touched != 0) NoteLeft(u.id, u.touched);
-    }
+    for (const RowSource::LeftUser& u : page)
+      if (u.touched != RowSource::LeftUser::kBackInMemory) NoteLeft(u.id);
     if (page.size() < kPage) return;
     after = page.back().id;
   }
-}
-
-bool Residency::MayHaveLeft(std::string_view id) const {
-  if (span_s_ == 0 || pinned_.load(std::memory_order_acquire))
-    if (MayHold(filter_, filter_bits_, id)) return true;
-  if (span_s_ == 0) return false;
-  const int64_t now = m_.event_time_s.load(std::memory_order_relaxed);
-  for (const Generation& g : gens_) {
-    const int64_t bucket = g.bucket.load(std::memory_order_acquire);
-    // Empty, or every user in it past its time: touched before the span's
-    // end, now more than expire_user_s after it.
-    if (bucket < 0 || now > (bucket + 1) * int64_t(span_s_) + m_.options.expire_user_s) continue;
-    if (MayHold(g.bits, gen_bits_, id)) return true;
-  }
-  return false;
-}
-
-void Residency::NoteLeft(std::string_view id, uint32_t touched) {
-  if (span_s_ == 0 || touched == 0) {
-    if (span_s_ == 0) {
-      Note(filter_, filter_bits_, id);
-    } else {
-      Pin(id, 0);
-    }
-    return;
-  }
-  const int64_t bucket = touched / span_s_;
-  Generation& g = gens_[bucket % kGenerations];
-  std::lock_guard lock(gen_mu_);
-  const int64_t held = g.bucket.load(std::memory_order_relaxed);
-  // A generation kGenerations spans older holds only users past their time
-  // (touched more than (kGenerations - 1) spans, over expire_user_s, before
-  // this one): it is dropped. A user older than the generation held is past
-  // its time itself.
-  if (held > bucket) return;
-  if (held < bucket) {
-    const size_t words = size_t(1) << (gen_bits_ - 6);
-    for (size_t i = 0; i < words; ++i) g.bits[i].store(0, std::memory_order_relaxed);
-    g.bucket.store(bucket, std::memory_order_release);
-  }
-  Note(g.bits, gen_bits_, id);
-}
-
-void Residency::Pin(std::string_view id, uint64_t needs) {
-  std::lock_guard lock(gen_mu_);
-  Note(filter_, filter_bits_, id);
-  ++pins_;
-  pin_needs_ = std::max(pin_needs_, needs);
-  pinned_.store(true, std::memory_order_release);
 }
 
 bool Residency::MayHold(const std::unique_ptr<std::atomic<uint64_t>[]>& filter, int bits,
@@ -248,21 +182,11 @@ void Residency::ExpireLeft() {
   const size_t kSlice = std::max<size_t>(1024, 2 * last_let_go_);
   std::vector<RowSource::LeftUser> slice;
   const RowSource* source = source_.load(std::memory_order_acquire);
-  if (left_cursor_.empty()) {
-    // A pass begins: it counts for the pinned filter when every pinned
-    // user's entry is stored.
-    std::lock_guard lock(gen_mu_);
-    pass_pins_ = pinned_.load(std::memory_order_relaxed) &&
-                         stored_.load(std::memory_order_acquire) >= pin_needs_
-                     ? pins_
-                     : ~uint64_t{0};
-  }
   if (Status s = source->ScanLeft(left_cursor_, kSlice, &slice); !s.ok()) {
     read_errors_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  const bool pass_ends = slice.size() < kSlice;
-  left_cursor_ = pass_ends ? std::string() : slice.back().id;
+  left_cursor_ = slice.size() < kSlice ? std::string() : slice.back().id;
   std::vector<std::string_view> gone;
   {
     std::lock_guard lock(mu_);
@@ -272,27 +196,12 @@ void Residency::ExpireLeft() {
       if (u.touched == 0 || u.touched == RowSource::LeftUser::kBackInMemory) {
         // Its time is unknown (left at a restore, or in memory at the last
         // checkpoint): touched now, as expiry counts users after a restart.
-        {
-          std::lock_guard left_lock(left_mu_);
-          left_.emplace_back(u.id, uint32_t(now));
-        }
-        NoteLeft(u.id, uint32_t(now));
+        std::lock_guard left_lock(left_mu_);
+        left_.emplace_back(u.id, uint32_t(now));
         continue;
       }
       if (int64_t(u.touched) < now - m_.options.expire_user_s) gone.push_back(u.id);
     }
-  }
-  if (pass_ends) {
-    // Every pinned user's entry was seen in this pass: those not in
-    // memory or going are in a generation now (above), or known by their
-    // stored time (SetSource).
-    std::lock_guard lock(gen_mu_);
-    if (pass_pins_ == pins_ && pinned_.load(std::memory_order_relaxed)) {
-      pinned_.store(false, std::memory_order_release);
-      const size_t words = size_t(1) << (filter_bits_ - 6);
-      for (size_t i = 0; i < words; ++i) filter_[i].store(0, std::memory_order_relaxed);
-    }
-    pass_pins_ = ~uint64_t{0};
   }
   if (gone.empty()) return;
   // Their purchases go too: read those of the users that may have some.
@@ -332,12 +241,7 @@ bool Residency::KeepRestored(std::string_view id) {
   // threads, each a block at a time.
   if (restored_.fetch_add(1, std::memory_order_relaxed) < user_budget()) return true;
   restored_.fetch_sub(1, std::memory_order_relaxed);
-  if (span_s_ == 0) {
-    NoteLeft(id, 0);
-  } else {
-    // Its store entry (time unknown) goes with the next snapshot.
-    Pin(id, begun_.load(std::memory_order_acquire) + 1);
-  }
+  NoteLeft(id);
   if (m_.options.expire_user_s > 0) {
     std::lock_guard lock(left_mu_);
     left_.emplace_back(std::string(id), 0);  // its time is not stored: unknown
@@ -557,7 +461,7 @@ void Residency::Evict() {
       continue;
     }
     const std::string_view id = m_.users.key(row);
-    NoteLeft(id, m_.options.expire_user_s > 0 ? m_.users.touched(row) : 0);
+    NoteLeft(id);
     {
       // Its event time with user expiry; otherwise unknown (touch times are
       // then the limit's clock, which means nothing to a later expiry).

@@ -24,13 +24,7 @@
 // same way. A user comes back exactly as it left: bit-identical scores. A
 // Bloom filter of the users that left (and, after a restart, of those the
 // restore left in the store) spares ids never seen a store read each; its
-// false positives cost a read that finds nothing. With user expiry the
-// filter is kGenerations filters by the users' touch times, each a span of
-// expire_user_s / (kGenerations - 1) seconds (and one more): a generation
-// whose users are all past their time is dropped, so that visitors who
-// never come back neither fill the filter nor cost a read when their id
-// comes again. Users whose time is unknown (a restart's) go to a pinned
-// filter, dropped once expiry has seen each of them (ExpireLeft).
+// false positives cost a read that finds nothing.
 //
 // Thread safety. Prepare, Evict and Stored run on the training thread
 // (Prepare before a Train call's learning, Evict after it); FindUser on any
@@ -141,12 +135,8 @@ class Residency {
   // checkpoint, still fit.
   uint64_t user_budget() const;
   uint64_t filter_bytes() const {
-    return (uint64_t(1) << filter_bits_) / 8 +
-           (span_s_ > 0 ? kGenerations * (uint64_t(1) << gen_bits_) / 8 : 0) +
-           (uint64_t(1) << buyer_bits_) / 8;
+    return (uint64_t(1) << filter_bits_) / 8 + (uint64_t(1) << buyer_bits_) / 8;
   }
-  // The filter's generations with user expiry (above).
-  static constexpr int kGenerations = 4;
   uint64_t evicted() const { return evicted_.load(std::memory_order_relaxed); }
   uint64_t reloaded() const { return reloaded_.load(std::memory_order_relaxed); }
   uint64_t store_reads() const { return store_reads_.load(std::memory_order_relaxed); }
@@ -173,14 +163,8 @@ class Residency {
                       std::string_view id);
   static void Note(const std::unique_ptr<std::atomic<uint64_t>[]>& filter, int bits,
                    std::string_view id);
-  // Whether user `id` may be in the store, out of memory.
-  bool MayHaveLeft(std::string_view id) const;
-  // User `id` left memory, last touched at `touched` (event time, s, with
-  // user expiry); 0: unknown (the pinned filter, or the one filter without
-  // expiry).
-  void NoteLeft(std::string_view id, uint32_t touched);
-  // A pinned user's store entry is in snapshot `needs` (0: stored already).
-  void Pin(std::string_view id, uint64_t needs);
+  bool MayHaveLeft(std::string_view id) const { return MayHold(filter_, filter_bits_, id); }
+  void NoteLeft(std::string_view id) { Note(filter_, filter_bits_, id); }
 
   Model& m_;
   const uint64_t limit_bytes_;
@@ -188,28 +172,9 @@ class Residency {
   // Orders reading back against evicting: a user is never put back while
   // its memory is being given up.
   std::mutex mu_;
-  // The Bloom filter of users that left: 2^filter_bits_ bits; with user
-  // expiry, the pinned one (users whose time is unknown).
+  // The Bloom filter of users that left: 2^filter_bits_ bits.
   int filter_bits_ = 0;
   std::unique_ptr<std::atomic<uint64_t>[]> filter_;
-  // With user expiry: generation g holds users touched in span number
-  // bucket (g == bucket % kGenerations; -1: empty), 2^gen_bits_ bits each.
-  // Changed by the training thread (and SetSource) under gen_mu_; read by
-  // any thread.
-  struct Generation {
-    std::unique_ptr<std::atomic<uint64_t>[]> bits;
-    std::atomic<int64_t> bucket{-1};
-  };
-  uint32_t span_s_ = 0;  // 0: no generations
-  int gen_bits_ = 0;
-  Generation gens_[kGenerations];
-  std::mutex gen_mu_;
-  // The pinned filter is dropped at the end of an expiry pass over the
-  // store's entries that began with every pinned user's entry stored and
-  // no pin since.
-  std::atomic<bool> pinned_{false};
-  uint64_t pins_ = 0, pin_needs_ = 0;     // under gen_mu_
-  uint64_t pass_pins_ = ~uint64_t{0};     // pins_ when this pass began (or none)
   // Users that left with purchases (a quarter of the filter's size): only
   // theirs are read back.
   int buyer_bits_ = 0;
