@@ -444,7 +444,11 @@ Status Sharing::FollowOwners(const ModelSnapshot& published, int from) {
     rows_.resize(d.keys.size());
     for (size_t i = 0; i < d.keys.size(); ++i) {
       const int owner = OwnerOf(d.keys[i], count_);
-      const bool take = owner != index_ && (from < 0 || owner == from);
+      bool take = owner != index_ && (from < 0 || owner == from);
+      if (take && !AllFinite(d.values.data() + i * w, w)) {  // refused: no row made for it
+        counters_.refused.fetch_add(1, std::memory_order_relaxed);
+        take = false;
+      }
       rows_[i] = take ? t.GetOrCreate(d.keys[i]) : kSkip;
       if (take && i < kAhead) PrefetchRow(t, rows_[i]);
     }
@@ -455,7 +459,6 @@ Status Sharing::FollowOwners(const ModelSnapshot& published, int from) {
       const float* pub = d.values.data() + i * w;
       float* base = t.Base(row);  // a row just created: its initial values
       float* v = t.Row(row);
-      // A non-finite published value makes `next` non-finite too.
       for (size_t k = 0; k < w; ++k) next[k] = pub[k] + (v[k] - base[k]);
       if (!AllFinite(next.data(), w)) {
         counters_.refused.fetch_add(1, std::memory_order_relaxed);

@@ -105,10 +105,16 @@ struct ModelFollower::Impl {
   Status Assign(const std::map<int, int64_t>& from);
   std::string url;  // the snapshot url in use (configured, or the latest announced)
   // Where partition p's snapshot comes from: the configured url, else the
-  // one p's trainer announced, else the latest announced anywhere.
+  // one p's trainer announced, else (one trainer) the one announced. Empty
+  // when several trainers announce and p's has not yet: another trainer's
+  // snapshot holds none of p's rows.
   const std::string& UrlOf(const Part& p) const {
-    if (!options.snapshot_url.empty() || p.url.empty()) return url;
-    return p.url;
+    static const std::string kNone;
+    if (!options.snapshot_url.empty()) return url;
+    if (!p.url.empty()) return p.url;
+    for (const auto& [id, q] : parts)
+      if (!q.url.empty() && q.url != url) return kNone;
+    return url;
   }
   int resync_pending = -1;  // a partition Handle found a gap in
 };
