@@ -104,6 +104,50 @@ struct Cluster {
   }
 };
 
+TEST_CASE("An owner whose dense blocks changed by others' changes alone publishes them",
+          "[exchange]") {
+  // Trainer 0 learns nothing more, but adds trainer 1's change of the dense
+  // blocks: its next version must carry them (not a heartbeat), or
+  // followers and replicas would keep the old ones for good.
+  Cluster c;
+  auto owner = Make(0), other = Make(1);
+  const std::vector<Event> events = Stream(2000, 40, 30, 7, "u");
+  owner->Train(std::span<const Event>(events.data(), 1000));
+  auto publisher = c.Publisher(0);
+  learner::ModelSnapshot snap;
+  owner->TakeSnapshot(true, &snap);
+  learner::KeepOwned(0, 2, &snap);
+  REQUIRE(publisher->Publish(snap, true, 1).ok());
+  // Quiet: a heartbeat, one record.
+  uint64_t records = publisher->stats().records;
+  owner->TakeSnapshot(false, &snap);
+  learner::KeepOwned(0, 2, &snap);
+  REQUIRE(publisher->Publish(snap, false, 2).ok());
+  CHECK(publisher->stats().records == records + 1);
+
+  other->Train(std::span<const Event>(events.data() + 1000, 1000));
+  learner::ModelChanges changes;
+  other->TakeChanges(&changes);
+  std::vector<learner::ModelChanges> split;
+  learner::SplitByOwner(changes, 2, &split);
+  REQUIRE(!split[0].dense.empty());
+  split[0].tables.clear();  // the dense blocks' change alone
+  split[0].feature_lists.clear();
+  REQUIRE(owner->AddChanges(split[0]).ok());
+  records = publisher->stats().records;
+  owner->TakeSnapshot(false, &snap);
+  learner::KeepOwned(0, 2, &snap);
+  REQUIRE(snap.rows() == 0);
+  REQUIRE(publisher->Publish(snap, false, 3).ok());
+  CHECK(publisher->stats().records > records + 1);
+  // Nothing changed since: a heartbeat again.
+  records = publisher->stats().records;
+  owner->TakeSnapshot(false, &snap);
+  learner::KeepOwned(0, 2, &snap);
+  REQUIRE(publisher->Publish(snap, false, 4).ok());
+  CHECK(publisher->stats().records == records + 1);
+}
+
 TEST_CASE("Two trainers exchanging through Kafka end as they do in one process", "[exchange]") {
   Cluster c;
   std::unique_ptr<TrainerExchange> ex[2];

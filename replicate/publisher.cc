@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <bit>
 #include <chrono>
 
 #include "replicate/kafka_util.h"
@@ -12,6 +13,20 @@ namespace recstream::replicate {
 
 namespace mr = store::model_records;
 using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// FNV-1a, a word at a time, over the dense blocks' names and floats.
+uint64_t DenseHash(const learner::ModelSnapshot& snapshot) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (const auto& [name, values] : snapshot.dense) {
+    for (unsigned char c : name) h = (h ^ c) * 0x100000001b3ULL;
+    for (float v : values) h = (h ^ std::bit_cast<uint32_t>(v)) * 0x100000001b3ULL;
+  }
+  return h;
+}
+
+}  // namespace
 
 struct ModelPublisher::Impl : public RdKafka::DeliveryReportCb {
   PublisherOptions options;
@@ -23,6 +38,10 @@ struct ModelPublisher::Impl : public RdKafka::DeliveryReportCb {
   bool recreate = false;
   mr::Version next;
   std::array<uint64_t, learner::kNumTasks> last_learned = {~0ull, ~0ull, ~0ull};
+  // A hash of the dense blocks last published: they change without rows
+  // or counters when another trainer's changes are added (several trainers
+  // on one model), and then must go out all the same.
+  uint64_t last_dense = 0;
   bool last_failed = true;  // the first version is never a heartbeat
   // Delivery of the version in flight (dr_cb runs inside poll/flush on the
   // publishing thread).
@@ -94,10 +113,11 @@ Status ModelPublisher::Publish(const learner::ModelSnapshot& snapshot, bool full
   }
   d.acked = d.acked_bytes = d.failed = 0;
   d.first_error.clear();
+  const uint64_t dense = DenseHash(snapshot);
   const bool heartbeat = !full && !d.last_failed && snapshot.rows() == 0 &&
                          snapshot.feature_lists.empty() && snapshot.new_purchases.empty() &&
                          snapshot.deleted.empty() && snapshot.deleted_purchases.empty() &&
-                         snapshot.learned == d.last_learned;
+                         snapshot.learned == d.last_learned && dense == d.last_dense;
   mr::Commit commit;
   commit.version = d.next;
   commit.time_ms = time_ms;
@@ -148,6 +168,7 @@ Status ModelPublisher::Publish(const learner::ModelSnapshot& snapshot, bool full
     d.stats.last_time_ms = time_ms;
     d.stats.last_publish_ms = took;
     d.last_learned = snapshot.learned;
+    d.last_dense = dense;
     d.last_failed = false;
   } else {
     ++d.stats.failures;

@@ -42,8 +42,9 @@ class ModelPublisher {
 
   // Sends `snapshot` as the next version (its records, then its commit)
   // and returns once Kafka has acknowledged all of them. A snapshot with no
-  // rows, lists or purchases whose counters equal the previous version's
-  // is sent as a commit alone (a heartbeat, so replicas can tell their lag).
+  // rows, lists or purchases whose counters and dense blocks equal the
+  // previous version's is sent as a commit alone (a heartbeat, so replicas
+  // can tell their lag).
   // Unavailable/IOError when a record is refused or not acknowledged
   // within delivery_timeout_ms: the version is then incomplete on the topic
   // (replicas drop it) and the caller should send everything next (full).

@@ -774,6 +774,12 @@ TEST_CASE("Each of two trainers serves its own rows as a snapshot, and a replica
                   15s));
   }
   CHECK(of_trainer1 > 0);
+  // Every row the replica holds is its owner's: it scores every user as
+  // the trainer that learns it (the missing users included).
+  const bool matches = t.ReplicaMatches(rport, missed);
+  INFO(t.mismatch);
+  CHECK(matches);
+  CHECK(t.users == 23 + 12);
 }
 
 }  // namespace recstream
