@@ -47,13 +47,17 @@ Residency::Residency(Model* model)
   while (bits < 36 && (uint64_t(1) << (bits + 1)) / 8 <= limit_bytes_ / 32) ++bits;
   filter_bits_ = bits;
   buyer_bits_ = bits - 2;
+  // With expiry, two filters of half the bits: each holds only the users
+  // the store holds out of memory.
+  if (model->options.expire_user_s > 0) --filter_bits_;
   auto make = [](int b) {
     const size_t words = size_t(1) << (b - 6);
     std::unique_ptr<std::atomic<uint64_t>[]> f(new std::atomic<uint64_t>[words]);
     for (size_t i = 0; i < words; ++i) f[i].store(0, std::memory_order_relaxed);
     return f;
   };
-  filter_ = make(filter_bits_);
+  filters_[0] = make(filter_bits_);
+  if (model->options.expire_user_s > 0) filters_[1] = make(filter_bits_);
   buyers_ = make(buyer_bits_);
   m_.users.TrackTouches();
   m_.users.TrackEpochs();
@@ -74,11 +78,32 @@ void Residency::SetSource(const RowSource* source) {
       read_errors_.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    for (const RowSource::LeftUser& u : page)
-      if (u.touched != RowSource::LeftUser::kBackInMemory) NoteLeft(u.id);
-    if (page.size() < kPage) return;
+    for (const RowSource::LeftUser& u : page) {
+      if (u.touched == RowSource::LeftUser::kBackInMemory) continue;
+      NoteLeft(u.id);
+      // With expiry the filter is built again from the store's entries:
+      // KeepRestored must not take a false positive of it for one.
+      if (filters_[1]) restore_left_.push_back(Hash64(u.id));
+    }
+    if (page.size() < kPage) break;
     after = page.back().id;
   }
+  std::sort(restore_left_.begin(), restore_left_.end());
+}
+
+bool Residency::MayHaveLeft(std::string_view id) const {
+  for (;;) {
+    const uint64_t e = epoch_.load(std::memory_order_acquire);
+    const bool may = MayHold(filters_[e & 1], filter_bits_, id);
+    // A filter swapped out meanwhile may be cleared for the next pass.
+    if (epoch_.load(std::memory_order_acquire) == e) return may;
+  }
+}
+
+void Residency::NoteLeft(std::string_view id) {
+  const uint64_t e = epoch_.load(std::memory_order_acquire);
+  Note(filters_[e & 1], filter_bits_, id);
+  if (rebuilding_.load(std::memory_order_acquire)) Note(filters_[1 - (e & 1)], filter_bits_, id);
 }
 
 bool Residency::MayHold(const std::unique_ptr<std::atomic<uint64_t>[]>& filter, int bits,
@@ -136,6 +161,10 @@ void Residency::Stored(uint64_t number) {
   uint64_t s = stored_.load(std::memory_order_relaxed);
   while (s < number && !stored_.compare_exchange_weak(s, number, std::memory_order_acq_rel)) {
   }
+  {
+    std::lock_guard lock(left_mu_);
+    exported_.erase(number);
+  }
   std::lock_guard lock(mu_);
   std::erase_if(expiring_, [&](const auto& e) { return e.second <= number; });
 }
@@ -147,6 +176,12 @@ void Residency::ExportLeft(ModelSnapshot* out) {
     left.swap(left_);
   }
   if (left.empty()) return;
+  if (filters_[1]) {
+    // Until this snapshot is stored, a pass cannot find these in the store.
+    std::lock_guard lock(left_mu_);
+    auto& ids = exported_[begun_.load(std::memory_order_acquire)];
+    for (const auto& [id, touched] : left) ids.push_back(id);
+  }
   FeatureListDelta d;
   d.table = std::string(kUserLeftLists);
   d.keys.reserve(left.size());
@@ -182,11 +217,27 @@ void Residency::ExpireLeft() {
   const size_t kSlice = std::max<size_t>(1024, 2 * last_let_go_);
   std::vector<RowSource::LeftUser> slice;
   const RowSource* source = source_.load(std::memory_order_acquire);
+  if (left_cursor_.empty() && !rebuilding_.load(std::memory_order_relaxed)) {
+    // A pass begins: the filter it builds starts empty, with the users
+    // whose entries the store does not hold yet (waiting in left_, or in
+    // snapshots not stored); the pass adds those it finds, and NoteLeft
+    // those that leave memory meanwhile.
+    const uint64_t e = epoch_.load(std::memory_order_acquire);
+    auto& next = filters_[1 - (e & 1)];
+    const size_t words = size_t(1) << (filter_bits_ - 6);
+    for (size_t i = 0; i < words; ++i) next[i].store(0, std::memory_order_relaxed);
+    rebuilding_.store(true, std::memory_order_release);
+    std::lock_guard lock(left_mu_);
+    for (const auto& [id, touched] : left_) Note(next, filter_bits_, id);
+    for (const auto& [number, ids] : exported_)
+      for (const std::string& id : ids) Note(next, filter_bits_, id);
+  }
   if (Status s = source->ScanLeft(left_cursor_, kSlice, &slice); !s.ok()) {
     read_errors_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  left_cursor_ = slice.size() < kSlice ? std::string() : slice.back().id;
+  const bool pass_ends = slice.size() < kSlice;
+  left_cursor_ = pass_ends ? std::string() : slice.back().id;
   std::vector<std::string_view> gone;
   {
     std::lock_guard lock(mu_);
@@ -196,14 +247,31 @@ void Residency::ExpireLeft() {
       if (u.touched == 0 || u.touched == RowSource::LeftUser::kBackInMemory) {
         // Its time is unknown (left at a restore, or in memory at the last
         // checkpoint): touched now, as expiry counts users after a restart.
+        NoteNext(u.id);
         std::lock_guard left_lock(left_mu_);
         left_.emplace_back(u.id, uint32_t(now));
         continue;
       }
-      if (int64_t(u.touched) < now - m_.options.expire_user_s) gone.push_back(u.id);
+      if (int64_t(u.touched) < now - m_.options.expire_user_s) {
+        gone.push_back(u.id);  // its deletion is recorded below: not noted
+      } else {
+        NoteNext(u.id);
+      }
     }
   }
-  if (gone.empty()) return;
+  // At the pass's end the filter built holds every user out of memory the
+  // store holds, save those whose deletion the pass recorded: swap.
+  auto finish = [&](bool recorded) {
+    if (!pass_ends) return;
+    if (!recorded)
+      for (std::string_view id : gone) NoteNext(id);
+    epoch_.fetch_add(1, std::memory_order_acq_rel);
+    rebuilding_.store(false, std::memory_order_release);
+  };
+  if (gone.empty()) {
+    finish(true);
+    return;
+  }
   // Their purchases go too: read those of the users that may have some.
   std::vector<std::string_view> buyers;
   for (std::string_view id : gone)
@@ -212,18 +280,22 @@ void Residency::ExpireLeft() {
   if (!buyers.empty()) {
     if (Status s = source->ReadUsers(buyers, {}, false, &part); !s.ok()) {
       read_errors_.fetch_add(1, std::memory_order_relaxed);
+      finish(false);  // not gone after all: a later pass finds them again
       return;
     }
   }
-  std::lock_guard lock(mu_);
-  const uint64_t carrier = begun_.load(std::memory_order_acquire) + 1;
-  std::vector<std::string>& deleted = m_.deleted_ids["user"];
-  for (std::string_view id : gone) {
-    deleted.emplace_back(id);
-    expiring_.emplace(std::string(id), carrier);
+  {
+    std::lock_guard lock(mu_);
+    const uint64_t carrier = begun_.load(std::memory_order_acquire) + 1;
+    std::vector<std::string>& deleted = m_.deleted_ids["user"];
+    for (std::string_view id : gone) {
+      deleted.emplace_back(id);
+      expiring_.emplace(std::string(id), carrier);
+    }
+    for (auto& p : part.new_purchases) m_.deleted_purchases.push_back(std::move(p));
+    m_.expired[0].fetch_add(gone.size(), std::memory_order_relaxed);
   }
-  for (auto& p : part.new_purchases) m_.deleted_purchases.push_back(std::move(p));
-  m_.expired[0].fetch_add(gone.size(), std::memory_order_relaxed);
+  finish(true);
 }
 
 bool Residency::OverLimit() const {
@@ -235,8 +307,12 @@ bool Residency::OverLimit() const {
 bool Residency::KeepRestored(std::string_view id) {
   // Out of memory at the last checkpoint (SetSource read which): it stays
   // in the store, so that the users in memory then are the ones loaded.
-  // (A false positive of the filter leaves a user in the store too.)
-  if (MayHaveLeft(id)) return false;
+  // (Without expiry, a false positive of the filter leaves a user in the
+  // store too, for good: the filter only grows. With expiry it is built
+  // again from the store's entries, so the exact list decides.)
+  if (filters_[1] ? std::binary_search(restore_left_.begin(), restore_left_.end(), Hash64(id))
+                  : MayHaveLeft(id))
+    return false;
   // Counted here, not by the table: blocks are restored on several
   // threads, each a block at a time.
   if (restored_.fetch_add(1, std::memory_order_relaxed) < user_budget()) return true;
@@ -252,6 +328,7 @@ bool Residency::KeepRestored(std::string_view id) {
 void Residency::Prepare(std::span<const Event> events, const ParallelFor& parallel_for) {
   clock_.fetch_add(1, std::memory_order_relaxed);
   if (!has_source()) return;
+  if (!restore_left_.empty()) std::vector<uint64_t>().swap(restore_left_);  // restored
   ids_.clear();
   {
     // A score reading a user back holds mu_ until the user is whole: a

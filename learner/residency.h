@@ -24,7 +24,12 @@
 // same way. A user comes back exactly as it left: bit-identical scores. A
 // Bloom filter of the users that left (and, after a restart, of those the
 // restore left in the store) spares ids never seen a store read each; its
-// false positives cost a read that finds nothing.
+// false positives cost a read that finds nothing. With user expiry the
+// filter is built again by every pass of expiry over the store (a second
+// filter, swapped in at the pass's end): it holds the users the store
+// holds out of memory, not every user that ever left, so that it does not
+// fill up with visitors who never come back, and a visitor past its time
+// costs no read once expiry has recorded its deletion.
 //
 // Thread safety. Prepare, Evict and Stored run on the training thread
 // (Prepare before a Train call's learning, Evict after it); FindUser on any
@@ -135,7 +140,8 @@ class Residency {
   // checkpoint, still fit.
   uint64_t user_budget() const;
   uint64_t filter_bytes() const {
-    return (uint64_t(1) << filter_bits_) / 8 + (uint64_t(1) << buyer_bits_) / 8;
+    return (filters_[1] ? 2 : 1) * (uint64_t(1) << filter_bits_) / 8 +
+           (uint64_t(1) << buyer_bits_) / 8;
   }
   uint64_t evicted() const { return evicted_.load(std::memory_order_relaxed); }
   uint64_t reloaded() const { return reloaded_.load(std::memory_order_relaxed); }
@@ -163,8 +169,11 @@ class Residency {
                       std::string_view id);
   static void Note(const std::unique_ptr<std::atomic<uint64_t>[]>& filter, int bits,
                    std::string_view id);
-  bool MayHaveLeft(std::string_view id) const { return MayHold(filter_, filter_bits_, id); }
-  void NoteLeft(std::string_view id) { Note(filter_, filter_bits_, id); }
+  bool MayHaveLeft(std::string_view id) const;
+  // Into the filter in use, and the one being built (during a pass).
+  void NoteLeft(std::string_view id);
+  // Into the filter being built.
+  void NoteNext(std::string_view id) { Note(filters_[1 - (epoch_.load() & 1)], filter_bits_, id); }
 
   Model& m_;
   const uint64_t limit_bytes_;
@@ -172,9 +181,23 @@ class Residency {
   // Orders reading back against evicting: a user is never put back while
   // its memory is being given up.
   std::mutex mu_;
-  // The Bloom filter of users that left: 2^filter_bits_ bits.
+  // The Bloom filters of users that left: 2^filter_bits_ bits each; the
+  // one in use is filters_[epoch_ & 1]. filters_[1] exists with user
+  // expiry only: ExpireLeft builds it again each pass (rebuilding_) from
+  // what the pass finds in the store and what leaves memory meanwhile,
+  // then swaps (epoch_ + 1). Readers take a filter's answer only if
+  // epoch_ did not change while they read it.
   int filter_bits_ = 0;
-  std::unique_ptr<std::atomic<uint64_t>[]> filter_;
+  std::unique_ptr<std::atomic<uint64_t>[]> filters_[2];
+  std::atomic<uint64_t> epoch_{0};
+  std::atomic<bool> rebuilding_{false};
+  // Ids of users that left, exported to snapshot number -> not stored yet:
+  // a pass that begins notes them, since it cannot find them in the store
+  // yet. Guarded by left_mu_.
+  std::unordered_map<uint64_t, std::vector<std::string>> exported_;
+  // With expiry, from SetSource until training begins: the hashes of the
+  // users the store holds out of memory, sorted (KeepRestored).
+  std::vector<uint64_t> restore_left_;
   // Users that left with purchases (a quarter of the filter's size): only
   // theirs are read back.
   int buyer_bits_ = 0;
