@@ -76,7 +76,7 @@ void Residency::SetSource(const RowSource* source) {
     constexpr size_t kPage = 65536;
     if (Status s = source->ScanLeft(after, kPage, &page); !s.ok()) {
       read_errors_.fetch_add(1, std::memory_order_relaxed);
-      return;
+      break;
     }
     for (const RowSource::LeftUser& u : page) {
       if (u.touched == RowSource::LeftUser::kBackInMemory) continue;
@@ -95,8 +95,10 @@ bool Residency::MayHaveLeft(std::string_view id) const {
   for (;;) {
     const uint64_t e = epoch_.load(std::memory_order_acquire);
     const bool may = MayHold(filters_[e & 1], filter_bits_, id);
-    // A filter swapped out meanwhile may be cleared for the next pass.
-    if (epoch_.load(std::memory_order_acquire) == e) return may;
+    // A filter swapped out meanwhile may be cleared for the next pass: its
+    // answer counts only if the epoch did not move while it was read.
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (epoch_.load(std::memory_order_relaxed) == e) return may;
   }
 }
 
@@ -242,8 +244,14 @@ void Residency::ExpireLeft() {
   {
     std::lock_guard lock(mu_);
     for (const RowSource::LeftUser& u : slice) {
-      // Back in memory (expiry in memory decides), or already going.
-      if (m_.users.Find(u.id) != EmbeddingTable::kNoRow || !Returnable(u.id)) continue;
+      // Back in memory (expiry in memory decides), or already going (kept
+      // in the filter until its deletion is stored: a snapshot carrying it
+      // may fail).
+      if (m_.users.Find(u.id) != EmbeddingTable::kNoRow) continue;
+      if (!Returnable(u.id)) {
+        NoteNext(u.id);
+        continue;
+      }
       if (u.touched == 0 || u.touched == RowSource::LeftUser::kBackInMemory) {
         // Its time is unknown (left at a restore, or in memory at the last
         // checkpoint): touched now, as expiry counts users after a restart.
@@ -262,9 +270,10 @@ void Residency::ExpireLeft() {
   // At the pass's end the filter built holds every user out of memory the
   // store holds, save those whose deletion the pass recorded: swap.
   auto finish = [&](bool recorded) {
-    if (!pass_ends) return;
+    // Not recorded (a read failed): still held, found again by a later pass.
     if (!recorded)
       for (std::string_view id : gone) NoteNext(id);
+    if (!pass_ends) return;
     epoch_.fetch_add(1, std::memory_order_acq_rel);
     rebuilding_.store(false, std::memory_order_release);
   };
@@ -311,8 +320,11 @@ bool Residency::KeepRestored(std::string_view id) {
   // store too, for good: the filter only grows. With expiry it is built
   // again from the store's entries, so the exact list decides.)
   if (filters_[1] ? std::binary_search(restore_left_.begin(), restore_left_.end(), Hash64(id))
-                  : MayHaveLeft(id))
+                  : MayHaveLeft(id)) {
+    // Noted again, should two ids share a hash.
+    if (filters_[1]) NoteLeft(id);
     return false;
+  }
   // Counted here, not by the table: blocks are restored on several
   // threads, each a block at a time.
   if (restored_.fetch_add(1, std::memory_order_relaxed) < user_budget()) return true;
