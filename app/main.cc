@@ -372,7 +372,8 @@ bool LoadVectors(const std::string& path, int dim,
 int RunEval(const ConfigFlags& flags, const std::string& events_path,
             const std::string& report_path, int ranking_k, int candidates,
             const std::string& predictions, bool quiet, bool baselines,
-            const std::string& vectors_path, int trainers, uint64_t exchange_events) {
+            const std::string& vectors_path, int trainers, uint64_t exchange_events,
+            uint64_t follow_events) {
   config::AppConfig cfg;
   if (!flags.Load(&cfg)) return kExitUsage;
   std::ifstream in(events_path);
@@ -390,6 +391,7 @@ int RunEval(const ConfigFlags& flags, const std::string& events_path,
   options.baselines = baselines;
   options.trainers = trainers;
   options.exchange_events = exchange_events;
+  options.follow_events = follow_events;
   if (trainers > 1 && cfg.learner.memory_limit_mb > 0) {
     std::fprintf(stderr, "recstream: eval --trainers does not run with model.memory_limit_mb\n");
     return kExitUsage;
@@ -757,7 +759,7 @@ int Main(int argc, char** argv) {
   ConfigFlags eval_flags;
   std::string events_path, report_path, predictions;
   int ranking_k = 0, candidates = 100, eval_trainers = 1;
-  uint64_t eval_exchange_events = 5000;
+  uint64_t eval_exchange_events = 5000, eval_follow_events = 0;
   auto* evalc =
       app.add_subcommand("eval", "progressive validation over a JSONL file, without Kafka");
   evalc->add_option("--events", events_path, "JSONL events")->required();
@@ -773,6 +775,9 @@ int Main(int argc, char** argv) {
   evalc->add_option("--exchange-events", eval_exchange_events,
                     "with --trainers: events each trainer learns between exchanges (default 5000)")
       ->check(CLI::PositiveNumber);
+  evalc->add_option("--follow-events", eval_follow_events,
+                    "with --trainers: events each trainer learns between owners publishing their "
+                    "rows and trainers following them (default: every exchange)");
   evalc->add_option("--predictions", predictions,
                     "write each prediction before learning, one JSON line each");
   evalc->add_flag("--quiet", quiet, "no progress line");
@@ -838,7 +843,8 @@ int Main(int argc, char** argv) {
   }
   if (*evalc)
     return RunEval(eval_flags, events_path, report_path, ranking_k, candidates, predictions, quiet,
-                   baselines, eval_vectors, eval_trainers, eval_exchange_events);
+                   baselines, eval_vectors, eval_trainers, eval_exchange_events,
+                   eval_follow_events);
   if (*importc) return RunImportEmbeddings(import_flags, vectors_path, import_quiet);
   if (*configc) {
     config::AppConfig cfg;

@@ -405,15 +405,18 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   auto trainer_of = [n_trainers](const Event& e) {
     return n_trainers == 1 ? 0 : learner::OwnerOf(e.user, n_trainers);
   };
-  uint64_t since_exchange = 0;
+  uint64_t since_exchange = 0, since_follow = 0;
   ExchangeBytes exchanged;
   auto maybe_exchange = [&](size_t learned) -> Status {
     if (n_trainers == 1) return Status::OK();
     since_exchange += learned;
+    since_follow += learned;
     if (since_exchange < options.exchange_events * uint64_t(n_trainers)) return Status::OK();
     since_exchange = 0;
+    const bool follow = since_follow >= options.follow_events * uint64_t(n_trainers);
+    if (follow) since_follow = 0;
     ++report->exchanges;
-    return ExchangeInProcess(trainer_ptrs, &exchanged);
+    return ExchangeInProcess(trainer_ptrs, &exchanged, follow);
   };
   std::vector<std::vector<Event>> sub{size_t(n_trainers)};
   std::vector<std::vector<size_t>> sub_at{size_t(n_trainers)};
@@ -637,6 +640,7 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   report->trainers = n_trainers;
   if (n_trainers > 1) {
     report->exchange_events = options.exchange_events;
+    report->follow_events = std::max(options.follow_events, options.exchange_events);
     report->exchanged_rows = exchanged.rows;
     if (report->events > 0) {
       report->sent_bytes_per_event = double(exchanged.sent) / double(report->events);
@@ -775,9 +779,10 @@ std::string ReportJson(const EvalReport& r) {
   if (r.trainers > 1)
     fmt::format_to(app,
                    ",\n  \"trainers\": {{\"count\": {}, \"exchange_events\": {}, "
+                   "\"follow_events\": {}, "
                    "\"exchanges\": {}, \"exchanged_rows\": {}, \"sent_bytes_per_event\": {:.1f}, "
                    "\"followed_bytes_per_event\": {:.1f}}}",
-                   r.trainers, r.exchange_events, r.exchanges, r.exchanged_rows,
+                   r.trainers, r.exchange_events, r.follow_events, r.exchanges, r.exchanged_rows,
                    r.sent_bytes_per_event, r.followed_bytes_per_event);
   fmt::format_to(app, "\n}}");
   return fmt::to_string(out);

@@ -99,6 +99,12 @@ struct EvalOptions {
   // service's exchange in events. Not with a memory limit (attach).
   int trainers = 1;
   uint64_t exchange_events = 5000;
+  // With trainers > 1: owners publish their rows, and trainers follow them,
+  // only every follow_events events per trainer (rounded up to a multiple
+  // of exchange_events), as a service whose owners publish
+  // (replicate.interval_ms) less often than trainers send
+  // (trainer.exchange_interval_ms). 0: at every exchange.
+  uint64_t follow_events = 0;
 };
 
 // The task loss weights after `events` accepted events.
@@ -191,6 +197,7 @@ struct EvalReport {
   // reader).
   int trainers = 1;
   uint64_t exchange_events = 0;
+  uint64_t follow_events = 0;
   uint64_t exchanges = 0;
   uint64_t exchanged_rows = 0;
   double sent_bytes_per_event = 0;

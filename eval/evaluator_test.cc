@@ -148,6 +148,21 @@ TEST_CASE("Two trainers sharing one model learn the stream as one trainer does",
   CHECK(two.tasks[0].auc > apart.tasks[0].auc + 0.005);
   CHECK(two.tasks[2].mae < apart.tasks[2].mae - 0.01);
   CHECK(ReportJson(two).find("\"trainers\": {\"count\": 2") != std::string::npos);
+
+  // Owners publishing (and trainers following) every tenth exchange only:
+  // a tenth of the followed bytes, and still close to one trainer (each
+  // trainer's own changes stay in its copies).
+  options.exchange_events = 1000;
+  options.follow_events = 10000;
+  std::istringstream third(Big().stream);
+  EvalReport later;
+  REQUIRE(RunEval(options, third, &later).ok());
+  INFO(ReportSummary(later));
+  CHECK(later.exchanges == two.exchanges);
+  CHECK(later.followed_bytes_per_event < two.followed_bytes_per_event / 3);
+  CHECK(std::abs(later.tasks[0].auc - one.tasks[0].auc) < 0.01);
+  CHECK(std::abs(later.tasks[2].mae - one.tasks[2].mae) < 0.02);
+  CHECK(ReportJson(later).find("\"follow_events\": 10000") != std::string::npos);
 }
 
 TEST_CASE("ReportJson has the docs/interface.md section 5 shape", "[evaluator]") {

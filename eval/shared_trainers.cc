@@ -31,10 +31,11 @@ uint64_t WireBytes(const learner::ModelSnapshot& s) {
   return Bytes(s.tables, s.feature_lists, s.dense);
 }
 
-Status ExchangeInProcess(std::span<learner::Learner* const> trainers, ExchangeBytes* bytes) {
+Status ExchangeInProcess(std::span<learner::Learner* const> trainers, ExchangeBytes* bytes,
+                         bool follow) {
   std::vector<learner::ModelChanges> taken;
   std::vector<learner::ModelSnapshot> published;
-  RECSTREAM_RETURN_IF_ERROR(learner::ExchangeDirectly(trainers, &taken, &published));
+  RECSTREAM_RETURN_IF_ERROR(learner::ExchangeDirectly(trainers, &taken, &published, follow));
   if (bytes) {
     const uint64_t readers = trainers.size() - 1;
     for (const learner::ModelChanges& c : taken) {

@@ -23,7 +23,9 @@ struct ExchangeBytes {
 // go to their owners, which add them; then each owner's changed rows (and
 // trainer 0's dense blocks) are followed by every other trainer. Training
 // thread of every learner; none may be training meanwhile.
-Status ExchangeInProcess(std::span<learner::Learner* const> trainers, ExchangeBytes* bytes);
+// Without `follow`, the changes only (learner::ExchangeDirectly).
+Status ExchangeInProcess(std::span<learner::Learner* const> trainers, ExchangeBytes* bytes,
+                         bool follow = true);
 
 // Bytes a snapshot or changes take on the wire, about: ids, 4 per float,
 // list entries.

@@ -470,13 +470,15 @@ class Learner {
 // tests): trainers[i] is trainer i of trainers.size(), and none trains
 // meanwhile. Each trainer's changes go to their owners, which add them;
 // then each trainer's changed owned rows (TakeChanges' `owned`) are
-// followed by every other trainer. With `taken` or `published` non-null,
+// followed by every other trainer (with `follow`; without, owners' rows stay
+// unpublished until an exchange that follows, as when owners publish less
+// often than trainers send). With `taken` or `published` non-null,
 // they receive, per trainer, what it took and what it published. The first
 // non-OK status of AddChanges or FollowOwners; Internal when a trainer
 // learned during the exchange.
 Status ExchangeDirectly(std::span<Learner* const> trainers,
                         std::vector<ModelChanges>* taken = nullptr,
-                        std::vector<ModelSnapshot>* published = nullptr);
+                        std::vector<ModelSnapshot>* published = nullptr, bool follow = true);
 
 // The blended score of a prediction.
 float BlendScore(const Prediction& p, const Blend& blend, float rating_min, float rating_max);

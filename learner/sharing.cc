@@ -137,7 +137,7 @@ void KeepOwned(int index, int count, ModelSnapshot* snapshot) {
 }
 
 Status ExchangeDirectly(std::span<Learner* const> trainers, std::vector<ModelChanges>* taken,
-                        std::vector<ModelSnapshot>* published) {
+                        std::vector<ModelSnapshot>* published, bool follow) {
   const size_t n = trainers.size();
   std::vector<ModelChanges> own_taken;
   std::vector<ModelSnapshot> own_published;
@@ -153,6 +153,7 @@ Status ExchangeDirectly(std::span<Learner* const> trainers, std::vector<ModelCha
   for (size_t owner = 0; owner < n; ++owner)
     for (size_t from = 0; from < n; ++from)
       if (from != owner) RECSTREAM_RETURN_IF_ERROR(trainers[owner]->AddChanges(to[from][owner]));
+  if (!follow) return Status::OK();
   for (size_t i = 0; i < n; ++i) {
     ModelChanges none;
     trainers[i]->TakeChanges(&none, &(*published)[i]);
