@@ -104,6 +104,25 @@ void Checkpoint(Learner* l, CheckpointStore* store) {
   l->SnapshotStored(number);
 }
 
+// A learner restored from `store` as a restarted service restores it (rows
+// streamed on two threads), reading users back from it.
+std::unique_ptr<Learner> Restore(const LearnerOptions& options, CheckpointStore* store) {
+  auto restored = NewLearner(options);
+  restored->SetRowSource(store);
+  ModelSnapshot rest;
+  OffsetMap offsets;
+  CheckpointInfo info;
+  REQUIRE(store
+              ->LoadStreaming([&](const learner::TableDelta& d) { return restored->ApplyRows(d); },
+                              [&](const learner::FeatureListDelta& d) {
+                                return restored->ApplyLists(d);
+                              },
+                              2, &rest, &offsets, &info)
+              .ok());
+  REQUIRE(restored->ApplySnapshot(rest).ok());
+  return restored;
+}
+
 // Users whose scores differ between the two learners (every user, a few
 // items each); `first` describes the first.
 int Mismatches(const Learner& want, const Learner& got, std::string* first, int offset = 0) {
@@ -172,19 +191,7 @@ TEST_CASE("Users that leave memory come back from the store bit for bit", "[memo
     }
     Checkpoint(limited.get(), store.get());
     limited.reset();
-    auto restored = NewLearner(Options(1));
-    restored->SetRowSource(store.get());
-    ModelSnapshot rest;
-    OffsetMap offsets;
-    CheckpointInfo info;
-    REQUIRE(store
-                ->LoadStreaming([&](const learner::TableDelta& d) { return restored->ApplyRows(d); },
-                                [&](const learner::FeatureListDelta& d) {
-                                  return restored->ApplyLists(d);
-                                },
-                                2, &rest, &offsets, &info)
-                .ok());
-    REQUIRE(restored->ApplySnapshot(rest).ok());
+    auto restored = Restore(Options(1), store.get());
     const learner::LearnerStats rs = restored->Stats();
     INFO("restored " << rs.users << " of " << kUsers << " users, budget " << rs.user_budget);
     REQUIRE(rs.users <= rs.user_budget);
@@ -274,22 +281,9 @@ TEST_CASE("Users expire from the store while out of memory", "[memory]") {
   SECTION("after a restart, users out of memory come back until their time is up") {
     Checkpoint(l.get(), store.get());
     l.reset();
-    auto restored = NewLearner(o);
-    restored->SetRowSource(store.get());
-    ModelSnapshot rest;
-    OffsetMap offsets;
-    CheckpointInfo info;
-    REQUIRE(store
-                ->LoadStreaming([&](const learner::TableDelta& d) { return restored->ApplyRows(d); },
-                                [&](const learner::FeatureListDelta& d) {
-                                  return restored->ApplyLists(d);
-                                },
-                                2, &rest, &offsets, &info)
-                .ok());
-    REQUIRE(restored->ApplySnapshot(rest).ok());
+    auto restored = Restore(o, store.get());
     // Event time moves on by one event; expiry passes over the store's
-    // entries (the users whose time a restart does not know are pinned
-    // until it has seen them).
+    // entries and builds the filter of users out of memory again.
     Event e;
     e.user = "newcomer";
     e.item = Item(0);
