@@ -20,7 +20,11 @@
 // broker's figures.
 //
 //   trainers_bench [--events N] [--users U] [--items I] [--exchange-events E]
-//                  [--rounds R] [--batch B]
+//                  [--rounds R] [--batch B] [--shared-only | --independent-only]
+//
+// --shared-only and --independent-only run that pair once, in a process of
+// its own (for profiling, and to compare the pairs without either running
+// on memory the other gave back).
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <cstdio>
