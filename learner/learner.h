@@ -277,11 +277,15 @@ struct ModelSnapshot {
   }
 };
 
-// Keeps of `snapshot` the part that trainer `index` of `count` owns
-// (several trainers): its users' rows, lists and purchases, the shared rows
-// and item lists whose id it owns, the negative ring and dense blocks only
-// when trainer 0, every deletion. What a trainer publishes, so that
-// everyone takes each row from its owner.
+// What trainer `index` of `count` publishes (several trainers): its users'
+// rows, lists and purchases, the shared rows and item lists whose id it
+// owns, the negative ring and dense blocks only when trainer 0, every
+// deletion; so that everyone takes each row from its owner. PublishesRow
+// and PublishesList decide for one row or feature list of a table;
+// KeepOwned keeps of `snapshot` what the trainer publishes.
+bool PublishesRow(int index, int count, std::string_view table, std::string_view id);
+bool PublishesList(int index, int count, std::string_view table, std::string_view id);
+inline bool PublishesDense(int index) { return index == 0; }
 void KeepOwned(int index, int count, ModelSnapshot* snapshot);
 
 class Learner {

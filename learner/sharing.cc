@@ -19,18 +19,13 @@ void Subtract(const float* __restrict a, const float* __restrict b, float* __res
   for (size_t i = 0; i < n; ++i) out[i] = a[i] - b[i];
 }
 
-// Asks for the cache lines of `bytes` bytes at p. The rows an exchange
-// reads and writes are scattered over megabytes of tables; resolving them
-// first and fetching a few rows ahead keeps the loop off memory's latency.
-void PrefetchBytes(const void* p, size_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (size_t at = 0; at < bytes; at += 64) __builtin_prefetch(c + at, 1);
-}
-
-// A row's values and its base (EmbeddingTable::Base).
+// A row's values and its base (EmbeddingTable::Base), for writing. The
+// rows an exchange reads and writes are scattered over megabytes of
+// tables; resolving them first and fetching a few rows ahead keeps the
+// loops off memory's latency.
 void PrefetchRow(const EmbeddingTable& t, uint32_t row) {
-  PrefetchBytes(t.Row(row), t.row_floats() * sizeof(float));
-  PrefetchBytes(t.Base(row), t.row_floats() * sizeof(float));
+  internal::PrefetchBytes<true>(t.Row(row), t.row_floats() * sizeof(float));
+  internal::PrefetchBytes<true>(t.Base(row), t.row_floats() * sizeof(float));
 }
 
 constexpr size_t kAhead = 4;  // rows prefetched ahead
@@ -119,21 +114,32 @@ void SplitByOwner(ModelChanges&& changes, int count, std::vector<ModelChanges>* 
   Split(changes, &changes, count, out);
 }
 
+bool PublishesRow(int index, int count, std::string_view table, std::string_view id) {
+  // Users are all this trainer's; shared rows, their owner's.
+  return table == "user" || OwnerOf(id, count) == index;
+}
+
+bool PublishesList(int index, int count, std::string_view table, std::string_view id) {
+  // Item lists: the owner's (each item's list as its owner has it); the
+  // negative ring is trainer 0's (replicas score implicit tasks with it);
+  // users' lists and histories are this trainer's.
+  if (table == "item") return OwnerOf(id, count) == index;
+  if (table == "negative_ring") return index == 0;
+  return true;
+}
+
 void KeepOwned(int index, int count, ModelSnapshot* snapshot) {
-  auto owned = [&](std::string_view key) { return OwnerOf(key, count) == index; };
-  // Shared rows: the ones this trainer owns, moved to the front in place
-  // (users are all this trainer's).
+  // Moved to the front in place.
   for (TableDelta& t : snapshot->tables)
-    if (t.table != "user") KeepRows(&t, [&](size_t i) { return owned(t.keys[i]); });
-  // Item lists: the owner's (each item's list as its owner has it);
-  // users' lists and histories are this trainer's; the negative ring is
-  // trainer 0's (replicas score implicit tasks with it).
+    if (t.table != "user")
+      KeepRows(&t, [&](size_t i) { return PublishesRow(index, count, t.table, t.keys[i]); });
   std::erase_if(snapshot->feature_lists, [&](const FeatureListDelta& l) {
-    return l.table == "negative_ring" && index != 0;
+    return l.table == "negative_ring" && !PublishesList(index, count, l.table, "");
   });
   for (FeatureListDelta& l : snapshot->feature_lists)
-    if (l.table == "item") KeepLists(&l, [&](size_t i) { return owned(l.keys[i]); });
-  if (index != 0) snapshot->dense.clear();
+    if (l.table == "item")
+      KeepLists(&l, [&](size_t i) { return PublishesList(index, count, l.table, l.keys[i]); });
+  if (!PublishesDense(index)) snapshot->dense.clear();
 }
 
 Status ExchangeDirectly(std::span<Learner* const> trainers, std::vector<ModelChanges>* taken,
@@ -277,7 +283,7 @@ void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
     mine.values.resize(mine_rows_.size() * w);
     for (size_t i = 0; i < mine_rows_.size(); ++i) {
       if (i + kAhead < mine_rows_.size())
-        PrefetchBytes(t.Row(mine_rows_[i + kAhead]), w * sizeof(float));
+        internal::PrefetchBytes(t.Row(mine_rows_[i + kAhead]), w * sizeof(float));
       const uint32_t row = mine_rows_[i];
       const std::string_view key = t.key(row);
       mine.keys.emplace_back(key);
@@ -385,11 +391,11 @@ Status Sharing::AddChanges(const ModelChanges& changes) {
         continue;
       }
       rows_[i] = t.GetOrCreate(d.keys[i]);
-      if (i < kAhead) PrefetchBytes(t.Row(rows_[i]), w * sizeof(float));
+      if (i < kAhead) internal::PrefetchBytes<true>(t.Row(rows_[i]), w * sizeof(float));
     }
     for (size_t i = 0; i < d.keys.size(); ++i) {
       if (i + kAhead < rows_.size() && rows_[i + kAhead] != kSkip)
-        PrefetchBytes(t.Row(rows_[i + kAhead]), w * sizeof(float));
+        internal::PrefetchBytes<true>(t.Row(rows_[i + kAhead]), w * sizeof(float));
       const uint32_t row = rows_[i];
       if (row == kSkip) continue;
       const float* delta = d.values.data() + i * w;

@@ -9,7 +9,6 @@
 #include <thread>
 
 #include "replicate/kafka_util.h"
-#include "store/codec.h"
 #include "store/model_records.h"
 
 namespace recstream::replicate {
@@ -104,11 +103,7 @@ std::string EncodeChanges(const learner::ModelChanges& changes) {
   std::string out;
   (void)mr::ForEachModelRecord(s, mr::Commit(), false,
                                [&](std::string_view key, std::string_view value) -> Status {
-                                 if (key == mr::kCommitKey) return Status::OK();
-                                 store::codec::PutFixed32(&out, uint32_t(key.size()));
-                                 out += key;
-                                 store::codec::PutFixed32(&out, uint32_t(value.size()));
-                                 out += value;
+                                 if (key != mr::kCommitKey) mr::AppendPageRecord(&out, key, value);
                                  return Status::OK();
                                });
   return out;

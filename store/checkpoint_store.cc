@@ -1231,10 +1231,7 @@ Status CheckpointStore::ReadModelPage(std::string_view after, size_t max_bytes,
         key.starts_with(kOutboxPrefix))
       continue;
     const std::string_view value = ToView(it->value());
-    codec::PutFixed32(&page->records, uint32_t(key.size()));
-    page->records += key;
-    codec::PutFixed32(&page->records, uint32_t(value.size()));
-    page->records += value;
+    model_records::AppendPageRecord(&page->records, key, value);
     if (page->records.size() >= max_bytes) {
       page->last_key.assign(key);
       break;

@@ -109,37 +109,32 @@ Status DecodePage(std::string_view b, ModelPage* page) {
   return Status::OK();
 }
 
+void AppendPageRecord(std::string* records, std::string_view key, std::string_view value) {
+  codec::PutFixed32(records, uint32_t(key.size()));
+  *records += key;
+  codec::PutFixed32(records, uint32_t(value.size()));
+  *records += value;
+}
+
 Status KeepOwnedRecords(int index, int count, ModelPage* page) {
   if (count <= 1) return Status::OK();
-  // "r/" and "f/" keys are <table> \0 <id>.
-  auto split = [](std::string_view rest, std::string_view* table, std::string_view* id) {
-    const size_t nul = rest.find('\0');
-    if (nul == std::string_view::npos) return false;
-    *table = rest.substr(0, nul);
-    *id = rest.substr(nul + 1);
-    return true;
-  };
+  // "r/" and "f/" keys are <table> \0 <id> (codec::DecodeRowKey).
   auto owned = [&](std::string_view key) {
     std::string_view table, id;
-    if (key.starts_with(codec::kRowPrefix) && split(key.substr(codec::kRowPrefix.size()), &table, &id))
-      return table == "user" || learner::OwnerOf(id, count) == index;
+    if (key.starts_with(codec::kRowPrefix) &&
+        codec::DecodeRowKey(key.substr(codec::kRowPrefix.size()), &table, &id).ok())
+      return learner::PublishesRow(index, count, table, id);
     if (key.starts_with(codec::kFeatureListPrefix) &&
-        split(key.substr(codec::kFeatureListPrefix.size()), &table, &id)) {
-      if (table == "negative_ring") return index == 0;
-      return table != "item" || learner::OwnerOf(id, count) == index;
-    }
-    if (key.starts_with(codec::kDensePrefix)) return index == 0;
+        codec::DecodeRowKey(key.substr(codec::kFeatureListPrefix.size()), &table, &id).ok())
+      return learner::PublishesList(index, count, table, id);
+    if (key.starts_with(codec::kDensePrefix)) return learner::PublishesDense(index);
     return true;
   };
   std::string kept;
   kept.reserve(page->records.size());
   RECSTREAM_RETURN_IF_ERROR(
       ForEachPageRecord(page->records, [&](std::string_view key, std::string_view value) {
-        if (!owned(key)) return Status::OK();
-        codec::PutFixed32(&kept, uint32_t(key.size()));
-        kept += key;
-        codec::PutFixed32(&kept, uint32_t(value.size()));
-        kept += value;
+        if (owned(key)) AppendPageRecord(&kept, key, value);
         return Status::OK();
       }));
   page->records = std::move(kept);

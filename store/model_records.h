@@ -141,6 +141,8 @@ Status DecodePage(std::string_view body, ModelPage* page);
 // when the framing is cut short.
 template <typename Fn>
 Status ForEachPageRecord(std::string_view records, Fn&& fn);
+// Appends one record to page records as ForEachPageRecord reads them.
+void AppendPageRecord(std::string* records, std::string_view key, std::string_view value);
 
 // Several trainers on one model (docs/interface.md, "Several trainers on
 // one model"): keeps the records of `page` that trainer `index` of `count`
