@@ -133,6 +133,7 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
                           std::vector<float>(m.implicit_shift.begin(), m.implicit_shift.end()));
   out->dense.emplace_back("history_gate",
                           std::vector<float>(m.history_gate.begin(), m.history_gate.end()));
+  out->dense.emplace_back("tower_weight", m.tower_weight);
   {
     // Which tasks have learned a label 0 (LearnerOptions::feedback).
     std::vector<float> feedback;
@@ -423,6 +424,11 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
       if (values.size() != m.history_gate.size())
         return Status::Corruption("history_gate block has the wrong size");
       std::copy(values.begin(), values.end(), m.history_gate.begin());
+    } else if (name == "tower_weight") {
+      // Absent from models written before it: those keep the initial 1s.
+      if (values.size() != m.tower_weight.size())
+        return Status::Corruption("tower_weight block has the wrong size");
+      m.tower_weight = values;
     } else if (name == "implicit_shift") {
       if (values.size() != m.implicit_shift.size())
         return Status::Corruption("implicit_shift block has the wrong size");

@@ -283,6 +283,20 @@ struct Model {
   // not help learns as without it), then its Adagrad accumulator. Implicit
   // tasks add the pooled history at weight 1.
   std::array<float, 2> history_gate{};
+  // Implicit tasks: the weight of the two towers' u . v by how much history
+  // the user has (TowerBucket of its length): a user vector learned from one
+  // or two events is mostly noise, which a lower weight keeps from
+  // outranking popularity; learned from 1 (by the same softmax gradient as
+  // every other part of the logit). Per task kTowerBuckets weights, then as
+  // many Adagrad accumulators (from 1, so that the first steps are small).
+  // Written by trainers without a lock.
+  static constexpr int kTowerBuckets = 5;
+  // Buckets of a history of n items: 0, 1, 2-3, 4-9, 10 or more.
+  static int TowerBucket(size_t n) { return n == 0 ? 0 : n == 1 ? 1 : n <= 3 ? 2 : n <= 9 ? 3 : 4; }
+  std::vector<float> tower_weight = std::vector<float>(size_t(2) * kNumTasks * kTowerBuckets, 1.0f);
+  float TowerWeight(int t, const HistoryView& view) const {
+    return tower_weight[size_t(t) * kTowerBuckets + TowerBucket(view.items.size())];
+  }
   // Per task: an event with label 0 was learned (or restored, from the
   // snapshot's "feedback" block): with feedback = auto, the task is
   // explicit from then on.

@@ -87,9 +87,11 @@ struct LearnerOptions {
   // implicit_negatives items sampled in proportion to their recent
   // popularity, by a sampled softmax with the sampling-bias (logQ)
   // correction of Yi et al. (RecSys 2019), on the two-tower logit
-  //   u . v + user and item biases + history match + log(1 + n),
-  // n being the item's occurrences among the last negative_window positive
-  // events (a popularity prior that follows drifting popularity; the model
+  //   a u . v + user and item biases + history match + log(1 + n),
+  // a being a learned weight per length of the user's history
+  // (Model::tower_weight), n the item's occurrences among the last
+  // negative_window positive events (a popularity prior that follows
+  // drifting popularity; the model
   // learns what it does not explain), the history match the learned
   // weights of "is the user's p-th latest item" and "shares a feature with
   // it" per position p. Its sigmoid, less a moving average of the logits

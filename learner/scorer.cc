@@ -174,6 +174,11 @@ void Scorer::PrepareUserSide(std::string_view user, UserSide* side,
   m_.shape.PrepareUser(m_.dense.data(), u.data(), &side->ctx);
 }
 
+bool Scorer::Better(const ScoredItem& a, const ScoredItem& b) const {
+  if (a.score != b.score) return a.score > b.score;
+  return a.row != b.row && m_.items.key(a.row) < m_.items.key(b.row);
+}
+
 bool Scorer::NeedsMatch(const UserSide& side) const {
   for (bool implicit : side.implicit)
     if (implicit) return true;
@@ -198,6 +203,8 @@ void Scorer::ImplicitScores(const UserSide& side, const float* block, const floa
     float dot[L] = {};
     for (int k = 0; k < d; ++k)
       for (int i = 0; i < L; ++i) dot[i] += u[k] * block[k * L + i];
+    const float alpha = m_.TowerWeight(t, side.history);
+    for (int i = 0; i < L; ++i) dot[i] *= alpha;
     if (match != nullptr)
       for (int i = 0; i < L; ++i) dot[i] += match[t * L + i];
     const float shift = m_.implicit_shift[t];
@@ -343,6 +350,7 @@ void Scorer::TopKOfBlocks(const UserSide& side, const float* blocks, size_t begi
   // Min-heap of the best k by Better: top() is the worst kept.
   std::vector<ScoredItem> heap;
   heap.reserve(size_t(k) + 1);
+  const auto better = [this](const ScoredItem& a, const ScoredItem& b) { return Better(a, b); };
   float match[kNumTasks * L];
   const bool need_match = NeedsMatch(side);
   for (size_t b = begin; b < end; ++b) {
@@ -374,15 +382,15 @@ void Scorer::TopKOfBlocks(const UserSide& side, const float* blocks, size_t begi
       c.row = row;
       if (int(heap.size()) < k) {
         heap.push_back(c);
-        std::push_heap(heap.begin(), heap.end(), ScoredItem::Better);
-      } else if (ScoredItem::Better(c, heap.front())) {
-        std::pop_heap(heap.begin(), heap.end(), ScoredItem::Better);
+        std::push_heap(heap.begin(), heap.end(), better);
+      } else if (Better(c, heap.front())) {
+        std::pop_heap(heap.begin(), heap.end(), better);
         heap.back() = c;
-        std::push_heap(heap.begin(), heap.end(), ScoredItem::Better);
+        std::push_heap(heap.begin(), heap.end(), better);
       }
     }
   }
-  std::sort_heap(heap.begin(), heap.end(), ScoredItem::Better);
+  std::sort_heap(heap.begin(), heap.end(), better);
   *out = std::move(heap);
 }
 
@@ -682,7 +690,8 @@ std::vector<Recommendation> Scorer::Recommend(std::string_view user, int k, bool
 
   std::vector<ScoredItem> all;
   for (auto& b : best) all.insert(all.end(), b.begin(), b.end());
-  std::sort(all.begin(), all.end(), ScoredItem::Better);
+  const auto better = [this](const ScoredItem& a, const ScoredItem& b) { return Better(a, b); };
+  std::sort(all.begin(), all.end(), better);
   if (all.size() > size_t(k)) all.resize(size_t(k));
   result.reserve(all.size());
   for (const auto& c : all)

@@ -59,12 +59,11 @@ class Scorer {
     float score;
     uint32_t row;
     Prediction prediction;
-    // Best first; ties go to the older item (smaller row), so that the
-    // result does not depend on how a scan was split.
-    static bool Better(const ScoredItem& a, const ScoredItem& b) {
-      return a.score > b.score || (a.score == b.score && a.row < b.row);
-    }
   };
+  // Best first; ties go to the smaller item id, so that the result depends
+  // neither on how a scan was split nor on the order in which rows were
+  // created (a restored model's rows come in another order).
+  bool Better(const ScoredItem& a, const ScoredItem& b) const;
   struct ItemPanel;
   class RecommendCache;
 

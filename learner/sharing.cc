@@ -10,8 +10,8 @@ namespace recstream::learner {
 namespace {
 
 // The dense blocks whose changes are exchanged (learner/sharing.h).
-constexpr std::string_view kExchanged[] = {"dense", "dense_accum", "history_match", "history_gate",
-                                           "implicit_shift"};
+constexpr std::string_view kExchanged[] = {"dense",          "dense_accum",    "history_match",
+                                           "history_gate",   "implicit_shift", "tower_weight"};
 
 // out = a - b, n floats (one vector loop: the pointers do not overlap).
 void Subtract(const float* __restrict a, const float* __restrict b, float* __restrict out,
@@ -209,6 +209,7 @@ std::vector<float> Sharing::ReadDense(std::string_view name) const {
   if (name == "dense_accum") return m_.dense_accum;
   if (name == "history_match") return m_.history_match;
   if (name == "history_gate") return {m_.history_gate.begin(), m_.history_gate.end()};
+  if (name == "tower_weight") return m_.tower_weight;
   return {m_.implicit_shift.begin(), m_.implicit_shift.end()};
 }
 
@@ -221,6 +222,8 @@ void Sharing::WriteDense(std::string_view name, const std::vector<float>& v) {
     std::copy(v.begin(), v.end(), m_.history_match.begin());
   } else if (name == "history_gate") {
     std::copy(v.begin(), v.end(), m_.history_gate.begin());
+  } else if (name == "tower_weight") {
+    std::copy(v.begin(), v.end(), m_.tower_weight.begin());
   } else {
     std::copy(v.begin(), v.end(), m_.implicit_shift.begin());
   }

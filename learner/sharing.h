@@ -36,7 +36,7 @@
 // (kRingAdds), so that each ring follows the whole stream's popularity.
 //
 // Dense blocks exchanged: dense, dense_accum, history_match, history_gate,
-// implicit_shift (changes added, as for rows). A task that learned a label
+// implicit_shift, tower_weight (changes added, as for rows). A task that learned a label
 // 0 anywhere (feedback) becomes explicit everywhere. Task weighting state
 // is trainer 0's: followers take it as published.
 //
