@@ -8,10 +8,15 @@
 //   shared       the same two halves at once, but trainers 0 and 1 of one
 //                model: every --exchange-events events each takes its
 //                changes, sends the other its part (encoded and decoded as
-//                bytes, as Kafka would carry them), adds what the other
-//                sent, and follows the other's published rows. No barrier:
-//                each trainer exchanges on its own thread, between its own
-//                Train calls, as the service does.
+//                bytes, as Kafka would carry them) and adds what the other
+//                sent; every --follow-events events each also publishes the
+//                rows it owns that changed and follows the other's. No
+//                barrier: each trainer exchanges on its own thread, between
+//                its own Train calls, as the service does (it sends every
+//                trainers.exchange_interval_ms = 10 ms and publishes every
+//                replicate.interval_ms = 100 ms: at 250,000 events/s per
+//                trainer, E = 2,500 and F = 25,000, the defaults here and the
+//                schedule EVAL.md measures the quality of).
 //
 // The rounds alternate (independent then shared, shared then independent,
 // ...) so that both see the machine of the same minutes, each going first
@@ -20,12 +25,13 @@
 // broker's figures.
 //
 //   trainers_bench [--events N] [--users U] [--items I] [--exchange-events E]
-//                  [--rounds R] [--batch B] [--shared-only | --independent-only]
+//                  [--follow-events F] [--rounds R] [--batch B] [--shared-only | --independent-only]
 //
 // --shared-only and --independent-only run that pair once, in a process of
 // its own (for profiling, and to compare the pairs without either running
 // on memory the other gave back).
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -49,7 +55,8 @@ struct Config {
   uint64_t events = 4'000'000;
   int users = 100'000;
   int items = 10'000;
-  uint64_t exchange_events = 5000;
+  uint64_t exchange_events = 2500;
+  uint64_t follow_events = 25000;
   int rounds = 2;
   size_t batch = 4096;
   uint64_t seed = 7;
@@ -93,16 +100,18 @@ std::unique_ptr<learner::Learner> Make(int index, int count) {
 
 // The bytes of a table of changes or rows as a record would carry them
 // (ids, then floats), and back: the copy Kafka's records cost at least.
-std::string Encode(const std::vector<learner::TableDelta>& tables,
-                   const std::vector<std::pair<std::string, std::vector<float>>>& dense) {
+// Into *out, whose capacity is reused.
+void Encode(const std::vector<learner::TableDelta>& tables,
+            const std::vector<std::pair<std::string, std::vector<float>>>& dense, std::string* out_) {
   size_t size = 8;
   for (const auto& t : tables) {
     size += 12 + t.table.size() + t.values.size() * sizeof(float);
     for (const auto& k : t.keys) size += 4 + k.size();
   }
   for (const auto& [name, v] : dense) size += 8 + name.size() + v.size() * sizeof(float);
-  std::string out;
-  out.reserve(size);
+  std::string& out = *out_;
+  out.clear();
+  if (out.capacity() < size) out.reserve(size + size / 4);  // room for the next, larger ones
   auto put32 = [&](uint32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); };
   put32(uint32_t(tables.size()));
   for (const auto& t : tables) {
@@ -123,9 +132,9 @@ std::string Encode(const std::vector<learner::TableDelta>& tables,
     put32(uint32_t(v.size()));
     out.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
   }
-  return out;
 }
 
+// Into *tables and *dense, whose buffers are reused.
 void Decode(const std::string& in, std::vector<learner::TableDelta>* tables,
             std::vector<std::pair<std::string, std::vector<float>>>* dense) {
   size_t at = 0;
@@ -135,24 +144,23 @@ void Decode(const std::string& in, std::vector<learner::TableDelta>* tables,
     at += 4;
     return v;
   };
-  auto str = [&](uint32_t n) {
-    std::string s = in.substr(at, n);
+  auto str = [&](std::string* s, uint32_t n) {
+    s->assign(in, at, n);
     at += n;
-    return s;
   };
   tables->resize(get32());
   for (auto& t : *tables) {
-    t.table = str(get32());
+    str(&t.table, get32());
     t.width = int(get32());
     t.keys.resize(get32());
-    for (auto& k : t.keys) k = str(get32());
+    for (auto& k : t.keys) str(&k, get32());
     t.values.resize(t.keys.size() * size_t(t.width));
     std::memcpy(t.values.data(), in.data() + at, t.values.size() * sizeof(float));
     at += t.values.size() * sizeof(float);
   }
   dense->resize(get32());
   for (auto& [name, v] : *dense) {
-    name = str(get32());
+    str(&name, get32());
     v.resize(get32());
     std::memcpy(v.data(), in.data() + at, v.size() * sizeof(float));
     at += v.size() * sizeof(float);
@@ -164,6 +172,7 @@ struct Inbox {
   std::mutex mu;
   std::vector<std::string> changes;    // encoded ModelChanges (tables, dense)
   std::vector<std::string> published;  // encoded owned rows (tables, dense)
+  std::vector<std::string> spare;      // read by the other: to be encoded into again
 };
 
 struct PairRun {
@@ -197,67 +206,94 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
     }
     const auto& events = halves[k];
     const double cpu_start = ThreadCpuSeconds();
-    uint64_t since = 0;
-    std::vector<std::string> got_changes, got_published;
+    uint64_t since = 0, since_follow = 0;
+    std::vector<std::string> got_changes, got_published, spare;
+    // Kept from one exchange to the next, so that their buffers are reused
+    // (as a service's would be): what is taken, split, decoded.
+    learner::ModelChanges c, in_changes;
+    learner::ModelSnapshot owned, in_published;
+    std::vector<learner::ModelChanges> split;
     for (size_t at = 0; at < events.size(); at += cfg.batch) {
       const size_t n = std::min(cfg.batch, events.size() - at);
       l.Train(std::span<const learner::Event>(events.data() + at, n));
       since += n;
+      since_follow += n;
       if (!shared || since < cfg.exchange_events) continue;
       since = 0;
+      const bool publish = since_follow >= cfg.follow_events;
+      if (publish) since_follow = 0;
       exchanges.fetch_add(1);
       const double exchange_start = ThreadCpuSeconds();
       {
         std::lock_guard lock(mine.mu);
         got_changes.swap(mine.changes);
         got_published.swap(mine.published);
+        for (std::string& b : mine.spare) spare.push_back(std::move(b));
+        mine.spare.clear();
       }
       double t0 = ThreadCpuSeconds();
       for (const std::string& b : got_changes) {
-        learner::ModelChanges c;
         const double d0 = ThreadCpuSeconds();
-        Decode(b, &c.tables, &c.dense);
+        Decode(b, &in_changes.tables, &in_changes.dense);
         coding_cpu[k][0] += ThreadCpuSeconds() - d0;
-        if (!l.AddChanges(c).ok()) std::abort();
+        if (!l.AddChanges(in_changes).ok()) std::abort();
       }
       double t1 = ThreadCpuSeconds();
       step_cpu[k][0] += t1 - t0;
       for (const std::string& b : got_published) {
-        learner::ModelSnapshot s;
-        s.shape = t[0]->Shape();
+        in_published.shape = t[0]->Shape();
         const double d0 = ThreadCpuSeconds();
-        Decode(b, &s.tables, &s.dense);
+        Decode(b, &in_published.tables, &in_published.dense);
         coding_cpu[k][0] += ThreadCpuSeconds() - d0;
-        if (!l.FollowOwners(s, 1 - k).ok()) std::abort();
+        if (!l.FollowOwners(in_published, 1 - k).ok()) std::abort();
       }
       t0 = ThreadCpuSeconds();
       step_cpu[k][1] += t0 - t1;
+      {
+        std::lock_guard lock(other.mu);  // back to the sender, to encode into again
+        for (std::string& b : got_changes) other.spare.push_back(std::move(b));
+        for (std::string& b : got_published) other.spare.push_back(std::move(b));
+      }
       got_changes.clear();
       got_published.clear();
-      learner::ModelChanges c;
-      learner::ModelSnapshot owned;
-      l.TakeChanges(&c, &owned);
+      l.TakeChanges(&c, publish ? &owned : nullptr);
       t1 = ThreadCpuSeconds();
       step_cpu[k][2] += t1 - t0;
       const double e0 = ThreadCpuSeconds();
-      std::vector<learner::ModelChanges> split;
       learner::SplitByOwner(std::move(c), 2, &split);
-      std::string send = Encode(split[size_t(1 - k)].tables, split[size_t(1 - k)].dense);
-      std::string pub = Encode(owned.tables, owned.dense);
+      auto buffer = [&] {  // the largest spare, so that encoding rarely grows it
+        if (spare.empty()) return std::string();
+        auto it = std::max_element(spare.begin(), spare.end(), [](const auto& a, const auto& b) {
+          return a.capacity() < b.capacity();
+        });
+        std::string b = std::move(*it);
+        spare.erase(it);
+        return b;
+      };
+      std::string send = buffer(), pub;
+      Encode(split[size_t(1 - k)].tables, split[size_t(1 - k)].dense, &send);
+      if (publish) {
+        pub = buffer();
+        Encode(owned.tables, owned.dense, &pub);
+      }
+      // The tables' buffers go back for the next take.
+      c = std::move(split[size_t(1 - k)]);
       coding_cpu[k][1] += ThreadCpuSeconds() - e0;
       bytes.fetch_add(send.size() + pub.size());
       {
         std::lock_guard lock(other.mu);
         other.changes.push_back(std::move(send));
-        other.published.push_back(std::move(pub));
+        if (publish) other.published.push_back(std::move(pub));
       }
       exchange_cpu[k] += ThreadCpuSeconds() - exchange_start;
     }
     cpu[k] = ThreadCpuSeconds() - cpu_start;
   };
   const auto start = Clock::now();
-  std::thread second(work, 1);
-  work(0);
+  // Both on threads of their own, as in the service (the main thread's
+  // heap is malloc's main arena, which gives memory back differently).
+  std::thread first(work, 0), second(work, 1);
+  first.join();
   second.join();
   PairRun r;
   r.wall = SecondsSince(start);
@@ -284,6 +320,8 @@ int main(int argc, char** argv) {
   app.add_option("--items", cfg.items, "distinct items of the generator");
   app.add_option("--exchange-events", cfg.exchange_events,
                  "events each shared trainer learns between exchanges");
+  app.add_option("--follow-events", cfg.follow_events,
+                 "events each shared trainer learns between publishing its rows (and following)");
   app.add_option("--rounds", cfg.rounds, "rounds of (independent, shared)");
   app.add_option("--batch", cfg.batch, "events per Train call");
   bool shared_only = false, independent_only = false;
@@ -292,9 +330,11 @@ int main(int argc, char** argv) {
                "only the independent pair, once (for profiling)");
   CLI11_PARSE(app, argc, argv);
 
-  std::printf("trainers_bench events=%llu users=%d items=%d exchange_events=%llu load=%s\n",
-              (unsigned long long)cfg.events, cfg.users, cfg.items,
-              (unsigned long long)cfg.exchange_events, LoadAverage().c_str());
+  std::printf(
+      "trainers_bench events=%llu users=%d items=%d exchange_events=%llu follow_events=%llu "
+      "load=%s\n",
+      (unsigned long long)cfg.events, cfg.users, cfg.items, (unsigned long long)cfg.exchange_events,
+      (unsigned long long)cfg.follow_events, LoadAverage().c_str());
   const std::vector<learner::Event> all = Generate(cfg);
   std::vector<learner::Event> halves[2];
   for (const learner::Event& e : all) halves[learner::OwnerOf(e.user, 2)].push_back(e);

@@ -607,7 +607,9 @@ uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
           .store(kDirty, std::memory_order_release);
       if (touched_) chunk(row)->touched[row & kChunkMask].store(0, std::memory_order_relaxed);
       if (epochs_) Stamp(row);
-      if (changes_) MarkChanged(row);
+      if (changes_)  // another id now (a reader of the old one may still mark it)
+        std::atomic_ref<uint8_t>(chunk(row)->changed[row & kChunkMask])
+            .store(kMadeMark, std::memory_order_relaxed);
       removed_.fetch_sub(1, std::memory_order_relaxed);
     }
   }
@@ -638,7 +640,7 @@ uint32_t EmbeddingTable::Reserve(const std::string_view* keys, uint32_t count) {
     std::memcpy(c->headers.get() + (row & kChunkMask), &v, kHeaderBytes);
     c->dirty[row & kChunkMask] = kDirty;
     if (epochs_) Stamp(row);
-    if (changes_) c->changed[row & kChunkMask] = 1;
+    if (changes_) c->changed[row & kChunkMask] = kMadeMark;
   }
   next_row_ = first + count;
   return first;

@@ -238,9 +238,15 @@ class EmbeddingTable {
     ForEachMarked(all, kClean, fn);
   }
 
-  // Calls fn(row) for each live row marked changed (TrackChanges) in row
-  // order; the mark is cleared where fn returns true. No writer may run
-  // meanwhile.
+  // Change marks: kMadeMark when the row was made (for a new id: the row
+  // may have held another id before) since its mark was last cleared,
+  // kChangedMark when it only changed. A marked row keeps its mark until
+  // ForEachChanged clears it, except that making a row always sets
+  // kMadeMark.
+  static constexpr uint8_t kMadeMark = 1, kChangedMark = 2;
+  // Calls fn(row, mark) for each live row marked changed (TrackChanges) in
+  // row order; fn returns 0 to clear the mark, or the mark to leave. No
+  // writer may run meanwhile.
   template <typename Fn>
   void ForEachChanged(Fn&& fn) {
     if (!changes_) return;
@@ -249,13 +255,8 @@ class EmbeddingTable {
       Chunk* c = chunk(base);
       uint8_t* changed = c->changed.get();
       const uint32_t end = std::min(kChunkRows, n - base);
-      for (uint32_t i = NextDirty(changed, 0, end); i < end; i = NextDirty(changed, i + 1, end)) {
-        if (c->dirty[i] == kFree) {
-          changed[i] = 0;
-        } else if (fn(base + i)) {
-          changed[i] = 0;
-        }
-      }
+      for (uint32_t i = NextDirty(changed, 0, end); i < end; i = NextDirty(changed, i + 1, end))
+        changed[i] = c->dirty[i] == kFree ? 0 : fn(base + i, changed[i]);
     }
   }
 
@@ -342,7 +343,7 @@ class EmbeddingTable {
   }
   void MarkChanged(uint32_t row) {
     std::atomic_ref<uint8_t> c(chunk(row)->changed[row & kChunkMask]);
-    if (!c.load(std::memory_order_relaxed)) c.store(1, std::memory_order_relaxed);
+    if (!c.load(std::memory_order_relaxed)) c.store(kChangedMark, std::memory_order_relaxed);
   }
   void Stamp(uint32_t row) {
     chunk(row)->epochs[row & kChunkMask].store(epoch_.load(std::memory_order_relaxed),

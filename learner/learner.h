@@ -424,7 +424,10 @@ class Learner {
   // non-null, it also fills `owned` with the values of the shared rows
   // this trainer owns that changed since (and, trainer 0, the dense
   // blocks): what the owner publishes for the others to follow; without
-  // it, owned rows stay marked for the next call that has one.
+  // it, owned rows stay marked for the next call that has one. Whatever
+  // *changes and *owned held is replaced; their tables' buffers are reused
+  // (a caller that passes the same objects each time does not fault in an
+  // exchange's megabytes afresh).
   void TakeChanges(ModelChanges* changes, ModelSnapshot* owned = nullptr);
   // Adds changes taken by other trainers to the rows this trainer owns,
   // creating missing rows. Rows it does not own are skipped and counted

@@ -496,8 +496,9 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
   // for other trainers, see ApplyRows).
   for (EmbeddingTable* t : m.all_tables()) {
     t->ForEachDirty(false, [](uint32_t) {});
-    t->ForEachChanged([](uint32_t) { return true; });
+    t->ForEachChanged([](uint32_t, uint8_t) -> uint8_t { return 0; });
   }
+  if (m.sharing) m.sharing->ForgetOwners();
   if (m.sharing && has_dense_blocks(snap)) m.sharing->RestoredDense();
   for (FeatureLists* l : {&m.user_lists, &m.item_lists})
     l->ForEachDirty(false, [](uint32_t, const std::vector<uint32_t>&) {});

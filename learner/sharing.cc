@@ -1,6 +1,7 @@
 #include "learner/sharing.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 
@@ -13,10 +14,17 @@ namespace {
 constexpr std::string_view kExchanged[] = {"dense",          "dense_accum",    "history_match",
                                            "history_gate",   "implicit_shift", "tower_weight"};
 
-// out = a - b, n floats (one vector loop: the pointers do not overlap).
-void Subtract(const float* __restrict a, const float* __restrict b, float* __restrict out,
-              size_t n) {
-  for (size_t i = 0; i < n; ++i) out[i] = a[i] - b[i];
+// out = v - base, then base = v (n floats, in one vector loop: the
+// pointers do not overlap); false when v and base were the same bits.
+bool TakeDifference(const float* __restrict v, float* __restrict base, float* __restrict out,
+                    size_t n) {
+  uint32_t differ = 0;
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = v[i] - base[i];
+    differ |= std::bit_cast<uint32_t>(v[i]) ^ std::bit_cast<uint32_t>(base[i]);
+    base[i] = v[i];
+  }
+  return differ != 0;
 }
 
 // A row's values and its base (EmbeddingTable::Base), for writing. The
@@ -179,6 +187,8 @@ Sharing::Sharing(Model* model)
     t->TrackChanges();
     shared_.push_back(t);
   }
+  owner_.resize(shared_.size());
+  pending_.resize(shared_.size());
   RestoredDense();
 }
 
@@ -229,18 +239,35 @@ void Sharing::WriteDense(std::string_view name, const std::vector<float>& v) {
   }
 }
 
+void Sharing::ForgetOwners() {
+  // Pending rows stay pending; their owners are looked up again.
+  for (std::vector<uint8_t>& owner : owner_)
+    for (uint8_t& o : owner) o &= kPending;
+}
+
 void Sharing::RestoredDense() {
   dense_base_.clear();
   for (std::string_view name : kExchanged) dense_base_.emplace_back(name, ReadDense(name));
 }
 
 void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
+  // The tables' buffers of the last take, reused (emptied, their capacity
+  // kept).
+  std::vector<TableDelta> spare = std::move(changes->tables);
   *changes = ModelChanges();
   if (owned) {
+    for (TableDelta& t : owned->tables) spare.push_back(std::move(t));
     *owned = ModelSnapshot();
     owned->shape = m_.shape.Describe();
     for (int t = 0; t < kNumTasks; ++t) owned->learned[t] = m_.learned[t].load();
   }
+  auto reuse = [&spare](TableDelta* d) {
+    if (spare.empty()) return;
+    *d = std::move(spare.back());
+    spare.pop_back();
+    d->keys.clear();
+    d->values.clear();
+  };
   FeatureListDelta sent_lists, mine_lists;
   sent_lists.table = mine_lists.table = "item";
   std::vector<uint32_t> list;
@@ -262,26 +289,50 @@ void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
     for (uint32_t f : list)
       if (m_.item_features.IsLive(f)) names.emplace_back(m_.item_features.key(f));
   };
-  for (EmbeddingTable* shared : shared_) {
-    EmbeddingTable& t = *shared;
+  for (size_t ti = 0; ti < shared_.size(); ++ti) {
+    EmbeddingTable& t = *shared_[ti];
     const bool items = &t == &m_.items;
     const size_t w = t.row_floats();
     TableDelta sent, mine;
+    reuse(&sent);
+    if (owned) reuse(&mine);
     sent.table = mine.table = t.name();
     sent.width = mine.width = int(w);
     // Rows first, then buffers of their final size (growing them row by
     // row copied and faulted in every exchange's megabytes again).
     mine_rows_.clear();
     theirs_rows_.clear();
-    t.ForEachChanged([&](uint32_t row) {
-      if (Owns(t.key(row))) {
-        if (!owned) return false;  // still changed for the next `owned`
-        mine_rows_.push_back(row);
-      } else {
+    std::vector<uint8_t>& owner = owner_[ti];
+    std::vector<uint32_t>& pending = pending_[ti];
+    if (owner.size() < t.size()) owner.resize(t.size() + t.size() / 2, 0);
+    t.ForEachChanged([&](uint32_t row, uint8_t mark) -> uint8_t {
+      uint8_t& o = owner[row];
+      if (mark == EmbeddingTable::kMadeMark || !(o & (kMine | kTheirs)))
+        o = uint8_t((o & kPending) | (Owns(t.key(row)) ? kMine : kTheirs));
+      if (o & kTheirs) {
         theirs_rows_.push_back(row);
+      } else if (!(o & kPending)) {
+        if (owned) {
+          mine_rows_.push_back(row);
+        } else {
+          o |= kPending;
+          pending.push_back(row);
+        }
       }
-      return true;
+      return 0;
     });
+    if (owned) {
+      // Rows changed before, still live and still this trainer's.
+      for (uint32_t row : pending) {
+        uint8_t& o = owner[row];
+        o &= uint8_t(~kPending);
+        if (!t.IsLive(row)) continue;
+        if (!(o & (kMine | kTheirs))) o = Owns(t.key(row)) ? kMine : kTheirs;
+        if (o & kMine) mine_rows_.push_back(row);
+      }
+      pending.clear();
+      std::sort(mine_rows_.begin(), mine_rows_.end());  // in row order, as the table's scan
+    }
     mine.keys.reserve(mine_rows_.size());
     mine.values.resize(mine_rows_.size() * w);
     for (size_t i = 0; i < mine_rows_.size(); ++i) {
@@ -303,10 +354,8 @@ void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
       const float* v = t.Row(row);
       float* base = t.Base(row);
       // Unchanged (learned back to its base, or a zero gradient): nothing
-      // to send. The difference then runs as one vector loop.
-      if (std::memcmp(v, base, w * sizeof(float)) == 0) continue;
-      Subtract(v, base, sent.values.data() + kept * w, w);
-      std::copy_n(v, w, base);
+      // to send. One pass: difference, new base, any bit changed.
+      if (!TakeDifference(v, base, sent.values.data() + kept * w, w)) continue;
       sent.keys.emplace_back(key);
       ++kept;
       if (items) add_list(row, key, &sent_lists);

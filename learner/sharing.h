@@ -79,6 +79,9 @@ class Sharing {
   // them, see docs/interface.md); restored rows are their own base
   // (EmbeddingTable::PutMany).
   void RestoredDense();
+  // After rows were removed or made without ForEachChanged seeing it (a
+  // snapshot applied): the owners noted per row are forgotten.
+  void ForgetOwners();
 
   struct Counters {
     std::atomic<uint64_t> rows_sent{0};     // row changes taken (TakeChanges)
@@ -111,6 +114,15 @@ class Sharing {
   // taken by other trainers' items (not sent back).
   uint64_t ring_taken_ = 0;
   std::vector<uint32_t> mine_rows_, theirs_rows_;  // TakeChanges' scratch
+  // Per shared table and row: its owner, once known (kMine or kTheirs; 0:
+  // not known), and kPending when it is in pending_: rows this trainer
+  // owns that changed since the last take with `owned`, taken out of the
+  // table's change marks so that takes in between do not go over them
+  // again. An owner noted stays right until the row is made again for
+  // another id (EmbeddingTable::kMadeMark) or ForgetOwners.
+  static constexpr uint8_t kMine = 1, kTheirs = 2, kPending = 4;
+  std::vector<std::vector<uint8_t>> owner_;
+  std::vector<std::vector<uint32_t>> pending_;
   std::vector<uint32_t> rows_;  // AddChanges' and FollowOwners' scratch
   // Per item row, a hash of the list (and id) last sent with its changes
   // (0) and last published with its owned row (1); 0: none.

@@ -373,6 +373,10 @@ void Trainer::PoolHistory(uint32_t user, TrainState* s) const {
 void Trainer::Remember(const Event& e, uint32_t item_row) {
   if (m_.recent.size() <= 1) return;
   if (options.negatives == 0 && (e.task == Task::kRating || e.label <= 0.5f)) return;
+  // Only negatives and implicit tasks read the ring: once every task is
+  // explicit (feedback auto, a label 0 seen), it is no longer kept up (nor
+  // sent to other trainers).
+  if (options.negatives == 0 && !m_.any_implicit()) return;
   m_.PushRecent(item_row, Model::IdHash(e.item));
 }
 

@@ -254,7 +254,7 @@ class Trainer {
   // Applies the negatives' summed gradients of the chunk, then forgets them.
   void ApplyNegatives(TrainState* s);
   // Notes the event's item in the ring negatives are drawn from (and its
-  // count, for the sampling probability).
+  // count, for the sampling probability), while anything reads the ring.
   void Remember(const Event& e, uint32_t item_row);
   // s->history and s->has_history for user row `user`.
   void PoolHistory(uint32_t user, TrainState* s) const;
