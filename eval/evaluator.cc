@@ -15,6 +15,7 @@
 #include <memory>
 #include <random>
 #include <span>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -29,6 +30,50 @@
 namespace recstream::eval {
 
 namespace {
+
+// Earlier events per item id (the cold-start metrics), by open addressing
+// on a 64-bit hash of the id: ids are told apart by the hash alone (two of
+// a million ids share one with odds of about 3e-8). On a positive-only
+// stream most events bring a new item, and a map node per id cost the
+// evaluation a tenth of its time.
+class ItemCounts {
+ public:
+  // The count of `id`, 0 for an id not seen; stays valid until the next
+  // call.
+  uint32_t& operator[](std::string_view id) {
+    if ((used_ + 1) * 2 > keys_.size()) Grow();
+    const uint64_t h = Hash(id);
+    size_t i = h & (keys_.size() - 1);
+    while (keys_[i] != 0 && keys_[i] != h) i = (i + 1) & (keys_.size() - 1);
+    if (keys_[i] == 0) {
+      keys_[i] = h;
+      ++used_;
+    }
+    return counts_[i];
+  }
+
+ private:
+  static uint64_t Hash(std::string_view id) {
+    const uint64_t h = std::hash<std::string_view>()(id) * 0x9E3779B97F4A7C15ULL;
+    return h == 0 ? 1 : h;  // 0 marks an empty slot
+  }
+  void Grow() {
+    std::vector<uint64_t> keys(std::max<size_t>(1024, keys_.size() * 2), 0);
+    std::vector<uint32_t> counts(keys.size(), 0);
+    for (size_t j = 0; j < keys_.size(); ++j) {
+      if (keys_[j] == 0) continue;
+      size_t i = keys_[j] & (keys.size() - 1);
+      while (keys[i] != 0) i = (i + 1) & (keys.size() - 1);
+      keys[i] = keys_[j];
+      counts[i] = counts_[j];
+    }
+    keys_.swap(keys);
+    counts_.swap(counts);
+  }
+  std::vector<uint64_t> keys_;
+  std::vector<uint32_t> counts_;
+  size_t used_ = 0;
+};
 
 using learner::Event;
 using learner::Prediction;
@@ -458,7 +503,7 @@ Status RunEval(const EvalOptions& options, std::istream& events, EvalReport* rep
   std::vector<Prediction> before;
   std::array<TaskSeries, learner::kNumTasks> series, cold_series;
   // Earlier accepted events per item (cold start), saturating at the limit.
-  std::unordered_map<std::string, uint32_t> item_events;
+  ItemCounts item_events;
   std::unique_ptr<Ranker> ranker;
   if (options.ranking_k > 0)
     ranker = std::make_unique<Ranker>(

@@ -590,9 +590,13 @@ uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
     values = init.data();
   }
   uint32_t row = kNoRow;
+  bool reserved = false;
   {
     std::lock_guard alloc(alloc_mu_);
-    if (!free_rows_.empty()) {
+    if (free_rows_.empty()) {
+      row = ReserveLocked(&key, 1);
+      reserved = true;
+    } else {
       // A reclaimed row: readers that found its old id a moment ago may
       // still read it (Hogwild); nothing else refers to it.
       row = free_rows_.back();
@@ -613,8 +617,7 @@ uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
       removed_.fetch_sub(1, std::memory_order_relaxed);
     }
   }
-  if (row != kNoRow) return row;
-  row = Reserve(&key, 1);
+  if (!reserved) return row;
   std::memcpy(Row(row), values, n * sizeof(float));
   SetBase(row, values);
   Publish(row, 1);
@@ -623,6 +626,10 @@ uint32_t EmbeddingTable::NewRow(std::string_view key, const float* values) {
 
 uint32_t EmbeddingTable::Reserve(const std::string_view* keys, uint32_t count) {
   std::lock_guard alloc(alloc_mu_);
+  return ReserveLocked(keys, count);
+}
+
+uint32_t EmbeddingTable::ReserveLocked(const std::string_view* keys, uint32_t count) {
   const uint32_t first = next_row_;
   // Everything that can throw (a chunk's or a long id's memory) happens
   // before the rows are taken: a reservation is always published.

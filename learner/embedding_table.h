@@ -370,6 +370,7 @@ class EmbeddingTable {
   // allocation order. Between the two the caller may hold one shard mutex
   // but must not wait for anything else.
   uint32_t Reserve(const std::string_view* keys, uint32_t count);
+  uint32_t ReserveLocked(const std::string_view* keys, uint32_t count);  // alloc_mu_ held
   void Publish(uint32_t first, uint32_t count);
   // Inserts the slot of a new row; the caller holds the shard's mutex and
   // the row is published.
