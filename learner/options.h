@@ -117,7 +117,7 @@ struct LearnerOptions {
   // gradients do not flow into the history's items, which learn from their
   // own events. Histories are updated after each Train call, in event
   // order, and are part of the model (snapshots, store). 0 turns it off.
-  int history = 10;
+  int history = 30;
   // Negative sampling for positive-only logs: after each positive click or
   // purchase event, this many items drawn from the recently seen items (so
   // in proportion to their recent popularity) are learned as negatives of the
