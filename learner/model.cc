@@ -1,6 +1,7 @@
 #include "learner/model.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "learner/optimizer.h"
 
@@ -50,6 +51,13 @@ Model::Model(const LearnerOptions& o)
   }
   if (o.memory_limit_mb > 0) residency = std::make_unique<Residency>(this);
   for (auto& r : recent) r.store(kNoEntry, std::memory_order_relaxed);
+  // A repeat of one of the user's items starts as likely as the event's
+  // sampled items together (a margin of log(1 + implicit_negatives) in the
+  // softmax): repeat views are common in real logs, and learned from 0 the
+  // weights took tens of thousands of events to rank a user's own items
+  // first. A stream without repeats learns them down.
+  for (int t = 0; t < kNumTasks; ++t)
+    std::fill_n(MatchWeights(t), o.history, std::log(1.0f + float(o.implicit_negatives)));
   for (auto& c : recent_count) c.store(0, std::memory_order_relaxed);
   log_table.resize(kLogTable + 1);
   for (uint32_t n = 1; n <= kLogTable; ++n) log_table[n] = std::log(float(n));

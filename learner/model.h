@@ -268,8 +268,9 @@ struct Model {
   std::atomic<uint64_t> recent_next{0};
   uint64_t recent_exported = 0;  // recent_next at the last snapshot
   // Implicit tasks' history-match weights (HistoryMatch): per task, H
-  // same-item weights then H shared-feature weights (H = options.history);
-  // then as many Adagrad accumulators. Written by trainers without a lock.
+  // same-item weights (from log(1 + implicit_negatives)) then H
+  // shared-feature weights (from 0), H = options.history; then as many
+  // Adagrad accumulators. Written by trainers without a lock.
   std::vector<float> history_match;
   float* MatchWeights(int t) { return history_match.data() + size_t(t) * 2 * options.history; }
   const float* MatchWeights(int t) const {

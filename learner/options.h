@@ -94,7 +94,8 @@ struct LearnerOptions {
   // drifting popularity; the model
   // learns what it does not explain), the history match the learned
   // weights of "is the user's p-th latest item" and "shares a feature with
-  // it" per position p. Its sigmoid, less a moving average of the logits
+  // it" per position p (the first from log(1 + implicit_negatives): a
+  // repeat starts as likely as the sampled items together). Its sigmoid, less a moving average of the logits
   // of the task's events' items (Model::implicit_shift), is the task's
   // prediction (a score in (0, 1) that orders items, not a calibrated
   // probability). Users with no
