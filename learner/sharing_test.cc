@@ -41,13 +41,14 @@ std::vector<Event> Stream(int n, int users, int items, uint64_t seed, const std:
   return out;
 }
 
-std::unique_ptr<Learner> Make(int index, int count) {
+std::unique_ptr<Learner> Make(int index, int count, int64_t expire_item_s = 0) {
   LearnerOptions o;
   o.dim = 8;
   o.hidden = 8;
   o.threads = 1;
   o.trainer_count = count;
   o.trainer_index = index;
+  o.expire_item_s = expire_item_s;
   std::unique_ptr<Learner> l;
   REQUIRE(Learner::Create(o, &l).ok());
   return l;
@@ -279,18 +280,6 @@ TEST_CASE("An owner publishes every row it changed since its last publish, whate
   // Takes that only send (no `owned`) between two publishes must not lose
   // the owner's changed rows, also when item rows expire and are made
   // again for ids of either owner.
-  auto make = [] {
-    LearnerOptions o;
-    o.dim = 8;
-    o.hidden = 8;
-    o.threads = 1;
-    o.trainer_count = 2;
-    o.trainer_index = 0;
-    o.expire_item_s = 100;
-    std::unique_ptr<Learner> l;
-    REQUIRE(Learner::Create(o, &l).ok());
-    return l;
-  };
   auto phase = [](uint64_t seed, const std::string& items, int64_t ts_s) {
     std::vector<Event> s = Stream(3000, 30, 40, seed, "u");
     for (Event& e : s) {
@@ -299,7 +288,7 @@ TEST_CASE("An owner publishes every row it changed since its last publish, whate
     }
     return s;
   };
-  auto often = make(), once = make();
+  auto often = Make(0, 2, 100), once = Make(0, 2, 100);
   ModelChanges sent;
   ModelSnapshot published_often, published_once;
   auto sends_only_theirs = [&] {
