@@ -25,7 +25,8 @@
 // broker's figures.
 //
 //   trainers_bench [--events N] [--users U] [--items I] [--exchange-events E]
-//                  [--follow-events F] [--rounds R] [--batch B] [--shared-only | --independent-only]
+//                  [--follow-events F] [--rounds R] [--batch B] [--shared-only |
+//                  --independent-only]
 //
 // --shared-only and --independent-only run that pair once, in a process of
 // its own (for profiling, and to compare the pairs without either running
@@ -102,7 +103,8 @@ std::unique_ptr<learner::Learner> Make(int index, int count) {
 // (ids, then floats), and back: the copy Kafka's records cost at least.
 // Into *out, whose capacity is reused.
 void Encode(const std::vector<learner::TableDelta>& tables,
-            const std::vector<std::pair<std::string, std::vector<float>>>& dense, std::string* out_) {
+            const std::vector<std::pair<std::string, std::vector<float>>>& dense,
+            std::string* out_) {
   size_t size = 8;
   for (const auto& t : tables) {
     size += 12 + t.table.size() + t.values.size() * sizeof(float);
@@ -194,7 +196,7 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
   Inbox inbox[2];
   std::atomic<uint64_t> bytes{0}, exchanges{0};
   double cpu[2] = {0, 0}, exchange_cpu[2] = {0, 0};
-  double step_cpu[2][3] = {};  // add, follow, take
+  double step_cpu[2][3] = {};    // add, follow, take
   double coding_cpu[2][2] = {};  // decode; split and encode
   std::atomic<int> ready{0};
   auto work = [&](int k) {
@@ -343,22 +345,22 @@ int main(int argc, char** argv) {
   if (shared_only || independent_only) {
     const PairRun b = RunPair(cfg, halves, shared_only);
     std::printf("%s %.0f events/s, %.3f us CPU/event, %.3f exchanging\n",
-                shared_only ? "shared" : "independent",
-                double(b.events) / b.wall, b.cpu / double(b.events) * 1e6,
-                b.exchange_cpu / double(b.events) * 1e6);
-    std::printf("  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us "
-                "(decoding %.3f us; splitting and encoding %.3f us)\n",
-                b.steps[0] / double(b.events) * 1e6, b.steps[1] / double(b.events) * 1e6,
-                b.steps[2] / double(b.events) * 1e6, b.coding[0] / double(b.events) * 1e6,
-                b.coding[1] / double(b.events) * 1e6);
+                shared_only ? "shared" : "independent", double(b.events) / b.wall,
+                b.cpu / double(b.events) * 1e6, b.exchange_cpu / double(b.events) * 1e6);
+    std::printf(
+        "  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us "
+        "(decoding %.3f us; splitting and encoding %.3f us)\n",
+        b.steps[0] / double(b.events) * 1e6, b.steps[1] / double(b.events) * 1e6,
+        b.steps[2] / double(b.events) * 1e6, b.coding[0] / double(b.events) * 1e6,
+        b.coding[1] / double(b.events) * 1e6);
     return 0;
   }
   {
     auto one = Make(0, 1);
     const auto start = Clock::now();
     for (size_t at = 0; at < all.size(); at += cfg.batch)
-      one->Train(std::span<const learner::Event>(all.data() + at,
-                                                 std::min(cfg.batch, all.size() - at)));
+      one->Train(
+          std::span<const learner::Event>(all.data() + at, std::min(cfg.batch, all.size() - at)));
     const double s = SecondsSince(start);
     std::printf("one trainer, 1 thread: %.0f events/s (%.2f s)\n", double(all.size()) / s, s);
   }
@@ -387,11 +389,12 @@ int main(int argc, char** argv) {
         b.cpu / double(b.events) * 1e6, b.exchange_cpu / double(b.events) * 1e6,
         (unsigned long long)b.exchanges, double(b.bytes) / double(b.events), rb / ra,
         a.cpu / b.cpu);
-    std::printf("  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us "
-                "(decoding %.3f us; splitting and encoding %.3f us)\n",
-                b.steps[0] / double(b.events) * 1e6, b.steps[1] / double(b.events) * 1e6,
-                b.steps[2] / double(b.events) * 1e6, b.coding[0] / double(b.events) * 1e6,
-                b.coding[1] / double(b.events) * 1e6);
+    std::printf(
+        "  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us "
+        "(decoding %.3f us; splitting and encoding %.3f us)\n",
+        b.steps[0] / double(b.events) * 1e6, b.steps[1] / double(b.events) * 1e6,
+        b.steps[2] / double(b.events) * 1e6, b.coding[0] / double(b.events) * 1e6,
+        b.coding[1] / double(b.events) * 1e6);
     std::fflush(stdout);
   }
   std::printf("all rounds: shared/independent %.3f events/s, %.3f by CPU per event\n", sh / ind,

@@ -26,7 +26,13 @@ double Auc(std::span<const float> pred, std::span<const float> label) {
     bool positive;
   };
   std::vector<Scored> order(n);
-  for (size_t i = 0; i < n; ++i) order[i] = {pred[i], label[i] > 0.5f};
+  size_t positives = 0;
+  for (size_t i = 0; i < n; ++i) {
+    order[i] = {pred[i], label[i] > 0.5f};
+    positives += order[i].positive;
+  }
+  if (positives == 0 || positives == n)
+    return kNaN;  // one class (a positive-only log): no order to sort
   tbb::parallel_sort(order.begin(), order.end(),
                      [](const Scored& a, const Scored& b) { return a.pred < b.pred; });
   // Sum of the (1-based, tie-averaged) ranks of the positives.

@@ -239,7 +239,8 @@ struct EmbeddingTable::KeyArena {
   void Free(char* p) { free_by_length[Get(p).size()].push_back(p); }
 
   const char* Add(std::string_view key) {
-    if (auto it = free_by_length.find(key.size()); it != free_by_length.end() && !it->second.empty()) {
+    if (auto it = free_by_length.find(key.size());
+        it != free_by_length.end() && !it->second.empty()) {
       char* p = it->second.back();
       it->second.pop_back();
       // Same length, same length prefix: only the bytes change.
@@ -575,7 +576,8 @@ uint32_t EmbeddingTable::Remove(std::string_view key) {
 
 void EmbeddingTable::Reclaim(uint32_t row) {
   std::lock_guard alloc(alloc_mu_);
-  std::atomic_ref<uint8_t>(chunk(row)->dirty[row & kChunkMask]).store(kFree, std::memory_order_relaxed);
+  std::atomic_ref<uint8_t>(chunk(row)->dirty[row & kChunkMask])
+      .store(kFree, std::memory_order_relaxed);
   const uint64_t v = LoadHeader(header(row));
   if ((v & kLongKey) == kLongKey) keys_->Free(reinterpret_cast<char*>(v & ~kLongKey));
   free_rows_.push_back(row);

@@ -243,7 +243,8 @@ void Model::ReclaimRetired() {
   // The negative ring refers to items by row: freed ones leave it.
   for (auto& e : recent) {
     const uint64_t v = e.load(std::memory_order_relaxed);
-    if (v == kNoEntry || !std::binary_search(items_freed.begin(), items_freed.end(), uint32_t(v >> 32)))
+    if (v == kNoEntry ||
+        !std::binary_search(items_freed.begin(), items_freed.end(), uint32_t(v >> 32)))
       continue;
     e.store(kNoEntry, std::memory_order_relaxed);
     if (!recent_count.empty()) RecentCount(uint32_t(v)).fetch_sub(1, std::memory_order_relaxed);
@@ -326,7 +327,8 @@ void Model::Sweeps(size_t budget, bool expire) {
       if (retired_features > 0) {
         list.clear();
         user_lists.Get(row, &list);
-        if (DropDead(user_features, &list)) user_lists.Set(row, list.data(), list.data() + list.size());
+        if (DropDead(user_features, &list))
+          user_lists.Set(row, list.data(), list.data() + list.size());
       }
     });
   }
@@ -340,7 +342,8 @@ void Model::Sweeps(size_t budget, bool expire) {
       if (retired_features == 0) return;
       list.clear();
       item_lists.Get(row, &list);
-      if (DropDead(item_features, &list)) item_lists.Set(row, list.data(), list.data() + list.size());
+      if (DropDead(item_features, &list))
+        item_lists.Set(row, list.data(), list.data() + list.size());
     });
   }
   if (expire && options.expire_feature_s > 0) {

@@ -11,8 +11,8 @@ namespace recstream::learner {
 namespace {
 
 // The dense blocks whose changes are exchanged (learner/sharing.h).
-constexpr std::string_view kExchanged[] = {"dense",          "dense_accum",    "history_match",
-                                           "history_gate",   "implicit_shift", "tower_weight"};
+constexpr std::string_view kExchanged[] = {"dense",        "dense_accum",    "history_match",
+                                           "history_gate", "implicit_shift", "tower_weight"};
 
 // out = v - base, then base = v (n floats, in one vector loop: the
 // pointers do not overlap); false when v and base were the same bits.
@@ -193,7 +193,6 @@ Sharing::Sharing(Model* model)
 }
 
 bool Sharing::Owns(std::string_view key) const { return OwnerOf(key, count_) == index_; }
-
 
 EmbeddingTable* Sharing::Find(std::string_view table) {
   for (EmbeddingTable* t : shared_)
@@ -430,7 +429,8 @@ void Sharing::SetItemLists(const std::vector<FeatureListDelta>& lists, bool owne
 Status Sharing::AddChanges(const ModelChanges& changes) {
   for (const TableDelta& d : changes.tables) {
     EmbeddingTable* shared = Find(d.table);
-    if (!shared) return Status::Corruption("changes of unknown or unshared table '" + d.table + "'");
+    if (!shared)
+      return Status::Corruption("changes of unknown or unshared table '" + d.table + "'");
     RECSTREAM_RETURN_IF_ERROR(CheckWidth(*shared, d, "changes"));
     EmbeddingTable& t = *shared;
     const size_t w = t.row_floats();
@@ -512,7 +512,8 @@ Status Sharing::FollowOwners(const ModelSnapshot& published, int from) {
       if (take && i < kAhead) PrefetchRow(t, rows_[i]);
     }
     for (size_t i = 0; i < d.keys.size(); ++i) {
-      if (i + kAhead < rows_.size() && rows_[i + kAhead] != kSkip) PrefetchRow(t, rows_[i + kAhead]);
+      if (i + kAhead < rows_.size() && rows_[i + kAhead] != kSkip)
+        PrefetchRow(t, rows_[i + kAhead]);
       const uint32_t row = rows_[i];
       if (row == kSkip) continue;
       const float* pub = d.values.data() + i * w;
@@ -537,7 +538,8 @@ Status Sharing::FollowOwners(const ModelSnapshot& published, int from) {
       continue;
     }
     if (name == "weighting") {
-      if (!m_.weighting.Load(pub)) return Status::Corruption("published weighting has the wrong size");
+      if (!m_.weighting.Load(pub))
+        return Status::Corruption("published weighting has the wrong size");
       continue;
     }
     auto it = std::find_if(dense_base_.begin(), dense_base_.end(),

@@ -70,9 +70,7 @@ std::map<std::string, std::map<std::string, std::vector<float>>> SharedRows(Lear
 
 // One exchange among `trainers`: changes to their owners, then every
 // owner's rows to everyone else (nothing learned in between).
-void Exchange(const std::vector<Learner*>& trainers) {
-  REQUIRE(ExchangeDirectly(trainers).ok());
-}
+void Exchange(const std::vector<Learner*>& trainers) { REQUIRE(ExchangeDirectly(trainers).ok()); }
 
 TEST_CASE("Ownership of shared rows is stable and spread over the trainers", "[sharing]") {
   std::vector<int> per(4, 0);
@@ -128,7 +126,8 @@ TEST_CASE("An owner adds a follower's change exactly once, and both hold the sam
         continue;
       }
       REQUIRE(had);  // every item and feature appeared in both streams
-      for (size_t k = 0; k < values.size(); ++k) REQUIRE(values[k] == was->second.at(key)[k] + c->second[k]);
+      for (size_t k = 0; k < values.size(); ++k)
+        REQUIRE(values[k] == was->second.at(key)[k] + c->second[k]);
       ++checked;
     }
   }
@@ -275,8 +274,9 @@ TEST_CASE("A restored follower sends nothing it sent before the checkpoint", "[s
   CHECK(c.rows() > 0);
 }
 
-TEST_CASE("An owner publishes every row it changed since its last publish, whatever it sent between",
-          "[sharing]") {
+TEST_CASE(
+    "An owner publishes every row it changed since its last publish, whatever it sent between",
+    "[sharing]") {
   // Takes that only send (no `owned`) between two publishes must not lose
   // the owner's changed rows, also when item rows expire and are made
   // again for ids of either owner.
