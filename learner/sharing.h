@@ -119,7 +119,9 @@ class Sharing {
   // owns that changed since the last take with `owned`, taken out of the
   // table's change marks so that takes in between do not go over them
   // again. An owner noted stays right until the row is made again for
-  // another id (EmbeddingTable::kMadeMark) or ForgetOwners.
+  // another id (EmbeddingTable::kMadeMark) or ForgetOwners. A row is in
+  // pending_ at most once, so a caller that never asks for `owned` (the
+  // service publishes through snapshots) holds at most a word per row.
   static constexpr uint8_t kMine = 1, kTheirs = 2, kPending = 4;
   std::vector<std::vector<uint8_t>> owner_;
   std::vector<std::vector<uint32_t>> pending_;
