@@ -222,6 +222,10 @@ struct Service::Impl : public serve::ServiceHooks {
   Clock::time_point next_exchange;  // training thread only
   uint64_t exchange_number = 0;     // the last batch taken; training thread only
   std::deque<std::pair<uint64_t, learner::ModelChanges>> to_send;  // guarded by mu
+  // The last batch sent, its buffers reused by the next take (guarded by
+  // mu): an exchange every few milliseconds would otherwise allocate and
+  // fault in its megabytes afresh each time.
+  learner::ModelChanges spare_changes;
   bool exchange_busy = false;  // a batch is being sent; guarded by mu
   std::atomic<uint64_t> exchange_errors{0};
   std::atomic<uint64_t> acked_through{0};  // batches sent, in order
@@ -847,12 +851,19 @@ void Service::Impl::MaybeExchange() {
 
 void Service::Impl::TakeChanges(bool drop) {
   learner::ModelChanges changes;
+  {
+    std::lock_guard lock(mu);
+    changes = std::move(spare_changes);
+  }
   learner->TakeChanges(&changes);
-  if (drop) return;
   bool any = changes.rows() > 0 || !changes.feature_lists.empty();
   for (const auto& [name, values] : changes.dense)
     for (float v : values) any |= v != 0.0f;
-  if (!any) return;
+  if (drop || !any) {
+    std::lock_guard lock(mu);
+    spare_changes = std::move(changes);
+    return;
+  }
   store::CheckpointStore::OutboxBatch batch;
   batch.number = ++exchange_number;
   batch.bytes = replicate::EncodeChanges(changes);
@@ -896,6 +907,7 @@ void Service::Impl::SendLoop() {
         backoff_ms = 0;
         acked_through.store(batch.first, std::memory_order_release);
         std::lock_guard lock(mu);
+        spare_changes = std::move(batch.second);
         exchange_busy = false;
         cv.notify_all();
         break;
