@@ -61,6 +61,9 @@ struct Config {
   int rounds = 2;
   size_t batch = 4096;
   uint64_t seed = 7;
+  // Time the exchange's steps apart (each reading of a thread's CPU clock
+  // is a system call, 1.4 us here: a dozen per exchange).
+  bool breakdown = false;
 };
 
 std::vector<learner::Event> Generate(const Config& cfg) {
@@ -208,6 +211,7 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
     }
     const auto& events = halves[k];
     const double cpu_start = ThreadCpuSeconds();
+    auto inner_clock = [&cfg] { return cfg.breakdown ? ThreadCpuSeconds() : 0.0; };
     uint64_t since = 0, since_follow = 0;
     std::vector<std::string> got_changes, got_published, spare;
     // Kept from one exchange to the next, so that their buffers are reused
@@ -215,8 +219,12 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
     learner::ModelChanges c, in_changes;
     learner::ModelSnapshot owned, in_published;
     std::vector<learner::ModelChanges> split;
-    for (size_t at = 0; at < events.size(); at += cfg.batch) {
-      const size_t n = std::min(cfg.batch, events.size() - at);
+    // Train calls of at most one exchange interval, in both pairs alike: a
+    // shared trainer exchanges after exactly every cfg.exchange_events.
+    const size_t step = std::min<size_t>(cfg.batch, cfg.exchange_events);
+    for (size_t at = 0, n = 0; at < events.size(); at += n) {
+      n = std::min(step, events.size() - at);
+      if (shared) n = std::min<size_t>(n, cfg.exchange_events - since);
       l.Train(std::span<const learner::Event>(events.data() + at, n));
       since += n;
       since_follow += n;
@@ -233,23 +241,23 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
         for (std::string& b : mine.spare) spare.push_back(std::move(b));
         mine.spare.clear();
       }
-      double t0 = ThreadCpuSeconds();
+      double t0 = inner_clock();
       for (const std::string& b : got_changes) {
-        const double d0 = ThreadCpuSeconds();
+        const double d0 = inner_clock();
         Decode(b, &in_changes.tables, &in_changes.dense);
-        coding_cpu[k][0] += ThreadCpuSeconds() - d0;
+        coding_cpu[k][0] += inner_clock() - d0;
         if (!l.AddChanges(in_changes).ok()) std::abort();
       }
-      double t1 = ThreadCpuSeconds();
+      double t1 = inner_clock();
       step_cpu[k][0] += t1 - t0;
       for (const std::string& b : got_published) {
         in_published.shape = t[0]->Shape();
-        const double d0 = ThreadCpuSeconds();
+        const double d0 = inner_clock();
         Decode(b, &in_published.tables, &in_published.dense);
-        coding_cpu[k][0] += ThreadCpuSeconds() - d0;
+        coding_cpu[k][0] += inner_clock() - d0;
         if (!l.FollowOwners(in_published, 1 - k).ok()) std::abort();
       }
-      t0 = ThreadCpuSeconds();
+      t0 = inner_clock();
       step_cpu[k][1] += t0 - t1;
       {
         std::lock_guard lock(other.mu);  // back to the sender, to encode into again
@@ -259,9 +267,9 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
       got_changes.clear();
       got_published.clear();
       l.TakeChanges(&c, publish ? &owned : nullptr);
-      t1 = ThreadCpuSeconds();
+      t1 = inner_clock();
       step_cpu[k][2] += t1 - t0;
-      const double e0 = ThreadCpuSeconds();
+      const double e0 = inner_clock();
       learner::SplitByOwner(std::move(c), 2, &split);
       auto buffer = [&] {  // the largest spare, so that encoding rarely grows it
         if (spare.empty()) return std::string();
@@ -280,7 +288,7 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
       }
       // The tables' buffers go back for the next take.
       c = std::move(split[size_t(1 - k)]);
-      coding_cpu[k][1] += ThreadCpuSeconds() - e0;
+      coding_cpu[k][1] += inner_clock() - e0;
       bytes.fetch_add(send.size() + pub.size());
       {
         std::lock_guard lock(other.mu);
@@ -326,6 +334,8 @@ int main(int argc, char** argv) {
                  "events each shared trainer learns between publishing its rows (and following)");
   app.add_option("--rounds", cfg.rounds, "rounds of (independent, shared)");
   app.add_option("--batch", cfg.batch, "events per Train call");
+  app.add_flag("--breakdown", cfg.breakdown,
+               "time the exchange's steps apart (adds a dozen clock system calls per exchange)");
   bool shared_only = false, independent_only = false;
   app.add_flag("--shared-only", shared_only, "only the shared pair, once (for profiling)");
   app.add_flag("--independent-only", independent_only,
@@ -347,12 +357,13 @@ int main(int argc, char** argv) {
     std::printf("%s %.0f events/s, %.3f us CPU/event, %.3f exchanging\n",
                 shared_only ? "shared" : "independent", double(b.events) / b.wall,
                 b.cpu / double(b.events) * 1e6, b.exchange_cpu / double(b.events) * 1e6);
-    std::printf(
-        "  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us "
-        "(decoding %.3f us; splitting and encoding %.3f us)\n",
-        b.steps[0] / double(b.events) * 1e6, b.steps[1] / double(b.events) * 1e6,
-        b.steps[2] / double(b.events) * 1e6, b.coding[0] / double(b.events) * 1e6,
-        b.coding[1] / double(b.events) * 1e6);
+    if (cfg.breakdown)
+      std::printf(
+          "  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us "
+          "(decoding %.3f us; splitting and encoding %.3f us)\n",
+          b.steps[0] / double(b.events) * 1e6, b.steps[1] / double(b.events) * 1e6,
+          b.steps[2] / double(b.events) * 1e6, b.coding[0] / double(b.events) * 1e6,
+          b.coding[1] / double(b.events) * 1e6);
     return 0;
   }
   {
@@ -389,12 +400,13 @@ int main(int argc, char** argv) {
         b.cpu / double(b.events) * 1e6, b.exchange_cpu / double(b.events) * 1e6,
         (unsigned long long)b.exchanges, double(b.bytes) / double(b.events), rb / ra,
         a.cpu / b.cpu);
-    std::printf(
-        "  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us "
-        "(decoding %.3f us; splitting and encoding %.3f us)\n",
-        b.steps[0] / double(b.events) * 1e6, b.steps[1] / double(b.events) * 1e6,
-        b.steps[2] / double(b.events) * 1e6, b.coding[0] / double(b.events) * 1e6,
-        b.coding[1] / double(b.events) * 1e6);
+    if (cfg.breakdown)
+      std::printf(
+          "  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us "
+          "(decoding %.3f us; splitting and encoding %.3f us)\n",
+          b.steps[0] / double(b.events) * 1e6, b.steps[1] / double(b.events) * 1e6,
+          b.steps[2] / double(b.events) * 1e6, b.coding[0] / double(b.events) * 1e6,
+          b.coding[1] / double(b.events) * 1e6);
     std::fflush(stdout);
   }
   std::printf("all rounds: shared/independent %.3f events/s, %.3f by CPU per event\n", sh / ind,
