@@ -177,7 +177,9 @@ struct Inbox {
   std::mutex mu;
   std::vector<std::string> changes;    // encoded ModelChanges (tables, dense)
   std::vector<std::string> published;  // encoded owned rows (tables, dense)
-  std::vector<std::string> spare;      // read by the other: to be encoded into again
+  // Given back by the other once read, to be encoded into again: [0]
+  // changes, [1] published rows (apart, as their sizes differ tenfold).
+  std::vector<std::string> spare[2];
 };
 
 struct PairRun {
@@ -202,6 +204,7 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
   double step_cpu[2][3] = {};    // add, follow, take
   double coding_cpu[2][2] = {};  // decode; split and encode
   std::atomic<int> ready{0};
+  std::atomic<bool> done[2] = {false, false};
   auto work = [&](int k) {
     learner::Learner& l = *t[k];
     Inbox& mine = inbox[k];
@@ -213,7 +216,7 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
     const double cpu_start = ThreadCpuSeconds();
     auto inner_clock = [&cfg] { return cfg.breakdown ? ThreadCpuSeconds() : 0.0; };
     uint64_t since = 0, since_follow = 0;
-    std::vector<std::string> got_changes, got_published, spare;
+    std::vector<std::string> got_changes, got_published, spare[2];
     // Kept from one exchange to the next, so that their buffers are reused
     // (as a service's would be): what is taken, split, decoded.
     learner::ModelChanges c, in_changes;
@@ -238,8 +241,10 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
         std::lock_guard lock(mine.mu);
         got_changes.swap(mine.changes);
         got_published.swap(mine.published);
-        for (std::string& b : mine.spare) spare.push_back(std::move(b));
-        mine.spare.clear();
+        for (int j = 0; j < 2; ++j) {
+          for (std::string& b : mine.spare[j]) spare[j].push_back(std::move(b));
+          mine.spare[j].clear();
+        }
       }
       double t0 = inner_clock();
       for (const std::string& b : got_changes) {
@@ -261,8 +266,8 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
       step_cpu[k][1] += t0 - t1;
       {
         std::lock_guard lock(other.mu);  // back to the sender, to encode into again
-        for (std::string& b : got_changes) other.spare.push_back(std::move(b));
-        for (std::string& b : got_published) other.spare.push_back(std::move(b));
+        for (std::string& b : got_changes) other.spare[0].push_back(std::move(b));
+        for (std::string& b : got_published) other.spare[1].push_back(std::move(b));
       }
       got_changes.clear();
       got_published.clear();
@@ -271,26 +276,32 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
       step_cpu[k][2] += t1 - t0;
       const double e0 = inner_clock();
       learner::SplitByOwner(std::move(c), 2, &split);
-      auto buffer = [&] {  // the largest spare, so that encoding rarely grows it
-        if (spare.empty()) return std::string();
-        auto it = std::max_element(spare.begin(), spare.end(), [](const auto& a, const auto& b) {
+      // The largest spare of its kind, so that encoding rarely grows it.
+      auto buffer = [&](std::vector<std::string>& kind) {
+        if (kind.empty()) return std::string();
+        auto it = std::max_element(kind.begin(), kind.end(), [](const auto& a, const auto& b) {
           return a.capacity() < b.capacity();
         });
         std::string b = std::move(*it);
-        spare.erase(it);
+        kind.erase(it);
         return b;
       };
-      std::string send = buffer(), pub;
+      std::string send = buffer(spare[0]), pub;
       Encode(split[size_t(1 - k)].tables, split[size_t(1 - k)].dense, &send);
       if (publish) {
-        pub = buffer();
+        pub = buffer(spare[1]);
         Encode(owned.tables, owned.dense, &pub);
       }
       // The tables' buffers go back for the next take.
       c = std::move(split[size_t(1 - k)]);
       coding_cpu[k][1] += inner_clock() - e0;
       bytes.fetch_add(send.size() + pub.size());
-      {
+      if (done[1 - k].load()) {
+        // The other has learned its half and reads no more: the bytes are
+        // made as ever, and kept to be made again (nobody gives them back).
+        spare[0].push_back(std::move(send));
+        if (publish) spare[1].push_back(std::move(pub));
+      } else {
         std::lock_guard lock(other.mu);
         other.changes.push_back(std::move(send));
         if (publish) other.published.push_back(std::move(pub));
@@ -298,6 +309,7 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
       exchange_cpu[k] += ThreadCpuSeconds() - exchange_start;
     }
     cpu[k] = ThreadCpuSeconds() - cpu_start;
+    done[k].store(true);
   };
   const auto start = Clock::now();
   // Both on threads of their own, as in the service (the main thread's
