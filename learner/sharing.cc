@@ -265,7 +265,8 @@ void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
     *d = std::move(spare.back());
     spare.pop_back();
     d->keys.clear();
-    d->values.clear();
+    // values keep their size: resizing them to a take's rows then
+    // zero-fills only what they grow by (every float kept is written).
   };
   FeatureListDelta sent_lists, mine_lists;
   sent_lists.table = mine_lists.table = "item";
