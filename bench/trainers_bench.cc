@@ -193,6 +193,15 @@ struct PairRun {
   double coding[2] = {};    // of which decoding; splitting and encoding
 };
 
+// The exchange's steps of a shared pair's run (--breakdown), per event.
+void PrintBreakdown(const PairRun& b) {
+  const double per = 1e6 / double(b.events);
+  std::printf(
+      "  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us "
+      "(decoding %.3f us; splitting and encoding %.3f us)\n",
+      b.steps[0] * per, b.steps[1] * per, b.steps[2] * per, b.coding[0] * per, b.coding[1] * per);
+}
+
 // Two trainers over their halves at once; with `shared`, trainers 0 and 1
 // of one model exchanging every cfg.exchange_events events.
 PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2], bool shared) {
@@ -369,13 +378,7 @@ int main(int argc, char** argv) {
     std::printf("%s %.0f events/s, %.3f us CPU/event, %.3f exchanging\n",
                 shared_only ? "shared" : "independent", double(b.events) / b.wall,
                 b.cpu / double(b.events) * 1e6, b.exchange_cpu / double(b.events) * 1e6);
-    if (cfg.breakdown)
-      std::printf(
-          "  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us "
-          "(decoding %.3f us; splitting and encoding %.3f us)\n",
-          b.steps[0] / double(b.events) * 1e6, b.steps[1] / double(b.events) * 1e6,
-          b.steps[2] / double(b.events) * 1e6, b.coding[0] / double(b.events) * 1e6,
-          b.coding[1] / double(b.events) * 1e6);
+    if (cfg.breakdown) PrintBreakdown(b);
     return 0;
   }
   {
@@ -412,13 +415,7 @@ int main(int argc, char** argv) {
         b.cpu / double(b.events) * 1e6, b.exchange_cpu / double(b.events) * 1e6,
         (unsigned long long)b.exchanges, double(b.bytes) / double(b.events), rb / ra,
         a.cpu / b.cpu);
-    if (cfg.breakdown)
-      std::printf(
-          "  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us "
-          "(decoding %.3f us; splitting and encoding %.3f us)\n",
-          b.steps[0] / double(b.events) * 1e6, b.steps[1] / double(b.events) * 1e6,
-          b.steps[2] / double(b.events) * 1e6, b.coding[0] / double(b.events) * 1e6,
-          b.coding[1] / double(b.events) * 1e6);
+    if (cfg.breakdown) PrintBreakdown(b);
     std::fflush(stdout);
   }
   std::printf("all rounds: shared/independent %.3f events/s, %.3f by CPU per event\n", sh / ind,

@@ -372,11 +372,12 @@ void Trainer::PoolHistory(uint32_t user, TrainState* s) const {
 
 void Trainer::Remember(const Event& e, uint32_t item_row) {
   if (m_.recent.size() <= 1) return;
-  if (options.negatives == 0 && (e.task == Task::kRating || e.label <= 0.5f)) return;
-  // Only negatives and implicit tasks read the ring: once every task is
-  // explicit (feedback auto, a label 0 seen), it is no longer kept up (nor
-  // sent to other trainers).
-  if (options.negatives == 0 && !m_.any_implicit()) return;
+  // Only negatives and implicit tasks read the ring: without negatives it
+  // holds implicit tasks' positives, and once every task is explicit
+  // (feedback auto, a label 0 seen) it is no longer kept up (nor sent to
+  // other trainers).
+  if (options.negatives == 0 && (e.task == Task::kRating || e.label <= 0.5f || !m_.any_implicit()))
+    return;
   m_.PushRecent(item_row, Model::IdHash(e.item));
 }
 
@@ -538,8 +539,8 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
     const uint32_t row = sn.rows[sn.begin[k]];
     if (row == pos_row) continue;
     s->cand_dot.push_back(Dot(u, sn.v.data() + k * d, d));
-    float z = alpha * s->cand_dot.back() + s->user_bias + sn.bias[k * kNumTasks + t] +
-              sn.logit_extra[k];
+    float z =
+        alpha * s->cand_dot.back() + s->user_bias + sn.bias[k * kNumTasks + t] + sn.logit_extra[k];
     if (s->has_history)
       z += m_.HistoryMatch(t, s->history_view, row, sn.rows.data() + sn.begin[k] + 1,
                            sn.begin[k + 1] - sn.begin[k] - 1,
