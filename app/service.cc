@@ -221,10 +221,11 @@ struct Service::Impl : public serve::ServiceHooks {
   std::thread send_thread;
   Clock::time_point next_exchange;  // training thread only
   uint64_t exchange_number = 0;     // the last batch taken; training thread only
-  std::deque<std::pair<uint64_t, learner::ModelChanges>> to_send;  // guarded by mu
-  // The last batch sent, its buffers reused by the next take (guarded by
-  // mu): an exchange every few milliseconds would otherwise allocate and
-  // fault in its megabytes afresh each time.
+  // Encoded batches (TrainerExchange::Encode) by number.
+  std::deque<std::pair<uint64_t, std::string>> to_send;  // guarded by mu
+  // The last batch taken, its tables' buffers reused by the next take
+  // (guarded by mu): an exchange every few milliseconds would otherwise
+  // allocate and fault in its megabytes afresh each time.
   learner::ModelChanges spare_changes;
   bool exchange_busy = false;  // a batch is being sent; guarded by mu
   std::atomic<uint64_t> exchange_errors{0};
@@ -363,9 +364,12 @@ recstream::Status Service::Impl::Init() {
     std::vector<store::CheckpointStore::OutboxBatch> outbox;
     RECSTREAM_RETURN_IF_ERROR(store->ReadOutbox(&outbox, &exchange_number));
     for (store::CheckpointStore::OutboxBatch& b : outbox) {
-      learner::ModelChanges changes;
-      RECSTREAM_RETURN_IF_ERROR(replicate::DecodeChanges(b.bytes, &changes));
-      to_send.emplace_back(b.number, std::move(changes));
+      if (!replicate::IsEncodedBatch(b.bytes)) {  // an older build's outbox: its changes
+        learner::ModelChanges changes;
+        RECSTREAM_RETURN_IF_ERROR(replicate::DecodeChanges(b.bytes, &changes));
+        b.bytes = exchange->Encode(&changes, b.number);
+      }
+      to_send.emplace_back(b.number, std::move(b.bytes));
     }
     if (!outbox.empty()) {
       for (const auto& [tp, offset] : outbox.back().positions) {
@@ -866,7 +870,8 @@ void Service::Impl::TakeChanges(bool drop) {
   }
   store::CheckpointStore::OutboxBatch batch;
   batch.number = ++exchange_number;
-  batch.bytes = replicate::EncodeChanges(changes);
+  // Encoded once: what the outbox stores is what the send thread sends.
+  batch.bytes = exchange->Encode(&changes, batch.number);
   for (const auto& [tp, offset] : learned_positions)
     if (!ExchangePosition(tp.topic)) batch.positions[tp] = offset;
   // Stored before it can count as sent (a checkpoint after this one stores
@@ -878,14 +883,15 @@ void Service::Impl::TakeChanges(bool drop) {
                  batch.number, st.ToString());
   }
   std::lock_guard lock(mu);
-  to_send.emplace_back(batch.number, std::move(changes));
+  spare_changes = std::move(changes);  // emptied by Encode, its buffers kept
+  to_send.emplace_back(batch.number, std::move(batch.bytes));
   cv.notify_all();
 }
 
 void Service::Impl::SendLoop() {
   int64_t backoff_ms = 0;
   for (;;) {
-    std::pair<uint64_t, learner::ModelChanges> batch;
+    std::pair<uint64_t, std::string> batch;
     {
       std::unique_lock lock(mu);
       cv.wait(lock, [&] { return !to_send.empty() || writer_stop; });
@@ -902,12 +908,11 @@ void Service::Impl::SendLoop() {
     }
     // In order, each until Kafka has it (the owner drops a batch sent twice).
     for (;;) {
-      recstream::Status st = exchange->Send(batch.second, batch.first);
+      recstream::Status st = exchange->SendEncoded(batch.second, batch.first);
       if (st.ok()) {
         backoff_ms = 0;
         acked_through.store(batch.first, std::memory_order_release);
         std::lock_guard lock(mu);
-        spare_changes = std::move(batch.second);
         exchange_busy = false;
         cv.notify_all();
         break;

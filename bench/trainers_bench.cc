@@ -7,10 +7,14 @@
 //                machine's ceiling for two trainers;
 //   shared       the same two halves at once, but trainers 0 and 1 of one
 //                model: every --exchange-events events each takes its
-//                changes, sends the other its part (encoded and decoded as
-//                bytes, as Kafka would carry them) and adds what the other
-//                sent; every --follow-events events each also publishes the
-//                rows it owns that changed and follows the other's. No
+//                changes, encodes them for its outbox, sends the other its
+//                part (as the updates topic's records, pages of rows) and
+//                adds what the other sent (decoded from those records);
+//                every --follow-events events each also publishes the rows
+//                it owns that changed (as the model topic's records, one per
+//                row) and follows the other's. The encoding and decoding are
+//                the service's own (replicate/exchange.h,
+//                store/model_records.h), on the trainer's thread. No
 //                barrier: each trainer exchanges on its own thread, between
 //                its own Train calls, as the service does (it sends every
 //                trainers.exchange_interval_ms = 10 ms and publishes every
@@ -20,9 +24,9 @@
 //
 // The rounds alternate (independent then shared, shared then independent,
 // ...) so that both see the machine of the same minutes, each going first
-// as often. Kafka's own cost (produce, fetch, the network) is not in it:
-// bytes exchanged per event are printed so that it can be put beside the
-// broker's figures.
+// as often. Kafka's own cost (produce, fetch, the network) and the outbox's
+// write to RocksDB are not in it: records and bytes exchanged per event are
+// printed so that they can be put beside the broker's figures.
 //
 //   trainers_bench [--events N] [--users U] [--items I] [--exchange-events E]
 //                  [--follow-events F] [--rounds R] [--batch B] [--shared-only |
@@ -48,6 +52,8 @@
 #include "eval/generator.h"
 #include "ingest/parser.h"
 #include "learner/learner.h"
+#include "replicate/exchange.h"
+#include "store/model_records.h"
 
 namespace recstream::bench {
 namespace {
@@ -102,95 +108,62 @@ std::unique_ptr<learner::Learner> Make(int index, int count) {
   return l;
 }
 
-// The bytes of a table of changes or rows as a record would carry them
-// (ids, then floats), and back: the copy Kafka's records cost at least.
-// Into *out, whose capacity is reused.
-void Encode(const std::vector<learner::TableDelta>& tables,
-            const std::vector<std::pair<std::string, std::vector<float>>>& dense,
-            std::string* out_) {
-  size_t size = 8;
-  for (const auto& t : tables) {
-    size += 12 + t.table.size() + t.values.size() * sizeof(float);
-    for (const auto& k : t.keys) size += 4 + k.size();
+// Records as Kafka would carry them (key, value), reused from one exchange
+// to the next: the first n are this message's.
+struct Records {
+  std::vector<std::pair<std::string, std::string>> r;
+  size_t n = 0;
+  void Add(std::string_view key, std::string_view value) {
+    if (n == r.size()) r.emplace_back();
+    r[n].first.assign(key);
+    r[n].second.assign(value);
+    ++n;
   }
-  for (const auto& [name, v] : dense) size += 8 + name.size() + v.size() * sizeof(float);
-  std::string& out = *out_;
-  out.clear();
-  if (out.capacity() < size) out.reserve(size + size / 4);  // room for the next, larger ones
-  auto put32 = [&](uint32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); };
-  put32(uint32_t(tables.size()));
-  for (const auto& t : tables) {
-    put32(uint32_t(t.table.size()));
-    out += t.table;
-    put32(uint32_t(t.width));
-    put32(uint32_t(t.keys.size()));
-    for (const auto& k : t.keys) {
-      put32(uint32_t(k.size()));
-      out += k;
-    }
-    out.append(reinterpret_cast<const char*>(t.values.data()), t.values.size() * sizeof(float));
+  size_t bytes() const {
+    size_t b = 0;
+    for (size_t i = 0; i < n; ++i) b += r[i].first.size() + r[i].second.size();
+    return b;
   }
-  put32(uint32_t(dense.size()));
-  for (const auto& [name, v] : dense) {
-    put32(uint32_t(name.size()));
-    out += name;
-    put32(uint32_t(v.size()));
-    out.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
-  }
-}
+  std::span<const std::pair<std::string, std::string>> view() const { return {r.data(), n}; }
+};
 
-// Into *tables and *dense, whose buffers are reused.
-void Decode(const std::string& in, std::vector<learner::TableDelta>* tables,
-            std::vector<std::pair<std::string, std::vector<float>>>* dense) {
-  size_t at = 0;
-  auto get32 = [&] {
-    uint32_t v;
-    std::memcpy(&v, in.data() + at, 4);
-    at += 4;
-    return v;
-  };
-  auto str = [&](std::string* s, uint32_t n) {
-    s->assign(in, at, n);
-    at += n;
-  };
-  tables->resize(get32());
-  for (auto& t : *tables) {
-    str(&t.table, get32());
-    t.width = int(get32());
-    t.keys.resize(get32());
-    for (auto& k : t.keys) str(&k, get32());
-    t.values.resize(t.keys.size() * size_t(t.width));
-    std::memcpy(t.values.data(), in.data() + at, t.values.size() * sizeof(float));
-    at += t.values.size() * sizeof(float);
+// A published version's records (the model topic's) back into a snapshot,
+// as a following trainer's exchange reads them.
+void DecodeVersion(const Records& in, store::model_records::SnapshotBuilder* builder,
+                   learner::ModelSnapshot* out) {
+  namespace mr = store::model_records;
+  for (size_t i = 0; i < in.n; ++i) {
+    mr::Header h;
+    std::string_view payload;
+    if (!mr::DecodeHeader(in.r[i].second, &h, &payload).ok()) std::abort();
+    if (h.kind == mr::Kind::kCommit) break;
+    if (!builder->AddTopicRecord(in.r[i].first, h, payload).ok()) std::abort();
   }
-  dense->resize(get32());
-  for (auto& [name, v] : *dense) {
-    str(&name, get32());
-    v.resize(get32());
-    std::memcpy(v.data(), in.data() + at, v.size() * sizeof(float));
-    at += v.size() * sizeof(float);
-  }
+  if (!builder->Take(out)) *out = learner::ModelSnapshot();
 }
 
 // What one trainer of the shared pair receives from the other.
 struct Inbox {
   std::mutex mu;
-  std::vector<std::string> changes;    // encoded ModelChanges (tables, dense)
-  std::vector<std::string> published;  // encoded owned rows (tables, dense)
+  std::vector<Records> changes;    // a batch of changes for this trainer
+  std::vector<Records> published;  // the other's published version
   // Given back by the other once read, to be encoded into again: [0]
   // changes, [1] published rows (apart, as their sizes differ tenfold).
-  std::vector<std::string> spare[2];
+  std::vector<Records> spare[2];
 };
 
 struct PairRun {
   double wall = 0;
   uint64_t events = 0;
-  uint64_t bytes = 0;  // sent and published, both trainers
+  uint64_t bytes = 0;         // sent and published, both trainers
+  uint64_t records = 0;       // Kafka records of those
+  uint64_t outbox_bytes = 0;  // encoded for the outboxes
   uint64_t exchanges = 0;
   double cpu = 0;           // CPU seconds of both trainers' threads
   double exchange_cpu = 0;  // of which in the exchange
   double steps[3] = {};     // of which decoding and adding, following, taking
   double coding[2] = {};    // of which decoding; splitting and encoding
+  uint64_t rows[3] = {};    // row changes sent, added as owner, owners' rows followed
 };
 
 // The exchange's steps of a shared pair's run (--breakdown), per event.
@@ -200,6 +173,12 @@ void PrintBreakdown(const PairRun& b) {
       "  exchange CPU per event: decode+add %.3f us, decode+follow %.3f us, take %.3f us "
       "(decoding %.3f us; splitting and encoding %.3f us)\n",
       b.steps[0] * per, b.steps[1] * per, b.steps[2] * per, b.coding[0] * per, b.coding[1] * per);
+  const double ex = double(std::max<uint64_t>(b.exchanges, 1));
+  std::printf(
+      "  rows per exchange: %.1f changes sent, %.1f added as owner, %.1f followed; Kafka records "
+      "per event %.4f; outbox bytes per event %.1f\n",
+      double(b.rows[0]) / ex, double(b.rows[1]) / ex, double(b.rows[2]) / ex,
+      double(b.records) / double(b.events), double(b.outbox_bytes) / double(b.events));
 }
 
 // Two trainers over their halves at once; with `shared`, trainers 0 and 1
@@ -208,7 +187,7 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
   std::unique_ptr<learner::Learner> t[2] = {shared ? Make(0, 2) : Make(0, 1),
                                             shared ? Make(1, 2) : Make(0, 1)};
   Inbox inbox[2];
-  std::atomic<uint64_t> bytes{0}, exchanges{0};
+  std::atomic<uint64_t> bytes{0}, records{0}, outbox_bytes{0}, exchanges{0};
   double cpu[2] = {0, 0}, exchange_cpu[2] = {0, 0};
   double step_cpu[2][3] = {};    // add, follow, take
   double coding_cpu[2][2] = {};  // decode; split and encode
@@ -225,14 +204,13 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
     const double cpu_start = ThreadCpuSeconds();
     auto inner_clock = [&cfg] { return cfg.breakdown ? ThreadCpuSeconds() : 0.0; };
     uint64_t since = 0, since_follow = 0;
-    std::vector<std::string> got_changes, got_published, spare[2];
-    // Kept from one exchange to the next, so that their buffers are reused
-    // (as a service's would be): what is taken, split, decoded.
+    std::vector<Records> got_changes, got_published, spare[2];
     learner::ModelChanges c, in_changes;
     learner::ModelSnapshot owned, in_published;
-    std::vector<learner::ModelChanges> split;
-    // Train calls of at most one exchange interval, in both pairs alike: a
-    // shared trainer exchanges after exactly every cfg.exchange_events.
+    store::model_records::SnapshotBuilder builder;
+    uint64_t batch = 0, version = 0;
+    // Train calls end at each exchange, so that the pair exchanges after
+    // exactly E events.
     const size_t step = std::min<size_t>(cfg.batch, cfg.exchange_events);
     for (size_t at = 0, n = 0; at < events.size(); at += n) {
       n = std::min(step, events.size() - at);
@@ -251,23 +229,22 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
         got_changes.swap(mine.changes);
         got_published.swap(mine.published);
         for (int j = 0; j < 2; ++j) {
-          for (std::string& b : mine.spare[j]) spare[j].push_back(std::move(b));
+          for (Records& b : mine.spare[j]) spare[j].push_back(std::move(b));
           mine.spare[j].clear();
         }
       }
       double t0 = inner_clock();
-      for (const std::string& b : got_changes) {
+      for (const Records& b : got_changes) {
         const double d0 = inner_clock();
-        Decode(b, &in_changes.tables, &in_changes.dense);
+        if (!replicate::DecodeUpdateRecords(b.view(), &in_changes).ok()) std::abort();
         coding_cpu[k][0] += inner_clock() - d0;
         if (!l.AddChanges(in_changes).ok()) std::abort();
       }
       double t1 = inner_clock();
       step_cpu[k][0] += t1 - t0;
-      for (const std::string& b : got_published) {
-        in_published.shape = t[0]->Shape();
+      for (const Records& b : got_published) {
         const double d0 = inner_clock();
-        Decode(b, &in_published.tables, &in_published.dense);
+        DecodeVersion(b, &builder, &in_published);
         coding_cpu[k][0] += inner_clock() - d0;
         if (!l.FollowOwners(in_published, 1 - k).ok()) std::abort();
       }
@@ -275,8 +252,8 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
       step_cpu[k][1] += t0 - t1;
       {
         std::lock_guard lock(other.mu);  // back to the sender, to encode into again
-        for (std::string& b : got_changes) other.spare[0].push_back(std::move(b));
-        for (std::string& b : got_published) other.spare[1].push_back(std::move(b));
+        for (Records& b : got_changes) other.spare[0].push_back(std::move(b));
+        for (Records& b : got_published) other.spare[1].push_back(std::move(b));
       }
       got_changes.clear();
       got_published.clear();
@@ -284,30 +261,44 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
       t1 = inner_clock();
       step_cpu[k][2] += t1 - t0;
       const double e0 = inner_clock();
-      learner::SplitByOwner(std::move(c), 2, &split);
-      // The largest spare of its kind, so that encoding rarely grows it.
-      auto buffer = [&](std::vector<std::string>& kind) {
-        if (kind.empty()) return std::string();
-        auto it = std::max_element(kind.begin(), kind.end(), [](const auto& a, const auto& b) {
-          return a.capacity() < b.capacity();
-        });
-        std::string b = std::move(*it);
-        kind.erase(it);
+      // The service's path: the batch encoded once, for the outbox (its
+      // write to the store is not timed) and as the updates topic's
+      // records, which the send thread copies into Kafka's producer.
+      const std::string outbox = replicate::EncodeBatch(&c, k, 2, uint64_t(1000 + k), ++batch);
+      outbox_bytes.fetch_add(outbox.size());
+      auto buffer = [&](std::vector<Records>& kind) {
+        if (kind.empty()) return Records();
+        Records b = std::move(kind.back());
+        kind.pop_back();
+        b.n = 0;
         return b;
       };
-      std::string send = buffer(spare[0]), pub;
-      Encode(split[size_t(1 - k)].tables, split[size_t(1 - k)].dense, &send);
+      Records send = buffer(spare[0]), pub;
+      if (!store::model_records::ForEachPageRecord(outbox, [&](std::string_view key,
+                                                               std::string_view value) {
+             if (key != "m/owner") send.Add(key, value);
+             return Status::OK();
+           }).ok())
+        std::abort();
       if (publish) {
         pub = buffer(spare[1]);
-        Encode(owned.tables, owned.dense, &pub);
+        store::model_records::Commit commit;
+        commit.version = {uint64_t(5000 + k), ++version};
+        if (!store::model_records::ForEachModelRecord(
+                 owned, commit, false,
+                 [&](std::string_view key, std::string_view value) {
+                   pub.Add(key, value);
+                   return Status::OK();
+                 })
+                 .ok())
+          std::abort();
       }
-      // The tables' buffers go back for the next take.
-      c = std::move(split[size_t(1 - k)]);
       coding_cpu[k][1] += inner_clock() - e0;
-      bytes.fetch_add(send.size() + pub.size());
+      bytes.fetch_add(send.bytes() + pub.bytes());
+      records.fetch_add(send.n + pub.n);
       if (done[1 - k].load()) {
-        // The other has learned its half and reads no more: the bytes are
-        // made as ever, and kept to be made again (nobody gives them back).
+        // The other has finished: nothing reads these any more, so they
+        // are kept to encode into again (the bytes were made and counted).
         spare[0].push_back(std::move(send));
         if (publish) spare[1].push_back(std::move(pub));
       } else {
@@ -330,11 +321,19 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
   r.wall = SecondsSince(start);
   r.events = halves[0].size() + halves[1].size();
   r.bytes = bytes.load();
+  r.records = records.load();
+  r.outbox_bytes = outbox_bytes.load();
   r.exchanges = exchanges.load();
   r.cpu = cpu[0] + cpu[1];
   r.exchange_cpu = exchange_cpu[0] + exchange_cpu[1];
   for (int i = 0; i < 3; ++i) r.steps[i] = step_cpu[0][i] + step_cpu[1][i];
   for (int i = 0; i < 2; ++i) r.coding[i] = coding_cpu[0][i] + coding_cpu[1][i];
+  for (const auto& l : t) {
+    const learner::LearnerStats s = l->Stats();
+    r.rows[0] += s.shared_rows_sent;
+    r.rows[1] += s.shared_rows_added;
+    r.rows[2] += s.shared_rows_followed;
+  }
   return r;
 }
 

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -19,6 +20,24 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 constexpr uint64_t kSenderBits = 12;  // trainer.count is at most 4096
+// In an encoded batch (TrainerExchange::Encode): the owner (u32) whose
+// partition the records after it go to.
+constexpr std::string_view kOwnerKey = "m/owner";
+
+// The records of a page (mr::Kind::kPage) into `builder`: each of the
+// page's version. Corruption at the first that is not.
+Status AddPageRecords(mr::SnapshotBuilder* builder, const mr::Header& page,
+                      std::string_view records) {
+  return mr::ForEachPageRecord(records, [&](std::string_view key, std::string_view value) {
+    if (value.empty()) return builder->AddTombstone(key);
+    mr::Header h;
+    std::string_view payload;
+    RECSTREAM_RETURN_IF_ERROR(mr::DecodeHeader(value, &h, &payload));
+    if (h.version != page.version || h.kind == mr::Kind::kPage || h.kind == mr::Kind::kCommit)
+      return Status::Corruption("a page holds a record of another version or kind");
+    return builder->AddTopicRecord(key, h, payload);
+  });
+}
 
 // A batch or version being read: its records so far.
 struct Pending {
@@ -33,7 +52,10 @@ struct Pending {
       version = h.version;
       first_offset = offset;
     }
-    if (!builder.AddTopicRecord(key, h, payload).ok()) return false;
+    if (!(h.kind == mr::Kind::kPage ? AddPageRecords(&builder, h, payload)
+                                    : builder.AddTopicRecord(key, h, payload))
+             .ok())
+      return false;
     ++records;
     return true;
   }
@@ -75,8 +97,8 @@ struct TrainerExchange::Impl : public RdKafka::DeliveryReportCb {
   // being read.
   std::map<int, int64_t> next;
   std::map<int, std::map<int, Pending>> batches;
-  std::map<int, uint64_t> applied;  // per sender: last batch handed over
-  std::map<int, Pending> versions;  // per model partition
+  std::map<int, uint64_t> applied;    // per sender: last batch handed over
+  std::map<int, Pending> versions;    // per model partition
   std::map<int, int64_t> model_next;  // per model partition: next offset
   ExchangeStats stats;
   // As of the last Take (Positions).
@@ -184,7 +206,8 @@ Status TrainerExchange::Open(const ExchangeOptions& options, const std::map<int,
     if (j == options.index) continue;
     auto it = follow.find(j);
     owned.emplace_back(RdKafka::TopicPartition::create(
-        options.model_topic, j, it != follow.end() ? it->second : RdKafka::Topic::OFFSET_BEGINNING));
+        options.model_topic, j,
+        it != follow.end() ? it->second : RdKafka::Topic::OFFSET_BEGINNING));
     impl->model_next[j] = it != follow.end() ? it->second : 0;
     impl->taken_follow[j] = impl->model_next[j];
   }
@@ -304,37 +327,146 @@ void TrainerExchange::Impl::OnVersion(const RdKafka::Message& m) {
   if (!v.Add(*m.key(), h, payload, m.offset())) ++stats.bad_records;
 }
 
+Status ForEachUpdateRecord(learner::ModelChanges* changes, uint64_t generation, uint64_t number,
+                           const std::function<Status(std::string_view, std::string_view)>& emit) {
+  mr::Commit commit;
+  commit.version = {generation, number};
+  std::string page;
+  uint64_t pages = 0;
+  auto flush = [&]() -> Status {
+    if (page.size() <= mr::kHeaderSize) return Status::OK();
+    ++pages;
+    RECSTREAM_RETURN_IF_ERROR(emit(mr::kPageKey, page));
+    page.clear();
+    return Status::OK();
+  };
+  // The changes' buffers are lent to a snapshot for the records, then given
+  // back.
+  learner::ModelSnapshot s = AsSnapshot(std::move(*changes));
+  struct GiveBack {
+    learner::ModelSnapshot* s;
+    learner::ModelChanges* c;
+    ~GiveBack() { *c = AsChanges(std::move(*s)); }
+  } give_back{&s, changes};
+  const bool empty = s.tables.empty() && s.dense.empty() && s.feature_lists.empty();
+  return mr::ForEachModelRecord(
+      s, commit, empty, [&](std::string_view key, std::string_view value) -> Status {
+        if (key == mr::kCommitKey) {
+          RECSTREAM_RETURN_IF_ERROR(flush());
+          mr::Commit c;
+          c.version = commit.version;
+          c.records = pages;
+          return emit(mr::kCommitKey, mr::EncodeCommit(c));
+        }
+        if (page.size() > mr::kHeaderSize &&
+            page.size() + key.size() + value.size() + 8 > kUpdatePageBytes)
+          RECSTREAM_RETURN_IF_ERROR(flush());
+        if (page.empty()) mr::AppendHeader(&page, mr::Kind::kPage, commit.version);
+        mr::AppendPageRecord(&page, key, value);
+        return Status::OK();
+      });
+}
+
+Status DecodeUpdateRecords(std::span<const std::pair<std::string, std::string>> records,
+                           learner::ModelChanges* out) {
+  Pending b;
+  for (const auto& [key, value] : records) {
+    mr::Header h;
+    std::string_view payload;
+    RECSTREAM_RETURN_IF_ERROR(mr::DecodeHeader(value, &h, &payload));
+    if (h.kind == mr::Kind::kCommit) {
+      mr::Commit c;
+      RECSTREAM_RETURN_IF_ERROR(mr::DecodeCommit(h, payload, &c));
+      if (c.records != b.records || (b.records > 0 && c.version != b.version))
+        return Status::Corruption("a batch cut short");
+      learner::ModelSnapshot s;
+      *out = b.builder.Take(&s) ? AsChanges(std::move(s)) : learner::ModelChanges();
+      return Status::OK();
+    }
+    if (!b.Add(key, h, payload, 0)) return Status::Corruption("an unreadable record");
+  }
+  return Status::Corruption("a batch without its commit");
+}
+
+std::string EncodeBatch(learner::ModelChanges* changes, int index, int count, uint64_t run,
+                        uint64_t number) {
+  std::vector<learner::ModelChanges> parts;
+  learner::SplitByOwner(std::move(*changes), count, &parts);
+  std::string out;
+  for (int owner = 0; owner < count; ++owner) {
+    if (owner == index) continue;
+    std::string to(4, '\0');
+    std::memcpy(to.data(), &owner, 4);  // little-endian hosts only, as the codecs
+    mr::AppendPageRecord(&out, kOwnerKey, to);
+    (void)ForEachUpdateRecord(&parts[size_t(owner)], run << kSenderBits | uint64_t(index), number,
+                              [&](std::string_view key, std::string_view value) {
+                                mr::AppendPageRecord(&out, key, value);
+                                return Status::OK();
+                              });
+  }
+  // The tables' buffers go back to the caller, for its next take: no rows
+  // (keys), values of any size (Learner::TakeChanges reuses them).
+  *changes = learner::ModelChanges();
+  for (learner::ModelChanges& p : parts)
+    for (learner::TableDelta& t : p.tables) {
+      t.keys.clear();
+      changes->tables.push_back(std::move(t));
+    }
+  return out;
+}
+
+std::string TrainerExchange::Encode(learner::ModelChanges* changes, uint64_t number) const {
+  const ExchangeOptions& o = impl_->options;
+  return EncodeBatch(changes, o.index, o.count, o.run, number);
+}
+
+bool IsEncodedBatch(std::string_view bytes) {
+  bool owner_first = false;
+  (void)mr::ForEachPageRecord(bytes, [&](std::string_view key, std::string_view) {
+    owner_first = key == kOwnerKey;
+    return Status::Corruption("only the first");
+  });
+  return owner_first;
+}
+
 Status TrainerExchange::Send(const learner::ModelChanges& changes, uint64_t number) {
+  learner::ModelChanges copy = changes;
+  return SendEncoded(Encode(&copy, number), number);
+}
+
+Status TrainerExchange::SendEncoded(std::string_view batch, uint64_t number) {
   Impl& d = *impl_;
   const auto deadline = Clock::now() + std::chrono::milliseconds(d.options.delivery_timeout_ms);
-  std::vector<learner::ModelChanges> parts;
-  learner::SplitByOwner(changes, d.options.count, &parts);
   d.acked = d.acked_bytes = d.failed = 0;
   d.first_error.clear();
   uint64_t sent = 0;
-  for (int o = 0; o < d.options.count; ++o) {
-    if (o == d.options.index) continue;
-    const learner::ModelSnapshot s = AsSnapshot(std::move(parts[size_t(o)]));
-    mr::Commit commit;
-    commit.version = {d.options.run << kSenderBits | uint64_t(d.options.index), number};
-    const bool empty = s.tables.empty() && s.dense.empty() && s.feature_lists.empty();
-    Status st = mr::ForEachModelRecord(
-        s, commit, empty, [&](std::string_view key, std::string_view value) -> Status {
-          for (;;) {
-            RdKafka::ErrorCode err = d.producer->produce(
-                d.options.updates_topic, o, RdKafka::Producer::RK_MSG_COPY,
-                const_cast<char*>(value.data()), value.size(), key.data(), key.size(), 0, nullptr);
-            if (err == RdKafka::ERR_NO_ERROR) break;
-            if (err != RdKafka::ERR__QUEUE_FULL || Clock::now() >= deadline)
-              return Status::IOError("producing to " + d.options.updates_topic + ": " +
-                                     RdKafka::err2str(err));
-            d.producer->poll(10);
-          }
-          ++sent;
-          return Status::OK();
-        });
-    RECSTREAM_RETURN_IF_ERROR(st);
-  }
+  int owner = -1;
+  Status st = mr::ForEachPageRecord(batch, [&](std::string_view key, std::string_view value) {
+    if (key == kOwnerKey) {
+      if (value.size() != 4) return Status::Corruption("outbox batch: bad owner record");
+      std::memcpy(&owner, value.data(), 4);
+      if (owner < 0 || owner >= d.options.count || owner == d.options.index)
+        return Status::Corruption("outbox batch for owner " + std::to_string(owner) +
+                                  " of a trainer that is " + std::to_string(d.options.index) +
+                                  " of " + std::to_string(d.options.count));
+      return Status::OK();
+    }
+    if (owner < 0) return Status::Corruption("outbox batch without its owner");
+    for (;;) {
+      RdKafka::ErrorCode err =
+          d.producer->produce(d.options.updates_topic, owner, RdKafka::Producer::RK_MSG_COPY,
+                              const_cast<char*>(value.data()), value.size(),
+                              const_cast<char*>(key.data()), key.size(), 0, nullptr);
+      if (err == RdKafka::ERR_NO_ERROR) break;
+      if (err != RdKafka::ERR__QUEUE_FULL || Clock::now() >= deadline)
+        return Status::IOError("producing to " + d.options.updates_topic + ": " +
+                               RdKafka::err2str(err));
+      d.producer->poll(10);
+    }
+    ++sent;
+    return Status::OK();
+  });
+  RECSTREAM_RETURN_IF_ERROR(st);
   while (d.producer->outq_len() > 0 && Clock::now() < deadline) d.producer->poll(5);
   if (d.failed > 0)
     return Status::IOError(std::to_string(d.failed) + " records of batch " +
@@ -367,8 +499,7 @@ void TrainerExchange::Take(Received* out) {
     if (v.records > 0 && v.first_offset < d.taken_follow[p]) d.taken_follow[p] = v.first_offset;
 }
 
-void TrainerExchange::Positions(std::map<int, int64_t>* positions,
-                                std::map<int, uint64_t>* applied,
+void TrainerExchange::Positions(std::map<int, int64_t>* positions, std::map<int, uint64_t>* applied,
                                 std::map<int, int64_t>* follow) const {
   std::lock_guard lock(impl_->mu);
   *positions = impl_->taken_positions;

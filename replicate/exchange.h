@@ -5,10 +5,11 @@
 // Two topics carry it:
 //   - the updates topic (kafka.topics.updates, at least trainer.count
 //     partitions): a sender's changes for owner o go to partition o as one
-//     BATCH: the records of the model topic's format (store/model_records.h)
-//     with the version {generation: run << 12 | sender, sequence: the
-//     batch's number}, then a commit that counts them. Trainer i reads the
-//     partitions p with p % count == i;
+//     BATCH: pages of records of the model topic's format
+//     (store/model_records.h, ForEachUpdateRecord below) with the version
+//     {generation: run << 12 | sender, sequence: the batch's number}, then
+//     a commit that counts them. Trainer i reads the partitions p with
+//     p % count == i;
 //   - the model topic: each trainer publishes its own rows on its own
 //     partition (replicate/publisher.h); the exchange follows the other
 //     trainers' partitions from the positions a checkpoint stored, or from
@@ -32,9 +33,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -72,6 +77,31 @@ struct ExchangeStats {
 std::string EncodeChanges(const learner::ModelChanges& changes);
 Status DecodeChanges(std::string_view bytes, learner::ModelChanges* out);
 
+// The updates topic's records of one batch for one owner (`changes`: that
+// owner's part, learner::SplitByOwner), in order: PAGES, each one record
+// (key "m/page") holding up to kUpdatePageBytes of rows, lists and dense
+// chunks in the model topic's format, then the commit, which counts the
+// pages; all with the version {generation, number}. A batch costs Kafka
+// a few records rather than one per row. Stops at, and returns, the first
+// non-OK status of `emit`.
+inline constexpr size_t kUpdatePageBytes = 512 << 10;  // under Kafka's default 1 MB message
+// `changes` is left as it was (its buffers are lent for the call).
+Status ForEachUpdateRecord(learner::ModelChanges* changes, uint64_t generation, uint64_t number,
+                           const std::function<Status(std::string_view, std::string_view)>& emit);
+// Records of one whole batch (as ForEachUpdateRecord emits them, the commit
+// last) back into changes, as an owner reads them. Corruption when a record
+// is unreadable or the commit does not count what came before it.
+Status DecodeUpdateRecords(std::span<const std::pair<std::string, std::string>> records,
+                           learner::ModelChanges* out);
+
+// TrainerExchange::Encode for trainer `index` of `count` in run `run`
+// (ExchangeOptions), without Kafka.
+std::string EncodeBatch(learner::ModelChanges* changes, int index, int count, uint64_t run,
+                        uint64_t number);
+// True when `bytes` are TrainerExchange::Encode's (an outbox batch stored
+// by this build), false for EncodeChanges' (an older build's outbox).
+bool IsEncodedBatch(std::string_view bytes);
+
 class TrainerExchange {
  public:
   // `start`: per updates partition this trainer reads, the position to read
@@ -93,6 +123,15 @@ class TrainerExchange {
   // acknowledged all of it; IOError/Unavailable otherwise (the caller
   // sends the same batch, with the same number, again). Numbers increase.
   Status Send(const learner::ModelChanges& changes, uint64_t number);
+
+  // The same in two steps, so that a batch is encoded once: Encode makes
+  // the bytes an outbox stores (each other owner's records, as Send would
+  // produce them; `changes` is emptied, its tables' buffers kept for the
+  // next Learner::TakeChanges), and SendEncoded sends them (from any
+  // thread, as Send). Corruption from SendEncoded when the bytes are not
+  // Encode's for this trainer and count.
+  std::string Encode(learner::ModelChanges* changes, uint64_t number) const;
+  Status SendEncoded(std::string_view batch, uint64_t number);
 
   // What arrived since the previous call, in arrival order: other
   // trainers' changes for the rows this trainer owns (apply with

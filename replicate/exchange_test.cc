@@ -40,9 +40,9 @@ std::vector<Event> Stream(int n, int users, int items, uint64_t seed, const std:
   return out;
 }
 
-std::unique_ptr<Learner> Make(int index) {
+std::unique_ptr<Learner> Make(int index, int dim = 8) {
   learner::LearnerOptions o;
-  o.dim = 8;
+  o.dim = dim;
   o.hidden = 8;
   o.threads = 1;
   o.trainer_count = 2;
@@ -60,7 +60,7 @@ std::map<std::string, std::vector<float>> SharedRows(Learner* l) {
     if (t.table == "user") continue;
     for (size_t i = 0; i < t.keys.size(); ++i)
       out[t.table + "/" + t.keys[i]].assign(t.values.data() + i * size_t(t.width),
-                                           t.values.data() + (i + 1) * size_t(t.width));
+                                            t.values.data() + (i + 1) * size_t(t.width));
   }
   for (const auto& [name, v] : s.dense)
     if (name == "dense") out["dense"] = v;
@@ -240,14 +240,9 @@ TEST_CASE("A batch sent again, cut short or garbled is not applied twice or in p
                          nullptr) == RdKafka::ERR_NO_ERROR);
     // Batch 2 of trainer 1 without its commit (a sender that died while
     // sending it).
-    learner::ModelSnapshot part;
-    part.tables = split[0].tables;
-    part.feature_lists = split[0].feature_lists;
-    store::model_records::Commit commit;
-    commit.version = {c.Options(1).run << 12 | 1, 2};
     uint64_t records = 0;
-    REQUIRE(store::model_records::ForEachModelRecord(
-                part, commit, false,
+    REQUIRE(ForEachUpdateRecord(
+                &split[0], c.Options(1).run << 12 | 1, 2,
                 [&](std::string_view k, std::string_view v) -> Status {
                   if (k == store::model_records::kCommitKey) return Status::OK();
                   ++records;
@@ -290,8 +285,71 @@ TEST_CASE("A batch sent again, cut short or garbled is not applied twice or in p
   std::unique_ptr<TrainerExchange> from_start;
   REQUIRE(TrainerExchange::Open(c.Options(0), {}, applied, {}, &from_start).ok());
   REQUIRE(WaitFor([&] { return from_start->stats().received_batches == 1; }));  // batch 4
-  CHECK(from_start->stats().duplicate_batches == 3);  // 1, 1 again, 3
-  CHECK(from_start->stats().incomplete_batches == 1);  // 2
+  CHECK(from_start->stats().duplicate_batches == 3);                            // 1, 1 again, 3
+  CHECK(from_start->stats().incomplete_batches == 1);                           // 2
+}
+
+TEST_CASE("A batch travels as a few pages of rows and arrives whole", "[exchange]") {
+  Cluster c;
+  std::unique_ptr<TrainerExchange> owner, sender;
+  REQUIRE(TrainerExchange::Open(c.Options(0), {}, {}, {}, &owner).ok());
+  REQUIRE(TrainerExchange::Open(c.Options(1), {}, {}, {}, &sender).ok());
+  // Rows of 64 dimensions (over 500 bytes each) for 4,000 items: more than
+  // one page for the owner.
+  auto b = Make(1, 64);
+  b->Train(Stream(8000, 200, 4000, 5, "b"));
+  learner::ModelChanges changes;
+  b->TakeChanges(&changes);
+  std::vector<learner::ModelChanges> split;
+  learner::SplitByOwner(changes, 2, &split);
+  size_t bytes = 0;
+  for (const auto& t : split[0].tables) bytes += t.values.size() * sizeof(float);
+  REQUIRE(bytes > kUpdatePageBytes);
+
+  // As records: pages then the commit, read back to the same changes.
+  std::vector<std::pair<std::string, std::string>> records;
+  REQUIRE(ForEachUpdateRecord(&split[0], 77, 1, [&](std::string_view k, std::string_view v) {
+            records.emplace_back(k, v);
+            return Status::OK();
+          }).ok());
+  CHECK(records.size() >= 3);  // two pages or more, and the commit
+  CHECK(records.back().first == store::model_records::kCommitKey);
+  for (size_t i = 0; i + 1 < records.size(); ++i) {
+    CHECK(records[i].first == store::model_records::kPageKey);
+    CHECK(records[i].second.size() <= kUpdatePageBytes);
+    if (i + 2 < records.size()) CHECK(records[i].second.size() > kUpdatePageBytes * 9 / 10);
+  }
+  learner::ModelChanges back;
+  REQUIRE(DecodeUpdateRecords(records, &back).ok());
+  CHECK(back.rows() == split[0].rows());
+  auto a = Make(0, 64), a2 = Make(0, 64);
+  REQUIRE(a->AddChanges(back).ok());
+  REQUIRE(a2->AddChanges(split[0]).ok());
+  CHECK(SharedRows(a.get()) == SharedRows(a2.get()));
+  // Without its last page the batch is refused, not applied in part.
+  std::vector<std::pair<std::string, std::string>> cut = records;
+  cut.erase(cut.end() - 2);
+  CHECK(!DecodeUpdateRecords(cut, &back).ok());
+
+  // An outbox batch is encoded once, and told from an older build's.
+  learner::ModelChanges borrowed = changes;
+  const std::string encoded = EncodeBatch(&borrowed, 1, 2, 1001, 1);
+  CHECK(borrowed.rows() == 0);
+  CHECK(IsEncodedBatch(encoded));
+  CHECK(!IsEncodedBatch(EncodeChanges(changes)));
+  CHECK(sender->SendEncoded(EncodeChanges(changes), 9).IsCorruption());
+
+  // Through Kafka: a handful of records for thousands of rows, one batch
+  // handed over with every row.
+  REQUIRE(sender->Send(changes, 1).ok());
+  CHECK(sender->stats().sent_records == records.size());
+  REQUIRE(WaitFor([&] { return owner->stats().received_batches == 1; }));
+  TrainerExchange::Received got;
+  owner->Take(&got);
+  REQUIRE(got.changes.size() == 1);
+  CHECK(got.changes[0].rows() == split[0].rows());
+  CHECK(owner->stats().bad_records == 0);
+  CHECK(owner->stats().incomplete_batches == 0);
 }
 
 }  // namespace

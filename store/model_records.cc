@@ -25,7 +25,7 @@ Status DecodeHeader(std::string_view value, Header* header, std::string_view* pa
     return Status::Corruption(fmt::format("model record of format {}; this build reads format {}",
                                           int(uint8_t(value[2])), int(kFormat)));
   const uint8_t kind = uint8_t(value[3]);
-  if (kind < uint8_t(Kind::kRecord) || kind > uint8_t(Kind::kCommit))
+  if (kind < uint8_t(Kind::kRecord) || kind > uint8_t(Kind::kPage))
     return Status::Corruption(fmt::format("model record of unknown kind {}", int(kind)));
   header->kind = Kind(kind);
   header->version.generation = codec::DecodeFixed64(value.data() + 4);
@@ -246,6 +246,8 @@ Status SnapshotBuilder::AddTopicRecord(std::string_view key, const Header& heade
     }
     return AddStoreRecord(key, payload);
   }
+  if (header.kind == Kind::kPage)
+    return Status::Corruption("a page of records belongs to the updates topic, not a snapshot");
   if (header.kind != Kind::kDenseChunk)
     return Status::InvalidArgument("a commit is not a record of the snapshot");
   // "d/" name \0 chunk

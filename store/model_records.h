@@ -19,6 +19,14 @@
 //                                           chunks u32, total floats u32,
 //                                           then up to kDenseChunkFloats f32
 //   "m/commit"                              the version's commit (Commit)
+//   "m/page"                                many records in one (kind kPage):
+//                                           records of the kinds above,
+//                                           framed as page records
+//                                           (AppendPageRecord), each value
+//                                           with its own header. Only the
+//                                           updates topic of several trainers
+//                                           carries these (replicate/exchange.h);
+//                                           a model topic never does.
 //
 // Every value begins with a 20-byte header: the magic bytes 'R' 'M', the
 // format (kFormat), the kind (Kind), the version's generation u64 and
@@ -51,6 +59,7 @@ inline constexpr size_t kHeaderSize = 20;
 // Floats per dense chunk (64 KiB), well under Kafka's default message size.
 inline constexpr uint32_t kDenseChunkFloats = 16384;
 inline constexpr std::string_view kCommitKey = "m/commit";
+inline constexpr std::string_view kPageKey = "m/page";
 // A dense block that is stored but never published (the admission counts).
 inline constexpr std::string_view kStoreOnlyDense = "admission";
 // Feature lists that are stored but never published: when users that left
@@ -68,7 +77,7 @@ struct Version {
   std::string ToString() const;
 };
 
-enum class Kind : uint8_t { kRecord = 1, kDenseChunk = 2, kCommit = 3 };
+enum class Kind : uint8_t { kRecord = 1, kDenseChunk = 2, kCommit = 3, kPage = 4 };
 
 struct Header {
   Kind kind = Kind::kRecord;

@@ -294,7 +294,14 @@ TEST_CASE("Hostile events go to the dead-letter topic with their reason; the mod
   stream.SendAll(producer.get(), 10);
   raw.Flush();
 
+  // The hostile messages come from another producer, so they may still be
+  // on their way when the last good event is learned: wait for both.
+  auto rejected = [&] {
+    Json j;
+    return j.Parse(HttpCall(port, "GET", "/v1/stats").body) ? j.Number("/rejected/total") : -1.0;
+  };
   REQUIRE(WaitFor([&] { return Learned(port) == stream.total(); }, 40s));
+  WaitFor([&] { return rejected() >= double(corpus.size()); }, 20s);
   CHECK(HttpCall(port, "GET", "/healthz").status == 200);
   Json stats;
   REQUIRE(stats.Parse(HttpCall(port, "GET", "/v1/stats").body));
