@@ -327,18 +327,28 @@ void TrainerExchange::Impl::OnVersion(const RdKafka::Message& m) {
   if (!v.Add(*m.key(), h, payload, m.offset())) ++stats.bad_records;
 }
 
-Status ForEachUpdateRecord(learner::ModelChanges* changes, uint64_t generation, uint64_t number,
-                           const std::function<Status(std::string_view, std::string_view)>& emit) {
-  mr::Commit commit;
-  commit.version = {generation, number};
-  std::string page;
+namespace {
+
+// ForEachUpdateRecord's records appended to *out, framed as page records
+// (mr::AppendPageRecord): each page written in place, its length filled in
+// when it closes.
+void AppendUpdateRecords(learner::ModelChanges* changes, uint64_t generation, uint64_t number,
+                         std::string* out) {
+  const mr::Version version{generation, number};
+  size_t bytes = 1024;
+  for (const learner::TableDelta& t : changes->tables)
+    bytes += t.values.size() * sizeof(float) + t.keys.size() * (mr::kHeaderSize + 40);
+  for (const auto& [name, v] : changes->dense) bytes += v.size() * sizeof(float) + 128;
+  out->reserve(out->size() + bytes + bytes / 8);
+  constexpr size_t kClosed = ~size_t(0);
+  size_t page_at = kClosed;  // where the open page's value begins
   uint64_t pages = 0;
-  auto flush = [&]() -> Status {
-    if (page.size() <= mr::kHeaderSize) return Status::OK();
+  auto close = [&] {
+    if (page_at == kClosed) return;
+    const uint32_t len = uint32_t(out->size() - page_at);
+    for (int i = 0; i < 4; ++i) (*out)[page_at - 4 + size_t(i)] = char((len >> (8 * i)) & 0xff);
+    page_at = kClosed;
     ++pages;
-    RECSTREAM_RETURN_IF_ERROR(emit(mr::kPageKey, page));
-    page.clear();
-    return Status::OK();
   };
   // The changes' buffers are lent to a snapshot for the records, then given
   // back.
@@ -348,23 +358,39 @@ Status ForEachUpdateRecord(learner::ModelChanges* changes, uint64_t generation, 
     learner::ModelChanges* c;
     ~GiveBack() { *c = AsChanges(std::move(*s)); }
   } give_back{&s, changes};
+  mr::Commit commit;
+  commit.version = version;
   const bool empty = s.tables.empty() && s.dense.empty() && s.feature_lists.empty();
-  return mr::ForEachModelRecord(
+  (void)mr::ForEachModelRecord(
       s, commit, empty, [&](std::string_view key, std::string_view value) -> Status {
         if (key == mr::kCommitKey) {
-          RECSTREAM_RETURN_IF_ERROR(flush());
+          close();
           mr::Commit c;
-          c.version = commit.version;
+          c.version = version;
           c.records = pages;
-          return emit(mr::kCommitKey, mr::EncodeCommit(c));
+          mr::AppendPageRecord(out, mr::kCommitKey, mr::EncodeCommit(c));
+          return Status::OK();
         }
-        if (page.size() > mr::kHeaderSize &&
-            page.size() + key.size() + value.size() + 8 > kUpdatePageBytes)
-          RECSTREAM_RETURN_IF_ERROR(flush());
-        if (page.empty()) mr::AppendHeader(&page, mr::Kind::kPage, commit.version);
-        mr::AppendPageRecord(&page, key, value);
+        if (page_at != kClosed &&
+            out->size() - page_at + key.size() + value.size() + 8 > kUpdatePageBytes)
+          close();
+        if (page_at == kClosed) {
+          mr::AppendPageRecord(out, mr::kPageKey, std::string_view());  // length filled in later
+          page_at = out->size();
+          mr::AppendHeader(out, mr::Kind::kPage, version);
+        }
+        mr::AppendPageRecord(out, key, value);
         return Status::OK();
       });
+}
+
+}  // namespace
+
+Status ForEachUpdateRecord(learner::ModelChanges* changes, uint64_t generation, uint64_t number,
+                           const std::function<Status(std::string_view, std::string_view)>& emit) {
+  std::string records;
+  AppendUpdateRecords(changes, generation, number, &records);
+  return mr::ForEachPageRecord(records, emit);
 }
 
 Status DecodeUpdateRecords(std::span<const std::pair<std::string, std::string>> records,
@@ -398,11 +424,7 @@ std::string EncodeBatch(learner::ModelChanges* changes, int index, int count, ui
     std::string to(4, '\0');
     std::memcpy(to.data(), &owner, 4);  // little-endian hosts only, as the codecs
     mr::AppendPageRecord(&out, kOwnerKey, to);
-    (void)ForEachUpdateRecord(&parts[size_t(owner)], run << kSenderBits | uint64_t(index), number,
-                              [&](std::string_view key, std::string_view value) {
-                                mr::AppendPageRecord(&out, key, value);
-                                return Status::OK();
-                              });
+    AppendUpdateRecords(&parts[size_t(owner)], run << kSenderBits | uint64_t(index), number, &out);
   }
   // The tables' buffers go back to the caller, for its next take: no rows
   // (keys), values of any size (Learner::TakeChanges reuses them).
