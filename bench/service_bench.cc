@@ -36,10 +36,11 @@
 //
 //   service_bench longtail [--events N] [--expire-user-s S] [--admit-after A]
 //                          [--checkpoint-every M] [--memory-limit-mb L] [--return-share R]
+//                          [--visitor-events V]
 //     Memory under an endless long tail of new users (issue #30), without
 //     Kafka: a learner and its store (RocksDB in a temp dir) as the service
 //     holds them. Events come from the generator (items, labels, features),
-//     each visitor id seen in three consecutive events, then never again,
+//     each visitor id seen in V (default 3) consecutive events, then never again,
 //     events 2 ms apart in event time. Every M events (default 1,000,000) a
 //     delta snapshot is stored, as a checkpoint; prints the events, the
 //     rate, live and expired users, the process's resident memory, the
@@ -590,7 +591,7 @@ int ReplicaBootstrap(uint64_t rows) {
 }
 
 int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkpoint_every,
-             int64_t limit_mb, double return_share) {
+             int64_t limit_mb, double return_share, uint64_t visitor_events) {
   testing::TempDir dir;
   config::AppConfig cfg;
   cfg.store.path = dir.path() + "/store";
@@ -684,9 +685,10 @@ int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkp
     if (parser.Parse(line, &e, 0).has_value()) continue;
     // A share of events come from earlier visitors, who return.
     const uint64_t visitor =
-        return_share > 0 && done >= 3 && double(rng() >> 11) * 0x1p-53 < return_share
-            ? rng() % (done / 3)
-            : done / 3;
+        return_share > 0 && done >= visitor_events &&
+                double(rng() >> 11) * 0x1p-53 < return_share
+            ? rng() % (done / visitor_events)
+            : done / visitor_events;
     e.user = "visitor" + std::to_string(visitor);
     e.ts_ms = t0_ms + int64_t(done) * 2;
     ++done;
@@ -913,6 +915,11 @@ int main(int argc, char** argv) {
   lt->add_option("--memory-limit-mb", lt_limit, "model.memory_limit_mb (0: none)");
   lt->add_option("--return-share", lt_return,
                  "share of events from an earlier visitor, drawn uniformly (0: none)");
+  uint64_t lt_visitor = 3;
+  lt->add_option("--visitor-events", lt_visitor,
+                 "consecutive events of each new visitor (default 3: a new user every third "
+                 "event)")
+      ->check(CLI::PositiveNumber);
   auto* rb = app.add_subcommand("replica-bootstrap", "time a replica's bootstrap of N rows");
   rb->add_option("--rows", bootstrap_rows);
   CLI11_PARSE(app, argc, argv);
@@ -926,7 +933,7 @@ int main(int argc, char** argv) {
   std::printf("service_bench load=%s\n", LoadAverage().c_str());
   if (sb->parsed()) return StoreBench(rows, delta_rows, user_features);
   if (lt->parsed())
-    return LongTail(lt_events, lt_expire, lt_admit, lt_every, lt_limit, lt_return);
+    return LongTail(lt_events, lt_expire, lt_admit, lt_every, lt_limit, lt_return, lt_visitor);
   if (tp->parsed())
     return Throughput(events, users, items, partitions, checkpoint_ms, latency, hold, restart);
   if (rb->parsed()) return ReplicaBootstrap(bootstrap_rows);
