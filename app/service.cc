@@ -369,6 +369,8 @@ recstream::Status Service::Impl::Init() {
         RECSTREAM_RETURN_IF_ERROR(replicate::DecodeChanges(b.bytes, &changes));
         b.bytes = exchange->Encode(&changes, b.number);
       }
+      RECSTREAM_RETURN_IF_ERROR(replicate::CheckEncodedBatch(b.bytes, config.kafka.ownership.index,
+                                                             config.kafka.ownership.count));
       to_send.emplace_back(b.number, std::move(b.bytes));
     }
     if (!outbox.empty()) {

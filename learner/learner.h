@@ -236,7 +236,8 @@ struct ModelChanges {
 };
 
 // ModelChanges::feature_lists of this name carry the items a trainer put
-// into its negative ring (one list, oldest first): they go to every other
+// into its negative ring (lists "ring0", "ring1", ... of at most 2,048
+// items each, oldest first): they go to every other
 // trainer (SplitByOwner), which puts them into its own ring.
 inline constexpr std::string_view kRingAdds = "ring_adds";
 

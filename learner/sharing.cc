@@ -371,19 +371,24 @@ void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
   if (m_.recent.size() > 1) {
     const uint64_t next = m_.recent_next.load(std::memory_order_relaxed);
     const uint64_t n = m_.recent.size();
+    // In lists of at most kRingAddsPerList items (keys "ring0", "ring1",
+    // ... in order), so that no record of them outgrows a Kafka message.
+    constexpr size_t kRingAddsPerList = 2048;
     FeatureListDelta adds;
     adds.table = std::string(kRingAdds);
-    adds.keys.emplace_back("ring");
-    auto& items = adds.features.emplace_back();
     for (uint64_t i = std::max(ring_taken_, next > n ? next - n : 0); i < next; ++i) {
       const uint64_t entry = m_.recent[i % n].load(std::memory_order_relaxed);
       if (entry == Model::kNoEntry || !m_.items.IsLive(uint32_t(entry >> 32))) continue;
       if (received_.count(i)) continue;  // another trainer's, added here
-      items.emplace_back(m_.items.key(uint32_t(entry >> 32)));
+      if (adds.features.empty() || adds.features.back().size() == kRingAddsPerList) {
+        adds.keys.push_back("ring" + std::to_string(adds.keys.size()));
+        adds.features.emplace_back();
+      }
+      adds.features.back().emplace_back(m_.items.key(uint32_t(entry >> 32)));
     }
     received_.clear();
     ring_taken_ = next;
-    if (!items.empty()) changes->feature_lists.push_back(std::move(adds));
+    if (!adds.keys.empty()) changes->feature_lists.push_back(std::move(adds));
   }
   if (owned && !mine_lists.keys.empty()) owned->feature_lists.push_back(std::move(mine_lists));
   std::vector<float> feedback;
@@ -409,11 +414,12 @@ void Sharing::TakeChanges(ModelChanges* changes, ModelSnapshot* owned) {
 void Sharing::SetItemLists(const std::vector<FeatureListDelta>& lists, bool owned, int from) {
   std::vector<uint32_t> rows;
   for (const FeatureListDelta& l : lists) {
-    if (l.table == kRingAdds && owned && m_.recent.size() > 1 && l.features.size() == 1) {
-      for (const std::string& item : l.features[0]) {
-        received_.insert(m_.recent_next.load(std::memory_order_relaxed));
-        m_.PushRecent(m_.items.GetOrCreate(item), Model::IdHash(item));
-      }
+    if (l.table == kRingAdds && owned && m_.recent.size() > 1) {
+      for (const std::vector<std::string>& part : l.features)
+        for (const std::string& item : part) {
+          received_.insert(m_.recent_next.load(std::memory_order_relaxed));
+          m_.PushRecent(m_.items.GetOrCreate(item), Model::IdHash(item));
+        }
       continue;
     }
     if (l.table != "item" || l.features.size() != l.keys.size()) continue;

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -329,6 +330,50 @@ TEST_CASE(
   CHECK(a.size() > 20);
   CHECK(a == b);
   for (const auto& [key, values] : b) CHECK(key.find("item/i") != 0);  // expired
+}
+
+TEST_CASE("The items one trainer adds to its negative ring reach the other's, in lists of bounded size",
+          "[sharing]") {
+  // Positive-only clicks (implicit feedback): every learned item enters the
+  // learner's ring of recent items.
+  std::vector<Event> events;
+  for (int i = 0; i < 5000; ++i) {
+    Event e;
+    e.user = "u" + std::to_string(i % 50);
+    e.item = "ring-item-" + std::to_string(i);
+    e.task = Task::kClick;
+    e.label = 1.0f;
+    events.push_back(std::move(e));
+  }
+  auto a = Make(0, 2), b = Make(1, 2);
+  b->Train(events);
+  ModelChanges changes;
+  b->TakeChanges(&changes);
+  const FeatureListDelta* adds = nullptr;
+  for (const FeatureListDelta& l : changes.feature_lists)
+    if (l.table == kRingAdds) adds = &l;
+  REQUIRE(adds != nullptr);
+  size_t items = 0;
+  REQUIRE(adds->keys.size() == adds->features.size());
+  CHECK(adds->keys.size() >= 3);  // 5,000 items in lists of at most 2,048
+  for (size_t i = 0; i < adds->keys.size(); ++i) {
+    CHECK(adds->keys[i] == "ring" + std::to_string(i));
+    CHECK(adds->features[i].size() <= 2048);
+    items += adds->features[i].size();
+  }
+  CHECK(items == 5000);
+  CHECK(adds->features.back().back() == "ring-item-4999");  // oldest first
+
+  REQUIRE(a->AddChanges(changes).ok());
+  ModelSnapshot s;
+  a->TakeSnapshot(true, &s);
+  std::set<std::string> ring;
+  for (const FeatureListDelta& l : s.feature_lists)
+    if (l.table == "negative_ring")
+      for (const auto& list : l.features) ring.insert(list.begin(), list.end());
+  CHECK(ring.count("ring-item-0") == 1);
+  CHECK(ring.count("ring-item-2500") == 1);
+  CHECK(ring.count("ring-item-4999") == 1);
 }
 
 }  // namespace

@@ -10,11 +10,13 @@
 #include <thread>
 
 #include "replicate/kafka_util.h"
+#include "store/codec.h"
 #include "store/model_records.h"
 
 namespace recstream::replicate {
 
 namespace mr = store::model_records;
+namespace codec = store::codec;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -44,6 +46,9 @@ struct Pending {
   mr::Version version;
   uint64_t records = 0;
   int64_t first_offset = -1;  // of its first record
+  // A page of the batch was missed or unreadable: it cannot be whole, and
+  // its commit is dropped as incomplete.
+  bool broken = false;
   mr::SnapshotBuilder builder;
   // Adds a record at `offset` (the first one names the version); false
   // when it is unreadable.
@@ -52,14 +57,55 @@ struct Pending {
       version = h.version;
       first_offset = offset;
     }
-    if (!(h.kind == mr::Kind::kPage ? AddPageRecords(&builder, h, payload)
-                                    : builder.AddTopicRecord(key, h, payload))
-             .ok())
-      return false;
+    if (!builder.AddTopicRecord(key, h, payload).ok()) return false;
     ++records;
     return true;
   }
 };
+
+// Adds a record of the updates topic other than a commit to its sender's
+// batch `b`. Pages are numbered from 0 in their key: a page 0 starts the
+// batch afresh (a sender that sends it again after a crash or a failed
+// delivery, whose earlier pages may have arrived), and any other page must
+// be the next one, or the batch is broken. A batch with a bad page is given
+// up whole. Returns false for an unreadable record (which breaks the batch it
+// belongs to); *dropped counts unfinished batches given up.
+bool AddToBatch(Pending* b, std::string_view key, const mr::Header& h, std::string_view payload,
+                int64_t offset, uint64_t* dropped) {
+  // Starts the batch again (broken: as one that cannot be whole, counted
+  // at its commit); a batch given up for another is counted here.
+  auto restart = [&](bool broken) {
+    if ((b->records > 0 || b->broken) && (!broken || b->version != h.version)) ++*dropped;
+    *b = Pending();
+    b->broken = broken;
+    b->version = h.version;
+    b->first_offset = offset;
+  };
+  if (h.kind != mr::Kind::kPage) {  // one record per row (an older build's batch)
+    if (b->broken && b->version == h.version) return true;
+    return b->Add(key, h, payload, offset);
+  }
+  if (key.size() != mr::kPageKey.size() + 4 || !key.starts_with(mr::kPageKey)) return false;
+  const uint32_t index = codec::DecodeFixed32(key.data() + mr::kPageKey.size());
+  if (index == 0) {
+    restart(false);
+  } else if (b->broken || b->version != h.version || index != b->records) {
+    if (!(b->broken && b->version == h.version)) restart(true);
+    return true;
+  }
+  // A page that fails part way leaves records in the builder: the batch is
+  // given up whole (restart), so none of them is ever handed over.
+  if (!AddPageRecords(&b->builder, h, payload).ok()) {
+    restart(true);
+    return false;
+  }
+  if (b->records == 0) {
+    b->version = h.version;
+    b->first_offset = offset;
+  }
+  ++b->records;
+  return true;
+}
 
 // Changes travel as the rows, lists and dense blocks of a snapshot.
 learner::ModelSnapshot AsSnapshot(learner::ModelChanges changes) {
@@ -249,7 +295,7 @@ void TrainerExchange::Impl::OnUpdate(const RdKafka::Message& m) {
   }
   const int sender = int(h.version.generation & ((uint64_t(1) << kSenderBits) - 1));
   Pending& b = batches[p][sender];
-  if (b.records > 0 && b.version != h.version) {
+  if ((b.records > 0 || b.broken) && b.version != h.version) {
     // The sender started another batch before committing this one.
     ++stats.incomplete_batches;
     b = Pending();
@@ -260,8 +306,8 @@ void TrainerExchange::Impl::OnUpdate(const RdKafka::Message& m) {
       ++stats.bad_records;
       return;
     }
-    const bool whole = b.version == c.version && b.records == c.records;
-    if (!whole && (b.records > 0 || c.records > 0)) {
+    const bool whole = !b.broken && b.version == c.version && b.records == c.records;
+    if (b.broken || (!whole && (b.records > 0 || c.records > 0))) {
       ++stats.incomplete_batches;
     } else if (auto it = applied.find(sender);
                it != applied.end() && c.version.sequence <= it->second) {
@@ -277,7 +323,8 @@ void TrainerExchange::Impl::OnUpdate(const RdKafka::Message& m) {
     b = Pending();
     return;
   }
-  if (!b.Add(*m.key(), h, payload, m.offset())) ++stats.bad_records;
+  if (!AddToBatch(&b, *m.key(), h, payload, m.offset(), &stats.incomplete_batches))
+    ++stats.bad_records;
 }
 
 void TrainerExchange::Impl::OnVersion(const RdKafka::Message& m) {
@@ -375,7 +422,9 @@ void AppendUpdateRecords(learner::ModelChanges* changes, uint64_t generation, ui
             out->size() - page_at + key.size() + value.size() + 8 > kUpdatePageBytes)
           close();
         if (page_at == kClosed) {
-          mr::AppendPageRecord(out, mr::kPageKey, std::string_view());  // length filled in later
+          std::string key(mr::kPageKey);
+          codec::PutFixed32(&key, uint32_t(pages));            // the page's number in its batch
+          mr::AppendPageRecord(out, key, std::string_view());  // length filled in later
           page_at = out->size();
           mr::AppendHeader(out, mr::Kind::kPage, version);
         }
@@ -403,13 +452,15 @@ Status DecodeUpdateRecords(std::span<const std::pair<std::string, std::string>> 
     if (h.kind == mr::Kind::kCommit) {
       mr::Commit c;
       RECSTREAM_RETURN_IF_ERROR(mr::DecodeCommit(h, payload, &c));
-      if (c.records != b.records || (b.records > 0 && c.version != b.version))
+      if (b.broken || c.records != b.records || (b.records > 0 && c.version != b.version))
         return Status::Corruption("a batch cut short");
       learner::ModelSnapshot s;
       *out = b.builder.Take(&s) ? AsChanges(std::move(s)) : learner::ModelChanges();
       return Status::OK();
     }
-    if (!b.Add(key, h, payload, 0)) return Status::Corruption("an unreadable record");
+    uint64_t dropped = 0;
+    if (!AddToBatch(&b, key, h, payload, 0, &dropped) || dropped > 0)
+      return Status::Corruption("an unreadable record");
   }
   return Status::Corruption("a batch without its commit");
 }
@@ -421,8 +472,8 @@ std::string EncodeBatch(learner::ModelChanges* changes, int index, int count, ui
   std::string out;
   for (int owner = 0; owner < count; ++owner) {
     if (owner == index) continue;
-    std::string to(4, '\0');
-    std::memcpy(to.data(), &owner, 4);  // little-endian hosts only, as the codecs
+    std::string to;
+    codec::PutFixed32(&to, uint32_t(owner));
     mr::AppendPageRecord(&out, kOwnerKey, to);
     AppendUpdateRecords(&parts[size_t(owner)], run << kSenderBits | uint64_t(index), number, &out);
   }
@@ -451,6 +502,19 @@ bool IsEncodedBatch(std::string_view bytes) {
   return owner_first;
 }
 
+Status CheckEncodedBatch(std::string_view bytes, int index, int count) {
+  return mr::ForEachPageRecord(bytes, [&](std::string_view key, std::string_view value) {
+    if (key != kOwnerKey) return Status::OK();
+    const int owner = value.size() == 4 ? int(codec::DecodeFixed32(value.data())) : -1;
+    if (owner < 0 || owner >= count || owner == index)
+      return Status::Corruption("an outbox batch for trainer " + std::to_string(owner) +
+                                " stored by a trainer that is now " + std::to_string(index) +
+                                " of " + std::to_string(count) +
+                                " (trainer.index or trainer.count changed)");
+    return Status::OK();
+  });
+}
+
 Status TrainerExchange::Send(const learner::ModelChanges& changes, uint64_t number) {
   learner::ModelChanges copy = changes;
   return SendEncoded(Encode(&copy, number), number);
@@ -466,7 +530,7 @@ Status TrainerExchange::SendEncoded(std::string_view batch, uint64_t number) {
   Status st = mr::ForEachPageRecord(batch, [&](std::string_view key, std::string_view value) {
     if (key == kOwnerKey) {
       if (value.size() != 4) return Status::Corruption("outbox batch: bad owner record");
-      std::memcpy(&owner, value.data(), 4);
+      owner = int(codec::DecodeFixed32(value.data()));
       if (owner < 0 || owner >= d.options.count || owner == d.options.index)
         return Status::Corruption("outbox batch for owner " + std::to_string(owner) +
                                   " of a trainer that is " + std::to_string(d.options.index) +

@@ -79,11 +79,11 @@ Status DecodeChanges(std::string_view bytes, learner::ModelChanges* out);
 
 // The updates topic's records of one batch for one owner (`changes`: that
 // owner's part, learner::SplitByOwner), in order: PAGES, each one record
-// (key "m/page") holding up to kUpdatePageBytes of rows, lists and dense
-// chunks in the model topic's format, then the commit, which counts the
-// pages; all with the version {generation, number}. A batch costs Kafka
-// a few records rather than one per row. Stops at, and returns, the first
-// non-OK status of `emit`.
+// (key "m/page" and the page's number, u32 from 0) holding up to
+// kUpdatePageBytes of rows, lists and dense chunks in the model topic's
+// format, then the commit, which counts the pages; all with the version
+// {generation, number}. A batch costs Kafka a few records rather than one
+// per row. Stops at, and returns, the first non-OK status of `emit`.
 inline constexpr size_t kUpdatePageBytes = 512 << 10;  // under Kafka's default 1 MB message
 // `changes` is left as it was (its buffers are lent for the call).
 Status ForEachUpdateRecord(learner::ModelChanges* changes, uint64_t generation, uint64_t number,
@@ -101,6 +101,10 @@ std::string EncodeBatch(learner::ModelChanges* changes, int index, int count, ui
 // True when `bytes` are TrainerExchange::Encode's (an outbox batch stored
 // by this build), false for EncodeChanges' (an older build's outbox).
 bool IsEncodedBatch(std::string_view bytes);
+// Corruption (naming trainer.index and trainer.count) when encoded batch
+// `bytes` holds records for an owner that trainer `index` of `count` cannot
+// send to: an outbox stored before either changed.
+Status CheckEncodedBatch(std::string_view bytes, int index, int count);
 
 class TrainerExchange {
  public:

@@ -308,14 +308,19 @@ TEST_CASE("A batch travels as a few pages of rows and arrives whole", "[exchange
 
   // As records: pages then the commit, read back to the same changes.
   std::vector<std::pair<std::string, std::string>> records;
-  REQUIRE(ForEachUpdateRecord(&split[0], 77, 1, [&](std::string_view k, std::string_view v) {
-            records.emplace_back(k, v);
-            return Status::OK();
-          }).ok());
+  const uint64_t generation = c.Options(1).run << 12 | 1;
+  REQUIRE(
+      ForEachUpdateRecord(&split[0], generation, 1, [&](std::string_view k, std::string_view v) {
+        records.emplace_back(k, v);
+        return Status::OK();
+      }).ok());
   CHECK(records.size() >= 3);  // two pages or more, and the commit
   CHECK(records.back().first == store::model_records::kCommitKey);
   for (size_t i = 0; i + 1 < records.size(); ++i) {
-    CHECK(records[i].first == store::model_records::kPageKey);
+    CHECK(records[i].first.starts_with(store::model_records::kPageKey));
+    CHECK(records[i].first.size() == store::model_records::kPageKey.size() + 4);
+    CHECK(uint8_t(records[i].first.back()) == 0);  // page i's number, little-endian
+    CHECK(uint8_t(records[i].first[store::model_records::kPageKey.size()]) == i);
     CHECK(records[i].second.size() <= kUpdatePageBytes);
     if (i + 2 < records.size()) CHECK(records[i].second.size() > kUpdatePageBytes * 9 / 10);
   }
@@ -337,10 +342,28 @@ TEST_CASE("A batch travels as a few pages of rows and arrives whole", "[exchange
   CHECK(borrowed.rows() == 0);
   CHECK(IsEncodedBatch(encoded));
   CHECK(!IsEncodedBatch(EncodeChanges(changes)));
+  CHECK(CheckEncodedBatch(encoded, 1, 2).ok());
+  CHECK(CheckEncodedBatch(encoded, 0, 2).IsCorruption());  // trainer.index changed
+  CHECK(CheckEncodedBatch(encoded, 0, 1).IsCorruption());  // trainer.count changed
   CHECK(sender->SendEncoded(EncodeChanges(changes), 9).IsCorruption());
 
   // Through Kafka: a handful of records for thousands of rows, one batch
-  // handed over with every row.
+  // handed over with every row. Before it, the first page of the same batch
+  // alone (a sender that died after sending it, then sent the batch again
+  // from its outbox after a restart): the owner starts the batch afresh at
+  // its page 0 and applies it once, whole.
+  {
+    std::string err;
+    std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
+    REQUIRE(conf->set("bootstrap.servers", c.kafka->bootstrap(), err) == RdKafka::Conf::CONF_OK);
+    std::unique_ptr<RdKafka::Producer> raw(RdKafka::Producer::create(conf.get(), err));
+    REQUIRE(raw);
+    REQUIRE(raw->produce("recstream.model.updates", 0, RdKafka::Producer::RK_MSG_COPY,
+                         records[0].second.data(), records[0].second.size(),
+                         records[0].first.data(), records[0].first.size(), 0,
+                         nullptr) == RdKafka::ERR_NO_ERROR);
+    REQUIRE(raw->flush(5000) == RdKafka::ERR_NO_ERROR);
+  }
   REQUIRE(sender->Send(changes, 1).ok());
   CHECK(sender->stats().sent_records == records.size());
   REQUIRE(WaitFor([&] { return owner->stats().received_batches == 1; }));
@@ -349,7 +372,39 @@ TEST_CASE("A batch travels as a few pages of rows and arrives whole", "[exchange
   REQUIRE(got.changes.size() == 1);
   CHECK(got.changes[0].rows() == split[0].rows());
   CHECK(owner->stats().bad_records == 0);
-  CHECK(owner->stats().incomplete_batches == 0);
+  CHECK(owner->stats().incomplete_batches == 1);  // the first attempt, given up
+  auto a3 = Make(0, 64);
+  REQUIRE(a3->AddChanges(got.changes[0]).ok());
+  CHECK(SharedRows(a3.get()) == SharedRows(a2.get()));
+
+  // A batch missing a page in the middle is not applied in part.
+  {
+    std::string err;
+    std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
+    REQUIRE(conf->set("bootstrap.servers", c.kafka->bootstrap(), err) == RdKafka::Conf::CONF_OK);
+    std::unique_ptr<RdKafka::Producer> raw(RdKafka::Producer::create(conf.get(), err));
+    REQUIRE(raw);
+    std::vector<std::pair<std::string, std::string>> batch2;
+    REQUIRE(
+        ForEachUpdateRecord(&split[0], generation, 2, [&](std::string_view k, std::string_view v) {
+          batch2.emplace_back(k, v);
+          return Status::OK();
+        }).ok());
+    REQUIRE(batch2.size() >= 3);
+    for (size_t i = 0; i < batch2.size(); ++i) {
+      if (i == 1) continue;  // page 1 lost
+      REQUIRE(raw->produce("recstream.model.updates", 0, RdKafka::Producer::RK_MSG_COPY,
+                           batch2[i].second.data(), batch2[i].second.size(), batch2[i].first.data(),
+                           batch2[i].first.size(), 0, nullptr) == RdKafka::ERR_NO_ERROR);
+    }
+    REQUIRE(raw->flush(5000) == RdKafka::ERR_NO_ERROR);
+  }
+  REQUIRE(sender->Send(changes, 3).ok());
+  REQUIRE(WaitFor([&] { return owner->stats().received_batches == 2; }));
+  owner->Take(&got);
+  REQUIRE(got.changes.size() == 1);  // batch 3 only
+  CHECK(got.changes[0].rows() == split[0].rows());
+  CHECK(owner->stats().incomplete_batches == 2);
 }
 
 }  // namespace

@@ -19,7 +19,8 @@
 //                                           chunks u32, total floats u32,
 //                                           then up to kDenseChunkFloats f32
 //   "m/commit"                              the version's commit (Commit)
-//   "m/page"                                many records in one (kind kPage):
+//   "m/page" <number u32>                   many records in one (kind kPage),
+//                                           the page's number in its batch:
 //                                           records of the kinds above,
 //                                           framed as page records
 //                                           (AppendPageRecord), each value
