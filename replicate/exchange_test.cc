@@ -94,6 +94,15 @@ struct Cluster {
     o.properties = properties;
     return o;
   }
+  // A plain producer, for records the exchange would never send.
+  std::unique_ptr<RdKafka::Producer> RawProducer() const {
+    std::string err;
+    std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
+    REQUIRE(conf->set("bootstrap.servers", kafka->bootstrap(), err) == RdKafka::Conf::CONF_OK);
+    std::unique_ptr<RdKafka::Producer> raw(RdKafka::Producer::create(conf.get(), err));
+    REQUIRE(raw);
+    return raw;
+  }
   std::unique_ptr<ModelPublisher> Publisher(int index) const {
     PublisherOptions po;
     po.brokers = kafka->bootstrap();
@@ -229,11 +238,7 @@ TEST_CASE("A batch sent again, cut short or garbled is not applied twice or in p
   REQUIRE(sender->Send(changes, 1).ok());  // the same batch again (a restart)
   // Garbage, and a batch cut short: records of batch 2, then batch 3.
   {
-    std::string err;
-    std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
-    REQUIRE(conf->set("bootstrap.servers", c.kafka->bootstrap(), err) == RdKafka::Conf::CONF_OK);
-    std::unique_ptr<RdKafka::Producer> raw(RdKafka::Producer::create(conf.get(), err));
-    REQUIRE(raw);
+    std::unique_ptr<RdKafka::Producer> raw = c.RawProducer();
     const std::string key = "r/item\0x", value = "not a record";
     REQUIRE(raw->produce("recstream.model.updates", 0, RdKafka::Producer::RK_MSG_COPY,
                          const_cast<char*>(value.data()), value.size(), key.data(), key.size(), 0,
@@ -353,11 +358,7 @@ TEST_CASE("A batch travels as a few pages of rows and arrives whole", "[exchange
   // from its outbox after a restart): the owner starts the batch afresh at
   // its page 0 and applies it once, whole.
   {
-    std::string err;
-    std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
-    REQUIRE(conf->set("bootstrap.servers", c.kafka->bootstrap(), err) == RdKafka::Conf::CONF_OK);
-    std::unique_ptr<RdKafka::Producer> raw(RdKafka::Producer::create(conf.get(), err));
-    REQUIRE(raw);
+    std::unique_ptr<RdKafka::Producer> raw = c.RawProducer();
     REQUIRE(raw->produce("recstream.model.updates", 0, RdKafka::Producer::RK_MSG_COPY,
                          records[0].second.data(), records[0].second.size(),
                          records[0].first.data(), records[0].first.size(), 0,
@@ -379,11 +380,7 @@ TEST_CASE("A batch travels as a few pages of rows and arrives whole", "[exchange
 
   // A batch missing a page in the middle is not applied in part.
   {
-    std::string err;
-    std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
-    REQUIRE(conf->set("bootstrap.servers", c.kafka->bootstrap(), err) == RdKafka::Conf::CONF_OK);
-    std::unique_ptr<RdKafka::Producer> raw(RdKafka::Producer::create(conf.get(), err));
-    REQUIRE(raw);
+    std::unique_ptr<RdKafka::Producer> raw = c.RawProducer();
     std::vector<std::pair<std::string, std::string>> batch2;
     REQUIRE(
         ForEachUpdateRecord(&split[0], generation, 2, [&](std::string_view k, std::string_view v) {
