@@ -274,11 +274,12 @@ PairRun RunPair(const Config& cfg, const std::vector<learner::Event> (&halves)[2
         return b;
       };
       Records send = buffer(spare[0]), pub;
-      if (!store::model_records::ForEachPageRecord(outbox, [&](std::string_view key,
-                                                               std::string_view value) {
-             if (key != "m/owner") send.Add(key, value);
-             return Status::OK();
-           }).ok())
+      if (!replicate::ForEachEncodedRecord(outbox, k, 2,
+                                           [&](int, std::string_view key, std::string_view value) {
+                                             send.Add(key, value);
+                                             return Status::OK();
+                                           })
+               .ok())
         std::abort();
       if (publish) {
         pub = buffer(spare[1]);

@@ -5,7 +5,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -50,6 +49,11 @@ struct Pending {
   // its commit is dropped as incomplete.
   bool broken = false;
   mr::SnapshotBuilder builder;
+  // Whether what was read is the batch that commit `c` closes, whole (or
+  // both are empty).
+  bool Complete(const mr::Commit& c) const {
+    return !broken && c.records == records && (records == 0 || c.version == version);
+  }
   // Adds a record at `offset` (the first one names the version); false
   // when it is unreadable.
   bool Add(std::string_view key, const mr::Header& h, std::string_view payload, int64_t offset) {
@@ -306,8 +310,7 @@ void TrainerExchange::Impl::OnUpdate(const RdKafka::Message& m) {
       ++stats.bad_records;
       return;
     }
-    const bool whole = !b.broken && b.version == c.version && b.records == c.records;
-    if (b.broken || (!whole && (b.records > 0 || c.records > 0))) {
+    if (!b.Complete(c)) {
       ++stats.incomplete_batches;
     } else if (auto it = applied.find(sender);
                it != applied.end() && c.version.sequence <= it->second) {
@@ -392,8 +395,9 @@ void AppendUpdateRecords(learner::ModelChanges* changes, uint64_t generation, ui
   uint64_t pages = 0;
   auto close = [&] {
     if (page_at == kClosed) return;
-    const uint32_t len = uint32_t(out->size() - page_at);
-    for (int i = 0; i < 4; ++i) (*out)[page_at - 4 + size_t(i)] = char((len >> (8 * i)) & 0xff);
+    std::string len;
+    codec::PutFixed32(&len, uint32_t(out->size() - page_at));
+    out->replace(page_at - 4, 4, len);
     page_at = kClosed;
     ++pages;
   };
@@ -452,8 +456,7 @@ Status DecodeUpdateRecords(std::span<const std::pair<std::string, std::string>> 
     if (h.kind == mr::Kind::kCommit) {
       mr::Commit c;
       RECSTREAM_RETURN_IF_ERROR(mr::DecodeCommit(h, payload, &c));
-      if (b.broken || c.records != b.records || (b.records > 0 && c.version != b.version))
-        return Status::Corruption("a batch cut short");
+      if (!b.Complete(c)) return Status::Corruption("a batch cut short");
       learner::ModelSnapshot s;
       *out = b.builder.Take(&s) ? AsChanges(std::move(s)) : learner::ModelChanges();
       return Status::OK();
@@ -502,17 +505,28 @@ bool IsEncodedBatch(std::string_view bytes) {
   return owner_first;
 }
 
-Status CheckEncodedBatch(std::string_view bytes, int index, int count) {
+Status ForEachEncodedRecord(
+    std::string_view bytes, int index, int count,
+    const std::function<Status(int, std::string_view, std::string_view)>& fn) {
+  int owner = -1;
   return mr::ForEachPageRecord(bytes, [&](std::string_view key, std::string_view value) {
-    if (key != kOwnerKey) return Status::OK();
-    const int owner = value.size() == 4 ? int(codec::DecodeFixed32(value.data())) : -1;
-    if (owner < 0 || owner >= count || owner == index)
-      return Status::Corruption("an outbox batch for trainer " + std::to_string(owner) +
-                                " stored by a trainer that is now " + std::to_string(index) +
-                                " of " + std::to_string(count) +
-                                " (trainer.index or trainer.count changed)");
-    return Status::OK();
+    if (key == kOwnerKey) {
+      owner = value.size() == 4 ? int(codec::DecodeFixed32(value.data())) : -1;
+      if (owner < 0 || owner >= count || owner == index)
+        return Status::Corruption("an outbox batch for trainer " + std::to_string(owner) +
+                                  " stored by a trainer that is now " + std::to_string(index) +
+                                  " of " + std::to_string(count) +
+                                  " (trainer.index or trainer.count changed)");
+      return Status::OK();
+    }
+    if (owner < 0) return Status::Corruption("an outbox batch without its owner");
+    return fn(owner, key, value);
   });
+}
+
+Status CheckEncodedBatch(std::string_view bytes, int index, int count) {
+  return ForEachEncodedRecord(bytes, index, count,
+                              [](int, std::string_view, std::string_view) { return Status::OK(); });
 }
 
 Status TrainerExchange::Send(const learner::ModelChanges& changes, uint64_t number) {
@@ -526,32 +540,23 @@ Status TrainerExchange::SendEncoded(std::string_view batch, uint64_t number) {
   d.acked = d.acked_bytes = d.failed = 0;
   d.first_error.clear();
   uint64_t sent = 0;
-  int owner = -1;
-  Status st = mr::ForEachPageRecord(batch, [&](std::string_view key, std::string_view value) {
-    if (key == kOwnerKey) {
-      if (value.size() != 4) return Status::Corruption("outbox batch: bad owner record");
-      owner = int(codec::DecodeFixed32(value.data()));
-      if (owner < 0 || owner >= d.options.count || owner == d.options.index)
-        return Status::Corruption("outbox batch for owner " + std::to_string(owner) +
-                                  " of a trainer that is " + std::to_string(d.options.index) +
-                                  " of " + std::to_string(d.options.count));
-      return Status::OK();
-    }
-    if (owner < 0) return Status::Corruption("outbox batch without its owner");
-    for (;;) {
-      RdKafka::ErrorCode err =
-          d.producer->produce(d.options.updates_topic, owner, RdKafka::Producer::RK_MSG_COPY,
-                              const_cast<char*>(value.data()), value.size(),
-                              const_cast<char*>(key.data()), key.size(), 0, nullptr);
-      if (err == RdKafka::ERR_NO_ERROR) break;
-      if (err != RdKafka::ERR__QUEUE_FULL || Clock::now() >= deadline)
-        return Status::IOError("producing to " + d.options.updates_topic + ": " +
-                               RdKafka::err2str(err));
-      d.producer->poll(10);
-    }
-    ++sent;
-    return Status::OK();
-  });
+  Status st =
+      ForEachEncodedRecord(batch, d.options.index, d.options.count,
+                           [&](int owner, std::string_view key, std::string_view value) -> Status {
+                             for (;;) {
+                               RdKafka::ErrorCode err = d.producer->produce(
+                                   d.options.updates_topic, owner, RdKafka::Producer::RK_MSG_COPY,
+                                   const_cast<char*>(value.data()), value.size(),
+                                   const_cast<char*>(key.data()), key.size(), 0, nullptr);
+                               if (err == RdKafka::ERR_NO_ERROR) break;
+                               if (err != RdKafka::ERR__QUEUE_FULL || Clock::now() >= deadline)
+                                 return Status::IOError("producing to " + d.options.updates_topic +
+                                                        ": " + RdKafka::err2str(err));
+                               d.producer->poll(10);
+                             }
+                             ++sent;
+                             return Status::OK();
+                           });
   RECSTREAM_RETURN_IF_ERROR(st);
   while (d.producer->outq_len() > 0 && Clock::now() < deadline) d.producer->poll(5);
   if (d.failed > 0)

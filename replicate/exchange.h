@@ -101,9 +101,16 @@ std::string EncodeBatch(learner::ModelChanges* changes, int index, int count, ui
 // True when `bytes` are TrainerExchange::Encode's (an outbox batch stored
 // by this build), false for EncodeChanges' (an older build's outbox).
 bool IsEncodedBatch(std::string_view bytes);
-// Corruption (naming trainer.index and trainer.count) when encoded batch
-// `bytes` holds records for an owner that trainer `index` of `count` cannot
-// send to: an outbox stored before either changed.
+// Calls fn(owner, key, value) for each updates-topic record of encoded
+// batch `bytes` (TrainerExchange::Encode's), with the owner whose partition
+// it goes to; stops at fn's first non-OK status. Corruption (naming
+// trainer.index and trainer.count) when the bytes hold records for an owner
+// that trainer `index` of `count` cannot send to (an outbox stored before
+// either changed), or are not an encoded batch.
+Status ForEachEncodedRecord(
+    std::string_view bytes, int index, int count,
+    const std::function<Status(int owner, std::string_view key, std::string_view value)>& fn);
+// ForEachEncodedRecord's checks alone.
 Status CheckEncodedBatch(std::string_view bytes, int index, int count);
 
 class TrainerExchange {

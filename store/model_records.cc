@@ -149,7 +149,6 @@ std::string DenseChunkKey(std::string_view name, uint32_t chunk) {
 }
 
 learner::TableDelta* SnapshotBuilder::TableFor(std::string_view table) {
-  if (last_index_ != kNone && table == last_table_) return &building_.tables[last_index_];
   auto it = table_index_.find(table);
   if (it == table_index_.end()) {
     auto w = widths_.find(table);
@@ -159,8 +158,6 @@ learner::TableDelta* SnapshotBuilder::TableFor(std::string_view table) {
     t.table = std::string(table);
     t.width = w->second;
   }
-  last_table_.assign(table);
-  last_index_ = it->second;
   return &building_.tables[it->second];
 }
 
@@ -244,8 +241,7 @@ Status SnapshotBuilder::AddTopicRecord(std::string_view key, const Header& heade
       std::string_view table, id;
       RECSTREAM_RETURN_IF_ERROR(
           codec::DecodeRowKey(key.substr(codec::kRowPrefix.size()), &table, &id));
-      if ((last_index_ == kNone || table != last_table_) && !widths_.contains(table) &&
-          !payload.empty() && payload.size() % sizeof(float) == 0)
+      if (!widths_.contains(table) && !payload.empty() && payload.size() % sizeof(float) == 0)
         widths_.emplace(std::string(table), int(payload.size() / sizeof(float)));
     }
     return AddStoreRecord(key, payload);
@@ -329,7 +325,6 @@ bool SnapshotBuilder::Take(learner::ModelSnapshot* out) {
   building_ = learner::ModelSnapshot();
   table_index_.clear();
   list_index_.clear();
-  last_index_ = kNone;
   pending_ = 0;
   return any;
 }
@@ -338,7 +333,6 @@ void SnapshotBuilder::Clear() {
   building_ = learner::ModelSnapshot();
   table_index_.clear();
   list_index_.clear();
-  last_index_ = kNone;
   dense_parts_.clear();
   pending_ = 0;
 }

@@ -201,11 +201,6 @@ class SnapshotBuilder {
   std::string shape_;
   learner::ModelSnapshot building_;
   std::map<std::string, size_t, std::less<>> table_index_, list_index_;
-  // The table of the last row added (rows come table by table): its name
-  // and index in building_.tables; kNone when there is none.
-  static constexpr size_t kNone = ~size_t(0);
-  std::string last_table_;
-  size_t last_index_ = kNone;
   struct DenseParts {
     Version version;
     uint32_t chunks = 0;
