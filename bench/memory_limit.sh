@@ -28,5 +28,5 @@ for mb in 0 "$limit"; do
           --checkpoint-every 500000 --return-share "$ret" --memory-limit-mb "$mb" --visitor-events "$visitor" 2>&1)
   echo "$out" | grep -E "^ +events " | head -1
   echo "$out" | grep -E "^ +[0-9]+ " | tail -2 | head -1
-  echo "$out" | grep -E "^time:|^stored user rows|Maximum resident"
+  echo "$out" | grep -E "^time:|^training waited|^checkpoints wrote|^stored user rows|Maximum resident"
 done

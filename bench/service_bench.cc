@@ -624,8 +624,13 @@ int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkp
   std::printf("%10s %8s %10s %10s %12s %9s %10s %9s %9s %10s %10s %8s %14s\n", "events", "s",
               "events/s", "users", "expired", "rows_alloc", "rss_mib", "store_mib", "model_mib",
               "evicted", "reloaded", "auc", "rocks_mem heap_mib");
-  double train_s = 0, checkpoint_s = 0;
+  double train_s = 0, checkpoint_s = 0, wait_s = 0;
   uint64_t checkpoints = 0;
+  // Rows and bytes the checkpoints wrote, by table (written by the writer
+  // thread, read once it has been joined).
+  std::map<std::string, uint64_t> rows_written;
+  uint64_t bytes_written = 0;
+  double write_s = 0;
   // Checkpoints as the service takes them: the training thread lists the
   // changed rows (BeginSnapshot), a writer thread copies and stores them
   // (FinishSnapshot, Write) while training goes on, one at a time.
@@ -645,8 +650,13 @@ int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkp
     writing = true;
     writer = std::thread([&, number, offs = offsets] {
       l->FinishSnapshot(&snap);
+      for (const auto& t : snap.tables) rows_written[t.table] += t.keys.size();
       store::CheckpointInfo info;
-      if (Status w = st->Write(snap, offs, &info); !w.ok()) {
+      const auto w0 = Clock::now();
+      Status w = st->Write(snap, offs, &info);
+      write_s += SecondsSince(w0);
+      bytes_written += info.bytes;
+      if (!w.ok()) {
         std::fprintf(stderr, "write: %s\n", w.ToString().c_str());
       } else {
         l->SnapshotStored(number);
@@ -695,10 +705,12 @@ int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkp
     if (++n == batch.size()) {
       // As the service does: more users than the limit allows by a quarter
       // wait for a checkpoint to store them and for Idle to let them go.
+      const auto w0 = Clock::now();
       for (int tries = 0; tries < 100 && l->OverLimit(); ++tries) {
         checkpoint(true);
         l->Idle();
       }
+      wait_s += SecondsSince(w0);
       const auto t0 = Clock::now();
       l->Train(std::span(batch.data(), n));
       train_s += SecondsSince(t0);
@@ -717,6 +729,14 @@ int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkp
               train_s, checkpoint_s, (unsigned long long)checkpoints,
               (unsigned long long)fin.checkpoints_wanted, (unsigned long long)fin.store_reads,
               double(done) / train_s);
+  std::printf("training waited %.2f s for checkpoints the limit needed; events/s in Train and "
+              "those waits %.0f\n",
+              wait_s, double(done) / (train_s + wait_s));
+  std::printf("checkpoints wrote %.1f MiB in %.2f s (writer thread), rows:", MiB(bytes_written),
+              write_s);
+  for (const auto& [table, rows] : rows_written) std::printf(" %s %llu", table.c_str(),
+                                                             (unsigned long long)rows);
+  std::printf("\n");
   // What the store holds now: rows per table (deleted ones must be gone).
   learner::ModelSnapshot stored;
   if (Status ld = st->Load(&stored, nullptr, nullptr); !ld.ok())

@@ -49,6 +49,9 @@ using codec::kShapeKey;
 using codec::kWidthPrefix;
 using codec::PrefixEnd;
 
+// StoreOptions::point_reads ingests checkpoints from this size on.
+constexpr size_t kPointReadsIngestMinBytes = 64 << 10;
+
 // Subdirectory of the store holding table files until they are ingested.
 constexpr char kIngestDir[] = "ingest";
 
@@ -706,7 +709,15 @@ Status CheckpointStore::Write(const learner::ModelSnapshot& snapshot, const Offs
   for (const auto& [tp, offset] : offsets) merged[tp] = offset;
 
   rocksdb::Status s;
-  if (!replace && reserve >= d.options.ingest_min_bytes) {
+  // With a memory limit (point_reads), checkpoints come often, asked for by
+  // the limit to store the users it lets go, each of a few MiB: through the
+  // WAL their rows would go into one large memtable, whose skiplist then
+  // takes more CPU than the rest of the checkpoint (BENCHMARKS.md, "Memory
+  // limit"), and which every read of a user back searches.
+  const size_t ingest_min = d.options.point_reads
+                                ? std::min(d.options.ingest_min_bytes, kPointReadsIngestMinBytes)
+                                : d.options.ingest_min_bytes;
+  if (!replace && reserve >= ingest_min) {
     s = d.Ingest(snapshot, offsets, start, &next);
   } else {
     s = d.WriteBatchOf(snapshot, offsets, replace, reserve, start, &next);

@@ -32,6 +32,9 @@ struct StoreOptions {
   // whose users are read back one by one): 4 KiB table blocks instead of
   // 64 KiB, and a block cache of block_cache_bytes (part of the process's
   // fixed memory). Files written before keep their blocks until compacted.
+  // Checkpoints of 64 KiB or more (or ingest_min_bytes if lower) are then
+  // ingested as table files: the limit asks for many checkpoints of a few
+  // MiB, which the memtable would make costly to write and to read back.
   bool point_reads = false;
   size_t block_cache_bytes = 32 << 20;
   // Fault injection for tests (never set from configuration): while it
