@@ -36,7 +36,7 @@
 //
 //   service_bench longtail [--events N] [--expire-user-s S] [--admit-after A]
 //                          [--checkpoint-every M] [--memory-limit-mb L] [--return-share R]
-//                          [--visitor-events V]
+//                          [--visitor-events V] [--return-recent N]
 //     Memory under an endless long tail of new users (issue #30), without
 //     Kafka: a learner and its store (RocksDB in a temp dir) as the service
 //     holds them. Events come from the generator (items, labels, features),
@@ -48,7 +48,8 @@
 //     block cache, MiB). With L, the memory limit (users leave for the
 //     store and come back; a checkpoint also when the learner asks for one);
 //     with R, that share of events comes from an earlier visitor, drawn
-//     uniformly, so that users come back from the store.
+//     uniformly (with N, from about N visitors back: exponential recency),
+//     so that users come back from the store.
 //
 //   service_bench replica-bootstrap [--rows N]
 //     A store holding N synthetic user rows; the service restores it and
@@ -591,7 +592,8 @@ int ReplicaBootstrap(uint64_t rows) {
 }
 
 int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkpoint_every,
-             int64_t limit_mb, double return_share, uint64_t visitor_events) {
+             int64_t limit_mb, double return_share, uint64_t visitor_events,
+             uint64_t return_recent) {
   testing::TempDir dir;
   config::AppConfig cfg;
   cfg.store.path = dir.path() + "/store";
@@ -693,12 +695,17 @@ int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkp
   while (gen.Next(&line)) {
     learner::Event& e = batch[n];
     if (parser.Parse(line, &e, 0).has_value()) continue;
-    // A share of events come from earlier visitors, who return.
-    const uint64_t visitor =
-        return_share > 0 && done >= visitor_events &&
-                double(rng() >> 11) * 0x1p-53 < return_share
-            ? rng() % (done / visitor_events)
-            : done / visitor_events;
+    // A share of events come from earlier visitors, who return: drawn
+    // uniformly, or N visitors back on average.
+    uint64_t visitor = done / visitor_events;
+    if (return_share > 0 && visitor > 0 && double(rng() >> 11) * 0x1p-53 < return_share) {
+      if (return_recent == 0) {
+        visitor = rng() % visitor;
+      } else {
+        const double u = (double(rng() >> 11) + 1.0) * 0x1p-53;  // (0, 1]
+        visitor -= 1 + std::min<uint64_t>(visitor - 1, uint64_t(-std::log(u) * double(return_recent)));
+      }
+    }
     e.user = "visitor" + std::to_string(visitor);
     e.ts_ms = t0_ms + int64_t(done) * 2;
     ++done;
@@ -935,6 +942,10 @@ int main(int argc, char** argv) {
   lt->add_option("--memory-limit-mb", lt_limit, "model.memory_limit_mb (0: none)");
   lt->add_option("--return-share", lt_return,
                  "share of events from an earlier visitor, drawn uniformly (0: none)");
+  uint64_t lt_recent = 0;
+  lt->add_option("--return-recent", lt_recent,
+                 "returning visitors are drawn with an exponential recency: N visitors back on "
+                 "average (0: uniformly from every visitor seen)");
   uint64_t lt_visitor = 3;
   lt->add_option("--visitor-events", lt_visitor,
                  "consecutive events of each new visitor (default 3: a new user every third "
@@ -953,7 +964,8 @@ int main(int argc, char** argv) {
   std::printf("service_bench load=%s\n", LoadAverage().c_str());
   if (sb->parsed()) return StoreBench(rows, delta_rows, user_features);
   if (lt->parsed())
-    return LongTail(lt_events, lt_expire, lt_admit, lt_every, lt_limit, lt_return, lt_visitor);
+    return LongTail(lt_events, lt_expire, lt_admit, lt_every, lt_limit, lt_return, lt_visitor,
+                    lt_recent);
   if (tp->parsed())
     return Throughput(events, users, items, partitions, checkpoint_ms, latency, hold, restart);
   if (rb->parsed()) return ReplicaBootstrap(bootstrap_rows);

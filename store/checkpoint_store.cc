@@ -1364,8 +1364,13 @@ Status CheckpointStore::ReadUsers(std::span<const std::string_view> ids,
   std::vector<rocksdb::Slice> slices;
   slices.reserve(keys.size());
   for (const std::string& k : keys) slices.emplace_back(k);
-  std::vector<std::string> values;
-  const std::vector<rocksdb::Status> got = d.db->MultiGet(ro, slices, &values);
+  // The batched MultiGet (one pass over the memtables and files for all
+  // keys, their filters probed together), not the one of a vector of keys,
+  // which gets each key on its own.
+  std::vector<rocksdb::PinnableSlice> values(slices.size());
+  std::vector<rocksdb::Status> got(slices.size());
+  d.db->MultiGet(ro, d.db->DefaultColumnFamily(), slices.size(), slices.data(), values.data(),
+                 got.data());
   learner::TableDelta rows;
   rows.table = "user";
   learner::FeatureListDelta lists, histories, left;
@@ -1378,7 +1383,7 @@ Status CheckpointStore::ReadUsers(std::span<const std::string_view> ids,
     const rocksdb::Status& row_status = got[parts * i];
     if (row_status.IsNotFound()) continue;
     if (!row_status.ok()) return FromRocks(row_status, "reading a user back");
-    const std::string& row = values[parts * i];
+    const std::string_view row = ToView(values[parts * i]);
     if (row.empty() || row.size() % 4 != 0)
       return Status::Corruption("stored row of user '" + std::string(ids[i]) + "' is malformed");
     const int width = int(row.size() / 4);
@@ -1397,7 +1402,7 @@ Status CheckpointStore::ReadUsers(std::span<const std::string_view> ids,
       std::vector<std::string> features;
       RECSTREAM_RETURN_IF_ERROR(codec::DecodeFeatureList(
           std::string_view(keys[parts * i + part]).substr(kFeatureListPrefix.size()),
-          values[parts * i + part], &table, &id, &features));
+          ToView(values[parts * i + part]), &table, &id, &features));
       learner::FeatureListDelta& dst = part == 1 ? lists : part == 2 ? histories : left;
       dst.keys.emplace_back(ids[i]);
       dst.features.push_back(std::move(features));
