@@ -335,6 +335,7 @@ void Model::SetLists(const FeatureListDelta& delta, size_t begin, size_t end) {
     }
     recent_next.store(std::strtoull(names[0].c_str(), nullptr, 10));
     recent_exported = recent_next.load();
+    RecountQuarter();
     return;
   }
   // Touch times of users that left memory: the store's, read by the memory

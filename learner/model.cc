@@ -39,6 +39,7 @@ Model::Model(const LearnerOptions& o)
       histories(o.history),
       recent(size_t(o.negatives > 0 || o.feedback != Feedback::kExplicit ? o.negative_window : 1)),
       recent_count(o.feedback != Feedback::kExplicit ? size_t(1) << kCountBits : 0),
+      quarter_count(recent_count.size()),
       history_match(size_t(4) * kNumTasks * o.history, 0.0f),
       weighting(o) {
   for (auto& n : saw_negative) n.store(false);
@@ -59,6 +60,7 @@ Model::Model(const LearnerOptions& o)
   for (int t = 0; t < kNumTasks; ++t)
     std::fill_n(MatchWeights(t), o.history, std::log(1.0f + float(o.implicit_negatives)));
   for (auto& c : recent_count) c.store(0, std::memory_order_relaxed);
+  for (auto& c : quarter_count) c.store(0, std::memory_order_relaxed);
   log_table.resize(kLogTable + 1);
   for (uint32_t n = 1; n <= kLogTable; ++n) log_table[n] = std::log(float(n));
   dense.resize(shape.dense_size());
@@ -240,14 +242,29 @@ void Model::ReclaimRetired() {
   for (uint32_t r : users_freed) users.Reclaim(r);
   for (uint32_t r : items_freed) items.Reclaim(r);
   if (items_freed.empty() || recent.size() <= 1) return;
-  // The negative ring refers to items by row: freed ones leave it.
-  for (auto& e : recent) {
-    const uint64_t v = e.load(std::memory_order_relaxed);
+  // The negative ring refers to items by row: freed ones leave it (and the
+  // newest quarter's count, those of its entries that are in it).
+  const uint64_t n = recent.size(), next = recent_next.load(std::memory_order_relaxed);
+  for (uint64_t i = 0; i < n; ++i) {
+    const uint64_t v = recent[i].load(std::memory_order_relaxed);
     if (v == kNoEntry ||
         !std::binary_search(items_freed.begin(), items_freed.end(), uint32_t(v >> 32)))
       continue;
-    e.store(kNoEntry, std::memory_order_relaxed);
-    if (!recent_count.empty()) RecentCount(uint32_t(v)).fetch_sub(1, std::memory_order_relaxed);
+    recent[i].store(kNoEntry, std::memory_order_relaxed);
+    if (recent_count.empty()) continue;
+    RecentCount(uint32_t(v)).fetch_sub(1, std::memory_order_relaxed);
+    const uint64_t age = ((next + n - 1) % n + n - i) % n;  // 0: the newest entry
+    if (age < quarter()) QuarterCount(uint32_t(v)).fetch_sub(1, std::memory_order_relaxed);
+  }
+}
+
+void Model::RecountQuarter() {
+  if (quarter_count.empty() || recent.size() <= 1) return;
+  for (auto& c : quarter_count) c.store(0, std::memory_order_relaxed);
+  const uint64_t next = recent_next.load(std::memory_order_relaxed), n = recent.size();
+  for (uint64_t at = next - std::min(next, quarter()); at < next; ++at) {
+    const uint64_t v = recent[at % n].load(std::memory_order_relaxed);
+    if (v != kNoEntry) QuarterCount(uint32_t(v)).fetch_add(1, std::memory_order_relaxed);
   }
 }
 

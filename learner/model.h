@@ -228,14 +228,29 @@ struct Model {
   const std::atomic<uint32_t>& RecentCount(uint32_t hash) const {
     return recent_count[hash >> (32 - kCountBits)];
   }
-  // An item's recent popularity: log(1 + its occurrences in the ring), by
-  // its id's hash; 0 without a ring. Implicit tasks add it to their logit
-  // as a prior, so that the model learns what popularity does not explain
-  // and follows a shop's drifting popularity as it changes (item biases,
-  // learned from an item's few events, cannot).
+  // The newest quarter of the ring (its last recent.size() / 4 positions)
+  // is counted again, by the same hashes.
+  std::atomic<uint32_t>& QuarterCount(uint32_t hash) {
+    return quarter_count[hash >> (32 - kCountBits)];
+  }
+  const std::atomic<uint32_t>& QuarterCount(uint32_t hash) const {
+    return quarter_count[hash >> (32 - kCountBits)];
+  }
+  uint64_t quarter() const { return recent.size() / 4; }
+  // An item's recent popularity: log(1 + n + n'), n its occurrences in the
+  // ring and n' those in the ring's newest quarter, by its id's hash; 0
+  // without a ring. Implicit tasks add it to their logit as a prior, so
+  // that the model learns what popularity does not explain and follows a
+  // shop's drifting popularity as it changes (item biases, learned from an
+  // item's few events, cannot). Counting the newest views twice weighs them
+  // as a recency-decayed count would, and ranks the items a shop shows now
+  // above those of a while ago that one window's count ties with them;
+  // both counts are integers kept from the ring alone, so that a restore
+  // (which rebuilds them from the ring) scores bit-identically.
   float RecentPopularity(uint32_t hash) const {
     if (recent_count.empty()) return 0.0f;
-    return Log1p(RecentCount(hash).load(std::memory_order_relaxed));
+    return Log1p(RecentCount(hash).load(std::memory_order_relaxed) +
+                 QuarterCount(hash).load(std::memory_order_relaxed));
   }
   // log(1 + n) and log(max(n, 1)), from tables for the usual counts.
   static constexpr uint32_t kLogTable = 1u << 16;
@@ -257,14 +272,26 @@ struct Model {
   // Puts an item into the ring (and its count), over the oldest entry.
   void PushRecent(uint32_t item_row, uint32_t item_hash) {
     const size_t n = recent.size();
-    const uint64_t old = recent[recent_next.fetch_add(1, std::memory_order_relaxed) % n].exchange(
-        uint64_t(item_row) << 32 | item_hash, std::memory_order_relaxed);
+    const uint64_t at = recent_next.fetch_add(1, std::memory_order_relaxed);
+    const uint64_t old =
+        recent[at % n].exchange(uint64_t(item_row) << 32 | item_hash, std::memory_order_relaxed);
     if (recent_count.empty()) return;
     RecentCount(item_hash).fetch_add(1, std::memory_order_relaxed);
     if (old != kNoEntry) RecentCount(uint32_t(old)).fetch_sub(1, std::memory_order_relaxed);
+    // The entry that leaves the newest quarter now (still in the ring).
+    const uint64_t q = quarter();
+    if (q == 0) return;
+    QuarterCount(item_hash).fetch_add(1, std::memory_order_relaxed);
+    if (at >= q) {
+      const uint64_t aged = recent[(at - q) % n].load(std::memory_order_relaxed);
+      if (aged != kNoEntry) QuarterCount(uint32_t(aged)).fetch_sub(1, std::memory_order_relaxed);
+    }
   }
+  // Counts the newest quarter of the ring again (QuarterCount), from the
+  // ring's entries and recent_next; after a restore of the ring.
+  void RecountQuarter();
   std::vector<std::atomic<uint64_t>> recent;
-  std::vector<std::atomic<uint32_t>> recent_count;
+  std::vector<std::atomic<uint32_t>> recent_count, quarter_count;
   std::atomic<uint64_t> recent_next{0};
   uint64_t recent_exported = 0;  // recent_next at the last snapshot
   // Implicit tasks' history-match weights (HistoryMatch): per task, H

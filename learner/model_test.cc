@@ -1,6 +1,9 @@
 #include "learner/model.h"
 
 #include <catch2/catch.hpp>
+#include <cmath>
+#include <string>
+#include <vector>
 
 namespace recstream::learner {
 namespace {
@@ -56,4 +59,55 @@ TEST_CASE("Model: the dense block and its optimizer state follow the options", "
 }
 
 }  // namespace
+TEST_CASE("Model: the popularity prior counts the window's newest quarter twice, and a restore "
+          "rebuilds it",
+          "[model]") {
+  LearnerOptions o = Small();
+  o.negative_window = 8;  // its newest quarter: the last 2 items
+  Model m(o);
+  auto push = [&](const std::string& id) {
+    m.PushRecent(m.items.GetOrCreate(id), Model::IdHash(id));
+  };
+  // The count behind the prior: n + n' (RecentPopularity = log(1 + n + n')).
+  auto count = [](const Model& model, const std::string& id) {
+    return std::lround(std::expm1(model.RecentPopularity(Model::IdHash(id))));
+  };
+  for (const char* id : {"a", "a", "b", "c", "c", "d", "b", "b"}) push(id);
+  // Window a a b c c d b b; newest quarter b b.
+  CHECK(count(m, "a") == 2);
+  CHECK(count(m, "b") == 5);
+  CHECK(count(m, "c") == 2);
+  CHECK(count(m, "d") == 1);
+  push("d");
+  // Window a b c c d b b d; newest quarter b d: "d", seen as often as "a"
+  // in the window but just now, ranks above it.
+  CHECK(count(m, "a") == 1);
+  CHECK(count(m, "b") == 4);
+  CHECK(count(m, "d") == 3);
+  push("e");
+  push("e");
+  // Window c c d b b d e e; newest quarter e e.
+  CHECK(count(m, "a") == 0);
+  CHECK(count(m, "b") == 2);
+  CHECK(count(m, "e") == 4);
+
+  // A restore of the ring (as a snapshot's "negative_ring" list: the next
+  // position, then each slot's item) rebuilds both counts.
+  FeatureListDelta ring;
+  ring.table = "negative_ring";
+  ring.keys = {""};
+  std::vector<std::string> names = {std::to_string(m.recent_next.load())};
+  for (const auto& e : m.recent) {
+    const uint64_t v = e.load();
+    names.push_back(v == Model::kNoEntry ? "" : std::string(m.items.key(uint32_t(v >> 32))));
+  }
+  ring.features = {names};
+  Model restored(o);
+  restored.SetLists(ring, 0, 1);
+  for (const char* id : {"a", "b", "c", "d", "e"}) CHECK(count(restored, id) == count(m, id));
+  // Both go on alike.
+  for (Model* x : {&m, &restored}) x->PushRecent(x->items.GetOrCreate("a"), Model::IdHash("a"));
+  for (const char* id : {"a", "b", "c", "d", "e"}) CHECK(count(restored, id) == count(m, id));
+}
+
 }  // namespace recstream::learner
