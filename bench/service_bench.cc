@@ -889,7 +889,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 256));
   app.add_option("--ingest-min-kib", g_ingest_min_kib,
                  "checkpoints of at least this many KiB are written as table files and ingested "
-                 "(store ingest_min_bytes, not a configuration key; default 4096)");
+                 "(store ingest_min_bytes, not a configuration key; default 4096; with a memory "
+                 "limit at most 64)");
   app.add_option("--kafka-property", kafka_props,
                  "KEY=VALUE librdkafka property of the service (kafka.properties.*)");
 

@@ -39,7 +39,8 @@ Model::Model(const LearnerOptions& o)
       histories(o.history),
       recent(size_t(o.negatives > 0 || o.feedback != Feedback::kExplicit ? o.negative_window : 1)),
       recent_count(o.feedback != Feedback::kExplicit ? size_t(1) << kCountBits : 0),
-      quarter_count(recent_count.size()),
+      quarter_count(recent_count.empty() ? 0 : size_t(1) << QuarterBits(recent.size())),
+      quarter_bits(QuarterBits(recent.size())),
       history_match(size_t(4) * kNumTasks * o.history, 0.0f),
       weighting(o) {
   for (auto& n : saw_negative) n.store(false);

@@ -229,12 +229,19 @@ struct Model {
     return recent_count[hash >> (32 - kCountBits)];
   }
   // The newest quarter of the ring (its last recent.size() / 4 positions)
-  // is counted again, by the same hashes.
+  // is counted again, by the top quarter_bits bits of the same hashes: a
+  // table of at least 64 counters per entry of the quarter (few items share
+  // one), at most 2^kCountBits.
+  static int QuarterBits(size_t window) {
+    int bits = 12;
+    while (bits < kCountBits && (size_t(1) << bits) < window / 4 * 64) ++bits;
+    return bits;
+  }
   std::atomic<uint32_t>& QuarterCount(uint32_t hash) {
-    return quarter_count[hash >> (32 - kCountBits)];
+    return quarter_count[hash >> (32 - quarter_bits)];
   }
   const std::atomic<uint32_t>& QuarterCount(uint32_t hash) const {
-    return quarter_count[hash >> (32 - kCountBits)];
+    return quarter_count[hash >> (32 - quarter_bits)];
   }
   uint64_t quarter() const { return recent.size() / 4; }
   // An item's recent popularity: log(1 + n + n'), n its occurrences in the
@@ -269,7 +276,10 @@ struct Model {
   // apart instead of all rounding to 1.0 (the logits themselves only order
   // items, their level is arbitrary). Written by trainers without a lock.
   std::array<float, kNumTasks> implicit_shift{};
-  // Puts an item into the ring (and its count), over the oldest entry.
+  // Puts an item into the ring (and its counts), over the oldest entry.
+  // One writer at a time (the training thread: Train's serial part, the
+  // exchange, the freeing of rows): the quarter's count reads the entry
+  // that ages out of it, which a concurrent push could not have written yet.
   void PushRecent(uint32_t item_row, uint32_t item_hash) {
     const size_t n = recent.size();
     const uint64_t at = recent_next.fetch_add(1, std::memory_order_relaxed);
@@ -292,6 +302,7 @@ struct Model {
   void RecountQuarter();
   std::vector<std::atomic<uint64_t>> recent;
   std::vector<std::atomic<uint32_t>> recent_count, quarter_count;
+  const int quarter_bits;
   std::atomic<uint64_t> recent_next{0};
   uint64_t recent_exported = 0;  // recent_next at the last snapshot
   // Implicit tasks' history-match weights (HistoryMatch): per task, H
