@@ -703,7 +703,9 @@ int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkp
         visitor = rng() % visitor;
       } else {
         const double u = (double(rng() >> 11) + 1.0) * 0x1p-53;  // (0, 1]
-        visitor -= 1 + std::min<uint64_t>(visitor - 1, uint64_t(-std::log(u) * double(return_recent)));
+        // Early in the stream, a draw further back than the first visitor
+        // wraps around (rather than piling onto visitor 0).
+        visitor -= 1 + uint64_t(-std::log(u) * double(return_recent)) % visitor;
       }
     }
     e.user = "visitor" + std::to_string(visitor);
