@@ -738,13 +738,14 @@ int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkp
               train_s, checkpoint_s, (unsigned long long)checkpoints,
               (unsigned long long)fin.checkpoints_wanted, (unsigned long long)fin.store_reads,
               double(done) / train_s);
-  std::printf("training waited %.2f s for checkpoints the limit needed; events/s in Train and "
-              "those waits %.0f\n",
-              wait_s, double(done) / (train_s + wait_s));
+  std::printf(
+      "training waited %.2f s for checkpoints the limit needed; events/s in Train and "
+      "those waits %.0f\n",
+      wait_s, double(done) / (train_s + wait_s));
   std::printf("checkpoints wrote %.1f MiB in %.2f s (writer thread), rows:", MiB(bytes_written),
               write_s);
-  for (const auto& [table, rows] : rows_written) std::printf(" %s %llu", table.c_str(),
-                                                             (unsigned long long)rows);
+  for (const auto& [table, rows] : rows_written)
+    std::printf(" %s %llu", table.c_str(), (unsigned long long)rows);
   std::printf("\n");
   // What the store holds now: rows per table (deleted ones must be gone).
   learner::ModelSnapshot stored;

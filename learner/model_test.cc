@@ -58,10 +58,10 @@ TEST_CASE("Model: the dense block and its optimizer state follow the options", "
   if (r[0] != 0.0f) CHECK(r[ftrl.width] * r[0] < 0.0f);  // z opposes the value
 }
 
-}  // namespace
-TEST_CASE("Model: the popularity prior counts the window's newest quarter twice, and a restore "
-          "rebuilds it",
-          "[model]") {
+TEST_CASE(
+    "Model: the popularity prior counts the window's newest quarter twice, and a restore "
+    "rebuilds it",
+    "[model]") {
   LearnerOptions o = Small();
   o.negative_window = 8;  // its newest quarter: the last 2 items
   Model m(o);
@@ -110,4 +110,5 @@ TEST_CASE("Model: the popularity prior counts the window's newest quarter twice,
   for (const char* id : {"a", "b", "c", "d", "e"}) CHECK(count(restored, id) == count(m, id));
 }
 
+}  // namespace
 }  // namespace recstream::learner
