@@ -47,6 +47,7 @@
 #include <thread>
 #include <vector>
 
+#include "app/service.h"
 #include "bench/bench_util.h"
 #include "eval/batch_parser.h"
 #include "eval/generator.h"
@@ -64,6 +65,7 @@ struct Config {
   int items = 10'000;
   uint64_t exchange_events = 2500;
   uint64_t follow_events = 25000;
+  bool untuned_malloc = false;
   int rounds = 2;
   size_t batch = 4096;
   uint64_t seed = 7;
@@ -354,6 +356,8 @@ int main(int argc, char** argv) {
   app.add_option("--follow-events", cfg.follow_events,
                  "events each shared trainer learns between publishing its rows (and following)");
   app.add_option("--rounds", cfg.rounds, "rounds of (independent, shared)");
+  app.add_flag("--untuned-malloc", cfg.untuned_malloc,
+               "glibc's malloc as it comes, not as `recstream serve` tunes it (app::TuneMalloc)");
   app.add_option("--batch", cfg.batch, "events per Train call");
   app.add_flag("--breakdown", cfg.breakdown,
                "time the exchange's steps apart (adds a dozen clock system calls per exchange)");
@@ -362,6 +366,9 @@ int main(int argc, char** argv) {
   app.add_flag("--independent-only", independent_only,
                "only the independent pair, once (for profiling)");
   CLI11_PARSE(app, argc, argv);
+  // Malloc as `recstream serve` tunes it: the exchange's buffers come from
+  // the heaps instead of mappings faulted in afresh each time.
+  if (!cfg.untuned_malloc) app::TuneMalloc();
 
   std::printf(
       "trainers_bench events=%llu users=%d items=%d exchange_events=%llu follow_events=%llu "
