@@ -256,8 +256,12 @@ struct Model {
   // (which rebuilds them from the ring) scores bit-identically.
   float RecentPopularity(uint32_t hash) const {
     if (recent_count.empty()) return 0.0f;
-    return Log1p(RecentCount(hash).load(std::memory_order_relaxed) +
-                 QuarterCount(hash).load(std::memory_order_relaxed));
+    return Prior(hash, RecentCount(hash).load(std::memory_order_relaxed));
+  }
+  // The same for an item whose ring count n (RecentCount) was read already;
+  // only with a ring (recent_count not empty).
+  float Prior(uint32_t hash, uint32_t n) const {
+    return Log1p(n + QuarterCount(hash).load(std::memory_order_relaxed));
   }
   // log(1 + n) and log(max(n, 1)), from tables for the usual counts.
   static constexpr uint32_t kLogTable = 1u << 16;

@@ -433,7 +433,7 @@ void Trainer::DrawNegatives(TrainState* s) {
     // The popularity prior less log Q (the probability of the draw; the
     // ring's size is the same for every candidate and cancels).
     const uint32_t count = m_.RecentCount(hash).load(std::memory_order_relaxed);
-    sn.logit_extra[sn.count] = m_.RecentPopularity(hash) - m_.LogAtLeast1(count);
+    sn.logit_extra[sn.count] = m_.Prior(hash, count) - m_.LogAtLeast1(count);
     sn.rows.insert(sn.rows.end(), s->neg_rows.begin(), s->neg_rows.end());
     if (s->parallel) {
       sn.slots.insert(sn.slots.end(), s->neg_slots.begin(), s->neg_slots.end());
@@ -506,7 +506,7 @@ float Trainer::ImplicitLogit(int t, TrainState* s, uint32_t* count) {
     z += m_.HistoryMatch(t, s->history_view, s->item_rows[0], s->item_rows.data() + 1,
                          s->item_rows.size() - 1, s->cand_hits.data());
   *count = m_.RecentCount(s->item_hash).load(std::memory_order_relaxed);
-  return z + m_.RecentPopularity(s->item_hash);
+  return z + m_.Prior(s->item_hash, *count);
 }
 
 float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
