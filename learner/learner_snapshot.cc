@@ -427,9 +427,11 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
       std::copy(values.begin(), values.end(), m.history_gate.begin());
     } else if (name == "tower_weight") {
       // Absent from models written before it: those keep the initial 1s.
-      if (values.size() != m.tower_weight.size())
+      std::vector<float> wide = values;
+      Model::WidenTowerWeights(&wide);
+      if (wide.size() != m.tower_weight.size())
         return Status::Corruption("tower_weight block has the wrong size");
-      m.tower_weight = values;
+      m.tower_weight = std::move(wide);
     } else if (name == "implicit_shift") {
       if (values.size() != m.implicit_shift.size())
         return Status::Corruption("implicit_shift block has the wrong size");

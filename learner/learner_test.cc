@@ -341,6 +341,64 @@ TEST_CASE("Histories survive a restore bit for bit, also with another model.hist
   REQUIRE(short_model->ApplySnapshot(delta).ok());
 }
 
+TEST_CASE("A model written before own items had tower weights of their own restores as it was",
+          "[Learner][implicit]") {
+  // Older builds wrote one set of tower weights (and accumulators) for
+  // every candidate; now items of the user's history have a set of their
+  // own. An old block must restore with both sets from it: the model then
+  // scores as the old build did.
+  LearnerOptions o;
+  o.threads = 1;
+  auto l = MakeLearner(o);
+  const std::vector<Event> log = PositiveOnlyLog(400, 6);
+  // In batches: the items drawn as negatives are those of earlier ones.
+  for (int pass = 0; pass < 2; ++pass)
+    for (size_t b = 0; b < log.size(); b += 500) l->Train(std::span(log).subspan(b, 500));
+  ModelSnapshot snap;
+  l->TakeSnapshot(true, &snap);
+  auto block = std::find_if(snap.dense.begin(), snap.dense.end(),
+                            [](const auto& b) { return b.first == "tower_weight"; });
+  REQUIRE(block != snap.dense.end());
+  const size_t set = size_t(kNumTasks) * 5;  // tasks x history-length buckets
+  REQUIRE(block->second.size() == 4 * set);
+  // The sets learned apart on this stream of repeats.
+  CHECK(!std::equal(block->second.begin(), block->second.begin() + set,
+                    block->second.begin() + set));
+  // The old layout: the weights for items new to the user, their
+  // accumulators; and the same written out in the new one.
+  std::vector<float> old_layout(block->second.begin(), block->second.begin() + set);
+  old_layout.insert(old_layout.end(), block->second.begin() + 2 * set,
+                    block->second.begin() + 3 * set);
+  std::vector<float> wide = old_layout;
+  wide.insert(wide.begin() + set, old_layout.begin(), old_layout.begin() + set);
+  wide.insert(wide.end(), old_layout.begin() + set, old_layout.end());
+  ModelSnapshot old_snap = snap, wide_snap = snap;
+  for (auto* s : {&old_snap, &wide_snap})
+    for (auto& [name, values] : s->dense)
+      if (name == "tower_weight") values = s == &old_snap ? old_layout : wide;
+  auto from_old = MakeLearner(o), from_wide = MakeLearner(o);
+  REQUIRE(from_old->ApplySnapshot(old_snap).ok());
+  REQUIRE(from_wide->ApplySnapshot(wide_snap).ok());
+  ModelSnapshot again;
+  from_old->TakeSnapshot(true, &again);
+  for (const auto& [name, values] : again.dense)
+    if (name == "tower_weight") CHECK(values == wide);
+  for (int u = 0; u < 400; u += 13) {
+    const std::string user = "u" + std::to_string(u);
+    const auto a = from_old->Recommend(user, 5, false, Blend());
+    const auto b = from_wide->Recommend(user, 5, false, Blend());
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      CHECK(a[i].item == b[i].item);
+      CHECK(a[i].score == b[i].score);
+    }
+  }
+  // A block of any other size is refused.
+  for (auto& [name, values] : old_snap.dense)
+    if (name == "tower_weight") values.resize(3 * set);
+  CHECK(!MakeLearner(o)->ApplySnapshot(old_snap).ok());
+}
+
 TEST_CASE("A task that receives a label 0 switches to explicit learning", "[Learner][implicit]") {
   LearnerOptions o;
   o.threads = 1;

@@ -115,10 +115,21 @@ void Model::AddHistory(uint32_t user, HistoryView* view, float* acc, float* vec)
   for (int k = 0; k < d; ++k) vec[k] += acc[k] * scale;
 }
 
+void Model::WidenTowerWeights(std::vector<float>* v) {
+  if (v->size() != 2 * kTowerSet) return;
+  std::vector<float> wide(2 * kTowerParams);
+  for (size_t i = 0; i < kTowerSet; ++i) {
+    wide[i] = wide[kTowerSet + i] = (*v)[i];
+    wide[kTowerParams + i] = wide[kTowerParams + kTowerSet + i] = (*v)[kTowerSet + i];
+  }
+  *v = std::move(wide);
+}
+
 float Model::HistoryMatch(int t, const HistoryView& view, uint32_t row, const uint32_t* f,
-                          size_t nf, float* hits) const {
+                          size_t nf, float* hits, bool* own) const {
   const int h = options.history;
   if (hits) std::fill(hits, hits + 2 * h, 0.0f);
+  if (own) *own = false;
   if (view.empty()) return 0.0f;
   const float* w = MatchWeights(t);
   float logit = 0.0f;
@@ -128,6 +139,7 @@ float Model::HistoryMatch(int t, const HistoryView& view, uint32_t row, const ui
     if (row != EmbeddingTable::kNoRow && view.items[i] == row) {
       logit += w[p];
       if (hits) hits[p] = 1.0f;
+      if (own) *own = true;
     }
     bool shared = false;
     for (uint32_t a = view.feature_begin[i]; a < view.feature_begin[i + 1] && !shared; ++a)

@@ -191,9 +191,10 @@ struct Model {
   // history position p (0: the user's latest item), the learned weight of
   // "the candidate is that item" and of "the candidate shares a feature
   // with it". With `hits` (2 * history floats), which weights apply: 1 at
-  // p (same item) and at history + p (shared feature), else 0.
+  // p (same item) and at history + p (shared feature), else 0. With `own`,
+  // whether the candidate is one of the history's items.
   float HistoryMatch(int t, const HistoryView& view, uint32_t row, const uint32_t* f, size_t nf,
-                     float* hits = nullptr) const;
+                     float* hits = nullptr, bool* own = nullptr) const;
 
   const LearnerOptions options;
   const ModelShape shape;
@@ -327,19 +328,34 @@ struct Model {
   // tasks add the pooled history at weight 1.
   std::array<float, 2> history_gate{};
   // Implicit tasks: the weight of the two towers' u . v by how much history
-  // the user has (TowerBucket of its length): a user vector learned from one
+  // the user has (TowerBucket of its length) and by whether the candidate is
+  // one of the user's history items ("own"). A user vector learned from one
   // or two events is mostly noise, which a lower weight keeps from
-  // outranking popularity; learned from 1 (by the same softmax gradient as
-  // every other part of the logit). Per task kTowerBuckets weights, then as
-  // many Adagrad accumulators (from 1, so that the first steps are small).
-  // Written by trainers without a lock.
+  // outranking popularity; and what ranks the user's own items again (the
+  // history match does most of that) need not be what ranks items new to
+  // the user, as RepeatNet (Ren et al., AAAI 2019) tells a repeat mode from
+  // an explore mode. Learned from 1 by the same softmax gradient as every
+  // other part of the logit. Layout: two sets of kTowerSet weights (items
+  // new to the user, own items; TowerIndex), then as many Adagrad
+  // accumulators (from 1, so that the first steps are small). Written by
+  // trainers without a lock.
   static constexpr int kTowerBuckets = 5;
+  static constexpr size_t kTowerSet = size_t(kNumTasks) * kTowerBuckets;
+  static constexpr size_t kTowerParams = 2 * kTowerSet;
   // Buckets of a history of n items: 0, 1, 2-3, 4-9, 10 or more.
   static int TowerBucket(size_t n) { return n == 0 ? 0 : n == 1 ? 1 : n <= 3 ? 2 : n <= 9 ? 3 : 4; }
-  std::vector<float> tower_weight = std::vector<float>(size_t(2) * kNumTasks * kTowerBuckets, 1.0f);
-  float TowerWeight(int t, const HistoryView& view) const {
-    return tower_weight[size_t(t) * kTowerBuckets + TowerBucket(view.items.size())];
+  static size_t TowerIndex(int t, size_t history_items, bool own) {
+    return (own ? kTowerSet : 0) + size_t(t) * kTowerBuckets + TowerBucket(history_items);
   }
+  std::vector<float> tower_weight = std::vector<float>(2 * kTowerParams, 1.0f);
+  float TowerWeight(int t, const HistoryView& view, bool own) const {
+    return tower_weight[TowerIndex(t, view.items.size(), own)];
+  }
+  // A tower_weight block of a build before own items had weights of their
+  // own (2 * kTowerSet values: one set of weights, then its accumulators)
+  // becomes one of the present layout, both sets from it; any other size
+  // is left as it is.
+  static void WidenTowerWeights(std::vector<float>* v);
   // Per task: an event with label 0 was learned (or restored, from the
   // snapshot's "feedback" block): with feedback = auto, the task is
   // explicit from then on.

@@ -88,7 +88,8 @@ struct LearnerOptions {
   // popularity, by a sampled softmax with the sampling-bias (logQ)
   // correction of Yi et al. (RecSys 2019), on the two-tower logit
   //   a u . v + user and item biases + history match + log(1 + n),
-  // a being a learned weight per length of the user's history
+  // a being a learned weight per length of the user's history and per
+  // kind of candidate, a history item or one new to the user
   // (Model::tower_weight), n the item's occurrences among the last
   // negative_window positive events plus those among the newest quarter of
   // them (a popularity prior that follows drifting popularity, the newest

@@ -186,14 +186,20 @@ bool Scorer::NeedsMatch(const UserSide& side) const {
 }
 
 void Scorer::LaneMatch(const UserSide& side, uint32_t row, const uint32_t* f, size_t nf,
-                       float popularity, int lane, float* match) const {
-  for (int t = 0; t < kNumTasks; ++t)
+                       float popularity, int lane, float* match, bool* own) const {
+  own[lane] = false;
+  for (int t = 0; t < kNumTasks; ++t) {
+    if (!side.implicit[t]) {
+      match[t * L + lane] = 0.0f;
+      continue;
+    }
     match[t * L + lane] =
-        side.implicit[t] ? m_.HistoryMatch(t, side.history, row, f, nf) + popularity : 0.0f;
+        m_.HistoryMatch(t, side.history, row, f, nf, nullptr, &own[lane]) + popularity;
+  }
 }
 
 void Scorer::ImplicitScores(const UserSide& side, const float* block, const float* match,
-                            float* y) const {
+                            const bool* own, float* y) const {
   // An implicit task's logit is the two towers' u . v (its biases are added
   // by FinishLane), summed in k order in every lane.
   const int d = m_.options.dim;
@@ -203,8 +209,9 @@ void Scorer::ImplicitScores(const UserSide& side, const float* block, const floa
     float dot[L] = {};
     for (int k = 0; k < d; ++k)
       for (int i = 0; i < L; ++i) dot[i] += u[k] * block[k * L + i];
-    const float alpha = m_.TowerWeight(t, side.history);
-    for (int i = 0; i < L; ++i) dot[i] *= alpha;
+    const float alpha[2] = {m_.TowerWeight(t, side.history, false),
+                            m_.TowerWeight(t, side.history, true)};
+    for (int i = 0; i < L; ++i) dot[i] *= alpha[match != nullptr && own[i]];
     if (match != nullptr)
       for (int i = 0; i < L; ++i) dot[i] += match[t * L + i];
     const float shift = m_.implicit_shift[t];
@@ -292,6 +299,7 @@ void Scorer::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_r
     AlignedFloats block(m_.shape.block_floats()), scratch(m_.shape.score_scratch_floats());
     alignas(64) float y[kNumTasks * L];
     float match[kNumTasks * L];
+    bool own[L] = {};
     const bool need_match = NeedsMatch(side);
     std::vector<uint32_t> rows;
     std::vector<float> v(m_.width);
@@ -308,10 +316,10 @@ void Scorer::ScoreRows(const UserSide& side, const std::vector<uint32_t>& item_r
                    features.empty() ? nullptr : features[first + i]);
         if (need_match)
           LaneMatch(side, row, rows.data() + 1, rows.size() - 1, m_.RecentPopularityOfRow(row), i,
-                    match);
+                    match, own);
       }
       m_.shape.ScoreBlock(m_.dense.data(), side.ctx, block.data(), scratch.data(), y);
-      ImplicitScores(side, block.data(), need_match ? match : nullptr, y);
+      ImplicitScores(side, block.data(), need_match ? match : nullptr, own, y);
       for (int i = 0; i < lanes; ++i) (*out)[first + i] = FinishLane(y, i, side, block.data());
     }
   };
@@ -352,21 +360,23 @@ void Scorer::TopKOfBlocks(const UserSide& side, const float* blocks, size_t begi
   heap.reserve(size_t(k) + 1);
   const auto better = [this](const ScoredItem& a, const ScoredItem& b) { return Better(a, b); };
   float match[kNumTasks * L];
+  bool own[L] = {};
   const bool need_match = NeedsMatch(side);
   for (size_t b = begin; b < end; ++b) {
     const float* block = blocks + b * stride;
     m_.shape.ScoreBlock(m_.dense.data(), side.ctx, block, scratch.data(), y);
     if (need_match) {
       std::fill(match, match + kNumTasks * L, 0.0f);
+      std::fill(own, own + L, false);
       for (int i = 0; i < L; ++i) {
         const uint32_t row = first_row + uint32_t(b * L) + uint32_t(i);
         if (row >= end_row) break;
         const uint32_t at = row - first_row;
         LaneMatch(side, row, feat_rows + feat_begin[at], feat_begin[at + 1] - feat_begin[at],
-                  popularity[at], i, match);
+                  popularity[at], i, match, own);
       }
     }
-    ImplicitScores(side, block, need_match ? match : nullptr, y);
+    ImplicitScores(side, block, need_match ? match : nullptr, own, y);
     ScreenBlock(y, block + size_t(d) * L, sp, approx);
     const bool full = int(heap.size()) >= k;
     const float bar =

@@ -96,16 +96,20 @@ class Scorer {
   // Replaces ScoreBlock's y of each implicit task by the two towers' dot
   // product (see LearnerOptions::feedback).
   // match: null, or per task and lane (match[t * kScoreLanes + i]) the
-  // item's Model::HistoryMatch logit, added to implicit tasks' y.
-  void ImplicitScores(const UserSide& side, const float* block, const float* match, float* y) const;
+  // item's Model::HistoryMatch logit, added to implicit tasks' y; own
+  // (with match): per lane, whether the item is one of the user's history
+  // items (which of Model::tower_weight's weights applies).
+  void ImplicitScores(const UserSide& side, const float* block, const float* match,
+                      const bool* own, float* y) const;
   // True when some task is implicit: its logit has the history match and
   // the recent popularity.
   bool NeedsMatch(const UserSide& side) const;
   // For every implicit task, the history match and the recent
   // popularity (`popularity`: Model::RecentPopularity) of an item (row,
-  // feature rows) into match[t * kScoreLanes + lane].
+  // feature rows) into match[t * kScoreLanes + lane], and into own[lane]
+  // whether the item is one of the user's history items.
   void LaneMatch(const UserSide& side, uint32_t row, const uint32_t* f, size_t nf, float popularity,
-                 int lane, float* match) const;
+                 int lane, float* match, bool* own) const;
 
   // `blend` with the weight of every task that has learned no event yet
   // set to 0 (all of them kept while no task has learned anything).

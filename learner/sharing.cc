@@ -482,9 +482,15 @@ Status Sharing::AddChanges(const ModelChanges& changes) {
       continue;
     }
     std::vector<float> now = ReadDense(name);
-    if (delta.size() != now.size())
+    std::vector<float> wide;
+    if (name == "tower_weight" && delta.size() != now.size()) {  // an older trainer's
+      wide = delta;
+      Model::WidenTowerWeights(&wide);
+    }
+    const std::vector<float>& delta_now = wide.empty() ? delta : wide;
+    if (delta_now.size() != now.size())
       return Status::Corruption("changes of dense block '" + name + "' have the wrong size");
-    for (size_t i = 0; i < now.size(); ++i) now[i] += delta[i];
+    for (size_t i = 0; i < now.size(); ++i) now[i] += delta_now[i];
     if (!AllFinite(now.data(), now.size())) {
       counters_.refused.fetch_add(1, std::memory_order_relaxed);
       m_.refused.fetch_add(1, std::memory_order_relaxed);
@@ -553,15 +559,21 @@ Status Sharing::FollowOwners(const ModelSnapshot& published, int from) {
                            [&](const auto& b) { return b.first == name; });
     if (it == dense_base_.end()) continue;  // not exchanged (metrics, ...)
     std::vector<float> now = ReadDense(name);
-    if (pub.size() != now.size())
+    std::vector<float> wide;
+    if (name == "tower_weight" && pub.size() != now.size()) {  // an older owner's
+      wide = pub;
+      Model::WidenTowerWeights(&wide);
+    }
+    const std::vector<float>& pub_now = wide.empty() ? pub : wide;
+    if (pub_now.size() != now.size())
       return Status::Corruption("published dense block '" + name + "' has the wrong size");
-    if (!AllFinite(pub.data(), pub.size())) {
+    if (!AllFinite(pub_now.data(), pub_now.size())) {
       counters_.refused.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
-    for (size_t i = 0; i < now.size(); ++i) now[i] = pub[i] + (now[i] - it->second[i]);
+    for (size_t i = 0; i < now.size(); ++i) now[i] = pub_now[i] + (now[i] - it->second[i]);
     WriteDense(name, now);
-    it->second = pub;
+    it->second = pub_now;
   }
   return Status::OK();
 }

@@ -497,14 +497,17 @@ float Trainer::ImplicitLogit(int t, TrainState* s, uint32_t* count) {
   if (pre_row != EmbeddingTable::kNoRow)
     m_.shape.Project(s->dense_now, m_.pretrained->Row(pre_row), v);
   s->cand_hits.resize((size_t(options.implicit_negatives) + 1) * 2 * options.history);
-  s->tower_index = size_t(t) * Model::kTowerBuckets +
-                   Model::TowerBucket(s->has_history ? s->history_view.items.size() : 0);
+  const size_t history_items = s->has_history ? s->history_view.items.size() : 0;
+  float match = 0.0f;
+  bool own = false;
+  if (s->has_history)
+    match = m_.HistoryMatch(t, s->history_view, s->item_rows[0], s->item_rows.data() + 1,
+                            s->item_rows.size() - 1, s->cand_hits.data(), &own);
+  s->cand_tower.assign(1, Model::TowerIndex(t, history_items, own));
   s->cand_dot.clear();
   s->cand_dot.push_back(Dot(u, v, d));
-  float z = m_.tower_weight[s->tower_index] * s->cand_dot[0] + bu[t] + bi[t];
-  if (s->has_history)
-    z += m_.HistoryMatch(t, s->history_view, s->item_rows[0], s->item_rows.data() + 1,
-                         s->item_rows.size() - 1, s->cand_hits.data());
+  float z = m_.tower_weight[s->cand_tower[0]] * s->cand_dot[0] + bu[t] + bi[t];
+  if (s->has_history) z += match;
   *count = m_.RecentCount(s->item_hash).load(std::memory_order_relaxed);
   return z + m_.Prior(s->item_hash, *count);
 }
@@ -534,19 +537,24 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
   s->cand_z.push_back(z0 - m_.LogAtLeast1(count0));
   s->cand_index.push_back(SIZE_MAX);
   float zmax = s->cand_z[0];
-  const float alpha = m_.tower_weight[s->tower_index];
+  const size_t history_items = s->has_history ? s->history_view.items.size() : 0;
   for (size_t k = 0; k < sn.count; ++k) {
     const uint32_t row = sn.rows[sn.begin[k]];
     if (row == pos_row) continue;
-    s->cand_dot.push_back(Dot(u, sn.v.data() + k * d, d));
-    float z =
-        alpha * s->cand_dot.back() + s->user_bias + sn.bias[k * kNumTasks + t] + sn.logit_extra[k];
+    float match = 0.0f;
+    bool own = false;
     if (s->has_history)
-      z += m_.HistoryMatch(t, s->history_view, row, sn.rows.data() + sn.begin[k] + 1,
-                           sn.begin[k + 1] - sn.begin[k] - 1,
-                           s->cand_hits.data() + s->cand_z.size() * hw);
+      match = m_.HistoryMatch(t, s->history_view, row, sn.rows.data() + sn.begin[k] + 1,
+                              sn.begin[k + 1] - sn.begin[k] - 1,
+                              s->cand_hits.data() + s->cand_z.size() * hw, &own);
+    const size_t tower = Model::TowerIndex(t, history_items, own);
+    s->cand_dot.push_back(Dot(u, sn.v.data() + k * d, d));
+    float z = m_.tower_weight[tower] * s->cand_dot.back() + s->user_bias +
+              sn.bias[k * kNumTasks + t] + sn.logit_extra[k];
+    if (s->has_history) z += match;
     s->cand_z.push_back(z);
     s->cand_index.push_back(k);
+    s->cand_tower.push_back(tower);
     zmax = std::max(zmax, z);
   }
   const size_t n = s->cand_z.size();
@@ -557,22 +565,24 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
     ++s->refused;
     return prediction;
   }
-  // dL/ds_c = p_c - [c = 0]; du = alpha sum_c g_c v_c, dv_c = alpha g_c u,
-  // dalpha = sum_c g_c u . v_c.
+  // dL/ds_c = p_c - [c = 0]; du = sum_c alpha_c g_c v_c, dv_c = alpha_c g_c u,
+  // dalpha = sum_c g_c u . v_c over the candidates c of that weight.
   std::fill(s->du.begin(), s->du.end(), 0.0f);
   s->match_grad.assign(hw, 0.0f);
   float* __restrict du = s->du.data();
   float* __restrict match_grad = s->match_grad.data();
-  float dalpha = 0.0f;
+  std::array<float, 2> dtower{};  // weight of items new to the user, of own items
   for (size_t c = 0; c < n; ++c) {
     const float g = s->cand_z[c] / sum - (c == 0 ? 1.0f : 0.0f);
     s->cand_z[c] = g;
-    dalpha += g * s->cand_dot[c];
+    const bool own = s->cand_tower[c] >= Model::kTowerSet;
+    dtower[own] += g * s->cand_dot[c];
     if (s->has_history) {
       const float* __restrict hits = s->cand_hits.data() + c * hw;
       for (size_t j = 0; j < hw; ++j) match_grad[j] += g * hits[j];
     }
     const float* __restrict v = c == 0 ? v0 : sn.v.data() + s->cand_index[c] * d;
+    const float alpha = m_.tower_weight[s->cand_tower[c]];
     for (int k = 0; k < d; ++k) du[k] += alpha * g * v[k];
   }
   if (!AllFinite(du, size_t(d))) {
@@ -583,22 +593,29 @@ float Trainer::LearnImplicit(int t, bool learn, TrainState* s) {
   // end (ApplyNegatives).
   float* __restrict dv = s->dv.data();
   const float g0 = s->cand_z[0];
-  for (int k = 0; k < d; ++k) dv[k] = alpha * g0 * u[k];
+  const float alpha0 = m_.tower_weight[s->cand_tower[0]];
+  for (int k = 0; k < d; ++k) dv[k] = alpha0 * g0 * u[k];
   dv[d] = g0;
   UpdateRows(m_.items, m_.item_features, s->item_rows, s->item_slots, &s->staged_item, dv, t);
   for (size_t c = 1; c < n; ++c) {
     const size_t k = s->cand_index[c];
     const float g = s->cand_z[c];
+    const float alpha = m_.tower_weight[s->cand_tower[c]];
     float* __restrict acc = sn.grad.data() + k * (d + kNumTasks);
     for (int j = 0; j < d; ++j) acc[j] += alpha * g * u[j];
     acc[d + t] += g;
     sn.touched[k] = 1;
   }
   if (s->has_history) UpdateMatchWeights(t, s->match_grad.data());
-  if (std::isfinite(dalpha)) {  // Adagrad, at the biases' rate (Hogwild)
-    float& acc = m_.tower_weight[size_t(kNumTasks) * Model::kTowerBuckets + s->tower_index];
-    acc += dalpha * dalpha;
-    m_.tower_weight[s->tower_index] -= lr_bias * dalpha / std::sqrt(acc);
+  for (int own = 0; own < 2; ++own) {
+    // Adagrad, at the biases' rate (Hogwild); a weight no candidate used
+    // stays as it is.
+    const float g = dtower[own];
+    if (g == 0.0f || !std::isfinite(g)) continue;
+    const size_t i = Model::TowerIndex(t, history_items, own == 1);
+    float& acc = m_.tower_weight[Model::kTowerParams + i];
+    acc += g * g;
+    m_.tower_weight[i] -= lr_bias * g / std::sqrt(acc);
   }
   s->du[d] = 0.0f;  // the user's bias cancels in the softmax
   UpdateRows(m_.users, m_.user_features, s->user_rows, s->user_slots, &s->staged_user, du, t);

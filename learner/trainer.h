@@ -169,10 +169,10 @@ struct TrainState {
   // gradient) cand_z[c] (c = 0: the event's item, c > 0: the chunk's
   // negative cand_index[c]); the event's item's vector item_v.
   std::vector<float> cand_z, item_v;
-  // LearnImplicit: each candidate's u . v (as cand_z), and the index of the
-  // event's Model::tower_weight.
+  // LearnImplicit: each candidate's u . v (as cand_z), and the index of its
+  // Model::tower_weight (Model::TowerIndex).
   std::vector<float> cand_dot;
-  size_t tower_index = 0;
+  std::vector<size_t> cand_tower;
   float user_bias = 0.0f;  // the event's task's user bias (ImplicitLogit)
   std::vector<size_t> cand_index;
   SharedNegatives negatives;
