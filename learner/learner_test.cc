@@ -362,8 +362,8 @@ TEST_CASE("A model written before own items had tower weights of their own resto
   const size_t set = size_t(kNumTasks) * 5;  // tasks x history-length buckets
   REQUIRE(block->second.size() == 4 * set);
   // The sets learned apart on this stream of repeats.
-  CHECK(!std::equal(block->second.begin(), block->second.begin() + set,
-                    block->second.begin() + set));
+  CHECK(
+      !std::equal(block->second.begin(), block->second.begin() + set, block->second.begin() + set));
   // The old layout: the weights for items new to the user, their
   // accumulators; and the same written out in the new one.
   std::vector<float> old_layout(block->second.begin(), block->second.begin() + set);

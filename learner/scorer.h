@@ -99,8 +99,8 @@ class Scorer {
   // item's Model::HistoryMatch logit, added to implicit tasks' y; own
   // (with match): per lane, whether the item is one of the user's history
   // items (which of Model::tower_weight's weights applies).
-  void ImplicitScores(const UserSide& side, const float* block, const float* match,
-                      const bool* own, float* y) const;
+  void ImplicitScores(const UserSide& side, const float* block, const float* match, const bool* own,
+                      float* y) const;
   // True when some task is implicit: its logit has the history match and
   // the recent popularity.
   bool NeedsMatch(const UserSide& side) const;
