@@ -57,9 +57,16 @@ Model::Model(const LearnerOptions& o)
   // sampled items together (a margin of log(1 + implicit_negatives) in the
   // softmax): repeat views are common in real logs, and learned from 0 the
   // weights took tens of thousands of events to rank a user's own items
-  // first. A stream without repeats learns them down.
-  for (int t = 0; t < kNumTasks; ++t)
+  // first. A stream without repeats learns them down. An item sharing a
+  // feature with every item of a full history starts as likely as a
+  // repeat (each position log(1 + implicit_negatives) / history): from 0,
+  // the first thousands of events of a log ranked a user's categories no
+  // higher than others, which a short log (one user's days) never makes up.
+  for (int t = 0; t < kNumTasks; ++t) {
     std::fill_n(MatchWeights(t), o.history, std::log(1.0f + float(o.implicit_negatives)));
+    std::fill_n(MatchWeights(t) + o.history, o.history,
+                std::log(1.0f + float(o.implicit_negatives)) / float(o.history));
+  }
   for (auto& c : recent_count) c.store(0, std::memory_order_relaxed);
   for (auto& c : quarter_count) c.store(0, std::memory_order_relaxed);
   log_table.resize(kLogTable + 1);

@@ -97,7 +97,9 @@ struct LearnerOptions {
   // model learns what it does not explain), the history match the learned
   // weights of "is the user's p-th latest item" and "shares a feature with
   // it" per position p (the first from log(1 + implicit_negatives): a
-  // repeat starts as likely as the sampled items together). Its sigmoid, less a moving average of
+  // repeat starts as likely as the sampled items together; the second from
+  // that divided by history: an item sharing a feature with a whole
+  // history starts as likely as a repeat). Its sigmoid, less a moving average of
   // the logits of the task's events' items (Model::implicit_shift), is the task's prediction (a
   // score in (0, 1) that orders items, not a calibrated probability). Users with no history get the
   // popular items. Items enter the ring after each Train call, in event order. auto (default): a
