@@ -312,8 +312,9 @@ struct Model {
   uint64_t recent_exported = 0;  // recent_next at the last snapshot
   // Implicit tasks' history-match weights (HistoryMatch): per task, H
   // same-item weights (from log(1 + implicit_negatives)) then H
-  // shared-feature weights (from 0), H = options.history; then as many
-  // Adagrad accumulators. Written by trainers without a lock.
+  // shared-feature weights (from log(1 + implicit_negatives) / H), H =
+  // options.history; then as many Adagrad accumulators. Written by
+  // trainers without a lock.
   std::vector<float> history_match;
   float* MatchWeights(int t) { return history_match.data() + size_t(t) * 2 * options.history; }
   const float* MatchWeights(int t) const {
