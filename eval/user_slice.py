@@ -7,7 +7,7 @@ Of the users with at least MIN_EVENTS events in EVENTS (a JSONL stream), USERS
 are drawn (Python's random.sample with SEED, over the users in the order of
 their first event), and every event of theirs is written in stream order.
 With --categories, each event's item is replaced by its `category=` feature
-and the item features are dropped (every candidate warm, as the issue's "items
+(the first one the stream gives that item) and the item features are dropped (every candidate warm, as the issue's "items
 replaced by their categories" runs). EVAL.md, "Slices of a few users", uses
 it: the model then learns from those users' events alone.
 """
@@ -24,9 +24,17 @@ def main():
     path, min_events, users, seed = args[0], int(args[1]), int(args[2]), int(args[3])
     categories = "--categories" in sys.argv[1:]
     counts = collections.Counter()
+    # Each item's category, from the first event that carries one: a log
+    # may send an item's features with its first event only.
+    category_of = {}
     with open(path) as f:
         for line in f:
-            counts[str(json.loads(line)["user"])] += 1
+            e = json.loads(line)
+            counts[str(e["user"])] += 1
+            if categories and e["item"] not in category_of:
+                cats = [x for x in (e.get("item_features") or ()) if x.startswith("category=")]
+                if cats:
+                    category_of[e["item"]] = cats[0].split("=", 1)[1]
     eligible = [u for u, n in counts.items() if n >= min_events]
     random.seed(seed)
     chosen = set(random.sample(eligible, min(users, len(eligible))))
@@ -38,9 +46,7 @@ def main():
             if str(e["user"]) not in chosen:
                 continue
             if categories:
-                cats = [x for x in e.get("item_features", ()) if x.startswith("category=")]
-                if cats:
-                    e["item"] = cats[0].split("=", 1)[1]
+                e["item"] = category_of.get(e["item"], e["item"])
                 e.pop("item_features", None)
                 sys.stdout.write(json.dumps(e, separators=(",", ":")) + "\n")
             else:

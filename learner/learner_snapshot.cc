@@ -427,11 +427,14 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
       std::copy(values.begin(), values.end(), m.history_gate.begin());
     } else if (name == "tower_weight") {
       // Absent from models written before it: those keep the initial 1s.
+      // A block of a build before own items had weights of their own is
+      // widened (Model::WidenTowerWeights). Copied into the vector in place:
+      // scorers read it meanwhile (a replica applies versions as it serves).
       std::vector<float> wide = values;
       Model::WidenTowerWeights(&wide);
       if (wide.size() != m.tower_weight.size())
         return Status::Corruption("tower_weight block has the wrong size");
-      m.tower_weight = std::move(wide);
+      std::copy(wide.begin(), wide.end(), m.tower_weight.begin());
     } else if (name == "implicit_shift") {
       if (values.size() != m.implicit_shift.size())
         return Status::Corruption("implicit_shift block has the wrong size");
@@ -439,11 +442,12 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
     } else if (name == "history_match") {
       // Written with model.history = H' (4 * kNumTasks * H' values): the
       // positions both lengths have are kept, so that the history's length
-      // may change across a restart.
+      // may change across a restart; positions beyond H' start as a new
+      // model's do.
       if (values.size() % (4 * kNumTasks) != 0)
         return Status::Corruption("history_match block has the wrong size");
       const size_t was = values.size() / (4 * kNumTasks), now = size_t(m.options.history);
-      std::fill(m.history_match.begin(), m.history_match.end(), 0.0f);
+      if (was < now) m.InitMatchWeights();
       for (size_t block = 0; block < 2 * kNumTasks * 2; ++block)  // weights, accumulators
         for (size_t p = 0; p < std::min(was, now); ++p)
           m.history_match[block * now + p] = values[block * was + p];

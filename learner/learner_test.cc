@@ -339,6 +339,26 @@ TEST_CASE("Histories survive a restore bit for bit, also with another model.hist
   auto short_model = MakeLearner(shorter);
   REQUIRE(short_model->ApplySnapshot(full).ok());
   REQUIRE(short_model->ApplySnapshot(delta).ok());
+  // A longer one: the positions the stored model had keep their learned
+  // weights, the others start as a new model's do (not at 0).
+  LearnerOptions longer = o;
+  longer.history = o.history + 10;
+  auto long_model = MakeLearner(longer), fresh = MakeLearner(longer);
+  REQUIRE(long_model->ApplySnapshot(full).ok());
+  auto match = [](const ModelSnapshot& s) {
+    for (auto& [name, values] : s.dense)
+      if (name == "history_match") return values;
+    return std::vector<float>();
+  };
+  ModelSnapshot long_snap, fresh_snap;
+  long_model->TakeSnapshot(true, &long_snap);
+  fresh->TakeSnapshot(true, &fresh_snap);
+  const std::vector<float> stored = match(full), now = match(long_snap), start = match(fresh_snap);
+  const size_t was = size_t(o.history), h = size_t(longer.history);
+  REQUIRE(now.size() == 4 * size_t(kNumTasks) * h);
+  for (size_t block = 0; block < 2 * size_t(kNumTasks); ++block)  // the weights' blocks
+    for (size_t p = 0; p < h; ++p)
+      CHECK(now[block * h + p] == (p < was ? stored[block * was + p] : start[block * h + p]));
 }
 
 TEST_CASE("A model written before own items had tower weights of their own restores as it was",

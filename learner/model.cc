@@ -53,20 +53,7 @@ Model::Model(const LearnerOptions& o)
   }
   if (o.memory_limit_mb > 0) residency = std::make_unique<Residency>(this);
   for (auto& r : recent) r.store(kNoEntry, std::memory_order_relaxed);
-  // A repeat of one of the user's items starts as likely as the event's
-  // sampled items together (a margin of log(1 + implicit_negatives) in the
-  // softmax): repeat views are common in real logs, and learned from 0 the
-  // weights took tens of thousands of events to rank a user's own items
-  // first. A stream without repeats learns them down. An item sharing a
-  // feature with every item of a full history starts as likely as a
-  // repeat (each position log(1 + implicit_negatives) / history): from 0,
-  // the first thousands of events of a log ranked a user's categories no
-  // higher than others, which a short log (one user's days) never makes up.
-  for (int t = 0; t < kNumTasks; ++t) {
-    std::fill_n(MatchWeights(t), o.history, std::log(1.0f + float(o.implicit_negatives)));
-    std::fill_n(MatchWeights(t) + o.history, o.history,
-                std::log(1.0f + float(o.implicit_negatives)) / float(o.history));
-  }
+  InitMatchWeights();
   for (auto& c : recent_count) c.store(0, std::memory_order_relaxed);
   for (auto& c : quarter_count) c.store(0, std::memory_order_relaxed);
   log_table.resize(kLogTable + 1);
@@ -120,6 +107,25 @@ void Model::AddHistory(uint32_t user, HistoryView* view, float* acc, float* vec)
   }
   const float scale = 1.0f / float(view->items.size());
   for (int k = 0; k < d; ++k) vec[k] += acc[k] * scale;
+}
+
+void Model::InitMatchWeights() {
+  // A repeat of one of the user's items starts as likely as the event's
+  // sampled items together (a margin of log(1 + implicit_negatives) in the
+  // softmax): repeat views are common in real logs, and learned from 0 the
+  // weights took tens of thousands of events to rank a user's own items
+  // first. A stream without repeats learns them down. An item sharing a
+  // feature with every item of a full history starts as likely as a
+  // repeat (each position log(1 + implicit_negatives) / history): from 0,
+  // the first thousands of events of a log ranked a user's categories no
+  // higher than others, which a short log (one user's days) never makes up.
+  std::fill(history_match.begin(), history_match.end(), 0.0f);
+  for (int t = 0; t < kNumTasks; ++t) {
+    std::fill_n(MatchWeights(t), options.history,
+                std::log(1.0f + float(options.implicit_negatives)));
+    std::fill_n(MatchWeights(t) + options.history, options.history,
+                std::log(1.0f + float(options.implicit_negatives)) / float(options.history));
+  }
 }
 
 void Model::WidenTowerWeights(std::vector<float>* v) {

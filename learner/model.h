@@ -316,6 +316,8 @@ struct Model {
   // options.history; then as many Adagrad accumulators. Written by
   // trainers without a lock.
   std::vector<float> history_match;
+  // Sets history_match to its start: the weights above, accumulators 0.
+  void InitMatchWeights();
   float* MatchWeights(int t) { return history_match.data() + size_t(t) * 2 * options.history; }
   const float* MatchWeights(int t) const {
     return history_match.data() + size_t(t) * 2 * options.history;
