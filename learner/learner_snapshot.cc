@@ -428,13 +428,14 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
     } else if (name == "tower_weight") {
       // Absent from models written before it: those keep the initial 1s.
       // A block of a build before own items had weights of their own is
-      // widened (Model::WidenTowerWeights). Copied into the vector in place:
-      // scorers read it meanwhile (a replica applies versions as it serves).
-      std::vector<float> wide = values;
-      Model::WidenTowerWeights(&wide);
-      if (wide.size() != m.tower_weight.size())
+      // widened (Model::TowerWeightsInLayout). Copied into the vector in
+      // place: scorers read it meanwhile (a replica applies versions as it
+      // serves).
+      std::vector<float> scratch;
+      const std::vector<float>& w = Model::TowerWeightsInLayout(values, &scratch);
+      if (w.size() != m.tower_weight.size())
         return Status::Corruption("tower_weight block has the wrong size");
-      std::copy(wide.begin(), wide.end(), m.tower_weight.begin());
+      std::copy(w.begin(), w.end(), m.tower_weight.begin());
     } else if (name == "implicit_shift") {
       if (values.size() != m.implicit_shift.size())
         return Status::Corruption("implicit_shift block has the wrong size");

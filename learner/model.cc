@@ -128,14 +128,15 @@ void Model::InitMatchWeights() {
   }
 }
 
-void Model::WidenTowerWeights(std::vector<float>* v) {
-  if (v->size() != 2 * kTowerSet) return;
-  std::vector<float> wide(2 * kTowerParams);
+const std::vector<float>& Model::TowerWeightsInLayout(const std::vector<float>& v,
+                                                     std::vector<float>* scratch) {
+  if (v.size() != 2 * kTowerSet) return v;
+  scratch->assign(2 * kTowerParams, 0.0f);
   for (size_t i = 0; i < kTowerSet; ++i) {
-    wide[i] = wide[kTowerSet + i] = (*v)[i];
-    wide[kTowerParams + i] = wide[kTowerParams + kTowerSet + i] = (*v)[kTowerSet + i];
+    (*scratch)[i] = (*scratch)[kTowerSet + i] = v[i];
+    (*scratch)[kTowerParams + i] = (*scratch)[kTowerParams + kTowerSet + i] = v[kTowerSet + i];
   }
-  *v = std::move(wide);
+  return *scratch;
 }
 
 float Model::HistoryMatch(int t, const HistoryView& view, uint32_t row, const uint32_t* f,

@@ -354,11 +354,12 @@ struct Model {
   float TowerWeight(int t, const HistoryView& view, bool own) const {
     return tower_weight[TowerIndex(t, view.items.size(), own)];
   }
-  // A tower_weight block of a build before own items had weights of their
-  // own (2 * kTowerSet values: one set of weights, then its accumulators)
-  // becomes one of the present layout, both sets from it; any other size
-  // is left as it is.
-  static void WidenTowerWeights(std::vector<float>* v);
+  // A tower_weight block `v` in the present layout: a block of a build
+  // before own items had weights of their own (2 * kTowerSet values: one
+  // set of weights, then its accumulators) is widened into *scratch, both
+  // sets from it; a block of any other size is returned as it is.
+  static const std::vector<float>& TowerWeightsInLayout(const std::vector<float>& v,
+                                                        std::vector<float>* scratch);
   // Per task: an event with label 0 was learned (or restored, from the
   // snapshot's "feedback" block): with feedback = auto, the task is
   // explicit from then on.

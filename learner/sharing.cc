@@ -113,14 +113,11 @@ void Split(const ModelChanges& changes, ModelChanges* movable, int count,
 }
 
 // A dense block `v` of another trainer in this build's layout: an older
-// build's tower_weight (Model::WidenTowerWeights) widened into *scratch;
-// any other block as it is.
-const std::vector<float>& InLayout(std::string_view name, const std::vector<float>& v, size_t size,
+// build's tower_weight widened into *scratch
+// (Model::TowerWeightsInLayout); any other block as it is.
+const std::vector<float>& InLayout(std::string_view name, const std::vector<float>& v,
                                    std::vector<float>* scratch) {
-  if (name != "tower_weight" || v.size() == size) return v;
-  *scratch = v;
-  Model::WidenTowerWeights(scratch);
-  return *scratch;
+  return name == "tower_weight" ? Model::TowerWeightsInLayout(v, scratch) : v;
 }
 
 }  // namespace
@@ -494,7 +491,7 @@ Status Sharing::AddChanges(const ModelChanges& changes) {
     }
     std::vector<float> now = ReadDense(name);
     std::vector<float> wide;
-    const std::vector<float>& delta_now = InLayout(name, delta, now.size(), &wide);
+    const std::vector<float>& delta_now = InLayout(name, delta, &wide);
     if (delta_now.size() != now.size())
       return Status::Corruption("changes of dense block '" + name + "' have the wrong size");
     for (size_t i = 0; i < now.size(); ++i) now[i] += delta_now[i];
@@ -567,7 +564,7 @@ Status Sharing::FollowOwners(const ModelSnapshot& published, int from) {
     if (it == dense_base_.end()) continue;  // not exchanged (metrics, ...)
     std::vector<float> now = ReadDense(name);
     std::vector<float> wide;
-    const std::vector<float>& pub_now = InLayout(name, pub, now.size(), &wide);
+    const std::vector<float>& pub_now = InLayout(name, pub, &wide);
     if (pub_now.size() != now.size())
       return Status::Corruption("published dense block '" + name + "' has the wrong size");
     if (!AllFinite(pub_now.data(), pub_now.size())) {
