@@ -129,7 +129,7 @@ void Model::InitMatchWeights() {
 }
 
 const std::vector<float>& Model::TowerWeightsInLayout(const std::vector<float>& v,
-                                                     std::vector<float>* scratch) {
+                                                      std::vector<float>* scratch) {
   if (v.size() != 2 * kTowerSet) return v;
   scratch->assign(2 * kTowerParams, 0.0f);
   for (size_t i = 0; i < kTowerSet; ++i) {
