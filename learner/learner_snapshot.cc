@@ -24,13 +24,20 @@ Delta TakeReusable(std::vector<Delta>& old, const std::string& table) {
 }
 
 // Corruption unless `delta` is a well-formed block of "user" or "item"
-// feature lists, of "user_history" (each user's items, oldest first) or the
-// "negative_ring" (one list: the ring's next position, then its items, ""
-// for an empty slot).
+// feature lists, of "user_history" (each user's items, oldest first) or of
+// the "negative_ring" (Model::SetRing).
 Status CheckLists(const FeatureListDelta& delta) {
   if (delta.table == "negative_ring") {
-    if (delta.keys.size() != 1 || delta.features.size() != 1 || delta.features[0].empty())
+    if (delta.features.size() != delta.keys.size())
       return Status::Corruption("the negative ring of a snapshot is malformed");
+    for (size_t i = 0; i < delta.keys.size(); ++i) {
+      const std::string& key = delta.keys[i];
+      const size_t n = delta.features[i].size();
+      const bool ok = key == "next"              ? n == 2
+                      : key.starts_with("chunk") ? n <= Model::kRingChunk
+                                                 : n >= 1;
+      if (!ok) return Status::Corruption("the negative ring of a snapshot is malformed");
+    }
     return Status::OK();
   }
   if (delta.table != "user" && delta.table != "item" && delta.table != "user_history" &&
@@ -113,16 +120,37 @@ void Learner::BeginSnapshot(bool full, ModelSnapshot* out) {
     delta.table = "user_history";
     out->feature_lists.push_back(std::move(delta));
   }
+  // The ring's chunks written since the last snapshot (all of them in a
+  // full one), and those an entry left (ReclaimRetired).
   const uint64_t ring_next = m.recent_next.load();
   p.ring.clear();
-  if (m.recent.size() > 1 && (ring_next != m.recent_exported || (full && ring_next > 0))) {
-    p.ring_next = ring_next;
-    p.ring.reserve(m.recent.size());
-    for (const auto& r : m.recent) p.ring.push_back(r.load(std::memory_order_relaxed));
+  p.ring_chunks.clear();
+  if (m.recent.size() > 1) {
+    const uint64_t n = m.recent.size(), chunks = m.ring_dirty.size();
+    const uint64_t from = full ? 0 : m.recent_exported;
+    if (full || ring_next - from >= n) {
+      if (ring_next > 0) std::fill(m.ring_dirty.begin(), m.ring_dirty.end(), 1);
+    } else {
+      for (uint64_t at = from; at < ring_next;) {
+        const uint64_t slot = at % n;
+        m.ring_dirty[slot / Model::kRingChunk] = 1;
+        at += std::min<uint64_t>(Model::kRingChunk - slot % Model::kRingChunk, n - slot);
+      }
+    }
+    for (uint64_t c = 0; c < chunks; ++c) {
+      if (!m.ring_dirty[c]) continue;
+      m.ring_dirty[c] = 0;
+      p.ring_chunks.push_back(uint32_t(c));
+      for (uint64_t i = c * Model::kRingChunk; i < std::min(n, (c + 1) * Model::kRingChunk); ++i)
+        p.ring.push_back(m.recent[i].load(std::memory_order_relaxed));
+    }
     m.recent_exported = ring_next;
-    FeatureListDelta delta = TakeReusable(old_lists, "negative_ring");
-    delta.table = "negative_ring";
-    out->feature_lists.push_back(std::move(delta));
+    p.ring_next = ring_next;
+    if (!p.ring_chunks.empty()) {
+      FeatureListDelta delta = TakeReusable(old_lists, "negative_ring");
+      delta.table = "negative_ring";
+      out->feature_lists.push_back(std::move(delta));
+    }
   }
   // Last of the lists: FinishSnapshot fills the ones above by position.
   if (m.residency) m.residency->ExportLeft(out);
@@ -234,18 +262,30 @@ void Learner::FinishSnapshot(ModelSnapshot* out) {
         if (m.items.IsLive(item)) names.push_back(m.items.key(item));  // (as lists above)
     }
   }
-  if (!p.ring.empty()) {
+  if (!p.ring_chunks.empty()) {
+    // "next": the ring's next position and its size; "chunk<c>": the items
+    // of its slots [c, c + 1) * kRingChunk ("" for an empty slot).
     FeatureListDelta& delta = out->feature_lists[at++];
-    delta.keys.assign(1, "ring");
-    delta.features.resize(1);
-    auto& names = delta.features[0];
-    names.clear();
-    names.reserve(p.ring.size() + 1);
-    names.push_back(std::to_string(p.ring_next));
-    for (uint64_t entry : p.ring)
-      names.push_back(entry == Model::kNoEntry || !m.items.IsLive(uint32_t(entry >> 32))
-                          ? std::string()
-                          : std::string(m.items.key(uint32_t(entry >> 32))));
+    delta.keys.resize(p.ring_chunks.size() + 1);
+    delta.features.resize(p.ring_chunks.size() + 1);
+    delta.keys[0] = "next";
+    delta.features[0] = {std::to_string(p.ring_next), std::to_string(m.recent.size())};
+    size_t from = 0;
+    for (size_t k = 0; k < p.ring_chunks.size(); ++k) {
+      const uint64_t c = p.ring_chunks[k];
+      delta.keys[k + 1] = "chunk" + std::to_string(c);
+      auto& names = delta.features[k + 1];
+      names.clear();
+      const size_t count =
+          std::min<uint64_t>(Model::kRingChunk, m.recent.size() - c * Model::kRingChunk);
+      for (size_t i = from; i < from + count; ++i) {
+        const uint64_t entry = p.ring[i];
+        names.push_back(entry == Model::kNoEntry || !m.items.IsLive(uint32_t(entry >> 32))
+                            ? std::string()
+                            : std::string(m.items.key(uint32_t(entry >> 32))));
+      }
+      from += count;
+    }
   }
   p.retired_purchases = {};
   out->new_purchases.clear();
@@ -314,28 +354,64 @@ Status Learner::ApplyRows(const TableDelta& delta) {
   return Status::OK();
 }
 
+void Model::SetRing(const FeatureListDelta& delta) {
+  if (recent.size() <= 1) return;
+  const uint64_t n = recent.size();
+  uint64_t next = recent_next.load(std::memory_order_relaxed), size = n;
+  const std::vector<std::string>* whole = nullptr;
+  bool has_next = false;
+  for (size_t i = 0; i < delta.keys.size(); ++i) {
+    if (delta.keys[i] == "next" && delta.features[i].size() == 2) {
+      has_next = true;
+      next = std::strtoull(delta.features[i][0].c_str(), nullptr, 10);
+      size = std::strtoull(delta.features[i][1].c_str(), nullptr, 10);
+    } else if (!delta.keys[i].starts_with("chunk") && !delta.features[i].empty()) {
+      whole = &delta.features[i];
+    }
+  }
+  // Slot j of a ring of `src` slots whose next position was `src_next`: to
+  // the same slot in a ring of the same size (a replica may get "next" and
+  // the chunks in different parts of a snapshot); from a ring of another
+  // size, to this ring's slot of the position p it holds, if p is among
+  // this ring's positions (it keeps what fits).
+  auto place = [&](uint64_t src, uint64_t src_next, uint64_t j, const std::string& name) {
+    if (j >= src) return;
+    uint64_t slot = j;
+    if (src != n) {
+      if (j >= src_next) return;
+      const uint64_t p = src_next - 1 - (src_next - 1 - j) % src;
+      if (p >= next || p + n < next) return;
+      slot = p % n;
+    }
+    recent[slot].store(
+        name.empty() ? kNoEntry : uint64_t(items.GetOrCreate(name)) << 32 | IdHash(name),
+        std::memory_order_relaxed);
+  };
+  if (whole != nullptr) {
+    // The whole ring as one list (builds before 2026-12-07): its next
+    // position, then its slots.
+    const uint64_t whole_next = std::strtoull((*whole)[0].c_str(), nullptr, 10);
+    if (!has_next) next = whole_next;
+    for (size_t j = 0; j + 1 < whole->size(); ++j)
+      place(whole->size() - 1, whole_next, j, (*whole)[j + 1]);
+  }
+  for (size_t i = 0; i < delta.keys.size(); ++i) {
+    if (!delta.keys[i].starts_with("chunk")) continue;
+    const uint64_t c = std::strtoull(delta.keys[i].c_str() + 5, nullptr, 10);
+    const auto& names = delta.features[i];
+    for (size_t k = 0; k < names.size(); ++k) place(size, next, c * kRingChunk + k, names[k]);
+  }
+  recent_next.store(next, std::memory_order_relaxed);
+  recent_exported = next;
+  Recount();
+}
+
 void Model::SetLists(const FeatureListDelta& delta, size_t begin, size_t end) {
   // Each owner's list (a row of `main`) becomes the rows of its features
   // in `side`, created when missing. Owners' index slots are fetched a few
   // keys ahead.
   if (delta.table == "negative_ring") {
-    if (begin >= end || recent.size() <= 1) return;
-    const std::vector<std::string>& names = delta.features[0];
-    for (auto& c : recent_count) c.store(0, std::memory_order_relaxed);
-    for (size_t i = 0; i < recent.size(); ++i) {
-      const bool has = i + 1 < names.size() && !names[i + 1].empty();
-      if (!has) {
-        recent[i].store(kNoEntry, std::memory_order_relaxed);
-        continue;
-      }
-      const uint32_t hash = IdHash(names[i + 1]);
-      recent[i].store(uint64_t(items.GetOrCreate(names[i + 1])) << 32 | hash,
-                      std::memory_order_relaxed);
-      if (!recent_count.empty()) RecentCount(hash).fetch_add(1, std::memory_order_relaxed);
-    }
-    recent_next.store(std::strtoull(names[0].c_str(), nullptr, 10));
-    recent_exported = recent_next.load();
-    RecountQuarter();
+    if (begin == 0 && end == delta.keys.size()) SetRing(delta);
     return;
   }
   // Touch times of users that left memory: the store's, read by the memory
@@ -405,6 +481,10 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
     RECSTREAM_RETURN_IF_ERROR(CheckLists(delta));
     // A restore brings millions of lists: they are set on the learner's
     // threads (GetOrCreate and Set are safe from any thread).
+    if (delta.table == "negative_ring") {
+      m.SetRing(delta);
+      continue;
+    }
     ParallelFor(delta.keys.size(), 16384,
                 [&](size_t begin, size_t end) { m.SetLists(delta, begin, end); });
   }

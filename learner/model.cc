@@ -15,6 +15,16 @@ EmbeddingTable::RowState StateOf(const LearnerOptions& o, float lr) {
   return {optimizer.state_blocks(), optimizer.InitialZScale(lr, o.adagrad_init)};
 }
 
+// The negative ring's slots: kRingWindows windows with implicit tasks (as
+// many as fit in 2^24 slots, at least one), one window for explicit tasks'
+// negatives, else 1 (no ring).
+size_t RingSize(const LearnerOptions& o) {
+  const size_t w = size_t(o.negative_window);
+  if (o.feedback != Feedback::kExplicit)
+    return w * std::clamp<size_t>((size_t(1) << 24) / w, 1, Model::kRingWindows);
+  return o.negatives > 0 ? w : 1;
+}
+
 }  // namespace
 
 Model::Model(const LearnerOptions& o)
@@ -37,10 +47,13 @@ Model::Model(const LearnerOptions& o)
                                                         false, StateOf(o, o.lr_embedding))
                      : nullptr),
       histories(o.history),
-      recent(size_t(o.negatives > 0 || o.feedback != Feedback::kExplicit ? o.negative_window : 1)),
+      recent(RingSize(o)),
+      window(o.negatives > 0 || o.feedback != Feedback::kExplicit ? o.negative_window : 1),
       recent_count(o.feedback != Feedback::kExplicit ? size_t(1) << kCountBits : 0),
-      quarter_count(recent_count.empty() ? 0 : size_t(1) << QuarterBits(recent.size())),
-      quarter_bits(QuarterBits(recent.size())),
+      quarter_count(recent_count.empty() ? 0 : size_t(1) << QuarterBits(window)),
+      long_count(recent_count.size()),
+      quarter_bits(QuarterBits(window)),
+      ring_dirty((recent.size() + kRingChunk - 1) / kRingChunk, 0),
       history_match(size_t(4) * kNumTasks * o.history, 0.0f),
       weighting(o) {
   for (auto& n : saw_negative) n.store(false);
@@ -56,6 +69,7 @@ Model::Model(const LearnerOptions& o)
   InitMatchWeights();
   for (auto& c : recent_count) c.store(0, std::memory_order_relaxed);
   for (auto& c : quarter_count) c.store(0, std::memory_order_relaxed);
+  for (auto& c : long_count) c.store(0, std::memory_order_relaxed);
   log_table.resize(kLogTable + 1);
   for (uint32_t n = 1; n <= kLogTable; ++n) log_table[n] = std::log(float(n));
   dense.resize(shape.dense_size());
@@ -269,8 +283,9 @@ void Model::ReclaimRetired() {
   for (uint32_t r : users_freed) users.Reclaim(r);
   for (uint32_t r : items_freed) items.Reclaim(r);
   if (items_freed.empty() || recent.size() <= 1) return;
-  // The negative ring refers to items by row: freed ones leave it (and the
-  // newest quarter's count, those of its entries that are in it).
+  // The negative ring refers to items by row: freed ones leave it (and
+  // the counts of the window, its newest quarter and the ring, those of
+  // them that hold the entry).
   const uint64_t n = recent.size(), next = recent_next.load(std::memory_order_relaxed);
   for (uint64_t i = 0; i < n; ++i) {
     const uint64_t v = recent[i].load(std::memory_order_relaxed);
@@ -278,21 +293,31 @@ void Model::ReclaimRetired() {
         !std::binary_search(items_freed.begin(), items_freed.end(), uint32_t(v >> 32)))
       continue;
     recent[i].store(kNoEntry, std::memory_order_relaxed);
+    MarkRingChunk(i);
     if (recent_count.empty()) continue;
-    RecentCount(uint32_t(v)).fetch_sub(1, std::memory_order_relaxed);
+    LongCount(uint32_t(v)).fetch_sub(1, std::memory_order_relaxed);
     const uint64_t age = ((next + n - 1) % n + n - i) % n;  // 0: the newest entry
+    if (age < window && RecentCount(uint32_t(v)).fetch_sub(1, std::memory_order_relaxed) == 1)
+      recent_distinct.fetch_sub(1, std::memory_order_relaxed);
     if (age < quarter()) QuarterCount(uint32_t(v)).fetch_sub(1, std::memory_order_relaxed);
   }
 }
 
-void Model::RecountQuarter() {
-  if (quarter_count.empty() || recent.size() <= 1) return;
-  for (auto& c : quarter_count) c.store(0, std::memory_order_relaxed);
+void Model::Recount() {
+  if (recent_count.empty() || recent.size() <= 1) return;
+  for (auto* table : {&recent_count, &quarter_count, &long_count})
+    for (auto& c : *table) c.store(0, std::memory_order_relaxed);
+  uint32_t distinct = 0;
   const uint64_t next = recent_next.load(std::memory_order_relaxed), n = recent.size();
-  for (uint64_t at = next - std::min(next, quarter()); at < next; ++at) {
-    const uint64_t v = recent[at % n].load(std::memory_order_relaxed);
-    if (v != kNoEntry) QuarterCount(uint32_t(v)).fetch_add(1, std::memory_order_relaxed);
+  for (uint64_t k = 0; k < std::min(next, n); ++k) {  // k: the entry's age
+    const uint64_t v = recent[RecentSlot(next, k)].load(std::memory_order_relaxed);
+    if (v == kNoEntry) continue;
+    LongCount(uint32_t(v)).fetch_add(1, std::memory_order_relaxed);
+    if (k < window && RecentCount(uint32_t(v)).fetch_add(1, std::memory_order_relaxed) == 0)
+      ++distinct;
+    if (k < quarter()) QuarterCount(uint32_t(v)).fetch_add(1, std::memory_order_relaxed);
   }
+  recent_distinct.store(distinct, std::memory_order_relaxed);
 }
 
 namespace {

@@ -169,6 +169,14 @@ struct Model {
   // Learner::ApplyLists) in [begin, end); safe from several threads for
   // different owners.
   void SetLists(const FeatureListDelta& delta, size_t begin, size_t end);
+  // Sets the negative ring from a snapshot's "negative_ring" lists: "next"
+  // (the ring's next position and its size), "chunk<c>" (the items of its
+  // slots from c * kRingChunk on, "" for an empty slot; a snapshot holds the
+  // chunks changed since the one before), or, from builds before
+  // 2026-12-07, one list of the whole ring (its next position, then its
+  // slots). Slots not in `delta` stay as they are. Then counts the ring
+  // again (Recount).
+  void SetRing(const FeatureListDelta& delta);
 
   // True when task t is learned as implicit feedback now
   // (LearnerOptions::feedback): never for rating; with auto, until the
@@ -209,13 +217,19 @@ struct Model {
   // each item (by a hash of its id) is in it, written after each Train call
   // in event order (trainer.cc). With options.negatives > 0
   // every event's item enters the ring, otherwise (implicit feedback) the
-  // items of positive click and purchase events. Part of snapshots (as
-  // "negative_ring" lists), so that a restored model samples as the
-  // original would have.
+  // items of positive click and purchase events. Negatives are drawn from
+  // the newest `window` entries (options.negative_window). With implicit
+  // tasks the ring holds kRingWindows windows, whose count (LongCount) is
+  // the popularity prior's longer horizon. Part of snapshots (as
+  // "negative_ring" lists: the ring's next position and size, then its
+  // chunks of kRingChunk slots, only those written since the last snapshot),
+  // so that a restored model samples and scores as the original would have.
   // An entry is the item's row << 32 | IdHash(its id); kNoEntry: empty.
   // Counts are by the id's hash, not the row, so that they do not depend on
   // the order in which a restore creates rows.
   static constexpr int kCountBits = 20;
+  static constexpr int kRingWindows = 8;
+  static constexpr size_t kRingChunk = 1024;
   static constexpr uint64_t kNoEntry = ~uint64_t{0};
   static uint32_t IdHash(std::string_view id) {
     uint64_t h = 1469598103934665603ULL;  // FNV-1a, then a finaliser
@@ -223,13 +237,19 @@ struct Model {
     h = (h ^ (h >> 33)) * 0xff51afd7ed558ccdULL;
     return uint32_t((h ^ (h >> 33)) >> 32);
   }
+  // Occurrences among the newest `window` entries.
   std::atomic<uint32_t>& RecentCount(uint32_t hash) {
     return recent_count[hash >> (32 - kCountBits)];
   }
   const std::atomic<uint32_t>& RecentCount(uint32_t hash) const {
     return recent_count[hash >> (32 - kCountBits)];
   }
-  // The newest quarter of the ring (its last recent.size() / 4 positions)
+  // Occurrences among all of the ring's entries.
+  std::atomic<uint32_t>& LongCount(uint32_t hash) { return long_count[hash >> (32 - kCountBits)]; }
+  const std::atomic<uint32_t>& LongCount(uint32_t hash) const {
+    return long_count[hash >> (32 - kCountBits)];
+  }
+  // The newest quarter of the window (its last window / 4 positions)
   // is counted again, by the top quarter_bits bits of the same hashes: a
   // table of at least 64 counters per entry of the quarter (few items share
   // one), at most 2^kCountBits.
@@ -244,25 +264,44 @@ struct Model {
   const std::atomic<uint32_t>& QuarterCount(uint32_t hash) const {
     return quarter_count[hash >> (32 - quarter_bits)];
   }
-  uint64_t quarter() const { return recent.size() / 4; }
-  // An item's recent popularity: log(1 + n + n'), n its occurrences in the
-  // ring and n' those in the ring's newest quarter, by its id's hash; 0
-  // without a ring. Implicit tasks add it to their logit as a prior, so
-  // that the model learns what popularity does not explain and follows a
-  // shop's drifting popularity as it changes (item biases, learned from an
-  // item's few events, cannot). Counting the newest views twice weighs them
-  // as a recency-decayed count would, and ranks the items a shop shows now
-  // above those of a while ago that one window's count ties with them;
-  // both counts are integers kept from the ring alone, so that a restore
-  // (which rebuilds them from the ring) scores bit-identically.
+  uint64_t quarter() const { return window / 4; }
+  // An item's recent popularity, log(1 + c), 0 without a ring, with
+  //   c = (1 - w) (n + n') + w * 1.25 N W / T:
+  // n its occurrences among the newest W (the window) entries of the ring,
+  // n' those among the window's newest quarter, N those among all T entries
+  // of the ring (kRingWindows windows), scaled to the window, and w the
+  // share of the window's entries that repeat an item already in it
+  // (1 - distinct items / W), all by its id's hash. Implicit tasks add it to
+  // their logit as a prior, so that the model learns what popularity does
+  // not explain and follows a shop's drifting popularity as it changes
+  // (item biases, learned from an item's few events, cannot). Counting the
+  // newest views twice weighs them as a recency-decayed count would, and
+  // ranks the items a shop shows now above those of a while ago that one
+  // window's count ties with them. Where the window's items repeat (a
+  // stable catalogue: categories, a fixed assortment) one window holds only
+  // a few events of each, and the longer count estimates popularity with
+  // less noise; where new items keep coming (w near 0) the window alone
+  // follows them. Every count is an integer kept from the ring alone, so
+  // that a restore (which rebuilds them from the ring) scores
+  // bit-identically.
   float RecentPopularity(uint32_t hash) const {
     if (recent_count.empty()) return 0.0f;
     return Prior(hash, RecentCount(hash).load(std::memory_order_relaxed));
   }
-  // The same for an item whose ring count n (RecentCount) was read already;
-  // only with a ring (recent_count not empty).
+  // The same for an item whose window count n (RecentCount) was read
+  // already; only with a ring (recent_count not empty).
   float Prior(uint32_t hash, uint32_t n) const {
-    return Log1p(n + QuarterCount(hash).load(std::memory_order_relaxed));
+    const uint32_t recent = n + QuarterCount(hash).load(std::memory_order_relaxed);
+    const uint64_t next = recent_next.load(std::memory_order_relaxed);
+    const uint64_t in_window = std::min<uint64_t>(window, next);
+    const uint32_t distinct = recent_distinct.load(std::memory_order_relaxed);
+    if (distinct >= in_window || long_count.empty()) return Log1p(recent);
+    const float w = 1.0f - float(distinct) / float(in_window);
+    const float scale = float(in_window + std::min<uint64_t>(quarter(), next)) /
+                        float(std::min<uint64_t>(this->recent.size(), next));
+    const float c = (1.0f - w) * float(recent) +
+                    w * scale * float(LongCount(hash).load(std::memory_order_relaxed));
+    return std::log1p(c);
   }
   // log(1 + n) and log(max(n, 1)), from tables for the usual counts.
   static constexpr uint32_t kLogTable = 1u << 16;
@@ -283,16 +322,27 @@ struct Model {
   std::array<float, kNumTasks> implicit_shift{};
   // Puts an item into the ring (and its counts), over the oldest entry.
   // One writer at a time (the training thread: Train's serial part, the
-  // exchange, the freeing of rows): the quarter's count reads the entry
-  // that ages out of it, which a concurrent push could not have written yet.
+  // exchange, the freeing of rows): the window's and the quarter's counts
+  // read the entries that age out of them, which a concurrent push could
+  // not have written yet.
   void PushRecent(uint32_t item_row, uint32_t item_hash) {
     const size_t n = recent.size();
     const uint64_t at = recent_next.fetch_add(1, std::memory_order_relaxed);
     const uint64_t old =
         recent[at % n].exchange(uint64_t(item_row) << 32 | item_hash, std::memory_order_relaxed);
     if (recent_count.empty()) return;
-    RecentCount(item_hash).fetch_add(1, std::memory_order_relaxed);
-    if (old != kNoEntry) RecentCount(uint32_t(old)).fetch_sub(1, std::memory_order_relaxed);
+    if (RecentCount(item_hash).fetch_add(1, std::memory_order_relaxed) == 0)
+      recent_distinct.fetch_add(1, std::memory_order_relaxed);
+    LongCount(item_hash).fetch_add(1, std::memory_order_relaxed);
+    if (old != kNoEntry) LongCount(uint32_t(old)).fetch_sub(1, std::memory_order_relaxed);
+    // The entry that leaves the window now (still in the ring, or `old`).
+    if (at >= window) {
+      const uint64_t left =
+          window == n ? old : recent[(at - window) % n].load(std::memory_order_relaxed);
+      if (left != kNoEntry &&
+          RecentCount(uint32_t(left)).fetch_sub(1, std::memory_order_relaxed) == 1)
+        recent_distinct.fetch_sub(1, std::memory_order_relaxed);
+    }
     // The entry that leaves the newest quarter now (still in the ring).
     const uint64_t q = quarter();
     if (q == 0) return;
@@ -302,14 +352,29 @@ struct Model {
       if (aged != kNoEntry) QuarterCount(uint32_t(aged)).fetch_sub(1, std::memory_order_relaxed);
     }
   }
-  // Counts the newest quarter of the ring again (QuarterCount), from the
-  // ring's entries and recent_next; after a restore of the ring.
-  void RecountQuarter();
+  // The ring's slot of the newest entries' k-th (0: the newest), k below
+  // recent_next.
+  size_t RecentSlot(uint64_t next, uint64_t k) const { return (next - 1 - k) % recent.size(); }
+  // The ring's slot of what slot j (below min(window, next)) of a ring of
+  // one window would hold: negatives are drawn by the window's slots, so
+  // that they do not depend on how many windows the ring keeps.
+  size_t WindowSlot(uint64_t next, uint64_t j) const {
+    return (next - 1 - (next - 1 - j) % window) % recent.size();
+  }
+  // Counts the ring's entries again (every count above), from the ring and
+  // recent_next; after a restore of the ring.
+  void Recount();
+  // Marks the ring's chunk that holds `slot` as changed since the last
+  // snapshot (an entry that left without a push).
+  void MarkRingChunk(size_t slot) { ring_dirty[slot / kRingChunk] = 1; }
   std::vector<std::atomic<uint64_t>> recent;
-  std::vector<std::atomic<uint32_t>> recent_count, quarter_count;
+  const uint64_t window;  // options.negative_window (1 without a ring)
+  std::vector<std::atomic<uint32_t>> recent_count, quarter_count, long_count;
+  std::atomic<uint32_t> recent_distinct{0};  // hashes with RecentCount > 0
   const int quarter_bits;
   std::atomic<uint64_t> recent_next{0};
-  uint64_t recent_exported = 0;  // recent_next at the last snapshot
+  uint64_t recent_exported = 0;     // recent_next at the last snapshot
+  std::vector<uint8_t> ring_dirty;  // per chunk: an entry left (ReclaimRetired)
   // Implicit tasks' history-match weights (HistoryMatch): per task, H
   // same-item weights (from log(1 + implicit_negatives)) then H
   // shared-feature weights (from log(1 + implicit_negatives) / H), H =
@@ -507,7 +572,10 @@ struct Model {
     };
     std::array<Lists, 2> lists;          // users, items
     std::vector<uint32_t> history_rows;  // user rows whose histories changed
-    std::vector<uint64_t> ring;          // the negative ring, when it changed
+    // The negative ring's chunks changed since the last snapshot (their
+    // numbers, and their entries one after another), when any did.
+    std::vector<uint32_t> ring_chunks;
+    std::vector<uint64_t> ring;
     uint64_t ring_next = 0;
     std::vector<std::pair<uint32_t, uint32_t>> purchases;
     std::vector<std::pair<std::string, std::string>> retired_purchases;  // freed by Finish

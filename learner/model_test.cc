@@ -1,5 +1,6 @@
 #include "learner/model.h"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <string>
@@ -65,49 +66,127 @@ TEST_CASE(
   LearnerOptions o = Small();
   o.negative_window = 8;  // its newest quarter: the last 2 items
   Model m(o);
-  auto push = [&](const std::string& id) {
-    m.PushRecent(m.items.GetOrCreate(id), Model::IdHash(id));
+  REQUIRE(m.recent.size() == 8 * Model::kRingWindows);
+  auto push = [&](Model& x, const std::string& id) {
+    x.PushRecent(x.items.GetOrCreate(id), Model::IdHash(id));
   };
-  // The count behind the prior: n + n' (RecentPopularity = log(1 + n + n')).
-  auto count = [](const Model& model, const std::string& id) {
-    return std::lround(std::expm1(model.RecentPopularity(Model::IdHash(id))));
+  // The window's count n + n'.
+  auto count = [](const Model& x, const std::string& id) {
+    const uint32_t h = Model::IdHash(id);
+    return x.RecentCount(h).load() + x.QuarterCount(h).load();
   };
-  for (const char* id : {"a", "a", "b", "c", "c", "d", "b", "b"}) push(id);
+  for (const char* id : {"a", "a", "b", "c", "c", "d", "b", "b"}) push(m, id);
   // Window a a b c c d b b; newest quarter b b.
   CHECK(count(m, "a") == 2);
   CHECK(count(m, "b") == 5);
   CHECK(count(m, "c") == 2);
   CHECK(count(m, "d") == 1);
-  push("d");
+  push(m, "d");
   // Window a b c c d b b d; newest quarter b d: "d", seen as often as "a"
   // in the window but just now, ranks above it.
   CHECK(count(m, "a") == 1);
   CHECK(count(m, "b") == 4);
   CHECK(count(m, "d") == 3);
-  push("e");
-  push("e");
-  // Window c c d b b d e e; newest quarter e e.
+  push(m, "e");
+  push(m, "e");
+  // Window c c d b b d e e; newest quarter e e. "a" left the window, not the
+  // ring.
   CHECK(count(m, "a") == 0);
   CHECK(count(m, "b") == 2);
   CHECK(count(m, "e") == 4);
+  CHECK(m.LongCount(Model::IdHash("a")).load() == 2);
+  CHECK(m.LongCount(Model::IdHash("b")).load() == 3);
+  CHECK(m.recent_distinct.load() == 4);  // c d b e
 
-  // A restore of the ring (as a snapshot's "negative_ring" list: the next
-  // position, then each slot's item) rebuilds both counts.
-  FeatureListDelta ring;
-  ring.table = "negative_ring";
-  ring.keys = {""};
-  std::vector<std::string> names = {std::to_string(m.recent_next.load())};
-  for (const auto& e : m.recent) {
-    const uint64_t v = e.load();
-    names.push_back(v == Model::kNoEntry ? "" : std::string(m.items.key(uint32_t(v >> 32))));
-  }
-  ring.features = {names};
+  // The prior mixes the window's count with the ring's, by how much the
+  // window repeats itself: w = 1 - 4 / 8, the ring's 11 entries scaled to
+  // the window's 8 + 2.
+  auto prior = [](const Model& x, const std::string& id) {
+    return std::expm1(x.RecentPopularity(Model::IdHash(id)));
+  };
+  CHECK(prior(m, "a") == Approx(0.5 * 0 + 0.5 * 10.0 / 11 * 2).epsilon(1e-5));
+  CHECK(prior(m, "b") == Approx(0.5 * 2 + 0.5 * 10.0 / 11 * 3).epsilon(1e-5));
+  CHECK(prior(m, "e") == Approx(0.5 * 4 + 0.5 * 10.0 / 11 * 2).epsilon(1e-5));
+  // Once the window holds no repeat, the window's count alone.
+  for (const char* id : {"f", "g", "h", "i", "j", "k", "l", "m"}) push(m, id);
+  CHECK(prior(m, "m") == Approx(2).epsilon(1e-6));
+  CHECK(prior(m, "a") == 0);
+  // After kRingWindows windows, entries leave the ring too.
+  for (int i = 0; i < 8 * Model::kRingWindows; ++i) push(m, "z" + std::to_string(i % 5));
+  CHECK(m.LongCount(Model::IdHash("a")).load() == 0);
+  CHECK(m.LongCount(Model::IdHash("z0")).load() == 8 * Model::kRingWindows / 5 + 1);
+  for (const char* id : {"a", "b", "c", "d", "e", "f"}) push(m, id);
+
+  // A restore from the model's snapshots rebuilds every count: a full one,
+  // then one with only the chunks written since.
+  auto restore_check = [&](const Model& x, const Model& y) {
+    for (const char* id : {"a", "b", "c", "d", "e", "f", "m", "z0", "z3"}) {
+      const uint32_t h = Model::IdHash(id);
+      CHECK(y.RecentCount(h).load() == x.RecentCount(h).load());
+      CHECK(y.QuarterCount(h).load() == x.QuarterCount(h).load());
+      CHECK(y.LongCount(h).load() == x.LongCount(h).load());
+      CHECK(y.RecentPopularity(h) == x.RecentPopularity(h));
+    }
+    CHECK(y.recent_distinct.load() == x.recent_distinct.load());
+    CHECK(y.recent_next.load() == x.recent_next.load());
+    for (size_t i = 0; i < x.recent.size(); ++i)
+      CHECK(uint32_t(y.recent[i].load()) == uint32_t(x.recent[i].load()));
+  };
+  // The ring as ExportSnapshot lists it: "next", then the chunks.
+  auto lists = [](const Model& x, bool all, uint64_t from) {
+    FeatureListDelta ring;
+    ring.table = "negative_ring";
+    ring.keys = {"next"};
+    ring.features = {{std::to_string(x.recent_next.load()), std::to_string(x.recent.size())}};
+    std::vector<std::string> names;
+    for (size_t i = 0; i < x.recent.size(); ++i) {
+      const uint64_t v = x.recent[i].load();
+      names.push_back(v == Model::kNoEntry ? "" : std::string(x.items.key(uint32_t(v >> 32))));
+    }
+    for (uint64_t at = all ? 0 : from; at < x.recent_next.load(); ++at) {
+      const std::string key = "chunk" + std::to_string(at % x.recent.size() / Model::kRingChunk);
+      if (std::find(ring.keys.begin(), ring.keys.end(), key) != ring.keys.end()) continue;
+      const size_t c = at % x.recent.size() / Model::kRingChunk;
+      ring.keys.push_back(key);
+      ring.features.emplace_back(
+          names.begin() + c * Model::kRingChunk,
+          names.begin() + std::min(names.size(), (c + 1) * Model::kRingChunk));
+    }
+    return ring;
+  };
   Model restored(o);
-  restored.SetLists(ring, 0, 1);
-  for (const char* id : {"a", "b", "c", "d", "e"}) CHECK(count(restored, id) == count(m, id));
+  restored.SetRing(lists(m, true, 0));
+  restore_check(m, restored);
   // Both go on alike.
-  for (Model* x : {&m, &restored}) x->PushRecent(x->items.GetOrCreate("a"), Model::IdHash("a"));
-  for (const char* id : {"a", "b", "c", "d", "e"}) CHECK(count(restored, id) == count(m, id));
+  for (Model* x : {&m, &restored}) push(*x, "a");
+  restore_check(m, restored);
+  const uint64_t since = m.recent_next.load();
+  for (const char* id : {"b", "b", "q"}) push(m, id);
+  restored.SetRing(lists(m, false, since));
+  restore_check(m, restored);
+
+  // A ring stored whole by an older build (its next position, then one
+  // window of slots) gives the same window.
+  Model old_build(o), upgraded(o);
+  std::vector<std::string> whole = {"11"};
+  for (const char* id : {"j", "k", "c", "d", "e", "f", "g", "h"}) push(old_build, id);
+  for (const char* id : {"a", "b", "c"}) push(old_build, id);
+  // Positions 3..10 of an 8-slot ring: slot p % 8.
+  for (const char* id : {"a", "b", "c", "d", "e", "f", "g", "h"}) whole.push_back(id);
+  FeatureListDelta legacy;
+  legacy.table = "negative_ring";
+  legacy.keys = {"ring"};
+  legacy.features = {whole};
+  upgraded.SetRing(legacy);
+  CHECK(upgraded.recent_next.load() == 11);
+  for (const char* id : {"a", "b", "c", "d", "h"}) {
+    const uint32_t h = Model::IdHash(id);
+    CHECK(upgraded.RecentCount(h).load() == old_build.RecentCount(h).load());
+    CHECK(upgraded.QuarterCount(h).load() == old_build.QuarterCount(h).load());
+  }
+  // The older ring knew only one window: the three oldest positions are
+  // not in it.
+  CHECK(upgraded.LongCount(Model::IdHash("j")).load() == 0);
 }
 
 }  // namespace

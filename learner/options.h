@@ -90,11 +90,14 @@ struct LearnerOptions {
   //   a u . v + user and item biases + history match + log(1 + n),
   // a being a learned weight per length of the user's history and per
   // kind of candidate, a history item or one new to the user
-  // (Model::tower_weight), n the item's occurrences among the last
-  // negative_window positive events plus those among the newest quarter of
-  // them (a popularity prior that follows drifting popularity, the newest
-  // views counted twice as a recency-decayed count would weigh them; the
-  // model learns what it does not explain), the history match the learned
+  // (Model::tower_weight), n a popularity prior (Model::Prior): the item's
+  // occurrences among the last negative_window positive events plus those
+  // among the newest quarter of them (following drifting popularity, the
+  // newest views counted twice as a recency-decayed count would weigh
+  // them), mixed with its occurrences over the last 8 windows by how much
+  // the window repeats itself (a stable catalogue's popularity, estimated
+  // from more events; the model learns what it does not explain), the
+  // history match the learned
   // weights of "is the user's p-th latest item" and "shares a feature with
   // it" per position p (the first from log(1 + implicit_negatives): a
   // repeat starts as likely as the sampled items together; the second from

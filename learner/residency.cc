@@ -136,7 +136,8 @@ uint64_t SharedBytes(const Model& m) {
   b += uint64_t(m.item_features.size()) * m.item_features.bytes_per_row();
   if (m.pretrained) b += uint64_t(m.pretrained->size()) * m.pretrained->bytes_per_row();
   b += (m.dense.size() + m.dense_accum.size() + m.dense_m.size()) * sizeof(float);
-  b += m.recent.size() * 8 + (m.recent_count.size() + m.quarter_count.size()) * 4 +
+  b += m.recent.size() * 8 + m.ring_dirty.size() +
+       (m.recent_count.size() + m.quarter_count.size() + m.long_count.size()) * 4 +
        m.history_match.size() * 4;
   if (m.admission) b += uint64_t(AdmissionSketch::kDepth) * AdmissionSketch::kWidth;
   if (m.residency) b += m.residency->filter_bytes();

@@ -392,12 +392,13 @@ void Trainer::DrawNegatives(TrainState* s) {
   sn.rows.clear();
   sn.slots.clear();
   sn.begin.assign(1, 0);
-  const uint64_t filled =
-      std::min<uint64_t>(m_.recent.size(), m_.recent_next.load(std::memory_order_relaxed));
+  const uint64_t next = m_.recent_next.load(std::memory_order_relaxed);
+  const uint64_t filled = std::min<uint64_t>(m_.window, next);
   s->neg_entries.clear();
   for (int k = 0; k < options.implicit_negatives && filled > 0; ++k) {
     s->rng = s->rng * 6364136223846793005ULL + 1442695040888963407ULL;
-    const uint64_t entry = m_.recent[(s->rng >> 33) % filled].load(std::memory_order_relaxed);
+    const uint64_t entry =
+        m_.recent[m_.WindowSlot(next, (s->rng >> 33) % filled)].load(std::memory_order_relaxed);
     if (entry == Model::kNoEntry) continue;
     s->neg_entries.push_back(entry);
     const uint32_t neg = uint32_t(entry >> 32);
@@ -666,11 +667,15 @@ void Trainer::TrainOne(const Event& e, TrainState* s, Prediction* before) {
 
 void Trainer::LearnNegatives(const Event& e, uint32_t item_row, TrainState* s) {
   // For a positive of an explicit task: sampled items as its negatives.
-  const size_t n = m_.recent.size();
+  const uint64_t window = m_.window, next = m_.recent_next.load(std::memory_order_relaxed);
   if (e.task != Task::kRating && e.label > 0.5f && !m_.implicit(int(e.task))) {
     for (int k = 0; k < options.negatives; ++k) {
       s->rng = s->rng * 6364136223846793005ULL + 1442695040888963407ULL;
-      const uint64_t entry = m_.recent[(s->rng >> 33) % n].load(std::memory_order_relaxed);
+      // A slot of the window not written yet is empty.
+      const uint64_t j = (s->rng >> 33) % window;
+      const uint64_t entry = j < next
+                                 ? m_.recent[m_.WindowSlot(next, j)].load(std::memory_order_relaxed)
+                                 : Model::kNoEntry;
       const uint32_t neg = uint32_t(entry >> 32);
       if (entry == Model::kNoEntry || neg == item_row) continue;
       s->item_rows.clear();
