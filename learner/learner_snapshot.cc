@@ -403,6 +403,9 @@ void Model::SetRing(const FeatureListDelta& delta) {
   }
   recent_next.store(next, std::memory_order_relaxed);
   recent_exported = next;
+  // Placed from a ring of another size (or stored whole): every chunk is
+  // exported again, so that no stored chunk keeps the other layout.
+  if (whole != nullptr || size != n) std::fill(ring_dirty.begin(), ring_dirty.end(), 1);
   Recount();
 }
 
@@ -446,6 +449,16 @@ void Model::SetLists(const FeatureListDelta& delta, size_t begin, size_t end) {
 
 Status Learner::ApplyLists(const FeatureListDelta& delta) {
   RECSTREAM_RETURN_IF_ERROR(CheckLists(delta));
+  Model& m = impl_->model;
+  if (delta.table == "negative_ring") {
+    // Its blocks may come in any order, on several threads: set whole by
+    // the ApplySnapshot that follows.
+    std::lock_guard lock(m.ring_blocks_mu);
+    m.ring_blocks.keys.insert(m.ring_blocks.keys.end(), delta.keys.begin(), delta.keys.end());
+    m.ring_blocks.features.insert(m.ring_blocks.features.end(), delta.features.begin(),
+                                  delta.features.end());
+    return Status::OK();
+  }
   impl_->model.SetLists(delta, 0, delta.keys.size());
   impl_->model.applied.fetch_add(1, std::memory_order_relaxed);
   return Status::OK();
@@ -487,6 +500,11 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
     }
     ParallelFor(delta.keys.size(), 16384,
                 [&](size_t begin, size_t end) { m.SetLists(delta, begin, end); });
+  }
+  if (!m.ring_blocks.keys.empty()) {  // streamed by ApplyLists
+    m.ring_blocks.table = "negative_ring";
+    m.SetRing(m.ring_blocks);
+    m.ring_blocks = FeatureListDelta();
   }
   bool has_feedback = false;
   for (const auto& [name, values] : snap.dense) {

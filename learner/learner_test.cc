@@ -425,6 +425,50 @@ TEST_CASE("A replica that applies each snapshot scores implicit tasks as the tra
   }
 }
 
+TEST_CASE("A streaming restore may hand the negative ring over in blocks, on several threads",
+          "[Learner][implicit]") {
+  LearnerOptions o;
+  o.threads = 1;
+  o.negative_window = 400;  // a ring of 3,200 slots: 4 chunks
+  auto l = MakeLearner(o);
+  const std::vector<Event> log = PositiveOnlyLog(1500, 10);
+  for (size_t b = 0; b < log.size(); b += 500)
+    l->Train(std::span(log).subspan(b, std::min<size_t>(500, log.size() - b)));
+  ModelSnapshot full;
+  l->TakeSnapshot(true, &full);
+  auto restored = MakeLearner(o);
+  for (const TableDelta& t : full.tables) REQUIRE(restored->ApplyRows(t).ok());
+  std::vector<FeatureListDelta> blocks;
+  for (const FeatureListDelta& d : full.feature_lists) {
+    if (d.table != "negative_ring") {
+      blocks.push_back(d);
+      continue;
+    }
+    // One block per key ("next" last, as the store's key order has it).
+    REQUIRE(d.keys.size() == 5);
+    for (size_t i = 0; i < d.keys.size(); ++i) {
+      FeatureListDelta& b = blocks.emplace_back();
+      b.table = d.table;
+      b.keys = {d.keys[(i + 1) % d.keys.size()]};
+      b.features = {d.features[(i + 1) % d.keys.size()]};
+    }
+  }
+  std::vector<std::thread> threads;
+  std::atomic<int> failed{0};
+  for (const FeatureListDelta& b : blocks)
+    threads.emplace_back([&, b] { failed += !restored->ApplyLists(b).ok(); });
+  for (std::thread& t : threads) t.join();
+  REQUIRE(failed.load() == 0);
+  ModelSnapshot rest = full;
+  rest.tables.clear();
+  rest.feature_lists.clear();
+  REQUIRE(restored->ApplySnapshot(rest).ok());
+  Blend blend;
+  for (size_t i = 0; i < log.size(); i += 29)
+    CHECK(l->Score(log[i].user, log[i].item, blend).prediction.click ==
+          restored->Score(log[i].user, log[i].item, blend).prediction.click);
+}
+
 TEST_CASE("A model written before own items had tower weights of their own restores as it was",
           "[Learner][implicit]") {
   // Older builds wrote one set of tower weights (and accumulators) for

@@ -215,6 +215,10 @@ void Model::RemoveRow(EmbeddingTable& table, uint32_t row, bool record) {
   } else if (&table == &items) {
     kind = 1;
     item_lists.Clear(row);
+    // It leaves the negative ring at the end of the sweep (or deletions)
+    // that removed it, so that snapshots (which export it as an empty
+    // slot) and the counts agree from then on.
+    if (recent.size() > 1) ring_removed.push_back(row);
   } else {
     kind = &table == &user_features ? 2 : 3;
   }
@@ -282,24 +286,22 @@ void Model::ReclaimRetired() {
   }
   for (uint32_t r : users_freed) users.Reclaim(r);
   for (uint32_t r : items_freed) items.Reclaim(r);
-  if (items_freed.empty() || recent.size() <= 1) return;
-  // The negative ring refers to items by row: freed ones leave it (and
-  // the counts of the window, its newest quarter and the ring, those of
-  // them that hold the entry).
+  DropFromRing(items_freed);
+}
+
+void Model::DropFromRing(const std::vector<uint32_t>& rows) {
+  if (rows.empty() || recent.size() <= 1) return;
   const uint64_t n = recent.size(), next = recent_next.load(std::memory_order_relaxed);
   for (uint64_t i = 0; i < n; ++i) {
     const uint64_t v = recent[i].load(std::memory_order_relaxed);
-    if (v == kNoEntry ||
-        !std::binary_search(items_freed.begin(), items_freed.end(), uint32_t(v >> 32)))
-      continue;
+    if (v == kNoEntry || !std::binary_search(rows.begin(), rows.end(), uint32_t(v >> 32))) continue;
     recent[i].store(kNoEntry, std::memory_order_relaxed);
     MarkRingChunk(i);
     if (recent_count.empty()) continue;
-    LongCount(uint32_t(v)).fetch_sub(1, std::memory_order_relaxed);
     const uint64_t age = ((next + n - 1) % n + n - i) % n;  // 0: the newest entry
-    if (age < window && RecentCount(uint32_t(v)).fetch_sub(1, std::memory_order_relaxed) == 1)
-      recent_distinct.fetch_sub(1, std::memory_order_relaxed);
-    if (age < quarter()) QuarterCount(uint32_t(v)).fetch_sub(1, std::memory_order_relaxed);
+    Count(uint32_t(v), 2, -1);
+    if (age < window) Count(uint32_t(v), 0, -1);
+    if (age < quarter()) Count(uint32_t(v), 1, -1);
   }
 }
 
@@ -307,17 +309,16 @@ void Model::Recount() {
   if (recent_count.empty() || recent.size() <= 1) return;
   for (auto* table : {&recent_count, &quarter_count, &long_count})
     for (auto& c : *table) c.store(0, std::memory_order_relaxed);
-  uint32_t distinct = 0;
+  recent_distinct.store(0, std::memory_order_relaxed);
+  for (auto& c : counted) c.store(0, std::memory_order_relaxed);
   const uint64_t next = recent_next.load(std::memory_order_relaxed), n = recent.size();
   for (uint64_t k = 0; k < std::min(next, n); ++k) {  // k: the entry's age
     const uint64_t v = recent[RecentSlot(next, k)].load(std::memory_order_relaxed);
     if (v == kNoEntry) continue;
-    LongCount(uint32_t(v)).fetch_add(1, std::memory_order_relaxed);
-    if (k < window && RecentCount(uint32_t(v)).fetch_add(1, std::memory_order_relaxed) == 0)
-      ++distinct;
-    if (k < quarter()) QuarterCount(uint32_t(v)).fetch_add(1, std::memory_order_relaxed);
+    Count(uint32_t(v), 2, +1);
+    if (k < window) Count(uint32_t(v), 0, +1);
+    if (k < quarter()) Count(uint32_t(v), 1, +1);
   }
-  recent_distinct.store(distinct, std::memory_order_relaxed);
 }
 
 namespace {
@@ -338,6 +339,17 @@ void Model::ExpireStep(size_t budget) { Sweeps(budget, true); }
 void Model::Sweeps(size_t budget, bool expire) {
   const int64_t now = event_time_s.load(std::memory_order_relaxed);
   ReclaimRetired();
+  // Items removed since the last sweep (a replica's deletions) or by this
+  // one leave the ring.
+  struct DropRemoved {
+    Model* m;
+    ~DropRemoved() {
+      if (m->ring_removed.empty()) return;
+      std::sort(m->ring_removed.begin(), m->ring_removed.end());
+      m->DropFromRing(m->ring_removed);
+      m->ring_removed.clear();
+    }
+  } drop_removed{this};
   std::vector<uint32_t> list;
   // One table's slice: `visit(row)` for up to `budget` rows from its cursor.
   auto sweep = [&](EmbeddingTable& t, Sweep& s, auto&& visit) {

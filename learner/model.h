@@ -292,13 +292,13 @@ struct Model {
   // already; only with a ring (recent_count not empty).
   float Prior(uint32_t hash, uint32_t n) const {
     const uint32_t recent = n + QuarterCount(hash).load(std::memory_order_relaxed);
-    const uint64_t next = recent_next.load(std::memory_order_relaxed);
-    const uint64_t in_window = std::min<uint64_t>(window, next);
+    // Entries (not empty slots) counted in the window, its quarter, the ring.
+    const uint32_t in_window = counted[0].load(std::memory_order_relaxed);
     const uint32_t distinct = recent_distinct.load(std::memory_order_relaxed);
     if (distinct >= in_window || long_count.empty()) return Log1p(recent);
     const float w = 1.0f - float(distinct) / float(in_window);
-    const float scale = float(in_window + std::min<uint64_t>(quarter(), next)) /
-                        float(std::min<uint64_t>(this->recent.size(), next));
+    const float scale = float(in_window + counted[1].load(std::memory_order_relaxed)) /
+                        float(std::max<uint32_t>(1, counted[2].load(std::memory_order_relaxed)));
     const float c = (1.0f - w) * float(recent) +
                     w * scale * float(LongCount(hash).load(std::memory_order_relaxed));
     return std::log1p(c);
@@ -331,26 +331,33 @@ struct Model {
     const uint64_t old =
         recent[at % n].exchange(uint64_t(item_row) << 32 | item_hash, std::memory_order_relaxed);
     if (recent_count.empty()) return;
-    if (RecentCount(item_hash).fetch_add(1, std::memory_order_relaxed) == 0)
-      recent_distinct.fetch_add(1, std::memory_order_relaxed);
-    LongCount(item_hash).fetch_add(1, std::memory_order_relaxed);
-    if (old != kNoEntry) LongCount(uint32_t(old)).fetch_sub(1, std::memory_order_relaxed);
+    Count(item_hash, 0, +1);
+    Count(item_hash, 2, +1);
+    if (old != kNoEntry) Count(uint32_t(old), 2, -1);
     // The entry that leaves the window now (still in the ring, or `old`).
     if (at >= window) {
       const uint64_t left =
           window == n ? old : recent[(at - window) % n].load(std::memory_order_relaxed);
-      if (left != kNoEntry &&
-          RecentCount(uint32_t(left)).fetch_sub(1, std::memory_order_relaxed) == 1)
-        recent_distinct.fetch_sub(1, std::memory_order_relaxed);
+      if (left != kNoEntry) Count(uint32_t(left), 0, -1);
     }
     // The entry that leaves the newest quarter now (still in the ring).
     const uint64_t q = quarter();
     if (q == 0) return;
-    QuarterCount(item_hash).fetch_add(1, std::memory_order_relaxed);
+    Count(item_hash, 1, +1);
     if (at >= q) {
       const uint64_t aged = recent[(at - q) % n].load(std::memory_order_relaxed);
-      if (aged != kNoEntry) QuarterCount(uint32_t(aged)).fetch_sub(1, std::memory_order_relaxed);
+      if (aged != kNoEntry) Count(uint32_t(aged), 1, -1);
     }
+  }
+  // Adds d (+1 or -1) to an entry's count in the window (0), its quarter (1)
+  // or the whole ring (2), and to what they count (recent_distinct,
+  // counted).
+  void Count(uint32_t hash, int which, int d) {
+    auto& c = which == 0 ? RecentCount(hash) : which == 1 ? QuarterCount(hash) : LongCount(hash);
+    const uint32_t was = c.fetch_add(uint32_t(d), std::memory_order_relaxed);
+    counted[which].fetch_add(uint32_t(d), std::memory_order_relaxed);
+    if (which == 0 && (d > 0 ? was == 0 : was == 1))
+      recent_distinct.fetch_add(uint32_t(d), std::memory_order_relaxed);
   }
   // The ring's slot of the newest entries' k-th (0: the newest), k below
   // recent_next.
@@ -364,6 +371,10 @@ struct Model {
   // Counts the ring's entries again (every count above), from the ring and
   // recent_next; after a restore of the ring.
   void Recount();
+  // Empties the ring's entries of the item rows `rows` (sorted), taking
+  // them out of the counts; their chunks are exported again. For items
+  // removed (expiry, a replica applying deletions) and rows freed.
+  void DropFromRing(const std::vector<uint32_t>& rows);
   // Marks the ring's chunk that holds `slot` as changed since the last
   // snapshot (an entry that left without a push).
   void MarkRingChunk(size_t slot) { ring_dirty[slot / kRingChunk] = 1; }
@@ -371,10 +382,16 @@ struct Model {
   const uint64_t window;  // options.negative_window (1 without a ring)
   std::vector<std::atomic<uint32_t>> recent_count, quarter_count, long_count;
   std::atomic<uint32_t> recent_distinct{0};  // hashes with RecentCount > 0
+  std::array<std::atomic<uint32_t>, 3> counted{};  // entries in each count (Count)
+  std::vector<uint32_t> ring_removed;              // items removed, to DropFromRing (sorted there)
+  // A streaming restore's blocks of the ring (Learner::ApplyLists), set by
+  // the ApplySnapshot that follows.
+  std::mutex ring_blocks_mu;
+  FeatureListDelta ring_blocks;
   const int quarter_bits;
   std::atomic<uint64_t> recent_next{0};
   uint64_t recent_exported = 0;     // recent_next at the last snapshot
-  std::vector<uint8_t> ring_dirty;  // per chunk: an entry left (ReclaimRetired)
+  std::vector<uint8_t> ring_dirty;  // per chunk: changed otherwise than by a push
   // Implicit tasks' history-match weights (HistoryMatch): per task, H
   // same-item weights (from log(1 + implicit_negatives)) then H
   // shared-feature weights (from log(1 + implicit_negatives) / H), H =

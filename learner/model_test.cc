@@ -189,5 +189,41 @@ TEST_CASE(
   CHECK(upgraded.LongCount(Model::IdHash("j")).load() == 0);
 }
 
+TEST_CASE("Model: an item removed leaves the negative ring, and every count agrees with a recount",
+          "[model]") {
+  LearnerOptions o = Small();
+  o.negative_window = 8;  // a ring of 8 windows
+  Model m(o);
+  auto push = [&](const std::string& id) {
+    m.PushRecent(m.items.GetOrCreate(id), Model::IdHash(id));
+  };
+  for (int k = 0; k < 30; ++k) push(k % 3 == 0 ? "a" : "x" + std::to_string(k % 7));
+  for (const char* id : {"a", "b", "a", "c", "a", "d", "a", "b"}) push(id);
+  const uint32_t a = Model::IdHash("a");
+  REQUIRE(m.RecentCount(a).load() == 4);
+  REQUIRE(m.LongCount(a).load() == 14);
+  m.RemoveRow(m.items, m.items.Find("a"), true);
+  m.ScrubStep(1024);
+  CHECK(m.RecentCount(a).load() == 0);
+  CHECK(m.QuarterCount(a).load() == 0);
+  CHECK(m.LongCount(a).load() == 0);
+  for (const auto& e : m.recent) CHECK(uint32_t(e.load()) != a);
+  // What the pushes and the removal kept up equals a count from scratch.
+  auto state = [](const Model& x) {
+    std::vector<uint32_t> v = {x.recent_distinct.load(), x.counted[0].load(), x.counted[1].load(),
+                               x.counted[2].load()};
+    for (const char* id : {"b", "c", "d", "x1", "x2", "x5"}) {
+      const uint32_t h = Model::IdHash(id);
+      v.insert(v.end(), {x.RecentCount(h).load(), x.QuarterCount(h).load(), x.LongCount(h).load()});
+    }
+    return v;
+  };
+  const std::vector<uint32_t> kept = state(m);
+  CHECK(kept[0] == 3);  // b c d in the window
+  CHECK(kept[1] == 4);  // the window's entries left: b c d b
+  m.Recount();
+  CHECK(state(m) == kept);
+}
+
 }  // namespace
 }  // namespace recstream::learner
