@@ -130,15 +130,22 @@ void Model::InitMatchWeights() {
   // weights took tens of thousands of events to rank a user's own items
   // first. A stream without repeats learns them down. An item sharing a
   // feature with every item of a full history starts as likely as a
-  // repeat (each position log(1 + implicit_negatives) / history): from 0,
-  // the first thousands of events of a log ranked a user's categories no
+  // repeat (the positions' weights sum to log(1 + implicit_negatives)): from
+  // 0, the first thousands of events of a log ranked a user's categories no
   // higher than others, which a short log (one user's days) never makes up.
+  // Within that sum, the latest items start heavier, halving every
+  // kFeatureHalfLife positions: what a user viewed last says most about
+  // what they view next (as the decayed baselines of EVAL.md count), and
+  // spread evenly the weights took a short log's first quarter to learn it.
+  constexpr float kFeatureHalfLife = 5.0f;
   std::fill(history_match.begin(), history_match.end(), 0.0f);
+  const float margin = std::log(1.0f + float(options.implicit_negatives));
+  float sum = 0.0f;
+  for (int p = 0; p < options.history; ++p) sum += std::exp2(-float(p) / kFeatureHalfLife);
   for (int t = 0; t < kNumTasks; ++t) {
-    std::fill_n(MatchWeights(t), options.history,
-                std::log(1.0f + float(options.implicit_negatives)));
-    std::fill_n(MatchWeights(t) + options.history, options.history,
-                std::log(1.0f + float(options.implicit_negatives)) / float(options.history));
+    std::fill_n(MatchWeights(t), options.history, margin);
+    for (int p = 0; p < options.history; ++p)
+      MatchWeights(t)[options.history + p] = margin * std::exp2(-float(p) / kFeatureHalfLife) / sum;
   }
 }
 

@@ -394,9 +394,9 @@ struct Model {
   std::vector<uint8_t> ring_dirty;  // per chunk: changed otherwise than by a push
   // Implicit tasks' history-match weights (HistoryMatch): per task, H
   // same-item weights (from log(1 + implicit_negatives)) then H
-  // shared-feature weights (from log(1 + implicit_negatives) / H), H =
-  // options.history; then as many Adagrad accumulators. Written by
-  // trainers without a lock.
+  // shared-feature weights (summing to log(1 + implicit_negatives), the
+  // latest positions heavier: InitMatchWeights), H = options.history; then as many Adagrad
+  // accumulators. Written by trainers without a lock.
   std::vector<float> history_match;
   // Sets history_match to its start: the weights above, accumulators 0.
   void InitMatchWeights();

@@ -101,15 +101,14 @@ struct LearnerOptions {
   // weights of "is the user's p-th latest item" and "shares a feature with
   // it" per position p (the first from log(1 + implicit_negatives): a
   // repeat starts as likely as the sampled items together; the second from
-  // that divided by history: an item sharing a feature with a whole
-  // history starts as likely as a repeat). Its sigmoid, less a moving average of
-  // the logits of the task's events' items (Model::implicit_shift), is the task's prediction (a
-  // score in (0, 1) that orders items, not a calibrated probability). Users with no history get the
-  // popular items. Items enter the ring after each Train call, in event order. auto (default): a
-  // task is implicit until its first event with label 0, explicit from then
-  // on (also after a restore). The rating task is always explicit. An
-  // implicit task's loss weight stays at its initial value: its loss says
-  // nothing about how hard the task is compared with the others.
+  // weights that sum to that over the positions, the latest heavier: an item
+  // sharing a feature with a whole history starts as likely as a repeat). Its sigmoid, less a
+  // moving average of the logits of the task's events' items (Model::implicit_shift), is the task's
+  // prediction (a score in (0, 1) that orders items, not a calibrated probability). Users with no
+  // history get the popular items. Items enter the ring after each Train call, in event order. auto
+  // (default): a task is implicit until its first event with label 0, explicit from then on (also
+  // after a restore). The rating task is always explicit. An implicit task's loss weight stays at
+  // its initial value: its loss says nothing about how hard the task is compared with the others.
   Feedback feedback = Feedback::kAuto;
   // Drawn once per training chunk and shared by its events (trainer.h,
   // SharedNegatives).
