@@ -387,6 +387,42 @@ void Model::SetRing(const FeatureListDelta& delta) {
         name.empty() ? kNoEntry : uint64_t(items.GetOrCreate(name)) << 32 | IdHash(name),
         std::memory_order_relaxed);
   };
+  // A replica follows the trainer's versions, each with the chunks written
+  // since the one before: only the slots they bring, and those whose
+  // entries left the window or its quarter since, change their counts.
+  // Those are taken out of the counts as they were and counted again as
+  // they are (Recount's result, without a pass over the whole ring).
+  const uint64_t was_next = recent_next.load(std::memory_order_relaxed);
+  const bool incremental = ring_counted && has_next && whole == nullptr && size == n &&
+                           !recent_count.empty() && next >= was_next && next - was_next < n;
+  std::vector<uint32_t> affected;
+  auto count_slot = [&](uint64_t slot, uint64_t at_next, int d) {
+    const uint64_t v = recent[slot].load(std::memory_order_relaxed);
+    if (v == kNoEntry || at_next == 0) return;
+    const uint64_t age = (at_next - 1 + n - slot) % n;  // 0: the newest entry
+    if (age >= at_next) return;                         // a slot never written
+    Count(uint32_t(v), 2, d);
+    if (age < window) Count(uint32_t(v), 0, d);
+    if (age < quarter()) Count(uint32_t(v), 1, d);
+  };
+  if (incremental) {
+    std::vector<uint8_t> marked(n, 0);
+    auto add = [&](uint64_t slot) {
+      if (marked[slot]) return;
+      marked[slot] = 1;
+      affected.push_back(uint32_t(slot));
+    };
+    for (size_t i = 0; i < delta.keys.size(); ++i) {
+      if (!delta.keys[i].starts_with("chunk")) continue;
+      const uint64_t c = std::strtoull(delta.keys[i].c_str() + 5, nullptr, 10);
+      for (uint64_t j = c * kRingChunk; j < std::min(n, (c + 1) * kRingChunk); ++j) add(j);
+    }
+    for (const uint64_t span : {window, quarter()}) {  // entries that left either since
+      const uint64_t from = was_next > span ? was_next - span : 0;
+      for (uint64_t p = from; p + span < next; ++p) add(p % n);
+    }
+    for (uint32_t slot : affected) count_slot(slot, was_next, -1);
+  }
   if (whole != nullptr) {
     // The whole ring as one list (builds before 2026-12-07): its next
     // position, then its slots.
@@ -406,7 +442,14 @@ void Model::SetRing(const FeatureListDelta& delta) {
   // Placed from a ring of another size (or stored whole): every chunk is
   // exported again, so that no stored chunk keeps the other layout.
   if (whole != nullptr || size != n) std::fill(ring_dirty.begin(), ring_dirty.end(), 1);
-  Recount();
+  // Without its next position (in another part of the snapshot) the ring
+  // is counted as it stands, and again in full once that part comes.
+  ring_counted = has_next;
+  if (!incremental) {
+    Recount();
+    return;
+  }
+  for (uint32_t slot : affected) count_slot(slot, next, +1);
 }
 
 void Model::SetLists(const FeatureListDelta& delta, size_t begin, size_t end) {

@@ -174,8 +174,10 @@ struct Model {
   // slots from c * kRingChunk on, "" for an empty slot; a snapshot holds the
   // chunks changed since the one before), or, from builds before
   // 2026-12-07, one list of the whole ring (its next position, then its
-  // slots). Slots not in `delta` stay as they are. Then counts the ring
-  // again (Recount).
+  // slots). Slots not in `delta` stay as they are. Then the counts are the
+  // ring's, as Recount would make them: for a delta that follows the last
+  // one (a replica's next version), by counting again only the slots it
+  // brings and those whose entries aged out of the window or its quarter.
   void SetRing(const FeatureListDelta& delta);
 
   // True when task t is learned as implicit feedback now
@@ -392,6 +394,7 @@ struct Model {
   std::atomic<uint64_t> recent_next{0};
   uint64_t recent_exported = 0;     // recent_next at the last snapshot
   std::vector<uint8_t> ring_dirty;  // per chunk: changed otherwise than by a push
+  bool ring_counted = true;         // the counts are the ring's at recent_next (SetRing)
   // Implicit tasks' history-match weights (HistoryMatch): per task, H
   // same-item weights (from log(1 + implicit_negatives)) then H
   // shared-feature weights (summing to log(1 + implicit_negatives), the

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -223,6 +225,61 @@ TEST_CASE("Model: an item removed leaves the negative ring, and every count agre
   CHECK(kept[1] == 4);  // the window's entries left: b c d b
   m.Recount();
   CHECK(state(m) == kept);
+}
+
+TEST_CASE("Model: a replica's ring, set from each snapshot's chunks, counts as the trainer's",
+          "[model]") {
+  LearnerOptions o = Small();
+  o.negative_window = 512;  // a ring of 4,096 slots: 4 chunks
+  Model m(o), replica(o);
+  std::mt19937_64 rng(3);
+  std::geometric_distribution<int> pick(0.02);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 400; ++i) ids.push_back("i" + std::to_string(i));
+  // The chunks written since position `from` (all of them for 0), as
+  // ExportSnapshot lists them.
+  auto lists = [&](uint64_t from) {
+    FeatureListDelta ring;
+    ring.table = "negative_ring";
+    ring.keys = {"next"};
+    ring.features = {{std::to_string(m.recent_next.load()), std::to_string(m.recent.size())}};
+    std::set<size_t> chunks;
+    for (uint64_t at = from; at < m.recent_next.load(); ++at)
+      chunks.insert(at % m.recent.size() / Model::kRingChunk);
+    for (size_t c : chunks) {
+      ring.keys.push_back("chunk" + std::to_string(c));
+      auto& names = ring.features.emplace_back();
+      for (size_t i = c * Model::kRingChunk; i < (c + 1) * Model::kRingChunk; ++i) {
+        const uint64_t v = m.recent[i].load();
+        names.push_back(v == Model::kNoEntry ? "" : std::string(m.items.key(uint32_t(v >> 32))));
+      }
+    }
+    return ring;
+  };
+  auto state = [&](Model& x) {
+    std::vector<uint32_t> v = {x.recent_distinct.load(), x.counted[0].load(), x.counted[1].load(),
+                               x.counted[2].load()};
+    for (const std::string& id : ids) {
+      const uint32_t h = Model::IdHash(id);
+      v.insert(v.end(), {x.RecentCount(h).load(), x.QuarterCount(h).load(), x.LongCount(h).load()});
+    }
+    return v;
+  };
+  uint64_t exported = 0;
+  for (int step : {300, 700, 1, 0, 2500, 4095, 5000, 900}) {
+    for (int k = 0; k < step; ++k) {
+      const std::string& id = ids[size_t(std::min(pick(rng), 399))];
+      m.PushRecent(m.items.GetOrCreate(id), Model::IdHash(id));
+    }
+    replica.SetRing(lists(exported));
+    exported = m.recent_next.load();
+    INFO("after " << exported << " pushes");
+    const std::vector<uint32_t> got = state(replica);
+    CHECK(got == state(m));
+    // What the replica kept up equals a count from scratch.
+    replica.Recount();
+    CHECK(state(replica) == got);
+  }
 }
 
 }  // namespace
