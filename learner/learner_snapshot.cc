@@ -421,6 +421,9 @@ void Model::SetRing(const FeatureListDelta& delta) {
       const uint64_t from = was_next > span ? was_next - span : 0;
       for (uint64_t p = from; p + span < next; ++p) add(p % n);
     }
+    // The slots of the positions written since: the newest now, whether or
+    // not this delta brings their chunks (a part of a version may not).
+    for (uint64_t p = was_next; p < next; ++p) add(p % n);
     for (uint32_t slot : affected) count_slot(slot, was_next, -1);
   }
   if (whole != nullptr) {
@@ -516,6 +519,13 @@ bool has_dense_blocks(const ModelSnapshot& snap) {
 
 Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
   Model& m = impl_->model;
+  // The ring's blocks a streaming restore handed over (ApplyLists), set
+  // below; dropped if this fails.
+  FeatureListDelta streamed_ring;
+  {
+    std::lock_guard lock(m.ring_blocks_mu);
+    std::swap(streamed_ring, m.ring_blocks);
+  }
   if (snap.shape != m.shape.Describe())
     return Status::Corruption("snapshot is of model shape '" + snap.shape +
                               "' but the options give '" + m.shape.Describe() + "'");
@@ -544,10 +554,9 @@ Status Learner::ApplySnapshot(const ModelSnapshot& snap) {
     ParallelFor(delta.keys.size(), 16384,
                 [&](size_t begin, size_t end) { m.SetLists(delta, begin, end); });
   }
-  if (!m.ring_blocks.keys.empty()) {  // streamed by ApplyLists
-    m.ring_blocks.table = "negative_ring";
-    m.SetRing(m.ring_blocks);
-    m.ring_blocks = FeatureListDelta();
+  if (!streamed_ring.keys.empty()) {
+    streamed_ring.table = "negative_ring";
+    m.SetRing(streamed_ring);
   }
   bool has_feedback = false;
   for (const auto& [name, values] : snap.dense) {
