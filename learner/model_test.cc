@@ -298,5 +298,28 @@ TEST_CASE("Model: a replica's ring, set from each snapshot's chunks, counts as t
   }
 }
 
+TEST_CASE(
+    "Model: the history match starts with repeats at the negatives' margin and shared "
+    "features summing to it, the latest heavier",
+    "[model]") {
+  LearnerOptions o = Small();
+  o.history = 30;
+  o.implicit_negatives = 8;
+  Model m(o);
+  const float margin = std::log(9.0f);
+  for (int t = 0; t < kNumTasks; ++t) {
+    const float* w = m.MatchWeights(t);
+    float sum = 0;
+    for (int p = 0; p < o.history; ++p) {
+      CHECK(w[p] == margin);  // same item at any position
+      sum += w[o.history + p];
+      if (p > 0) CHECK(w[o.history + p] < w[o.history + p - 1]);
+    }
+    CHECK(sum == Approx(margin).epsilon(1e-5));
+    // Halving every 5 positions.
+    CHECK(w[o.history + 5] == Approx(w[o.history] / 2).epsilon(1e-5));
+  }
+}
+
 }  // namespace
 }  // namespace recstream::learner
