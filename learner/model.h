@@ -383,7 +383,7 @@ struct Model {
   std::vector<std::atomic<uint64_t>> recent;
   const uint64_t window;  // options.negative_window (1 without a ring)
   std::vector<std::atomic<uint32_t>> recent_count, quarter_count, long_count;
-  std::atomic<uint32_t> recent_distinct{0};  // hashes with RecentCount > 0
+  std::atomic<uint32_t> recent_distinct{0};        // hashes with RecentCount > 0
   std::array<std::atomic<uint32_t>, 3> counted{};  // entries in each count (Count)
   std::vector<uint32_t> ring_removed;              // items removed, to DropFromRing (sorted there)
   // A streaming restore's blocks of the ring (Learner::ApplyLists), set by

@@ -676,9 +676,9 @@ TEST_CASE("Each of two trainers serves its own rows as a snapshot, and a replica
       REQUIRE(page_no < 10000);
       // The first page checkpoints first (fresh): the last checkpoint may
       // be up to one interval behind what the trainer learned.
-      auto r = HttpCall(t.port[i], "GET",
-                        "/v1/snapshot?max_bytes=4096" +
-                            (after.empty() ? "&fresh=1" : "&after=" + Hex(after)));
+      auto r = HttpCall(
+          t.port[i], "GET",
+          "/v1/snapshot?max_bytes=4096" + (after.empty() ? "&fresh=1" : "&after=" + Hex(after)));
       REQUIRE(r.status == 200);
       mr::ModelPage page;
       REQUIRE(mr::DecodePage(r.body, &page).ok());
