@@ -360,12 +360,17 @@ void Model::SetRing(const FeatureListDelta& delta) {
   uint64_t next = recent_next.load(std::memory_order_relaxed), size = n;
   const std::vector<std::string>* whole = nullptr;
   bool has_next = false;
+  // Each chunk's first slot, and its items.
+  std::vector<std::pair<uint64_t, const std::vector<std::string>*>> chunks;
   for (size_t i = 0; i < delta.keys.size(); ++i) {
     if (delta.keys[i] == "next" && delta.features[i].size() == 2) {
       has_next = true;
       next = std::strtoull(delta.features[i][0].c_str(), nullptr, 10);
       size = std::strtoull(delta.features[i][1].c_str(), nullptr, 10);
-    } else if (!delta.keys[i].starts_with("chunk") && !delta.features[i].empty()) {
+    } else if (delta.keys[i].starts_with("chunk")) {
+      chunks.emplace_back(std::strtoull(delta.keys[i].c_str() + 5, nullptr, 10) * kRingChunk,
+                          &delta.features[i]);
+    } else if (!delta.features[i].empty()) {
       whole = &delta.features[i];
     }
   }
@@ -399,11 +404,8 @@ void Model::SetRing(const FeatureListDelta& delta) {
   auto count_slot = [&](uint64_t slot, uint64_t at_next, int d) {
     const uint64_t v = recent[slot].load(std::memory_order_relaxed);
     if (v == kNoEntry || at_next == 0) return;
-    const uint64_t age = (at_next - 1 + n - slot) % n;  // 0: the newest entry
-    if (age >= at_next) return;                         // a slot never written
-    Count(uint32_t(v), 2, d);
-    if (age < window) Count(uint32_t(v), 0, d);
-    if (age < quarter()) Count(uint32_t(v), 1, d);
+    const uint64_t age = SlotAge(at_next, slot);
+    if (age < at_next) CountEntry(v, age, d);  // (not a slot never written)
   };
   if (incremental) {
     std::vector<uint8_t> marked(n, 0);
@@ -412,11 +414,8 @@ void Model::SetRing(const FeatureListDelta& delta) {
       marked[slot] = 1;
       affected.push_back(uint32_t(slot));
     };
-    for (size_t i = 0; i < delta.keys.size(); ++i) {
-      if (!delta.keys[i].starts_with("chunk")) continue;
-      const uint64_t c = std::strtoull(delta.keys[i].c_str() + 5, nullptr, 10);
-      for (uint64_t j = c * kRingChunk; j < std::min(n, (c + 1) * kRingChunk); ++j) add(j);
-    }
+    for (const auto& [first, names] : chunks)
+      for (uint64_t j = first; j < std::min(n, first + kRingChunk); ++j) add(j);
     for (const uint64_t span : {window, quarter()}) {  // entries that left either since
       const uint64_t from = was_next > span ? was_next - span : 0;
       for (uint64_t p = from; p + span < next; ++p) add(p % n);
@@ -434,12 +433,8 @@ void Model::SetRing(const FeatureListDelta& delta) {
     for (size_t j = 0; j + 1 < whole->size(); ++j)
       place(whole->size() - 1, whole_next, j, (*whole)[j + 1]);
   }
-  for (size_t i = 0; i < delta.keys.size(); ++i) {
-    if (!delta.keys[i].starts_with("chunk")) continue;
-    const uint64_t c = std::strtoull(delta.keys[i].c_str() + 5, nullptr, 10);
-    const auto& names = delta.features[i];
-    for (size_t k = 0; k < names.size(); ++k) place(size, next, c * kRingChunk + k, names[k]);
-  }
+  for (const auto& [first, names] : chunks)
+    for (size_t k = 0; k < names->size(); ++k) place(size, next, first + k, (*names)[k]);
   recent_next.store(next, std::memory_order_relaxed);
   recent_exported = next;
   // Placed from a ring of another size (or stored whole): every chunk is

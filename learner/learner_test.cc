@@ -361,6 +361,16 @@ TEST_CASE("Histories survive a restore bit for bit, also with another model.hist
       CHECK(now[block * h + p] == (p < was ? stored[block * was + p] : start[block * h + p]));
 }
 
+// Every `stride`-th event of `log` (of the first `count`) gets the same
+// click score from both learners, bit for bit.
+void CheckSameClicks(const Learner& a, const Learner& b, const std::vector<Event>& log,
+                     size_t stride, size_t count = SIZE_MAX) {
+  const Blend blend;
+  for (size_t i = 0; i < std::min(count, log.size()); i += stride)
+    CHECK(a.Score(log[i].user, log[i].item, blend).prediction.click ==
+          b.Score(log[i].user, log[i].item, blend).prediction.click);
+}
+
 TEST_CASE("A replica that applies each snapshot scores implicit tasks as the trainer does",
           "[Learner][implicit]") {
   // The negative ring spans several chunks and wraps: each snapshot holds
@@ -402,27 +412,16 @@ TEST_CASE("A replica that applies each snapshot scores implicit tasks as the tra
     REQUIRE(next.feature_lists.size() == 1);
     REQUIRE(replica->ApplySnapshot(chunks).ok());
     REQUIRE(replica->ApplySnapshot(next).ok());
-    for (size_t i = 0; i < 300; i += 7)
-      CHECK(l->Score(log[i].user, log[i].item, Blend()).prediction.click ==
-            replica->Score(log[i].user, log[i].item, Blend()).prediction.click);
+    CheckSameClicks(*l, *replica, log, 7, 300);
   }
   // Fewer chunks than a whole ring per snapshot.
   CHECK(ring_chunks < snapshots * 4);
-  Blend blend;
-  for (size_t i = 0; i < log.size(); i += 37) {
-    const Event& e = log[i];
-    CHECK(l->Score(e.user, e.item, blend).prediction.click ==
-          replica->Score(e.user, e.item, blend).prediction.click);
-  }
+  CheckSameClicks(*l, *replica, log, 37);
   // And they learn on alike: the ring's draws are the same.
   const std::vector<Event> more = PositiveOnlyLog(300, 9);
   l->Train(more);
   replica->Train(more);
-  for (size_t i = 0; i < more.size(); i += 11) {
-    const Event& e = more[i];
-    CHECK(l->Score(e.user, e.item, blend).prediction.click ==
-          replica->Score(e.user, e.item, blend).prediction.click);
-  }
+  CheckSameClicks(*l, *replica, more, 11);
 }
 
 TEST_CASE("A streaming restore may hand the negative ring over in blocks, on several threads",
@@ -463,10 +462,7 @@ TEST_CASE("A streaming restore may hand the negative ring over in blocks, on sev
   rest.tables.clear();
   rest.feature_lists.clear();
   REQUIRE(restored->ApplySnapshot(rest).ok());
-  Blend blend;
-  for (size_t i = 0; i < log.size(); i += 29)
-    CHECK(l->Score(log[i].user, log[i].item, blend).prediction.click ==
-          restored->Score(log[i].user, log[i].item, blend).prediction.click);
+  CheckSameClicks(*l, *restored, log, 29);
 }
 
 TEST_CASE("A model written before own items had tower weights of their own restores as it was",

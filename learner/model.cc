@@ -298,17 +298,14 @@ void Model::ReclaimRetired() {
 
 void Model::DropFromRing(const std::vector<uint32_t>& rows) {
   if (rows.empty() || recent.size() <= 1) return;
-  const uint64_t n = recent.size(), next = recent_next.load(std::memory_order_relaxed);
-  for (uint64_t i = 0; i < n; ++i) {
+  const uint64_t next = recent_next.load(std::memory_order_relaxed);
+  for (uint64_t i = 0; i < recent.size(); ++i) {
     const uint64_t v = recent[i].load(std::memory_order_relaxed);
     if (v == kNoEntry || !std::binary_search(rows.begin(), rows.end(), uint32_t(v >> 32))) continue;
     recent[i].store(kNoEntry, std::memory_order_relaxed);
     MarkRingChunk(i);
     if (recent_count.empty()) continue;
-    const uint64_t age = ((next + n - 1) % n + n - i) % n;  // 0: the newest entry
-    Count(uint32_t(v), 2, -1);
-    if (age < window) Count(uint32_t(v), 0, -1);
-    if (age < quarter()) Count(uint32_t(v), 1, -1);
+    CountEntry(v, SlotAge(next, i), -1);
   }
 }
 
@@ -321,10 +318,7 @@ void Model::Recount() {
   const uint64_t next = recent_next.load(std::memory_order_relaxed), n = recent.size();
   for (uint64_t k = 0; k < std::min(next, n); ++k) {  // k: the entry's age
     const uint64_t v = recent[RecentSlot(next, k)].load(std::memory_order_relaxed);
-    if (v == kNoEntry) continue;
-    Count(uint32_t(v), 2, +1);
-    if (k < window) Count(uint32_t(v), 0, +1);
-    if (k < quarter()) Count(uint32_t(v), 1, +1);
+    if (v != kNoEntry) CountEntry(v, k, +1);
   }
 }
 

@@ -361,6 +361,18 @@ struct Model {
     if (which == 0 && (d > 0 ? was == 0 : was == 1))
       recent_distinct.fetch_add(uint32_t(d), std::memory_order_relaxed);
   }
+  // Adds d (+1 or -1) to the counts an entry of age `age` (0: the newest)
+  // is in: the ring's, and the window's and its quarter's when that young.
+  void CountEntry(uint64_t v, uint64_t age, int d) {
+    Count(uint32_t(v), 2, d);
+    if (age < window) Count(uint32_t(v), 0, d);
+    if (age < quarter()) Count(uint32_t(v), 1, d);
+  }
+  // The age of the entry in `slot` (0: the newest) when the next position
+  // is `next` (at least 1); at least `next` for a slot never written.
+  uint64_t SlotAge(uint64_t next, uint64_t slot) const {
+    return (next - 1 + recent.size() - slot) % recent.size();
+  }
   // The ring's slot of the newest entries' k-th (0: the newest), k below
   // recent_next.
   size_t RecentSlot(uint64_t next, uint64_t k) const { return (next - 1 - k) % recent.size(); }
