@@ -240,7 +240,7 @@ LearnerStats Learner::Stats() const {
 }
 
 void Learner::Idle() {
-  if (impl_->model.residency) impl_->model.residency->Evict();
+  if (impl_->model.residency) impl_->model.residency->Evict(/*idle=*/true);
 }
 
 void Learner::SetRowSource(const RowSource* source) {

@@ -388,7 +388,8 @@ class Learner {
   void FinishSnapshot(ModelSnapshot* out);
   // Housekeeping that Train does after learning, for a training thread
   // that has no events now: users over the memory limit leave memory
-  // (once stored). Same threading as Train.
+  // (once stored), and expiry goes over the users out of memory at its
+  // idle pace (docs/interface.md, "Memory"). Same threading as Train.
   void Idle();
 
   // Memory limit (LearnerOptions::memory_limit_mb; docs/interface.md,

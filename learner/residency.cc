@@ -197,7 +197,7 @@ void Residency::ExportLeft(ModelSnapshot* out) {
   out->feature_lists.push_back(std::move(d));
 }
 
-void Residency::ExpireLeft() {
+void Residency::ExpireLeft(bool idle) {
   const int64_t now = m_.event_time_s.load(std::memory_order_relaxed);
   if (now <= 0) return;
   {
@@ -216,9 +216,29 @@ void Residency::ExpireLeft() {
       returned_expired_purchases_.clear();
     }
   }
-  // A slice of the store's entries per call, at least twice as many as
-  // users left in the previous one, so that expiry keeps up with them.
-  const size_t kSlice = std::max<size_t>(1024, 2 * last_let_go_);
+  // The pace, in event time: a pass over the store's entries takes about
+  // kPassShare of the expiry time, so that a user past its time is
+  // recorded deleted at most that much late, and what expiry reads follows
+  // the entries and the event time, not the number or the size of Train
+  // calls. A pass's length is the last pass's entries plus the users that
+  // left memory since. The first pass, and any pass while the learner is
+  // idle, read kIdleSlice entries per call.
+  constexpr double kPassShare = 0.5;
+  constexpr size_t kIdleSlice = 1024;
+  size_t max = kIdleSlice;
+  if (pass_length_ > 0) {
+    const double period = std::max(1.0, kPassShare * double(m_.options.expire_user_s));
+    if (now > scanned_at_ && scanned_at_ > 0)
+      scan_credit_ += double(pass_length_ + left_since_pass_) * double(now - scanned_at_) / period;
+    scanned_at_ = std::max(scanned_at_, now);
+    if (idle) {
+      max = std::max<size_t>(max, size_t(std::min(scan_credit_, 1e9)));
+    } else {
+      if (scan_credit_ < 1.0) return;
+      max = size_t(std::min(scan_credit_, 1e9));
+    }
+    scan_credit_ = std::max(0.0, scan_credit_ - double(max));
+  }
   std::vector<RowSource::LeftUser> slice;
   const RowSource* source = source_.load(std::memory_order_acquire);
   if (left_cursor_.empty() && !rebuilding_.load(std::memory_order_relaxed)) {
@@ -236,12 +256,22 @@ void Residency::ExpireLeft() {
     for (const auto& [number, ids] : exported_)
       for (const std::string& id : ids) Note(next, filter_bits_, id);
   }
-  if (Status s = source->ScanLeft(left_cursor_, kSlice, &slice); !s.ok()) {
+  if (left_cursor_.empty()) {
+    pass_seen_ = 0;
+    left_since_pass_ = 0;
+  }
+  if (Status s = source->ScanLeft(left_cursor_, max, &slice); !s.ok()) {
     read_errors_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  const bool pass_ends = slice.size() < kSlice;
+  const bool pass_ends = slice.size() < max;
   left_cursor_ = pass_ends ? std::string() : slice.back().id;
+  pass_seen_ += slice.size();
+  if (pass_ends) {
+    pass_length_ = std::max<uint64_t>(pass_seen_, 1);
+    scanned_at_ = now;
+    scan_credit_ = 0;
+  }
   std::vector<std::string_view> gone;
   {
     std::lock_guard lock(mu_);
@@ -287,9 +317,9 @@ void Residency::ExpireLeft() {
   std::vector<std::string_view> buyers;
   for (std::string_view id : gone)
     if (MayHold(buyers_, buyer_bits_, id)) buyers.push_back(id);
-  ModelSnapshot part;
+  std::vector<std::pair<std::string, std::string>> purchases;
   if (!buyers.empty()) {
-    if (Status s = source->ReadUsers(buyers, {}, false, &part); !s.ok()) {
+    if (Status s = source->ReadPurchases(buyers, &purchases); !s.ok()) {
       read_errors_.fetch_add(1, std::memory_order_relaxed);
       finish(false);  // not gone after all: a later pass finds them again
       return;
@@ -303,7 +333,7 @@ void Residency::ExpireLeft() {
       deleted.emplace_back(id);
       expiring_.emplace(std::string(id), carrier);
     }
-    for (auto& p : part.new_purchases) m_.deleted_purchases.push_back(std::move(p));
+    for (auto& p : purchases) m_.deleted_purchases.push_back(std::move(p));
     m_.expired[0].fetch_add(gone.size(), std::memory_order_relaxed);
   }
   finish(true);
@@ -498,13 +528,13 @@ size_t Residency::Apply(const ModelSnapshot& part) {
   return created.size();
 }
 
-void Residency::Evict() {
+void Residency::Evict(bool idle) {
   // Rows let go by the previous call are reused from here (a score that
   // found one a moment before has had a whole Train call to finish).
   m_.ReclaimRetired();
   if (m_.options.expire_user_s > 0 && has_source() &&
       !m_.exporting.load(std::memory_order_acquire))
-    ExpireLeft();
+    ExpireLeft(idle);
   const uint32_t prior = m_.Prior(0);
   const uint64_t live = m_.users.live_size() - (prior != EmbeddingTable::kNoRow ? 1 : 0);
   // Users leave down to 7/8 of the budget, so that the new users of the
@@ -569,7 +599,7 @@ void Residency::Evict() {
     ++let_go;
   }
   evicted_.fetch_add(let_go, std::memory_order_release);
-  last_let_go_ = let_go;
+  left_since_pass_ += let_go;
   const bool want = live - let_go > budget && changed > 0;
   if (want && !wants_checkpoint_.load(std::memory_order_relaxed))
     checkpoints_wanted_.fetch_add(1, std::memory_order_relaxed);

@@ -90,10 +90,12 @@ class Residency {
   using ParallelFor = std::function<void(size_t n, size_t grain,
                                          const std::function<void(size_t, size_t)>& fn)>;
   void Prepare(std::span<const Event> events, const ParallelFor& parallel_for);
-  // Training thread, after a Train call: while more users are in memory
-  // than the limit allows, lets those used least recently go (up to a
-  // slice of the table per call).
-  void Evict();
+  // Training thread, after a Train call (`idle` false) or while no events
+  // come (true): while more users are in memory than the limit allows, lets
+  // those used least recently go (up to a slice of the table per call);
+  // with user expiry, a slice of expiry over the users out of memory
+  // (ExpireLeft).
+  void Evict(bool idle = false);
   // The user's row, read back from the store when it left memory; kNoRow
   // when the id has none. Any thread.
   uint32_t FindUser(std::string_view id);
@@ -156,8 +158,9 @@ class Residency {
   // Reads back the users `ids` (none of them in memory), the purchases of
   // those that may have some; returns how many came back.
   size_t ReadBack(std::span<const std::string_view> ids);
-  // One slice of expiry over the users not in memory (training thread).
-  void ExpireLeft();
+  // One slice of expiry over the users not in memory (training thread),
+  // paced by event time; while `idle`, at least a fixed slice.
+  void ExpireLeft(bool idle);
   // False for a user whose deletion waits to be stored; under mu_.
   bool Returnable(std::string_view id) const {
     return expiring_.empty() || expiring_.find(std::string(id)) == expiring_.end();
@@ -220,7 +223,12 @@ class Residency {
   // deletion; guarded by mu_.
   std::unordered_map<std::string, uint64_t> expiring_;
   std::string left_cursor_;  // where the next expiry slice starts
-  uint64_t last_let_go_ = 0;
+  // ExpireLeft's pace: entries found by the last whole pass (0: none yet)
+  // and so far by this one, users let go since this pass began, the event
+  // time of the last slice, and the entries owed since.
+  uint64_t pass_length_ = 0, pass_seen_ = 0, left_since_pass_ = 0;
+  int64_t scanned_at_ = 0;
+  double scan_credit_ = 0;
   // Users read back past their time (Apply), to expire: under mu_.
   std::vector<std::string> returned_expired_;
   std::vector<std::pair<std::string, std::string>> returned_expired_purchases_;

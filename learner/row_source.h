@@ -8,6 +8,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -37,6 +38,12 @@ class RowSource {
   virtual Status ReadUsers(std::span<const std::string_view> ids,
                            std::span<const uint8_t> purchases, bool touch_times,
                            ModelSnapshot* out) const = 0;
+
+  // Appends the stored purchases of the users `ids` to *out as (user,
+  // item) pairs, and nothing else of theirs: what expiry needs to delete
+  // them with the user. Same threading and errors as ReadUsers.
+  virtual Status ReadPurchases(std::span<const std::string_view> ids,
+                               std::vector<std::pair<std::string, std::string>>* out) const = 0;
 
   // A user that left memory, as kept for expiry and restarts
   // (kUserLeftLists).

@@ -1262,6 +1262,20 @@ std::string OutboxKey(uint64_t number) {
   return k;
 }
 const std::string kOutboxLast = std::string(kOutboxPrefix) + "last";
+
+// Appends the purchases of `user` (keys "p/" <length> <user> <item>,
+// contiguous per user) that `it` sees; `prefix` is scratch.
+Status SeekPurchases(rocksdb::Iterator* it, std::string_view user, std::string* prefix,
+                     std::vector<std::pair<std::string, std::string>>* out) {
+  prefix->assign(kPurchasePrefix);
+  codec::PutFixed32(prefix, uint32_t(user.size()));
+  prefix->append(user);
+  for (it->Seek(ToSlice(*prefix)); it->Valid() && ToView(it->key()).starts_with(*prefix);
+       it->Next())
+    out->emplace_back(std::string(user), std::string(ToView(it->key()).substr(prefix->size())));
+  if (!it->status().ok()) return FromRocks(it->status(), "reading purchases back");
+  return Status::OK();
+}
 }  // namespace
 
 Status CheckpointStore::PutOutbox(const OutboxBatch& batch) {
@@ -1407,22 +1421,30 @@ Status CheckpointStore::ReadUsers(std::span<const std::string_view> ids,
       dst.keys.emplace_back(ids[i]);
       dst.features.push_back(std::move(features));
     }
-    // Purchases: "p/" <length> <user> <item>, contiguous per user.
     if (!purchases.empty() && (i >= purchases.size() || !purchases[i])) continue;
     if (!it) it.reset(d.db->NewIterator(ro));
-    prefix.assign(kPurchasePrefix);
-    codec::PutFixed32(&prefix, uint32_t(ids[i].size()));
-    prefix += ids[i];
-    for (it->Seek(ToSlice(prefix)); it->Valid() && ToView(it->key()).starts_with(prefix);
-         it->Next())
-      out->new_purchases.emplace_back(std::string(ids[i]),
-                                      std::string(ToView(it->key()).substr(prefix.size())));
-    if (!it->status().ok()) return FromRocks(it->status(), "reading purchases back");
+    RECSTREAM_RETURN_IF_ERROR(SeekPurchases(it.get(), ids[i], &prefix, &out->new_purchases));
   }
   if (!rows.keys.empty()) out->tables.push_back(std::move(rows));
   if (!lists.keys.empty()) out->feature_lists.push_back(std::move(lists));
   if (!histories.keys.empty()) out->feature_lists.push_back(std::move(histories));
   if (!left.keys.empty()) out->feature_lists.push_back(std::move(left));
+  return Status::OK();
+}
+
+Status CheckpointStore::ReadPurchases(std::span<const std::string_view> ids,
+                                      std::vector<std::pair<std::string, std::string>>* out) const {
+  Impl& d = *impl_;
+  if (!d.db) return Status::Unavailable("store " + d.options.path + " is not open");
+  if (ids.empty()) return Status::OK();
+  const rocksdb::Snapshot* snap = d.db->GetSnapshot();
+  const SnapshotRelease release{d.db.get(), snap};
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snap;
+  std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(ro));
+  std::string prefix;
+  for (std::string_view id : ids)
+    RECSTREAM_RETURN_IF_ERROR(SeekPurchases(it.get(), id, &prefix, out));
   return Status::OK();
 }
 

@@ -136,6 +136,10 @@ class CheckpointStore : public learner::RowSource {
   // record is malformed.
   Status ReadUsers(std::span<const std::string_view> ids, std::span<const uint8_t> purchases,
                    bool touch_times, learner::ModelSnapshot* out) const override;
+  // learner::RowSource: only the purchases of the users `ids` (a seek
+  // each, on one RocksDB snapshot).
+  Status ReadPurchases(std::span<const std::string_view> ids,
+                       std::vector<std::pair<std::string, std::string>>* out) const override;
   // learner::RowSource: the stored touch times of users that left memory.
   Status ScanLeft(std::string_view after, size_t max,
                   std::vector<LeftUser>* out) const override;

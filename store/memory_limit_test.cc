@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -237,6 +238,12 @@ TEST_CASE("Users expire from the store while out of memory", "[memory]") {
       e.item = Item(u % kItems);
       e.ts_ms = ts;
       ts += 1000 / 100;  // 100 events a second
+      if (u % 10 == 0) {  // every tenth user also buys
+        Event p = e;
+        p.task = Task::kPurchase;
+        p.label = 1;
+        batch.push_back(std::move(p));
+      }
       batch.push_back(std::move(e));
     }
     l->Train(batch);
@@ -265,6 +272,18 @@ TEST_CASE("Users expire from the store while out of memory", "[memory]") {
   REQUIRE(user_rows <= 6000 + 100);
   REQUIRE(ls.expired_users >= uint64_t(kWave * kWaves) - 6000 - 100);
   REQUIRE(left <= user_rows);
+  // Their purchases went with them (expiry reads those of the users out of
+  // memory that bought, and deletes them in the same checkpoint).
+  std::set<std::string> live;
+  for (const auto& t : stored.tables)
+    if (t.table == "user") live.insert(t.keys.begin(), t.keys.end());
+  size_t kept_purchases = 0;
+  for (const auto& [user, item] : stored.new_purchases) {
+    INFO("a purchase of " << user);
+    REQUIRE(live.count(user) == 1);
+    ++kept_purchases;
+  }
+  CHECK(kept_purchases > 0);
   // An expired user who returns starts afresh: unknown until its event,
   // and without a store read once expiry has recorded its deletion (the
   // filter of users out of memory is built again by each pass).
