@@ -218,25 +218,34 @@ void Residency::ExpireLeft(bool idle) {
   }
   // The pace, in event time: a pass over the store's entries takes about
   // kPassShare of the expiry time, so that a user past its time is
-  // recorded deleted at most that much late, and what expiry reads follows
-  // the entries and the event time, not the number or the size of Train
-  // calls. A pass's length is the last pass's entries plus the users that
-  // left memory since. The first pass, and any pass while the learner is
-  // idle, read kIdleSlice entries per call.
+  // recorded deleted about that much late at most, and what expiry reads
+  // follows the entries and the event time, not the number or the size of
+  // Train calls. A pass's length is estimated as the entries the last one
+  // found plus the users let go since it began (their entries may lie
+  // behind its cursor). Each call reads at least kMinSlice entries, and as
+  // many as the users the previous call let go, so that a wrong estimate
+  // cannot stall a pass; at most kMaxSlice, so that a jump in event time
+  // cannot stall training. The first pass, and any pass while the learner
+  // is idle, read at least kIdleSlice entries per call (the first also
+  // twice the users the previous call let go).
   constexpr double kPassShare = 0.5;
-  constexpr size_t kIdleSlice = 1024;
-  size_t max = kIdleSlice;
+  constexpr size_t kIdleSlice = 1024, kMinSlice = 64, kMaxSlice = 65536;
+  size_t max = std::max<size_t>(kIdleSlice, 2 * last_let_go_);
   if (pass_length_ > 0) {
+    const double length = double(pass_length_ + left_since_pass_);
     const double period = std::max(1.0, kPassShare * double(m_.options.expire_user_s));
-    if (now > scanned_at_ && scanned_at_ > 0)
-      scan_credit_ += double(pass_length_ + left_since_pass_) * double(now - scanned_at_) / period;
+    if (now > scanned_at_)
+      scan_credit_ = std::min(length, scan_credit_ + length * double(now - scanned_at_) / period);
     scanned_at_ = std::max(scanned_at_, now);
     if (idle) {
-      max = std::max<size_t>(max, size_t(std::min(scan_credit_, 1e9)));
+      // A pass that began at this event time found every user due by now:
+      // until event time moves, another would find nothing new.
+      if (left_cursor_.empty() && pass_began_at_ >= now) return;
+      max = std::max<size_t>(kIdleSlice, size_t(scan_credit_));
     } else {
-      if (scan_credit_ < 1.0) return;
-      max = size_t(std::min(scan_credit_, 1e9));
+      max = std::max<size_t>({kMinSlice, size_t(last_let_go_), size_t(scan_credit_)});
     }
+    max = std::min(max, kMaxSlice);
     scan_credit_ = std::max(0.0, scan_credit_ - double(max));
   }
   std::vector<RowSource::LeftUser> slice;
@@ -258,7 +267,7 @@ void Residency::ExpireLeft(bool idle) {
   }
   if (left_cursor_.empty()) {
     pass_seen_ = 0;
-    left_since_pass_ = 0;
+    pass_began_at_ = now;
   }
   if (Status s = source->ScanLeft(left_cursor_, max, &slice); !s.ok()) {
     read_errors_.fetch_add(1, std::memory_order_relaxed);
@@ -268,7 +277,8 @@ void Residency::ExpireLeft(bool idle) {
   left_cursor_ = pass_ends ? std::string() : slice.back().id;
   pass_seen_ += slice.size();
   if (pass_ends) {
-    pass_length_ = std::max<uint64_t>(pass_seen_, 1);
+    pass_length_ = std::max<uint64_t>(pass_seen_ + left_since_pass_, 1);
+    left_since_pass_ = 0;
     scanned_at_ = now;
     scan_credit_ = 0;
   }
@@ -535,6 +545,7 @@ void Residency::Evict(bool idle) {
   if (m_.options.expire_user_s > 0 && has_source() &&
       !m_.exporting.load(std::memory_order_acquire))
     ExpireLeft(idle);
+  last_let_go_ = 0;
   const uint32_t prior = m_.Prior(0);
   const uint64_t live = m_.users.live_size() - (prior != EmbeddingTable::kNoRow ? 1 : 0);
   // Users leave down to 7/8 of the budget, so that the new users of the
@@ -599,6 +610,7 @@ void Residency::Evict(bool idle) {
     ++let_go;
   }
   evicted_.fetch_add(let_go, std::memory_order_release);
+  last_let_go_ = let_go;
   left_since_pass_ += let_go;
   const bool want = live - let_go > budget && changed > 0;
   if (want && !wants_checkpoint_.load(std::memory_order_relaxed))

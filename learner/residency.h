@@ -29,7 +29,8 @@
 // filter, swapped in at the pass's end): it holds the users the store
 // holds out of memory, not every user that ever left, so that it does not
 // fill up with visitors who never come back, and a visitor past its time
-// costs no read once expiry has recorded its deletion.
+// costs no read once the pass that recorded its deletion has ended (a pass
+// takes about half the expiry time in event time, see ExpireLeft).
 //
 // Thread safety. Prepare, Evict and Stored run on the training thread
 // (Prepare before a Train call's learning, Evict after it); FindUser on any
@@ -223,11 +224,12 @@ class Residency {
   // deletion; guarded by mu_.
   std::unordered_map<std::string, uint64_t> expiring_;
   std::string left_cursor_;  // where the next expiry slice starts
-  // ExpireLeft's pace: entries found by the last whole pass (0: none yet)
-  // and so far by this one, users let go since this pass began, the event
-  // time of the last slice, and the entries owed since.
-  uint64_t pass_length_ = 0, pass_seen_ = 0, left_since_pass_ = 0;
-  int64_t scanned_at_ = 0;
+  // ExpireLeft's pace: the last whole pass's estimated length (0: none
+  // yet), the entries this one found so far, users let go since the last
+  // pass ended and by the last Evict, the event time this pass began at
+  // and that of the last slice, and the entries owed since.
+  uint64_t pass_length_ = 0, pass_seen_ = 0, left_since_pass_ = 0, last_let_go_ = 0;
+  int64_t pass_began_at_ = 0, scanned_at_ = 0;
   double scan_credit_ = 0;
   // Users read back past their time (Apply), to expire: under mu_.
   std::vector<std::string> returned_expired_;

@@ -319,5 +319,67 @@ TEST_CASE("Users expire from the store while out of memory", "[memory]") {
   }
 }
 
+TEST_CASE("Expiry over the store keeps pace with event time while training", "[memory]") {
+  // No Idle calls: expiry of users out of memory must go on at the pace of
+  // event time alone, after a burst of visitors that leave memory at once
+  // and while few users leave afterwards.
+  testing::TempDir dir;
+  StoreOptions so;
+  so.path = dir.path() + "/store";
+  so.point_reads = true;
+  std::unique_ptr<CheckpointStore> store;
+  REQUIRE(CheckpointStore::Open(so, &store).ok());
+  LearnerOptions o = Options(1);
+  o.expire_user_s = 3600;
+  auto l = NewLearner(o);
+  l->SetRowSource(store.get());
+  int64_t ts = 1'700'000'000'000;
+  auto event = [&](const std::string& user) {
+    Event e;
+    e.user = user;
+    e.item = Item(0);
+    e.ts_ms = ts;
+    return e;
+  };
+  // One event first: expiry's first pass goes over an empty store.
+  l->Train(std::vector<Event>{event("first")});
+  Checkpoint(l.get(), store.get());
+  // 30,000 new visitors within a second of event time: most leave memory.
+  ts += 1000;
+  for (int w = 0; w < 10; ++w) {
+    std::vector<Event> batch;
+    for (int u = w * 3000; u < (w + 1) * 3000; ++u) batch.push_back(event(User(u)));
+    l->Train(batch);
+    Checkpoint(l.get(), store.get());
+  }
+  REQUIRE(l->Stats().users_evicted > 20000);
+  // Then 100 regulars, a call per minute of event time, for three hours.
+  for (int c = 0; c < 180; ++c) {
+    ts += 60'000;
+    std::vector<Event> batch;
+    for (int u = 0; u < 100; ++u) batch.push_back(event("regular-" + std::to_string(u)));
+    l->Train(batch);
+    Checkpoint(l.get(), store.get());
+  }
+  ModelSnapshot stored;
+  REQUIRE(store->Load(&stored, nullptr, nullptr).ok());
+  std::set<std::string> live;
+  size_t left = 0;
+  for (const auto& t : stored.tables)
+    if (t.table == "user") live.insert(t.keys.begin(), t.keys.end());
+  for (const auto& f : stored.feature_lists)
+    if (f.table == learner::kUserLeftLists) left = f.keys.size();
+  // The visitors are two hours past their time: all gone from the store.
+  INFO("stored users " << live.size() << ", user_left entries " << left);
+  CHECK(live.size() <= 100 + 2);
+  CHECK(left <= 100 + 2);
+  // And the passes that deleted them have ended: a returning one costs no
+  // store read.
+  const uint64_t reads = l->Stats().store_reads;
+  for (int u = 0; u < 30000; u += 151)
+    REQUIRE_FALSE(l->Score(User(u), Item(0), learner::Blend()).user_known);
+  CHECK(l->Stats().store_reads == reads);
+}
+
 }  // namespace
 }  // namespace recstream::store
