@@ -69,10 +69,16 @@ rocksdb::Slice ToSlice(std::string_view v) { return rocksdb::Slice(v.data(), v.s
 std::string_view ToView(const rocksdb::Slice& s) { return std::string_view(s.data(), s.size()); }
 
 // Releases a RocksDB snapshot at scope exit.
-struct SnapshotRelease {
-  rocksdb::DB* db;
-  const rocksdb::Snapshot* snap;
-  ~SnapshotRelease() { db->ReleaseSnapshot(snap); }
+// ReadOptions on a snapshot of `db`, released when this goes: every read
+// through `ro` sees one consistent state of the store.
+struct SnapshotRead {
+  explicit SnapshotRead(rocksdb::DB* db) : db(db), snap(db->GetSnapshot()) { ro.snapshot = snap; }
+  ~SnapshotRead() { db->ReleaseSnapshot(snap); }
+  SnapshotRead(const SnapshotRead&) = delete;
+  SnapshotRead& operator=(const SnapshotRead&) = delete;
+  rocksdb::DB* const db;
+  const rocksdb::Snapshot* const snap;
+  rocksdb::ReadOptions ro;
 };
 
 std::string EncodeInfo(const CheckpointInfo& info) {
@@ -1146,10 +1152,8 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink,
     if (!r.ok())
       return Status::IOError("store " + d.options.path + " is not open: " + r.ToString());
   }
-  const rocksdb::Snapshot* snap = d.db->GetSnapshot();
-  const SnapshotRelease release{d.db.get(), snap};
-  rocksdb::ReadOptions ro;
-  ro.snapshot = snap;
+  SnapshotRead view(d.db.get());
+  rocksdb::ReadOptions& ro = view.ro;
 
   std::string v;
   rocksdb::Status s = d.db->Get(ro, ToSlice(kInfoKey), &v);
@@ -1165,7 +1169,7 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink,
 
   const Loader::Scan scan = [&](std::string_view prefix, std::string_view from,
                                 const std::string& to, const auto& fn) {
-    return d.ScanRange(snap, prefix, from, to,
+    return d.ScanRange(view.snap, prefix, from, to,
                        [&](std::string_view rest, const rocksdb::Slice& value) {
                          return fn(rest, ToView(value));
                        });
@@ -1200,7 +1204,7 @@ Status CheckpointStore::LoadImpl(const RowSink* sink, const ListSink* list_sink,
   RECSTREAM_RETURN_IF_ERROR(loader.ReadOffsets(&stored_offsets));
 
   loaded.offsets = stored_offsets;
-  RECSTREAM_RETURN_IF_ERROR(d.ReadPublished(snap, &loaded.published));
+  RECSTREAM_RETURN_IF_ERROR(d.ReadPublished(view.snap, &loaded.published));
   *full = std::move(out);
   if (offsets != nullptr) *offsets = std::move(stored_offsets);
   if (info != nullptr) *info = std::move(loaded);
@@ -1211,10 +1215,8 @@ Status CheckpointStore::ReadModelPage(std::string_view after, size_t max_bytes,
                                       model_records::ModelPage* page) const {
   Impl& d = *impl_;
   if (!d.db) return Status::Unavailable("store " + d.options.path + " is not open");
-  const rocksdb::Snapshot* snap = d.db->GetSnapshot();
-  const SnapshotRelease release{d.db.get(), snap};
-  rocksdb::ReadOptions ro;
-  ro.snapshot = snap;
+  SnapshotRead view(d.db.get());
+  rocksdb::ReadOptions& ro = view.ro;
   ro.fill_cache = false;
   std::string v;
   rocksdb::Status s = d.db->Get(ro, ToSlice(kInfoKey), &v);
@@ -1225,7 +1227,7 @@ Status CheckpointStore::ReadModelPage(std::string_view after, size_t max_bytes,
   page->sequence = info.sequence;
   page->learned = info.learned;
   page->published = model_records::Version();
-  RECSTREAM_RETURN_IF_ERROR(d.ReadPublished(snap, &page->published));
+  RECSTREAM_RETURN_IF_ERROR(d.ReadPublished(view.snap, &page->published));
   page->records.clear();
   page->last_key.clear();
   std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(ro));
@@ -1360,10 +1362,8 @@ Status CheckpointStore::ReadUsers(std::span<const std::string_view> ids,
   Impl& d = *impl_;
   if (!d.db) return Status::Unavailable("store " + d.options.path + " is not open");
   if (ids.empty()) return Status::OK();
-  const rocksdb::Snapshot* snap = d.db->GetSnapshot();
-  const SnapshotRelease release{d.db.get(), snap};
-  rocksdb::ReadOptions ro;
-  ro.snapshot = snap;
+  SnapshotRead view(d.db.get());
+  rocksdb::ReadOptions& ro = view.ro;
   // Per user: its row, its feature list, its history, when it left memory
   // (with touch_times).
   const size_t parts = touch_times ? 4 : 3;
@@ -1437,10 +1437,8 @@ Status CheckpointStore::ReadPurchases(std::span<const std::string_view> ids,
   Impl& d = *impl_;
   if (!d.db) return Status::Unavailable("store " + d.options.path + " is not open");
   if (ids.empty()) return Status::OK();
-  const rocksdb::Snapshot* snap = d.db->GetSnapshot();
-  const SnapshotRelease release{d.db.get(), snap};
-  rocksdb::ReadOptions ro;
-  ro.snapshot = snap;
+  SnapshotRead view(d.db.get());
+  rocksdb::ReadOptions& ro = view.ro;
   std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(ro));
   std::string prefix;
   for (std::string_view id : ids)

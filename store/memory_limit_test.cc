@@ -95,6 +95,17 @@ bool Same(const learner::ScoreResult& a, const learner::ScoreResult& b) {
          a.user_known == b.user_known;
 }
 
+// A store tuned for point reads, as a trainer with a memory limit opens
+// it, under `dir`.
+std::unique_ptr<CheckpointStore> OpenPointReadStore(const testing::TempDir& dir) {
+  StoreOptions so;
+  so.path = dir.path() + "/store";
+  so.point_reads = true;
+  std::unique_ptr<CheckpointStore> store;
+  REQUIRE(CheckpointStore::Open(so, &store).ok());
+  return store;
+}
+
 // Stores one checkpoint of `l` and tells it so.
 void Checkpoint(Learner* l, CheckpointStore* store) {
   ModelSnapshot snap;
@@ -216,11 +227,7 @@ TEST_CASE("Users that leave memory come back from the store bit for bit", "[memo
 
 TEST_CASE("Users expire from the store while out of memory", "[memory]") {
   testing::TempDir dir;
-  StoreOptions so;
-  so.path = dir.path() + "/store";
-  so.point_reads = true;
-  std::unique_ptr<CheckpointStore> store;
-  REQUIRE(CheckpointStore::Open(so, &store).ok());
+  std::unique_ptr<CheckpointStore> store = OpenPointReadStore(dir);
   LearnerOptions o = Options(1);
   o.expire_user_s = 60;
   auto l = NewLearner(o);
@@ -324,11 +331,7 @@ TEST_CASE("Expiry over the store keeps pace with event time while training", "[m
   // event time alone, after a burst of visitors that leave memory at once
   // and while few users leave afterwards.
   testing::TempDir dir;
-  StoreOptions so;
-  so.path = dir.path() + "/store";
-  so.point_reads = true;
-  std::unique_ptr<CheckpointStore> store;
-  REQUIRE(CheckpointStore::Open(so, &store).ok());
+  std::unique_ptr<CheckpointStore> store = OpenPointReadStore(dir);
   LearnerOptions o = Options(1);
   o.expire_user_s = 3600;
   auto l = NewLearner(o);
