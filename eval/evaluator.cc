@@ -884,6 +884,12 @@ std::string ReportSummary(const EvalReport& r) {
                    r.ranking.k, f4(r.ranking.hr), r.ranking.k, f4(r.ranking.ndcg), r.ranking.ranked,
                    r.ranking.candidates, r.ranking.warm.count, f4(r.ranking.warm.hr),
                    r.ranking.cold.count, f4(r.ranking.cold.hr));
+  if (r.has_ranking && r.ranking.ranked == 0)
+    fmt::format_to(
+        app,
+        "ranking   no event ranked: an event is ranked only when its stratum (items seen "
+        "so far, or not seen yet) holds {} other items; try a smaller --candidates\n",
+        r.ranking.candidates);
   for (const RankingReport::Baseline& b : r.ranking.baselines)
     fmt::format_to(app, "ranking   {:<22} HR@{} {}  NDCG@{} {}  (warm HR {}, cold HR {})\n", b.name,
                    r.ranking.k, f4(b.all.hr), r.ranking.k, f4(b.all.ndcg), f4(b.warm.hr),

@@ -359,6 +359,28 @@ TEST_CASE("RunEval ranks positive events among sampled candidates", "[evaluator]
   CHECK(double(doc["ranking"]["ndcg"]) > 0);
 }
 
+TEST_CASE("A ranking that ranks no event says why", "[evaluator]") {
+  // 30 items: no stratum ever holds 100 other items.
+  std::string stream;
+  for (int i = 0; i < 300; ++i)
+    stream += R"({"type":"click","user":"u)" + std::to_string(i % 7) + R"(","item":"i)" +
+              std::to_string(i % 30) + R"(","label":1,"ts":)" + std::to_string(1000 + i) + "}\n";
+  EvalOptions options = QuietOptions();
+  options.ranking_k = 10;
+  options.candidates = 100;
+  EvalReport report;
+  std::istringstream in(stream);
+  REQUIRE(RunEval(options, in, &report).ok());
+  REQUIRE(report.has_ranking);
+  CHECK(report.ranking.ranked == 0);
+  CHECK(ReportSummary(report).find("no event ranked") != std::string::npos);
+  options.candidates = 20;
+  std::istringstream again(stream);
+  REQUIRE(RunEval(options, again, &report).ok());
+  CHECK(report.ranking.ranked > 0);
+  CHECK(ReportSummary(report).find("no event ranked") == std::string::npos);
+}
+
 TEST_CASE("Ranking is stratified: warm among seen items, cold among the catalog's unseen ones",
           "[evaluator]") {
   // Items keep arriving; each carries a category, clicked items a good one.
