@@ -220,14 +220,16 @@ void Residency::ExpireLeft(bool idle) {
   // kPassShare of the expiry time, so that a user past its time is
   // recorded deleted about that much late at most, and what expiry reads
   // follows the entries and the event time, not the number or the size of
-  // Train calls. A pass's length is estimated as the entries the last one
-  // found plus the users let go since it began (their entries may lie
-  // behind its cursor). Each call reads at least kMinSlice entries, and as
-  // many as the users the previous call let go, so that a wrong estimate
-  // cannot stall a pass; at most kMaxSlice, so that a jump in event time
-  // cannot stall training. The first pass, and any pass while the learner
-  // is idle, read at least kIdleSlice entries per call (the first also
-  // twice the users the previous call let go).
+  // Train calls. A pass's length is estimated from above as the entries
+  // the last one found plus the users let go since it began (their entries
+  // may lie behind its cursor). Once a pass is under way, each call reads
+  // at least kMinSlice entries, and as many as the users the previous call
+  // let go, so that a wrong estimate cannot stall it; a new pass begins
+  // only when the pace or users let go ask for one (beginning one costs a
+  // filter to clear). At most kMaxSlice, so that a jump in event time
+  // cannot stall training. The first pass after a start is not paced, and
+  // any pass while the learner is idle reads at least kIdleSlice entries
+  // per call (the first also twice the users the previous call let go).
   constexpr double kPassShare = 0.5;
   constexpr size_t kIdleSlice = 1024, kMinSlice = 64, kMaxSlice = 65536;
   size_t max = std::max<size_t>(kIdleSlice, 2 * last_let_go_);
@@ -243,10 +245,10 @@ void Residency::ExpireLeft(bool idle) {
       if (left_cursor_.empty() && pass_began_at_ >= now) return;
       max = std::max<size_t>(kIdleSlice, size_t(scan_credit_));
     } else {
+      if (left_cursor_.empty() && scan_credit_ < 1.0 && last_let_go_ == 0) return;
       max = std::max<size_t>({kMinSlice, size_t(last_let_go_), size_t(scan_credit_)});
     }
     max = std::min(max, kMaxSlice);
-    scan_credit_ = std::max(0.0, scan_credit_ - double(max));
   }
   std::vector<RowSource::LeftUser> slice;
   const RowSource* source = source_.load(std::memory_order_acquire);
@@ -265,13 +267,14 @@ void Residency::ExpireLeft(bool idle) {
     for (const auto& [number, ids] : exported_)
       for (const std::string& id : ids) Note(next, filter_bits_, id);
   }
-  if (left_cursor_.empty()) {
-    pass_seen_ = 0;
-    pass_began_at_ = now;
-  }
   if (Status s = source->ScanLeft(left_cursor_, max, &slice); !s.ok()) {
     read_errors_.fetch_add(1, std::memory_order_relaxed);
     return;
+  }
+  scan_credit_ = std::max(0.0, scan_credit_ - double(max));
+  if (left_cursor_.empty()) {
+    pass_seen_ = 0;
+    pass_began_at_ = now;
   }
   const bool pass_ends = slice.size() < max;
   left_cursor_ = pass_ends ? std::string() : slice.back().id;
