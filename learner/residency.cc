@@ -232,7 +232,7 @@ void Residency::ExpireLeft(bool idle) {
   // per call (the first also twice the users the previous call let go).
   constexpr double kPassShare = 0.5;
   constexpr size_t kIdleSlice = 1024, kMinSlice = 64, kMaxSlice = 65536;
-  size_t max = std::max<size_t>(kIdleSlice, 2 * last_let_go_);
+  size_t slice_size = std::max<size_t>(kIdleSlice, 2 * last_let_go_);
   if (pass_length_ > 0) {
     const double length = double(pass_length_ + left_since_pass_);
     const double period = std::max(1.0, kPassShare * double(m_.options.expire_user_s));
@@ -243,12 +243,12 @@ void Residency::ExpireLeft(bool idle) {
       // A pass that began at this event time found every user due by now:
       // until event time moves, another would find nothing new.
       if (left_cursor_.empty() && pass_began_at_ >= now) return;
-      max = std::max<size_t>(kIdleSlice, size_t(scan_credit_));
+      slice_size = std::max<size_t>(kIdleSlice, size_t(scan_credit_));
     } else {
       if (left_cursor_.empty() && scan_credit_ < 1.0 && last_let_go_ == 0) return;
-      max = std::max<size_t>({kMinSlice, size_t(last_let_go_), size_t(scan_credit_)});
+      slice_size = std::max<size_t>({kMinSlice, size_t(last_let_go_), size_t(scan_credit_)});
     }
-    max = std::min(max, kMaxSlice);
+    slice_size = std::min(slice_size, kMaxSlice);
   }
   std::vector<RowSource::LeftUser> slice;
   const RowSource* source = source_.load(std::memory_order_acquire);
@@ -267,16 +267,16 @@ void Residency::ExpireLeft(bool idle) {
     for (const auto& [number, ids] : exported_)
       for (const std::string& id : ids) Note(next, filter_bits_, id);
   }
-  if (Status s = source->ScanLeft(left_cursor_, max, &slice); !s.ok()) {
+  if (Status s = source->ScanLeft(left_cursor_, slice_size, &slice); !s.ok()) {
     read_errors_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  scan_credit_ = std::max(0.0, scan_credit_ - double(max));
+  scan_credit_ = std::max(0.0, scan_credit_ - double(slice_size));
   if (left_cursor_.empty()) {
     pass_seen_ = 0;
     pass_began_at_ = now;
   }
-  const bool pass_ends = slice.size() < max;
+  const bool pass_ends = slice.size() < slice_size;
   left_cursor_ = pass_ends ? std::string() : slice.back().id;
   pass_seen_ += slice.size();
   if (pass_ends) {

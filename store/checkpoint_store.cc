@@ -68,7 +68,6 @@ Status FromRocks(const rocksdb::Status& s, std::string_view what) {
 rocksdb::Slice ToSlice(std::string_view v) { return rocksdb::Slice(v.data(), v.size()); }
 std::string_view ToView(const rocksdb::Slice& s) { return std::string_view(s.data(), s.size()); }
 
-// Releases a RocksDB snapshot at scope exit.
 // ReadOptions on a snapshot of `db`, released when this goes: every read
 // through `ro` sees one consistent state of the store.
 struct SnapshotRead {
@@ -1438,8 +1437,7 @@ Status CheckpointStore::ReadPurchases(std::span<const std::string_view> ids,
   if (!d.db) return Status::Unavailable("store " + d.options.path + " is not open");
   if (ids.empty()) return Status::OK();
   SnapshotRead view(d.db.get());
-  rocksdb::ReadOptions& ro = view.ro;
-  std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(ro));
+  std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(view.ro));
   std::string prefix;
   for (std::string_view id : ids)
     RECSTREAM_RETURN_IF_ERROR(SeekPurchases(it.get(), id, &prefix, out));

@@ -95,6 +95,20 @@ bool Same(const learner::ScoreResult& a, const learner::ScoreResult& b) {
          a.user_known == b.user_known;
 }
 
+// Options(1) (a 1 MiB memory limit) with user expiry after `expire_s` s.
+LearnerOptions ExpiryOptions(int64_t expire_s) {
+  LearnerOptions o = Options(1);
+  o.expire_user_s = expire_s;
+  return o;
+}
+
+// A learner of `options` that reads users back from `store`.
+std::unique_ptr<Learner> NewLimitedLearner(const LearnerOptions& options, CheckpointStore* store) {
+  auto l = NewLearner(options);
+  l->SetRowSource(store);
+  return l;
+}
+
 // A store tuned for point reads, as a trainer with a memory limit opens
 // it, under `dir`.
 std::unique_ptr<CheckpointStore> OpenPointReadStore(const testing::TempDir& dir) {
@@ -119,8 +133,7 @@ void Checkpoint(Learner* l, CheckpointStore* store) {
 // A learner restored from `store` as a restarted service restores it (rows
 // streamed on two threads), reading users back from it.
 std::unique_ptr<Learner> Restore(const LearnerOptions& options, CheckpointStore* store) {
-  auto restored = NewLearner(options);
-  restored->SetRowSource(store);
+  auto restored = NewLimitedLearner(options, store);
   ModelSnapshot rest;
   OffsetMap offsets;
   CheckpointInfo info;
@@ -158,8 +171,7 @@ TEST_CASE("Users that leave memory come back from the store bit for bit", "[memo
   so.path = dir.path() + "/store";
   std::unique_ptr<CheckpointStore> store;
   REQUIRE(CheckpointStore::Open(so, &store).ok());
-  auto limited = NewLearner(Options(1));
-  limited->SetRowSource(store.get());
+  auto limited = NewLimitedLearner(Options(1), store.get());
   auto full = NewLearner(Options(0));
 
   const auto batches = MakeBatches(5);
@@ -228,10 +240,8 @@ TEST_CASE("Users that leave memory come back from the store bit for bit", "[memo
 TEST_CASE("Users expire from the store while out of memory", "[memory]") {
   testing::TempDir dir;
   std::unique_ptr<CheckpointStore> store = OpenPointReadStore(dir);
-  LearnerOptions o = Options(1);
-  o.expire_user_s = 60;
-  auto l = NewLearner(o);
-  l->SetRowSource(store.get());
+  const LearnerOptions o = ExpiryOptions(60);
+  auto l = NewLimitedLearner(o, store.get());
   // Wave after wave of new users, one second of event time per event: a
   // wave's users are out of memory (three waves fill it) long before they
   // are a minute old.
@@ -332,10 +342,8 @@ TEST_CASE("Expiry over the store keeps pace with event time while training", "[m
   // and while few users leave afterwards.
   testing::TempDir dir;
   std::unique_ptr<CheckpointStore> store = OpenPointReadStore(dir);
-  LearnerOptions o = Options(1);
-  o.expire_user_s = 3600;
-  auto l = NewLearner(o);
-  l->SetRowSource(store.get());
+  const LearnerOptions o = ExpiryOptions(3600);
+  auto l = NewLimitedLearner(o, store.get());
   int64_t ts = 1'700'000'000'000;
   auto event = [&](const std::string& user) {
     Event e;
