@@ -11,7 +11,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
+#include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -36,6 +39,32 @@ inline double ThreadCpuSeconds() {
   timespec t{};
   ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
   return double(t.tv_sec) + double(t.tv_nsec) * 1e-9;
+}
+
+// CPU time (user + system, seconds) of this process's live threads, summed
+// by thread name (/proc/self/task/*/comm and stat); threads that ended are
+// not in it. Linux only.
+inline std::map<std::string, double> CpuByThreadName() {
+  std::map<std::string, double> out;
+  const double tick = 1.0 / double(::sysconf(_SC_CLK_TCK));
+  std::error_code ec;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task", ec)) {
+    std::string name, stat;
+    std::ifstream(task.path() / "comm") >> name;
+    std::getline(std::ifstream(task.path() / "stat"), stat);
+    // Fields after the ")" that ends the name: state is field 3, utime 14, stime 15.
+    const size_t close = stat.rfind(')');
+    if (name.empty() || close == std::string::npos) continue;
+    std::istringstream rest(stat.substr(close + 2));
+    std::string field;
+    double utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && rest >> field; ++i) {
+      if (i == 14) utime = std::stod(field);
+      if (i == 15) stime = std::stod(field);
+    }
+    out[name] += (utime + stime) * tick;
+  }
+  return out;
 }
 
 // Resident set size of this process, in bytes (/proc/self/statm).

@@ -5,6 +5,8 @@
 //
 //   service_bench throughput [--events N] [--users U] [--items I] [--latency]
 //                            [--hold S] [--restart] [--produce-linger-ms L]
+//                            [--visitor-events V [--return-share R] [--return-recent N]]
+//                            [--expire-user-s S] [--memory-limit-mb M]
 //     Produces N generated JSON events first (in large producer batches,
 //     linger.ms L, default 1000), then starts the service and
 //     measures how fast they are consumed, parsed and learned, then how long
@@ -14,7 +16,11 @@
 //     connection. Prints `http=HOST:PORT` once serving, `consuming` when the
 //     first event is learned and `idle` once all are; --hold keeps the
 //     service up S seconds after that (for wrk, see serve_wrk.sh). --restart
-//     then stops the service and times a restart from its store.
+//     then stops the service and times a restart from its store. With V,
+//     the events' users and times are longtail's long tail of visitors
+//     instead of the generator's users; S and M set model.expire.user_s and
+//     model.memory_limit_mb (issue #30: the limit's cost on the whole
+//     service, Kafka and parsing included).
 //
 //   service_bench store [--rows N] [--delta-rows M] [--user-features F]
 //     The persistence path alone (no Kafka, no HTTP): a learner of the
@@ -102,6 +108,47 @@ int g_background_slice_us = -1;  // NOLINT: set once by main; -1: the configurat
 int g_serve_threads = 0;         // NOLINT: set once by main; 0: serve.threads' default
 int g_learner_threads = -1;      // NOLINT: set once by main; -1: learner.threads' default
 int g_ingest_min_kib = -1;       // NOLINT: set once by main; -1: store ingest_min_bytes' default
+
+// The long tail of visitors (longtail, and throughput with --visitor-events):
+// each new visitor's V consecutive events, a share R of all events from an
+// earlier visitor (drawn uniformly, or about N visitors back with
+// exponential recency), events 2 ms apart in event time.
+struct Visitors {
+  uint64_t visitor_events = 3;
+  double return_share = 0;
+  uint64_t return_recent = 0;
+  std::mt19937_64 rng{99};
+  static constexpr int64_t kT0Ms = 1'704'067'200'000;
+  // The visitor of the event numbered `done` (0, 1, ...).
+  uint64_t Next(uint64_t done) {
+    uint64_t visitor = done / visitor_events;
+    if (return_share > 0 && visitor > 0 && double(rng() >> 11) * 0x1p-53 < return_share) {
+      if (return_recent == 0) {
+        visitor = rng() % visitor;
+      } else {
+        const double u = (double(rng() >> 11) + 1.0) * 0x1p-53;  // (0, 1]
+        // Early in the stream, a draw further back than the first visitor
+        // wraps around (rather than piling onto visitor 0).
+        visitor -= 1 + uint64_t(-std::log(u) * double(return_recent)) % visitor;
+      }
+    }
+    return visitor;
+  }
+  static int64_t TimeMs(uint64_t done) { return kT0Ms + int64_t(done) * 2; }
+};
+
+// A generated JSON line with its "user" and "ts" values replaced (the
+// generator writes both, each followed by a comma).
+void SetUserAndTime(std::string* line, uint64_t visitor, int64_t ts_ms) {
+  auto replace = [&](std::string_view field, const std::string& value) {
+    const size_t at = line->find(field);
+    if (at == std::string::npos) return;
+    const size_t begin = at + field.size(), end = line->find(',', begin);
+    line->replace(begin, end - begin, value);
+  };
+  replace("\"user\":", "\"visitor" + std::to_string(visitor) + "\"");
+  replace("\"ts\":", std::to_string(ts_ms));
+}
 
 struct Stack {
   testing::TempDir dir;
@@ -215,9 +262,20 @@ void MeasureLatency(uint16_t port, int users, int items, int requests) {
   rec.Print("GET /v1/recommend k=10");
 }
 
+// Throughput's memory settings (issue #30): with visitor_events > 0 the
+// events come from a long tail of visitors (Visitors), and the service runs
+// with these model.expire.user_s and model.memory_limit_mb.
+struct TailSettings {
+  Visitors visitors{0};
+  int64_t expire_user_s = 0;
+  int64_t memory_limit_mb = 0;
+};
+
 int Throughput(uint64_t events, int users, int items, int partitions, int checkpoint_ms,
-               bool latency, int hold_s, bool restart) {
+               bool latency, int hold_s, bool restart, TailSettings tail) {
   Stack stack;
+  stack.cfg.learner.expire_user_s = tail.expire_user_s;
+  stack.cfg.learner.memory_limit_mb = tail.memory_limit_mb;
   if (partitions <= 0) {
     // librdkafka's mock cluster keeps only the newest 5 MiB (or 100,000
     // message sets) of each partition and silently drops older ones, so a
@@ -250,7 +308,9 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
   eval::Generator gen(go);
   std::string line;
   auto produce_start = Clock::now();
-  while (gen.Next(&line)) {
+  for (uint64_t done = 0; gen.Next(&line); ++done) {
+    if (tail.visitors.visitor_events > 0)
+      SetUserAndTime(&line, tail.visitors.Next(done), Visitors::TimeMs(done));
     Status s = producer->SendEvent(line, stack.cfg.parser);
     if (!s.ok()) {
       std::fprintf(stderr, "produce: %s\n", s.ToString().c_str());
@@ -269,6 +329,7 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
   while ((learned = Learned(&c)) <= 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   auto first = Clock::now();
   const double learn_cpu0 = CpuSeconds();
+  const std::map<std::string, double> threads_cpu0 = CpuByThreadName();
   const HostTicks host0 = HostTicks::Now();
   double learned_first = learned;
   std::printf("consuming (%.2f s after start, %.0f events learned at first sight)\n",
@@ -317,6 +378,7 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
   double learn_s = SecondsSince(first);
   longest_stall_ms = std::max(longest_stall_ms, SecondsSince(last_progress) * 1e3);
   const double learn_cpu_s = CpuSeconds() - learn_cpu0;
+  std::map<std::string, double> threads_cpu = CpuByThreadName();
   const HostTicks learn_host = HostTicks::Now() - host0;
   auto ck_start = Clock::now();
   TestConnection admin(stack.port, 300000);  // a big checkpoint takes longer than 5 s
@@ -343,6 +405,22 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
       learn_cpu_s, learn_cpu_s * 1e6 / (double(events) - learned_first), longest_stall_ms,
       longest_stall_end_s, longest_stall_learned, slowest_stats_ms, slowest_stats_end_s,
       learn_host.SummaryText().c_str());
+  {
+    // Where the learning's CPU went, by thread name. "rdk:mock" is the
+    // in-process mock broker, which a service beside a real Kafka does not
+    // carry; "rest" is what threads that ended took, and rounding.
+    const double per_event = 1e6 / (double(events) - learned_first);
+    double named = 0;
+    std::printf("learning cpu_us_per_event by thread:");
+    for (auto& [name, cpu] : threads_cpu) {
+      if (const auto it = threads_cpu0.find(name); it != threads_cpu0.end()) cpu -= it->second;
+      named += cpu;
+      if (cpu * per_event >= 0.005) std::printf(" %s=%.3f", name.c_str(), cpu * per_event);
+    }
+    const double mock = threads_cpu.count("rdk:mock") ? threads_cpu["rdk:mock"] : 0.0;
+    std::printf(" rest=%.3f | without the mock broker %.3f\n", (learn_cpu_s - named) * per_event,
+                (learn_cpu_s - mock) * per_event);
+  }
   std::printf("idle\n");
   std::fflush(stdout);
   if (latency) MeasureLatency(stack.port, users, items, 20000);
@@ -607,7 +685,7 @@ int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkp
   std::unique_ptr<store::CheckpointStore> st;
   if (!store::CheckpointStore::Open(cfg.store, &st).ok()) return 1;
   l->SetRowSource(st.get());
-  std::mt19937_64 rng(99);
+  Visitors visitors{visitor_events, return_share, return_recent};
   eval::GeneratorOptions go;
   go.events = events;
   go.users = 10000;  // only the generator's world; every event gets a visitor id of its own
@@ -691,25 +769,11 @@ int LongTail(uint64_t events, int64_t expire_s, int admit_after, uint64_t checkp
     last = Clock::now();
     last_done = done;
   };
-  const int64_t t0_ms = 1'704'067'200'000;
   while (gen.Next(&line)) {
     learner::Event& e = batch[n];
     if (parser.Parse(line, &e, 0).has_value()) continue;
-    // A share of events come from earlier visitors, who return: drawn
-    // uniformly, or N visitors back on average.
-    uint64_t visitor = done / visitor_events;
-    if (return_share > 0 && visitor > 0 && double(rng() >> 11) * 0x1p-53 < return_share) {
-      if (return_recent == 0) {
-        visitor = rng() % visitor;
-      } else {
-        const double u = (double(rng() >> 11) + 1.0) * 0x1p-53;  // (0, 1]
-        // Early in the stream, a draw further back than the first visitor
-        // wraps around (rather than piling onto visitor 0).
-        visitor -= 1 + uint64_t(-std::log(u) * double(return_recent)) % visitor;
-      }
-    }
-    e.user = "visitor" + std::to_string(visitor);
-    e.ts_ms = t0_ms + int64_t(done) * 2;
+    e.user = "visitor" + std::to_string(visitors.Next(done));
+    e.ts_ms = Visitors::TimeMs(done);
     ++done;
     if (++n == batch.size()) {
       // As the service does: more users than the limit allows by a quarter
@@ -910,6 +974,16 @@ int main(int argc, char** argv) {
   tp->add_option("--produce-linger-ms", g_produce_linger_ms,
                  "linger.ms of the producer of the backlog (bigger batches: fewer, larger "
                  "message sets in the mock cluster)");
+  TailSettings tail;
+  tp->add_option("--visitor-events", tail.visitors.visitor_events,
+                 "a long tail of visitors as longtail's, each new one's consecutive events "
+                 "(0, the default: the generator's users)");
+  tp->add_option("--return-share", tail.visitors.return_share,
+                 "with --visitor-events: as longtail's");
+  tp->add_option("--return-recent", tail.visitors.return_recent,
+                 "with --visitor-events: as longtail's");
+  tp->add_option("--expire-user-s", tail.expire_user_s, "model.expire.user_s (0: off)");
+  tp->add_option("--memory-limit-mb", tail.memory_limit_mb, "model.memory_limit_mb (0: none)");
 
   uint64_t rows = 1'000'000, delta_rows = 1'000'000;
   auto* sb = app.add_subcommand("store", "snapshot, checkpoint and restore N rows (no Kafka)");
@@ -971,7 +1045,8 @@ int main(int argc, char** argv) {
     return LongTail(lt_events, lt_expire, lt_admit, lt_every, lt_limit, lt_return, lt_visitor,
                     lt_recent);
   if (tp->parsed())
-    return Throughput(events, users, items, partitions, checkpoint_ms, latency, hold, restart);
+    return Throughput(events, users, items, partitions, checkpoint_ms, latency, hold, restart,
+                      tail);
   if (rb->parsed()) return ReplicaBootstrap(bootstrap_rows);
   return Freshness(samples, background, partitions > 0 ? partitions : 3, checkpoint_ms,
                    via_replica);
