@@ -3,7 +3,6 @@
 #include <oneapi/tbb/parallel_sort.h>
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
-#include <rocksdb/utilities/table_properties_collectors.h>
 #include <rocksdb/env.h>
 #include <rocksdb/file_system.h>
 #include <rocksdb/filter_policy.h>
@@ -11,6 +10,8 @@
 #include <rocksdb/slice.h>
 #include <rocksdb/sst_file_writer.h>
 #include <rocksdb/table.h>
+#include <rocksdb/utilities/options_util.h>
+#include <rocksdb/utilities/table_properties_collectors.h>
 #include <rocksdb/write_batch.h>
 
 #include <algorithm>
@@ -215,7 +216,26 @@ class FaultyFileSystem : public rocksdb::FileSystemWrapper {
   std::function<bool()> fail_;
 };
 
-rocksdb::Options MakeRocksOptions(const StoreOptions& options) {
+// Whether the store at `path` should size its levels dynamically
+// (level_compaction_dynamic_level_bytes): a store keeps the layout it was
+// created with, read from its latest OPTIONS file, since RocksDB advises
+// against switching it for an existing database. A new store does; an
+// existing one whose options cannot be read keeps RocksDB's default, off.
+bool DynamicLevels(const std::string& path) {
+  rocksdb::ConfigOptions config;
+  config.ignore_unknown_options = true;
+  config.ignore_unsupported_options = true;
+  rocksdb::DBOptions db_options;
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+  const rocksdb::Status s = rocksdb::LoadLatestOptions(config, path, &db_options, &families);
+  if (s.IsNotFound()) return true;
+  for (const auto& f : families)
+    if (f.name == rocksdb::kDefaultColumnFamilyName)
+      return f.options.level_compaction_dynamic_level_bytes;
+  return false;
+}
+
+rocksdb::Options MakeRocksOptions(const StoreOptions& options, bool dynamic_levels) {
   rocksdb::Options o;
   o.create_if_missing = true;
   // Background flushes and compactions share a small machine with training.
@@ -244,6 +264,12 @@ rocksdb::Options MakeRocksOptions(const StoreOptions& options) {
       rocksdb::NewCompactOnDeletionCollectorFactory(/*sliding_window_size=*/65536,
                                                     /*deletion_trigger=*/16384,
                                                     /*deletion_ratio=*/0.25));
+  // Level sizes follow the last level's, so that most data sits in the
+  // last level and a compaction of new files rewrites less of the rest: a
+  // memory limit's frequent checkpoints, each a table file of users spread
+  // over the whole key range, cost half the compaction CPU (BENCHMARKS.md,
+  // "Memory limit"). Only for stores created so (DynamicLevels).
+  o.level_compaction_dynamic_level_bytes = dynamic_levels;
   rocksdb::BlockBasedTableOptions t;
   if (options.point_reads) {
     // Users read back one by one (a memory limit): a read costs a block
@@ -275,9 +301,10 @@ struct CheckpointStore::Impl {
   // Set only with options.fail_writes; must outlive db.
   std::unique_ptr<rocksdb::Env> faulty_env;
   std::unique_ptr<rocksdb::DB> db;  // null after a failed reopen
+  bool dynamic_levels = false;      // DynamicLevels, as found at Open
 
   rocksdb::Options RocksOptions() {
-    rocksdb::Options o = MakeRocksOptions(options);
+    rocksdb::Options o = MakeRocksOptions(options, dynamic_levels);
     if (options.fail_writes) {
       if (!faulty_env) {
         faulty_env = rocksdb::NewCompositeEnv(std::make_shared<FaultyFileSystem>(
@@ -607,6 +634,7 @@ Status CheckpointStore::Open(const StoreOptions& options, std::unique_ptr<Checkp
   }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
+  impl->dynamic_levels = DynamicLevels(options.path);
   rocksdb::DB* db = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(impl->RocksOptions(), options.path, &db);
   if (!s.ok()) {

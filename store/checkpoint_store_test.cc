@@ -3,6 +3,7 @@
 #include "store/checkpoint_store.h"
 
 #include <rocksdb/db.h>
+#include <rocksdb/utilities/options_util.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -974,6 +975,54 @@ TEST_CASE("CheckpointStore: stores written by an earlier version load bit for bi
                                            << got.substr(line_start, got.find('\n', at) - line_start)
                                            << "\"");
     }
+  }
+}
+
+// The level layout the store at `path` last opened with, from its OPTIONS
+// file: dynamic level sizes or not.
+bool StoredDynamicLevels(const std::string& path) {
+  rocksdb::ConfigOptions config;
+  config.ignore_unknown_options = true;
+  rocksdb::DBOptions db_options;
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+  REQUIRE(rocksdb::LoadLatestOptions(config, path, &db_options, &families).ok());
+  REQUIRE(!families.empty());
+  return families[0].options.level_compaction_dynamic_level_bytes;
+}
+
+// New stores size their levels dynamically (far less compaction under a
+// memory limit's frequent checkpoints); a store created before keeps its
+// layout, which RocksDB advises against switching, across any reopen.
+TEST_CASE(
+    "CheckpointStore: a new store sizes its levels dynamically, an older one keeps its layout",
+    "[store]") {
+  TempDir dir;
+  {
+    const std::string path = dir.Sub("new");
+    auto model = NewLearner(SmallModel());
+    model->Train(MakeEvents(100, 1));
+    ModelSnapshot snapshot;
+    model->TakeSnapshot(true, &snapshot);
+    auto store = OpenStore(path);
+    REQUIRE(store->Write(snapshot, {{kClick0, 100}}, nullptr).ok());
+    store.reset();
+    CHECK(StoredDynamicLevels(path));
+    store = OpenStore(path);
+    store.reset();
+    CHECK(StoredDynamicLevels(path));
+  }
+  {
+    const std::string path = dir.Sub("old");
+    fs::copy(std::string(RECSTREAM_STORE_TESTDATA) + "/batch", path, fs::copy_options::recursive);
+    REQUIRE_FALSE(StoredDynamicLevels(path));
+    auto store = OpenStore(path);
+    CheckpointInfo info;
+    OffsetMap offsets;
+    ModelSnapshot full;
+    REQUIRE(store->Load(&full, &offsets, &info).ok());
+    CHECK(info.sequence == 2);
+    store.reset();
+    CHECK_FALSE(StoredDynamicLevels(path));
   }
 }
 
