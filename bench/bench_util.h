@@ -41,20 +41,25 @@ inline double ThreadCpuSeconds() {
   return double(t.tv_sec) + double(t.tv_nsec) * 1e-9;
 }
 
-// CPU time (user + system, seconds) of this process's live threads, summed
-// by thread name (/proc/self/task/*/comm and stat); threads that ended are
-// not in it. Linux only.
-inline std::map<std::string, double> CpuByThreadName() {
-  std::map<std::string, double> out;
+// CPU time (user + system, seconds) of each of this process's live threads,
+// by thread id, with the thread's name (/proc/self/task/*/comm and stat);
+// threads that ended are not in it. Linux only.
+struct ThreadCpu {
+  std::string name;
+  double seconds = 0;
+};
+inline std::map<long, ThreadCpu> CpuByThread() {
+  std::map<long, ThreadCpu> out;
   const double tick = 1.0 / double(::sysconf(_SC_CLK_TCK));
   std::error_code ec;
   for (const auto& task : std::filesystem::directory_iterator("/proc/self/task", ec)) {
-    std::string name, stat;
-    std::ifstream(task.path() / "comm") >> name;
+    ThreadCpu t;
+    std::string stat;
+    std::getline(std::ifstream(task.path() / "comm"), t.name);
     std::getline(std::ifstream(task.path() / "stat"), stat);
     // Fields after the ")" that ends the name: state is field 3, utime 14, stime 15.
     const size_t close = stat.rfind(')');
-    if (name.empty() || close == std::string::npos) continue;
+    if (t.name.empty() || close == std::string::npos) continue;
     std::istringstream rest(stat.substr(close + 2));
     std::string field;
     double utime = 0, stime = 0;
@@ -62,7 +67,21 @@ inline std::map<std::string, double> CpuByThreadName() {
       if (i == 14) utime = std::stod(field);
       if (i == 15) stime = std::stod(field);
     }
-    out[name] += (utime + stime) * tick;
+    t.seconds = (utime + stime) * tick;
+    out[std::atol(task.path().filename().c_str())] = std::move(t);
+  }
+  return out;
+}
+
+// The CPU each thread name took between two CpuByThread() readings: each
+// thread's own difference (a thread new since `before` counts whole),
+// summed by name.
+inline std::map<std::string, double> CpuByNameSince(const std::map<long, ThreadCpu>& before,
+                                                    const std::map<long, ThreadCpu>& after) {
+  std::map<std::string, double> out;
+  for (const auto& [tid, t] : after) {
+    const auto it = before.find(tid);
+    out[t.name] += t.seconds - (it != before.end() ? it->second.seconds : 0.0);
   }
   return out;
 }

@@ -138,12 +138,13 @@ struct Visitors {
 };
 
 // A generated JSON line with its "user" and "ts" values replaced (the
-// generator writes both, each followed by a comma).
+// generator writes both as plain numbers).
 void SetUserAndTime(std::string* line, uint64_t visitor, int64_t ts_ms) {
   auto replace = [&](std::string_view field, const std::string& value) {
     const size_t at = line->find(field);
     if (at == std::string::npos) return;
-    const size_t begin = at + field.size(), end = line->find(',', begin);
+    const size_t begin = at + field.size(), end = line->find_first_of(",}", begin);
+    if (end == std::string::npos) return;
     line->replace(begin, end - begin, value);
   };
   replace("\"user\":", "\"visitor" + std::to_string(visitor) + "\"");
@@ -230,7 +231,10 @@ struct Latencies {
   }
 };
 
-void MeasureLatency(uint16_t port, int users, int items, int requests) {
+// Requests for users "<prefix>N", N below `users` (the generator's users
+// are plain numbers; longtail's visitors "visitorN").
+void MeasureLatency(uint16_t port, int users, int items, int requests,
+                    const std::string& prefix = "") {
   TestConnection c(port);
   std::mt19937_64 rng(3);
   auto timed = [&](Latencies* l, const std::string& method, const std::string& target,
@@ -243,13 +247,13 @@ void MeasureLatency(uint16_t port, int users, int items, int requests) {
   Latencies get;
   for (int i = 0; i < requests; ++i)
     timed(&get, "GET",
-          "/v1/score?user=" + std::to_string(rng() % users) + "&item=i" +
+          "/v1/score?user=" + prefix + std::to_string(rng() % users) + "&item=i" +
               std::to_string(rng() % items),
           "");
   get.Print("GET /v1/score (sequential, keep-alive)");
   Latencies post;
   for (int i = 0; i < std::max(1, requests / 50); ++i) {
-    std::string body = "{\"user\":" + std::to_string(rng() % users) + ",\"items\":[";
+    std::string body = "{\"user\":\"" + prefix + std::to_string(rng() % users) + "\",\"items\":[";
     for (int k = 0; k < 1000; ++k)
       body += (k ? ",\"i" : "\"i") + std::to_string(rng() % items) + "\"";
     body += "]}";
@@ -258,7 +262,8 @@ void MeasureLatency(uint16_t port, int users, int items, int requests) {
   post.Print("POST /v1/score 1000 items");
   Latencies rec;
   for (int i = 0; i < std::max(1, requests / 50); ++i)
-    timed(&rec, "GET", "/v1/recommend?user=" + std::to_string(rng() % users) + "&k=10", "");
+    timed(&rec, "GET", "/v1/recommend?user=" + prefix + std::to_string(rng() % users) + "&k=10",
+          "");
   rec.Print("GET /v1/recommend k=10");
 }
 
@@ -329,7 +334,7 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
   while ((learned = Learned(&c)) <= 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   auto first = Clock::now();
   const double learn_cpu0 = CpuSeconds();
-  const std::map<std::string, double> threads_cpu0 = CpuByThreadName();
+  const std::map<long, ThreadCpu> threads_cpu0 = CpuByThread();
   const HostTicks host0 = HostTicks::Now();
   double learned_first = learned;
   std::printf("consuming (%.2f s after start, %.0f events learned at first sight)\n",
@@ -378,7 +383,7 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
   double learn_s = SecondsSince(first);
   longest_stall_ms = std::max(longest_stall_ms, SecondsSince(last_progress) * 1e3);
   const double learn_cpu_s = CpuSeconds() - learn_cpu0;
-  std::map<std::string, double> threads_cpu = CpuByThreadName();
+  std::map<std::string, double> threads_cpu = CpuByNameSince(threads_cpu0, CpuByThread());
   const HostTicks learn_host = HostTicks::Now() - host0;
   auto ck_start = Clock::now();
   TestConnection admin(stack.port, 300000);  // a big checkpoint takes longer than 5 s
@@ -408,12 +413,13 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
   {
     // Where the learning's CPU went, by thread name. "rdk:mock" is the
     // in-process mock broker, which a service beside a real Kafka does not
-    // carry; "rest" is what threads that ended took, and rounding.
+    // carry; "rdk:broker1" the threads of the service's Kafka clients (the
+    // consumer, the dead-letter producer, the model topic's publisher);
+    // "rest" is what threads that ended took, and rounding.
     const double per_event = 1e6 / (double(events) - learned_first);
     double named = 0;
     std::printf("learning cpu_us_per_event by thread:");
-    for (auto& [name, cpu] : threads_cpu) {
-      if (const auto it = threads_cpu0.find(name); it != threads_cpu0.end()) cpu -= it->second;
+    for (const auto& [name, cpu] : threads_cpu) {
       named += cpu;
       if (cpu * per_event >= 0.005) std::printf(" %s=%.3f", name.c_str(), cpu * per_event);
     }
@@ -423,7 +429,15 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
   }
   std::printf("idle\n");
   std::fflush(stdout);
-  if (latency) MeasureLatency(stack.port, users, items, 20000);
+  const bool visiting = tail.visitors.visitor_events > 0;
+  if (latency) {
+    if (visiting) {
+      MeasureLatency(stack.port, int(std::max<uint64_t>(1, events / tail.visitors.visitor_events)),
+                     items, 20000, "visitor");
+    } else {
+      MeasureLatency(stack.port, users, items, 20000);
+    }
+  }
   std::fflush(stdout);
   if (hold_s > 0) std::this_thread::sleep_for(std::chrono::seconds(hold_s));
   Status s = stack.service->Shutdown();
@@ -437,7 +451,8 @@ int Throughput(uint64_t events, int users, int items, int partitions, int checkp
     if (!StartService(checkpoint_ms, &stack)) return 1;
     double start_s = SecondsSince(restart_start);
     TestConnection rc(stack.port);
-    auto r = rc.Request("GET", "/v1/score?user=1&item=i1");
+    auto r = rc.Request("GET",
+                        visiting ? "/v1/score?user=visitor1&item=i1" : "/v1/score?user=1&item=i1");
     double score_s = SecondsSince(restart_start);
     std::printf(
         "restart: Start() returned in %.3f s (model restored), first /v1/score %d at %.3f s, "
@@ -1044,6 +1059,9 @@ int main(int argc, char** argv) {
   if (lt->parsed())
     return LongTail(lt_events, lt_expire, lt_admit, lt_every, lt_limit, lt_return, lt_visitor,
                     lt_recent);
+  if (tp->parsed() && tail.visitors.visitor_events == 0 &&
+      (tail.visitors.return_share > 0 || tail.visitors.return_recent > 0))
+    return std::fprintf(stderr, "--return-share and --return-recent need --visitor-events\n"), 2;
   if (tp->parsed())
     return Throughput(events, users, items, partitions, checkpoint_ms, latency, hold, restart,
                       tail);

@@ -219,8 +219,9 @@ class FaultyFileSystem : public rocksdb::FileSystemWrapper {
 // Whether the store at `path` should size its levels dynamically
 // (level_compaction_dynamic_level_bytes): a store keeps the layout it was
 // created with, read from its latest OPTIONS file, since RocksDB advises
-// against switching it for an existing database. A new store does; an
-// existing one whose options cannot be read keeps RocksDB's default, off.
+// against switching it for an existing database. A new store (no CURRENT
+// file yet) does; an existing one whose options cannot be read keeps
+// RocksDB's default, off.
 bool DynamicLevels(const std::string& path) {
   rocksdb::ConfigOptions config;
   config.ignore_unknown_options = true;
@@ -228,7 +229,7 @@ bool DynamicLevels(const std::string& path) {
   rocksdb::DBOptions db_options;
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
   const rocksdb::Status s = rocksdb::LoadLatestOptions(config, path, &db_options, &families);
-  if (s.IsNotFound()) return true;
+  if (s.IsNotFound()) return !std::filesystem::exists(path + "/CURRENT");
   for (const auto& f : families)
     if (f.name == rocksdb::kDefaultColumnFamilyName)
       return f.options.level_compaction_dynamic_level_bytes;
